@@ -1,0 +1,152 @@
+"""OpenAI-compatible chat-completions backend (stdlib `urllib`, no SDK).
+
+Works against api.openai.com and any server speaking ``POST {base_url}/chat/completions``
+(vLLM, llama.cpp server, Ollama's /v1, LM Studio, ...).
+
+Configuration (argument, else environment variable, else default):
+    base_url  OPENAI_BASE_URL   "https://api.openai.com/v1"
+    api_key   OPENAI_API_KEY    none (no Authorization header)
+    model     OPENAI_MODEL      "gpt-4o-mini"
+
+Behaviour, as tested against a loopback server (tests/test_agents_openai.py):
+- 200 with ``choices[0].message.content``: a `ChatResponse`; tokens from ``usage.prompt_tokens`` /
+  ``usage.completion_tokens``, or counted with offline cl100k_base when the server sends no usage
+  (``usage_estimated=True``).
+- 429 and 5xx: retried up to `max_retries` times; the wait is the server's ``Retry-After``
+  (seconds or an HTTP date) when present, else ``backoff_s * 2**attempt``, capped at
+  `max_backoff_s`. When retries run out: `BackendError` (with ``.status``).
+- a timeout (`timeout_s` per attempt, for connecting and for each read) or a refused connection:
+  retried the same way; when retries run out: `BackendTimeout` / `BackendError`.
+- other 4xx: `BackendError` at once (no retry), with the start of the server's message.
+- a malformed 200 (not JSON, no choices, no message): `BackendError` at once (no retry).
+"""
+from __future__ import annotations
+
+import email.utils
+import json
+import os
+import socket
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from agents.backends.base import BackendError, BackendTimeout, ChatBackend, ChatResponse
+
+
+@dataclass
+class OpenAIChatBackend(ChatBackend):
+    base_url: str | None = None
+    api_key: str | None = None
+    model: str | None = None
+    temperature: float | None = 0.0
+    max_tokens: int | None = None
+    timeout_s: float = 60.0
+    max_retries: int = 4
+    backoff_s: float = 1.0
+    max_backoff_s: float = 30.0
+    extra_body: dict[str, Any] = field(default_factory=dict)
+    extra_headers: dict[str, str] = field(default_factory=dict)
+    sleep: Callable[[float], None] = field(default=time.sleep, repr=False)
+    name: str = "openai"
+
+    def __post_init__(self) -> None:
+        self.base_url = (self.base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1").rstrip("/")
+        self.api_key = self.api_key if self.api_key is not None else os.environ.get("OPENAI_API_KEY")
+        self.model = self.model or os.environ.get("OPENAI_MODEL") or "gpt-4o-mini"
+
+    # -- public -------------------------------------------------------------------------------
+    def complete(self, messages: list[dict[str, str]], **overrides: Any) -> ChatResponse:
+        body: dict[str, Any] = {"model": self.model, "messages": messages, **self.extra_body}
+        if self.temperature is not None:
+            body["temperature"] = self.temperature
+        if self.max_tokens is not None:
+            body["max_tokens"] = self.max_tokens
+        body.update(overrides)
+        t0 = time.monotonic()
+        last: BackendError | None = None
+        for attempt in range(self.max_retries + 1):
+            try:
+                payload = self._post(body)
+            except BackendError as err:
+                last = err
+                if not err.retryable or attempt == self.max_retries:
+                    raise
+                self.sleep(self._wait(attempt, getattr(err, "retry_after", None)))
+                continue
+            resp = self._parse(payload, messages)
+            resp.latency_s = time.monotonic() - t0
+            resp.attempts = attempt + 1
+            return resp
+        raise last or BackendError("no attempt made")   # pragma: no cover
+
+    # -- helpers ------------------------------------------------------------------------------
+    def _post(self, body: dict[str, Any]) -> bytes:
+        headers = {"Content-Type": "application/json", "Accept": "application/json", **self.extra_headers}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        req = urllib.request.Request(f"{self.base_url}/chat/completions", data=json.dumps(body).encode(),
+                                     headers=headers, method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout_s) as r:
+                return r.read()
+        except urllib.error.HTTPError as e:
+            detail = _read_quietly(e)[:300]
+            retryable = e.code == 429 or e.code >= 500
+            err = BackendError(f"HTTP {e.code} from {self.base_url}: {detail}", status=e.code, retryable=retryable)
+            err.retry_after = _retry_after(e.headers.get("Retry-After") if e.headers else None)
+            raise err from None
+        except (TimeoutError, socket.timeout) as e:
+            raise BackendTimeout(f"timed out after {self.timeout_s}s ({self.base_url})", retryable=True) from e
+        except urllib.error.URLError as e:
+            if isinstance(e.reason, (TimeoutError, socket.timeout)):
+                raise BackendTimeout(f"timed out after {self.timeout_s}s ({self.base_url})", retryable=True) from e
+            raise BackendError(f"cannot reach {self.base_url}: {e.reason}", retryable=True) from e
+        except (ConnectionError, OSError) as e:
+            raise BackendError(f"connection error with {self.base_url}: {e}", retryable=True) from e
+
+    def _parse(self, payload: bytes, messages: list[dict[str, str]]) -> ChatResponse:
+        try:
+            data = json.loads(payload)
+            choice = data["choices"][0]
+            message = choice["message"]
+            text = message.get("content") or ""
+            if not isinstance(text, str):   # content parts
+                text = "".join(p.get("text", "") for p in text if isinstance(p, dict))
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
+            raise BackendError(f"malformed response from {self.base_url}: {payload[:200]!r}") from e
+        usage = data.get("usage") or {}
+        inp, out = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        estimated = not isinstance(inp, int) or not isinstance(out, int)
+        if estimated:
+            inp = sum(self.count_tokens(m.get("content") or "") + 4 for m in messages)
+            out = self.count_tokens(text)
+        return ChatResponse(text=text, input_tokens=inp, output_tokens=out, usage_estimated=estimated,
+                            model=str(data.get("model") or self.model), finish_reason=choice.get("finish_reason"))
+
+    def _wait(self, attempt: int, retry_after: float | None) -> float:
+        wait = retry_after if retry_after is not None else self.backoff_s * (2 ** attempt)
+        return max(0.0, min(wait, self.max_backoff_s))
+
+
+def _read_quietly(e: urllib.error.HTTPError) -> str:
+    try:
+        return e.read().decode("utf-8", "replace")
+    except Exception:
+        return ""
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Retry-After as seconds: a number, or an HTTP date."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+        return max(0.0, when.timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None

@@ -1,0 +1,95 @@
+"""BriefedWorker: latent briefing, the trajectory handed over as a compacted KV cache.
+
+Idea: "Latent Briefing" (share the orchestrator's state with workers at the representation level)
+on top of Attention Matching KV compaction (Zweiger et al., "Fast KV Compaction via Attention
+Matching"), with task-guided queries: the worker prompt of the current call decides which
+trajectory positions are kept (see `briefing` and docs/DESIGN).
+
+Per call:
+1. `cache.sync(head + header + trajectory)`: a persistent `briefing.TrajectoryCache` prefills only
+   the text added since the previous call (the trajectory rendering is append-only);
+2. `cache.compact(prompt, selector)`: scores positions with the prompt's queries, keeps those above
+   median + tau * MAD (or a budget), fits beta and values; the full cache is not touched;
+3. `briefing.generate` on the compacted cache.
+
+Parameters:
+    lm: `briefing.LoadedModel` (None loads the embedded SmolLM2-135M on first use)
+    tau: MAD threshold of `briefing.AttentionMatching` (higher keeps fewer positions)
+    budget: keep a fixed share (float in (0, 1]) or count (int) instead of the threshold
+    selector: any `briefing` selector (overrides tau/budget), e.g. `briefing.KeepAll()`
+    max_new_tokens, temperature, stop: generation
+    max_caches: trajectories kept warm at once (a new run starts a new cache; the oldest is dropped)
+Billed input tokens per call: kept positions + prompt tokens. `text_handoff_tokens`: tokens of the
+same text pasted whole (what `TextWorker` bills).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from agents.workers._local import LocalModelMixin
+from agents.workers.base import Worker, WorkerAnswer
+from agents.workers.prompt import TRAJECTORY_HEADER
+
+
+@dataclass
+class BriefedWorker(LocalModelMixin, Worker):
+    lm: Any = None
+    tau: float = 1.0
+    budget: float | int | None = None
+    selector: Any = None
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    stop: list[str] = field(default_factory=lambda: ["\n\n"])
+    header: str = TRAJECTORY_HEADER
+    max_caches: int = 2
+    name: str = "briefed"
+    _caches: list[Any] = field(default_factory=list, init=False, repr=False)
+
+    def make_selector(self) -> Any:
+        if self.selector is not None:
+            return self.selector
+        import briefing
+
+        return briefing.AttentionMatching(tau=self.tau, budget=self.budget)
+
+    def cache_for(self, text: str) -> Any:
+        """The warm cache whose text is the longest prefix of `text` (or a new one), synced to it."""
+        import briefing
+
+        best = max((c for c in self._caches if text.startswith(c.text)), key=lambda c: len(c.text), default=None)
+        if best is None:
+            best = briefing.TrajectoryCache(self.model())
+            self._caches.append(best)
+            del self._caches[: max(0, len(self._caches) - self.max_caches)]
+        else:   # most recently used last
+            self._caches.remove(best)
+            self._caches.append(best)
+        best.sync(text)
+        return best
+
+    def answer(self, query: str, trajectory: str) -> WorkerAnswer:
+        import briefing
+
+        t0 = time.monotonic()
+        prompts = self.prompts()
+        prompt = prompts.call_prompt(query)
+        cache = self.cache_for(prompts.cache_text(trajectory))
+        ctx = cache.compact(prompt, selector=self.make_selector())
+        out = briefing.generate(ctx, self.gen_config())
+        stats = ctx.stats
+        n_prompt = self.count(prompt)
+        return WorkerAnswer(
+            text=out.text.strip(), input_tokens=int(stats.kept) + n_prompt,
+            text_handoff_tokens=int(cache.length) + n_prompt, kept=int(stats.kept), total=int(stats.original_length),
+            compaction=stats.model_dump(mode="json"), output_tokens=len(out.token_ids),
+            latency_s=time.monotonic() - t0, worker=self.name)
+
+    def reset(self) -> None:
+        self._caches.clear()
+
+    def describe(self) -> dict[str, Any]:
+        sel = self.selector
+        return {"name": self.name, "model": getattr(self.lm, "name", None), "tau": self.tau, "budget": self.budget,
+                "selector": type(sel).__name__ if sel is not None else "AttentionMatching"}

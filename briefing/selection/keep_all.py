@@ -1,0 +1,16 @@
+"""Keep every trajectory position (the full cache, served by the compacted-cache code path)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from briefing.selection.base import Selector
+
+
+@dataclass
+class KeepAll(Selector):
+    """Identity compaction: all positions, beta = 0, original values. Equals the full cache exactly."""
+
+    def select(self, layers: int, kv_heads: int, length: int, scores=None) -> torch.Tensor:
+        return torch.arange(length).view(1, 1, -1).expand(layers, kv_heads, -1)

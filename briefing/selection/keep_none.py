@@ -1,0 +1,16 @@
+"""Keep no trajectory position (the worker sees only its prompt, positions still continue)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from briefing.selection.base import Selector
+
+
+@dataclass
+class KeepNone(Selector):
+    """Drops the whole trajectory: the lower bound every compaction must beat."""
+
+    def select(self, layers: int, kv_heads: int, length: int, scores=None) -> torch.Tensor:
+        return torch.empty(layers, kv_heads, 0, dtype=torch.long)
