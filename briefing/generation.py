@@ -93,7 +93,7 @@ def token_logprobs(ctx: CompactedCache, continuation: str, lm: LoadedModel | Non
     if not ids:
         raise ValueError("The continuation is empty: nothing to score.")
     try:
-        rest = ctx.forward(ids[:-1], ctx.next_position) if len(ids) > 1 else ctx.last_logits[None, :0]
+        rest = ctx.forward(ids[:-1], ctx.next_position) if len(ids) > 1 else ctx.last_logits[None][:0]
     finally:
         ctx.reset()
     logits = torch.cat([ctx.last_logits[None], rest], dim=0)

