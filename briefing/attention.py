@@ -56,22 +56,21 @@ def briefing_attention(module, query, key, value, attention_mask, scaling=None, 
     layer = module.layer_idx
     if state.capture:
         state.queries[layer] = query.detach()
-    n_heads, q_len, k_len = query.shape[1], query.shape[2], key.shape[2]
-    groups = n_heads // key.shape[1]
-    # Causal over the new tokens: query i (absolute index k_len - q_len + i) sees keys j <= that index.
-    rows = torch.arange(q_len, device=query.device)[:, None] + (k_len - q_len)
-    allowed = torch.arange(k_len, device=query.device)[None, :] <= rows  # [q, k]
-    mask = torch.zeros(1, n_heads, q_len, k_len, dtype=query.dtype, device=query.device)
+    _, n_heads, q_len, dim = query.shape
+    kv_heads, k_len = key.shape[1], key.shape[2]
+    groups = n_heads // kv_heads
+    # Pack the query heads of each KV head into the query axis: [1, KVH, G * q, d]; keys are not copied.
+    packed = query.reshape(1, kv_heads, groups * q_len, dim)
+    # Causal over the new tokens: row r is token i = r mod q, at absolute index k_len - q_len + i.
+    token = torch.arange(groups * q_len, device=query.device) % q_len + (k_len - q_len)
+    allowed = torch.arange(k_len, device=query.device)[None, :] <= token[:, None]      # [G * q, k]
+    mask = torch.zeros(1, kv_heads, groups * q_len, k_len, dtype=query.dtype, device=query.device)
     beta = state.beta[layer] if state.beta is not None else None
     if beta is not None and beta.numel():
-        t = beta.shape[-1]
-        mask[..., :t] += beta.to(query.dtype).repeat_interleave(groups, dim=0)[None, :, None, :]  # [1, H, 1, t]
+        mask[..., : beta.shape[-1]] += beta.to(query.dtype)[None, :, None, :]           # [1, KVH, 1, t]
     mask = mask.masked_fill(~allowed, float("-inf"))
-    if groups > 1:
-        key = key.repeat_interleave(groups, dim=1)
-        value = value.repeat_interleave(groups, dim=1)
-    out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scaling)
-    return out.transpose(1, 2).contiguous(), None
+    out = F.scaled_dot_product_attention(packed, key, value, attn_mask=mask, scale=scaling)  # [1, KVH, G*q, d]
+    return out.reshape(1, n_heads, q_len, dim).transpose(1, 2).contiguous(), None
 
 
 _registered = False

@@ -22,6 +22,7 @@ class GenerationConfig(BaseModel):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     stop: list[str] = Field(default_factory=list)
     seed: int | None = None
+    ignore_eos: bool = False  # decode through EOS (benchmarks of per-token time)
 
 
 class GenerationResult(BaseModel):
@@ -65,7 +66,7 @@ def generate(ctx: CompactedCache, config: GenerationConfig | None = None, *,
     try:
         for step in range(cfg.max_new_tokens):
             token = _pick(logits, cfg, gen)
-            if token in eos:
+            if token in eos and not cfg.ignore_eos:
                 reason = "eos"
                 break
             out.append(token)

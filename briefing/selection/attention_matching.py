@@ -29,7 +29,7 @@ class AttentionMatching(ScoredSelector):
     budget: float | int | None = None
     ridge: float = 1e-2
     beta_max: float = 8.0
-    nnls_iters: int = 60
+    nnls_iters: int = 15
 
     def __post_init__(self) -> None:
         if self.budget is None and (not isinstance(self.tau, (int, float)) or not math.isfinite(self.tau)):

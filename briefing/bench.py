@@ -1,0 +1,182 @@
+"""Benchmark of the briefing engine on the embedded model: printed figures, JSON and a PNG plot.
+
+    python -m briefing.bench [--lengths 1024 2048 4096 7900] [--out bench_out/briefing] [--quick]
+
+Per trajectory length (essay text): full prefill time, incremental extend of a 200-token delta, compaction
+time by phase, kept ratio for tau in {-1, 0, 1, 2}, answer KL vs the full cache for the fitted compaction
+and for top-k at the same kept count (10%), and per-token decode time on the full vs compacted cache.
+The anchor case reproduces DESIGN.md's kvpress setup (avg.txt, first 9,000 characters) and measures the
+levers (per-head selection, prompt KV reuse, score smoothing) beside kvpress's published numbers.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import briefing
+from briefing.metrics import answer_kl
+
+DATA = Path(os.environ.get("LATENT_BRIEFING_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+QUESTION = ("\n\nQuestion: According to the text above, what does the author say about how startups should "
+            "treat their early users? Answer:")
+ANSWER = " The author says that startups should"
+KVPRESS = {  # DESIGN.md, "The anchor to beat": answer KL of kvpress 0.5.5 on the same setup
+    "SnapKV": {0.5: 0.0009, 0.2: 0.0088, 0.1: 0.0209, 0.05: 0.0354},
+    "ExpectedAttention": {0.5: 0.0041, 0.2: 0.0183, 0.1: 0.0301, 0.05: 0.0534},
+    "TOVA": {0.5: 0.0030, 0.2: 0.0130, 0.1: 0.0291, 0.05: 0.0576},
+    "prototype (shared mask, beta + C2)": {0.5: 0.0047, 0.2: 0.0232, 0.1: 0.0296, 0.05: 0.0367},
+}
+VARIANTS = {  # name -> selector factory(ratio); the first is the default AttentionMatching
+    "fit, per-head, prompt KV reused, no smoothing (default)": lambda r: briefing.AttentionMatching(budget=r),
+    "fit, shared mask": lambda r: briefing.AttentionMatching(budget=r, per_head=False),
+    "fit, prompt recomputed on compacted cache": lambda r: briefing.AttentionMatching(budget=r, reuse_prompt_kv=False),
+    "fit, smoothing kernel 5": lambda r: briefing.AttentionMatching(budget=r, smooth_kernel=5),
+    "fit, shared mask, recomputed prompt (prototype)": lambda r: briefing.AttentionMatching(
+        budget=r, per_head=False, reuse_prompt_kv=False),
+    "top-k, per-head": lambda r: briefing.TopK(budget=r),
+    "top-k, per-head, smoothing 5 (SnapKV-like)": lambda r: briefing.TopK(budget=r, smooth_kernel=5),
+    "top-k, shared mask": lambda r: briefing.TopK(budget=r, per_head=False),
+}
+
+
+def essay_text(min_chars: int) -> str:
+    """avg.txt first (the question is about it), then the other essays, until `min_chars`."""
+    folder = DATA / "pg_essays"
+    names = ["avg.txt"] + sorted(p.name for p in folder.glob("*.txt") if p.name != "avg.txt")
+    text = ""
+    for name in names:
+        text += (folder / name).read_text() + "\n\n"
+        if len(text) >= min_chars:
+            break
+    return text
+
+
+def anchor_case(lm) -> dict:
+    cache = briefing.TrajectoryCache(lm, (DATA / "pg_essays" / "avg.txt").read_text()[:9000])
+    full = cache.compact(QUESTION, briefing.KeepAll())
+    rows = {"trajectory_tokens": cache.length, "kvpress": KVPRESS, "ours": {}}
+    for name, make in VARIANTS.items():
+        rows["ours"][name] = {r: answer_kl(full, cache.compact(QUESTION, make(r)), ANSWER) for r in (0.5, 0.2, 0.1, 0.05)}
+    rows["no trajectory"] = answer_kl(full, cache.compact(QUESTION, briefing.KeepNone()), ANSWER)
+    return rows
+
+
+def length_case(lm, target: int, text: str, decode_tokens: int) -> dict:
+    ids = lm.encode(text)[:target]
+    body = lm.decode(ids)
+    cache = briefing.TrajectoryCache(lm)
+    t0 = time.perf_counter()
+    cache.extend(body)
+    prefill_s = time.perf_counter() - t0
+    base_tokens = cache.length
+    delta = lm.decode(lm.encode(text[len(body):len(body) + 2000])[:200])
+    t0 = time.perf_counter()
+    new_tokens = cache.extend(delta)
+    extend_s = time.perf_counter() - t0
+    row = {"tokens": base_tokens, "tokens_after_extend": cache.length, "prefill_s": prefill_s, "extend_tokens": new_tokens, "extend_s": extend_s}
+    default = cache.compact(QUESTION, briefing.AttentionMatching(tau=1.0))
+    row["compaction_default_tau1"] = default.stats.model_dump()
+    row["kept_ratio_by_tau"] = {tau: cache.compact(QUESTION, briefing.AttentionMatching(tau=tau)).stats.kept_ratio
+                               for tau in (-1.0, 0.0, 1.0, 2.0)}
+    full = cache.compact(QUESTION, briefing.KeepAll())
+    fitted = cache.compact(QUESTION, briefing.AttentionMatching(budget=0.1))
+    topk = cache.compact(QUESTION, briefing.TopK(budget=0.1))
+    row["compaction_10pct"] = fitted.stats.model_dump()
+    row["kl_fit_10pct"] = answer_kl(full, fitted, ANSWER)
+    row["kl_topk_10pct"] = answer_kl(full, topk, ANSWER)
+    cfg = briefing.GenerationConfig(max_new_tokens=decode_tokens, ignore_eos=True)
+    row["decode_full_s_per_token"] = briefing.generate(full, cfg).time_per_token_s
+    row["decode_compacted_s_per_token"] = briefing.generate(fitted, cfg).time_per_token_s
+    return row
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["lengths"]
+    n = [r["tokens"] for r in rows]
+    fig, ax = plt.subplots(2, 2, figsize=(12, 9))
+    a = ax[0, 0]
+    a.plot(n, [r["prefill_s"] for r in rows], "o-", label="full prefill")
+    a.plot(n, [r["compaction_default_tau1"]["time_total_s"] for r in rows], "o-", label="compaction (tau=1)")
+    a.plot(n, [r["extend_s"] for r in rows], "o-", label="extend, 200-token delta")
+    a.set(xlabel="trajectory tokens", ylabel="seconds", title="Time vs trajectory length")
+    a.legend()
+    a = ax[0, 1]
+    bottom = [0.0] * len(rows)
+    for phase in ("score", "select", "beta", "values", "prompt"):
+        vals = [r["compaction_default_tau1"][f"time_{phase}_s"] for r in rows]
+        a.bar([str(x) for x in n], vals, bottom=bottom, label=phase)
+        bottom = [b + v for b, v in zip(bottom, vals)]
+    a.set(xlabel="trajectory tokens", ylabel="seconds", title="Compaction time by phase (tau=1)")
+    a.legend()
+    a = ax[1, 0]
+    a.plot(n, [r["kl_fit_10pct"] for r in rows], "o-", label="fitted (beta + C2)")
+    a.plot(n, [r["kl_topk_10pct"] for r in rows], "o-", label="top-k only")
+    a.set(xlabel="trajectory tokens", ylabel="answer KL vs full", title="10% kept", yscale="log")
+    a.legend()
+    a = ax[1, 1]
+    anchor = result["anchor"]
+    ratios = [0.5, 0.2, 0.1, 0.05]
+    for name, kls in anchor["kvpress"].items():
+        a.plot(ratios, [kls[r] for r in ratios], "x--", label=f"kvpress {name}" if "prototype" not in name else name)
+    for name in list(anchor["ours"])[:1] + ["top-k, per-head, smoothing 5 (SnapKV-like)"]:
+        kls = anchor["ours"][name]
+        a.plot(ratios, [kls[r] for r in ratios], "o-", lw=2, label=f"ours: {name}")
+    a.set(xlabel="kept ratio", ylabel="answer KL vs full", title="Anchor: avg.txt, 9,000 chars", xscale="log", yscale="log")
+    a.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m briefing.bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--lengths", type=int, nargs="+", default=[1024, 2048, 4096, 7900])
+    parser.add_argument("--out", default="bench_out/briefing")
+    parser.add_argument("--quick", action="store_true", help="lengths 512 and 1024 only")
+    parser.add_argument("--decode-tokens", type=int, default=16)
+    args = parser.parse_args(argv)
+    lengths = [512, 1024] if args.quick else args.lengths
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    lm = briefing.load_model()
+    text = essay_text(max(lengths) * 6 + 4000)
+    result = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch threads {__import__('torch').get_num_threads()}",
+              "model": lm.name, "anchor": anchor_case(lm), "lengths": []}
+    print(f"anchor ({result['anchor']['trajectory_tokens']} tokens), answer KL vs full cache:")
+    print(f"  {'method':<62} " + " ".join(f"{r:>7}" for r in ("50%", "20%", "10%", "5%")))
+    for name, kls in list(result["anchor"]["kvpress"].items()) + list(result["anchor"]["ours"].items()):
+        print(f"  {name:<62} " + " ".join(f"{kls[r]:7.4f}" for r in (0.5, 0.2, 0.1, 0.05)))
+    print(f"  no trajectory: {result['anchor']['no trajectory']:.4f}")
+    for target in lengths:
+        row = length_case(lm, target, text, args.decode_tokens)
+        result["lengths"].append(row)
+        c = row["compaction_default_tau1"]
+        print(f"T={row['tokens']:5d} prefill {row['prefill_s']:6.2f}s extend(200) {row['extend_s']:5.2f}s | "
+              f"compaction {c['time_total_s']:.3f}s (score {c['time_score_s']:.3f} select {c['time_select_s']:.3f} "
+              f"beta {c['time_beta_s']:.3f} values {c['time_values_s']:.3f}) = {c['time_total_s'] / row['prefill_s']:.1%} "
+              f"of prefill | kept@tau " + " ".join(f"{t:+.0f}:{v:.2f}" for t, v in row["kept_ratio_by_tau"].items())
+              + f" | KL@10% fit {row['kl_fit_10pct']:.4f} top-k {row['kl_topk_10pct']:.4f} | decode/token full "
+              f"{row['decode_full_s_per_token'] * 1e3:.1f}ms compacted {row['decode_compacted_s_per_token'] * 1e3:.1f}ms")
+    rows = result["lengths"]
+    if len(rows) >= 2:
+        a, b = rows[-2], rows[-1]
+        growth = b["compaction_default_tau1"]["time_total_s"] / a["compaction_default_tau1"]["time_total_s"]
+        result["compaction_growth_last_two"] = {"from": a["tokens"], "to": b["tokens"], "ratio": growth}
+        print(f"compaction time growth {a['tokens']} -> {b['tokens']} tokens: x{growth:.2f}")
+    (out / "briefing_bench.json").write_text(json.dumps(result, indent=2))
+    plot(result, out / "briefing_bench.png")
+    print(f"wrote {out / 'briefing_bench.json'} and {out / 'briefing_bench.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
