@@ -1,0 +1,263 @@
+"""Wire format between the host (:mod:`repl.sandbox`) and the sandbox process (:mod:`repl._child`).
+
+Stdlib only: the sandbox process imports this module before anything else.
+
+Framing: a 4-byte big-endian length, then that many bytes of ASCII JSON (``ensure_ascii``
+keeps lone surrogates intact). A message is a JSON object with an ``"op"`` key.
+
+Plain data: the only values that cross the boundary are ``str``, ``int``, ``float``, ``bool``,
+``None``, ``list``, ``dict`` and ``tuple`` (nested). Exact types only: a subclass of ``str`` or
+``dict`` defined in the sandbox could run sandbox code while being encoded, so it is refused.
+JSON has no tuples and only string keys, hence two tags::
+
+    ("a", 1)        -> {"$t": ["a", 1]}
+    {1: "x"}        -> {"$d": [[1, "x"]]}      (any dict whose keys are not all plain strings,
+                                                 or which has a key starting with "$")
+
+Decoding is strict: anything else (an unknown tag, a stray key starting with "$") is an error,
+so a compromised sandbox cannot smuggle anything but plain data into the host.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import struct
+
+MAX_DEPTH = 200
+_HEADER = struct.Struct(">I")
+MAX_FRAME = 2**32 - 1
+
+_SCALARS = (str, int, float, bool, type(None))
+
+
+class WireError(Exception):
+    """The peer broke the protocol (bad frame, bad JSON, not plain data) or went away."""
+
+
+class PlainDataError(TypeError):
+    """A value is not plain data and cannot cross the sandbox boundary."""
+
+
+def _type_name(x: object) -> str:
+    t = type(x)
+    return t.__name__ if isinstance(t.__name__, str) else "object"
+
+
+def to_wire(x: object, depth: int = 0) -> object:
+    """Encode plain data into JSON-able values (see module doc). Raises PlainDataError."""
+    if depth > MAX_DEPTH:
+        raise PlainDataError("plain data nested too deeply (or a reference cycle)")
+    t = type(x)
+    if t is str or t is int or t is bool or x is None:
+        return x
+    if t is float:
+        return x
+    if t is list:
+        return [to_wire(v, depth + 1) for v in x]
+    if t is tuple:
+        return {"$t": [to_wire(v, depth + 1) for v in x]}
+    if t is dict:
+        if all(type(k) is str and not k.startswith("$") for k in x):
+            return {k: to_wire(v, depth + 1) for k, v in x.items()}
+        items = []
+        for k, v in x.items():
+            if type(k) not in (str, int, float, bool, tuple) and k is not None:
+                raise PlainDataError(f"dict key of type {_type_name(k)} is not plain data")
+            items.append([to_wire(k, depth + 1), to_wire(v, depth + 1)])
+        return {"$d": items}
+    raise PlainDataError(
+        f"{_type_name(x)} is not plain data (allowed: str, int, float, bool, None, list, dict, tuple)"
+    )
+
+
+def from_wire(x: object, depth: int = 0) -> object:
+    """Decode what :func:`to_wire` produced, strictly. Raises WireError."""
+    if depth > MAX_DEPTH + 2:
+        raise WireError("plain data nested too deeply")
+    t = type(x)
+    if t in _SCALARS:
+        return x
+    if t is list:
+        return [from_wire(v, depth + 1) for v in x]
+    if t is dict:
+        if len(x) == 1:
+            ((k, v),) = x.items()
+            if k == "$t":
+                if type(v) is not list:
+                    raise WireError("bad tuple tag")
+                return tuple(from_wire(i, depth + 1) for i in v)
+            if k == "$d":
+                if type(v) is not list:
+                    raise WireError("bad dict tag")
+                out = {}
+                for pair in v:
+                    if type(pair) is not list or len(pair) != 2:
+                        raise WireError("bad dict item")
+                    key = from_wire(pair[0], depth + 1)
+                    try:
+                        out[key] = from_wire(pair[1], depth + 1)
+                    except TypeError as e:  # unhashable key (a list inside a tuple...)
+                        raise WireError(f"bad dict key: {e}") from None
+                return out
+        out = {}
+        for k, v in x.items():
+            if k.startswith("$"):
+                raise WireError(f"unexpected tag {k!r}")
+            out[k] = from_wire(v, depth + 1)
+        return out
+    raise WireError(f"unexpected JSON value of type {t.__name__}")
+
+
+def dumps(msg: dict) -> bytes:
+    return json.dumps(msg, ensure_ascii=True, allow_nan=True, separators=(",", ":")).encode("ascii")
+
+
+def loads(data: bytes) -> dict:
+    try:
+        msg = json.loads(data.decode("ascii"))
+    except (ValueError, RecursionError, UnicodeDecodeError) as e:
+        raise WireError(f"bad message: {e}") from None
+    if type(msg) is not dict or type(msg.get("op")) is not str:
+        raise WireError("bad message: not an object with an 'op'")
+    return msg
+
+
+def frame(msg: dict) -> bytes:
+    body = dumps(msg)
+    if len(body) > MAX_FRAME:
+        raise PlainDataError("message too large")
+    return _HEADER.pack(len(body)) + body
+
+
+# ---------------------------------------------------------------------------------------------
+# Blocking helpers used by the sandbox process (the host has its own deadline-aware reader).
+
+
+def send_msg(sock: socket.socket, msg: dict, fds: list[int] | None = None) -> None:
+    data = frame(msg)
+    if fds:
+        # The descriptors ride on the 4-byte header; the receiver always reads headers with
+        # recvmsg, so they arrive with the message they belong to.
+        sent = sock.sendmsg([data[:4]], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack(f"{len(fds)}i", *fds))])
+        if sent != 4:  # pragma: no cover - a 4-byte send on a blocking socket is never short
+            raise WireError("short send")
+        data = data[4:]
+    sock.sendall(data)
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        k = sock.recv_into(view[got:], n - got)
+        if k == 0:
+            raise EOFError("peer closed the connection")
+        got += k
+    return bytes(buf)
+
+
+def recv_msg(sock: socket.socket, max_fds: int = 0) -> tuple[dict, list[int]]:
+    """Read one message; return it with any descriptors passed along with its header."""
+    fds: list[int] = []
+    header = b""
+    while len(header) < 4:
+        if max_fds:
+            data, anc, _flags, _addr = sock.recvmsg(4 - len(header), socket.CMSG_SPACE(max_fds * 4))
+            for level, kind, payload in anc:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    n = len(payload) // 4
+                    fds.extend(struct.unpack(f"{n}i", payload[: n * 4]))
+        else:
+            data = sock.recv(4 - len(header))
+        if not data:
+            for fd in fds:
+                _close(fd)
+            raise EOFError("peer closed the connection")
+        header += data
+    (n,) = _HEADER.unpack(header)
+    body = _recv_exact(sock, n)
+    return loads(body), fds
+
+
+def _close(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+
+
+
+# ---------------------------------------------------------------------------------------------
+# Output caps: keep the head and the tail, say how much was dropped in between.
+
+
+def marker(dropped: int, limit: int) -> str:
+    return f"\n[... {dropped:,} characters dropped: output limit is {limit:,}; head and tail kept ...]\n"
+
+
+def cut(text: str, limit: int) -> tuple[str, int]:
+    """Return ``text`` cut to about ``limit`` characters (head + marker + tail) and how many
+    characters were dropped (0 when it fits)."""
+    if len(text) <= limit:
+        return text, 0
+    head = limit // 2
+    tail = limit - head
+    dropped = len(text) - head - tail
+    return text[:head] + marker(dropped, limit) + text[len(text) - tail:], dropped
+
+
+class CappedOutput:
+    """A write-only text stream that keeps at most ``limit`` characters (head and tail) in
+    memory however much is written to it."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.head_max = limit // 2
+        self.tail_max = limit - self.head_max
+        self.head: list[str] = []
+        self.head_len = 0
+        self.tail: list[str] = []
+        self.tail_len = 0
+        self.total = 0
+
+    def write(self, text) -> int:
+        if type(text) is not str:
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        n = len(text)
+        self.total += n
+        if self.head_len < self.head_max:
+            room = self.head_max - self.head_len
+            self.head.append(text[:room])
+            self.head_len += min(n, room)
+            text = text[room:]
+            if not text:
+                return n
+        self.tail.append(text)
+        self.tail_len += len(text)
+        if self.tail_len > 2 * self.tail_max + 4096:
+            joined = "".join(self.tail)[-self.tail_max:]
+            self.tail = [joined]
+            self.tail_len = len(joined)
+        return n
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
+    @property
+    def dropped(self) -> int:
+        return max(0, self.total - self.limit)
+
+    def getvalue(self) -> tuple[str, int]:
+        head = "".join(self.head)
+        tail = "".join(self.tail)
+        if self.total <= self.limit:
+            return head + tail, 0
+        tail = tail[-self.tail_max:]
+        dropped = self.total - len(head) - len(tail)
+        return head + marker(dropped, self.limit) + tail, dropped

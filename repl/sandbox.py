@@ -1,0 +1,691 @@
+"""Host side of the sandbox: :class:`Sandbox`, :class:`SandboxConfig`, :class:`CellResult`.
+
+Execution model
+===============
+
+Why a separate process: the host holds a multi-GB model, and no in-process limit is safe
+against hostile code (a C-level allocation or a tight loop in C cannot be interrupted, a thread
+cannot be killed, and MemoryError can surface anywhere in the host). So each session is a child
+process tree, and the host only ever reads length-prefixed JSON from it, with deadlines and a
+size cap::
+
+    host ──socketpair──> supervisor ──fork──> worker ──fork before each cell──> backup
+
+* The child is ``python -I -B -c ...`` (no host environment, no user site, cwd ``/``) in its
+  own session and process group. It imports RestrictedPython and the allowed modules once,
+  builds the namespace and forks the worker, which runs every cell in that one namespace (so
+  functions, classes and generators persist; nothing has to be picklable).
+* Limits: ``RLIMIT_AS`` = ``memory_mb`` (a bomb gets MemoryError in the child and never touches
+  the host), ``RLIMIT_FSIZE`` 0, ``RLIMIT_CORE`` 0, ``no_new_privs``, inherited descriptors
+  closed, and when the host is root the worker drops to user ``nobody``; during a cell also
+  ``RLIMIT_NOFILE`` = no new descriptor at all, ``RLIMIT_NPROC`` 0 (no fork, no thread) and
+  ``RLIMIT_CPU`` as a backstop. The wall-clock timeout is enforced by the host, which SIGKILLs
+  the worker through a pidfd (no pid-reuse race). No seccomp filter (not reachable from pure
+  Python without ctypes/BPF assembly); the layers above do that job.
+* Namespace intact after a kill: before each cell the worker forks a *backup* (copy-on-write,
+  about 0.4 ms for the ~15 MB worker) that blocks on a fresh socket the host passed along with
+  the cell (SCM_RIGHTS). Cell done: the host closes that socket and the backup exits. Timeout,
+  memory limit, crash or Ctrl-C: the host kills the worker and tells the backup to take over, so
+  the session goes on with the namespace exactly as it was before that cell (a cell stopped by a
+  limit leaves no trace; a cell that merely raises keeps its partial effects, as in Python).
+  Snapshotting by pickling was rejected (functions, classes, generators do not pickle), and so
+  was replaying cells (it would call worker() again).
+* The supervisor is a child subreaper: orphaned backups that took over are its children, it
+  reaps them and reports exit statuses (SIGSEGV, SIGXCPU...) on its stdout; it SIGTERMs the
+  group when the host goes away (EOF on its stdin) or closes the session.
+* Primitives are host callables: the worker sends ``call`` messages and waits; arguments and
+  results are plain data (encoded by :mod:`repl._wire`, so copied by construction). While it
+  waits it still answers ``get``/``names``, so a primitive may call :meth:`Sandbox.get`
+  (FINAL_VAR). Time spent inside primitives does not count against the cell's timeout unless
+  ``count_primitive_time``.
+
+The sandbox policy itself (what cell code may touch) is documented in :mod:`repl._policy`.
+"""
+
+from __future__ import annotations
+
+import keyword
+import os
+import select
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+import weakref
+from typing import Any, Callable, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, computed_field
+
+from repl import _wire
+
+__all__ = ["CellResult", "Sandbox", "SandboxConfig", "SandboxError", "SandboxStats"]
+
+_HEADER = struct.Struct(">I")
+_RESERVED_NAMES = {"print", "printed", "breakpoint", "builtins"}
+
+
+class SandboxError(RuntimeError):
+    """The sandbox process could not be started or is unusable."""
+
+
+class SandboxConfig(BaseModel):
+    """Limits of a :class:`Sandbox` session."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    timeout_s: float = Field(10.0, gt=0, description="wall-clock limit per cell (time inside primitives excluded)")
+    memory_mb: int = Field(1024, ge=64, description="address-space limit of the sandbox process")
+    output_limit: int = Field(20_000, ge=200, description="characters of stdout (and of a value repr) kept per cell")
+    recursion_limit: int = Field(2000, ge=100, le=100_000)
+    count_primitive_time: bool = Field(False, description="count time spent inside primitives against timeout_s")
+    max_message_mb: int = Field(256, ge=1, description="largest message accepted from the sandbox")
+    startup_timeout_s: float = Field(60.0, gt=0)
+    python: str | None = Field(None, description="interpreter for the sandbox (default: sys.executable)")
+    drop_privileges: bool = Field(True, description="when the host runs as root, run cells as user 'nobody'")
+    debug: bool = Field(False, description="let the sandbox process write to the host's stderr")
+
+
+class CellResult(BaseModel):
+    """What running one cell produced."""
+
+    model_config = ConfigDict(frozen=True)
+
+    stdout: str = ""
+    value: str | None = None
+    error: str | None = None
+    error_type: str | None = None
+    limit: Literal["timeout", "memory", "output"] | None = None
+    duration_s: float = 0.0
+    cell: int = 0
+    restored: bool = Field(False, description="the namespace was rolled back to before this cell (after a kill)")
+    primitive_s: float = Field(0.0, description="time spent inside host primitives")
+    dropped_chars: int = Field(0, description="stdout characters cut by output_limit")
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def text(self) -> str:
+        """stdout, value and error as a notebook would show them."""
+        parts = [p for p in (self.stdout.rstrip("\n"), self.value, self.error) if p]
+        return "\n".join(parts)
+
+
+class SandboxStats(BaseModel):
+    cells: int = 0
+    errors: int = 0
+    total_s: float = 0.0
+    primitive_calls: int = 0
+    primitive_s: float = 0.0
+    limits: dict[str, int] = Field(default_factory=lambda: {"timeout": 0, "memory": 0, "output": 0})
+    restores: int = 0
+    restarts: int = 0
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+class _Dead(Exception):
+    """The peer process is gone (EOF or a broken protocol)."""
+
+
+class _Conn:
+    """A socket to one sandbox process with a deadline-aware framed reader."""
+
+    def __init__(self, sock: socket.socket, max_bytes: int):
+        self.sock = sock
+        self.max_bytes = max_bytes
+        self.buf = bytearray()
+        sock.setblocking(False)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def send(self, msg: dict, fds: list[int] | None = None, timeout: float = 30.0) -> None:
+        data = _wire.frame(msg)
+        deadline = time.monotonic() + timeout
+        view = memoryview(data)
+        try:
+            if fds:
+                self._wait(select.POLLOUT, deadline)
+                n = self.sock.sendmsg([view[:4]], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                                     struct.pack(f"{len(fds)}i", *fds))])
+                view = view[n:]
+            while view:
+                self._wait(select.POLLOUT, deadline)
+                try:
+                    n = self.sock.send(view)
+                except BlockingIOError:
+                    continue
+                view = view[n:]
+        except (BrokenPipeError, ConnectionResetError, OSError) as e:
+            raise _Dead(f"send failed: {e}") from None
+
+    def _wait(self, events: int, deadline: float | None) -> bool:
+        p = select.poll()
+        p.register(self.sock.fileno(), events)
+        while True:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            res = p.poll(None if remaining is None else remaining * 1000)
+            if res:
+                return True
+            if deadline is not None and time.monotonic() >= deadline:
+                if events == select.POLLOUT:
+                    raise _Dead("the sandbox stopped reading")
+                return False
+
+    def recv(self, deadline: float | None) -> dict | None:
+        """Next message, or None at the deadline. Raises _Dead on EOF or a bad frame."""
+        while True:
+            if len(self.buf) >= 4:
+                (n,) = _HEADER.unpack_from(self.buf)
+                if n > self.max_bytes:
+                    raise _Dead(f"message of {n} bytes from the sandbox exceeds max_message_mb")
+                if len(self.buf) >= 4 + n:
+                    body = bytes(self.buf[4 : 4 + n])
+                    del self.buf[: 4 + n]
+                    try:
+                        return _wire.loads(body)
+                    except _wire.WireError as e:
+                        raise _Dead(str(e)) from None
+            if not self._wait(select.POLLIN, deadline):
+                return None
+            try:
+                chunk = self.sock.recv(1 << 20)
+            except BlockingIOError:
+                continue
+            except (ConnectionResetError, OSError) as e:
+                raise _Dead(f"recv failed: {e}") from None
+            if not chunk:
+                raise _Dead("the sandbox process closed the connection")
+            self.buf += chunk
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+def _child_command(python: str) -> list[str]:
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    boot = f"import sys; sys.path.insert(0, {root!r}); from repl._child import main; main()"
+    return [python, "-I", "-B", "-c", boot]
+
+
+def _child_env() -> dict[str, str]:
+    """Nothing of the host's environment (API keys...) except what the interpreter may need."""
+    return {k: v for k, v in os.environ.items() if k in ("LD_LIBRARY_PATH", "TZ", "LANG", "LC_ALL")}
+
+
+def _signal_name(sig: int) -> str:
+    try:
+        return signal.Signals(sig).name
+    except ValueError:
+        return f"signal {sig}"
+
+
+class Sandbox:
+    """A persistent sandboxed Python session.
+
+    >>> with Sandbox(primitives={"double": lambda x: 2 * x}) as sb:
+    ...     sb.run("y = double(21)\\ny").value
+    '42'
+    """
+
+    def __init__(self, primitives: dict[str, Any] | None = None, config: SandboxConfig | None = None):
+        self.config = config or SandboxConfig()
+        self._callables: dict[str, Callable[..., Any]] = {}
+        self._values: dict[str, Any] = {}
+        for name, obj in (primitives or {}).items():
+            if (not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name)
+                    or name.startswith("_") or name in _RESERVED_NAMES):
+                raise ValueError(f"invalid primitive name {name!r}")
+            if callable(obj):
+                self._callables[name] = obj
+            else:
+                _wire.to_wire(obj)  # plain data only
+                self._values[name] = obj
+        self._lock = threading.RLock()
+        self._in_run = False
+        self._cell = 0
+        self._closed = False
+        self._stats = SandboxStats()
+        self._proc: subprocess.Popen | None = None
+        self._conn: _Conn | None = None
+        self._pid = 0
+        self._pidfd: int | None = None
+        self._status_buf = b""
+        self._statuses: dict[int, int] = {}
+        self._killed: set[int] = set()
+        self._spawn()
+        self._finalizer = weakref.finalize(self, Sandbox._cleanup, self._proc, self._conn)
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def _spawn(self) -> None:
+        cfg = self.config
+        host_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self._proc = subprocess.Popen(
+                _child_command(cfg.python or sys.executable) + [str(child_sock.fileno())],
+                pass_fds=[child_sock.fileno()], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=None if cfg.debug else subprocess.PIPE, env=_child_env(), cwd="/",
+                start_new_session=True, close_fds=True,
+            )
+        except OSError as e:
+            host_sock.close()
+            raise SandboxError(f"cannot start the sandbox process: {e}") from None
+        finally:
+            child_sock.close()
+        os.set_blocking(self._proc.stdout.fileno(), False)
+        self._conn = _Conn(host_sock, cfg.max_message_mb * 2**20)
+        prims: dict[str, dict] = {n: {"callable": True} for n in self._callables}
+        prims.update({n: {"value": _wire.to_wire(v)} for n, v in self._values.items()})
+        init = {"op": "init", "primitives": prims, "config": {
+            "timeout_s": cfg.timeout_s, "memory_mb": cfg.memory_mb, "output_limit": cfg.output_limit,
+            "recursion_limit": cfg.recursion_limit, "debug": cfg.debug,
+            "drop_privileges": cfg.drop_privileges}}
+        try:
+            self._conn.send(init, timeout=cfg.startup_timeout_s)
+            hello = self._conn.recv(time.monotonic() + cfg.startup_timeout_s)
+            if hello is None or hello.get("op") != "hello" or type(hello.get("pid")) is not int:
+                raise _Dead("no hello from the sandbox")
+        except _Dead as e:
+            err = b""
+            if self._proc.stderr is not None:
+                try:
+                    os.set_blocking(self._proc.stderr.fileno(), False)
+                    err = self._proc.stderr.read() or b""
+                except OSError:
+                    pass
+            self._kill_group()
+            raise SandboxError(f"the sandbox process failed to start ({e}): {err.decode(errors='replace')[-2000:]}") from None
+        if self._proc.stderr is not None:
+            self._proc.stderr.close()
+        self._set_worker(hello["pid"])
+
+    def _set_worker(self, pid: int) -> None:
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
+        self._pid = pid
+        try:
+            self._pidfd = os.pidfd_open(pid)
+        except (AttributeError, OSError):
+            self._pidfd = None
+
+    def _kill_group(self) -> None:
+        """Stop every process of the session. SIGTERM first: the supervisor ignores it, reaps
+        the others and exits, so no zombie is left for init; SIGKILL if that takes too long."""
+        proc = self._proc
+        if proc is None:
+            return
+        for sig, wait in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 5.0)):
+            try:
+                os.killpg(proc.pid, sig)
+            except (ProcessLookupError, PermissionError, OSError):
+                pass
+            try:
+                proc.wait(timeout=wait)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        for f in (proc.stdin, proc.stdout, proc.stderr):
+            try:
+                if f is not None:
+                    f.close()
+            except OSError:
+                pass
+
+    @staticmethod
+    def _cleanup(proc: subprocess.Popen | None, conn: _Conn | None) -> None:
+        if conn is not None:
+            conn.close()
+        if proc is not None and proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except OSError:
+                pass
+            try:
+                proc.wait(timeout=5)
+            except Exception:
+                pass
+
+    def close(self) -> None:
+        """Stop the session (kills the sandbox processes). Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            if self._conn is not None:
+                self._conn.close()
+            self._kill_group()
+            if self._pidfd is not None:
+                os.close(self._pidfd)
+                self._pidfd = None
+            self._finalizer.detach()
+
+    def __enter__(self) -> "Sandbox":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def reset(self) -> None:
+        """Start over with a fresh namespace (same primitives and config)."""
+        with self._lock:
+            self._check_open()
+            self._restart()
+
+    def _restart(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+        self._kill_group()
+        self._statuses.clear()
+        self._status_buf = b""
+        self._spawn()
+        self._finalizer.detach()
+        self._finalizer = weakref.finalize(self, Sandbox._cleanup, self._proc, self._conn)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise SandboxError("the sandbox is closed")
+
+    @property
+    def alive(self) -> bool:
+        return not self._closed and self._proc is not None and self._proc.poll() is None
+
+    # -- child bookkeeping ------------------------------------------------------------------
+
+    def _read_statuses(self) -> None:
+        if self._proc is None or self._proc.stdout is None:
+            return
+        try:
+            data = self._proc.stdout.read()
+        except (OSError, ValueError):
+            return
+        if not data:
+            return
+        self._status_buf += data
+        *lines, self._status_buf = self._status_buf.split(b"\n")
+        for line in lines:
+            try:
+                pid, status = map(int, line.split())
+            except ValueError:
+                continue
+            self._statuses[pid] = status
+
+    def _exit_status(self, pid: int, wait_s: float = 1.0) -> int | None:
+        deadline = time.monotonic() + wait_s
+        while True:
+            self._read_statuses()
+            if pid in self._statuses:
+                return self._statuses.pop(pid)
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.005)
+
+    def _kill_worker(self) -> None:
+        pid = self._pid
+        self._killed.add(pid)
+        try:
+            if self._pidfd is not None:
+                signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
+            else:
+                os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, OSError):
+            pass
+        # wait until it is really gone (its memory freed) before the backup takes over
+        if self._pidfd is not None:
+            select.select([self._pidfd], [], [], 5.0)
+        else:
+            deadline = time.monotonic() + 5.0
+            try:
+                while self._conn.recv(deadline) is not None:
+                    pass
+            except _Dead:
+                pass
+
+    def _takeover(self, backup: _Conn | None) -> bool:
+        """After the worker died or was killed: let the backup become the worker."""
+        self._read_statuses()  # keep the supervisor's status pipe drained
+        if len(self._statuses) > 100:
+            for pid in list(self._statuses)[:-100]:
+                del self._statuses[pid]
+        if self._conn is not None:
+            self._conn.close()
+        if backup is None:
+            return False
+        try:
+            backup.send({"op": "takeover"}, timeout=5.0)
+            msg = backup.recv(time.monotonic() + 10.0)
+        except _Dead:
+            msg = None
+        if msg is None or msg.get("op") != "ready" or type(msg.get("pid")) is not int:
+            backup.close()
+            return False
+        self._conn = backup
+        self._set_worker(msg["pid"])
+        self._stats.restores += 1
+        return True
+
+    # -- cells ------------------------------------------------------------------------------
+
+    def run(self, code: str, timeout_s: float | None = None) -> CellResult:
+        """Run one cell. Never raises for anything the cell does; raises KeyboardInterrupt
+        (after stopping the cell and restoring the session) if the host is interrupted."""
+        if not isinstance(code, str):
+            raise TypeError("code must be a str")
+        with self._lock:
+            self._check_open()
+            if self._in_run:
+                raise SandboxError("Sandbox.run() is not reentrant (called from inside a primitive?)")
+            self._in_run = True
+            try:
+                res = self._run(code, float(timeout_s or self.config.timeout_s))
+            finally:
+                self._in_run = False
+            st = self._stats
+            st.cells += 1
+            st.total_s += res.duration_s
+            if res.error is not None:
+                st.errors += 1
+            if res.limit:
+                st.limits[res.limit] = st.limits.get(res.limit, 0) + 1
+            return res
+
+    def _run(self, code: str, timeout: float) -> CellResult:
+        self._cell += 1
+        cell = self._cell
+        t0 = time.monotonic()
+        prim_s = 0.0
+        h_new, c_new = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        backup = _Conn(h_new, self.config.max_message_mb * 2**20)
+
+        def result(**kw) -> CellResult:
+            kw.setdefault("duration_s", time.monotonic() - t0)
+            return CellResult(cell=cell, primitive_s=prim_s, **kw)
+
+        def lost(why: str) -> CellResult:
+            backup.close()
+            self._restart()
+            self._stats.restarts += 1
+            return result(error=f"SandboxError: {why}; a fresh session was started (earlier names are lost)",
+                          error_type="SandboxError", restored=True)
+
+        try:
+            self._conn.send({"op": "run", "code": code, "cell": cell, "timeout": timeout}, fds=[c_new.fileno()])
+        except _Dead as e:
+            c_new.close()
+            return lost(f"the sandbox process was gone ({e})")
+        c_new.close()
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                try:
+                    msg = self._conn.recv(deadline)
+                except _Dead as e:
+                    return self._after_death(backup, result, lost, str(e), timeout)
+                if msg is None:
+                    self._kill_worker()
+                    if not self._takeover(backup):
+                        return lost("the session could not be restored after the timeout")
+                    return result(error=(f"TimeoutError: the cell ran longer than {timeout:g} s and was stopped; "
+                                         "the namespace is as it was before the cell"),
+                                  error_type="TimeoutError", limit="timeout", restored=True)
+                op = msg.get("op")
+                if op == "call":
+                    t1 = time.monotonic()
+                    reply = self._call_primitive(msg)
+                    spent = time.monotonic() - t1
+                    prim_s += spent
+                    if not self.config.count_primitive_time:
+                        deadline += spent
+                    try:
+                        self._conn.send(reply)
+                    except _Dead:
+                        pass  # the worker died meanwhile: the next recv sees it
+                    continue
+                if op == "done":
+                    return self._finish(msg, backup, result, lost)
+                self._kill_worker()
+                if not self._takeover(backup):
+                    return lost(f"protocol error ({op!r})")
+                return result(error=f"SandboxError: protocol error from the sandbox ({op!r}); session restored",
+                              error_type="SandboxError", restored=True)
+        except KeyboardInterrupt:
+            self._kill_worker()
+            if not self._takeover(backup):
+                backup.close()
+                self._restart()
+            raise
+
+    def _finish(self, msg: dict, backup: _Conn, result, lost) -> CellResult:
+        def s(key):
+            v = msg.get(key)
+            return v if type(v) is str else None
+
+        limit = msg.get("limit") if msg.get("limit") in ("memory", "output") else None
+        dropped = msg.get("dropped") if type(msg.get("dropped")) is int else 0
+        restored = False
+        error = s("error")
+        if limit == "memory":
+            # The cell hit the address-space limit: whatever it built may still hold the memory.
+            self._kill_worker()
+            if not self._takeover(backup):
+                return lost("the session could not be restored after running out of memory")
+            restored = True
+            error = (error or "MemoryError") + (f" [memory limit {self.config.memory_mb} MB; "
+                                                "the namespace is as it was before the cell]")
+        else:
+            backup.close()  # the backup sees EOF and exits
+        return result(stdout=s("stdout") or "", value=s("value"), error=error,
+                      error_type=s("etype") if error else None, limit=limit, restored=restored,
+                      dropped_chars=dropped)
+
+    def _after_death(self, backup: _Conn, result, lost, why: str, timeout: float) -> CellResult:
+        pid = self._pid
+        status = self._exit_status(pid)
+        if not self._takeover(backup):
+            return lost(f"the sandbox process died ({why})")
+        limit = None
+        if status is not None and os.WIFSIGNALED(status):
+            sig = os.WTERMSIG(status)
+            if sig == signal.SIGXCPU:
+                limit, etype, text = "timeout", "TimeoutError", f"the cell used more than {timeout:g} s of CPU"
+            elif sig in (signal.SIGKILL, signal.SIGABRT, signal.SIGBUS):
+                limit, etype = "memory", "MemoryError"
+                text = f"the cell's process was killed ({_signal_name(sig)}), most likely out of memory"
+            else:
+                etype, text = "SandboxCrash", f"the cell's process crashed ({_signal_name(sig)})"
+        elif status is not None:
+            etype, text = "SandboxCrash", f"the cell's process exited (status {os.WEXITSTATUS(status)})"
+        else:
+            etype, text = "SandboxCrash", "the cell's process died"
+        return result(error=f"{etype}: {text}; the namespace is as it was before the cell",
+                      error_type=etype, limit=limit, restored=True)
+
+    def _call_primitive(self, msg: dict) -> dict:
+        name = msg.get("name")
+        fn = self._callables.get(name) if type(name) is str else None
+        self._stats.primitive_calls += 1
+        if fn is None:
+            return {"op": "reply", "ok": False, "etype": "NameError", "message": f"no primitive {name!r}"}
+        try:
+            args = _wire.from_wire(msg.get("args"))
+            kwargs = _wire.from_wire(msg.get("kwargs"))
+            if type(args) is not list or type(kwargs) is not dict:
+                raise _wire.WireError("bad call")
+        except _wire.WireError as e:
+            return {"op": "reply", "ok": False, "etype": "TypeError", "message": str(e)}
+        t0 = time.monotonic()
+        try:
+            value = fn(*args, **kwargs)
+        except Exception as e:  # noqa: BLE001 - a primitive's exception belongs to the cell
+            return {"op": "reply", "ok": False, "etype": type(e).__name__, "message": _scrub(str(e))}
+        finally:
+            self._stats.primitive_s += time.monotonic() - t0
+        try:
+            return {"op": "reply", "ok": True, "value": _wire.to_wire(value)}
+        except _wire.PlainDataError as e:
+            return {"op": "reply", "ok": False, "etype": "TypeError",
+                    "message": f"primitive {name}() returned something that is not plain data: {e}"}
+
+    # -- namespace --------------------------------------------------------------------------
+
+    def _request(self, msg: dict, timeout: float = 60.0) -> dict:
+        with self._lock:
+            self._check_open()
+            try:
+                self._conn.send(msg, timeout=timeout)
+                reply = self._conn.recv(time.monotonic() + timeout)
+            except _Dead as e:
+                raise SandboxError(f"the sandbox did not answer: {e}") from None
+            if reply is None:
+                raise SandboxError("the sandbox did not answer in time")
+            return reply
+
+    def get(self, name: str) -> Any:
+        """A copy of the plain-data value bound to ``name``. KeyError if undefined,
+        TypeError if the value is not plain data."""
+        if not isinstance(name, str):
+            raise TypeError("name must be a str")
+        reply = self._request({"op": "get", "name": name})
+        if reply.get("op") != "got":
+            raise SandboxError(f"unexpected reply {reply.get('op')!r}")
+        if reply.get("ok"):
+            try:
+                return _wire.from_wire(reply.get("value"))
+            except _wire.WireError as e:
+                raise SandboxError(str(e)) from None
+        if reply.get("etype") == "KeyError":
+            raise KeyError(name)
+        raise TypeError(str(reply.get("message")))
+
+    def names(self) -> dict[str, str]:
+        """User-defined names -> short description (type and a preview), primitives excluded."""
+        reply = self._request({"op": "names"})
+        names = reply.get("names")
+        if reply.get("op") != "names" or type(names) is not dict:
+            raise SandboxError("unexpected reply")
+        return {str(k): str(v) for k, v in names.items()}
+
+    def stats(self) -> SandboxStats:
+        return self._stats.model_copy(deep=True)
+
+    @property
+    def primitives(self) -> list[str]:
+        return sorted([*self._callables, *self._values])
+
+
+def _scrub(text: str) -> str:
+    for p in sorted({sys.prefix, sys.base_prefix, os.path.expanduser("~"),
+                     os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}, key=len, reverse=True):
+        if p and len(p) > 1:
+            text = text.replace(p, "<host>")
+    return text

@@ -1,0 +1,229 @@
+"""Red-team suite for the sandbox: every escape attempt must fail cleanly (an error result, no
+access obtained) and leave the session usable with its namespace intact.
+
+One session serves the whole table (fast); placeholders SECRET_PATH / MARKER_PATH are replaced
+by a file holding a secret and a path that must never come to exist.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from repl import Sandbox, SandboxConfig
+
+SECRET = "s3cr3t-7f1c2b"
+
+ESCAPES: list[tuple[str, str]] = [
+    # --- dunder walks and dynamic attribute names
+    ("dunder_subclasses", "().__class__.__bases__[0].__subclasses__()"),
+    ("getattr_built_name", "getattr((), '__cla' + 'ss__')"),
+    ("getattr_chain_subclasses",
+     "u = '_' * 2\nc = getattr((), u + 'class' + u)\ngetattr(getattr(c, u + 'base' + u), u + 'subclasses' + u)()"),
+    ("getattr_default_leak", "x = getattr(1, '__class__', None)\nx.mro"),
+    ("hasattr_then_getattr", "assert hasattr(1, '__class__')"),
+    ("getattr_str_subclass_name",
+     "class S(str):\n    def startswith(self, p):\n        return False\ngetattr(1, S('__class__'))"),
+    ("class_dict", "class A:\n    pass\ngetattr(A, '__dict__')"),
+    ("object_subclasses_dynamic", "getattr(object, '__subclasses__')()"),
+    ("reduce_ex", "getattr(1, '__reduce_ex__')(2)"),
+    ("primitive_globals", "getattr(worker, '__glo' + 'bals__')['os']"),
+    ("primitive_closure", "getattr(worker, '__closure__')"),
+    ("print_self", "p = print\ngetattr(p, '__self__')"),
+    ("random_bound_self", "import random\ngetattr(random.random, '__self__')"),
+    ("unicode_normalized_dunder", "(1).\uff3f\uff3fclass\uff3f\uff3f"),
+    ("unicode_normalized_exec", "\uff45\uff58\uff45\uff43('1')"),
+    ("function_type_from_code", "F = type(worker)\nF(getattr(worker, '__code__'), {})"),
+    ("async_coroutine_frame", "async def c():\n    pass\nc().cr_frame"),
+    # --- namespaces and builtins
+    ("vars", "vars()"),
+    ("globals", "globals()['__builtins__']"),
+    ("locals", "locals()"),
+    ("builtins_name", "__builtins__['open']"),
+    ("dir_builtins", "[n for n in dir() if 'builtins' in n][0]"),
+    ("open_read", "open('SECRET_PATH').read()"),
+    ("open_write", "open('MARKER_PATH', 'w').write('x')"),
+    ("print_to_file", "print('x', file=open('MARKER_PATH', 'w'))"),
+    ("exec", "exec('import os')"),
+    ("eval", "eval('1 + 1')"),
+    ("exec_as_value", "e = exec\ne('1')"),
+    ("compile", "compile('1', 'x', 'eval')"),
+    ("breakpoint", "breakpoint()"),
+    ("input", "input('?')"),
+    ("help_globals", "getattr(help, '__globals__')['__builtins__']"),
+    ("exit", "exit()"),
+    ("super", "class A:\n    def f(self):\n        return super()\nA().f()"),
+    # --- format strings
+    ("format_attr", "'{0.__class__.__mro__}'.format(1)"),
+    ("format_map_attr", "'{x.__class__}'.format_map({'x': 1})"),
+    ("str_format_unbound", "str.format('{0.__globals__}', lambda: 0)"),
+    ("format_via_getattr", "getattr('{0.__class__}', 'format')(1).index('int')\n1/0"),
+    ("string_formatter", "import string\nstring.Formatter().format('{0.__class__.__base__}', 0)"),
+    ("string_formatter_mro",
+     "import string\nF = string.Formatter.mro()[-2]\nF.get_field(string.Formatter(), '0.__class__', (1,), {})"),
+    ("fstring_dunder", "f'{(1).__class__}'"),
+    # --- frames, tracebacks, exceptions
+    ("gen_frame_static", "def g():\n    yield 1\nx = g()\nx.gi_frame.f_globals"),
+    ("gen_frame_dynamic", "def g():\n    yield 1\nx = g()\ngetattr(x, 'gi_' + 'frame')"),
+    ("gen_code_dynamic", "def g():\n    yield 1\ngetattr(g(), 'gi_code')"),
+    ("traceback_attr",
+     "try:\n    1/0\nexcept Exception as e:\n    tb = getattr(e, '__trace' + 'back__')\ntb"),
+    ("exit_traceback_frame",
+     "class C:\n    def __enter__(self):\n        return self\n"
+     "    def __exit__(self, t, v, tb):\n        self.f = getattr(tb, 'tb_' + 'frame')\n        return True\n"
+     "with C() as c:\n    1/0\nc.f"),
+    ("exit_traceback_any_attr",
+     "class C:\n    def __enter__(self):\n        return self\n"
+     "    def __exit__(self, t, v, tb):\n        self.n = getattr(tb, 'tb_lineno')\n        return True\n"
+     "with C() as c:\n    1/0\nc.n"),
+    ("attributeerror_obj", "import json\ntry:\n    json.nope\nexcept AttributeError as e:\n    o = getattr(e, 'obj')\no"),
+    ("try_star", "try:\n    raise ExceptionGroup('x', [ValueError()])\nexcept* ValueError:\n    pass"),
+    # --- classes, metaclasses, decorators, parameters
+    ("init_subclass", "class A:\n    def __init_subclass__(cls):\n        pass"),
+    ("getattr_dunder_def", "class A:\n    def __getattr__(self, n):\n        return n"),
+    ("metaclass_keyword", "class M:\n    pass\nclass A(metaclass=M):\n    pass"),
+    ("subclass_type", "class M(type):\n    pass"),
+    ("type_three_args", "type('X', (), {'__getattribute__': lambda s, n: 1})"),
+    ("type_of_type", "T = type(type(1))\nT('X', (object,), {})"),
+    ("subclass_sandbox_module", "import json\nclass X(type(json)):\n    pass"),
+    ("decorator_globals",
+     "def deco(f):\n    return getattr(f, '__glo' + 'bals__')\n@deco\ndef g():\n    pass\ng['__builtins__']"),
+    ("lambda_default_guard_name", "f = lambda _getattr_=getattr: _getattr_((), '__class__')"),
+    ("lambda_default_getattr", "f = lambda g=getattr: g((), '__class__')\nf()"),
+    ("posonly_guard_name", "def f(_getattr_, /):\n    return _getattr_\nf(1)"),
+    ("kwargs_guard_name",
+     "def f(**kw):\n    return getattr(1, '__class__')\nf(_getattr_=lambda o, n: 1, getattr=lambda o, n: 1)"),
+    ("setattr_code", "def f():\n    pass\nsetattr(f, '__code__', None)"),
+    ("setattr_builtin_class", "setattr(str, 'format', 1)"),
+    ("write_module", "import json\njson.loads = 1"),
+    ("class_attr_on_builtin", "int.x = 1"),
+    # --- operator / functools / copy helpers
+    ("operator_attrgetter", "import operator\noperator.attrgetter('__class__.__mro__')(1)"),
+    ("operator_attrgetter_str_subclass",
+     "import operator\nclass S(str):\n    pass\noperator.attrgetter(S('__class__'))(1)"),
+    ("operator_methodcaller", "import operator\noperator.methodcaller('__reduce_ex__', 2)(1)"),
+    ("operator_setitem_module", "import operator, json\noperator.setitem(json, 'x', 1)"),
+    ("functools_update_wrapper_globals",
+     "import functools, json\ndef f():\n    pass\nfunctools.update_wrapper(f, json.dumps, assigned=(), updated=('__globals__',))"),
+    ("functools_wraps_names",
+     "import functools\ndef f():\n    pass\nfunctools.wraps(f, assigned=('__code__',))(f)"),
+    ("functools_partial_getattr", "import functools\nfunctools.partial(getattr, (), '__class__')()"),
+    ("functools_total_ordering_builtin", "import functools\nfunctools.total_ordering(dict)"),
+    ("deepcopy_memo_leak",
+     "import copy, random\nm = {}\ncopy.deepcopy(random.random, m)\n[v for v in m.values() if type(v) is list][0]"),
+    ("copy_module", "import copy, json\ngetattr(copy.copy(json), '__dict__')"),
+    # --- module attribute chains and imports
+    ("statistics_sys", "import statistics\nstatistics.sys.modules['os'].system('touch MARKER_PATH')"),
+    ("getattr_module_sys", "import statistics\ngetattr(statistics, 'sys')"),
+    ("from_json_import_decoder", "from json import decoder\ndecoder"),
+    ("from_statistics_import_sys", "from statistics import sys\nsys"),
+    ("fractions_re", "import fractions\nfractions.re"),
+    ("datetime_capsule", "import datetime\ndatetime.datetime_CAPI"),
+    ("import_dotted", "import collections.abc"),
+    ("import_os", "import os\nos.system('touch MARKER_PATH')"),
+    ("import_sys", "import sys\nsys.modules"),
+    ("import_subprocess", "import subprocess"),
+    ("import_builtins", "import builtins\nbuiltins.open('SECRET_PATH').read()"),
+    ("dunder_import", "__import__('os')"),
+    ("import_via_getattr", "getattr(__builtins__, '__import__')('os')"),
+    ("importlib", "import importlib\nimportlib.import_module('os')"),
+    ("pickle", "import pickle"),
+    ("ctypes", "import ctypes"),
+    ("codecs_open", "import codecs\ncodecs.open('SECRET_PATH').read()"),
+    ("io_fileio", "import io\nio.FileIO('SECRET_PATH').read()"),
+    ("io_open", "import io\nio.open('SECRET_PATH').read()"),
+    ("typing_eval", "import typing"),
+    ("inspect", "import inspect"),
+    ("gc_referrers", "import gc"),
+    ("relative_import", "from . import x"),
+    # --- the primitives
+    ("del_primitive", "del worker"),
+    ("rebind_primitive", "worker = None"),
+    ("rebind_primitive_global", "def f():\n    global worker\n    worker = 1\nf()"),
+    ("rebind_primitive_for", "for worker in [1]:\n    pass"),
+    ("rebind_primitive_import", "import json as worker"),
+    ("rebind_primitive_walrus", "[(worker := i) for i in range(2)]"),
+    ("rebind_primitive_def", "def worker():\n    return 1"),
+    ("primitive_non_plain_arg", "worker(lambda: 0)"),
+]
+
+# (name, code, acceptable limits or error types)
+RESOURCES: list[tuple[str, str, set[str]]] = [
+    ("infinite_loop", "while True:\n    pass", {"timeout"}),
+    ("sleep", "import time\ntime.sleep(100)", {"timeout"}),
+    ("bigint_in_c", "x = 10 ** 10 ** 9", {"timeout", "memory"}),
+    ("regex_backtracking", "import re\nre.match('(a+)+$', 'a' * 64 + 'b')", {"timeout"}),
+    ("recursion_bomb", "def f():\n    try:\n        f()\n    except RecursionError:\n        f()\nf()", {"timeout", "RecursionError"}),
+    ("deep_recursion", "def f(n):\n    return f(n + 1)\nf(0)", {"RecursionError"}),
+    ("memory_string", "s = 'x' * 10 ** 10", {"memory"}),
+    ("memory_list", "l = [0] * 10 ** 10", {"memory"}),
+    ("memory_growth", "l = []\nwhile True:\n    l.append('x' * 10 ** 6)", {"memory"}),
+    ("memory_growth_small_items", "l = []\nwhile True:\n    l.append([0] * 1000)", {"memory", "timeout"}),
+    ("memory_dict_bomb", "d = {i: str(i) * 50 for i in range(10 ** 9)}", {"memory", "timeout"}),
+    ("memory_bytearray", "b = bytearray(10 ** 10)", {"memory"}),
+    ("huge_comprehension", "l = [i for i in range(10 ** 10)]", {"memory", "timeout"}),
+    ("output_flood", "while True:\n    print('x' * 1000)", {"timeout"}),
+    ("fork_bomb_os", "import os\nwhile True:\n    os.fork()", {"ImportError"}),
+    ("fork_bomb_multiprocessing", "import multiprocessing", {"ImportError"}),
+    ("threads", "import threading", {"ImportError"}),
+    ("fork_via_subprocess", "import subprocess\nsubprocess.Popen(['sh'])", {"ImportError"}),
+    ("deep_nesting_compile", "x = " + "-" * 100_000 + "1", {"SyntaxError", "RecursionError", "MemoryError"}),
+    ("nested_parens", "x = " + "(" * 10_000 + ")" * 10_000, {"SyntaxError"}),
+]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    d = tmp_path_factory.mktemp("redteam")
+    secret = d / "secret.txt"
+    secret.write_text(SECRET)
+    marker = d / "marker"
+    calls: list = []
+    sb = Sandbox(
+        primitives={"worker": lambda *a, **k: calls.append(a) or "ok", "context": "ctx"},
+        config=SandboxConfig(timeout_s=1.0, memory_mb=256, output_limit=2000),
+    )
+    assert sb.run("canary = [1, 2, 3]").ok
+    yield sb, secret, marker
+    sb.close()
+
+
+def _sub(code: str, secret, marker) -> str:
+    return code.replace("SECRET_PATH", str(secret)).replace("MARKER_PATH", str(marker))
+
+
+def _assert_alive(sb):
+    after = sb.run("1+1")
+    assert after.value == "2", after
+    assert sb.get("canary") == [1, 2, 3]
+    assert sb.run("worker").value.startswith("<function worker")
+
+
+def test_table_is_big_enough():
+    assert len(ESCAPES) >= 40
+    assert len({n for n, _ in ESCAPES}) == len(ESCAPES)
+
+
+@pytest.mark.parametrize("name,code", ESCAPES, ids=[n for n, _ in ESCAPES])
+def test_escape_fails_cleanly(env, name, code):
+    sb, secret, marker = env
+    res = sb.run(_sub(code, secret, marker))
+    assert not res.ok, f"{name} did not fail: {res}"
+    assert res.error and res.error_type
+    assert "Traceback" not in res.error
+    assert "/repl/" not in res.error and ".venv" not in res.error  # no host paths
+    blob = f"{res.stdout}\n{res.value}\n{res.error}"
+    assert SECRET not in blob
+    assert not marker.exists()
+    _assert_alive(sb)
+
+
+@pytest.mark.parametrize("name,code,expected", RESOURCES, ids=[n for n, _, _ in RESOURCES])
+def test_resource_attack_is_stopped(env, name, code, expected):
+    sb, secret, marker = env
+    res = sb.run(code)
+    assert not res.ok, f"{name} did not fail: {res}"
+    got = {res.limit, res.error_type} - {None}
+    assert got & expected, f"{name}: expected one of {expected}, got {res.limit=} {res.error_type=} {res.error=}"
+    assert res.duration_s < 1.0 + 1.5, f"{name} took {res.duration_s:.2f}s"
+    assert len(res.stdout) < 2000 + 200
+    _assert_alive(sb)
