@@ -398,7 +398,11 @@ def _restore_protected() -> list[str]:
 # Requests from the host (between cells, or while a cell waits for a primitive)
 
 
-def _handle_request(msg: dict) -> dict:
+def _max_message() -> int:
+    return int(S.config.get("max_message_bytes") or _wire.MAX_FRAME)
+
+
+def _handle_request(msg: dict) -> dict | bytes:
     op = msg["op"]
     if op == "ping":
         return {"op": "pong", "pid": os.getpid()}
@@ -409,7 +413,7 @@ def _handle_request(msg: dict) -> dict:
     if type(name) is not str or name.startswith("_") or name not in ns:
         return {"op": "got", "ok": False, "etype": "KeyError", "message": str(name)}
     try:
-        return {"op": "got", "ok": True, "value": to_wire(ns[name])}
+        return _wire.frame({"op": "got", "ok": True, "value": to_wire(ns[name])}, _max_message())
     except PlainDataError as e:
         return {"op": "got", "ok": False, "etype": "TypeError", "message": f"'{name}' is not plain data: {e}"}
 
@@ -508,12 +512,12 @@ def _make_proxy(name: str):
 
 def _call_host(name: str, args: tuple, kwargs: dict):
     try:
-        wire_args = to_wire(list(args))
-        wire_kwargs = to_wire(kwargs)
+        call = _wire.frame({"op": "call", "name": name, "args": to_wire(list(args)), "kwargs": to_wire(kwargs)},
+                           _max_message())
     except PlainDataError as e:
         raise TypeError(f"{name}(): {e}") from None
     try:
-        send_msg(S.chan, {"op": "call", "name": name, "args": wire_args, "kwargs": wire_kwargs})
+        send_msg(S.chan, call)
         while True:
             msg, _ = recv_msg(S.chan)
             op = msg["op"]

@@ -13,8 +13,9 @@ Invariants the guards keep (each one is tested in tests/test_repl_redteam.py):
    holds copies of a module's public functions, classes and constants only, never the modules
    reachable from it (``statistics.sys``, ``json.decoder``), and whose ``__name__`` does not
    exist (``from json import decoder`` would otherwise fall back to ``sys.modules``).
-4. Functions that reach around the guards are replaced: ``str.format``/``format_map`` and
-   ``string.Formatter`` (attribute lookups inside format strings), ``operator.attrgetter``,
+4. Functions that reach around the guards are replaced: ``str.format``/``format_map``,
+   ``string.Formatter`` and ``collections.UserString.format`` (attribute lookups inside format
+   strings), ``operator.attrgetter``,
    ``methodcaller``, ``setitem``, ``delitem``, ``functools.update_wrapper``/``wraps`` (custom
    ``assigned``/``updated`` names), ``functools.total_ordering`` (writes to any class),
    ``copy.deepcopy`` (a caller's ``memo`` keeps what it traversed), ``type(name, bases, dict)``.
@@ -412,6 +413,24 @@ def safe_deepcopy(x, /):
     import copy
 
     return copy.deepcopy(x)
+
+
+def _userstring_format(self, /, *args, **kwargs):
+    return guarded_getattr(self.data, "format")(*args, **kwargs)
+
+
+def _userstring_format_map(self, mapping):
+    return guarded_getattr(self.data, "format_map")(mapping)
+
+
+def _patch_stdlib() -> None:
+    """Stdlib methods that call ``str.format`` on a string the sandbox chose are patched in
+    place (this process is the sandbox's own): a replacement in the module's namespace could
+    be bypassed through ``cls.mro()``, which hands out the original class."""
+    import collections
+
+    collections.UserString.format = _userstring_format
+    collections.UserString.format_map = _userstring_format_map
 
 
 def safe_total_ordering(cls):
@@ -1082,6 +1101,7 @@ HOOKS = {
 
 def build_namespace(primitives: dict) -> dict:
     """Create the (single, process-wide) sandbox namespace with the given primitives."""
+    _patch_stdlib()
     MODULES.update(_build_modules())
     _preload()
     ns = SANDBOX_GLOBALS

@@ -28,6 +28,9 @@ import struct
 MAX_DEPTH = 200
 _HEADER = struct.Struct(">I")
 MAX_FRAME = 2**32 - 1
+# An int whose decimal form json could not write (sys.int_info.default_max_str_digits is 4300)
+# must be refused here, not fail later in dumps() where the caller expects a WireError/OSError.
+MAX_INT_BITS = 12_000
 
 _SCALARS = (str, int, float, bool, type(None))
 
@@ -50,6 +53,8 @@ def to_wire(x: object, depth: int = 0) -> object:
     if depth > MAX_DEPTH:
         raise PlainDataError("plain data nested too deeply (or a reference cycle)")
     t = type(x)
+    if t is int and x.bit_length() > MAX_INT_BITS:
+        raise PlainDataError(f"int of {x.bit_length()} bits is too large to be plain data")
     if t is str or t is int or t is bool or x is None:
         return x
     if t is float:
@@ -124,10 +129,12 @@ def loads(data: bytes) -> dict:
     return msg
 
 
-def frame(msg: dict) -> bytes:
+def frame(msg: dict, limit: int = MAX_FRAME) -> bytes:
+    """Encode a message; PlainDataError if its body is over ``limit`` bytes (the sender checks
+    what the receiver would refuse, so an oversized frame never desynchronizes the stream)."""
     body = dumps(msg)
-    if len(body) > MAX_FRAME:
-        raise PlainDataError("message too large")
+    if len(body) > min(limit, MAX_FRAME):
+        raise PlainDataError(f"message of {len(body):,} bytes is over the limit of {min(limit, MAX_FRAME):,}")
     return _HEADER.pack(len(body)) + body
 
 
@@ -135,8 +142,9 @@ def frame(msg: dict) -> bytes:
 # Blocking helpers used by the sandbox process (the host has its own deadline-aware reader).
 
 
-def send_msg(sock: socket.socket, msg: dict, fds: list[int] | None = None) -> None:
-    data = frame(msg)
+def send_msg(sock: socket.socket, msg: dict | bytes, fds: list[int] | None = None) -> None:
+    """Send a message (a dict, or bytes already made by :func:`frame`)."""
+    data = msg if type(msg) is bytes else frame(msg)
     if fds:
         # The descriptors ride on the 4-byte header; the receiver always reads headers with
         # recvmsg, so they arrive with the message they belong to.

@@ -289,6 +289,7 @@ class Sandbox:
         init = {"op": "init", "primitives": prims, "config": {
             "timeout_s": cfg.timeout_s, "memory_mb": cfg.memory_mb, "output_limit": cfg.output_limit,
             "recursion_limit": cfg.recursion_limit, "debug": cfg.debug,
+            "max_message_bytes": cfg.max_message_mb * 2**20,
             "drop_privileges": cfg.drop_privileges}}
         try:
             self._conn.send(init, timeout=cfg.startup_timeout_s)

@@ -61,6 +61,10 @@ ESCAPES: list[tuple[str, str]] = [
     ("string_formatter_mro",
      "import string\nF = string.Formatter.mro()[-2]\nF.get_field(string.Formatter(), '0.__class__', (1,), {})"),
     ("fstring_dunder", "f'{(1).__class__}'"),
+    ("userstring_format", "import collections\ncollections.UserString('{0.__globals__}').format(collections.namedtuple)"),
+    ("userstring_format_map", "import collections\ncollections.UserString('{x.__class__}').format_map({'x': 1})"),
+    ("userstring_format_mro",
+     "import collections\nU = collections.UserString\nU.mro()[0].format(U('{0.__class__.__mro__}'), 1)"),
     # --- frames, tracebacks, exceptions
     ("gen_frame_static", "def g():\n    yield 1\nx = g()\nx.gi_frame.f_globals"),
     ("gen_frame_dynamic", "def g():\n    yield 1\nx = g()\ngetattr(x, 'gi_' + 'frame')"),
@@ -144,6 +148,7 @@ ESCAPES: list[tuple[str, str]] = [
     ("rebind_primitive_walrus", "[(worker := i) for i in range(2)]"),
     ("rebind_primitive_def", "def worker():\n    return 1"),
     ("primitive_non_plain_arg", "worker(lambda: 0)"),
+    ("primitive_unencodable_int", "worker(10 ** 5000)"),
 ]
 
 # (name, code, acceptable limits or error types)
@@ -227,3 +232,19 @@ def test_resource_attack_is_stopped(env, name, code, expected):
     assert res.duration_s < 1.0 + 1.5, f"{name} took {res.duration_s:.2f}s"
     assert len(res.stdout) < 2000 + 200
     _assert_alive(sb)
+
+
+def test_get_and_call_refuse_what_the_host_would_refuse():
+    """A value the wire cannot carry (an int json cannot write, a message over max_message_mb)
+    is refused by the sandbox before sending: a clean error, never a dead worker or a lost
+    namespace (the host's get() runs outside any cell, where there is no backup)."""
+    with Sandbox(primitives={"worker": lambda *a: "ok"},
+                 config=SandboxConfig(timeout_s=2.0, memory_mb=256, max_message_mb=1)) as sb:
+        assert sb.run("canary = [1, 2, 3]\nhuge = 10 ** 5000\nbig = ['y' * 1000] * 3000").ok
+        for name in ("huge", "big"):
+            with pytest.raises(TypeError, match="not plain data"):
+                sb.get(name)
+            _assert_alive(sb)
+        res = sb.run("worker(big)")
+        assert res.error_type == "TypeError" and "over the limit" in res.error and not res.restored
+        _assert_alive(sb)
