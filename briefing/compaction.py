@@ -155,7 +155,7 @@ def compact(cache: TrajectoryCache, prompt: str, selector: Selector | None = Non
     scores = Q = prompt_kv = last_logits = None
     if scoring:  # forward the prompt over the FULL cache, capture its queries, then crop the cache back to T
         try:
-            last_logits, queries = forward_with_bias(lm, cache.kv, prompt_ids, T, None, capture=True)
+            last_logits, queries = forward_with_bias(lm, cache.kv, prompt_ids, T, None, capture=True, last_only=True)
             prompt_kv = kv.layer_kv(cache.kv, T, T + n)
         finally:
             kv.truncate(cache.kv, T)
@@ -187,7 +187,7 @@ def compact(cache: TrajectoryCache, prompt: str, selector: Selector | None = Non
         for layer, pk, pv in zip(ctx_kv.layers, *prompt_kv):
             layer.keys, layer.values = torch.cat([layer.keys, pk], -2), torch.cat([layer.values, pv], -2)
     else:
-        last_logits = forward_with_bias(lm, ctx_kv, prompt_ids, T, beta_layers)[-1]
+        last_logits = forward_with_bias(lm, ctx_kv, prompt_ids, T, beta_layers, last_only=True)[-1]
     timing["prompt"] = time.perf_counter() - t0
     stats = CompactionStats(
         method=type(selector).__name__, kept=t, original_length=T, kept_ratio=t / T, prompt_tokens=n,

@@ -69,13 +69,16 @@ class CompactedCache:
 
 @torch.no_grad()
 def forward_with_bias(lm: LoadedModel, cache: DynamicCache, ids: list[int], position: int,
-                      beta: list[torch.Tensor | None] | None, capture: bool = False) -> tuple | torch.Tensor:
-    """One forward pass with the briefing attention active (bias on the first keys, optional query capture)."""
+                      beta: list[torch.Tensor | None] | None, capture: bool = False,
+                      last_only: bool = False) -> tuple | torch.Tensor:
+    """One forward pass with the briefing attention active (bias on the first keys, optional query capture).
+    Returns logits [len(ids), vocab] ([1, vocab] with last_only), and the captured queries if `capture`."""
     state = BiasState(beta=beta, capture=capture)
     input_ids = torch.tensor([ids])
     position_ids = torch.arange(position, position + len(ids))[None]
     with active(state):
-        out = lm.model(input_ids=input_ids, position_ids=position_ids, past_key_values=cache, use_cache=True)
+        out = lm.model(input_ids=input_ids, position_ids=position_ids, past_key_values=cache, use_cache=True,
+                       logits_to_keep=1 if last_only else 0)
     logits = out.logits[0].float()
     return (logits, state.queries) if capture else logits
 
@@ -96,6 +99,6 @@ def plain_context(lm: LoadedModel, prompt: str) -> CompactedCache:
     """No trajectory at all: the prompt alone, from position 0 (the `plain` worker)."""
     ids = check_prompt(lm, prompt, 0)
     cache = DynamicCache()
-    logits = forward_with_bias(lm, cache, ids, 0, None)
+    logits = forward_with_bias(lm, cache, ids, 0, None, last_only=True)
     stats = CompactionStats(method="plain", kept=0, original_length=0, kept_ratio=0.0, prompt_tokens=len(ids))
     return CompactedCache(lm, cache, None, len(ids), len(ids), logits[-1], ids, stats)

@@ -24,7 +24,7 @@ def heldout_attention_error(cache: TrajectoryCache, ctx: CompactedCache, continu
     lm, T = cache.lm, cache.length
     ids = ctx.prompt_ids + lm.encode(continuation)
     try:
-        _, queries = forward_with_bias(lm, cache.kv, ids, T, None, capture=True)
+        _, queries = forward_with_bias(lm, cache.kv, ids, T, None, capture=True, last_only=True)
     finally:
         kv.truncate(cache.kv, T)
     n_prompt = len(ctx.prompt_ids)
