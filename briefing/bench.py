@@ -32,15 +32,15 @@ KVPRESS = {  # DESIGN.md, "The anchor to beat": answer KL of kvpress 0.5.5 on th
     "prototype (shared mask, beta + C2)": {0.5: 0.0047, 0.2: 0.0232, 0.1: 0.0296, 0.05: 0.0367},
 }
 VARIANTS = {  # name -> selector factory(ratio); the first is the default AttentionMatching
-    "fit, per-head, prompt KV reused, no smoothing (default)": lambda r: briefing.AttentionMatching(budget=r),
-    "fit, shared mask": lambda r: briefing.AttentionMatching(budget=r, per_head=False),
+    "fit, per-head, prompt KV reused, smoothing 5 (default)": lambda r: briefing.AttentionMatching(budget=r),
+    "fit, shared mask": lambda r: briefing.AttentionMatching(budget=r, per_head=False, smooth_kernel=1),
     "fit, prompt recomputed on compacted cache": lambda r: briefing.AttentionMatching(budget=r, reuse_prompt_kv=False),
-    "fit, smoothing kernel 5": lambda r: briefing.AttentionMatching(budget=r, smooth_kernel=5),
-    "fit, shared mask, recomputed prompt (prototype)": lambda r: briefing.AttentionMatching(
-        budget=r, per_head=False, reuse_prompt_kv=False),
-    "top-k, per-head": lambda r: briefing.TopK(budget=r),
-    "top-k, per-head, smoothing 5 (SnapKV-like)": lambda r: briefing.TopK(budget=r, smooth_kernel=5),
-    "top-k, shared mask": lambda r: briefing.TopK(budget=r, per_head=False),
+    "fit, no smoothing": lambda r: briefing.AttentionMatching(budget=r, smooth_kernel=1),
+    "fit, shared mask, recomputed prompt, no smoothing (prototype)": lambda r: briefing.AttentionMatching(
+        budget=r, per_head=False, reuse_prompt_kv=False, smooth_kernel=1),
+    "top-k, per-head, no smoothing": lambda r: briefing.TopK(budget=r, smooth_kernel=1),
+    "top-k, per-head, smoothing 5 (SnapKV-like)": lambda r: briefing.TopK(budget=r),
+    "top-k, shared mask": lambda r: briefing.TopK(budget=r, per_head=False, smooth_kernel=1),
 }
 
 
@@ -64,6 +64,31 @@ def anchor_case(lm) -> dict:
         rows["ours"][name] = {r: answer_kl(full, cache.compact(QUESTION, make(r)), ANSWER) for r in (0.5, 0.2, 0.1, 0.05)}
     rows["no trajectory"] = answer_kl(full, cache.compact(QUESTION, briefing.KeepNone()), ANSWER)
     return rows
+
+
+COPY_FACTS = [  # (fact planted mid-trajectory, question, exact answer): digits are one token each in SmolLM2
+    ("The vault code is 4721.", "What is the vault code?", "4721"),
+    ("Note: the shipment number recorded in section 2 is 83915.", "What is the shipment number recorded in section 2?", "83915"),
+    ("REPL output: total = 10,000 users", "How many users in total?", "10,000"),
+]
+
+
+def copy_case(lm) -> dict:
+    """Exact-value recall: log-likelihood of the exact answer (chat format, tau = 1) by smoothing kernel,
+    as a gap to the full cache (0 is perfect)."""
+    essay = (DATA / "pg_essays" / "avg.txt").read_text()[:1500]
+    system = "You are a worker. Here is the orchestrator's trajectory so far:\n\n"
+    gaps: dict[str, list[float]] = {}
+    for fact, question, answer in COPY_FACTS:
+        chat = lm.chat_prompt(system + essay[:700] + "\n" + fact + "\n" + essay[700:], question)
+        split = chat.rindex(question)
+        cache = briefing.TrajectoryCache(lm, chat[:split])
+        prompt = chat[split:]
+        full = briefing.loglikelihood(cache.compact(prompt, briefing.KeepAll()), " " + answer)
+        for kernel in (1, 3, 5):
+            ctx = cache.compact(prompt, briefing.AttentionMatching(tau=1.0, smooth_kernel=kernel))
+            gaps.setdefault(f"smooth {kernel}", []).append(full - briefing.loglikelihood(ctx, " " + answer))
+    return {name: sum(v) / len(v) for name, v in gaps.items()}
 
 
 def length_case(lm, target: int, text: str, decode_tokens: int) -> dict:
@@ -156,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, kls in list(result["anchor"]["kvpress"].items()) + list(result["anchor"]["ours"].items()):
         print(f"  {name:<62} " + " ".join(f"{kls[r]:7.4f}" for r in (0.5, 0.2, 0.1, 0.05)))
     print(f"  no trajectory: {result['anchor']['no trajectory']:.4f}")
+    result["copy_logprob_gap"] = copy_case(lm)
+    print("exact-value recall, mean log-prob gap to the full cache (lower is better): "
+          + ", ".join(f"{k}: {v:.2f}" for k, v in result["copy_logprob_gap"].items()))
     for target in lengths:
         row = length_case(lm, target, text, args.decode_tokens)
         result["lengths"].append(row)

@@ -132,7 +132,8 @@ def render(e: Any) -> str:
             parts.append(f"Out: {_block(e.value)}")
         if e.error:
             parts.append(f"Error: {_block(e.error)}")
-        return f"[output]\n{''.join(parts) or '(no output)\n'}\n"
+        body = "".join(parts) or "(no output)\n"
+        return f"[output]\n{body}\n"
     if t == "worker_call":
         answer = e.answer if e.answer is not None else f"(failed: {e.error})"
         return f"[worker call {e.index}]\nQuery: {_block(e.query.strip())}Answer: {_block(answer.strip())}\n"

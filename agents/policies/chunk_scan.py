@@ -13,11 +13,12 @@ Parameters:
     max_chunks: scan at most this many chunks (None: all)
     show_chunks: print each chunk into the trajectory (False: put the chunk in the worker query)
     verify: ask the worker to check the answer, retry once when it says no
+    max_tries: attempts at the answer (and at the check) when the worker call fails; then it stops
     note_query / answer_query / verify_query / retry_query: the worker questions ({i}, {n},
         {query}, {chunk} where it applies)
 
 The policy is stateless: it reads its progress from the REPL variables (`n_chunks`, `scanned`,
-`answer`, `verdict`, `retried`), so one instance can serve many runs.
+`tries`, `answer`, `checks`, `verdict`, `retried`), so one instance can serve many runs.
 """
 from __future__ import annotations
 
@@ -33,9 +34,9 @@ class ChunkScanPolicy(OrchestratorPolicy):
     max_chunks: int | None = None
     show_chunks: bool = True
     verify: bool = True
-    note_query: str = ("Read chunk {i} of {n}, printed just above. In one sentence, note what it says that helps "
-                       "answer this question: {query}")
-    answer_query: str = "Using the notes in the worker answers above, answer the question in a few words: {query}"
+    max_tries: int = 2
+    note_query: str = "Chunk {i} of {n} is printed above. {query} If this chunk does not say, reply 'not in this chunk'."
+    answer_query: str = "{query} Answer from the worker notes above, in a few words."
     verify_query: str = ("Question: {query}\nProposed answer: {answer}\nIs the proposed answer supported by the "
                          "text above? Reply yes or no.")
     retry_query: str = ("A check found the previous answer unsupported. Reread the chunks and notes above and "
@@ -51,12 +52,14 @@ class ChunkScanPolicy(OrchestratorPolicy):
         if scanned < n:
             return self._read(scanned, n, state.query)
         if "answer" not in names:
+            if int(state.get("tries", 0) or 0) >= self.max_tries:
+                return Step(text="The worker could not answer; giving up.", stop=True)
             return Step(text="All chunks read; asking for the answer.",
-                        code=f"answer = worker({self.answer_query.format(query=state.query)!r})\nprint(answer)")
-        if self.verify and "verdict" not in names:
+                        code=f"tries += 1\nanswer = worker({self.answer_query.format(query=state.query)!r})\nprint(answer)")
+        if self.verify and "verdict" not in names and int(state.get("checks", 0) or 0) < self.max_tries:
             q = self.verify_query.replace("{query}", state.query)
             return Step(text="Checking the answer.",
-                        code=f"verdict = worker({q!r}.replace('{{answer}}', str(answer)))\nprint(verdict)")
+                        code=f"checks += 1\nverdict = worker({q!r}.replace('{{answer}}', str(answer)))\nprint(verdict)")
         verdict = str(state.get("verdict", "") or "").strip().lower()
         if self.verify and verdict.startswith("no") and "retried" not in names:
             return Step(text="The check says no; asking once more.",
@@ -73,7 +76,7 @@ class ChunkScanPolicy(OrchestratorPolicy):
             f"    chunks = [str(context)[i:i + {size}] for i in range(0, max(1, len(str(context))), {step})]\n"
             f"chunks = chunks{limit}\n"
             "n_chunks = len(chunks)\n"
-            "scanned = 0\n"
+            "scanned = tries = checks = 0\n"
             "notes = []\n"
             "print(f'{n_chunks} chunks, lengths {[len(c) for c in chunks]}')"
         )
@@ -82,10 +85,10 @@ class ChunkScanPolicy(OrchestratorPolicy):
     def _read(self, i: int, n: int, query: str) -> Step:
         q = self.note_query.format(i=i + 1, n=n, query=query, chunk="{chunk}")
         if self.show_chunks:
-            cells = [f"print(chunks[{i}])", f"scanned = {i + 1}\nnotes.append(worker({q!r}))\nprint(notes[-1])"]
+            cells = [f"print(chunks[{i}])", f"scanned = {i + 1}\nnotes.append(worker({q!r}))"]
         else:
             q = q + "\n\nChunk:\n{chunk}" if "{chunk}" not in self.note_query else q
-            cells = [f"scanned = {i + 1}\nnotes.append(worker({q!r}.replace('{{chunk}}', chunks[{i}])))\nprint(notes[-1])"]
+            cells = [f"scanned = {i + 1}\nnotes.append(worker({q!r}.replace('{{chunk}}', chunks[{i}])))"]
         return Step(text=f"Reading chunk {i + 1} of {n}.", code=cells)
 
     def partial_answer(self, state: RunState) -> str | None:

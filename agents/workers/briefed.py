@@ -75,11 +75,17 @@ class BriefedWorker(LocalModelMixin, Worker):
         t0 = time.monotonic()
         prompts = self.prompts()
         prompt = prompts.call_prompt(query)
-        cache = self.cache_for(prompts.cache_text(trajectory))
+        n_prompt = self.count(prompt)
+        text = prompts.cache_text(trajectory)
+        reserve = n_prompt + self.max_new_tokens + 8
+        if self.count(text) + reserve > int(getattr(self.model(), "max_context", 0) or 1 << 30):
+            # past the model's window: drop the oldest trajectory text (the cache is rebuilt each call then)
+            head = self.count(prompts.cache_text(""))
+            text = prompts.cache_text(self.fit_trajectory(trajectory, reserve + head + 16))
+        cache = self.cache_for(text)
         ctx = cache.compact(prompt, selector=self.make_selector())
         out = briefing.generate(ctx, self.gen_config())
         stats = ctx.stats
-        n_prompt = self.count(prompt)
         return WorkerAnswer(
             text=out.text.strip(), input_tokens=int(stats.kept) + n_prompt,
             text_handoff_tokens=int(cache.length) + n_prompt, kept=int(stats.kept), total=int(stats.original_length),

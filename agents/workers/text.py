@@ -36,7 +36,8 @@ class TextWorker(LocalModelMixin, Worker):
         import briefing
 
         lm = self.model()
-        trajectory = self.fit_trajectory(trajectory, reserve=self.count(self.prompts().call_prompt(query)) + self.max_new_tokens + 64)
+        fixed = self.count(self.prompts().cache_text("")) + self.count(self.prompts().call_prompt(query))
+        trajectory = self.fit_trajectory(trajectory, reserve=fixed + self.max_new_tokens + 24)
         prompt = self.prompts().text_prompt(trajectory, query)
         out = briefing.generate(briefing.plain_context(lm, prompt), self.gen_config())
         n_in = int(out.prompt_tokens or self.count(prompt))

@@ -75,13 +75,14 @@ class ScoredSelector(Selector):
     """A selector driven by task-guided scores.
 
     per_head: equal-size selection per (layer, KV head) by each head's own score (t from the shared rule);
-    False: one shared mask. smooth_kernel: score pooling width (SnapKV uses 5; 1, no pooling, measured best
-    on the anchor case: see README "Benchmarks"). protect_first: always keep the first positions (sink).
+    False: one shared mask. smooth_kernel: score pooling width, so a kept token keeps its neighbours (SnapKV
+    uses 5; measured: it keeps multi-token values such as digit strings intact, see README "Benchmarks").
+    protect_first: always keep the first positions (attention sink).
     """
 
     needs_scores: ClassVar[bool] = True
     per_head: bool = True
-    smooth_kernel: int = 1
+    smooth_kernel: int = 5
     protect_first: int = 1
     reuse_prompt_kv: bool = True
 

@@ -1,0 +1,3 @@
+from rlm.bench.cli import main
+
+raise SystemExit(main())

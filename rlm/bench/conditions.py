@@ -1,0 +1,220 @@
+"""Worker conditions of the benchmark and the per-call metrics, all through the agents' worker prompt.
+
+Every condition answers the same final question with the same `agents.workers.prompt.WorkerPrompt`
+format (cache text = chat head + trajectory header + trajectory; per-call prompt = rest of the system
+turn + query + assistant opening):
+
+- plain:   `briefing.plain_context` on `WorkerPrompt.plain_prompt(query)` (no trajectory);
+- full:    `KeepAll` on the trajectory cache (numerically the same as the pasted text in the same
+           position, without prefilling it a second time); this is the reference for fidelity;
+- text:    optional, the pasted text prompt on `plain_context` (a check that it equals `full`);
+- am_tau*: `AttentionMatching(tau)` (latent briefing), am_b*: `AttentionMatching(budget)`;
+- topk/random/recent at the same budgets and at the kept count of each am_tau run (matched);
+- summary: the worker model summarises the trajectory (on the full cache), then answers on plain
+           context with the summary in the trajectory slot (its input tokens + the summary cost);
+- bm25:    top BM25 chunks of the trajectory (rank_bm25), pasted as text in the trajectory slot.
+
+Accuracy: argmax over candidates of the length-normalised log-likelihood of the candidate's tokens
+(mean log-prob per token) after a shared answer lead-in: the continuation is " " + lead-in + " " +
+candidate, e.g. " The access code found in section 3 is 4417" (the lead-in comes from the question, so it
+carries no information about the value); and greedy generation (16 tokens) with a case-insensitive
+substring match. KL vs full: on the whole continuation with the true answer.
+"""
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import briefing
+from briefing.metrics import answer_kl
+
+QUERY = "Using the trajectory above, answer with the value only. {question}"
+SUMMARY_QUERY = ("Summarise the trajectory above in at most three sentences. Keep every code, name, label and "
+                 "hint it mentions, with what each belongs to.")
+GEN = briefing.GenerationConfig(max_new_tokens=16, temperature=0.0, stop=["\n"])
+
+
+def kv_bytes(lm: Any, kept: int) -> int:
+    """Bytes of kept trajectory K+V held for a call: layers x kv_heads x kept x head_dim x 2 x 4 (fp32)."""
+    cfg = lm.config
+    heads = int(getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads)
+    head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
+    return int(lm.num_layers * heads * kept * head_dim * 2 * 4)
+
+
+def continuation(prefix: str, candidate: str) -> str:
+    return f" {prefix} {candidate}" if prefix else " " + candidate
+
+
+def choose(ctx: Any, candidates: list[str], prefix: str = "") -> tuple[str, list[float]]:
+    """Argmax of the mean log-prob per token of the candidate's tokens after the shared answer lead-in."""
+    import torch
+
+    n_prefix = len(ctx.lm.encode(" " + prefix)) if prefix else 0
+    scores = []
+    for c in candidates:
+        ids, lp = briefing.token_logprobs(ctx, continuation(prefix, c))
+        tok = lp.gather(-1, torch.tensor(ids)[:, None])[:, 0]
+        scores.append(float(tok[n_prefix:].mean() if len(ids) > n_prefix else tok.mean()))
+    best = max(range(len(candidates)), key=lambda i: scores[i])
+    return candidates[best], scores
+
+
+@dataclass
+class Spec:
+    name: str          # condition name (row key)
+    method: str        # family: plain/full/text/latent_briefing/topk/random/recent/summary/bm25
+    selector: Any = None
+    param: Any = None
+    matched_to: str | None = None
+
+
+def bm25_chunks(trajectory: str, query: str, k_tokens: int, lm: Any, chunk_words: int = 60) -> str:
+    """Top BM25 chunks (about `chunk_words` words each) of the trajectory, in trajectory order, up to k_tokens."""
+    from rank_bm25 import BM25Okapi
+
+    words = trajectory.split(" ")
+    chunks = [" ".join(words[i:i + chunk_words]) for i in range(0, len(words), chunk_words)]
+    tok = lambda s: re.findall(r"\w+", s.lower())
+    bm = BM25Okapi([tok(c) or ["_"] for c in chunks])
+    order = sorted(range(len(chunks)), key=lambda i: -bm.get_scores(tok(query))[i])
+    picked, used = [], 0
+    for i in order:
+        n = lm.count_tokens(chunks[i])
+        if picked and used + n > k_tokens:
+            break
+        picked.append(i)
+        used += n
+    return "\n...\n".join(chunks[i] for i in sorted(picked)) + "\n"
+
+
+class EpisodeRunner:
+    """All conditions on one episode: one trajectory cache, prefilled once."""
+
+    def __init__(self, lm: Any, prompts: Any, episode: Any, with_generation: bool | set[str] = True) -> None:
+        self.lm, self.prompts, self.ep = lm, prompts, episode
+        self.with_generation = with_generation  # True, False, or the set of condition names to generate for
+        self.query = QUERY.format(question=episode.question)
+        self.call_prompt = prompts.call_prompt(self.query)
+        t0 = time.perf_counter()
+        self.cache = briefing.TrajectoryCache(lm, prompts.cache_text(episode.trajectory))
+        self.prefill_s = time.perf_counter() - t0
+        self.T = self.cache.length
+        self.n_prompt = lm.count_tokens(self.call_prompt)
+        self.full_input = self.T + self.n_prompt
+        t0 = time.perf_counter()
+        self.full = self.cache.compact(self.call_prompt, briefing.KeepAll())
+        self.full_build_s = time.perf_counter() - t0
+        self.full_choice, _ = choose(self.full, episode.candidates, episode.answer_prefix)
+
+    def base_row(self) -> dict[str, Any]:
+        e = self.ep
+        return {"episode": e.id, "seed": e.seed, "target_tokens": e.target_tokens, "trajectory_tokens": self.T,
+                "depth": e.depth, "fact_offset": e.fact_offset, "carrier": e.fact_carrier, "kind": e.kind,
+                "n_distractors": e.n_distractors, "answer": e.answer, "full_input_tokens": self.full_input,
+                "prefill_s": self.prefill_s}
+
+    def score(self, spec: Spec, ctx: Any, input_tokens: int, kept: int, overhead_s: float, extra: dict | None = None) -> dict:
+        e = self.ep
+        choice, scores = choose(ctx, e.candidates, e.answer_prefix)
+        row = self.base_row() | {
+            "condition": spec.name, "method": spec.method, "param": spec.param, "matched_to": spec.matched_to,
+            "kept": kept, "kept_ratio": kept / self.T if self.T else 0.0, "input_tokens": input_tokens,
+            "input_ratio": input_tokens / self.full_input, "kv_bytes": kv_bytes(self.lm, kept),
+            "choice": choice, "correct": choice == e.answer, "agree_full": choice == self.full_choice,
+            "kl": 0.0 if spec.method == "full" else answer_kl(self.full, ctx, continuation(e.answer_prefix, e.answer)),
+            "overhead_s": overhead_s,
+        }
+        gen_s = 0.0
+        gen = self.with_generation
+        if gen is True or (gen and spec.name in gen):
+            out = briefing.generate(ctx, GEN)
+            gen_s = out.time_s
+            row["generated"] = out.text.strip()
+            row["gen_match"] = e.answer.lower() in out.text.lower()
+        row["generate_s"] = gen_s
+        row["latency_s"] = overhead_s + gen_s
+        if extra:
+            row.update(extra)
+        return row
+
+    def run_compaction(self, spec: Spec) -> dict:
+        t0 = time.perf_counter()
+        ctx = self.cache.compact(self.call_prompt, spec.selector)
+        dt = time.perf_counter() - t0
+        st = ctx.stats
+        extra = {"compaction": {k: v for k, v in st.model_dump().items() if k.startswith("time_") or k.startswith("fit")},
+                 "fallback": st.fallback}
+        return self.score(spec, ctx, int(st.kept) + self.n_prompt, int(st.kept), dt, extra)
+
+    def run_plain(self, spec: Spec) -> dict:
+        t0 = time.perf_counter()
+        prompt = self.prompts.plain_prompt(self.query)
+        ctx = briefing.plain_context(self.lm, prompt)
+        return self.score(spec, ctx, len(ctx.prompt_ids), 0, time.perf_counter() - t0)
+
+    def run_full(self, spec: Spec) -> dict:
+        return self.score(spec, self.full, self.full_input, self.T, self.full_build_s)
+
+    def run_text(self, spec: Spec) -> dict:
+        t0 = time.perf_counter()
+        ctx = briefing.plain_context(self.lm, self.prompts.text_prompt(self.ep.trajectory, self.query))
+        return self.score(spec, ctx, len(ctx.prompt_ids), self.T, time.perf_counter() - t0)
+
+    def run_pasted(self, spec: Spec, text: str, extra: dict, t_start: float) -> dict:
+        prompt = self.prompts.text_prompt(text, self.query)
+        ctx = briefing.plain_context(self.lm, prompt)
+        n = len(ctx.prompt_ids)
+        return self.score(spec, ctx, n, 0, time.perf_counter() - t_start, extra | {"pasted_tokens": n - self.n_prompt})
+
+    def run_summary(self, spec: Spec) -> dict:
+        t0 = time.perf_counter()
+        sprompt = self.prompts.call_prompt(SUMMARY_QUERY)
+        sctx = self.cache.compact(sprompt, briefing.KeepAll())
+        out = briefing.generate(sctx, briefing.GenerationConfig(max_new_tokens=int(spec.param or 64), temperature=0.0,
+                                                                stop=["\n\n"]))
+        summary = out.text.strip()
+        extra = {"summary": summary, "summary_cost_input_tokens": self.T + len(sctx.prompt_ids),
+                 "summary_cost_output_tokens": len(out.token_ids), "summary_s": out.time_s,
+                 "summary_has_answer": self.ep.answer.lower() in summary.lower()}
+        return self.run_pasted(spec, "[summary of the trajectory]\n" + summary + "\n", extra, t0)
+
+    def run_bm25(self, spec: Spec) -> dict:
+        t0 = time.perf_counter()
+        text = bm25_chunks(self.ep.trajectory, self.ep.question, int(spec.param), self.lm)
+        return self.run_pasted(spec, text, {"bm25_has_answer": self.ep.answer in text}, t0)
+
+    def run(self, spec: Spec) -> dict:
+        fn = {"plain": self.run_plain, "full": self.run_full, "text": self.run_text, "summary": self.run_summary,
+              "bm25": self.run_bm25}.get(spec.method, self.run_compaction)
+        return fn(spec)
+
+
+def episode_rows(lm: Any, prompts: Any, episode: Any, taus: list[float], budgets: list[float], *,
+                 matched: bool = True, text_check: bool = False, summary: bool = True, bm25_tokens: int = 150,
+                 with_generation: bool | set[str] = True, seed: int = 0, matched_taus: list[float] | None = None) -> list[dict]:
+    r = EpisodeRunner(lm, prompts, episode, with_generation)
+    specs = [Spec("plain", "plain"), Spec("full", "full")]
+    if text_check:
+        specs.append(Spec("text", "text"))
+    rows = [r.run(s) for s in specs]
+    for tau in taus:
+        row = r.run(Spec(f"am_tau{tau:g}", "latent_briefing", briefing.AttentionMatching(tau=tau), tau))
+        rows.append(row)
+        if matched and (matched_taus is None or tau in matched_taus):
+            k = max(1, row["kept"])
+            for name, sel in (("topk", briefing.TopK(budget=k)), ("random", briefing.RandomKeep(budget=k, seed=seed)),
+                              ("recent", briefing.RecentWindow(budget=k))):
+                rows.append(r.run(Spec(f"{name}@am_tau{tau:g}", name, sel, k, matched_to=f"am_tau{tau:g}")))
+    for b in budgets:
+        for name, sel in (("latent_briefing", briefing.AttentionMatching(budget=b)), ("topk", briefing.TopK(budget=b)),
+                          ("random", briefing.RandomKeep(budget=b, seed=seed)), ("recent", briefing.RecentWindow(budget=b))):
+            label = "am" if name == "latent_briefing" else name
+            rows.append(r.run(Spec(f"{label}_b{b:g}", name, sel, b, matched_to=f"budget{b:g}")))
+    if summary:
+        rows.append(r.run(Spec("summary", "summary", param=64)))
+    if bm25_tokens:
+        rows.append(r.run(Spec(f"bm25_{bm25_tokens}", "bm25", param=bm25_tokens)))
+    return rows

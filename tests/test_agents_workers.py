@@ -1,0 +1,106 @@
+"""Workers on the real embedded model (short texts), the worker prompt, token counting, local backend."""
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from agents import (BriefedWorker, LocalChatBackend, PlainWorker, TextWorker, TiktokenCounter, WorkerPrompt,
+                    make_worker, split_chat_template)
+from agents.workers.prompt import TRAJECTORY_HEADER
+
+TRAJ1 = "Query: Where is the meeting?\nContext: a str of 80 characters.\n\n[output]\nThe meeting was moved to Paris. Bring the red folder.\n\n"
+TRAJ2 = TRAJ1 + "[worker call 1]\nQuery: Which city?\nAnswer: Paris.\n\n"
+Q = "Which city was the meeting moved to? Reply with the city only."
+
+
+def test_tiktoken_offline_never_touches_the_network(monkeypatch):
+    def no_network(*a, **k):
+        raise AssertionError("network access attempted")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    c = TiktokenCounter()
+    assert c.name == "cl100k_base"
+    assert c.count("hello world") == 2 and c.count("") == 0
+    assert c.count("<|endoftext|> is text here") > 1
+
+
+class _NoTemplate:
+    chat_template = None
+
+
+def test_split_without_a_chat_template_falls_back():
+    split = split_chat_template(_NoTemplate())
+    assert split.mid and split.tail
+
+
+@pytest.mark.slow
+def test_worker_prompt_is_the_chat_template(lm):
+    wp = WorkerPrompt.for_model(lm)
+    assert wp.text_prompt(TRAJ1, Q) == lm.chat_prompt(TRAJECTORY_HEADER + TRAJ1, Q)
+    assert wp.cache_text(TRAJ2).startswith(wp.cache_text(TRAJ1))
+    assert wp.cache_text(TRAJ1).startswith("<|im_start|>system\n")
+    assert wp.call_prompt(Q).startswith("<|im_end|>") and wp.call_prompt(Q).endswith("<|im_start|>assistant\n")
+    assert wp.plain_prompt(Q) == lm.chat_prompt(wp.plain_system, Q)
+
+
+@pytest.mark.slow
+def test_briefed_worker_extends_one_cache_and_reports_tokens(lm):
+    w = BriefedWorker(lm=lm, max_new_tokens=8)
+    a1 = w.answer(Q, TRAJ1)
+    cache = w._caches[0]
+    len1 = cache.length
+    a2 = w.answer(Q, TRAJ2)
+    assert len(w._caches) == 1 and w._caches[0] is cache and cache.length > len1
+    wp = WorkerPrompt.for_model(lm)
+    n_prompt = lm.count_tokens(wp.call_prompt(Q))
+    for a, traj in ((a1, TRAJ1), (a2, TRAJ2)):
+        assert a.text and a.worker == "briefed" and a.output_tokens > 0
+        assert a.input_tokens == a.kept + n_prompt
+        assert a.total == lm.count_tokens(wp.cache_text(traj))
+        assert abs(a.text_handoff_tokens - lm.count_tokens(wp.text_prompt(traj, Q))) <= 1
+        assert a.compaction["kept"] == a.kept and 0 < a.kept_ratio < 1
+    # a different trajectory (a new run) gets a new cache; the oldest is dropped past max_caches
+    w.answer(Q, "Query: other\n\n")
+    w.answer(Q, "Query: third\n\n")
+    assert len(w._caches) == 2 and cache not in w._caches
+
+
+@pytest.mark.slow
+def test_text_and_plain_workers_bill_as_documented(lm):
+    wp = WorkerPrompt.for_model(lm)
+    t = TextWorker(lm=lm, max_new_tokens=8).answer(Q, TRAJ1)
+    assert t.input_tokens == t.text_handoff_tokens == lm.count_tokens(wp.text_prompt(TRAJ1, Q))
+    assert t.kept is None and "Paris" in t.text
+    p = PlainWorker(lm=lm, max_new_tokens=8).answer(Q, TRAJ1)
+    assert p.input_tokens == lm.count_tokens(wp.plain_prompt(Q))
+    assert p.text_handoff_tokens == t.text_handoff_tokens
+    b = BriefedWorker(lm=lm, max_new_tokens=8).answer(Q, TRAJ1)
+    assert abs(b.text_handoff_tokens - t.text_handoff_tokens) <= 1 and b.input_tokens < t.input_tokens
+
+
+def test_make_worker_kinds():
+    assert isinstance(make_worker("briefed", tau=2.0), BriefedWorker)
+    assert make_worker("text").name == "text" and make_worker("plain").name == "plain"
+    with pytest.raises(ValueError):
+        make_worker("telepathic")
+
+
+@pytest.mark.slow
+def test_local_chat_backend(lm):
+    b = LocalChatBackend(lm, max_new_tokens=8)
+    r = b.complete([{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "Say hello."}])
+    assert r.text and r.output_tokens > 0 and r.input_tokens > 5 and r.model == lm.name
+
+
+@pytest.mark.slow
+def test_workers_cut_a_trajectory_longer_than_the_window(lm):
+    from tests.tiny import tiny_model
+
+    small = tiny_model("llama-gqa", lm.tokenizer, max_positions=256)
+    long_traj = "Query: q\n\n[output]\n" + "The tide was low in the morning and the gulls were loud. " * 60 + "\n\n"
+    assert small.count_tokens(long_traj) > 256
+    for w in (BriefedWorker(lm=small, max_new_tokens=4), TextWorker(lm=small, max_new_tokens=4)):
+        a = w.answer("What was low?", long_traj)
+        assert a.output_tokens <= 4 and a.input_tokens <= 256

@@ -1,0 +1,54 @@
+"""The episode generator of `rlm bench`: deterministic, the fact is in the trajectory and only there."""
+from __future__ import annotations
+
+import pytest
+
+from rlm.bench.episodes import CARRIERS, DEPTHS, make_episode, make_suite
+from rlm.events import render
+
+
+def test_deterministic():
+    a, b = make_episode(7, 1000), make_episode(7, 1000)
+    assert a.trajectory == b.trajectory and a.question == b.question and a.candidates == b.candidates
+    assert make_episode(8, 1000).trajectory != a.trajectory
+
+
+@pytest.mark.parametrize("carrier", CARRIERS)
+@pytest.mark.parametrize("depth", list(DEPTHS))
+def test_fact_in_trajectory_not_in_question(carrier, depth):
+    e = make_episode(3, 800, depth=depth, carrier=carrier, n_distractors=3)
+    target = next(f for f in e.facts if f.target)
+    assert target.statement in e.trajectory and e.answer in e.trajectory
+    assert e.answer.lower() not in e.question.lower()
+    assert e.answer not in e.answer_prefix
+    assert e.fact_carrier == carrier
+    lo, hi = DEPTHS[depth]
+    assert 0.0 <= e.fact_offset <= 1.0
+    if e.n_steps >= 4:  # depth is by section; allow a section of slack
+        assert lo - 1.0 / e.n_steps - 0.15 <= e.fact_offset <= hi + 1.0 / e.n_steps + 0.15
+
+
+def test_candidates_and_distractors():
+    e = make_episode(11, 1000, n_distractors=4)
+    distractors = [f for f in e.facts if not f.target]
+    assert len(distractors) == 4 and len(set(e.candidates)) == 5
+    assert e.answer in e.candidates
+    assert {f.value for f in distractors} <= set(e.candidates)
+    for f in distractors:  # same form, other keys: the question alone cannot tell them apart
+        assert f.statement in e.trajectory and f.key != e.facts[0].key
+
+
+def test_rendered_with_runtime_events_and_lengths_grow():
+    e = make_episode(5, 1000)
+    assert e.trajectory == "".join(render(ev) for ev in e.events)
+    assert "[worker call 1]" in e.trajectory and "[output]" in e.trajectory and "[orchestrator]" in e.trajectory
+    sizes = [len(make_episode(5, n, depth="middle", carrier="note").trajectory) for n in (600, 2000, 6000)]
+    assert sizes[0] < sizes[1] < sizes[2]
+    assert 2000 * 2.5 < sizes[1] < 2000 * 6
+
+
+def test_suite_varies_depth_carrier_distractors():
+    eps = make_suite([600, 1200], 3, seed=0)
+    assert len(eps) == 6
+    assert {e.depth for e in eps} == set(DEPTHS)
+    assert len({e.fact_carrier for e in eps}) >= 2 and len({e.n_distractors for e in eps}) == 3

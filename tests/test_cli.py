@@ -1,0 +1,129 @@
+"""The `rlm` command line: view (ours and alexzhang13/rlm traces), run, repl, demo."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from agents import ChunkScanPolicy
+from rlm import RLM
+from rlm.cli import console_primitives, main
+from rlm.data import data_dir
+from rlm.view import load_events
+from tests.fakes import FakeWorker, fake_factory
+
+TRACE = data_dir() / "rlm-trace-log-example.jsonl"
+DOC = "The meeting was moved to Paris. Bring the red folder. " * 3 + "The tide was low in the morning."
+
+
+def test_no_command_prints_help(capsys):
+    assert main([]) == 2
+    assert "run" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not TRACE.exists(), reason="shared data not found")
+def test_view_reads_an_alexzhang13_rlm_trace(capsys):
+    assert main(["view", str(TRACE), "--color", "never"]) == 0
+    out = capsys.readouterr().out
+    assert "rlm-trace log" in out
+    assert "Generate a random number between 1 and 100." in out
+    assert "FINAL run trace-6: 1000" in out and "6 run(s)" in out
+    fmt, events = load_events(TRACE)
+    assert fmt == "rlm-trace"
+    finals = [e.answer for e in events if e.type == "final"]
+    assert finals[-1] == "1000" and len(finals) == 6
+    assert any(e.type == "code" and "print(completion_context)" in e.code for e in events)
+
+
+def test_view_reads_our_log_and_prints_the_trajectory(tmp_path, capsys):
+    log = tmp_path / "run.jsonl"
+    res = RLM(ChunkScanPolicy(chunk_chars=60), FakeWorker(), sandbox_factory=fake_factory,
+              log_path=str(log)).run("Where?", DOC)
+    assert main(["view", str(log), "--color", "never"]) == 0
+    out = capsys.readouterr().out
+    assert "latent-briefing log" in out and "-> worker #1 [fake]" in out and "=== FINAL" in out
+    assert f"{res.worker_calls} worker calls" in out
+    assert main(["view", str(log), "--trajectory"]) == 0
+    assert capsys.readouterr().out == res.trajectory + "\n"
+
+
+def test_view_bad_file(tmp_path, capsys):
+    bad = tmp_path / "x.jsonl"
+    bad.write_text("not json\n")
+    assert main(["view", str(bad)]) == 1
+    assert main(["view", str(tmp_path / "missing.jsonl")]) == 1
+
+
+def test_unknown_option_is_an_error():
+    with pytest.raises(SystemExit):
+        main(["view", "x.jsonl", "--bogus"])
+
+
+def test_repl_passes_a_worker_primitive_to_the_console(monkeypatch, capsys):
+    import repl.console
+
+    fake = FakeWorker(lambda q, t: f"{q} ({t.count('[worker call')} earlier calls)")
+    monkeypatch.setattr("rlm.cli._make_worker", lambda args: (fake, None))
+    got = {}
+
+    def fake_main(argv=None, primitives=None):
+        got["argv"] = argv
+        got["answers"] = [primitives["worker"]("one"), primitives["worker"]("two")]
+        got["batch"] = primitives["worker_batch"](["three"])
+        return 0
+
+    monkeypatch.setattr(repl.console, "main", fake_main)
+    assert main(["repl", "--worker", "plain", "-q", "-c", "print(1)"]) == 0
+    assert got["argv"] == ["-q", "-c", "print(1)"]
+    assert got["answers"] == ["one (0 earlier calls)", "two (1 earlier calls)"]
+    assert got["batch"] == ["three (2 earlier calls)"]
+
+
+def test_repl_console_runs_code_with_the_worker(capsys):
+    from repl import console
+
+    prims = console_primitives(FakeWorker(), context="abc")
+    rc = console.main(["-q", "--no-history", "-c", "print(worker('hi'), len(context))"], primitives=prims)
+    assert rc == 0
+    assert "answer to: hi 3" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_run_command_end_to_end(lm, tmp_path, capsys):
+    ctx = tmp_path / "doc.txt"
+    ctx.write_text(DOC)
+    log = tmp_path / "run.jsonl"
+    rc = main(["run", "--context", str(ctx), "--query", "Which city was the meeting moved to?", "--worker", "briefed",
+               "--chunk-chars", "120", "--max-iterations", "8", "--max-new-tokens", "16", "--log", str(log), "--quiet"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "Answer:" in out and "worker:briefed" in out and "Median kept ratio" in out
+    assert log.exists() and main(["view", str(log)]) == 0
+
+
+@pytest.mark.slow
+def test_run_command_with_llm_policy_and_json(lm, tmp_path, capsys, monkeypatch):
+    from tests.test_agents_openai import Server, _ok
+
+    server = Server()
+    try:
+        server.script.append((200, _ok("It is short.\nFINAL(short)"), {}, 0))
+        ctx = tmp_path / "doc.txt"
+        ctx.write_text(DOC)
+        rc = main(["run", "--context", str(ctx), "--query", "How long?", "--policy", "llm", "--worker", "plain",
+                   "--base-url", server.url, "--api-key", "k", "--llm-model", "m", "--json", "--quiet"])
+    finally:
+        server.close()
+    assert rc == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["answer"] == "short" and data["stop_reason"] == "final"
+    assert data["usage"]["orchestrator"]["input_tokens"] == 11
+
+
+@pytest.mark.slow
+def test_demo_command_small(lm, capsys):
+    rc = main(["demo", "--max-chars", "400", "--chunk-chars", "400", "--max-new-tokens", "12"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "[briefed] answer:" in out and "[text] answer:" in out
+    assert "Worker input tokens: briefed" in out and "fewer with latent briefing" in out
