@@ -26,14 +26,20 @@ from rlm.trajectory import Trajectory
 CARRIERS = ("output", "worker", "note")
 DEPTHS = {"early": (0.05, 0.2), "middle": (0.4, 0.6), "late": (0.8, 0.95)}
 
-FIRST = ["Marguerite", "Tobias", "Ingrid", "Rafael", "Yusuf", "Leontine", "Casimir", "Odessa", "Bartholomew",
-         "Henrietta", "Ambrose", "Priya", "Lucian", "Greta", "Desmond", "Soraya"]
-CITIES = ["Lisbon", "Oslo", "Denver", "Kyoto", "Nairobi", "Toronto", "Porto", "Geneva", "Austin", "Dublin",
-          "Seville", "Perth"]
-ROOMS = ["archive", "boiler room", "library", "greenhouse", "vault", "attic", "workshop", "cellar", "studio",
-         "observatory"]
-COLOURS = ["crimson", "teal", "amber", "violet", "olive", "indigo", "scarlet", "ivory", "cobalt", "saffron"]
-ANIMALS = ["heron", "otter", "falcon", "badger", "lynx", "walrus", "gecko", "bison", "marten", "ibis"]
+# Keys: clearly different attributes (no two facts of an episode share their wording apart from one word).
+# Values: 4-digit codes or single common words (one token each, with the leading space, for BPE tokenisers
+# like SmolLM2's), so every candidate of an episode has the same token count.
+CODE_KEYS = ["safe combination", "alarm code", "locker number", "wifi password", "garage code", "printer PIN",
+             "gate code", "bike lock code"]
+RELATIONS = ["friend", "landlord", "editor", "cousin", "dentist", "neighbour", "teacher", "lawyer"]
+PAINTED = ["front door", "kitchen wall", "garden fence", "bicycle", "mailbox", "boat", "car", "attic ladder"]
+EMBLEMS = ["team mascot", "hotel logo", "club emblem", "pub sign", "weather vane", "garden statue", "flag emblem",
+           "shop sign"]
+FIRST = ["Peter", "John", "Mary", "Alice", "Robert", "David", "Sarah", "Michael", "Emma", "James", "Anna", "Paul",
+         "Laura", "George", "Helen", "Thomas", "Linda", "Daniel", "Maria", "Frank", "Karen"]
+COLOURS = ["red", "blue", "green", "yellow", "purple", "orange", "pink", "brown", "black", "white", "grey", "silver",
+           "gold"]
+ANIMALS = ["horse", "tiger", "eagle", "rabbit", "wolf", "bear", "snake", "mouse", "whale", "shark", "lion", "zebra"]
 
 
 @dataclass(frozen=True)
@@ -58,19 +64,14 @@ def _codes(rng: random.Random, n: int) -> list[str]:
 
 
 TEMPLATES = [
-    Template("code", "the access code found in section {key} is {value}", "What is the access code found in section {key}?",
-             "The access code found in section {key} is",
-             lambda r, n: [str(x) for x in r.sample(range(2, 40), n)], _codes),
-    Template("name", "the author's friend from {key} is named {value}", "What is the name of the author's friend from {key}?",
-             "The author's friend from {key} is named",
-             lambda r, n: r.sample(CITIES, n), lambda r, n: r.sample(FIRST, n)),
-    Template("colour", "the folder for the {key} is labelled {value}", "What colour is the folder for the {key} labelled?",
-             "The folder for the {key} is labelled",
-             lambda r, n: r.sample(ROOMS, n), lambda r, n: r.sample(COLOURS, n)),
-    Template("animal", "the password hint for account {key} is {value}", "What is the password hint for account {key}?",
-             "The password hint for account {key} is",
-             lambda r, n: [f"{r.choice('ABCDEFGHKMNPRSTUVWXZ')}{x}" for x in r.sample(range(10, 99), n)],
-             lambda r, n: r.sample(ANIMALS, n)),
+    Template("code", "The {key} is {value}", "What is the {key}?", "The {key} is",
+             lambda r, n: r.sample(CODE_KEYS, n), _codes),
+    Template("name", "The author's {key} is {value}", "What is the name of the author's {key}?", "The author's {key} is",
+             lambda r, n: r.sample(RELATIONS, n), lambda r, n: r.sample(FIRST, n)),
+    Template("colour", "The {key} is painted {value}", "What colour is the {key} painted?", "The {key} is painted",
+             lambda r, n: r.sample(PAINTED, n), lambda r, n: r.sample(COLOURS, n)),
+    Template("animal", "The {key} is a {value}", "What animal is the {key}?", "The {key} is a",
+             lambda r, n: r.sample(EMBLEMS, n), lambda r, n: r.sample(ANIMALS, n)),
 ]
 
 
