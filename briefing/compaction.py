@@ -27,6 +27,7 @@ from briefing.selection import AttentionMatching, KeepAll, KeepNone, Scores, Sel
 from briefing.trajectory import TrajectoryCache
 
 LAYER_CHUNK = 6  # layers per batched block: bounds the [L, H, m, T] logits in memory
+KEEP_BLOCKS_MAX = 1 << 26  # elements of E (256 MB of float32) kept from scoring for the fit; past it, recompute
 
 
 def _scaling(lm) -> float:
@@ -46,10 +47,12 @@ def group_queries(queries: dict[int, torch.Tensor], layers: int, kv_heads: int) 
     return q.reshape(L, kv_heads, (heads // kv_heads) * n, d)
 
 
-def attention_scores(Q: torch.Tensor, K: torch.Tensor, K_prompt: torch.Tensor, scale: float, n_prompt: int) -> torch.Tensor:
+def attention_scores(Q: torch.Tensor, K: torch.Tensor, K_prompt: torch.Tensor, scale: float, n_prompt: int,
+                     keep_blocks: bool) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
     """Attention probability of each prompt query to each trajectory key, with the prompt's own causal keys
-    in the softmax. Q [L, H, m, d], K [L, H, T, d], K_prompt [L, H, n, d] -> per-head score [L, H, T]."""
-    out = []
+    in the softmax. Q [L, H, m, d], K [L, H, T, d], K_prompt [L, H, n, d] -> per-head score [L, H, T], and
+    (if keep_blocks) the unnormalised block E = exp(s Q K^T - rowmax) per layer chunk, reused by the fit."""
+    scores, blocks = [], []
     m = Q.shape[2]
     row_token = torch.arange(m) % n_prompt  # prompt token of each stacked query row
     causal = torch.arange(n_prompt)[None, :] <= row_token[:, None]  # [m, n]
@@ -60,8 +63,10 @@ def attention_scores(Q: torch.Tensor, K: torch.Tensor, K_prompt: torch.Tensor, s
         row_max = torch.maximum(logits.amax(-1), logits_p.amax(-1)).unsqueeze(-1)
         E = torch.exp(logits - row_max)
         denom = E.sum(-1) + torch.exp(logits_p - row_max).sum(-1)                 # [c, H, m]
-        out.append((E / denom.unsqueeze(-1)).mean(-2))                             # [c, H, T]
-    return torch.cat(out, dim=0)
+        scores.append((E / denom.unsqueeze(-1)).mean(-2))                          # [c, H, T]
+        if keep_blocks:
+            blocks.append(E)
+    return torch.cat(scores, dim=0), (blocks if keep_blocks else None)
 
 
 def nnls_box(A: torch.Tensor, z: torch.Tensor, lo: float, hi: float, iters: int) -> torch.Tensor:
@@ -99,15 +104,20 @@ def gather_positions(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 
 
 def fit(Q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, idx: torch.Tensor, sel: AttentionMatching, scale: float,
-        timing: dict) -> tuple[torch.Tensor, torch.Tensor, float, float, str | None]:
-    """Fit beta [L, H, t] and values C2 [L, H, t, d]. Returns (beta, C2, fit_error, topk_error, fallback)."""
+        timing: dict, blocks: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor, float, float, str | None]:
+    """Fit beta [L, H, t] and values C2 [L, H, t, d]. `blocks`: E per layer chunk from the scoring pass,
+    rescaled here to a row max of 1 over the trajectory (exactly the recomputed block). Returns (beta, C2,
+    fit_error, topk_error, fallback)."""
     betas, values, errs, errs_topk = [], [], [], []
     lo, hi = math.exp(-sel.beta_max), math.exp(sel.beta_max)
-    for c in range(0, Q.shape[0], LAYER_CHUNK):
+    for i, c in enumerate(range(0, Q.shape[0], LAYER_CHUNK)):
         t0 = time.perf_counter()
         q, k, v, ix = (x[c:c + LAYER_CHUNK] for x in (Q, K, V, idx))
-        logits = q @ k.transpose(-1, -2) * scale                                   # [c, H, m, T]
-        E = torch.exp(logits - logits.amax(-1, keepdim=True))
+        if blocks is not None:
+            E = blocks[i] / blocks[i].amax(-1, keepdim=True)
+        else:
+            logits = q @ k.transpose(-1, -2) * scale                               # [c, H, m, T]
+            E = torch.exp(logits - logits.amax(-1, keepdim=True))
         z = E.sum(-1)                                                              # [c, H, m]
         Y = (E @ v) / z.unsqueeze(-1)                                              # [c, H, m, d]
         A = E.gather(-1, ix.unsqueeze(-2).expand(-1, -1, E.shape[-2], -1))         # [c, H, m, t]
@@ -152,7 +162,7 @@ def compact(cache: TrajectoryCache, prompt: str, selector: Selector | None = Non
     K_list, V_list = kv.layer_kv(cache.kv, 0, T)
     kv_heads = K_list[0].shape[1]
     scoring = selector.needs_scores or (selector.reuse_prompt_kv and not isinstance(selector, (KeepAll, KeepNone)))
-    scores = Q = prompt_kv = last_logits = None
+    scores = Q = prompt_kv = last_logits = blocks = None
     if scoring:  # forward the prompt over the FULL cache, capture its queries, then crop the cache back to T
         try:
             last_logits, queries = forward_with_bias(lm, cache.kv, prompt_ids, T, None, capture=True, last_only=True)
@@ -162,7 +172,8 @@ def compact(cache: TrajectoryCache, prompt: str, selector: Selector | None = Non
         last_logits = last_logits[-1]
         Q = group_queries(queries, L, kv_heads)                                    # [L, H, m, d]
         if selector.needs_scores:
-            per_head = attention_scores(Q, stack_layers(K_list), stack_layers(prompt_kv[0]), _scaling(lm), n)
+            keep = selector.fit and Q.shape[0] * Q.shape[1] * Q.shape[2] * T <= KEEP_BLOCKS_MAX
+            per_head, blocks = attention_scores(Q, stack_layers(K_list), stack_layers(prompt_kv[0]), _scaling(lm), n, keep)
             scores = Scores(per_head=per_head, shared=per_head.mean(dim=(0, 1)))
     timing["score"] = time.perf_counter() - t_start
     t0 = time.perf_counter()
@@ -176,7 +187,7 @@ def compact(cache: TrajectoryCache, prompt: str, selector: Selector | None = Non
         K, V = stack_layers(K_list), stack_layers(V_list)                          # [L, H, T, d]
         keys_kept = gather_positions(K, idx)                                       # [L, H, t, d]
         if selector.fit and 0 < t < T:
-            beta, values_kept, fit_error, fit_error_topk, fallback = fit(Q, K, V, idx, selector, _scaling(lm), timing)
+            beta, values_kept, fit_error, fit_error_topk, fallback = fit(Q, K, V, idx, selector, _scaling(lm), timing, blocks)
         else:
             values_kept = gather_positions(V, idx)
         keys, values = list(keys_kept.split(1)), list(values_kept.split(1))

@@ -28,6 +28,6 @@ def test_quick_bench(lm, tmp_path):
             assert r["kept"] == by[(ep, "am_tau1")]["kept"]
     assert conds["full"]["kl_mean"] == 0.0 and conds["full"]["input_ratio_median"] == 1.0
     assert conds["am_tau1"]["input_ratio_median"] < 1.0
-    # sanity: the episodes need the trajectory
-    assert conds["full"]["accuracy"] > conds["plain"]["accuracy"]
+    # sanity: the episodes need the trajectory (full answers from it, plain is near chance)
+    assert conds["full"]["accuracy"] >= conds["plain"]["accuracy"] + 0.3
     assert "| full |" in (tmp_path / "results.md").read_text()

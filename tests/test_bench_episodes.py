@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from rlm.bench.episodes import CARRIERS, DEPTHS, make_episode, make_suite
+from rlm.bench.episodes import CARRIERS, DEPTHS, TEMPLATES, make_episode, make_suite
 from rlm.events import render
 
 
@@ -34,8 +34,38 @@ def test_candidates_and_distractors():
     assert len(distractors) == 4 and len(set(e.candidates)) == 5
     assert e.answer in e.candidates
     assert {f.value for f in distractors} <= set(e.candidates)
-    for f in distractors:  # same form, other keys: the question alone cannot tell them apart
+    for f in distractors:  # same kind, other keys: the question alone cannot tell them apart
         assert f.statement in e.trajectory and f.key != e.facts[0].key
+
+
+@pytest.mark.parametrize("kind", [t.kind for t in TEMPLATES])
+def test_question_names_the_target_key_only(kind):
+    """Each fact has its own key phrase; the question and the lead-in name the target's and no distractor's."""
+    for seed in range(5):
+        e = make_episode(seed, 800, kind=kind, n_distractors=4)
+        target = next(f for f in e.facts if f.target)
+        assert target.key in e.question and target.key in e.answer_prefix
+        assert len({f.key for f in e.facts}) == len(e.facts)
+        for f in e.facts:
+            if not f.target:
+                assert f.key not in e.question and f.key not in e.answer_prefix
+        # the lead-in restates the statement up to its value, so the value follows the same words as in the trajectory
+        assert target.statement == f"{e.answer_prefix} {e.answer}"
+        assert sorted(e.candidates) == sorted(f.value for f in e.facts)
+
+
+@pytest.mark.parametrize("kind", [t.kind for t in TEMPLATES])
+def test_candidates_have_one_shape(kind):
+    """Candidates are 4-digit codes (differing in >= 2 digits) or single words: equal token counts, summed log-prob."""
+    for seed in range(5):
+        e = make_episode(seed, 800, kind=kind, n_distractors=4)
+        if kind == "code":
+            assert all(len(c) == 4 and c.isdigit() for c in e.candidates)
+            for i, a in enumerate(e.candidates):
+                for b in e.candidates[i + 1:]:
+                    assert sum(x == y for x, y in zip(a, b)) <= 2
+        else:
+            assert all(c.isalpha() and " " not in c for c in e.candidates)
 
 
 def test_rendered_with_runtime_events_and_lengths_grow():

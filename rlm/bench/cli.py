@@ -23,7 +23,7 @@ GENERATE_FOR = {"plain", "full", "text", "am_tau1", "summary"}
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rlm bench", description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="one short length, 3 episodes, few conditions (~3 min)")
+    p.add_argument("--quick", action="store_true", help="one short length, 6 episodes, few conditions (~2-3 min)")
     p.add_argument("--out", default="bench_out/rlm_bench")
     p.add_argument("--lengths", type=int, nargs="+", help="trajectory lengths in tokens (approximate)")
     p.add_argument("--episodes", type=int, help="episodes per length")
@@ -81,7 +81,8 @@ def run_suite(args: argparse.Namespace, lm=None, log=print) -> dict:
     summary = report.summarize(rows)
     result = {"mode": "quick" if args.quick else "default", "model": lm.name, "machine": _machine(),
               "lengths": cfg["lengths"], "n_episodes": len(episodes), "config": cfg, "seed": args.seed,
-              "accuracy_metric": "argmax of length-normalised log-likelihood (mean log-prob per token of ' ' + candidate)",
+              "accuracy_metric": "argmax of the summed log-prob of the candidate value after the lead-in restating the key "
+                                 "(candidates of equal token count)",
               "full_condition": "KeepAll on the trajectory cache (numerically the pasted text in the same position)",
               "episodes": [e.summary() for e in episodes], "rows": rows, "summary": summary}
     result["overhead_fit"] = report.overhead_fits(rows)

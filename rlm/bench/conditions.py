@@ -14,11 +14,13 @@ turn + query + assistant opening):
            context with the summary in the trajectory slot (its input tokens + the summary cost);
 - bm25:    top BM25 chunks of the trajectory (rank_bm25), pasted as text in the trajectory slot.
 
-Accuracy: argmax over candidates of the length-normalised log-likelihood of the candidate's tokens
-(mean log-prob per token) after a shared answer lead-in: the continuation is " " + lead-in + " " +
-candidate, e.g. " The access code found in section 3 is 4417" (the lead-in comes from the question, so it
-carries no information about the value); and greedy generation (16 tokens) with a case-insensitive
-substring match. KL vs full: on the whole continuation with the true answer.
+Accuracy: argmax over candidates of the summed log-probability of the candidate value's tokens after a
+shared answer lead-in that restates the question's key: the continuation is " " + lead-in + " " +
+candidate, e.g. " The safe combination is 4417", and only the value's tokens (after the lead-in) are
+scored. The lead-in comes from the question, so it carries no information about the value; the
+candidates of an episode have the same token count (4-digit codes, or single-token words, see
+`rlm.bench.episodes`), so the sum needs no length normalisation. Plus greedy generation (16 tokens) with a
+case-insensitive substring match. KL vs full: on the whole continuation with the true answer.
 """
 from __future__ import annotations
 
@@ -49,7 +51,7 @@ def continuation(prefix: str, candidate: str) -> str:
 
 
 def choose(ctx: Any, candidates: list[str], prefix: str = "") -> tuple[str, list[float]]:
-    """Argmax of the mean log-prob per token of the candidate's tokens after the shared answer lead-in."""
+    """Argmax of the summed log-prob of the candidate's tokens after the shared answer lead-in (see module doc)."""
     import torch
 
     n_prefix = len(ctx.lm.encode(" " + prefix)) if prefix else 0
@@ -57,7 +59,7 @@ def choose(ctx: Any, candidates: list[str], prefix: str = "") -> tuple[str, list
     for c in candidates:
         ids, lp = briefing.token_logprobs(ctx, continuation(prefix, c))
         tok = lp.gather(-1, torch.tensor(ids)[:, None])[:, 0]
-        scores.append(float(tok[n_prefix:].mean() if len(ids) > n_prefix else tok.mean()))
+        scores.append(float(tok[n_prefix:].sum() if len(ids) > n_prefix else tok.sum()))
     best = max(range(len(candidates)), key=lambda i: scores[i])
     return candidates[best], scores
 

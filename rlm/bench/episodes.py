@@ -4,10 +4,23 @@ A scripted orchestrator works through an essay section by section: it writes a p
 prints a section (the essay chunk is the REPL output), asks the worker about the section (scripted
 answer), and writes notes. One *target fact* is planted at a controlled depth (early / middle / late)
 in one of three carriers: a REPL output, an earlier worker answer, or the orchestrator's own note.
-Distractor facts of the same form (same template, other keys and values) are planted elsewhere.
-The final worker question asks for the target fact's value by its key; the candidates are the target
-value and the distractors' values, so the question alone does not tell which is right, and the fact
-is only in the trajectory.
+Distractor facts of the same kind are planted elsewhere. The final worker question asks for the target
+fact's value by its key; the candidates are the target value and the distractors' values, so the
+question alone does not tell which is right (plain = chance), and the fact is only in the trajectory.
+
+Design choices that make this a measurement a 135M worker can pass with the full trajectory (found by
+diagnosis: with facts like "the access code found in section 28 is 1062" / "... section 26 is 1179",
+keys that differ in one token (and collide with the real "section N" headers) and values of different
+token lengths scored by mean log-prob, `full` was near chance):
+
+- every fact of an episode has a clearly different *key phrase* ("The safe combination is 4417",
+  "The alarm code is 9023"; "The magazine editor is named Mary", "The piano teacher is named John"),
+  and the question names the target's key ("What is the safe combination?");
+- the answer lead-in restates the key in the statement's own words ("The safe combination is"), so the
+  value follows the same tokens as in the trajectory;
+- values are 4-digit codes (pairwise differing in at least two digits) or single common words that are
+  one token with a leading space for SmolLM2-style BPE tokenisers, so the candidates of an episode
+  have equal token counts and are scored by summed log-prob (`rlm.bench.conditions.choose`).
 
 The trajectory is rendered with the runtime's own event models and renderer (`rlm.events.render`
 through `rlm.trajectory.Trajectory`), i.e. exactly the append-only text a worker reads at run time.
@@ -31,10 +44,12 @@ DEPTHS = {"early": (0.05, 0.2), "middle": (0.4, 0.6), "late": (0.8, 0.95)}
 # like SmolLM2's), so every candidate of an episode has the same token count.
 CODE_KEYS = ["safe combination", "alarm code", "locker number", "wifi password", "garage code", "printer PIN",
              "gate code", "bike lock code"]
-RELATIONS = ["friend", "landlord", "editor", "cousin", "dentist", "neighbour", "teacher", "lawyer"]
-PAINTED = ["front door", "kitchen wall", "garden fence", "bicycle", "mailbox", "boat", "car", "attic ladder"]
-EMBLEMS = ["team mascot", "hotel logo", "club emblem", "pub sign", "weather vane", "garden statue", "flag emblem",
-           "shop sign"]
+PEOPLE = ["author's oldest friend", "new landlord", "magazine editor", "cousin from Boston", "family dentist",
+          "next-door neighbour", "piano teacher", "tax lawyer"]
+PAINTED = ["front door", "kitchen wall", "garden fence", "old bicycle", "mailbox", "rowing boat", "delivery van",
+           "attic ladder"]
+EMBLEMS = ["football team's mascot", "hotel logo", "chess club emblem", "pub sign", "weather vane on the barn",
+           "garden statue", "company flag", "bakery sign"]
 FIRST = ["Peter", "John", "Mary", "Alice", "Robert", "David", "Sarah", "Michael", "Emma", "James", "Anna", "Paul",
          "Laura", "George", "Helen", "Thomas", "Linda", "Daniel", "Maria", "Frank", "Karen"]
 COLOURS = ["red", "blue", "green", "yellow", "purple", "orange", "pink", "brown", "black", "white", "grey", "silver",
@@ -66,8 +81,8 @@ def _codes(rng: random.Random, n: int) -> list[str]:
 TEMPLATES = [
     Template("code", "The {key} is {value}", "What is the {key}?", "The {key} is",
              lambda r, n: r.sample(CODE_KEYS, n), _codes),
-    Template("name", "The author's {key} is {value}", "What is the name of the author's {key}?", "The author's {key} is",
-             lambda r, n: r.sample(RELATIONS, n), lambda r, n: r.sample(FIRST, n)),
+    Template("name", "The {key} is named {value}", "What is the name of the {key}?", "The {key} is named",
+             lambda r, n: r.sample(PEOPLE, n), lambda r, n: r.sample(FIRST, n)),
     Template("colour", "The {key} is painted {value}", "What colour is the {key} painted?", "The {key} is painted",
              lambda r, n: r.sample(PAINTED, n), lambda r, n: r.sample(COLOURS, n)),
     Template("animal", "The {key} is a {value}", "What animal is the {key}?", "The {key} is a",

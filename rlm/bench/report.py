@@ -94,8 +94,9 @@ def markdown(result: dict) -> str:
     lines = [f"# rlm bench results ({result['mode']})", "",
              f"Model: {result['model']}; {result['n_episodes']} episodes; lengths {result['lengths']}; "
              f"machine: {result['machine']}; wall time {result['wall_s']:.0f} s.", "",
-             "Accuracy = argmax over candidates of the length-normalised log-likelihood (mean log-prob per token of the "
-             "candidate's tokens in \" <answer lead-in> <candidate>\", the lead-in restating the question). Gen = greedy 16-token generation contains the answer (blank: not generated for "
+             "Accuracy = argmax over candidates of the summed log-prob of the candidate value's tokens after "
+             "\" <answer lead-in>\" (the lead-in restates the question's key; the candidates are the target's and the "
+             "distractors' values, of equal token count; chance = 1 / candidates). Gen = greedy 16-token generation contains the answer (blank: not generated for "
              "this condition). KL = answer-token KL vs the full cache (KeepAll, numerically the pasted text). Input "
              "tokens = text tokens + retained KV positions per worker call.", "",
              "| condition | method | n | accuracy | gen | agree w/ full | KL mean | median input tok | vs full | kept ratio | KV MiB | overhead s | latency s |",
