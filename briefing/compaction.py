@@ -26,7 +26,7 @@ from briefing.errors import BriefingError
 from briefing.selection import AttentionMatching, KeepAll, KeepNone, Scores, Selector
 from briefing.trajectory import TrajectoryCache
 
-LAYER_CHUNK = 6  # layers per batched block: bounds the [L, H, m, T] logits in memory
+LAYER_CHUNK = 3  # layers per batched block: bounds the [L, H, m, T] logits in memory
 KEEP_BLOCKS_MAX = 1 << 26  # elements of E (256 MB of float32) kept from scoring for the fit; past it, recompute
 
 
@@ -105,22 +105,25 @@ def gather_positions(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 
 def fit(Q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, idx: torch.Tensor, sel: AttentionMatching, scale: float,
         timing: dict, blocks: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor, float, float, str | None]:
-    """Fit beta [L, H, t] and values C2 [L, H, t, d]. `blocks`: E per layer chunk from the scoring pass,
-    rescaled here to a row max of 1 over the trajectory (exactly the recomputed block). Returns (beta, C2,
+    """Fit beta [L, H, t] and values C2 [L, H, t, d]. `blocks`: E per layer chunk from the scoring pass, whose
+    A and z are rescaled to a row max of 1 over the trajectory (exactly the recomputed block). Returns (beta, C2,
     fit_error, topk_error, fallback)."""
     betas, values, errs, errs_topk = [], [], [], []
     lo, hi = math.exp(-sel.beta_max), math.exp(sel.beta_max)
     for i, c in enumerate(range(0, Q.shape[0], LAYER_CHUNK)):
         t0 = time.perf_counter()
         q, k, v, ix = (x[c:c + LAYER_CHUNK] for x in (Q, K, V, idx))
-        if blocks is not None:
-            E = blocks[i] / blocks[i].amax(-1, keepdim=True)
+        if blocks is not None:  # E from scoring; rows rescaled to a max of 1 only where it matters (A, z)
+            E = blocks[i]
+            row_scale = 1.0 / E.amax(-1)                                           # [c, H, m]
         else:
             logits = q @ k.transpose(-1, -2) * scale                               # [c, H, m, T]
             E = torch.exp(logits - logits.amax(-1, keepdim=True))
-        z = E.sum(-1)                                                              # [c, H, m]
-        Y = (E @ v) / z.unsqueeze(-1)                                              # [c, H, m, d]
-        A = E.gather(-1, ix.unsqueeze(-2).expand(-1, -1, E.shape[-2], -1))         # [c, H, m, t]
+            row_scale = torch.ones(E.shape[:-1], dtype=E.dtype)
+        mass = E.sum(-1)                                                           # [c, H, m]
+        Y = (E @ v) / mass.unsqueeze(-1)                                           # [c, H, m, d]
+        z = mass * row_scale
+        A = E.gather(-1, ix.unsqueeze(-2).expand(-1, -1, E.shape[-2], -1)) * row_scale.unsqueeze(-1)  # [c, H, m, t]
         w = nnls_box(A, z, lo, hi, sel.nnls_iters)                                 # [c, H, t]
         Aw = A * w.unsqueeze(-2)
         X = Aw / Aw.sum(-1, keepdim=True).clamp_min(1e-30)                         # softmax(s Q C1^T + beta)
