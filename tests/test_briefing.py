@@ -83,7 +83,7 @@ def test_compaction_leaves_full_cache_untouched(essay_cache):
     briefing.generate(ctx, briefing.GenerationConfig(max_new_tokens=3))
     after = essay_cache.kv.layers
     assert kv.cache_length(essay_cache.kv) == essay_cache.length
-    assert all(torch.equal(k, l.keys) and torch.equal(v, l.values) for (k, v), l in zip(before, after))
+    assert all(torch.equal(k, l.keys) and torch.equal(v, l.values) for (k, v), l in zip(before, after, strict=True))
 
 
 @pytest.mark.slow

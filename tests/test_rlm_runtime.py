@@ -56,7 +56,7 @@ def test_chunk_scan_with_fake_worker_answers_and_log_replays(tmp_path):
     assert [e.model_dump(exclude={"ts"}) for e in events] == [e.model_dump(exclude={"ts"}) for e in res.events]
     assert replay(log).text == res.trajectory
     # each worker call saw the trajectory rendered up to the call
-    for (q, seen), ev in zip(worker.calls, res.worker_events()):
+    for (q, seen), ev in zip(worker.calls, res.worker_events(), strict=True):
         assert res.trajectory.startswith(seen)
         assert ev.query == q
 
