@@ -5,8 +5,9 @@
 Per trajectory length (essay text): full prefill time, incremental extend of a 200-token delta, compaction
 time by phase, kept ratio for tau in {-1, 0, 1, 2}, answer KL vs the full cache for the fitted compaction
 and for top-k at the same kept count (10%), and per-token decode time on the full vs compacted cache.
-The anchor case reproduces DESIGN.md's kvpress setup (avg.txt, first 9,000 characters) and measures the
-levers (per-head selection, prompt KV reuse, score smoothing) beside kvpress's published numbers.
+The anchor case reproduces kvpress's setup from the design notes (avg.txt, first 9,000 characters) and measures
+the levers (per-head selection, prompt KV reuse, score smoothing). No figure is typed in: kvpress itself runs
+beside our selectors in one process only in the side-by-side comparison.
 """
 from __future__ import annotations
 
@@ -20,19 +21,13 @@ from pathlib import Path
 import briefing
 from briefing import kv
 from briefing.metrics import answer_kl
+from rlm.data import data_dir, essay_names, read_essay
 
 REPEATS = 3
 
-DATA = Path(os.environ.get("LATENT_BRIEFING_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 QUESTION = ("\n\nQuestion: According to the text above, what does the author say about how startups should "
             "treat their early users? Answer:")
 ANSWER = " The author says that startups should"
-KVPRESS = {  # DESIGN.md, "The anchor to beat": answer KL of kvpress 0.5.5 on the same setup
-    "SnapKV": {0.5: 0.0009, 0.2: 0.0088, 0.1: 0.0209, 0.05: 0.0354},
-    "ExpectedAttention": {0.5: 0.0041, 0.2: 0.0183, 0.1: 0.0301, 0.05: 0.0534},
-    "TOVA": {0.5: 0.0030, 0.2: 0.0130, 0.1: 0.0291, 0.05: 0.0576},
-    "prototype (shared mask, beta + C2)": {0.5: 0.0047, 0.2: 0.0232, 0.1: 0.0296, 0.05: 0.0367},
-}
 VARIANTS = {  # name -> selector factory(ratio); the first is the default AttentionMatching
     "fit, per-head, prompt KV reused, smoothing 5 (default)": lambda r: briefing.AttentionMatching(budget=r),
     "fit, shared mask": lambda r: briefing.AttentionMatching(budget=r, per_head=False, smooth_kernel=1),
@@ -48,20 +43,19 @@ VARIANTS = {  # name -> selector factory(ratio); the first is the default Attent
 
 def essay_text(min_chars: int) -> str:
     """avg.txt first (the question is about it), then the other essays, until `min_chars`."""
-    folder = DATA / "pg_essays"
-    names = ["avg.txt"] + sorted(p.name for p in folder.glob("*.txt") if p.name != "avg.txt")
+    names = ["avg.txt"] + [n for n in essay_names() if n != "avg.txt"]
     text = ""
     for name in names:
-        text += (folder / name).read_text() + "\n\n"
+        text += read_essay(name) + "\n\n"
         if len(text) >= min_chars:
             break
     return text
 
 
 def anchor_case(lm) -> dict:
-    cache = briefing.TrajectoryCache(lm, (DATA / "pg_essays" / "avg.txt").read_text()[:9000])
+    cache = briefing.TrajectoryCache(lm, (data_dir() / "pg_essays" / "avg.txt").read_text()[:9000])
     full = cache.compact(QUESTION, briefing.KeepAll())
-    rows = {"trajectory_tokens": cache.length, "kvpress": KVPRESS, "ours": {}}
+    rows = {"trajectory_tokens": cache.length, "ours": {}}
     for name, make in VARIANTS.items():
         rows["ours"][name] = {r: answer_kl(full, cache.compact(QUESTION, make(r)), ANSWER) for r in (0.5, 0.2, 0.1, 0.05)}
     rows["no trajectory"] = answer_kl(full, cache.compact(QUESTION, briefing.KeepNone()), ANSWER)
@@ -78,7 +72,7 @@ COPY_FACTS = [  # (fact planted mid-trajectory, question, exact answer): digits 
 def copy_case(lm) -> dict:
     """Exact-value recall: log-likelihood of the exact answer (chat format, tau = 1) by smoothing kernel,
     as a gap to the full cache (0 is perfect)."""
-    essay = (DATA / "pg_essays" / "avg.txt").read_text()[:1500]
+    essay = (data_dir() / "pg_essays" / "avg.txt").read_text()[:1500]
     system = "You are a worker. Here is the orchestrator's trajectory so far:\n\n"
     gaps: dict[str, list[float]] = {}
     for fact, question, answer in COPY_FACTS:
@@ -159,8 +153,6 @@ def plot(result: dict, path: Path) -> None:
     a = ax[1, 1]
     anchor = result["anchor"]
     ratios = [0.5, 0.2, 0.1, 0.05]
-    for name, kls in anchor["kvpress"].items():
-        a.plot(ratios, [kls[r] for r in ratios], "x--", label=f"kvpress {name}" if "prototype" not in name else name)
     for name in list(anchor["ours"])[:1] + ["top-k, per-head, smoothing 5 (SnapKV-like)"]:
         kls = anchor["ours"][name]
         a.plot(ratios, [kls[r] for r in ratios], "o-", lw=2, label=f"ours: {name}")
@@ -186,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
               "model": lm.name, "load_average_at_start": os.getloadavg(), "anchor": anchor_case(lm), "lengths": []}
     print(f"anchor ({result['anchor']['trajectory_tokens']} tokens), answer KL vs full cache:")
     print(f"  {'method':<62} " + " ".join(f"{r:>7}" for r in ("50%", "20%", "10%", "5%")))
-    for name, kls in list(result["anchor"]["kvpress"].items()) + list(result["anchor"]["ours"].items()):
+    for name, kls in result["anchor"]["ours"].items():
         print(f"  {name:<62} " + " ".join(f"{kls[r]:7.4f}" for r in (0.5, 0.2, 0.1, 0.05)))
     print(f"  no trajectory: {result['anchor']['no trajectory']:.4f}")
     result["copy_logprob_gap"] = copy_case(lm)

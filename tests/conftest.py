@@ -1,12 +1,9 @@
 """Shared fixtures: the embedded model is loaded once per test session (converted once, cached on disk)."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data"
+from rlm.data import read_essay
 
 
 @pytest.fixture(scope="session")
@@ -18,4 +15,4 @@ def lm():
 
 @pytest.fixture(scope="session")
 def essay() -> str:
-    return (DATA / "pg_essays" / "avg.txt").read_text()
+    return read_essay("avg.txt")

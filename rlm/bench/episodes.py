@@ -133,7 +133,7 @@ def essay_names(data: Path | None = None) -> list[str]:
     folder = (data or data_dir()) / "pg_essays"
     names = sorted(p.name for p in folder.glob("*.txt"))
     if not names:
-        raise FileNotFoundError(f"no essays in {folder} (set LATENT_BRIEFING_DATA to the shared data folder)")
+        raise FileNotFoundError(f"no essays in {folder} (unset LATENT_BRIEFING_DATA to use the shipped essays)")
     return names
 
 
