@@ -3,6 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
+# DEMO_ARGS: extra `rlm demo` options, e.g. make demo DEMO_ARGS="--max-chars 2500" (what CI runs).
 .PHONY: setup demo test bench clean
 
 setup: $(STAMP)
@@ -18,7 +19,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 demo: setup
-	$(BIN)/rlm demo
+	$(BIN)/rlm demo $(DEMO_ARGS)
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -40,7 +40,7 @@ def run_one(kind: str, lm: Any, query: str, context: str, chunk_chars: int, tau:
     worker = make_worker(kind, lm=lm, max_new_tokens=max_new_tokens, **extra)
     policy = ChunkScanPolicy(chunk_chars=chunk_chars)
     rlm = RLM(policy, worker, budgets=Budgets(max_iterations=40, max_worker_calls=40), log_path=log_path,
-              on_event=Progress(stream, label=f"[{kind}] "))
+              on_event=Progress(stream, label=f"[{kind}] ", total=policy_calls(policy, context)))
     t0 = time.monotonic()
     res = rlm.run(query, context)
     calls = res.worker_events()
@@ -53,6 +53,11 @@ def run_one(kind: str, lm: Any, query: str, context: str, chunk_chars: int, tau:
     return row, res
 
 
+def policy_calls(policy: Any, context: str) -> int:
+    """Worker calls a chunk-scan run is expected to make: one per chunk, the answer and the check."""
+    return -(-len(context) // max(1, policy.chunk_chars - policy.overlap)) + 2
+
+
 def format_rows(rows: list[DemoRow]) -> str:
     head = ("worker", "wall s", "worker calls", "worker input tok", "text-handoff tok", "median kept", "stop")
     body = [(r.worker, f"{r.wall_s:.1f}", str(r.worker_calls), str(r.worker_input_tokens), str(r.text_handoff_tokens),
@@ -62,6 +67,28 @@ def format_rows(rows: list[DemoRow]) -> str:
     return "\n".join([fmt(head), "  ".join("-" * w for w in widths), *map(fmt, body)])
 
 
+def headline(query: str, rows: list[DemoRow]) -> str:
+    """What a newcomer came to see: the question, each worker's answer, and worker tokens and time."""
+    names = {"briefed": "latent briefing", "text": "text handoff", "plain": "plain (query only)"}
+    lines = [f"Question: {query}", ""]
+    width = max(len(names.get(r.worker, r.worker)) for r in rows)
+    for r in rows:
+        lines.append(f"  {names.get(r.worker, r.worker):<{width}}  answer: {r.answer!r}")
+    lines.append("")
+    lines.append(f"  {'':<{width}}  {'worker calls':>12}  {'worker input tokens':>19}  {'worker time':>11}")
+    for r in rows:
+        lines.append(f"  {names.get(r.worker, r.worker):<{width}}  {r.worker_calls:>12}  {r.worker_input_tokens:>19,}  "
+                     f"{r.worker_time_s:>10.1f}s")
+    by = {r.worker: r for r in rows}
+    if "briefed" in by and "text" in by and by["text"].worker_input_tokens:
+        b, t = by["briefed"], by["text"]
+        saving = 1 - b.worker_input_tokens / t.worker_input_tokens
+        lines += ["", f"  Latent briefing: {saving:.0%} fewer worker input tokens than pasting the trajectory as text "
+                      f"({b.worker_input_tokens:,} vs {t.worker_input_tokens:,}); worker time {b.worker_time_s:.1f}s "
+                      f"vs {t.worker_time_s:.1f}s."]
+    return "\n".join(lines)
+
+
 def main(essay: str = DEFAULT_ESSAY, query: str = DEFAULT_QUERY, max_chars: int | None = None, chunk_chars: int = 600,
          tau: float = 1.0, budget: Any = None, max_new_tokens: int = 48, model: str | None = None,
          log_dir: str | None = None, workers: tuple[str, ...] = ("briefed", "text"), stream: TextIO | None = None) -> list[DemoRow]:
@@ -69,25 +96,22 @@ def main(essay: str = DEFAULT_ESSAY, query: str = DEFAULT_QUERY, max_chars: int 
 
     out = stream or sys.stdout
     context = read_essay(essay, max_chars)
-    print(f"Essay {essay}: {len(context)} characters. Query: {query}", file=out)
+    print(f"latent-briefing demo: a chunk-scan orchestrator reads {essay} ({len(context):,} characters) and asks "
+          f"the worker about each chunk, once with latent briefing and once with the trajectory pasted as text.",
+          file=sys.stderr)
     t0 = time.monotonic()
     lm = briefing.load_model(model)
-    print(f"Model {lm.name} loaded in {time.monotonic() - t0:.1f}s", file=out)
+    details = [f"Model {lm.name} loaded in {time.monotonic() - t0:.1f}s"]
     rows = []
     for kind in workers:
         log_path = f"{log_dir.rstrip('/')}/demo-{kind}.jsonl" if log_dir else None
         row, res = run_one(kind, lm, query, context, chunk_chars, tau, budget, max_new_tokens, log_path, sys.stderr)
         rows.append(row)
-        print(f"\n[{kind}] answer: {row.answer!r} ({row.stop_reason}, {row.wall_s:.1f}s)", file=out)
-        print(res.usage_table(), file=out)
+        details += [f"\n[{kind}] answer: {row.answer!r} ({row.stop_reason}, {row.wall_s:.1f}s)", res.usage_table()]
         if log_path:
-            print(f"log: {log_path} (view with: rlm view {log_path})", file=out)
+            details.append(f"log: {log_path} (view with: rlm view {log_path})")
+    print(headline(query, rows), file=out)
+    print("\nDetails\n-------", file=out)
+    print("\n".join(details), file=out)
     print("\n" + format_rows(rows), file=out)
-    by = {r.worker: r for r in rows}
-    if "briefed" in by and "text" in by and by["text"].worker_input_tokens:
-        b, t = by["briefed"], by["text"]
-        saving = 1 - b.worker_input_tokens / t.worker_input_tokens
-        print(f"\nWorker input tokens: briefed {b.worker_input_tokens} vs text {t.worker_input_tokens} "
-              f"({saving:.0%} fewer with latent briefing); worker time {b.worker_time_s:.1f}s vs {t.worker_time_s:.1f}s.",
-              file=out)
     return rows

@@ -1,15 +1,20 @@
-"""Live progress of a run on a terminal: plain `\\r` updates (a line per event when not a tty)."""
+"""Live progress of a run: a tqdm bar of worker calls on a terminal (a line per event when not a tty)."""
 from __future__ import annotations
 
 import sys
 import time
 from typing import Any, TextIO
 
+from tqdm import tqdm
+
 
 class Progress:
-    def __init__(self, stream: TextIO | None = None, label: str = "") -> None:
+    def __init__(self, stream: TextIO | None = None, label: str = "", total: int | None = None) -> None:
+        """total: expected worker calls (for the bar's length and time left), None when unknown."""
         self.stream = stream or sys.stderr
         self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.bar = tqdm(total=total, desc=label.strip() or "run", unit="call", file=self.stream,
+                        dynamic_ncols=True, leave=True) if self.tty else None
         self.label = label
         self.t0 = time.monotonic()
         self.iterations = self.calls = self.runs = 0
@@ -34,14 +39,15 @@ class Progress:
             return
         line = (f"{self.label}iter {self.iterations} | worker calls {self.calls} | worker input tok {self.tokens}"
                 f" (text {self.handoff}) | {time.monotonic() - self.t0:5.1f}s | {self.last}")
-        if self.tty:
-            width = 118
-            self.stream.write("\r\x1b[2K" + line[:width])
-        else:
-            self.stream.write(line + "\n")
+        if self.bar is not None:
+            if e.type == "worker_call":
+                self.bar.update(1)
+            self.bar.set_postfix_str(f"iter {self.iterations} | worker input tok {self.tokens} (text {self.handoff}) "
+                                     f"| {self.last}", refresh=True)
+            return
+        self.stream.write(line + "\n")
         self.stream.flush()
 
     def done(self) -> None:
-        if self.tty:
-            self.stream.write("\n")
-            self.stream.flush()
+        if self.bar is not None:
+            self.bar.close()

@@ -126,4 +126,8 @@ def test_demo_command_small(lm, capsys):
     assert rc == 0
     out = capsys.readouterr().out
     assert "[briefed] answer:" in out and "[text] answer:" in out
-    assert "Worker input tokens: briefed" in out and "fewer with latent briefing" in out
+    # the headline comes first: the question, both answers, then tokens and time; the details follow
+    first = out.splitlines()[0]
+    assert first.startswith("Question: What new kind of visa")
+    assert out.index("latent briefing  answer:") < out.index("Details") < out.index("[briefed] answer:")
+    assert "fewer worker input tokens than pasting the trajectory as text" in out
