@@ -1,6 +1,6 @@
 """Benchmark of the briefing engine on the embedded model: printed figures, JSON and a PNG plot.
 
-    python -m briefing.bench [--lengths 1024 2048 4096 7900] [--out bench_out/briefing] [--quick]
+    python -m benchmarks.briefing_bench [--lengths 1024 2048 4096 7900] [--out bench_out/briefing] [--quick]
 
 Per trajectory length (essay text): full prefill time, incremental extend of a 200-token delta, compaction
 time by phase, kept ratio for tau in {-1, 0, 1, 2}, answer KL vs the full cache for the fitted compaction
@@ -163,7 +163,7 @@ def plot(result: dict, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m briefing.bench", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.briefing_bench", description=__doc__.split("\n")[0])
     parser.add_argument("--lengths", type=int, nargs="+", default=[1024, 2048, 4096, 7900])
     parser.add_argument("--out", default="bench_out/briefing")
     parser.add_argument("--quick", action="store_true", help="lengths 512 and 1024 only")

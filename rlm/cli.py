@@ -281,6 +281,32 @@ def cmd_view(args: argparse.Namespace) -> int:
     return 0
 
 
+BENCH_MISSING = ("rlm bench: the benchmarks are not installed with the library; from a source checkout run "
+                 "`pip install -e '.[bench]'`, then `rlm bench` there")
+
+
+def load_bench() -> Callable[[list[str]], int] | None:
+    """`benchmarks.rlm_bench.cli.main` from the source checkout (the top-level `benchmarks/` folder, next to the
+    `rlm` package of an editable install, or the current directory), or None after one line on stderr."""
+    import importlib
+
+    checkout = Path(__file__).resolve().parents[1]
+    for root in (None, checkout, Path.cwd()):
+        if root is not None:
+            if not (root / "benchmarks" / "rlm_bench").is_dir() or str(root) in sys.path:
+                continue
+            sys.path.append(str(root))
+        try:
+            return importlib.import_module("benchmarks.rlm_bench.cli").main
+        except ModuleNotFoundError as e:
+            if e.name and e.name.split(".")[0] != "benchmarks":   # the folder is there, an extra is missing
+                print(f"rlm bench: missing module {e.name!r}: run `pip install -e '.[bench]'` in the source "
+                      "checkout", file=sys.stderr)
+                return None
+    print(BENCH_MISSING, file=sys.stderr)
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
@@ -288,8 +314,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     args.console_args = unknown
     if args.command == "bench":  # its own parser: rlm bench --help
-        from rlm.bench.cli import main as bench_main
-
+        bench_main = load_bench()
+        if bench_main is None:
+            return 2
         return bench_main(args.bench_args + unknown)
     handlers = {"run": cmd_run, "demo": cmd_demo, "repl": cmd_repl, "view": cmd_view}
     if args.command not in handlers:

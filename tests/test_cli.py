@@ -175,3 +175,37 @@ def test_selection_options_build_the_selector():
     assert sel("--keep-tokens", "1") == briefing.AttentionMatching(tokens=1)  # an int count, never a ratio
     assert sel("--keep-ratio", "1") == briefing.AttentionMatching(ratio=1.0)  # all positions, not one
     assert isinstance(sel("--keep-all"), briefing.KeepAll) and isinstance(sel("--keep-none"), briefing.KeepNone)
+
+
+def test_bench_command_without_the_benchmarks_says_what_to_do(monkeypatch, capsys, tmp_path):
+    import importlib
+
+    import rlm.cli
+
+    real = importlib.import_module
+
+    def no_benchmarks(name, *a):
+        if name.startswith("benchmarks"):
+            raise ModuleNotFoundError(f"No module named {name!r}", name="benchmarks")
+        return real(name, *a)
+
+    monkeypatch.setattr(importlib, "import_module", no_benchmarks)
+    assert main(["bench", "--quick"]) == 2
+    err = capsys.readouterr().err
+    assert err == rlm.cli.BENCH_MISSING + "\n" and "pip install -e '.[bench]'" in err
+
+    def no_extra(name, *a):
+        if name.startswith("benchmarks"):
+            raise ModuleNotFoundError("No module named 'rank_bm25'", name="rank_bm25")
+        return real(name, *a)
+
+    monkeypatch.setattr(importlib, "import_module", no_extra)
+    assert main(["bench"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'rank_bm25'" in err and "[bench]" in err
+
+
+def test_bench_command_finds_the_checkout(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["bench", "--help"])
+    assert info.value.code == 0 and "rlm bench" in capsys.readouterr().out

@@ -1,3 +1,3 @@
-from rlm.bench.cli import main
+from benchmarks.rlm_bench.cli import main
 
 raise SystemExit(main())

@@ -19,7 +19,7 @@ shared answer lead-in that restates the question's key: the continuation is " " 
 candidate, e.g. " The safe combination is 4417", and only the value's tokens (after the lead-in) are
 scored. The lead-in comes from the question, so it carries no information about the value; the
 candidates of an episode have the same token count (4-digit codes, or single-token words, see
-`rlm.bench.episodes`), so the sum needs no length normalisation. Plus greedy generation (16 tokens) with a
+`benchmarks.rlm_bench.episodes`), so the sum needs no length normalisation. Plus greedy generation (16 tokens) with a
 case-insensitive substring match. KL vs full: on the whole continuation with the true answer.
 """
 from __future__ import annotations
