@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from agents.backends.base import ChatBackend
 from agents.policy import OrchestratorPolicy, RunState, Step
 
 RLM_SYSTEM_PROMPT = """You are tasked with answering a query about an associated context. The context can be far too long to read at once; you work with it in a Python REPL, and you can query worker language models from inside the REPL. You will be called iteratively until you give a final answer.
@@ -58,15 +59,20 @@ def _clip(text: str, limit: int) -> str:
 
 @dataclass
 class LLMPolicy(OrchestratorPolicy):
-    backend: Any = None
+    backend: ChatBackend
     system_prompt: str = RLM_SYSTEM_PROMPT
     max_output_chars: int = 8000
     next_action_prompt: str = NEXT_ACTION
     name: str = "llm"
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.backend, ChatBackend):
+            raise TypeError(f"LLMPolicy: backend must be an agents.ChatBackend (OpenAIChatBackend, LocalChatBackend, ...), "
+                            f"got {type(self.backend).__name__}.")
+        if isinstance(self.max_output_chars, bool) or not isinstance(self.max_output_chars, int) or self.max_output_chars < 1:
+            raise ValueError(f"LLMPolicy: max_output_chars must be an integer >= 1, got {self.max_output_chars!r}.")
+
     def step(self, state: RunState) -> Step:
-        if self.backend is None:
-            raise ValueError("LLMPolicy needs a chat backend")
         resp = self.backend.complete(self.messages(state))
         return Step(text=resp.text, input_tokens=resp.input_tokens, output_tokens=resp.output_tokens)
 
@@ -96,7 +102,7 @@ class LLMPolicy(OrchestratorPolicy):
         return msgs
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "backend": getattr(self.backend, "name", None), "model": getattr(self.backend, "model", None)}
+        return {"name": self.name, "backend": self.backend.name, "model": self.backend.model}
 
 
 def _output_text(e: Any) -> str:
