@@ -232,7 +232,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def console_primitives(worker: Any, context: str | None = None) -> dict[str, Any]:
     """`worker` / `worker_batch` for the interactive console. The worker's trajectory is the session's
     earlier worker calls (the console's own cells are not recorded here)."""
-    from rlm.events import RunStart, WorkerCall
+    from agents.events import RunStart, WorkerCall
     from rlm.trajectory import Trajectory
 
     traj = Trajectory("console")

@@ -7,7 +7,7 @@ from typing import Any, Literal, get_args
 import networkx as nx
 from pydantic import BaseModel, Field
 
-from rlm.events import Event
+from agents.events import Event
 from rlm.graph import GraphSummary, from_dict
 
 StopReason = Literal["final", "max_iterations", "max_worker_calls", "max_tokens", "max_wall_s", "policy_stopped",

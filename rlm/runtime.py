@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from agents.policy import OrchestratorPolicy, RunState, Step, as_step
 from agents.workers.base import CallContext, Worker, WorkerAnswer
 from repl.session import ReplSession, SessionFactory
-from rlm.events import CellOutput, CodeCell, Event, Final, Notice, OrchestratorMessage, RunStart, WorkerCall
+from agents.events import CellOutput, CodeCell, Event, Final, Notice, OrchestratorMessage, RunStart, WorkerCall
 from rlm.graph import CallGraph
 from rlm.parsing import find_final
 from rlm.result import AgentUsage, Budgets, RunResult, StopReason

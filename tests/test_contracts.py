@@ -122,3 +122,19 @@ def test_llm_policy_needs_a_backend_when_built():
         LLMPolicy(None)
     with pytest.raises(TypeError, match="backend must be an agents.ChatBackend"):
         LLMPolicy("http://localhost:8000")
+
+
+def test_events_live_in_agents_and_render_themselves():
+    import agents.events
+    import rlm.events
+    from agents.events import (CellOutput, CodeCell, EventBase, Final, Notice, OrchestratorMessage, RunStart,
+                               WorkerCall, render)
+
+    assert rlm.events is agents.events
+    events = [RunStart(query="q", context_length=3), OrchestratorMessage(text="hi"), CodeCell(code="x = 1"),
+              CellOutput(stdout="1\n", value="2", error="E: e"), WorkerCall(index=1, query="q", answer="a"),
+              Notice(text="n"), Final(answer="f")]
+    heads = ["Query: q", "[orchestrator]", "[code]", "[output]", "[worker call 1]", "[runtime]", "[final answer]"]
+    for e, head in zip(events, heads, strict=True):
+        assert type(e).render is not EventBase.render and e.render() == render(e) and e.render().startswith(head)
+    assert CellOutput(stdout="1\n", value="2", error="E: e").text() == "1\nOut: 2\nError: E: e"

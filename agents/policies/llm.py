@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agents.backends.base import ChatBackend
+from agents.events import CellOutput, CodeCell, Notice, OrchestratorMessage
 from agents.policy import OrchestratorPolicy, RunState, Step
 
 RLM_SYSTEM_PROMPT = """You are tasked with answering a query about an associated context. The context can be far too long to read at once; you work with it in a Python REPL, and you can query worker language models from inside the REPL. You will be called iteratively until you give a final answer.
@@ -85,32 +86,20 @@ class LLMPolicy(OrchestratorPolicy):
         msgs = [{"role": "system", "content": self.system_prompt},
                 {"role": "user", "content": f"Query: {state.query}\n\nYour context is {shape}. It is in the REPL as `context`; the query is in `query`."}]
         for e in state.events:
-            t = getattr(e, "type", "")
-            if t == "message":
+            if isinstance(e, OrchestratorMessage):
                 msgs.append({"role": "assistant", "content": e.text or "(empty)"})
-            elif t == "code":
+            elif isinstance(e, CodeCell):
                 msgs.append({"role": "user", "content": f"Code executed:\n```python\n{e.code}\n```\n\nREPL output:\n"})
-            elif t == "output":
-                body = _clip(_output_text(e), self.max_output_chars)
+            elif isinstance(e, CellOutput):
+                body = _clip(e.text() or "No output", self.max_output_chars)
                 if msgs[-1]["role"] == "user" and msgs[-1]["content"].endswith("REPL output:\n"):
                     msgs[-1]["content"] += body
                 else:
                     msgs.append({"role": "user", "content": f"REPL output:\n{body}"})
-            elif t == "notice":
+            elif isinstance(e, Notice):
                 msgs.append({"role": "user", "content": f"Note from the runtime: {e.text}"})
         msgs.append({"role": "user", "content": self.next_action_prompt})
         return msgs
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "backend": self.backend.name, "model": self.backend.model}
-
-
-def _output_text(e: Any) -> str:
-    parts = []
-    if getattr(e, "stdout", ""):
-        parts.append(e.stdout.rstrip("\n"))
-    if getattr(e, "value", None) is not None:
-        parts.append(f"Out: {e.value}")
-    if getattr(e, "error", None):
-        parts.append(f"Error: {e.error}")
-    return "\n".join(parts) or "No output"
