@@ -130,6 +130,7 @@ def test_workers_cut_a_trajectory_longer_than_the_window(lm):
 
 @pytest.mark.parametrize(("kwargs", "match"), [
     (dict(selector=0.2), "selector must be a briefing.Selector"),
+    (dict(lm="SmolLM2"), "lm must be a briefing.LoadedModel"),
     (dict(tau=1.0), "unexpected keyword argument 'tau'"),
     (dict(budget=0.2), "unexpected keyword argument 'budget'"),
     (dict(max_new_tokens=0), "max_new_tokens must be an integer >= 1"),

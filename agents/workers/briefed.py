@@ -48,10 +48,13 @@ class BriefedWorker(LocalModelMixin, Worker):
     _caches: list[briefing.TrajectoryCache] = field(default_factory=list, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if self.selector is not None:
+        if self.lm is not None or self.selector is not None:
             import briefing
 
-            if not isinstance(self.selector, briefing.Selector):
+            if self.lm is not None and not isinstance(self.lm, briefing.LoadedModel):
+                raise ValueError(f"BriefedWorker: lm must be a briefing.LoadedModel or None (the embedded default), "
+                                 f"got {type(self.lm).__name__}.")
+            if self.selector is not None and not isinstance(self.selector, briefing.Selector):
                 raise ValueError(f"BriefedWorker: selector must be a briefing.Selector (e.g. briefing.AttentionMatching("
                                  f"tau=1.0)) or None for that default, got {type(self.selector).__name__}.")
         check_generation("BriefedWorker", self.max_new_tokens, self.temperature)
