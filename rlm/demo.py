@@ -1,7 +1,7 @@
 """`rlm demo`: the chunk-scan policy on an essay, with the briefed worker and then the text worker.
 
-Offline, on the embedded SmolLM2-135M. Prints each run's answer and usage, then the worker input
-tokens of latent briefing against pasting the trajectory as text.
+Offline, on the embedded SmolLM2-135M. Prints the question, each worker's answer, and worker input tokens
+and time for latent briefing against pasting the trajectory as text; the per-run details follow.
 """
 from __future__ import annotations
 
@@ -9,7 +9,12 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, TextIO
+
+if TYPE_CHECKING:  # torch: imported when the demo runs
+    import briefing
+    from agents import ChunkScanPolicy
+    from rlm.result import RunResult
 
 from rlm.data import read_essay
 from rlm.progress import Progress
@@ -31,12 +36,13 @@ class DemoRow:
     worker_time_s: float
 
 
-def run_one(kind: str, lm: Any, query: str, context: str, chunk_chars: int, tau: float, budget: Any,
-            max_new_tokens: int, log_path: str | None, stream: TextIO) -> tuple[DemoRow, Any]:
+def run_one(kind: str, lm: briefing.LoadedModel, query: str, context: str, chunk_chars: int,
+            selector: briefing.Selector | None, max_new_tokens: int, log_path: str | None,
+            stream: TextIO) -> tuple[DemoRow, RunResult]:
     from agents import ChunkScanPolicy, make_worker
     from rlm import RLM, Budgets
 
-    extra = {"tau": tau, "budget": budget} if kind == "briefed" else {}
+    extra = {"selector": selector} if kind == "briefed" else {}
     worker = make_worker(kind, lm=lm, max_new_tokens=max_new_tokens, **extra)
     policy = ChunkScanPolicy(chunk_chars=chunk_chars)
     rlm = RLM(policy, worker, budgets=Budgets(max_iterations=40, max_worker_calls=40), log_path=log_path,
@@ -53,7 +59,7 @@ def run_one(kind: str, lm: Any, query: str, context: str, chunk_chars: int, tau:
     return row, res
 
 
-def policy_calls(policy: Any, context: str) -> int:
+def policy_calls(policy: ChunkScanPolicy, context: str) -> int:
     """Worker calls a chunk-scan run is expected to make: one per chunk, the answer and the check."""
     return -(-len(context) // max(1, policy.chunk_chars - policy.overlap)) + 2
 
@@ -63,7 +69,10 @@ def format_rows(rows: list[DemoRow]) -> str:
     body = [(r.worker, f"{r.wall_s:.1f}", str(r.worker_calls), str(r.worker_input_tokens), str(r.text_handoff_tokens),
              f"{r.median_kept_ratio:.1%}" if r.median_kept_ratio is not None else "-", r.stop_reason) for r in rows]
     widths = [max(len(x[i]) for x in [head, *body]) for i in range(len(head))]
-    fmt = lambda cells: "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
+    def fmt(cells: tuple[str, ...]) -> str:
+        return "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
+
     return "\n".join([fmt(head), "  ".join("-" * w for w in widths), *map(fmt, body)])
 
 
@@ -90,7 +99,7 @@ def headline(query: str, rows: list[DemoRow]) -> str:
 
 
 def main(essay: str = DEFAULT_ESSAY, query: str = DEFAULT_QUERY, max_chars: int | None = None, chunk_chars: int = 600,
-         tau: float = 1.0, budget: Any = None, max_new_tokens: int = 48, model: str | None = None,
+         selector: briefing.Selector | None = None, max_new_tokens: int = 48, model: str | None = None,
          log_dir: str | None = None, workers: tuple[str, ...] = ("briefed", "text"), stream: TextIO | None = None) -> list[DemoRow]:
     import briefing
 
@@ -105,7 +114,7 @@ def main(essay: str = DEFAULT_ESSAY, query: str = DEFAULT_QUERY, max_chars: int 
     rows = []
     for kind in workers:
         log_path = f"{log_dir.rstrip('/')}/demo-{kind}.jsonl" if log_dir else None
-        row, res = run_one(kind, lm, query, context, chunk_chars, tau, budget, max_new_tokens, log_path, sys.stderr)
+        row, res = run_one(kind, lm, query, context, chunk_chars, selector, max_new_tokens, log_path, sys.stderr)
         rows.append(row)
         details += [f"\n[{kind}] answer: {row.answer!r} ({row.stop_reason}, {row.wall_s:.1f}s)", res.usage_table()]
         if log_path:
