@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-# DEMO_ARGS: extra `rlm demo` options, e.g. make demo DEMO_ARGS="--max-chars 2500" (what CI runs).
+# DEMO_ARGS: extra `rlm demo` options, e.g. make demo DEMO_ARGS="--max-chars 2500" (CI runs plain `make demo`).
 .PHONY: setup demo test bench clean
 
 setup: $(STAMP)
