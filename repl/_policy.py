@@ -492,6 +492,15 @@ def _patch_stdlib() -> None:
                           enum_call=enum.EnumType.__call__)
     copy.copy = guarded_copy
     copy.deepcopy = _guarded_deepcopy
+    # copy's helpers bind deepcopy as a default argument (``deepcopy=deepcopy``): rebind them
+    # too, so that every level of a deep copy is checked, not only the top one
+    real = _REAL_COPY["deepcopy"]
+    for fn in list(vars(copy).values()):
+        if type(fn) is types.FunctionType:
+            if fn.__defaults__ and any(d is real for d in fn.__defaults__):
+                fn.__defaults__ = tuple(_guarded_deepcopy if d is real else d for d in fn.__defaults__)
+            if fn.__kwdefaults__ and any(d is real for d in fn.__kwdefaults__.values()):
+                fn.__kwdefaults__ = {k: _guarded_deepcopy if d is real else d for k, d in fn.__kwdefaults__.items()}
     abc.ABCMeta.register = _guarded_register
     enum.EnumType.__call__ = _guarded_enum_call
 
@@ -716,7 +725,7 @@ class _TypeMeta(type):
         t = type(args[0])
         if issubclass(t, type):  # the class of a class: never hand out a real metaclass
             return SafeType if (t is type or t is _TypeMeta) else _MetaclassView(t)
-        if t in INTERPRETER_TYPES:  # type(obj.method) would be types.MethodType...
+        if t in INTERPRETER_TYPES or t is _TypeView or t is _MetaclassView:  # types.MethodType...
             return _type_view(t)
         return t
 
