@@ -44,6 +44,7 @@ class _State:
     cells: dict[str, str] = {}
     scrub: list[str] = []
     limits: dict = {}
+    nonce: str = ""  # echoed in every frame of the current cell or request (see repl.sandbox)
 
 
 S = _State()
@@ -224,7 +225,8 @@ def _serve() -> None:
         except (EOFError, OSError, _wire.WireError):
             os._exit(0)
         op = msg["op"]
-        if op == "run":
+        S.nonce = msg.get("nonce") if type(msg.get("nonce")) is str else ""
+        if op in ("run", "get"):
             if fds:
                 backup_fd = fds[0]
                 for extra in fds[1:]:
@@ -237,8 +239,8 @@ def _serve() -> None:
                     _backup_wait(backup_fd)  # returns only after a takeover
                     continue
                 os.close(backup_fd)
-            reply = _run_cell(msg)
-        elif op in ("get", "names", "ping"):
+            reply = _run_cell(msg) if op == "run" else _handle_request(msg)
+        elif op in ("names", "ping"):
             reply = _handle_request(msg)
         else:
             reply = {"op": "error", "message": f"unknown op {op!r}"}
@@ -377,7 +379,7 @@ def _run_cell(msg: dict) -> dict:
     stdout, dropped = out.getvalue()
     if dropped and limit is None:
         limit = "output"
-    return {"op": "done", "stdout": stdout, "value": value, "error": error, "etype": etype,
+    return {"op": "done", "nonce": S.nonce, "stdout": stdout, "value": value, "error": error, "etype": etype,
             "limit": limit, "dropped": dropped, "exec_s": time.perf_counter() - t0}
 
 
@@ -404,18 +406,24 @@ def _max_message() -> int:
 
 def _handle_request(msg: dict) -> dict | bytes:
     op = msg["op"]
+    nonce = msg.get("nonce") if type(msg.get("nonce")) is str else ""
     if op == "ping":
-        return {"op": "pong", "pid": os.getpid()}
+        return {"op": "pong", "nonce": nonce, "pid": os.getpid()}
     if op == "names":
-        return {"op": "names", "names": _names()}
+        return {"op": "names", "nonce": nonce, "names": _names()}
     name = msg.get("name")
     ns = S.ns
     if type(name) is not str or name.startswith("_") or name not in ns:
-        return {"op": "got", "ok": False, "etype": "KeyError", "message": str(name)}
+        return {"op": "got", "nonce": nonce, "ok": False, "etype": "KeyError", "message": str(name)}
     try:
-        return _wire.frame({"op": "got", "ok": True, "value": to_wire(ns[name])}, _max_message())
+        value = to_wire(ns[name], budget=[_max_message()])
+        return _wire.frame({"op": "got", "nonce": nonce, "ok": True, "value": value}, _max_message())
     except PlainDataError as e:
-        return {"op": "got", "ok": False, "etype": "TypeError", "message": f"'{name}' is not plain data: {e}"}
+        return {"op": "got", "nonce": nonce, "ok": False, "etype": "TypeError",
+                "message": f"'{name}' is not plain data: {e}"}
+    except MemoryError:
+        return {"op": "got", "nonce": nonce, "ok": False, "etype": "MemoryError",
+                "message": f"'{name}' is too large to send within the sandbox's memory limit"}
 
 
 def _short(v, width: int = 60) -> str:
@@ -512,18 +520,24 @@ def _make_proxy(name: str):
 
 def _call_host(name: str, args: tuple, kwargs: dict):
     try:
-        call = _wire.frame({"op": "call", "name": name, "args": to_wire(list(args)), "kwargs": to_wire(kwargs)},
-                           _max_message())
+        budget = [_max_message()]
+        call = _wire.frame({"op": "call", "nonce": S.nonce, "name": name,
+                            "args": to_wire(list(args), budget=budget),
+                            "kwargs": to_wire(kwargs, budget=budget)}, _max_message())
     except PlainDataError as e:
         raise TypeError(f"{name}(): {e}") from None
+    except MemoryError:
+        raise MemoryError(f"{name}(): the arguments are too large to send within the memory limit") from None
     try:
         send_msg(S.chan, call)
         while True:
-            msg, _ = recv_msg(S.chan)
+            msg, _ = recv_msg(S.chan, max_fds=1)
             op = msg["op"]
             if op == "reply":
                 break
             if op in ("get", "names", "ping"):
+                for fd in _:
+                    os.close(fd)  # no backup needed: the cell's own backup covers this request
                 send_msg(S.chan, _handle_request(msg))
                 continue
             raise RuntimeError(f"protocol error: unexpected {op!r} during {name}()")

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import keyword
 import os
+import secrets
 import select
 import signal
 import socket
@@ -102,6 +103,9 @@ class CellResult(BaseModel):
     cell: int = 0
     restored: bool = Field(False, description="the namespace was rolled back to before this cell (after a kill)")
     primitive_s: float = Field(0.0, description="time spent inside host primitives")
+    primitive_times: dict[str, float] = Field(default_factory=dict,
+                                              description="host seconds per primitive name (calls included)")
+    decode_s: float = Field(0.0, description="host time spent decoding the cell's messages (counts against timeout_s)")
     dropped_chars: int = Field(0, description="stdout characters cut by output_limit")
 
     @computed_field  # type: ignore[prop-decorator]
@@ -121,6 +125,8 @@ class SandboxStats(BaseModel):
     total_s: float = 0.0
     primitive_calls: int = 0
     primitive_s: float = 0.0
+    primitive_times: dict[str, float] = Field(default_factory=dict, description="host seconds per primitive")
+    decode_s: float = 0.0
     limits: dict[str, int] = Field(default_factory=lambda: {"timeout": 0, "memory": 0, "output": 0})
     restores: int = 0
     restarts: int = 0
@@ -140,6 +146,7 @@ class _Conn:
         self.sock = sock
         self.max_bytes = max_bytes
         self.buf = bytearray()
+        self.decode_s = 0.0
         sock.setblocking(False)
 
     def fileno(self) -> int:
@@ -188,10 +195,13 @@ class _Conn:
                 if len(self.buf) >= 4 + n:
                     body = bytes(self.buf[4 : 4 + n])
                     del self.buf[: 4 + n]
+                    t0 = time.monotonic()
                     try:
                         return _wire.loads(body)
                     except _wire.WireError as e:
                         raise _Dead(str(e)) from None
+                    finally:
+                        self.decode_s += time.monotonic() - t0
             if not self._wait(select.POLLIN, deadline):
                 return None
             try:
@@ -503,14 +513,24 @@ class Sandbox:
     def _run(self, code: str, timeout: float) -> CellResult:
         self._cell += 1
         cell = self._cell
+        # Every frame of this cell must carry this nonce: a frame forged or left over from an
+        # earlier cell (a 'done' sent ahead of time by code that reached the socket) is refused.
+        nonce = secrets.token_hex(16)
         t0 = time.monotonic()
         prim_s = 0.0
+        prim_times: dict[str, float] = {}
         h_new, c_new = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         backup = _Conn(h_new, self.config.max_message_mb * 2**20)
+        conn0 = self._conn
+        decode0 = conn0.decode_s if conn0 is not None else 0.0
 
         def result(**kw) -> CellResult:
             kw.setdefault("duration_s", time.monotonic() - t0)
-            return CellResult(cell=cell, primitive_s=prim_s, **kw)
+            decode = (conn0.decode_s - decode0) if conn0 is not None else 0.0
+            if self._conn is not conn0 and self._conn is not None:
+                decode += self._conn.decode_s
+            self._stats.decode_s += decode
+            return CellResult(cell=cell, primitive_s=prim_s, primitive_times=prim_times, decode_s=decode, **kw)
 
         def lost(why: str) -> CellResult:
             backup.close()
@@ -520,7 +540,8 @@ class Sandbox:
                           error_type="SandboxError", restored=True)
 
         try:
-            self._conn.send({"op": "run", "code": code, "cell": cell, "timeout": timeout}, fds=[c_new.fileno()])
+            self._conn.send({"op": "run", "code": code, "cell": cell, "timeout": timeout, "nonce": nonce},
+                            fds=[c_new.fileno()])
         except _Dead as e:
             c_new.close()
             return lost(f"the sandbox process was gone ({e})")
@@ -540,19 +561,21 @@ class Sandbox:
                                          "the namespace is as it was before the cell"),
                                   error_type="TimeoutError", limit="timeout", restored=True)
                 op = msg.get("op")
-                if op == "call":
-                    t1 = time.monotonic()
-                    reply = self._call_primitive(msg)
-                    spent = time.monotonic() - t1
+                if msg.get("nonce") != nonce:
+                    op = f"{op} frame without this cell's nonce"
+                elif op == "call":
+                    reply, spent = self._call_primitive(msg)
                     prim_s += spent
+                    if type(msg.get("name")) is str and msg["name"] in self._callables:
+                        prim_times[msg["name"]] = prim_times.get(msg["name"], 0.0) + spent
                     if not self.config.count_primitive_time:
-                        deadline += spent
+                        deadline += spent  # only the primitive itself: decoding counts against the cell
                     try:
                         self._conn.send(reply)
                     except _Dead:
                         pass  # the worker died meanwhile: the next recv sees it
                     continue
-                if op == "done":
+                elif op == "done":
                     return self._finish(msg, backup, result, lost)
                 self._kill_worker()
                 if not self._takeover(backup):
@@ -611,61 +634,116 @@ class Sandbox:
         return result(error=f"{etype}: {text}; the namespace is as it was before the cell",
                       error_type=etype, limit=limit, restored=True)
 
-    def _call_primitive(self, msg: dict) -> dict:
+    def _call_primitive(self, msg: dict) -> tuple[dict, float]:
+        """Run one primitive call: (reply, seconds inside the primitive itself)."""
         name = msg.get("name")
         fn = self._callables.get(name) if type(name) is str else None
         self._stats.primitive_calls += 1
         if fn is None:
-            return {"op": "reply", "ok": False, "etype": "NameError", "message": f"no primitive {name!r}"}
+            return {"op": "reply", "ok": False, "etype": "NameError", "message": f"no primitive {name!r}"}, 0.0
+        t0 = time.monotonic()
         try:
             args = _wire.from_wire(msg.get("args"))
             kwargs = _wire.from_wire(msg.get("kwargs"))
             if type(args) is not list or type(kwargs) is not dict:
                 raise _wire.WireError("bad call")
         except _wire.WireError as e:
-            return {"op": "reply", "ok": False, "etype": "TypeError", "message": str(e)}
+            return {"op": "reply", "ok": False, "etype": "TypeError", "message": f"{name}(): {e}"}, 0.0
+        finally:
+            self._conn.decode_s += time.monotonic() - t0
         t0 = time.monotonic()
         try:
             value = fn(*args, **kwargs)
         except Exception as e:  # noqa: BLE001 - a primitive's exception belongs to the cell
-            return {"op": "reply", "ok": False, "etype": type(e).__name__, "message": _scrub(str(e))}
+            return {"op": "reply", "ok": False, "etype": type(e).__name__, "message": _scrub(str(e))}, \
+                time.monotonic() - t0
         finally:
-            self._stats.primitive_s += time.monotonic() - t0
+            spent = time.monotonic() - t0
+            self._stats.primitive_s += spent
+            self._stats.primitive_times[name] = self._stats.primitive_times.get(name, 0.0) + spent
         try:
-            return {"op": "reply", "ok": True, "value": _wire.to_wire(value)}
+            return {"op": "reply", "ok": True, "value": _wire.to_wire(value)}, spent
         except _wire.PlainDataError as e:
             return {"op": "reply", "ok": False, "etype": "TypeError",
-                    "message": f"primitive {name}() returned something that is not plain data: {e}"}
+                    "message": f"primitive {name}() returned something that is not plain data: {e}"}, spent
 
     # -- namespace --------------------------------------------------------------------------
 
     def _request(self, msg: dict, timeout: float = 60.0) -> dict:
         with self._lock:
             self._check_open()
+            nonce = secrets.token_hex(16)
             try:
-                self._conn.send(msg, timeout=timeout)
+                self._conn.send({**msg, "nonce": nonce}, timeout=timeout)
                 reply = self._conn.recv(time.monotonic() + timeout)
             except _Dead as e:
                 raise SandboxError(f"the sandbox did not answer: {e}") from None
             if reply is None:
                 raise SandboxError("the sandbox did not answer in time")
+            if reply.get("nonce") != nonce:
+                self._kill_worker()
+                self._restart()
+                self._stats.restarts += 1
+                raise SandboxError("the sandbox answered with a frame that does not belong to this request; "
+                                   "a fresh session was started (earlier names are lost)")
             return reply
+
+    def _get_with_backup(self, name: str, timeout: float = 60.0) -> dict:
+        """``get`` outside a cell runs under a backup, as a cell does: if encoding the value
+        kills the worker (memory), the backup takes over with the namespace intact."""
+        nonce = secrets.token_hex(16)
+        h_new, c_new = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        backup = _Conn(h_new, self.config.max_message_mb * 2**20)
+        try:
+            self._conn.send({"op": "get", "name": name, "nonce": nonce}, fds=[c_new.fileno()], timeout=timeout)
+            reply = self._conn.recv(time.monotonic() + timeout)
+        except _Dead as e:
+            reply = {"op": "dead", "why": str(e)}
+        finally:
+            c_new.close()
+        if reply is not None and reply.get("op") == "got" and reply.get("nonce") == nonce:
+            backup.close()
+            return reply
+        if reply is None or reply.get("op") != "dead":
+            self._kill_worker()
+        else:
+            self._exit_status(self._pid)
+        if not self._takeover(backup):
+            backup.close()
+            self._restart()
+            self._stats.restarts += 1
+            raise SandboxError(f"the sandbox died while sending '{name}'; a fresh session was started "
+                               "(earlier names are lost)")
+        why = "did not answer in time" if reply is None else (
+            "died (most likely out of memory)" if reply.get("op") == "dead" else "sent a frame that was not its answer")
+        raise SandboxError(f"the sandbox {why} while sending '{name}'; the session was restored as it was "
+                           "before get(); send a smaller value (a slice, a summary)")
 
     def get(self, name: str) -> Any:
         """A copy of the plain-data value bound to ``name``. KeyError if undefined,
         TypeError if the value is not plain data."""
         if not isinstance(name, str):
             raise TypeError("name must be a str")
-        reply = self._request({"op": "get", "name": name})
+        with self._lock:
+            self._check_open()
+            if self._in_run:  # from a primitive: the running cell's backup covers this request
+                reply = self._request({"op": "get", "name": name})
+            else:
+                reply = self._get_with_backup(name)
         if reply.get("op") != "got":
             raise SandboxError(f"unexpected reply {reply.get('op')!r}")
         if reply.get("ok"):
+            t0 = time.monotonic()
             try:
                 return _wire.from_wire(reply.get("value"))
             except _wire.WireError as e:
-                raise SandboxError(str(e)) from None
+                raise SandboxError(f"cannot decode '{name}' from the sandbox: {e}") from None
+            finally:
+                self._stats.decode_s += time.monotonic() - t0
         if reply.get("etype") == "KeyError":
             raise KeyError(name)
+        if reply.get("etype") == "MemoryError":
+            raise SandboxError(str(reply.get("message")))
         raise TypeError(str(reply.get("message")))
 
     def names(self) -> dict[str, str]:
