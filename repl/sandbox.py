@@ -87,6 +87,11 @@ class SandboxConfig(BaseModel):
     python: str | None = Field(None, description="interpreter for the sandbox (default: sys.executable)")
     drop_privileges: bool = Field(True, description="when the host runs as root, run cells as user 'nobody'")
     debug: bool = Field(False, description="let the sandbox process write to the host's stderr")
+    os_layers: bool = Field(True, description="network namespace, landlock and seccomp in the sandbox process")
+    protect_host_proc: bool = Field(True, description="set PR_SET_DUMPABLE 0 on the host process, so that a "
+                                                      "same-uid sandbox cannot read its /proc entries")
+    unsafe_real_builtins: bool = Field(False, description="TESTS ONLY: cells get the real builtins and no "
+                                                          "policy, as after an escape, to test the OS layer alone")
 
 
 class CellResult(BaseModel):
@@ -228,8 +233,39 @@ def _child_command(python: str) -> list[str]:
 
 
 def _child_env() -> dict[str, str]:
-    """Nothing of the host's environment (API keys...) except what the interpreter may need."""
-    return {k: v for k, v in os.environ.items() if k in ("LD_LIBRARY_PATH", "TZ", "LANG", "LC_ALL")}
+    """Nothing of the host's environment (API keys...): the sandbox starts with an empty one."""
+    return {}
+
+
+_WARNED: set[str] = set()
+_HOST_PROTECTED: list[bool] = []
+
+
+def _protect_host() -> None:
+    """PR_SET_DUMPABLE 0: /proc/<host pid>/{environ,mem,fd...} become root-owned and ptrace
+    attach is refused, so a sandbox running with the host's uid cannot read them. Once."""
+    if _HOST_PROTECTED:
+        return
+    ok = False
+    try:
+        import ctypes
+
+        ok = ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0) == 0  # PR_SET_DUMPABLE
+    except (OSError, AttributeError):
+        ok = False
+    _HOST_PROTECTED.append(ok)
+    if not ok:
+        _warn_once("host", "cannot set PR_SET_DUMPABLE 0 on the host: a sandbox with the host's uid could "
+                           "read /proc/<host pid>")
+
+
+def _warn_once(key: str, text: str) -> None:
+    if key in _WARNED:
+        return
+    _WARNED.add(key)
+    import warnings
+
+    warnings.warn(f"sandbox: {text}", RuntimeWarning, stacklevel=3)
 
 
 def _signal_name(sig: int) -> str:
@@ -272,6 +308,10 @@ class Sandbox:
         self._status_buf = b""
         self._statuses: dict[int, int] = {}
         self._killed: set[int] = set()
+        self._layers: dict[str, str] = {}
+        self._missing: dict[str, str] = {}
+        if self.config.protect_host_proc:
+            _protect_host()
         self._spawn()
         self._finalizer = weakref.finalize(self, Sandbox._cleanup, self._proc, self._conn)
 
@@ -300,7 +340,8 @@ class Sandbox:
             "timeout_s": cfg.timeout_s, "memory_mb": cfg.memory_mb, "output_limit": cfg.output_limit,
             "recursion_limit": cfg.recursion_limit, "debug": cfg.debug,
             "max_message_bytes": cfg.max_message_mb * 2**20,
-            "drop_privileges": cfg.drop_privileges}}
+            "drop_privileges": cfg.drop_privileges, "os_layers": cfg.os_layers,
+            "unsafe_real_builtins": cfg.unsafe_real_builtins}}
         try:
             self._conn.send(init, timeout=cfg.startup_timeout_s)
             hello = self._conn.recv(time.monotonic() + cfg.startup_timeout_s)
@@ -318,6 +359,11 @@ class Sandbox:
             raise SandboxError(f"the sandbox process failed to start ({e}): {err.decode(errors='replace')[-2000:]}") from None
         if self._proc.stderr is not None:
             self._proc.stderr.close()
+        self._layers = {str(k): str(v) for k, v in (hello.get("layers") or {}).items()}
+        self._missing = {str(k): str(v) for k, v in (hello.get("missing") or {}).items()}
+        for name, why in self._missing.items():
+            if cfg.os_layers or name in ("uid", "rlimit_nproc"):
+                _warn_once(name, f"layer '{name}' is not active: {why}")
         self._set_worker(hello["pid"])
 
     def _set_worker(self, pid: int) -> None:
@@ -753,6 +799,20 @@ class Sandbox:
         if reply.get("op") != "names" or type(names) is not dict:
             raise SandboxError("unexpected reply")
         return {str(k): str(v) for k, v in names.items()}
+
+    def describe(self) -> dict[str, Any]:
+        """The protection layers of this session: ``active`` (name -> what it does) and
+        ``missing`` (name -> why it is not there), as the sandbox process reported them."""
+        layers = {"policy": "RestrictedPython policy and guarded builtins (repl._policy)",
+                  "process": "separate process tree, killed by the host at the timeout; backup before each cell"}
+        if _HOST_PROTECTED and _HOST_PROTECTED[0]:
+            layers["host"] = "host PR_SET_DUMPABLE 0; empty environment for the sandbox"
+        layers.update(self._layers)
+        missing = dict(self._missing)
+        if self.config.unsafe_real_builtins:
+            del layers["policy"]
+            missing["policy"] = "unsafe_real_builtins=True (tests only)"
+        return {"active": layers, "missing": missing}
 
     def stats(self) -> SandboxStats:
         return self._stats.model_copy(deep=True)
