@@ -26,6 +26,7 @@ import socket
 import sys
 import time
 import types
+from typing import ClassVar
 
 from repl import _wire
 from repl._wire import CappedOutput, PlainDataError, cut, from_wire, recv_msg, send_msg, to_wire
@@ -44,10 +45,10 @@ class _State:
     cells: dict[str, str] = {}
     scrub: list[str] = []
     limits: dict = {}
-    read_paths: list[str] = []
+    read_paths: ClassVar[list[str]] = []
     nonce: str = ""  # echoed in every frame of the current cell or request (see repl.sandbox)
-    layers: dict[str, str] = {}  # OS layers: name -> what is active
-    missing: dict[str, str] = {}  # OS layers: name -> why it is not
+    layers: ClassVar[dict[str, str]] = {}  # OS layers: name -> what is active
+    missing: ClassVar[dict[str, str]] = {}  # OS layers: name -> why it is not
     session_uid: int | None = None
     unsafe_ns: dict | None = None  # the test hook's namespace (real builtins), see SandboxConfig
 

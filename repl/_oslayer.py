@@ -130,21 +130,22 @@ def landlock(read_paths: list[str]) -> str:
 
 # Everything the worker and its backups do after lock-down (CPython's runtime, the framed
 # socket protocol, rlimits, fork for the backup, reaping). Anything else: EPERM.
-_ALLOWED = """
-read readv pread64 write writev sendmsg recvmsg sendto recvfrom shutdown getsockopt setsockopt
-getsockname getpeername close close_range fstat newfstatat stat lstat statx fstatfs statfs lseek
-getdents64 readlink readlinkat access faccessat faccessat2 getcwd fcntl dup dup2 dup3
-pipe pipe2 mmap munmap mremap mprotect brk madvise mincore msync
-rt_sigaction rt_sigprocmask rt_sigreturn sigaltstack restart_syscall
-getpid gettid getppid getpgid getpgrp getsid getuid geteuid getgid getegid getgroups getresuid
-getresgid getrlimit prlimit64 setrlimit getrusage times sysinfo uname getcpu getrandom
-sched_getaffinity sched_yield sched_getparam sched_getscheduler
-clock_gettime clock_getres clock_nanosleep nanosleep gettimeofday time
-select pselect6 poll ppoll epoll_create1 epoll_ctl epoll_wait epoll_pwait
-futex set_robust_list get_robust_list set_tid_address rseq arch_prctl
-wait4 waitid exit exit_group
-""".split()
-_O_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND | getattr(os, "O_TMPFILE", 0)
+_ALLOWED = [
+    "read", "readv", "pread64", "write", "writev", "sendmsg", "recvmsg", "sendto", "recvfrom", "shutdown",
+    "getsockopt", "setsockopt", "getsockname", "getpeername", "close", "close_range", "fstat", "newfstatat",
+    "stat", "lstat", "statx", "fstatfs", "statfs", "lseek", "getdents64", "readlink", "readlinkat", "access",
+    "faccessat", "faccessat2", "getcwd", "fcntl", "dup", "dup2", "dup3", "pipe", "pipe2", "mmap", "munmap",
+    "mremap", "mprotect", "brk", "madvise", "mincore", "msync", "rt_sigaction", "rt_sigprocmask",
+    "rt_sigreturn", "sigaltstack", "restart_syscall", "getpid", "gettid", "getppid", "getpgid", "getpgrp",
+    "getsid", "getuid", "geteuid", "getgid", "getegid", "getgroups", "getresuid", "getresgid", "getrlimit",
+    "prlimit64", "setrlimit", "getrusage", "times", "sysinfo", "uname", "getcpu", "getrandom",
+    "sched_getaffinity", "sched_yield", "sched_getparam", "sched_getscheduler", "clock_gettime",
+    "clock_getres", "clock_nanosleep", "nanosleep", "gettimeofday", "time", "select", "pselect6", "poll",
+    "ppoll", "epoll_create1", "epoll_ctl", "epoll_wait", "epoll_pwait", "futex", "set_robust_list",
+    "get_robust_list", "set_tid_address", "rseq", "arch_prctl", "wait4", "waitid", "exit", "exit_group",
+]
+_O_WRITE_FLAGS = (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+                  | (getattr(os, "O_TMPFILE", 0) & ~os.O_DIRECTORY))  # O_TMPFILE includes O_DIRECTORY
 _CLONE_FORBIDDEN = (0x00000100 | 0x00010000 | _CLONE_NEWNS | _CLONE_NEWUSER | _CLONE_NEWNET  # VM, THREAD
                     | 0x04000000 | 0x08000000 | 0x20000000 | 0x02000000 | 0x00000080)  # UTS IPC PID CGROUP...
 _PR_SET_PDEATHSIG = 1
@@ -155,6 +156,7 @@ def preload() -> None:
     """Import what :func:`seccomp` needs while the files can still be read."""
     try:
         import ctypes.util  # noqa: F401 - pyseccomp imports it when loaded
+
         import pyseccomp  # noqa: F401
     except ImportError:
         pass

@@ -791,7 +791,7 @@ class _TypeView:
         object.__setattr__(self, "_t", t)
 
     @property
-    def __name__(self) -> str:  # noqa: PLW3201 - a readable dunder, as on a class
+    def __name__(self) -> str:  # a readable dunder, as on a class
         return object.__getattribute__(self, "_t").__name__
 
     def __repr__(self) -> str:

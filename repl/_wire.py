@@ -96,7 +96,7 @@ MAX_HASH_COLLISIONS = 256
 
 
 class _Budget:
-    __slots__ = ("nodes", "deadline", "started")
+    __slots__ = ("deadline", "nodes", "started")
 
     def __init__(self, max_nodes: int, max_s: float):
         self.nodes = max_nodes

@@ -165,8 +165,7 @@ ISSUE9: list[tuple[str, str]] = [
     ("i9_deepcopy_method_namedtuple", _N + _A + "copy.deepcopy(type(A().m)(N, getattr))"),
     ("i9_method_type_call", _A + "type(A().m)(print, 1)"),
     ("i9_method_type_bind_primitive", _A + "type(A().m)(worker, 1)()"),
-    ("i9_function_type", "type(worker)"
-     "\n_ = 1\ntype(worker)(None, {})"),
+    ("i9_function_type", "type(worker)(None, {})"),
     ("i9_function_type_lambda", "F = type(lambda: 0)\nF(None, {})"),
     ("i9_builtin_function_type", "type(len)('x')"),
     ("i9_generator_type", "def g():\n    yield 1\ntype(g())(None)"),
