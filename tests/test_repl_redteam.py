@@ -321,3 +321,21 @@ def test_get_and_call_refuse_what_the_host_would_refuse():
         res = sb.run("worker(big)")
         assert res.error_type == "TypeError" and "over the limit" in res.error and not res.restored
         _assert_alive(sb)
+
+
+def test_console_dash_c_is_closed_too(tmp_path):
+    """Issue 9: ``python -m repl -c ...`` printed a planted secret through the same escape."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    secret = tmp_path / "secret.txt"
+    secret.write_text(SECRET)
+    code = ISSUE9[1][1].replace("SECRET_PATH", str(secret))
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-m", "repl", "--no-history", "-c", code], cwd=root,
+                          capture_output=True, text=True, timeout=120,
+                          env={**__import__("os").environ, "PYTHONPATH": str(root)})
+    assert proc.returncode == 1, proc
+    assert SECRET not in proc.stdout + proc.stderr
+    assert proc.stdout.strip().count("\n") == 0 and proc.stdout.startswith("TypeError: cannot create method")
