@@ -32,7 +32,7 @@ import types
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from repl import _policy  # noqa: E402 - after the path tweak
+from repl import _policy  # after the path tweak
 
 MAX_DEPTH = 6
 MAX_NODES = 200_000

@@ -14,7 +14,7 @@ WALK = Path(__file__).with_name("reach_walk.py")
 
 
 def _walk(*args: str) -> dict:
-    proc = subprocess.run([sys.executable, str(WALK), *args], capture_output=True, text=True, timeout=120,
+    proc = subprocess.run([sys.executable, str(WALK), *args], capture_output=True, text=True, timeout=120, check=False,
                           cwd="/")
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
