@@ -15,13 +15,35 @@ size cap::
   own session and process group. It imports RestrictedPython and the allowed modules once,
   builds the namespace and forks the worker, which runs every cell in that one namespace (so
   functions, classes and generators persist; nothing has to be picklable).
-* Limits: ``RLIMIT_AS`` = ``memory_mb`` (a bomb gets MemoryError in the child and never touches
-  the host), ``RLIMIT_FSIZE`` 0, ``RLIMIT_CORE`` 0, ``no_new_privs``, inherited descriptors
-  closed, and when the host is root the worker drops to user ``nobody``; during a cell also
-  ``RLIMIT_NOFILE`` = no new descriptor at all, ``RLIMIT_NPROC`` 0 (no fork, no thread) and
-  ``RLIMIT_CPU`` as a backstop. The wall-clock timeout is enforced by the host, which SIGKILLs
-  the worker through a pidfd (no pid-reuse race). No seccomp filter (not reachable from pure
-  Python without ctypes/BPF assembly); the layers above do that job.
+* Limits: ``RLIMIT_AS`` = ``memory_mb``, ``RLIMIT_FSIZE`` 0, ``RLIMIT_CORE`` 0, ``RLIMIT_NOFILE``
+  64, all hard (soft = hard: an escaped cell cannot raise them), ``no_new_privs``, inherited
+  descriptors closed, an empty environment; when the host is root the worker runs as an
+  unprivileged uid of its own (``1_500_000_000 + supervisor pid``) with a hard ``RLIMIT_NPROC`` of
+  4, which then counts this session's processes only. During a cell also ``RLIMIT_NOFILE`` = no
+  new descriptor, ``RLIMIT_NPROC`` 0 (soft) and ``RLIMIT_CPU`` as a backstop. The wall-clock
+  timeout is enforced by the host, which SIGKILLs the worker through a pidfd (no pid-reuse race).
+* OS layer (:mod:`repl._oslayer`), so that an escape from the policy still reaches nothing: the
+  supervisor enters a network namespace; the worker restricts itself with Landlock (read-only
+  beneath the interpreter's paths, no TCP, no signals outside the sandbox) and a seccomp
+  allow-list (no execve, socket, connect, bind, ptrace, mount, kill, threads, open for writing).
+  Each layer that the kernel or the permissions refuse is reported by the child, warned about
+  once and listed by :meth:`Sandbox.describe`. The host sets ``PR_SET_DUMPABLE`` 0 on itself, so
+  a sandbox with the host's uid (non-root host) cannot read ``/proc/<host pid>``.
+  Why ``fork`` stays allowed by seccomp: the backup below is a fork of the worker *after* the
+  previous cell, so the process that runs cells must be able to fork; a filter (or a hard
+  ``RLIMIT_NPROC`` 0) that forbids it would forbid the backup. Forbidding fork only during a cell
+  is impossible (filters cannot be removed) and restructuring (run each cell in a fresh child)
+  leaves the post-cell state in a process that can no longer fork. So fork is allowed with the
+  narrowest flags (no ``CLONE_THREAD``/``CLONE_VM``/namespaces; ``clone3`` answers ENOSYS), every
+  fork inherits every layer (seccomp, Landlock, namespace, uid, rlimits), and the hard NPROC cap
+  bounds how many there can be; they die with the process group.
+* The host treats the child as hostile: every frame of a cell (``call``, ``done``) and every
+  answer to a request must carry the nonce the host chose for it (a forged or stale ``done`` is
+  refused and the session restored from the backup); ``get()`` outside a cell runs under a
+  backup as a cell does; decoding is bounded in size (``max_message_mb``), depth, items and time,
+  and dicts whose keys collide in hash are refused (:mod:`repl._wire`); decoding time counts
+  against the cell's timeout (only the primitive's own time is excluded) and is reported, as is
+  the host time per primitive.
 * Namespace intact after a kill: before each cell the worker forks a *backup* (copy-on-write,
   about 0.4 ms for the ~15 MB worker) that blocks on a fresh socket the host passed along with
   the cell (SCM_RIGHTS). Cell done: the host closes that socket and the backup exits. Timeout,
