@@ -201,6 +201,14 @@ def test_get_of_a_huge_value_keeps_the_namespace():
             sb.get("big")
         assert sb.get("canary") == [1, 2]
         assert sb.stats().restarts == 0
+    holder: dict = {}
+    with Sandbox(primitives={"FINAL_VAR": lambda n: holder["sb"].get(n)},
+                 config=SandboxConfig(timeout_s=5.0, memory_mb=256)) as sb:
+        holder["sb"] = sb
+        assert sb.run("canary = [1, 2]\nbig = ['y' * 10**6] * 300").ok
+        res = sb.run("FINAL_VAR('big')")  # inside a cell: a clean error, not a protocol error
+        assert not res.ok and "protocol" not in res.error and "\n" not in res.error, res
+        assert sb.get("canary") == [1, 2] and sb.stats().restarts == 0
     with Sandbox(config=SandboxConfig(timeout_s=5.0, memory_mb=256, max_message_mb=1024)) as sb:
         assert sb.run("canary = [1, 2]\nbig = ['y' * 10**6] * 300").ok
         with pytest.raises((TypeError, SandboxError), match="too large|memory|restored"):
