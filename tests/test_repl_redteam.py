@@ -334,7 +334,7 @@ def test_console_dash_c_is_closed_too(tmp_path):
     code = ISSUE9[1][1].replace("SECRET_PATH", str(secret))
     root = Path(__file__).resolve().parents[1]
     proc = subprocess.run([sys.executable, "-m", "repl", "--no-history", "-c", code], cwd=root,
-                          capture_output=True, text=True, timeout=120,
+                          capture_output=True, text=True, timeout=120, check=False,
                           env={**__import__("os").environ, "PYTHONPATH": str(root)})
     assert proc.returncode == 1, proc
     assert SECRET not in proc.stdout + proc.stderr
