@@ -26,6 +26,7 @@ import socket
 import sys
 import time
 import types
+from typing import ClassVar
 
 from repl import _wire
 from repl._wire import CappedOutput, PlainDataError, cut, from_wire, recv_msg, send_msg, to_wire
@@ -44,6 +45,12 @@ class _State:
     cells: dict[str, str] = {}
     scrub: list[str] = []
     limits: dict = {}
+    read_paths: ClassVar[list[str]] = []
+    nonce: str = ""  # echoed in every frame of the current cell or request (see repl.sandbox)
+    layers: ClassVar[dict[str, str]] = {}  # OS layers: name -> what is active
+    missing: ClassVar[dict[str, str]] = {}  # OS layers: name -> why it is not
+    session_uid: int | None = None
+    unsafe_ns: dict | None = None  # the test hook's namespace (real builtins), see SandboxConfig
 
 
 S = _State()
@@ -97,11 +104,30 @@ def main() -> None:
                      os.path.expanduser("~"), os.getcwd()) if p and len(p) > 1},
         key=len, reverse=True,
     )
+    if cfg.get("unsafe_real_builtins"):
+        import builtins
+
+        S.unsafe_ns = {"__builtins__": builtins, "__name__": "__main__"}
     # Inherited by every worker: no core files, no file writes, no privilege gain on exec.
     _setrlimit(resource.RLIMIT_CORE, 0, 0)
     _setrlimit(resource.RLIMIT_FSIZE, 0, 0)
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     _prctl(_PR_SET_NO_NEW_PRIVS, 1)
+    S.read_paths = _read_paths()
+    if cfg.get("os_layers", True):
+        from repl import _oslayer
+
+        _oslayer.preload()  # nothing can be imported from disk after lock-down
+        try:
+            S.layers["network"] = _oslayer.network_namespace()
+        except _oslayer.LayerUnavailable as e:
+            S.missing["network"] = str(e)
+    else:
+        S.missing["network"] = S.missing["landlock"] = S.missing["seccomp"] = "disabled (os_layers=False)"
+    if os.getuid() == 0 and cfg.get("drop_privileges", True):
+        # a uid of its own per session: RLIMIT_NPROC then counts this session's processes only,
+        # and no other process (another session included) shares its uid
+        S.session_uid = _SESSION_UID_BASE + os.getpid()
     _prctl(_PR_SET_CHILD_SUBREAPER, 1)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the supervisor outlives a group SIGTERM
     keep = {0, 1, 2, chan.fileno()}
@@ -114,6 +140,29 @@ def main() -> None:
         _worker_start(chan)  # never returns
     chan.close()
     _supervise()
+
+
+_SESSION_UID_BASE = 1_500_000_000
+_NPROC_CAP = 4  # worker + this cell's backup + a backup still exiting; every fork inherits all layers
+_NOFILE_CAP = 64
+
+
+def _read_paths() -> list[str]:
+    """What the worker may still read under landlock: the interpreter's own files (imports are
+    done before lock-down, but a lazily loaded submodule or data file must still work)."""
+    import sysconfig
+
+    paths = {sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")}
+    paths.add(os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + "/repl")
+    try:
+        import RestrictedPython
+
+        paths.add(os.path.dirname(os.path.abspath(RestrictedPython.__file__)))
+    except ImportError:  # pragma: no cover - the sandbox needs it anyway
+        pass
+    paths.update(("/usr/lib", "/lib", "/lib64", "/usr/lib64", "/usr/share/zoneinfo", "/etc/localtime",
+                  "/dev/null", "/dev/urandom", "/usr/lib/locale"))
+    return sorted(p for p in paths if p and os.path.exists(p))
 
 
 def _close_fds_except(keep: set[int]) -> None:
@@ -164,22 +213,22 @@ def _supervise() -> None:
 
 
 def _drop_privileges() -> None:
-    """Running as root: become ``nobody`` (file permissions then apply, and RLIMIT_NPROC is
-    enforced). Everything the worker needs is already imported or open."""
-    if not S.config.get("drop_privileges", True) or os.getuid() != 0:
+    """Running as root: become an unprivileged uid of this session's own (file permissions then
+    apply, only world-readable files, and RLIMIT_NPROC is enforced for this session alone).
+    Everything the worker needs is already imported or open."""
+    uid = S.session_uid
+    if uid is None:
+        S.missing["uid"] = "the host is not root: cells run with the host's uid" if os.getuid() else \
+            "drop_privileges=False: cells run as root"
         return
     try:
-        import pwd
-
-        uid, gid = pwd.getpwnam("nobody")[2:4]
-    except (ImportError, KeyError):
-        uid = gid = 65534
-    try:
         os.setgroups([])
-        os.setgid(gid)
+        os.setgid(uid)
         os.setuid(uid)
-    except OSError:
-        pass
+    except OSError as e:
+        S.missing["uid"] = f"cannot drop privileges ({e})"
+        return
+    S.layers["uid"] = f"uid {uid} (unprivileged, unique to this session)"
 
 
 def _worker_start(chan: socket.socket) -> None:
@@ -195,15 +244,37 @@ def _worker_start(chan: socket.socket) -> None:
         _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)  # after setuid, which clears it
         mem = int(S.config["memory_mb"]) * 2**20
         _setrlimit(resource.RLIMIT_AS, mem, mem)
+        _setrlimit(resource.RLIMIT_NOFILE, _NOFILE_CAP, _NOFILE_CAP)
+        limits = [f"AS {S.config['memory_mb']} MB", f"NOFILE {_NOFILE_CAP}", "FSIZE 0", "CORE 0"]
+        if S.session_uid is not None and os.getuid() == S.session_uid:
+            _setrlimit(resource.RLIMIT_NPROC, _NPROC_CAP, _NPROC_CAP)
+            limits.append(f"NPROC {_NPROC_CAP}")
+        else:
+            S.missing["rlimit_nproc"] = ("RLIMIT_NPROC is soft (0 during a cell) only: it counts every process "
+                                         "of the host's uid")
+        S.layers["rlimits"] = "hard rlimits: " + ", ".join(limits)
         sys.setrecursionlimit(int(S.config["recursion_limit"]))
         gc.disable()  # collections (and so finalizers) only run inside cells
         S.chan = chan
         S.limits = {k: resource.getrlimit(k) for k in (resource.RLIMIT_CPU, resource.RLIMIT_NPROC,
                                                        resource.RLIMIT_NOFILE)}
-        send_msg(chan, {"op": "hello", "pid": os.getpid()})
+        if S.config.get("os_layers", True):
+            _lock_down()
+        send_msg(chan, {"op": "hello", "pid": os.getpid(), "layers": S.layers, "missing": S.missing})
         _serve()
     finally:
         os._exit(0)
+
+
+def _lock_down() -> None:
+    """Landlock, then seccomp (the seccomp filter forbids the landlock calls)."""
+    from repl import _oslayer
+
+    for name, apply in (("landlock", lambda: _oslayer.landlock(S.read_paths)), ("seccomp", _oslayer.seccomp)):
+        try:
+            S.layers[name] = apply()
+        except _oslayer.LayerUnavailable as e:
+            S.missing[name] = str(e)
 
 
 def _reap() -> None:
@@ -224,7 +295,8 @@ def _serve() -> None:
         except (EOFError, OSError, _wire.WireError):
             os._exit(0)
         op = msg["op"]
-        if op == "run":
+        S.nonce = msg.get("nonce") if type(msg.get("nonce")) is str else ""
+        if op in ("run", "get"):
             if fds:
                 backup_fd = fds[0]
                 for extra in fds[1:]:
@@ -237,8 +309,8 @@ def _serve() -> None:
                     _backup_wait(backup_fd)  # returns only after a takeover
                     continue
                 os.close(backup_fd)
-            reply = _run_cell(msg)
-        elif op in ("get", "names", "ping"):
+            reply = _run_cell(msg) if op == "run" else _handle_request(msg)
+        elif op in ("names", "ping"):
             reply = _handle_request(msg)
         else:
             reply = {"op": "error", "message": f"unknown op {op!r}"}
@@ -342,16 +414,20 @@ def _run_cell(msg: dict) -> dict:
     _tighten(float(msg.get("timeout") or S.config["timeout_s"]))
     try:
         try:
-            body, expr = _policy.compile_cell(code, filename, S.protected)
+            if S.unsafe_ns is not None:
+                body, expr = _compile_unsafe(code, filename)
+            else:
+                body, expr = _policy.compile_cell(code, filename, S.protected)
         except _policy.CellSyntaxError as e:
             etype = e.etype
             error = _scrub(cut(_error_text(e.etype, e.msg, e.lineno, filename, filename), 4000)[0])
         else:
             gc.enable()
+            ns = S.ns if S.unsafe_ns is None else S.unsafe_ns
             try:
-                exec(body, S.ns)
+                exec(body, ns)
                 if expr is not None:
-                    v = eval(expr, S.ns)
+                    v = eval(expr, ns)
                     if v is not None:
                         value = cut(repr(v), limit_chars)[0]
                     v = None
@@ -377,8 +453,26 @@ def _run_cell(msg: dict) -> dict:
     stdout, dropped = out.getvalue()
     if dropped and limit is None:
         limit = "output"
-    return {"op": "done", "stdout": stdout, "value": value, "error": error, "etype": etype,
+    return {"op": "done", "nonce": S.nonce, "stdout": stdout, "value": value, "error": error, "etype": etype,
             "limit": limit, "dropped": dropped, "exec_s": time.perf_counter() - t0}
+
+
+def _compile_unsafe(code: str, filename: str):
+    """The test hook (``SandboxConfig.unsafe_real_builtins``): plain Python with the real
+    builtins, as if the cell had escaped the policy; only the OS layer stands."""
+    import ast
+
+    from repl import _policy
+
+    try:
+        tree = ast.parse(code, filename, "exec")
+        expr = None
+        if tree.body and isinstance(tree.body[-1], ast.Expr):
+            expr = ast.Expression(body=tree.body.pop().value)
+        return (compile(tree, filename, "exec"),
+                compile(expr, filename, "eval") if expr is not None else None)
+    except SyntaxError as e:
+        raise _policy.CellSyntaxError(str(e.msg), e.lineno, type(e).__name__) from None
 
 
 def _restore_protected() -> list[str]:
@@ -404,18 +498,24 @@ def _max_message() -> int:
 
 def _handle_request(msg: dict) -> dict | bytes:
     op = msg["op"]
+    nonce = msg.get("nonce") if type(msg.get("nonce")) is str else ""
     if op == "ping":
-        return {"op": "pong", "pid": os.getpid()}
+        return {"op": "pong", "nonce": nonce, "pid": os.getpid()}
     if op == "names":
-        return {"op": "names", "names": _names()}
+        return {"op": "names", "nonce": nonce, "names": _names()}
     name = msg.get("name")
     ns = S.ns
     if type(name) is not str or name.startswith("_") or name not in ns:
-        return {"op": "got", "ok": False, "etype": "KeyError", "message": str(name)}
+        return {"op": "got", "nonce": nonce, "ok": False, "etype": "KeyError", "message": str(name)}
     try:
-        return _wire.frame({"op": "got", "ok": True, "value": to_wire(ns[name])}, _max_message())
+        value = to_wire(ns[name], budget=[_max_message()])
+        return _wire.frame({"op": "got", "nonce": nonce, "ok": True, "value": value}, _max_message())
     except PlainDataError as e:
-        return {"op": "got", "ok": False, "etype": "TypeError", "message": f"'{name}' is not plain data: {e}"}
+        return {"op": "got", "nonce": nonce, "ok": False, "etype": "TypeError",
+                "message": f"'{name}' is not plain data: {e}"}
+    except MemoryError:
+        return {"op": "got", "nonce": nonce, "ok": False, "etype": "MemoryError",
+                "message": f"'{name}' is too large to send within the sandbox's memory limit"}
 
 
 def _short(v, width: int = 60) -> str:
@@ -512,18 +612,24 @@ def _make_proxy(name: str):
 
 def _call_host(name: str, args: tuple, kwargs: dict):
     try:
-        call = _wire.frame({"op": "call", "name": name, "args": to_wire(list(args)), "kwargs": to_wire(kwargs)},
-                           _max_message())
+        budget = [_max_message()]
+        call = _wire.frame({"op": "call", "nonce": S.nonce, "name": name,
+                            "args": to_wire(list(args), budget=budget),
+                            "kwargs": to_wire(kwargs, budget=budget)}, _max_message())
     except PlainDataError as e:
         raise TypeError(f"{name}(): {e}") from None
+    except MemoryError:
+        raise MemoryError(f"{name}(): the arguments are too large to send within the memory limit") from None
     try:
         send_msg(S.chan, call)
         while True:
-            msg, _ = recv_msg(S.chan)
+            msg, _ = recv_msg(S.chan, max_fds=1)
             op = msg["op"]
             if op == "reply":
                 break
             if op in ("get", "names", "ping"):
+                for fd in _:
+                    os.close(fd)  # no backup needed: the cell's own backup covers this request
                 send_msg(S.chan, _handle_request(msg))
                 continue
             raise RuntimeError(f"protocol error: unexpected {op!r} during {name}()")

@@ -407,12 +407,65 @@ def safe_wraps(wrapped, assigned=_functools.WRAPPER_ASSIGNMENTS, updated=_functo
     return decorator
 
 
+# copy / deepcopy. ``copy`` calls whatever ``__reduce_ex__`` a type has, then calls the
+# callable it returns: a bound method reduces to ``(getattr, (obj, func.__name__))``, so a
+# method whose name the cell chose was a real ``getattr``. The module's own functions are
+# replaced in place (stdlib code such as ``UserDict.copy`` and copy's own recursion go
+# through the module globals too), and every object is checked before a reducer runs.
+
+_COPY_REFUSED = (
+    types.MethodType, types.ModuleType, types.MappingProxyType, types.GeneratorType,
+    types.CoroutineType, types.AsyncGeneratorType, types.MethodWrapperType,
+) + OPAQUE_TYPES
+_REDUCER_NAMES = ("__reduce_ex__", "__reduce__", "__copy__", "__deepcopy__", "__getstate__",
+                  "__setstate__", "__getnewargs__", "__getnewargs_ex__")
+_REAL_COPY: dict = {}
+
+
+def check_copyable(x) -> None:
+    """Refuse, before any reducer runs, what copy would rebuild through a callable the cell
+    could steer: interpreter objects (bound methods, frames, modules...) and classes made in
+    the sandbox that define a reducer hook of their own."""
+    t = type(x)
+    if issubclass(t, _COPY_REFUSED):
+        raise TypeError(f"copying {t.__name__} objects is not allowed in the sandbox; copy the data they hold instead")
+    for cls in t.__mro__:
+        if cls in SANDBOX_CLASSES and any(n in cls.__dict__ for n in _REDUCER_NAMES):
+            raise TypeError(f"copying {t.__name__} objects is not allowed in the sandbox (the class defines a reducer)")
+
+
+def guarded_copy(x, /):
+    """``copy.copy`` for the sandbox (see check_copyable)."""
+    check_copyable(x)
+    return _REAL_COPY["copy"](x)
+
+
+def _guarded_deepcopy(x, memo=None, _nil=[]):  # noqa: B006 - copy.deepcopy's own signature
+    check_copyable(x)
+    return _REAL_COPY["deepcopy"](x, memo, _nil)
+
+
 def safe_deepcopy(x, /):
     """``copy.deepcopy`` without the ``memo`` argument: the memo a caller passes in keeps the
     originals it met (an instance's ``__dict__``, a bound method's ``__self__``)."""
-    import copy
+    return _guarded_deepcopy(x)
 
-    return copy.deepcopy(x)
+
+def _guarded_register(cls, subclass):
+    """``ABCMeta.register`` for the sandbox: only ABCs the sandbox defined may be extended
+    (``Mapping.register(Z)`` would change a registry the stdlib and the host code share)."""
+    if cls not in SANDBOX_CLASSES:
+        raise TypeError(f"cannot register a virtual subclass of {getattr(cls, '__name__', '?')} in the sandbox "
+                        "(it was not defined in the sandbox); subclass it instead")
+    return _REAL_COPY["register"](cls, subclass)
+
+
+def _guarded_enum_call(cls, value, names=None, *args, **kwargs):
+    """``Enum('X', {...})`` (the functional API) builds a class from a dict, dunders included,
+    outside the class-statement checks: refused; ``Color(1)`` (a value lookup) still works."""
+    if names is not None or args or kwargs:
+        raise TypeError("the Enum functional API is not available in the sandbox; define the enum with a class statement")
+    return _REAL_COPY["enum_call"](cls, value)
 
 
 def _userstring_format(self, /, *args, **kwargs):
@@ -427,10 +480,29 @@ def _patch_stdlib() -> None:
     """Stdlib methods that call ``str.format`` on a string the sandbox chose are patched in
     place (this process is the sandbox's own): a replacement in the module's namespace could
     be bypassed through ``cls.mro()``, which hands out the original class."""
+    import abc
     import collections
+    import copy
+    import enum
 
     collections.UserString.format = _userstring_format
     collections.UserString.format_map = _userstring_format_map
+    if not _REAL_COPY:
+        _REAL_COPY.update(copy=copy.copy, deepcopy=copy.deepcopy, register=abc.ABCMeta.register,
+                          enum_call=enum.EnumType.__call__)
+    copy.copy = guarded_copy
+    copy.deepcopy = _guarded_deepcopy
+    # copy's helpers bind deepcopy as a default argument (``deepcopy=deepcopy``): rebind them
+    # too, so that every level of a deep copy is checked, not only the top one
+    real = _REAL_COPY["deepcopy"]
+    for fn in list(vars(copy).values()):
+        if type(fn) is types.FunctionType:
+            if fn.__defaults__ and any(d is real for d in fn.__defaults__):
+                fn.__defaults__ = tuple(_guarded_deepcopy if d is real else d for d in fn.__defaults__)
+            if fn.__kwdefaults__ and any(d is real for d in fn.__kwdefaults__.values()):
+                fn.__kwdefaults__ = {k: _guarded_deepcopy if d is real else d for k, d in fn.__kwdefaults__.items()}
+    abc.ABCMeta.register = _guarded_register
+    enum.EnumType.__call__ = _guarded_enum_call
 
 
 def safe_total_ordering(cls):
@@ -583,7 +655,8 @@ def _build_modules() -> dict[str, SandboxModule]:
         "hashlib": (hashlib, {}),
         "pprint": (pprint, {}),
         "csv": (csv, {}),
-        "copy": (copy, {"allow": ["copy", "deepcopy", "Error"], "replace": {"deepcopy": safe_deepcopy}}),
+        "copy": (copy, {"allow": ["copy", "deepcopy", "Error"],
+                         "replace": {"copy": guarded_copy, "deepcopy": safe_deepcopy}}),
         "io": (io, {"allow": ["StringIO", "BytesIO"]}),
         "time": (time, {"allow": [
             "time", "time_ns", "perf_counter", "perf_counter_ns", "monotonic", "monotonic_ns",
@@ -652,6 +725,8 @@ class _TypeMeta(type):
         t = type(args[0])
         if issubclass(t, type):  # the class of a class: never hand out a real metaclass
             return SafeType if (t is type or t is _TypeMeta) else _MetaclassView(t)
+        if t in INTERPRETER_TYPES or t is _TypeView or t is _MetaclassView:  # types.MethodType...
+            return _type_view(t)
         return t
 
     def __instancecheck__(cls, obj):
@@ -683,8 +758,83 @@ class _MetaclassView:
     def __init_subclass__(cls, **kw):
         raise TypeError("cannot subclass this")
 
+    def __reduce_ex__(self, protocol):
+        raise TypeError("cannot copy or pickle a metaclass")
 
-_FORBIDDEN_BASES = (SandboxModule, SafeType, _MetaclassView, _ReadOnly)
+    def __copy__(self):
+        return self
+
+    def __deepcopy__(self, memo):
+        return self
+
+
+# Types whose constructors build interpreter objects (a method bound to any object, a function
+# from a code object and a globals dict, a code object...): type(x) gives a _TypeView instead,
+# which compares, prints and works with isinstance() but cannot be called or subclassed.
+INTERPRETER_TYPES = frozenset({
+    types.MethodType, types.FunctionType, types.BuiltinFunctionType, types.CodeType,
+    types.FrameType, types.TracebackType, types.CellType, types.GeneratorType,
+    types.CoroutineType, types.AsyncGeneratorType, types.MethodWrapperType,
+    types.WrapperDescriptorType, types.MethodDescriptorType, types.ClassMethodDescriptorType,
+    types.GetSetDescriptorType, types.MemberDescriptorType, types.MappingProxyType,
+    types.ModuleType, weakref.ref, weakref.ProxyType, weakref.CallableProxyType,
+})
+_VIEWS: dict = {}
+
+
+class _TypeView:
+    """What ``type(x)`` returns for an interpreter type: not callable, not subclassable."""
+
+    __slots__ = ("_t",)
+
+    def __init__(self, t: type):
+        object.__setattr__(self, "_t", t)
+
+    @property
+    def __name__(self) -> str:  # a readable dunder, as on a class
+        return object.__getattribute__(self, "_t").__name__
+
+    def __repr__(self) -> str:
+        return f"<class '{object.__getattribute__(self, '_t').__name__}'>"
+
+    def __call__(self, *args, **kwargs):
+        raise TypeError(f"cannot create {self.__name__} objects in the sandbox")
+
+    def __instancecheck__(self, obj) -> bool:
+        return isinstance(obj, object.__getattribute__(self, "_t"))
+
+    def __subclasscheck__(self, sub) -> bool:
+        t = object.__getattribute__(self, "_t")
+        if type(sub) is _TypeView:
+            sub = object.__getattribute__(sub, "_t")
+        return isinstance(sub, type) and issubclass(sub, t)
+
+    def __setattr__(self, name, value):
+        raise TypeError("cannot modify a type in the sandbox")
+
+    __delattr__ = __setattr__
+
+    def __init_subclass__(cls, **kw):
+        raise TypeError("cannot subclass this")
+
+    def __reduce_ex__(self, protocol):
+        raise TypeError("cannot copy or pickle a type view")
+
+    def __copy__(self):
+        return self
+
+    def __deepcopy__(self, memo):
+        return self
+
+
+def _type_view(t: type) -> _TypeView:
+    v = _VIEWS.get(t)
+    if v is None:
+        v = _VIEWS[t] = _TypeView(t)
+    return v
+
+
+_FORBIDDEN_BASES = (SandboxModule, SafeType, _MetaclassView, _ReadOnly, _TypeView)
 
 
 def sandbox_metaclass(name, bases, namespace, **kwargs):
@@ -695,12 +845,14 @@ def sandbox_metaclass(name, bases, namespace, **kwargs):
             raise TypeError(f"class bases must be classes, not {type(b).__name__}")
         if issubclass(b, _FORBIDDEN_BASES):
             raise TypeError(f"cannot subclass {b.__name__} in the sandbox")
+    if kwargs:
+        raise TypeError(f"class keyword arguments ({', '.join(kwargs)}) are not supported in the sandbox")
     meta = type
     for b in bases:
         mb = type(b)
         if issubclass(mb, meta):
             meta = mb
-    cls = meta(name, bases, namespace, **kwargs)
+    cls = meta(name, bases, namespace)
     SANDBOX_CLASSES.add(cls)
     return cls
 
@@ -858,6 +1010,11 @@ class SandboxPolicy(RestrictingNodeTransformer):
         super().check_name(node, name, allow_magic_methods)
 
     def visit_ClassDef(self, node):
+        for kw in node.keywords:
+            if kw.arg != "metaclass":  # RestrictedPython reports metaclass= itself
+                what = f"{kw.arg}=..." if kw.arg else "**kwargs"
+                self.error(node, f"class keyword arguments ({what}) are not supported; remove them "
+                                 "and set the value as a class attribute instead")
         # RestrictedPython rebuilds the class node from parsed text (line 1): keep our lines.
         new = super().visit_ClassDef(node)
         if isinstance(new, ast.ClassDef):
@@ -1101,9 +1258,9 @@ HOOKS = {
 
 def build_namespace(primitives: dict) -> dict:
     """Create the (single, process-wide) sandbox namespace with the given primitives."""
-    _patch_stdlib()
     MODULES.update(_build_modules())
     _preload()
+    _patch_stdlib()  # after every import: stdlib modules register ABCs and build enums on import
     ns = SANDBOX_GLOBALS
     ns.clear()
     ns["__builtins__"] = _build_builtins()

@@ -24,6 +24,7 @@ import json
 import os
 import socket
 import struct
+import time
 
 MAX_DEPTH = 200
 _HEADER = struct.Struct(">I")
@@ -48,11 +49,19 @@ def _type_name(x: object) -> str:
     return t.__name__ if isinstance(t.__name__, str) else "object"
 
 
-def to_wire(x: object, depth: int = 0) -> object:
-    """Encode plain data into JSON-able values (see module doc). Raises PlainDataError."""
+def to_wire(x: object, depth: int = 0, budget: list[int] | None = None) -> object:
+    """Encode plain data into JSON-able values (see module doc). Raises PlainDataError.
+
+    ``budget`` (a one-item list of bytes still allowed) stops the walk as soon as the JSON
+    would exceed it, before the encoded copy is built: a value too large to send must not
+    cost the sender its memory (``big = ['y' * 10**6] * 300`` under a 256 MB limit)."""
     if depth > MAX_DEPTH:
         raise PlainDataError("plain data nested too deeply (or a reference cycle)")
     t = type(x)
+    if budget is not None:
+        budget[0] -= (len(x) + 3) if t is str else 8
+        if budget[0] < 0:
+            raise PlainDataError("the value is over the limit of the message size (max_message_mb); send a smaller part")
     if t is int and x.bit_length() > MAX_INT_BITS:
         raise PlainDataError(f"int of {x.bit_length()} bits is too large to be plain data")
     if t is str or t is int or t is bool or x is None:
@@ -60,57 +69,94 @@ def to_wire(x: object, depth: int = 0) -> object:
     if t is float:
         return x
     if t is list:
-        return [to_wire(v, depth + 1) for v in x]
+        return [to_wire(v, depth + 1, budget) for v in x]
     if t is tuple:
-        return {"$t": [to_wire(v, depth + 1) for v in x]}
+        return {"$t": [to_wire(v, depth + 1, budget) for v in x]}
     if t is dict:
         if all(type(k) is str and not k.startswith("$") for k in x):
-            return {k: to_wire(v, depth + 1) for k, v in x.items()}
+            return {to_wire(k, depth + 1, budget): to_wire(v, depth + 1, budget) for k, v in x.items()}
         items = []
         for k, v in x.items():
             if type(k) not in (str, int, float, bool, tuple) and k is not None:
                 raise PlainDataError(f"dict key of type {_type_name(k)} is not plain data")
-            items.append([to_wire(k, depth + 1), to_wire(v, depth + 1)])
+            items.append([to_wire(k, depth + 1, budget), to_wire(v, depth + 1, budget)])
         return {"$d": items}
     raise PlainDataError(
         f"{_type_name(x)} is not plain data (allowed: str, int, float, bool, None, list, dict, tuple)"
     )
 
 
-def from_wire(x: object, depth: int = 0) -> object:
-    """Decode what :func:`to_wire` produced, strictly. Raises WireError."""
+# Decoding limits: what the host decodes comes from a process it treats as hostile.
+MAX_NODES = 5_000_000
+DECODE_S = 10.0
+# Keys with equal hashes make each dict insert linear (int and tuple hashes are not salted):
+# 20,000 colliding int keys held the host for seconds per decode. More than this many keys
+# sharing a hash with another key is refused.
+MAX_HASH_COLLISIONS = 256
+
+
+class _Budget:
+    __slots__ = ("deadline", "nodes", "started")
+
+    def __init__(self, max_nodes: int, max_s: float):
+        self.nodes = max_nodes
+        self.started = time.monotonic()
+        self.deadline = self.started + max_s
+
+    def tick(self, n: int = 1) -> None:
+        self.nodes -= n
+        if self.nodes < 0:
+            raise WireError("plain data with too many items to decode")
+        if not self.nodes & 0x3FF and time.monotonic() > self.deadline:
+            raise WireError(f"decoding took longer than {self.deadline - self.started:g} s (refused)")
+
+
+def from_wire(x: object, depth: int = 0, *, max_nodes: int = MAX_NODES, max_s: float = DECODE_S) -> object:
+    """Decode what :func:`to_wire` produced, strictly, within ``max_nodes`` items and
+    ``max_s`` seconds; dicts whose keys collide in hash are refused. Raises WireError."""
+    return _from_wire(x, depth, _Budget(max_nodes, max_s))
+
+
+def _from_wire(x: object, depth: int, b: _Budget) -> object:
     if depth > MAX_DEPTH + 2:
         raise WireError("plain data nested too deeply")
+    b.tick()
     t = type(x)
     if t in _SCALARS:
         return x
     if t is list:
-        return [from_wire(v, depth + 1) for v in x]
+        return [_from_wire(v, depth + 1, b) for v in x]
     if t is dict:
         if len(x) == 1:
             ((k, v),) = x.items()
             if k == "$t":
                 if type(v) is not list:
                     raise WireError("bad tuple tag")
-                return tuple(from_wire(i, depth + 1) for i in v)
+                return tuple(_from_wire(i, depth + 1, b) for i in v)
             if k == "$d":
                 if type(v) is not list:
                     raise WireError("bad dict tag")
-                out = {}
+                pairs = []
                 for pair in v:
                     if type(pair) is not list or len(pair) != 2:
                         raise WireError("bad dict item")
-                    key = from_wire(pair[0], depth + 1)
-                    try:
-                        out[key] = from_wire(pair[1], depth + 1)
-                    except TypeError as e:  # unhashable key (a list inside a tuple...)
-                        raise WireError(f"bad dict key: {e}") from None
+                    pairs.append((_from_wire(pair[0], depth + 1, b), pair[1]))
+                try:
+                    hashes = {hash(key) for key, _ in pairs}
+                except TypeError as e:  # unhashable key (a list inside a tuple...)
+                    raise WireError(f"bad dict key: {e}") from None
+                if len(pairs) - len(hashes) > MAX_HASH_COLLISIONS:
+                    raise WireError(f"dict with {len(pairs) - len(hashes):,} keys whose hashes collide refused "
+                                    "(decoding it would take quadratic time)")
+                out = {}
+                for key, val in pairs:
+                    out[key] = _from_wire(val, depth + 1, b)
                 return out
         out = {}
         for k, v in x.items():
             if k.startswith("$"):
                 raise WireError(f"unexpected tag {k!r}")
-            out[k] = from_wire(v, depth + 1)
+            out[k] = _from_wire(v, depth + 1, b)
         return out
     raise WireError(f"unexpected JSON value of type {t.__name__}")
 

@@ -15,13 +15,35 @@ size cap::
   own session and process group. It imports RestrictedPython and the allowed modules once,
   builds the namespace and forks the worker, which runs every cell in that one namespace (so
   functions, classes and generators persist; nothing has to be picklable).
-* Limits: ``RLIMIT_AS`` = ``memory_mb`` (a bomb gets MemoryError in the child and never touches
-  the host), ``RLIMIT_FSIZE`` 0, ``RLIMIT_CORE`` 0, ``no_new_privs``, inherited descriptors
-  closed, and when the host is root the worker drops to user ``nobody``; during a cell also
-  ``RLIMIT_NOFILE`` = no new descriptor at all, ``RLIMIT_NPROC`` 0 (no fork, no thread) and
-  ``RLIMIT_CPU`` as a backstop. The wall-clock timeout is enforced by the host, which SIGKILLs
-  the worker through a pidfd (no pid-reuse race). No seccomp filter (not reachable from pure
-  Python without ctypes/BPF assembly); the layers above do that job.
+* Limits: ``RLIMIT_AS`` = ``memory_mb``, ``RLIMIT_FSIZE`` 0, ``RLIMIT_CORE`` 0, ``RLIMIT_NOFILE``
+  64, all hard (soft = hard: an escaped cell cannot raise them), ``no_new_privs``, inherited
+  descriptors closed, an empty environment; when the host is root the worker runs as an
+  unprivileged uid of its own (``1_500_000_000 + supervisor pid``) with a hard ``RLIMIT_NPROC`` of
+  4, which then counts this session's processes only. During a cell also ``RLIMIT_NOFILE`` = no
+  new descriptor, ``RLIMIT_NPROC`` 0 (soft) and ``RLIMIT_CPU`` as a backstop. The wall-clock
+  timeout is enforced by the host, which SIGKILLs the worker through a pidfd (no pid-reuse race).
+* OS layer (:mod:`repl._oslayer`), so that an escape from the policy still reaches nothing: the
+  supervisor enters a network namespace; the worker restricts itself with Landlock (read-only
+  beneath the interpreter's paths, no TCP, no signals outside the sandbox) and a seccomp
+  allow-list (no execve, socket, connect, bind, ptrace, mount, kill, threads, open for writing).
+  Each layer that the kernel or the permissions refuse is reported by the child, warned about
+  once and listed by :meth:`Sandbox.describe`. The host sets ``PR_SET_DUMPABLE`` 0 on itself, so
+  a sandbox with the host's uid (non-root host) cannot read ``/proc/<host pid>``.
+  Why ``fork`` stays allowed by seccomp: the backup below is a fork of the worker *after* the
+  previous cell, so the process that runs cells must be able to fork; a filter (or a hard
+  ``RLIMIT_NPROC`` 0) that forbids it would forbid the backup. Forbidding fork only during a cell
+  is impossible (filters cannot be removed) and restructuring (run each cell in a fresh child)
+  leaves the post-cell state in a process that can no longer fork. So fork is allowed with the
+  narrowest flags (no ``CLONE_THREAD``/``CLONE_VM``/namespaces; ``clone3`` answers ENOSYS), every
+  fork inherits every layer (seccomp, Landlock, namespace, uid, rlimits), and the hard NPROC cap
+  bounds how many there can be; they die with the process group.
+* The host treats the child as hostile: every frame of a cell (``call``, ``done``) and every
+  answer to a request must carry the nonce the host chose for it (a forged or stale ``done`` is
+  refused and the session restored from the backup); ``get()`` outside a cell runs under a
+  backup as a cell does; decoding is bounded in size (``max_message_mb``), depth, items and time,
+  and dicts whose keys collide in hash are refused (:mod:`repl._wire`); decoding time counts
+  against the cell's timeout (only the primitive's own time is excluded) and is reported, as is
+  the host time per primitive.
 * Namespace intact after a kill: before each cell the worker forks a *backup* (copy-on-write,
   about 0.4 ms for the ~15 MB worker) that blocks on a fresh socket the host passed along with
   the cell (SCM_RIGHTS). Cell done: the host closes that socket and the backup exits. Timeout,
@@ -46,6 +68,7 @@ from __future__ import annotations
 
 import keyword
 import os
+import secrets
 import select
 import signal
 import socket
@@ -86,6 +109,11 @@ class SandboxConfig(BaseModel):
     python: str | None = Field(None, description="interpreter for the sandbox (default: sys.executable)")
     drop_privileges: bool = Field(True, description="when the host runs as root, run cells as user 'nobody'")
     debug: bool = Field(False, description="let the sandbox process write to the host's stderr")
+    os_layers: bool = Field(True, description="network namespace, landlock and seccomp in the sandbox process")
+    protect_host_proc: bool = Field(True, description="set PR_SET_DUMPABLE 0 on the host process, so that a "
+                                                      "same-uid sandbox cannot read its /proc entries")
+    unsafe_real_builtins: bool = Field(False, description="TESTS ONLY: cells get the real builtins and no "
+                                                          "policy, as after an escape, to test the OS layer alone")
 
 
 class CellResult(BaseModel):
@@ -102,6 +130,9 @@ class CellResult(BaseModel):
     cell: int = 0
     restored: bool = Field(False, description="the namespace was rolled back to before this cell (after a kill)")
     primitive_s: float = Field(0.0, description="time spent inside host primitives")
+    primitive_times: dict[str, float] = Field(default_factory=dict,
+                                              description="host seconds per primitive name (calls included)")
+    decode_s: float = Field(0.0, description="host time spent decoding the cell's messages (counts against timeout_s)")
     dropped_chars: int = Field(0, description="stdout characters cut by output_limit")
 
     @computed_field  # type: ignore[prop-decorator]
@@ -121,6 +152,8 @@ class SandboxStats(BaseModel):
     total_s: float = 0.0
     primitive_calls: int = 0
     primitive_s: float = 0.0
+    primitive_times: dict[str, float] = Field(default_factory=dict, description="host seconds per primitive")
+    decode_s: float = 0.0
     limits: dict[str, int] = Field(default_factory=lambda: {"timeout": 0, "memory": 0, "output": 0})
     restores: int = 0
     restarts: int = 0
@@ -140,6 +173,7 @@ class _Conn:
         self.sock = sock
         self.max_bytes = max_bytes
         self.buf = bytearray()
+        self.decode_s = 0.0
         sock.setblocking(False)
 
     def fileno(self) -> int:
@@ -188,10 +222,13 @@ class _Conn:
                 if len(self.buf) >= 4 + n:
                     body = bytes(self.buf[4 : 4 + n])
                     del self.buf[: 4 + n]
+                    t0 = time.monotonic()
                     try:
                         return _wire.loads(body)
                     except _wire.WireError as e:
                         raise _Dead(str(e)) from None
+                    finally:
+                        self.decode_s += time.monotonic() - t0
             if not self._wait(select.POLLIN, deadline):
                 return None
             try:
@@ -218,8 +255,39 @@ def _child_command(python: str) -> list[str]:
 
 
 def _child_env() -> dict[str, str]:
-    """Nothing of the host's environment (API keys...) except what the interpreter may need."""
-    return {k: v for k, v in os.environ.items() if k in ("LD_LIBRARY_PATH", "TZ", "LANG", "LC_ALL")}
+    """Nothing of the host's environment (API keys...): the sandbox starts with an empty one."""
+    return {}
+
+
+_WARNED: set[str] = set()
+_HOST_PROTECTED: list[bool] = []
+
+
+def _protect_host() -> None:
+    """PR_SET_DUMPABLE 0: /proc/<host pid>/{environ,mem,fd...} become root-owned and ptrace
+    attach is refused, so a sandbox running with the host's uid cannot read them. Once."""
+    if _HOST_PROTECTED:
+        return
+    ok = False
+    try:
+        import ctypes
+
+        ok = ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0) == 0  # PR_SET_DUMPABLE
+    except (OSError, AttributeError):
+        ok = False
+    _HOST_PROTECTED.append(ok)
+    if not ok:
+        _warn_once("host", "cannot set PR_SET_DUMPABLE 0 on the host: a sandbox with the host's uid could "
+                           "read /proc/<host pid>")
+
+
+def _warn_once(key: str, text: str) -> None:
+    if key in _WARNED:
+        return
+    _WARNED.add(key)
+    import warnings
+
+    warnings.warn(f"sandbox: {text}", RuntimeWarning, stacklevel=3)
 
 
 def _signal_name(sig: int) -> str:
@@ -262,6 +330,10 @@ class Sandbox:
         self._status_buf = b""
         self._statuses: dict[int, int] = {}
         self._killed: set[int] = set()
+        self._layers: dict[str, str] = {}
+        self._missing: dict[str, str] = {}
+        if self.config.protect_host_proc:
+            _protect_host()
         self._spawn()
         self._finalizer = weakref.finalize(self, Sandbox._cleanup, self._proc, self._conn)
 
@@ -290,7 +362,8 @@ class Sandbox:
             "timeout_s": cfg.timeout_s, "memory_mb": cfg.memory_mb, "output_limit": cfg.output_limit,
             "recursion_limit": cfg.recursion_limit, "debug": cfg.debug,
             "max_message_bytes": cfg.max_message_mb * 2**20,
-            "drop_privileges": cfg.drop_privileges}}
+            "drop_privileges": cfg.drop_privileges, "os_layers": cfg.os_layers,
+            "unsafe_real_builtins": cfg.unsafe_real_builtins}}
         try:
             self._conn.send(init, timeout=cfg.startup_timeout_s)
             hello = self._conn.recv(time.monotonic() + cfg.startup_timeout_s)
@@ -308,6 +381,11 @@ class Sandbox:
             raise SandboxError(f"the sandbox process failed to start ({e}): {err.decode(errors='replace')[-2000:]}") from None
         if self._proc.stderr is not None:
             self._proc.stderr.close()
+        self._layers = {str(k): str(v) for k, v in (hello.get("layers") or {}).items()}
+        self._missing = {str(k): str(v) for k, v in (hello.get("missing") or {}).items()}
+        for name, why in self._missing.items():
+            if cfg.os_layers or name in ("uid", "rlimit_nproc"):
+                _warn_once(name, f"layer '{name}' is not active: {why}")
         self._set_worker(hello["pid"])
 
     def _set_worker(self, pid: int) -> None:
@@ -503,14 +581,24 @@ class Sandbox:
     def _run(self, code: str, timeout: float) -> CellResult:
         self._cell += 1
         cell = self._cell
+        # Every frame of this cell must carry this nonce: a frame forged or left over from an
+        # earlier cell (a 'done' sent ahead of time by code that reached the socket) is refused.
+        nonce = secrets.token_hex(16)
         t0 = time.monotonic()
         prim_s = 0.0
+        prim_times: dict[str, float] = {}
         h_new, c_new = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         backup = _Conn(h_new, self.config.max_message_mb * 2**20)
+        conn0 = self._conn
+        decode0 = conn0.decode_s if conn0 is not None else 0.0
 
         def result(**kw) -> CellResult:
             kw.setdefault("duration_s", time.monotonic() - t0)
-            return CellResult(cell=cell, primitive_s=prim_s, **kw)
+            decode = (conn0.decode_s - decode0) if conn0 is not None else 0.0
+            if self._conn is not conn0 and self._conn is not None:
+                decode += self._conn.decode_s
+            self._stats.decode_s += decode
+            return CellResult(cell=cell, primitive_s=prim_s, primitive_times=prim_times, decode_s=decode, **kw)
 
         def lost(why: str) -> CellResult:
             backup.close()
@@ -520,7 +608,8 @@ class Sandbox:
                           error_type="SandboxError", restored=True)
 
         try:
-            self._conn.send({"op": "run", "code": code, "cell": cell, "timeout": timeout}, fds=[c_new.fileno()])
+            self._conn.send({"op": "run", "code": code, "cell": cell, "timeout": timeout, "nonce": nonce},
+                            fds=[c_new.fileno()])
         except _Dead as e:
             c_new.close()
             return lost(f"the sandbox process was gone ({e})")
@@ -540,19 +629,21 @@ class Sandbox:
                                          "the namespace is as it was before the cell"),
                                   error_type="TimeoutError", limit="timeout", restored=True)
                 op = msg.get("op")
-                if op == "call":
-                    t1 = time.monotonic()
-                    reply = self._call_primitive(msg)
-                    spent = time.monotonic() - t1
+                if msg.get("nonce") != nonce:
+                    op = f"{op} frame without this cell's nonce"
+                elif op == "call":
+                    reply, spent = self._call_primitive(msg)
                     prim_s += spent
+                    if type(msg.get("name")) is str and msg["name"] in self._callables:
+                        prim_times[msg["name"]] = prim_times.get(msg["name"], 0.0) + spent
                     if not self.config.count_primitive_time:
-                        deadline += spent
+                        deadline += spent  # only the primitive itself: decoding counts against the cell
                     try:
                         self._conn.send(reply)
                     except _Dead:
                         pass  # the worker died meanwhile: the next recv sees it
                     continue
-                if op == "done":
+                elif op == "done":
                     return self._finish(msg, backup, result, lost)
                 self._kill_worker()
                 if not self._takeover(backup):
@@ -611,61 +702,116 @@ class Sandbox:
         return result(error=f"{etype}: {text}; the namespace is as it was before the cell",
                       error_type=etype, limit=limit, restored=True)
 
-    def _call_primitive(self, msg: dict) -> dict:
+    def _call_primitive(self, msg: dict) -> tuple[dict, float]:
+        """Run one primitive call: (reply, seconds inside the primitive itself)."""
         name = msg.get("name")
         fn = self._callables.get(name) if type(name) is str else None
         self._stats.primitive_calls += 1
         if fn is None:
-            return {"op": "reply", "ok": False, "etype": "NameError", "message": f"no primitive {name!r}"}
+            return {"op": "reply", "ok": False, "etype": "NameError", "message": f"no primitive {name!r}"}, 0.0
+        t0 = time.monotonic()
         try:
             args = _wire.from_wire(msg.get("args"))
             kwargs = _wire.from_wire(msg.get("kwargs"))
             if type(args) is not list or type(kwargs) is not dict:
                 raise _wire.WireError("bad call")
         except _wire.WireError as e:
-            return {"op": "reply", "ok": False, "etype": "TypeError", "message": str(e)}
+            return {"op": "reply", "ok": False, "etype": "TypeError", "message": f"{name}(): {e}"}, 0.0
+        finally:
+            self._conn.decode_s += time.monotonic() - t0
         t0 = time.monotonic()
         try:
             value = fn(*args, **kwargs)
         except Exception as e:  # noqa: BLE001 - a primitive's exception belongs to the cell
-            return {"op": "reply", "ok": False, "etype": type(e).__name__, "message": _scrub(str(e))}
+            return {"op": "reply", "ok": False, "etype": type(e).__name__, "message": _scrub(str(e))}, \
+                time.monotonic() - t0
         finally:
-            self._stats.primitive_s += time.monotonic() - t0
+            spent = time.monotonic() - t0
+            self._stats.primitive_s += spent
+            self._stats.primitive_times[name] = self._stats.primitive_times.get(name, 0.0) + spent
         try:
-            return {"op": "reply", "ok": True, "value": _wire.to_wire(value)}
+            return {"op": "reply", "ok": True, "value": _wire.to_wire(value)}, spent
         except _wire.PlainDataError as e:
             return {"op": "reply", "ok": False, "etype": "TypeError",
-                    "message": f"primitive {name}() returned something that is not plain data: {e}"}
+                    "message": f"primitive {name}() returned something that is not plain data: {e}"}, spent
 
     # -- namespace --------------------------------------------------------------------------
 
     def _request(self, msg: dict, timeout: float = 60.0) -> dict:
         with self._lock:
             self._check_open()
+            nonce = secrets.token_hex(16)
             try:
-                self._conn.send(msg, timeout=timeout)
+                self._conn.send({**msg, "nonce": nonce}, timeout=timeout)
                 reply = self._conn.recv(time.monotonic() + timeout)
             except _Dead as e:
                 raise SandboxError(f"the sandbox did not answer: {e}") from None
             if reply is None:
                 raise SandboxError("the sandbox did not answer in time")
+            if reply.get("nonce") != nonce:
+                self._kill_worker()
+                self._restart()
+                self._stats.restarts += 1
+                raise SandboxError("the sandbox answered with a frame that does not belong to this request; "
+                                   "a fresh session was started (earlier names are lost)")
             return reply
+
+    def _get_with_backup(self, name: str, timeout: float = 60.0) -> dict:
+        """``get`` outside a cell runs under a backup, as a cell does: if encoding the value
+        kills the worker (memory), the backup takes over with the namespace intact."""
+        nonce = secrets.token_hex(16)
+        h_new, c_new = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        backup = _Conn(h_new, self.config.max_message_mb * 2**20)
+        try:
+            self._conn.send({"op": "get", "name": name, "nonce": nonce}, fds=[c_new.fileno()], timeout=timeout)
+            reply = self._conn.recv(time.monotonic() + timeout)
+        except _Dead as e:
+            reply = {"op": "dead", "why": str(e)}
+        finally:
+            c_new.close()
+        if reply is not None and reply.get("op") == "got" and reply.get("nonce") == nonce:
+            backup.close()
+            return reply
+        if reply is None or reply.get("op") != "dead":
+            self._kill_worker()
+        else:
+            self._exit_status(self._pid)
+        if not self._takeover(backup):
+            backup.close()
+            self._restart()
+            self._stats.restarts += 1
+            raise SandboxError(f"the sandbox died while sending '{name}'; a fresh session was started "
+                               "(earlier names are lost)")
+        why = "did not answer in time" if reply is None else (
+            "died (most likely out of memory)" if reply.get("op") == "dead" else "sent a frame that was not its answer")
+        raise SandboxError(f"the sandbox {why} while sending '{name}'; the session was restored as it was "
+                           "before get(); send a smaller value (a slice, a summary)")
 
     def get(self, name: str) -> Any:
         """A copy of the plain-data value bound to ``name``. KeyError if undefined,
         TypeError if the value is not plain data."""
         if not isinstance(name, str):
             raise TypeError("name must be a str")
-        reply = self._request({"op": "get", "name": name})
+        with self._lock:
+            self._check_open()
+            if self._in_run:  # from a primitive: the running cell's backup covers this request
+                reply = self._request({"op": "get", "name": name})
+            else:
+                reply = self._get_with_backup(name)
         if reply.get("op") != "got":
             raise SandboxError(f"unexpected reply {reply.get('op')!r}")
         if reply.get("ok"):
+            t0 = time.monotonic()
             try:
                 return _wire.from_wire(reply.get("value"))
             except _wire.WireError as e:
-                raise SandboxError(str(e)) from None
+                raise SandboxError(f"cannot decode '{name}' from the sandbox: {e}") from None
+            finally:
+                self._stats.decode_s += time.monotonic() - t0
         if reply.get("etype") == "KeyError":
             raise KeyError(name)
+        if reply.get("etype") == "MemoryError":
+            raise SandboxError(str(reply.get("message")))
         raise TypeError(str(reply.get("message")))
 
     def names(self) -> dict[str, str]:
@@ -675,6 +821,20 @@ class Sandbox:
         if reply.get("op") != "names" or type(names) is not dict:
             raise SandboxError("unexpected reply")
         return {str(k): str(v) for k, v in names.items()}
+
+    def describe(self) -> dict[str, Any]:
+        """The protection layers of this session: ``active`` (name -> what it does) and
+        ``missing`` (name -> why it is not there), as the sandbox process reported them."""
+        layers = {"policy": "RestrictedPython policy and guarded builtins (repl._policy)",
+                  "process": "separate process tree, killed by the host at the timeout; backup before each cell"}
+        if _HOST_PROTECTED and _HOST_PROTECTED[0]:
+            layers["host"] = "host PR_SET_DUMPABLE 0; empty environment for the sandbox"
+        layers.update(self._layers)
+        missing = dict(self._missing)
+        if self.config.unsafe_real_builtins:
+            del layers["policy"]
+            missing["policy"] = "unsafe_real_builtins=True (tests only)"
+        return {"active": layers, "missing": missing}
 
     def stats(self) -> SandboxStats:
         return self._stats.model_copy(deep=True)

@@ -19,14 +19,16 @@ class JsonlLog:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh: IO[str] | None = open(self.path, "a", encoding="utf-8")
+        self._fh: IO[str] | None = open(self.path, "a", encoding="utf-8", errors="backslashreplace")
         self._lock = threading.Lock()
 
     def write(self, event: Event) -> None:
+        # errors="backslashreplace" on the file: a lone surrogate (a cell printed '\ud800') is
+        # written as the JSON escape \ud800, which reads back the same, instead of crashing the run
         line = json.dumps(event.model_dump(mode="json"), ensure_ascii=False)
         with self._lock:
             if self._fh is None:
-                self._fh = open(self.path, "a", encoding="utf-8")
+                self._fh = open(self.path, "a", encoding="utf-8", errors="backslashreplace")
             self._fh.write(line + "\n")
             self._fh.flush()
 

@@ -17,18 +17,36 @@ _RLM_TRACE_TYPES = {"metadata", "run_context", "iteration"}
 
 
 def _records(path: str | Path) -> list[dict[str, Any]]:
+    return _read(path)[0]
+
+
+def _read(path: str | Path) -> tuple[list[dict[str, Any]], bool]:
+    """Records of a JSONL log, and whether its last line is cut short (a run killed while
+    writing, a copy of a log still being written)."""
     out = []
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            line = line.strip()
-            if line:
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if isinstance(rec, dict):
-                    out.append(rec)
-    return out
+    truncated = False
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        text = fh.read()
+    lines = text.split("\n")
+    for i, line in enumerate(lines):
+        line = line.strip()
+        if line:
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                truncated = i == len(lines) - 1  # no newline after it, and not JSON: cut short
+                continue
+            if isinstance(rec, dict):
+                out.append(rec)
+    return out, truncated
+
+
+def truncation_warning(path: str | Path) -> str | None:
+    """A one-line warning when the log's last line is cut short, else None."""
+    if _read(path)[1]:
+        return (f"warning: {path}: the last line is truncated (the run was interrupted while writing it); "
+                "the run shown below may be incomplete")
+    return None
 
 
 def detect_format(records: list[dict[str, Any]]) -> str:
@@ -204,4 +222,6 @@ def view(path: str | Path, max_chars: int | None = 600, color: bool = False) -> 
     if fmt == "unknown" or not events:
         raise ValueError(f"{path}: not a latent-briefing log nor an alexzhang13/rlm trace log")
     head = f"{path} ({fmt} log)"
-    return "\n".join([head, format_events(events, max_chars, color), "", summarize_events(events)])
+    warning = truncation_warning(path)
+    body = [head, format_events(events, max_chars, color), "", summarize_events(events)]
+    return "\n".join([warning, *body] if warning else body)

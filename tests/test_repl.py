@@ -391,14 +391,21 @@ def test_worker_limits_during_a_cell():
         t.join()
         limits = {line[:26].strip(): line[26:].split() for line in seen["limits"].splitlines()[1:]}
         assert limits["Max processes"][0] == "0"
-        assert limits["Max file size"][0] == "0"
-        assert limits["Max core file size"][0] == "0"
-        assert limits["Max address space"][0] == str(300 * 2**20)
+        assert limits["Max file size"][:2] == ["0", "0"]  # soft and hard
+        assert limits["Max core file size"][:2] == ["0", "0"]
+        assert limits["Max address space"][:2] == [str(300 * 2**20)] * 2
         assert int(limits["Max open files"][0]) <= len(seen["fds"])  # no new descriptor can open
+        assert limits["Max open files"][1] == "64"  # hard: an escape cannot raise it past that
         assert limits["Max cpu time"][0] != "unlimited"
         assert "NoNewPrivs:\t1" in seen["status"]
+        active = box.describe()["active"]
         if os.getuid() == 0:
-            assert "Uid:\t65534" in seen["status"]  # root host: cells run as nobody
+            uid = int(seen["status"].split("Uid:\t")[1].split()[0])
+            assert uid >= 1_500_000_000  # root host: cells run as an unprivileged uid of their own
+            assert limits["Max processes"][1] == "4"  # hard, counts this session's processes only
+            assert "uid" in active
+        if "seccomp" in active:
+            assert "Seccomp:\t2" in seen["status"]
         assert len(seen["fds"]) <= 5
 
 

@@ -151,6 +151,78 @@ ESCAPES: list[tuple[str, str]] = [
     ("primitive_unencodable_int", "worker(10 ** 5000)"),
 ]
 
+# Issue 9: the copy/reduce/MethodType family and its variants, policy bypasses (Enum
+# functional API, ABC registration, class keywords) and the interpreter-type constructors.
+_A = "class A:\n    def m(self):\n        pass\n"
+_N = "import copy, collections, functools, re\nN = collections.namedtuple('__globals__', 'a')\n"
+_E = "import re\nE = re.RegexFlag.mro()[5]\n"
+ISSUE9: list[tuple[str, str]] = [
+    ("i9_copy_method_namedtuple_getattr",
+     _N + _A + "g = copy.copy(type(A().m)(N, getattr))\ng['sys'].modules['os'].system('touch MARKER_PATH')"),
+    ("i9_copy_method_rlimit_then_open",
+     _N + _A + "g = copy.copy(type(A().m)(N, getattr))\nr = g['sys'].modules['resource']\n"
+     "r.setrlimit(r.RLIMIT_NOFILE, (1024, 1024))\ng['_builtins'].open('SECRET_PATH').read()"),
+    ("i9_deepcopy_method_namedtuple", _N + _A + "copy.deepcopy(type(A().m)(N, getattr))"),
+    ("i9_method_type_call", _A + "type(A().m)(print, 1)"),
+    ("i9_method_type_bind_primitive", _A + "type(A().m)(worker, 1)()"),
+    ("i9_function_type", "type(worker)(None, {})"),
+    ("i9_function_type_lambda", "F = type(lambda: 0)\nF(None, {})"),
+    ("i9_builtin_function_type", "type(len)('x')"),
+    ("i9_generator_type", "def g():\n    yield 1\ntype(g())(None)"),
+    ("i9_subclass_method_type", _A + "class X(type(A().m)):\n    pass"),
+    ("i9_subclass_function_type", "class X(type(worker)):\n    pass"),
+    ("i9_type_three_args", "type('X', (), {'__getattr__': print})"),
+    ("i9_type_of_type_three_args", "type(type(1))('X', (), {})"),
+    ("i9_type_of_view", "type(type(len))(object)()"),
+    ("i9_metaclass_view_call", "import re\ntype(re.RegexFlag)('X', (), {})"),
+    ("i9_view_private_attr", "getattr(type(len), '_t')"),
+    ("i9_partial_method_type", _N + _A + "functools.partial(type(A().m), N)(getattr)"),
+    ("i9_map_method_type", _N + _A + "list(map(type(A().m), [N], [getattr]))"),
+    ("i9_operator_call_method_type", "import operator\n" + _A + "operator.call(type(A().m), print, 1)"),
+    ("i9_copy_bound_method", "import copy\n" + _A + "copy.copy(A().m)"),
+    ("i9_copy_classmethod_bound",
+     "import copy\nclass A:\n    @classmethod\n    def m(cls):\n        pass\ncopy.copy(A.m)"),
+    ("i9_copy_renamed_method_update_wrapper",
+     _N + "def f(self):\n    pass\nfunctools.update_wrapper(f, N)\nclass A:\n    m = f\ncopy.copy(A().m)"),
+    ("i9_copy_renamed_method_wraps",
+     _N + "@functools.wraps(N)\ndef f(self):\n    pass\nclass A:\n    m = f\ncopy.copy(A().m)['sys']"),
+    ("i9_deepcopy_list_with_method", "import copy\n" + _A + "copy.deepcopy([1, {'k': A().m}])"),
+    ("i9_deepcopy_ordereddict_with_method",
+     "import copy, collections\n" + _A + "copy.deepcopy(collections.OrderedDict(a=A().m))"),
+    ("i9_deepcopy_instance_with_method",
+     "import copy\n" + _A + "class B:\n    pass\nb = B()\nb.x = A().m\ncopy.deepcopy(b)"),
+    ("i9_userdict_deepcopy_with_method",
+     "import copy, collections\n" + _A + "class U(collections.UserDict):\n    pass\ncopy.deepcopy(U(x=A().m))"),
+    ("i9_copy_generator", "import copy\ndef g():\n    yield 1\ncopy.copy(g())"),
+    ("i9_deepcopy_generator_frame", "import copy\ndef g():\n    yield 1\ngetattr(copy.deepcopy(g()), 'gi_frame')"),
+    ("i9_copy_globals", "import copy\ngetattr(copy.copy, '__globals__')"),
+    ("i9_copy_reduce_direct", _A + "getattr(A().m, '__reduce__')()"),
+    ("i9_method_get_descriptor", "def f(self):\n    pass\ngetattr(f, '__get__')(json)"),
+    ("i9_class_defines_reduce_ex", "class A:\n    def __reduce_ex__(self, p):\n        return (print, ('x',))"),
+    ("i9_class_attr_reduce", "class A:\n    __reduce__ = print"),
+    ("i9_setattr_reduce_ex", "class A:\n    pass\nsetattr(A, '__reduce_ex__', print)"),
+    ("i9_enum_reachable_functional", _E + "E('X', 'a b')"),
+    ("i9_enum_functional_getattr", _E + "X = E('X', {'__getattr__': lambda s, n: 1})\nX.a.anything"),
+    ("i9_enum_functional_reduce_ex_plant",
+     _E + "import copy, json\n"
+     "X = E('X', {'__reduce_ex__': lambda s, p: (setattr, (json.JSONDecoder, 'planted', 1))})\n"
+     "copy.copy(X.a)\njson.JSONDecoder.planted"),
+    ("i9_enum_functional_name_global", _E + "import copy\nX = E('__globals__', 'a')\nX"),
+    ("i9_enum_functional_type_kw", _E + "E('X', 'a', type=int)"),
+    ("i9_intflag_functional", "import re\nF = re.RegexFlag.mro()[1]\nF('X', 'a b')"),
+    ("i9_flag_functional", "import re\nF = re.RegexFlag.mro()[4]\nF('X', {'_missing_': print})"),
+    ("i9_abc_register_mapping",
+     "import collections\nM = collections.UserDict.mro()[2]\nclass Z:\n    pass\nM.register(Z)"),
+    ("i9_abc_register_mutable_mapping",
+     "import collections\nM = collections.UserDict.mro()[1]\nclass Z:\n    pass\nM.register(Z)\nisinstance(Z(), M)"),
+    ("i9_abc_register_builtin",
+     "import collections\nM = collections.UserDict.mro()[3]\nM.register(int)"),
+    ("i9_class_keyword", "class B:\n    pass\nclass C(B, flag=1):\n    pass"),
+    ("i9_class_keyword_splat", "class C(**{'flag': 1}):\n    pass"),
+    ("i9_class_keyword_nested", "def f():\n    class C(flag=1):\n        pass\n    return C\nf()"),
+]
+ESCAPES += ISSUE9
+
 # (name, code, acceptable limits or error types)
 RESOURCES: list[tuple[str, str, set[str]]] = [
     ("infinite_loop", "while True:\n    pass", {"timeout"}),
@@ -205,6 +277,7 @@ def _assert_alive(sb):
 
 def test_table_is_big_enough():
     assert len(ESCAPES) >= 40
+    assert len(ISSUE9) >= 40
     assert len({n for n, _ in ESCAPES}) == len(ESCAPES)
 
 
@@ -248,3 +321,21 @@ def test_get_and_call_refuse_what_the_host_would_refuse():
         res = sb.run("worker(big)")
         assert res.error_type == "TypeError" and "over the limit" in res.error and not res.restored
         _assert_alive(sb)
+
+
+def test_console_dash_c_is_closed_too(tmp_path):
+    """Issue 9: ``python -m repl -c ...`` printed a planted secret through the same escape."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    secret = tmp_path / "secret.txt"
+    secret.write_text(SECRET)
+    code = ISSUE9[1][1].replace("SECRET_PATH", str(secret))
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-m", "repl", "--no-history", "-c", code], cwd=root,
+                          capture_output=True, text=True, timeout=120, check=False,
+                          env={**__import__("os").environ, "PYTHONPATH": str(root)})
+    assert proc.returncode == 1, proc
+    assert SECRET not in proc.stdout + proc.stderr
+    assert proc.stdout.strip().count("\n") == 0 and proc.stdout.startswith("TypeError: cannot create method")

@@ -1,0 +1,150 @@
+"""Reachability walk over what sandboxed code can touch (run as a script by
+tests/test_repl_reachability.py, in a process of its own: building the sandbox namespace
+patches the stdlib in place, as the sandbox process does).
+
+From the sandbox's builtins and allowed modules, follow every edge a cell has, through the
+same guards a cell goes through, to a bounded depth:
+
+* attributes: every name ``dir()`` lists plus the readable dunders, via ``getattr`` (guarded);
+* ``mro()`` of every class; ``type(x)`` (the sandbox's ``type``);
+* calls with no arguments (classes, functions, bound methods);
+* ``copy.copy`` / ``copy.deepcopy`` (the sandbox's), i.e. whatever a reducer would hand back;
+* the items of containers.
+
+Then fail if any escape primitive was reached: the real ``getattr``/``setattr``/``eval``/
+``exec``/``open``/``__import__``/``compile``, any module object (``sys``, ``os``...), a module's
+globals dict, frames, code objects, tracebacks, cells, the constructors ``MethodType``,
+``FunctionType``, ``CodeType``, ``type`` itself.
+
+``--plant getattr`` / ``--plant weak-type`` plant a leak on purpose (a real ``getattr`` in an
+allowed module; a ``type()`` that returns interpreter types again) to show the walk finds them.
+Prints one JSON line with the findings and the walk's statistics.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import os
+import sys
+import time
+import types
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from repl import _policy  # after the path tweak
+
+MAX_DEPTH = 6
+MAX_NODES = 200_000
+LEAVES = (str, int, float, complex, bytes, bool, type(None))  # expanded through type() only
+MAX_ITEMS = 30
+SKIP_CALLS = {"sleep", "help", "input", "breakpoint", "exit", "quit"}
+
+
+def main(argv: list[str]) -> int:
+    plant = argv[argv.index("--plant") + 1] if "--plant" in argv else None
+    ns = _policy.build_namespace({})
+    if plant == "getattr":
+        object.__getattribute__(_policy.MODULES["json"], "__dict__")["helper"] = builtins.getattr
+    elif plant == "weak-type":
+        _policy.INTERPRETER_TYPES = frozenset()
+
+    forbidden_ids = {
+        id(o): name for name, o in {
+            "getattr": builtins.getattr, "setattr": builtins.setattr, "delattr": builtins.delattr,
+            "eval": builtins.eval, "exec": builtins.exec, "open": builtins.open, "__import__": builtins.__import__,
+            "compile": builtins.compile, "globals": builtins.globals, "locals": builtins.locals,
+            "vars": builtins.vars, "breakpoint": builtins.breakpoint, "input": builtins.input,
+            "type": type, "MethodType": types.MethodType, "FunctionType": types.FunctionType,
+            "CodeType": types.CodeType, "FrameType": types.FrameType, "TracebackType": types.TracebackType,
+            "CellType": types.CellType, "ModuleType": types.ModuleType, "super": super,
+            "object.__subclasses__": object.__subclasses__, "memoryview": memoryview,
+        }.items()
+    }
+    module_dicts = {id(vars(m)): n for n, m in list(sys.modules.items()) if m is not None and hasattr(m, "__dict__")}
+    bad_types = (types.ModuleType, types.FrameType, types.CodeType, types.TracebackType, types.CellType)
+
+    builtins_ns = ns["__builtins__"]
+    roots = [(f"builtins.{k}", v) for k, v in builtins_ns.items()]
+    roots += [(f"import {k}", m) for k, m in _policy.MODULES.items()]
+    seen: set[int] = set()
+    keep: list = []  # keep everything alive: ids stay unique during the walk
+    found: dict[str, str] = {}
+    frontier = []
+    for path, obj in roots:
+        frontier.append((path, obj))
+    depth_reached = 0
+    edges = 0
+    t0 = time.monotonic()
+    sandbox_type = builtins_ns["type"]
+    guarded_copy = _policy.guarded_copy
+    safe_deepcopy = _policy.safe_deepcopy
+    getattr_ = _policy.guarded_getattr
+
+    def check(path: str, obj) -> None:
+        name = forbidden_ids.get(id(obj))
+        if name is None and type(obj) is dict and id(obj) in module_dicts:
+            name = f"globals of module {module_dicts[id(obj)]}"
+        if name is None and isinstance(obj, bad_types):
+            name = f"{type(obj).__name__} object"
+        if name is not None and name not in found:
+            found[name] = path
+
+    real_stdout = sys.stdout
+    sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - zero-argument calls print (help())
+    for depth in range(MAX_DEPTH + 1):
+        nxt = []
+        for path, obj in frontier:
+            if id(obj) in seen or len(seen) >= MAX_NODES:
+                continue
+            seen.add(id(obj))
+            keep.append(obj)
+            check(path, obj)
+            depth_reached = depth
+            if depth == MAX_DEPTH:
+                continue
+            out: list[tuple[str, object]] = []
+            if type(obj) in LEAVES:
+                nxt.append((f"type({path})", sandbox_type(obj)))
+                edges += 1
+                continue
+            try:
+                names = _policy.safe_dir(obj)
+            except Exception:  # noqa: BLE001 - a hostile __dir__ is just a dead end here
+                names = []
+            for n in [*names, *_policy.READABLE_DUNDERS]:
+                try:
+                    out.append((f"{path}.{n}", getattr_(obj, n)))
+                except Exception:  # noqa: BLE001, S112 - refused or failing attributes are not edges
+                    continue
+            if isinstance(obj, type):
+                try:
+                    for i, c in enumerate(getattr_(obj, "mro")()):
+                        out.append((f"{path}.mro()[{i}]", c))
+                except Exception:  # noqa: BLE001, S110 - type.mro needs a class; views have none
+                    pass
+            for label, fn in (("type", sandbox_type), ("copy.copy", guarded_copy), ("copy.deepcopy", safe_deepcopy)):
+                try:
+                    out.append((f"{label}({path})", fn(obj)))
+                except Exception:  # noqa: BLE001, S112 - refused: not an edge
+                    continue
+            if callable(obj) and getattr(obj, "__name__", "") not in SKIP_CALLS:
+                try:
+                    out.append((f"{path}()", obj()))
+                except BaseException:  # noqa: BLE001, S112 - SystemExit/KeyboardInterrupt from a call are dead ends too
+                    continue
+            if type(obj) in (list, tuple, set, frozenset):
+                out += [(f"{path}[{i}]", v) for i, v in enumerate(list(obj)[:MAX_ITEMS])]
+            elif type(obj) is dict:
+                out += [(f"{path}[{k!r}]", v) for k, v in list(obj.items())[:MAX_ITEMS]]
+            edges += len(out)
+            nxt += out
+        frontier = nxt
+    sys.stdout = real_stdout
+    print(json.dumps({"found": found, "visited": len(seen), "edges": edges, "depth": depth_reached,
+                      "seconds": round(time.monotonic() - t0, 2), "plant": plant}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
