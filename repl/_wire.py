@@ -67,9 +67,8 @@ def to_wire(x: object, depth: int = 0, budget: list[int] | None = None) -> objec
             raise PlainDataError("the value is over the limit of the message size (max_message_mb); send a smaller part")
         if len(budget) > 1:
             budget[1] -= 1
-            if t is list or t is tuple or t is dict:  # each item costs one at least: fail before the walk
-                if budget[1] < len(x):
-                    budget[1] = -1
+            if (t is list or t is tuple or t is dict) and budget[1] < len(x):  # one per item at least:
+                budget[1] = -1  # fail before the walk
             if budget[1] < 0:
                 raise PlainDataError(f"the value has more than {MAX_NODES:,} items (lists, dicts, strings, numbers "
                                      "counted together); send a smaller part")

@@ -234,38 +234,38 @@ REDTEAM: list[tuple[str, str]] = [
     # F1: a stdlib instance's attribute used as a name (cached_property.attrname), after
     # update_wrapper copied object.__dict__ (its __getattribute__ slot wrapper) into an instance
     ("rt_f1_cached_property_getattribute",
-     _CP + "class B:\n    x = functools.cached_property(f)\nb = B()\nfunctools.update_wrapper(b, object)\n"
+     (_CP + "class B:\n    x = functools.cached_property(f)\nb = B()\nfunctools.update_wrapper(b, object)\n"
      "B.x.attrname = '__getattribute__'\nga = b.x\ng = ga(getattr, '__globals__')\n"
-     "g['sys'].modules['os'].system('touch MARKER_PATH')"),
+     "g['sys'].modules['os'].system('touch MARKER_PATH')")),
     ("rt_f1_cached_property_attrname_write",
      "import functools\nclass C:\n    x = functools.cached_property(lambda s: 1)\nC.x.attrname = '__dict__'\nC().x"),
     # F1b: the real str.format under a public name in an instance dict
     ("rt_f1b_update_wrapper_str_format",
-     "import functools\nclass B:\n    pass\nb = B()\nfunctools.update_wrapper(b, str)\n"
-     "b.format('{0.__globals__[sys].modules[os]}', getattr)"),
+     ("import functools\nclass B:\n    pass\nb = B()\nfunctools.update_wrapper(b, str)\n"
+     "b.format('{0.__globals__[sys].modules[os]}', getattr)")),
     ("rt_f1b_update_wrapper_function_str_format",
-     "import functools\ndef w():\n    pass\nfunctools.update_wrapper(w, str)\n"
-     "w.format('{0.__globals__[sys].modules[os]}', getattr)"),
+     ("import functools\ndef w():\n    pass\nfunctools.update_wrapper(w, str)\n"
+     "w.format('{0.__globals__[sys].modules[os]}', getattr)")),
     ("rt_f1b_wraps_str_format",
      "import functools\n@functools.wraps(str)\ndef w():\n    pass\nw.format('{0.__globals__}', getattr)"),
     # F1c: a reducer planted in an instance dict, then copy's _reconstruct calls the real setattr
     ("rt_f1c_deepcopy_plants_on_stdlib_class",
-     "import copy, functools, json\ndef red(p):\n    return (lambda: json.JSONDecoder, (), (None, {'planted': 1}))\n"
+     ("import copy, functools, json\ndef red(p):\n    return (lambda: json.JSONDecoder, (), (None, {'planted': 1}))\n"
      "class B:\n    x = functools.cached_property(lambda s: red)\nB.x.attrname = '__reduce_ex__'\nb = B()\nb.x\n"
-     "copy.deepcopy(b)\njson.JSONDecoder.planted"),
+     "copy.deepcopy(b)\njson.JSONDecoder.planted")),
     ("rt_f1c_reconstruct_sandboxmodule_repr",
-     "import copy, functools, json\nM = type(json)\n"
+     ("import copy, functools, json\nM = type(json)\n"
      "def red(p):\n    return (lambda: M, (), (None, {'__repr__': lambda s: 'pwned'}))\n"
      "class D:\n    x = functools.cached_property(lambda s: red)\nD.x.attrname = '__reduce_ex__'\nd = D()\nd.x\n"
-     "copy.deepcopy(d)\nrepr(json)"),
+     "copy.deepcopy(d)\nrepr(json)")),
     ("rt_f1c_reconstruct_guard_defaults",
-     "import copy, functools\ndef red(p):\n    return (lambda: getattr, (), (None, {'__defaults__': ('DEFAULT',)}))\n"
+     ("import copy, functools\ndef red(p):\n    return (lambda: getattr, (), (None, {'__defaults__': ('DEFAULT',)}))\n"
      "class D2:\n    x = functools.cached_property(lambda s: red)\nD2.x.attrname = '__reduce_ex__'\nd = D2()\nd.x\n"
-     "copy.deepcopy(d)\nassert getattr(1, '__class__') == 'DEFAULT'"),
+     "copy.deepcopy(d)\nassert getattr(1, '__class__') == 'DEFAULT'")),
     ("rt_f1c_copy_shallow_reduce_ex",
-     "import copy, functools, json\ndef red(p):\n    return (lambda: json.JSONDecoder, (), (None, {'planted2': 1}))\n"
+     ("import copy, functools, json\ndef red(p):\n    return (lambda: json.JSONDecoder, (), (None, {'planted2': 1}))\n"
      "class B:\n    x = functools.cached_property(lambda s: red)\nB.x.attrname = '__reduce_ex__'\nb = B()\nb.x\n"
-     "copy.copy(b)\njson.JSONDecoder.planted2"),
+     "copy.copy(b)\njson.JSONDecoder.planted2")),
     # F5: one primitive call, inside the policy, held the host ~10 s decoding 4M empty lists
     ("rt_f5_wire_bomb_4M", "worker([[]] * 4_000_000)"),
     ("rt_f5_wire_bomb_dicts", "worker([{}] * 2_000_000)"),
@@ -425,7 +425,7 @@ def test_policy_defence_in_depth_units():
         with pytest.raises(TypeError, match="private attributes"):
             _policy.check_copyable(h2)
         with pytest.raises(TypeError):  # a stdlib instance: attributes read-only, items writable
-            setattr(_policy.guarded_write(_types.SimpleNamespace()), "a", 1)
+            _policy.guarded_write(_types.SimpleNamespace()).a = 1
         import collections
 
         c = collections.Counter()
