@@ -19,8 +19,10 @@ size cap::
   64, all hard (soft = hard: an escaped cell cannot raise them), ``no_new_privs``, inherited
   descriptors closed, an empty environment; when the host is root the worker runs as an
   unprivileged uid of its own (``1_500_000_000 + supervisor pid``) with a hard ``RLIMIT_NPROC`` of
-  4, which then counts this session's processes only. During a cell also ``RLIMIT_NOFILE`` = no
-  new descriptor, ``RLIMIT_NPROC`` 0 (soft) and ``RLIMIT_CPU`` as a backstop. The wall-clock
+  2, which then counts this session's processes only: the worker and this cell's backup, so that
+  during a cell no fork succeeds even after the soft limit is raised (the worker reaps the
+  previous backup before forking the next one). During a cell also ``RLIMIT_NOFILE`` = no new
+  descriptor, ``RLIMIT_NPROC`` 0 (soft) and ``RLIMIT_CPU`` as a backstop. The wall-clock
   timeout is enforced by the host, which SIGKILLs the worker through a pidfd (no pid-reuse race).
 * OS layer (:mod:`repl._oslayer`), so that an escape from the policy still reaches nothing: the
   supervisor enters a network namespace; the worker restricts itself with Landlock (read-only
@@ -36,14 +38,39 @@ size cap::
   leaves the post-cell state in a process that can no longer fork. So fork is allowed with the
   narrowest flags (no ``CLONE_THREAD``/``CLONE_VM``/namespaces; ``clone3`` answers ENOSYS), every
   fork inherits every layer (seccomp, Landlock, namespace, uid, rlimits), and the hard NPROC cap
-  bounds how many there can be; they die with the process group.
+  bounds how many there can be (none during a cell, with a session uid); whatever exists besides
+  the worker is killed after every cell (see "Trust" below). Without a session uid (non-root
+  host) NPROC is soft only and an escaped cell can fork: its processes are killed after the
+  cell, cannot answer on the channel, and die with the process group.
 * The host treats the child as hostile: every frame of a cell (``call``, ``done``) and every
   answer to a request must carry the nonce the host chose for it (a forged or stale ``done`` is
   refused and the session restored from the backup); ``get()`` outside a cell runs under a
-  backup as a cell does; decoding is bounded in size (``max_message_mb``), depth, items and time,
-  and dicts whose keys collide in hash are refused (:mod:`repl._wire`); decoding time counts
-  against the cell's timeout (only the primitive's own time is excluded) and is reported, as is
-  the host time per primitive.
+  backup as a cell does; every frame is counted before ``json.loads`` builds anything (at most
+  ``MAX_NODES`` = 1,000,000 items, which the sender also enforces, so an honest value is refused
+  in the sandbox with a clear error) and decoded with the cyclic GC off; frames other than
+  ``call``/``got``/``names`` are control frames, refused past the size of an honest ``done``,
+  whose strings the host cuts to ``output_limit`` again; decoding is also bounded in size
+  (``max_message_mb``), depth and time, and dicts whose keys collide in hash are refused
+  (:mod:`repl._wire`); decoding time counts against the cell's timeout (only the primitive's
+  own time is excluded) and is reported, as is the host time per primitive. A primitive's reply
+  is sent within the cell's remaining time: a worker that stops reading is killed at the
+  deadline (frames queued past it are not served).
+* Trust: the host starts the supervisor, and no cell code ever runs in it; but the worker, the
+  backup and anything they fork run code the host does not trust once the policy is escaped
+  (an escaped cell can patch the backup that later takes over). So the host takes no number,
+  pid or authority from them. It learns the worker's pid from the kernel: its sockets have
+  ``SO_PASSCRED``, and every chunk read carries the sender's pid in ``SCM_CREDENTIALS`` (an
+  unprivileged process can only send its own); ``hello`` and ``ready`` are attributed to their
+  sender, never to the ``pid`` they contain. Before adopting a pid the host opens a pidfd on it
+  and checks, while the process is alive, that it is in the session's process group (the
+  supervisor's, created by the host; seccomp forbids ``setpgid``/``setsid``), is neither the
+  host nor the supervisor, and runs as the session's uid when there is one; every signal goes
+  through that pidfd (no bare ``kill(pid)``: without a pidfd the whole session is stopped and
+  restarted). Frames from any other pid than the worker's are refused (kill + takeover), so a
+  forked process cannot answer on the channel. After every cell, request and takeover, every
+  descendant of the supervisor but the worker (the old backup, anything a cell forked; orphans
+  come back to the supervisor, a child subreaper) is SIGKILLed through a pidfd, checked the
+  same way.
 * Namespace intact after a kill: before each cell the worker forks a *backup* (copy-on-write,
   about 0.4 ms for the ~15 MB worker) that blocks on a fresh socket the host passed along with
   the cell (SCM_RIGHTS). Cell done: the host closes that socket and the backup exits. Timeout,
