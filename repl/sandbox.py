@@ -379,6 +379,14 @@ def _children(pid: int) -> list[int]:
     return out
 
 
+def _parent(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return int(f.read().rsplit(b")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return -1
+
+
 def _descendants(root: int) -> list[int]:
     """Every live descendant of ``root`` (/proc/<pid>/task/<tid>/children, breadth first)."""
     out: list[int] = []
@@ -671,22 +679,24 @@ class Sandbox:
         """After a cell, a request or a takeover: SIGKILL every process of the session but the
         supervisor and the worker (what a cell forked, a backup that should be exiting), so
         that nothing a cell started outlives it. Found as the supervisor's descendants (it is
-        the child subreaper: orphans come back to it), each one checked to be in the session's
-        process group through a pidfd before the signal."""
+        the child subreaper: orphans come back to it), each one checked through a pidfd, before
+        the signal, to still be the child of a process of the session (no pid reuse slips in)."""
         proc = self._proc
         if proc is None or self._pidfd is None:
             return
         for _ in range(4):
-            strays = [p for p in _descendants(proc.pid) if p != self._pid]
+            found = _descendants(proc.pid)
+            strays = [p for p in found if p != self._pid]
             if not strays:
                 return
+            known = {proc.pid, *found}
             for pid in strays:
                 try:
                     fd = os.pidfd_open(pid)
                 except OSError:
                     continue
                 try:
-                    if self._in_session(pid):
+                    if _parent(pid) in known and pid != os.getpid():
                         signal.pidfd_send_signal(fd, signal.SIGKILL)
                 except OSError:
                     pass
