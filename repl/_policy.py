@@ -24,7 +24,13 @@ Invariants the guards keep (each one is tested in tests/test_repl_redteam.py):
    ``exec``/``eval`` calls are compile-time errors; no ``typing``, ``inspect``, ``dataclasses``,
    ``pickle`` (they evaluate strings or rebuild objects outside the guards).
 6. Writes go through ``_write_``: classes, modules, functions and descriptors that the sandbox
-   did not create are read-only; everything else (instances, containers) is writable.
+   did not create are read-only; so are the attributes of instances of classes the sandbox did
+   not create (the stdlib uses some as names later: ``cached_property.attrname``), except an
+   allow-list (``decimal.Context``, ``textwrap.TextWrapper``) and exceptions; items of any
+   container stay writable. ``functools.update_wrapper`` works only between the sandbox's own
+   functions and classes; ``copy`` refuses instances with private keys in their own dict.
+7. ``getattr`` never returns a C-level callable with a private name, nor the original
+   ``str.format``/``format_map``, whatever public name it was found under.
 
 This is one layer; the process model in :mod:`repl.sandbox` is the other (a killed or
 compromised cell cannot reach the host: it runs in a separate, rlimited process).

@@ -436,6 +436,7 @@ class Sandbox:
         self._pid = 0
         self._pidfd: int | None = None
         self._session_uid: int | None = None
+        self._run_timeout = self.config.timeout_s
         self._status_buf = b""
         self._statuses: dict[int, int] = {}
         self._layers: dict[str, str] = {}
@@ -758,6 +759,7 @@ class Sandbox:
             return res
 
     def _run(self, code: str, timeout: float) -> CellResult:
+        self._run_timeout = timeout
         self._cell += 1
         cell = self._cell
         # Every frame of this cell must carry this nonce: a frame forged or left over from an
@@ -1003,7 +1005,8 @@ class Sandbox:
         with self._lock:
             self._check_open()
             if self._in_run:  # from a primitive: the running cell's backup covers this request
-                reply = self._request({"op": "get", "name": name})
+                # bounded by the cell's own timeout (at least 10 s: an honest worker answers at once)
+                reply = self._request({"op": "get", "name": name}, timeout=max(10.0, self._run_timeout))
             else:
                 reply = self._get_with_backup(name)
         if reply.get("op") != "got":
