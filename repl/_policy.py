@@ -474,9 +474,10 @@ def safe_update_wrapper(wrapper, wrapped, assigned=_functools.WRAPPER_ASSIGNMENT
     """``functools.update_wrapper`` for the sandbox. The original copies ``wrapped.__dict__``
     into ``wrapper.__dict__``: with ``wrapped=object`` that planted ``__getattribute__`` (a
     slot wrapper) in an instance dict, with ``wrapped=str`` the original ``str.format``
-    (red-team F1/F1b). Here ``wrapper`` and ``wrapped`` must both be functions or classes made
-    in the sandbox; only string values of the assigned names are copied, and of the updated
-    dicts only public keys (what the cell could set with setattr itself); no descriptors."""
+    (red-team F1/F1b). Here ``wrapper`` must be a function or class made in the sandbox; only
+    string values of the assigned names are copied; the updated dicts (``__dict__``) and
+    ``__wrapped__`` only when ``wrapped`` is the sandbox's own too, and then only public keys
+    (what the cell could set with setattr itself), no foreign descriptors."""
     assigned, updated = tuple(assigned), tuple(updated)
     if any(type(a) is not str or a not in _functools.WRAPPER_ASSIGNMENTS for a in assigned) or any(
         type(u) is not str or u not in _functools.WRAPPER_UPDATES for u in updated
@@ -484,8 +485,7 @@ def safe_update_wrapper(wrapper, wrapped, assigned=_functools.WRAPPER_ASSIGNMENT
         raise ValueError("update_wrapper()/wraps(): only the default assigned/updated names are allowed in the sandbox")
     if not is_writable(wrapper) or not _sandbox_made(wrapper):
         raise TypeError("update_wrapper()/wraps(): the wrapper must be a function or class defined in the sandbox")
-    if not _sandbox_made(wrapped):
-        raise TypeError("update_wrapper()/wraps(): only functions and classes defined in the sandbox can be wrapped")
+    own = _sandbox_made(wrapped)
     for a in assigned:
         try:
             v = getattr(wrapped, a)
@@ -496,7 +496,7 @@ def safe_update_wrapper(wrapper, wrapped, assigned=_functools.WRAPPER_ASSIGNMENT
                 setattr(wrapper, a, v)
             except (AttributeError, TypeError):
                 pass
-    for u in updated:
+    for u in updated if own else ():
         src = getattr(wrapped, u, None)
         if type(src) is not dict and type(src) is not types.MappingProxyType:
             continue
@@ -506,7 +506,8 @@ def safe_update_wrapper(wrapper, wrapped, assigned=_functools.WRAPPER_ASSIGNMENT
             if hasattr(type(v), "__get__") and not _sandbox_made(v):  # no foreign descriptors
                 continue
             setattr(wrapper, k, v)
-    wrapper.__wrapped__ = wrapped
+    if own:
+        wrapper.__wrapped__ = wrapped
     return wrapper
 
 
