@@ -27,8 +27,8 @@ Invariants the guards keep (each one is tested in tests/test_repl_redteam.py):
    did not create are read-only; so are the attributes of instances of classes the sandbox did
    not create (the stdlib uses some as names later: ``cached_property.attrname``), except an
    allow-list (``decimal.Context``, ``textwrap.TextWrapper``) and exceptions; items of any
-   container stay writable. ``functools.update_wrapper`` works only between the sandbox's own
-   functions and classes; ``copy`` refuses instances with private keys in their own dict.
+   container stay writable. ``functools.update_wrapper`` writes only into the sandbox's own
+   functions and classes and copies a ``__dict__`` only from them; ``copy`` refuses instances with private keys in their own dict.
 7. ``getattr`` never returns a C-level callable with a private name, nor the original
    ``str.format``/``format_map``, whatever public name it was found under.
 
