@@ -379,12 +379,14 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-def _parent(pid: int) -> int:
+def _state_parent(pid: int) -> tuple[bytes, int]:
+    """(state, parent pid) from /proc/<pid>/stat; (b"", -1) if it is gone."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
-            return int(f.read().rsplit(b")", 1)[1].split()[1])
+            fields = f.read().rsplit(b")", 1)[1].split()
+        return fields[0], int(fields[1])
     except (OSError, ValueError, IndexError):
-        return -1
+        return b"", -1
 
 
 def _descendants(root: int) -> list[int]:
@@ -687,22 +689,26 @@ class Sandbox:
             return
         for _ in range(4):
             found = _descendants(proc.pid)
-            strays = [p for p in found if p != self._pid]
-            if not strays:
-                return
             known = {proc.pid, *found}
-            for pid in strays:
+            killed = 0
+            for pid in found:
+                if pid == self._pid:
+                    continue
                 try:
                     fd = os.pidfd_open(pid)
                 except OSError:
                     continue
                 try:
-                    if _parent(pid) in known and pid != os.getpid():
+                    state, parent = _state_parent(pid)  # after pidfd_open: a reused pid has a foreign parent
+                    if state not in (b"Z", b"X", b"") and parent in known and pid != os.getpid():
                         signal.pidfd_send_signal(fd, signal.SIGKILL)
+                        killed += 1
                 except OSError:
                     pass
                 finally:
                     os.close(fd)
+            if not killed:  # none left but zombies (their parents reap them)
+                return
 
     def _takeover(self, backup: _Conn | None) -> bool:
         """After the worker died or was killed: let the backup become the worker."""
