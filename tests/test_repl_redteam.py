@@ -618,3 +618,22 @@ def test_class_statement_enum():
     with Sandbox() as sb:
         res = sb.run("import re\nEnum = re.RegexFlag.mro()[5]\nclass C(Enum):\n    a = 1\n    b = 2\n[C(1), C.b.value]")
         assert res.value == "[<C.a: 1>, 2]", res
+
+
+def test_f2_set_worker_refuses_pids_outside_the_session():
+    """F2, the check itself: no pid outside the session's process group (and uid) is adopted,
+    whatever the number (0 and -1 were os.kill(0/-1) on issue9: the host's group, everything)."""
+    import subprocess
+
+    victim = subprocess.Popen(_SLEEPER)
+    try:
+        with Sandbox() as sb:
+            worker = sb._pid
+            for pid in (-1, 0, 1, os.getpid(), sb._proc.pid, victim.pid, -victim.pid, 2**40, "7"):
+                assert not sb._set_worker(pid), pid
+                assert sb._pidfd is None and sb._pid == 0
+            assert sb._set_worker(worker) and sb.run("1+1").value == "2"
+        assert victim.poll() is None
+    finally:
+        victim.kill()
+        victim.wait()
