@@ -56,6 +56,11 @@ class _State:
 S = _State()
 
 
+def _from_host(x):
+    """Values from the host are trusted (its item cap protects the host, not the sandbox)."""
+    return from_wire(x, max_nodes=1 << 40, max_s=1e9)
+
+
 def _prctl(option: int, arg: int) -> bool:
     try:
         import ctypes
@@ -94,7 +99,7 @@ def main() -> None:
 
     prims = {}
     for name, spec in init["primitives"].items():
-        prims[name] = _make_proxy(name) if spec.get("callable") else from_wire(spec["value"])
+        prims[name] = _make_proxy(name) if spec.get("callable") else _from_host(spec["value"])
     ns = _policy.build_namespace(prims)
     S.ns = ns
     S.protected = {name: ns[name] for name in prims}
@@ -143,7 +148,10 @@ def main() -> None:
 
 
 _SESSION_UID_BASE = 1_500_000_000
-_NPROC_CAP = 4  # worker + this cell's backup + a backup still exiting; every fork inherits all layers
+# Worker + this cell's backup, nothing more: while a cell runs, the count is already at the cap,
+# so no fork can succeed even if an escaped cell raises its soft limit back to the hard one.
+# The worker reaps the previous backup before it forks the next (_fork_backup).
+_NPROC_CAP = 2
 _NOFILE_CAP = 64
 
 
@@ -301,10 +309,7 @@ def _serve() -> None:
                 backup_fd = fds[0]
                 for extra in fds[1:]:
                     os.close(extra)
-                try:
-                    pid = os.fork()
-                except OSError:  # no backup this time: a kill would cost the namespace
-                    pid = -1
+                pid = _fork_backup()
                 if pid == 0:
                     _backup_wait(backup_fd)  # returns only after a takeover
                     continue
@@ -320,6 +325,38 @@ def _serve() -> None:
             os._exit(0)
 
 
+_BACKUP = [0]  # the pid of this worker's current backup
+
+
+def _fork_backup() -> int:
+    """Fork this cell's backup (-1 if impossible: a kill would then cost the namespace). The
+    previous backup (told to exit, or killed, by the host) is reaped first, and a fork refused
+    for the process cap (a killed worker not reaped yet) is retried for a moment."""
+    prev, _BACKUP[0] = _BACKUP[0], 0
+    deadline = time.monotonic() + 1.0
+    while prev:
+        try:
+            done, _ = os.waitpid(prev, os.WNOHANG)
+        except ChildProcessError:
+            break
+        if done or time.monotonic() > deadline:
+            break
+        time.sleep(0.0002)
+    while True:
+        try:
+            pid = os.fork()
+        except BlockingIOError:  # EAGAIN: RLIMIT_NPROC
+            if time.monotonic() > deadline:
+                return -1
+            time.sleep(0.001)
+            continue
+        except OSError:
+            return -1
+        if pid:
+            _BACKUP[0] = pid
+        return pid
+
+
 def _backup_wait(fd: int) -> None:
     S.chan.close()
     sock = socket.socket(fileno=fd)
@@ -330,6 +367,7 @@ def _backup_wait(fd: int) -> None:
     if msg.get("op") != "takeover":
         os._exit(0)
     # The worker is dead; this process now holds the session (state: before the cell).
+    _BACKUP[0] = 0
     S.chan = sock
     _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     try:
@@ -508,7 +546,7 @@ def _handle_request(msg: dict) -> dict | bytes:
     if type(name) is not str or name.startswith("_") or name not in ns:
         return {"op": "got", "nonce": nonce, "ok": False, "etype": "KeyError", "message": str(name)}
     try:
-        value = to_wire(ns[name], budget=[_max_message()])
+        value = to_wire(ns[name], budget=[_max_message(), _wire.MAX_NODES])
         return _wire.frame({"op": "got", "nonce": nonce, "ok": True, "value": value}, _max_message())
     except PlainDataError as e:
         return {"op": "got", "nonce": nonce, "ok": False, "etype": "TypeError",
@@ -612,7 +650,7 @@ def _make_proxy(name: str):
 
 def _call_host(name: str, args: tuple, kwargs: dict):
     try:
-        budget = [_max_message()]
+        budget = [_max_message(), _wire.MAX_NODES]
         call = _wire.frame({"op": "call", "nonce": S.nonce, "name": name,
                             "args": to_wire(list(args), budget=budget),
                             "kwargs": to_wire(kwargs, budget=budget)}, _max_message())
@@ -637,7 +675,7 @@ def _call_host(name: str, args: tuple, kwargs: dict):
         os._exit(0)
     if msg.get("ok"):
         try:
-            return from_wire(msg.get("value"))
+            return _from_host(msg.get("value"))
         except _wire.WireError as e:
             raise RuntimeError(f"{name}(): bad reply from the host: {e}") from None
     raise _make_exception(msg.get("etype"), msg.get("message")) from None

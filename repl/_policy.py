@@ -24,7 +24,13 @@ Invariants the guards keep (each one is tested in tests/test_repl_redteam.py):
    ``exec``/``eval`` calls are compile-time errors; no ``typing``, ``inspect``, ``dataclasses``,
    ``pickle`` (they evaluate strings or rebuild objects outside the guards).
 6. Writes go through ``_write_``: classes, modules, functions and descriptors that the sandbox
-   did not create are read-only; everything else (instances, containers) is writable.
+   did not create are read-only; so are the attributes of instances of classes the sandbox did
+   not create (the stdlib uses some as names later: ``cached_property.attrname``), except an
+   allow-list (``decimal.Context``, ``textwrap.TextWrapper``) and exceptions; items of any
+   container stay writable. ``functools.update_wrapper`` writes only into the sandbox's own
+   functions and classes and copies a ``__dict__`` only from them; ``copy`` refuses instances with private keys in their own dict.
+7. ``getattr`` never returns a C-level callable with a private name, nor the original
+   ``str.format``/``format_map``, whatever public name it was found under.
 
 This is one layer; the process model in :mod:`repl.sandbox` is the other (a killed or
 compromised cell cannot reach the host: it runs in a separate, rlimited process).
@@ -122,11 +128,39 @@ def guarded_getattr(obj, name, default=_MISSING):
     vt = type(value)
     if name in READABLE_DUNDERS and value is not None and vt is not str:
         raise _deny(name)
-    if vt is types.ModuleType or issubclass(vt, OPAQUE_TYPES):
+    if vt is types.ModuleType or issubclass(vt, OPAQUE_TYPES) or (vt in _C_CALLABLE_TYPES and _hidden_c_callable(value)):
         if default is not _MISSING:
             return default
         raise _deny(name)
     return value
+
+
+# Defence in depth (red-team F1/F1b): a public name must never hand out a C-level callable
+# whose own name is private (object.__getattribute__'s slot wrapper, copied into an instance
+# dict under a public name) nor the original str.format/format_map (attribute lookups in the
+# format string bypass the guards). The sandbox's own way to those is _bound_format above.
+_C_CALLABLE_TYPES = frozenset({types.WrapperDescriptorType, types.MethodWrapperType, types.MethodDescriptorType,
+                               types.ClassMethodDescriptorType, types.BuiltinFunctionType})
+_STR_FORMATS = (str.format, str.format_map)
+
+
+def _hidden_c_callable(value) -> bool:
+    try:
+        name = object.__getattribute__(value, "__name__")
+    except AttributeError:
+        return True
+    if type(name) is not str or name.startswith("_"):
+        return True
+    if name in ("format", "format_map"):
+        if value is str.format or value is str.format_map:
+            return True
+        owner = getattr(value, "__self__", None)
+        if isinstance(owner, str) or (isinstance(owner, type) and issubclass(owner, str)):
+            return True
+        objclass = getattr(value, "__objclass__", None)
+        if isinstance(objclass, type) and issubclass(objclass, str):
+            return True
+    return False
 
 
 def guarded_hasattr(obj, name) -> bool:
@@ -178,15 +212,54 @@ def is_writable(obj) -> bool:
         return obj in SANDBOX_CLASSES
     if t is types.FunctionType:
         return obj.__globals__ is SANDBOX_GLOBALS
-    if t is SandboxModule or t is _ReadOnly or issubclass(t, _READONLY_TYPES):
+    if t is SandboxModule or t is _ReadOnly or t is _ItemsOnly or issubclass(t, _READONLY_TYPES):
         return False
     return True
+
+
+def _attrs_writable(obj) -> bool:
+    """Attributes of an instance may be written only if its class was made in the sandbox
+    (or derives from one), or is on a short allow-list. Instances of stdlib classes are
+    read-only: the stdlib uses some of their attributes as names or callables later
+    (``cached_property.attrname`` became ``__getattribute__``: red-team F1)."""
+    t = type(obj)
+    if t.__flags__ & _HEAPTYPE == 0 and t not in _ATTR_WRITABLE_STDLIB and not issubclass(t, BaseException):
+        return not hasattr(obj, "__dict__")  # C types without an instance dict: nothing to plant
+    return t in _ATTR_WRITABLE_STDLIB or issubclass(t, BaseException) or any(
+        c in SANDBOX_CLASSES for c in t.__mro__)
+
+
+_HEAPTYPE = 1 << 9
+_ATTR_WRITABLE_STDLIB: set = set()  # filled by _build_modules: decimal.Context, textwrap.TextWrapper
+
+
+class _ItemsOnly:
+    """What ``_write_`` returns for a stdlib instance: items can be set (``counter[k] = 1``,
+    ``userdict[k] = v``), attributes cannot."""
+
+    __slots__ = ("_o",)
+
+    def __init__(self, obj):
+        object.__setattr__(self, "_o", obj)
+
+    def __setitem__(self, key, value):
+        object.__getattribute__(self, "_o")[key] = value
+
+    def __delitem__(self, key):
+        del object.__getattribute__(self, "_o")[key]
+
+    def _refuse(self, *args):
+        t = type(object.__getattribute__(self, "_o"))
+        raise TypeError(f"cannot set attributes of {t.__name__} objects in the sandbox (the class was not "
+                        "defined in the sandbox)")
+
+    __setattr__ = __delattr__ = _refuse
 
 
 def guarded_write(obj):
     """The ``_write_`` hook: ``a.b = c`` and ``a[b] = c`` write through what this returns."""
     if is_writable(obj):
-        return obj
+        return obj if _attrs_writable(obj) else _ItemsOnly(obj)
     return _ReadOnly(_what(obj))
 
 
@@ -389,16 +462,53 @@ def safe_methodcaller(name, /, *args, **kwargs):
     return methodcaller
 
 
+def _sandbox_made(obj) -> bool:
+    t = type(obj)
+    if t is types.FunctionType:
+        return obj.__globals__ is SANDBOX_GLOBALS
+    return issubclass(t, type) and obj in SANDBOX_CLASSES
+
+
 def safe_update_wrapper(wrapper, wrapped, assigned=_functools.WRAPPER_ASSIGNMENTS,
                         updated=_functools.WRAPPER_UPDATES):
+    """``functools.update_wrapper`` for the sandbox. The original copies ``wrapped.__dict__``
+    into ``wrapper.__dict__``: with ``wrapped=object`` that planted ``__getattribute__`` (a
+    slot wrapper) in an instance dict, with ``wrapped=str`` the original ``str.format``
+    (red-team F1/F1b). Here ``wrapper`` must be a function or class made in the sandbox; only
+    string values of the assigned names are copied; the updated dicts (``__dict__``) and
+    ``__wrapped__`` only when ``wrapped`` is the sandbox's own too, and then only public keys
+    (what the cell could set with setattr itself), no foreign descriptors."""
     assigned, updated = tuple(assigned), tuple(updated)
     if any(type(a) is not str or a not in _functools.WRAPPER_ASSIGNMENTS for a in assigned) or any(
         type(u) is not str or u not in _functools.WRAPPER_UPDATES for u in updated
     ):
         raise ValueError("update_wrapper()/wraps(): only the default assigned/updated names are allowed in the sandbox")
-    if not is_writable(wrapper):
-        raise TypeError(f"cannot modify {_what(wrapper)} in the sandbox")
-    return _functools.update_wrapper(wrapper, wrapped, assigned, updated)
+    if not is_writable(wrapper) or not _sandbox_made(wrapper):
+        raise TypeError("update_wrapper()/wraps(): the wrapper must be a function or class defined in the sandbox")
+    own = _sandbox_made(wrapped)
+    for a in assigned:
+        try:
+            v = getattr(wrapped, a)
+        except AttributeError:
+            continue
+        if type(v) is str or (a == "__annotations__" and type(v) is dict and not v):
+            try:
+                setattr(wrapper, a, v)
+            except (AttributeError, TypeError):
+                pass
+    for u in updated if own else ():
+        src = getattr(wrapped, u, None)
+        if type(src) is not dict and type(src) is not types.MappingProxyType:
+            continue
+        for k, v in list(src.items()):
+            if type(k) is not str or k.startswith("_") or k in BLOCKED_ATTRS:
+                continue
+            if hasattr(type(v), "__get__") and not _sandbox_made(v):  # no foreign descriptors
+                continue
+            setattr(wrapper, k, v)
+    if own:
+        wrapper.__wrapped__ = wrapped
+    return wrapper
 
 
 def safe_wraps(wrapped, assigned=_functools.WRAPPER_ASSIGNMENTS, updated=_functools.WRAPPER_UPDATES):
@@ -432,6 +542,23 @@ def check_copyable(x) -> None:
     for cls in t.__mro__:
         if cls in SANDBOX_CLASSES and any(n in cls.__dict__ for n in _REDUCER_NAMES):
             raise TypeError(f"copying {t.__name__} objects is not allowed in the sandbox (the class defines a reducer)")
+    # copy looks __deepcopy__/__reduce_ex__ up on the instance too (red-team F1c: a reducer
+    # planted in an instance dict rebuilt objects through the real setattr): an instance
+    # whose own dict has a private or non-string key is refused, at every level of a deep copy
+    try:
+        d = object.__getattribute__(x, "__dict__")
+    except (AttributeError, TypeError):
+        d = None
+    if type(d) is dict and d:
+        import enum
+
+        # enum members keep _value_/_name_/__objclass__ in their own dict (the class copies
+        # them as themselves); nothing else the sandbox can copy has a private instance key
+        member = isinstance(x, enum.Enum) or t is SandboxModule  # a module copies as itself
+        for k in d:
+            if type(k) is not str or k in _REDUCER_NAMES or (k.startswith("_") and not member):
+                raise TypeError(f"copying this {t.__name__} object is not allowed in the sandbox (it has "
+                                "private attributes of its own)")
 
 
 def guarded_copy(x, /):
@@ -664,6 +791,7 @@ def _build_modules() -> dict[str, SandboxModule]:
             "localtime", "mktime", "asctime", "ctime", "struct_time", "timezone", "altzone",
             "daylight", "tzname"]}),
     }
+    _ATTR_WRITABLE_STDLIB.update((decimal.Context, textwrap.TextWrapper))
     out = {}
     for label, (mod, opts) in spec.items():
         names = _module_names(mod, allow=opts.get("allow"), deny=opts.get("deny", ()),
@@ -837,9 +965,7 @@ def _type_view(t: type) -> _TypeView:
 _FORBIDDEN_BASES = (SandboxModule, SafeType, _MetaclassView, _ReadOnly, _TypeView)
 
 
-def sandbox_metaclass(name, bases, namespace, **kwargs):
-    """Every ``class`` statement ends here (RestrictedPython compiles them with
-    ``metaclass=__metaclass__``); classes made here are the sandbox's own (writable)."""
+def _class_meta(bases, kwargs):
     for b in bases:
         if not issubclass(type(b), type):
             raise TypeError(f"class bases must be classes, not {type(b).__name__}")
@@ -852,9 +978,26 @@ def sandbox_metaclass(name, bases, namespace, **kwargs):
         mb = type(b)
         if issubclass(mb, meta):
             meta = mb
+    return meta
+
+
+def sandbox_metaclass(name, bases, namespace, **kwargs):
+    """Every ``class`` statement ends here (RestrictedPython compiles them with
+    ``metaclass=__metaclass__``); classes made here are the sandbox's own (writable)."""
+    meta = _class_meta(bases, kwargs)
     cls = meta(name, bases, namespace)
     SANDBOX_CLASSES.add(cls)
     return cls
+
+
+def _sandbox_prepare(name, bases, **kwargs):
+    """``__build_class__`` asks the metaclass for the class body's namespace: the real
+    metaclass's own (``class E(Enum)`` needs enum's _EnumDict), checked as above."""
+    meta = _class_meta(bases, kwargs)
+    return meta.__prepare__(name, bases) if meta is not type else {}
+
+
+sandbox_metaclass.__prepare__ = _sandbox_prepare
 
 
 def _unavailable(name: str, why: str):

@@ -20,6 +20,7 @@ so a compromised sandbox cannot smuggle anything but plain data into the host.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import socket
@@ -52,9 +53,11 @@ def _type_name(x: object) -> str:
 def to_wire(x: object, depth: int = 0, budget: list[int] | None = None) -> object:
     """Encode plain data into JSON-able values (see module doc). Raises PlainDataError.
 
-    ``budget`` (a one-item list of bytes still allowed) stops the walk as soon as the JSON
-    would exceed it, before the encoded copy is built: a value too large to send must not
-    cost the sender its memory (``big = ['y' * 10**6] * 300`` under a 256 MB limit)."""
+    ``budget`` (a list ``[bytes still allowed]``, optionally ``[bytes, items still allowed]``)
+    stops the walk as soon as the JSON would exceed it, before the encoded copy is built: a
+    value too large to send must not cost the sender its memory (``big = ['y' * 10**6] * 300``
+    under a 256 MB limit), and a value with more than :data:`MAX_NODES` items is refused here,
+    by the sender, as the receiver would refuse it (``[[]] * 4_000_000``)."""
     if depth > MAX_DEPTH:
         raise PlainDataError("plain data nested too deeply (or a reference cycle)")
     t = type(x)
@@ -62,6 +65,13 @@ def to_wire(x: object, depth: int = 0, budget: list[int] | None = None) -> objec
         budget[0] -= (len(x) + 3) if t is str else 8
         if budget[0] < 0:
             raise PlainDataError("the value is over the limit of the message size (max_message_mb); send a smaller part")
+        if len(budget) > 1:
+            budget[1] -= 1
+            if (t is list or t is tuple or t is dict) and budget[1] < len(x):  # one per item at least:
+                budget[1] = -1  # fail before the walk
+            if budget[1] < 0:
+                raise PlainDataError(f"the value has more than {MAX_NODES:,} items (lists, dicts, strings, numbers "
+                                     "counted together); send a smaller part")
     if t is int and x.bit_length() > MAX_INT_BITS:
         raise PlainDataError(f"int of {x.bit_length()} bits is too large to be plain data")
     if t is str or t is int or t is bool or x is None:
@@ -86,9 +96,12 @@ def to_wire(x: object, depth: int = 0, budget: list[int] | None = None) -> objec
     )
 
 
-# Decoding limits: what the host decodes comes from a process it treats as hostile.
-MAX_NODES = 5_000_000
-DECODE_S = 10.0
+# Decoding limits: what the host decodes comes from a process it treats as hostile. Every
+# frame is counted (structure_count) before json.loads builds anything: an item costs the host
+# ~60-100 bytes however few bytes it took on the wire ('[],' is 3 bytes, a list is 56).
+MAX_NODES = 1_000_000
+DECODE_S = 5.0
+_NODE_SLACK = 1_000  # the message envelope around the value
 # Keys with equal hashes make each dict insert linear (int and tuple hashes are not salted):
 # 20,000 colliding int keys held the host for seconds per decode. More than this many keys
 # sharing a hash with another key is refused.
@@ -114,7 +127,13 @@ class _Budget:
 def from_wire(x: object, depth: int = 0, *, max_nodes: int = MAX_NODES, max_s: float = DECODE_S) -> object:
     """Decode what :func:`to_wire` produced, strictly, within ``max_nodes`` items and
     ``max_s`` seconds; dicts whose keys collide in hash are refused. Raises WireError."""
-    return _from_wire(x, depth, _Budget(max_nodes, max_s))
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _from_wire(x, depth, _Budget(max_nodes, max_s))
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _from_wire(x: object, depth: int, b: _Budget) -> object:
@@ -161,15 +180,47 @@ def _from_wire(x: object, depth: int, b: _Budget) -> object:
     raise WireError(f"unexpected JSON value of type {t.__name__}")
 
 
+def structure_count(body: bytes) -> int:
+    """An upper bound of the values in the JSON text ``body`` (containers, and commas outside
+    strings), computed with C-speed bytes methods only, before anything is decoded.
+
+    Fast path: brackets and commas anywhere (strings included) -- nearly every frame. Exact
+    path (many commas inside long strings: text): escaped backslashes removed, then the real
+    quotes counted (each string is a value: too many strings is refused before splitting),
+    escaped quotes removed, and the text outside the strings counted. Exact for valid JSON;
+    anything else fails json.loads afterwards."""
+    n = body.count(b"[") + body.count(b"{") + body.count(b",")
+    if n <= MAX_NODES:
+        return n
+    b = body.replace(b"\\\\", b"")
+    strings = (b.count(b'"') - b.count(b'\\"')) // 2
+    if strings > MAX_NODES:
+        return strings
+    parts = b.replace(b'\\"', b"").split(b'"')
+    outside = b"".join(parts[0::2])
+    parts = None
+    return strings + outside.count(b"[") + outside.count(b"{") + outside.count(b",")
+
+
 def dumps(msg: dict) -> bytes:
     return json.dumps(msg, ensure_ascii=True, allow_nan=True, separators=(",", ":")).encode("ascii")
 
 
-def loads(data: bytes) -> dict:
+def loads(data: bytes, max_nodes: int | None = MAX_NODES) -> dict:
+    """Decode one frame body: refused before json.loads if it holds more than ``max_nodes``
+    values (:func:`structure_count`); the cyclic GC is off while decoding (millions of fresh
+    containers would trigger collections that scan all of them, over and over)."""
+    if max_nodes is not None and structure_count(data) > max_nodes + _NODE_SLACK:
+        raise WireError(f"bad message: more than {max_nodes:,} items (refused before decoding)")
+    enabled = gc.isenabled()
+    gc.disable()
     try:
         msg = json.loads(data.decode("ascii"))
     except (ValueError, RecursionError, UnicodeDecodeError) as e:
         raise WireError(f"bad message: {e}") from None
+    finally:
+        if enabled:
+            gc.enable()
     if type(msg) is not dict or type(msg.get("op")) is not str:
         raise WireError("bad message: not an object with an 'op'")
     return msg
@@ -233,7 +284,7 @@ def recv_msg(sock: socket.socket, max_fds: int = 0) -> tuple[dict, list[int]]:
         header += data
     (n,) = _HEADER.unpack(header)
     body = _recv_exact(sock, n)
-    return loads(body), fds
+    return loads(body, max_nodes=None), fds  # the sandbox's side: what the host sends is trusted
 
 
 def _close(fd: int) -> None:

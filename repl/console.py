@@ -38,6 +38,18 @@ COMMANDS = """\
 HISTORY_FILE = Path("~/.cache/latent-briefing/repl_history")
 
 
+# Control characters from the sandbox never reach the terminal raw: ESC sequences can write
+# the clipboard (OSC 52), retitle or clear the screen, or hide text (red-team F7). Newline
+# and tab stay; every other C0/C1 control, DEL and the bidi overrides are shown escaped.
+_CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F, *range(0x80, 0xA0)] if c not in (0x09, 0x0A)}
+_CONTROL.update({c: f"\\u{c:04x}" for c in [0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A)]})
+
+
+def safe_text(text: str) -> str:
+    """``text`` with terminal control characters escaped (``\\x1b``...)."""
+    return text.translate(_CONTROL)
+
+
 def _no_worker(*args: Any, **kwargs: Any) -> Any:
     raise RuntimeError(NO_WORKER)
 
@@ -66,11 +78,12 @@ class Console:
 
     def show(self, res: CellResult) -> None:
         if res.stdout:
-            self.write(res.stdout if res.stdout.endswith("\n") else res.stdout + "\n")
+            out = safe_text(res.stdout)
+            self.write(out if out.endswith("\n") else out + "\n")
         if res.value is not None:
-            self.write(res.value + "\n")
+            self.write(safe_text(res.value) + "\n")
         if res.error is not None:
-            self.write(res.error + "\n")
+            self.write(safe_text(res.error) + "\n")
         elif res.limit == "output":
             self.write(f"[output cut: {res.dropped_chars:,} characters dropped]\n")
 
@@ -87,7 +100,7 @@ class Console:
                 self.write("(no names defined yet)\n")
             width = max((len(n) for n in names), default=0)
             for n, desc in sorted(names.items()):
-                self.write(f"{n.ljust(width)}  {desc}\n")
+                self.write(safe_text(f"{n.ljust(width)}  {desc}") + "\n")
             prims = self.sb.primitives
             if prims:
                 self.write(f"primitives: {', '.join(prims)}\n")
@@ -204,13 +217,13 @@ def main(argv: list[str] | None = None, primitives: dict[str, Any] | None = None
 
     def FINAL(answer: Any = None) -> str:
         finals.append(answer)
-        print(f"[FINAL] {answer}", flush=True)
+        print(safe_text(f"[FINAL] {answer}"), flush=True)
         return "final answer recorded"
 
     def FINAL_VAR(name: str) -> Any:
         value = holder["sb"].get(name)
         finals.append(value)
-        print(f"[FINAL_VAR {name}] {value}", flush=True)
+        print(safe_text(f"[FINAL_VAR {name}] {value}"), flush=True)
         return value
 
     prims.setdefault("FINAL", FINAL)
@@ -234,5 +247,5 @@ def main(argv: list[str] | None = None, primitives: dict[str, Any] | None = None
         return console.loop(banner)
 
 
-__all__ = ["Console", "main", "is_complete", "NO_WORKER"]
+__all__ = ["NO_WORKER", "Console", "is_complete", "main", "safe_text"]
 

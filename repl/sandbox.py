@@ -19,8 +19,10 @@ size cap::
   64, all hard (soft = hard: an escaped cell cannot raise them), ``no_new_privs``, inherited
   descriptors closed, an empty environment; when the host is root the worker runs as an
   unprivileged uid of its own (``1_500_000_000 + supervisor pid``) with a hard ``RLIMIT_NPROC`` of
-  4, which then counts this session's processes only. During a cell also ``RLIMIT_NOFILE`` = no
-  new descriptor, ``RLIMIT_NPROC`` 0 (soft) and ``RLIMIT_CPU`` as a backstop. The wall-clock
+  2, which then counts this session's processes only: the worker and this cell's backup, so that
+  during a cell no fork succeeds even after the soft limit is raised (the worker reaps the
+  previous backup before forking the next one). During a cell also ``RLIMIT_NOFILE`` = no new
+  descriptor, ``RLIMIT_NPROC`` 0 (soft) and ``RLIMIT_CPU`` as a backstop. The wall-clock
   timeout is enforced by the host, which SIGKILLs the worker through a pidfd (no pid-reuse race).
 * OS layer (:mod:`repl._oslayer`), so that an escape from the policy still reaches nothing: the
   supervisor enters a network namespace; the worker restricts itself with Landlock (read-only
@@ -36,14 +38,39 @@ size cap::
   leaves the post-cell state in a process that can no longer fork. So fork is allowed with the
   narrowest flags (no ``CLONE_THREAD``/``CLONE_VM``/namespaces; ``clone3`` answers ENOSYS), every
   fork inherits every layer (seccomp, Landlock, namespace, uid, rlimits), and the hard NPROC cap
-  bounds how many there can be; they die with the process group.
+  bounds how many there can be (none during a cell, with a session uid); whatever exists besides
+  the worker is killed after every cell (see "Trust" below). Without a session uid (non-root
+  host) NPROC is soft only and an escaped cell can fork: its processes are killed after the
+  cell, cannot answer on the channel, and die with the process group.
 * The host treats the child as hostile: every frame of a cell (``call``, ``done``) and every
   answer to a request must carry the nonce the host chose for it (a forged or stale ``done`` is
   refused and the session restored from the backup); ``get()`` outside a cell runs under a
-  backup as a cell does; decoding is bounded in size (``max_message_mb``), depth, items and time,
-  and dicts whose keys collide in hash are refused (:mod:`repl._wire`); decoding time counts
-  against the cell's timeout (only the primitive's own time is excluded) and is reported, as is
-  the host time per primitive.
+  backup as a cell does; every frame is counted before ``json.loads`` builds anything (at most
+  ``MAX_NODES`` = 1,000,000 items, which the sender also enforces, so an honest value is refused
+  in the sandbox with a clear error) and decoded with the cyclic GC off; frames other than
+  ``call``/``got``/``names`` are control frames, refused past the size of an honest ``done``,
+  whose strings the host cuts to ``output_limit`` again; decoding is also bounded in size
+  (``max_message_mb``), depth and time, and dicts whose keys collide in hash are refused
+  (:mod:`repl._wire`); decoding time counts against the cell's timeout (only the primitive's
+  own time is excluded) and is reported, as is the host time per primitive. A primitive's reply
+  is sent within the cell's remaining time: a worker that stops reading is killed at the
+  deadline (frames queued past it are not served).
+* Trust: the host starts the supervisor, and no cell code ever runs in it; but the worker, the
+  backup and anything they fork run code the host does not trust once the policy is escaped
+  (an escaped cell can patch the backup that later takes over). So the host takes no number,
+  pid or authority from them. It learns the worker's pid from the kernel: its sockets have
+  ``SO_PASSCRED``, and every chunk read carries the sender's pid in ``SCM_CREDENTIALS`` (an
+  unprivileged process can only send its own); ``hello`` and ``ready`` are attributed to their
+  sender, never to the ``pid`` they contain. Before adopting a pid the host opens a pidfd on it
+  and checks, while the process is alive, that it is in the session's process group (the
+  supervisor's, created by the host; seccomp forbids ``setpgid``/``setsid``), is neither the
+  host nor the supervisor, and runs as the session's uid when there is one; every signal goes
+  through that pidfd (no bare ``kill(pid)``: without a pidfd the whole session is stopped and
+  restarted). Frames from any other pid than the worker's are refused (kill + takeover), so a
+  forked process cannot answer on the channel. After every cell, request and takeover, every
+  descendant of the supervisor but the worker (the old backup, anything a cell forked; orphans
+  come back to the supervisor, a child subreaper) is SIGKILLed through a pidfd, checked the
+  same way.
 * Namespace intact after a kill: before each cell the worker forks a *backup* (copy-on-write,
   about 0.4 ms for the ~15 MB worker) that blocks on a fresh socket the host passed along with
   the cell (SCM_RIGHTS). Cell done: the host closes that socket and the backup exits. Timeout,
@@ -166,14 +193,37 @@ class _Dead(Exception):
     """The peer process is gone (EOF or a broken protocol)."""
 
 
-class _Conn:
-    """A socket to one sandbox process with a deadline-aware framed reader."""
+class _Forged(_Dead):
+    """A frame that the worker did not send (the kernel's SCM_CREDENTIALS name another
+    process) or that no honest worker sends (a control frame over its size)."""
 
-    def __init__(self, sock: socket.socket, max_bytes: int):
+
+_UCRED = struct.Struct("iII")  # struct ucred: pid, uid, gid
+_CRED_SPACE = socket.CMSG_SPACE(_UCRED.size)
+# Frames that carry user data (a primitive call, a get() answer, the names listing) may be up
+# to max_message_mb; every other frame is a small control frame (see _Conn.control_bytes).
+_DATA_OPS = (b"call", b"got", b"names")
+
+
+class _Conn:
+    """A socket to one sandbox process with a deadline-aware framed reader.
+
+    SO_PASSCRED is on: the kernel attaches the sending process's pid to every chunk read
+    (SCM_CREDENTIALS; an unprivileged sender can only send its own). ``expect_pid``, once
+    set, is the only process whose bytes are accepted; ``frame_pids`` are the senders of the
+    last frame returned. That is how the host learns a worker's pid without taking it from
+    the sandbox's word, and why a process forked by a cell cannot answer on the channel."""
+
+    def __init__(self, sock: socket.socket, max_bytes: int, control_bytes: int = 1 << 20):
         self.sock = sock
         self.max_bytes = max_bytes
+        self.control_bytes = control_bytes
         self.buf = bytearray()
         self.decode_s = 0.0
+        self.expect_pid: int | None = None
+        self.pids: set[int] = set()
+        self.frame_pids: set[int] = set()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         sock.setblocking(False)
 
     def fileno(self) -> int:
@@ -213,32 +263,53 @@ class _Conn:
                 return False
 
     def recv(self, deadline: float | None) -> dict | None:
-        """Next message, or None at the deadline. Raises _Dead on EOF or a bad frame."""
+        """Next message, or None at the deadline. Raises _Dead on EOF or a bad frame,
+        _Forged on bytes from a process other than ``expect_pid`` or an oversized control frame."""
         while True:
             if len(self.buf) >= 4:
                 (n,) = _HEADER.unpack_from(self.buf)
                 if n > self.max_bytes:
-                    raise _Dead(f"message of {n} bytes from the sandbox exceeds max_message_mb")
+                    raise _Forged(f"message of {n} bytes from the sandbox exceeds max_message_mb")
+                if n > self.control_bytes and len(self.buf) >= 4 + 16:
+                    head = bytes(self.buf[4:20])
+                    if not any(head.startswith(b'{"op":"' + op + b'"') for op in _DATA_OPS):
+                        raise _Forged(f"control frame of {n} bytes from the sandbox (at most {self.control_bytes})")
                 if len(self.buf) >= 4 + n:
                     body = bytes(self.buf[4 : 4 + n])
                     del self.buf[: 4 + n]
+                    self.frame_pids, self.pids = self.pids, set()
+                    if self.buf:  # the next frame began in the same chunk: same sender
+                        self.pids = set(self.frame_pids)
                     t0 = time.monotonic()
                     try:
                         return _wire.loads(body)
                     except _wire.WireError as e:
-                        raise _Dead(str(e)) from None
+                        raise _Forged(str(e)) from None
                     finally:
                         self.decode_s += time.monotonic() - t0
             if not self._wait(select.POLLIN, deadline):
                 return None
             try:
-                chunk = self.sock.recv(1 << 20)
+                chunk, anc, _flags, _addr = self.sock.recvmsg(1 << 20, _CRED_SPACE)
             except BlockingIOError:
                 continue
             except (ConnectionResetError, OSError) as e:
                 raise _Dead(f"recv failed: {e}") from None
             if not chunk:
                 raise _Dead("the sandbox process closed the connection")
+            pid = 0
+            for level, kind, data in anc:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS and len(data) >= _UCRED.size:
+                    pid = _UCRED.unpack_from(data)[0]
+                elif level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:  # never wanted here
+                    for fd in struct.unpack(f"{len(data) // 4}i", data[: len(data) // 4 * 4]):
+                        try:
+                            os.close(fd)
+                        except OSError:
+                            pass
+            if self.expect_pid is not None and pid != self.expect_pid:
+                raise _Forged(f"a frame from process {pid}, not from the worker")
+            self.pids.add(pid)
             self.buf += chunk
 
     def close(self) -> None:
@@ -290,6 +361,45 @@ def _warn_once(key: str, text: str) -> None:
     warnings.warn(f"sandbox: {text}", RuntimeWarning, stacklevel=3)
 
 
+_SESSION_UID_BASE = 1_500_000_000  # as in repl._child: the session uid is this + the supervisor's pid
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
+                out += [int(x) for x in f.read().split()]
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+def _state_parent(pid: int) -> tuple[bytes, int]:
+    """(state, parent pid) from /proc/<pid>/stat; (b"", -1) if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        return fields[0], int(fields[1])
+    except (OSError, ValueError, IndexError):
+        return b"", -1
+
+
+def _descendants(root: int) -> list[int]:
+    """Every live descendant of ``root`` (/proc/<pid>/task/<tid>/children, breadth first)."""
+    out: list[int] = []
+    todo = _children(root)
+    while todo and len(out) < 10_000:
+        pid = todo.pop()
+        out.append(pid)
+        todo += _children(pid)
+    return out
+
+
 def _signal_name(sig: int) -> str:
     try:
         return signal.Signals(sig).name
@@ -327,9 +437,10 @@ class Sandbox:
         self._conn: _Conn | None = None
         self._pid = 0
         self._pidfd: int | None = None
+        self._session_uid: int | None = None
+        self._run_timeout = self.config.timeout_s
         self._status_buf = b""
         self._statuses: dict[int, int] = {}
-        self._killed: set[int] = set()
         self._layers: dict[str, str] = {}
         self._missing: dict[str, str] = {}
         if self.config.protect_host_proc:
@@ -341,6 +452,7 @@ class Sandbox:
 
     def _spawn(self) -> None:
         cfg = self.config
+        self._session_uid = None  # known once the new worker reports its layers
         host_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             self._proc = subprocess.Popen(
@@ -355,7 +467,7 @@ class Sandbox:
         finally:
             child_sock.close()
         os.set_blocking(self._proc.stdout.fileno(), False)
-        self._conn = _Conn(host_sock, cfg.max_message_mb * 2**20)
+        self._conn = self._new_conn(host_sock)
         prims: dict[str, dict] = {n: {"callable": True} for n in self._callables}
         prims.update({n: {"value": _wire.to_wire(v)} for n, v in self._values.items()})
         init = {"op": "init", "primitives": prims, "config": {
@@ -367,8 +479,11 @@ class Sandbox:
         try:
             self._conn.send(init, timeout=cfg.startup_timeout_s)
             hello = self._conn.recv(time.monotonic() + cfg.startup_timeout_s)
-            if hello is None or hello.get("op") != "hello" or type(hello.get("pid")) is not int:
+            if hello is None or hello.get("op") != "hello":
                 raise _Dead("no hello from the sandbox")
+            # the worker's pid as the kernel reports it (SCM_CREDENTIALS), never the frame's word
+            if len(self._conn.frame_pids) != 1 or not self._set_worker(next(iter(self._conn.frame_pids))):
+                raise _Dead(f"the hello frame did not come from a worker of this session ({self._conn.frame_pids})")
         except _Dead as e:
             err = b""
             if self._proc.stderr is not None:
@@ -386,17 +501,57 @@ class Sandbox:
         for name, why in self._missing.items():
             if cfg.os_layers or name in ("uid", "rlimit_nproc"):
                 _warn_once(name, f"layer '{name}' is not active: {why}")
-        self._set_worker(hello["pid"])
+        if "uid" in self._layers:
+            self._session_uid = _SESSION_UID_BASE + self._proc.pid
+            if not self._in_session(self._pid):
+                self._kill_group()
+                raise SandboxError("the sandbox worker does not run as the session's uid")
 
-    def _set_worker(self, pid: int) -> None:
+    def _new_conn(self, sock: socket.socket) -> _Conn:
+        cfg = self.config
+        # a done frame: stdout and value (output_limit each, plus a marker), an error (4,000),
+        # up to 12 bytes per character in ASCII JSON (a surrogate pair), and the envelope
+        control = 12 * (2 * cfg.output_limit + 8_000) + 65_536
+        return _Conn(sock, cfg.max_message_mb * 2**20, control)
+
+    def _in_session(self, pid: int) -> bool:
+        """``pid`` is a process of this session: in the process group of the supervisor (the
+        host started it with a session of its own; cells cannot call setpgid/setsid), not the
+        supervisor itself, and running as the session's uid when there is one."""
+        proc = self._proc
+        if proc is None or type(pid) is not int or pid <= 1 or pid == os.getpid() or pid == proc.pid:
+            return False
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+            if int(fields[2]) != proc.pid:
+                return False
+            if self._session_uid is not None and os.stat(f"/proc/{pid}").st_uid != self._session_uid:
+                return False
+        except (OSError, ValueError, IndexError):
+            return False
+        return True
+
+    def _set_worker(self, pid: int) -> bool:
+        """Adopt ``pid`` (known from the kernel, never from a frame) as the worker: a pidfd on
+        it, taken only if it is a live process of this session. False: refused (no handle)."""
         if self._pidfd is not None:
             os.close(self._pidfd)
             self._pidfd = None
-        self._pid = pid
+        self._pid = 0
         try:
-            self._pidfd = os.pidfd_open(pid)
-        except (AttributeError, OSError):
-            self._pidfd = None
+            fd = os.pidfd_open(pid)
+        except (AttributeError, OSError, TypeError, ValueError, OverflowError):
+            return False
+        # checked after the pidfd is open and while it is still alive: the pid then still
+        # names the process the pidfd holds, so no reuse can slip in between
+        if not self._in_session(pid) or select.select([fd], [], [], 0)[0]:
+            os.close(fd)
+            return False
+        self._pid, self._pidfd = pid, fd
+        if self._conn is not None:
+            self._conn.expect_pid = pid
+        return True
 
     def _kill_group(self) -> None:
         """Stop every process of the session. SIGTERM first: the supervisor ignores it, reaps
@@ -510,25 +665,50 @@ class Sandbox:
             time.sleep(0.005)
 
     def _kill_worker(self) -> None:
-        pid = self._pid
-        self._killed.add(pid)
+        """SIGKILL the worker through its pidfd (never by a bare pid: no reuse race, and no
+        number from the sandbox). Without a pidfd there is no safe handle: stop the whole
+        session (the backup with it), so the caller's takeover fails and it restarts."""
+        if self._pidfd is None:
+            self._kill_group()
+            return
         try:
-            if self._pidfd is not None:
-                signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
-            else:
-                os.kill(pid, signal.SIGKILL)
+            signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
         except (ProcessLookupError, OSError):
             pass
         # wait until it is really gone (its memory freed) before the backup takes over
-        if self._pidfd is not None:
-            select.select([self._pidfd], [], [], 5.0)
-        else:
-            deadline = time.monotonic() + 5.0
-            try:
-                while self._conn.recv(deadline) is not None:
+        select.select([self._pidfd], [], [], 5.0)
+
+    def _kill_strays(self) -> None:
+        """After a cell, a request or a takeover: SIGKILL every process of the session but the
+        supervisor and the worker (what a cell forked, a backup that should be exiting), so
+        that nothing a cell started outlives it. Found as the supervisor's descendants (it is
+        the child subreaper: orphans come back to it), each one checked through a pidfd, before
+        the signal, to still be the child of a process of the session (no pid reuse slips in)."""
+        proc = self._proc
+        if proc is None or self._pidfd is None:
+            return
+        for _ in range(4):
+            found = _descendants(proc.pid)
+            known = {proc.pid, *found}
+            killed = 0
+            for pid in found:
+                if pid == self._pid:
+                    continue
+                try:
+                    fd = os.pidfd_open(pid)
+                except OSError:
+                    continue
+                try:
+                    state, parent = _state_parent(pid)  # after pidfd_open: a reused pid has a foreign parent
+                    if state not in (b"Z", b"X", b"") and parent in known and pid != os.getpid():
+                        signal.pidfd_send_signal(fd, signal.SIGKILL)
+                        killed += 1
+                except OSError:
                     pass
-            except _Dead:
-                pass
+                finally:
+                    os.close(fd)
+            if not killed:  # none left but zombies (their parents reap them)
+                return
 
     def _takeover(self, backup: _Conn | None) -> bool:
         """After the worker died or was killed: let the backup become the worker."""
@@ -540,17 +720,23 @@ class Sandbox:
             self._conn.close()
         if backup is None:
             return False
+        deadline = time.monotonic() + 5.0
         try:
             backup.send({"op": "takeover"}, timeout=5.0)
-            msg = backup.recv(time.monotonic() + 10.0)
+            msg = backup.recv(deadline)
         except _Dead:
             msg = None
-        if msg is None or msg.get("op") != "ready" or type(msg.get("pid")) is not int:
-            backup.close()
-            return False
+        # The new worker's pid is the sender of 'ready' as the kernel vouches for it, checked
+        # to be a live process of this session; the frame's own "pid" is never read.
         self._conn = backup
-        self._set_worker(msg["pid"])
+        if (msg is None or msg.get("op") != "ready" or len(backup.frame_pids) != 1
+                or not self._set_worker(next(iter(backup.frame_pids)))):
+            backup.close()
+            self._conn = None
+            self._kill_group()
+            return False
         self._stats.restores += 1
+        self._kill_strays()
         return True
 
     # -- cells ------------------------------------------------------------------------------
@@ -579,6 +765,7 @@ class Sandbox:
             return res
 
     def _run(self, code: str, timeout: float) -> CellResult:
+        self._run_timeout = timeout
         self._cell += 1
         cell = self._cell
         # Every frame of this cell must carry this nonce: a frame forged or left over from an
@@ -588,7 +775,7 @@ class Sandbox:
         prim_s = 0.0
         prim_times: dict[str, float] = {}
         h_new, c_new = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        backup = _Conn(h_new, self.config.max_message_mb * 2**20)
+        backup = self._new_conn(h_new)
         conn0 = self._conn
         decode0 = conn0.decode_s if conn0 is not None else 0.0
 
@@ -609,39 +796,53 @@ class Sandbox:
 
         try:
             self._conn.send({"op": "run", "code": code, "cell": cell, "timeout": timeout, "nonce": nonce},
-                            fds=[c_new.fileno()])
+                            fds=[c_new.fileno()], timeout=max(timeout, 5.0))
         except _Dead as e:
             c_new.close()
             return lost(f"the sandbox process was gone ({e})")
         c_new.close()
         deadline = time.monotonic() + timeout
+
+        def timed_out() -> CellResult:
+            self._kill_worker()
+            if not self._takeover(backup):
+                return lost("the session could not be restored after the timeout")
+            return result(error=(f"TimeoutError: the cell ran longer than {timeout:g} s and was stopped; "
+                                 "the namespace is as it was before the cell"),
+                          error_type="TimeoutError", limit="timeout", restored=True)
+
         try:
             while True:
                 try:
                     msg = self._conn.recv(deadline)
+                except _Forged as e:
+                    op = f"refused frame: {e}"
+                    msg = {}
                 except _Dead as e:
                     return self._after_death(backup, result, lost, str(e), timeout)
-                if msg is None:
-                    self._kill_worker()
-                    if not self._takeover(backup):
-                        return lost("the session could not be restored after the timeout")
-                    return result(error=(f"TimeoutError: the cell ran longer than {timeout:g} s and was stopped; "
-                                         "the namespace is as it was before the cell"),
-                                  error_type="TimeoutError", limit="timeout", restored=True)
-                op = msg.get("op")
-                if msg.get("nonce") != nonce:
+                else:
+                    if msg is None:
+                        return timed_out()
+                    op = msg.get("op")
+                if not msg:
+                    pass
+                elif msg.get("nonce") != nonce:
                     op = f"{op} frame without this cell's nonce"
                 elif op == "call":
+                    if time.monotonic() >= deadline:  # frames queued past the deadline are not served
+                        return timed_out()
                     reply, spent = self._call_primitive(msg)
                     prim_s += spent
                     if type(msg.get("name")) is str and msg["name"] in self._callables:
                         prim_times[msg["name"]] = prim_times.get(msg["name"], 0.0) + spent
                     if not self.config.count_primitive_time:
                         deadline += spent  # only the primitive itself: decoding counts against the cell
+                    # The reply is sent within the cell's remaining time: a worker that does not
+                    # read it (it queued calls and stopped reading) is killed at the deadline.
                     try:
-                        self._conn.send(reply)
+                        self._conn.send(reply, timeout=max(0.0, deadline - time.monotonic()))
                     except _Dead:
-                        pass  # the worker died meanwhile: the next recv sees it
+                        return timed_out()
                     continue
                 elif op == "done":
                     return self._finish(msg, backup, result, lost)
@@ -658,14 +859,24 @@ class Sandbox:
             raise
 
     def _finish(self, msg: dict, backup: _Conn, result, lost) -> CellResult:
-        def s(key):
+        # cut again here, whatever the sandbox says it sent: a forged 'done' cannot hand the
+        # caller more than output_limit characters (control frames are small anyway)
+        limit_chars = self.config.output_limit
+
+        def s(key, n=limit_chars):
             v = msg.get(key)
-            return v if type(v) is str else None
+            if type(v) is not str:
+                return None
+            return _wire.cut(v, n)[0] if len(v) > n + 200 else v  # 200: the child's own marker
 
         limit = msg.get("limit") if msg.get("limit") in ("memory", "output") else None
-        dropped = msg.get("dropped") if type(msg.get("dropped")) is int else 0
+        dropped = msg.get("dropped") if type(msg.get("dropped")) is int and msg["dropped"] >= 0 else 0
+        stdout = msg.get("stdout")
+        if type(stdout) is str and len(stdout) > limit_chars + 200:  # over the limit and its marker
+            dropped += len(stdout) - limit_chars
+            limit = limit or "output"
         restored = False
-        error = s("error")
+        error = s("error", 4_400)
         if limit == "memory":
             # The cell hit the address-space limit: whatever it built may still hold the memory.
             self._kill_worker()
@@ -676,13 +887,17 @@ class Sandbox:
                                                 "the namespace is as it was before the cell]")
         else:
             backup.close()  # the backup sees EOF and exits
+            self._kill_strays()  # and so does anything else but the worker
         return result(stdout=s("stdout") or "", value=s("value"), error=error,
-                      error_type=s("etype") if error else None, limit=limit, restored=restored,
+                      error_type=s("etype", 200) if error else None, limit=limit, restored=restored,
                       dropped_chars=dropped)
 
     def _after_death(self, backup: _Conn, result, lost, why: str, timeout: float) -> CellResult:
         pid = self._pid
-        status = self._exit_status(pid)
+        status = self._exit_status(pid, 0.2)
+        self._kill_worker()  # EOF does not prove it is gone (it may have closed the socket)
+        if status is None:
+            status = self._exit_status(pid)
         if not self._takeover(backup):
             return lost(f"the sandbox process died ({why})")
         limit = None
@@ -745,6 +960,7 @@ class Sandbox:
                 self._conn.send({**msg, "nonce": nonce}, timeout=timeout)
                 reply = self._conn.recv(time.monotonic() + timeout)
             except _Dead as e:
+                self._kill_worker()  # dead, or sent what no worker sends: the cell's backup takes over
                 raise SandboxError(f"the sandbox did not answer: {e}") from None
             if reply is None:
                 raise SandboxError("the sandbox did not answer in time")
@@ -761,7 +977,7 @@ class Sandbox:
         kills the worker (memory), the backup takes over with the namespace intact."""
         nonce = secrets.token_hex(16)
         h_new, c_new = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        backup = _Conn(h_new, self.config.max_message_mb * 2**20)
+        backup = self._new_conn(h_new)
         try:
             self._conn.send({"op": "get", "name": name, "nonce": nonce}, fds=[c_new.fileno()], timeout=timeout)
             reply = self._conn.recv(time.monotonic() + timeout)
@@ -771,10 +987,10 @@ class Sandbox:
             c_new.close()
         if reply is not None and reply.get("op") == "got" and reply.get("nonce") == nonce:
             backup.close()
+            self._kill_strays()
             return reply
-        if reply is None or reply.get("op") != "dead":
-            self._kill_worker()
-        else:
+        self._kill_worker()
+        if reply is not None and reply.get("op") == "dead":
             self._exit_status(self._pid)
         if not self._takeover(backup):
             backup.close()
@@ -795,7 +1011,8 @@ class Sandbox:
         with self._lock:
             self._check_open()
             if self._in_run:  # from a primitive: the running cell's backup covers this request
-                reply = self._request({"op": "get", "name": name})
+                # bounded by the cell's own timeout (at least 10 s: an honest worker answers at once)
+                reply = self._request({"op": "get", "name": name}, timeout=max(10.0, self._run_timeout))
             else:
                 reply = self._get_with_backup(name)
         if reply.get("op") != "got":

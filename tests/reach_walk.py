@@ -9,15 +9,25 @@ same guards a cell goes through, to a bounded depth:
 * ``mro()`` of every class; ``type(x)`` (the sandbox's ``type``);
 * calls with no arguments (classes, functions, bound methods);
 * ``copy.copy`` / ``copy.deepcopy`` (the sandbox's), i.e. whatever a reducer would hand back;
-* the items of containers.
+* the items of containers;
+* ``functools.update_wrapper(x, obj)`` (the sandbox's) for a fresh instance and a fresh
+  function of the sandbox's own as ``x``, and every class/function ``obj``: whatever it copies
+  into ``x`` is walked on (red-team F1b: ``update_wrapper(b, str)`` put the real ``str.format``
+  in an instance dict under a public name);
+* one-argument calls of classes with a sandbox function (``functools.cached_property(f)``...).
 
 Then fail if any escape primitive was reached: the real ``getattr``/``setattr``/``eval``/
 ``exec``/``open``/``__import__``/``compile``, any module object (``sys``, ``os``...), a module's
 globals dict, frames, code objects, tracebacks, cells, the constructors ``MethodType``,
-``FunctionType``, ``CodeType``, ``type`` itself.
+``FunctionType``, ``CodeType``, ``type`` itself, the original ``str.format``/``format_map``, a
+C-level callable with a private name (``object.__getattribute__``'s slot wrapper), or an
+instance of a stdlib class whose attributes the sandbox may write (red-team F1: the stdlib
+used ``cached_property.attrname`` as a name, set to ``__getattribute__``).
 
 ``--plant getattr`` / ``--plant weak-type`` plant a leak on purpose (a real ``getattr`` in an
-allowed module; a ``type()`` that returns interpreter types again) to show the walk finds them.
+allowed module; a ``type()`` that returns interpreter types again) to show the walk finds them;
+``--plant old-update-wrapper`` / ``--plant stdlib-writes`` put back what branch issue9 had
+(the red team's F1b and F1), which the walk also finds.
 Prints one JSON line with the findings and the walk's statistics.
 """
 
@@ -48,6 +58,15 @@ def main(argv: list[str]) -> int:
         object.__getattribute__(_policy.MODULES["json"], "__dict__")["helper"] = builtins.getattr
     elif plant == "weak-type":
         _policy.INTERPRETER_TYPES = frozenset()
+    elif plant == "old-update-wrapper":  # issue9's: any wrapped, its whole __dict__ copied
+        import functools
+
+        def old(wrapper, wrapped, assigned=functools.WRAPPER_ASSIGNMENTS, updated=functools.WRAPPER_UPDATES):
+            return functools.update_wrapper(wrapper, wrapped, assigned, updated)
+        object.__getattribute__(_policy.MODULES["functools"], "__dict__")["update_wrapper"] = old
+        _policy._hidden_c_callable = lambda value: False  # and without guarded_getattr's second check
+    elif plant == "stdlib-writes":  # issue9's: stdlib instances writable (cached_property.attrname)
+        _policy._attrs_writable = lambda obj: True
 
     forbidden_ids = {
         id(o): name for name, o in {
@@ -59,8 +78,19 @@ def main(argv: list[str]) -> int:
             "CodeType": types.CodeType, "FrameType": types.FrameType, "TracebackType": types.TracebackType,
             "CellType": types.CellType, "ModuleType": types.ModuleType, "super": super,
             "object.__subclasses__": object.__subclasses__, "memoryview": memoryview,
+            "str.format": str.format, "str.format_map": str.format_map,
+            "object.__getattribute__": object.__getattribute__,
         }.items()
     }
+    c_callables = (types.WrapperDescriptorType, types.MethodWrapperType, types.MethodDescriptorType,
+                   types.ClassMethodDescriptorType, types.BuiltinFunctionType)
+    attr_allowed = tuple(getattr(_policy, "_ATTR_WRITABLE_STDLIB", ()))
+    update_wrapper = object.__getattribute__(_policy.MODULES["functools"], "__dict__")["update_wrapper"]
+    ns_exec = dict(ns)
+    exec("class Probe:\n    pass\ndef probe(self=None):\n    return None\n",  # noqa: S102 - the sandbox's own objects
+         _policy.SANDBOX_GLOBALS)
+    probe_cls, probe_fn = _policy.SANDBOX_GLOBALS["Probe"], _policy.SANDBOX_GLOBALS["probe"]
+    del ns_exec
     module_dicts = {id(vars(m)): n for n, m in list(sys.modules.items()) if m is not None and hasattr(m, "__dict__")}
     bad_types = (types.ModuleType, types.FrameType, types.CodeType, types.TracebackType, types.CellType)
 
@@ -87,6 +117,18 @@ def main(argv: list[str]) -> int:
             name = f"globals of module {module_dicts[id(obj)]}"
         if name is None and isinstance(obj, bad_types):
             name = f"{type(obj).__name__} object"
+        t = type(obj)
+        if name is None and t in c_callables and obj is not builtins.__build_class__:  # a root no cell can name
+            n = getattr(obj, "__name__", "")
+            if type(n) is str and n.startswith("_"):
+                name = f"C callable {n}"
+            elif n in ("format", "format_map") and isinstance(getattr(obj, "__self__", None), str):
+                name = "str.format (bound)"
+        if (name is None and t.__flags__ & (1 << 9) and t not in _policy.SANDBOX_CLASSES
+                and not any(c in _policy.SANDBOX_CLASSES for c in t.__mro__) and not isinstance(obj, type)
+                and not isinstance(obj, BaseException) and t not in attr_allowed
+                and hasattr(obj, "__dict__") and _policy.guarded_write(obj) is obj):
+            name = f"attribute-writable stdlib instance ({t.__module__}.{t.__qualname__})"
         if name is not None and name not in found:
             found[name] = path
 
@@ -131,8 +173,21 @@ def main(argv: list[str]) -> int:
             if callable(obj) and getattr(obj, "__name__", "") not in SKIP_CALLS:
                 try:
                     out.append((f"{path}()", obj()))
-                except BaseException:  # noqa: BLE001, S112 - SystemExit/KeyboardInterrupt from a call are dead ends too
-                    continue
+                except BaseException:  # noqa: BLE001, S110 - SystemExit/KeyboardInterrupt from a call are dead ends too
+                    pass
+                if isinstance(obj, type) and depth <= 3:
+                    try:
+                        out.append((f"{path}(probe)", obj(probe_fn)))
+                    except BaseException:  # noqa: BLE001, S110 - refused or failing: not an edge
+                        pass
+            if (isinstance(obj, type) or type(obj) is types.FunctionType) and depth <= 4:
+                for label, mk in (("instance", probe_cls), ("function", None)):
+                    try:
+                        target = mk() if mk is not None else _copy_fn(probe_fn)
+                        update_wrapper(target, obj)
+                    except BaseException:  # noqa: BLE001, S112 - refused: not an edge
+                        continue
+                    out.append((f"update_wrapper({label}, {path})", target))
             if type(obj) in (list, tuple, set, frozenset):
                 out += [(f"{path}[{i}]", v) for i, v in enumerate(list(obj)[:MAX_ITEMS])]
             elif type(obj) is dict:
@@ -144,6 +199,10 @@ def main(argv: list[str]) -> int:
     print(json.dumps({"found": found, "visited": len(seen), "edges": edges, "depth": depth_reached,
                       "seconds": round(time.monotonic() - t0, 2), "plant": plant}))
     return 0
+
+
+def _copy_fn(fn):
+    return types.FunctionType(fn.__code__, fn.__globals__, "probe", fn.__defaults__, fn.__closure__)
 
 
 if __name__ == "__main__":

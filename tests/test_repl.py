@@ -402,7 +402,7 @@ def test_worker_limits_during_a_cell():
         if os.getuid() == 0:
             uid = int(seen["status"].split("Uid:\t")[1].split()[0])
             assert uid >= 1_500_000_000  # root host: cells run as an unprivileged uid of their own
-            assert limits["Max processes"][1] == "4"  # hard, counts this session's processes only
+            assert limits["Max processes"][1] == "2"  # hard: worker + backup, this session only
             assert "uid" in active
         if "seccomp" in active:
             assert "Seccomp:\t2" in seen["status"]

@@ -32,6 +32,8 @@ def test_no_escape_primitive_is_reachable():
 @pytest.mark.parametrize("plant,expected", [
     ("getattr", {"getattr"}),  # a real getattr left in an allowed module
     ("weak-type", {"MethodType", "FunctionType"}),  # type() handing out interpreter types again
+    ("old-update-wrapper", {"str.format", "str.format_map"}),  # red team F1b, as on branch issue9
+    ("stdlib-writes", {"attribute-writable stdlib instance (functools.cached_property)"}),  # red team F1
 ])
 def test_the_walk_finds_a_planted_leak(plant, expected):
     res = _walk("--plant", plant)

@@ -7,6 +7,9 @@ by a file holding a secret and a path that must never come to exist.
 
 from __future__ import annotations
 
+import os
+import time
+
 import pytest
 
 from repl import Sandbox, SandboxConfig
@@ -223,6 +226,52 @@ ISSUE9: list[tuple[str, str]] = [
 ]
 ESCAPES += ISSUE9
 
+# ---------------------------------------------------------------------------------------------
+# Independent red team (after issue 9): each row escaped or stalled the host on branch issue9.
+
+_CP = "import functools\ndef f(self):\n    return None\n"
+REDTEAM: list[tuple[str, str]] = [
+    # F1: a stdlib instance's attribute used as a name (cached_property.attrname), after
+    # update_wrapper copied object.__dict__ (its __getattribute__ slot wrapper) into an instance
+    ("rt_f1_cached_property_getattribute",
+     (_CP + "class B:\n    x = functools.cached_property(f)\nb = B()\nfunctools.update_wrapper(b, object)\n"
+     "B.x.attrname = '__getattribute__'\nga = b.x\ng = ga(getattr, '__globals__')\n"
+     "g['sys'].modules['os'].system('touch MARKER_PATH')")),
+    ("rt_f1_cached_property_attrname_write",
+     "import functools\nclass C:\n    x = functools.cached_property(lambda s: 1)\nC.x.attrname = '__dict__'\nC().x"),
+    # F1b: the real str.format under a public name in an instance dict
+    ("rt_f1b_update_wrapper_str_format",
+     ("import functools\nclass B:\n    pass\nb = B()\nfunctools.update_wrapper(b, str)\n"
+     "b.format('{0.__globals__[sys].modules[os]}', getattr)")),
+    ("rt_f1b_update_wrapper_function_str_format",
+     ("import functools\ndef w():\n    pass\nfunctools.update_wrapper(w, str)\n"
+     "w.format('{0.__globals__[sys].modules[os]}', getattr)")),
+    ("rt_f1b_wraps_str_format",
+     "import functools\n@functools.wraps(str)\ndef w():\n    pass\nw.format('{0.__globals__}', getattr)"),
+    # F1c: a reducer planted in an instance dict, then copy's _reconstruct calls the real setattr
+    ("rt_f1c_deepcopy_plants_on_stdlib_class",
+     ("import copy, functools, json\ndef red(p):\n    return (lambda: json.JSONDecoder, (), (None, {'planted': 1}))\n"
+     "class B:\n    x = functools.cached_property(lambda s: red)\nB.x.attrname = '__reduce_ex__'\nb = B()\nb.x\n"
+     "copy.deepcopy(b)\njson.JSONDecoder.planted")),
+    ("rt_f1c_reconstruct_sandboxmodule_repr",
+     ("import copy, functools, json\nM = type(json)\n"
+     "def red(p):\n    return (lambda: M, (), (None, {'__repr__': lambda s: 'pwned'}))\n"
+     "class D:\n    x = functools.cached_property(lambda s: red)\nD.x.attrname = '__reduce_ex__'\nd = D()\nd.x\n"
+     "copy.deepcopy(d)\nrepr(json)")),
+    ("rt_f1c_reconstruct_guard_defaults",
+     ("import copy, functools\ndef red(p):\n    return (lambda: getattr, (), (None, {'__defaults__': ('DEFAULT',)}))\n"
+     "class D2:\n    x = functools.cached_property(lambda s: red)\nD2.x.attrname = '__reduce_ex__'\nd = D2()\nd.x\n"
+     "copy.deepcopy(d)\nassert getattr(1, '__class__') == 'DEFAULT'")),
+    ("rt_f1c_copy_shallow_reduce_ex",
+     ("import copy, functools, json\ndef red(p):\n    return (lambda: json.JSONDecoder, (), (None, {'planted2': 1}))\n"
+     "class B:\n    x = functools.cached_property(lambda s: red)\nB.x.attrname = '__reduce_ex__'\nb = B()\nb.x\n"
+     "copy.copy(b)\njson.JSONDecoder.planted2")),
+    # F5: one primitive call, inside the policy, held the host ~10 s decoding 4M empty lists
+    ("rt_f5_wire_bomb_4M", "worker([[]] * 4_000_000)"),
+    ("rt_f5_wire_bomb_dicts", "worker([{}] * 2_000_000)"),
+]
+ESCAPES += REDTEAM
+
 # (name, code, acceptable limits or error types)
 RESOURCES: list[tuple[str, str, set[str]]] = [
     ("infinite_loop", "while True:\n    pass", {"timeout"}),
@@ -339,3 +388,252 @@ def test_console_dash_c_is_closed_too(tmp_path):
     assert proc.returncode == 1, proc
     assert SECRET not in proc.stdout + proc.stderr
     assert proc.stdout.strip().count("\n") == 0 and proc.stdout.startswith("TypeError: cannot create method")
+
+
+
+
+def test_redteam_rows_fail_fast(env):
+    """F5: the item cap holds on the sending side: refused in the sandbox, before the host
+    decodes anything (it took 16 s, 9.5 s of it decoding in the host, on issue9)."""
+    sb, _, _ = env
+    t0 = time.monotonic()
+    res = sb.run("worker([[]] * 4_000_000)")
+    assert res.error_type == "TypeError" and "items" in res.error, res
+    assert time.monotonic() - t0 < 3.0 and res.decode_s < 0.5, res
+    _assert_alive(sb)
+
+
+def test_policy_defence_in_depth_units():
+    """Each F1 defence on its own, below the first one that stops the reproducers."""
+    import types as _types
+
+    from repl import _policy
+
+    class Holder:
+        pass
+
+    h = Holder()
+    h.__dict__.update(ga=object.__getattribute__, fmt=str.format, bound="{0}".format, fine=len)
+    for name in ("ga", "fmt", "bound"):
+        with pytest.raises(AttributeError):
+            _policy.guarded_getattr(h, name)
+    assert _policy.guarded_getattr(h, "fine") is len
+    _policy.SANDBOX_CLASSES.add(Holder)
+    try:
+        h2 = Holder()
+        h2.__dict__["__reduce_ex__"] = lambda p: (print, ("x",))
+        with pytest.raises(TypeError, match="private attributes"):
+            _policy.check_copyable(h2)
+        with pytest.raises(TypeError):  # a stdlib instance: attributes read-only, items writable
+            _policy.guarded_write(_types.SimpleNamespace()).a = 1
+        import collections
+
+        c = collections.Counter()
+        _policy.guarded_write(c)["k"] = 1
+        assert c["k"] == 1
+    finally:
+        _policy.SANDBOX_CLASSES.discard(Holder)
+
+
+# --- host-level rows: the escape is simulated with the test hook (real builtins in cells) ----
+
+_SLEEPER = ["sleep", "60"]
+
+
+def _escaped_box(**cfg):
+    import warnings
+
+    c = {"timeout_s": 1.0, "memory_mb": 256, "unsafe_real_builtins": True, **cfg}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return Sandbox(primitives={"bigdoc": lambda: "x" * 8_000_000}, config=SandboxConfig(**c))
+
+
+_LYING_BACKUP = '''
+import sys
+child = sys.modules['repl._child']
+def _backup_wait(fd, child=child, TARGET=TARGET):
+    import socket, os
+    child.S.chan.close()
+    sock = socket.socket(fileno=fd)
+    msg, _ = child.recv_msg(sock)
+    if msg.get("op") != "takeover":
+        os._exit(0)
+    child.S.chan = sock
+    child.send_msg(sock, {"op": "ready", "pid": TARGET})
+child._backup_wait = _backup_wait
+'''
+
+
+@pytest.mark.parametrize("target", ["victim", "victim_group", "supervisor", "host"])
+def test_f2_backup_claiming_a_foreign_pid(target):
+    """F2: the host SIGKILLed whatever pid the (compromised) backup put in its 'ready' frame:
+    an unrelated process, a process group (os.kill(-pgid) fallback), the host itself. The pid
+    now comes from SCM_CREDENTIALS and is checked to be a live process of the session."""
+    import subprocess
+
+    victim = subprocess.Popen(_SLEEPER, start_new_session=(target == "victim_group"))
+    try:
+        with _escaped_box() as sb:
+            pid = {"victim": victim.pid, "victim_group": -victim.pid, "supervisor": sb._proc.pid,
+                   "host": os.getpid()}[target]
+            res = sb.run(f"TARGET = {pid}\n" + _LYING_BACKUP)
+            assert res.ok, res
+            for _ in range(2):  # the lying backup takes over, then is killed in turn
+                res = sb.run("while True:\n    pass")
+                assert res.limit == "timeout" and res.restored, res
+                assert sb._pid not in (victim.pid, sb._proc.pid, os.getpid()) and sb._pid > 1
+            time.sleep(0.2)
+            assert victim.poll() is None, "the host killed a process that is not the sandbox's"
+            assert sb.alive and sb.run("1+1").value == "2"
+    finally:
+        victim.kill()
+        victim.wait()
+
+
+def test_f2_frame_from_a_forked_process_is_refused():
+    """F6/F2: a process forked by a cell wrote a 'done' with the right nonce on the shared
+    channel and the host took it. Frames are accepted only from the worker's pid (root
+    sandbox here, so that RLIMIT_NPROC does not stop the fork first)."""
+    with _escaped_box(drop_privileges=False, timeout_s=3.0) as sb:
+        res = sb.run(
+            "import os, sys, time\nc = sys.modules['repl._child']\n"
+            "if os.fork() == 0:\n"
+            "    c.send_msg(c.S.chan, {'op': 'done', 'nonce': c.S.nonce, 'stdout': 'forged', 'value': 'forged',"
+            " 'error': None})\n    os._exit(0)\n"
+            "time.sleep(2)\n'honest'")
+        assert res.value != "forged" and res.stdout != "forged", res
+        assert res.restored and "protocol error" in (res.error or ""), res
+        assert sb.run("1+1").value == "2"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("then", ["next_cell", "timeout"])
+def test_f6_forked_processes_do_not_outlive_the_cell(then):
+    """F6: a process forked by an escaped cell kept running after the cell and after a
+    timeout + restore. Everything but the worker is killed after each cell and takeover."""
+    with _escaped_box(drop_privileges=False, timeout_s=2.0) as sb:
+        res = sb.run("import os, time\npid = os.fork()\nif pid == 0:\n    time.sleep(30)\n    os._exit(0)\npid")
+        assert res.ok, res
+        child = int(res.value)
+        if then == "timeout":
+            assert sb.run("while True:\n    pass").limit == "timeout"
+        deadline = time.monotonic() + 3.0
+        while _alive(child) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(child), "a process forked by a cell outlived it"
+        assert sb.run("1+1").value == "2"
+
+
+def test_f6_no_fork_during_a_cell_for_a_session_uid():
+    """F6: with a session uid (root host), RLIMIT_NPROC's hard cap is worker + backup: a cell
+    that raises its soft limit back to the hard one still cannot fork."""
+    if os.getuid() != 0:
+        pytest.skip("the per-session uid (and so the NPROC cap) needs a root host")
+    with _escaped_box() as sb:
+        res = sb.run("import os, resource\nresource.setrlimit(resource.RLIMIT_NPROC, "
+                     "(resource.getrlimit(resource.RLIMIT_NPROC)[1],) * 2)\nos.fork() or os._exit(0)")
+        assert res.error_type == "BlockingIOError", res
+        for _ in range(3):  # backups still work, kill and restore included
+            assert sb.run("x = 1").ok
+            assert sb.run("while True:\n    pass").restored
+        assert sb.run("x").value == "1"
+
+
+def test_f3_queued_calls_do_not_stall_the_host():
+    """F3: calls queued for a primitive with a large result, replies never read: each reply
+    send blocked 30 s (timeout_s=1 took 60 s). Sends now end at the cell's deadline."""
+    with _escaped_box() as sb:
+        t0 = time.monotonic()
+        res = sb.run("import sys, time\nc = sys.modules['repl._child']\nfor i in range(3):\n"
+                     "    c.send_msg(c.S.chan, {'op': 'call', 'nonce': c.S.nonce, 'name': 'bigdoc', "
+                     "'args': [], 'kwargs': {}})\ntime.sleep(600)")
+        assert time.monotonic() - t0 < 6.0, res
+        assert res.restored and res.limit == "timeout", res
+        assert sb.run("1+1").value == "2"
+
+
+def test_f4_forged_done_is_cut_on_the_host():
+    """F4: a forged 'done' carried 100 M characters of stdout past output_limit=2000. The
+    host cuts what it is given, and refuses a control frame larger than any honest one."""
+    with _escaped_box(output_limit=2000, timeout_s=5.0) as sb:
+        send = ("import sys, time\nc = sys.modules['repl._child']\n"
+                "c.send_msg(c.S.chan, {'op': 'done', 'nonce': c.S.nonce, 'stdout': 'A' * N, 'value': 'v' * N, "
+                "'error': None})\ntime.sleep(1)\n")
+        res = sb.run("N = 50_000\n" + send)
+        assert len(res.stdout) <= 2200 and len(res.value or "") <= 2200, (len(res.stdout), len(res.value or ""))
+        t0 = time.monotonic()
+        res = sb.run("N = 20_000_000\n" + send)
+        assert time.monotonic() - t0 < 3.0 and len(res.stdout) <= 2200 and res.restored, res
+        assert sb.run("1+1").value == "2"
+
+
+def test_f4_json_bomb_frame_is_refused_before_decoding():
+    """F4: a 24 MB frame of empty lists held the host 9 s in json.loads (665 MB). Counted
+    before decoding now, and refused."""
+    import resource
+
+    with _escaped_box(timeout_s=10.0) as sb:
+        t0 = time.monotonic()
+        res = sb.run("import sys, struct, time\nc = sys.modules['repl._child']\n"
+                     "body = b'{\"op\":\"call\",\"nonce\":\"' + c.S.nonce.encode() + b'\",\"name\":\"bigdoc\",\"args\":['"
+                     " + b'[],' * 4_000_000 + b'[]],\"kwargs\":{}}'\n"
+                     "c.S.chan.sendall(struct.pack('>I', len(body)) + body)\ntime.sleep(5)")
+        assert time.monotonic() - t0 < 4.0, res
+        assert res.restored and "protocol error" in res.error, res
+        assert res.decode_s < 1.0, res
+        assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss < 2_000_000  # KB: no blow-up
+        assert sb.run("1+1").value == "2"
+
+
+def test_f7_console_escapes_control_characters(capsys):
+    """F7: the console wrote OSC 52 (clipboard) and clear-screen sequences raw."""
+    from repl.console import main as console_main
+
+    rc = console_main(["--no-history", "-q", "-c",
+                       "print(chr(27) + ']52;c;aGk=' + chr(7) + chr(27) + '[2J')\nchr(27) + '[31m' + chr(0x9b)"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "\x1b" not in out and "\x07" not in out and "\x9b" not in out
+    assert "\\x1b]52;c;aGk=\\x07\\x1b[2J" in out and "\\x1b[31m\\x9b" in out
+
+
+def test_f7_final_prints_are_escaped(capsys):
+    from repl.console import main as console_main
+
+    console_main(["--no-history", "-q", "-c", "s = 'a' + chr(27) + '[2J'\nFINAL(s)\nFINAL_VAR('s')"])
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and out.count("a\\x1b[2J") >= 2, out
+
+
+def test_class_statement_enum():
+    """Not security: class E(Enum) failed (the sandbox's metaclass skipped __prepare__)."""
+    with Sandbox() as sb:
+        res = sb.run("import re\nEnum = re.RegexFlag.mro()[5]\nclass C(Enum):\n    a = 1\n    b = 2\n[C(1), C.b.value]")
+        assert res.value == "[<C.a: 1>, 2]", res
+
+
+def test_f2_set_worker_refuses_pids_outside_the_session():
+    """F2, the check itself: no pid outside the session's process group (and uid) is adopted,
+    whatever the number (0 and -1 were os.kill(0/-1) on issue9: the host's group, everything)."""
+    import subprocess
+
+    victim = subprocess.Popen(_SLEEPER)
+    try:
+        with Sandbox() as sb:
+            worker = sb._pid
+            for pid in (-1, 0, 1, os.getpid(), sb._proc.pid, victim.pid, -victim.pid, 2**40, "7"):
+                assert not sb._set_worker(pid), pid
+                assert sb._pidfd is None and sb._pid == 0
+            assert sb._set_worker(worker) and sb.run("1+1").value == "2"
+        assert victim.poll() is None
+    finally:
+        victim.kill()
+        victim.wait()
