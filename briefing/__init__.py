@@ -6,14 +6,15 @@ task-guided Attention Matching, then generate or score continuations on the comp
 from briefing.compaction import compact
 from briefing.context import CompactedCache, CompactionStats, plain_context
 from briefing.errors import BriefingError, ModelLoadError
+from briefing.fold import FoldPolicy, FoldStats, Guidance, MixGuidance, SpanGuidance, TaskGuidance
 from briefing.generation import GenerationConfig, GenerationResult, generate, loglikelihood, token_logprobs
 from briefing.model import LoadedModel, load_model
 from briefing.selection import AttentionMatching, KeepAll, KeepNone, RandomKeep, RecentWindow, Selector, TopK
 from briefing.trajectory import TrajectoryCache
 
 __all__ = [
-    "AttentionMatching", "BriefingError", "CompactedCache", "CompactionStats", "GenerationConfig",
-    "GenerationResult", "KeepAll", "KeepNone", "LoadedModel", "ModelLoadError", "RandomKeep", "RecentWindow",
+    "AttentionMatching", "BriefingError", "CompactedCache", "CompactionStats", "FoldPolicy", "FoldStats",
+    "GenerationConfig", "GenerationResult", "Guidance", "MixGuidance", "SpanGuidance", "TaskGuidance", "KeepAll", "KeepNone", "LoadedModel", "ModelLoadError", "RandomKeep", "RecentWindow",
     "Selector", "TopK", "TrajectoryCache", "compact", "generate", "load_model", "loglikelihood", "plain_context",
     "token_logprobs",
 ]
