@@ -34,12 +34,14 @@ DEFAULT_RESERVE = 512  # positions left for the call prompt and generation under
 class TrajectoryCache:
     """KV cache of `text` for `lm`, folded past `budget` kept positions. Never modified by a compaction.
 
-    budget: most positions the cache holds (None: lm.max_context - reserve). reserve: positions left free for the
-    call prompt and generation. fold: a FoldPolicy (None: never fold; an extend past the budget is an error).
+    fold: a FoldPolicy (None: never fold; an extend past the budget is an error, the cache then serves up to the
+    model's context length). budget: most positions the cache holds (None: lm.max_context - reserve when folding,
+    lm.max_context otherwise). reserve: positions left free for the call prompt and generation (None: 512, at most
+    an eighth of the context).
     """
 
     def __init__(self, lm: LoadedModel, text: str = "", chunk_tokens: int = 1024, *, budget: int | None = None,
-                 reserve: int = DEFAULT_RESERVE, fold: FoldPolicy | None = None) -> None:
+                 reserve: int | None = None, fold: FoldPolicy | None = None) -> None:
         self.lm = lm
         self.text = ""
         self.ids: list[int] = []
@@ -47,9 +49,13 @@ class TrajectoryCache:
         self.chunk_tokens = chunk_tokens
         self.last_extend_s = 0.0
         self.fold = fold
-        self.reserve = int(reserve)
-        self.budget = int(budget) if budget is not None else lm.max_context - self.reserve
-        self.check_budget()
+        self.reserve = int(reserve) if reserve is not None else min(DEFAULT_RESERVE, lm.max_context // 8)
+        if budget is not None:
+            self.budget = int(budget)
+        else:
+            self.budget = lm.max_context - (self.reserve if fold is not None else 0)
+        if fold is not None or budget is not None:
+            self.check_budget()
         self.beta: list[torch.Tensor] | None = None    # per layer [kv_heads, F]: stored beta of the first F positions
         self.key_pos: torch.Tensor | None = None       # [L, kv_heads, length] RoPE position of each key (None: 0..n-1)
         self.position_gap = 0                          # tokens - next RoPE position (grows with each re-base)
@@ -189,7 +195,7 @@ class TrajectoryCache:
                 if self.fold is None:
                     raise BriefingError(
                         f"The trajectory would need {self.length + len(todo) - done} positions, past the cache budget "
-                        f"{self.budget} of {self.lm.name} (context {self.lm.max_context}). Pass "
+                        f"{self.budget} ({self.lm.name}'s context length is {self.lm.max_context}). Pass "
                         "fold=briefing.FoldPolicy() to fold the cache in place, or start a new trajectory.")
                 if self.length >= self.budget:  # full: fold, then go on filling
                     self._fold()
