@@ -15,7 +15,8 @@ fold (its share decays unless the guidance keeps asking for it). The alternative
 ratio that shrinks as folds accumulate, reaches a ratio of zero on an unbounded trajectory.
 
 Guidance (where the fit's queries come from), one small strategy each:
-- `TaskGuidance`: the worker prompts already asked on this trajectory (queries captured by `compact`);
+- `TaskGuidance`: the worker prompts already asked on this trajectory (queries captured by `compact`, the last
+  `max_prompts` prompts, tokens sampled over them);
 - `SpanGuidance`: query-agnostic, the span's own queries captured while it was prefilled (every
   `capture_stride`-th token), re-rotated to the current position, i.e. as if the span were read again after
   itself (the repeat-prefill queries of adamzweiger/compaction and KVzip, without a second prefill);
@@ -73,21 +74,15 @@ def sample_tokens(q: torch.Tensor | None, n: int, gen: torch.Generator) -> torch
     return q[:, :, :, pick]
 
 
-def recent_tokens(q: torch.Tensor | None, n: int) -> torch.Tensor | None:
-    """The last n query tokens of q [L, KVH, g, N, d] (the most recent prompts)."""
-    if q is None or n <= 0 or q.shape[3] == 0:
-        return None
-    return q[:, :, :, -n:]
-
-
 @dataclass(kw_only=True)
 class TaskGuidance(Guidance):
-    """The worker prompts already asked on this trajectory (most recent first); span queries until one is asked."""
+    """The worker prompts already asked on this trajectory (query tokens sampled over the remembered prompts);
+    span queries until one is asked."""
 
     name: ClassVar[str] = "task"
 
     def pick(self, task, span, limit, gen):
-        q = recent_tokens(task, limit)
+        q = sample_tokens(task, limit, gen)
         if q is not None:
             return q, self.name
         return sample_tokens(span, limit, gen), "span (no worker prompt yet)"
@@ -115,7 +110,7 @@ class MixGuidance(Guidance):
             raise BriefingError(f"task_share must be in [0, 1], got {self.task_share}. It is the share of task queries.")
 
     def pick(self, task, span, limit, gen):
-        q_task = recent_tokens(task, round(limit * self.task_share))
+        q_task = sample_tokens(task, round(limit * self.task_share), gen)
         n_task = 0 if q_task is None else q_task.shape[3]
         q_span = sample_tokens(span, limit - n_task, gen)
         parts = [q for q in (q_task, q_span) if q is not None]

@@ -61,6 +61,7 @@ class TrajectoryCache:
         self.position_gap = 0                          # tokens - next RoPE position (grows with each re-base)
         self.folds: list[FoldStats] = []
         self.prefilled_tokens = 0                      # tokens forwarded by extend, in total (seam re-prefills included)
+        self.prefill_s = 0.0                           # time spent in those forwards (folds excluded)
         self.rebases = 0
         self._task_q: torch.Tensor | None = None       # [L, KVH, g, n, d] worker-prompt queries, unrotated
         self._span_q: torch.Tensor | None = None       # [L, KVH, g, n, d] sampled prefill queries, unrotated
@@ -234,9 +235,11 @@ class TrajectoryCache:
         state = BiasState(beta=self.beta, capture=rows is not None and rows.numel() > 0, capture_rows=rows)
         input_ids = torch.tensor([ids])
         position_ids = torch.arange(position, position + len(ids))[None]
+        t0 = time.perf_counter()
         with active(state):
             self.lm.model(input_ids=input_ids, position_ids=position_ids, past_key_values=self.kv, use_cache=True,
                           logits_to_keep=1)
+        self.prefill_s += time.perf_counter() - t0
         if self.key_pos is not None:
             L, H, _ = self.key_pos.shape
             self.key_pos = torch.cat([self.key_pos, position_ids.view(1, 1, -1).expand(L, H, -1)], dim=-1)
@@ -271,6 +274,26 @@ class TrajectoryCache:
         cap = self.fold.max_prompts * max(1, m // g)
         if self._task_q.shape[3] > cap:
             self._task_q = self._task_q[:, :, :, -cap:]
+
+    @torch.no_grad()
+    def observe(self, prompt: str) -> None:
+        """Remember a worker prompt as task guidance without compacting (what `compact` does on each call): the
+        prompt is forwarded over the cache, its queries kept, and the cache cropped back."""
+        from briefing.attention import BiasState, active
+
+        if self.fold is None or not self.length:
+            return
+        ids, T, position = self.lm.encode(prompt), self.length, self.position
+        state = BiasState(beta=self.beta, capture=True)
+        try:
+            with active(state):
+                self.lm.model(input_ids=torch.tensor([ids]), position_ids=torch.arange(position, position + len(ids))[None],
+                              past_key_values=self.kv, use_cache=True, logits_to_keep=1)
+        finally:
+            kv.truncate(self.kv, T)
+        q = self._group(state.queries)                                                  # [L, KVH, g, n, d]
+        L, H, g, n, d = q.shape
+        self.remember_prompt(q.reshape(L, H, g * n, d), position)
 
     # -- folding and re-basing ----------------------------------------------------------------------------------
 
