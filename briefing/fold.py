@@ -32,7 +32,6 @@ from typing import ClassVar
 import torch
 from pydantic import BaseModel
 
-from briefing import kv
 from briefing.errors import BriefingError
 from briefing.selection.base import smooth
 

@@ -125,7 +125,7 @@ def test_beta_composition(tiny, pieces):
     cache = folding_cache(tiny)
     for piece in pieces[:60]:
         cache.extend(piece)
-    T, bias = cache.length, cache.bias()
+    bias = cache.bias()
     ctx = cache.compact(PROMPT, briefing.AttentionMatching(budget=0.3))
     copy = cache.clone()
     _, queries = forward_with_bias(tiny, copy.kv, ctx.prompt_ids, cache.position, copy.beta, capture=True)

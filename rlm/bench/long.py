@@ -21,7 +21,8 @@ Conditions (all see the same events; `window` is the worker model's positions, `
   are observed as they happen (task guidance), exactly as a BriefedWorker sees them;
 - streaming: the same cache folding with keep 0 (attention sink + recent window, StreamingLLM), KeepAll per call;
 - truncated: the last window of the text, as TextWorker pastes it (re-prefilled on every call);
-- bm25: BM25 top chunks of the whole trajectory for the question, at the same token budget as the folded cache;
+- bm25: BM25 top chunks of the whole trajectory for the question, at about the token budget a folded briefing call
+  keeps (a quarter of the cache budget by default);
 - summary: a running text summary of the dropped part by the worker model, plus the recent text (rlm's compaction);
 - plain: the question alone.
 
@@ -125,7 +126,7 @@ def _sections(rng: random.Random, chars: int) -> list[str]:
             cur = f"{cur}\n{p}" if cur else p
             if len(cur) >= 900:
                 out.append(cur[:1500])
-                total += len(out[-1]) + 260
+                total += len(out[-1]) + 450
                 cur = ""
                 if total >= chars:
                     break
@@ -566,6 +567,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--conditions", nargs="+", default=CONDITIONS, choices=CONDITIONS)
     p.add_argument("--split", choices=list(SPLIT_SEED), default="heldout")
     p.add_argument("--summary-tokens", type=int, default=96)
+    p.add_argument("--bm25-budget", type=int, default=None,
+                   help="BM25 context tokens (default: a quarter of the cache budget, about the kept count of a "
+                        "folded briefing call at tau 1)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--model", default=None)
     p.add_argument("--out", default="bench_out/long")
@@ -587,7 +591,7 @@ def run(args: argparse.Namespace, lm: Any = None, log=print) -> dict:
     reserve = args.reserve or max(64, window // 16)
     setup = Setup(lm=lm, prompts=WorkerPrompt.for_model(lm), window=window, reserve=reserve,
                   recent=args.recent or max(32, window // 16), summary_tokens=args.summary_tokens)
-    setup.bm25_budget = setup.budget
+    setup.bm25_budget = args.bm25_budget or setup.budget // 4
     rss: dict[str, float] = {}
     t_start = time.time()
     folding = [c for c in args.conditions if c in FOLD_GUIDANCE or c == "streaming"]
