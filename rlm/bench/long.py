@@ -5,6 +5,7 @@
                              [--split dev|heldout] [--out bench_out/long]
     rlm bench --suite long ...          (the same options)
     python -m rlm.bench.long --report bench_out/long/results.json   # rewrite results.md and long.png from the JSON
+    python -m rlm.bench.long --call-case 12400 --out DIR   # two BriefedWorker calls past the window (call_case.json)
 
 Episodes: a scripted orchestrator reads essay sections (REPL outputs), asks the worker about each one and takes
 notes, rendered by the runtime's own events (`rlm.events`, `rlm.trajectory.Trajectory`). Four target facts of four
@@ -554,6 +555,30 @@ def write(result: dict, out: Path) -> list[str]:
     return [str(out / "results.json"), str(out / "results.md"), plot(result, out)]
 
 
+def call_case(lm: Any, tokens: int = 12400, seed: int = 7) -> dict:
+    """The issue's motivating case with the default BriefedWorker (folding cache): a call on a trajectory of
+    `tokens` tokens, then a call after one appended line (which must prefill only that line)."""
+    from agents import BriefedWorker
+
+    ep = make_long_episode(seed, tokens)
+    traj = ep.text
+    w = BriefedWorker(lm=lm, max_new_tokens=16)
+    out: dict[str, Any] = {"trajectory_tokens": lm.count_tokens(traj), "load_average_start": os.getloadavg()}
+    t0 = time.perf_counter()
+    a1 = w.answer(ep.questions[0].question, traj)
+    out["first_call_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    a2 = w.answer(ep.questions[1].question, traj + "[orchestrator]\nOne more line.\n\n")
+    out["second_call_s"] = time.perf_counter() - t0
+    cache = w._caches[0]
+    rate = cache.prefill_s / max(1, cache.prefilled_tokens)
+    out.update(first=a1.model_dump(), second=a2.model_dump(), cache_positions=cache.length, cache_budget=cache.budget,
+               prefill_s_per_token=rate, kv_bytes=cache.kv_bytes(),
+               folds=[dict(f.model_dump(), ratio_to_prefill=f.time_s / (f.span * rate)) for f in cache.folds],
+               peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, load_average_end=os.getloadavg())
+    return out
+
+
 # -- entry ----------------------------------------------------------------------------------------------------------
 
 
@@ -574,6 +599,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None)
     p.add_argument("--out", default="bench_out/long")
     p.add_argument("--report", metavar="JSON", help="only rewrite results.md and long.png from a results.json")
+    p.add_argument("--call-case", type=int, metavar="TOKENS",
+                   help="only the motivating case: two BriefedWorker calls on a trajectory of TOKENS tokens "
+                        "(writes call_case.json)")
     return p
 
 
@@ -622,6 +650,15 @@ def main(argv: list[str] | None = None) -> int:
         result["targets"] = targets(result["summary"])
         for path in write(result, Path(args.report).parent):
             print(path)
+        return 0
+    if args.call_case:
+        import briefing
+
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        case = call_case(briefing.load_model(args.model), args.call_case)
+        (out / "call_case.json").write_text(json.dumps(case, indent=1, default=str))
+        print(out / "call_case.json")
         return 0
     result = run(args)
     for path in write(result, Path(args.out)):
