@@ -9,12 +9,15 @@ from briefing.errors import BriefingError, ModelLoadError
 from briefing.fold import FoldPolicy, FoldStats, Guidance, MixGuidance, SpanGuidance, TaskGuidance
 from briefing.generation import GenerationConfig, GenerationResult, generate, loglikelihood, token_logprobs
 from briefing.model import LoadedModel, load_model
-from briefing.selection import AttentionMatching, KeepAll, KeepNone, RandomKeep, RecentWindow, Selector, TopK
+from briefing.selection import (AttentionMatching, Fit, KeepAll, KeepNone, RandomKeep, RecentWindow, ScoredSelector,
+                                Scores, Selector, SizedSelector, TopK)
 from briefing.trajectory import TrajectoryCache
 
 __all__ = [
-    "AttentionMatching", "BriefingError", "CompactedCache", "CompactionStats", "FoldPolicy", "FoldStats",
-    "GenerationConfig", "GenerationResult", "Guidance", "MixGuidance", "SpanGuidance", "TaskGuidance", "KeepAll", "KeepNone", "LoadedModel", "ModelLoadError", "RandomKeep", "RecentWindow",
-    "Selector", "TopK", "TrajectoryCache", "compact", "generate", "load_model", "loglikelihood", "plain_context",
+    "AttentionMatching", "BriefingError", "CompactedCache", "CompactionStats", "Fit", "FoldPolicy", "FoldStats",
+    "GenerationConfig", "GenerationResult", "Guidance", "KeepAll", "KeepNone", "LoadedModel", "MixGuidance",
+    "ModelLoadError", "RandomKeep", "RecentWindow", "ScoredSelector", "Scores", "Selector", "SizedSelector",
+    "SpanGuidance", "TaskGuidance", "TopK", "TrajectoryCache", "compact", "generate", "load_model", "loglikelihood",
+    "plain_context",
     "token_logprobs",
 ]

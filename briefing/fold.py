@@ -26,14 +26,14 @@ Guidance (where the fit's queries come from), one small strategy each:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
 from pydantic import BaseModel
 
 from briefing.errors import BriefingError
-from briefing.selection.base import smooth
+from briefing.selection.base import Fit, smooth
 
 
 class FoldStats(BaseModel):
@@ -130,7 +130,8 @@ class FoldPolicy:
         recent window; also the room the token seam may re-tokenise). guidance: TaskGuidance | SpanGuidance |
         MixGuidance. max_queries: query tokens per fold (each brings its g query heads per KV head).
     capture_stride: every n-th prefilled token's queries are kept for span guidance. max_prompts: worker prompts
-        remembered for task guidance. ridge, beta_max, nnls_iters, smooth_kernel: the fit, as in AttentionMatching.
+        remembered for task guidance. fit: the `briefing.Fit` step (beta by NNLS, values refitted), as in a call.
+        smooth_kernel: score pooling width, as in the selectors.
     """
 
     keep: float | int = 0.25
@@ -140,9 +141,7 @@ class FoldPolicy:
     max_queries: int = 64
     capture_stride: int = 16
     max_prompts: int = 8
-    ridge: float = 1e-2
-    beta_max: float = 8.0
-    nnls_iters: int = 15
+    fit: Fit = field(default_factory=Fit)
     smooth_kernel: int = 5
     seed: int = 0
 
@@ -156,7 +155,9 @@ class FoldPolicy:
         for name in ("sink", "recent"):
             if getattr(self, name) < 0:
                 raise BriefingError(f"{name} must be >= 0 positions, got {getattr(self, name)}.")
-        for name in ("max_queries", "capture_stride", "max_prompts", "nnls_iters"):
+        if not isinstance(self.fit, Fit):
+            raise BriefingError(f"fit must be a briefing.Fit, got {self.fit!r}.")
+        for name in ("max_queries", "capture_stride", "max_prompts", "smooth_kernel"):
             if getattr(self, name) < 1:
                 raise BriefingError(f"{name} must be >= 1, got {getattr(self, name)}.")
         if self.guidance is None:
@@ -187,6 +188,6 @@ def fold_span(keys: torch.Tensor, values: torch.Tensor, bias: torch.Tensor, quer
     per_head = smooth(torch.cat(scores), policy.smooth_kernel)                                  # [L, H, S]
     idx = per_head.topk(t, dim=-1).indices.sort(dim=-1).values                                  # [L, H, t]
     timing = dict(beta=0.0, values=0.0)
-    beta_fit, C2, err, _, _ = fit(queries, keys, values, idx, policy, scale, timing, None, bias=bias)
+    beta_fit, C2, err, _, _ = fit(queries, keys, values, idx, policy.fit, scale, timing, None, bias=bias)
     beta = bias.gather(-1, idx) + beta_fit                                                      # [L, H, t]
     return idx, gather_positions(keys, idx), C2, beta, err

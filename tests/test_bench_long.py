@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from rlm.bench import long
+from benchmarks.rlm_bench import long
 from tests.tiny import tiny_model
 
 

@@ -89,7 +89,7 @@ def test_keep_all_on_folded_cache_reproduces_its_logits(tiny, pieces):
     plain.beta = None
     assert (own_logprobs(plain, ctx.prompt_ids, ids) - ref).abs().max() > 1e-3
     # a selection that keeps every position carries the stored beta through the composition path
-    every = cache.compact(PROMPT, briefing.TopK(budget=1.0))
+    every = cache.compact(PROMPT, briefing.TopK(ratio=1.0))
     _, got_topk = briefing.token_logprobs(every, cont)
     assert (got_topk - ref).abs().max() < 1e-4
 
@@ -126,7 +126,7 @@ def test_beta_composition(tiny, pieces):
     for piece in pieces[:60]:
         cache.extend(piece)
     bias = cache.bias()
-    ctx = cache.compact(PROMPT, briefing.AttentionMatching(budget=0.3))
+    ctx = cache.compact(PROMPT, briefing.AttentionMatching(ratio=0.3))
     copy = cache.clone()
     _, queries = forward_with_bias(tiny, copy.kv, ctx.prompt_ids, cache.position, copy.beta, capture=True)
     from briefing.compaction import _scaling, group_queries

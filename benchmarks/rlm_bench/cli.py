@@ -2,7 +2,7 @@
 
     rlm bench [--quick] [--out bench_out/rlm_bench] [--lengths 1000 2000 4000] [--episodes 3] [--seed 0]
     rlm bench --replay LOG.jsonl [--max-calls 8]      # our JSONL log or an alexzhang13/rlm trace log
-    rlm bench --suite long [...]                      # trajectories past the window (rlm.bench.long --help)
+    rlm bench --suite long [...]                      # trajectories past the window (benchmarks.rlm_bench.long --help)
 
 Writes results.json (every row, per-condition summary, targets, overhead fits), results.md and PNG plots
 (pareto.png, overhead.png, kept_vs_tau.png); replay writes replay.json and replay.md.
@@ -50,9 +50,9 @@ def _machine() -> str:
 def run_suite(args: argparse.Namespace, lm=None, log=print) -> dict:
     import briefing
     from agents.workers.prompt import WorkerPrompt
-    from rlm.bench import report
-    from rlm.bench.conditions import episode_rows
-    from rlm.bench.episodes import make_suite
+    from benchmarks.rlm_bench import report
+    from benchmarks.rlm_bench.conditions import episode_rows
+    from benchmarks.rlm_bench.episodes import make_suite
 
     cfg = dict(QUICK if args.quick else DEFAULT)
     for k in ("lengths", "taus", "budgets"):
@@ -94,7 +94,7 @@ def run_suite(args: argparse.Namespace, lm=None, log=print) -> dict:
 
 
 def write_suite(result: dict, out: Path) -> list[str]:
-    from rlm.bench import report
+    from benchmarks.rlm_bench import report
 
     out.mkdir(parents=True, exist_ok=True)
     result["plots"] = report.plots(result, out)
@@ -106,8 +106,8 @@ def write_suite(result: dict, out: Path) -> list[str]:
 def run_replay(args: argparse.Namespace, log=print) -> int:
     import briefing
     from agents.workers.prompt import WorkerPrompt
-    from rlm.bench.replay import replay_log
-    from rlm.bench.report import linear_fit
+    from benchmarks.rlm_bench.replay import replay_log
+    from benchmarks.rlm_bench.report import linear_fit
 
     lm = briefing.load_model(args.model)
     taus = args.taus or [0.0, 1.0, 2.0]
@@ -131,7 +131,7 @@ def run_replay(args: argparse.Namespace, log=print) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = list(argv) if argv is not None else sys.argv[1:]
     if argv[:2] == ["--suite", "long"]:  # the long-trajectory suite has its own options
-        from rlm.bench import long
+        from benchmarks.rlm_bench import long
 
         return long.main(argv[2:])
     args = build_parser().parse_args(argv)

@@ -1,11 +1,11 @@
 """Long-trajectory suite: trajectories several times the worker's window, served by a folding KV cache.
 
-    python -m rlm.bench.long [--lengths 8192 16384 32768 65536] [--episodes 24] [--window 8192]
+    python -m benchmarks.rlm_bench.long [--lengths 8192 16384 32768 65536] [--episodes 24] [--window 8192]
                              [--conditions fold-task fold-span fold-mix truncated streaming bm25 summary plain]
                              [--split dev|heldout] [--out bench_out/long]
     rlm bench --suite long ...          (the same options)
-    python -m rlm.bench.long --report bench_out/long/results.json   # rewrite results.md and long.png from the JSON
-    python -m rlm.bench.long --call-case 12400 --out DIR   # two BriefedWorker calls past the window (call_case.json)
+    python -m benchmarks.rlm_bench.long --report bench_out/long/results.json   # rewrite results.md and long.png from the JSON
+    python -m benchmarks.rlm_bench.long --call-case 12400 --out DIR   # two BriefedWorker calls past the window (call_case.json)
 
 Episodes: a scripted orchestrator reads essay sections (REPL outputs), asks the worker about each one and takes
 notes, rendered by the runtime's own events (`rlm.events`, `rlm.trajectory.Trajectory`). Four target facts of four
@@ -14,7 +14,7 @@ sign is a tiger") are planted one per quarter of the trajectory (in a REPL outpu
 cycling), plus one distractor of each kind (another key, another value) anywhere. At the end the worker is asked
 for each target (one call per fact); the candidates are the answer, the distractor's value and two values never
 planted (chance 1/4), scored by summed log-prob after the lead-in, e.g. "The mailbox is painted"
-(`rlm.bench.conditions.choose`).
+(`benchmarks.rlm_bench.conditions.choose`).
 
 Conditions (all see the same events; `window` is the worker model's positions, `reserve` of it left for the call):
 - fold-task / fold-span / fold-mix: `briefing.TrajectoryCache` with `FoldPolicy(guidance=...)` and the briefed
@@ -255,7 +255,7 @@ def _row(setup: Setup, ep: LongEpisode, condition: str, q: Question, i: int, pic
 def run_folding(setup: Setup, ep: LongEpisode, conditions: list[str], log=print) -> None:
     """The folding conditions share their prefill until the first fold, then each folds its own way."""
     import briefing
-    from rlm.bench.conditions import choose
+    from benchmarks.rlm_bench.conditions import choose
 
     lm, prompts = setup.lm, setup.prompts
     shared = briefing.TrajectoryCache(lm, budget=setup.budget, reserve=setup.reserve,
@@ -302,7 +302,7 @@ def _fresh(setup: Setup, body: str, questions: list[Question], ep: LongEpisode, 
            tokens: int | None = None) -> None:
     """One context built from text (prefilled from scratch), all questions answered on it with KeepAll."""
     import briefing
-    from rlm.bench.conditions import choose
+    from benchmarks.rlm_bench.conditions import choose
 
     lm, prompts = setup.lm, setup.prompts
     t0 = time.perf_counter()
@@ -332,7 +332,7 @@ def run_truncated(setup: Setup, ep: LongEpisode, log=print) -> None:
 
 
 def run_bm25(setup: Setup, ep: LongEpisode, log=print) -> None:
-    from rlm.bench.conditions import bm25_chunks
+    from benchmarks.rlm_bench.conditions import bm25_chunks
 
     full = ep.text
     for i, q in enumerate(ep.questions):
@@ -376,7 +376,7 @@ def run_summary(setup: Setup, ep: LongEpisode, log=print) -> None:
 
 def run_plain(setup: Setup, ep: LongEpisode, log=print) -> None:
     import briefing
-    from rlm.bench.conditions import choose
+    from benchmarks.rlm_bench.conditions import choose
 
     for i, q in enumerate(ep.questions):
         t0 = time.perf_counter()
