@@ -173,21 +173,36 @@ class FoldPolicy:
 
 
 @torch.no_grad()
-def fold_span(keys: torch.Tensor, values: torch.Tensor, bias: torch.Tensor, queries: torch.Tensor, t: int,
-              policy: FoldPolicy, scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float | None]:
-    """Compact one span. keys, values [L, H, S, d]; bias [L, H, S] (stored beta, 0 where none); queries
-    [L, H, m, d] (rotated to the current position); t kept per (layer, KV head).
-    Returns idx [L, H, t] (sorted), C1 [L, H, t, d], C2 [L, H, t, d], beta [L, H, t] (composed), fit error."""
+def fold_span(keys: list[torch.Tensor], values: list[torch.Tensor], bias: torch.Tensor | None, queries: torch.Tensor,
+              start: int, stop: int, t: int, policy: FoldPolicy,
+              scale: float) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor], torch.Tensor, float]:
+    """Compact the span [start, stop) of every layer, one layer chunk at a time (the scoring block is reused by the
+    fit). keys, values: per layer [1, H, P, d]; bias [L, H, P] (stored beta) or None; queries [L, H, m, d]
+    (rotated to the current position); t kept per (layer, KV head).
+    Returns idx [L, H, t] (sorted, span-relative), the new per-layer keys and values [1, H, P - (stop - start) + t, d]
+    (sink and recent window as they were, kept keys, refitted values), beta of the kept positions [L, H, t]
+    (stored beta composed with the fitted one) and the mean fit error."""
     from briefing.compaction import LAYER_CHUNK, fit, gather_positions
 
-    scores = []
-    for c in range(0, keys.shape[0], LAYER_CHUNK):
-        logits = queries[c:c + LAYER_CHUNK] @ keys[c:c + LAYER_CHUNK].transpose(-1, -2) * scale   # [c, H, m, S]
-        logits = logits + bias[c:c + LAYER_CHUNK].unsqueeze(-2)
-        scores.append(torch.softmax(logits, dim=-1).mean(-2))                                    # [c, H, S]
-    per_head = smooth(torch.cat(scores), policy.smooth_kernel)                                  # [L, H, S]
-    idx = per_head.topk(t, dim=-1).indices.sort(dim=-1).values                                  # [L, H, t]
+    idx_all, beta_all, new_k, new_v, errs = [], [], [], [], []
     timing = dict(beta=0.0, values=0.0)
-    beta_fit, C2, err, _, _ = fit(queries, keys, values, idx, policy.fit, scale, timing, None, bias=bias)
-    beta = bias.gather(-1, idx) + beta_fit                                                      # [L, H, t]
-    return idx, gather_positions(keys, idx), C2, beta, err
+    for c in range(0, len(keys), LAYER_CHUNK):
+        layers = range(c, min(c + LAYER_CHUNK, len(keys)))
+        K = torch.cat([keys[i][..., start:stop, :] for i in layers])                  # [c, H, S, d]
+        V = torch.cat([values[i][..., start:stop, :] for i in layers])                # [c, H, S, d]
+        logits = queries[c:c + len(layers)] @ K.transpose(-1, -2) * scale             # [c, H, m, S]
+        b = None if bias is None else bias[c:c + len(layers), :, start:stop]          # [c, H, S]
+        if b is not None:
+            logits = logits + b.unsqueeze(-2)
+        E = torch.exp(logits - logits.amax(-1, keepdim=True))                          # [c, H, m, S]
+        scores = (E / E.sum(-1, keepdim=True)).mean(-2)                               # [c, H, S]
+        idx = smooth(scores, policy.smooth_kernel).topk(t, dim=-1).indices.sort(dim=-1).values  # [c, H, t]
+        beta_fit, C2, err, _, _ = fit(queries[c:c + len(layers)], K, V, idx, policy.fit, scale, timing, [E])
+        beta_all.append(beta_fit if b is None else b.gather(-1, idx) + beta_fit)      # [c, H, t]
+        C1 = gather_positions(K, idx)                                                 # [c, H, t, d]
+        for j, i in enumerate(layers):
+            new_k.append(torch.cat([keys[i][..., :start, :], C1[j:j + 1], keys[i][..., stop:, :]], dim=-2))
+            new_v.append(torch.cat([values[i][..., :start, :], C2[j:j + 1], values[i][..., stop:, :]], dim=-2))
+        idx_all.append(idx)
+        errs.append(err * len(layers))
+    return torch.cat(idx_all), new_k, new_v, torch.cat(beta_all), sum(errs) / len(keys)

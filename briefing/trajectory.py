@@ -311,7 +311,7 @@ class TrajectoryCache:
 
     @torch.no_grad()
     def _fold(self) -> None:
-        from briefing.compaction import _scaling, stack_layers
+        from briefing.compaction import _scaling
 
         policy = self.fold
         t0 = time.perf_counter()
@@ -331,24 +331,21 @@ class TrajectoryCache:
             L, H, g, n, d = picked.shape
             Q = kv.rotate(picked, torch.full((n,), float(self.position), dtype=torch.float64), self._inv_freq())
             Q = Q.reshape(L, H, g * n, d)                                               # [L, H, m, d]
-            K, V = stack_layers(keys_l), stack_layers(values_l)                         # [L, H, P, d]
-            bias = self.bias()
-            bias = torch.zeros(K.shape[:-1]) if bias is None else bias                  # [L, H, P]
-            idx, C1, C2, beta_kept, err = fold_span(K[:, :, a:b], V[:, :, a:b], bias[..., a:b], Q, t, policy,
-                                                    _scaling(self.lm))
-            new_k = torch.cat([K[:, :, :a], C1, K[:, :, b:]], dim=2)                    # [L, H, a + t + P - b, d]
-            new_v = torch.cat([V[:, :, :a], C2, V[:, :, b:]], dim=2)
-            new_beta = torch.cat([bias[..., :a], beta_kept], dim=-1)                    # [L, H, a + t]
+            bias = self.bias()                                                          # [L, H, P] or None
+            idx, new_k, new_v, beta_kept, err = fold_span(keys_l, values_l, bias, Q, a, b, t, policy,
+                                                          _scaling(self.lm))
+            sink_beta = torch.zeros(L, H, a) if bias is None else bias[..., :a]
+            new_beta = torch.cat([sink_beta, beta_kept], dim=-1)                        # [L, H, a + t]
             new_pos = torch.cat([pos[..., :a], pos[..., a:b].gather(-1, idx), pos[..., b:]], dim=-1)
         else:  # keep nothing of the span (StreamingLLM), or no queries to guide a fit: drop it
             t = 0
-            new_k = torch.cat([torch.cat([k[..., :a, :], k[..., b:, :]], dim=-2) for k in keys_l])
-            new_v = torch.cat([torch.cat([v[..., :a, :], v[..., b:, :]], dim=-2) for v in values_l])
+            new_k = [torch.cat([k[..., :a, :], k[..., b:, :]], dim=-2) for k in keys_l]   # per layer [1, H, P - S, d]
+            new_v = [torch.cat([v[..., :a, :], v[..., b:, :]], dim=-2) for v in values_l]
             old = self.bias()
             new_beta = None if old is None else old[..., :a]
             new_pos = torch.cat([pos[..., :a], pos[..., b:]], dim=-1)
             label = "none (keep 0: span dropped)" if policy.kept(S) == 0 else "no queries yet: span dropped"
-        self.kv = kv.build(list(new_k.split(1)), list(new_v.split(1)))
+        self.kv = kv.build(new_k, new_v)
         self.beta = None if new_beta is None or new_beta.shape[-1] == 0 else list(new_beta.unbind(0))
         self.key_pos = new_pos
         # sampled prefill queries: keep a uniform sample as the memory of the folded content
