@@ -477,9 +477,12 @@ def targets(summary: dict) -> dict:
 
 def markdown(result: dict) -> str:
     s, cfg = result["summary"], result["config"]
-    lines = [f"Long-trajectory suite: window {cfg['window']} positions (reserve {cfg['reserve']}), lengths "
-             f"{cfg['lengths']} tokens, {cfg['episodes']} episodes per length x 4 questions, split {cfg['split']}; "
-             f"machine load average {result['load_average']} (timings under that load).", "",
+    done = cfg.get("episodes_done", {})
+    lines = [f"Long-trajectory suite: window {cfg['window']} positions (reserve {cfg['reserve']}, recent window "
+             f"{cfg['recent']}), lengths {cfg['lengths']} tokens, episodes done per length {done or cfg['episodes']} "
+             f"(of {cfg['episodes']}) x 4 questions, split {cfg['split']}; machine load average "
+             f"{result['load_average']} (timings under that load). Regenerate: `python -m benchmarks.rlm_bench.long "
+             f"--report results.json`.", "",
              "| condition | length | accuracy [95% CI] | first half [95% CI] | questions | median latency s | "
              "prefilled tokens per call | max cache positions | KV MB |", "|---|---|---|---|---|---|---|---|---|"]
     calls = {(c["condition"], c["length"]): c for c in s["calls"]}
@@ -506,7 +509,8 @@ def markdown(result: dict) -> str:
             lines.append(f"| {f['condition']} | {f['length']} | {f['folds']} | {f['span_median']:.0f} | "
                          f"{f['kept_median']:.0f} | {f['time_s_median']:.2f} | {f['ratio_to_prefill_median']:.3f}, "
                          f"{f['ratio_to_prefill_max']:.3f} |")
-    lines += ["", "Peak RSS after each length (MB, process-wide, monotonic): "
+    lines += ["", "Peak RSS after the episodes of each length (MB, process-wide peak so far; episodes run length by "
+              "length within each episode index): "
               + ", ".join(f"{k}: {v:.0f}" for k, v in s["peak_rss_mb"].items()), "", "Targets:", ""]
     lines += [f"- {k}: {v:.3f}" if isinstance(v, float) else f"- {k}: {v}" for k, v in result["targets"].items()]
     return "\n".join(lines) + "\n"
@@ -605,7 +609,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def run(args: argparse.Namespace, lm: Any = None, log=print) -> dict:
+def run(args: argparse.Namespace, lm: Any = None, log=print, out: Path | None = None) -> dict:
+    """Run the suite; with `out`, results.json/md/png are rewritten after every episode."""
     import torch
 
     import briefing
@@ -623,8 +628,12 @@ def run(args: argparse.Namespace, lm: Any = None, log=print) -> dict:
     rss: dict[str, float] = {}
     t_start = time.time()
     folding = [c for c in args.conditions if c in FOLD_GUIDANCE or c == "streaming"]
-    for li, n in enumerate(args.lengths):
-        for e in range(args.episodes):
+    cfg = dict(lengths=args.lengths, episodes=args.episodes, window=window, reserve=reserve, recent=setup.recent,
+               conditions=args.conditions, split=args.split, model=lm.name, bm25_budget=setup.bm25_budget,
+               summary_tokens=args.summary_tokens, threads=args.threads)
+    result: dict[str, Any] = {}
+    for e in range(args.episodes):  # episode-major: a run stopped early still covers every length evenly
+        for li, n in enumerate(args.lengths):
             ep = make_long_episode(SPLIT_SEED[args.split] + 1000 * li + e, n)
             log(f"[{time.time() - t_start:7.0f}s] {ep.id}: {lm.count_tokens(ep.text)} tokens")
             if folding:
@@ -633,13 +642,15 @@ def run(args: argparse.Namespace, lm: Any = None, log=print) -> dict:
                           ("plain", run_plain)):
                 if c in args.conditions:
                     fn(setup, ep, log)
-        rss[str(n)] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    summary = summarize(setup.rows, setup.folds, rss)
-    cfg = dict(lengths=args.lengths, episodes=args.episodes, window=window, reserve=reserve, recent=setup.recent,
-               conditions=args.conditions, split=args.split, model=lm.name, bm25_budget=setup.bm25_budget,
-               summary_tokens=args.summary_tokens, threads=args.threads)
-    return dict(config=cfg, rows=setup.rows, folds=setup.folds, summary=summary, targets=targets(summary),
-                load_average=[round(x, 2) for x in os.getloadavg()], wall_s=round(time.time() - t_start, 1))
+            rss[str(n)] = max(rss.get(str(n), 0.0), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+            summary = summarize(setup.rows, setup.folds, rss)
+            result = dict(config=dict(cfg, episodes_done={str(m): len({r["episode"] for r in setup.rows
+                                                                       if r["length"] == m}) for m in args.lengths}),
+                          rows=setup.rows, folds=setup.folds, summary=summary, targets=targets(summary),
+                          load_average=[round(x, 2) for x in os.getloadavg()], wall_s=round(time.time() - t_start, 1))
+            if out is not None:  # partial results after every episode
+                write(result, out)
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -660,7 +671,7 @@ def main(argv: list[str] | None = None) -> int:
         (out / "call_case.json").write_text(json.dumps(case, indent=1, default=str))
         print(out / "call_case.json")
         return 0
-    result = run(args)
+    result = run(args, out=Path(args.out))
     for path in write(result, Path(args.out)):
         print(path)
     return 0
