@@ -205,3 +205,29 @@ def test_bad_budget_and_policy_errors(tiny):
     cache = briefing.TrajectoryCache(tiny, "some text", reserve=64, fold=policy)
     with pytest.raises(briefing.BriefingError, match="append-only"):
         cache.sync("other text")
+
+
+def test_run_log_keeps_the_full_text_and_the_worker_call_event_reports_folds(tiny, essay, tmp_path):
+    """A run past the worker's window: the trajectory and the JSONL log keep every event; the worker_call events
+    say what the folds did and that each call forwarded only new tokens."""
+    from agents import BriefedWorker, ScriptedPolicy, Step
+    from rlm import RLM, read_log
+    from tests.fakes import fake_factory
+
+    worker = BriefedWorker(lm=tiny, max_new_tokens=2, reserve=48, fold=briefing.FoldPolicy(recent=64, capture_stride=4))
+    steps = [Step(code=f"print(context[{i * 1500}:{(i + 1) * 1500}])\nr = worker('What is this part about?')")
+             for i in range(4)] + [Step(code="FINAL_VAR('r')")]
+    log = tmp_path / "run.jsonl"
+    res = RLM(ScriptedPolicy(steps), worker, sandbox_factory=fake_factory, sandbox_config=None,
+              log_path=str(log)).run("Summarise the essay.", essay[:6000])
+    calls = res.worker_events()
+    assert len(calls) == 4 and all(c.answer is not None for c in calls)
+    assert any(c.folds for c in calls)
+    fold = next(f for c in calls for f in (c.folds or []))
+    assert {"span_start", "span_stop", "kept", "time_s", "guidance"} <= set(fold) and fold["kept"] < fold["span"]
+    cache = worker._caches[0]
+    assert sum(c.prefilled_tokens for c in calls) == cache.prefilled_tokens  # every token forwarded once in all
+    assert all(c.cache_positions <= cache.budget for c in calls) and cache.tokens > cache.budget
+    assert essay[4000:4500] in res.trajectory  # nothing the user gave is lost: only the cache is compacted
+    logged = [e for e in read_log(log) if e.type == "worker_call"]
+    assert [e.folds for e in logged] == [c.folds for c in calls]
