@@ -48,6 +48,10 @@ def test_long_suite_runs_every_condition_in_bounded_memory(lm, tmp_path):
     paths = long.write(result, tmp_path)
     assert all((tmp_path / p).exists() for p in ("results.json", "results.md", "long.png")) and len(paths) == 3
     assert "| fold-mix | 900 |" in (tmp_path / "results.md").read_text()
-    assert long.main(["--report", str(tmp_path / "results.json")]) == 0
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{long.README_START}\nold table\n{long.README_END}\nrest\n")
+    assert long.main(["--report", str(tmp_path / "results.json"), "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert "old table" not in text and "| fold-mix | 900 |" in text and text.startswith("intro") and text.endswith("rest\n")
     again = json.loads((tmp_path / "results.json").read_text())
     assert again["summary"] == json.loads(json.dumps(result["summary"]))

@@ -4,7 +4,8 @@
                              [--conditions fold-task fold-span fold-mix truncated streaming bm25 summary plain]
                              [--split dev|heldout] [--out bench_out/long]
     rlm bench --suite long ...          (the same options)
-    python -m benchmarks.rlm_bench.long --report bench_out/long/results.json   # rewrite results.md and long.png from the JSON
+    python -m benchmarks.rlm_bench.long --report bench_out/long/results.json [--readme README.md]
+        # rewrite results.md and long.png (and the README's long-suite block) from the JSON
     python -m benchmarks.rlm_bench.long --call-case 12400 --out DIR   # two BriefedWorker calls past the window (call_case.json)
 
 Episodes: a scripted orchestrator reads essay sections (REPL outputs), asks the worker about each one and takes
@@ -603,6 +604,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None)
     p.add_argument("--out", default="bench_out/long")
     p.add_argument("--report", metavar="JSON", help="only rewrite results.md and long.png from a results.json")
+    p.add_argument("--readme", metavar="README", help="with --report: also rewrite the README's long-suite block")
     p.add_argument("--call-case", type=int, metavar="TOKENS",
                    help="only the motivating case: two BriefedWorker calls on a trajectory of TOKENS tokens "
                         "(writes call_case.json)")
@@ -653,6 +655,20 @@ def run(args: argparse.Namespace, lm: Any = None, log=print, out: Path | None = 
     return result
 
 
+README_START, README_END = "<!-- long-suite:start -->", "<!-- long-suite:end -->"
+
+
+def update_readme(readme: Path, table: str, source: str) -> None:
+    """Replace the block between the long-suite markers of `readme` with `table` (generated, never typed)."""
+    text = readme.read_text()
+    if README_START not in text or README_END not in text:
+        raise SystemExit(f"{readme} has no {README_START} ... {README_END} block to update.")
+    head, rest = text.split(README_START, 1)
+    _, tail = rest.split(README_END, 1)
+    readme.write_text(f"{head}{README_START}\n<!-- generated from {source} by `python -m benchmarks.rlm_bench.long "
+                      f"--report {source} --readme {readme.name}` -->\n{table}{README_END}{tail}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.report:
@@ -661,6 +677,9 @@ def main(argv: list[str] | None = None) -> int:
         result["targets"] = targets(result["summary"])
         for path in write(result, Path(args.report).parent):
             print(path)
+        if args.readme:
+            update_readme(Path(args.readme), markdown(result), args.report)
+            print(args.readme)
         return 0
     if args.call_case:
         import briefing
