@@ -130,10 +130,14 @@ def run_replay(args: argparse.Namespace, log=print) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(argv) if argv is not None else sys.argv[1:]
-    if argv[:2] == ["--suite", "long"]:  # the long-trajectory suite has its own options
+    if "--suite" in argv:  # the long-trajectory suite has its own options (`rlm` may pass "--suite" after "long")
+        argv.remove("--suite")
+        if "long" not in argv:
+            raise SystemExit("rlm bench --suite: the only suite is 'long' (rlm bench --suite long --help).")
+        argv.remove("long")
         from benchmarks.rlm_bench import long
 
-        return long.main(argv[2:])
+        return long.main(argv)
     args = build_parser().parse_args(argv)
     import torch
 
