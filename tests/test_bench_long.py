@@ -55,3 +55,16 @@ def test_long_suite_runs_every_condition_in_bounded_memory(lm, tmp_path):
     assert "old table" not in text and "| fold-mix | 900 |" in text and text.startswith("intro") and text.endswith("rest\n")
     again = json.loads((tmp_path / "results.json").read_text())
     assert again["summary"] == json.loads(json.dumps(result["summary"]))
+
+
+def test_rlm_bench_routes_the_long_suite(capsys):
+    import pytest
+
+    from benchmarks.rlm_bench.cli import main
+
+    for argv in (["--suite", "long", "--help"], ["long", "--help", "--suite"]):  # rlm's CLI may reorder
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 0 and "rlm bench --suite long" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="only suite"):
+        main(["--suite", "short"])
