@@ -127,17 +127,19 @@ class FoldPolicy:
 
     keep: what a fold keeps of its span: a ratio in [0, 1) or a count (0 drops the span: StreamingLLM's sink plus
         recent window). sink: first positions never folded. recent: last positions never folded (the protected
-        recent window; also the room the token seam may re-tokenise). guidance: TaskGuidance | SpanGuidance |
+        recent window; also the room the token seam may re-tokenise); None: half the cache budget, so the newest
+        half of the window is always held as it was (what truncating the text to that half would keep) and a fold
+        never leaves less than half the budget in use. guidance: TaskGuidance | SpanGuidance |
         MixGuidance. max_queries: query tokens per fold (each brings its g query heads per KV head).
     capture_stride: every n-th prefilled token's queries are kept for span guidance. max_prompts: worker prompts
         remembered for task guidance. fit: the `briefing.Fit` step (beta by NNLS, values refitted), as in a call.
         smooth_kernel: score pooling width, as in the selectors.
     """
 
-    keep: float | int = 0.25
+    keep: float | int = 0.5
     guidance: Guidance | None = None
     sink: int = 4
-    recent: int = 512
+    recent: int | None = None
     max_queries: int = 64
     capture_stride: int = 16
     max_prompts: int = 8
@@ -153,8 +155,9 @@ class FoldPolicy:
         if isinstance(self.keep, int) and self.keep < 0:
             raise BriefingError(f"keep count must be >= 0, got {self.keep}.")
         for name in ("sink", "recent"):
-            if getattr(self, name) < 0:
-                raise BriefingError(f"{name} must be >= 0 positions, got {getattr(self, name)}.")
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                raise BriefingError(f"{name} must be an integer >= 0 positions, got {value!r}.")
         if not isinstance(self.fit, Fit):
             raise BriefingError(f"fit must be a briefing.Fit, got {self.fit!r}.")
         for name in ("max_queries", "capture_stride", "max_prompts", "smooth_kernel"):

@@ -54,6 +54,7 @@ class TrajectoryCache:
             self.budget = int(budget)
         else:
             self.budget = lm.max_context - (self.reserve if fold is not None else 0)
+        self.recent = 0 if fold is None else (fold.recent if fold.recent is not None else self.budget // 2)
         if fold is not None or budget is not None:
             self.check_budget()
         self.beta: list[torch.Tensor] | None = None    # per layer [kv_heads, F]: stored beta of the first F positions
@@ -78,10 +79,10 @@ class TrajectoryCache:
                 f"budget {self.budget} plus reserve {self.reserve} exceed {self.lm.name}'s context length "
                 f"{self.lm.max_context}. Lower the budget (kept positions) or the reserve.")
         if self.fold is not None:
-            need = self.fold.sink + self.fold.recent + self.reserve
+            need = self.fold.sink + self.recent + self.reserve
             if self.budget < need:
                 raise BriefingError(
-                    f"budget {self.budget} is smaller than sink ({self.fold.sink}) + recent window ({self.fold.recent}) "
+                    f"budget {self.budget} is smaller than sink ({self.fold.sink}) + recent window ({self.recent}) "
                     f"+ prompt reserve ({self.reserve}) = {need}. Raise the budget or lower sink, recent or reserve.")
 
     # -- sizes and positions ------------------------------------------------------------------------------------
@@ -316,11 +317,11 @@ class TrajectoryCache:
         policy = self.fold
         t0 = time.perf_counter()
         P = self.length
-        a, b = min(policy.sink, P), max(min(policy.sink, P), P - policy.recent)
+        a, b = min(policy.sink, P), max(min(policy.sink, P), P - self.recent)
         S = b - a
         t = policy.kept(S)
         if S <= 0:
-            raise BriefingError(f"Nothing to fold: {P} positions, sink {policy.sink}, recent window {policy.recent}. "
+            raise BriefingError(f"Nothing to fold: {P} positions, sink {policy.sink}, recent window {self.recent}. "
                                 "Raise the budget or lower the recent window.")
         limit = policy.max_queries
         picked, label = policy.guidance.pick(self._task_q, self._span_q, limit, self._gen)

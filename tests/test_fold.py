@@ -189,6 +189,7 @@ def test_streaming_llm_is_a_zero_keep_fold(tiny, pieces):
 
 def test_bad_budget_and_policy_errors(tiny):
     policy = briefing.FoldPolicy(sink=4, recent=64)
+    assert briefing.TrajectoryCache(tiny, budget=256, reserve=64, fold=briefing.FoldPolicy()).recent == 128  # half
     with pytest.raises(briefing.BriefingError, match="smaller than sink"):
         briefing.TrajectoryCache(tiny, budget=100, reserve=64, fold=policy)
     with pytest.raises(briefing.BriefingError, match="exceed"):

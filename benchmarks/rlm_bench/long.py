@@ -225,7 +225,7 @@ class Setup:
     prompts: Any
     window: int
     reserve: int
-    recent: int
+    recent: int | None
     summary_tokens: int = 96
     bm25_budget: int = 0
     rows: list[dict] = field(default_factory=list)
@@ -593,7 +593,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--episodes", type=int, default=24, help="episodes per length (4 questions each)")
     p.add_argument("--window", type=int, default=None, help="worker positions (default: the model's context)")
     p.add_argument("--reserve", type=int, default=None, help="positions left for the call (default: window // 16)")
-    p.add_argument("--recent", type=int, default=None, help="protected recent window (default: window // 16)")
+    p.add_argument("--recent", type=int, default=None,
+                   help="protected recent window (default: the FoldPolicy default, half the cache budget)")
     p.add_argument("--conditions", nargs="+", default=CONDITIONS, choices=CONDITIONS)
     p.add_argument("--split", choices=list(SPLIT_SEED), default="heldout")
     p.add_argument("--summary-tokens", type=int, default=96)
@@ -625,12 +626,13 @@ def run(args: argparse.Namespace, lm: Any = None, log=print, out: Path | None = 
         raise SystemExit(f"--window {window} is past {lm.name}'s context length {lm.max_context}.")
     reserve = args.reserve or max(64, window // 16)
     setup = Setup(lm=lm, prompts=WorkerPrompt.for_model(lm), window=window, reserve=reserve,
-                  recent=args.recent or max(32, window // 16), summary_tokens=args.summary_tokens)
+                  recent=args.recent, summary_tokens=args.summary_tokens)
     setup.bm25_budget = args.bm25_budget or setup.budget // 4
     rss: dict[str, float] = {}
     t_start = time.time()
     folding = [c for c in args.conditions if c in FOLD_GUIDANCE or c == "streaming"]
-    cfg = dict(lengths=args.lengths, episodes=args.episodes, window=window, reserve=reserve, recent=setup.recent,
+    cfg = dict(lengths=args.lengths, episodes=args.episodes, window=window, reserve=reserve,
+               recent=setup.recent if setup.recent is not None else setup.budget // 2, keep=briefing.FoldPolicy().keep,
                conditions=args.conditions, split=args.split, model=lm.name, bm25_budget=setup.bm25_budget,
                summary_tokens=args.summary_tokens, threads=args.threads)
     result: dict[str, Any] = {}
