@@ -127,6 +127,9 @@ class WorkerCall(EventBase):
     compaction: dict[str, Any] | None = None
     latency_s: float = 0.0
     child_run: str | None = None
+    folds: list[dict[str, Any]] | None = None   # folds of the worker's persistent cache during this call
+    prefilled_tokens: int | None = None         # trajectory tokens the worker forwarded for this call
+    cache_positions: int | None = None          # positions its persistent cache holds after the call
 
     def render(self) -> str:
         answer = self.answer if self.answer is not None else f"(failed: {self.error})"

@@ -6,6 +6,7 @@ task-guided Attention Matching, then generate or score continuations on the comp
 from briefing.compaction import compact
 from briefing.context import CompactedCache, CompactionStats, plain_context
 from briefing.errors import BriefingError, ModelLoadError
+from briefing.fold import FoldPolicy, FoldStats, Guidance, MixGuidance, SpanGuidance, TaskGuidance
 from briefing.generation import GenerationConfig, GenerationResult, generate, loglikelihood, token_logprobs
 from briefing.model import LoadedModel, load_model
 from briefing.selection import (AttentionMatching, Fit, KeepAll, KeepNone, RandomKeep, RecentWindow, ScoredSelector,
@@ -13,8 +14,10 @@ from briefing.selection import (AttentionMatching, Fit, KeepAll, KeepNone, Rando
 from briefing.trajectory import TrajectoryCache
 
 __all__ = [
-    "AttentionMatching", "BriefingError", "CompactedCache", "CompactionStats", "Fit", "GenerationConfig",
-    "GenerationResult", "KeepAll", "KeepNone", "LoadedModel", "ModelLoadError", "RandomKeep", "RecentWindow",
-    "ScoredSelector", "Scores", "Selector", "SizedSelector", "TopK", "TrajectoryCache", "compact", "generate", "load_model", "loglikelihood", "plain_context",
+    "AttentionMatching", "BriefingError", "CompactedCache", "CompactionStats", "Fit", "FoldPolicy", "FoldStats",
+    "GenerationConfig", "GenerationResult", "Guidance", "KeepAll", "KeepNone", "LoadedModel", "MixGuidance",
+    "ModelLoadError", "RandomKeep", "RecentWindow", "ScoredSelector", "Scores", "Selector", "SizedSelector",
+    "SpanGuidance", "TaskGuidance", "TopK", "TrajectoryCache", "compact", "generate", "load_model", "loglikelihood",
+    "plain_context",
     "token_logprobs",
 ]

@@ -1,10 +1,10 @@
 """Attention with a per-layer, per-KV-head additive bias on the kept keys of a compacted cache.
 
 Registered as attention implementation "briefing" (plus a mask function under the same name, so that
-transformers builds a proper causal mask for ordinary prefill). While no `BiasState` is active the function
-is plain SDPA. While one is active (a forward over a compacted cache, or a scoring pass that captures
-post-RoPE queries) it builds its own mask: causal over the new tokens, which sit at the END of the key
-sequence, plus `beta` added to the logits of the first `t` keys (the kept trajectory positions).
+transformers builds a proper causal mask, new tokens at the END of the key sequence). While no `BiasState`
+is active the function is plain SDPA. While one is active (a forward over a compacted or folded cache, or a
+pass that captures post-RoPE queries) it adds `beta` to the logits of the first `t` keys (the kept
+trajectory positions) and/or stores the queries.
 """
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from collections.abc import Iterator
 
 import torch
-import torch.nn.functional as F
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
@@ -27,11 +26,13 @@ class BiasState:
     """What the attention function does during one forward pass.
 
     beta: per layer, a tensor [kv_heads, t] added to the logits of the first t keys (None: no bias).
-    capture: if True, post-RoPE queries are stored per layer in `queries` ([1, heads, q_len, head_dim]).
+    capture: if True, post-RoPE queries are stored per layer in `queries` ([1, heads, q_len, head_dim]; only the
+    tokens in `capture_rows` if given).
     """
 
     beta: list[torch.Tensor | None] | None = None
     capture: bool = False
+    capture_rows: torch.Tensor | None = None  # query tokens to capture (indices into the forward's tokens)
     queries: dict[int, torch.Tensor] = field(default_factory=dict)
 
 
@@ -49,28 +50,32 @@ def active(state: BiasState) -> Iterator[BiasState]:
 
 
 def briefing_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    """query [1, H, q, d]; key, value [1, KVH, k, d] (cache + new tokens). Returns ([1, q, H, d], None)."""
+    """query [1, H, q, d]; key, value [1, KVH, k, d] (cache + new tokens). Returns ([1, q, H, d], None).
+
+    The bias is carried by one extra head dimension, so transformers' own mask and SDPA kernel serve the
+    biased forward too (no [heads, q, k] mask is built, which matters for long prefill chunks over a folded
+    cache): q' = [q, 1], k' = [k, beta / scale] (0 past the first t keys), v' = [v, 0], so that
+    scale * q' . k' = scale * q . k + beta exactly in real arithmetic.
+    """
     state = _ACTIVE.get()
     if state is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
     layer = module.layer_idx
     if state.capture:
-        state.queries[layer] = query.detach()
-    _, n_heads, q_len, dim = query.shape
-    kv_heads, k_len = key.shape[1], key.shape[2]
-    groups = n_heads // kv_heads
-    # Pack the query heads of each KV head into the query axis: [1, KVH, G * q, d]; keys are not copied.
-    packed = query.reshape(1, kv_heads, groups * q_len, dim)
-    # Causal over the new tokens: row r is token i = r mod q, at absolute index k_len - q_len + i.
-    token = torch.arange(groups * q_len, device=query.device) % q_len + (k_len - q_len)
-    allowed = torch.arange(k_len, device=query.device)[None, :] <= token[:, None]      # [G * q, k]
-    mask = torch.zeros(1, kv_heads, groups * q_len, k_len, dtype=query.dtype, device=query.device)
-    beta = state.beta[layer] if state.beta is not None else None
-    if beta is not None and beta.numel():
-        mask[..., : beta.shape[-1]] += beta.to(query.dtype)[None, :, None, :]           # [1, KVH, 1, t]
-    mask = mask.masked_fill(~allowed, float("-inf"))
-    out = F.scaled_dot_product_attention(packed, key, value, attn_mask=mask, scale=scaling)  # [1, KVH, G*q, d]
-    return out.reshape(1, n_heads, q_len, dim).transpose(1, 2).contiguous(), None
+        rows = state.capture_rows
+        state.queries[layer] = (query if rows is None else query[:, :, rows]).detach()
+    beta = state.beta[layer] if state.beta is not None and layer < len(state.beta) else None
+    if beta is None or not beta.numel():
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    kv_heads, k_len, t = key.shape[1], key.shape[2], beta.shape[-1]
+    extra = torch.zeros(1, kv_heads, k_len, 1, dtype=key.dtype, device=key.device)      # [1, KVH, k, 1]
+    extra[0, :, :t, 0] = beta.to(key.dtype) / scale
+    query = torch.cat([query, torch.ones_like(query[..., :1])], dim=-1)                  # [1, H, q, d + 1]
+    key = torch.cat([key, extra], dim=-1)                                                # [1, KVH, k, d + 1]
+    value = torch.cat([value, torch.zeros_like(value[..., :1])], dim=-1)                 # [1, KVH, k, d + 1]
+    out, _ = sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scale, dropout=dropout, **kwargs)
+    return out[..., :-1].contiguous(), None                                              # [1, q, H, d]
 
 
 _registered = False

@@ -48,10 +48,11 @@ def group_queries(queries: dict[int, torch.Tensor], layers: int, kv_heads: int) 
 
 
 def attention_scores(Q: torch.Tensor, K: torch.Tensor, K_prompt: torch.Tensor, scale: float, n_prompt: int,
-                     keep_blocks: bool) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+                     keep_blocks: bool, bias: torch.Tensor | None = None) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
     """Attention probability of each prompt query to each trajectory key, with the prompt's own causal keys
     in the softmax. Q [L, H, m, d], K [L, H, T, d], K_prompt [L, H, n, d] -> per-head score [L, H, T], and
-    (if keep_blocks) the unnormalised block E = exp(s Q K^T - rowmax) per layer chunk, reused by the fit."""
+    (if keep_blocks) the unnormalised block E = exp(s Q K^T + bias - rowmax) per layer chunk, reused by the fit.
+    bias [L, H, T]: the stored beta of a folded cache (None: none)."""
     scores, blocks = [], []
     m = Q.shape[2]
     row_token = torch.arange(m) % n_prompt  # prompt token of each stacked query row
@@ -59,6 +60,8 @@ def attention_scores(Q: torch.Tensor, K: torch.Tensor, K_prompt: torch.Tensor, s
     for c in range(0, Q.shape[0], LAYER_CHUNK):
         q, k, kp = Q[c:c + LAYER_CHUNK], K[c:c + LAYER_CHUNK], K_prompt[c:c + LAYER_CHUNK]
         logits = q @ k.transpose(-1, -2) * scale                                   # [c, H, m, T]
+        if bias is not None:
+            logits = logits + bias[c:c + LAYER_CHUNK].unsqueeze(-2)
         logits_p = (q @ kp.transpose(-1, -2) * scale).masked_fill(~causal, -math.inf)  # [c, H, m, n]
         row_max = torch.maximum(logits.amax(-1), logits_p.amax(-1)).unsqueeze(-1)
         E = torch.exp(logits - row_max)
@@ -104,10 +107,12 @@ def gather_positions(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 
 
 def fit(Q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, idx: torch.Tensor, step: Fit, scale: float,
-        timing: dict, blocks: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor, float, float, str | None]:
+        timing: dict, blocks: list[torch.Tensor] | None = None,
+        bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, float, float, str | None]:
     """Fit beta [L, H, t] and values C2 [L, H, t, d]. `blocks`: E per layer chunk from the scoring pass, whose
-    A and z are rescaled to a row max of 1 over the trajectory (exactly the recomputed block). Returns (beta, C2,
-    fit_error, topk_error, fallback)."""
+    A and z are rescaled to a row max of 1 over the trajectory (exactly the recomputed block). bias [L, H, T]:
+    stored beta already in every logit (a folded cache); the returned beta is on top of it (compose: add
+    bias[idx]). Returns (beta, C2, fit_error, topk_error, fallback)."""
     betas, values, errs, errs_topk = [], [], [], []
     lo, hi = math.exp(-step.beta_max), math.exp(step.beta_max)
     for i, c in enumerate(range(0, Q.shape[0], LAYER_CHUNK)):
@@ -118,6 +123,8 @@ def fit(Q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, idx: torch.Tensor, st
             row_scale = 1.0 / E.amax(-1)                                           # [c, H, m]
         else:
             logits = q @ k.transpose(-1, -2) * scale                               # [c, H, m, T]
+            if bias is not None:
+                logits = logits + bias[c:c + LAYER_CHUNK].unsqueeze(-2)
             E = torch.exp(logits - logits.amax(-1, keepdim=True))
             row_scale = torch.ones(E.shape[:-1], dtype=E.dtype)
         mass = E.sum(-1)                                                           # [c, H, m]
@@ -155,40 +162,48 @@ def fit(Q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, idx: torch.Tensor, st
 def score(cache: TrajectoryCache, prompt_ids: list[int], selector: Selector, keep_blocks: bool) -> tuple:
     """The scoring pass: forward the prompt over the FULL cache, capture its queries, then crop the cache back
     to T. Returns (Q [L, H, m, d], prompt_kv per layer, last_logits [vocab], Scores or None, blocks or None);
-    scores (and the blocks reused by the fit) only if the selector needs them."""
-    lm, T = cache.lm, cache.length
+    scores (and the blocks reused by the fit) only if the selector needs them. Over a folded cache the prompt sits
+    at the cache's next RoPE position, every logit carries the stored beta, and the prompt's queries are kept as
+    task guidance for later folds."""
+    lm, T, position = cache.lm, cache.length, cache.position
     try:
-        last_logits, queries = forward_with_bias(lm, cache.kv, prompt_ids, T, None, capture=True, last_only=True)
+        last_logits, queries = forward_with_bias(lm, cache.kv, prompt_ids, position, cache.beta, capture=True,
+                                                 last_only=True)
         prompt_kv = kv.layer_kv(cache.kv, T, T + len(prompt_ids))
     finally:
         kv.truncate(cache.kv, T)
     K_list = kv.layer_kv(cache.kv, 0, T)[0]
     Q = group_queries(queries, lm.num_layers, K_list[0].shape[1])                 # [L, H, m, d]
+    cache.remember_prompt(Q, position)
     scores = blocks = None
     if selector.needs_scores:
         keep = keep_blocks and Q.shape[0] * Q.shape[1] * Q.shape[2] * T <= KEEP_BLOCKS_MAX
         per_head, blocks = attention_scores(Q, stack_layers(K_list), stack_layers(prompt_kv[0]), _scaling(lm),
-                                            len(prompt_ids), keep)
+                                            len(prompt_ids), keep, cache.bias())
         scores = Scores(per_head=per_head, shared=per_head.mean(dim=(0, 1)))
     return Q, prompt_kv, last_logits[-1], scores, blocks
 
 
 def compact(cache: TrajectoryCache, prompt: str, selector: Selector | None = None) -> CompactedCache:
     """Compact `cache` against the worker `prompt`: score (if the selector needs scores, reuses the prompt KV or
-    fits), select, fit (if `selector.fit`), build. The full cache is left exactly as it was."""
+    fits), select, fit (if `selector.fit`), build. The full cache is left exactly as it was.
+
+    Over a folded cache every logit carries the stored beta: scoring and the fit see it, and the kept positions'
+    beta is the stored one plus the fitted one (KeepAll keeps the stored beta as it is)."""
     selector = selector if selector is not None else AttentionMatching()
     if not isinstance(selector, Selector):
         raise BriefingError(f"selector must be a briefing.Selector (e.g. briefing.AttentionMatching(tau=1.0)), "
                             f"got {type(selector).__name__}.")
-    lm, T = cache.lm, cache.length
+    lm, T, position = cache.lm, cache.length, cache.position
     if T == 0:
         raise BriefingError("The trajectory is empty: extend the TrajectoryCache with text before compacting.")
-    prompt_ids = check_prompt(lm, prompt, T)
+    prompt_ids = check_prompt(lm, prompt, position)
     n, L = len(prompt_ids), lm.num_layers
     timing = dict(score=0.0, select=0.0, beta=0.0, values=0.0, prompt=0.0)
     t_start = time.perf_counter()
     K_list, V_list = kv.layer_kv(cache.kv, 0, T)
     kv_heads = K_list[0].shape[1]
+    bias = cache.bias()                                                            # [L, H, T] or None
     fit_step = selector.fit
     scores = Q = prompt_kv = last_logits = blocks = None
     if selector.needs_scores or selector.reuse_prompt_kv or fit_step is not None:
@@ -201,13 +216,17 @@ def compact(cache: TrajectoryCache, prompt: str, selector: Selector | None = Non
     beta = fit_error = fit_error_topk = fallback = None
     if selector.keeps_all:
         keys, values = K_list, V_list  # views: nothing copied, nothing modified
+        beta = None if cache.beta is None else torch.stack(cache.beta)             # [L, H, F]: the stored beta
     else:
         K, V = stack_layers(K_list), stack_layers(V_list)                          # [L, H, T, d]
         keys_kept = gather_positions(K, idx)                                       # [L, H, t, d]
         if fit_step is not None and 0 < t < T:
-            beta, values_kept, fit_error, fit_error_topk, fallback = fit(Q, K, V, idx, fit_step, _scaling(lm), timing, blocks)
+            beta, values_kept, fit_error, fit_error_topk, fallback = fit(Q, K, V, idx, fit_step, _scaling(lm), timing,
+                                                                         blocks, bias)
         else:
             values_kept = gather_positions(V, idx)
+        if bias is not None and t:  # compose with the stored beta of the kept positions
+            beta = bias.gather(-1, idx) + (beta if beta is not None else 0.0)      # [L, H, t]
         keys, values = list(keys_kept.split(1)), list(values_kept.split(1))
     ctx_kv = kv.build(keys, values)
     beta_layers = list(beta.unbind(0)) if beta is not None else None               # per layer [H, t]
@@ -216,7 +235,7 @@ def compact(cache: TrajectoryCache, prompt: str, selector: Selector | None = Non
         for layer, pk, pv in zip(ctx_kv.layers, *prompt_kv, strict=True):
             layer.keys, layer.values = torch.cat([layer.keys, pk], -2), torch.cat([layer.values, pv], -2)
     else:
-        last_logits = forward_with_bias(lm, ctx_kv, prompt_ids, T, beta_layers, last_only=True)[-1]
+        last_logits = forward_with_bias(lm, ctx_kv, prompt_ids, position, beta_layers, last_only=True)[-1]
     timing["prompt"] = time.perf_counter() - t0
     stats = CompactionStats(
         method=type(selector).__name__, kept=t, original_length=T, kept_ratio=t / T, prompt_tokens=n,
@@ -224,4 +243,4 @@ def compact(cache: TrajectoryCache, prompt: str, selector: Selector | None = Non
         time_values_s=timing["values"], time_prompt_s=timing["prompt"], time_total_s=time.perf_counter() - t_start,
         fit_error=fit_error, fit_error_topk=fit_error_topk, fallback=fallback,
     )
-    return CompactedCache(lm, ctx_kv, beta_layers, t + n, T + n, last_logits, prompt_ids, stats, positions=idx)
+    return CompactedCache(lm, ctx_kv, beta_layers, t + n, position + n, last_logits, prompt_ids, stats, positions=idx)

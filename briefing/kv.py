@@ -28,3 +28,23 @@ def layer_kv(cache: DynamicCache, start: int = 0, stop: int | None = None) -> tu
     keys = [layer.keys[..., start:stop, :] for layer in cache.layers]
     values = [layer.values[..., start:stop, :] for layer in cache.layers]
     return keys, values
+
+
+def rope_inv_freq(model) -> torch.Tensor:
+    """The rotary inverse frequencies [head_dim / 2] of a Llama-style model (keys rotated by rotate_half)."""
+    rotary = getattr(getattr(model, "model", model), "rotary_emb", None)
+    if rotary is None or not hasattr(rotary, "inv_freq"):
+        raise TypeError(f"{type(model).__name__} has no model.rotary_emb.inv_freq: cannot re-base RoPE positions.")
+    return rotary.inv_freq
+
+
+def rotate(x: torch.Tensor, delta: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
+    """Rotate post-RoPE vectors x [..., n, d] by `delta` positions (broadcastable to [..., n]): the vector a
+    token at position p would have had at p + delta. RoPE is a rotation R(p), so R(delta) R(p) = R(p + delta);
+    angles are computed in float64, then applied in x's dtype."""
+    angle = delta.to(torch.float64)[..., None] * inv_freq.to(torch.float64)          # [..., n, d/2]
+    angle = torch.cat([angle, angle], dim=-1)                                        # [..., n, d]
+    cos, sin = angle.cos().to(x.dtype), angle.sin().to(x.dtype)
+    half = x.shape[-1] // 2
+    rotated_half = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos + rotated_half * sin

@@ -117,15 +117,26 @@ def test_local_chat_backend(lm):
 
 
 @pytest.mark.slow
-def test_workers_cut_a_trajectory_longer_than_the_window(lm):
+def test_text_worker_cuts_and_briefed_worker_folds_past_the_window(lm):
+    import briefing
     from tests.tiny import tiny_model
 
     small = tiny_model("llama-gqa", lm.tokenizer, max_positions=256)
     long_traj = "Query: q\n\n[output]\n" + "The tide was low in the morning and the gulls were loud. " * 60 + "\n\n"
     assert small.count_tokens(long_traj) > 256
-    for w in (BriefedWorker(lm=small, max_new_tokens=4), TextWorker(backend=LocalChatBackend(small), max_new_tokens=4)):
-        a = w.answer("What was low?", long_traj)
-        assert a.output_tokens <= 4 and a.input_tokens <= 256
+    a = TextWorker(backend=LocalChatBackend(small), max_new_tokens=4).answer("What was low?", long_traj)
+    assert a.output_tokens <= 4 and a.input_tokens <= 256
+    w = BriefedWorker(lm=small, max_new_tokens=4, reserve=48, fold=briefing.FoldPolicy(recent=32, capture_stride=4))
+    first = w.answer("What was low?", long_traj)
+    assert first.folds and first.cache_positions <= 256 - 48 and first.output_tokens <= 4
+    assert first.trajectory_tokens == first.prefilled_tokens > 256   # nothing dropped, each token forwarded once
+    assert {"span_start", "span_stop", "kept", "time_s", "guidance"} <= set(first.folds[0])
+    more = long_traj + "[worker call 1]\nQuery: What was low?\nAnswer: The tide.\n\n"
+    second = w.answer("Were the gulls loud?", more)
+    assert len(w._caches) == 1 and second.prefilled_tokens <= small.count_tokens(more) - small.count_tokens(long_traj) + 2
+    assert second.trajectory_tokens > first.trajectory_tokens and second.cache_positions <= 256 - 48
+    with pytest.raises(briefing.BriefingError, match="reserve"):
+        BriefedWorker(lm=small, max_new_tokens=100, reserve=48).answer("What was low?", long_traj)
 
 
 @pytest.mark.parametrize(("kwargs", "match"), [
@@ -136,6 +147,8 @@ def test_workers_cut_a_trajectory_longer_than_the_window(lm):
     (dict(max_new_tokens=0), "max_new_tokens must be an integer >= 1"),
     (dict(temperature=-0.5), "temperature must be a finite number >= 0"),
     (dict(max_caches=0), "max_caches must be an integer >= 1"),
+    (dict(reserve=0), "reserve must be an integer >= 1"),
+    (dict(fold=0.25), "fold must be a briefing.FoldPolicy"),
 ])
 def test_briefed_worker_refuses_bad_values(kwargs, match):
     with pytest.raises((ValueError, TypeError), match=match):

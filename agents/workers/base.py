@@ -25,6 +25,10 @@ class WorkerAnswer(BaseModel):
     kept / total: trajectory KV positions kept by compaction / present (briefed worker only).
     compaction: `briefing.CompactionStats` as a dict (briefed worker only).
     output_tokens: generated tokens. child_run: run id when the worker was a nested RLM run.
+    folds: what each fold of the persistent cache during this call did (`briefing.FoldStats` as dicts: span,
+        kept, time, guidance); prefilled_tokens: trajectory tokens forwarded by this call (the new text only);
+        cache_positions / trajectory_tokens: positions the persistent cache holds / tokens of the whole trajectory
+        (briefed worker only).
     """
 
     text: str
@@ -37,6 +41,10 @@ class WorkerAnswer(BaseModel):
     output_tokens: int = 0
     worker: str = ""
     child_run: str | None = None
+    folds: list[dict[str, Any]] | None = None
+    prefilled_tokens: int | None = None
+    cache_positions: int | None = None
+    trajectory_tokens: int | None = None
 
     @property
     def kept_ratio(self) -> float | None:

@@ -7,7 +7,9 @@ trajectory positions are kept (see `briefing` and docs/DESIGN).
 
 Per call:
 1. `cache.sync(head + header + trajectory)`: a persistent `briefing.TrajectoryCache` prefills only
-   the text added since the previous call (the trajectory rendering is append-only);
+   the text added since the previous call (the trajectory rendering is append-only); past its budget the
+   cache folds in place (`briefing.FoldPolicy`), so no call re-prefills text already in the cache and no
+   trajectory text is dropped: a trajectory of any length is served in bounded memory;
 2. `cache.compact(prompt, selector)`: with the default `AttentionMatching(tau=1.0)`, scores positions with the
    prompt's queries, keeps those above median + tau * MAD, fits beta and values; the full cache is not touched;
 3. `briefing.generate` on the compacted cache.
@@ -18,6 +20,9 @@ Parameters:
         `briefing.AttentionMatching(tau=1.0)`), e.g. `briefing.AttentionMatching(ratio=0.2)`, `briefing.KeepAll()`
     max_new_tokens (>= 1), temperature (>= 0), stop: generation
     max_caches: trajectories kept warm at once, >= 1 (a new run starts a new cache; the oldest is dropped)
+    fold: `briefing.FoldPolicy` of the persistent cache (None: the default policy, mix guidance)
+    cache_budget: positions the persistent cache keeps (None: the model's window minus `reserve`)
+    reserve: positions left for the call prompt and generation (prompt + max_new_tokens must fit)
 Billed input tokens per call: kept positions + prompt tokens. `text_handoff_tokens`: tokens of the
 same text pasted whole (what `TextWorker` bills).
 """
@@ -44,6 +49,9 @@ class BriefedWorker(LocalModelMixin, Worker):
     stop: list[str] = field(default_factory=lambda: ["\n\n"])
     header: str = TRAJECTORY_HEADER
     max_caches: int = 2
+    fold: briefing.FoldPolicy | None = None
+    cache_budget: int | None = None
+    reserve: int = 512
     name: str = "briefed"
     _caches: list[briefing.TrajectoryCache] = field(default_factory=list, init=False, repr=False)
 
@@ -60,6 +68,14 @@ class BriefedWorker(LocalModelMixin, Worker):
         check_generation("BriefedWorker", self.max_new_tokens, self.temperature)
         if isinstance(self.max_caches, bool) or not isinstance(self.max_caches, int) or self.max_caches < 1:
             raise ValueError(f"BriefedWorker: max_caches must be an integer >= 1, got {self.max_caches!r}.")
+        if isinstance(self.reserve, bool) or not isinstance(self.reserve, int) or self.reserve < 1:
+            raise ValueError(f"BriefedWorker: reserve must be an integer >= 1 (positions for the call), got {self.reserve!r}.")
+        if self.fold is not None:
+            import briefing
+
+            if not isinstance(self.fold, briefing.FoldPolicy):
+                raise ValueError(f"BriefedWorker: fold must be a briefing.FoldPolicy or None for the default, "
+                                 f"got {type(self.fold).__name__}.")
 
     def make_selector(self) -> briefing.Selector:
         if self.selector is not None:
@@ -70,17 +86,23 @@ class BriefedWorker(LocalModelMixin, Worker):
 
     def cache_for(self, text: str) -> briefing.TrajectoryCache:
         """The warm cache whose text is the longest prefix of `text` (or a new one), synced to it."""
+        cache = self.cache_for_call(text)
+        cache.sync(text)
+        return cache
+
+    def cache_for_call(self, text: str) -> Any:
+        """The warm cache whose text is the longest prefix of `text` (or a new one), not yet synced."""
         import briefing
 
         best = max((c for c in self._caches if text.startswith(c.text)), key=lambda c: len(c.text), default=None)
         if best is None:
-            best = briefing.TrajectoryCache(self.model())
+            fold = self.fold if self.fold is not None else briefing.FoldPolicy()
+            best = briefing.TrajectoryCache(self.model(), budget=self.cache_budget, reserve=self.reserve, fold=fold)
             self._caches.append(best)
             del self._caches[: max(0, len(self._caches) - self.max_caches)]
         else:   # most recently used last
             self._caches.remove(best)
             self._caches.append(best)
-        best.sync(text)
         return best
 
     def answer(self, query: str, trajectory: str) -> WorkerAnswer:
@@ -90,25 +112,30 @@ class BriefedWorker(LocalModelMixin, Worker):
         prompts = self.prompts()
         prompt = prompts.call_prompt(query)
         n_prompt = self.count(prompt)
-        text = prompts.cache_text(trajectory)
-        reserve = n_prompt + self.max_new_tokens + 8
-        if self.count(text) + reserve > int(getattr(self.model(), "max_context", 0) or 1 << 30):
-            # past the model's window: drop the oldest trajectory text (the cache is rebuilt each call then)
-            head = self.count(prompts.cache_text(""))
-            text = prompts.cache_text(self.fit_trajectory(trajectory, reserve + head + 16))
-        cache = self.cache_for(text)
+        if n_prompt + self.max_new_tokens > self.reserve:
+            raise briefing.BriefingError(
+                f"The worker prompt ({n_prompt} tokens) plus max_new_tokens ({self.max_new_tokens}) exceed the cache "
+                f"reserve ({self.reserve} positions). Shorten the query or raise BriefedWorker(reserve=...).")
+        cache = self.cache_for_call(prompts.cache_text(trajectory))
+        folds_before, prefilled_before = len(cache.folds), cache.prefilled_tokens
+        cache.sync(prompts.cache_text(trajectory))
         ctx = cache.compact(prompt, selector=self.make_selector())
         out = briefing.generate(ctx, self.gen_config())
         stats = ctx.stats
         return WorkerAnswer(
             text=out.text.strip(), input_tokens=int(stats.kept) + n_prompt,
-            text_handoff_tokens=int(cache.length) + n_prompt, kept=int(stats.kept), total=int(stats.original_length),
+            text_handoff_tokens=int(cache.tokens) + n_prompt, kept=int(stats.kept), total=int(stats.original_length),
             compaction=stats.model_dump(mode="json"), output_tokens=len(out.token_ids),
-            latency_s=time.monotonic() - t0, worker=self.name)
+            latency_s=time.monotonic() - t0, worker=self.name,
+            folds=[f.model_dump(mode="json") for f in cache.folds[folds_before:]],
+            prefilled_tokens=cache.prefilled_tokens - prefilled_before, cache_positions=cache.length,
+            trajectory_tokens=cache.tokens)
 
     def reset(self) -> None:
         self._caches.clear()
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "model": getattr(self.lm, "name", None),
-                "selector": repr(self.selector) if self.selector is not None else "AttentionMatching(tau=1.0)"}
+                "selector": repr(self.selector) if self.selector is not None else "AttentionMatching(tau=1.0)",
+                "fold_guidance": self.fold.guidance.name if self.fold is not None else "mix",
+                "cache_budget": self.cache_budget, "reserve": self.reserve}

@@ -2,6 +2,7 @@
 
     rlm bench [--quick] [--out bench_out/rlm_bench] [--lengths 1000 2000 4000] [--episodes 3] [--seed 0]
     rlm bench --replay LOG.jsonl [--max-calls 8]      # our JSONL log or an alexzhang13/rlm trace log
+    rlm bench --suite long [...]                      # trajectories past the window (benchmarks.rlm_bench.long --help)
 
 Writes results.json (every row, per-condition summary, targets, overhead fits), results.md and PNG plots
 (pareto.png, overhead.png, kept_vs_tau.png); replay writes replay.json and replay.md.
@@ -12,6 +13,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -127,6 +129,15 @@ def run_replay(args: argparse.Namespace, log=print) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(argv) if argv is not None else sys.argv[1:]
+    if "--suite" in argv:  # the long-trajectory suite has its own options (`rlm` may pass "--suite" after "long")
+        argv.remove("--suite")
+        if "long" not in argv:
+            raise SystemExit("rlm bench --suite: the only suite is 'long' (rlm bench --suite long --help).")
+        argv.remove("long")
+        from benchmarks.rlm_bench import long
+
+        return long.main(argv)
     args = build_parser().parse_args(argv)
     import torch
 

@@ -1,0 +1,70 @@
+"""The long-trajectory suite end to end on a tiny random-weight model (pipeline and bookkeeping, not accuracy)."""
+from __future__ import annotations
+
+import json
+
+from benchmarks.rlm_bench import long
+from tests.tiny import tiny_model
+
+
+def test_episode_plants_one_fact_per_quarter():
+    ep = long.make_long_episode(3, 2000)
+    text = ep.text
+    assert [q.quarter for q in ep.questions] == [1, 2, 3, 4]
+    for q in ep.questions:
+        lo, hi = long.QUARTERS[q.quarter]
+        assert f"{q.lead} {q.answer}" in text and lo - 0.1 <= q.offset <= hi + 0.1
+        assert len(set(q.candidates)) == 4 and q.answer in q.candidates
+        assert sum(f"{v}." in text for v in q.candidates) >= 2  # answer and the same-kind distractor are planted
+    assert len({q.lead.split(" is")[0] for q in ep.questions}) == 4
+    assert sum(1 for _, query in ep.chunks if query) >= 3  # the worker calls of the run, seen by task guidance
+    assert long.make_long_episode(3, 2000).text == text  # deterministic
+
+
+def test_bootstrap_interval_brackets_the_mean():
+    lo, hi = long.bootstrap_ci([1.0] * 6 + [0.0] * 4)
+    assert 0.2 <= lo < 0.6 < hi <= 1.0
+    assert long.bootstrap_ci([1.0] * 5) == (1.0, 1.0)
+
+
+def test_long_suite_runs_every_condition_in_bounded_memory(lm, tmp_path):
+    tiny = tiny_model("llama-gqa", lm.tokenizer, max_positions=1024)
+    args = long.build_parser().parse_args(["--lengths", "300", "900", "--episodes", "1", "--window", "320",
+                                           "--summary-tokens", "8", "--out", str(tmp_path)])
+    result = long.run(args, lm=tiny, log=lambda *a: None)
+    rows = result["rows"]
+    assert {r["condition"] for r in rows} == set(long.CONDITIONS)
+    assert len(rows) == 2 * len(long.CONDITIONS) * 4
+    budget = result["config"]["window"] - result["config"]["reserve"]
+    for r in rows:
+        if r["condition"] in long.FOLD_GUIDANCE or r["condition"] == "streaming":
+            assert r["cache_positions"] <= budget
+            assert 0 < r["prefilled_tokens"] < 40  # a call forwards its new event only, never the trajectory again
+        if r["condition"] == "truncated":
+            assert r["prefilled_tokens"] == r["cache_positions"] <= budget
+    long_rows = [r for r in rows if r["length"] == 900 and r["condition"] == "fold-mix"]
+    assert long_rows[0]["trajectory_tokens"] > 2 * budget and long_rows[0]["folds"] >= 2
+    assert result["folds"] and all(f["kept"] < f["span"] for f in result["folds"] if f["condition"] != "streaming")
+    paths = long.write(result, tmp_path)
+    assert all((tmp_path / p).exists() for p in ("results.json", "results.md", "long.png")) and len(paths) == 3
+    assert "| fold-mix | 900 |" in (tmp_path / "results.md").read_text()
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{long.README_START}\nold table\n{long.README_END}\nrest\n")
+    assert long.main(["--report", str(tmp_path / "results.json"), "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert "old table" not in text and "| fold-mix | 900 |" in text and text.startswith("intro") and text.endswith("rest\n")
+    again = json.loads((tmp_path / "results.json").read_text())
+    assert again["summary"] == json.loads(json.dumps(result["summary"]))
+
+
+def test_rlm_bench_routes_the_long_suite(capsys):
+    import pytest
+
+    from benchmarks.rlm_bench.cli import main
+
+    for argv in (["--suite", "long", "--help"], ["long", "--help", "--suite"]):  # rlm's CLI may reorder
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 0 and "rlm bench --suite long" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="only suite"):
+        main(["--suite", "short"])

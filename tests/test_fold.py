@@ -1,0 +1,234 @@
+"""Folding the persistent trajectory cache (rolling Attention Matching), on tiny random-weight models."""
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+import briefing
+from briefing import kv
+from briefing.compaction import stack_layers
+from briefing.context import forward_with_bias
+from tests.tiny import FAMILIES, tiny_model
+
+GUIDANCE = [briefing.TaskGuidance(), briefing.SpanGuidance(), briefing.MixGuidance()]
+PROMPT = "\n\nQuestion: what does the author say about early users? Answer:"
+
+
+@pytest.fixture(scope="module")
+def tiny(lm):
+    return tiny_model("llama-gqa", lm.tokenizer, max_positions=512)
+
+
+@pytest.fixture(scope="module")
+def pieces(essay):
+    """Pieces of about 30 words, each cut just before a space and a letter (no BPE merge across the cuts)."""
+    words = re.split(r"(?= [A-Za-z])", essay)
+    return ["".join(words[i:i + 30]) for i in range(0, len(words), 30)]
+
+
+def folding_cache(tiny, guidance=None, **kw):
+    policy = briefing.FoldPolicy(keep=kw.pop("keep", 0.25), sink=4, recent=64, capture_stride=4,
+                                 guidance=guidance or briefing.MixGuidance())
+    return briefing.TrajectoryCache(tiny, chunk_tokens=64, budget=kw.pop("budget", 256), reserve=64, fold=policy, **kw)
+
+
+def own_logprobs(cache, prompt_ids, ids):
+    """Log-probs of `ids` after the prompt, forwarded directly over (a copy of) the folded cache with its beta."""
+    copy = cache.clone()
+    logits = forward_with_bias(copy.lm, copy.kv, prompt_ids + ids[:-1], copy.position, copy.beta)
+    return torch.log_softmax(logits[len(prompt_ids) - 1:], -1)
+
+
+@pytest.mark.parametrize("guidance", GUIDANCE, ids=lambda g: g.name)
+def test_memory_bounded_and_no_text_reprefilled(tiny, pieces, guidance):
+    cache = folding_cache(tiny, guidance)
+    lengths = []
+    for i, piece in enumerate(pieces):
+        if i % 5 == 4:
+            cache.compact(PROMPT, briefing.AttentionMatching(tau=1.0))  # worker prompts feed task guidance
+        cache.extend(piece)
+        lengths.append(cache.length)
+    assert cache.tokens > 8 * cache.budget and len(cache.folds) >= 8
+    assert max(lengths) <= cache.budget
+    # every cut is before a space-letter pretoken: no BPE merge across seams, so each token is forwarded exactly once
+    assert cache.prefilled_tokens == cache.tokens == len(tiny.encode(cache.text))
+    assert cache.ids == tiny.encode(cache.text)
+    assert cache.position < tiny.max_context - cache.reserve and cache.rebases >= 1
+    assert cache.kv_bytes() <= 2 * cache.budget * 2 * tiny.num_layers * 2 * 16 * 4  # K, V (+beta): bounded
+    names = {f.guidance.split(" ")[0] for f in cache.folds}
+    assert names <= {guidance.name, "span"}
+    if guidance.name == "task":
+        assert any(f.guidance == "task" for f in cache.folds)
+
+
+def test_seam_reprefill_is_only_the_recut_tokens(tiny, essay):
+    """Arbitrary cut points: only the few tokens a merge across the seam changes are forwarded again."""
+    cache = folding_cache(tiny)
+    cuts = list(range(0, 9000, 97)) + [9000]
+    for a, b in zip(cuts, cuts[1:]):
+        cache.extend(essay[a:b])
+    assert cache.ids == tiny.encode(essay[:9000])
+    assert cache.tokens <= cache.prefilled_tokens <= cache.tokens + 2 * (len(cuts) - 1)
+    assert len(cache.folds) >= 3
+
+
+def test_keep_all_on_folded_cache_reproduces_its_logits(tiny, pieces):
+    cache = folding_cache(tiny)
+    for piece in pieces[:60]:
+        cache.extend(piece)
+    assert cache.folds and cache.beta is not None
+    ctx = cache.compact(PROMPT, briefing.KeepAll())
+    cont = " The author says that startups should"
+    ids, got = briefing.token_logprobs(ctx, cont)
+    ref = own_logprobs(cache, ctx.prompt_ids, ids)
+    assert torch.equal(ref, got) or (ref - got).abs().max() < 1e-5
+    # and the stored beta matters: the same cache without it gives other logits
+    plain = cache.clone()
+    plain.beta = None
+    assert (own_logprobs(plain, ctx.prompt_ids, ids) - ref).abs().max() > 1e-3
+    # a selection that keeps every position carries the stored beta through the composition path
+    every = cache.compact(PROMPT, briefing.TopK(ratio=1.0))
+    _, got_topk = briefing.token_logprobs(every, cont)
+    assert (got_topk - ref).abs().max() < 1e-4
+
+
+def test_fold_leaves_sink_and_recent_window_bit_for_bit(tiny, pieces):
+    cache = folding_cache(tiny, budget=256)
+    i = 0
+    while cache.length + 40 < cache.budget:
+        cache.extend(pieces[i])
+        i += 1
+    before_k, before_v = (stack_layers(x).clone() for x in kv.layer_kv(cache.kv))
+    before_pos = cache.positions().clone()
+    P = cache.length
+    cache._fold()
+    f = cache.folds[-1]
+    assert f.span_start == 4 and f.span_stop == P - 64 and f.positions_after == 4 + f.kept + 64
+    after_k, after_v = (stack_layers(x) for x in kv.layer_kv(cache.kv))
+    assert torch.equal(after_k[:, :, :4], before_k[:, :, :4]) and torch.equal(after_v[:, :, :4], before_v[:, :, :4])
+    assert torch.equal(after_k[:, :, -64:], before_k[:, :, -64:]) and torch.equal(after_v[:, :, -64:], before_v[:, :, -64:])
+    assert torch.equal(cache.positions()[..., -64:], before_pos[..., -64:])
+    # kept keys are original keys at their original positions (values are refitted)
+    kept_pos = cache.positions()[..., 4:4 + f.kept]
+    idx = torch.searchsorted(before_pos[..., 4:P - 64].contiguous(), kept_pos.contiguous()) + 4
+    assert torch.equal(before_pos.gather(-1, idx), kept_pos)
+    gathered = before_k.gather(2, idx.unsqueeze(-1).expand(-1, -1, -1, before_k.shape[-1]))
+    assert torch.equal(after_k[:, :, 4:4 + f.kept], gathered)
+    assert cache.folded == 4 + f.kept and torch.equal(cache.bias()[..., :4], torch.zeros_like(cache.bias()[..., :4]))
+
+
+def test_beta_composition(tiny, pieces):
+    """A per-call fit on a folded cache matches the block output computed WITH the stored beta, and the context's
+    beta is stored beta + fitted beta: dropping the stored part makes the match worse."""
+    cache = folding_cache(tiny)
+    for piece in pieces[:60]:
+        cache.extend(piece)
+    bias = cache.bias()
+    ctx = cache.compact(PROMPT, briefing.AttentionMatching(ratio=0.3))
+    copy = cache.clone()
+    _, queries = forward_with_bias(tiny, copy.kv, ctx.prompt_ids, cache.position, copy.beta, capture=True)
+    from briefing.compaction import _scaling, group_queries
+    Q = group_queries(queries, tiny.num_layers, bias.shape[1])                      # [L, H, m, d]
+    K, V = (stack_layers(x) for x in kv.layer_kv(cache.kv))
+    s = _scaling(tiny)
+    Y = torch.softmax(Q @ K.transpose(-1, -2) * s + bias.unsqueeze(-2), -1) @ V     # with the stored beta
+    t = ctx.stats.kept
+    C1, C2 = (stack_layers(x)[:, :, :t] for x in kv.layer_kv(ctx.kv))
+    beta = torch.stack(ctx.beta)                                                    # [L, H, t]
+
+    def err(b):
+        Y_hat = torch.softmax(Q @ C1.transpose(-1, -2) * s + b.unsqueeze(-2), -1) @ C2
+        return float(((Y_hat - Y).norm(dim=(-2, -1)) / Y.norm(dim=(-2, -1))).mean())
+
+    assert err(beta) == pytest.approx(ctx.stats.fit_error, rel=1e-3, abs=1e-5)
+    assert err(beta - bias.gather(-1, ctx.positions)) > 2 * err(beta)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_rope_rotation_is_exact(lm, family):
+    """Keys prefilled at positions 0.. and rotated by +delta equal keys prefilled at delta.. (every layer)."""
+    tiny = tiny_model(family, lm.tokenizer, max_positions=512)
+    ids = tiny.encode("The safe combination is 4417, said the magazine editor to the piano teacher.")
+    inv = kv.rope_inv_freq(tiny.model)
+    caches = []
+    for start in (0, 137):
+        c = briefing.TrajectoryCache(tiny)
+        forward_with_bias(tiny, c.kv, ids, start, None)
+        caches.append(stack_layers(kv.layer_kv(c.kv)[0]))
+    rotated = kv.rotate(caches[0], torch.full((len(ids),), 137.0), inv)
+    assert (rotated - caches[1]).abs().max() < 1e-4
+    assert (caches[0] - caches[1]).abs().max() > 1e-2  # the rotation is not trivially the identity
+
+
+def test_rebase_keeps_positions_below_the_trained_maximum(tiny, pieces):
+    cache = folding_cache(tiny)
+    seen = []
+    for piece in pieces:
+        cache.extend(piece)
+        seen.append(cache.position)
+    assert max(seen) <= tiny.max_context - cache.reserve and cache.rebases >= 2
+    assert cache.tokens > 3 * tiny.max_context
+    # after a re-base the cache's keys sit at their slots: relative order kept, no position past the next one
+    pos = cache.positions()
+    assert int(pos.max()) < cache.position
+    ctx = cache.compact(PROMPT, briefing.AttentionMatching(tau=1.0))
+    assert ctx.next_position == cache.position + len(ctx.prompt_ids) <= tiny.max_context
+    out = briefing.generate(ctx, briefing.GenerationConfig(max_new_tokens=4))
+    assert out.finish_reason in {"length", "eos", "stop"}
+
+
+def test_streaming_llm_is_a_zero_keep_fold(tiny, pieces):
+    cache = folding_cache(tiny, keep=0)
+    for piece in pieces[:80]:
+        cache.extend(piece)
+    assert cache.folds and all(f.kept == 0 for f in cache.folds) and cache.beta is None
+    assert cache.length <= cache.budget
+
+
+def test_bad_budget_and_policy_errors(tiny):
+    policy = briefing.FoldPolicy(sink=4, recent=64)
+    assert briefing.TrajectoryCache(tiny, budget=256, reserve=64, fold=briefing.FoldPolicy()).recent == 128  # half
+    with pytest.raises(briefing.BriefingError, match="smaller than sink"):
+        briefing.TrajectoryCache(tiny, budget=100, reserve=64, fold=policy)
+    with pytest.raises(briefing.BriefingError, match="exceed"):
+        briefing.TrajectoryCache(tiny, budget=500, reserve=64, fold=policy)
+    with pytest.raises(briefing.BriefingError, match="keep ratio"):
+        briefing.FoldPolicy(keep=1.0)
+    with pytest.raises(briefing.BriefingError, match="guidance"):
+        briefing.FoldPolicy(guidance="task")
+    with pytest.raises(briefing.BriefingError, match="task_share"):
+        briefing.MixGuidance(task_share=2.0)
+    nofold = briefing.TrajectoryCache(tiny, budget=64, reserve=64)
+    with pytest.raises(briefing.BriefingError, match="past the cache budget"):
+        nofold.extend("word " * 200)
+    cache = briefing.TrajectoryCache(tiny, "some text", reserve=64, fold=policy)
+    with pytest.raises(briefing.BriefingError, match="append-only"):
+        cache.sync("other text")
+
+
+def test_run_log_keeps_the_full_text_and_the_worker_call_event_reports_folds(tiny, essay, tmp_path):
+    """A run past the worker's window: the trajectory and the JSONL log keep every event; the worker_call events
+    say what the folds did and that each call forwarded only new tokens."""
+    from agents import BriefedWorker, ScriptedPolicy, Step
+    from rlm import RLM, read_log
+    from tests.fakes import fake_factory
+
+    worker = BriefedWorker(lm=tiny, max_new_tokens=2, reserve=48, fold=briefing.FoldPolicy(recent=64, capture_stride=4))
+    steps = [Step(code=f"print(context[{i * 1500}:{(i + 1) * 1500}])\nr = worker('What is this part about?')")
+             for i in range(4)] + [Step(code="FINAL_VAR('r')")]
+    log = tmp_path / "run.jsonl"
+    res = RLM(ScriptedPolicy(steps), worker, sandbox_factory=fake_factory, sandbox_config=None,
+              log_path=str(log)).run("Summarise the essay.", essay[:6000])
+    calls = res.worker_events()
+    assert len(calls) == 4 and all(c.answer is not None for c in calls)
+    assert any(c.folds for c in calls)
+    fold = next(f for c in calls for f in (c.folds or []))
+    assert {"span_start", "span_stop", "kept", "time_s", "guidance"} <= set(fold) and fold["kept"] < fold["span"]
+    cache = worker._caches[0]
+    assert sum(c.prefilled_tokens for c in calls) == cache.prefilled_tokens  # every token forwarded once in all
+    assert all(c.cache_positions <= cache.budget for c in calls) and cache.tokens > cache.budget
+    assert essay[4000:4500] in res.trajectory  # nothing the user gave is lost: only the cache is compacted
+    logged = [e for e in read_log(log) if e.type == "worker_call"]
+    assert [e.folds for e in logged] == [c.folds for c in calls]
