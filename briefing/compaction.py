@@ -23,7 +23,8 @@ import torch
 from briefing import kv
 from briefing.context import CompactedCache, CompactionStats, check_prompt, forward_with_bias
 from briefing.errors import BriefingError
-from briefing.selection import AttentionMatching, KeepAll, KeepNone, Scores, Selector
+from briefing.rescore import generated_scores
+from briefing.selection import AttentionMatching, KeepAll, KeepNone, ScoredSelector, Scores, Selector
 from briefing.trajectory import TrajectoryCache
 
 LAYER_CHUNK = 3  # layers per batched block: bounds the [L, H, m, T] logits in memory
@@ -166,18 +167,25 @@ def compact(cache: TrajectoryCache, prompt: str, selector: Selector | None = Non
     kv_heads = K_list[0].shape[1]
     scoring = selector.needs_scores or (selector.reuse_prompt_kv and not isinstance(selector, (KeepAll, KeepNone)))
     scores = Q = prompt_kv = last_logits = blocks = None
+    rescore = selector.rescore_tokens if isinstance(selector, ScoredSelector) else 0
+    generated = None
     if scoring:  # forward the prompt over the FULL cache, capture its queries, then crop the cache back to T
         try:
             last_logits, queries = forward_with_bias(lm, cache.kv, prompt_ids, T, None, capture=True, last_only=True)
             prompt_kv = kv.layer_kv(cache.kv, T, T + n)
+            if rescore:
+                generated = generated_scores(lm, cache.kv, T, T + n, last_logits[-1], rescore, _scaling(lm), kv_heads)
         finally:
             kv.truncate(cache.kv, T)
         last_logits = last_logits[-1]
         Q = group_queries(queries, L, kv_heads)                                    # [L, H, m, d]
         if selector.needs_scores:
             keep = selector.fit and Q.shape[0] * Q.shape[1] * Q.shape[2] * T <= KEEP_BLOCKS_MAX
-            per_head, blocks = attention_scores(Q, stack_layers(K_list), stack_layers(prompt_kv[0]), _scaling(lm), n, keep)
-            scores = Scores(per_head=per_head, shared=per_head.mean(dim=(0, 1)))
+            K_all = stack_layers(K_list)                                           # [L, H, T, d]
+            per_head, blocks = attention_scores(Q, K_all, stack_layers(prompt_kv[0]), _scaling(lm), n, keep)
+            if generated is not None:
+                per_head = (1 - selector.rescore_weight) * per_head + selector.rescore_weight * generated
+            scores = Scores(per_head=per_head, shared=per_head.mean(dim=(0, 1)), keys=K_all)
     timing["score"] = time.perf_counter() - t_start
     t0 = time.perf_counter()
     idx = selector.select(L, kv_heads, T, scores)                                  # [L, H, t]

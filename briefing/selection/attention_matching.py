@@ -32,6 +32,7 @@ class AttentionMatching(ScoredSelector):
     nnls_iters: int = 15
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.budget is None and (not isinstance(self.tau, (int, float)) or not math.isfinite(self.tau)):
             raise BriefingError(f"tau must be a finite number of MADs, got {self.tau!r}.")
         if self.budget is not None:

@@ -21,10 +21,12 @@ class Scores:
 
     per_head: [layers, kv_heads, T] attention probability averaged over the prompt tokens and the query
     heads of each KV head. shared: [T] the same averaged over layers and KV heads (one shared score).
+    keys: [layers, kv_heads, T, d] the trajectory keys, for query-agnostic scores (None if not given).
     """
 
     per_head: torch.Tensor
     shared: torch.Tensor
+    keys: torch.Tensor | None = None
 
 
 def resolve_budget(budget: float | int, length: int) -> int:
@@ -77,7 +79,9 @@ class ScoredSelector(Selector):
     per_head: equal-size selection per (layer, KV head) by each head's own score (t from the shared rule);
     False: one shared mask. smooth_kernel: score pooling width, so a kept token keeps its neighbours (SnapKV
     uses 5; measured: it keeps multi-token values such as digit strings intact, see README "Benchmarks").
-    protect_first: always keep the first positions (attention sink).
+    protect_first: always keep the first positions (attention sink). rescore_tokens: before selecting, greedily
+    generate this many tokens on the full cache and mix their queries' attention into the scores with weight
+    rescore_weight (the answer's first tokens attend to where the answer is; see briefing.rescore).
     """
 
     needs_scores: ClassVar[bool] = True
@@ -85,6 +89,14 @@ class ScoredSelector(Selector):
     smooth_kernel: int = 5
     protect_first: int = 1
     reuse_prompt_kv: bool = True
+    rescore_tokens: int = 0
+    rescore_weight: float = 0.5
+
+    def __post_init__(self) -> None:
+        if isinstance(self.rescore_tokens, bool) or not isinstance(self.rescore_tokens, int) or self.rescore_tokens < 0:
+            raise BriefingError(f"rescore_tokens must be an int >= 0, got {self.rescore_tokens!r}.")
+        if not 0.0 <= self.rescore_weight <= 1.0:
+            raise BriefingError(f"rescore_weight must be in [0, 1], got {self.rescore_weight!r}.")
 
     def count(self, shared: torch.Tensor) -> int:
         raise NotImplementedError

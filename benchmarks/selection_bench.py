@@ -1,0 +1,189 @@
+"""Selection that covers the answer: every variant at matched kept counts, on a dev and a held-out split.
+
+    python -m benchmarks.selection_bench --split dev [--variants NAME ...] [--out docs/results/selection]
+    python -m benchmarks.selection_bench --report      # tables (Markdown) and PNG from the JSON files
+
+Per case (benchmarks.recall_cases: continuation, verbatim, multi-span and keyword questions over essays the
+engine was not developed on), answer-token KL against the full cache at 50/20/10/5% kept. Also per variant:
+the anchor (avg.txt, first 9,000 characters, the design notes' question) and the exact-value case (facts
+planted mid-trajectory; log-likelihood gap of the exact answer to the full cache at 20% and 10% kept).
+Medians come with bootstrap 95% intervals over cases.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+import briefing
+from benchmarks.recall_cases import cases
+from briefing.bench import ANSWER, COPY_FACTS, QUESTION
+from briefing.metrics import answer_kl
+from rlm.data import data_dir
+
+RATIOS = (0.5, 0.2, 0.1, 0.05)
+COPY_RATIOS = (0.2, 0.1)
+DEFAULT = "default: fit, per-head, smoothing 5"
+VARIANTS: dict[str, Callable[[float], briefing.Selector]] = {
+    DEFAULT: lambda r: briefing.AttentionMatching(budget=r),
+    "smoothing 63 (the issue's crude probe)": lambda r: briefing.AttentionMatching(budget=r, smooth_kernel=63),
+    "top-k, smoothing 5 (SnapKV-like, no fit)": lambda r: briefing.TopK(budget=r),
+    "look-ahead 8": lambda r: briefing.CoverageMatching(budget=r, look_ahead=8),
+    "look-ahead 24, decay 0.95": lambda r: briefing.CoverageMatching(budget=r, look_ahead=24, look_ahead_decay=0.95),
+    "chunks of 8 (ChunkKV-style)": lambda r: briefing.CoverageMatching(budget=r, chunk=8),
+    "hybrid: task mass 0.5, then key diversity": lambda r: briefing.CoverageMatching(budget=r, agnostic_mass=0.5),
+    "hybrid: task mass 0.8, then key diversity": lambda r: briefing.CoverageMatching(budget=r, agnostic_mass=0.8),
+    "re-score with 4 generated tokens": lambda r: briefing.CoverageMatching(budget=r, rescore_tokens=4),
+    "re-score with 8 generated tokens + look-ahead 8": lambda r: briefing.CoverageMatching(
+        budget=r, rescore_tokens=8, look_ahead=8),
+    "protected recent window 32": lambda r: briefing.CoverageMatching(budget=r, protect_last=32),
+}
+
+
+def bootstrap_median(values: list[float], n: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """Median and its bootstrap 95% interval."""
+    x = np.asarray(values, dtype=float)
+    rng = np.random.default_rng(seed)
+    meds = np.median(x[rng.integers(0, len(x), size=(n, len(x)))], axis=1)
+    return float(np.median(x)), float(np.quantile(meds, 0.025)), float(np.quantile(meds, 0.975))
+
+
+def case_rows(lm, case, names: list[str]) -> dict:
+    cache = briefing.TrajectoryCache(lm, case.text)
+    full = cache.compact(case.question, briefing.KeepAll())
+    kls = {name: {str(r): answer_kl(full, cache.compact(case.question, VARIANTS[name](r)), case.answer) for r in RATIOS}
+           for name in names}
+    return {"essay": case.essay, "kind": case.kind, "tokens": cache.length, "answer": case.answer, "kl": kls,
+            "no_trajectory": answer_kl(full, cache.compact(case.question, briefing.KeepNone()), case.answer)}
+
+
+def anchor_rows(lm, names: list[str]) -> dict:
+    cache = briefing.TrajectoryCache(lm, (data_dir() / "pg_essays" / "avg.txt").read_text()[:9000])
+    full = cache.compact(QUESTION, briefing.KeepAll())
+    return {"tokens": cache.length, "kl": {name: {str(r): answer_kl(full, cache.compact(QUESTION, VARIANTS[name](r)), ANSWER)
+                                                  for r in RATIOS} for name in names}}
+
+
+def copy_rows(lm, names: list[str]) -> dict:
+    """Exact-value recall (the briefing bench's facts): mean log-prob gap of the exact answer to the full cache."""
+    essay = (data_dir() / "pg_essays" / "avg.txt").read_text()[:1500]
+    system = "You are a worker. Here is the orchestrator's trajectory so far:\n\n"
+    gaps = {name: {str(r): [] for r in COPY_RATIOS} for name in names}
+    for fact, question, answer in COPY_FACTS:
+        chat = lm.chat_prompt(system + essay[:700] + "\n" + fact + "\n" + essay[700:], question)
+        split = chat.rindex(question)
+        cache = briefing.TrajectoryCache(lm, chat[:split])
+        prompt = chat[split:]
+        full = briefing.loglikelihood(cache.compact(prompt, briefing.KeepAll()), " " + answer)
+        for name in names:
+            for r in COPY_RATIOS:
+                got = briefing.loglikelihood(cache.compact(prompt, VARIANTS[name](r)), " " + answer)
+                gaps[name][str(r)].append(full - got)
+    return {name: {r: float(np.mean(v)) for r, v in per.items()} for name, per in gaps.items()}
+
+
+def summarise(rows: list[dict], names: list[str]) -> dict:
+    return {name: {str(r): bootstrap_median([row["kl"][name][str(r)] for row in rows]) for r in RATIOS} for name in names}
+
+
+def run(split: str, names: list[str], out: Path, extras: bool) -> dict:
+    lm = briefing.load_model()
+    t0 = time.perf_counter()
+    result: dict = {"split": split, "model": lm.name, "ratios": list(RATIOS), "variants": names,
+                    "load_average_at_start": os.getloadavg(), "cases": []}
+    for case in cases(lm, split):
+        row = case_rows(lm, case, names)
+        result["cases"].append(row)
+        print(f"[{split}] {row['essay']:<22} {row['kind']:<13} T={row['tokens']} "
+              + " | ".join(f"{n[:18]}: " + "/".join(f"{row['kl'][n][str(r)]:.3f}" for r in RATIOS) for n in names),
+              flush=True)
+    result["summary"] = summarise(result["cases"], names)
+    if extras:
+        result["anchor"] = anchor_rows(lm, names)
+        result["copy_logprob_gap"] = copy_rows(lm, names)
+    result["wall_s"] = time.perf_counter() - t0
+    result["load_average_at_end"] = os.getloadavg()
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"selection_{split}.json"
+    path.write_text(json.dumps(result, indent=2))
+    print(f"wrote {path}")
+    return result
+
+
+def fmt(stat: list[float]) -> str:
+    return f"{stat[0]:.3f} [{stat[1]:.3f}, {stat[2]:.3f}]"
+
+
+def report(out: Path) -> str:
+    """Markdown tables from the committed JSON (the README's selection tables are this output), and a PNG."""
+    lines = []
+    loaded = {s: json.loads((out / f"selection_{s}.json").read_text()) for s in ("dev", "heldout")
+              if (out / f"selection_{s}.json").exists()}
+    for split, res in loaded.items():
+        kinds = sorted({c["kind"] for c in res["cases"]})
+        lines += [f"**{split}** ({len(res['cases'])} cases: {', '.join(kinds)}; median answer KL [bootstrap 95%])", "",
+                  "| variant | 50% kept | 20% | 10% | 5% |", "|---|---|---|---|---|"]
+        for name in res["variants"]:
+            lines.append(f"| {name} | " + " | ".join(fmt(res["summary"][name][str(r)]) for r in RATIOS) + " |")
+        lines.append("")
+        if "anchor" in res:
+            lines += [f"**anchor** (avg.txt, {res['anchor']['tokens']} tokens; answer KL) and **exact value** "
+                      "(mean log-prob gap of the exact answer, 3 facts)", "",
+                      "| variant | anchor 50% | 20% | 10% | 5% | exact value 20% | 10% |", "|---|---|---|---|---|---|---|"]
+            for name in res["variants"]:
+                a, c = res["anchor"]["kl"][name], res["copy_logprob_gap"][name]
+                lines.append(f"| {name} | " + " | ".join(f"{a[str(r)]:.4f}" for r in RATIOS) + " | "
+                             + " | ".join(f"{c[str(r)]:.2f}" for r in COPY_RATIOS) + " |")
+            lines.append("")
+    text = "\n".join(lines)
+    (out / "selection_tables.md").write_text(text + "\n")
+    if loaded:
+        plot(loaded, out / "selection.png")
+    return text
+
+
+def plot(loaded: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(loaded), figsize=(7 * len(loaded), 5), squeeze=False)
+    for ax, (split, res) in zip(axes[0], loaded.items()):
+        for name in res["variants"]:
+            med = [res["summary"][name][str(r)] for r in RATIOS]
+            ax.errorbar(RATIOS, [m[0] for m in med], yerr=[[m[0] - m[1] for m in med], [m[2] - m[0] for m in med]],
+                        marker="o", capsize=2, label=name)
+        ax.set(xscale="log", yscale="log", xlabel="kept ratio", ylabel="median answer KL vs full",
+               title=f"{split}: {len(res['cases'])} cases")
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.selection_bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--split", choices=["dev", "heldout"])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), help="names from VARIANTS")
+    parser.add_argument("--no-extras", action="store_true", help="skip the anchor and the exact-value case")
+    parser.add_argument("--out", default="docs/results/selection")
+    parser.add_argument("--report", action="store_true", help="write the tables and PNG from the JSON files")
+    args = parser.parse_args(argv)
+    unknown = [v for v in args.variants if v not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
+    out = Path(args.out)
+    if args.split:
+        run(args.split, args.variants, out, not args.no_extras)
+    if args.report or not args.split:
+        print(report(out))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

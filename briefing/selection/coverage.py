@@ -1,0 +1,142 @@
+"""Selection that covers the answer, not only the words the question names.
+
+A continuation or verbatim-recall question attends to the words it quotes; the answer lives in the tokens
+AFTER them, which the question never attends to. Score transforms here (each a pure function over a score
+tensor [..., T], last dim = trajectory position) widen a task-guided selection toward what the answer needs:
+
+- `look_ahead`: a position inherits the decayed score of the positions just before it (span expansion);
+- `chunk_mean`: ChunkKV-style (Liu et al., 2025): whole chunks are ranked by their mean score;
+- `key_diversity`: a query-agnostic importance (KeyDiff, Park et al., 2025: keys far from the mean key);
+- `mass_split`: the hybrid: task-guided positions up to a share of the attention mass, then query-agnostic
+  ones; how many positions the task-guided part takes is set per call by how peaked its scores are;
+- `protect_recent`: the most recent positions are always kept (a protected recent window).
+
+Re-scoring with the queries of the first generated tokens is done by the compaction (`rescore_tokens`,
+see briefing.rescore); this module only consumes the mixed scores.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from briefing.errors import BriefingError
+from briefing.selection.attention_matching import AttentionMatching
+from briefing.selection.base import Scores, smooth
+
+
+def look_ahead(scores: torch.Tensor, window: int, decay: float) -> torch.Tensor:
+    """s'[i] = max_{0 <= k <= window} decay^k s[i - k]: the `window` positions after a high score inherit it,
+    decayed, so a kept quote keeps the tokens that continue it. scores [..., T] -> [..., T]."""
+    out = scores.clone()
+    T = scores.shape[-1]
+    for k in range(1, min(window, T - 1) + 1):
+        shifted = F.pad(scores[..., : T - k], (k, 0)) * decay ** k                  # [..., T]
+        out = torch.maximum(out, shifted)
+    return out
+
+
+def chunk_mean(scores: torch.Tensor, size: int) -> torch.Tensor:
+    """Every position gets the mean score of its chunk of `size` positions (last chunk may be shorter), plus
+    a tie-break of 1e-3 of its own score so a cut chunk keeps its best positions. [..., T] -> [..., T]."""
+    T = scores.shape[-1]
+    pad = (-T) % size
+    padded = F.pad(scores, (0, pad))                                                # [..., T + pad]
+    counts = F.pad(torch.ones(T, dtype=scores.dtype), (0, pad)).view(-1, size).sum(-1)  # [chunks]
+    means = padded.view(*scores.shape[:-1], -1, size).sum(-1) / counts             # [..., chunks]
+    return means.repeat_interleave(size, dim=-1)[..., :T] + 1e-3 * scores
+
+
+def key_diversity(keys: torch.Tensor) -> torch.Tensor:
+    """KeyDiff importance: 1 - cos(k_i, mean key) per (layer, KV head), in [0, 2]. keys [L, H, T, d] -> [L, H, T]."""
+    anchor = F.normalize(keys.mean(-2, keepdim=True), dim=-1)                      # [L, H, 1, d]
+    return 1.0 - (F.normalize(keys, dim=-1) * anchor).sum(-1)
+
+
+def mass_split(task: torch.Tensor, agnostic: torch.Tensor, mass: float) -> torch.Tensor:
+    """Hybrid ranking. Per row, the task-guided positions that together hold `mass` of the task score come
+    first (in task order); all others follow, ranked by the query-agnostic score. Peaked task scores reach
+    `mass` with few positions and leave most of the budget to the agnostic score; flat ones take it all.
+    task, agnostic [..., T] (non-negative) -> a score whose top-k is that ranking."""
+    p = task / task.sum(-1, keepdim=True).clamp_min(1e-30)
+    order = p.sort(-1, descending=True)
+    before = order.values.cumsum(-1) - order.values                                 # mass of higher-ranked positions
+    in_task = torch.zeros_like(p, dtype=torch.bool).scatter(-1, order.indices, before < mass)
+    a = agnostic - agnostic.amin(-1, keepdim=True)
+    a = a / a.amax(-1, keepdim=True).clamp_min(1e-30)                                # [0, 1]
+    return torch.where(in_task, 2.0 + p, a)
+
+
+def task_share(task: torch.Tensor, mass: float) -> torch.Tensor:
+    """Fraction of positions the task-guided part of `mass_split` takes, per row (a diagnostic). [..., T] -> [...]."""
+    p = task / task.sum(-1, keepdim=True).clamp_min(1e-30)
+    v = p.sort(-1, descending=True).values
+    return ((v.cumsum(-1) - v) < mass).float().mean(-1)
+
+
+def protect_recent(scores: torch.Tensor, count: int) -> torch.Tensor:
+    """Always keep the last `count` positions."""
+    if count <= 0:
+        return scores
+    out = scores.clone()
+    out[..., -count:] = float("inf")
+    return out
+
+
+@dataclass(kw_only=True)
+class CoverageMatching(AttentionMatching):
+    """Attention Matching whose selection covers the answer's span (see the module docstring).
+
+    look_ahead: positions after a scored one that inherit its score (0: off); look_ahead_decay: per step.
+    chunk: ChunkKV chunk size (0: off). agnostic_mass: hybrid with key diversity; the task-guided share of the
+    attention mass kept first (None: off). protect_last: protected recent window. rescore_tokens (from
+    ScoredSelector): greedy tokens generated on the full cache whose queries are mixed into the scores with
+    weight `rescore_weight`, before the compacted cache is built.
+    """
+
+    look_ahead: int = 0
+    look_ahead_decay: float = 0.9
+    chunk: int = 0
+    agnostic_mass: float | None = None
+    protect_last: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("look_ahead", "chunk", "protect_last"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise BriefingError(f"{name} must be an int >= 0, got {value!r}.")
+        if not 0.0 < self.look_ahead_decay <= 1.0:
+            raise BriefingError(f"look_ahead_decay must be in (0, 1], got {self.look_ahead_decay}.")
+        if self.agnostic_mass is not None and not (isinstance(self.agnostic_mass, float) and 0.0 < self.agnostic_mass <= 1.0):
+            raise BriefingError(f"agnostic_mass must be a float in (0, 1] or None, got {self.agnostic_mass!r}.")
+        if self.agnostic_mass is not None and not self.per_head:
+            raise BriefingError("agnostic_mass needs per_head=True: the key-diversity score is per (layer, KV head).")
+
+    def transform(self, scores: torch.Tensor, keys: torch.Tensor | None) -> torch.Tensor:
+        """Smoothed task-guided scores [..., T] -> coverage scores [..., T] (keys [L, H, T, d] for the hybrid)."""
+        s = smooth(scores, self.smooth_kernel)
+        if self.look_ahead:
+            s = look_ahead(s, self.look_ahead, self.look_ahead_decay)
+        if self.chunk > 1:
+            s = chunk_mean(s, self.chunk)
+        if self.agnostic_mass is not None:
+            if keys is None:
+                raise BriefingError("agnostic_mass needs the trajectory keys in Scores.keys.")
+            s = mass_split(s, key_diversity(keys), self.agnostic_mass)
+        return protect_recent(s, self.protect_last)
+
+    def select(self, layers: int, kv_heads: int, length: int, scores: Scores | None) -> torch.Tensor:
+        assert scores is not None
+        t = min(length, max(self.count(smooth(scores.shared, self.smooth_kernel)), min(self.protect_first, length)))
+        if t == 0:
+            return torch.empty(layers, kv_heads, 0, dtype=torch.long)
+        if self.per_head:
+            s = self.transform(scores.per_head, scores.keys)                          # [L, H, T]
+            s[..., : self.protect_first] = math.inf
+            return s.topk(t, dim=-1).indices.sort(dim=-1).values
+        s = self.transform(scores.shared, None)                                       # [T]
+        s[: self.protect_first] = math.inf
+        return s.topk(t).indices.sort().values.view(1, 1, -1).expand(layers, kv_heads, -1).contiguous()
