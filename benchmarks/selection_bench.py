@@ -23,7 +23,6 @@ import numpy as np
 import briefing
 from benchmarks.recall_cases import cases
 from briefing.bench import ANSWER, COPY_FACTS, QUESTION
-from briefing.metrics import answer_kl
 from rlm.data import data_dir
 
 RATIOS = (0.5, 0.2, 0.1, 0.05)
@@ -42,7 +41,15 @@ VARIANTS: dict[str, Callable[[float], briefing.Selector]] = {
     "re-score with 8 generated tokens + look-ahead 8": lambda r: briefing.CoverageMatching(
         budget=r, rescore_tokens=8, look_ahead=8),
     "protected recent window 32": lambda r: briefing.CoverageMatching(budget=r, protect_last=32),
+    # round 2, after round 1's dev figures: verbatim questions quote the middle of a sentence, so look back too
+    "look-back 8, look-ahead 24, decay 0.95": lambda r: briefing.CoverageMatching(
+        budget=r, look_ahead=24, look_back=8, look_ahead_decay=0.95),
 }
+ROUND2 = list(VARIANTS)[11:]
+HELDOUT = [DEFAULT, "smoothing 63 (the issue's crude probe)", "top-k, smoothing 5 (SnapKV-like, no fit)", "look-ahead 8",
+           "look-ahead 24, decay 0.95", "look-back 8, look-ahead 24, decay 0.95", "chunks of 8 (ChunkKV-style)",
+           "hybrid: task mass 0.8, then key diversity", "re-score with 8 generated tokens + look-ahead 8",
+           "protected recent window 32"]
 
 
 def bootstrap_median(values: list[float], n: int = 2000, seed: int = 0) -> tuple[float, float, float]:
@@ -53,20 +60,30 @@ def bootstrap_median(values: list[float], n: int = 2000, seed: int = 0) -> tuple
     return float(np.median(x)), float(np.quantile(meds, 0.025)), float(np.quantile(meds, 0.975))
 
 
+def kl_table(cache, question: str, answer: str, names: list[str]) -> dict:
+    """{variant: {ratio: answer KL}}, the full cache's answer log-probs computed once (as in metrics.answer_kl)."""
+    _, ref = briefing.token_logprobs(cache.compact(question, briefing.KeepAll()), answer)
+
+    def kl(selector) -> float:
+        _, got = briefing.token_logprobs(cache.compact(question, selector), answer)
+        return float((ref.exp() * (ref - got)).sum(-1).mean())
+
+    table = {name: {str(r): kl(VARIANTS[name](r)) for r in RATIOS} for name in names}
+    table["no trajectory"] = {"0": kl(briefing.KeepNone())}
+    return table
+
+
 def case_rows(lm, case, names: list[str]) -> dict:
     cache = briefing.TrajectoryCache(lm, case.text)
-    full = cache.compact(case.question, briefing.KeepAll())
-    kls = {name: {str(r): answer_kl(full, cache.compact(case.question, VARIANTS[name](r)), case.answer) for r in RATIOS}
-           for name in names}
-    return {"essay": case.essay, "kind": case.kind, "tokens": cache.length, "answer": case.answer, "kl": kls,
-            "no_trajectory": answer_kl(full, cache.compact(case.question, briefing.KeepNone()), case.answer)}
+    kls = kl_table(cache, case.question, case.answer, names)
+    return {"essay": case.essay, "kind": case.kind, "tokens": cache.length, "answer": case.answer,
+            "no_trajectory": kls.pop("no trajectory")["0"], "kl": kls}
 
 
 def anchor_rows(lm, names: list[str]) -> dict:
     cache = briefing.TrajectoryCache(lm, (data_dir() / "pg_essays" / "avg.txt").read_text()[:9000])
-    full = cache.compact(QUESTION, briefing.KeepAll())
-    return {"tokens": cache.length, "kl": {name: {str(r): answer_kl(full, cache.compact(QUESTION, VARIANTS[name](r)), ANSWER)
-                                                  for r in RATIOS} for name in names}}
+    kls = kl_table(cache, QUESTION, ANSWER, names)
+    return {"tokens": cache.length, "no_trajectory": kls.pop("no trajectory")["0"], "kl": kls}
 
 
 def copy_rows(lm, names: list[str]) -> dict:
@@ -91,7 +108,7 @@ def summarise(rows: list[dict], names: list[str]) -> dict:
     return {name: {str(r): bootstrap_median([row["kl"][name][str(r)] for row in rows]) for r in RATIOS} for name in names}
 
 
-def run(split: str, names: list[str], out: Path, extras: bool) -> dict:
+def run(split: str, names: list[str], out: Path, extras: bool, tag: str = "") -> dict:
     lm = briefing.load_model()
     t0 = time.perf_counter()
     result: dict = {"split": split, "model": lm.name, "ratios": list(RATIOS), "variants": names,
@@ -109,21 +126,54 @@ def run(split: str, names: list[str], out: Path, extras: bool) -> dict:
     result["wall_s"] = time.perf_counter() - t0
     result["load_average_at_end"] = os.getloadavg()
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"selection_{split}.json"
+    path = out / f"selection_{split}{'_' + tag if tag else ''}.json"
     path.write_text(json.dumps(result, indent=2))
     print(f"wrote {path}")
     return result
+
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def update_readme(block: str, text: str, readme: Path = README) -> bool:
+    """Replace the README's text between `<!-- {block} -->` and `<!-- /{block} -->` (False if no markers)."""
+    start, end = f"<!-- {block} -->", f"<!-- /{block} -->"
+    content = readme.read_text()
+    if start not in content or end not in content:
+        return False
+    head, rest = content.split(start, 1)
+    readme.write_text(head + start + "\n" + text.strip() + "\n" + end + rest.split(end, 1)[1])
+    return True
+
+
+def merged(out: Path, split: str) -> dict:
+    """selection_{split}.json plus the variants of any selection_{split}_{tag}.json run on the same cases."""
+    res = json.loads((out / f"selection_{split}.json").read_text())
+    for path in sorted(out.glob(f"selection_{split}_*.json")):
+        more = json.loads(path.read_text())
+        if [c["essay"] for c in more["cases"]] != [c["essay"] for c in res["cases"]]:
+            raise ValueError(f"{path} was run on other cases than selection_{split}.json")
+        new = [v for v in more["variants"] if v not in res["variants"]]
+        res["variants"] += new
+        for key in ("summary", "copy_logprob_gap"):
+            if key in more:
+                res.setdefault(key, {}).update({v: more[key][v] for v in new})
+        if "anchor" in more:
+            res.setdefault("anchor", {"tokens": more["anchor"]["tokens"], "kl": {}})["kl"].update(
+                {v: more["anchor"]["kl"][v] for v in new})
+        for case, extra in zip(res["cases"], more["cases"], strict=True):
+            case["kl"].update({v: extra["kl"][v] for v in new})
+    return res
 
 
 def fmt(stat: list[float]) -> str:
     return f"{stat[0]:.3f} [{stat[1]:.3f}, {stat[2]:.3f}]"
 
 
-def report(out: Path) -> str:
+def report(out: Path, readme: Path | None = None) -> str:
     """Markdown tables from the committed JSON (the README's selection tables are this output), and a PNG."""
     lines = []
-    loaded = {s: json.loads((out / f"selection_{s}.json").read_text()) for s in ("dev", "heldout")
-              if (out / f"selection_{s}.json").exists()}
+    loaded = {s: merged(out, s) for s in ("dev", "heldout") if (out / f"selection_{s}.json").exists()}
     for split, res in loaded.items():
         kinds = sorted({c["kind"] for c in res["cases"]})
         lines += [f"**{split}** ({len(res['cases'])} cases: {', '.join(kinds)}; median answer KL [bootstrap 95%])", "",
@@ -132,8 +182,8 @@ def report(out: Path) -> str:
             lines.append(f"| {name} | " + " | ".join(fmt(res["summary"][name][str(r)]) for r in RATIOS) + " |")
         lines.append("")
         if "anchor" in res:
-            lines += [f"**anchor** (avg.txt, {res['anchor']['tokens']} tokens; answer KL) and **exact value** "
-                      "(mean log-prob gap of the exact answer, 3 facts)", "",
+            lines += [(f"**anchor** (avg.txt, {res['anchor']['tokens']} tokens; answer KL) and **exact value** "
+                       "(mean log-prob gap of the exact answer, 3 facts)"), "",
                       "| variant | anchor 50% | 20% | 10% | 5% | exact value 20% | 10% |", "|---|---|---|---|---|---|---|"]
             for name in res["variants"]:
                 a, c = res["anchor"]["kl"][name], res["copy_logprob_gap"][name]
@@ -142,6 +192,8 @@ def report(out: Path) -> str:
             lines.append("")
     text = "\n".join(lines)
     (out / "selection_tables.md").write_text(text + "\n")
+    if readme is not None:
+        update_readme("selection-tables", text, readme)
     if loaded:
         plot(loaded, out / "selection.png")
     return text
@@ -172,16 +224,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), help="names from VARIANTS")
     parser.add_argument("--no-extras", action="store_true", help="skip the anchor and the exact-value case")
     parser.add_argument("--out", default="docs/results/selection")
+    parser.add_argument("--readme", action="store_true", help="also rewrite the README's table block")
     parser.add_argument("--report", action="store_true", help="write the tables and PNG from the JSON files")
+    parser.add_argument("--tag", default="", help="suffix of the JSON file (a further round of variants)")
     args = parser.parse_args(argv)
     unknown = [v for v in args.variants if v not in VARIANTS]
     if unknown:
         parser.error(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
     out = Path(args.out)
     if args.split:
-        run(args.split, args.variants, out, not args.no_extras)
+        run(args.split, args.variants, out, not args.no_extras, args.tag)
     if args.report or not args.split:
-        print(report(out))
+        print(report(out, README if args.readme else None))
     return 0
 
 

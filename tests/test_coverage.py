@@ -56,10 +56,10 @@ def test_key_diversity_and_recent_window():
     assert protect_recent(torch.zeros(6), 2)[-2:].isinf().all() and protect_recent(torch.zeros(6), 0).eq(0).all()
 
 
-@pytest.mark.parametrize("kwargs", [dict(look_ahead=-1), dict(chunk=1.5), dict(protect_last=True),
-                                    dict(look_ahead_decay=0.0), dict(agnostic_mass=2.0),
-                                    dict(agnostic_mass=0.5, per_head=False), dict(rescore_tokens=-2),
-                                    dict(rescore_weight=1.5)])
+@pytest.mark.parametrize("kwargs", [{"look_ahead": -1}, {"chunk": 1.5}, {"protect_last": True},
+                                    {"look_ahead_decay": 0.0}, {"agnostic_mass": 2.0},
+                                    {"agnostic_mass": 0.5, "per_head": False}, {"rescore_tokens": -2},
+                                    {"rescore_weight": 1.5}])
 def test_coverage_matching_rejects_bad_settings(kwargs):
     with pytest.raises(BriefingError, match=next(iter(kwargs)).split("_")[0]):
         briefing.CoverageMatching(budget=0.1, **kwargs)
@@ -159,3 +159,16 @@ def test_kvpress_report_marks_errors_and_best_press(tmp_path):
     text = report(tmp_path)
     assert "| ours: mine | 0.0100 |" in text and "error: RuntimeError: size" in text
     assert "best press | SnapKV 0.0200" in text and "SnapKV 0.3000" in text  # median of 0.2 and 0.4
+
+
+def test_readme_selection_tables_are_the_generated_ones():
+    """No figure typed by hand: every table row of the generated Markdown is in the README as written."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    for generated in ("docs/results/selection/selection_tables.md", "docs/results/kvpress_compare/compare_tables.md"):
+        rows = [line for line in (root / generated).read_text().splitlines() if line.startswith("| ")]
+        assert rows, generated
+        missing = [row for row in rows if row not in readme]
+        assert not missing, f"README rows differ from {generated} (regenerate with --report): {missing[:2]}"

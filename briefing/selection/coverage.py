@@ -90,6 +90,7 @@ class CoverageMatching(AttentionMatching):
     """Attention Matching whose selection covers the answer's span (see the module docstring).
 
     look_ahead: positions after a scored one that inherit its score (0: off); look_ahead_decay: per step.
+    look_back: the same for the positions before it (a sentence quoted from its middle starts earlier).
     chunk: ChunkKV chunk size (0: off). agnostic_mass: hybrid with key diversity; the task-guided share of the
     attention mass kept first (None: off). protect_last: protected recent window. rescore_tokens (from
     ScoredSelector): greedy tokens generated on the full cache whose queries are mixed into the scores with
@@ -98,13 +99,14 @@ class CoverageMatching(AttentionMatching):
 
     look_ahead: int = 0
     look_ahead_decay: float = 0.9
+    look_back: int = 0
     chunk: int = 0
     agnostic_mass: float | None = None
     protect_last: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("look_ahead", "chunk", "protect_last"):
+        for name in ("look_ahead", "look_back", "chunk", "protect_last"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise BriefingError(f"{name} must be an int >= 0, got {value!r}.")
@@ -118,8 +120,9 @@ class CoverageMatching(AttentionMatching):
     def transform(self, scores: torch.Tensor, keys: torch.Tensor | None) -> torch.Tensor:
         """Smoothed task-guided scores [..., T] -> coverage scores [..., T] (keys [L, H, T, d] for the hybrid)."""
         s = smooth(scores, self.smooth_kernel)
-        if self.look_ahead:
-            s = look_ahead(s, self.look_ahead, self.look_ahead_decay)
+        if self.look_ahead or self.look_back:
+            ahead = look_ahead(s, self.look_ahead, self.look_ahead_decay)
+            s = torch.maximum(ahead, look_ahead(s.flip(-1), self.look_back, self.look_ahead_decay).flip(-1))
         if self.chunk > 1:
             s = chunk_mean(s, self.chunk)
         if self.agnostic_mass is not None:
