@@ -119,7 +119,9 @@ def run(split: str, names: list[str], out: Path, extras: bool, tag: str = "") ->
         print(f"[{split}] {row['essay']:<22} {row['kind']:<13} T={row['tokens']} "
               + " | ".join(f"{n[:18]}: " + "/".join(f"{row['kl'][n][str(r)]:.3f}" for r in RATIOS) for n in names),
               flush=True)
-    result["summary"] = summarise(result["cases"], names)
+        result["summary"] = summarise(result["cases"], names)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"selection_{split}{'_' + tag if tag else ''}.partial.json").write_text(json.dumps(result, indent=2))
     if extras:
         result["anchor"] = anchor_rows(lm, names)
         result["copy_logprob_gap"] = copy_rows(lm, names)
