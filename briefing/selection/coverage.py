@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from briefing.errors import BriefingError
 from briefing.selection.attention_matching import AttentionMatching
-from briefing.selection.base import Scores, smooth
+from briefing.selection.base import Scores, _is_number, broadcast, check_int, smooth
 
 
 def look_ahead(scores: torch.Tensor, window: int, decay: float) -> torch.Tensor:
@@ -87,38 +87,38 @@ def protect_recent(scores: torch.Tensor, count: int) -> torch.Tensor:
 
 @dataclass(kw_only=True)
 class CoverageMatching(AttentionMatching):
-    """Attention Matching whose selection covers the answer's span (see the module docstring).
+    """Attention Matching whose selection covers the answer's span (see the module docstring). Keeps `ratio`,
+    `tokens` or the tau rule's count (as AttentionMatching), ranked by the smoothed task-guided scores after:
 
-    look_ahead: positions after a scored one that inherit its score (0: off); look_ahead_decay: per step.
-    look_back: the same for the positions before it (a sentence quoted from its middle starts earlier).
-    chunk: ChunkKV chunk size (0: off). agnostic_mass: hybrid with key diversity; the task-guided share of the
-    attention mass kept first (None: off). protect_last: protected recent window. rescore_tokens (from
-    ScoredSelector): greedy tokens generated on the full cache whose queries are mixed into the scores with
-    weight `rescore_weight`, before the compacted cache is built.
+    look_ahead: positions after a scored one that inherit its score decayed by `look_ahead_decay` per step
+    (0: off); look_back: the same for the positions before it (a sentence quoted from its middle starts
+    earlier). chunk: ChunkKV chunk size (0: off). agnostic_mass: hybrid with key diversity, the task-guided
+    share of the attention mass kept first (None: off; needs per_head). protect_last: protected recent window.
+    Re-scoring with generated tokens is ScoredSelector's `rescore_tokens`.
     """
 
     look_ahead: int = 0
-    look_ahead_decay: float = 0.9
     look_back: int = 0
+    look_ahead_decay: float = 0.9
     chunk: int = 0
     agnostic_mass: float | None = None
     protect_last: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("look_ahead", "look_back", "chunk", "protect_last"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise BriefingError(f"{name} must be an int >= 0, got {value!r}.")
-        if not 0.0 < self.look_ahead_decay <= 1.0:
-            raise BriefingError(f"look_ahead_decay must be in (0, 1], got {self.look_ahead_decay}.")
-        if self.agnostic_mass is not None and not (isinstance(self.agnostic_mass, float) and 0.0 < self.agnostic_mass <= 1.0):
-            raise BriefingError(f"agnostic_mass must be a float in (0, 1] or None, got {self.agnostic_mass!r}.")
+        for name, what in (("look_ahead", "positions after a scored one"), ("look_back", "positions before it"),
+                           ("chunk", "chunk size; 0: off"), ("protect_last", "recent positions always kept")):
+            check_int("CoverageMatching", name, getattr(self, name), 0, what)
+        if not (_is_number(self.look_ahead_decay) and 0 < self.look_ahead_decay <= 1):
+            raise BriefingError(f"CoverageMatching: look_ahead_decay must be in (0, 1], got {self.look_ahead_decay!r}.")
+        if self.agnostic_mass is not None and not (_is_number(self.agnostic_mass) and 0 < self.agnostic_mass <= 1):
+            raise BriefingError(f"CoverageMatching: agnostic_mass must be in (0, 1] or None, got {self.agnostic_mass!r}.")
         if self.agnostic_mass is not None and not self.per_head:
-            raise BriefingError("agnostic_mass needs per_head=True: the key-diversity score is per (layer, KV head).")
+            raise BriefingError("CoverageMatching: agnostic_mass needs per_head=True (key diversity is per KV head).")
 
     def transform(self, scores: torch.Tensor, keys: torch.Tensor | None) -> torch.Tensor:
-        """Smoothed task-guided scores [..., T] -> coverage scores [..., T] (keys [L, H, T, d] for the hybrid)."""
+        """Task-guided scores [..., T] -> coverage scores [..., T] (keys [L, H, T, d] for the hybrid). Smoothing
+        comes first, so a look-ahead spreads the pooled score."""
         s = smooth(scores, self.smooth_kernel)
         if self.look_ahead or self.look_back:
             ahead = look_ahead(s, self.look_ahead, self.look_ahead_decay)
@@ -127,19 +127,21 @@ class CoverageMatching(AttentionMatching):
             s = chunk_mean(s, self.chunk)
         if self.agnostic_mass is not None:
             if keys is None:
-                raise BriefingError("agnostic_mass needs the trajectory keys in Scores.keys.")
+                raise BriefingError("CoverageMatching: agnostic_mass needs the trajectory keys in Scores.keys.")
             s = mass_split(s, key_diversity(keys), self.agnostic_mass)
         return protect_recent(s, self.protect_last)
 
     def select(self, layers: int, kv_heads: int, length: int, scores: Scores | None) -> torch.Tensor:
-        assert scores is not None
-        t = min(length, max(self.count(smooth(scores.shared, self.smooth_kernel)), min(self.protect_first, length)))
+        if scores is None:
+            raise BriefingError("CoverageMatching needs task-guided scores: call it through briefing.compact().")
+        scores = self.score(scores)
+        t = min(length, max(self.count_scored(smooth(scores.shared, self.smooth_kernel)), min(self.sinks, length)))
         if t == 0:
             return torch.empty(layers, kv_heads, 0, dtype=torch.long)
         if self.per_head:
             s = self.transform(scores.per_head, scores.keys)                          # [L, H, T]
-            s[..., : self.protect_first] = math.inf
+            s[..., : self.sinks] = math.inf
             return s.topk(t, dim=-1).indices.sort(dim=-1).values
         s = self.transform(scores.shared, None)                                       # [T]
-        s[: self.protect_first] = math.inf
-        return s.topk(t).indices.sort().values.view(1, 1, -1).expand(layers, kv_heads, -1).contiguous()
+        s[: self.sinks] = math.inf
+        return broadcast(s.topk(t).indices, layers, kv_heads)

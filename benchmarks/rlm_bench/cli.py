@@ -48,9 +48,9 @@ def _machine() -> str:
 def run_suite(args: argparse.Namespace, lm=None, log=print) -> dict:
     import briefing
     from agents.workers.prompt import WorkerPrompt
-    from rlm.bench import report
-    from rlm.bench.conditions import episode_rows
-    from rlm.bench.episodes import make_suite
+    from benchmarks.rlm_bench import report
+    from benchmarks.rlm_bench.conditions import episode_rows
+    from benchmarks.rlm_bench.episodes import make_suite
 
     cfg = dict(QUICK if args.quick else DEFAULT)
     for k in ("lengths", "taus", "budgets"):
@@ -92,7 +92,7 @@ def run_suite(args: argparse.Namespace, lm=None, log=print) -> dict:
 
 
 def write_suite(result: dict, out: Path) -> list[str]:
-    from rlm.bench import report
+    from benchmarks.rlm_bench import report
 
     out.mkdir(parents=True, exist_ok=True)
     result["plots"] = report.plots(result, out)
@@ -104,8 +104,8 @@ def write_suite(result: dict, out: Path) -> list[str]:
 def run_replay(args: argparse.Namespace, log=print) -> int:
     import briefing
     from agents.workers.prompt import WorkerPrompt
-    from rlm.bench.replay import replay_log
-    from rlm.bench.report import linear_fit
+    from benchmarks.rlm_bench.replay import replay_log
+    from benchmarks.rlm_bench.report import linear_fit
 
     lm = briefing.load_model(args.model)
     taus = args.taus or [0.0, 1.0, 2.0]

@@ -8,7 +8,7 @@ turn + query + assistant opening):
 - full:    `KeepAll` on the trajectory cache (numerically the same as the pasted text in the same
            position, without prefilling it a second time); this is the reference for fidelity;
 - text:    optional, the pasted text prompt on `plain_context` (a check that it equals `full`);
-- am_tau*: `AttentionMatching(tau)` (latent briefing), am_b*: `AttentionMatching(budget)`;
+- am_tau*: `AttentionMatching(tau)` (latent briefing), am_b*: `AttentionMatching(ratio)`;
 - topk/random/recent at the same budgets and at the kept count of each am_tau run (matched);
 - summary: the worker model summarises the trajectory (on the full cache), then answers on plain
            context with the summary in the trajectory slot (its input tokens + the summary cost);
@@ -19,7 +19,7 @@ shared answer lead-in that restates the question's key: the continuation is " " 
 candidate, e.g. " The safe combination is 4417", and only the value's tokens (after the lead-in) are
 scored. The lead-in comes from the question, so it carries no information about the value; the
 candidates of an episode have the same token count (4-digit codes, or single-token words, see
-`rlm.bench.episodes`), so the sum needs no length normalisation. Plus greedy generation (16 tokens) with a
+`benchmarks.rlm_bench.episodes`), so the sum needs no length normalisation. Plus greedy generation (16 tokens) with a
 case-insensitive substring match. KL vs full: on the whole continuation with the true answer.
 """
 from __future__ import annotations
@@ -79,7 +79,10 @@ def bm25_chunks(trajectory: str, query: str, k_tokens: int, lm: Any, chunk_words
 
     words = trajectory.split(" ")
     chunks = [" ".join(words[i:i + chunk_words]) for i in range(0, len(words), chunk_words)]
-    tok = lambda s: re.findall(r"\w+", s.lower())
+
+    def tok(s: str) -> list[str]:
+        return re.findall(r"\w+", s.lower())
+
     bm = BM25Okapi([tok(c) or ["_"] for c in chunks])
     order = sorted(range(len(chunks)), key=lambda i: -bm.get_scores(tok(query))[i])
     picked, used = [], 0
@@ -207,12 +210,12 @@ def episode_rows(lm: Any, prompts: Any, episode: Any, taus: list[float], budgets
         rows.append(row)
         if matched and (matched_taus is None or tau in matched_taus):
             k = max(1, row["kept"])
-            for name, sel in (("topk", briefing.TopK(budget=k)), ("random", briefing.RandomKeep(budget=k, seed=seed)),
-                              ("recent", briefing.RecentWindow(budget=k))):
+            for name, sel in (("topk", briefing.TopK(tokens=k)), ("random", briefing.RandomKeep(tokens=k, seed=seed)),
+                              ("recent", briefing.RecentWindow(tokens=k))):
                 rows.append(r.run(Spec(f"{name}@am_tau{tau:g}", name, sel, k, matched_to=f"am_tau{tau:g}")))
     for b in budgets:
-        for name, sel in (("latent_briefing", briefing.AttentionMatching(budget=b)), ("topk", briefing.TopK(budget=b)),
-                          ("random", briefing.RandomKeep(budget=b, seed=seed)), ("recent", briefing.RecentWindow(budget=b))):
+        for name, sel in (("latent_briefing", briefing.AttentionMatching(ratio=b)), ("topk", briefing.TopK(ratio=b)),
+                          ("random", briefing.RandomKeep(ratio=b, seed=seed)), ("recent", briefing.RecentWindow(ratio=b))):
             label = "am" if name == "latent_briefing" else name
             rows.append(r.run(Spec(f"{label}_b{b:g}", name, sel, b, matched_to=f"budget{b:g}")))
     if summary:
