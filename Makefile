@@ -42,7 +42,7 @@ $(CSTAMP): pyproject.toml Makefile
 	touch $(CSTAMP)
 
 compare: $(CSTAMP)
-	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(CVENV)/bin/python -m benchmarks.kvpress_compare $(COMPARE_ARGS)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(CVENV)/bin/python -m benchmarks.kvpress_compare --readme $(COMPARE_ARGS)
 
 selection-bench: setup
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m benchmarks.selection_bench $(SELECTION_ARGS)

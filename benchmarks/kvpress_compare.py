@@ -216,7 +216,8 @@ def one_case(lm, text: str, question: str, answer: str, presses: list[str], ours
     return row
 
 
-def run(split: str, presses: list[str], ours: list[str], out: Path, anchor: bool, tag: str = "") -> dict:
+def run(split: str, presses: list[str], ours: list[str], out: Path, anchor: bool, tag: str = "",
+        only: list[int] | None = None) -> dict:
     import kvpress  # before the model registers the briefing attention: kvpress wraps every registered function
     import transformers
 
@@ -230,7 +231,8 @@ def run(split: str, presses: list[str], ours: list[str], out: Path, anchor: bool
         res["anchor"] = one_case(lm, (data_dir() / "pg_essays" / "avg.txt").read_text()[:9000], QUESTION, ANSWER,
                                  presses, ours)
         print("anchor done", json.dumps(res["anchor"])[:2000], flush=True)
-    for case in (cases(lm, split) if split else []):
+    todo = cases(lm, split) if split else []
+    for case in (todo if only is None else [todo[i] for i in only]):  # in the order given
         row = one_case(lm, case.text, case.question, case.answer, presses, ours)
         row.update(essay=case.essay, kind=case.kind)
         res["cases"].append(row)
@@ -253,7 +255,10 @@ def _press_value(entry: dict) -> float | None:
 def merged(path: Path) -> dict:
     """compare_{split}.json plus the presses of compare_{split}_{tag}.json files (same cases, possibly fewer)."""
     res = json.loads(path.read_text())
-    for extra_path in sorted(path.parent.glob(f"{path.stem}_*.json")):
+    for part in sorted(path.parent.glob(f"{path.stem}_part-*.json")):  # the same presses on other cases
+        seen = {c["essay"] for c in res["cases"]}
+        res["cases"] += [c for c in json.loads(part.read_text())["cases"] if c["essay"] not in seen]
+    for extra_path in sorted(p for p in path.parent.glob(f"{path.stem}_*.json") if "_part-" not in p.name):
         extra = json.loads(extra_path.read_text())
         res["presses"] += [p for p in extra["presses"] if p not in res["presses"]]
         if "anchor" in extra and "anchor" in res:
@@ -266,7 +271,7 @@ def merged(path: Path) -> dict:
 
 def report(out: Path, readme: Path | None = None) -> str:
     lines: list[str] = []
-    for path in sorted(p for p in out.glob("compare_*.json") if p.stem.count("_") == 1):
+    for path in sorted(p for p in out.glob("compare_*.json") if p.stem.count("_") == 1 and "." not in p.stem):
         res = merged(path)
         blocks = []
         if "anchor" in res:
@@ -324,6 +329,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ours", nargs="+", default=list(OURS), help="variant names from benchmarks.selection_bench")
     parser.add_argument("--no-anchor", action="store_true")
     parser.add_argument("--tag", default="", help="suffix of the JSON file (more presses on the same cases)")
+    parser.add_argument("--cases", type=int, nargs="+", help="only these case indices, in this order (a part run "
+                        "beside another; its file is tagged part-..., and the report merges the parts' cases)")
     parser.add_argument("--out", default=str(OUT))
     parser.add_argument("--readme", action="store_true", help="also rewrite the README's table block")
     parser.add_argument("--report", action="store_true", help="only write the tables from the JSON files")
@@ -333,7 +340,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
     out = Path(args.out)
     if not args.report:
-        run(args.split, args.presses, args.ours, out, not args.no_anchor, args.tag)
+        tag = args.tag or ("part-" + "-".join(map(str, args.cases)) if args.cases else "")
+        run(args.split, args.presses, args.ours, out, not args.no_anchor, tag, args.cases)
     print(report(out, README if args.readme else None))
     return 0
 

@@ -108,12 +108,13 @@ def summarise(rows: list[dict], names: list[str]) -> dict:
     return {name: {str(r): bootstrap_median([row["kl"][name][str(r)] for row in rows]) for r in RATIOS} for name in names}
 
 
-def run(split: str, names: list[str], out: Path, extras: bool, tag: str = "") -> dict:
+def run(split: str, names: list[str], out: Path, extras: bool, tag: str = "", only: list[int] | None = None) -> dict:
     lm = briefing.load_model()
     t0 = time.perf_counter()
     result: dict = {"split": split, "model": lm.name, "ratios": list(RATIOS), "variants": names,
                     "load_average_at_start": os.getloadavg(), "cases": []}
-    for case in cases(lm, split):
+    todo = cases(lm, split)
+    for case in (todo if only is None else [todo[i] for i in only]):  # in the order given
         row = case_rows(lm, case, names)
         result["cases"].append(row)
         print(f"[{split}] {row['essay']:<22} {row['kind']:<13} T={row['tokens']} "
@@ -151,20 +152,25 @@ def update_readme(block: str, text: str, readme: Path = README) -> bool:
 def merged(out: Path, split: str) -> dict:
     """selection_{split}.json plus the variants of any selection_{split}_{tag}.json run on the same cases."""
     res = json.loads((out / f"selection_{split}.json").read_text())
-    for path in sorted(out.glob(f"selection_{split}_*.json")):
+    for path in sorted(out.glob(f"selection_{split}_part-*.json")):  # the same variants on other cases
+        seen = {c["essay"] for c in res["cases"]}
+        res["cases"] += [c for c in json.loads(path.read_text())["cases"] if c["essay"] not in seen]
+    for path in sorted(p for p in out.glob(f"selection_{split}_*.json") if "_part-" not in p.name):
         more = json.loads(path.read_text())
-        if [c["essay"] for c in more["cases"]] != [c["essay"] for c in res["cases"]]:
+        if sorted(c["essay"] for c in more["cases"]) != sorted(c["essay"] for c in res["cases"]):
             raise ValueError(f"{path} was run on other cases than selection_{split}.json")
         new = [v for v in more["variants"] if v not in res["variants"]]
         res["variants"] += new
-        for key in ("summary", "copy_logprob_gap"):
+        for key in ("copy_logprob_gap",):
             if key in more:
                 res.setdefault(key, {}).update({v: more[key][v] for v in new})
         if "anchor" in more:
             res.setdefault("anchor", {"tokens": more["anchor"]["tokens"], "kl": {}})["kl"].update(
                 {v: more["anchor"]["kl"][v] for v in new})
-        for case, extra in zip(res["cases"], more["cases"], strict=True):
+        by_essay = {c["essay"]: c for c in more["cases"]}
+        for case, extra in ((c, by_essay[c["essay"]]) for c in res["cases"]):
             case["kl"].update({v: extra["kl"][v] for v in new})
+    res["summary"] = summarise(res["cases"], res["variants"])  # recomputed from the cases, never stored figures
     return res
 
 
@@ -229,13 +235,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--readme", action="store_true", help="also rewrite the README's table block")
     parser.add_argument("--report", action="store_true", help="write the tables and PNG from the JSON files")
     parser.add_argument("--tag", default="", help="suffix of the JSON file (a further round of variants)")
+    parser.add_argument("--cases", type=int, nargs="+", help="only these case indices, in this order (a part run beside another; "
+                        "its file is tagged part-..., and the report merges the parts' cases)")
     args = parser.parse_args(argv)
     unknown = [v for v in args.variants if v not in VARIANTS]
     if unknown:
         parser.error(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
     out = Path(args.out)
     if args.split:
-        run(args.split, args.variants, out, not args.no_extras, args.tag)
+        tag = args.tag or ("part-" + "-".join(map(str, args.cases)) if args.cases else "")
+        run(args.split, args.variants, out, not args.no_extras, tag, args.cases)
     if args.report or not args.split:
         print(report(out, README if args.readme else None))
     return 0
