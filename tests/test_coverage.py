@@ -172,3 +172,20 @@ def test_readme_selection_tables_are_the_generated_ones():
         assert rows, generated
         missing = [row for row in rows if row not in readme]
         assert not missing, f"README rows differ from {generated} (regenerate with --report): {missing[:2]}"
+
+
+def test_selection_report_merges_parts_and_rounds(tmp_path):
+    from benchmarks.selection_bench import RATIOS, merged
+
+    def case(essay: str, kls: dict) -> dict:
+        return {"essay": essay, "kind": "continuation", "kl": {v: {str(r): x for r in RATIOS} for v, x in kls.items()}}
+
+    def dump(name: str, variants: list[str], cases: list[dict]) -> None:
+        (tmp_path / name).write_text(json.dumps({"variants": variants, "cases": cases}))
+
+    dump("selection_heldout.json", ["a"], [case("e1", {"a": 1.0})])
+    dump("selection_heldout_part-1.json", ["a"], [case("e2", {"a": 3.0}), case("e1", {"a": 99.0})])
+    dump("selection_heldout_round2.json", ["b"], [case("e2", {"b": 0.5}), case("e1", {"b": 0.1})])
+    res = merged(tmp_path, "heldout")
+    assert [c["essay"] for c in res["cases"]] == ["e1", "e2"] and res["variants"] == ["a", "b"]
+    assert res["summary"]["a"]["0.5"][0] == 2.0 and res["summary"]["b"]["0.5"][0] == 0.3  # e1's duplicate ignored
