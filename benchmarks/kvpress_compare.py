@@ -29,21 +29,15 @@ import numpy as np
 import torch
 
 import briefing
-from benchmarks.recall_cases import cases
-from benchmarks.selection_bench import (
-    DEFAULT,
-    README,
-    VARIANTS,
-    bootstrap_median,
-    update_readme,
-)
 from benchmarks.briefing_bench import ANSWER, QUESTION
+from benchmarks.recall_cases import cases
+from benchmarks.selection_bench import DEFAULT, PREVIOUS, README, VARIANTS, bootstrap_median, renamed, update_readme
 from rlm.data import data_dir
 
 RATIOS = (0.5, 0.2, 0.1, 0.05)
 PRESSES = ("SnapKV", "AdaKV", "CriticalAdaKV", "PyramidKV", "ExpectedAttention", "TOVA", "KeyDiff", "KVzip",
            "Compactor", "StreamingLLM")
-OURS = (DEFAULT, "look-ahead 24, decay 0.95", "look-back 8, look-ahead 24, decay 0.95",
+OURS = (PREVIOUS, DEFAULT, "look-ahead 24, decay 0.95", "look-back 8, look-ahead 24, decay 0.95",
         "re-score with 8 generated tokens + look-ahead 8", "smoothing 63 (the issue's crude probe)",
         "top-k, smoothing 5 (SnapKV-like, no fit)")
 OUT = Path("docs/results/kvpress_compare")
@@ -254,10 +248,10 @@ def _press_value(entry: dict) -> float | None:
 
 def merged(path: Path) -> dict:
     """compare_{split}.json plus the presses of compare_{split}_{tag}.json files (same cases, possibly fewer)."""
-    res = json.loads(path.read_text())
+    res = renamed(json.loads(path.read_text()))
     for part in sorted(path.parent.glob(f"{path.stem}_part-*.json")):  # the same presses on other cases
         seen = {c["essay"] for c in res["cases"]}
-        res["cases"] += [c for c in json.loads(part.read_text())["cases"] if c["essay"] not in seen]
+        res["cases"] += [c for c in renamed(json.loads(part.read_text()))["cases"] if c["essay"] not in seen]
     for extra_path in sorted(p for p in path.parent.glob(f"{path.stem}_*.json") if "_part-" not in p.name):
         extra = json.loads(extra_path.read_text())
         res["presses"] += [p for p in extra["presses"] if p not in res["presses"]]

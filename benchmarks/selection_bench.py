@@ -27,26 +27,32 @@ from rlm.data import data_dir
 
 RATIOS = (0.5, 0.2, 0.1, 0.05)
 COPY_RATIOS = (0.2, 0.1)
-DEFAULT = "default: fit, per-head, smoothing 5"
-VARIANTS: dict[str, Callable[..., briefing.Selector]] = {
+PREVIOUS = "previous default: fit, per-head, smoothing 5, no look-ahead"
+DEFAULT = "look-ahead 8 (the new default)"
+VARIANTS: dict[str, Callable[..., briefing.Selector]] = {  # look_ahead=0 where a variant was measured without it
+    PREVIOUS: lambda **size: briefing.AttentionMatching(**size, look_ahead=0),
+    "smoothing 63 (the issue's crude probe)": lambda **size: briefing.AttentionMatching(
+        **size, smooth_kernel=63, look_ahead=0),
+    "top-k, smoothing 5 (SnapKV-like, no fit)": lambda **size: briefing.TopK(**size, look_ahead=0),
     DEFAULT: lambda **size: briefing.AttentionMatching(**size),
-    "smoothing 63 (the issue's crude probe)": lambda **size: briefing.AttentionMatching(**size, smooth_kernel=63),
-    "top-k, smoothing 5 (SnapKV-like, no fit)": lambda **size: briefing.TopK(**size),
-    "look-ahead 8": lambda **size: briefing.CoverageMatching(**size, look_ahead=8),
-    "look-ahead 24, decay 0.95": lambda **size: briefing.CoverageMatching(**size, look_ahead=24, look_ahead_decay=0.95),
-    "chunks of 8 (ChunkKV-style)": lambda **size: briefing.CoverageMatching(**size, chunk=8),
-    "hybrid: task mass 0.5, then key diversity": lambda **size: briefing.CoverageMatching(**size, agnostic_mass=0.5),
-    "hybrid: task mass 0.8, then key diversity": lambda **size: briefing.CoverageMatching(**size, agnostic_mass=0.8),
-    "re-score with 4 generated tokens": lambda **size: briefing.CoverageMatching(**size, rescore_tokens=4),
-    "re-score with 8 generated tokens + look-ahead 8": lambda **size: briefing.CoverageMatching(
+    "look-ahead 24, decay 0.95": lambda **size: briefing.AttentionMatching(**size, look_ahead=24, look_ahead_decay=0.95),
+    "chunks of 8 (ChunkKV-style)": lambda **size: briefing.CoverageMatching(**size, chunk=8, look_ahead=0),
+    "hybrid: task mass 0.5, then key diversity": lambda **size: briefing.CoverageMatching(
+        **size, agnostic_mass=0.5, look_ahead=0),
+    "hybrid: task mass 0.8, then key diversity": lambda **size: briefing.CoverageMatching(
+        **size, agnostic_mass=0.8, look_ahead=0),
+    "re-score with 4 generated tokens": lambda **size: briefing.AttentionMatching(
+        **size, rescore_tokens=4, look_ahead=0),
+    "re-score with 8 generated tokens + look-ahead 8": lambda **size: briefing.AttentionMatching(
         **size, rescore_tokens=8, look_ahead=8),
-    "protected recent window 32": lambda **size: briefing.CoverageMatching(**size, protect_last=32),
+    "protected recent window 32": lambda **size: briefing.CoverageMatching(**size, protect_last=32, look_ahead=0),
     # round 2, after round 1's dev figures: verbatim questions quote the middle of a sentence, so look back too
-    "look-back 8, look-ahead 24, decay 0.95": lambda **size: briefing.CoverageMatching(
+    "look-back 8, look-ahead 24, decay 0.95": lambda **size: briefing.AttentionMatching(
         **size, look_ahead=24, look_back=8, look_ahead_decay=0.95),
 }
+RENAMED = {"default: fit, per-head, smoothing 5": PREVIOUS, "look-ahead 8": DEFAULT}  # names in runs before the switch
 ROUND2 = list(VARIANTS)[11:]
-HELDOUT = [DEFAULT, "smoothing 63 (the issue's crude probe)", "top-k, smoothing 5 (SnapKV-like, no fit)", "look-ahead 8",
+HELDOUT = [PREVIOUS, "smoothing 63 (the issue's crude probe)", "top-k, smoothing 5 (SnapKV-like, no fit)", DEFAULT,
            "look-ahead 24, decay 0.95", "look-back 8, look-ahead 24, decay 0.95", "chunks of 8 (ChunkKV-style)",
            "hybrid: task mass 0.8, then key diversity", "re-score with 8 generated tokens + look-ahead 8",
            "protected recent window 32"]
@@ -149,14 +155,31 @@ def update_readme(block: str, text: str, readme: Path = README) -> bool:
     return True
 
 
+def renamed(res: dict) -> dict:
+    """The variant names of runs made before the default switched (RENAMED), in every table of a result."""
+    def fix(d: dict) -> dict:
+        return {RENAMED.get(k, k): v for k, v in d.items()}
+
+    for key in ("variants", "ours"):
+        if key in res:
+            res[key] = [RENAMED.get(v, v) for v in res[key]]
+    for row in res.get("cases", []) + ([res["anchor"]] if "anchor" in res else []):
+        for key in ("kl", "ours"):
+            if key in row:
+                row[key] = fix(row[key])
+    if "copy_logprob_gap" in res:
+        res["copy_logprob_gap"] = fix(res["copy_logprob_gap"])
+    return res
+
+
 def merged(out: Path, split: str) -> dict:
     """selection_{split}.json plus the variants of any selection_{split}_{tag}.json run on the same cases."""
-    res = json.loads((out / f"selection_{split}.json").read_text())
+    res = renamed(json.loads((out / f"selection_{split}.json").read_text()))
     for path in sorted(out.glob(f"selection_{split}_part-*.json")):  # the same variants on other cases
         seen = {c["essay"] for c in res["cases"]}
-        res["cases"] += [c for c in json.loads(path.read_text())["cases"] if c["essay"] not in seen]
+        res["cases"] += [c for c in renamed(json.loads(path.read_text()))["cases"] if c["essay"] not in seen]
     for path in sorted(p for p in out.glob(f"selection_{split}_*.json") if "_part-" not in p.name):
-        more = json.loads(path.read_text())
+        more = renamed(json.loads(path.read_text()))
         if sorted(c["essay"] for c in more["cases"]) != sorted(c["essay"] for c in res["cases"]):
             raise ValueError(f"{path} was run on other cases than selection_{split}.json")
         new = [v for v in more["variants"] if v not in res["variants"]]

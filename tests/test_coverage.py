@@ -10,15 +10,8 @@ import torch
 
 import briefing
 from briefing.errors import BriefingError
-from briefing.selection.base import Scores
-from briefing.selection.coverage import (
-    chunk_mean,
-    key_diversity,
-    look_ahead,
-    mass_split,
-    protect_recent,
-    task_share,
-)
+from briefing.selection.base import Scores, look_ahead
+from briefing.selection.coverage import chunk_mean, key_diversity, mass_split, protect_recent, task_share
 from tests.tiny import tiny_model
 
 
@@ -65,25 +58,27 @@ def test_coverage_matching_rejects_bad_settings(kwargs):
         briefing.CoverageMatching(ratio=0.1, **kwargs)
 
 
-def test_coverage_selection_keeps_the_span_after_the_quote():
+def test_look_ahead_default_keeps_the_span_after_the_quote():
     L, H, T = 2, 2, 64
     per_head = torch.full((L, H, T), 1e-3)
     per_head[..., 20:24] = 1.0  # the question attends to the words it quotes
     scores = Scores(per_head=per_head, shared=per_head.mean((0, 1)))
-    plain = briefing.AttentionMatching(tokens=12, smooth_kernel=1).select(L, H, T, scores)
-    covered = briefing.CoverageMatching(tokens=12, smooth_kernel=1, look_ahead=8).select(L, H, T, scores)
-    assert covered.shape == plain.shape == (L, H, 12)
+    plain = briefing.AttentionMatching(tokens=12, smooth_kernel=1, look_ahead=0).select(L, H, T, scores)
+    covered = briefing.AttentionMatching(tokens=12, smooth_kernel=1).select(L, H, T, scores)  # look_ahead=8
+    both = briefing.TopK(tokens=12, smooth_kernel=1, look_ahead=4, look_back=4).select(L, H, T, scores)
+    assert covered.shape == plain.shape == both.shape == (L, H, 12)
     answer = set(range(24, 31))  # the tokens that continue the quote
     assert answer <= set(covered[0, 0].tolist()) and not answer <= set(plain[0, 0].tolist())
+    assert {0, *range(16, 28)} - {16} == set(both[0, 0].tolist())  # the sink, 4 before, the quote, 4 after
 
 
 @pytest.mark.parametrize("selector", [
-    briefing.CoverageMatching(ratio=0.3, look_ahead=4),
+    briefing.AttentionMatching(ratio=0.3, look_back=2),
     briefing.CoverageMatching(ratio=0.3, chunk=4),
     briefing.CoverageMatching(ratio=0.3, agnostic_mass=0.5),
     briefing.CoverageMatching(ratio=0.3, protect_last=3),
     briefing.CoverageMatching(ratio=0.3, rescore_tokens=3, look_ahead=4),
-    briefing.CoverageMatching(ratio=0.3, look_ahead=4, per_head=False),
+    briefing.TopK(ratio=0.3, look_ahead=4, per_head=False),
     briefing.TopK(ratio=0.3, rescore_tokens=2),
 ])
 def test_every_coverage_strategy_compacts_and_generates(lm, selector):

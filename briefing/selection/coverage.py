@@ -4,7 +4,8 @@ A continuation or verbatim-recall question attends to the words it quotes; the a
 AFTER them, which the question never attends to. Score transforms here (each a pure function over a score
 tensor [..., T], last dim = trajectory position) widen a task-guided selection toward what the answer needs:
 
-- `look_ahead`: a position inherits the decayed score of the positions just before it (span expansion);
+- `look_ahead` (in base, on every scored selector; default 8): a position inherits the decayed score of the
+  positions just before it (span expansion);
 - `chunk_mean`: ChunkKV-style (Liu et al., 2025): whole chunks are ranked by their mean score;
 - `key_diversity`: a query-agnostic importance (KeyDiff, Park et al., 2025: keys far from the mean key);
 - `mass_split`: the hybrid: task-guided positions up to a share of the attention mass, then query-agnostic
@@ -16,7 +17,6 @@ see briefing.rescore); this module only consumes the mixed scores.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -24,18 +24,7 @@ import torch.nn.functional as F
 
 from briefing.errors import BriefingError
 from briefing.selection.attention_matching import AttentionMatching
-from briefing.selection.base import Scores, _is_number, broadcast, check_int, smooth
-
-
-def look_ahead(scores: torch.Tensor, window: int, decay: float) -> torch.Tensor:
-    """s'[i] = max_{0 <= k <= window} decay^k s[i - k]: the `window` positions after a high score inherit it,
-    decayed, so a kept quote keeps the tokens that continue it. scores [..., T] -> [..., T]."""
-    out = scores.clone()
-    T = scores.shape[-1]
-    for k in range(1, min(window, T - 1) + 1):
-        shifted = F.pad(scores[..., : T - k], (k, 0)) * decay ** k                  # [..., T]
-        out = torch.maximum(out, shifted)
-    return out
+from briefing.selection.base import _is_number, check_int
 
 
 def chunk_mean(scores: torch.Tensor, size: int) -> torch.Tensor:
@@ -87,42 +76,29 @@ def protect_recent(scores: torch.Tensor, count: int) -> torch.Tensor:
 
 @dataclass(kw_only=True)
 class CoverageMatching(AttentionMatching):
-    """Attention Matching whose selection covers the answer's span (see the module docstring). Keeps `ratio`,
-    `tokens` or the tau rule's count (as AttentionMatching), ranked by the smoothed task-guided scores after:
+    """Attention Matching with the other coverage transforms measured beside the look-ahead (which every scored
+    selector has: `look_ahead`, `look_back`). Ranked by the pooled, spread scores, then:
 
-    look_ahead: positions after a scored one that inherit its score decayed by `look_ahead_decay` per step
-    (0: off); look_back: the same for the positions before it (a sentence quoted from its middle starts
-    earlier). chunk: ChunkKV chunk size (0: off). agnostic_mass: hybrid with key diversity, the task-guided
-    share of the attention mass kept first (None: off; needs per_head). protect_last: protected recent window.
+    chunk: ChunkKV chunk size (0: off). agnostic_mass: hybrid with key diversity, the task-guided share of the
+    attention mass kept first (None: off; needs per_head). protect_last: protected recent window (0: off).
     Re-scoring with generated tokens is ScoredSelector's `rescore_tokens`.
     """
 
-    look_ahead: int = 0
-    look_back: int = 0
-    look_ahead_decay: float = 0.9
     chunk: int = 0
     agnostic_mass: float | None = None
     protect_last: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name, what in (("look_ahead", "positions after a scored one"), ("look_back", "positions before it"),
-                           ("chunk", "chunk size; 0: off"), ("protect_last", "recent positions always kept")):
+        for name, what in (("chunk", "chunk size; 0: off"), ("protect_last", "recent positions always kept")):
             check_int("CoverageMatching", name, getattr(self, name), 0, what)
-        if not (_is_number(self.look_ahead_decay) and 0 < self.look_ahead_decay <= 1):
-            raise BriefingError(f"CoverageMatching: look_ahead_decay must be in (0, 1], got {self.look_ahead_decay!r}.")
         if self.agnostic_mass is not None and not (_is_number(self.agnostic_mass) and 0 < self.agnostic_mass <= 1):
             raise BriefingError(f"CoverageMatching: agnostic_mass must be in (0, 1] or None, got {self.agnostic_mass!r}.")
         if self.agnostic_mass is not None and not self.per_head:
             raise BriefingError("CoverageMatching: agnostic_mass needs per_head=True (key diversity is per KV head).")
 
-    def transform(self, scores: torch.Tensor, keys: torch.Tensor | None) -> torch.Tensor:
-        """Task-guided scores [..., T] -> coverage scores [..., T] (keys [L, H, T, d] for the hybrid). Smoothing
-        comes first, so a look-ahead spreads the pooled score."""
-        s = smooth(scores, self.smooth_kernel)
-        if self.look_ahead or self.look_back:
-            ahead = look_ahead(s, self.look_ahead, self.look_ahead_decay)
-            s = torch.maximum(ahead, look_ahead(s.flip(-1), self.look_back, self.look_ahead_decay).flip(-1))
+    def rank(self, scores: torch.Tensor, keys: torch.Tensor | None) -> torch.Tensor:
+        s = super().rank(scores, keys)                                                # [..., T]
         if self.chunk > 1:
             s = chunk_mean(s, self.chunk)
         if self.agnostic_mass is not None:
@@ -130,18 +106,3 @@ class CoverageMatching(AttentionMatching):
                 raise BriefingError("CoverageMatching: agnostic_mass needs the trajectory keys in Scores.keys.")
             s = mass_split(s, key_diversity(keys), self.agnostic_mass)
         return protect_recent(s, self.protect_last)
-
-    def select(self, layers: int, kv_heads: int, length: int, scores: Scores | None) -> torch.Tensor:
-        if scores is None:
-            raise BriefingError("CoverageMatching needs task-guided scores: call it through briefing.compact().")
-        scores = self.score(scores)
-        t = min(length, max(self.count_scored(smooth(scores.shared, self.smooth_kernel)), min(self.sinks, length)))
-        if t == 0:
-            return torch.empty(layers, kv_heads, 0, dtype=torch.long)
-        if self.per_head:
-            s = self.transform(scores.per_head, scores.keys)                          # [L, H, T]
-            s[..., : self.sinks] = math.inf
-            return s.topk(t, dim=-1).indices.sort(dim=-1).values
-        s = self.transform(scores.shared, None)                                       # [T]
-        s[: self.sinks] = math.inf
-        return broadcast(s.topk(t).indices, layers, kv_heads)
