@@ -253,13 +253,18 @@ def merged(path: Path) -> dict:
         seen = {c["essay"] for c in res["cases"]}
         res["cases"] += [c for c in renamed(json.loads(part.read_text()))["cases"] if c["essay"] not in seen]
     for extra_path in sorted(p for p in path.parent.glob(f"{path.stem}_*.json") if "_part-" not in p.name):
-        extra = json.loads(extra_path.read_text())
+        extra = renamed(json.loads(extra_path.read_text()))
         res["presses"] += [p for p in extra["presses"] if p not in res["presses"]]
+        new_ours = [v for v in extra["ours"] if v not in res["ours"]]
+        res["ours"] = new_ours + res["ours"]
         if "anchor" in extra and "anchor" in res:
             res["anchor"]["presses"].update(extra["anchor"]["presses"])
+            res["anchor"]["ours"].update({v: extra["anchor"]["ours"][v] for v in new_ours})
         by_essay = {c["essay"]: c for c in extra["cases"]}
         for case in res["cases"]:
-            case["presses"].update(by_essay.get(case["essay"], {}).get("presses", {}))
+            other = by_essay.get(case["essay"], {})
+            case["presses"].update(other.get("presses", {}))
+            case["ours"].update({v: other["ours"][v] for v in new_ours if v in other.get("ours", {})})
     return res
 
 
@@ -284,8 +289,9 @@ def report(out: Path, readme: Path | None = None) -> str:
                 for r in RATIOS:
                     vals, errors = [], []
                     for row in rows:
-                        if name in row["ours"]:
-                            vals.append(row["ours"][name][str(r)])
+                        if name in res["ours"]:
+                            if name in row["ours"]:
+                                vals.append(row["ours"][name][str(r)])
                         elif name in row["presses"]:
                             e = row["presses"][name][str(r)]
                             (vals.append(e["kl"]) if "kl" in e else errors.append(e["error"]))
@@ -319,7 +325,7 @@ def report(out: Path, readme: Path | None = None) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.kvpress_compare", description=__doc__.split("\n")[0])
     parser.add_argument("--split", choices=["dev", "heldout", ""], default="heldout", help="'' for the anchor only")
-    parser.add_argument("--presses", nargs="+", default=list(PRESSES), choices=PRESSES)
+    parser.add_argument("--presses", nargs="*", default=list(PRESSES), choices=PRESSES, help="none: ours only")
     parser.add_argument("--ours", nargs="+", default=list(OURS), help="variant names from benchmarks.selection_bench")
     parser.add_argument("--no-anchor", action="store_true")
     parser.add_argument("--tag", default="", help="suffix of the JSON file (more presses on the same cases)")
