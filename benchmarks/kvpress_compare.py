@@ -275,8 +275,9 @@ def report(out: Path, readme: Path | None = None) -> str:
         blocks = []
         if "anchor" in res:
             blocks.append(("anchor (avg.txt, first 9,000 characters)", [res["anchor"]]))
-        if res["cases"]:
-            blocks.append((f"{res['split']} split, median over {len(res['cases'])} cases [bootstrap 95%]", res["cases"]))
+        complete = [c for c in res["cases"] if all(v in c["ours"] for v in res["ours"])]  # same cases for every row
+        if complete:
+            blocks.append((f"{res['split']} split, median over {len(complete)} cases [bootstrap 95%]", complete))
         for title, rows in blocks:
             one = len(rows) == 1
             lines += [(f"**{title}**: answer KL vs the full cache, kept positions matched "
