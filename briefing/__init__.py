@@ -9,15 +9,15 @@ from briefing.errors import BriefingError, ModelLoadError
 from briefing.fold import FoldPolicy, FoldStats, Guidance, MixGuidance, SpanGuidance, TaskGuidance
 from briefing.generation import GenerationConfig, GenerationResult, generate, loglikelihood, token_logprobs
 from briefing.model import LoadedModel, load_model
-from briefing.selection import (AttentionMatching, Fit, KeepAll, KeepNone, RandomKeep, RecentWindow, ScoredSelector,
-                                Scores, Selector, SizedSelector, TopK)
+from briefing.selection import (AttentionMatching, CoverageMatching, Fit, KeepAll, KeepNone, RandomKeep, RecentWindow,
+                                ScoredSelector, Scores, Selector, SizedSelector, TopK)
 from briefing.trajectory import TrajectoryCache
 
 __all__ = [
-    "AttentionMatching", "BriefingError", "CompactedCache", "CompactionStats", "Fit", "FoldPolicy", "FoldStats",
-    "GenerationConfig", "GenerationResult", "Guidance", "KeepAll", "KeepNone", "LoadedModel", "MixGuidance",
-    "ModelLoadError", "RandomKeep", "RecentWindow", "ScoredSelector", "Scores", "Selector", "SizedSelector",
-    "SpanGuidance", "TaskGuidance", "TopK", "TrajectoryCache", "compact", "generate", "load_model", "loglikelihood",
-    "plain_context",
+    "AttentionMatching", "BriefingError", "CompactedCache", "CompactionStats", "CoverageMatching", "Fit", "FoldPolicy",
+    "FoldStats", "GenerationConfig", "GenerationResult", "Guidance", "KeepAll", "KeepNone", "LoadedModel",
+    "MixGuidance", "ModelLoadError", "RandomKeep", "RecentWindow", "ScoredSelector", "Scores", "Selector",
+    "SizedSelector", "SpanGuidance", "TaskGuidance", "TopK", "TrajectoryCache", "compact", "generate", "load_model",
+    "loglikelihood", "plain_context",
     "token_logprobs",
 ]

@@ -23,7 +23,8 @@ import torch
 from briefing import kv
 from briefing.context import CompactedCache, CompactionStats, check_prompt, forward_with_bias
 from briefing.errors import BriefingError
-from briefing.selection import AttentionMatching, Fit, Scores, Selector
+from briefing.rescore import generated_scores
+from briefing.selection import AttentionMatching, Fit, ScoredSelector, Scores, Selector
 from briefing.trajectory import TrajectoryCache
 
 LAYER_CHUNK = 3  # layers per batched block: bounds the [L, H, m, T] logits in memory
@@ -166,21 +167,32 @@ def score(cache: TrajectoryCache, prompt_ids: list[int], selector: Selector, kee
     at the cache's next RoPE position, every logit carries the stored beta, and the prompt's queries are kept as
     task guidance for later folds."""
     lm, T, position = cache.lm, cache.length, cache.position
+    K_list = kv.layer_kv(cache.kv, 0, T)[0]
+    rescore = selector.rescore_tokens if isinstance(selector, ScoredSelector) else 0
+    if rescore and cache.beta is not None:
+        raise BriefingError(f"{type(selector).__name__}: rescore_tokens={rescore} is not supported on a folded cache "
+                            f"(its generated-token pass ignores the stored beta); use rescore_tokens=0.")
+    generated = None
     try:
         last_logits, queries = forward_with_bias(lm, cache.kv, prompt_ids, position, cache.beta, capture=True,
                                                  last_only=True)
         prompt_kv = kv.layer_kv(cache.kv, T, T + len(prompt_ids))
+        if rescore:  # the first greedy tokens' attention (briefing.rescore), before the cache is cropped
+            generated = generated_scores(lm, cache.kv, T, T + len(prompt_ids), last_logits[-1], rescore, _scaling(lm),
+                                         K_list[0].shape[1])                       # [L, H, T]
     finally:
         kv.truncate(cache.kv, T)
-    K_list = kv.layer_kv(cache.kv, 0, T)[0]
     Q = group_queries(queries, lm.num_layers, K_list[0].shape[1])                 # [L, H, m, d]
     cache.remember_prompt(Q, position)
     scores = blocks = None
     if selector.needs_scores:
         keep = keep_blocks and Q.shape[0] * Q.shape[1] * Q.shape[2] * T <= KEEP_BLOCKS_MAX
-        per_head, blocks = attention_scores(Q, stack_layers(K_list), stack_layers(prompt_kv[0]), _scaling(lm),
-                                            len(prompt_ids), keep, cache.bias())
-        scores = Scores(per_head=per_head, shared=per_head.mean(dim=(0, 1)))
+        K_all = stack_layers(K_list)                                               # [L, H, T, d]
+        per_head, blocks = attention_scores(Q, K_all, stack_layers(prompt_kv[0]), _scaling(lm), len(prompt_ids), keep,
+                                            cache.bias())
+        if generated is not None:
+            per_head = (1 - selector.rescore_weight) * per_head + selector.rescore_weight * generated
+        scores = Scores(per_head=per_head, shared=per_head.mean(dim=(0, 1)), keys=K_all)
     return Q, prompt_kv, last_logits[-1], scores, blocks
 
 

@@ -1,0 +1,351 @@
+"""kvpress and our selectors side by side, in one process: same weights, texts, questions and kept counts.
+
+    make compare                      # builds .venv-compare (kvpress 0.5.5, transformers < 5.3) and runs this
+    .venv-compare/bin/python -m benchmarks.kvpress_compare [--split heldout] [--presses NAME ...]
+    python -m benchmarks.kvpress_compare --report       # tables and PNG from the JSON (any environment)
+
+kvpress's way (its pipeline prefills the context under the press; here the context is text + question, as in
+the design notes' anchor): the press compresses during the prefill of text + question, then the answer tokens
+are forwarded over the compressed cache at positions continuing from the true length. Ours: the trajectory is
+the text, the question is the worker prompt (its keys and values from the full-cache scoring pass are kept).
+Kept counts are matched: ours keeps t = ceil(r * T) trajectory positions plus the n prompt positions, and the
+press gets compression_ratio = 1 - (t + n + 0.5) / (T + n), so it keeps t + n of the T + n (per head on
+average; the count each press actually kept is recorded). The metric is the answer-token KL against one full
+-cache reference, shared by both sides (our identity compaction is checked against it). A press that raises
+is reported with its error.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import briefing
+from benchmarks.briefing_bench import ANSWER, QUESTION
+from benchmarks.recall_cases import cases
+from benchmarks.selection_bench import DEFAULT, PREVIOUS, README, VARIANTS, bootstrap_median, renamed, update_readme
+from rlm.data import data_dir
+
+RATIOS = (0.5, 0.2, 0.1, 0.05)
+PRESSES = ("SnapKV", "AdaKV", "CriticalAdaKV", "PyramidKV", "ExpectedAttention", "TOVA", "KeyDiff", "KVzip",
+           "Compactor", "StreamingLLM")
+OURS = (PREVIOUS, DEFAULT, "look-ahead 24, decay 0.95", "look-back 8, look-ahead 24, decay 0.95",
+        "re-score with 8 generated tokens + look-ahead 8", "smoothing 63 (the issue's crude probe)",
+        "top-k, smoothing 5 (SnapKV-like, no fit)")
+OUT = Path("docs/results/kvpress_compare")
+
+
+def make_press(name: str, ratio: float):
+    import kvpress as kp
+
+    return {
+        "SnapKV": lambda: kp.SnapKVPress(compression_ratio=ratio),
+        "AdaKV": lambda: kp.AdaKVPress(press=kp.SnapKVPress(compression_ratio=ratio)),
+        "CriticalAdaKV": lambda: kp.CriticalAdaKVPress(press=kp.SnapKVPress(compression_ratio=ratio)),
+        "PyramidKV": lambda: kp.PyramidKVPress(compression_ratio=ratio),
+        "ExpectedAttention": lambda: kp.ExpectedAttentionPress(compression_ratio=ratio),
+        "TOVA": lambda: kp.TOVAPress(compression_ratio=ratio),
+        "KeyDiff": lambda: kp.KeyDiffPress(compression_ratio=ratio),
+        "KVzip": lambda: kp.KVzipPress(compression_ratio=ratio),
+        "Compactor": lambda: kp.CompactorPress(compression_ratio=ratio),
+        "StreamingLLM": lambda: kp.StreamingLLMPress(compression_ratio=ratio),
+    }[name]()
+
+
+@contextlib.contextmanager
+def attention(lm, name: str):
+    """kvpress patches the registered SDPA function (head-wise masking for AdaKV-style presses): run presses on it."""
+    before = lm.model.config._attn_implementation
+    lm.model.config._attn_implementation = name
+    try:
+        yield
+    finally:
+        lm.model.config._attn_implementation = before
+
+
+@torch.no_grad()
+def press_logprobs(lm, ids: list[int], answer_ids: list[int], press) -> tuple[torch.Tensor, float]:
+    """Prefill `ids` under `press` (None: the full reference), then teacher-force the answer. Returns log-probs
+    [len(answer), vocab] and the kept positions per (layer, KV head), averaged."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    n = len(ids)
+    with attention(lm, "sdpa"), (press(lm.model) if press is not None else contextlib.nullcontext()):
+        out = lm.model(input_ids=torch.tensor([ids]), past_key_values=cache, use_cache=True, logits_to_keep=1)
+    with attention(lm, "sdpa"):
+        rest = lm.model(input_ids=torch.tensor([answer_ids[:-1]]), past_key_values=cache, use_cache=True,
+                        position_ids=torch.arange(n, n + len(answer_ids) - 1)[None]).logits[0]
+    kept = []
+    for i, layer in enumerate(lm.model.model.layers):
+        length = cache.layers[i].keys.shape[-2] - (len(answer_ids) - 1)
+        masked = getattr(layer.self_attn, "masked_key_indices", None)  # AdaKV-style presses mask, not drop
+        heads = cache.layers[i].keys.shape[1]
+        kept.append(length - (len(masked[0]) / heads if masked is not None else 0.0))
+        layer.self_attn.masked_key_indices = None
+    logits = torch.cat([out.logits[0, -1:], rest], 0).float()
+    return torch.log_softmax(logits, -1), float(np.mean(kept))
+
+
+SEPARATE_PREFILL = ("KVzip",)  # compresses after the prefill with its own reconstruction passes: run as kvpress does
+
+
+@torch.no_grad()
+def press_logprobs_all(lm, ids: list[int], answer_ids: list[int], name: str, ratios: dict[str, float]) -> dict:
+    """One prefill for every ratio of a prefill-hook press. A press compresses a layer's cache after that layer's
+    attention has run on the full sequence, so the hidden states a press sees do not depend on its ratio: here
+    each layer's hook calls the `compress` of one press object per ratio (each built and initialised as kvpress
+    would) and stores the result, leaving the cache full. Each ratio then gets its compressed cache (and
+    head-wise masks, for AdaKV-style presses) and the answer is forwarded as in `press_logprobs`. Checked equal
+    to kvpress's own path. Returns {ratio: (log-probs, kept) or the exception it raised}."""
+    from kvpress.presses.base_press import is_prefilling
+    from kvpress.utils import extract_keys_and_values
+    from transformers import DynamicCache
+
+    presses = {r: make_press(name, c) for r, c in ratios.items()}
+    stored: dict[str, dict[int, tuple]] = {r: {} for r in ratios}
+    failed: dict[str, Exception] = {}
+
+    def hook(module, args, kwargs, output):
+        hidden = kwargs["hidden_states"]
+        if not is_prefilling(kwargs["cache_position"], hidden.shape[1]):
+            return output
+        keys, values = extract_keys_and_values(kwargs["past_key_values"], module.layer_idx)
+        for r, press in presses.items():
+            if r in failed:
+                continue
+            module.masked_key_indices = None
+            try:
+                k, v = press.compress(module, hidden, keys, values, output[1], kwargs)
+            except Exception as exc:  # noqa: BLE001 -- this ratio's own error, reported
+                failed[r] = exc
+                continue
+            stored[r][module.layer_idx] = (k, v, module.masked_key_indices)
+        module.masked_key_indices = None
+        return output
+
+    layers = lm.model.model.layers
+    for press in presses.values():
+        press.post_init_from_model(lm.model)
+    handles = []
+    for layer in layers:
+        layer.self_attn.rotary_emb = lm.model.model.rotary_emb
+        handles.append(layer.self_attn.register_forward_hook(hook, with_kwargs=True))
+    try:
+        with attention(lm, "sdpa"):
+            out = lm.model(input_ids=torch.tensor([ids]), past_key_values=DynamicCache(), use_cache=True, logits_to_keep=1)
+    finally:
+        for h in handles:
+            h.remove()
+    n, result = len(ids), {}
+    for r in ratios:
+        if r in failed:
+            result[r] = failed[r]
+            continue
+        cache = DynamicCache(ddp_cache_data=[(stored[r][i][0], stored[r][i][1]) for i in range(len(layers))])
+        kept = []
+        for i, layer in enumerate(layers):
+            keys, masked = stored[r][i][0], stored[r][i][2]
+            layer.self_attn.masked_key_indices = masked
+            kept.append(keys.shape[-2] - (len(masked[0]) / keys.shape[1] if masked is not None else 0.0))
+        try:
+            with attention(lm, "sdpa"):
+                rest = lm.model(input_ids=torch.tensor([answer_ids[:-1]]), past_key_values=cache, use_cache=True,
+                                position_ids=torch.arange(n, n + len(answer_ids) - 1)[None]).logits[0]
+            logits = torch.cat([out.logits[0, -1:], rest], 0).float()
+            result[r] = (torch.log_softmax(logits, -1), float(np.mean(kept)))
+        except Exception as exc:  # noqa: BLE001 -- this ratio's own error, reported
+            result[r] = exc
+        finally:
+            for layer in layers:
+                layer.self_attn.masked_key_indices = None
+    return result
+
+
+def error_entry(exc: Exception) -> dict:
+    where = traceback.format_exception(exc)
+    return {"error": f"{type(exc).__name__}: {exc}".splitlines()[0][:300],
+            "where": where[-2].strip().splitlines()[0][:200] if len(where) > 1 else ""}
+
+
+def kl(ref: torch.Tensor, got: torch.Tensor) -> float:
+    return float((ref.exp() * (ref - got)).sum(-1).mean())
+
+
+def one_case(lm, text: str, question: str, answer: str, presses: list[str], ours: list[str]) -> dict:
+    cache = briefing.TrajectoryCache(lm, text)
+    T, q_ids, a_ids = cache.length, lm.encode(question), lm.encode(answer)
+    n, ids = len(q_ids), cache.ids + q_ids
+    ref, _ = press_logprobs(lm, ids, a_ids, None)
+    identity = kl(ref, briefing.token_logprobs(cache.compact(question, briefing.KeepAll()), answer)[1])
+    row: dict = {"tokens": T, "prompt_tokens": n, "identity_kl": identity, "ours": {}, "presses": {}, "kept": {}}
+    ratios = {}
+    for r in RATIOS:
+        t = math.ceil(r * T)
+        row["kept"][str(r)] = t + n
+        ratios[str(r)] = 1.0 - (t + n + 0.5) / (T + n)
+        for name in ours:
+            ctx = cache.compact(question, VARIANTS[name](tokens=t))
+            row["ours"].setdefault(name, {})[str(r)] = kl(ref, briefing.token_logprobs(ctx, answer)[1])
+    for name in presses:
+        entry = row["presses"].setdefault(name, {})
+        if name not in SEPARATE_PREFILL:
+            for r, got in press_logprobs_all(lm, ids, a_ids, name, ratios).items():
+                entry[r] = error_entry(got) if isinstance(got, Exception) else {"kl": kl(ref, got[0]), "kept": got[1]}
+            continue
+        for r, ratio in ratios.items():
+            try:
+                got, kept = press_logprobs(lm, ids, a_ids, make_press(name, ratio))
+                entry[r] = {"kl": kl(ref, got), "kept": kept}
+            except Exception as exc:  # noqa: BLE001 -- reported, not hidden: the table says which press failed and why
+                entry[r] = error_entry(exc)
+    return row
+
+
+def run(split: str, presses: list[str], ours: list[str], out: Path, anchor: bool, tag: str = "",
+        only: list[int] | None = None) -> dict:
+    import kvpress  # before the model registers the briefing attention: kvpress wraps every registered function
+    import transformers
+
+    lm = briefing.load_model()
+    suffix = f"_{tag}" if tag else ""
+    t0 = time.perf_counter()
+    res: dict = {"split": split, "model": lm.name, "kvpress": kvpress.__version__ if hasattr(kvpress, "__version__")
+                 else "0.5.5", "transformers": transformers.__version__, "ratios": list(RATIOS), "presses": presses,
+                 "ours": ours, "load_average_at_start": os.getloadavg(), "cases": []}
+    if anchor:
+        res["anchor"] = one_case(lm, (data_dir() / "pg_essays" / "avg.txt").read_text()[:9000], QUESTION, ANSWER,
+                                 presses, ours)
+        print("anchor done", json.dumps(res["anchor"])[:2000], flush=True)
+    todo = cases(lm, split) if split else []
+    for case in (todo if only is None else [todo[i] for i in only]):  # in the order given
+        row = one_case(lm, case.text, case.question, case.answer, presses, ours)
+        row.update(essay=case.essay, kind=case.kind)
+        res["cases"].append(row)
+        print(f"[{split}] {case.essay} {case.kind} identity {row['identity_kl']:.2e} "
+              + json.dumps({k: {r: (v.get("kl") if isinstance(v, dict) else v) for r, v in d.items()}
+                            for k, d in {**row["ours"], **row["presses"]}.items()}), flush=True)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"compare_{split}{suffix}.json").write_text(json.dumps(res, indent=2))
+    res["wall_s"] = time.perf_counter() - t0
+    res["load_average_at_end"] = os.getloadavg()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"compare_{split or 'anchor'}{suffix}.json").write_text(json.dumps(res, indent=2))
+    return res
+
+
+def _press_value(entry: dict) -> float | None:
+    return entry.get("kl")
+
+
+def merged(path: Path) -> dict:
+    """compare_{split}.json plus the presses of compare_{split}_{tag}.json files (same cases, possibly fewer)."""
+    res = renamed(json.loads(path.read_text()))
+    for part in sorted(path.parent.glob(f"{path.stem}_part-*.json")):  # the same presses on other cases
+        seen = {c["essay"] for c in res["cases"]}
+        res["cases"] += [c for c in renamed(json.loads(part.read_text()))["cases"] if c["essay"] not in seen]
+    for extra_path in sorted(p for p in path.parent.glob(f"{path.stem}_*.json") if "_part-" not in p.name):
+        extra = renamed(json.loads(extra_path.read_text()))
+        res["presses"] += [p for p in extra["presses"] if p not in res["presses"]]
+        new_ours = [v for v in extra["ours"] if v not in res["ours"]]
+        res["ours"] = new_ours + res["ours"]
+        if "anchor" in extra and "anchor" in res:
+            res["anchor"]["presses"].update(extra["anchor"]["presses"])
+            res["anchor"]["ours"].update({v: extra["anchor"]["ours"][v] for v in new_ours})
+        by_essay = {c["essay"]: c for c in extra["cases"]}
+        for case in res["cases"]:
+            other = by_essay.get(case["essay"], {})
+            case["presses"].update(other.get("presses", {}))
+            case["ours"].update({v: other["ours"][v] for v in new_ours if v in other.get("ours", {})})
+    return res
+
+
+def report(out: Path, readme: Path | None = None) -> str:
+    lines: list[str] = []
+    for path in sorted(p for p in out.glob("compare_*.json") if p.stem.count("_") == 1 and "." not in p.stem):
+        res = merged(path)
+        blocks = []
+        if "anchor" in res:
+            blocks.append(("anchor (avg.txt, first 9,000 characters)", [res["anchor"]]))
+        complete = [c for c in res["cases"] if all(v in c["ours"] for v in res["ours"])]  # same cases for every row
+        if complete:
+            blocks.append((f"{res['split']} split, median over {len(complete)} cases [bootstrap 95%]", complete))
+        for title, rows in blocks:
+            one = len(rows) == 1
+            lines += [(f"**{title}**: answer KL vs the full cache, kept positions matched "
+                       f"(kvpress {res['kvpress']}, transformers {res['transformers']})"), "",
+                      "| method | 50% kept | 20% | 10% | 5% |", "|---|---|---|---|---|"]
+            table: dict[str, list[str]] = {}
+            best: dict[str, tuple[float, str]] = {}
+            for name in res["ours"] + res["presses"]:
+                cells = []
+                for r in RATIOS:
+                    vals, errors = [], []
+                    for row in rows:
+                        if name in res["ours"]:
+                            if name in row["ours"]:
+                                vals.append(row["ours"][name][str(r)])
+                        elif name in row["presses"]:
+                            e = row["presses"][name][str(r)]
+                            (vals.append(e["kl"]) if "kl" in e else errors.append(e["error"]))
+                    if errors:
+                        cells.append(f"error: {errors[0][:80]}")
+                        continue
+                    if not vals:
+                        cells.append("not run")
+                        continue
+                    med = bootstrap_median(vals)
+                    cells.append((f"{med[0]:.4f}" if one else f"{med[0]:.3f} [{med[1]:.3f}, {med[2]:.3f}]")
+                                 + (f" ({len(vals)} of {len(rows)} cases)" if len(vals) < len(rows) else ""))
+                    if name in res["presses"] and len(vals) == len(rows) and (str(r) not in best or med[0] < best[str(r)][0]):
+                        best[str(r)] = (med[0], name)
+                label = f"ours: {name}" if name in res["ours"] else name
+                table[label] = cells
+            for label, cells in table.items():
+                lines.append(f"| {label} | " + " | ".join(cells) + " |")
+            lines.append("| best press | " + " | ".join(f"{best[str(r)][1]} {best[str(r)][0]:.4f}" if str(r) in best
+                                                        else "-" for r in RATIOS) + " |")
+            ident = max(row["identity_kl"] for row in rows)
+            lines += ["", f"Identity check (our keep-all vs the shared reference): max KL {ident:.1e}.", ""]
+    text = "\n".join(lines)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "compare_tables.md").write_text(text + "\n")
+    if readme is not None:
+        update_readme("kvpress-tables", text, readme)
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.kvpress_compare", description=__doc__.split("\n")[0])
+    parser.add_argument("--split", choices=["dev", "heldout", ""], default="heldout", help="'' for the anchor only")
+    parser.add_argument("--presses", nargs="*", default=list(PRESSES), choices=PRESSES, help="none: ours only")
+    parser.add_argument("--ours", nargs="+", default=list(OURS), help="variant names from benchmarks.selection_bench")
+    parser.add_argument("--no-anchor", action="store_true")
+    parser.add_argument("--tag", default="", help="suffix of the JSON file (more presses on the same cases)")
+    parser.add_argument("--cases", type=int, nargs="+", help="only these case indices, in this order (a part run "
+                        "beside another; its file is tagged part-..., and the report merges the parts' cases)")
+    parser.add_argument("--out", default=str(OUT))
+    parser.add_argument("--readme", action="store_true", help="also rewrite the README's table block")
+    parser.add_argument("--report", action="store_true", help="only write the tables from the JSON files")
+    args = parser.parse_args(argv)
+    unknown = [v for v in args.ours if v not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
+    out = Path(args.out)
+    if not args.report:
+        tag = args.tag or ("part-" + "-".join(map(str, args.cases)) if args.cases else "")
+        run(args.split, args.presses, args.ours, out, not args.no_anchor, tag, args.cases)
+    print(report(out, README if args.readme else None))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,277 @@
+"""Selection that covers the answer: every variant at matched kept counts, on a dev and a held-out split.
+
+    python -m benchmarks.selection_bench --split dev [--variants NAME ...] [--out docs/results/selection]
+    python -m benchmarks.selection_bench --report      # tables (Markdown) and PNG from the JSON files
+
+Per case (benchmarks.recall_cases: continuation, verbatim, multi-span and keyword questions over essays the
+engine was not developed on), answer-token KL against the full cache at 50/20/10/5% kept. Also per variant:
+the anchor (avg.txt, first 9,000 characters, the design notes' question) and the exact-value case (facts
+planted mid-trajectory; log-likelihood gap of the exact answer to the full cache at 20% and 10% kept).
+Medians come with bootstrap 95% intervals over cases.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+import briefing
+from benchmarks.recall_cases import cases
+from benchmarks.briefing_bench import ANSWER, COPY_FACTS, QUESTION
+from rlm.data import data_dir
+
+RATIOS = (0.5, 0.2, 0.1, 0.05)
+COPY_RATIOS = (0.2, 0.1)
+PREVIOUS = "previous default: fit, per-head, smoothing 5, no look-ahead"
+DEFAULT = "look-ahead 8 (the new default)"
+VARIANTS: dict[str, Callable[..., briefing.Selector]] = {  # look_ahead=0 where a variant was measured without it
+    PREVIOUS: lambda **size: briefing.AttentionMatching(**size, look_ahead=0),
+    "smoothing 63 (the issue's crude probe)": lambda **size: briefing.AttentionMatching(
+        **size, smooth_kernel=63, look_ahead=0),
+    "top-k, smoothing 5 (SnapKV-like, no fit)": lambda **size: briefing.TopK(**size, look_ahead=0),
+    DEFAULT: lambda **size: briefing.AttentionMatching(**size),
+    "look-ahead 24, decay 0.95": lambda **size: briefing.AttentionMatching(**size, look_ahead=24, look_ahead_decay=0.95),
+    "chunks of 8 (ChunkKV-style)": lambda **size: briefing.CoverageMatching(**size, chunk=8, look_ahead=0),
+    "hybrid: task mass 0.5, then key diversity": lambda **size: briefing.CoverageMatching(
+        **size, agnostic_mass=0.5, look_ahead=0),
+    "hybrid: task mass 0.8, then key diversity": lambda **size: briefing.CoverageMatching(
+        **size, agnostic_mass=0.8, look_ahead=0),
+    "re-score with 4 generated tokens": lambda **size: briefing.AttentionMatching(
+        **size, rescore_tokens=4, look_ahead=0),
+    "re-score with 8 generated tokens + look-ahead 8": lambda **size: briefing.AttentionMatching(
+        **size, rescore_tokens=8, look_ahead=8),
+    "protected recent window 32": lambda **size: briefing.CoverageMatching(**size, protect_last=32, look_ahead=0),
+    # round 2, after round 1's dev figures: verbatim questions quote the middle of a sentence, so look back too
+    "look-back 8, look-ahead 24, decay 0.95": lambda **size: briefing.AttentionMatching(
+        **size, look_ahead=24, look_back=8, look_ahead_decay=0.95),
+}
+RENAMED = {"default: fit, per-head, smoothing 5": PREVIOUS, "look-ahead 8": DEFAULT}  # names in runs before the switch
+ROUND2 = list(VARIANTS)[11:]
+HELDOUT = [PREVIOUS, "smoothing 63 (the issue's crude probe)", "top-k, smoothing 5 (SnapKV-like, no fit)", DEFAULT,
+           "look-ahead 24, decay 0.95", "look-back 8, look-ahead 24, decay 0.95", "chunks of 8 (ChunkKV-style)",
+           "hybrid: task mass 0.8, then key diversity", "re-score with 8 generated tokens + look-ahead 8",
+           "protected recent window 32"]
+
+
+def bootstrap_median(values: list[float], n: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """Median and its bootstrap 95% interval."""
+    x = np.asarray(values, dtype=float)
+    rng = np.random.default_rng(seed)
+    meds = np.median(x[rng.integers(0, len(x), size=(n, len(x)))], axis=1)
+    return float(np.median(x)), float(np.quantile(meds, 0.025)), float(np.quantile(meds, 0.975))
+
+
+def kl_table(cache, question: str, answer: str, names: list[str]) -> dict:
+    """{variant: {ratio: answer KL}}, the full cache's answer log-probs computed once (as in metrics.answer_kl)."""
+    _, ref = briefing.token_logprobs(cache.compact(question, briefing.KeepAll()), answer)
+
+    def kl(selector) -> float:
+        _, got = briefing.token_logprobs(cache.compact(question, selector), answer)
+        return float((ref.exp() * (ref - got)).sum(-1).mean())
+
+    table = {name: {str(r): kl(VARIANTS[name](ratio=r)) for r in RATIOS} for name in names}
+    table["no trajectory"] = {"0": kl(briefing.KeepNone())}
+    return table
+
+
+def case_rows(lm, case, names: list[str]) -> dict:
+    cache = briefing.TrajectoryCache(lm, case.text)
+    kls = kl_table(cache, case.question, case.answer, names)
+    return {"essay": case.essay, "kind": case.kind, "tokens": cache.length, "answer": case.answer,
+            "no_trajectory": kls.pop("no trajectory")["0"], "kl": kls}
+
+
+def anchor_rows(lm, names: list[str]) -> dict:
+    cache = briefing.TrajectoryCache(lm, (data_dir() / "pg_essays" / "avg.txt").read_text()[:9000])
+    kls = kl_table(cache, QUESTION, ANSWER, names)
+    return {"tokens": cache.length, "no_trajectory": kls.pop("no trajectory")["0"], "kl": kls}
+
+
+def copy_rows(lm, names: list[str]) -> dict:
+    """Exact-value recall (the briefing bench's facts): mean log-prob gap of the exact answer to the full cache."""
+    essay = (data_dir() / "pg_essays" / "avg.txt").read_text()[:1500]
+    system = "You are a worker. Here is the orchestrator's trajectory so far:\n\n"
+    gaps = {name: {str(r): [] for r in COPY_RATIOS} for name in names}
+    for fact, question, answer in COPY_FACTS:
+        chat = lm.chat_prompt(system + essay[:700] + "\n" + fact + "\n" + essay[700:], question)
+        split = chat.rindex(question)
+        cache = briefing.TrajectoryCache(lm, chat[:split])
+        prompt = chat[split:]
+        full = briefing.loglikelihood(cache.compact(prompt, briefing.KeepAll()), " " + answer)
+        for name in names:
+            for r in COPY_RATIOS:
+                got = briefing.loglikelihood(cache.compact(prompt, VARIANTS[name](ratio=r)), " " + answer)
+                gaps[name][str(r)].append(full - got)
+    return {name: {r: float(np.mean(v)) for r, v in per.items()} for name, per in gaps.items()}
+
+
+def summarise(rows: list[dict], names: list[str]) -> dict:
+    return {name: {str(r): bootstrap_median([row["kl"][name][str(r)] for row in rows]) for r in RATIOS} for name in names}
+
+
+def run(split: str, names: list[str], out: Path, extras: bool, tag: str = "", only: list[int] | None = None) -> dict:
+    lm = briefing.load_model()
+    t0 = time.perf_counter()
+    result: dict = {"split": split, "model": lm.name, "ratios": list(RATIOS), "variants": names,
+                    "load_average_at_start": os.getloadavg(), "cases": []}
+    todo = cases(lm, split)
+    for case in (todo if only is None else [todo[i] for i in only]):  # in the order given
+        row = case_rows(lm, case, names)
+        result["cases"].append(row)
+        print(f"[{split}] {row['essay']:<22} {row['kind']:<13} T={row['tokens']} "
+              + " | ".join(f"{n[:18]}: " + "/".join(f"{row['kl'][n][str(r)]:.3f}" for r in RATIOS) for n in names),
+              flush=True)
+        result["summary"] = summarise(result["cases"], names)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"selection_{split}{'_' + tag if tag else ''}.partial.json").write_text(json.dumps(result, indent=2))
+    if extras:
+        result["anchor"] = anchor_rows(lm, names)
+        result["copy_logprob_gap"] = copy_rows(lm, names)
+    result["wall_s"] = time.perf_counter() - t0
+    result["load_average_at_end"] = os.getloadavg()
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"selection_{split}{'_' + tag if tag else ''}.json"
+    path.write_text(json.dumps(result, indent=2))
+    print(f"wrote {path}")
+    return result
+
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def update_readme(block: str, text: str, readme: Path = README) -> bool:
+    """Replace the README's text between `<!-- {block} -->` and `<!-- /{block} -->` (False if no markers)."""
+    start, end = f"<!-- {block} -->", f"<!-- /{block} -->"
+    content = readme.read_text()
+    if start not in content or end not in content:
+        return False
+    head, rest = content.split(start, 1)
+    readme.write_text(head + start + "\n" + text.strip() + "\n" + end + rest.split(end, 1)[1])
+    return True
+
+
+def renamed(res: dict) -> dict:
+    """The variant names of runs made before the default switched (RENAMED), in every table of a result."""
+    def fix(d: dict) -> dict:
+        return {RENAMED.get(k, k): v for k, v in d.items()}
+
+    for key in ("variants", "ours"):
+        if key in res:
+            res[key] = [RENAMED.get(v, v) for v in res[key]]
+    for row in res.get("cases", []) + ([res["anchor"]] if "anchor" in res else []):
+        for key in ("kl", "ours"):
+            if key in row:
+                row[key] = fix(row[key])
+    if "copy_logprob_gap" in res:
+        res["copy_logprob_gap"] = fix(res["copy_logprob_gap"])
+    return res
+
+
+def merged(out: Path, split: str) -> dict:
+    """selection_{split}.json plus the variants of any selection_{split}_{tag}.json run on the same cases."""
+    res = renamed(json.loads((out / f"selection_{split}.json").read_text()))
+    for path in sorted(out.glob(f"selection_{split}_part-*.json")):  # the same variants on other cases
+        seen = {c["essay"] for c in res["cases"]}
+        res["cases"] += [c for c in renamed(json.loads(path.read_text()))["cases"] if c["essay"] not in seen]
+    for path in sorted(p for p in out.glob(f"selection_{split}_*.json") if "_part-" not in p.name):
+        more = renamed(json.loads(path.read_text()))
+        if sorted(c["essay"] for c in more["cases"]) != sorted(c["essay"] for c in res["cases"]):
+            raise ValueError(f"{path} was run on other cases than selection_{split}.json")
+        new = [v for v in more["variants"] if v not in res["variants"]]
+        res["variants"] += new
+        for key in ("copy_logprob_gap",):
+            if key in more:
+                res.setdefault(key, {}).update({v: more[key][v] for v in new})
+        if "anchor" in more:
+            res.setdefault("anchor", {"tokens": more["anchor"]["tokens"], "kl": {}})["kl"].update(
+                {v: more["anchor"]["kl"][v] for v in new})
+        by_essay = {c["essay"]: c for c in more["cases"]}
+        for case, extra in ((c, by_essay[c["essay"]]) for c in res["cases"]):
+            case["kl"].update({v: extra["kl"][v] for v in new})
+    res["summary"] = summarise(res["cases"], res["variants"])  # recomputed from the cases, never stored figures
+    return res
+
+
+def fmt(stat: list[float]) -> str:
+    return f"{stat[0]:.3f} [{stat[1]:.3f}, {stat[2]:.3f}]"
+
+
+def report(out: Path, readme: Path | None = None) -> str:
+    """Markdown tables from the committed JSON (the README's selection tables are this output), and a PNG."""
+    lines = []
+    loaded = {s: merged(out, s) for s in ("dev", "heldout") if (out / f"selection_{s}.json").exists()}
+    for split, res in loaded.items():
+        kinds = sorted({c["kind"] for c in res["cases"]})
+        lines += [f"**{split}** ({len(res['cases'])} cases: {', '.join(kinds)}; median answer KL [bootstrap 95%])", "",
+                  "| variant | 50% kept | 20% | 10% | 5% |", "|---|---|---|---|---|"]
+        for name in res["variants"]:
+            lines.append(f"| {name} | " + " | ".join(fmt(res["summary"][name][str(r)]) for r in RATIOS) + " |")
+        lines.append("")
+        if "anchor" in res:
+            lines += [(f"**anchor** (avg.txt, {res['anchor']['tokens']} tokens; answer KL) and **exact value** "
+                       "(mean log-prob gap of the exact answer, 3 facts)"), "",
+                      "| variant | anchor 50% | 20% | 10% | 5% | exact value 20% | 10% |", "|---|---|---|---|---|---|---|"]
+            for name in res["variants"]:
+                a, c = res["anchor"]["kl"][name], res["copy_logprob_gap"][name]
+                lines.append(f"| {name} | " + " | ".join(f"{a[str(r)]:.4f}" for r in RATIOS) + " | "
+                             + " | ".join(f"{c[str(r)]:.2f}" for r in COPY_RATIOS) + " |")
+            lines.append("")
+    text = "\n".join(lines)
+    (out / "selection_tables.md").write_text(text + "\n")
+    if readme is not None:
+        update_readme("selection-tables", text, readme)
+    if loaded:
+        plot(loaded, out / "selection.png")
+    return text
+
+
+def plot(loaded: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(loaded), figsize=(7 * len(loaded), 5), squeeze=False)
+    for ax, (split, res) in zip(axes[0], loaded.items()):
+        for name in res["variants"]:
+            med = [res["summary"][name][str(r)] for r in RATIOS]
+            ax.errorbar(RATIOS, [m[0] for m in med], yerr=[[m[0] - m[1] for m in med], [m[2] - m[0] for m in med]],
+                        marker="o", capsize=2, label=name)
+        ax.set(xscale="log", yscale="log", xlabel="kept ratio", ylabel="median answer KL vs full",
+               title=f"{split}: {len(res['cases'])} cases")
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.selection_bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--split", choices=["dev", "heldout"])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), help="names from VARIANTS")
+    parser.add_argument("--no-extras", action="store_true", help="skip the anchor and the exact-value case")
+    parser.add_argument("--out", default="docs/results/selection")
+    parser.add_argument("--readme", action="store_true", help="also rewrite the README's table block")
+    parser.add_argument("--report", action="store_true", help="write the tables and PNG from the JSON files")
+    parser.add_argument("--tag", default="", help="suffix of the JSON file (a further round of variants)")
+    parser.add_argument("--cases", type=int, nargs="+", help="only these case indices, in this order (a part run beside another; "
+                        "its file is tagged part-..., and the report merges the parts' cases)")
+    args = parser.parse_args(argv)
+    unknown = [v for v in args.variants if v not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
+    out = Path(args.out)
+    if args.split:
+        tag = args.tag or ("part-" + "-".join(map(str, args.cases)) if args.cases else "")
+        run(args.split, args.variants, out, not args.no_extras, tag, args.cases)
+    if args.report or not args.split:
+        print(report(out, README if args.readme else None))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,186 @@
+"""Selection that covers the answer: score transforms, the CoverageMatching selector, re-scoring with the
+first generated tokens, and the benchmark helpers (cases, bootstrap, kvpress report)."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+import briefing
+from briefing.errors import BriefingError
+from briefing.selection.base import Scores, look_ahead
+from briefing.selection.coverage import chunk_mean, key_diversity, mass_split, protect_recent, task_share
+from tests.tiny import tiny_model
+
+
+def test_look_ahead_covers_the_tokens_after_a_peak():
+    s = torch.zeros(20)
+    s[5] = 1.0
+    out = look_ahead(s, window=4, decay=0.5)
+    assert out[5] == 1.0 and out[6] == 0.5 and out[9] == 0.5 ** 4
+    assert out[10] == 0 and out[:5].eq(0).all()  # nothing before the peak, nothing past the window
+
+
+def test_chunk_mean_ranks_whole_chunks():
+    s = torch.tensor([0.0, 0.0, 0.0, 1.0, 0.2, 0.2, 0.2, 0.2, 0.1])
+    out = chunk_mean(s, 4)
+    assert set(out.topk(4).indices.tolist()) == {0, 1, 2, 3}  # the chunk with the best mean, zeros included
+    assert out.shape == s.shape and math.isclose(float(out[8]), 0.1 * 1.001, rel_tol=1e-6)  # a partial chunk
+
+
+def test_mass_split_gives_peaked_scores_few_positions():
+    T = 100
+    peaked = torch.full((T,), 1e-4)
+    peaked[10] = 1.0
+    flat = torch.ones(T)
+    assert task_share(peaked, 0.5) == 1 / T and task_share(flat, 0.5) == 0.5
+    agnostic = torch.arange(T, dtype=torch.float)
+    top = mass_split(peaked, agnostic, 0.5).topk(5).indices.tolist()
+    assert top[0] == 10 and set(top[1:]) == {99, 98, 97, 96}  # the task's peak, then the agnostic order
+
+
+def test_key_diversity_and_recent_window():
+    keys = torch.zeros(1, 1, 4, 2)
+    keys[..., 0] = 1.0
+    keys[0, 0, 3] = torch.tensor([-1.0, 0.0])  # the odd key out
+    assert key_diversity(keys)[0, 0].argmax() == 3
+    assert protect_recent(torch.zeros(6), 2)[-2:].isinf().all() and protect_recent(torch.zeros(6), 0).eq(0).all()
+
+
+@pytest.mark.parametrize("kwargs", [{"look_ahead": -1}, {"chunk": 1.5}, {"protect_last": True},
+                                    {"look_ahead_decay": 0.0}, {"agnostic_mass": 2.0},
+                                    {"agnostic_mass": 0.5, "per_head": False}, {"rescore_tokens": -2},
+                                    {"rescore_weight": 1.5}])
+def test_coverage_matching_rejects_bad_settings(kwargs):
+    with pytest.raises(BriefingError, match=next(iter(kwargs)).split("_")[0]):
+        briefing.CoverageMatching(ratio=0.1, **kwargs)
+
+
+def test_look_ahead_default_keeps_the_span_after_the_quote():
+    L, H, T = 2, 2, 64
+    per_head = torch.full((L, H, T), 1e-3)
+    per_head[..., 20:24] = 1.0  # the question attends to the words it quotes
+    scores = Scores(per_head=per_head, shared=per_head.mean((0, 1)))
+    plain = briefing.AttentionMatching(tokens=12, smooth_kernel=1, look_ahead=0).select(L, H, T, scores)
+    covered = briefing.AttentionMatching(tokens=12, smooth_kernel=1).select(L, H, T, scores)  # look_ahead=8
+    both = briefing.TopK(tokens=12, smooth_kernel=1, look_ahead=4, look_back=4).select(L, H, T, scores)
+    assert covered.shape == plain.shape == both.shape == (L, H, 12)
+    answer = set(range(24, 31))  # the tokens that continue the quote
+    assert answer <= set(covered[0, 0].tolist()) and not answer <= set(plain[0, 0].tolist())
+    assert {0, *range(16, 28)} - {16} == set(both[0, 0].tolist())  # the sink, 4 before, the quote, 4 after
+
+
+@pytest.mark.parametrize("selector", [
+    briefing.AttentionMatching(ratio=0.3, look_back=2),
+    briefing.CoverageMatching(ratio=0.3, chunk=4),
+    briefing.CoverageMatching(ratio=0.3, agnostic_mass=0.5),
+    briefing.CoverageMatching(ratio=0.3, protect_last=3),
+    briefing.CoverageMatching(ratio=0.3, rescore_tokens=3, look_ahead=4),
+    briefing.TopK(ratio=0.3, look_ahead=4, per_head=False),
+    briefing.TopK(ratio=0.3, rescore_tokens=2),
+])
+def test_every_coverage_strategy_compacts_and_generates(lm, selector):
+    tiny = tiny_model("llama-gqa", lm.tokenizer)
+    cache = briefing.TrajectoryCache(tiny, "The orchestrator found that the key is 4417. Then it checked the "
+                                           "second file and found nothing of interest there.")
+    ids_before = [layer.keys.clone() for layer in cache.kv.layers]
+    ctx = cache.compact(" Question: what is the key? Answer:", selector)
+    assert ctx.stats.kept == math.ceil(0.3 * cache.length) and ctx.stats.fallback is None
+    assert all(torch.equal(a, b.keys) for a, b in zip(ids_before, cache.kv.layers, strict=True))  # full cache intact
+    if selector.protect_last if isinstance(selector, briefing.CoverageMatching) else False:
+        assert (ctx.positions[..., -3:] == torch.arange(cache.length - 3, cache.length)).all()
+    assert briefing.generate(ctx, briefing.GenerationConfig(max_new_tokens=3)).token_ids
+
+
+def test_rescoring_uses_the_generated_tokens(lm):
+    from briefing import kv
+    from briefing.compaction import _scaling
+    from briefing.context import forward_with_bias
+    from briefing.rescore import generated_scores
+
+    tiny = tiny_model("llama-gqa", lm.tokenizer)
+    cache = briefing.TrajectoryCache(tiny, "alpha beta gamma delta epsilon zeta eta theta iota kappa")
+    T, prompt = cache.length, tiny.encode(" Question: which letter? Answer:")
+    logits = forward_with_bias(tiny, cache.kv, prompt, T, None, last_only=True)
+    try:
+        scores = generated_scores(tiny, cache.kv, T, T + len(prompt), logits[-1], 3, _scaling(tiny), 2)
+        assert kv.cache_length(cache.kv) == T + len(prompt) + 3  # the greedy tokens went through the cache
+    finally:
+        kv.truncate(cache.kv, T)
+    assert scores.shape == (tiny.num_layers, 2, T) and (scores >= 0).all() and (scores.sum(-1) <= 1 + 1e-5).all()
+    plain = cache.compact(" Question: which letter? Answer:", briefing.TopK(tokens=4, smooth_kernel=1))
+    mixed = cache.compact(" Question: which letter? Answer:", briefing.TopK(tokens=4, smooth_kernel=1,
+                                                                             rescore_tokens=3, rescore_weight=1.0))
+    assert not torch.equal(plain.positions, mixed.positions)  # the generated tokens' attention decided
+
+
+def test_bootstrap_median_interval():
+    from benchmarks.selection_bench import bootstrap_median
+
+    med, lo, hi = bootstrap_median([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 100.0])
+    assert med == 5.0 and 1.0 < lo < med < hi < 100.0  # the outlier moves the mean, not the median's interval
+    assert bootstrap_median([2.0] * 4) == (2.0, 2.0, 2.0)
+
+
+@pytest.mark.slow
+def test_recall_cases_splits_are_disjoint_and_answers_come_from_the_text(lm):
+    from benchmarks.recall_cases import KINDS, cases, split_essays
+
+    splits = split_essays()
+    assert not set(splits["dev"]) & set(splits["heldout"]) and "avg.txt" not in splits["dev"] + splits["heldout"]
+    dev = cases(lm, "dev")
+    assert [c.kind for c in dev[:4]] == list(KINDS)
+    for c in dev:
+        assert 900 <= lm.count_tokens(c.text) <= 1100
+        if c.kind in ("continuation", "verbatim", "keywords"):
+            assert c.answer.strip() in c.text  # verbatim: the answer is the text's own words
+        assert c.question.endswith("Answer:") and c.answer.startswith(" ")
+
+
+def test_kvpress_report_marks_errors_and_best_press(tmp_path):
+    from benchmarks.kvpress_compare import RATIOS, report
+
+    def row(ours: float, press: float) -> dict:
+        return {"tokens": 100, "prompt_tokens": 10, "identity_kl": 0.0, "kept": {},
+                "ours": {"mine": {str(r): ours for r in RATIOS}},
+                "presses": {"SnapKV": {str(r): {"kl": press, "kept": 20.0} for r in RATIOS},
+                            "PyramidKV": {str(r): {"error": "RuntimeError: size"} for r in RATIOS}}}
+
+    res = {"split": "heldout", "kvpress": "0.5.5", "transformers": "5.2.0", "ours": ["mine"],
+           "presses": ["SnapKV", "PyramidKV"], "cases": [row(0.1, 0.2), row(0.3, 0.4)], "anchor": row(0.01, 0.02)}
+    (tmp_path / "compare_heldout.json").write_text(json.dumps(res))
+    text = report(tmp_path)
+    assert "| ours: mine | 0.0100 |" in text and "error: RuntimeError: size" in text
+    assert "best press | SnapKV 0.0200" in text and "SnapKV 0.3000" in text  # median of 0.2 and 0.4
+
+
+def test_readme_selection_tables_are_the_generated_ones():
+    """No figure typed by hand: every table row of the generated Markdown is in the README as written."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    for generated in ("docs/results/selection/selection_tables.md", "docs/results/kvpress_compare/compare_tables.md"):
+        rows = [line for line in (root / generated).read_text().splitlines() if line.startswith("| ")]
+        assert rows, generated
+        missing = [row for row in rows if row not in readme]
+        assert not missing, f"README rows differ from {generated} (regenerate with --report): {missing[:2]}"
+
+
+def test_selection_report_merges_parts_and_rounds(tmp_path):
+    from benchmarks.selection_bench import RATIOS, merged
+
+    def case(essay: str, kls: dict) -> dict:
+        return {"essay": essay, "kind": "continuation", "kl": {v: {str(r): x for r in RATIOS} for v, x in kls.items()}}
+
+    def dump(name: str, variants: list[str], cases: list[dict]) -> None:
+        (tmp_path / name).write_text(json.dumps({"variants": variants, "cases": cases}))
+
+    dump("selection_heldout.json", ["a"], [case("e1", {"a": 1.0})])
+    dump("selection_heldout_part-1.json", ["a"], [case("e2", {"a": 3.0}), case("e1", {"a": 99.0})])
+    dump("selection_heldout_round2.json", ["b"], [case("e2", {"b": 0.5}), case("e1", {"b": 0.1})])
+    res = merged(tmp_path, "heldout")
+    assert [c["essay"] for c in res["cases"]] == ["e1", "e2"] and res["variants"] == ["a", "b"]
+    assert res["summary"]["a"]["0.5"][0] == 2.0 and res["summary"]["b"]["0.5"][0] == 0.3  # e1's duplicate ignored
