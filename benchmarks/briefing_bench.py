@@ -21,6 +21,7 @@ from pathlib import Path
 import briefing
 from briefing import kv
 from briefing.metrics import answer_kl
+from benchmarks.readme import update_readme
 from rlm.data import data_dir, essay_names, read_essay
 
 REPEATS = 3
@@ -29,16 +30,46 @@ QUESTION = ("\n\nQuestion: According to the text above, what does the author say
             "treat their early users? Answer:")
 ANSWER = " The author says that startups should"
 VARIANTS = {  # name -> selector factory(ratio); the first is the default AttentionMatching
-    "fit, per-head, prompt KV reused, smoothing 5 (default)": lambda r: briefing.AttentionMatching(ratio=r),
+    "fit, per-head, prompt KV reused, smoothing 5, look-ahead 8 (default)": lambda r: briefing.AttentionMatching(ratio=r),
+    "fit, no look-ahead (the previous default)": lambda r: briefing.AttentionMatching(ratio=r, look_ahead=0),
     "fit, shared mask": lambda r: briefing.AttentionMatching(ratio=r, per_head=False, smooth_kernel=1),
     "fit, prompt recomputed on compacted cache": lambda r: briefing.AttentionMatching(ratio=r, reuse_prompt_kv=False),
     "fit, no smoothing": lambda r: briefing.AttentionMatching(ratio=r, smooth_kernel=1),
-    "fit, shared mask, recomputed prompt, no smoothing (prototype)": lambda r: briefing.AttentionMatching(
-        ratio=r, per_head=False, reuse_prompt_kv=False, smooth_kernel=1),
-    "top-k, per-head, no smoothing": lambda r: briefing.TopK(ratio=r, smooth_kernel=1),
-    "top-k, per-head, smoothing 5 (SnapKV-like)": lambda r: briefing.TopK(ratio=r),
-    "top-k, shared mask": lambda r: briefing.TopK(ratio=r, per_head=False, smooth_kernel=1),
+    "fit, shared mask, recomputed prompt, no smoothing, no look-ahead (prototype)": lambda r: briefing.AttentionMatching(
+        ratio=r, per_head=False, reuse_prompt_kv=False, smooth_kernel=1, look_ahead=0),
+    "top-k, per-head, look-ahead 8 (the default without its fit)": lambda r: briefing.TopK(ratio=r),
+    "top-k, per-head, smoothing 5, no look-ahead (SnapKV-like)": lambda r: briefing.TopK(ratio=r, look_ahead=0),
+    "top-k, shared mask, no smoothing, no look-ahead": lambda r: briefing.TopK(ratio=r, per_head=False, smooth_kernel=1,
+                                                                               look_ahead=0),
 }
+RATIOS = (0.5, 0.2, 0.1, 0.05)
+
+
+def readme_tables(result: dict) -> dict[str, str]:
+    """The README's briefing tables (blocks `briefing-anchor` and `briefing-lengths`) from a result JSON."""
+    anchor = result["anchor"]
+    rows = ["| method (answer KL, lower is better) | 50% kept | 20% | 10% | 5% |", "|---|---|---|---|---|"]
+    for name, kls in anchor["ours"].items():
+        kls = {float(k): v for k, v in kls.items()}  # JSON keys are strings
+        rows.append(f"| {name} | " + " | ".join(f"{kls[r]:.4f}" for r in RATIOS) + " |")
+    gaps = ", ".join(f"{k}: {v:.2f}" for k, v in result["copy_logprob_gap"].items())
+    tables = {"briefing-anchor": "\n".join(rows) + f"\n\n{anchor['trajectory_tokens']:,} trajectory tokens. No trajectory "
+              f"at all: {anchor['no trajectory']:.4f}. Exact-value recall, mean log-prob gap of the exact answer to the "
+              f"full cache (tau 1, by smoothing kernel; lower is better): {gaps}."}
+    rows = ["| tokens | full prefill | extend +200 | compaction (score / beta / values) | % of prefill | kept at tau -1 / 0 / 1 / 2 "
+            "| answer KL at 10%: fit / top-k | decode per token: full / compacted |", "|---|---|---|---|---|---|---|---|"]
+    for r in result["lengths"]:
+        c = r["compaction_default_tau1"]
+        kept = " / ".join(f"{v:.2f}" for v in r["kept_ratio_by_tau"].values())
+        rows.append(f"| {r['tokens']:,} | {r['prefill_s']:.2f} s | {r['extend_s']:.2f} s | {c['time_total_s']:.2f} s "
+                    f"({c['time_score_s']:.2f} / {c['time_beta_s']:.2f} / {c['time_values_s']:.2f}) | "
+                    f"{c['time_total_s'] / r['prefill_s']:.1%} | {kept} | {r['kl_fit_10pct']:.4f} / {r['kl_topk_10pct']:.4f} | "
+                    f"{r['decode_full_s_per_token'] * 1e3:.1f} / {r['decode_compacted_s_per_token'] * 1e3:.1f} ms |")
+    growth = result.get("compaction_growth_last_two")
+    tail = (f"\n\nCompaction time growth {growth['from']:,} -> {growth['to']:,} tokens: x{growth['ratio']:.2f}." if growth else "")
+    load = result.get("load_average_at_start")
+    tables["briefing-lengths"] = "\n".join(rows) + tail + (f" Load average at start: {load[0]:.2f}." if load else "")
+    return tables
 
 
 def essay_text(min_chars: int) -> str:
@@ -168,7 +199,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="bench_out/briefing")
     parser.add_argument("--quick", action="store_true", help="lengths 512 and 1024 only")
     parser.add_argument("--decode-tokens", type=int, default=16)
+    parser.add_argument("--readme", action="store_true", help="rewrite the README's briefing tables from the result")
+    parser.add_argument("--report", default=None, metavar="JSON",
+                        help="no run: rewrite the README's briefing tables from this result JSON")
     args = parser.parse_args(argv)
+    if args.report:
+        for block, text in readme_tables(json.loads(Path(args.report).read_text())).items():
+            update_readme(block, text)
+        print(f"README briefing tables regenerated from {args.report}")
+        return 0
     lengths = [512, 1024] if args.quick else args.lengths
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -204,6 +243,10 @@ def main(argv: list[str] | None = None) -> int:
     (out / "briefing_bench.json").write_text(json.dumps(result, indent=2))
     plot(result, out / "briefing_bench.png")
     print(f"wrote {out / 'briefing_bench.json'} and {out / 'briefing_bench.png'}")
+    if args.readme:
+        for block, text in readme_tables(result).items():
+            update_readme(block, text)
+        print("README briefing tables regenerated")
     return 0
 
 

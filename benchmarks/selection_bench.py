@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 import briefing
+from benchmarks.readme import README, update_readme
 from benchmarks.recall_cases import cases
 from benchmarks.briefing_bench import ANSWER, COPY_FACTS, QUESTION
 from rlm.data import data_dir
@@ -139,20 +140,6 @@ def run(split: str, names: list[str], out: Path, extras: bool, tag: str = "", on
     path.write_text(json.dumps(result, indent=2))
     print(f"wrote {path}")
     return result
-
-
-README = Path(__file__).resolve().parents[1] / "README.md"
-
-
-def update_readme(block: str, text: str, readme: Path = README) -> bool:
-    """Replace the README's text between `<!-- {block} -->` and `<!-- /{block} -->` (False if no markers)."""
-    start, end = f"<!-- {block} -->", f"<!-- /{block} -->"
-    content = readme.read_text()
-    if start not in content or end not in content:
-        return False
-    head, rest = content.split(start, 1)
-    readme.write_text(head + start + "\n" + text.strip() + "\n" + end + rest.split(end, 1)[1])
-    return True
 
 
 def renamed(res: dict) -> dict:
