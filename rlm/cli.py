@@ -198,6 +198,11 @@ def cmd_view(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:  # its own parser, its arguments verbatim (argparse REMAINDER reorders options)
+        from rlm.bench.cli import main as bench_main
+
+        return bench_main(argv[1:])
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown and args.command not in ("repl", "bench"):

@@ -1,0 +1,115 @@
+"""Distributes episodes: serially, over a local process pool, or over Ray (`--ray auto|ADDRESS|local`).
+
+Every episode is rebuilt from its `EpisodeSpec` where it runs (the worker's own tokenizer sizes it) and
+scored with torch on one thread, so rows are identical whichever way they ran (timings aside). Progress is
+a tqdm bar: episodes done, elapsed and time left.
+"""
+from __future__ import annotations
+
+import os
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from typing import Any, Callable, Iterable
+
+from rlm.bench.conditions import SuiteConfig
+from rlm.bench.families import EpisodeSpec
+
+TIMING_KEYS = ("prefill_s", "overhead_s", "generate_s", "latency_s", "text_cold_s", "compaction", "summary_s",
+               "generated", "gen_match")  # vary from run to run; everything else is deterministic
+
+_STATE: dict[str, Any] = {}
+
+
+def _load(model: str | None) -> tuple[Any, Any]:
+    if _STATE.get("model_key") != (model,):
+        import torch
+
+        import briefing
+        from agents.workers.prompt import WorkerPrompt
+
+        torch.set_num_threads(1)
+        lm = briefing.load_model(model)
+        _STATE.update(model_key=(model,), lm=lm, prompts=WorkerPrompt.for_model(lm))
+    return _STATE["lm"], _STATE["prompts"]
+
+
+def run_episode(spec: EpisodeSpec, cfg: SuiteConfig, model: str | None = None, lm: Any = None) -> tuple[dict, list[dict]]:
+    """(episode summary, rows) of one episode; loads the model once per process unless `lm` is given."""
+    from agents.workers.prompt import WorkerPrompt
+    from rlm.bench.conditions import family_rows
+
+    if lm is None:
+        lm, prompts = _load(model)
+    else:
+        prompts = WorkerPrompt.for_model(lm)
+    ep = spec.build(count_tokens=lm.count_tokens)
+    return ep.summary(), family_rows(lm, prompts, ep, cfg, seed=spec.seed)
+
+
+def _pool_init() -> None:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def _progress(total: int, enabled: bool) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="episode", desc="rlm bench", disable=not enabled, dynamic_ncols=True)
+
+
+def run_all(specs: list[EpisodeSpec], cfg: SuiteConfig, *, model: str | None = None, lm: Any = None, workers: int = 1,
+            ray: str | None = None, progress: bool = True, log: Callable[[str], None] = print) -> list[tuple[dict, list[dict]]]:
+    """Results in the order of `specs`. workers <= 1 and no ray: serial in this process (with `lm` if given)."""
+    results: list[Any] = [None] * len(specs)
+    bar = _progress(len(specs), progress)
+
+    def done(i: int, res: tuple[dict, list[dict]]) -> None:
+        results[i] = res
+        bar.update(1)
+        summ, rows = res
+        acc = {r["condition"]: int(r["correct"]) for r in rows}
+        bar.set_postfix_str(f"{summ['id']} full={acc.get('full')} plain={acc.get('plain')}", refresh=False)
+
+    try:
+        if ray:
+            _run_ray(specs, cfg, model, workers, ray, done)
+        elif workers <= 1:
+            for i, s in enumerate(specs):
+                done(i, run_episode(s, cfg, model, lm))
+        else:
+            import multiprocessing as mp
+
+            with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"), initializer=_pool_init) as ex:
+                futs = {ex.submit(run_episode, s, cfg, model): i for i, s in enumerate(specs)}
+                for f in as_completed(futs):
+                    done(futs[f], f.result())
+    finally:
+        bar.close()
+    return results
+
+
+def _run_ray(specs: list[EpisodeSpec], cfg: SuiteConfig, model: str | None, workers: int, address: str,
+             done: Callable[[int, Any], None]) -> None:
+    try:
+        import ray
+    except ImportError as e:  # the optional extra
+        raise SystemExit("--ray needs Ray: pip install 'latent-briefing[ray]'") from e
+    started = not ray.is_initialized()
+    if started:
+        if address == "local":
+            ray.init(num_cpus=max(1, workers), include_dashboard=False, log_to_driver=False)
+        else:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    try:
+        task = ray.remote(num_cpus=1)(run_episode)
+        pending = {task.remote(s, cfg, model): i for i, s in enumerate(specs)}
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            for ref in ready:
+                done(pending.pop(ref), ray.get(ref))
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def comparable(rows: Iterable[dict]) -> list[dict]:
+    """Rows without the fields that vary between runs (timings), for checking runs against each other."""
+    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in rows]
