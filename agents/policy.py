@@ -13,9 +13,9 @@ until the code (or the text) calls ``FINAL(value)`` / ``FINAL_VAR(name)`` or a b
                 return Step(code=f"answer = worker({state.query!r})\\nprint(answer)")
             return Step(code="FINAL_VAR('answer')")
 
-`agents` knows nothing of `rlm`: events are passed as the runtime's pydantic models and read
-by attribute (``e.type`` is one of ``run_start``, ``message``, ``code``, ``output``,
-``worker_call``, ``notice``, ``final``).
+`agents` knows nothing of `rlm`: the events are declared here, in `agents.events` (pydantic models the
+runtime writes; ``e.type`` is one of ``run_start``, ``message``, ``code``, ``output``, ``worker_call``,
+``notice``, ``final``, and each renders itself with ``e.render()``).
 """
 from __future__ import annotations
 
@@ -24,6 +24,8 @@ from abc import ABC, abstractmethod
 from typing import Any, Callable, Sequence
 
 from pydantic import BaseModel, Field
+
+from agents.events import CellOutput, Event, WorkerCall
 
 # ```repl and ```python fences (```py too) hold code; any other fence is just text.
 FENCE_RE = re.compile(r"```(?:repl|python|py)[ \t]*\r?\n(.*?)```", re.DOTALL)
@@ -73,7 +75,7 @@ class RunState(BaseModel):
     context_lengths: list[int] = Field(default_factory=list)
     iteration: int = 0                          # 0-based index of the step being asked for
     depth: int = 0                              # 0 for the root run, 1 for a nested run, ...
-    events: list[Any] = Field(default_factory=list)   # this run's events so far
+    events: list[Event] = Field(default_factory=list)   # this run's events so far
     variables: dict[str, str] = Field(default_factory=dict)  # REPL names -> short type/repr
     worker_calls: int = 0
     tokens_used: int = 0
@@ -90,20 +92,20 @@ class RunState(BaseModel):
         except Exception:
             return default
 
-    def last(self, type_: str) -> Any | None:
+    def last(self, type_: str) -> Event | None:
         """The most recent event of a type ("output", "worker_call", ...), or None."""
         for e in reversed(self.events):
-            if getattr(e, "type", None) == type_:
+            if e.type == type_:
                 return e
         return None
 
-    def last_outputs(self) -> list[Any]:
+    def last_outputs(self) -> list[CellOutput]:
         """Cell outputs of the previous step."""
         prev = self.iteration - 1
-        return [e for e in self.events if getattr(e, "type", None) == "output" and getattr(e, "iteration", None) == prev]
+        return [e for e in self.events if isinstance(e, CellOutput) and e.iteration == prev]
 
     def worker_answers(self) -> list[str]:
-        return [e.answer for e in self.events if getattr(e, "type", None) == "worker_call" and e.answer is not None]
+        return [e.answer for e in self.events if isinstance(e, WorkerCall) and e.answer is not None]
 
 
 class OrchestratorPolicy(ABC):

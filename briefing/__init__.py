@@ -8,12 +8,13 @@ from briefing.context import CompactedCache, CompactionStats, plain_context
 from briefing.errors import BriefingError, ModelLoadError
 from briefing.generation import GenerationConfig, GenerationResult, generate, loglikelihood, token_logprobs
 from briefing.model import LoadedModel, load_model
-from briefing.selection import AttentionMatching, KeepAll, KeepNone, RandomKeep, RecentWindow, Selector, TopK
+from briefing.selection import (AttentionMatching, Fit, KeepAll, KeepNone, RandomKeep, RecentWindow, ScoredSelector,
+                                Scores, Selector, SizedSelector, TopK)
 from briefing.trajectory import TrajectoryCache
 
 __all__ = [
-    "AttentionMatching", "BriefingError", "CompactedCache", "CompactionStats", "GenerationConfig",
+    "AttentionMatching", "BriefingError", "CompactedCache", "CompactionStats", "Fit", "GenerationConfig",
     "GenerationResult", "KeepAll", "KeepNone", "LoadedModel", "ModelLoadError", "RandomKeep", "RecentWindow",
-    "Selector", "TopK", "TrajectoryCache", "compact", "generate", "load_model", "loglikelihood", "plain_context",
+    "ScoredSelector", "Scores", "Selector", "SizedSelector", "TopK", "TrajectoryCache", "compact", "generate", "load_model", "loglikelihood", "plain_context",
     "token_logprobs",
 ]

@@ -23,7 +23,7 @@ import torch
 from briefing import kv
 from briefing.context import CompactedCache, CompactionStats, check_prompt, forward_with_bias
 from briefing.errors import BriefingError
-from briefing.selection import AttentionMatching, KeepAll, KeepNone, Scores, Selector
+from briefing.selection import AttentionMatching, Fit, Scores, Selector
 from briefing.trajectory import TrajectoryCache
 
 LAYER_CHUNK = 3  # layers per batched block: bounds the [L, H, m, T] logits in memory
@@ -103,13 +103,13 @@ def gather_positions(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return t.gather(2, idx.unsqueeze(-1).expand(-1, -1, -1, t.shape[-1]))
 
 
-def fit(Q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, idx: torch.Tensor, sel: AttentionMatching, scale: float,
+def fit(Q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, idx: torch.Tensor, step: Fit, scale: float,
         timing: dict, blocks: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor, float, float, str | None]:
     """Fit beta [L, H, t] and values C2 [L, H, t, d]. `blocks`: E per layer chunk from the scoring pass, whose
     A and z are rescaled to a row max of 1 over the trajectory (exactly the recomputed block). Returns (beta, C2,
     fit_error, topk_error, fallback)."""
     betas, values, errs, errs_topk = [], [], [], []
-    lo, hi = math.exp(-sel.beta_max), math.exp(sel.beta_max)
+    lo, hi = math.exp(-step.beta_max), math.exp(step.beta_max)
     for i, c in enumerate(range(0, Q.shape[0], LAYER_CHUNK)):
         t0 = time.perf_counter()
         q, k, v, ix = (x[c:c + LAYER_CHUNK] for x in (Q, K, V, idx))
@@ -124,12 +124,12 @@ def fit(Q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, idx: torch.Tensor, se
         Y = (E @ v) / mass.unsqueeze(-1)                                           # [c, H, m, d]
         z = mass * row_scale
         A = E.gather(-1, ix.unsqueeze(-2).expand(-1, -1, E.shape[-2], -1)) * row_scale.unsqueeze(-1)  # [c, H, m, t]
-        w = nnls_box(A, z, lo, hi, sel.nnls_iters)                                 # [c, H, t]
+        w = nnls_box(A, z, lo, hi, step.nnls_iters)                                 # [c, H, t]
         Aw = A * w.unsqueeze(-2)
         X = Aw / Aw.sum(-1, keepdim=True).clamp_min(1e-30)                         # softmax(s Q C1^T + beta)
         t1 = time.perf_counter()
         V_kept = gather_positions(v, ix)                                           # [c, H, t, d]
-        C2 = solve_values(X, Y, V_kept, sel.ridge)
+        C2 = solve_values(X, Y, V_kept, step.ridge)
         t2 = time.perf_counter()
         X_topk = A / A.sum(-1, keepdim=True).clamp_min(1e-30)
         y_norm = Y.norm(dim=(-2, -1)).clamp_min(1e-30)
@@ -152,9 +152,34 @@ def fit(Q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, idx: torch.Tensor, se
     return beta, C2, float(err.mean()), float(torch.cat(errs_topk).mean()), fallback
 
 
+def score(cache: TrajectoryCache, prompt_ids: list[int], selector: Selector, keep_blocks: bool) -> tuple:
+    """The scoring pass: forward the prompt over the FULL cache, capture its queries, then crop the cache back
+    to T. Returns (Q [L, H, m, d], prompt_kv per layer, last_logits [vocab], Scores or None, blocks or None);
+    scores (and the blocks reused by the fit) only if the selector needs them."""
+    lm, T = cache.lm, cache.length
+    try:
+        last_logits, queries = forward_with_bias(lm, cache.kv, prompt_ids, T, None, capture=True, last_only=True)
+        prompt_kv = kv.layer_kv(cache.kv, T, T + len(prompt_ids))
+    finally:
+        kv.truncate(cache.kv, T)
+    K_list = kv.layer_kv(cache.kv, 0, T)[0]
+    Q = group_queries(queries, lm.num_layers, K_list[0].shape[1])                 # [L, H, m, d]
+    scores = blocks = None
+    if selector.needs_scores:
+        keep = keep_blocks and Q.shape[0] * Q.shape[1] * Q.shape[2] * T <= KEEP_BLOCKS_MAX
+        per_head, blocks = attention_scores(Q, stack_layers(K_list), stack_layers(prompt_kv[0]), _scaling(lm),
+                                            len(prompt_ids), keep)
+        scores = Scores(per_head=per_head, shared=per_head.mean(dim=(0, 1)))
+    return Q, prompt_kv, last_logits[-1], scores, blocks
+
+
 def compact(cache: TrajectoryCache, prompt: str, selector: Selector | None = None) -> CompactedCache:
-    """Compact `cache` against the worker `prompt`. The full cache is left exactly as it was."""
+    """Compact `cache` against the worker `prompt`: score (if the selector needs scores, reuses the prompt KV or
+    fits), select, fit (if `selector.fit`), build. The full cache is left exactly as it was."""
     selector = selector if selector is not None else AttentionMatching()
+    if not isinstance(selector, Selector):
+        raise BriefingError(f"selector must be a briefing.Selector (e.g. briefing.AttentionMatching(tau=1.0)), "
+                            f"got {type(selector).__name__}.")
     lm, T = cache.lm, cache.length
     if T == 0:
         raise BriefingError("The trajectory is empty: extend the TrajectoryCache with text before compacting.")
@@ -164,33 +189,23 @@ def compact(cache: TrajectoryCache, prompt: str, selector: Selector | None = Non
     t_start = time.perf_counter()
     K_list, V_list = kv.layer_kv(cache.kv, 0, T)
     kv_heads = K_list[0].shape[1]
-    scoring = selector.needs_scores or (selector.reuse_prompt_kv and not isinstance(selector, (KeepAll, KeepNone)))
+    fit_step = selector.fit
     scores = Q = prompt_kv = last_logits = blocks = None
-    if scoring:  # forward the prompt over the FULL cache, capture its queries, then crop the cache back to T
-        try:
-            last_logits, queries = forward_with_bias(lm, cache.kv, prompt_ids, T, None, capture=True, last_only=True)
-            prompt_kv = kv.layer_kv(cache.kv, T, T + n)
-        finally:
-            kv.truncate(cache.kv, T)
-        last_logits = last_logits[-1]
-        Q = group_queries(queries, L, kv_heads)                                    # [L, H, m, d]
-        if selector.needs_scores:
-            keep = selector.fit and Q.shape[0] * Q.shape[1] * Q.shape[2] * T <= KEEP_BLOCKS_MAX
-            per_head, blocks = attention_scores(Q, stack_layers(K_list), stack_layers(prompt_kv[0]), _scaling(lm), n, keep)
-            scores = Scores(per_head=per_head, shared=per_head.mean(dim=(0, 1)))
+    if selector.needs_scores or selector.reuse_prompt_kv or fit_step is not None:
+        Q, prompt_kv, last_logits, scores, blocks = score(cache, prompt_ids, selector, keep_blocks=fit_step is not None)
     timing["score"] = time.perf_counter() - t_start
     t0 = time.perf_counter()
     idx = selector.select(L, kv_heads, T, scores)                                  # [L, H, t]
     timing["select"] = time.perf_counter() - t0
     t = idx.shape[-1]
     beta = fit_error = fit_error_topk = fallback = None
-    if isinstance(selector, KeepAll):
+    if selector.keeps_all:
         keys, values = K_list, V_list  # views: nothing copied, nothing modified
     else:
         K, V = stack_layers(K_list), stack_layers(V_list)                          # [L, H, T, d]
         keys_kept = gather_positions(K, idx)                                       # [L, H, t, d]
-        if selector.fit and 0 < t < T:
-            beta, values_kept, fit_error, fit_error_topk, fallback = fit(Q, K, V, idx, selector, _scaling(lm), timing, blocks)
+        if fit_step is not None and 0 < t < T:
+            beta, values_kept, fit_error, fit_error_topk, fallback = fit(Q, K, V, idx, fit_step, _scaling(lm), timing, blocks)
         else:
             values_kept = gather_positions(V, idx)
         keys, values = list(keys_kept.split(1)), list(values_kept.split(1))
@@ -198,7 +213,7 @@ def compact(cache: TrajectoryCache, prompt: str, selector: Selector | None = Non
     beta_layers = list(beta.unbind(0)) if beta is not None else None               # per layer [H, t]
     t0 = time.perf_counter()
     if prompt_kv is not None and selector.reuse_prompt_kv:
-        for layer, pk, pv in zip(ctx_kv.layers, *prompt_kv):
+        for layer, pk, pv in zip(ctx_kv.layers, *prompt_kv, strict=True):
             layer.keys, layer.values = torch.cat([layer.keys, pk], -2), torch.cat([layer.values, pv], -2)
     else:
         last_logits = forward_with_bias(lm, ctx_kv, prompt_ids, T, beta_layers, last_only=True)[-1]

@@ -24,11 +24,16 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # pragma: no cover
     from repl.sandbox import CellResult, Sandbox, SandboxConfig, SandboxError, SandboxStats
+    from repl.session import ReplSession, SessionFactory
 
-__all__ = ["CellResult", "Sandbox", "SandboxConfig", "SandboxError", "SandboxStats"]
+__all__ = ["CellResult", "ReplSession", "Sandbox", "SandboxConfig", "SandboxError", "SandboxStats", "SessionFactory"]
 
 
 def __getattr__(name: str):
+    if name in ("ReplSession", "SessionFactory"):
+        from repl import session
+
+        return getattr(session, name)
     if name in __all__:
         from repl import sandbox
 

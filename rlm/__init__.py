@@ -1,6 +1,9 @@
 """rlm: the runtime. Orchestrator loop, trajectory events, budgets, JSONL logs, call graph, CLI."""
-from rlm.events import (CellOutput, CodeCell, Event, Final, Notice, OrchestratorMessage, RunStart, WorkerCall,
-                        parse_event, render)
+import sys
+
+from agents import events
+from agents.events import (CellOutput, CodeCell, Event, Final, Notice, OrchestratorMessage, RunStart, WorkerCall,
+                           parse_event, render)
 from rlm.graph import CallGraph, GraphSummary
 from rlm.recursive import RLMWorker
 from rlm.result import STOP_REASONS, AgentUsage, Budgets, RunResult
@@ -13,3 +16,6 @@ __all__ = [
     "Event", "RunStart", "OrchestratorMessage", "CodeCell", "CellOutput", "WorkerCall", "Notice", "Final",
     "parse_event", "render",
 ]
+
+# The event types live in the lowest layer that reads them (agents); `rlm.events` is the same module.
+sys.modules.setdefault("rlm.events", events)

@@ -2,29 +2,113 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 
-def _budget(value: str) -> float | int:
-    """A kept budget: a ratio in (0, 1] ("0.2") or a number of positions ("300")."""
+class _Parser(argparse.ArgumentParser):
+    """Bad values end with one line naming the argument (argparse prints the whole usage first) and exit 2."""
+
+    commands: dict[str, argparse.ArgumentParser] = {}
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _number(text: str) -> float:
     try:
-        return int(value)
+        value = float(text)
     except ValueError:
-        f = float(value)
-        if not 0 < f <= 1:
-            raise argparse.ArgumentTypeError("a float budget is a ratio in (0, 1]")
-        return f
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+
+
+def _at_least(low: int, hint: str = "") -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = _integer(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}{hint}, got {text!r}")
+        return value
+    return parse
+
+
+def _positive(text: str) -> float:
+    value = _number(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}")
+    return value
+
+
+def _ratio(text: str) -> float:
+    value = _number(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a share in (0, 1], got {text!r} (for a count use --keep-tokens)")
+    return value
+
+
+def _budget_removed(text: str) -> None:
+    raise argparse.ArgumentTypeError("was replaced: use --keep-ratio R (a share in (0, 1]) or --keep-tokens N "
+                                     "(positions, >= 1), or --keep-none")
+
+
+def _add_selector_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--tau", type=_number, default=None,
+                   help="briefed worker: keep positions above median + tau * MAD of the score (default 1.0; higher keeps less)")
+    g.add_argument("--keep-ratio", type=_ratio, default=None, help="briefed worker: keep this share in (0, 1] instead")
+    g.add_argument("--keep-tokens", type=_at_least(1, " (use --keep-none to keep no position)"), default=None,
+                   help="briefed worker: keep this many positions instead")
+    g.add_argument("--keep-all", action="store_true", help="briefed worker: the full trajectory cache (no compaction)")
+    g.add_argument("--keep-none", action="store_true", help="briefed worker: no trajectory position")
+    g.add_argument("--budget", type=_budget_removed, default=None, help=argparse.SUPPRESS)
+
+
+def selector_from_args(args: argparse.Namespace) -> Any:
+    """The `briefing.Selector` the options ask for, or None (the worker's default, AttentionMatching(tau=1.0))."""
+    if args.tau is None and args.keep_ratio is None and args.keep_tokens is None and not args.keep_all \
+            and not args.keep_none:
+        return None
+    import briefing
+
+    if args.keep_all:
+        return briefing.KeepAll()
+    if args.keep_none:
+        return briefing.KeepNone()
+    if args.keep_ratio is not None:
+        return briefing.AttentionMatching(ratio=args.keep_ratio)
+    if args.keep_tokens is not None:
+        return briefing.AttentionMatching(tokens=args.keep_tokens)
+    return briefing.AttentionMatching(tau=args.tau)
 
 
 def _add_worker_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--worker", choices=["briefed", "text", "plain"], default="briefed")
     p.add_argument("--model", default=None, help="local Hugging Face model directory (default: embedded SmolLM2-135M)")
-    p.add_argument("--tau", type=float, default=1.0, help="briefed worker: MAD threshold (higher keeps less)")
-    p.add_argument("--budget", type=_budget, default=None, help="briefed worker: keep this ratio or count instead")
-    p.add_argument("--max-new-tokens", type=int, default=64, help="worker answer length")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    _add_selector_args(p)
+    p.add_argument("--max-new-tokens", type=_at_least(1), default=64, help="worker answer length")
+    p.add_argument("--threads", type=_at_least(1), default=None, help="torch CPU threads (default: torch's choice)")
+
+
+def _check_worker_args(parser: _Parser, args: argparse.Namespace) -> None:
+    if getattr(args, "worker", "briefed") != "briefed" and selector_from_args(args) is not None:
+        parser.error(f"--tau / --keep-* choose the briefed worker's selection; --worker {args.worker} has none")
+
+
+def _check_file(parser: _Parser, option: str, path: str | None) -> None:
+    if path and path != "-" and not Path(path).is_file():
+        parser.error(f"argument {option}: no such file: {path}")
 
 
 def _make_worker(args: argparse.Namespace) -> Any:
@@ -32,7 +116,7 @@ def _make_worker(args: argparse.Namespace) -> Any:
     from agents import make_worker
 
     lm = briefing.load_model(args.model)
-    extra = {"tau": args.tau, "budget": args.budget} if args.worker == "briefed" else {}
+    extra = {"selector": selector_from_args(args)} if args.worker == "briefed" else {}
     return make_worker(args.worker, lm=lm, max_new_tokens=args.max_new_tokens, **extra), lm
 
 
@@ -45,26 +129,26 @@ def _set_threads(args: argparse.Namespace) -> None:
         torch.set_num_threads(int(n))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rlm", description="latent-briefing RLM runtime")
-    sub = parser.add_subparsers(dest="command")
+def build_parser() -> _Parser:
+    parser = _Parser(prog="rlm", description="latent-briefing RLM runtime")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
 
     p = sub.add_parser("run", help="answer a query about a context file")
     p.add_argument("--context", required=True, help="context file ('-' for stdin)")
     p.add_argument("--query", required=True)
     p.add_argument("--policy", choices=["chunk-scan", "llm"], default="chunk-scan")
     _add_worker_args(p)
-    p.add_argument("--chunk-chars", type=int, default=1500, help="chunk-scan: characters per chunk")
+    p.add_argument("--chunk-chars", type=_at_least(1), default=1500, help="chunk-scan: characters per chunk")
     p.add_argument("--backend", choices=["openai", "local"], default="openai",
                    help="llm policy: OpenAI-compatible server (OPENAI_BASE_URL/OPENAI_API_KEY/OPENAI_MODEL) or local model")
     p.add_argument("--base-url", default=None)
     p.add_argument("--api-key", default=None)
     p.add_argument("--llm-model", default=None, help="llm policy: model name on the server")
-    p.add_argument("--max-iterations", type=int, default=20)
-    p.add_argument("--max-worker-calls", type=int, default=64)
-    p.add_argument("--max-tokens", type=int, default=None)
-    p.add_argument("--max-wall-s", type=float, default=None)
-    p.add_argument("--cell-timeout", type=float, default=30.0, help="seconds per REPL cell (worker calls excluded)")
+    p.add_argument("--max-iterations", type=_at_least(1), default=20)
+    p.add_argument("--max-worker-calls", type=_at_least(0), default=64)
+    p.add_argument("--max-tokens", type=_at_least(1), default=None)
+    p.add_argument("--max-wall-s", type=_positive, default=None)
+    p.add_argument("--cell-timeout", type=_positive, default=30.0, help="seconds per REPL cell (worker calls excluded)")
     p.add_argument("--log", default=None, help="JSONL log of every event")
     p.add_argument("--json", action="store_true", help="print the whole result as JSON")
     p.add_argument("--quiet", action="store_true", help="no live progress")
@@ -72,15 +156,14 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="chunk-scan on an essay: briefed worker vs text worker (offline)")
     d.add_argument("--essay", default=None, help="file name in pg_essays/ (default foundervisa.txt)")
     d.add_argument("--query", default=None)
-    d.add_argument("--max-chars", type=int, default=None, help="use only the start of the essay")
-    d.add_argument("--chunk-chars", type=int, default=600)
-    d.add_argument("--tau", type=float, default=1.0)
-    d.add_argument("--budget", type=_budget, default=None)
-    d.add_argument("--max-new-tokens", type=int, default=48)
+    d.add_argument("--max-chars", type=_at_least(1), default=None, help="use only the start of the essay")
+    d.add_argument("--chunk-chars", type=_at_least(1), default=600)
+    _add_selector_args(d)
+    d.add_argument("--max-new-tokens", type=_at_least(1), default=48)
     d.add_argument("--model", default=None)
     d.add_argument("--log-dir", default=None, help="write demo-briefed.jsonl / demo-text.jsonl here")
     d.add_argument("--workers", default="briefed,text", help="comma list of briefed,text,plain")
-    d.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    d.add_argument("--threads", type=_at_least(1), default=None, help="torch CPU threads (default: torch's choice)")
 
     r = sub.add_parser("repl", help="interactive sandbox console with a worker() primitive")
     _add_worker_args(r)
@@ -93,9 +176,10 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("view", help="readable rendering of a trajectory log (ours or alexzhang13/rlm's)")
     v.add_argument("log")
     v.add_argument("--full", action="store_true", help="do not shorten long texts")
-    v.add_argument("--max-chars", type=int, default=600)
+    v.add_argument("--max-chars", type=_at_least(1), default=600)
     v.add_argument("--color", choices=["auto", "always", "never"], default="auto")
     v.add_argument("--trajectory", action="store_true", help="print the root run's trajectory text as the worker reads it")
+    parser.commands = {"run": p, "demo": d, "repl": r, "bench": b, "view": v}
     return parser
 
 
@@ -140,7 +224,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     workers = tuple(w.strip() for w in args.workers.split(",") if w.strip())
     demo.main(essay=args.essay or demo.DEFAULT_ESSAY, query=args.query or demo.DEFAULT_QUERY, max_chars=args.max_chars,
-              chunk_chars=args.chunk_chars, tau=args.tau, budget=args.budget, max_new_tokens=args.max_new_tokens,
+              chunk_chars=args.chunk_chars, selector=selector_from_args(args), max_new_tokens=args.max_new_tokens,
               model=args.model, log_dir=args.log_dir, workers=workers)
     return 0
 
@@ -148,7 +232,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def console_primitives(worker: Any, context: str | None = None) -> dict[str, Any]:
     """`worker` / `worker_batch` for the interactive console. The worker's trajectory is the session's
     earlier worker calls (the console's own cells are not recorded here)."""
-    from rlm.events import RunStart, WorkerCall
+    from agents.events import RunStart, WorkerCall
     from rlm.trajectory import Trajectory
 
     traj = Trajectory("console")
@@ -197,25 +281,55 @@ def cmd_view(args: argparse.Namespace) -> int:
     return 0
 
 
+BENCH_MISSING = ("rlm bench: the benchmarks are not installed with the library; from a source checkout run "
+                 "`pip install -e '.[bench]'`, then `rlm bench` there")
+
+
+def load_bench() -> Callable[[list[str]], int] | None:
+    """`benchmarks.rlm_bench.cli.main` from the source checkout (the top-level `benchmarks/` folder, next to the
+    `rlm` package of an editable install, or the current directory), or None after one line on stderr."""
+    import importlib
+
+    checkout = Path(__file__).resolve().parents[1]
+    for root in (None, checkout, Path.cwd()):
+        if root is not None:
+            if not (root / "benchmarks" / "rlm_bench").is_dir() or str(root) in sys.path:
+                continue
+            sys.path.append(str(root))
+        try:
+            return importlib.import_module("benchmarks.rlm_bench.cli").main
+        except ModuleNotFoundError as e:
+            if e.name and e.name.split(".")[0] != "benchmarks":   # the folder is there, an extra is missing
+                print(f"rlm bench: missing module {e.name!r}: run `pip install -e '.[bench]'` in the source "
+                      "checkout", file=sys.stderr)
+                return None
+    print(BENCH_MISSING, file=sys.stderr)
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["bench"]:  # its own parser, its arguments verbatim (argparse REMAINDER reorders options)
-        from rlm.bench.cli import main as bench_main
-
-        return bench_main(argv[1:])
+        bench_main = load_bench()
+        return 2 if bench_main is None else bench_main(argv[1:])
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown and args.command not in ("repl", "bench"):
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     args.console_args = unknown
     if args.command == "bench":  # its own parser: rlm bench --help
-        from rlm.bench.cli import main as bench_main
-
+        bench_main = load_bench()
+        if bench_main is None:
+            return 2
         return bench_main(args.bench_args + unknown)
     handlers = {"run": cmd_run, "demo": cmd_demo, "repl": cmd_repl, "view": cmd_view}
     if args.command not in handlers:
         parser.print_help()
         return 2
+    if args.command in ("run", "repl"):
+        command = parser.commands[args.command]
+        _check_worker_args(command, args)
+        _check_file(command, "--context", args.context)
     _set_threads(args)
     try:
         return handlers[args.command](args)

@@ -31,12 +31,12 @@ class DemoRow:
     worker_time_s: float
 
 
-def run_one(kind: str, lm: Any, query: str, context: str, chunk_chars: int, tau: float, budget: Any,
+def run_one(kind: str, lm: Any, query: str, context: str, chunk_chars: int, selector: Any,
             max_new_tokens: int, log_path: str | None, stream: TextIO) -> tuple[DemoRow, Any]:
     from agents import ChunkScanPolicy, make_worker
     from rlm import RLM, Budgets
 
-    extra = {"tau": tau, "budget": budget} if kind == "briefed" else {}
+    extra = {"selector": selector} if kind == "briefed" else {}
     worker = make_worker(kind, lm=lm, max_new_tokens=max_new_tokens, **extra)
     policy = ChunkScanPolicy(chunk_chars=chunk_chars)
     rlm = RLM(policy, worker, budgets=Budgets(max_iterations=40, max_worker_calls=40), log_path=log_path,
@@ -63,7 +63,7 @@ def format_rows(rows: list[DemoRow]) -> str:
 
 
 def main(essay: str = DEFAULT_ESSAY, query: str = DEFAULT_QUERY, max_chars: int | None = None, chunk_chars: int = 600,
-         tau: float = 1.0, budget: Any = None, max_new_tokens: int = 48, model: str | None = None,
+         selector: Any = None, max_new_tokens: int = 48, model: str | None = None,
          log_dir: str | None = None, workers: tuple[str, ...] = ("briefed", "text"), stream: TextIO | None = None) -> list[DemoRow]:
     import briefing
 
@@ -76,7 +76,7 @@ def main(essay: str = DEFAULT_ESSAY, query: str = DEFAULT_QUERY, max_chars: int 
     rows = []
     for kind in workers:
         log_path = f"{log_dir.rstrip('/')}/demo-{kind}.jsonl" if log_dir else None
-        row, res = run_one(kind, lm, query, context, chunk_chars, tau, budget, max_new_tokens, log_path, sys.stderr)
+        row, res = run_one(kind, lm, query, context, chunk_chars, selector, max_new_tokens, log_path, sys.stderr)
         rows.append(row)
         print(f"\n[{kind}] answer: {row.answer!r} ({row.stop_reason}, {row.wall_s:.1f}s)", file=out)
         print(res.usage_table(), file=out)

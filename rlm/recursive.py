@@ -18,13 +18,25 @@ Called outside a run (`answer`), it runs the child as a root run of its own.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
-from agents.workers.base import Worker, WorkerAnswer
+from agents.workers.base import CallContext, Worker, WorkerAnswer
+
+if TYPE_CHECKING:
+    from rlm.runtime import RLM
 
 
 class RLMWorker(Worker):
-    def __init__(self, rlm: Any, context: str | Callable[[str, str], Any] = "query", name: str = "rlm") -> None:
+    takes_context: ClassVar[bool] = True
+
+    def __init__(self, rlm: RLM, context: str | Callable[[str, str], Any] = "query", name: str = "rlm") -> None:
+        from rlm.runtime import RLM
+
+        if not isinstance(rlm, RLM):
+            raise TypeError(f"RLMWorker: rlm must be an rlm.RLM (the child run), got {type(rlm).__name__}.")
+        if not callable(context) and context not in ("query", "trajectory"):
+            raise ValueError(f"RLMWorker: context must be 'query', 'trajectory' or a function (query, trajectory) -> "
+                             f"context, got {context!r}.")
         self.rlm, self.context, self.name = rlm, context, name
 
     def child_context(self, query: str, trajectory: str) -> Any:
@@ -35,17 +47,18 @@ class RLMWorker(Worker):
     def answer(self, query: str, trajectory: str) -> WorkerAnswer:
         return self._answer(query, trajectory, None)
 
-    def answer_nested(self, query: str, trajectory: str, link: Any, context: Any = None) -> WorkerAnswer:
-        if link.depth + 1 > link.max_depth:       # too deep: the leaf worker answers directly
+    def answer_call(self, query: str, trajectory: str, call: CallContext, context: object = None) -> WorkerAnswer:
+        if not call.may_nest:       # too deep: the leaf worker answers directly
+            leaf = self.rlm.worker
             q = query if context is None else f"{query}\n\n{context}"
-            ans = self.rlm.worker.answer(q, trajectory)
-            return ans.model_copy(update={"worker": ans.worker or getattr(self.rlm.worker, "name", "worker")})
-        return self._answer(query, trajectory, link, context)
+            ans = leaf.answer(q, trajectory)
+            return ans.model_copy(update={"worker": ans.worker or leaf.name})
+        return self._answer(query, trajectory, call, context)
 
-    def _answer(self, query: str, trajectory: str, link: Any, context: Any = None) -> WorkerAnswer:
+    def _answer(self, query: str, trajectory: str, call: CallContext | None, context: object = None) -> WorkerAnswer:
         t0 = time.monotonic()
         ctx = context if context is not None else self.child_context(query, trajectory)
-        res = self.rlm._run(query, ctx, link=link)
+        res = self.rlm.run(query, ctx, parent=call)
         usage = res.usage.values()
         return WorkerAnswer(text=res.answer or "", input_tokens=sum(u.input_tokens for u in usage),
                             output_tokens=sum(u.output_tokens for u in usage),
@@ -53,6 +66,5 @@ class RLMWorker(Worker):
                             latency_s=time.monotonic() - t0, worker=self.name, child_run=res.run_id)
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "child_policy": getattr(self.rlm.policy, "name", None),
-                "child_worker": getattr(self.rlm.worker, "name", None),
+        return {"name": self.name, "child_policy": self.rlm.policy.name, "child_worker": self.rlm.worker.name,
                 "context": self.context if isinstance(self.context, str) else "custom"}

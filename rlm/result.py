@@ -2,16 +2,17 @@
 from __future__ import annotations
 
 import statistics
-from typing import Any
+from typing import Any, Literal, get_args
 
 import networkx as nx
 from pydantic import BaseModel, Field
 
-from rlm.events import Event
+from agents.events import Event
 from rlm.graph import GraphSummary, from_dict
 
-STOP_REASONS = ("final", "max_iterations", "max_worker_calls", "max_tokens", "max_wall_s", "policy_stopped",
-                "policy_error", "sandbox_error")
+StopReason = Literal["final", "max_iterations", "max_worker_calls", "max_tokens", "max_wall_s", "policy_stopped",
+                     "policy_error", "sandbox_error"]
+STOP_REASONS: tuple[StopReason, ...] = get_args(StopReason)
 
 
 class Budgets(BaseModel):
@@ -64,7 +65,7 @@ class RunResult(BaseModel):
     run_id: str
     query: str
     answer: str | None = None
-    stop_reason: str = "final"
+    stop_reason: StopReason = "final"
     partial: bool = False
     iterations: int = 0
     worker_calls: int = 0

@@ -19,15 +19,19 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from agents.policy import OrchestratorPolicy, RunState, Step, as_step
-from agents.workers.base import Worker
-from rlm.events import CellOutput, CodeCell, Final, Notice, OrchestratorMessage, RunStart, WorkerCall
+from agents.workers.base import CallContext, Worker, WorkerAnswer
+from repl.session import ReplSession, SessionFactory
+from agents.events import CellOutput, CodeCell, Event, Final, Notice, OrchestratorMessage, RunStart, WorkerCall
 from rlm.graph import CallGraph
 from rlm.parsing import find_final
-from rlm.result import AgentUsage, Budgets, RunResult
+from rlm.result import AgentUsage, Budgets, RunResult, StopReason
 from rlm.trajectory import JsonlLog, Trajectory
+
+if TYPE_CHECKING:  # pydantic models of the sandbox, imported with it
+    from repl import SandboxConfig
 
 PRIMITIVES = ("context", "query", "worker", "worker_batch", "FINAL", "FINAL_VAR")
 PARTIAL_NAMES = ("final_answer", "answer", "result")
@@ -41,14 +45,14 @@ class WorkerError(RuntimeError):
     """Raised into the cell when the worker failed."""
 
 
-def default_sandbox_config() -> Any:
+def default_sandbox_config() -> SandboxConfig:
     from repl import SandboxConfig
 
     # Time spent inside primitives (worker calls) does not count against the cell timeout.
     return SandboxConfig(timeout_s=30.0)
 
 
-def default_sandbox_factory(primitives: dict[str, Any], config: Any) -> Any:
+def default_sandbox_factory(primitives: dict[str, Any], config: SandboxConfig | None) -> ReplSession:
     from repl import Sandbox
 
     return Sandbox(primitives=primitives, config=config)
@@ -62,49 +66,61 @@ class RLM:
     budgets: `Budgets`.
     log_path: JSONL file every event is appended to (and flushed) as it happens.
     on_event: callback for every event of the run tree (progress display).
-    sandbox_factory: `(primitives, config) -> sandbox` (default `repl.Sandbox`).
+    sandbox_factory: `(primitives, config) -> repl.ReplSession` (default `repl.Sandbox`).
     """
 
-    def __init__(self, policy: OrchestratorPolicy, worker: Worker, sandbox_config: Any = None,
+    def __init__(self, policy: OrchestratorPolicy, worker: Worker, sandbox_config: SandboxConfig | None = None,
                  budgets: Budgets | None = None, log_path: str | None = None,
-                 on_event: Callable[[Any], None] | None = None,
-                 sandbox_factory: Callable[[dict[str, Any], Any], Any] | None = None) -> None:
+                 on_event: Callable[[Event], None] | None = None,
+                 sandbox_factory: SessionFactory | None = None) -> None:
+        if not isinstance(policy, OrchestratorPolicy):
+            raise TypeError(f"RLM: policy must be an agents.OrchestratorPolicy, got {type(policy).__name__}.")
+        if not isinstance(worker, Worker):
+            raise TypeError(f"RLM: worker must be an agents.Worker, got {type(worker).__name__}.")
         self.policy, self.worker = policy, worker
         self.sandbox_config, self.budgets = sandbox_config, budgets or Budgets()
         self.log_path, self.on_event = log_path, on_event
         self.sandbox_factory = sandbox_factory or default_sandbox_factory
 
-    def run(self, query: str, context: Any) -> RunResult:
-        return self._run(query, context, link=None)
+    def run(self, query: str, context: Any, *, parent: CallContext | None = None) -> RunResult:
+        """Run to the end. `parent`: the `CallContext` a worker received in `Worker.answer_call`, to run as a
+        nested run of that call (its events, usage and call graph go to the parent run)."""
+        if parent is not None and not isinstance(parent, Link):
+            raise TypeError("RLM.run: parent must be the CallContext the runtime passed to Worker.answer_call.")
+        with _Run(self, query, context, parent) as run:
+            return run.finish(self.loop(run))
 
-    def _run(self, query: str, context: Any, link: "Link | None") -> RunResult:
-        with _Run(self, query, context, link) as run:
-            while not run.done and not run.out_of_budget():
-                step = run.next_step()                      # records the message; None: run over
-                if step is None:
+    @staticmethod
+    def loop(run: _Run) -> StopReason:
+        """Steps until something ends the run; returns why."""
+        while True:
+            reason = run.budget_spent()
+            if reason is not None:
+                return reason
+            step = run.next_step()                          # records the message; a StopReason: run over
+            if not isinstance(step, Step):
+                return step
+            for i, code in enumerate(step.cells()):
+                reason = run.execute(code, i, in_message=step.code_in_text)
+                if reason is not None:
                     break
-                for i, code in enumerate(step.cells()):
-                    run.execute(code, i, in_message=step.code_in_text)
-                    if run.done:
-                        break
-                run.after_step(step)                        # FINAL in the text; hint when nothing ran
-                run.iteration += 1
-            return run.finish()
+            if reason is None:
+                reason = run.after_step(step)               # FINAL in the text; hint when nothing ran
+            run.iteration += 1
+            if reason is not None:
+                return reason
 
 
-@dataclass
-class Link:
-    """Passed to a nested worker run: where it hangs in the parent's log and call graph."""
+@dataclass(frozen=True)
+class Link(CallContext):
+    """The runtime's `CallContext`: also where a nested run hangs in the parent's log and call graph."""
 
-    parent: "_Run"
-    call_id: str
-    depth: int                    # the parent's depth
-    max_depth: int                # deepest depth a run may have
+    parent: _Run | None = None
     child_results: list[RunResult] = field(default_factory=list)
 
 
 class _Run:
-    """State of one run and the helpers of the loop in `RLM._run`."""
+    """State of one run and the helpers of `RLM.loop`."""
 
     def __init__(self, rlm: RLM, query: str, context: Any, link: Link | None) -> None:
         self.rlm, self.policy, self.worker, self.budgets = rlm, rlm.policy, rlm.worker, rlm.budgets
@@ -115,7 +131,7 @@ class _Run:
         self.prefix = f"d{self.depth}:" if self.depth else ""
         self.iteration = self.worker_calls = 0
         self.final: tuple[str, str] | None = None           # (answer, source)
-        self.stop_reason: str | None = None
+        self.refused: StopReason | None = None              # a worker call inside a cell was refused: why
         self.pending_var: str | None = None
         self.usage: dict[str, AgentUsage] = {}
         self.nested_events: list[Any] = []
@@ -124,8 +140,8 @@ class _Run:
         self.own_log = JsonlLog(rlm.log_path) if (rlm.log_path and not link) else None
         sinks = list(link.parent.traj.sinks) if link else [s for s in (self.own_log and self.own_log.write, rlm.on_event) if s]
         self.traj = Trajectory(self.run_id, self.depth, sinks)
-        self.node = self.graph.add_agent(self.run_id, "orchestrator", getattr(self.policy, "name", "policy"), self.depth)
-        self.sandbox: Any = None
+        self.node = self.graph.add_agent(self.run_id, "orchestrator", self.policy.name, self.depth)
+        self.sandbox: ReplSession | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
     def __enter__(self) -> "_Run":
@@ -133,31 +149,48 @@ class _Run:
         self.policy.reset()
         self.traj.append(RunStart(
             query=self.query, context_type=kind, context_length=total, context_lengths=lengths[:1000],
-            policy={"name": getattr(self.policy, "name", type(self.policy).__name__), **_safe(self.policy.describe)},
-            worker={"name": getattr(self.worker, "name", type(self.worker).__name__), **_safe(self.worker.describe)},
+            policy={"name": self.policy.name, **self.described("policy", self.policy.describe)},
+            worker={"name": self.worker.name, **self.described("worker", self.worker.describe)},
             budgets=self.budgets.model_dump(), parent_run=self.link.parent.run_id if self.link else None,
             parent_call=self.link.call_id if self.link else None))
         config = self.rlm.sandbox_config
         if config is None and self.rlm.sandbox_factory is default_sandbox_factory:
             config = default_sandbox_config()
-        self.sandbox = self.rlm.sandbox_factory(self.primitives(), config)
+        sandbox = self.rlm.sandbox_factory(self.primitives(), config)
+        if not isinstance(sandbox, ReplSession):
+            raise TypeError(f"sandbox_factory returned a {type(sandbox).__name__}, which is not a repl.ReplSession "
+                            "(run, get, names, close).")
+        self.sandbox = sandbox
         return self
 
-    def __exit__(self, *exc: Any) -> None:
-        for closer in (getattr(self.sandbox, "close", None), self.own_log and self.own_log.close):
-            if closer:
-                try:
-                    closer()
-                except Exception:
-                    pass
+    def __exit__(self, *exc: object) -> None:
+        for what, closer in (("sandbox", self.sandbox and self.sandbox.close), ("log", self.own_log and self.own_log.close)):
+            if not closer:
+                continue
+            try:
+                closer()
+            except Exception as e:   # the run is over: report it where the run's events go, then carry on
+                self.report(f"closing the {what} failed: {type(e).__name__}: {e}")
+
+    def report(self, text: str) -> None:
+        """An error the run survives: a `notice` event in the trajectory and the log."""
+        try:
+            self.traj.append(Notice(iteration=self.iteration, text=text))
+        except Exception as e:   # the log itself is broken (closed file, full disk): the caller's stderr
+            import sys
+
+            print(f"rlm: {text} (and writing the notice failed: {type(e).__name__}: {e})", file=sys.stderr)
+
+    def described(self, what: str, describe: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        try:
+            return {k: v for k, v in (describe() or {}).items() if k != "name"}
+        except Exception as e:
+            self.report(f"{what}.describe() failed: {type(e).__name__}: {e}")
+            return {}
 
     def primitives(self) -> dict[str, Any]:
         return {"context": self.context, "query": self.query, "worker": self.call_worker,
                 "worker_batch": self.call_worker_batch, "FINAL": self.set_final, "FINAL_VAR": self.set_final_var}
-
-    @property
-    def done(self) -> bool:
-        return self.final is not None or self.stop_reason is not None
 
     def elapsed(self) -> float:
         return time.monotonic() - self.t0
@@ -165,15 +198,16 @@ class _Run:
     def tokens_used(self) -> int:
         return sum(u.input_tokens + u.output_tokens for u in self.usage.values())
 
-    def out_of_budget(self) -> bool:
+    def budget_spent(self) -> StopReason | None:
+        """Checked before each step."""
         b = self.budgets
         if b.max_iterations is not None and self.iteration >= b.max_iterations:
-            self.stop_reason = "max_iterations"
-        elif b.max_tokens is not None and self.tokens_used() >= b.max_tokens:
-            self.stop_reason = "max_tokens"
-        elif b.max_wall_s is not None and self.elapsed() >= b.max_wall_s:
-            self.stop_reason = "max_wall_s"
-        return self.stop_reason is not None
+            return "max_iterations"
+        if b.max_tokens is not None and self.tokens_used() >= b.max_tokens:
+            return "max_tokens"
+        if b.max_wall_s is not None and self.elapsed() >= b.max_wall_s:
+            return "max_wall_s"
+        return None
 
     def agent(self, role: str, name: str | None = None) -> AgentUsage:
         key = self.prefix + (role if name is None else f"{role}:{name}")
@@ -192,17 +226,17 @@ class _Run:
     def variables(self) -> dict[str, str]:
         try:
             return {k: str(v) for k, v in dict(self.sandbox.names()).items() if k not in PRIMITIVES}
-        except Exception:
+        except Exception as e:
+            self.report(f"listing the REPL variables failed: {type(e).__name__}: {e}")
             return {}
 
-    def next_step(self) -> Step | None:
+    def next_step(self) -> Step | StopReason:
         t0 = time.monotonic()
         try:
             step = as_step(self.policy.step(self.state()))
         except Exception as e:
-            self.traj.append(Notice(iteration=self.iteration, text=f"policy error: {type(e).__name__}: {e}"))
-            self.stop_reason = "policy_error"
-            return None
+            self.report(f"policy error: {type(e).__name__}: {e}")
+            return "policy_error"
         took = time.monotonic() - t0
         if step is None:
             step = Step(stop=True)
@@ -211,12 +245,13 @@ class _Run:
             self.traj.append(OrchestratorMessage(iteration=self.iteration, text=step.text, input_tokens=step.input_tokens,
                                                  output_tokens=step.output_tokens, time_s=round(took, 6)))
         if step.stop:
-            self.stop_reason = "policy_stopped"
-            return None
+            return "policy_stopped"
         return step
 
-    def execute(self, code: str, cell: int, in_message: bool) -> None:
+    def execute(self, code: str, cell: int, in_message: bool) -> StopReason | None:
+        """Run one cell; returns why the run ends after it, if it does."""
         self.traj.append(CodeCell(iteration=self.iteration, cell=cell, code=code, in_message=in_message))
+        sandbox_failed = False
         try:
             res = self.sandbox.run(code, **self.cell_timeout())
             out = CellOutput(iteration=self.iteration, cell=cell, stdout=res.stdout or "", value=res.value,
@@ -225,11 +260,18 @@ class _Run:
         except Exception as e:   # the sandbox itself failed: nothing more can run
             out = CellOutput(iteration=self.iteration, cell=cell, error=f"SandboxError: {type(e).__name__}: {e}",
                              error_type="SandboxError")
-            self.stop_reason = self.stop_reason or "sandbox_error"
+            sandbox_failed = True
         self.traj.append(out)
         self.resolve_final_var()
-        if not self.done and self.budgets.max_wall_s is not None and self.elapsed() >= self.budgets.max_wall_s:
-            self.stop_reason = "max_wall_s"
+        if self.final is not None:
+            return "final"
+        if self.refused is not None:
+            return self.refused
+        if sandbox_failed:
+            return "sandbox_error"
+        if self.budgets.max_wall_s is not None and self.elapsed() >= self.budgets.max_wall_s:
+            return "max_wall_s"
+        return None
 
     def cell_timeout(self) -> dict[str, float]:
         """A cell may not outlast the wall-time budget: cap its timeout by the time left."""
@@ -237,9 +279,7 @@ class _Run:
             return {}
         return {"timeout_s": max(0.05, self.budgets.max_wall_s - self.elapsed())}
 
-    def after_step(self, step: Step) -> None:
-        if self.done:
-            return
+    def after_step(self, step: Step) -> StopReason | None:
         found = find_final(step.text)
         if found and found[0] == "FINAL_VAR":
             self.pending_var = found[1]
@@ -248,6 +288,7 @@ class _Run:
             self.final = (found[1], "text")
         elif not step.cells():
             self.traj.append(Notice(iteration=self.iteration, text="No ```repl code block and no FINAL(...) in this step."))
+        return "final" if self.final is not None else None
 
     # -- primitives (called from cells) -------------------------------------------------------
     def set_final(self, value: Any = None) -> str:
@@ -267,13 +308,15 @@ class _Run:
             return
         try:
             self.final = (to_text(self.sandbox.get(name)), "FINAL_VAR")
-        except Exception:
+        except KeyError:
             names = ", ".join(sorted(self.variables())) or "none yet"
             self.traj.append(Notice(iteration=self.iteration, text=(
                 f"FINAL_VAR({name!r}): no variable named {name!r} in the REPL (variables: {names}). "
                 "Assign it in a cell first; the run goes on.")))
+        except Exception as e:
+            self.report(f"FINAL_VAR({name!r}): reading it failed: {type(e).__name__}: {e}; the run goes on.")
 
-    def worker_refusal(self) -> str | None:
+    def worker_refusal(self) -> StopReason | None:
         b = self.budgets
         if b.max_worker_calls is not None and self.worker_calls >= b.max_worker_calls:
             return "max_worker_calls"
@@ -292,32 +335,30 @@ class _Run:
         """`worker(query)`, or `worker(query, context)`: a nested RLM worker runs on `context`; any
         other worker gets the context text appended to the query."""
         query = query if isinstance(query, str) else to_text(query)
-        nested = getattr(self.worker, "answer_nested", None)
-        if context is not None and nested is None:
+        if context is not None and not self.worker.takes_context:
             query, context = f"{query}\n\n{to_text(context)}", None
         reason = self.worker_refusal()
         if reason:
-            self.stop_reason = self.stop_reason or reason
+            self.refused = self.refused or reason
             raise BudgetExhausted(f"worker call refused: the {reason} budget is spent")
         self.worker_calls += 1
         call_id = f"{self.run_id}.{self.worker_calls}"
-        link = Link(self, call_id, self.depth, self.max_depth)
+        link = Link(run_id=self.run_id, call_id=call_id, depth=self.depth, max_depth=self.max_depth, parent=self)
         t0 = time.monotonic()
         try:
-            ans = (nested(query, self.traj.text, link, context) if nested
-                   else self.worker.answer(query, self.traj.text))
+            ans = self.worker.answer_call(query, self.traj.text, link, context)
         except Exception as e:
             self.traj.append(WorkerCall(call_id=call_id, iteration=self.iteration, index=self.worker_calls, query=query,
-                                        error=f"{type(e).__name__}: {e}", worker=getattr(self.worker, "name", ""),
+                                        error=f"{type(e).__name__}: {e}", worker=self.worker.name,
                                         latency_s=round(time.monotonic() - t0, 6)))
             raise WorkerError(f"worker call failed: {type(e).__name__}: {e}") from None
         self.record_call(call_id, query, ans, link)
         return ans.text
 
-    def record_call(self, call_id: str, query: str, ans: Any, link: Link) -> None:
+    def record_call(self, call_id: str, query: str, ans: WorkerAnswer, link: Link) -> None:
         self.traj.append(WorkerCall(
             call_id=call_id, iteration=self.iteration, index=self.worker_calls, query=query, answer=ans.text,
-            worker=ans.worker or getattr(self.worker, "name", ""), input_tokens=ans.input_tokens,
+            worker=ans.worker or self.worker.name, input_tokens=ans.input_tokens,
             output_tokens=ans.output_tokens, text_handoff_tokens=ans.text_handoff_tokens, kept=ans.kept,
             total=ans.total, compaction=ans.compaction, latency_s=round(ans.latency_s, 6), child_run=ans.child_run))
         for child in link.child_results:           # a nested run answered: adopt its usage and events
@@ -330,7 +371,7 @@ class _Run:
                                 sum(u.output_tokens for u in child.usage.values()),
                                 sum(u.text_handoff_tokens for u in child.usage.values()), ans.latency_s)
         if not link.child_results:
-            name = ans.worker or getattr(self.worker, "name", "worker")
+            name = ans.worker or self.worker.name
             self.agent("worker", name).add(1, ans.input_tokens, ans.output_tokens, ans.text_handoff_tokens, ans.latency_s)
             target = self.graph.add_agent(self.run_id, "worker", name, self.depth)
             self.graph.add_call(self.node, target, call_id, ans.input_tokens, ans.output_tokens,
@@ -342,15 +383,15 @@ class _Run:
             guess = self.policy.partial_answer(self.state())
             if guess:
                 return to_text(guess)
-        except Exception:
-            pass
+        except Exception as e:
+            self.report(f"policy.partial_answer failed: {type(e).__name__}: {e}; the runtime guesses instead")
         names = self.variables()
         for name in PARTIAL_NAMES:
             if name in names:
                 try:
                     return to_text(self.sandbox.get(name))
-                except Exception:
-                    pass
+                except Exception as e:
+                    self.report(f"reading the REPL variable {name!r} for a partial answer failed: {type(e).__name__}: {e}")
         for e in reversed(self.traj.events):
             if e.type == "worker_call" and e.answer:
                 return e.answer
@@ -358,11 +399,11 @@ class _Run:
                 return e.stdout.strip()[-2000:]
         return None
 
-    def finish(self) -> RunResult:
+    def finish(self, reason: StopReason) -> RunResult:
         if self.final is not None:
             answer, source, reason = self.final[0], self.final[1], "final"
         else:
-            answer, source, reason = self.partial_answer(), "partial", self.stop_reason or "policy_stopped"
+            answer, source = self.partial_answer(), "partial"
         self.traj.append(Final(answer=answer, stop_reason=reason, source=source))
         result = RunResult(
             run_id=self.run_id, query=self.query, answer=answer, stop_reason=reason, partial=reason != "final",
@@ -388,12 +429,5 @@ def describe_context(context: Any) -> tuple[str, int, list[int]]:
     return type(context).__name__, len(text), [len(text)]
 
 
-def to_text(value: Any) -> str:
+def to_text(value: object) -> str:
     return value if isinstance(value, str) else str(value)
-
-
-def _safe(fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    try:
-        return {k: v for k, v in (fn() or {}).items() if k != "name"}
-    except Exception:
-        return {}

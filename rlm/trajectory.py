@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import IO, Any, Callable, Iterable
 
-from rlm.events import RunStart, parse_event, render
+from agents.events import RunStart, parse_event, render
 
 
 class JsonlLog:

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterable
 
-from rlm.events import (CellOutput, CodeCell, Final, OrchestratorMessage, RunStart, WorkerCall,
+from agents.events import (CellOutput, CodeCell, Final, OrchestratorMessage, RunStart, WorkerCall,
                         parse_event)
 
 _RLM_TRACE_TYPES = {"metadata", "run_context", "iteration"}

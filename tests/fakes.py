@@ -1,7 +1,8 @@
 """Small fakes for the runtime's unit tests: a worker without a model, an in-process sandbox.
 
-FakeSandbox is NOT a sandbox (plain exec); it only mimics the `repl.Sandbox` contract
-(primitives, stdout capture, trailing-expression value, error strings, a timeout, output limit).
+FakeSandbox is NOT a sandbox (plain exec); it implements the `repl.ReplSession` contract that `repl.Sandbox`
+implements (primitives, stdout capture, trailing-expression value, error strings, a timeout, output limit)
+and returns the same `repl.CellResult`.
 """
 from __future__ import annotations
 
@@ -10,10 +11,10 @@ import contextlib
 import io
 import sys
 import time
-from types import SimpleNamespace
 from typing import Any, Callable
 
 from agents import Worker, WorkerAnswer
+from repl import CellResult, SandboxConfig
 
 
 class FakeWorker(Worker):
@@ -36,8 +37,8 @@ class _Timeout(BaseException):
     pass
 
 
-class FakeSandbox:
-    def __init__(self, primitives: dict[str, Any], config: Any = None) -> None:
+class FakeSandbox:   # implements repl.ReplSession
+    def __init__(self, primitives: dict[str, Any], config: SandboxConfig | None = None) -> None:
         self.primitives = {k: self._untraced(v) if callable(v) else v for k, v in primitives.items()}
         self.ns: dict[str, Any] = dict(self.primitives)
         self.timeout_s = getattr(config, "timeout_s", 10.0) if config is not None else 10.0
@@ -58,7 +59,7 @@ class FakeSandbox:
                 sys.settrace(self._tracer)
         return call
 
-    def run(self, code: str, timeout_s: float | None = None) -> Any:
+    def run(self, code: str, timeout_s: float | None = None) -> CellResult:
         buf = io.StringIO()
         t0 = time.monotonic()
         value = error = error_type = limit = None
@@ -99,8 +100,8 @@ class FakeSandbox:
         if len(out) > self.output_limit:
             half = self.output_limit // 2
             out, limit = out[:half] + f"\n[... {len(out) - self.output_limit} characters cut ...]\n" + out[-half:], limit or "output"
-        return SimpleNamespace(stdout=out, value=value, error=error, error_type=error_type, limit=limit,
-                               duration_s=time.monotonic() - t0, ok=error is None)
+        return CellResult(stdout=out, value=value, error=error, error_type=error_type, limit=limit,
+                          duration_s=time.monotonic() - t0)
 
     def get(self, name: str) -> Any:
         if name in self.primitives or name not in self.ns or name.startswith("__"):
@@ -115,5 +116,5 @@ class FakeSandbox:
         self.closed = True
 
 
-def fake_factory(primitives: dict[str, Any], config: Any) -> FakeSandbox:
+def fake_factory(primitives: dict[str, Any], config: SandboxConfig | None) -> FakeSandbox:
     return FakeSandbox(primitives, config)

@@ -81,7 +81,12 @@ def test_text_and_plain_workers_bill_as_documented(lm):
 
 
 def test_make_worker_kinds():
-    assert isinstance(make_worker("briefed", tau=2.0), BriefedWorker)
+    import briefing
+
+    w = make_worker("briefed", selector=briefing.AttentionMatching(tau=2.0))
+    assert isinstance(w, BriefedWorker) and w.make_selector() == briefing.AttentionMatching(tau=2.0)
+    assert "tau=2.0" in w.describe()["selector"] and "tau" not in w.describe()
+    assert BriefedWorker().make_selector() == briefing.AttentionMatching(tau=1.0)
     assert make_worker("text").name == "text" and make_worker("plain").name == "plain"
     with pytest.raises(ValueError):
         make_worker("telepathic")
@@ -104,3 +109,16 @@ def test_workers_cut_a_trajectory_longer_than_the_window(lm):
     for w in (BriefedWorker(lm=small, max_new_tokens=4), TextWorker(lm=small, max_new_tokens=4)):
         a = w.answer("What was low?", long_traj)
         assert a.output_tokens <= 4 and a.input_tokens <= 256
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    (dict(selector=0.2), "selector must be a briefing.Selector"),
+    (dict(tau=1.0), "unexpected keyword argument 'tau'"),
+    (dict(budget=0.2), "unexpected keyword argument 'budget'"),
+    (dict(max_new_tokens=0), "max_new_tokens must be an integer >= 1"),
+    (dict(temperature=-0.5), "temperature must be a finite number >= 0"),
+    (dict(max_caches=0), "max_caches must be an integer >= 1"),
+])
+def test_briefed_worker_refuses_bad_values(kwargs, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        BriefedWorker(**kwargs)

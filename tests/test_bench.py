@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from rlm.bench.cli import build_parser, run_suite, write_suite
+from benchmarks.rlm_bench.cli import build_parser, run_suite, write_suite
 
 
 def test_quick_bench_on_embedded_model(lm, tmp_path):

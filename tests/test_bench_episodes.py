@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from rlm.bench.episodes import CARRIERS, DEPTHS, TEMPLATES, make_episode, make_suite
+from benchmarks.rlm_bench.episodes import CARRIERS, DEPTHS, TEMPLATES, make_episode, make_suite
 from rlm.events import render
 
 

@@ -5,8 +5,8 @@ import re
 
 import pytest
 
-from rlm.bench.episodes import DEPTHS
-from rlm.bench.families import (FAMILIES, PARAPHRASES, SPLITS, content_words, make_family_episode, suite_specs)
+from benchmarks.rlm_bench.episodes import DEPTHS
+from benchmarks.rlm_bench.families import (FAMILIES, PARAPHRASES, SPLITS, content_words, make_family_episode, suite_specs)
 from rlm.events import render
 
 

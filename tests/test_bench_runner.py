@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from rlm.bench.cli import build_parser, run_suite, write_suite
-from rlm.bench.conditions import SuiteConfig
-from rlm.bench.families import FAMILIES, EpisodeSpec
-from rlm.bench.runner import comparable, run_all
+from benchmarks.rlm_bench.cli import build_parser, run_suite, write_suite
+from benchmarks.rlm_bench.conditions import SuiteConfig
+from benchmarks.rlm_bench.families import FAMILIES, EpisodeSpec
+from benchmarks.rlm_bench.runner import comparable, run_all
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from briefing.selection.base import Scores
-from rlm.bench.conditions import ProtectedAttentionMatching, choice_kl
-from rlm.bench.report import README_BEGIN, README_END, update_readme
-from rlm.bench.stats import breakdown, summarize
+from benchmarks.rlm_bench.conditions import ProtectedAttentionMatching, choice_kl
+from benchmarks.rlm_bench.report import README_BEGIN, README_END, update_readme
+from benchmarks.rlm_bench.stats import breakdown, summarize
 
 
 def _rows(n: int, acc: dict[str, float], ratio: dict[str, float], seed: int = 0) -> list[dict]:
@@ -78,14 +78,14 @@ def test_protected_window_and_positions_are_kept():
     kept = set(idx[0, 0].tolist())
     assert {50, 51, 52, 0, 100, 101} | set(range(T - 16, T)) <= kept
     assert idx.shape[-1] == 3 + 1 + 16 + 2  # tau mode: its own count plus the protected positions
-    bud = ProtectedAttentionMatching(budget=30, smooth_kernel=1, recent=16).select(2, 3, T, sc)
+    bud = ProtectedAttentionMatching(tokens=30, smooth_kernel=1, recent=16).select(2, 3, T, sc)
     assert bud.shape[-1] == 30 and set(range(T - 16, T)) | {50, 51, 52} <= set(bud[1, 2].tolist())
     with pytest.raises(ValueError, match="recent must be"):
         ProtectedAttentionMatching(recent=-1)
 
 
 def test_readme_block_is_rewritten_from_json(tmp_path):
-    from rlm.bench import stats
+    from benchmarks.rlm_bench import stats
 
     rows = _rows(30, {"full": 0.8, "am_tau1": 0.7}, {"full": 1.0, "am_tau1": 0.2})
     for r in rows:

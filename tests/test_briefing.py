@@ -10,7 +10,7 @@ import briefing
 from briefing import kv
 from briefing.errors import BriefingError, ModelLoadError
 from briefing.metrics import answer_kl, heldout_attention_error
-from tests.tiny import FAMILIES, tiny_model
+from tests.tiny import FAMILIES, tiny_model, tiny_tokenizer
 
 PROMPT = "\n\nQuestion: According to the text above, what does the author say about how startups should treat their early users? Answer:"
 ANSWER = " The author says that startups should"
@@ -29,16 +29,13 @@ def full_logprobs(lm, ids: list[int], n_context: int) -> torch.Tensor:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("reuse", [False, True])
-def test_keep_all_equals_full_cache(lm, essay_cache, reuse):
-    ctx = essay_cache.compact(PROMPT, briefing.KeepAll(reuse_prompt_kv=reuse))
+def test_keep_all_equals_full_cache(lm, essay_cache):
+    ctx = essay_cache.compact(PROMPT, briefing.KeepAll())
     prompt_ids, answer_ids = lm.encode(PROMPT), lm.encode(ANSWER)
     ref = full_logprobs(lm, essay_cache.ids + prompt_ids + answer_ids, essay_cache.length + len(prompt_ids))
     ids, got = briefing.token_logprobs(ctx, ANSWER)
     assert ids == answer_ids
     assert (got - ref).abs().max() < 1e-4
-    if reuse:
-        return
     # Positions continue from the true length: greedy decoding equals plain decoding on the full sequence.
     out = briefing.generate(ctx, briefing.GenerationConfig(max_new_tokens=4))
     seq = essay_cache.ids + prompt_ids
@@ -78,19 +75,19 @@ def test_extend_in_pieces_equals_one_prefill(lm, essay):
 
 @pytest.mark.slow
 def test_compaction_leaves_full_cache_untouched(essay_cache):
-    before = [(l.keys.clone(), l.values.clone()) for l in essay_cache.kv.layers]
-    ctx = essay_cache.compact(PROMPT, briefing.AttentionMatching(budget=0.2))
+    before = [(layer.keys.clone(), layer.values.clone()) for layer in essay_cache.kv.layers]
+    ctx = essay_cache.compact(PROMPT, briefing.AttentionMatching(ratio=0.2))
     briefing.generate(ctx, briefing.GenerationConfig(max_new_tokens=3))
     after = essay_cache.kv.layers
     assert kv.cache_length(essay_cache.kv) == essay_cache.length
-    assert all(torch.equal(k, l.keys) and torch.equal(v, l.values) for (k, v), l in zip(before, after, strict=True))
+    assert all(torch.equal(k, layer.keys) and torch.equal(v, layer.values) for (k, v), layer in zip(before, after, strict=True))
 
 
 @pytest.mark.slow
 def test_fit_beats_topk_on_heldout_answer_tokens(lm, essay_cache):
     full = essay_cache.compact(PROMPT, briefing.KeepAll())
-    fitted = essay_cache.compact(PROMPT, briefing.AttentionMatching(budget=0.1))
-    topk = essay_cache.compact(PROMPT, briefing.TopK(budget=0.1))
+    fitted = essay_cache.compact(PROMPT, briefing.AttentionMatching(ratio=0.1))
+    topk = essay_cache.compact(PROMPT, briefing.TopK(ratio=0.1))
     assert torch.equal(fitted.positions, topk.positions)  # same kept positions: only the fit differs
     assert fitted.stats.kept == topk.stats.kept == math.ceil(0.1 * essay_cache.length)
     err_fit = heldout_attention_error(essay_cache, fitted, ANSWER)
@@ -117,16 +114,16 @@ def test_baselines_share_the_generation_path(lm, essay_cache):
     T = essay_cache.length
     cases = [
         (briefing.KeepNone(), 0),
-        (briefing.TopK(budget=20), 20),
-        (briefing.RandomKeep(budget=0.1, seed=3), math.ceil(0.1 * T)),
-        (briefing.RecentWindow(budget=30), 30),
+        (briefing.TopK(tokens=20), 20),
+        (briefing.RandomKeep(ratio=0.1, seed=3), math.ceil(0.1 * T)),
+        (briefing.RecentWindow(tokens=30), 30),
     ]
     for selector, expected in cases:
         ctx = essay_cache.compact(PROMPT, selector)
         assert ctx.stats.kept == expected and ctx.beta is None, type(selector).__name__
         out = briefing.generate(ctx, briefing.GenerationConfig(max_new_tokens=4))
         assert out.finish_reason in ("eos", "length") and math.isfinite(briefing.loglikelihood(ctx, ANSWER))
-    recent = essay_cache.compact(PROMPT, briefing.RecentWindow(budget=30)).positions[0, 0]
+    recent = essay_cache.compact(PROMPT, briefing.RecentWindow(tokens=30)).positions[0, 0]
     assert recent[0] == 0 and recent[-1] == T - 1 and recent[1] == T - 29
 
 
@@ -155,14 +152,14 @@ def test_plain_context(lm):
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_tiny_models_extend_compact_generate(lm, family):
-    tiny = tiny_model(family, lm.tokenizer)
+def test_tiny_models_extend_compact_generate(family):
+    tiny = tiny_model(family)
     cache = briefing.TrajectoryCache(tiny)
     cache.extend("The orchestrator found that the key is 4417.")
     cache.extend(" Then it checked the second file and found nothing.")
     prompt = " Question: what is the key? Answer:"
-    for selector in (briefing.AttentionMatching(tau=0.0), briefing.AttentionMatching(budget=0.3, per_head=False),
-                     briefing.TopK(budget=5), briefing.KeepNone()):
+    for selector in (briefing.AttentionMatching(tau=0.0), briefing.AttentionMatching(ratio=0.3, per_head=False),
+                     briefing.TopK(tokens=5), briefing.KeepNone()):
         ctx = cache.compact(prompt, selector)
         out = briefing.generate(ctx, briefing.GenerationConfig(max_new_tokens=4))
         assert len(out.token_ids) >= 1 and ctx.stats.fallback is None
@@ -173,24 +170,19 @@ def test_tiny_models_extend_compact_generate(lm, family):
     assert (briefing.token_logprobs(ctx, " 4417")[1] - ref).abs().max() < 1e-4
 
 
-def test_bad_input_errors(lm, monkeypatch, tmp_path):
-    tiny = tiny_model("llama-gqa", lm.tokenizer, max_positions=64)
+def test_bad_input_errors(tmp_path):
+    tiny = tiny_model("llama-gqa", max_positions=96)
     empty = briefing.TrajectoryCache(tiny)
     with pytest.raises(BriefingError, match="trajectory is empty"):
         empty.compact("Question?")
     cache = briefing.TrajectoryCache(tiny, "some trajectory text about keys and values")
     with pytest.raises(BriefingError, match="prompt is empty"):
         cache.compact("   ")
-    with pytest.raises(BriefingError, match="tau"):
-        briefing.AttentionMatching(tau=float("nan"))
-    for budget in (0.0, 1.5, -0.2, float("inf"), -3):
-        with pytest.raises(BriefingError, match="budget"):
-            briefing.AttentionMatching(budget=budget)
     with pytest.raises(BriefingError, match="context length"):
         cache.compact(" word" * 80)
     with pytest.raises(BriefingError, match="context length"):
         cache.extend(" word" * 80)
-    other = tiny_model("llama-gqa", lm.tokenizer, seed=1)
+    other = tiny_model("llama-gqa", seed=1)
     ctx = cache.compact(" Question: what? Answer:")
     with pytest.raises(BriefingError, match="cannot be used with"):
         briefing.generate(ctx, lm=other)
@@ -201,28 +193,29 @@ def test_bad_input_errors(lm, monkeypatch, tmp_path):
         briefing.load_model(tmp_path)
 
 
-def test_non_finite_fit_falls_back_to_selection(lm, monkeypatch):
-    tiny = tiny_model("qwen3-gqa", lm.tokenizer)
+def test_non_finite_fit_falls_back_to_selection(monkeypatch):
+    tiny = tiny_model("qwen3-gqa")
     cache = briefing.TrajectoryCache(tiny, "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu")
     import briefing.compaction as compaction
 
     monkeypatch.setattr(compaction, "solve_values", lambda X, Y, V, ridge: torch.full_like(V, float("nan")))
-    ctx = cache.compact(" Which letter? Answer:", briefing.AttentionMatching(budget=0.5))
+    ctx = cache.compact(" Which letter? Answer:", briefing.AttentionMatching(ratio=0.5))
     assert ctx.stats.fallback and "selection only" in ctx.stats.fallback
     values = kv.layer_kv(ctx.kv, 0, ctx.stats.kept)[1]
     assert all(torch.isfinite(v).all() for v in values)
     assert math.isfinite(briefing.loglikelihood(ctx, " beta"))
 
 
-def test_unsupported_architecture_and_missing_model(lm, monkeypatch):
+def test_unsupported_architecture_and_missing_model(monkeypatch):
     from transformers import AutoModelForCausalLM, Qwen2Config
 
-    cfg = Qwen2Config(vocab_size=len(lm.tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    tokenizer = tiny_tokenizer()
+    cfg = Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                       num_attention_heads=2, num_key_value_heads=1, use_sliding_window=True, sliding_window=16,
                       max_window_layers=1)
     model = AutoModelForCausalLM.from_config(cfg)
     with pytest.raises(ModelLoadError, match="sliding_attention"):
-        briefing.LoadedModel(model=model, tokenizer=lm.tokenizer, name="hybrid")
+        briefing.LoadedModel(model=model, tokenizer=tokenizer, name="hybrid")
     import importlib.util
 
     real = importlib.util.find_spec

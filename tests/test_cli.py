@@ -127,3 +127,85 @@ def test_demo_command_small(lm, capsys):
     out = capsys.readouterr().out
     assert "[briefed] answer:" in out and "[text] answer:" in out
     assert "Worker input tokens: briefed" in out and "fewer with latent briefing" in out
+
+
+BAD_ARGS = [
+    (["run", "--context", "missing.txt", "--query", "q"], "argument --context: no such file: missing.txt"),
+    (["repl", "--context", "missing.txt"], "argument --context: no such file"),
+    (["run", "--context", "-", "--query", "q", "--keep-tokens", "0"], "argument --keep-tokens: must be an integer >= 1"),
+    (["run", "--context", "-", "--query", "q", "--tau", "nan"], "argument --tau: expected a finite number"),
+    (["run", "--context", "-", "--query", "q", "--tau", "inf"], "argument --tau: expected a finite number"),
+    (["run", "--context", "-", "--query", "q", "--budget", "abc"], "argument --budget: was replaced: use --keep-ratio"),
+    (["run", "--context", "-", "--query", "q", "--budget", "0"], "argument --budget: was replaced"),
+    (["run", "--context", "-", "--query", "q", "--keep-ratio", "1.5"], "argument --keep-ratio: must be a share in (0, 1]"),
+    (["run", "--context", "-", "--query", "q", "--keep-ratio", "abc"], "argument --keep-ratio: expected a number"),
+    (["run", "--context", "-", "--query", "q", "--tau", "1", "--keep-ratio", "0.2"], "not allowed with argument"),
+    (["run", "--context", "-", "--query", "q", "--worker", "text", "--tau", "2"], "--worker text has none"),
+    (["run", "--context", "-", "--query", "q", "--max-iterations", "0"], "argument --max-iterations: must be an integer >= 1"),
+    (["run", "--context", "-", "--query", "q", "--cell-timeout", "-1"], "argument --cell-timeout: must be a number > 0"),
+    (["run", "--context", "-", "--query", "q", "--chunk-chars", "x"], "argument --chunk-chars: expected an integer"),
+    (["run", "--context", "-", "--query", "q", "--max-wall-s", "inf"], "argument --max-wall-s: expected a finite number"),
+    (["demo", "--keep-tokens", "0"], "argument --keep-tokens: must be an integer >= 1 (use --keep-none"),
+    (["demo", "--max-new-tokens", "-3"], "argument --max-new-tokens: must be an integer >= 1"),
+    (["view", "x.jsonl", "--max-chars", "many"], "argument --max-chars: expected an integer"),
+]
+
+
+@pytest.mark.parametrize(("argv", "message"), BAD_ARGS, ids=[" ".join(a[-2:]) for a, _ in BAD_ARGS])
+def test_bad_values_end_with_one_line(argv, message, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
+    assert "_budget" not in err and err.startswith("rlm ")
+
+
+def test_selection_options_build_the_selector():
+    import briefing
+    from rlm.cli import build_parser, selector_from_args
+
+    def sel(*extra):
+        return selector_from_args(build_parser().parse_args(["run", "--context", "-", "--query", "q", *extra]))
+
+    assert sel() is None  # the worker's default, AttentionMatching(tau=1.0)
+    assert sel("--tau", "2") == briefing.AttentionMatching(tau=2.0)
+    assert sel("--keep-ratio", "0.2") == briefing.AttentionMatching(ratio=0.2)
+    assert sel("--keep-tokens", "300") == briefing.AttentionMatching(tokens=300)
+    assert sel("--keep-tokens", "1") == briefing.AttentionMatching(tokens=1)  # an int count, never a ratio
+    assert sel("--keep-ratio", "1") == briefing.AttentionMatching(ratio=1.0)  # all positions, not one
+    assert isinstance(sel("--keep-all"), briefing.KeepAll) and isinstance(sel("--keep-none"), briefing.KeepNone)
+
+
+def test_bench_command_without_the_benchmarks_says_what_to_do(monkeypatch, capsys, tmp_path):
+    import importlib
+
+    import rlm.cli
+
+    real = importlib.import_module
+
+    def no_benchmarks(name, *a):
+        if name.startswith("benchmarks"):
+            raise ModuleNotFoundError(f"No module named {name!r}", name="benchmarks")
+        return real(name, *a)
+
+    monkeypatch.setattr(importlib, "import_module", no_benchmarks)
+    assert main(["bench", "--quick"]) == 2
+    err = capsys.readouterr().err
+    assert err == rlm.cli.BENCH_MISSING + "\n" and "pip install -e '.[bench]'" in err
+
+    def no_extra(name, *a):
+        if name.startswith("benchmarks"):
+            raise ModuleNotFoundError("No module named 'rank_bm25'", name="rank_bm25")
+        return real(name, *a)
+
+    monkeypatch.setattr(importlib, "import_module", no_extra)
+    assert main(["bench"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'rank_bm25'" in err and "[bench]" in err
+
+
+def test_bench_command_finds_the_checkout(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["bench", "--help"])
+    assert info.value.code == 0 and "rlm bench" in capsys.readouterr().out

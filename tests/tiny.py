@@ -1,8 +1,11 @@
 """Tiny random-weight models built from configs (nothing can be downloaded here)."""
 from __future__ import annotations
 
+from functools import cache
+
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen3Config
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, PreTrainedTokenizerFast, Qwen3Config
 
 import briefing
 
@@ -14,7 +17,19 @@ FAMILIES = {
 }
 
 
-def tiny_model(family: str, tokenizer, seed: int = 0, max_positions: int = 512) -> briefing.LoadedModel:
+@cache
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    """A byte-level tokenizer with no merges (one token per byte, 257 ids with the end token): built in
+    memory, so tests on tiny models need neither the embedded model nor a download."""
+    vocab = {c: i for i, c in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>")
+
+
+def tiny_model(family: str, tokenizer=None, seed: int = 0, max_positions: int = 512) -> briefing.LoadedModel:
+    tokenizer = tokenizer if tokenizer is not None else tiny_tokenizer()
     config_cls, extra = FAMILIES[family]
     config = config_cls(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                         max_position_embeddings=max_positions, tie_word_embeddings=True, **extra)

@@ -17,6 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from agents.backends.base import ChatBackend
+from agents.events import CellOutput, CodeCell, Notice, OrchestratorMessage
 from agents.policy import OrchestratorPolicy, RunState, Step
 
 RLM_SYSTEM_PROMPT = """You are tasked with answering a query about an associated context. The context can be far too long to read at once; you work with it in a Python REPL, and you can query worker language models from inside the REPL. You will be called iteratively until you give a final answer.
@@ -58,15 +60,20 @@ def _clip(text: str, limit: int) -> str:
 
 @dataclass
 class LLMPolicy(OrchestratorPolicy):
-    backend: Any = None
+    backend: ChatBackend
     system_prompt: str = RLM_SYSTEM_PROMPT
     max_output_chars: int = 8000
     next_action_prompt: str = NEXT_ACTION
     name: str = "llm"
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.backend, ChatBackend):
+            raise TypeError(f"LLMPolicy: backend must be an agents.ChatBackend (OpenAIChatBackend, LocalChatBackend, ...), "
+                            f"got {type(self.backend).__name__}.")
+        if isinstance(self.max_output_chars, bool) or not isinstance(self.max_output_chars, int) or self.max_output_chars < 1:
+            raise ValueError(f"LLMPolicy: max_output_chars must be an integer >= 1, got {self.max_output_chars!r}.")
+
     def step(self, state: RunState) -> Step:
-        if self.backend is None:
-            raise ValueError("LLMPolicy needs a chat backend")
         resp = self.backend.complete(self.messages(state))
         return Step(text=resp.text, input_tokens=resp.input_tokens, output_tokens=resp.output_tokens)
 
@@ -79,32 +86,20 @@ class LLMPolicy(OrchestratorPolicy):
         msgs = [{"role": "system", "content": self.system_prompt},
                 {"role": "user", "content": f"Query: {state.query}\n\nYour context is {shape}. It is in the REPL as `context`; the query is in `query`."}]
         for e in state.events:
-            t = getattr(e, "type", "")
-            if t == "message":
+            if isinstance(e, OrchestratorMessage):
                 msgs.append({"role": "assistant", "content": e.text or "(empty)"})
-            elif t == "code":
+            elif isinstance(e, CodeCell):
                 msgs.append({"role": "user", "content": f"Code executed:\n```python\n{e.code}\n```\n\nREPL output:\n"})
-            elif t == "output":
-                body = _clip(_output_text(e), self.max_output_chars)
+            elif isinstance(e, CellOutput):
+                body = _clip(e.text() or "No output", self.max_output_chars)
                 if msgs[-1]["role"] == "user" and msgs[-1]["content"].endswith("REPL output:\n"):
                     msgs[-1]["content"] += body
                 else:
                     msgs.append({"role": "user", "content": f"REPL output:\n{body}"})
-            elif t == "notice":
+            elif isinstance(e, Notice):
                 msgs.append({"role": "user", "content": f"Note from the runtime: {e.text}"})
         msgs.append({"role": "user", "content": self.next_action_prompt})
         return msgs
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "backend": getattr(self.backend, "name", None), "model": getattr(self.backend, "model", None)}
-
-
-def _output_text(e: Any) -> str:
-    parts = []
-    if getattr(e, "stdout", ""):
-        parts.append(e.stdout.rstrip("\n"))
-    if getattr(e, "value", None) is not None:
-        parts.append(f"Out: {e.value}")
-    if getattr(e, "error", None):
-        parts.append(f"Error: {e.error}")
-    return "\n".join(parts) or "No output"
+        return {"name": self.name, "backend": self.backend.name, "model": self.backend.model}

@@ -1,11 +1,11 @@
 """Workers: who answers `worker(query)` calls from the orchestrator's REPL."""
-from agents.workers.base import Worker, WorkerAnswer
+from agents.workers.base import CallContext, Worker, WorkerAnswer
 from agents.workers.briefed import BriefedWorker
 from agents.workers.plain import PlainWorker
 from agents.workers.prompt import ChatSplit, WorkerPrompt, split_chat_template
 from agents.workers.text import TextWorker
 
-__all__ = ["Worker", "WorkerAnswer", "BriefedWorker", "PlainWorker", "TextWorker", "ChatSplit", "WorkerPrompt",
+__all__ = ["CallContext", "Worker", "WorkerAnswer", "BriefedWorker", "PlainWorker", "TextWorker", "ChatSplit", "WorkerPrompt",
            "split_chat_template", "make_worker"]
 
 

@@ -7,7 +7,8 @@ n+1 events starts with the rendering after n events), so a worker that keeps sta
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from pydantic import BaseModel
 
@@ -41,14 +42,45 @@ class WorkerAnswer(BaseModel):
         return self.kept / self.total
 
 
+@dataclass(frozen=True)
+class CallContext:
+    """Where a ``worker(...)`` call happens inside a run: passed by the runtime to `Worker.answer_call`.
+
+    run_id / call_id: the calling run and this call (a nested run hangs under them in the log and call graph).
+    depth: the calling run's depth (0 for the root). max_depth: the deepest depth a run may have.
+    """
+
+    run_id: str
+    call_id: str
+    depth: int
+    max_depth: int
+
+    @property
+    def may_nest(self) -> bool:
+        """Whether this call may start a run one level deeper."""
+        return self.depth + 1 <= self.max_depth
+
+
 class Worker(ABC):
-    """A model the orchestrator can call from the REPL as ``worker(query)``."""
+    """A model the orchestrator can call from the REPL as ``worker(query)``.
+
+    takes_context: ``worker(query, text)`` hands `text` to `answer_call` as its own context (a nested RLM
+    run works on it); False (default): the runtime appends the text to the query.
+    """
 
     name: str = "worker"
+    takes_context: ClassVar[bool] = False
 
     @abstractmethod
     def answer(self, query: str, trajectory: str) -> WorkerAnswer:
         ...
+
+    def answer_call(self, query: str, trajectory: str, call: CallContext, context: object = None) -> WorkerAnswer:
+        """One ``worker(...)`` call inside a run (`call` says where). Default: `answer`, with `context` (only
+        given when `takes_context`) appended to the query."""
+        if context is not None:
+            query = f"{query}\n\n{context}"
+        return self.answer(query, trajectory)
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name}

@@ -8,37 +8,38 @@ trajectory positions are kept (see `briefing` and docs/DESIGN).
 Per call:
 1. `cache.sync(head + header + trajectory)`: a persistent `briefing.TrajectoryCache` prefills only
    the text added since the previous call (the trajectory rendering is append-only);
-2. `cache.compact(prompt, selector)`: scores positions with the prompt's queries, keeps those above
-   median + tau * MAD (or a budget), fits beta and values; the full cache is not touched;
+2. `cache.compact(prompt, selector)`: with the default `AttentionMatching(tau=1.0)`, scores positions with the
+   prompt's queries, keeps those above median + tau * MAD, fits beta and values; the full cache is not touched;
 3. `briefing.generate` on the compacted cache.
 
 Parameters:
     lm: `briefing.LoadedModel` (None loads the embedded SmolLM2-135M on first use)
-    tau: MAD threshold of `briefing.AttentionMatching` (higher keeps fewer positions)
-    budget: keep a fixed share (float in (0, 1]) or count (int) instead of the threshold
-    selector: any `briefing` selector (overrides tau/budget), e.g. `briefing.KeepAll()`
-    max_new_tokens, temperature, stop: generation
-    max_caches: trajectories kept warm at once (a new run starts a new cache; the oldest is dropped)
+    selector: the `briefing.Selector` that compacts the trajectory per call (None: the default
+        `briefing.AttentionMatching(tau=1.0)`), e.g. `briefing.AttentionMatching(ratio=0.2)`, `briefing.KeepAll()`
+    max_new_tokens (>= 1), temperature (>= 0), stop: generation
+    max_caches: trajectories kept warm at once, >= 1 (a new run starts a new cache; the oldest is dropped)
 Billed input tokens per call: kept positions + prompt tokens. `text_handoff_tokens`: tokens of the
 same text pasted whole (what `TextWorker` bills).
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agents.workers._local import LocalModelMixin
 from agents.workers.base import Worker, WorkerAnswer
 from agents.workers.prompt import TRAJECTORY_HEADER
 
+if TYPE_CHECKING:  # briefing imports torch: only at run time, lazily
+    import briefing
+
 
 @dataclass
 class BriefedWorker(LocalModelMixin, Worker):
-    lm: Any = None
-    tau: float = 1.0
-    budget: float | int | None = None
-    selector: Any = None
+    lm: briefing.LoadedModel | None = None
+    selector: briefing.Selector | None = None
     max_new_tokens: int = 64
     temperature: float = 0.0
     stop: list[str] = field(default_factory=lambda: ["\n\n"])
@@ -47,12 +48,26 @@ class BriefedWorker(LocalModelMixin, Worker):
     name: str = "briefed"
     _caches: list[Any] = field(default_factory=list, init=False, repr=False)
 
-    def make_selector(self) -> Any:
+    def __post_init__(self) -> None:
+        if self.selector is not None:
+            import briefing
+
+            if not isinstance(self.selector, briefing.Selector):
+                raise ValueError(f"BriefedWorker: selector must be a briefing.Selector (e.g. briefing.AttentionMatching("
+                                 f"tau=1.0)) or None for that default, got {type(self.selector).__name__}.")
+        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            raise ValueError(f"BriefedWorker: max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}.")
+        if not isinstance(self.temperature, (int, float)) or not 0 <= self.temperature < math.inf:
+            raise ValueError(f"BriefedWorker: temperature must be a finite number >= 0, got {self.temperature!r}.")
+        if isinstance(self.max_caches, bool) or not isinstance(self.max_caches, int) or self.max_caches < 1:
+            raise ValueError(f"BriefedWorker: max_caches must be an integer >= 1, got {self.max_caches!r}.")
+
+    def make_selector(self) -> briefing.Selector:
         if self.selector is not None:
             return self.selector
         import briefing
 
-        return briefing.AttentionMatching(tau=self.tau, budget=self.budget)
+        return briefing.AttentionMatching(tau=1.0)
 
     def cache_for(self, text: str) -> Any:
         """The warm cache whose text is the longest prefix of `text` (or a new one), synced to it."""
@@ -96,6 +111,5 @@ class BriefedWorker(LocalModelMixin, Worker):
         self._caches.clear()
 
     def describe(self) -> dict[str, Any]:
-        sel = self.selector
-        return {"name": self.name, "model": getattr(self.lm, "name", None), "tau": self.tau, "budget": self.budget,
-                "selector": type(sel).__name__ if sel is not None else "AttentionMatching"}
+        return {"name": self.name, "model": getattr(self.lm, "name", None),
+                "selector": repr(self.selector) if self.selector is not None else "AttentionMatching(tau=1.0)"}

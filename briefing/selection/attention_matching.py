@@ -1,47 +1,45 @@
 """Task-guided Attention Matching (the briefing default)."""
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-from typing import ClassVar
+from dataclasses import dataclass, field
 
 import torch
 
 from briefing.errors import BriefingError
-from briefing.selection.base import ScoredSelector, resolve_budget
+from briefing.selection.base import Fit, ScoredSelector, _is_number
 
 
-@dataclass
+@dataclass(kw_only=True)
 class AttentionMatching(ScoredSelector):
     """Attention Matching compaction (Zweiger et al., 2026, "Fast KV Compaction via Attention Matching"),
     with task-guided queries and a robust threshold as in Ramp Labs' "Latent Briefing" (2026).
 
-    Keeps positions whose shared score exceeds median + tau * MAD (or the top `budget`: a ratio in (0, 1]
-    or a count), then fits per (layer, KV head): beta by box-constrained NNLS so the kept keys carry the
-    attention mass of all keys, and values C2 by least squares regularised toward the original values.
-
-    tau: threshold in MADs (higher keeps fewer). budget: overrides tau. ridge: C2 regulariser, relative
-    to the mean diagonal of X X^T. beta_max: bound on |beta|. nnls_iters: projected-gradient steps.
+    Keeps the positions whose pooled shared score exceeds median + `tau` * MAD (higher tau keeps fewer; any
+    finite number), or a fixed `ratio` in (0, 1] or `tokens` >= 1 instead: one of the three (none: tau = 1).
+    Then `fit` (default `Fit()`) refits per (layer, KV head) beta and values; fit=None gives TopK's output.
+    The other options are `ScoredSelector`'s.
     """
 
-    fit: ClassVar[bool] = True
-    tau: float = 1.0
-    budget: float | int | None = None
-    ridge: float = 1e-2
-    beta_max: float = 8.0
-    nnls_iters: int = 15
+    tau: float | None = None
+    fit: Fit | None = field(default_factory=Fit)
 
     def __post_init__(self) -> None:
-        if self.budget is None and (not isinstance(self.tau, (int, float)) or not math.isfinite(self.tau)):
-            raise BriefingError(f"tau must be a finite number of MADs, got {self.tau!r}.")
-        if self.budget is not None:
-            resolve_budget(self.budget, 1)  # validates
-        if not self.ridge > 0:
-            raise BriefingError(f"ridge must be > 0, got {self.ridge}.")
+        sized = self.ratio is not None or self.tokens is not None
+        if self.tau is not None and sized:
+            raise BriefingError(f"AttentionMatching: pass one of tau, ratio or tokens, got tau={self.tau!r} with "
+                                f"ratio={self.ratio!r}, tokens={self.tokens!r}.")
+        if self.tau is None and not sized:
+            self.tau = 1.0
+        if self.tau is not None and not _is_number(self.tau):
+            raise BriefingError(f"AttentionMatching: tau must be a finite number of MADs (e.g. 1.0), got {self.tau!r}.")
+        super().__post_init__()
 
-    def count(self, shared: torch.Tensor) -> int:
-        if self.budget is not None:
-            return resolve_budget(self.budget, shared.numel())
+    def size_required(self) -> bool:
+        return self.tau is None
+
+    def count_scored(self, shared: torch.Tensor) -> int:
+        if self.tau is None:
+            return self.count(shared.numel())
         median = shared.median()
         mad = (shared - median).abs().median()
         return int((shared > median + self.tau * mad).sum())

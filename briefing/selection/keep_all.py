@@ -2,15 +2,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
 from briefing.selection.base import Selector
 
 
-@dataclass
+@dataclass(kw_only=True)
 class KeepAll(Selector):
     """Identity compaction: all positions, beta = 0, original values. Equals the full cache exactly."""
+
+    keeps_all: ClassVar[bool] = True
 
     def select(self, layers: int, kv_heads: int, length: int, scores=None) -> torch.Tensor:
         return torch.arange(length).view(1, 1, -1).expand(layers, kv_heads, -1)

@@ -8,7 +8,7 @@ import torch
 from briefing.selection.base import Selector
 
 
-@dataclass
+@dataclass(kw_only=True)
 class KeepNone(Selector):
     """Drops the whole trajectory: the lower bound every compaction must beat."""
 

@@ -1,6 +1,6 @@
 """Benchmark of the briefing engine on the embedded model: printed figures, JSON and a PNG plot.
 
-    python -m briefing.bench [--lengths 1024 2048 4096 7900] [--out bench_out/briefing] [--quick]
+    python -m benchmarks.briefing_bench [--lengths 1024 2048 4096 7900] [--out bench_out/briefing] [--quick]
 
 Per trajectory length (essay text): full prefill time, incremental extend of a 200-token delta, compaction
 time by phase, kept ratio for tau in {-1, 0, 1, 2}, answer KL vs the full cache for the fitted compaction
@@ -29,15 +29,15 @@ QUESTION = ("\n\nQuestion: According to the text above, what does the author say
             "treat their early users? Answer:")
 ANSWER = " The author says that startups should"
 VARIANTS = {  # name -> selector factory(ratio); the first is the default AttentionMatching
-    "fit, per-head, prompt KV reused, smoothing 5 (default)": lambda r: briefing.AttentionMatching(budget=r),
-    "fit, shared mask": lambda r: briefing.AttentionMatching(budget=r, per_head=False, smooth_kernel=1),
-    "fit, prompt recomputed on compacted cache": lambda r: briefing.AttentionMatching(budget=r, reuse_prompt_kv=False),
-    "fit, no smoothing": lambda r: briefing.AttentionMatching(budget=r, smooth_kernel=1),
+    "fit, per-head, prompt KV reused, smoothing 5 (default)": lambda r: briefing.AttentionMatching(ratio=r),
+    "fit, shared mask": lambda r: briefing.AttentionMatching(ratio=r, per_head=False, smooth_kernel=1),
+    "fit, prompt recomputed on compacted cache": lambda r: briefing.AttentionMatching(ratio=r, reuse_prompt_kv=False),
+    "fit, no smoothing": lambda r: briefing.AttentionMatching(ratio=r, smooth_kernel=1),
     "fit, shared mask, recomputed prompt, no smoothing (prototype)": lambda r: briefing.AttentionMatching(
-        budget=r, per_head=False, reuse_prompt_kv=False, smooth_kernel=1),
-    "top-k, per-head, no smoothing": lambda r: briefing.TopK(budget=r, smooth_kernel=1),
-    "top-k, per-head, smoothing 5 (SnapKV-like)": lambda r: briefing.TopK(budget=r),
-    "top-k, shared mask": lambda r: briefing.TopK(budget=r, per_head=False, smooth_kernel=1),
+        ratio=r, per_head=False, reuse_prompt_kv=False, smooth_kernel=1),
+    "top-k, per-head, no smoothing": lambda r: briefing.TopK(ratio=r, smooth_kernel=1),
+    "top-k, per-head, smoothing 5 (SnapKV-like)": lambda r: briefing.TopK(ratio=r),
+    "top-k, shared mask": lambda r: briefing.TopK(ratio=r, per_head=False, smooth_kernel=1),
 }
 
 
@@ -111,8 +111,8 @@ def length_case(lm, target: int, text: str, decode_tokens: int) -> dict:
     row["kept_ratio_by_tau"] = {tau: cache.compact(QUESTION, briefing.AttentionMatching(tau=tau)).stats.kept_ratio
                                for tau in (-1.0, 0.0, 1.0, 2.0)}
     full = cache.compact(QUESTION, briefing.KeepAll())
-    fitted = cache.compact(QUESTION, briefing.AttentionMatching(budget=0.1))
-    topk = cache.compact(QUESTION, briefing.TopK(budget=0.1))
+    fitted = cache.compact(QUESTION, briefing.AttentionMatching(ratio=0.1))
+    topk = cache.compact(QUESTION, briefing.TopK(ratio=0.1))
     row["compaction_10pct"] = fitted.stats.model_dump()
     row["kl_fit_10pct"] = answer_kl(full, fitted, ANSWER)
     row["kl_topk_10pct"] = answer_kl(full, topk, ANSWER)
@@ -163,7 +163,7 @@ def plot(result: dict, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m briefing.bench", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.briefing_bench", description=__doc__.split("\n")[0])
     parser.add_argument("--lengths", type=int, nargs="+", default=[1024, 2048, 4096, 7900])
     parser.add_argument("--out", default="bench_out/briefing")
     parser.add_argument("--quick", action="store_true", help="lengths 512 and 1024 only")

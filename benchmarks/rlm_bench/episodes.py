@@ -20,7 +20,7 @@ token lengths scored by mean log-prob, `full` was near chance):
   value follows the same tokens as in the trajectory;
 - values are 4-digit codes (pairwise differing in at least two digits) or single common words that are
   one token with a leading space for SmolLM2-style BPE tokenisers, so the candidates of an episode
-  have equal token counts and are scored by summed log-prob (`rlm.bench.conditions.choose`).
+  have equal token counts and are scored by summed log-prob (`benchmarks.rlm_bench.conditions.choose`).
 
 The trajectory is rendered with the runtime's own event models and renderer (`rlm.events.render`
 through `rlm.trajectory.Trajectory`), i.e. exactly the append-only text a worker reads at run time.
@@ -120,7 +120,7 @@ class Episode:
     fact_offset: float       # character offset of the target statement / trajectory length
     fact_carrier: str
     events: list[Any] = field(default_factory=list, repr=False)
-    family: str = "multi_key"  # task family (rlm.bench.families); make_episode builds multi-key lookups
+    family: str = "multi_key"  # task family (benchmarks.rlm_bench.families); make_episode builds multi-key lookups
 
     def summary(self) -> dict[str, Any]:
         return {"id": self.id, "family": self.family, "seed": self.seed, "target_tokens": self.target_tokens, "depth": self.depth,

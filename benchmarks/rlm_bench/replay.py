@@ -72,8 +72,8 @@ def replay_log(lm: Any, prompts: Any, path: str | Path, taus: list[float], budge
         base = {"log": str(path), "format": fmt, "run_id": p["run_id"], "call": p["call"], "synthetic": p["synthetic"],
                 "trajectory_tokens": cache.length, "cut": cut, "prefill_s": prefill}
         sels = [(f"am_tau{t:g}", "latent_briefing", briefing.AttentionMatching(tau=t)) for t in taus]
-        sels += [(f"am_b{b:g}", "latent_briefing", briefing.AttentionMatching(budget=b)) for b in budgets]
-        sels += [(f"topk_b{b:g}", "topk", briefing.TopK(budget=b)) for b in budgets]
+        sels += [(f"am_b{b:g}", "latent_briefing", briefing.AttentionMatching(ratio=b)) for b in budgets]
+        sels += [(f"topk_b{b:g}", "topk", briefing.TopK(ratio=b)) for b in budgets]
         for name, method, sel in sels:
             t0 = time.perf_counter()
             ctx = cache.compact(call_prompt, sel)

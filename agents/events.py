@@ -1,10 +1,13 @@
-"""Trajectory events (pydantic) and their append-only text rendering.
+"""Trajectory events (pydantic), each rendering itself as append-only text.
+
+The lowest layer that reads them is `agents` (policies read a run's events); the runtime (`rlm`) writes
+them. `rlm.events` is the same module.
 
 Every event carries the run it belongs to (`run_id`), its index in that run (`seq`), the run's
 depth, and time. Nested runs (a worker that is itself an RLM run) have their own `run_id`; their
 `run_start` names the parent run and call (`parent_run`, `parent_call`).
 
-`render(event)` depends on the event alone, so the rendering of events 1..n is always a prefix of
+`event.render()` depends on the event alone, so the rendering of events 1..n is always a prefix of
 the rendering of events 1..n+1: the briefed worker extends its KV cache with only the new text.
 """
 from __future__ import annotations
@@ -15,12 +18,20 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, Field, TypeAdapter
 
 
+def _block(text: str) -> str:
+    return text if text.endswith("\n") else text + "\n"
+
+
 class EventBase(BaseModel):
     run_id: str = ""
     seq: int = 0
     depth: int = 0
     t: float = 0.0                  # seconds since the run started
     ts: float = Field(default_factory=time.time)   # wall clock (epoch seconds)
+
+    def render(self) -> str:
+        """Text of this event in the trajectory (what a worker reads). Depends on the event only."""
+        raise NotImplementedError(f"{type(self).__name__} must implement render()")
 
 
 class RunStart(EventBase):
@@ -35,6 +46,12 @@ class RunStart(EventBase):
     parent_run: str | None = None
     parent_call: str | None = None
 
+    def render(self) -> str:
+        shape = f"a {self.context_type} of {self.context_length} characters"
+        if self.context_type != "str" and self.context_lengths:
+            shape += f" in {len(self.context_lengths)} items"
+        return f"Query: {self.query}\nContext: {shape}, in the REPL as `context`.\n\n"
+
 
 class OrchestratorMessage(EventBase):
     type: Literal["message"] = "message"
@@ -44,6 +61,9 @@ class OrchestratorMessage(EventBase):
     output_tokens: int = 0
     time_s: float = 0.0
 
+    def render(self) -> str:
+        return f"[orchestrator]\n{_block(self.text.strip() or '(no text)')}\n"
+
 
 class CodeCell(EventBase):
     type: Literal["code"] = "code"
@@ -51,6 +71,9 @@ class CodeCell(EventBase):
     cell: int = 0
     code: str = ""
     in_message: bool = False        # the code is a fenced block of the message text (not rendered twice)
+
+    def render(self) -> str:
+        return "" if self.in_message else f"[code]\n```python\n{_block(self.code)}```\n\n"
 
 
 class CellOutput(EventBase):
@@ -63,6 +86,28 @@ class CellOutput(EventBase):
     error_type: str | None = None
     limit: str | None = None
     duration_s: float = 0.0
+
+    def text(self) -> str:
+        """stdout, value and error as a notebook shows them ("" when the cell printed nothing)."""
+        parts = []
+        if self.stdout:
+            parts.append(self.stdout.rstrip("\n"))
+        if self.value is not None:
+            parts.append(f"Out: {self.value}")
+        if self.error:
+            parts.append(f"Error: {self.error}")
+        return "\n".join(parts)
+
+    def render(self) -> str:
+        parts = []
+        if self.stdout:
+            parts.append(_block(self.stdout))
+        if self.value is not None:
+            parts.append(f"Out: {_block(self.value)}")
+        if self.error:
+            parts.append(f"Error: {_block(self.error)}")
+        body = "".join(parts) or "(no output)\n"
+        return f"[output]\n{body}\n"
 
 
 class WorkerCall(EventBase):
@@ -83,11 +128,18 @@ class WorkerCall(EventBase):
     latency_s: float = 0.0
     child_run: str | None = None
 
+    def render(self) -> str:
+        answer = self.answer if self.answer is not None else f"(failed: {self.error})"
+        return f"[worker call {self.index}]\nQuery: {_block(self.query.strip())}Answer: {_block(answer.strip())}\n"
+
 
 class Notice(EventBase):
     type: Literal["notice"] = "notice"
     iteration: int = 0
     text: str = ""
+
+    def render(self) -> str:
+        return f"[runtime]\n{_block(self.text)}\n"
 
 
 class Final(EventBase):
@@ -96,49 +148,19 @@ class Final(EventBase):
     stop_reason: str = "final"
     source: str = ""                # "FINAL" | "FINAL_VAR" | "text" | "partial"
 
+    def render(self) -> str:
+        return f"[final answer]\n{_block(str(self.answer))}\n"
+
 
 Event = Annotated[Union[RunStart, OrchestratorMessage, CodeCell, CellOutput, WorkerCall, Notice, Final],
                   Field(discriminator="type")]
 EVENT_ADAPTER: TypeAdapter = TypeAdapter(Event)
 
 
-def parse_event(data: dict[str, Any]) -> Any:
+def parse_event(data: dict[str, Any]) -> Event:
     return EVENT_ADAPTER.validate_python(data)
 
 
-# -- rendering (what a worker reads) ---------------------------------------------------------------
-
-def _block(text: str) -> str:
-    return text if text.endswith("\n") else text + "\n"
-
-
-def render(e: Any) -> str:
-    """Text of one event in the trajectory. Depends on the event only."""
-    t = e.type
-    if t == "run_start":
-        shape = f"a {e.context_type} of {e.context_length} characters"
-        if e.context_type != "str" and e.context_lengths:
-            shape += f" in {len(e.context_lengths)} items"
-        return f"Query: {e.query}\nContext: {shape}, in the REPL as `context`.\n\n"
-    if t == "message":
-        return f"[orchestrator]\n{_block(e.text.strip() or '(no text)')}\n"
-    if t == "code":
-        return "" if e.in_message else f"[code]\n```python\n{_block(e.code)}```\n\n"
-    if t == "output":
-        parts = []
-        if e.stdout:
-            parts.append(_block(e.stdout))
-        if e.value is not None:
-            parts.append(f"Out: {_block(e.value)}")
-        if e.error:
-            parts.append(f"Error: {_block(e.error)}")
-        body = "".join(parts) or "(no output)\n"
-        return f"[output]\n{body}\n"
-    if t == "worker_call":
-        answer = e.answer if e.answer is not None else f"(failed: {e.error})"
-        return f"[worker call {e.index}]\nQuery: {_block(e.query.strip())}Answer: {_block(answer.strip())}\n"
-    if t == "notice":
-        return f"[runtime]\n{_block(e.text)}\n"
-    if t == "final":
-        return f"[final answer]\n{_block(str(e.answer))}\n"
-    return ""
+def render(e: Event) -> str:
+    """Text of one event in the trajectory: `e.render()`."""
+    return e.render()

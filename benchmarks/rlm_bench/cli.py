@@ -19,7 +19,7 @@ import platform
 import time
 from pathlib import Path
 
-from rlm.bench.families import FAMILIES, SPLITS
+from benchmarks.rlm_bench.families import FAMILIES, SPLITS
 
 QUICK = dict(lengths=[1000], per_cell=[1], split="dev", summary=False)
 DEFAULT = dict(lengths=[1000, 2000, 4000, 8000], per_cell=[5, 5, 5, 3], split="heldout", summary=True)
@@ -82,10 +82,10 @@ def suite_settings(args: argparse.Namespace) -> dict:
 
 
 def run_suite(args: argparse.Namespace, lm=None, log=print) -> dict:
-    from rlm.bench import report, stats
-    from rlm.bench.conditions import SuiteConfig
-    from rlm.bench.families import suite_specs
-    from rlm.bench.runner import run_all
+    from benchmarks.rlm_bench import report, stats
+    from benchmarks.rlm_bench.conditions import SuiteConfig
+    from benchmarks.rlm_bench.families import suite_specs
+    from benchmarks.rlm_bench.runner import run_all
 
     cfg = suite_settings(args)
     specs = []
@@ -125,7 +125,7 @@ def run_suite(args: argparse.Namespace, lm=None, log=print) -> dict:
 
 
 def write_suite(result: dict, out: Path) -> list[str]:
-    from rlm.bench import report
+    from benchmarks.rlm_bench import report
 
     out.mkdir(parents=True, exist_ok=True)
     result["plots"] = report.plots(result, out)
@@ -137,8 +137,8 @@ def write_suite(result: dict, out: Path) -> list[str]:
 def run_replay(args: argparse.Namespace, log=print) -> int:
     import briefing
     from agents.workers.prompt import WorkerPrompt
-    from rlm.bench.replay import replay_log
-    from rlm.bench.report import linear_fit
+    from benchmarks.rlm_bench.replay import replay_log
+    from benchmarks.rlm_bench.report import linear_fit
 
     lm = briefing.load_model(args.model)
     taus = args.taus or [0.0, 1.0, 2.0]
@@ -162,7 +162,7 @@ def run_replay(args: argparse.Namespace, log=print) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.readme:
-        from rlm.bench.report import update_readme
+        from benchmarks.rlm_bench.report import update_readme
 
         changed = update_readme(Path("README.md"), Path(args.readme))
         print(f"README.md {'updated' if changed else 'unchanged'} from {args.readme}")

@@ -3,14 +3,14 @@
 Each episode is a scripted orchestrator run over essay sections (plan message, a code cell printing a
 section, its output, a worker call summarising it); the family's statements are planted at a controlled
 depth in one of three carriers (a REPL output, an earlier worker answer, an orchestrator note), and the
-final worker question is a multiple choice scored by log-likelihood (`rlm.bench.conditions.choose`): the
+final worker question is a multiple choice scored by log-likelihood (`benchmarks.rlm_bench.conditions.choose`): the
 candidates of an episode have the same token count, so the summed log-prob needs no normalisation.
 
 Families (after RULER, Hsieh et al. 2024, "RULER: What's the Real Context Size of Your Long-Context
 Language Models?", where they fit):
 
 - ``single_key``: one fact ("The gate code is 4417"); candidates: its value and codes absent from the run.
-- ``multi_key``: the target fact among 3 facts of the same kind with other keys (the episodes of `rlm.bench.episodes`).
+- ``multi_key``: the target fact among 3 facts of the same kind with other keys (the episodes of `benchmarks.rlm_bench.episodes`).
 - ``multi_value``: one key with two values, planted apart; candidates: the right pair and pairs mixing in
   the values of a distractor key.
 - ``variable_tracking``: chains ``VAR X17 = 4417``, ``VAR X52 = X17``, ``VAR X88 = X52`` and a distractor chain;
@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from rlm.bench.episodes import CODE_KEYS, DEPTHS, TEMPLATES, Episode, Fact, _chunks, _codes, _first_sentence, essay_names
+from benchmarks.rlm_bench.episodes import CODE_KEYS, DEPTHS, TEMPLATES, Episode, Fact, _chunks, _codes, _first_sentence, essay_names
 from rlm.data import data_dir
 from rlm.events import CellOutput, CodeCell, OrchestratorMessage, RunStart, WorkerCall
 from rlm.trajectory import Trajectory

@@ -8,7 +8,7 @@ turn + query + assistant opening):
 - full:    `KeepAll` on the trajectory cache (numerically the same as the pasted text in the same
            position, without prefilling it a second time); this is the reference for fidelity;
 - text:    optional, the pasted text prompt on `plain_context` (a check that it equals `full`);
-- am_tau*: `AttentionMatching(tau)` (latent briefing), am_b*: `AttentionMatching(budget)`;
+- am_tau*: `AttentionMatching(tau)` (latent briefing), am_b*: `AttentionMatching(ratio)`;
 - topk/random/recent at the same budgets and at the kept count of each am_tau run (matched);
 - summary: the worker model summarises the trajectory (on the full cache), then answers on plain
            context with the summary in the trajectory slot (its input tokens + the summary cost);
@@ -19,7 +19,7 @@ shared answer lead-in that restates the question's key: the continuation is " " 
 candidate, e.g. " The safe combination is 4417", and only the value's tokens (after the lead-in) are
 scored. The lead-in comes from the question, so it carries no information about the value; the
 candidates of an episode have the same token count (4-digit codes, or single-token words, see
-`rlm.bench.episodes`), so the sum needs no length normalisation. Plus greedy generation (16 tokens) with a
+`benchmarks.rlm_bench.episodes`), so the sum needs no length normalisation. Plus greedy generation (16 tokens) with a
 case-insensitive substring match. KL vs full: on the whole continuation with the true answer.
 """
 from __future__ import annotations
@@ -224,12 +224,12 @@ def episode_rows(lm: Any, prompts: Any, episode: Any, taus: list[float], budgets
         rows.append(row)
         if matched and (matched_taus is None or tau in matched_taus):
             k = max(1, row["kept"])
-            for name, sel in (("topk", briefing.TopK(budget=k)), ("random", briefing.RandomKeep(budget=k, seed=seed)),
-                              ("recent", briefing.RecentWindow(budget=k))):
+            for name, sel in (("topk", briefing.TopK(tokens=k)), ("random", briefing.RandomKeep(tokens=k, seed=seed)),
+                              ("recent", briefing.RecentWindow(tokens=k))):
                 rows.append(r.run(Spec(f"{name}@am_tau{tau:g}", name, sel, k, matched_to=f"am_tau{tau:g}")))
     for b in budgets:
-        for name, sel in (("latent_briefing", briefing.AttentionMatching(budget=b)), ("topk", briefing.TopK(budget=b)),
-                          ("random", briefing.RandomKeep(budget=b, seed=seed)), ("recent", briefing.RecentWindow(budget=b))):
+        for name, sel in (("latent_briefing", briefing.AttentionMatching(ratio=b)), ("topk", briefing.TopK(ratio=b)),
+                          ("random", briefing.RandomKeep(ratio=b, seed=seed)), ("recent", briefing.RecentWindow(ratio=b))):
             label = "am" if name == "latent_briefing" else name
             rows.append(r.run(Spec(f"{label}_b{b:g}", name, sel, b, matched_to=f"budget{b:g}")))
     if summary:
@@ -241,13 +241,13 @@ def episode_rows(lm: Any, prompts: Any, episode: Any, taus: list[float], budgets
 
 # --- the family suite (issue 13): fair baselines, protected recent window, BM25 + briefing ----------------------
 
-@dataclass
+@dataclass(kw_only=True)
 class ProtectedAttentionMatching(briefing.AttentionMatching):
     """Attention Matching that always keeps a protected set: the last `recent` trajectory positions (like
     SnapKV's observation window, Li et al. 2024, "SnapKV: LLM Knows What You are Looking for Before
     Generation") and any given positions `keep` (e.g. the tokens of the top BM25 chunks).
 
-    tau mode: the tau rule's own count plus the protected positions; budget mode: `budget` in all (the
+    tau mode: the tau rule's own count plus the protected positions; ratio/tokens mode: that many in all (the
     protected positions first, the best-scored fill the rest). A bench condition, not a library selector.
     """
 
@@ -256,7 +256,7 @@ class ProtectedAttentionMatching(briefing.AttentionMatching):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not isinstance(self.recent, int) or self.recent < 0:
+        if isinstance(self.recent, bool) or not isinstance(self.recent, int) or self.recent < 0:
             raise ValueError(f"recent must be a count of positions >= 0, got {self.recent!r}")
 
     def select(self, layers: int, kv_heads: int, length: int, scores: Any) -> Any:
@@ -264,17 +264,18 @@ class ProtectedAttentionMatching(briefing.AttentionMatching):
 
         from briefing.selection.base import broadcast, smooth
 
+        scores = self.score(scores)
         shared = smooth(scores.shared, self.smooth_kernel)                       # [T]
         prot = torch.zeros(length, dtype=torch.bool)                              # [T]
-        prot[: min(self.protect_first, length)] = True
+        prot[: min(self.sinks, length)] = True
         if self.recent:
             prot[max(0, length - self.recent):] = True
         if self.keep:
             idx = torch.tensor([p for p in self.keep if 0 <= p < length], dtype=torch.long)
             prot[idx] = True
         n_prot = int(prot.sum())
-        own = self.count(shared)
-        t = min(length, max(own, n_prot) if self.budget is not None else own + n_prot)
+        own = self.count_scored(shared)
+        t = min(length, own + n_prot if self.tau is not None else max(own, n_prot))
         if self.per_head:
             per_head = smooth(scores.per_head, self.smooth_kernel).clone()        # [L, H, T]
             per_head[..., prot] = float("inf")
@@ -368,7 +369,7 @@ class FamilyRunner(EpisodeRunner):
         offset = len(cache_text) - len(self.ep.trajectory)
         keep = bm25_positions(self.lm, cache_text, offset, self.ep.trajectory, self.ep.question,
                               max(16, int(round(bm25_ratio * self.T))))
-        sel = ProtectedAttentionMatching(tau=tau, budget=budget, smooth_kernel=smooth_kernel, keep=tuple(keep))
+        sel = ProtectedAttentionMatching(ratio=budget, smooth_kernel=smooth_kernel, keep=tuple(keep))
         ctx = self.cache.compact(self.call_prompt, sel)
         st = ctx.stats
         return self.score(spec, ctx, int(st.kept) + self.n_prompt, int(st.kept), time.perf_counter() - t0,
@@ -402,29 +403,30 @@ def family_rows(lm: Any, prompts: Any, episode: Any, cfg: SuiteConfig, seed: int
                      cfg.tau))
     rows.append(row)
     k = max(1, row["kept"])
-    for name, sel in (("topk", briefing.TopK(budget=k)), ("random", briefing.RandomKeep(budget=k, seed=seed)),
-                      ("sink_recent", briefing.RecentWindow(budget=k, sinks=4))):
+    for name, sel in (("topk", briefing.TopK(tokens=k)), ("random", briefing.RandomKeep(tokens=k, seed=seed)),
+                      ("sink_recent", briefing.RecentWindow(tokens=k, sinks=4))):
         rows.append(r.run(Spec(f"{name}@{am}", name, sel, k, matched_to=am)))
     if cfg.recent:
         rows.append(r.run(Spec(f"{am}+recent{cfg.recent}", "latent_briefing_protected",
                                ProtectedAttentionMatching(tau=cfg.tau, smooth_kernel=cfg.smooth_kernel, recent=cfg.recent),
                                cfg.tau)))
     b = cfg.budget
-    for name, sel in (("am", briefing.AttentionMatching(budget=b, smooth_kernel=cfg.smooth_kernel)),
-                      ("am_recent", ProtectedAttentionMatching(budget=b, smooth_kernel=cfg.smooth_kernel, recent=cfg.recent)),
-                      ("topk", briefing.TopK(budget=b)), ("random", briefing.RandomKeep(budget=b, seed=seed)),
-                      ("sink_recent", briefing.RecentWindow(budget=b, sinks=4))):
+    for name, sel in (("am", briefing.AttentionMatching(ratio=b, smooth_kernel=cfg.smooth_kernel)),
+                      ("am_recent", ProtectedAttentionMatching(ratio=b, smooth_kernel=cfg.smooth_kernel, recent=cfg.recent)),
+                      ("topk", briefing.TopK(ratio=b)), ("random", briefing.RandomKeep(ratio=b, seed=seed)),
+                      ("sink_recent", briefing.RecentWindow(ratio=b, sinks=4))):
         method = {"am": "latent_briefing", "am_recent": "latent_briefing_protected"}.get(name, name)
         rows.append(r.run(Spec(f"{name}_b{b:g}", method, sel, b, matched_to=f"budget{b:g}")))
     rows.append(r.run(Spec(f"am_b{cfg.budget_hi:g}", "latent_briefing",
-                           briefing.AttentionMatching(budget=cfg.budget_hi, smooth_kernel=cfg.smooth_kernel), cfg.budget_hi)))
+                           briefing.AttentionMatching(ratio=cfg.budget_hi, smooth_kernel=cfg.smooth_kernel), cfg.budget_hi)))
     rows.append(r.run(Spec(f"bm25_r{cfg.bm25_ratio:g}", "bm25", param=cfg.bm25_ratio)))
     rows.append(r.run_bm25_briefing(Spec(f"bm25+am_b{b:g}", "bm25_briefing", param=b, matched_to=f"budget{b:g}"),
                                     cfg.tau, cfg.smooth_kernel, cfg.bm25_ratio / 2, b))
     if cfg.summary:
         rows.append(r.run(Spec("summary", "summary", param=cfg.summary_tokens)))
     for tau, sk, rec, bud in cfg.sweep:
-        sel = ProtectedAttentionMatching(tau=tau, budget=bud, smooth_kernel=sk, recent=rec)
+        sel = (ProtectedAttentionMatching(tau=tau, smooth_kernel=sk, recent=rec) if bud is None
+               else ProtectedAttentionMatching(ratio=bud, smooth_kernel=sk, recent=rec))
         name = f"sweep_{'tau%g' % tau if bud is None else 'b%g' % bud}_s{sk}_r{rec}"
         rows.append(r.run(Spec(name, "sweep", sel, [tau, sk, rec, bud])))
     return rows

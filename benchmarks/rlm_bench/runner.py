@@ -10,8 +10,8 @@ import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any, Callable, Iterable
 
-from rlm.bench.conditions import SuiteConfig
-from rlm.bench.families import EpisodeSpec
+from benchmarks.rlm_bench.conditions import SuiteConfig
+from benchmarks.rlm_bench.families import EpisodeSpec
 
 TIMING_KEYS = ("prefill_s", "overhead_s", "generate_s", "latency_s", "text_cold_s", "compaction", "summary_s",
                "generated", "gen_match")  # vary from run to run; everything else is deterministic
@@ -35,7 +35,7 @@ def _load(model: str | None) -> tuple[Any, Any]:
 def run_episode(spec: EpisodeSpec, cfg: SuiteConfig, model: str | None = None, lm: Any = None) -> tuple[dict, list[dict]]:
     """(episode summary, rows) of one episode; loads the model once per process unless `lm` is given."""
     from agents.workers.prompt import WorkerPrompt
-    from rlm.bench.conditions import family_rows
+    from benchmarks.rlm_bench.conditions import family_rows
 
     if lm is None:
         lm, prompts = _load(model)

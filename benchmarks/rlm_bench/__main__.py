@@ -1,0 +1,3 @@
+from benchmarks.rlm_bench.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,54 @@
+"""A custom selector in about 20 lines: the task-guided attention with a recency prior.
+
+    python examples/custom_selector.py
+
+A `briefing.ScoredSelector` subclass implements one method, `score()`: the base pools the scores and keeps
+the top `ratio` / `tokens` positions (plus the `sinks`), per (layer, KV head). `fit=briefing.Fit()` adds the
+Attention Matching refit of beta and values, which works after any selector.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+import briefing
+
+
+@dataclass(kw_only=True)
+class RecencyWeighted(briefing.ScoredSelector):
+    """Ranks positions by attention x (1 + boost x position / T): later trajectory text (the latest REPL
+    outputs) wins near-ties. boost: a finite number >= 0 (0 ranks as TopK does)."""
+
+    boost: float = 1.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.boost, bool) or not isinstance(self.boost, (int, float)) or not 0 <= self.boost < math.inf:
+            raise briefing.BriefingError(f"RecencyWeighted: boost must be a finite number >= 0, got {self.boost!r}.")
+
+    def score(self, scores: briefing.Scores) -> briefing.Scores:
+        T = scores.shared.shape[-1]
+        ramp = 1 + self.boost * torch.arange(T, dtype=scores.shared.dtype) / T   # [T]
+        return briefing.Scores(per_head=scores.per_head * ramp, shared=scores.shared * ramp)
+
+
+def main(lm: briefing.LoadedModel | None = None) -> list[briefing.CompactionStats]:
+    lm = lm or briefing.load_model()
+    cache = briefing.TrajectoryCache(lm, "REPL output: the first file lists suppliers. Worker answer: the key is "
+                                         "4417. REPL output: the second file is empty. Note: check the third file.")
+    prompt = " Question: what is the key? Answer:"
+    full = cache.compact(prompt, briefing.KeepAll())
+    stats = []
+    for selector in (briefing.TopK(ratio=0.3), RecencyWeighted(ratio=0.3, boost=2.0),
+                     RecencyWeighted(ratio=0.3, boost=2.0, fit=briefing.Fit())):
+        ctx = cache.compact(prompt, selector)
+        gap = briefing.loglikelihood(full, " 4417") - briefing.loglikelihood(ctx, " 4417")
+        print(f"{selector!r}\n  kept {ctx.stats.kept}/{ctx.stats.original_length}, log-prob gap to full {gap:.3f}")
+        stats.append(ctx.stats)
+    return stats
+
+
+if __name__ == "__main__":
+    main()

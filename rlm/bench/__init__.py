@@ -1,1 +1,0 @@
-"""Benchmark and evaluation harness (`rlm bench`): episodes, conditions, report, replay. See rlm.bench.cli."""

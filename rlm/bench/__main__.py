@@ -1,3 +1,0 @@
-from rlm.bench.cli import main
-
-raise SystemExit(main())
