@@ -55,15 +55,25 @@ def test_ray_equals_serial(tiny_dir, serial, monkeypatch):
     assert _rows(res) == _rows(serial)
 
 
+def test_checkpoint_resumes_without_rerunning(tiny_dir, serial, tmp_path):
+    ck = tmp_path / "episodes.jsonl"
+    first = run_all(SPECS[:2], CFG, model=tiny_dir, progress=False, checkpoint=ck)
+    assert len(ck.read_text().splitlines()) == 2
+    logs: list[str] = []
+    again = run_all(SPECS, CFG, model=tiny_dir, progress=False, checkpoint=ck, log=logs.append)
+    assert logs == [f"resuming: 2 of 3 episodes already in {ck}"] and len(ck.read_text().splitlines()) == 3
+    assert again[:2] == first and _rows(again) == _rows(serial)
+
+
 def test_cli_end_to_end_on_tiny_model(tiny_dir, tmp_path):
     args = build_parser().parse_args(["--model", tiny_dir, "--lengths", "300", "--per-cell", "1", "--split", "heldout",
                                       "--no-progress", "--out", str(tmp_path)])
     result = run_suite(args)
     files = write_suite(result, tmp_path)
-    for name in ("results.json", "results.md", "pareto.png", "families.png", "latency.png"):
+    for name in ("results.json", "results.md", "pareto.png", "families.png", "latency.png", "episodes.jsonl"):
         assert name in files and (tmp_path / name).stat().st_size > 0
     data = json.loads((tmp_path / "results.json").read_text())
-    assert data["n_episodes"] == len(FAMILIES) and data["lengths"] == [300] and data["split"] == "heldout"
+    assert data["n_episodes"] == len(FAMILIES) and data["episodes_wall_s"] > 0 and data["lengths"] == [300] and data["split"] == "heldout"
     assert {e["family"] for e in data["episodes"]} == set(FAMILIES)
     s = {x["condition"]: x for x in data["summary"]}
     for c in ("plain", "full", "am_tau1", "topk@am_tau1", "random@am_tau1", "sink_recent@am_tau1", "am_tau1+recent64",

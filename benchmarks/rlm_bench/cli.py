@@ -91,6 +91,9 @@ def run_suite(args: argparse.Namespace, lm=None, log=print) -> dict:
     specs = []
     for n, k in zip(cfg["lengths"], cfg["per_cell"], strict=True):
         specs += suite_specs([n], k, cfg["split"], tuple(cfg["families"]), offset=args.seed_offset)
+    # shortest first, then round-robin over families: an interrupted run has a balanced slice (see --out's episodes.jsonl)
+    order = {f: i for i, f in enumerate(cfg["families"])}
+    specs.sort(key=lambda s: (s.target_tokens, s.seed % 1000, order[s.family]))
     suite = SuiteConfig(tau=args.tau, smooth_kernel=args.smooth, recent=args.recent, summary=cfg["summary"],
                         timing=not args.no_timing, sweep=cfg.get("sweep", ()))
     t_start = time.perf_counter()
@@ -98,8 +101,10 @@ def run_suite(args: argparse.Namespace, lm=None, log=print) -> dict:
         import briefing
 
         lm = briefing.load_model(args.model)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     res = run_all(specs, suite, model=args.model, lm=lm, workers=args.workers, ray=args.ray,
-                  progress=not args.no_progress, log=log)
+                  progress=not args.no_progress, log=log, checkpoint=out / "episodes.jsonl")
     episodes = [e for e, _ in res]
     rows = [r for _, rs in res for r in rs]
     seeds = [s.seed for s in specs]
@@ -121,6 +126,7 @@ def run_suite(args: argparse.Namespace, lm=None, log=print) -> dict:
     result["by_depth"] = stats.breakdown(rows, "depth", B=BOOTSTRAP)
     result["overhead_fit"] = report.overhead_fits(rows)
     result["wall_s"] = time.perf_counter() - t_start
+    result["episodes_wall_s"] = sum(e.get("wall_s", 0.0) for e in episodes)  # compute time, also over resumed runs
     return result
 
 
@@ -131,7 +137,7 @@ def write_suite(result: dict, out: Path) -> list[str]:
     result["plots"] = report.plots(result, out)
     (out / "results.json").write_text(json.dumps(result, indent=1, default=str))
     (out / "results.md").write_text(report.markdown(result))
-    return ["results.json", "results.md", *result["plots"]]
+    return ["results.json", "results.md", *result["plots"], *(["episodes.jsonl"] if (out / "episodes.jsonl").is_file() else [])]
 
 
 def run_replay(args: argparse.Namespace, log=print) -> int:

@@ -6,8 +6,12 @@ a tqdm bar: episodes done, elapsed and time left.
 """
 from __future__ import annotations
 
+import json
 import os
+import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict
+from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from benchmarks.rlm_bench.conditions import SuiteConfig
@@ -41,8 +45,10 @@ def run_episode(spec: EpisodeSpec, cfg: SuiteConfig, model: str | None = None, l
         lm, prompts = _load(model)
     else:
         prompts = WorkerPrompt.for_model(lm)
+    t0 = time.perf_counter()
     ep = spec.build(count_tokens=lm.count_tokens)
-    return ep.summary(), family_rows(lm, prompts, ep, cfg, seed=spec.seed)
+    rows = family_rows(lm, prompts, ep, cfg, seed=spec.seed)
+    return ep.summary() | {"wall_s": time.perf_counter() - t0}, rows
 
 
 def _pool_init() -> None:
@@ -55,30 +61,56 @@ def _progress(total: int, enabled: bool) -> Any:
     return tqdm(total=total, unit="episode", desc="rlm bench", disable=not enabled, dynamic_ncols=True)
 
 
-def run_all(specs: list[EpisodeSpec], cfg: SuiteConfig, *, model: str | None = None, lm: Any = None, workers: int = 1,
-            ray: str | None = None, progress: bool = True, log: Callable[[str], None] = print) -> list[tuple[dict, list[dict]]]:
-    """Results in the order of `specs`. workers <= 1 and no ray: serial in this process (with `lm` if given)."""
-    results: list[Any] = [None] * len(specs)
-    bar = _progress(len(specs), progress)
+def _key(spec: EpisodeSpec, cfg: SuiteConfig) -> str:
+    return json.dumps([asdict(spec), asdict(cfg)], sort_keys=True, default=str)
 
-    def done(i: int, res: tuple[dict, list[dict]]) -> None:
+
+def run_all(specs: list[EpisodeSpec], cfg: SuiteConfig, *, model: str | None = None, lm: Any = None, workers: int = 1,
+            ray: str | None = None, progress: bool = True, log: Callable[[str], None] = print,
+            checkpoint: Path | None = None) -> list[tuple[dict, list[dict]]]:
+    """Results in the order of `specs`. workers <= 1 and no ray: serial in this process (with `lm` if given).
+
+    checkpoint: a JSONL file; every finished episode is appended to it, and episodes already in it (same spec
+    and settings) are not run again, so an interrupted run resumes where it stopped."""
+    results: list[Any] = [None] * len(specs)
+    saved: dict[str, Any] = {}
+    if checkpoint is not None and checkpoint.is_file():
+        for line in checkpoint.read_text().splitlines():
+            if line.strip():
+                rec = json.loads(line)
+                saved[rec["key"]] = (rec["episode"], rec["rows"])
+    keys = [_key(s, cfg) for s in specs]
+    for i, k in enumerate(keys):
+        if k in saved:
+            results[i] = saved[k]
+    todo = [i for i in range(len(specs)) if results[i] is None]
+    if saved:
+        log(f"resuming: {len(specs) - len(todo)} of {len(specs)} episodes already in {checkpoint}")
+    bar = _progress(len(todo), progress)
+
+    def done(j: int, res: tuple[dict, list[dict]]) -> None:
+        i = todo[j]
         results[i] = res
+        if checkpoint is not None:
+            with checkpoint.open("a") as f:
+                f.write(json.dumps({"key": keys[i], "episode": res[0], "rows": res[1]}, default=str) + "\n")
         bar.update(1)
         summ, rows = res
         acc = {r["condition"]: int(r["correct"]) for r in rows}
         bar.set_postfix_str(f"{summ['id']} full={acc.get('full')} plain={acc.get('plain')}", refresh=False)
 
     try:
+        pending = [specs[i] for i in todo]
         if ray:
-            _run_ray(specs, cfg, model, workers, ray, done)
+            _run_ray(pending, cfg, model, workers, ray, done)
         elif workers <= 1:
-            for i, s in enumerate(specs):
-                done(i, run_episode(s, cfg, model, lm))
+            for j, s in enumerate(pending):
+                done(j, run_episode(s, cfg, model, lm))
         else:
             import multiprocessing as mp
 
             with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"), initializer=_pool_init) as ex:
-                futs = {ex.submit(run_episode, s, cfg, model): i for i, s in enumerate(specs)}
+                futs = {ex.submit(run_episode, s, cfg, model): j for j, s in enumerate(pending)}
                 for f in as_completed(futs):
                     done(futs[f], f.result())
     finally:
