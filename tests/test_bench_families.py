@@ -4,10 +4,17 @@ from __future__ import annotations
 import re
 
 import pytest
+from rlm.events import render
 
 from benchmarks.rlm_bench.episodes import DEPTHS
-from benchmarks.rlm_bench.families import (FAMILIES, PARAPHRASES, SPLITS, content_words, make_family_episode, suite_specs)
-from rlm.events import render
+from benchmarks.rlm_bench.families import (
+    FAMILIES,
+    PARAPHRASES,
+    SPLITS,
+    content_words,
+    make_family_episode,
+    suite_specs,
+)
 
 
 @pytest.fixture(scope="module")

@@ -76,7 +76,7 @@ def test_cli_end_to_end_on_tiny_model(tiny_dir, tmp_path):
     assert data["n_episodes"] == len(FAMILIES) and data["episodes_wall_s"] > 0 and data["lengths"] == [300] and data["split"] == "heldout"
     assert {e["family"] for e in data["episodes"]} == set(FAMILIES)
     s = {x["condition"]: x for x in data["summary"]}
-    for c in ("plain", "full", "am_tau1", "topk@am_tau1", "random@am_tau1", "sink_recent@am_tau1", "am_tau1+recent64",
+    for c in ("plain", "full", "am_tau1", "topk@am_tau1", "random@am_tau1", "sink_recent@am_tau1", "am_tau1+recent32",
               "am_b0.1", "topk_b0.1", "bm25_r0.1", "bm25+am_b0.1", "summary"):
         assert c in s
         for k in ("accuracy_ci95", "diff_full_ci95", "token_reduction_ci95"):

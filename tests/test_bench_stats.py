@@ -6,10 +6,10 @@ import json
 import pytest
 import torch
 
-from briefing.selection.base import Scores
 from benchmarks.rlm_bench.conditions import ProtectedAttentionMatching, choice_kl
 from benchmarks.rlm_bench.report import README_BEGIN, README_END, update_readme
 from benchmarks.rlm_bench.stats import breakdown, summarize
+from briefing.selection.base import Scores
 
 
 def _rows(n: int, acc: dict[str, float], ratio: dict[str, float], seed: int = 0) -> list[dict]:
@@ -33,7 +33,7 @@ def test_intervals_cover_the_mean_and_shrink_with_n():
         lo, hi = s["am"]["accuracy_ci95"]
         assert lo <= s["am"]["accuracy"] <= hi
         assert s["full"]["diff_full"] == 0.0 and s["full"]["diff_full_ci95"] == [0.0, 0.0]
-    width = lambda s: s["am"]["accuracy_ci95"][1] - s["am"]["accuracy_ci95"][0]  # noqa: E731
+    width = lambda s: s["am"]["accuracy_ci95"][1] - s["am"]["accuracy_ci95"][0]
     assert width(big) < width(small) / 2
     assert big["am"]["token_reduction"] == pytest.approx(0.85) and big["am"]["token_reduction_ci95"][0] == pytest.approx(0.85)
     # same rows, same intervals (fixed bootstrap seed)

@@ -21,11 +21,11 @@ from pathlib import Path
 
 from benchmarks.rlm_bench.families import FAMILIES, SPLITS
 
-QUICK = dict(lengths=[1000], per_cell=[1], split="dev", summary=False)
-DEFAULT = dict(lengths=[1000, 2000, 4000, 8000], per_cell=[5, 5, 5, 3], split="heldout", summary=True)
-SWEEP = dict(lengths=[1000, 2000], per_cell=[1, 1], split="dev", summary=False,
-             sweep=tuple((tau, sk, rec, None) for tau in (0.5, 1.0, 2.0) for sk in (1, 5) for rec in (0, 64))
-             + tuple((1.0, sk, rec, 0.1) for sk in (1, 5, 9) for rec in (0, 32, 128)))
+QUICK = {"lengths": [1000], "per_cell": [1], "split": "dev", "summary": False}
+DEFAULT = {"lengths": [1000, 2000, 4000, 8000], "per_cell": [5, 5, 5, 3], "split": "heldout", "summary": True}
+SWEEP = {"lengths": [1000, 2000], "per_cell": [1, 1], "split": "dev", "summary": False,
+         "sweep": tuple((tau, sk, rec, None) for tau in (0.5, 1.0, 2.0) for sk in (1, 5) for rec in (0, 64))
+         + tuple((1.0, sk, rec, 0.1) for sk in (1, 5, 9) for rec in (0, 32, 128))}
 BOOTSTRAP = 2000
 
 
@@ -40,8 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=list(SPLITS), help="seed range: dev (design, tuning) or heldout (reported)")
     p.add_argument("--seed-offset", type=int, default=0, help="start this far into the split's seed range")
     p.add_argument("--tau", type=float, default=1.0)
-    p.add_argument("--smooth", type=int, default=5, help="score smoothing kernel of Attention Matching")
-    p.add_argument("--recent", type=int, default=64, help="protected recent window (positions) of the +recent condition")
+    # defaults chosen on the development seeds (docs/results/rlm_bench/dev_sweep.md)
+    p.add_argument("--smooth", type=int, default=5, help="score smoothing kernel of Attention Matching, tau mode")
+    p.add_argument("--ratio-smooth", type=int, default=9, help="score smoothing kernel at a fixed kept ratio")
+    p.add_argument("--recent", type=int, default=32, help="protected recent window (positions) of the +recent conditions")
     p.add_argument("--no-summary", action="store_true", help="skip the worker-model summary condition")
     p.add_argument("--no-timing", action="store_true", help="skip the fixed 12-token decode used for latency")
     p.add_argument("--workers", type=int, default=1, help="local processes (one model each, one torch thread each)")
@@ -49,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--model", default=None, help="local Hugging Face model directory (default: embedded SmolLM2-135M)")
     p.add_argument("--readme", metavar="RESULTS_JSON", help="rewrite README.md's rlm-bench block from this JSON and exit")
+    p.add_argument("--report", metavar="RESULTS_JSON", help="rewrite results.md, the plots (and dev_sweep.*) next to "
+                                                            "this JSON from it and exit")
     p.add_argument("--replay", metavar="LOG", help="replay the briefing conditions on the worker calls of a log")
     p.add_argument("--max-calls", type=int, default=8, help="replay: at most this many calls")
     p.add_argument("--taus", type=float, nargs="+", help="replay: taus")
@@ -94,7 +98,7 @@ def run_suite(args: argparse.Namespace, lm=None, log=print) -> dict:
     # shortest first, then round-robin over families: an interrupted run has a balanced slice (see --out's episodes.jsonl)
     order = {f: i for i, f in enumerate(cfg["families"])}
     specs.sort(key=lambda s: (s.target_tokens, s.seed % 1000, order[s.family]))
-    suite = SuiteConfig(tau=args.tau, smooth_kernel=args.smooth, recent=args.recent, summary=cfg["summary"],
+    suite = SuiteConfig(tau=args.tau, smooth_kernel=args.smooth, ratio_smooth_kernel=args.ratio_smooth, recent=args.recent, summary=cfg["summary"],
                         timing=not args.no_timing, sweep=cfg.get("sweep", ()))
     t_start = time.perf_counter()
     if lm is None and args.workers <= 1 and not args.ray:
@@ -137,6 +141,11 @@ def write_suite(result: dict, out: Path) -> list[str]:
     result["plots"] = report.plots(result, out)
     (out / "results.json").write_text(json.dumps(result, indent=1, default=str))
     (out / "results.md").write_text(report.markdown(result))
+    if result["mode"] == "sweep":
+        choice = report.sweep_choice(result)
+        (out / "dev_sweep.json").write_text(json.dumps(choice, indent=1))
+        (out / "dev_sweep.md").write_text(report.sweep_markdown(choice))
+        return ["results.json", "results.md", "dev_sweep.json", "dev_sweep.md", *result["plots"]]
     return ["results.json", "results.md", *result["plots"], *(["episodes.jsonl"] if (out / "episodes.jsonl").is_file() else [])]
 
 
@@ -172,6 +181,11 @@ def main(argv: list[str] | None = None) -> int:
 
         changed = update_readme(Path("README.md"), Path(args.readme))
         print(f"README.md {'updated' if changed else 'unchanged'} from {args.readme}")
+        return 0
+    if args.report:
+        path = Path(args.report)
+        files = write_suite(json.loads(path.read_text()), path.parent)
+        print(f"wrote {', '.join(files)} to {path.parent}")
         return 0
     import torch
 

@@ -359,7 +359,7 @@ class FamilyRunner(EpisodeRunner):
 
     def run_bm25(self, spec: Spec) -> dict:
         t0 = time.perf_counter()
-        k = max(16, int(round(float(spec.param) * self.T)))
+        k = max(16, round(float(spec.param) * self.T))
         text = bm25_chunks(self.ep.trajectory, self.ep.question, k, self.lm)
         return self.run_pasted(spec, text, {"bm25_has_answer": self.ep.answer in text}, t0)
 
@@ -368,7 +368,7 @@ class FamilyRunner(EpisodeRunner):
         cache_text = self.prompts.cache_text(self.ep.trajectory)
         offset = len(cache_text) - len(self.ep.trajectory)
         keep = bm25_positions(self.lm, cache_text, offset, self.ep.trajectory, self.ep.question,
-                              max(16, int(round(bm25_ratio * self.T))))
+                              max(16, round(bm25_ratio * self.T)))
         sel = ProtectedAttentionMatching(ratio=budget, smooth_kernel=smooth_kernel, keep=tuple(keep))
         ctx = self.cache.compact(self.call_prompt, sel)
         st = ctx.stats
@@ -382,8 +382,9 @@ class SuiteConfig:
     (`rlm bench --sweep`, docs/results/rlm_bench/dev_sweep.json) and are reported on the held-out seeds."""
 
     tau: float = 1.0
-    smooth_kernel: int = 5
-    recent: int = 64
+    smooth_kernel: int = 5          # tau mode
+    ratio_smooth_kernel: int = 9    # fixed-ratio mode (am_b*, am_recent_b*, bm25+am_b*)
+    recent: int = 32
     budget: float = 0.1
     budget_hi: float = 0.2
     bm25_ratio: float = 0.1
@@ -411,22 +412,24 @@ def family_rows(lm: Any, prompts: Any, episode: Any, cfg: SuiteConfig, seed: int
                                ProtectedAttentionMatching(tau=cfg.tau, smooth_kernel=cfg.smooth_kernel, recent=cfg.recent),
                                cfg.tau)))
     b = cfg.budget
-    for name, sel in (("am", briefing.AttentionMatching(ratio=b, smooth_kernel=cfg.smooth_kernel)),
-                      ("am_recent", ProtectedAttentionMatching(ratio=b, smooth_kernel=cfg.smooth_kernel, recent=cfg.recent)),
+    rsk = cfg.ratio_smooth_kernel
+    for name, sel in (("am", briefing.AttentionMatching(ratio=b, smooth_kernel=rsk)),
+                      ("am_recent", ProtectedAttentionMatching(ratio=b, smooth_kernel=rsk, recent=cfg.recent)),
                       ("topk", briefing.TopK(ratio=b)), ("random", briefing.RandomKeep(ratio=b, seed=seed)),
                       ("sink_recent", briefing.RecentWindow(ratio=b, sinks=4))):
         method = {"am": "latent_briefing", "am_recent": "latent_briefing_protected"}.get(name, name)
         rows.append(r.run(Spec(f"{name}_b{b:g}", method, sel, b, matched_to=f"budget{b:g}")))
     rows.append(r.run(Spec(f"am_b{cfg.budget_hi:g}", "latent_briefing",
-                           briefing.AttentionMatching(ratio=cfg.budget_hi, smooth_kernel=cfg.smooth_kernel), cfg.budget_hi)))
+                           briefing.AttentionMatching(ratio=cfg.budget_hi, smooth_kernel=rsk), cfg.budget_hi)))
     rows.append(r.run(Spec(f"bm25_r{cfg.bm25_ratio:g}", "bm25", param=cfg.bm25_ratio)))
     rows.append(r.run_bm25_briefing(Spec(f"bm25+am_b{b:g}", "bm25_briefing", param=b, matched_to=f"budget{b:g}"),
-                                    cfg.tau, cfg.smooth_kernel, cfg.bm25_ratio / 2, b))
+                                    cfg.tau, rsk, cfg.bm25_ratio / 2, b))
     if cfg.summary:
         rows.append(r.run(Spec("summary", "summary", param=cfg.summary_tokens)))
     for tau, sk, rec, bud in cfg.sweep:
         sel = (ProtectedAttentionMatching(tau=tau, smooth_kernel=sk, recent=rec) if bud is None
                else ProtectedAttentionMatching(ratio=bud, smooth_kernel=sk, recent=rec))
-        name = f"sweep_{'tau%g' % tau if bud is None else 'b%g' % bud}_s{sk}_r{rec}"
+        mode = f"tau{tau:g}" if bud is None else f"b{bud:g}"
+        name = f"sweep_{mode}_s{sk}_r{rec}"
         rows.append(r.run(Spec(name, "sweep", sel, [tau, sk, rec, bud])))
     return rows

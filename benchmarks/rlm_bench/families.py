@@ -29,20 +29,32 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from benchmarks.rlm_bench.episodes import CODE_KEYS, DEPTHS, TEMPLATES, Episode, Fact, _chunks, _codes, _first_sentence, essay_names
-from rlm.data import data_dir
 from rlm.events import CellOutput, CodeCell, OrchestratorMessage, RunStart, WorkerCall
+
+from benchmarks.rlm_bench.episodes import (
+    CODE_KEYS,
+    DEPTHS,
+    TEMPLATES,
+    Episode,
+    Fact,
+    _chunks,
+    _codes,
+    _first_sentence,
+    essay_names,
+)
+from rlm.data import data_dir
 from rlm.trajectory import Trajectory
 
 FAMILIES = ("single_key", "multi_key", "multi_value", "variable_tracking", "updated_fact", "paraphrase", "aggregation")
 CARRIERS = ("output", "worker", "note")
 # Seed ranges. DEV: used while designing the families and tuning tau, smoothing and the protected window.
 # HELDOUT: only for the reported figures (never looked at while designing).
-SPLITS = {"dev": range(0, 100_000), "heldout": range(1_000_000, 1_100_000)}
+SPLITS = {"dev": range(100_000), "heldout": range(1_000_000, 1_100_000)}
 
 # Paraphrased questions for the code keys: no content word shared with "The <key> is <value>".
 PARAPHRASES = {
@@ -114,7 +126,7 @@ def _plan(family: str, rng: random.Random) -> Plan:
         st = [(f"VAR {a[0]} = {v1}", True, "depth"), (f"VAR {a[1]} = {a[0]}", True, "depth"),
               (f"VAR {a[2]} = {a[1]}", True, "depth"), (f"VAR {b[0]} = {v2}", False, "any"),
               (f"VAR {b[1]} = {b[0]}", False, "any"), (f"VAR {b[2]} = {b[1]}", False, "any")]
-        fmt = lambda xs: f"{xs[0]}, {xs[1]} and {xs[2]}"  # noqa: E731
+        fmt = lambda xs: f"{xs[0]}, {xs[1]} and {xs[2]}"
         right = fmt(a)
         cands = [right, fmt([a[0], b[1], b[2]]), fmt([a[0], a[1], b[2]]), fmt(b)]
         return Plan("variable", st, f"Which variables hold the value {v1}?", f"The variables that hold {v1} are",
@@ -168,7 +180,7 @@ def _sections(rng: random.Random, target_tokens: int, count_tokens: Callable[[st
 
 def _steps(rng: random.Random, n_steps: int, band: tuple[float, float], k: int) -> list[int]:
     lo, hi = band
-    return sorted(min(n_steps - 1, max(0, int(round(rng.uniform(lo, hi) * (n_steps - 1))))) for _ in range(k))
+    return sorted(min(n_steps - 1, max(0, round(rng.uniform(lo, hi) * (n_steps - 1)))) for _ in range(k))
 
 
 def make_family_episode(family: str, seed: int, target_tokens: int = 1000, depth: str | None = None, *,

@@ -35,7 +35,7 @@ def overhead_fits(rows: list[dict]) -> dict[str, Any]:
             "prefill": linear_fit([r["trajectory_tokens"] for r in full], [r["prefill_s"] for r in full])}
 
 
-HEADLINE = ["full", "plain", "am_tau1", "am_tau1+recent64", "topk@am_tau1", "random@am_tau1", "sink_recent@am_tau1",
+HEADLINE = ["full", "plain", "am_tau1", "am_tau1+recent32", "topk@am_tau1", "random@am_tau1", "sink_recent@am_tau1",
             "am_b0.1", "am_recent_b0.1", "topk_b0.1", "random_b0.1", "sink_recent_b0.1", "am_b0.2", "bm25_r0.1",
             "bm25+am_b0.1", "summary"]
 LABELS = {"full": "text, prefix-KV reuse (full)", "plain": "plain (no trajectory)", "summary": "worker-model summary"}
@@ -56,8 +56,8 @@ def headline_rows(result: dict) -> list[dict]:
 
 
 def headline_table(result: dict) -> list[str]:
-    lines = ["| condition | accuracy [95% CI] | vs full text [95% CI] | worker input tokens saved [95% CI] | "
-             "median choice KL | median latency s (vs full) |", "|---|---|---|---|---|---|"]
+    lines = [("| condition | accuracy [95% CI] | vs full text [95% CI] | worker input tokens saved [95% CI] | "
+             "median choice KL | median latency s (vs full) |"), "|---|---|---|---|---|---|"]
     for x in headline_rows(result):
         lat = "" if x.get("latency_vs_full") is None else f" ({x['latency_vs_full']:.2f}x)"
         lines.append(f"| {LABELS.get(x['condition'], x['condition'])} | {_ci(x, 'accuracy')} | {_ci(x, 'diff_full')} | "
@@ -68,11 +68,11 @@ def headline_table(result: dict) -> list[str]:
 def p3_lines(result: dict) -> list[str]:
     ok = [x for x in result["summary"] if x.get("p3_supported") and x["method"] != "full" and not x["condition"].startswith("sweep_")]
     if ok:
-        return [f"- P3 (>= 80% fewer worker input tokens at accuracy within 2 points of full text) is supported by the "
-                f"intervals for: {', '.join(x['condition'] for x in ok)}."]
-    return ["- P3 (>= 80% fewer worker input tokens at accuracy within 2 points of full text) is **not** supported: no "
+        return [(f"- P3 (>= 80% fewer worker input tokens at accuracy within 2 points of full text) is supported by the "
+                f"intervals for: {', '.join(x['condition'] for x in ok)}.")]
+    return [("- P3 (>= 80% fewer worker input tokens at accuracy within 2 points of full text) is **not** supported: no "
             "condition has both the lower end of its token-reduction interval >= 80% and the lower end of its accuracy "
-            "difference from full text >= -0.02."]
+            "difference from full text >= -0.02.")]
 
 
 def family_table(result: dict, conditions: list[str]) -> list[str]:
@@ -106,28 +106,28 @@ def breakdown_conditions(result: dict) -> list[str]:
 def markdown(result: dict) -> str:
     conds = breakdown_conditions(result)
     lines = [f"# rlm bench results ({result['mode']}, {result['split']} seeds)", "",
-             f"Model: {result['model']}; {result['n_episodes']} episodes; lengths {result['lengths']}; families "
+             (f"Model: {result['model']}; {result['n_episodes']} episodes; lengths {result['lengths']}; families "
              f"{', '.join(result['families'])}; seeds {result['seed_range']}; machine: {result['machine']}; "
-             f"workers {result['workers']}; wall time {result['wall_s']:.0f} s.", "",
-             "Accuracy: argmax over the candidates of the summed log-prob of the candidate after the answer lead-in "
+             f"workers {result['workers']}; wall time {result['wall_s']:.0f} s."), "",
+             ("Accuracy: argmax over the candidates of the summed log-prob of the candidate after the answer lead-in "
              "(candidates of equal token count). Intervals: paired bootstrap 95% over episodes "
              f"({result['bootstrap']} replicates). Tokens saved: mean over episodes of 1 - worker input tokens / "
              "full-text input tokens. Choice KL: KL(full || condition) of the softmax over the candidates' scores. "
-             "Latency: build (prompt forward, compaction, retrieval or summary) + a 12-token greedy decode.", "",
+             "Latency: build (prompt forward, compaction, retrieval or summary) + a 12-token greedy decode."), "",
              *headline_table(result), "", *p3_lines(result), "", "## Per family", "", *family_table(result, conds), "",
              "## Per length (target tokens)", "", *group_table(result, "by_length", "length", conds), "",
              "## Per depth", "", *group_table(result, "by_depth", "depth", conds), "",
-             "Plots: pareto.png (accuracy vs tokens saved, with intervals), families.png (accuracy per family), "
-             "latency.png (latency vs trajectory tokens).", ""]
+             ("Plots: pareto.png (accuracy vs tokens saved, with intervals), families.png (accuracy per family), "
+             "latency.png (latency vs trajectory tokens)."), ""]
     return "\n".join(lines)
 
 
 def readme_block(result: dict, source: str = "docs/results/rlm_bench/results.json") -> str:
     return "\n".join([README_BEGIN,
                       f"<!-- generated by `rlm bench --readme {source}`; do not edit by hand -->",
-                      f"{result['n_episodes']} {result['split']} episodes ({', '.join(result['families'])}; lengths "
+                      (f"{result['n_episodes']} {result['split']} episodes ({', '.join(result['families'])}; lengths "
                       f"{', '.join(str(n) for n in result['lengths'])} tokens; seeds {result['seed_range']}), "
-                      f"{result['model']}, paired bootstrap 95% intervals:", "", *headline_table(result), "",
+                      f"{result['model']}, paired bootstrap 95% intervals:"), "", *headline_table(result), "",
                       *p3_lines(result), "", "Per family (accuracy [95% CI]):", "",
                       *family_table(result, breakdown_conditions(result)), README_END])
 
@@ -138,7 +138,7 @@ def update_readme(readme: Path, results_json: Path) -> bool:
     text = readme.read_text()
     if README_BEGIN not in text or README_END not in text:
         raise ValueError(f"{readme} has no {README_BEGIN} ... {README_END} block: add the two markers where the table goes")
-    pattern = re.compile(re.escape(README_BEGIN) + ".*?" + re.escape(README_END), re.S)
+    pattern = re.compile(re.escape(README_BEGIN) + ".*?" + re.escape(README_END), re.DOTALL)
     new = pattern.sub(lambda _: readme_block(result, str(results_json)), text)
     readme.write_text(new)
     return new != text
@@ -200,3 +200,41 @@ def plots(result: dict, out: Path) -> list[str]:
     plt.close(fig)
     paths.append("latency.png")
     return paths
+
+
+def sweep_choice(result: dict) -> dict:
+    """Defaults from a development sweep (`rlm bench --sweep`): among the tau-mode variants, and separately among
+    the fixed-ratio variants, the highest accuracy, ties broken by the lower median choice KL, then fewer kept."""
+    rows = [x for x in result["summary"] if x["method"] == "sweep"]
+    out: dict[str, Any] = {"n_episodes": result["n_episodes"], "split": result["split"]}
+    for mode, pick in (("tau", lambda p: p[3] is None), ("ratio", lambda p: p[3] is not None)):
+        xs = [x for x in rows if pick(x["param"])]
+        if not xs:
+            continue
+        best = max(xs, key=lambda x: (round(x["accuracy"], 6), -x["choice_kl_median"], -x["kept_ratio_mean"]))
+        tau, sk, rec, ratio = best["param"]
+        out[mode] = {"condition": best["condition"], "tau": tau, "smooth_kernel": sk, "recent": rec, "ratio": ratio,
+                     "accuracy": best["accuracy"], "accuracy_ci95": best["accuracy_ci95"],
+                     "choice_kl_median": best["choice_kl_median"], "kept_ratio_mean": best["kept_ratio_mean"]}
+        out[f"{mode}_table"] = [{"condition": x["condition"], "accuracy": x["accuracy"], "accuracy_ci95": x["accuracy_ci95"],
+                                 "choice_kl_median": x["choice_kl_median"], "kl_median": x["kl_median"],
+                                 "kept_ratio_mean": x["kept_ratio_mean"]} for x in xs]
+    return out
+
+
+def sweep_markdown(choice: dict) -> str:
+    lines = [f"# Development sweep ({choice['n_episodes']} {choice['split']} episodes)", "",
+             ("Chosen on the development seeds only; the held-out suite reports them. Rule: highest accuracy, ties "
+             "broken by the lower median choice KL, then fewer kept positions."), ""]
+    for mode in ("tau", "ratio"):
+        if mode not in choice:
+            continue
+        c = choice[mode]
+        lines += [f"## {mode} mode: chosen {c['condition']}", "",
+                  "| variant | accuracy [95% CI] | median choice KL | median answer KL | kept ratio |", "|---|---|---|---|---|"]
+        for x in choice[f"{mode}_table"]:
+            lo, hi = x["accuracy_ci95"]
+            lines.append(f"| {x['condition']} | {x['accuracy']:.2f} [{lo:.2f}, {hi:.2f}] | {x['choice_kl_median']:.3f} | "
+                         f"{x['kl_median']:.3f} | {x['kept_ratio_mean']:.3f} |")
+        lines.append("")
+    return "\n".join(lines)
