@@ -107,6 +107,11 @@ def test_suite_specs_splits_and_size():
     assert not set(SPLITS["dev"]) & set(SPLITS["heldout"])
     assert len({(s.family, s.seed, s.target_tokens) for s in held}) == len(held)
     assert {s.depth for s in held if s.family != "aggregation"} == set(DEPTHS)
+    uneven = suite_specs([1000, 8000], [3, 1], "heldout")
+    assert len(uneven) == 7 * 4 and len({s.seed for s in uneven}) == len(uneven)
+    # depths rotate across lengths too: one episode per cell still covers every depth over 3 lengths
+    one = suite_specs([1000, 2000, 4000], 1, "dev", families=("single_key",))
+    assert [s.depth for s in one] == ["early", "middle", "late"]
     with pytest.raises(ValueError, match="split must be one of"):
         suite_specs([1000], 1, "test")
     with pytest.raises(ValueError, match="family must be one of"):

@@ -92,9 +92,7 @@ def run_suite(args: argparse.Namespace, lm=None, log=print) -> dict:
     from benchmarks.rlm_bench.runner import run_all
 
     cfg = suite_settings(args)
-    specs = []
-    for n, k in zip(cfg["lengths"], cfg["per_cell"], strict=True):
-        specs += suite_specs([n], k, cfg["split"], tuple(cfg["families"]), offset=args.seed_offset)
+    specs = suite_specs(cfg["lengths"], cfg["per_cell"], cfg["split"], tuple(cfg["families"]), offset=args.seed_offset)
     # shortest first, then round-robin over families: an interrupted run has a balanced slice (see --out's episodes.jsonl)
     order = {f: i for i, f in enumerate(cfg["families"])}
     specs.sort(key=lambda s: (s.target_tokens, s.seed % 1000, order[s.family]))

@@ -284,20 +284,23 @@ class EpisodeSpec:
                                    data=data)
 
 
-def suite_specs(lengths: list[int], per_cell: int, split: str = "heldout", families: tuple[str, ...] = FAMILIES,
-                offset: int = 0) -> list[EpisodeSpec]:
-    """`per_cell` episodes per (family, length), depths cycling early/middle/late; seeds from `SPLITS[split]`
-    (`offset` moves within the range, e.g. to draw fresh development seeds)."""
+def suite_specs(lengths: list[int], per_cell: int | list[int], split: str = "heldout",
+                families: tuple[str, ...] = FAMILIES, offset: int = 0) -> list[EpisodeSpec]:
+    """`per_cell` episodes per (family, length) (one count, or one per length), depths cycling early/middle/late
+    (shifted by one per length); seeds from `SPLITS[split]` (`offset` moves within the range)."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
+    counts = [per_cell] * len(lengths) if isinstance(per_cell, int) else list(per_cell)
+    if len(counts) != len(lengths):
+        raise ValueError(f"per_cell must be one count or one per length ({len(lengths)}), got {per_cell!r}")
     base = SPLITS[split].start + offset
     depths = list(DEPTHS)
     out = []
     for fi, fam in enumerate(families):
         if fam not in FAMILIES:
             raise ValueError(f"families must be among {list(FAMILIES)}, got {fam!r}")
-        for li, n in enumerate(lengths):
-            for j in range(per_cell):
+        for li, (n, k) in enumerate(zip(lengths, counts, strict=True)):
+            for j in range(k):
                 seed = base + fi * 10_000 + li * 1_000 + j
                 if seed not in SPLITS[split]:
                     raise ValueError(f"offset {offset} runs past the {split} seed range {SPLITS[split]}")
