@@ -116,3 +116,21 @@ def test_suite_specs_splits_and_size():
         suite_specs([1000], 1, "test")
     with pytest.raises(ValueError, match="family must be one of"):
         make_family_episode("needle", 0, 800)
+
+
+def test_diagnosis_finds_the_statement_tokens_and_their_coverage(tok):
+    import types
+
+    import torch
+
+    from benchmarks.rlm_bench.diagnose import coverage, statement_positions
+
+    e = make_family_episode("single_key", 2, 800, "late", count_tokens=tok.count_tokens)
+    head = "<head>"
+    target = next(f for f in e.facts if f.target)
+    pos = statement_positions(tok, head + e.trajectory, len(head), e.trajectory, [target.statement])
+    ids = tok.encode(head + e.trajectory)
+    assert target.statement in tok.decode([ids[p] for p in pos]) and len(pos) <= len(tok.encode(target.statement)) + 2
+    kept = torch.tensor(pos[: len(pos) // 2] + [0]).view(1, 1, -1).expand(2, 3, -1)       # [L, H, t]
+    assert coverage(types.SimpleNamespace(positions=kept), pos) == pytest.approx(len(pos) // 2 / len(pos))
+    assert coverage(types.SimpleNamespace(positions=torch.tensor(pos).view(1, 1, -1)), pos) == 1.0
