@@ -21,6 +21,7 @@ demo: setup
 	$(BIN)/rlm demo
 
 test: setup
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 bench: setup

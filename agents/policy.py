@@ -129,14 +129,13 @@ class OrchestratorPolicy(ABC):
         return None
 
     def describe(self) -> dict[str, Any]:
-        try:
-            from dataclasses import asdict, is_dataclass
+        """The policy's plain settings (str, number, bool, None fields of a dataclass policy)."""
+        from dataclasses import fields, is_dataclass
 
-            if is_dataclass(self):
-                return {k: v for k, v in asdict(self).items() if isinstance(v, (str, int, float, bool, type(None)))}
-        except Exception:
-            pass
-        return {}
+        if not is_dataclass(self):
+            return {}
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        return {k: v for k, v in values.items() if isinstance(v, (str, int, float, bool, type(None)))}
 
 
 def as_step(out: Step | str | Sequence[str] | None) -> Step | None:

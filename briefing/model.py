@@ -72,12 +72,17 @@ class LoadedModel:
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
-    def chat_prompt(self, system: str | None, user: str) -> str:
-        """The model's chat template rendered as text, ending with an open assistant turn."""
-        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
+    def chat_text(self, messages: list[dict[str, str]]) -> str:
+        """`messages` ({"role", "content"}) in the model's chat template as text, ending with an open assistant
+        turn. A tokenizer without a template gets a plain transcript ("role: content" lines, then "assistant:"):
+        the one fallback of the project."""
         if getattr(self.tokenizer, "chat_template", None):
             return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
+
+    def chat_prompt(self, system: str | None, user: str) -> str:
+        """`chat_text` of an optional system message and one user message."""
+        return self.chat_text(([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}])
 
 
 def model_fingerprint(model: PreTrainedModel) -> str:

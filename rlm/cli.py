@@ -6,7 +6,11 @@ import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
+
+if TYPE_CHECKING:  # torch: imported only by the commands that load a model
+    import briefing
+    from agents import Worker
 
 
 class _Parser(argparse.ArgumentParser):
@@ -75,7 +79,7 @@ def _add_selector_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--budget", type=_budget_removed, default=None, help=argparse.SUPPRESS)
 
 
-def selector_from_args(args: argparse.Namespace) -> Any:
+def selector_from_args(args: argparse.Namespace) -> briefing.Selector | None:
     """The `briefing.Selector` the options ask for, or None (the worker's default, AttentionMatching(tau=1.0))."""
     if args.tau is None and args.keep_ratio is None and args.keep_tokens is None and not args.keep_all \
             and not args.keep_none:
@@ -111,7 +115,7 @@ def _check_file(parser: _Parser, option: str, path: str | None) -> None:
         parser.error(f"argument {option}: no such file: {path}")
 
 
-def _make_worker(args: argparse.Namespace) -> Any:
+def _make_worker(args: argparse.Namespace) -> tuple[Worker, briefing.LoadedModel]:
     import briefing
     from agents import make_worker
 

@@ -9,7 +9,11 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, TextIO
+
+if TYPE_CHECKING:  # torch: imported when the demo runs
+    import briefing
+    from rlm.result import RunResult
 
 from rlm.data import read_essay
 from rlm.progress import Progress
@@ -31,8 +35,9 @@ class DemoRow:
     worker_time_s: float
 
 
-def run_one(kind: str, lm: Any, query: str, context: str, chunk_chars: int, selector: Any,
-            max_new_tokens: int, log_path: str | None, stream: TextIO) -> tuple[DemoRow, Any]:
+def run_one(kind: str, lm: briefing.LoadedModel, query: str, context: str, chunk_chars: int,
+            selector: briefing.Selector | None, max_new_tokens: int, log_path: str | None,
+            stream: TextIO) -> tuple[DemoRow, RunResult]:
     from agents import ChunkScanPolicy, make_worker
     from rlm import RLM, Budgets
 
@@ -58,12 +63,15 @@ def format_rows(rows: list[DemoRow]) -> str:
     body = [(r.worker, f"{r.wall_s:.1f}", str(r.worker_calls), str(r.worker_input_tokens), str(r.text_handoff_tokens),
              f"{r.median_kept_ratio:.1%}" if r.median_kept_ratio is not None else "-", r.stop_reason) for r in rows]
     widths = [max(len(x[i]) for x in [head, *body]) for i in range(len(head))]
-    fmt = lambda cells: "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
+    def fmt(cells: tuple[str, ...]) -> str:
+        return "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
+
     return "\n".join([fmt(head), "  ".join("-" * w for w in widths), *map(fmt, body)])
 
 
 def main(essay: str = DEFAULT_ESSAY, query: str = DEFAULT_QUERY, max_chars: int | None = None, chunk_chars: int = 600,
-         selector: Any = None, max_new_tokens: int = 48, model: str | None = None,
+         selector: briefing.Selector | None = None, max_new_tokens: int = 48, model: str | None = None,
          log_dir: str | None = None, workers: tuple[str, ...] = ("briefed", "text"), stream: TextIO | None = None) -> list[DemoRow]:
     import briefing
 

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any, TextIO
+from typing import TextIO
+
+from agents.events import Event
 
 
 class Progress:
@@ -16,7 +18,7 @@ class Progress:
         self.last = ""
         self.tokens = self.handoff = 0
 
-    def __call__(self, e: Any) -> None:
+    def __call__(self, e: Event) -> None:
         if e.type == "run_start":
             self.runs += 1
         elif e.type == "message" and e.depth == 0:

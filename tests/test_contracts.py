@@ -138,3 +138,23 @@ def test_events_live_in_agents_and_render_themselves():
     for e, head in zip(events, heads, strict=True):
         assert type(e).render is not EventBase.render and e.render() == render(e) and e.render().startswith(head)
     assert CellOutput(stdout="1\n", value="2", error="E: e").text() == "1\nOut: 2\nError: E: e"
+
+
+@pytest.mark.parametrize(("make", "match"), [
+    (lambda: Budgets(max_iterations=0), "Budgets: max_iterations: input should be greater than or equal to 1"),
+    (lambda: Budgets(max_wall_s=float("inf")), "Budgets: max_wall_s"),
+    (lambda: Budgets(max_depth=-1), "Budgets: max_depth"),
+    (lambda: __import__("agents").ChunkScanPolicy(chunk_chars=0), "ChunkScanPolicy: chunk_chars must be an integer >= 1"),
+    (lambda: __import__("agents").ChunkScanPolicy(chunk_chars=10, overlap=10), "overlap must be smaller than chunk_chars"),
+    (lambda: __import__("agents").ChunkScanPolicy(max_chunks=0), "max_chunks must be an integer >= 1 or None"),
+    (lambda: __import__("agents").OpenAIChatBackend(timeout_s=0), "OpenAIChatBackend: timeout_s must be a finite number > 0"),
+    (lambda: __import__("agents").OpenAIChatBackend(max_retries=-1), "max_retries must be an integer >= 0"),
+    (lambda: __import__("agents").LocalChatBackend(max_new_tokens=0), "LocalChatBackend: max_new_tokens must be"),
+    (lambda: __import__("agents").LocalChatBackend(temperature=-1.0), "LocalChatBackend: temperature must be"),
+    (lambda: __import__("agents").LLMPolicy(__import__("agents").LocalChatBackend(), max_output_chars=0),
+     "LLMPolicy: max_output_chars must be an integer >= 1"),
+])
+def test_public_constructors_refuse_bad_values_in_one_line(make, match):
+    with pytest.raises(ValueError, match=match) as info:
+        make()
+    assert "\n" not in str(info.value)

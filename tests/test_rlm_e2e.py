@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from agents import BriefedWorker, ChunkScanPolicy, ScriptedPolicy, Step, TextWorker
+from agents import BriefedWorker, ChunkScanPolicy, LocalChatBackend, ScriptedPolicy, Step, TextWorker
 from rlm import RLM, Budgets, read_log, replay
 
 DOC = ("Harbor notes. The ferry to the island leaves at noon every day. The meeting was moved to Paris. "
@@ -53,7 +53,7 @@ def test_briefed_worker_run_end_to_end(lm, tmp_path):
 
 @pytest.mark.slow
 def test_text_worker_bills_the_whole_trajectory(lm):
-    worker = TextWorker(lm=lm, max_new_tokens=16)
+    worker = TextWorker(backend=LocalChatBackend(lm), max_new_tokens=16)
     res = RLM(ScriptedPolicy(STEPS), worker, budgets=Budgets(max_iterations=8)).run("Which room is the meeting in?", DOC)
     calls = res.worker_events()
     assert calls and all(c.input_tokens == c.text_handoff_tokens and c.kept is None for c in calls)

@@ -32,6 +32,12 @@ class BackendTimeout(BackendError):
 
 
 class ChatBackend(ABC):
+    """A chat model, local or behind an API: what LLM policies and the text/plain workers talk to.
+
+    complete(messages, max_tokens=, temperature=, stop=, ...): one completion (the overrides a backend knows).
+    max_context: tokens the model reads at most, or None where only the server knows (then nothing is cut).
+    """
+
     name: str = "chat"
     model: str = ""
 
@@ -39,7 +45,19 @@ class ChatBackend(ABC):
     def complete(self, messages: list[dict[str, str]], **overrides: Any) -> ChatResponse:
         ...
 
+    @property
+    def max_context(self) -> int | None:
+        return None
+
     def count_tokens(self, text: str) -> int:
         from agents.tokens import TiktokenCounter
 
         return TiktokenCounter().count(text)
+
+    def count_prompt(self, messages: list[dict[str, str]]) -> int:
+        """Input tokens of `messages` (default: their contents counted; a local model renders its template)."""
+        return sum(self.count_tokens(m["content"]) for m in messages)
+
+    def keep_last_tokens(self, text: str, tokens: int) -> str:
+        """The end of `text`, `tokens` tokens long (needed only where `max_context` is known)."""
+        raise NotImplementedError(f"{type(self).__name__} sets max_context, so it must implement keep_last_tokens")

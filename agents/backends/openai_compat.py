@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import email.utils
 import json
+import math
 import os
 import socket
 import time
@@ -52,6 +53,14 @@ class OpenAIChatBackend(ChatBackend):
     name: str = "openai"
 
     def __post_init__(self) -> None:
+        for name, value, low, strict in (("timeout_s", self.timeout_s, 0, True), ("backoff_s", self.backoff_s, 0, False),
+                                         ("max_backoff_s", self.max_backoff_s, 0, False)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or value < low or (strict and value == low):
+                raise ValueError(f"OpenAIChatBackend: {name} must be a finite number {'>' if strict else '>='} {low}, "
+                                 f"got {value!r}.")
+        if isinstance(self.max_retries, bool) or not isinstance(self.max_retries, int) or self.max_retries < 0:
+            raise ValueError(f"OpenAIChatBackend: max_retries must be an integer >= 0, got {self.max_retries!r}.")
         self.base_url = (self.base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1").rstrip("/")
         self.api_key = self.api_key if self.api_key is not None else os.environ.get("OPENAI_API_KEY")
         self.model = self.model or os.environ.get("OPENAI_MODEL") or "gpt-4o-mini"

@@ -43,6 +43,18 @@ class ChunkScanPolicy(OrchestratorPolicy):
                         "answer again in a few words: {query}")
     name: str = "chunk-scan"
 
+    def __post_init__(self) -> None:
+        for name, low in (("chunk_chars", 1), ("overlap", 0), ("max_tries", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"ChunkScanPolicy: {name} must be an integer >= {low}, got {value!r}.")
+        if self.overlap >= self.chunk_chars:
+            raise ValueError(f"ChunkScanPolicy: overlap must be smaller than chunk_chars ({self.chunk_chars}), "
+                             f"got {self.overlap}.")
+        if self.max_chunks is not None and (isinstance(self.max_chunks, bool) or not isinstance(self.max_chunks, int)
+                                            or self.max_chunks < 1):
+            raise ValueError(f"ChunkScanPolicy: max_chunks must be an integer >= 1 or None, got {self.max_chunks!r}.")
+
     def step(self, state: RunState) -> Step:
         names = state.variables
         if "n_chunks" not in names:

@@ -1,18 +1,22 @@
 """Shared bits of the local-model workers: lazy model loading, generation settings."""
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # briefing imports torch: only at run time, lazily
+    import briefing
 
 from agents.workers.prompt import WorkerPrompt
 
 
 class LocalModelMixin:
-    lm: Any
+    lm: briefing.LoadedModel | None
+    header: str
     max_new_tokens: int
     temperature: float
     stop: list[str]
 
-    def model(self) -> Any:
+    def model(self) -> briefing.LoadedModel:
         if self.lm is None:
             import briefing
 
@@ -27,14 +31,9 @@ class LocalModelMixin:
         return cached
 
     def _prompt_overrides(self) -> dict[str, str]:
-        over = {}
-        if getattr(self, "header", None):
-            over["header"] = self.header
-        if getattr(self, "system", None):
-            over["plain_system"] = self.system
-        return over
+        return {"header": self.header} if self.header else {}
 
-    def gen_config(self) -> Any:
+    def gen_config(self) -> briefing.GenerationConfig:
         import briefing
 
         return briefing.GenerationConfig(max_new_tokens=self.max_new_tokens, temperature=self.temperature,

@@ -6,11 +6,14 @@ n+1 events starts with the rendering after n events), so a worker that keeps sta
 """
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from pydantic import BaseModel
+
+from agents.backends.base import ChatBackend
 
 
 class WorkerAnswer(BaseModel):
@@ -84,3 +87,31 @@ class Worker(ABC):
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name}
+
+
+def chat_backend(owner: str, backend: ChatBackend | None) -> ChatBackend:
+    """`backend`, checked; None: a `LocalChatBackend` on the embedded default model (loaded on first use)."""
+    if backend is None:
+        from agents.backends.local import LocalChatBackend
+
+        return LocalChatBackend(seed=0)
+    if not isinstance(backend, ChatBackend):
+        raise TypeError(f"{owner}: backend must be an agents.ChatBackend (LocalChatBackend(lm) for a local model, "
+                        f"OpenAIChatBackend for an API) or None, got {type(backend).__name__}.")
+    return backend
+
+
+def check_generation(owner: str, max_new_tokens: object, temperature: object) -> None:
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"{owner}: max_new_tokens must be an integer >= 1, got {max_new_tokens!r}.")
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 <= temperature < math.inf:
+        raise ValueError(f"{owner}: temperature must be a finite number >= 0, got {temperature!r}.")
+
+
+def generation_options(max_new_tokens: int, temperature: float, stop: list[str]) -> dict[str, Any]:
+    """The `ChatBackend.complete` overrides of a worker's generation settings (no empty stop list sent)."""
+    options: dict[str, Any] = {"max_tokens": max_new_tokens, "temperature": temperature}
+    if stop:
+        options["stop"] = list(stop)
+    return options
+

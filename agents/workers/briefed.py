@@ -23,13 +23,12 @@ same text pasted whole (what `TextWorker` bills).
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from agents.workers._local import LocalModelMixin
-from agents.workers.base import Worker, WorkerAnswer
+from agents.workers.base import Worker, WorkerAnswer, check_generation
 from agents.workers.prompt import TRAJECTORY_HEADER
 
 if TYPE_CHECKING:  # briefing imports torch: only at run time, lazily
@@ -46,19 +45,19 @@ class BriefedWorker(LocalModelMixin, Worker):
     header: str = TRAJECTORY_HEADER
     max_caches: int = 2
     name: str = "briefed"
-    _caches: list[Any] = field(default_factory=list, init=False, repr=False)
+    _caches: list[briefing.TrajectoryCache] = field(default_factory=list, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if self.selector is not None:
+        if self.lm is not None or self.selector is not None:
             import briefing
 
-            if not isinstance(self.selector, briefing.Selector):
+            if self.lm is not None and not isinstance(self.lm, briefing.LoadedModel):
+                raise ValueError(f"BriefedWorker: lm must be a briefing.LoadedModel or None (the embedded default), "
+                                 f"got {type(self.lm).__name__}.")
+            if self.selector is not None and not isinstance(self.selector, briefing.Selector):
                 raise ValueError(f"BriefedWorker: selector must be a briefing.Selector (e.g. briefing.AttentionMatching("
                                  f"tau=1.0)) or None for that default, got {type(self.selector).__name__}.")
-        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
-            raise ValueError(f"BriefedWorker: max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}.")
-        if not isinstance(self.temperature, (int, float)) or not 0 <= self.temperature < math.inf:
-            raise ValueError(f"BriefedWorker: temperature must be a finite number >= 0, got {self.temperature!r}.")
+        check_generation("BriefedWorker", self.max_new_tokens, self.temperature)
         if isinstance(self.max_caches, bool) or not isinstance(self.max_caches, int) or self.max_caches < 1:
             raise ValueError(f"BriefedWorker: max_caches must be an integer >= 1, got {self.max_caches!r}.")
 
@@ -69,7 +68,7 @@ class BriefedWorker(LocalModelMixin, Worker):
 
         return briefing.AttentionMatching(tau=1.0)
 
-    def cache_for(self, text: str) -> Any:
+    def cache_for(self, text: str) -> briefing.TrajectoryCache:
         """The warm cache whose text is the longest prefix of `text` (or a new one), synced to it."""
         import briefing
 

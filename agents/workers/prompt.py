@@ -6,8 +6,8 @@ worker model reads is::
     head  +  system header + TRAJECTORY  +  mid  +  QUERY  +  tail
     \\_____________ cache text ____________/ \\________ per-call prompt ______/
 
-`head`, `mid` and `tail` are cut out of the model's own template (``lm.chat_prompt`` or the
-tokenizer's ``apply_chat_template``) around two sentinels, so any chat model works. The cache text
+`head`, `mid` and `tail` are cut out of the model's own template (``lm.chat_prompt``) around two
+sentinels, so any chat model works. The cache text
 only grows as the trajectory grows (the briefed worker extends its KV cache with the new text); the
 per-call prompt closes the system turn, asks the query as the user turn and opens the assistant turn.
 The text worker pastes exactly ``cache text + prompt``: the same tokens, all billed.
@@ -15,7 +15,10 @@ The text worker pastes exactly ``cache text + prompt``: the same tokens, all bil
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # briefing imports torch: only at run time, lazily
+    import briefing
 
 TRAJECTORY_HEADER = (
     "You are a worker model assisting an orchestrator that answers a question by running Python code "
@@ -39,24 +42,22 @@ class ChatSplit:
         return self.head + system + self.mid + user + self.tail
 
 
-def _render(lm: Any, system: str, user: str) -> str:
-    if hasattr(lm, "chat_prompt"):
-        return lm.chat_prompt(system, user)
-    tok = getattr(lm, "tokenizer", lm)
-    msgs = [{"role": "system", "content": system}, {"role": "user", "content": user}]
-    return tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+def split_chat_template(lm: briefing.LoadedModel) -> ChatSplit:
+    """Cut the model's chat template (`lm.chat_prompt`, which has the project's one fallback for tokenizers
+    without a template) around a system and a user sentinel. A template that refuses or drops the system turn
+    gets the system text at the start of the user turn."""
+    from jinja2 import TemplateError   # what transformers renders chat templates with
 
-
-def split_chat_template(lm: Any) -> ChatSplit:
-    """Cut the model's chat template around a system and a user sentinel."""
-    try:
-        full = _render(lm, _SYS, _USR)
-        i, j = full.index(_SYS), full.index(_USR)
-        if i < j:
+    for system, user in ((_SYS, _USR), (None, _SYS + "\n\n" + _USR)):
+        try:
+            full = lm.chat_prompt(system, user)
+        except TemplateError:   # e.g. "System role not supported": try the next form
+            continue
+        i, j = full.find(_SYS), full.find(_USR)
+        if 0 <= i < j:
             return ChatSplit(full[:i], full[i + len(_SYS): j], full[j + len(_USR):])
-    except Exception:
-        pass
-    return ChatSplit("", "\n\nRequest: ", "\n\nAnswer:")   # models without a usable template
+    raise ValueError(f"The chat template of {lm.name} renders neither a system and a user message nor one user "
+                     "message with the text intact: give the model a chat template that does.")
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ class WorkerPrompt:
     plain_system: str = PLAIN_SYSTEM
 
     @classmethod
-    def for_model(cls, lm: Any, header: str = TRAJECTORY_HEADER, plain_system: str = PLAIN_SYSTEM) -> "WorkerPrompt":
+    def for_model(cls, lm: briefing.LoadedModel, header: str = TRAJECTORY_HEADER, plain_system: str = PLAIN_SYSTEM) -> "WorkerPrompt":
         return cls(split_chat_template(lm), header, plain_system)
 
     def cache_text(self, trajectory: str) -> str:

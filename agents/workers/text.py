@@ -1,8 +1,10 @@
 """TextWorker: the baseline handoff, the whole trajectory pasted as text before the query.
 
-Parameters: lm (local `briefing.LoadedModel`; None loads the embedded default) or backend (a
-`ChatBackend`, e.g. an OpenAI-compatible API; then the trajectory goes in the system message);
-max_new_tokens, temperature, stop; header (text introducing the trajectory).
+Parameters: backend (a `ChatBackend`: `LocalChatBackend(lm)` for a local model, `OpenAIChatBackend` for an
+API; None: the embedded default model); max_new_tokens, temperature, stop; header (text introducing the
+trajectory). The trajectory goes in the system message after the header, the query is the user message:
+on a local model exactly the text the briefed worker keeps as KV (`WorkerPrompt.text_prompt`).
+Where the backend knows its window (`max_context`), the oldest trajectory text is cut to fit.
 Every call bills the full trajectory: input_tokens == text_handoff_tokens.
 """
 from __future__ import annotations
@@ -11,39 +13,47 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from agents.workers._local import LocalModelMixin
-from agents.workers.base import Worker, WorkerAnswer
+from agents.backends.base import ChatBackend
+from agents.workers.base import Worker, WorkerAnswer, chat_backend, check_generation, generation_options
 from agents.workers.prompt import TRAJECTORY_HEADER
+
+CUT_MARK = "[... earlier trajectory cut ...]\n"
 
 
 @dataclass
-class TextWorker(LocalModelMixin, Worker):
-    lm: Any = None
-    backend: Any = None
+class TextWorker(Worker):
+    backend: ChatBackend | None = None
     max_new_tokens: int = 64
     temperature: float = 0.0
     stop: list[str] = field(default_factory=lambda: ["\n\n"])
     header: str = TRAJECTORY_HEADER
     name: str = "text"
 
+    def __post_init__(self) -> None:
+        self.backend = chat_backend("TextWorker", self.backend)
+        check_generation("TextWorker", self.max_new_tokens, self.temperature)
+
+    def messages(self, trajectory: str, query: str) -> list[dict[str, str]]:
+        return [{"role": "system", "content": self.header + trajectory}, {"role": "user", "content": query}]
+
+    def fit(self, trajectory: str, query: str) -> str:
+        """Drop the oldest trajectory text when the prompt would not fit the backend's window."""
+        limit = self.backend.max_context
+        if not limit:
+            return trajectory
+        reserve = self.backend.count_prompt(self.messages("", query)) + self.max_new_tokens + 24
+        if self.backend.count_tokens(trajectory) + reserve <= limit:
+            return trajectory
+        keep = max(0, limit - reserve - self.backend.count_tokens(CUT_MARK))
+        return CUT_MARK + self.backend.keep_last_tokens(trajectory, keep)
+
     def answer(self, query: str, trajectory: str) -> WorkerAnswer:
         t0 = time.monotonic()
-        if self.backend is not None:
-            msgs = [{"role": "system", "content": self.header + trajectory}, {"role": "user", "content": query}]
-            r = self.backend.complete(msgs, max_tokens=self.max_new_tokens)
-            return WorkerAnswer(text=r.text.strip(), input_tokens=r.input_tokens, text_handoff_tokens=r.input_tokens,
-                                output_tokens=r.output_tokens, latency_s=time.monotonic() - t0, worker=self.name)
-        import briefing
-
-        lm = self.model()
-        fixed = self.count(self.prompts().cache_text("")) + self.count(self.prompts().call_prompt(query))
-        trajectory = self.fit_trajectory(trajectory, reserve=fixed + self.max_new_tokens + 24)
-        prompt = self.prompts().text_prompt(trajectory, query)
-        out = briefing.generate(briefing.plain_context(lm, prompt), self.gen_config())
-        n_in = int(out.prompt_tokens or self.count(prompt))
-        return WorkerAnswer(text=out.text.strip(), input_tokens=n_in, text_handoff_tokens=n_in,
-                            output_tokens=len(out.token_ids), latency_s=time.monotonic() - t0, worker=self.name)
+        msgs = self.messages(self.fit(trajectory, query), query)
+        r = self.backend.complete(msgs, **generation_options(self.max_new_tokens, self.temperature, self.stop))
+        return WorkerAnswer(text=r.text.strip(), input_tokens=r.input_tokens, text_handoff_tokens=r.input_tokens,
+                            output_tokens=r.output_tokens, latency_s=time.monotonic() - t0, worker=self.name)
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "model": getattr(self.lm, "name", None) or getattr(self.backend, "model", None),
+        return {"name": self.name, "backend": self.backend.name, "model": self.backend.model,
                 "max_new_tokens": self.max_new_tokens}

@@ -96,7 +96,10 @@ def bm25_chunks(trajectory: str, query: str, k_tokens: int, lm: Any, chunk_words
 
     words = trajectory.split(" ")
     chunks = [" ".join(words[i:i + chunk_words]) for i in range(0, len(words), chunk_words)]
-    tok = lambda s: re.findall(r"\w+", s.lower())
+
+    def tok(s: str) -> list[str]:
+        return re.findall(r"\w+", s.lower())
+
     bm = BM25Okapi([tok(c) or ["_"] for c in chunks])
     order = sorted(range(len(chunks)), key=lambda i: -bm.get_scores(tok(query))[i])
     picked, used = [], 0
