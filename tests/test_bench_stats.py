@@ -33,7 +33,9 @@ def test_intervals_cover_the_mean_and_shrink_with_n():
         lo, hi = s["am"]["accuracy_ci95"]
         assert lo <= s["am"]["accuracy"] <= hi
         assert s["full"]["diff_full"] == 0.0 and s["full"]["diff_full_ci95"] == [0.0, 0.0]
-    width = lambda s: s["am"]["accuracy_ci95"][1] - s["am"]["accuracy_ci95"][0]
+    def width(s: dict) -> float:
+        return s["am"]["accuracy_ci95"][1] - s["am"]["accuracy_ci95"][0]
+
     assert width(big) < width(small) / 2
     assert big["am"]["token_reduction"] == pytest.approx(0.85) and big["am"]["token_reduction_ci95"][0] == pytest.approx(0.85)
     # same rows, same intervals (fixed bootstrap seed)
@@ -104,3 +106,19 @@ def test_readme_block_is_rewritten_from_json(tmp_path):
     readme.write_text("no markers")
     with pytest.raises(ValueError, match="no <!-- rlm-bench:begin -->"):
         update_readme(readme, tmp_path / "results.json")
+
+
+def test_committed_results_and_readme_agree(tmp_path):
+    """The README's table is the generated block of the committed results.json (no figure typed by hand)."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    results = root / "docs" / "results" / "rlm_bench" / "results.json"
+    data = json.loads(results.read_text())
+    assert data["n_episodes"] == len(data["episodes"]) and data["lengths"] and data["split"] == "heldout"
+    assert all(e["family"] for e in data["episodes"])
+    for x in data["summary"]:
+        assert {"accuracy_ci95", "diff_full_ci95", "token_reduction_ci95"} <= set(x)
+    readme = tmp_path / "README.md"
+    readme.write_text((root / "README.md").read_text())
+    assert not update_readme(readme, results), "README.md is stale: run `rlm bench --readme docs/results/rlm_bench/results.json`"

@@ -126,7 +126,10 @@ def _plan(family: str, rng: random.Random) -> Plan:
         st = [(f"VAR {a[0]} = {v1}", True, "depth"), (f"VAR {a[1]} = {a[0]}", True, "depth"),
               (f"VAR {a[2]} = {a[1]}", True, "depth"), (f"VAR {b[0]} = {v2}", False, "any"),
               (f"VAR {b[1]} = {b[0]}", False, "any"), (f"VAR {b[2]} = {b[1]}", False, "any")]
-        fmt = lambda xs: f"{xs[0]}, {xs[1]} and {xs[2]}"
+
+        def fmt(xs: list[str]) -> str:
+            return f"{xs[0]}, {xs[1]} and {xs[2]}"
+
         right = fmt(a)
         cands = [right, fmt([a[0], b[1], b[2]]), fmt([a[0], a[1], b[2]]), fmt(b)]
         return Plan("variable", st, f"Which variables hold the value {v1}?", f"The variables that hold {v1} are",
