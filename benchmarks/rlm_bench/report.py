@@ -108,7 +108,8 @@ def markdown(result: dict) -> str:
     lines = [f"# rlm bench results ({result['mode']}, {result['split']} seeds)", "",
              (f"Model: {result['model']}; {result['n_episodes']} episodes; lengths {result['lengths']}; families "
              f"{', '.join(result['families'])}; seeds {result['seed_range']}; machine: {result['machine']}; "
-             f"workers {result['workers']}; wall time {result['wall_s']:.0f} s."), "",
+             f"workers {result['workers']}; wall time of the last invocation {result['wall_s']:.0f} s; compute time "
+             f"summed over episodes {result.get('episodes_wall_s', 0.0):.0f} s (a resumed run counts the earlier ones)."), "",
              ("Accuracy: argmax over the candidates of the summed log-prob of the candidate after the answer lead-in "
              "(candidates of equal token count). Intervals: paired bootstrap 95% over episodes "
              f"({result['bootstrap']} replicates). Tokens saved: mean over episodes of 1 - worker input tokens / "
