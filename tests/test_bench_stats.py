@@ -121,4 +121,4 @@ def test_committed_results_and_readme_agree(tmp_path):
         assert {"accuracy_ci95", "diff_full_ci95", "token_reduction_ci95"} <= set(x)
     readme = tmp_path / "README.md"
     readme.write_text((root / "README.md").read_text())
-    assert not update_readme(readme, results), "README.md is stale: run `rlm bench --readme docs/results/rlm_bench/results.json`"
+    assert not update_readme(readme, results, "docs/results/rlm_bench/results.json"), "README.md is stale: run `rlm bench --readme docs/results/rlm_bench/results.json`"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections import defaultdict
 from pathlib import Path
@@ -133,14 +134,16 @@ def readme_block(result: dict, source: str = "docs/results/rlm_bench/results.jso
                       *family_table(result, breakdown_conditions(result)), README_END])
 
 
-def update_readme(readme: Path, results_json: Path) -> bool:
-    """Rewrite the marked block of `readme` from `results_json`; returns whether the text changed."""
+def update_readme(readme: Path, results_json: Path, source: str | None = None) -> bool:
+    """Rewrite the marked block of `readme` from `results_json` (named in the block as `source`, by default its
+    path relative to the README); returns whether the text changed."""
     result = json.loads(results_json.read_text())
     text = readme.read_text()
     if README_BEGIN not in text or README_END not in text:
         raise ValueError(f"{readme} has no {README_BEGIN} ... {README_END} block: add the two markers where the table goes")
     pattern = re.compile(re.escape(README_BEGIN) + ".*?" + re.escape(README_END), re.DOTALL)
-    new = pattern.sub(lambda _: readme_block(result, str(results_json)), text)
+    source = source or os.path.relpath(results_json.resolve(), readme.resolve().parent)
+    new = pattern.sub(lambda _: readme_block(result, source), text)
     readme.write_text(new)
     return new != text
 
