@@ -312,6 +312,10 @@ def load_bench() -> Callable[[list[str]], int] | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:  # its own parser, its arguments verbatim (argparse REMAINDER reorders options)
+        bench_main = load_bench()
+        return 2 if bench_main is None else bench_main(argv[1:])
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown and args.command not in ("repl", "bench"):

@@ -1,11 +1,15 @@
-"""`rlm bench`: the benchmark and evaluation harness.
+"""`rlm bench`: the end-to-end benchmark (RULER-style task families in real trajectory events).
 
-    rlm bench [--quick] [--out bench_out/rlm_bench] [--lengths 1000 2000 4000] [--episodes 3] [--seed 0]
+    rlm bench                      # default suite: held-out seeds, 7 families x 1k/2k/4k/8k tokens (126 episodes)
+    rlm bench --quick              # development seeds, 7 episodes at 1k (a few minutes)
+    rlm bench --sweep              # development seeds: tau x smoothing x protected window (chooses the defaults)
+    rlm bench --workers 2          # local process pool; --ray auto|ADDRESS|local: Ray
+    rlm bench --readme docs/results/rlm_bench/results.json   # rewrite README.md's marked table from that JSON
     rlm bench --replay LOG.jsonl [--max-calls 8]      # our JSONL log or an alexzhang13/rlm trace log
     rlm bench --suite long [...]                      # trajectories past the window (benchmarks.rlm_bench.long --help)
 
-Writes results.json (every row, per-condition summary, targets, overhead fits), results.md and PNG plots
-(pareto.png, overhead.png, kept_vs_tau.png); replay writes replay.json and replay.md.
+Writes results.json (every row, per-condition summary with paired bootstrap 95% intervals, per family /
+length / depth), results.md and PNG plots (pareto.png, families.png, latency.png).
 """
 from __future__ import annotations
 
@@ -17,27 +21,45 @@ import sys
 import time
 from pathlib import Path
 
-QUICK = dict(lengths=[600], episodes=6, taus=[0.0, 1.0], budgets=[0.1], matched_taus=[1.0], summary_tokens=32)
-DEFAULT = dict(lengths=[1000, 2000, 4000], episodes=3, taus=[-0.5, 0.0, 0.5, 1.0, 2.0], budgets=[0.05, 0.1, 0.2, 0.35],
-               matched_taus=[0.0, 1.0], summary_tokens=64)
-GENERATE_FOR = {"plain", "full", "text", "am_tau1", "summary"}
+from benchmarks.rlm_bench.families import FAMILIES, SPLITS
+
+QUICK = {"lengths": [1000], "per_cell": [1], "split": "dev", "summary": False}
+DEFAULT = {"lengths": [1000, 2000, 4000, 8000], "per_cell": [5, 5, 5, 3], "split": "heldout", "summary": True}
+SWEEP = {"lengths": [1000, 2000], "per_cell": [1, 1], "split": "dev", "summary": False,
+         "sweep": tuple((tau, sk, rec, None) for tau in (0.5, 1.0, 2.0) for sk in (1, 5) for rec in (0, 64))
+         + tuple((1.0, sk, rec, 0.1) for sk in (1, 5, 9) for rec in (0, 32, 128))}
+BOOTSTRAP = 2000
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rlm bench", description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="one short length, 6 episodes, few conditions (~2-3 min)")
+    p.add_argument("--quick", action="store_true", help="development seeds, one 1k episode per family (a few minutes)")
+    p.add_argument("--sweep", action="store_true", help="development seeds: sweep tau, smoothing and protected window")
     p.add_argument("--out", default="bench_out/rlm_bench")
-    p.add_argument("--lengths", type=int, nargs="+", help="trajectory lengths in tokens (approximate)")
-    p.add_argument("--episodes", type=int, help="episodes per length")
-    p.add_argument("--taus", type=float, nargs="+")
-    p.add_argument("--budgets", type=float, nargs="+")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lengths", type=int, nargs="+", help="trajectory lengths in tokens (worker tokenizer)")
+    p.add_argument("--per-cell", type=int, nargs="+", help="episodes per (family, length): one value or one per length")
+    p.add_argument("--families", nargs="+", choices=FAMILIES)
+    p.add_argument("--split", choices=list(SPLITS), help="seed range: dev (design, tuning) or heldout (reported)")
+    p.add_argument("--seed-offset", type=int, default=0, help="start this far into the split's seed range")
+    p.add_argument("--tau", type=float, default=1.0)
+    # defaults chosen on the development seeds (docs/results/rlm_bench/dev_sweep.md)
+    p.add_argument("--smooth", type=int, default=5, help="score smoothing kernel of Attention Matching, tau mode")
+    p.add_argument("--ratio-smooth", type=int, default=9, help="score smoothing kernel at a fixed kept ratio")
+    p.add_argument("--recent", type=int, default=32, help="protected recent window (positions) of the +recent conditions")
+    p.add_argument("--no-summary", action="store_true", help="skip the worker-model summary condition")
+    p.add_argument("--no-timing", action="store_true", help="skip the fixed 12-token decode used for latency")
+    p.add_argument("--workers", type=int, default=1, help="local processes (one model each, one torch thread each)")
+    p.add_argument("--ray", metavar="ADDRESS", help="run episodes on Ray: auto, a cluster address, or local")
+    p.add_argument("--no-progress", action="store_true")
     p.add_argument("--model", default=None, help="local Hugging Face model directory (default: embedded SmolLM2-135M)")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: the machine is shared)")
-    p.add_argument("--text-check", action="store_true", help="also run the pasted-text prompt (equals `full`)")
-    p.add_argument("--generate-all", action="store_true", help="generated-answer match for every condition")
+    p.add_argument("--readme", metavar="RESULTS_JSON", help="rewrite README.md's rlm-bench block from this JSON and exit")
+    p.add_argument("--report", metavar="RESULTS_JSON", help="rewrite results.md, the plots (and dev_sweep.*) next to "
+                                                            "this JSON from it and exit")
     p.add_argument("--replay", metavar="LOG", help="replay the briefing conditions on the worker calls of a log")
     p.add_argument("--max-calls", type=int, default=8, help="replay: at most this many calls")
+    p.add_argument("--taus", type=float, nargs="+", help="replay: taus")
+    p.add_argument("--budgets", type=float, nargs="+", help="replay: budgets")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads in this process (default 1: shared machine)")
     return p
 
 
@@ -47,49 +69,68 @@ def _machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}"
 
 
+def suite_settings(args: argparse.Namespace) -> dict:
+    cfg = dict(SWEEP if args.sweep else QUICK if args.quick else DEFAULT)
+    if args.lengths:
+        cfg["lengths"] = args.lengths
+    if args.per_cell:
+        cfg["per_cell"] = args.per_cell
+    if len(cfg["per_cell"]) == 1:
+        cfg["per_cell"] = cfg["per_cell"] * len(cfg["lengths"])
+    if len(cfg["per_cell"]) != len(cfg["lengths"]):
+        raise SystemExit(f"--per-cell must give one value or one per length ({len(cfg['lengths'])}), got {cfg['per_cell']}")
+    if args.split:
+        cfg["split"] = args.split
+    if args.no_summary:
+        cfg["summary"] = False
+    cfg["families"] = list(args.families or FAMILIES)
+    return cfg
+
+
 def run_suite(args: argparse.Namespace, lm=None, log=print) -> dict:
-    import briefing
-    from agents.workers.prompt import WorkerPrompt
-    from benchmarks.rlm_bench import report
-    from benchmarks.rlm_bench.conditions import episode_rows
-    from benchmarks.rlm_bench.episodes import make_suite
+    from benchmarks.rlm_bench import report, stats
+    from benchmarks.rlm_bench.conditions import SuiteConfig
+    from benchmarks.rlm_bench.families import suite_specs
+    from benchmarks.rlm_bench.runner import run_all
 
-    cfg = dict(QUICK if args.quick else DEFAULT)
-    for k in ("lengths", "taus", "budgets"):
-        if getattr(args, k, None):
-            cfg[k] = getattr(args, k)
-    if getattr(args, "episodes", None):
-        cfg["episodes"] = args.episodes
-    import torch
-
-    torch.set_num_threads(max(1, getattr(args, "threads", 1) or 1))  # oversubscribed threads are far slower here
+    cfg = suite_settings(args)
+    specs = suite_specs(cfg["lengths"], cfg["per_cell"], cfg["split"], tuple(cfg["families"]), offset=args.seed_offset)
+    # shortest first, then round-robin over families: an interrupted run has a balanced slice (see --out's episodes.jsonl)
+    order = {f: i for i, f in enumerate(cfg["families"])}
+    specs.sort(key=lambda s: (s.target_tokens, s.seed % 1000, order[s.family]))
+    suite = SuiteConfig(tau=args.tau, smooth_kernel=args.smooth, ratio_smooth_kernel=args.ratio_smooth, recent=args.recent, summary=cfg["summary"],
+                        timing=not args.no_timing, sweep=cfg.get("sweep", ()))
     t_start = time.perf_counter()
-    lm = lm or briefing.load_model(args.model)
-    prompts = WorkerPrompt.for_model(lm)
-    episodes = make_suite(cfg["lengths"], cfg["episodes"], seed=args.seed)
-    rows: list[dict] = []
-    gen = True if args.generate_all else GENERATE_FOR
-    for i, ep in enumerate(episodes, 1):
-        t0 = time.perf_counter()
-        ep_rows = episode_rows(lm, prompts, ep, cfg["taus"], cfg["budgets"], text_check=args.text_check,
-                               summary=True, with_generation=gen, seed=args.seed, matched_taus=cfg["matched_taus"])
-        for r in ep_rows:
-            if r["method"] == "summary":
-                r["param"] = cfg["summary_tokens"]
-        rows.extend(ep_rows)
-        acc = {r["condition"]: int(r["correct"]) for r in ep_rows}
-        log(f"[{i}/{len(episodes)}] {ep.id} T={ep_rows[0]['trajectory_tokens']} answer={ep.answer!r} "
-            f"plain={acc['plain']} full={acc['full']} am_tau1={acc.get('am_tau1')} ({time.perf_counter() - t0:.0f}s)")
-    summary = report.summarize(rows)
-    result = {"mode": "quick" if args.quick else "default", "model": lm.name, "machine": _machine(),
-              "lengths": cfg["lengths"], "n_episodes": len(episodes), "config": cfg, "seed": args.seed,
-              "accuracy_metric": "argmax of the summed log-prob of the candidate value after the lead-in restating the key "
+    if lm is None and args.workers <= 1 and not args.ray:
+        import briefing
+
+        lm = briefing.load_model(args.model)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    res = run_all(specs, suite, model=args.model, lm=lm, workers=args.workers, ray=args.ray,
+                  progress=not args.no_progress, log=log, checkpoint=out / "episodes.jsonl")
+    episodes = [e for e, _ in res]
+    rows = [r for _, rs in res for r in rs]
+    seeds = [s.seed for s in specs]
+    result = {"mode": "sweep" if args.sweep else "quick" if args.quick else "default", "split": cfg["split"],
+              "seed_range": f"{min(seeds)}..{max(seeds)} (split {cfg['split']}: {SPLITS[cfg['split']].start}.."
+                            f"{SPLITS[cfg['split']].stop - 1})",
+              "model": lm.name if lm is not None else (args.model or "SmolLM2-135M-Instruct"),
+              "machine": _machine(), "workers": "ray " + args.ray if args.ray else args.workers,
+              "lengths": cfg["lengths"], "per_cell": cfg["per_cell"], "families": cfg["families"],
+              "n_episodes": len(episodes), "config": {**cfg, "suite": suite.__dict__}, "bootstrap": BOOTSTRAP,
+              "accuracy_metric": "argmax of the summed log-prob of the candidate after the answer lead-in "
                                  "(candidates of equal token count)",
-              "full_condition": "KeepAll on the trajectory cache (numerically the pasted text in the same position)",
-              "episodes": [e.summary() for e in episodes], "rows": rows, "summary": summary}
+              "full_condition": "text with prefix-KV reuse: KeepAll on the trajectory cache prefilled once "
+                                "(numerically the pasted text), only the call prompt forwarded per call",
+              "episodes": episodes, "rows": rows}
+    result["summary"] = stats.summarize(rows, B=BOOTSTRAP)
+    result["by_family"] = stats.breakdown(rows, "family", B=BOOTSTRAP)
+    result["by_length"] = stats.breakdown(rows, "target_tokens", B=BOOTSTRAP)
+    result["by_depth"] = stats.breakdown(rows, "depth", B=BOOTSTRAP)
     result["overhead_fit"] = report.overhead_fits(rows)
-    result["targets"] = report.targets(summary, rows)
     result["wall_s"] = time.perf_counter() - t_start
+    result["episodes_wall_s"] = sum(e.get("wall_s", 0.0) for e in episodes)  # compute time, also over resumed runs
     return result
 
 
@@ -100,7 +141,12 @@ def write_suite(result: dict, out: Path) -> list[str]:
     result["plots"] = report.plots(result, out)
     (out / "results.json").write_text(json.dumps(result, indent=1, default=str))
     (out / "results.md").write_text(report.markdown(result))
-    return ["results.json", "results.md", *result["plots"]]
+    if result["mode"] == "sweep":
+        choice = report.sweep_choice(result)
+        (out / "dev_sweep.json").write_text(json.dumps(choice, indent=1))
+        (out / "dev_sweep.md").write_text(report.sweep_markdown(choice))
+        return ["results.json", "results.md", "dev_sweep.json", "dev_sweep.md", *result["plots"]]
+    return ["results.json", "results.md", *result["plots"], *(["episodes.jsonl"] if (out / "episodes.jsonl").is_file() else [])]
 
 
 def run_replay(args: argparse.Namespace, log=print) -> int:
@@ -139,6 +185,17 @@ def main(argv: list[str] | None = None) -> int:
 
         return long.main(argv)
     args = build_parser().parse_args(argv)
+    if args.readme:
+        from benchmarks.rlm_bench.report import update_readme
+
+        changed = update_readme(Path("README.md"), Path(args.readme))
+        print(f"README.md {'updated' if changed else 'unchanged'} from {args.readme}")
+        return 0
+    if args.report:
+        path = Path(args.report)
+        files = write_suite(json.loads(path.read_text()), path.parent)
+        print(f"wrote {', '.join(files)} to {path.parent}")
+        return 0
     import torch
 
     torch.set_num_threads(max(1, args.threads))
@@ -147,9 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     result = run_suite(args)
     files = write_suite(result, Path(args.out))
     for x in result["summary"]:
-        print(f"{x['condition']:<22} acc {x['accuracy']:.2f} kl {x['kl_mean']:.4f} median input {x['input_tokens_median']:6.0f} "
-              f"({x['input_ratio_median']:.1%} of full) overhead {x['overhead_s_mean']:.2f}s")
-    print(json.dumps(result["targets"], indent=1, default=str))
+        print(f"{x['condition']:<26} acc {x['accuracy']:.2f} [{x['accuracy_ci95'][0]:.2f}, {x['accuracy_ci95'][1]:.2f}] "
+              f"vs full {x['diff_full']:+.2f} saved {x['token_reduction']:.1%} latency {x['latency_s_median']:.2f}s")
     print(f"wrote {', '.join(files)} to {args.out} in {result['wall_s']:.0f}s")
     return 0
 

@@ -64,6 +64,23 @@ def choose(ctx: Any, candidates: list[str], prefix: str = "") -> tuple[str, list
     return candidates[best], scores
 
 
+def choose_with_logprobs(ctx: Any, candidates: list[str], prefix: str, answer: str) -> tuple[str, list[float], Any]:
+    """`choose`, plus the log-probs [n_tokens, vocab] of the true answer's continuation (for the answer KL,
+    so the KL costs no extra forward)."""
+    import torch
+
+    n_prefix = len(ctx.lm.encode(" " + prefix)) if prefix else 0
+    scores, answer_lp = [], None
+    for c in candidates:
+        ids, lp = briefing.token_logprobs(ctx, continuation(prefix, c))
+        tok = lp.gather(-1, torch.tensor(ids)[:, None])[:, 0]
+        scores.append(float(tok[n_prefix:].sum() if len(ids) > n_prefix else tok.sum()))
+        if c == answer:
+            answer_lp = lp
+    best = max(range(len(candidates)), key=lambda i: scores[i])
+    return candidates[best], scores, answer_lp
+
+
 @dataclass
 class Spec:
     name: str          # condition name (row key)
@@ -222,4 +239,200 @@ def episode_rows(lm: Any, prompts: Any, episode: Any, taus: list[float], budgets
         rows.append(r.run(Spec("summary", "summary", param=64)))
     if bm25_tokens:
         rows.append(r.run(Spec(f"bm25_{bm25_tokens}", "bm25", param=bm25_tokens)))
+    return rows
+
+
+# --- the family suite (issue 13): fair baselines, protected recent window, BM25 + briefing ----------------------
+
+@dataclass(kw_only=True)
+class ProtectedAttentionMatching(briefing.AttentionMatching):
+    """Attention Matching that always keeps a protected set: the last `recent` trajectory positions (like
+    SnapKV's observation window, Li et al. 2024, "SnapKV: LLM Knows What You are Looking for Before
+    Generation") and any given positions `keep` (e.g. the tokens of the top BM25 chunks).
+
+    tau mode: the tau rule's own count plus the protected positions; ratio/tokens mode: that many in all (the
+    protected positions first, the best-scored fill the rest). A bench condition, not a library selector.
+    """
+
+    recent: int = 0
+    keep: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.recent, bool) or not isinstance(self.recent, int) or self.recent < 0:
+            raise ValueError(f"recent must be a count of positions >= 0, got {self.recent!r}")
+
+    def select(self, layers: int, kv_heads: int, length: int, scores: Any) -> Any:
+        import torch
+
+        from briefing.selection.base import broadcast, smooth
+
+        scores = self.score(scores)
+        shared = smooth(scores.shared, self.smooth_kernel)                       # [T]
+        prot = torch.zeros(length, dtype=torch.bool)                              # [T]
+        prot[: min(self.sinks, length)] = True
+        if self.recent:
+            prot[max(0, length - self.recent):] = True
+        if self.keep:
+            idx = torch.tensor([p for p in self.keep if 0 <= p < length], dtype=torch.long)
+            prot[idx] = True
+        n_prot = int(prot.sum())
+        own = self.count_scored(shared)
+        t = min(length, own + n_prot if self.tau is not None else max(own, n_prot))
+        if self.per_head:
+            per_head = smooth(scores.per_head, self.smooth_kernel).clone()        # [L, H, T]
+            per_head[..., prot] = float("inf")
+            return per_head.topk(t, dim=-1).indices.sort(dim=-1).values
+        shared = shared.clone()
+        shared[prot] = float("inf")
+        return broadcast(shared.topk(t).indices, layers, kv_heads)
+
+
+def bm25_positions(lm: Any, cache_text: str, offset: int, trajectory: str, query: str, k_tokens: int,
+                   chunk_words: int = 60) -> list[int]:
+    """Cache positions (token indices of `cache_text`, the trajectory starting at character `offset`) of the
+    top BM25 chunks of the trajectory, up to `k_tokens`."""
+    text = bm25_chunks(trajectory, query, k_tokens, lm, chunk_words)
+    spans = []
+    for part in text.rstrip("\n").split("\n...\n"):
+        i = trajectory.find(part)
+        if i >= 0:
+            spans.append((offset + i, offset + i + len(part)))
+    enc = lm.tokenizer(cache_text, add_special_tokens=False, return_offsets_mapping=True)
+    return [p for p, (a, b) in enumerate(enc["offset_mapping"]) if any(a < e and b > s for s, e in spans)]
+
+
+DECODE = briefing.GenerationConfig(max_new_tokens=12, temperature=0.0, stop=[])  # fixed-length decode: latency
+
+
+def choice_kl(ref_scores: list[float], scores: list[float]) -> float:
+    """KL(full || condition) of the choice distributions (softmax of the candidates' summed log-probs)."""
+    import math
+
+    def soft(xs: list[float]) -> list[float]:
+        m = max(xs)
+        e = [math.exp(x - m) for x in xs]
+        return [v / sum(e) for v in e]
+
+    p, q = soft(ref_scores), soft(scores)
+    return float(sum(a * (math.log(a) - math.log(max(b, 1e-300))) for a, b in zip(p, q, strict=True) if a > 0))
+
+
+class FamilyRunner(EpisodeRunner):
+    """All conditions of the family suite on one episode: one trajectory prefill shared by every condition.
+
+    `full` is the text handoff with prefix-KV reuse (the trajectory prefilled once, then only the call prompt
+    is forwarded: what vLLM/SGLang prefix caching gives); `text_cold_s` adds that prefill. Latency of every
+    condition = its build time (prompt forward, compaction, BM25 or summary) + a fixed 12-token greedy decode.
+    """
+
+    def __init__(self, lm: Any, prompts: Any, episode: Any, timing: bool = True) -> None:
+        super().__init__(lm, prompts, episode, with_generation=False)
+        self.timing = timing
+        _, self.full_scores, self.full_lp = choose_with_logprobs(self.full, episode.candidates, episode.answer_prefix,
+                                                                 episode.answer)
+
+    def base_row(self) -> dict[str, Any]:
+        return super().base_row() | {"family": self.ep.family, "n_candidates": len(self.ep.candidates)}
+
+    def score(self, spec: Spec, ctx: Any, input_tokens: int, kept: int, overhead_s: float, extra: dict | None = None) -> dict:
+        e = self.ep
+        choice, scores, lp = choose_with_logprobs(ctx, e.candidates, e.answer_prefix, e.answer)
+        kl = float((self.full_lp.exp() * (self.full_lp - lp)).sum(-1).mean())  # = briefing.metrics.answer_kl
+        row = self.base_row() | {
+            "condition": spec.name, "method": spec.method, "param": spec.param, "matched_to": spec.matched_to,
+            "kept": kept, "kept_ratio": kept / self.T if self.T else 0.0, "input_tokens": input_tokens,
+            "input_ratio": input_tokens / self.full_input, "kv_bytes": kv_bytes(self.lm, kept),
+            "choice": choice, "correct": choice == e.answer, "agree_full": choice == self.full_choice,
+            "choice_kl": 0.0 if spec.method == "full" else choice_kl(self.full_scores, scores),
+            "kl": 0.0 if spec.method == "full" else max(0.0, kl),
+            "overhead_s": overhead_s, "text_cold_s": self.prefill_s + self.full_build_s,
+        }
+        gen_s = 0.0
+        if self.timing:
+            out = briefing.generate(ctx, DECODE)
+            gen_s = out.time_s
+            row["generated"] = out.text
+            row["gen_match"] = e.answer.lower() in out.text.lower()
+        row["generate_s"] = gen_s
+        row["latency_s"] = overhead_s + gen_s
+        if extra:
+            row.update(extra)
+        return row
+
+    def run_bm25(self, spec: Spec) -> dict:
+        t0 = time.perf_counter()
+        k = max(16, round(float(spec.param) * self.T))
+        text = bm25_chunks(self.ep.trajectory, self.ep.question, k, self.lm)
+        return self.run_pasted(spec, text, {"bm25_has_answer": self.ep.answer in text}, t0)
+
+    def run_bm25_briefing(self, spec: Spec, tau: float, smooth_kernel: int, bm25_ratio: float, budget: float) -> dict:
+        t0 = time.perf_counter()
+        cache_text = self.prompts.cache_text(self.ep.trajectory)
+        offset = len(cache_text) - len(self.ep.trajectory)
+        keep = bm25_positions(self.lm, cache_text, offset, self.ep.trajectory, self.ep.question,
+                              max(16, round(bm25_ratio * self.T)))
+        sel = ProtectedAttentionMatching(ratio=budget, smooth_kernel=smooth_kernel, keep=tuple(keep))
+        ctx = self.cache.compact(self.call_prompt, sel)
+        st = ctx.stats
+        return self.score(spec, ctx, int(st.kept) + self.n_prompt, int(st.kept), time.perf_counter() - t0,
+                          {"bm25_positions": len(keep), "fallback": st.fallback})
+
+
+@dataclass(frozen=True)
+class SuiteConfig:
+    """Conditions of the family suite. tau, smooth_kernel and recent were chosen on the development seeds
+    (`rlm bench --sweep`, docs/results/rlm_bench/dev_sweep.json) and are reported on the held-out seeds."""
+
+    tau: float = 1.0
+    smooth_kernel: int = 5          # tau mode
+    ratio_smooth_kernel: int = 9    # fixed-ratio mode (am_b*, am_recent_b*, bm25+am_b*)
+    recent: int = 32
+    budget: float = 0.1
+    budget_hi: float = 0.2
+    bm25_ratio: float = 0.1
+    summary_tokens: int = 64
+    summary: bool = True
+    timing: bool = True
+    # dev sweep: extra AM variants (tau, smooth_kernel, recent, budget or None); rows named sweep_*
+    sweep: tuple[tuple[float, int, int, float | None], ...] = ()
+
+
+def family_rows(lm: Any, prompts: Any, episode: Any, cfg: SuiteConfig, seed: int = 0) -> list[dict]:
+    """Every condition of the family suite on one episode (one shared prefill)."""
+    r = FamilyRunner(lm, prompts, episode, timing=cfg.timing)
+    rows = [r.run(Spec("plain", "plain")), r.run(Spec("full", "full"))]
+    am = f"am_tau{cfg.tau:g}"
+    row = r.run(Spec(am, "latent_briefing", briefing.AttentionMatching(tau=cfg.tau, smooth_kernel=cfg.smooth_kernel),
+                     cfg.tau))
+    rows.append(row)
+    k = max(1, row["kept"])
+    for name, sel in (("topk", briefing.TopK(tokens=k)), ("random", briefing.RandomKeep(tokens=k, seed=seed)),
+                      ("sink_recent", briefing.RecentWindow(tokens=k, sinks=4))):
+        rows.append(r.run(Spec(f"{name}@{am}", name, sel, k, matched_to=am)))
+    if cfg.recent:
+        rows.append(r.run(Spec(f"{am}+recent{cfg.recent}", "latent_briefing_protected",
+                               ProtectedAttentionMatching(tau=cfg.tau, smooth_kernel=cfg.smooth_kernel, recent=cfg.recent),
+                               cfg.tau)))
+    b = cfg.budget
+    rsk = cfg.ratio_smooth_kernel
+    for name, sel in (("am", briefing.AttentionMatching(ratio=b, smooth_kernel=rsk)),
+                      ("am_recent", ProtectedAttentionMatching(ratio=b, smooth_kernel=rsk, recent=cfg.recent)),
+                      ("topk", briefing.TopK(ratio=b)), ("random", briefing.RandomKeep(ratio=b, seed=seed)),
+                      ("sink_recent", briefing.RecentWindow(ratio=b, sinks=4))):
+        method = {"am": "latent_briefing", "am_recent": "latent_briefing_protected"}.get(name, name)
+        rows.append(r.run(Spec(f"{name}_b{b:g}", method, sel, b, matched_to=f"budget{b:g}")))
+    rows.append(r.run(Spec(f"am_b{cfg.budget_hi:g}", "latent_briefing",
+                           briefing.AttentionMatching(ratio=cfg.budget_hi, smooth_kernel=rsk), cfg.budget_hi)))
+    rows.append(r.run(Spec(f"bm25_r{cfg.bm25_ratio:g}", "bm25", param=cfg.bm25_ratio)))
+    rows.append(r.run_bm25_briefing(Spec(f"bm25+am_b{b:g}", "bm25_briefing", param=b, matched_to=f"budget{b:g}"),
+                                    cfg.tau, rsk, cfg.bm25_ratio / 2, b))
+    if cfg.summary:
+        rows.append(r.run(Spec("summary", "summary", param=cfg.summary_tokens)))
+    for tau, sk, rec, bud in cfg.sweep:
+        sel = (ProtectedAttentionMatching(tau=tau, smooth_kernel=sk, recent=rec) if bud is None
+               else ProtectedAttentionMatching(ratio=bud, smooth_kernel=sk, recent=rec))
+        mode = f"tau{tau:g}" if bud is None else f"b{bud:g}"
+        name = f"sweep_{mode}_s{sk}_r{rec}"
+        rows.append(r.run(Spec(name, "sweep", sel, [tau, sk, rec, bud])))
     return rows

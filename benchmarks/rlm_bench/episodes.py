@@ -120,9 +120,10 @@ class Episode:
     fact_offset: float       # character offset of the target statement / trajectory length
     fact_carrier: str
     events: list[Any] = field(default_factory=list, repr=False)
+    family: str = "multi_key"  # task family (benchmarks.rlm_bench.families); make_episode builds multi-key lookups
 
     def summary(self) -> dict[str, Any]:
-        return {"id": self.id, "seed": self.seed, "target_tokens": self.target_tokens, "depth": self.depth,
+        return {"id": self.id, "family": self.family, "seed": self.seed, "target_tokens": self.target_tokens, "depth": self.depth,
                 "n_distractors": self.n_distractors, "kind": self.kind, "essay": self.essay, "n_steps": self.n_steps,
                 "fact_offset": round(self.fact_offset, 4), "fact_carrier": self.fact_carrier,
                 "question": self.question, "answer_prefix": self.answer_prefix, "answer": self.answer, "candidates": self.candidates,

@@ -1,7 +1,9 @@
-"""Aggregation of benchmark rows: summary per condition, target checks, results.md and PNG plots."""
+"""Report of the family suite: results.md, PNG plots and the README block, all from results.json."""
 from __future__ import annotations
 
-import statistics
+import json
+import os
+import re
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -9,30 +11,6 @@ from typing import Any
 
 def _mean(xs: list[float]) -> float:
     return float(sum(xs) / len(xs)) if xs else float("nan")
-
-
-def summarize(rows: list[dict]) -> list[dict]:
-    """One line per condition: accuracy (log-likelihood choice, generation), fidelity, tokens, memory, time."""
-    by = defaultdict(list)
-    for r in rows:
-        by[r["condition"]].append(r)
-    out = []
-    for cond, rs in by.items():
-        gen = [r["gen_match"] for r in rs if "gen_match" in r]
-        out.append({
-            "condition": cond, "method": rs[0]["method"], "param": rs[0]["param"], "matched_to": rs[0]["matched_to"],
-            "n": len(rs), "accuracy": _mean([float(r["correct"]) for r in rs]),
-            "gen_accuracy": _mean([float(g) for g in gen]) if gen else None,
-            "agree_full": _mean([float(r["agree_full"]) for r in rs]), "kl_mean": _mean([r["kl"] for r in rs]),
-            "kl_median": float(statistics.median([r["kl"] for r in rs])),
-            "input_tokens_median": float(statistics.median([r["input_tokens"] for r in rs])),
-            "input_tokens_episode": float(sum(r["input_tokens"] for r in rs)),
-            "input_ratio_median": float(statistics.median([r["input_ratio"] for r in rs])),
-            "kept_ratio_mean": _mean([r["kept_ratio"] for r in rs]),
-            "kv_bytes_median": float(statistics.median([r["kv_bytes"] for r in rs])),
-            "overhead_s_mean": _mean([r["overhead_s"] for r in rs]), "latency_s_mean": _mean([r["latency_s"] for r in rs]),
-        })
-    return out
 
 
 def linear_fit(xs: list[float], ys: list[float]) -> dict[str, float] | None:
@@ -58,76 +36,116 @@ def overhead_fits(rows: list[dict]) -> dict[str, Any]:
             "prefill": linear_fit([r["trajectory_tokens"] for r in full], [r["prefill_s"] for r in full])}
 
 
-def targets(summary: list[dict], rows: list[dict]) -> dict[str, Any]:
-    """The report's targets, measured (episodes are not tuned to them)."""
-    s = {x["condition"]: x for x in summary}
-    full = s.get("full")
-    out: dict[str, Any] = {}
-    if not full:
-        return out
-    lb = [x for x in summary if x["method"] == "latent_briefing"]
-    ok = [x for x in lb if x["accuracy"] >= full["accuracy"] - 0.02]
-    best = min(ok, key=lambda x: x["input_ratio_median"]) if ok else None
-    out["full_accuracy"] = full["accuracy"]
-    out["plain_accuracy"] = s["plain"]["accuracy"] if "plain" in s else None
-    out["best_briefing_within_2pts"] = None if best is None else {
-        "condition": best["condition"], "accuracy": best["accuracy"],
-        "median_input_tokens_reduction": 1 - best["input_ratio_median"],
-        "meets_65pct": 1 - best["input_ratio_median"] >= 0.65, "meets_80pct": 1 - best["input_ratio_median"] >= 0.80}
-    cmp = []
-    for x in summary:
-        if x["method"] != "latent_briefing":
-            continue
-        tag = x["condition"] if x["param"] is not None and x["condition"].startswith("am_tau") else f"budget{x['param']:g}"
-        peers = {y["method"]: y for y in summary if y["matched_to"] == tag and y["method"] != "latent_briefing"}
-        if peers:
-            cmp.append({"briefing": x["condition"], "accuracy": x["accuracy"], "kl": x["kl_mean"],
-                        **{f"{m}_accuracy": p["accuracy"] for m, p in peers.items()},
-                        **{f"{m}_kl": p["kl_mean"] for m, p in peers.items()},
-                        "beats_all_on_accuracy": all(x["accuracy"] > p["accuracy"] for p in peers.values()),
-                        "beats_all_on_kl": all(x["kl_mean"] < p["kl_mean"] for p in peers.values())})
-    out["matched_comparisons"] = cmp
-    return out
+HEADLINE = ["full", "plain", "am_tau1", "am_tau1+recent32", "topk@am_tau1", "random@am_tau1", "sink_recent@am_tau1",
+            "am_b0.1", "am_recent_b0.1", "topk_b0.1", "random_b0.1", "sink_recent_b0.1", "am_b0.2", "bm25_r0.1",
+            "bm25+am_b0.1", "summary"]
+LABELS = {"full": "text, prefix-KV reuse (full)", "plain": "plain (no trajectory)", "summary": "worker-model summary"}
+README_BEGIN, README_END = "<!-- rlm-bench:begin -->", "<!-- rlm-bench:end -->"
+
+
+def _ci(x: dict, key: str, pct: bool = False) -> str:
+    v, (lo, hi) = x[key], x[f"{key}_ci95"]
+    if pct:
+        return f"{v:.1%} [{lo:.1%}, {hi:.1%}]"
+    return f"{v:+.2f} [{lo:+.2f}, {hi:+.2f}]" if key.startswith("diff") else f"{v:.2f} [{lo:.2f}, {hi:.2f}]"
+
+
+def headline_rows(result: dict) -> list[dict]:
+    s = {x["condition"]: x for x in result["summary"]}
+    names = [c for c in HEADLINE if c in s] + [c for c in s if c not in HEADLINE and not c.startswith("sweep_")]
+    return [s[c] for c in names]
+
+
+def headline_table(result: dict) -> list[str]:
+    lines = [("| condition | accuracy [95% CI] | vs full text [95% CI] | worker input tokens saved [95% CI] | "
+             "median choice KL | median latency s (vs full) |"), "|---|---|---|---|---|---|"]
+    for x in headline_rows(result):
+        lat = "" if x.get("latency_vs_full") is None else f" ({x['latency_vs_full']:.2f}x)"
+        lines.append(f"| {LABELS.get(x['condition'], x['condition'])} | {_ci(x, 'accuracy')} | {_ci(x, 'diff_full')} | "
+                     f"{_ci(x, 'token_reduction', pct=True)} | {x['choice_kl_median']:.3f} | {x['latency_s_median']:.2f}{lat} |")
+    return lines
+
+
+def p3_lines(result: dict) -> list[str]:
+    ok = [x for x in result["summary"] if x.get("p3_supported") and x["method"] != "full" and not x["condition"].startswith("sweep_")]
+    if ok:
+        return [(f"- P3 (>= 80% fewer worker input tokens at accuracy within 2 points of full text) is supported by the "
+                f"intervals for: {', '.join(x['condition'] for x in ok)}.")]
+    return [("- P3 (>= 80% fewer worker input tokens at accuracy within 2 points of full text) is **not** supported: no "
+            "condition has both the lower end of its token-reduction interval >= 80% and the lower end of its accuracy "
+            "difference from full text >= -0.02.")]
+
+
+def family_table(result: dict, conditions: list[str]) -> list[str]:
+    fam = result["by_family"]
+    lines = ["| family | n | chance | " + " | ".join(LABELS.get(c, c) for c in conditions) + " |",
+             "|---|---|---|" + "---|" * len(conditions)]
+    for f, xs in fam.items():
+        s = {x["condition"]: x for x in xs}
+        full = s.get("full")
+        flag = " (full text near chance)" if full and full["accuracy_ci95"][0] <= full["chance"] else ""
+        cells = [_ci(s[c], "accuracy") if c in s else "" for c in conditions]
+        lines.append(f"| {f}{flag} | {xs[0]['n']} | {xs[0]['chance']:.2f} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def group_table(result: dict, key: str, title: str, conditions: list[str]) -> list[str]:
+    lines = [f"| {title} | n | " + " | ".join(LABELS.get(c, c) for c in conditions) + " |",
+             "|---|---|" + "---|" * len(conditions)]
+    for g, xs in result[key].items():
+        s = {x["condition"]: x for x in xs}
+        lines.append(f"| {g} | {xs[0]['n']} | " + " | ".join(_ci(s[c], "accuracy") if c in s else "" for c in conditions) + " |")
+    return lines
+
+
+def breakdown_conditions(result: dict) -> list[str]:
+    s = {x["condition"] for x in result["summary"]}
+    return [c for c in ("full", "plain", "am_tau1", "topk@am_tau1", "sink_recent@am_tau1", "am_b0.1", "topk_b0.1",
+                        "bm25_r0.1") if c in s]
 
 
 def markdown(result: dict) -> str:
-    lines = [f"# rlm bench results ({result['mode']})", "",
-             f"Model: {result['model']}; {result['n_episodes']} episodes; lengths {result['lengths']}; "
-             f"machine: {result['machine']}; wall time {result['wall_s']:.0f} s.", "",
-             "Accuracy = argmax over candidates of the summed log-prob of the candidate value's tokens after "
-             "\" <answer lead-in>\" (the lead-in restates the question's key; the candidates are the target's and the "
-             "distractors' values, of equal token count; chance = 1 / candidates). Gen = greedy 16-token generation contains the answer (blank: not generated for "
-             "this condition). KL = answer-token KL vs the full cache (KeepAll, numerically the pasted text). Input "
-             "tokens = text tokens + retained KV positions per worker call.", "",
-             "| condition | method | n | accuracy | gen | agree w/ full | KL mean | median input tok | vs full | kept ratio | KV MiB | overhead s | latency s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for x in result["summary"]:
-        gen = "" if x["gen_accuracy"] is None else f"{x['gen_accuracy']:.2f}"
-        lines.append(f"| {x['condition']} | {x['method']} | {x['n']} | {x['accuracy']:.2f} | {gen} | {x['agree_full']:.2f} | "
-                     f"{x['kl_mean']:.4f} | {x['input_tokens_median']:.0f} | {x['input_ratio_median']:.1%} | "
-                     f"{x['kept_ratio_mean']:.3f} | {x['kv_bytes_median'] / 2**20:.2f} | {x['overhead_s_mean']:.2f} | "
-                     f"{x['latency_s_mean']:.2f} |")
-    t = result.get("targets", {})
-    lines += ["", "## Targets (measured, not tuned)", ""]
-    b = t.get("best_briefing_within_2pts")
-    lines.append(f"- full text accuracy {t.get('full_accuracy')}, plain {t.get('plain_accuracy')}")
-    if b:
-        lines.append(f"- cheapest latent briefing within 2 points of full: {b['condition']} (accuracy {b['accuracy']:.2f}), "
-                     f"median worker input tokens {b['median_input_tokens_reduction']:.1%} below full "
-                     f"(>=65%: {b['meets_65pct']}, >=80%: {b['meets_80pct']})")
-    else:
-        lines.append("- no latent briefing setting within 2 points of full text accuracy")
-    for c in t.get("matched_comparisons", []):
-        peers = ", ".join(f"{k.split('_')[0]} {v:.2f}" for k, v in c.items() if k.endswith("_accuracy") and not k.startswith("beats"))
-        lines.append(f"- {c['briefing']}: accuracy {c['accuracy']:.2f} vs {peers}; beats all on accuracy: "
-                     f"{c['beats_all_on_accuracy']}, on KL: {c['beats_all_on_kl']}")
-    for name, fit in result.get("overhead_fit", {}).items():
-        if fit:
-            lines.append(f"- {name}: {fit['slope_s_per_token'] * 1000:.3f} ms/token + {fit['intercept_s']:.3f} s, "
-                         f"R^2 {fit['r2']:.3f} over {fit['points']} points")
-    lines += ["", "Plots: pareto.png (accuracy vs input tokens), overhead.png (overhead vs trajectory length), "
-              "kept_vs_tau.png (kept ratio vs tau).", ""]
+    conds = breakdown_conditions(result)
+    lines = [f"# rlm bench results ({result['mode']}, {result['split']} seeds)", "",
+             (f"Model: {result['model']}; {result['n_episodes']} episodes; lengths {result['lengths']}; families "
+             f"{', '.join(result['families'])}; seeds {result['seed_range']}; machine: {result['machine']}; "
+             f"workers {result['workers']}; wall time of the last invocation {result['wall_s']:.0f} s; compute time "
+             f"summed over episodes {result.get('episodes_wall_s', 0.0):.0f} s (a resumed run counts the earlier ones)."), "",
+             ("Accuracy: argmax over the candidates of the summed log-prob of the candidate after the answer lead-in "
+             "(candidates of equal token count). Intervals: paired bootstrap 95% over episodes "
+             f"({result['bootstrap']} replicates). Tokens saved: mean over episodes of 1 - worker input tokens / "
+             "full-text input tokens. Choice KL: KL(full || condition) of the softmax over the candidates' scores. "
+             "Latency: build (prompt forward, compaction, retrieval or summary) + a 12-token greedy decode."), "",
+             *headline_table(result), "", *p3_lines(result), "", "## Per family", "", *family_table(result, conds), "",
+             "## Per length (target tokens)", "", *group_table(result, "by_length", "length", conds), "",
+             "## Per depth", "", *group_table(result, "by_depth", "depth", conds), "",
+             ("Plots: pareto.png (accuracy vs tokens saved, with intervals), families.png (accuracy per family), "
+             "latency.png (latency vs trajectory tokens)."), ""]
     return "\n".join(lines)
+
+
+def readme_block(result: dict, source: str = "docs/results/rlm_bench/results.json") -> str:
+    return "\n".join([README_BEGIN,
+                      f"<!-- generated by `rlm bench --readme {source}`; do not edit by hand -->",
+                      (f"{result['n_episodes']} {result['split']} episodes ({', '.join(result['families'])}; lengths "
+                      f"{', '.join(str(n) for n in result['lengths'])} tokens; seeds {result['seed_range']}), "
+                      f"{result['model']}, paired bootstrap 95% intervals:"), "", *headline_table(result), "",
+                      *p3_lines(result), "", "Per family (accuracy [95% CI]):", "",
+                      *family_table(result, breakdown_conditions(result)), README_END])
+
+
+def update_readme(readme: Path, results_json: Path, source: str | None = None) -> bool:
+    """Rewrite the marked block of `readme` from `results_json` (named in the block as `source`, by default its
+    path relative to the README); returns whether the text changed."""
+    result = json.loads(results_json.read_text())
+    text = readme.read_text()
+    if README_BEGIN not in text or README_END not in text:
+        raise ValueError(f"{readme} has no {README_BEGIN} ... {README_END} block: add the two markers where the table goes")
+    pattern = re.compile(re.escape(README_BEGIN) + ".*?" + re.escape(README_END), re.DOTALL)
+    source = source or os.path.relpath(results_json.resolve(), readme.resolve().parent)
+    new = pattern.sub(lambda _: readme_block(result, source), text)
+    readme.write_text(new)
+    return new != text
 
 
 def plots(result: dict, out: Path) -> list[str]:
@@ -136,52 +154,91 @@ def plots(result: dict, out: Path) -> list[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows, summary = result["rows"], result["summary"]
     paths = []
-    fig, ax = plt.subplots(figsize=(8, 6))
-    by_method = defaultdict(list)
-    for x in summary:
-        by_method[x["method"]].append(x)
-    for m, xs in by_method.items():
-        xs = sorted(xs, key=lambda x: x["input_tokens_median"])
-        ax.plot([x["input_tokens_median"] for x in xs], [x["accuracy"] for x in xs], "o-" if len(xs) > 1 else "o", label=m)
-    ax.set(xscale="log", xlabel="median worker input tokens per call", ylabel="accuracy (log-likelihood choice)",
-           title="Accuracy vs worker input tokens")
-    ax.legend(fontsize=8)
+    fig, ax = plt.subplots(figsize=(9, 6))
+    for x in headline_rows(result):
+        (alo, ahi), (rlo, rhi) = x["accuracy_ci95"], x["token_reduction_ci95"]
+        ax.errorbar(x["token_reduction"], x["accuracy"], yerr=[[x["accuracy"] - alo], [ahi - x["accuracy"]]],
+                    xerr=[[x["token_reduction"] - rlo], [rhi - x["token_reduction"]]], fmt="o", capsize=3,
+                    label=LABELS.get(x["condition"], x["condition"]))
+    ax.axvline(0.8, color="grey", ls=":", lw=1)
+    ax.set(xlabel="worker input tokens saved vs full text (mean, 95% CI)", ylabel="accuracy (95% CI)",
+           title=f"{result['n_episodes']} {result['split']} episodes")
+    ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(out / "pareto.png", dpi=100)
     plt.close(fig)
     paths.append("pareto.png")
 
-    fig, ax = plt.subplots(figsize=(8, 5))
-    lb = [r for r in rows if r["method"] == "latent_briefing"]
-    xs, ys = [r["trajectory_tokens"] for r in lb], [r["overhead_s"] for r in lb]
-    ax.scatter(xs, ys, s=12, label="compaction overhead (latent briefing)")
-    ax.scatter(xs, [r["latency_s"] for r in lb], s=12, label="end-to-end call latency")
-    fit = result.get("overhead_fit", {}).get("compaction_overhead")
-    if fit:
-        gx = [min(xs), max(xs)]
-        ax.plot(gx, [fit["slope_s_per_token"] * g + fit["intercept_s"] for g in gx], "k--",
-                label=f"fit {fit['slope_s_per_token'] * 1000:.3f} ms/token, R^2 {fit['r2']:.2f}")
-    ax.set(xlabel="trajectory tokens", ylabel="seconds", title="Overhead vs trajectory length")
-    ax.legend(fontsize=8)
+    conds = breakdown_conditions(result)
+    fams = list(result["by_family"])
+    fig, ax = plt.subplots(figsize=(11, 5))
+    w = 0.8 / max(1, len(conds))
+    for k, c in enumerate(conds):
+        ys, lo, hi = [], [], []
+        for f in fams:
+            s = {x["condition"]: x for x in result["by_family"][f]}.get(c)
+            ys.append(s["accuracy"] if s else 0)
+            lo.append(s["accuracy"] - s["accuracy_ci95"][0] if s else 0)
+            hi.append(s["accuracy_ci95"][1] - s["accuracy"] if s else 0)
+        ax.bar([i + k * w for i in range(len(fams))], ys, w, yerr=[lo, hi], capsize=2, label=LABELS.get(c, c))
+    ax.set_xticks([i + 0.4 - w / 2 for i in range(len(fams))], fams, rotation=20, fontsize=8)
+    ax.set(ylabel="accuracy (95% CI)", title="Accuracy per task family")
+    ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    fig.savefig(out / "overhead.png", dpi=100)
+    fig.savefig(out / "families.png", dpi=100)
     plt.close(fig)
-    paths.append("overhead.png")
+    paths.append("families.png")
 
-    fig, ax = plt.subplots(figsize=(7, 5))
-    tau_rows = [r for r in lb if str(r["condition"]).startswith("am_tau")]
-    by_len = defaultdict(lambda: defaultdict(list))
-    for r in tau_rows:
-        by_len[r["target_tokens"]][r["param"]].append(r["kept_ratio"])
-    for n, d in sorted(by_len.items()):
-        taus = sorted(d)
-        ax.plot(taus, [_mean(d[t]) for t in taus], "o-", label=f"~{n} tokens")
-    ax.set(xlabel="tau (MADs)", ylabel="kept ratio", title="Kept ratio vs tau")
+    fig, ax = plt.subplots(figsize=(8, 5))
+    by = defaultdict(list)
+    for r in result["rows"]:
+        if r["condition"] in ("full", "am_tau1", "am_b0.1", "bm25_r0.1"):
+            by[r["condition"]].append(r)
+    for c, rs in by.items():
+        ax.scatter([r["trajectory_tokens"] for r in rs], [r["latency_s"] for r in rs], s=10, label=LABELS.get(c, c))
+    ax.set(xlabel="trajectory tokens", ylabel="seconds (build + 12-token decode)", title="Worker call latency")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "kept_vs_tau.png", dpi=100)
+    fig.savefig(out / "latency.png", dpi=100)
     plt.close(fig)
-    paths.append("kept_vs_tau.png")
+    paths.append("latency.png")
     return paths
+
+
+def sweep_choice(result: dict) -> dict:
+    """Defaults from a development sweep (`rlm bench --sweep`): among the tau-mode variants, and separately among
+    the fixed-ratio variants, the highest accuracy, ties broken by the lower median choice KL, then fewer kept."""
+    rows = [x for x in result["summary"] if x["method"] == "sweep"]
+    out: dict[str, Any] = {"n_episodes": result["n_episodes"], "split": result["split"]}
+    for mode, pick in (("tau", lambda p: p[3] is None), ("ratio", lambda p: p[3] is not None)):
+        xs = [x for x in rows if pick(x["param"])]
+        if not xs:
+            continue
+        best = max(xs, key=lambda x: (round(x["accuracy"], 6), -x["choice_kl_median"], -x["kept_ratio_mean"]))
+        tau, sk, rec, ratio = best["param"]
+        out[mode] = {"condition": best["condition"], "tau": tau, "smooth_kernel": sk, "recent": rec, "ratio": ratio,
+                     "accuracy": best["accuracy"], "accuracy_ci95": best["accuracy_ci95"],
+                     "choice_kl_median": best["choice_kl_median"], "kept_ratio_mean": best["kept_ratio_mean"]}
+        out[f"{mode}_table"] = [{"condition": x["condition"], "accuracy": x["accuracy"], "accuracy_ci95": x["accuracy_ci95"],
+                                 "choice_kl_median": x["choice_kl_median"], "kl_median": x["kl_median"],
+                                 "kept_ratio_mean": x["kept_ratio_mean"]} for x in xs]
+    return out
+
+
+def sweep_markdown(choice: dict) -> str:
+    lines = [f"# Development sweep ({choice['n_episodes']} {choice['split']} episodes)", "",
+             ("Chosen on the development seeds only; the held-out suite reports them. Rule: highest accuracy, ties "
+             "broken by the lower median choice KL, then fewer kept positions."), ""]
+    for mode in ("tau", "ratio"):
+        if mode not in choice:
+            continue
+        c = choice[mode]
+        lines += [f"## {mode} mode: chosen {c['condition']}", "",
+                  "| variant | accuracy [95% CI] | median choice KL | median answer KL | kept ratio |", "|---|---|---|---|---|"]
+        for x in choice[f"{mode}_table"]:
+            lo, hi = x["accuracy_ci95"]
+            lines.append(f"| {x['condition']} | {x['accuracy']:.2f} [{lo:.2f}, {hi:.2f}] | {x['choice_kl_median']:.3f} | "
+                         f"{x['kl_median']:.3f} | {x['kept_ratio_mean']:.3f} |")
+        lines.append("")
+    return "\n".join(lines)
