@@ -184,8 +184,8 @@ def plot(result: dict, path: Path) -> None:
     a = ax[1, 1]
     anchor = result["anchor"]
     ratios = [0.5, 0.2, 0.1, 0.05]
-    for name in list(anchor["ours"])[:1] + ["top-k, per-head, smoothing 5 (SnapKV-like)"]:
-        kls = anchor["ours"][name]
+    for name in [n for i, n in enumerate(anchor["ours"]) if i == 0 or "SnapKV-like" in n]:
+        kls = {float(k): v for k, v in anchor["ours"][name].items()}  # JSON keys are strings
         a.plot(ratios, [kls[r] for r in ratios], "o-", lw=2, label=f"ours: {name}")
     a.set(xlabel="kept ratio", ylabel="answer KL vs full", title="Anchor: avg.txt, 9,000 chars", xscale="log", yscale="log")
     a.legend(fontsize=7)
@@ -204,9 +204,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="no run: rewrite the README's briefing tables from this result JSON")
     args = parser.parse_args(argv)
     if args.report:
-        for block, text in readme_tables(json.loads(Path(args.report).read_text())).items():
+        result = json.loads(Path(args.report).read_text())
+        for block, text in readme_tables(result).items():
             update_readme(block, text)
-        print(f"README briefing tables regenerated from {args.report}")
+        plot(result, Path(args.report).with_suffix(".png"))
+        print(f"README briefing tables and {Path(args.report).with_suffix('.png')} regenerated from {args.report}")
         return 0
     lengths = [512, 1024] if args.quick else args.lengths
     out = Path(args.out)

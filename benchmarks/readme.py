@@ -1,4 +1,4 @@
-"""The one way a benchmark rewrites its table in the README: the text between `<!-- NAME -->` and `<!-- /NAME -->`."""
+"""The one way a benchmark rewrites its table in the README: the text between two marker comments."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,12 +6,19 @@ from pathlib import Path
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
+def replace_block(readme: Path, begin: str, end: str, body: str) -> bool:
+    """Replace the text between the markers `begin` and `end` of `readme` with `body` (the markers stay).
+    Returns whether the file changed; a README without both markers is an error that says where to add them."""
+    text = readme.read_text()
+    if begin not in text or end not in text:
+        raise ValueError(f"{readme} has no {begin} ... {end} block: add the two markers where the table goes")
+    head, rest = text.split(begin, 1)
+    new = head + begin + "\n" + body.strip() + "\n" + end + rest.split(end, 1)[1]
+    if new != text:
+        readme.write_text(new)
+    return new != text
+
+
 def update_readme(block: str, text: str, readme: Path = README) -> bool:
-    """Replace the README's text between `<!-- {block} -->` and `<!-- /{block} -->` (False if no markers)."""
-    start, end = f"<!-- {block} -->", f"<!-- /{block} -->"
-    content = readme.read_text()
-    if start not in content or end not in content:
-        return False
-    head, rest = content.split(start, 1)
-    readme.write_text(head + start + "\n" + text.strip() + "\n" + end + rest.split(end, 1)[1])
-    return True
+    """The block `<!-- {block} -->` ... `<!-- /{block} -->` of the README becomes `text`."""
+    return replace_block(readme, f"<!-- {block} -->", f"<!-- /{block} -->", text)

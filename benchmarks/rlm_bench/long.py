@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchmarks.readme import replace_block
 from rlm.data import essay_names, read_essay
 from rlm.events import CellOutput, CodeCell, OrchestratorMessage, RunStart, WorkerCall
 from rlm.trajectory import Trajectory
@@ -662,13 +663,8 @@ README_START, README_END = "<!-- long-suite:start -->", "<!-- long-suite:end -->
 
 def update_readme(readme: Path, table: str, source: str) -> None:
     """Replace the block between the long-suite markers of `readme` with `table` (generated, never typed)."""
-    text = readme.read_text()
-    if README_START not in text or README_END not in text:
-        raise SystemExit(f"{readme} has no {README_START} ... {README_END} block to update.")
-    head, rest = text.split(README_START, 1)
-    _, tail = rest.split(README_END, 1)
-    readme.write_text(f"{head}{README_START}\n<!-- generated from {source} by `python -m benchmarks.rlm_bench.long "
-                      f"--report {source} --readme {readme.name}` -->\n{table}{README_END}{tail}")
+    replace_block(readme, README_START, README_END, f"<!-- generated from {source} by `python -m benchmarks.rlm_bench.long "
+                  f"--report {source} --readme {readme.name}` -->\n{table}")
 
 
 def main(argv: list[str] | None = None) -> int:
