@@ -100,21 +100,27 @@ COPY_FACTS = [  # (fact planted mid-trajectory, question, exact answer): digits 
 ]
 
 
-def copy_case(lm) -> dict:
-    """Exact-value recall: log-likelihood of the exact answer (chat format, tau = 1) by smoothing kernel,
-    as a gap to the full cache (0 is perfect)."""
+def copy_caches(lm):
+    """The exact-value recall cases: (cache, prompt, answer, log-likelihood of the answer on the full cache) for each
+    fact of COPY_FACTS planted mid-trajectory in chat format."""
     essay = (data_dir() / "pg_essays" / "avg.txt").read_text()[:1500]
     system = "You are a worker. Here is the orchestrator's trajectory so far:\n\n"
-    gaps: dict[str, list[float]] = {}
     for fact, question, answer in COPY_FACTS:
         chat = lm.chat_prompt(system + essay[:700] + "\n" + fact + "\n" + essay[700:], question)
         split = chat.rindex(question)
         cache = briefing.TrajectoryCache(lm, chat[:split])
         prompt = chat[split:]
-        full = briefing.loglikelihood(cache.compact(prompt, briefing.KeepAll()), " " + answer)
+        yield cache, prompt, " " + answer, briefing.loglikelihood(cache.compact(prompt, briefing.KeepAll()), " " + answer)
+
+
+def copy_case(lm) -> dict:
+    """Exact-value recall: log-likelihood of the exact answer (chat format, tau = 1) by smoothing kernel,
+    as a gap to the full cache (0 is perfect)."""
+    gaps: dict[str, list[float]] = {}
+    for cache, prompt, answer, full in copy_caches(lm):
         for kernel in (1, 3, 5):
             ctx = cache.compact(prompt, briefing.AttentionMatching(tau=1.0, smooth_kernel=kernel))
-            gaps.setdefault(f"smooth {kernel}", []).append(full - briefing.loglikelihood(ctx, " " + answer))
+            gaps.setdefault(f"smooth {kernel}", []).append(full - briefing.loglikelihood(ctx, answer))
     return {name: sum(v) / len(v) for name, v in gaps.items()}
 
 

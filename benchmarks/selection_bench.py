@@ -23,7 +23,7 @@ import numpy as np
 import briefing
 from benchmarks.readme import README, update_readme
 from benchmarks.recall_cases import cases
-from benchmarks.briefing_bench import ANSWER, COPY_FACTS, QUESTION
+from benchmarks.briefing_bench import ANSWER, QUESTION, copy_caches
 from rlm.data import data_dir
 
 RATIOS = (0.5, 0.2, 0.1, 0.05)
@@ -95,18 +95,11 @@ def anchor_rows(lm, names: list[str]) -> dict:
 
 def copy_rows(lm, names: list[str]) -> dict:
     """Exact-value recall (the briefing bench's facts): mean log-prob gap of the exact answer to the full cache."""
-    essay = (data_dir() / "pg_essays" / "avg.txt").read_text()[:1500]
-    system = "You are a worker. Here is the orchestrator's trajectory so far:\n\n"
     gaps = {name: {str(r): [] for r in COPY_RATIOS} for name in names}
-    for fact, question, answer in COPY_FACTS:
-        chat = lm.chat_prompt(system + essay[:700] + "\n" + fact + "\n" + essay[700:], question)
-        split = chat.rindex(question)
-        cache = briefing.TrajectoryCache(lm, chat[:split])
-        prompt = chat[split:]
-        full = briefing.loglikelihood(cache.compact(prompt, briefing.KeepAll()), " " + answer)
+    for cache, prompt, answer, full in copy_caches(lm):
         for name in names:
             for r in COPY_RATIOS:
-                got = briefing.loglikelihood(cache.compact(prompt, VARIANTS[name](ratio=r)), " " + answer)
+                got = briefing.loglikelihood(cache.compact(prompt, VARIANTS[name](ratio=r)), answer)
                 gaps[name][str(r)].append(full - got)
     return {name: {r: float(np.mean(v)) for r, v in per.items()} for name, per in gaps.items()}
 
