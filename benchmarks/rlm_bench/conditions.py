@@ -138,29 +138,38 @@ class EpisodeRunner:
                 "n_distractors": e.n_distractors, "answer": e.answer, "full_input_tokens": self.full_input,
                 "prefill_s": self.prefill_s}
 
-    def score(self, spec: Spec, ctx: Any, input_tokens: int, kept: int, overhead_s: float, extra: dict | None = None) -> dict:
+    def common_row(self, spec: Spec, choice: str, input_tokens: int, kept: int, overhead_s: float) -> dict[str, Any]:
+        """The fields every runner's row has: the condition, what it kept and billed, and its choice."""
         e = self.ep
-        choice, scores = choose(ctx, e.candidates, e.answer_prefix)
-        row = self.base_row() | {
+        return self.base_row() | {
             "condition": spec.name, "method": spec.method, "param": spec.param, "matched_to": spec.matched_to,
             "kept": kept, "kept_ratio": kept / self.T if self.T else 0.0, "input_tokens": input_tokens,
             "input_ratio": input_tokens / self.full_input, "kv_bytes": kv_bytes(self.lm, kept),
             "choice": choice, "correct": choice == e.answer, "agree_full": choice == self.full_choice,
-            "kl": 0.0 if spec.method == "full" else answer_kl(self.full, ctx, continuation(e.answer_prefix, e.answer)),
             "overhead_s": overhead_s,
         }
+
+    def finish(self, row: dict, ctx: Any, cfg: Any, extra: dict | None) -> dict:
+        """Decode with `cfg` (None: no decode) for the latency and a generation check, then add `extra`."""
         gen_s = 0.0
-        gen = self.with_generation
-        if gen is True or (gen and spec.name in gen):
-            out = briefing.generate(ctx, GEN)
+        if cfg is not None:
+            out = briefing.generate(ctx, cfg)
             gen_s = out.time_s
             row["generated"] = out.text.strip()
-            row["gen_match"] = e.answer.lower() in out.text.lower()
+            row["gen_match"] = self.ep.answer.lower() in out.text.lower()
         row["generate_s"] = gen_s
-        row["latency_s"] = overhead_s + gen_s
+        row["latency_s"] = row["overhead_s"] + gen_s
         if extra:
             row.update(extra)
         return row
+
+    def score(self, spec: Spec, ctx: Any, input_tokens: int, kept: int, overhead_s: float, extra: dict | None = None) -> dict:
+        e = self.ep
+        choice, _ = choose(ctx, e.candidates, e.answer_prefix)
+        row = self.common_row(spec, choice, input_tokens, kept, overhead_s)
+        row["kl"] = 0.0 if spec.method == "full" else answer_kl(self.full, ctx, continuation(e.answer_prefix, e.answer))
+        gen = self.with_generation
+        return self.finish(row, ctx, GEN if gen is True or (gen and spec.name in gen) else None, extra)
 
     def run_compaction(self, spec: Spec) -> dict:
         t0 = time.perf_counter()
@@ -339,26 +348,11 @@ class FamilyRunner(EpisodeRunner):
         e = self.ep
         choice, scores, lp = choose_with_logprobs(ctx, e.candidates, e.answer_prefix, e.answer)
         kl = float((self.full_lp.exp() * (self.full_lp - lp)).sum(-1).mean())  # = briefing.metrics.answer_kl
-        row = self.base_row() | {
-            "condition": spec.name, "method": spec.method, "param": spec.param, "matched_to": spec.matched_to,
-            "kept": kept, "kept_ratio": kept / self.T if self.T else 0.0, "input_tokens": input_tokens,
-            "input_ratio": input_tokens / self.full_input, "kv_bytes": kv_bytes(self.lm, kept),
-            "choice": choice, "correct": choice == e.answer, "agree_full": choice == self.full_choice,
+        row = self.common_row(spec, choice, input_tokens, kept, overhead_s) | {
             "choice_kl": 0.0 if spec.method == "full" else choice_kl(self.full_scores, scores),
-            "kl": 0.0 if spec.method == "full" else max(0.0, kl),
-            "overhead_s": overhead_s, "text_cold_s": self.prefill_s + self.full_build_s,
+            "kl": 0.0 if spec.method == "full" else max(0.0, kl), "text_cold_s": self.prefill_s + self.full_build_s,
         }
-        gen_s = 0.0
-        if self.timing:
-            out = briefing.generate(ctx, DECODE)
-            gen_s = out.time_s
-            row["generated"] = out.text
-            row["gen_match"] = e.answer.lower() in out.text.lower()
-        row["generate_s"] = gen_s
-        row["latency_s"] = overhead_s + gen_s
-        if extra:
-            row.update(extra)
-        return row
+        return self.finish(row, ctx, DECODE if self.timing else None, extra)
 
     def run_bm25(self, spec: Spec) -> dict:
         t0 = time.perf_counter()
