@@ -119,6 +119,27 @@ class MixGuidance(Guidance):
 
 
 GUIDANCE = {"task": TaskGuidance, "span": SpanGuidance, "mix": MixGuidance}
+SHARES = ("uniform", "recency")
+
+
+def split_kept(kept: int, old_positions: int, old_tokens: int, new_positions: int) -> int:
+    """How many of `kept` positions go to the old folds under the "uniform" share: in proportion to the tokens
+    each part stands for (old folds: `old_tokens` in `old_positions`; new text: one token per position), within
+    what each part holds."""
+    if old_positions <= 0:
+        return 0
+    want = round(kept * old_tokens / max(1, old_tokens + new_positions))
+    return max(kept - new_positions, min(want, old_positions, kept))
+
+
+def top_kept(scores: torch.Tensor, t: int, split: int | None = None, t_head: int = 0) -> torch.Tensor:
+    """Sorted indices of the t best scores [..., S] per row; with `split`, t_head of them from [0, split) and the
+    rest from [split, S)."""
+    if split is None:
+        return scores.topk(t, dim=-1).indices.sort(dim=-1).values                    # [..., t]
+    head = scores[..., :split].topk(t_head, dim=-1).indices                           # [..., t_head]
+    tail = scores[..., split:].topk(t - t_head, dim=-1).indices + split               # [..., t - t_head]
+    return torch.cat([head, tail], dim=-1).sort(dim=-1).values                        # [..., t]
 
 
 @dataclass(kw_only=True)
@@ -134,6 +155,10 @@ class FoldPolicy:
     capture_stride: every n-th prefilled token's queries are kept for span guidance. max_prompts: worker prompts
         remembered for task guidance. fit: the `briefing.Fit` step (beta by NNLS, values refitted), as in a call.
         smooth_kernel: score pooling width, as in the selectors.
+    share: how a fold splits its kept positions between the content folded before ("old folds") and the newly
+        folded text. "uniform": in proportion to the trajectory tokens each part stands for, so every token folded
+        so far keeps the same share of the kept positions however old it is; "recency": the whole span competes
+        on scores, so old folds are halved again at every fold (their share decays geometrically with age).
     """
 
     keep: float | int = 0.5
@@ -145,6 +170,7 @@ class FoldPolicy:
     max_prompts: int = 8
     fit: Fit = field(default_factory=Fit)
     smooth_kernel: int = 5
+    share: str = "uniform"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -163,6 +189,9 @@ class FoldPolicy:
         for name in ("max_queries", "capture_stride", "max_prompts", "smooth_kernel"):
             if getattr(self, name) < 1:
                 raise BriefingError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        if self.share not in SHARES:
+            raise BriefingError(f"share must be one of {', '.join(SHARES)}, got {self.share!r}. It says how a fold splits "
+                                "its kept positions between old folds and new text.")
         if self.guidance is None:
             self.guidance = MixGuidance()
         if not isinstance(self.guidance, Guidance):
@@ -177,11 +206,12 @@ class FoldPolicy:
 
 @torch.no_grad()
 def fold_span(keys: list[torch.Tensor], values: list[torch.Tensor], bias: torch.Tensor | None, queries: torch.Tensor,
-              start: int, stop: int, t: int, policy: FoldPolicy,
-              scale: float) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor], torch.Tensor, float]:
+              start: int, stop: int, t: int, policy: FoldPolicy, scale: float, split: int | None = None,
+              t_head: int = 0) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor], torch.Tensor, float]:
     """Compact the span [start, stop) of every layer, one layer chunk at a time (the scoring block is reused by the
     fit). keys, values: per layer [1, H, P, d]; bias [L, H, P] (stored beta) or None; queries [L, H, m, d]
-    (rotated to the current position); t kept per (layer, KV head).
+    (rotated to the current position); t kept per (layer, KV head); with `split` (span-relative), t_head of them
+    from [0, split) and the rest after it (the "uniform" share).
     Returns idx [L, H, t] (sorted, span-relative), the new per-layer keys and values [1, H, P - (stop - start) + t, d]
     (sink and recent window as they were, kept keys, refitted values), beta of the kept positions [L, H, t]
     (stored beta composed with the fitted one) and the mean fit error."""
@@ -199,7 +229,7 @@ def fold_span(keys: list[torch.Tensor], values: list[torch.Tensor], bias: torch.
             logits = logits + b.unsqueeze(-2)
         E = torch.exp(logits - logits.amax(-1, keepdim=True))                          # [c, H, m, S]
         scores = (E / E.sum(-1, keepdim=True)).mean(-2)                               # [c, H, S]
-        idx = smooth(scores, policy.smooth_kernel).topk(t, dim=-1).indices.sort(dim=-1).values  # [c, H, t]
+        idx = top_kept(smooth(scores, policy.smooth_kernel), t, split, t_head)        # [c, H, t]
         beta_fit, C2, err, _, _ = fit(queries[c:c + len(layers)], K, V, idx, policy.fit, scale, timing, [E])
         beta_all.append(beta_fit if b is None else b.gather(-1, idx) + beta_fit)      # [c, H, t]
         C1 = gather_positions(K, idx)                                                 # [c, H, t, d]

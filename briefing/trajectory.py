@@ -17,6 +17,7 @@ change) to its slot in the cache, as StreamingLLM does, so that no token ever ge
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import torch
@@ -24,31 +25,34 @@ from transformers import DynamicCache
 
 from briefing import kv
 from briefing.errors import BriefingError
-from briefing.fold import FoldPolicy, FoldStats, fold_span
+from briefing.fold import FoldPolicy, FoldStats, fold_span, split_kept
 from briefing.model import LoadedModel
 
 SEAM_TOKENS = 32  # tail window re-tokenised at each extend (doubled while the seam does not align)
 DEFAULT_RESERVE = 512  # positions left for the call prompt and generation under the default budget
+DEFAULT_FOLD = FoldPolicy()  # what a cache folds with unless told otherwise (copied per cache)
 
 
 class TrajectoryCache:
     """KV cache of `text` for `lm`, folded past `budget` kept positions. Never modified by a compaction.
 
-    fold: a FoldPolicy (None: never fold; an extend past the budget is an error, the cache then serves up to the
-    model's context length). budget: most positions the cache holds (None: lm.max_context - reserve when folding,
-    lm.max_context otherwise). reserve: positions left free for the call prompt and generation (None: 512, at most
+    fold: a FoldPolicy, by default `FoldPolicy()` (None: never fold; an extend past the budget is an error, the
+    cache then serves up to the model's context length). budget: most positions the cache holds (None:
+    lm.max_context - reserve when folding, lm.max_context otherwise). reserve: positions left free for the call prompt and generation (None: 512, at most
     an eighth of the context).
     """
 
     def __init__(self, lm: LoadedModel, text: str = "", chunk_tokens: int = 1024, *, budget: int | None = None,
-                 reserve: int | None = None, fold: FoldPolicy | None = None) -> None:
+                 reserve: int | None = None, fold: FoldPolicy | None = DEFAULT_FOLD) -> None:
+        if fold is not None and not isinstance(fold, FoldPolicy):
+            raise BriefingError(f"fold must be a briefing.FoldPolicy or None (never fold), got {fold!r}.")
         self.lm = lm
         self.text = ""
         self.ids: list[int] = []
         self.kv = DynamicCache()
         self.chunk_tokens = chunk_tokens
         self.last_extend_s = 0.0
-        self.fold = fold
+        self.fold = None if fold is None else dataclasses.replace(fold)  # a cache's own copy
         self.reserve = int(reserve) if reserve is not None else min(DEFAULT_RESERVE, lm.max_context // 8)
         if budget is not None:
             self.budget = int(budget)
@@ -59,11 +63,13 @@ class TrajectoryCache:
             self.check_budget()
         self.beta: list[torch.Tensor] | None = None    # per layer [kv_heads, F]: stored beta of the first F positions
         self.key_pos: torch.Tensor | None = None       # [L, kv_heads, length] RoPE position of each key (None: 0..n-1)
+        self.origin: torch.Tensor | None = None        # [L, kv_heads, length] token index of each key (None: 0..n-1)
         self.position_gap = 0                          # tokens - next RoPE position (grows with each re-base)
         self.folds: list[FoldStats] = []
         self.prefilled_tokens = 0                      # tokens forwarded by extend, in total (seam re-prefills included)
         self.prefill_s = 0.0                           # time spent in those forwards (folds excluded)
         self.rebases = 0
+        self.folded_tokens = 0                         # trajectory tokens the folded positions stand for
         self._task_q: torch.Tensor | None = None       # [L, KVH, g, n, d] worker-prompt queries, unrotated
         self._span_q: torch.Tensor | None = None       # [L, KVH, g, n, d] sampled prefill queries, unrotated
         self._span_q_tok: list[int] = []               # token index of each sampled prefill query
@@ -121,6 +127,23 @@ class TrajectoryCache:
             return torch.arange(self.length).view(1, 1, -1).expand(L, H, -1).clone()
         return self.key_pos
 
+    def origins(self) -> torch.Tensor:
+        """Token index (in `ids`) of every cached key [L, kv_heads, length]: which tokens a fold kept."""
+        if self.origin is None:
+            L, H = self.lm.num_layers, self.lm.config.num_key_value_heads
+            return torch.arange(self.length).view(1, 1, -1).expand(L, H, -1).clone()
+        return self.origin
+
+    def held(self, start: int, stop: int) -> float:
+        """Share of the tokens [start, stop) still held as keys, averaged over (layer, KV head): 1.0 before any
+        fold, 0.0 once a fold dropped them everywhere. What folding kept of a fact, for diagnostics."""
+        if not 0 <= start < stop <= self.tokens:
+            raise BriefingError(f"token range [{start}, {stop}) must be a non-empty range within the {self.tokens} tokens "
+                                "of the trajectory.")
+        o = self.origins()                                                              # [L, H, length]
+        inside = ((o >= start) & (o < stop)).sum(-1).to(torch.float64)                 # [L, H]
+        return float(inside.mean() / (stop - start))
+
     def kv_bytes(self) -> int:
         """Bytes held by the cached keys, values and stored beta."""
         total = sum(t.numel() * t.element_size() for layer in self.kv.layers if layer.is_initialized
@@ -135,6 +158,7 @@ class TrajectoryCache:
         other.kv = kv.build(*[[t.clone() for t in ts] for ts in kv.layer_kv(self.kv)]) if self.length else DynamicCache()
         other.beta = None if self.beta is None else [b.clone() for b in self.beta]
         other.key_pos = None if self.key_pos is None else self.key_pos.clone()
+        other.origin = None if self.origin is None else self.origin.clone()
         other._gen = torch.Generator().manual_seed(int(self._gen.initial_seed()))
         return other
 
@@ -217,6 +241,8 @@ class TrajectoryCache:
         kv.truncate(self.kv, self.length - n)
         if self.key_pos is not None:
             self.key_pos = self.key_pos[..., : self.length]
+        if self.origin is not None:
+            self.origin = self.origin[..., : self.length]
         del self.ids[keep_tokens:]
         # the text is cropped by the caller's re-tokenisation; sampled queries of dropped tokens go
         keep = [j for j, tok in enumerate(self._span_q_tok) if tok < keep_tokens]
@@ -244,6 +270,10 @@ class TrajectoryCache:
         if self.key_pos is not None:
             L, H, _ = self.key_pos.shape
             self.key_pos = torch.cat([self.key_pos, position_ids.view(1, 1, -1).expand(L, H, -1)], dim=-1)
+        if self.origin is not None:
+            L, H, _ = self.origin.shape
+            new = torch.arange(first, first + len(ids)).view(1, 1, -1).expand(L, H, -1)  # [L, H, n]
+            self.origin = torch.cat([self.origin, new], dim=-1)                         # [L, H, length]
         if state.capture:
             q = self._group(state.queries)                                              # [L, KVH, g, s, d]
             q = kv.rotate(q, -(rows + position).to(torch.float64), self._inv_freq())    # unrotated
@@ -326,29 +356,38 @@ class TrajectoryCache:
         limit = policy.max_queries
         picked, label = policy.guidance.pick(self._task_q, self._span_q, limit, self._gen)
         keys_l, values_l = kv.layer_kv(self.kv)
-        pos = self.positions()
+        pos = self.positions()                                                          # [L, H, P]
+        org = self.origins()                                                            # [L, H, P]
         err = None
         if t > 0 and picked is not None:
             L, H, g, n, d = picked.shape
             Q = kv.rotate(picked, torch.full((n,), float(self.position), dtype=torch.float64), self._inv_freq())
             Q = Q.reshape(L, H, g * n, d)                                               # [L, H, m, d]
             bias = self.bias()                                                          # [L, H, P] or None
+            split, t_head = None, 0
+            old = max(0, min(self.folded, b) - a)  # positions of earlier folds at the span's start
+            if policy.share == "uniform" and old:
+                split, t_head = old, split_kept(t, old, self.folded_tokens, S - old)
             idx, new_k, new_v, beta_kept, err = fold_span(keys_l, values_l, bias, Q, a, b, t, policy,
-                                                          _scaling(self.lm))
+                                                          _scaling(self.lm), split, t_head)
+            self.folded_tokens += S - old
             sink_beta = torch.zeros(L, H, a) if bias is None else bias[..., :a]
             new_beta = torch.cat([sink_beta, beta_kept], dim=-1)                        # [L, H, a + t]
             new_pos = torch.cat([pos[..., :a], pos[..., a:b].gather(-1, idx), pos[..., b:]], dim=-1)
+            new_org = torch.cat([org[..., :a], org[..., a:b].gather(-1, idx), org[..., b:]], dim=-1)
         else:  # keep nothing of the span (StreamingLLM), or no queries to guide a fit: drop it
-            t = 0
+            t, self.folded_tokens = 0, 0
             new_k = [torch.cat([k[..., :a, :], k[..., b:, :]], dim=-2) for k in keys_l]   # per layer [1, H, P - S, d]
             new_v = [torch.cat([v[..., :a, :], v[..., b:, :]], dim=-2) for v in values_l]
             old = self.bias()
             new_beta = None if old is None else old[..., :a]
             new_pos = torch.cat([pos[..., :a], pos[..., b:]], dim=-1)
+            new_org = torch.cat([org[..., :a], org[..., b:]], dim=-1)
             label = "none (keep 0: span dropped)" if policy.kept(S) == 0 else "no queries yet: span dropped"
         self.kv = kv.build(new_k, new_v)
         self.beta = None if new_beta is None or new_beta.shape[-1] == 0 else list(new_beta.unbind(0))
         self.key_pos = new_pos
+        self.origin = new_org
         # sampled prefill queries: keep a uniform sample as the memory of the folded content
         if self._span_q is not None and self._span_q.shape[3] > limit:
             keep = torch.randperm(self._span_q.shape[3], generator=self._gen)[:limit].sort().values

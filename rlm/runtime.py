@@ -361,7 +361,8 @@ class _Run:
             worker=ans.worker or self.worker.name, input_tokens=ans.input_tokens,
             output_tokens=ans.output_tokens, text_handoff_tokens=ans.text_handoff_tokens, kept=ans.kept,
             total=ans.total, compaction=ans.compaction, latency_s=round(ans.latency_s, 6), child_run=ans.child_run,
-            folds=ans.folds, prefilled_tokens=ans.prefilled_tokens, cache_positions=ans.cache_positions))
+            folds=ans.folds, prefilled_tokens=ans.prefilled_tokens, cache_positions=ans.cache_positions,
+            recalled_tokens=ans.recalled_tokens))
         for child in link.child_results:           # a nested run answered: adopt its usage and events
             for key, u in child.usage.items():
                 mine = self.usage.setdefault(key, AgentUsage(agent=key, role=u.role, depth=u.depth))

@@ -126,9 +126,11 @@ def test_text_worker_cuts_and_briefed_worker_folds_past_the_window(lm):
     assert small.count_tokens(long_traj) > 256
     a = TextWorker(backend=LocalChatBackend(small), max_new_tokens=4).answer("What was low?", long_traj)
     assert a.output_tokens <= 4 and a.input_tokens <= 256
-    w = BriefedWorker(lm=small, max_new_tokens=4, reserve=48, fold=briefing.FoldPolicy(recent=32, capture_stride=4))
+    w = BriefedWorker(lm=small, max_new_tokens=4, reserve=48, recall_tokens=16,
+                      fold=briefing.FoldPolicy(recent=32, capture_stride=4))
     first = w.answer("What was low?", long_traj)
     assert first.folds and first.cache_positions <= 256 - 48 and first.output_tokens <= 4
+    assert 0 < first.recalled_tokens <= 16  # folded: text recalled into the prompt, within its budget
     assert first.trajectory_tokens == first.prefilled_tokens > 256   # nothing dropped, each token forwarded once
     assert {"span_start", "span_stop", "kept", "time_s", "guidance"} <= set(first.folds[0])
     more = long_traj + "[worker call 1]\nQuery: What was low?\nAnswer: The tide.\n\n"
@@ -137,6 +139,32 @@ def test_text_worker_cuts_and_briefed_worker_folds_past_the_window(lm):
     assert second.trajectory_tokens > first.trajectory_tokens and second.cache_positions <= 256 - 48
     with pytest.raises(briefing.BriefingError, match="reserve"):
         BriefedWorker(lm=small, max_new_tokens=100, reserve=48).answer("What was low?", long_traj)
+    tight = BriefedWorker(lm=small, max_new_tokens=4, reserve=48, fold=briefing.FoldPolicy(recent=32, capture_stride=4))
+    third = tight.answer("What was low?", long_traj)  # recall_tokens 256 by default: cut to the reserve's room
+    assert 0 < third.recalled_tokens <= 48 - 4 - 20 and third.output_tokens <= 4
+
+
+def test_briefed_worker_recalls_a_fact_the_folds_compacted_away(lm):
+    """A fact early in a trajectory far past the window: recall brings its words back for the call that asks,
+    from the text only (the cache never re-prefills it); before any fold nothing is recalled."""
+    import briefing
+    from tests.tiny import tiny_model
+
+    small = tiny_model("llama-gqa", lm.tokenizer, max_positions=256)
+    filler = "".join(f"Line {i}: the gulls were loud over the harbour wall that day. " for i in range(40))
+    traj = "Query: q\n\n[output]\nNote: the access code of the blue safe is 4417.\n" + filler + "\n\n"
+    w = BriefedWorker(lm=small, max_new_tokens=2, reserve=64, recall_tokens=24,
+                      fold=briefing.FoldPolicy(recent=32, capture_stride=4))
+    short = w.answer("What is the access code of the blue safe?", "Query: q\n\n[output]\nhello\n\n")
+    assert short.recalled_tokens == 0 and not short.folds
+    ans = w.answer("What is the access code of the blue safe?", traj)
+    cache = w._caches[-1]
+    assert cache.folds and cache.held(0, cache.tokens) < 0.5 and 0 < ans.recalled_tokens <= 24
+    from agents.recall import recall_folded
+
+    assert "4417" in recall_folded(cache, "What is the access code of the blue safe?", 24)
+    assert recall_folded(cache, "What is the access code of the blue safe?", 0) == ""
+    assert ans.prefilled_tokens == cache.tokens  # recall is prompt text: the trajectory was forwarded once
 
 
 @pytest.mark.parametrize(("kwargs", "match"), [
@@ -149,6 +177,7 @@ def test_text_worker_cuts_and_briefed_worker_folds_past_the_window(lm):
     (dict(max_caches=0), "max_caches must be an integer >= 1"),
     (dict(reserve=0), "reserve must be an integer >= 1"),
     (dict(fold=0.25), "fold must be a briefing.FoldPolicy"),
+    (dict(recall_tokens=-1), "recall_tokens must be an integer >= 0"),
 ])
 def test_briefed_worker_refuses_bad_values(kwargs, match):
     with pytest.raises((ValueError, TypeError), match=match):

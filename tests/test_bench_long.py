@@ -37,9 +37,14 @@ def test_long_suite_runs_every_condition_in_bounded_memory(lm, tmp_path):
     assert len(rows) == 2 * len(long.CONDITIONS) * 4
     budget = result["config"]["window"] - result["config"]["reserve"]
     for r in rows:
-        if r["condition"] in long.FOLD_GUIDANCE or r["condition"] == "streaming":
+        if r["condition"] in long.FOLD_GUIDANCE or r["condition"] in long.STREAMING:
             assert r["cache_positions"] <= budget
             assert 0 < r["prefilled_tokens"] < 40  # a call forwards its new event only, never the trajectory again
+            assert 0.0 <= r["held_fact"] <= 1.0 and 0.0 <= r["held_quarter"] <= 1.0
+            if r["length"] == 900 and r["quarter"] == 1:
+                assert r["held_quarter"] < 1.0  # folded away, in part at least
+        if r["condition"] in long.STREAMING and r["length"] == 900 and r["quarter"] == 1:
+            assert r["held_fact"] == 0.0  # keep 0: the first quarter is gone from the cache
         if r["condition"] == "truncated":
             assert r["prefilled_tokens"] == r["cache_positions"] <= budget
     long_rows = [r for r in rows if r["length"] == 900 and r["condition"] == "fold-mix"]
@@ -48,6 +53,10 @@ def test_long_suite_runs_every_condition_in_bounded_memory(lm, tmp_path):
     paths = long.write(result, tmp_path)
     assert all((tmp_path / p).exists() for p in ("results.json", "results.md", "long.png")) and len(paths) == 3
     assert "| fold-mix | 900 |" in (tmp_path / "results.md").read_text()
+    by = {(r["condition"], r["length"], r["question"]): r for r in rows}
+    for i in range(4):  # recall puts folded-away text into the prompt, within its budget
+        extra = by[("fold-recall", 900, i)]["prompt_tokens"] - by[("fold-mix", 900, i)]["prompt_tokens"]
+        assert 0 < extra <= result["config"]["recall_budget"] + 16
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{long.README_START}\nold table\n{long.README_END}\nrest\n")
     assert long.main(["--report", str(tmp_path / "results.json"), "--readme", str(readme)]) == 0
@@ -55,6 +64,15 @@ def test_long_suite_runs_every_condition_in_bounded_memory(lm, tmp_path):
     assert "old table" not in text and "| fold-mix | 900 |" in text and text.startswith("intro") and text.endswith("rest\n")
     again = json.loads((tmp_path / "results.json").read_text())
     assert again["summary"] == json.loads(json.dumps(result["summary"]))
+    # runs split by length over processes merge into one report
+    parts = []
+    for n in (300, 900):
+        part = dict(result, rows=[r for r in rows if r["length"] == n], folds=[f for f in result["folds"] if f["length"] == n],
+                    config=dict(result["config"], lengths=[n]))
+        parts.append(json.loads(json.dumps(part)))
+    merged = long.merge(parts)
+    assert merged["summary"]["accuracy"] == json.loads(json.dumps(result["summary"]["accuracy"]))
+    assert merged["config"]["lengths"] == [300, 900] and merged["merged_from"] == 2
 
 
 def test_rlm_bench_routes_the_long_suite(capsys):

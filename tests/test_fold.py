@@ -200,12 +200,49 @@ def test_bad_budget_and_policy_errors(tiny):
         briefing.FoldPolicy(guidance="task")
     with pytest.raises(briefing.BriefingError, match="task_share"):
         briefing.MixGuidance(task_share=2.0)
-    nofold = briefing.TrajectoryCache(tiny, budget=64, reserve=64)
+    nofold = briefing.TrajectoryCache(tiny, budget=64, reserve=64, fold=None)
     with pytest.raises(briefing.BriefingError, match="past the cache budget"):
         nofold.extend("word " * 200)
     cache = briefing.TrajectoryCache(tiny, "some text", reserve=64, fold=policy)
     with pytest.raises(briefing.BriefingError, match="append-only"):
         cache.sync("other text")
+    with pytest.raises(briefing.BriefingError, match="fold must be a briefing.FoldPolicy"):
+        briefing.TrajectoryCache(tiny, fold="mix")
+    with pytest.raises(briefing.BriefingError, match="token range"):
+        cache.held(0, 10_000)
+
+
+def test_a_bare_cache_folds_by_default_past_the_window(tiny, pieces):
+    """No policy given: the default FoldPolicy, a budget of the window minus the reserve, and folds instead of
+    an error; each cache holds its own copy of the policy."""
+    cache = briefing.TrajectoryCache(tiny, chunk_tokens=64)
+    assert cache.fold == briefing.FoldPolicy() and cache.fold is not briefing.TrajectoryCache(tiny).fold
+    assert cache.budget == tiny.max_context - cache.reserve
+    for piece in pieces:
+        cache.extend(piece)
+        if cache.tokens > 2 * tiny.max_context:
+            break
+    assert cache.folds and cache.length <= cache.budget and cache.tokens > 2 * tiny.max_context
+
+
+def test_held_reports_which_tokens_the_folds_kept(tiny, pieces):
+    """`origins` follows every kept key to its token; the sink and the recent window are held whole, a
+    zero-keep fold holds nothing of its span, and a folded span holds about its keep share."""
+    for keep in (0, 0.25):
+        cache, rest = folding_cache(tiny, keep=keep), iter(pieces)
+        cache.extend(next(rest))
+        assert cache.held(0, cache.tokens) == 1.0 and torch.equal(cache.origins()[0, 0], torch.arange(cache.length))
+        while not cache.folds:
+            cache.extend(next(rest))
+        first = cache.folds[0]
+        o = cache.origins()                                                             # [L, H, length]
+        assert o.shape == cache.positions().shape and bool((o.diff(dim=-1) > 0).all())  # kept in token order
+        assert cache.held(0, 4) == 1.0 and cache.held(cache.tokens - 64, cache.tokens) == 1.0
+        span = cache.held(4, first.span_stop)
+        assert span == pytest.approx(first.kept / first.span, abs=1e-9)
+        assert (span == 0.0) == (keep == 0)
+        clone = cache.clone()
+        assert torch.equal(clone.origins(), o) and clone.origins() is not o
 
 
 def test_run_log_keeps_the_full_text_and_the_worker_call_event_reports_folds(tiny, essay, tmp_path):
@@ -215,7 +252,8 @@ def test_run_log_keeps_the_full_text_and_the_worker_call_event_reports_folds(tin
     from rlm import RLM, read_log
     from tests.fakes import fake_factory
 
-    worker = BriefedWorker(lm=tiny, max_new_tokens=2, reserve=48, fold=briefing.FoldPolicy(recent=64, capture_stride=4))
+    worker = BriefedWorker(lm=tiny, max_new_tokens=2, reserve=48, recall_tokens=16,
+                           fold=briefing.FoldPolicy(recent=64, capture_stride=4))
     steps = [Step(code=f"print(context[{i * 1500}:{(i + 1) * 1500}])\nr = worker('What is this part about?')")
              for i in range(4)] + [Step(code="FINAL_VAR('r')")]
     log = tmp_path / "run.jsonl"
@@ -232,3 +270,5 @@ def test_run_log_keeps_the_full_text_and_the_worker_call_event_reports_folds(tin
     assert essay[4000:4500] in res.trajectory  # nothing the user gave is lost: only the cache is compacted
     logged = [e for e in read_log(log) if e.type == "worker_call"]
     assert [e.folds for e in logged] == [c.folds for c in calls]
+    assert [e.recalled_tokens for e in logged] == [c.recalled_tokens for c in calls]
+    assert any(c.recalled_tokens for c in calls) and all(c.recalled_tokens <= 16 for c in calls)

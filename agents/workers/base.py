@@ -28,7 +28,8 @@ class WorkerAnswer(BaseModel):
     folds: what each fold of the persistent cache during this call did (`briefing.FoldStats` as dicts: span,
         kept, time, guidance); prefilled_tokens: trajectory tokens forwarded by this call (the new text only);
         cache_positions / trajectory_tokens: positions the persistent cache holds / tokens of the whole trajectory
-        (briefed worker only).
+        (briefed worker only). recalled_tokens: tokens of folded-away trajectory text recalled into the prompt
+        (`agents.recall`; briefed worker only).
     """
 
     text: str
@@ -45,6 +46,7 @@ class WorkerAnswer(BaseModel):
     prefilled_tokens: int | None = None
     cache_positions: int | None = None
     trajectory_tokens: int | None = None
+    recalled_tokens: int | None = None
 
     @property
     def kept_ratio(self) -> float | None:

@@ -23,6 +23,11 @@ Parameters:
     fold: `briefing.FoldPolicy` of the persistent cache (None: the default policy, mix guidance)
     cache_budget: positions the persistent cache keeps (None: the model's window minus `reserve`)
     reserve: positions left for the call prompt and generation (prompt + max_new_tokens must fit)
+    recall_tokens: once the cache has folded, at most this many tokens (fewer where the reserve leaves less room
+        after the prompt and max_new_tokens) of BM25 top chunks (`agents.recall`) of the trajectory text it no
+        longer holds whole (everything before its protected recent window) go before the query (0: no recall).
+        The folds choose what to keep before the question is known; recall lets a call reach a fact they
+        compacted away (README, "Unbounded trajectories").
 Billed input tokens per call: kept positions + prompt tokens. `text_handoff_tokens`: tokens of the
 same text pasted whole (what `TextWorker` bills).
 """
@@ -32,6 +37,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from agents.recall import recall_folded, recall_query
 from agents.workers._local import LocalModelMixin
 from agents.workers.base import Worker, WorkerAnswer, check_generation
 from agents.workers.prompt import TRAJECTORY_HEADER
@@ -52,6 +58,7 @@ class BriefedWorker(LocalModelMixin, Worker):
     fold: briefing.FoldPolicy | None = None
     cache_budget: int | None = None
     reserve: int = 512
+    recall_tokens: int = 256
     name: str = "briefed"
     _caches: list[briefing.TrajectoryCache] = field(default_factory=list, init=False, repr=False)
 
@@ -70,6 +77,8 @@ class BriefedWorker(LocalModelMixin, Worker):
             raise ValueError(f"BriefedWorker: max_caches must be an integer >= 1, got {self.max_caches!r}.")
         if isinstance(self.reserve, bool) or not isinstance(self.reserve, int) or self.reserve < 1:
             raise ValueError(f"BriefedWorker: reserve must be an integer >= 1 (positions for the call), got {self.reserve!r}.")
+        if isinstance(self.recall_tokens, bool) or not isinstance(self.recall_tokens, int) or self.recall_tokens < 0:
+            raise ValueError(f"BriefedWorker: recall_tokens must be an integer >= 0 (0: no recall), got {self.recall_tokens!r}.")
         if self.fold is not None:
             import briefing
 
@@ -110,8 +119,7 @@ class BriefedWorker(LocalModelMixin, Worker):
 
         t0 = time.monotonic()
         prompts = self.prompts()
-        prompt = prompts.call_prompt(query)
-        n_prompt = self.count(prompt)
+        n_prompt = self.count(prompts.call_prompt(query))
         if n_prompt + self.max_new_tokens > self.reserve:
             raise briefing.BriefingError(
                 f"The worker prompt ({n_prompt} tokens) plus max_new_tokens ({self.max_new_tokens}) exceed the cache "
@@ -119,6 +127,12 @@ class BriefedWorker(LocalModelMixin, Worker):
         cache = self.cache_for_call(prompts.cache_text(trajectory))
         folds_before, prefilled_before = len(cache.folds), cache.prefilled_tokens
         cache.sync(prompts.cache_text(trajectory))
+        # recall fills what the reserve leaves after the prompt with its recall header, and generation (8 tokens of
+        # slack: a re-tokenised concatenation may differ from the sum of its parts by a few tokens)
+        room = self.reserve - self.max_new_tokens - self.count(prompts.call_prompt(recall_query(query, "."))) - 8
+        recalled = recall_folded(cache, query, min(self.recall_tokens, room))
+        prompt = prompts.call_prompt(recall_query(query, recalled))
+        n_prompt = self.count(prompt)
         ctx = cache.compact(prompt, selector=self.make_selector())
         out = briefing.generate(ctx, self.gen_config())
         stats = ctx.stats
@@ -129,7 +143,7 @@ class BriefedWorker(LocalModelMixin, Worker):
             latency_s=time.monotonic() - t0, worker=self.name,
             folds=[f.model_dump(mode="json") for f in cache.folds[folds_before:]],
             prefilled_tokens=cache.prefilled_tokens - prefilled_before, cache_positions=cache.length,
-            trajectory_tokens=cache.tokens)
+            trajectory_tokens=cache.tokens, recalled_tokens=self.count(recalled) if recalled else 0)
 
     def reset(self) -> None:
         self._caches.clear()
@@ -138,4 +152,4 @@ class BriefedWorker(LocalModelMixin, Worker):
         return {"name": self.name, "model": getattr(self.lm, "name", None),
                 "selector": repr(self.selector) if self.selector is not None else "AttentionMatching(tau=1.0)",
                 "fold_guidance": self.fold.guidance.name if self.fold is not None else "mix",
-                "cache_budget": self.cache_budget, "reserve": self.reserve}
+                "cache_budget": self.cache_budget, "reserve": self.reserve, "recall_tokens": self.recall_tokens}

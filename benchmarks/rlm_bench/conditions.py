@@ -24,12 +24,12 @@ case-insensitive substring match. KL vs full: on the whole continuation with the
 """
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import briefing
+from agents.recall import bm25_chunks
 from briefing.metrics import answer_kl
 
 QUERY = "Using the trajectory above, answer with the value only. {question}"
@@ -90,28 +90,6 @@ class Spec:
     matched_to: str | None = None
 
 
-def bm25_chunks(trajectory: str, query: str, k_tokens: int, lm: Any, chunk_words: int = 60) -> str:
-    """Top BM25 chunks (about `chunk_words` words each) of the trajectory, in trajectory order, up to k_tokens."""
-    from rank_bm25 import BM25Okapi
-
-    words = trajectory.split(" ")
-    chunks = [" ".join(words[i:i + chunk_words]) for i in range(0, len(words), chunk_words)]
-
-    def tok(s: str) -> list[str]:
-        return re.findall(r"\w+", s.lower())
-
-    bm = BM25Okapi([tok(c) or ["_"] for c in chunks])
-    order = sorted(range(len(chunks)), key=lambda i: -bm.get_scores(tok(query))[i])
-    picked, used = [], 0
-    for i in order:
-        n = lm.count_tokens(chunks[i])
-        if picked and used + n > k_tokens:
-            break
-        picked.append(i)
-        used += n
-    return "\n...\n".join(chunks[i] for i in sorted(picked)) + "\n"
-
-
 class EpisodeRunner:
     """All conditions on one episode: one trajectory cache, prefilled once."""
 
@@ -121,7 +99,7 @@ class EpisodeRunner:
         self.query = QUERY.format(question=episode.question)
         self.call_prompt = prompts.call_prompt(self.query)
         t0 = time.perf_counter()
-        self.cache = briefing.TrajectoryCache(lm, prompts.cache_text(episode.trajectory))
+        self.cache = briefing.TrajectoryCache(lm, prompts.cache_text(episode.trajectory), fold=None)
         self.prefill_s = time.perf_counter() - t0
         self.T = self.cache.length
         self.n_prompt = lm.count_tokens(self.call_prompt)

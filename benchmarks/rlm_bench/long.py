@@ -21,7 +21,12 @@ Conditions (all see the same events; `window` is the worker model's positions, `
 - fold-task / fold-span / fold-mix: `briefing.TrajectoryCache` with `FoldPolicy(guidance=...)` and the briefed
   worker's per-call compaction (AttentionMatching, tau 1); the worker prompts of the trajectory's own worker calls
   are observed as they happen (task guidance), exactly as a BriefedWorker sees them;
+- fold-recall: fold-mix, plus BM25 top chunks of the text the cache no longer holds whole (everything before the
+  protected recent window; the trajectory keeps it) pasted into the call prompt, `recall_budget` tokens (an eighth
+  of the cache budget by default): bounded memory, and a per-call prefill bounded by the recall budget;
 - streaming: the same cache folding with keep 0 (attention sink + recent window, StreamingLLM), KeepAll per call;
+- streaming-recall: streaming plus the same recall as fold-recall (what the recall alone brings, without the folds'
+  kept positions);
 - truncated: the last window of the text, as TextWorker pastes it (re-prefilled on every call);
 - bm25: BM25 top chunks of the whole trajectory for the question, at about the token budget a folded briefing call
   keeps (a quarter of the cache budget by default);
@@ -50,8 +55,11 @@ from rlm.data import essay_names, read_essay
 from rlm.events import CellOutput, CodeCell, OrchestratorMessage, RunStart, WorkerCall
 from rlm.trajectory import Trajectory
 
-CONDITIONS = ["fold-task", "fold-span", "fold-mix", "truncated", "streaming", "bm25", "summary", "plain"]
-FOLD_GUIDANCE = {"fold-task": "task", "fold-span": "span", "fold-mix": "mix"}
+CONDITIONS = ["fold-task", "fold-span", "fold-mix", "fold-recall", "truncated", "streaming", "streaming-recall", "bm25",
+              "summary", "plain"]
+FOLD_GUIDANCE = {"fold-task": "task", "fold-span": "span", "fold-mix": "mix", "fold-recall": "mix"}
+STREAMING = ("streaming", "streaming-recall")   # folds that keep nothing of the span (sink + recent window)
+RECALL = ("fold-recall", "streaming-recall")    # + BM25 chunks of the folded text in the call prompt
 QUARTERS = {1: (0.03, 0.22), 2: (0.28, 0.47), 3: (0.53, 0.72), 4: (0.78, 0.97)}
 CARRIERS = ("output", "worker", "note")
 SPLIT_SEED = {"dev": 0, "heldout": 100_000}
@@ -228,7 +236,9 @@ class Setup:
     reserve: int
     recent: int | None
     summary_tokens: int = 96
+    share: str = "uniform"
     bm25_budget: int = 0
+    recall_budget: int = 0
     rows: list[dict] = field(default_factory=list)
     folds: list[dict] = field(default_factory=list)
 
@@ -240,10 +250,10 @@ class Setup:
 def _policy(setup: Setup, condition: str):
     import briefing
 
-    if condition == "streaming":
+    if condition in STREAMING:
         return briefing.FoldPolicy(keep=0, recent=setup.recent)
     guidance = {"task": briefing.TaskGuidance(), "span": briefing.SpanGuidance(), "mix": briefing.MixGuidance()}
-    return briefing.FoldPolicy(guidance=guidance[FOLD_GUIDANCE[condition]], recent=setup.recent)
+    return briefing.FoldPolicy(guidance=guidance[FOLD_GUIDANCE[condition]], recent=setup.recent, share=setup.share)
 
 
 def _row(setup: Setup, ep: LongEpisode, condition: str, q: Question, i: int, picked: str, latency: float,
@@ -254,9 +264,23 @@ def _row(setup: Setup, ep: LongEpisode, condition: str, q: Question, i: int, pic
                            prefilled_tokens=prefilled, cache_positions=positions, kv_bytes=kv_bytes, **extra))
 
 
+def fact_spans(lm: Any, text: str, questions: list[Question]) -> list[tuple[int, int]]:
+    """Token range [start, stop) of each question's planted statement ("The mailbox is painted red") in the
+    tokenisation of `text` (the cache's text: the cache's ids are that tokenisation, seam-exact)."""
+    offsets = lm.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    spans = []
+    for q in questions:
+        c0 = text.index(f"{q.lead} {q.answer}")
+        c1 = c0 + len(q.lead) + 1 + len(q.answer)
+        inside = [i for i, (a, b) in enumerate(offsets) if a < c1 and b > c0]
+        spans.append((inside[0], inside[-1] + 1))
+    return spans
+
+
 def run_folding(setup: Setup, ep: LongEpisode, conditions: list[str], log=print) -> None:
     """The folding conditions share their prefill until the first fold, then each folds its own way."""
     import briefing
+    from agents.recall import recall_folded, recall_query
     from benchmarks.rlm_bench.conditions import choose
 
     lm, prompts = setup.lm, setup.prompts
@@ -272,6 +296,7 @@ def run_folding(setup: Setup, ep: LongEpisode, conditions: list[str], log=print)
         if query:
             shared.observe(prompts.call_prompt(query))
         k += 1
+    spans = fact_spans(lm, prompts.cache_text(ep.text), ep.questions)
     for condition in conditions:
         cache = shared.clone()
         cache.fold = _policy(setup, condition)
@@ -279,9 +304,9 @@ def run_folding(setup: Setup, ep: LongEpisode, conditions: list[str], log=print)
         for piece, query in ep.chunks[k:]:
             full += piece
             cache.sync(full)
-            if query and condition != "streaming":
+            if query and condition not in STREAMING:
                 cache.observe(prompts.call_prompt(query))
-        selector = briefing.KeepAll() if condition == "streaming" else briefing.AttentionMatching(tau=1.0)
+        selector = briefing.KeepAll() if condition in STREAMING else briefing.AttentionMatching(tau=1.0)
         rate = cache.prefill_s / max(1, cache.prefilled_tokens)  # s per token at this cache's sizes
         for f in cache.folds:
             setup.folds.append(dict(episode=ep.id, length=ep.target_tokens, condition=condition, **f.model_dump(),
@@ -292,10 +317,18 @@ def run_folding(setup: Setup, ep: LongEpisode, conditions: list[str], log=print)
             t0 = time.perf_counter()
             before = cache.prefilled_tokens
             cache.sync(full)
-            ctx = cache.compact(prompts.call_prompt(question_text(q)), selector)
+            query = question_text(q)
+            if condition in RECALL:  # recall from the text the folds compacted (the recent window is whole)
+                query = recall_query(query, recall_folded(cache, query, setup.recall_budget))
+            ctx = cache.compact(prompts.call_prompt(query), selector)
             picked, _ = choose(ctx, q.candidates, q.lead)
-            _row(setup, ep, condition, q, i, picked, time.perf_counter() - t0, cache.prefilled_tokens - before,
-                 cache.length, cache.kv_bytes(), cache.tokens, kept=ctx.stats.kept, folds=len(cache.folds))
+            latency = time.perf_counter() - t0
+            # what the folds kept of the fact's statement, against what they kept of its whole depth quarter
+            lo, hi = (int(f * cache.tokens) for f in QUARTERS[q.quarter])
+            _row(setup, ep, condition, q, i, picked, latency, cache.prefilled_tokens - before,
+                 cache.length, cache.kv_bytes(), cache.tokens, kept=ctx.stats.kept, folds=len(cache.folds),
+                 prompt_tokens=len(ctx.prompt_ids),
+                 held_fact=round(cache.held(*spans[i]), 4), held_quarter=round(cache.held(lo, hi), 4))
         log(f"  {condition}: {cache.tokens} tokens, {cache.length} positions, {len(cache.folds)} folds, "
             f"{sum(r['correct'] for r in setup.rows[-4:])}/4")
 
@@ -308,7 +341,7 @@ def _fresh(setup: Setup, body: str, questions: list[Question], ep: LongEpisode, 
 
     lm, prompts = setup.lm, setup.prompts
     t0 = time.perf_counter()
-    cache = briefing.TrajectoryCache(lm, prompts.cache_text(body))
+    cache = briefing.TrajectoryCache(lm, prompts.cache_text(body), fold=None)
     build = time.perf_counter() - t0
     for i, q in enumerate(questions):
         t1 = time.perf_counter()
@@ -334,7 +367,7 @@ def run_truncated(setup: Setup, ep: LongEpisode, log=print) -> None:
 
 
 def run_bm25(setup: Setup, ep: LongEpisode, log=print) -> None:
-    from benchmarks.rlm_bench.conditions import bm25_chunks
+    from agents.recall import bm25_chunks
 
     full = ep.text
     for i, q in enumerate(ep.questions):
@@ -438,6 +471,7 @@ def summarize(rows: list[dict], folds: list[dict], rss: dict) -> dict:
                               latency_s_median=_median([r["latency_s"] for r in rs]),
                               latency_s_min=min(r["latency_s"] for r in rs),
                               prefilled_tokens_median=_median([r["prefilled_tokens"] for r in rs]),
+                              prompt_tokens_median=_median([r.get("prompt_tokens", 0) for r in rs]),
                               cache_positions_max=max(r["cache_positions"] for r in rs),
                               kv_bytes_max=max(r["kv_bytes"] for r in rs)))
     fold_summary = []
@@ -451,7 +485,21 @@ def summarize(rows: list[dict], folds: list[dict], rss: dict) -> dict:
                                          ratio_to_prefill_max=max(f["ratio_to_prefill"] for f in fs),
                                          span_median=_median([f["span"] for f in fs]),
                                          kept_median=_median([f["kept"] for f in fs])))
-    return dict(accuracy=acc, by_depth=by_depth, calls=calls, folds=fold_summary, peak_rss_mb=rss)
+    held = []  # what the folds kept of each fact, and whether the fact was answered when kept or not
+    for c in conds:
+        for n in lengths:
+            for qt in (1, 2, 3, 4):
+                rs = [r for r in rows if r["condition"] == c and r["length"] == n and r["quarter"] == qt and "held_fact" in r]
+                if not rs:
+                    continue
+                kept = [r for r in rs if r["held_fact"] >= 0.5]
+                lost = [r for r in rs if r["held_fact"] < 0.5]
+                held.append(dict(condition=c, length=n, quarter=qt, questions=len(rs),
+                                 held_fact_mean=sum(r["held_fact"] for r in rs) / len(rs),
+                                 held_quarter_mean=sum(r["held_quarter"] for r in rs) / len(rs),
+                                 kept_questions=len(kept), accuracy_kept=sum(r["correct"] for r in kept) / len(kept) if kept else None,
+                                 accuracy_lost=sum(r["correct"] for r in lost) / len(lost) if lost else None))
+    return dict(accuracy=acc, by_depth=by_depth, calls=calls, folds=fold_summary, held=held, peak_rss_mb=rss)
 
 
 def targets(summary: dict) -> dict:
@@ -486,7 +534,8 @@ def markdown(result: dict) -> str:
              f"{result['load_average']} (timings under that load). Regenerate: `python -m benchmarks.rlm_bench.long "
              f"--report results.json`.", "",
              "| condition | length | accuracy [95% CI] | first half [95% CI] | questions | median latency s | "
-             "prefilled tokens per call | max cache positions | KV MB |", "|---|---|---|---|---|---|---|---|---|"]
+             "prefilled tokens per call | call prompt tokens | max cache positions | KV MB |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     calls = {(c["condition"], c["length"]): c for c in s["calls"]}
     for a in s["accuracy"]:
         c = calls[(a["condition"], a["length"])]
@@ -494,6 +543,7 @@ def markdown(result: dict) -> str:
               if "first_half" in a else "-")
         lines.append(f"| {a['condition']} | {a['length']} | {a['accuracy']:.2f} [{a['ci95'][0]:.2f}, {a['ci95'][1]:.2f}] "
                      f"| {fh} | {a['questions']} | {c['latency_s_median']:.2f} | {c['prefilled_tokens_median']:.0f} | "
+                     f"{c.get('prompt_tokens_median', 0):.0f} | "
                      f"{c['cache_positions_max']} | {c['kv_bytes_max'] / 2**20:.1f} |")
     lines += ["", "Accuracy by depth quarter (1 = first quarter of the trajectory):", "",
               "| condition | length | Q1 | Q2 | Q3 | Q4 |", "|---|---|---|---|---|---|"]
@@ -511,6 +561,18 @@ def markdown(result: dict) -> str:
             lines.append(f"| {f['condition']} | {f['length']} | {f['folds']} | {f['span_median']:.0f} | "
                          f"{f['kept_median']:.0f} | {f['time_s_median']:.2f} | {f['ratio_to_prefill_median']:.3f}, "
                          f"{f['ratio_to_prefill_max']:.3f} |")
+    if s.get("held"):
+        lines += ["", "What the folds kept at question time, by depth quarter: the share of the fact statement's tokens "
+                  "still held (mean over layers and KV heads), the share of the whole quarter's tokens held (what an "
+                  "indifferent selection would keep of the fact), and accuracy on questions whose fact is at least half "
+                  "held against the rest:", "",
+                  "| condition | length | quarter | questions | fact held | quarter held | fact >= half held | "
+                  "accuracy if held | accuracy if not |", "|---|---|---|---|---|---|---|---|---|"]
+        fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
+        for h in s["held"]:
+            lines.append(f"| {h['condition']} | {h['length']} | Q{h['quarter']} | {h['questions']} | "
+                         f"{h['held_fact_mean']:.3f} | {h['held_quarter_mean']:.3f} | {h['kept_questions']} | "
+                         f"{fmt(h['accuracy_kept'])} | {fmt(h['accuracy_lost'])} |")
     lines += ["", "Peak RSS after the episodes of each length (MB, process-wide peak so far; episodes run length by "
               "length within each episode index): "
               + ", ".join(f"{k}: {v:.0f}" for k, v in s["peak_rss_mb"].items()), "", "Targets:", ""]
@@ -596,16 +658,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reserve", type=int, default=None, help="positions left for the call (default: window // 16)")
     p.add_argument("--recent", type=int, default=None,
                    help="protected recent window (default: the FoldPolicy default, half the cache budget)")
+    p.add_argument("--share", choices=["uniform", "recency"], default="uniform",
+                   help="FoldPolicy.share of the folding conditions: kept positions split uniformly over the "
+                        "trajectory folded so far, or the whole span competing (old folds halved at each fold)")
     p.add_argument("--conditions", nargs="+", default=CONDITIONS, choices=CONDITIONS)
     p.add_argument("--split", choices=list(SPLIT_SEED), default="heldout")
     p.add_argument("--summary-tokens", type=int, default=96)
     p.add_argument("--bm25-budget", type=int, default=None,
                    help="BM25 context tokens (default: a quarter of the cache budget, about the kept count of a "
                         "folded briefing call at tau 1)")
+    p.add_argument("--recall-budget", type=int, default=None,
+                   help="fold-recall: BM25 tokens recalled from the folded text per call (default: an eighth of the "
+                        "cache budget)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--model", default=None)
     p.add_argument("--out", default="bench_out/long")
-    p.add_argument("--report", metavar="JSON", help="only rewrite results.md and long.png from a results.json")
+    p.add_argument("--report", metavar="JSON", nargs="+",
+                   help="only rewrite results.md and long.png from a results.json (several: merged into the first "
+                        "one's folder, e.g. runs split by length over processes)")
     p.add_argument("--readme", metavar="README", help="with --report: also rewrite the README's long-suite block")
     p.add_argument("--call-case", type=int, metavar="TOKENS",
                    help="only the motivating case: two BriefedWorker calls on a trajectory of TOKENS tokens "
@@ -627,15 +697,17 @@ def run(args: argparse.Namespace, lm: Any = None, log=print, out: Path | None = 
         raise SystemExit(f"--window {window} is past {lm.name}'s context length {lm.max_context}.")
     reserve = args.reserve or max(64, window // 16)
     setup = Setup(lm=lm, prompts=WorkerPrompt.for_model(lm), window=window, reserve=reserve,
-                  recent=args.recent, summary_tokens=args.summary_tokens)
+                  recent=args.recent, summary_tokens=args.summary_tokens, share=args.share)
     setup.bm25_budget = args.bm25_budget or setup.budget // 4
+    setup.recall_budget = args.recall_budget or setup.budget // 8
     rss: dict[str, float] = {}
     t_start = time.time()
-    folding = [c for c in args.conditions if c in FOLD_GUIDANCE or c == "streaming"]
+    folding = [c for c in args.conditions if c in FOLD_GUIDANCE or c in STREAMING]
     cfg = dict(lengths=args.lengths, episodes=args.episodes, window=window, reserve=reserve,
                recent=setup.recent if setup.recent is not None else setup.budget // 2, keep=briefing.FoldPolicy().keep,
+               share=args.share,
                conditions=args.conditions, split=args.split, model=lm.name, bm25_budget=setup.bm25_budget,
-               summary_tokens=args.summary_tokens, threads=args.threads)
+               summary_tokens=args.summary_tokens, threads=args.threads, recall_budget=setup.recall_budget)
     result: dict[str, Any] = {}
     for e in range(args.episodes):  # episode-major: a run stopped early still covers every length evenly
         for li, n in enumerate(args.lengths):
@@ -658,6 +730,36 @@ def run(args: argparse.Namespace, lm: Any = None, log=print, out: Path | None = 
     return result
 
 
+def merge(results: list[dict]) -> dict:
+    """One result from runs over disjoint lengths or conditions of the same settings (summary recomputed); peak RSS
+    per length is each run's own (a process's peak grows only with the lengths that process ran)."""
+    base = dict(results[0])
+    for other in results[1:]:
+        for k in ("window", "reserve", "recent", "split", "model", "share"):
+            if other["config"].get(k) != base["config"].get(k):
+                raise SystemExit(f"--report: cannot merge runs with different {k}: {base['config'].get(k)} vs "
+                                 f"{other['config'].get(k)}.")
+    if len(results) > 1:
+        cfg = dict(base["config"])
+        cfg["lengths"] = sorted({n for r in results for n in r["config"]["lengths"]})
+        cfg["conditions"] = [c for c in CONDITIONS if any(c in r["config"]["conditions"] for r in results)]
+        done: dict[str, int] = {}
+        for r in results:
+            for k, v in r["config"].get("episodes_done", {}).items():
+                done[k] = max(done.get(k, 0), v)
+        cfg["episodes_done"] = done
+        base.update(config=cfg, rows=[row for r in results for row in r["rows"]],
+                    folds=[f for r in results for f in r["folds"]],
+                    load_average=[r["load_average"] for r in results], wall_s=sum(r["wall_s"] for r in results),
+                    merged_from=len(results))
+        rss = {k: v for r in results for k, v in r["summary"]["peak_rss_mb"].items()}
+    else:
+        rss = base["summary"]["peak_rss_mb"]
+    base["summary"] = summarize(base["rows"], base["folds"], rss)
+    base["targets"] = targets(base["summary"])
+    return base
+
+
 README_START, README_END = "<!-- long-suite:start -->", "<!-- long-suite:end -->"
 
 
@@ -670,13 +772,11 @@ def update_readme(readme: Path, table: str, source: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.report:
-        result = json.loads(Path(args.report).read_text())
-        result["summary"] = summarize(result["rows"], result["folds"], result["summary"]["peak_rss_mb"])
-        result["targets"] = targets(result["summary"])
-        for path in write(result, Path(args.report).parent):
+        result = merge([json.loads(Path(p).read_text()) for p in args.report])
+        for path in write(result, Path(args.report[0]).parent):
             print(path)
         if args.readme:
-            update_readme(Path(args.readme), markdown(result), args.report)
+            update_readme(Path(args.readme), markdown(result), args.report[0])
             print(args.readme)
         return 0
     if args.call_case:

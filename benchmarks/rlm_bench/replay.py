@@ -64,7 +64,7 @@ def replay_log(lm: Any, prompts: Any, path: str | Path, taus: list[float], budge
             keep = lm.encode(traj)[-(limit - 200):]
             traj, cut = "[... earlier trajectory cut ...]\n" + lm.decode(keep), True
         t0 = time.perf_counter()
-        cache = briefing.TrajectoryCache(lm, prompts.cache_text(traj))
+        cache = briefing.TrajectoryCache(lm, prompts.cache_text(traj), fold=None)
         prefill = time.perf_counter() - t0
         full = cache.compact(call_prompt, briefing.KeepAll())
         reference = p["answer"].strip() or briefing.generate(full, briefing.GenerationConfig(max_new_tokens=16)).text

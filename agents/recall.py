@@ -1,0 +1,60 @@
+"""Text recall for a folded trajectory: BM25 top chunks of the text a folding cache no longer holds whole.
+
+A folded `briefing.TrajectoryCache` keeps a share of the old trajectory's positions, chosen before the question
+that will need them is known; the trajectory's text keeps everything. `bm25_chunks` picks, for the call's query,
+the best chunks of that text within a token budget, and `recall_query` prefixes them to the query, so a worker
+call on bounded memory can still reach a fact that the folds compacted away. The same function serves the BM25
+baselines of `rlm bench`.
+"""
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    import briefing
+
+RECALL_HEADER = "Recalled from earlier in the trajectory:\n"
+
+
+class TokenCounter(Protocol):
+    def count_tokens(self, text: str) -> int: ...
+
+
+def _words(s: str) -> list[str]:
+    return re.findall(r"\w+", s.lower())
+
+
+def bm25_chunks(text: str, query: str, k_tokens: int, lm: TokenCounter, chunk_words: int = 60) -> str:
+    """Top BM25 chunks (about `chunk_words` words each) of `text` for `query`, in text order, up to `k_tokens`
+    tokens (at least one chunk)."""
+    from rank_bm25 import BM25Okapi
+
+    words = text.split(" ")
+    chunks = [" ".join(words[i:i + chunk_words]) for i in range(0, len(words), chunk_words)]
+    scores = BM25Okapi([_words(c) or ["_"] for c in chunks]).get_scores(_words(query))
+    order = sorted(range(len(chunks)), key=lambda i: -scores[i])
+    picked, used = [], 0
+    for i in order:
+        n = lm.count_tokens(chunks[i])
+        if picked and used + n > k_tokens:
+            break
+        picked.append(i)
+        used += n
+    return "\n...\n".join(chunks[i] for i in sorted(picked)) + "\n"
+
+
+def recall_query(query: str, recalled: str) -> str:
+    """The worker query with recalled chunks before it (nothing recalled: the query unchanged)."""
+    return f"{RECALL_HEADER}{recalled}\n{query}" if recalled.strip() else query
+
+
+def recall_folded(cache: briefing.TrajectoryCache, query: str, k_tokens: int) -> str:
+    """BM25 chunks (at most `k_tokens` tokens) of the text a folded cache no longer holds whole: everything before
+    its protected recent window. "" before the cache's first fold or with k_tokens 0."""
+    if k_tokens <= 0 or not cache.folds:
+        return ""
+    lm = cache.lm
+    folded = lm.decode(cache.ids[:max(0, cache.tokens - cache.recent)])
+    ids = lm.encode(bm25_chunks(folded, query, k_tokens, lm))
+    return lm.decode(ids[:k_tokens])
