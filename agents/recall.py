@@ -49,12 +49,20 @@ def recall_query(query: str, recalled: str) -> str:
     return f"{RECALL_HEADER}{recalled}\n{query}" if recalled.strip() else query
 
 
+MIN_RECALL_TOKENS = 16  # below this a recall is noise: none is made
+
+
 def recall_folded(cache: briefing.TrajectoryCache, query: str, k_tokens: int) -> str:
-    """BM25 chunks (at most `k_tokens` tokens) of the text a folded cache no longer holds whole: everything before
-    its protected recent window. "" before the cache's first fold or with k_tokens 0."""
-    if k_tokens <= 0 or not cache.folds:
+    """BM25 chunks (at most `k_tokens` tokens; cut at the end if the chunks and separators pass it) of the text a folded cache no longer holds
+    whole: every token before its unfolded tail. "" before the cache's first fold or below MIN_RECALL_TOKENS.
+    Chunks are about half the budget long (8 to 60 words), so a budget holds at least one whole chunk."""
+    if k_tokens < MIN_RECALL_TOKENS or not cache.folds:
         return ""
     lm = cache.lm
-    folded = lm.decode(cache.ids[:max(0, cache.tokens - cache.recent)])
-    ids = lm.encode(bm25_chunks(folded, query, k_tokens, lm))
-    return lm.decode(ids[:k_tokens])
+    whole = cache.length - cache.folded                      # the unfolded tail holds the last tokens verbatim
+    folded = lm.decode(cache.ids[:max(0, cache.tokens - whole)])
+    if not folded.strip():
+        return ""
+    text = bm25_chunks(folded, query, k_tokens, lm, chunk_words=max(8, min(60, k_tokens // 3)))
+    ids = lm.encode(text)
+    return text if len(ids) <= k_tokens else lm.decode(ids[:k_tokens])

@@ -10,9 +10,12 @@ beta (earlier folds) is part of every logit, so the new beta composes with it: b
 
 Decision: an old fold is folded again. Each fold compacts everything between the sink and the recent window,
 earlier folds included, to the same number of positions (`keep` of the span), so memory is bounded for any
-trajectory length with a fixed ratio; older content competes with newer content for the kept positions at every
-fold (its share decays unless the guidance keeps asking for it). The alternative, folding only unfolded text at a
-ratio that shrinks as folds accumulate, reaches a ratio of zero on an unbounded trajectory.
+trajectory length with a fixed ratio (folding only unfolded text at a ratio that shrinks as folds accumulate
+reaches a ratio of zero on an unbounded trajectory). How the kept positions are split is `share`: "uniform" (the
+default) gives the earlier folds and the newly folded text shares in proportion to the trajectory tokens each
+stands for, so old content as a whole keeps its share (within it, positions compete on scores, so the share is
+even between old and new, not between every two ages of old); "recency" lets the whole span compete on scores,
+and old folds are then halved again at every fold, their share decaying geometrically with age.
 
 Guidance (where the fit's queries come from), one small strategy each:
 - `TaskGuidance`: the worker prompts already asked on this trajectory (queries captured by `compact`, the last

@@ -6,6 +6,7 @@ import torch
 from briefing import kv
 from briefing.compaction import _scaling, group_queries, stack_layers
 from briefing.context import CompactedCache, forward_with_bias
+from briefing.errors import BriefingError
 from briefing.generation import token_logprobs
 from briefing.trajectory import TrajectoryCache
 
@@ -21,6 +22,9 @@ def answer_kl(reference: CompactedCache, ctx: CompactedCache, continuation: str)
 def heldout_attention_error(cache: TrajectoryCache, ctx: CompactedCache, continuation: str) -> float:
     """Relative error of the trajectory-block attention output for the queries of `continuation` (tokens
     NOT used in the fit), compacted (kept keys + beta, fitted values) vs full, averaged over (layer, KV head)."""
+    if cache.folded:
+        raise BriefingError("heldout_attention_error compares against the full attention of an unfolded cache; this "
+                            f"cache has folded ({len(cache.folds)} folds). Build it with fold=None, within the window.")
     lm, T = cache.lm, cache.length
     ids = ctx.prompt_ids + lm.encode(continuation)
     try:

@@ -17,7 +17,7 @@ change) to its slot in the cache, as StreamingLLM does, so that no token ever ge
 """
 from __future__ import annotations
 
-import dataclasses
+import copy
 import time
 
 import torch
@@ -52,7 +52,7 @@ class TrajectoryCache:
         self.kv = DynamicCache()
         self.chunk_tokens = chunk_tokens
         self.last_extend_s = 0.0
-        self.fold = None if fold is None else dataclasses.replace(fold)  # a cache's own copy
+        self.fold = None if fold is None else copy.deepcopy(fold)  # a cache's own copy (guidance and fit too)
         self.reserve = int(reserve) if reserve is not None else min(DEFAULT_RESERVE, lm.max_context // 8)
         if budget is not None:
             self.budget = int(budget)

@@ -126,22 +126,25 @@ def test_text_worker_cuts_and_briefed_worker_folds_past_the_window(lm):
     assert small.count_tokens(long_traj) > 256
     a = TextWorker(backend=LocalChatBackend(small), max_new_tokens=4).answer("What was low?", long_traj)
     assert a.output_tokens <= 4 and a.input_tokens <= 256
-    w = BriefedWorker(lm=small, max_new_tokens=4, reserve=48, recall_tokens=16,
+    w = BriefedWorker(lm=small, max_new_tokens=4, reserve=64, recall_tokens=16,
                       fold=briefing.FoldPolicy(recent=32, capture_stride=4))
     first = w.answer("What was low?", long_traj)
-    assert first.folds and first.cache_positions <= 256 - 48 and first.output_tokens <= 4
+    assert first.folds and first.cache_positions <= 256 - 64 and first.output_tokens <= 4
     assert 0 < first.recalled_tokens <= 16  # folded: text recalled into the prompt, within its budget
     assert first.trajectory_tokens == first.prefilled_tokens > 256   # nothing dropped, each token forwarded once
     assert {"span_start", "span_stop", "kept", "time_s", "guidance"} <= set(first.folds[0])
     more = long_traj + "[worker call 1]\nQuery: What was low?\nAnswer: The tide.\n\n"
     second = w.answer("Were the gulls loud?", more)
     assert len(w._caches) == 1 and second.prefilled_tokens <= small.count_tokens(more) - small.count_tokens(long_traj) + 2
-    assert second.trajectory_tokens > first.trajectory_tokens and second.cache_positions <= 256 - 48
+    assert second.trajectory_tokens > first.trajectory_tokens and second.cache_positions <= 256 - 64
     with pytest.raises(briefing.BriefingError, match="reserve"):
         BriefedWorker(lm=small, max_new_tokens=100, reserve=48).answer("What was low?", long_traj)
-    tight = BriefedWorker(lm=small, max_new_tokens=4, reserve=48, fold=briefing.FoldPolicy(recent=32, capture_stride=4))
+    tight = BriefedWorker(lm=small, max_new_tokens=4, reserve=72, fold=briefing.FoldPolicy(recent=32, capture_stride=4))
     third = tight.answer("What was low?", long_traj)  # recall_tokens 256 by default: cut to the reserve's room
-    assert 0 < third.recalled_tokens <= 48 - 4 - 20 and third.output_tokens <= 4
+    assert third.recalled_tokens > 0 and third.output_tokens <= 4
+    assert third.input_tokens - third.kept + 4 <= 72  # prompt with its recall + generation fit the reserve
+    assert third.text_handoff_tokens == third.trajectory_tokens + small.count_tokens(  # text handoff: no recall
+        tight.prompts().call_prompt("What was low?"))
 
 
 def test_briefed_worker_recalls_a_fact_the_folds_compacted_away(lm):

@@ -180,8 +180,12 @@ def test_bad_input_errors(tmp_path):
         cache.compact("   ")
     with pytest.raises(BriefingError, match="context length"):
         cache.compact(" word" * 80)
+    unfolded = briefing.TrajectoryCache(tiny, "some trajectory text", fold=None)
     with pytest.raises(BriefingError, match="context length"):
-        cache.extend(" word" * 80)
+        unfolded.extend(" word" * 80)
+    folding = briefing.TrajectoryCache(tiny, "some trajectory text")  # the default: folds instead
+    folding.extend(" word" * 80)
+    assert folding.folds and folding.length <= folding.budget < tiny.max_context
     other = tiny_model("llama-gqa", seed=1)
     ctx = cache.compact(" Question: what? Answer:")
     with pytest.raises(BriefingError, match="cannot be used with"):

@@ -252,7 +252,7 @@ def test_run_log_keeps_the_full_text_and_the_worker_call_event_reports_folds(tin
     from rlm import RLM, read_log
     from tests.fakes import fake_factory
 
-    worker = BriefedWorker(lm=tiny, max_new_tokens=2, reserve=48, recall_tokens=16,
+    worker = BriefedWorker(lm=tiny, max_new_tokens=2, reserve=80, recall_tokens=24,
                            fold=briefing.FoldPolicy(recent=64, capture_stride=4))
     steps = [Step(code=f"print(context[{i * 1500}:{(i + 1) * 1500}])\nr = worker('What is this part about?')")
              for i in range(4)] + [Step(code="FINAL_VAR('r')")]
@@ -271,4 +271,37 @@ def test_run_log_keeps_the_full_text_and_the_worker_call_event_reports_folds(tin
     logged = [e for e in read_log(log) if e.type == "worker_call"]
     assert [e.folds for e in logged] == [c.folds for c in calls]
     assert [e.recalled_tokens for e in logged] == [c.recalled_tokens for c in calls]
-    assert any(c.recalled_tokens for c in calls) and all(c.recalled_tokens <= 16 for c in calls)
+    assert any(c.recalled_tokens for c in calls) and all(c.recalled_tokens <= 24 for c in calls)
+
+
+@pytest.mark.parametrize(("kept", "old", "old_tokens", "new"), [(10, 0, 0, 50), (10, 20, 100, 30), (10, 4, 1000, 30),
+                                                                 (10, 30, 10, 2), (0, 5, 50, 5), (9, 9, 1, 1)])
+def test_split_kept_stays_within_both_parts(kept, old, old_tokens, new):
+    from briefing.fold import split_kept
+
+    t_head = split_kept(kept, old, old_tokens, new)
+    assert max(0, kept - new) <= t_head <= min(old, kept)
+    if old and kept - new <= round(kept * old_tokens / (old_tokens + new)) <= min(old, kept):
+        assert t_head == round(kept * old_tokens / (old_tokens + new))  # the proportional split where it fits
+
+
+@pytest.mark.parametrize("share", ["uniform", "recency"])
+def test_second_fold_splits_by_tokens_under_the_uniform_share(tiny, pieces, share):
+    """After two folds, the kept keys whose token came from the first fold's span are exactly the old part's
+    share: kept * (tokens the first fold stood for) / (those + the new span), per layer and KV head."""
+    from briefing.fold import split_kept
+
+    policy = briefing.FoldPolicy(keep=0.25, sink=4, recent=64, capture_stride=4, share=share)
+    cache, rest = briefing.TrajectoryCache(tiny, chunk_tokens=64, budget=256, reserve=64, fold=policy), iter(pieces)
+    while len(cache.folds) < 2:
+        cache.extend(next(rest))
+    first, second = cache.folds
+    assert len(cache.folds) == 2 and cache.folded_tokens == first.span + second.span - first.kept
+    old = (cache.origins() < first.span_stop).sum(-1) - first.span_start           # [L, H] kept from fold 1's span
+    want = split_kept(second.kept, first.kept, first.span, second.span - first.kept)
+    if share == "uniform":
+        assert bool((old == want).all())
+    else:  # scores alone decide: the old part's count varies by head
+        assert int(old.min()) >= 0 and int(old.max()) <= first.kept
+    with pytest.raises(briefing.BriefingError, match="share must be one of"):
+        briefing.FoldPolicy(share="newest")

@@ -119,7 +119,7 @@ class BriefedWorker(LocalModelMixin, Worker):
 
         t0 = time.monotonic()
         prompts = self.prompts()
-        n_prompt = self.count(prompts.call_prompt(query))
+        n_prompt = n_query = self.count(prompts.call_prompt(query))
         if n_prompt + self.max_new_tokens > self.reserve:
             raise briefing.BriefingError(
                 f"The worker prompt ({n_prompt} tokens) plus max_new_tokens ({self.max_new_tokens}) exceed the cache "
@@ -138,7 +138,7 @@ class BriefedWorker(LocalModelMixin, Worker):
         stats = ctx.stats
         return WorkerAnswer(
             text=out.text.strip(), input_tokens=int(stats.kept) + n_prompt,
-            text_handoff_tokens=int(cache.tokens) + n_prompt, kept=int(stats.kept), total=int(stats.original_length),
+            text_handoff_tokens=int(cache.tokens) + n_query, kept=int(stats.kept), total=int(stats.original_length),
             compaction=stats.model_dump(mode="json"), output_tokens=len(out.token_ids),
             latency_s=time.monotonic() - t0, worker=self.name,
             folds=[f.model_dump(mode="json") for f in cache.folds[folds_before:]],

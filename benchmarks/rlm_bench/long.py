@@ -1,7 +1,8 @@
 """Long-trajectory suite: trajectories several times the worker's window, served by a folding KV cache.
 
     python -m benchmarks.rlm_bench.long [--lengths 8192 16384 32768 65536] [--episodes 24] [--window 8192]
-                             [--conditions fold-task fold-span fold-mix truncated streaming bm25 summary plain]
+                             [--conditions fold-task fold-span fold-mix fold-recall truncated streaming
+                                           streaming-recall bm25 summary plain]
                              [--split dev|heldout] [--out bench_out/long]
     rlm bench --suite long ...          (the same options)
     python -m benchmarks.rlm_bench.long --report bench_out/long/results.json [--readme README.md]
@@ -21,9 +22,10 @@ Conditions (all see the same events; `window` is the worker model's positions, `
 - fold-task / fold-span / fold-mix: `briefing.TrajectoryCache` with `FoldPolicy(guidance=...)` and the briefed
   worker's per-call compaction (AttentionMatching, tau 1); the worker prompts of the trajectory's own worker calls
   are observed as they happen (task guidance), exactly as a BriefedWorker sees them;
-- fold-recall: fold-mix, plus BM25 top chunks of the text the cache no longer holds whole (everything before the
-  protected recent window; the trajectory keeps it) pasted into the call prompt, `recall_budget` tokens (an eighth
-  of the cache budget by default): bounded memory, and a per-call prefill bounded by the recall budget;
+- fold-recall: fold-mix, plus BM25 top chunks of the text the cache no longer holds whole (everything before its
+  unfolded tail; the trajectory keeps it) pasted into the call prompt (`agents.recall.recall_folded`, as
+  BriefedWorker does), `recall_budget` tokens (an eighth of the cache budget by default) taken out of the cache's
+  budget, so that the call still fits the same window: bounded memory, a per-call prompt bounded by the budget;
 - streaming: the same cache folding with keep 0 (attention sink + recent window, StreamingLLM), KeepAll per call;
 - streaming-recall: streaming plus the same recall as fold-recall (what the recall alone brings, without the folds'
   kept positions);
@@ -300,6 +302,9 @@ def run_folding(setup: Setup, ep: LongEpisode, conditions: list[str], log=print)
     for condition in conditions:
         cache = shared.clone()
         cache.fold = _policy(setup, condition)
+        if condition in RECALL:  # the recalled text comes out of the cache's budget: every condition fits the window
+            cache.budget = setup.budget - setup.recall_budget
+            cache.check_budget()
         full = text
         for piece, query in ep.chunks[k:]:
             full += piece
@@ -348,7 +353,7 @@ def _fresh(setup: Setup, body: str, questions: list[Question], ep: LongEpisode, 
         ctx = cache.compact(prompts.call_prompt(question_text(q)), briefing.KeepAll())
         picked, _ = choose(ctx, q.candidates, q.lead)
         _row(setup, ep, condition, q, i, picked, build + time.perf_counter() - t1, cache.tokens, cache.length,
-             cache.kv_bytes(), tokens or cache.tokens)
+             cache.kv_bytes(), tokens or cache.tokens, prompt_tokens=len(ctx.prompt_ids))
     log(f"  {condition}: {cache.tokens} tokens, {sum(r['correct'] for r in setup.rows[-len(questions):])}/{len(questions)}")
 
 
@@ -417,7 +422,8 @@ def run_plain(setup: Setup, ep: LongEpisode, log=print) -> None:
         t0 = time.perf_counter()
         ctx = briefing.plain_context(setup.lm, setup.prompts.plain_prompt(question_text(q)))
         picked, _ = choose(ctx, q.candidates, q.lead)
-        _row(setup, ep, "plain", q, i, picked, time.perf_counter() - t0, len(ctx.prompt_ids), 0, 0, 0)
+        _row(setup, ep, "plain", q, i, picked, time.perf_counter() - t0, len(ctx.prompt_ids), 0, 0, 0,
+             prompt_tokens=len(ctx.prompt_ids))
     log(f"  plain: {sum(r['correct'] for r in setup.rows[-4:])}/4")
 
 
@@ -471,7 +477,8 @@ def summarize(rows: list[dict], folds: list[dict], rss: dict) -> dict:
                               latency_s_median=_median([r["latency_s"] for r in rs]),
                               latency_s_min=min(r["latency_s"] for r in rs),
                               prefilled_tokens_median=_median([r["prefilled_tokens"] for r in rs]),
-                              prompt_tokens_median=_median([r.get("prompt_tokens", 0) for r in rs]),
+                              prompt_tokens_median=(_median([r["prompt_tokens"] for r in rs])
+                                                    if all("prompt_tokens" in r for r in rs) else None),
                               cache_positions_max=max(r["cache_positions"] for r in rs),
                               kv_bytes_max=max(r["kv_bytes"] for r in rs)))
     fold_summary = []
@@ -543,7 +550,7 @@ def markdown(result: dict) -> str:
               if "first_half" in a else "-")
         lines.append(f"| {a['condition']} | {a['length']} | {a['accuracy']:.2f} [{a['ci95'][0]:.2f}, {a['ci95'][1]:.2f}] "
                      f"| {fh} | {a['questions']} | {c['latency_s_median']:.2f} | {c['prefilled_tokens_median']:.0f} | "
-                     f"{c.get('prompt_tokens_median', 0):.0f} | "
+                     f"{'-' if c.get('prompt_tokens_median') is None else format(c['prompt_tokens_median'], '.0f')} | "
                      f"{c['cache_positions_max']} | {c['kv_bytes_max'] / 2**20:.1f} |")
     lines += ["", "Accuracy by depth quarter (1 = first quarter of the trajectory):", "",
               "| condition | length | Q1 | Q2 | Q3 | Q4 |", "|---|---|---|---|---|---|"]
@@ -735,7 +742,8 @@ def merge(results: list[dict]) -> dict:
     per length is each run's own (a process's peak grows only with the lengths that process ran)."""
     base = dict(results[0])
     for other in results[1:]:
-        for k in ("window", "reserve", "recent", "split", "model", "share"):
+        for k in ("window", "reserve", "recent", "split", "model", "share", "keep", "recall_budget", "bm25_budget",
+                  "summary_tokens"):
             if other["config"].get(k) != base["config"].get(k):
                 raise SystemExit(f"--report: cannot merge runs with different {k}: {base['config'].get(k)} vs "
                                  f"{other['config'].get(k)}.")
@@ -748,8 +756,13 @@ def merge(results: list[dict]) -> dict:
             for k, v in r["config"].get("episodes_done", {}).items():
                 done[k] = max(done.get(k, 0), v)
         cfg["episodes_done"] = done
-        base.update(config=cfg, rows=[row for r in results for row in r["rows"]],
-                    folds=[f for r in results for f in r["folds"]],
+        seen, rows, folds = set(), [], []
+        for r in results:  # a row (episode, condition, question) or fold already merged in is not counted twice
+            keys = {(row["episode"], row["condition"]) for row in r["rows"]} - seen
+            rows += [row for row in r["rows"] if (row["episode"], row["condition"]) in keys]
+            folds += [f for f in r["folds"] if (f["episode"], f["condition"]) in keys]
+            seen |= keys
+        base.update(config=cfg, rows=rows, folds=folds,
                     load_average=[r["load_average"] for r in results], wall_s=sum(r["wall_s"] for r in results),
                     merged_from=len(results))
         rss = {k: v for r in results for k, v in r["summary"]["peak_rss_mb"].items()}
