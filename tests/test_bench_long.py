@@ -29,7 +29,7 @@ def test_bootstrap_interval_brackets_the_mean():
 
 def test_long_suite_runs_every_condition_in_bounded_memory(lm, tmp_path):
     tiny = tiny_model("llama-gqa", lm.tokenizer, max_positions=1024)
-    args = long.build_parser().parse_args(["--lengths", "300", "900", "--episodes", "1", "--window", "320",
+    args = long.build_parser().parse_args(["--lengths", "300", "900", "--episodes", "1", "--window", "320", "--recent", "96",
                                            "--summary-tokens", "8", "--out", str(tmp_path)])
     result = long.run(args, lm=tiny, log=lambda *a: None)
     rows = result["rows"]
@@ -86,3 +86,18 @@ def test_rlm_bench_routes_the_long_suite(capsys):
         assert e.value.code == 0 and "rlm bench --suite long" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="only suite"):
         main(["--suite", "short"])
+
+
+def test_recall_fits_the_whole_window_when_it_is_the_models_context(lm, tmp_path):
+    """Window = the model's context (the default): the recalled text comes out of the cache budget and positions
+    re-base early enough that every call prompt with its recall still fits."""
+    tiny = tiny_model("llama-gqa", lm.tokenizer, max_positions=320)
+    args = long.build_parser().parse_args(["--lengths", "1200", "--episodes", "1", "--conditions", "fold-recall",
+                                           "streaming-recall", "--recent", "48", "--recall-budget", "64", "--out", str(tmp_path)])
+    result = long.run(args, lm=tiny, log=lambda *a: None)
+    cfg = result["config"]
+    assert cfg["window"] == 320 and cfg["recall_budget"] > 0
+    for r in result["rows"]:
+        assert r["cache_positions"] <= cfg["window"] - cfg["reserve"] - cfg["recall_budget"]
+        assert r["position"] <= cfg["window"] - cfg["reserve"] - cfg["recall_budget"]  # RoPE: room for the recall
+        assert r["position"] + r["prompt_tokens"] <= cfg["window"]

@@ -304,6 +304,7 @@ def run_folding(setup: Setup, ep: LongEpisode, conditions: list[str], log=print)
         cache.fold = _policy(setup, condition)
         if condition in RECALL:  # the recalled text comes out of the cache's budget: every condition fits the window
             cache.budget = setup.budget - setup.recall_budget
+            cache.reserve = setup.reserve + setup.recall_budget  # and RoPE positions re-base that much earlier
             cache.check_budget()
         full = text
         for piece, query in ep.chunks[k:]:
@@ -332,7 +333,7 @@ def run_folding(setup: Setup, ep: LongEpisode, conditions: list[str], log=print)
             lo, hi = (int(f * cache.tokens) for f in QUARTERS[q.quarter])
             _row(setup, ep, condition, q, i, picked, latency, cache.prefilled_tokens - before,
                  cache.length, cache.kv_bytes(), cache.tokens, kept=ctx.stats.kept, folds=len(cache.folds),
-                 prompt_tokens=len(ctx.prompt_ids),
+                 prompt_tokens=len(ctx.prompt_ids), position=cache.position,
                  held_fact=round(cache.held(*spans[i]), 4), held_quarter=round(cache.held(lo, hi), 4))
         log(f"  {condition}: {cache.tokens} tokens, {cache.length} positions, {len(cache.folds)} folds, "
             f"{sum(r['correct'] for r in setup.rows[-4:])}/4")
