@@ -70,9 +70,19 @@ def test_long_suite_runs_every_condition_in_bounded_memory(lm, tmp_path):
         part = dict(result, rows=[r for r in rows if r["length"] == n], folds=[f for f in result["folds"] if f["length"] == n],
                     config=dict(result["config"], lengths=[n]))
         parts.append(json.loads(json.dumps(part)))
-    merged = long.merge(parts)
+    merged = long.merge(parts + parts[1:])  # a part given twice is counted once
     assert merged["summary"]["accuracy"] == json.loads(json.dumps(result["summary"]["accuracy"]))
-    assert merged["config"]["lengths"] == [300, 900] and merged["merged_from"] == 2
+    assert merged["config"]["lengths"] == [300, 900] and merged["merged_from"] == 3
+    for i, part in enumerate(parts):
+        (tmp_path / f"p{i}").mkdir()
+        (tmp_path / f"p{i}" / "results.json").write_text(json.dumps(part))
+    start, end = long.readme_markers("small")
+    readme.write_text(f"intro\n{start}\nold\n{end}\n")
+    assert long.main(["--report", str(tmp_path / "p0" / "results.json"), str(tmp_path / "p1" / "results.json"),
+                      "--out", str(tmp_path / "merged"), "--readme", str(readme), "--readme-block", "small"]) == 0
+    assert "| fold-mix | 900 |" in readme.read_text() and "--readme-block small" in readme.read_text()
+    assert json.loads((tmp_path / "merged" / "results.json").read_text())["merged_from"] == 2
+    assert json.loads((tmp_path / "p0" / "results.json").read_text())["config"]["lengths"] == [300]  # inputs kept
 
 
 def test_rlm_bench_routes_the_long_suite(capsys):
