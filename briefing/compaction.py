@@ -49,14 +49,16 @@ def group_queries(queries: dict[int, torch.Tensor], layers: int, kv_heads: int) 
 
 
 def attention_scores(Q: torch.Tensor, K: torch.Tensor, K_prompt: torch.Tensor, scale: float, n_prompt: int,
-                     keep_blocks: bool, bias: torch.Tensor | None = None) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+                     keep_blocks: bool, bias: torch.Tensor | None = None,
+                     first: int = 0) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
     """Attention probability of each prompt query to each trajectory key, with the prompt's own causal keys
     in the softmax. Q [L, H, m, d], K [L, H, T, d], K_prompt [L, H, n, d] -> per-head score [L, H, T], and
     (if keep_blocks) the unnormalised block E = exp(s Q K^T + bias - rowmax) per layer chunk, reused by the fit.
-    bias [L, H, T]: the stored beta of a folded cache (None: none)."""
+    bias [L, H, T]: the stored beta of a folded cache (None: none). first: the queries are those of prompt tokens
+    first..n_prompt-1 (a query window), each still seeing every earlier prompt key."""
     scores, blocks = [], []
     m = Q.shape[2]
-    row_token = torch.arange(m) % n_prompt  # prompt token of each stacked query row
+    row_token = first + torch.arange(m) % (n_prompt - first)  # prompt token of each stacked query row
     causal = torch.arange(n_prompt)[None, :] <= row_token[:, None]  # [m, n]
     for c in range(0, Q.shape[0], LAYER_CHUNK):
         q, k, kp = Q[c:c + LAYER_CHUNK], K[c:c + LAYER_CHUNK], K_prompt[c:c + LAYER_CHUNK]
@@ -160,12 +162,13 @@ def fit(Q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, idx: torch.Tensor, st
     return beta, C2, float(err.mean()), float(torch.cat(errs_topk).mean()), fallback
 
 
-def score(cache: TrajectoryCache, prompt_ids: list[int], selector: Selector, keep_blocks: bool) -> tuple:
+def score(cache: TrajectoryCache, prompt_ids: list[int], selector: Selector, keep_blocks: bool,
+          query_tokens: int | None = None) -> tuple:
     """The scoring pass: forward the prompt over the FULL cache, capture its queries, then crop the cache back
     to T. Returns (Q [L, H, m, d], prompt_kv per layer, last_logits [vocab], Scores or None, blocks or None);
     scores (and the blocks reused by the fit) only if the selector needs them. Over a folded cache the prompt sits
     at the cache's next RoPE position, every logit carries the stored beta, and the prompt's queries are kept as
-    task guidance for later folds."""
+    task guidance for later folds. query_tokens: only the last that many prompt tokens' queries guide (None: all)."""
     lm, T, position = cache.lm, cache.length, cache.position
     K_list = kv.layer_kv(cache.kv, 0, T)[0]
     rescore = selector.rescore_tokens if isinstance(selector, ScoredSelector) else 0
@@ -182,26 +185,34 @@ def score(cache: TrajectoryCache, prompt_ids: list[int], selector: Selector, kee
                                          K_list[0].shape[1])                       # [L, H, T]
     finally:
         kv.truncate(cache.kv, T)
+    first = 0 if query_tokens is None else max(0, len(prompt_ids) - query_tokens)
+    if first:  # a query window: the prompt's last tokens (its question), each still attending to the whole prompt
+        queries = {i: q[:, :, first:, :] for i, q in queries.items()}             # [1, heads, n - first, d]
     Q = group_queries(queries, lm.num_layers, K_list[0].shape[1])                 # [L, H, m, d]
-    cache.remember_prompt(Q, position)
+    cache.remember_prompt(Q, position + first)
     scores = blocks = None
     if selector.needs_scores:
         keep = keep_blocks and Q.shape[0] * Q.shape[1] * Q.shape[2] * T <= KEEP_BLOCKS_MAX
         K_all = stack_layers(K_list)                                               # [L, H, T, d]
         per_head, blocks = attention_scores(Q, K_all, stack_layers(prompt_kv[0]), _scaling(lm), len(prompt_ids), keep,
-                                            cache.bias())
+                                            cache.bias(), first)
         if generated is not None:
             per_head = (1 - selector.rescore_weight) * per_head + selector.rescore_weight * generated
         scores = Scores(per_head=per_head, shared=per_head.mean(dim=(0, 1)), keys=K_all)
     return Q, prompt_kv, last_logits[-1], scores, blocks
 
 
-def compact(cache: TrajectoryCache, prompt: str, selector: Selector | None = None) -> CompactedCache:
+def compact(cache: TrajectoryCache, prompt: str, selector: Selector | None = None, *,
+            query_tokens: int | None = None) -> CompactedCache:
     """Compact `cache` against the worker `prompt`: score (if the selector needs scores, reuses the prompt KV or
     fits), select, fit (if `selector.fit`), build. The full cache is left exactly as it was.
 
     Over a folded cache every logit carries the stored beta: scoring and the fit see it, and the kept positions'
-    beta is the stored one plus the fitted one (KeepAll keeps the stored beta as it is)."""
+    beta is the stored one plus the fitted one (KeepAll keeps the stored beta as it is).
+
+    query_tokens: only the queries of the prompt's last `query_tokens` tokens score and fit (a query window, as
+    SnapKV's observation window), e.g. the question after recalled text; the whole prompt is still forwarded.
+    None: every prompt token. The fit's cost grows with the square of the query count."""
     selector = selector if selector is not None else AttentionMatching()
     if not isinstance(selector, Selector):
         raise BriefingError(f"selector must be a briefing.Selector (e.g. briefing.AttentionMatching(tau=1.0)), "
@@ -210,6 +221,10 @@ def compact(cache: TrajectoryCache, prompt: str, selector: Selector | None = Non
     if T == 0:
         raise BriefingError("The trajectory is empty: extend the TrajectoryCache with text before compacting.")
     prompt_ids = check_prompt(lm, prompt, position)
+    if query_tokens is not None and (isinstance(query_tokens, bool) or not isinstance(query_tokens, int)
+                                     or query_tokens < 1):
+        raise BriefingError(f"query_tokens must be an integer >= 1 (the prompt's last tokens that guide), got "
+                            f"{query_tokens!r}; None uses every prompt token.")
     n, L = len(prompt_ids), lm.num_layers
     timing = dict(score=0.0, select=0.0, beta=0.0, values=0.0, prompt=0.0)
     t_start = time.perf_counter()
@@ -219,7 +234,8 @@ def compact(cache: TrajectoryCache, prompt: str, selector: Selector | None = Non
     fit_step = selector.fit
     scores = Q = prompt_kv = last_logits = blocks = None
     if selector.needs_scores or selector.reuse_prompt_kv or fit_step is not None:
-        Q, prompt_kv, last_logits, scores, blocks = score(cache, prompt_ids, selector, keep_blocks=fit_step is not None)
+        Q, prompt_kv, last_logits, scores, blocks = score(cache, prompt_ids, selector, keep_blocks=fit_step is not None,
+                                                          query_tokens=query_tokens)
     timing["score"] = time.perf_counter() - t_start
     t0 = time.perf_counter()
     idx = selector.select(L, kv_heads, T, scores)                                  # [L, H, t]

