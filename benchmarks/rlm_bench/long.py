@@ -743,8 +743,9 @@ def run(args: argparse.Namespace, lm: Any = None, log=print, out: Path | None = 
 
 
 def merge(results: list[dict]) -> dict:
-    """One result from runs over disjoint lengths or conditions of the same settings (summary recomputed); peak RSS
-    per length is each run's own (a process's peak grows only with the lengths that process ran)."""
+    """One result from runs over disjoint lengths or conditions of the same settings (summary recomputed). A row
+    (episode, condition) given by several runs is taken from the first, so a re-run placed first replaces an
+    older one. Peak RSS per length is each run's own (the first run that has the length)."""
     base = dict(results[0])
     for other in results[1:]:
         for k in ("window", "reserve", "recent", "split", "model", "share", "keep", "recall_budget", "bm25_budget",
@@ -770,7 +771,10 @@ def merge(results: list[dict]) -> dict:
         base.update(config=cfg, rows=rows, folds=folds,
                     load_average=[r["load_average"] for r in results], wall_s=sum(r["wall_s"] for r in results),
                     merged_from=len(results))
-        rss = {k: v for r in results for k, v in r["summary"]["peak_rss_mb"].items()}
+        rss = {}
+        for r in results:  # a length's peak from the first run that has it, as rows are (duplicates: first wins)
+            for k, v in r["summary"]["peak_rss_mb"].items():
+                rss.setdefault(k, v)
     else:
         rss = base["summary"]["peak_rss_mb"]
     base["summary"] = summarize(base["rows"], base["folds"], rss)
