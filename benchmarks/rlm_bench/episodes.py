@@ -153,6 +153,17 @@ def _chunks(text: str, rng: random.Random, lo: int = 700, hi: int = 1300) -> lis
     return out
 
 
+def section_events(it: int, s: int, n_steps: int, chunk: str, call_id: str) -> list[Any]:
+    """The events of reading section `s` (iteration `it`): the orchestrator's note, the cell printing the section,
+    its output and the worker's one-sentence summary (the episodes' common step; facts are added after it)."""
+    return [OrchestratorMessage(iteration=it, text=f"Reading section {it} of {n_steps}."),
+            CodeCell(iteration=it, cell=0, code=f"section = sections[{s}]\nprint(section)"),
+            CellOutput(iteration=it, cell=0, stdout=chunk),
+            WorkerCall(call_id=call_id, iteration=it, index=int(call_id.rsplit(".", 1)[1]),
+                       query=f"In one sentence, what is section {it} about?",
+                       answer=f"Section {it} says: {_first_sentence(chunk)}", worker="worker")]
+
+
 def _first_sentence(chunk: str, limit: int = 160) -> str:
     s = chunk.replace("\n", " ").strip()
     for stop in (". ", "? ", "! "):
@@ -230,13 +241,9 @@ def make_episode(seed: int, target_tokens: int = 1000, depth: str | None = None,
     target_at = -1
     for s, chunk in enumerate(sections):
         it = s + 1
-        add(OrchestratorMessage(iteration=it, text=f"Reading section {it} of {n_steps}."))
-        add(CodeCell(iteration=it, cell=0, code=f"section = sections[{s}]\nprint(section)"))
-        add(CellOutput(iteration=it, cell=0, stdout=chunk))
         calls += 1
-        add(WorkerCall(call_id=f"bench-{seed}.{calls}", iteration=it, index=calls,
-                       query=f"In one sentence, what is section {it} about?",
-                       answer=f"Section {it} says: {_first_sentence(chunk)}", worker="worker"))
+        for e in section_events(it, s, n_steps, chunk, f"bench-{seed}.{calls}"):
+            add(e)
         for f in by_step.get(s, []):
             marker = len(traj.text)
             if f.carrier == "output":

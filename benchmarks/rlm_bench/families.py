@@ -44,8 +44,8 @@ from benchmarks.rlm_bench.episodes import (
     Fact,
     _chunks,
     _codes,
-    _first_sentence,
     essay_names,
+    section_events,
 )
 from rlm.data import data_dir
 from rlm.trajectory import Trajectory
@@ -239,13 +239,9 @@ def make_family_episode(family: str, seed: int, target_tokens: int = 1000, depth
     calls, facts, offsets = 0, [], []
     for s, chunk in enumerate(sections):
         it = s + 1
-        add(OrchestratorMessage(iteration=it, text=f"Reading section {it} of {n_steps}."))
-        add(CodeCell(iteration=it, cell=0, code=f"section = sections[{s}]\nprint(section)"))
-        add(CellOutput(iteration=it, cell=0, stdout=chunk))
         calls += 1
-        add(WorkerCall(call_id=f"{traj.run_id}.{calls}", iteration=it, index=calls,
-                       query=f"In one sentence, what is section {it} about?",
-                       answer=f"Section {it} says: {_first_sentence(chunk)}", worker="worker"))
+        for e in section_events(it, s, n_steps, chunk, f"{traj.run_id}.{calls}"):
+            add(e)
         for i in by_step.get(s, []):
             text, target, _ = plan.statements[i]
             marker = len(traj.text)
