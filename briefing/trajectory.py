@@ -69,7 +69,6 @@ class TrajectoryCache:
         self.prefilled_tokens = 0                      # tokens forwarded by extend, in total (seam re-prefills included)
         self.prefill_s = 0.0                           # time spent in those forwards (folds excluded)
         self.rebases = 0
-        self.folded_tokens = 0                         # trajectory tokens the folded positions stand for
         self._task_q: torch.Tensor | None = None       # [L, KVH, g, n, d] worker-prompt queries, unrotated
         self._span_q: torch.Tensor | None = None       # [L, KVH, g, n, d] sampled prefill queries, unrotated
         self._span_q_tok: list[int] = []               # token index of each sampled prefill query
@@ -112,6 +111,16 @@ class TrajectoryCache:
     def folded(self) -> int:
         """Positions at the start of the cache that carry a stored beta (sink + folded keys); 0 before a fold."""
         return 0 if self.beta is None else int(self.beta[0].shape[-1])
+
+    @property
+    def folded_tokens(self) -> int:
+        """Trajectory tokens that the folded positions after the sink stand for: the tokens before the first
+        unfolded position, less the sink (0 before a fold, or when a fold kept nothing of its span)."""
+        F = self.folded
+        sink = min(self.fold.sink, F) if self.fold is not None else 0
+        if F <= sink or F >= self.length:
+            return 0
+        return int(self.origins()[0, 0, F]) - sink                                  # raw tail: same token every head
 
     def bias(self) -> torch.Tensor | None:
         """Stored beta over every cached position [L, kv_heads, length] (0 past the folded prefix), or None."""
@@ -370,13 +379,12 @@ class TrajectoryCache:
                 split, t_head = old, split_kept(t, old, self.folded_tokens, S - old)
             idx, new_k, new_v, beta_kept, err = fold_span(keys_l, values_l, bias, Q, a, b, t, policy,
                                                           _scaling(self.lm), split, t_head)
-            self.folded_tokens += S - old
             sink_beta = torch.zeros(L, H, a) if bias is None else bias[..., :a]
             new_beta = torch.cat([sink_beta, beta_kept], dim=-1)                        # [L, H, a + t]
             new_pos = torch.cat([pos[..., :a], pos[..., a:b].gather(-1, idx), pos[..., b:]], dim=-1)
             new_org = torch.cat([org[..., :a], org[..., a:b].gather(-1, idx), org[..., b:]], dim=-1)
         else:  # keep nothing of the span (StreamingLLM), or no queries to guide a fit: drop it
-            t, self.folded_tokens = 0, 0
+            t = 0
             new_k = [torch.cat([k[..., :a, :], k[..., b:, :]], dim=-2) for k in keys_l]   # per layer [1, H, P - S, d]
             new_v = [torch.cat([v[..., :a, :], v[..., b:, :]], dim=-2) for v in values_l]
             old = self.bias()
