@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from benchmarks.rlm_bench import long
 from tests.tiny import tiny_model
 
@@ -111,3 +113,15 @@ def test_recall_fits_the_whole_window_when_it_is_the_models_context(lm, tmp_path
         assert r["cache_positions"] <= cfg["window"] - cfg["reserve"] - cfg["recall_budget"]
         assert r["position"] <= cfg["window"] - cfg["reserve"] - cfg["recall_budget"]  # RoPE: room for the recall
         assert r["position"] + r["prompt_tokens"] <= cfg["window"]
+
+
+def test_first_episode_picks_later_seeds_and_is_checked(lm, tmp_path):
+    tiny = tiny_model("llama-gqa", lm.tokenizer, max_positions=1024)
+    args = long.build_parser().parse_args(["--lengths", "300", "--episodes", "2", "--first-episode", "3",
+                                           "--window", "320", "--conditions", "plain", "--out", str(tmp_path)])
+    result = long.run(args, lm=tiny, log=lambda *a: None)
+    assert sorted({r["seed"] for r in result["rows"]}) == [100_003, 100_004]
+    assert result["config"]["first_episode"] == 3
+    bad = long.build_parser().parse_args(["--lengths", "300", "--first-episode", "-1", "--conditions", "plain"])
+    with pytest.raises(SystemExit, match="--first-episode -1"):
+        long.run(bad, lm=tiny, log=lambda *a: None)

@@ -665,6 +665,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rlm bench --suite long", description=__doc__.split("\n")[0])
     p.add_argument("--lengths", type=int, nargs="+", default=[8192, 16384, 32768, 65536])
     p.add_argument("--episodes", type=int, default=24, help="episodes per length (4 questions each)")
+    p.add_argument("--first-episode", type=int, default=0,
+                   help="index of the first episode (seeds follow it), to split one suite over processes and merge "
+                        "the runs with --report")
     p.add_argument("--window", type=int, default=None, help="worker positions (default: the model's context)")
     p.add_argument("--reserve", type=int, default=None, help="positions left for the call (default: window // 16)")
     p.add_argument("--recent", type=int, default=None,
@@ -715,13 +718,16 @@ def run(args: argparse.Namespace, lm: Any = None, log=print, out: Path | None = 
     rss: dict[str, float] = {}
     t_start = time.time()
     folding = [c for c in args.conditions if c in FOLD_GUIDANCE or c in STREAMING]
-    cfg = dict(lengths=args.lengths, episodes=args.episodes, window=window, reserve=reserve,
+    cfg = dict(lengths=args.lengths, episodes=args.episodes, first_episode=args.first_episode, window=window, reserve=reserve,
                recent=setup.recent if setup.recent is not None else setup.budget // 2, keep=briefing.FoldPolicy().keep,
                share=args.share,
                conditions=args.conditions, split=args.split, model=lm.name, bm25_budget=setup.bm25_budget,
                summary_tokens=args.summary_tokens, threads=args.threads, recall_budget=setup.recall_budget)
     result: dict[str, Any] = {}
-    for e in range(args.episodes):  # episode-major: a run stopped early still covers every length evenly
+    if args.first_episode < 0 or args.first_episode >= 1000:
+        raise SystemExit(f"--first-episode {args.first_episode} is out of range; give an index from 0 to 999 (the "
+                         f"seeds of a length are 1000 apart).")
+    for e in range(args.first_episode, args.first_episode + args.episodes):  # episode-major: a run stopped early still covers every length evenly
         for li, n in enumerate(args.lengths):
             ep = make_long_episode(SPLIT_SEED[args.split] + 1000 * li + e, n)
             log(f"[{time.time() - t_start:7.0f}s] {ep.id}: {lm.count_tokens(ep.text)} tokens")
