@@ -88,8 +88,6 @@ def test_long_suite_runs_every_condition_in_bounded_memory(lm, tmp_path):
 
 
 def test_rlm_bench_routes_the_long_suite(capsys):
-    import pytest
-
     from benchmarks.rlm_bench.cli import main
 
     for argv in (["--suite", "long", "--help"], ["long", "--help", "--suite"]):  # rlm's CLI may reorder
@@ -122,6 +120,10 @@ def test_first_episode_picks_later_seeds_and_is_checked(lm, tmp_path):
     result = long.run(args, lm=tiny, log=lambda *a: None)
     assert sorted({r["seed"] for r in result["rows"]}) == [100_003, 100_004]
     assert result["config"]["first_episode"] == 3
+    parts = [json.loads(json.dumps(dict(result, rows=[r for r in result["rows"] if r["seed"] == seed])))
+             for seed in (100_003, 100_004)]  # the same length's episodes run by two processes
+    merged = long.merge(parts)
+    assert merged["config"]["episodes_done"] == {"300": 2} and len(merged["rows"]) == 8
     bad = long.build_parser().parse_args(["--lengths", "300", "--first-episode", "-1", "--conditions", "plain"])
     with pytest.raises(SystemExit, match="--first-episode -1"):
         long.run(bad, lm=tiny, log=lambda *a: None)

@@ -1,6 +1,7 @@
 """Long-trajectory suite: trajectories several times the worker's window, served by a folding KV cache.
 
-    python -m benchmarks.rlm_bench.long [--lengths 8192 16384 32768 65536] [--episodes 24] [--window 8192]
+    python -m benchmarks.rlm_bench.long [--lengths 8192 16384 32768 65536] [--episodes 24] [--first-episode 0]
+                             [--window 8192]
                              [--conditions fold-task fold-span fold-mix fold-recall truncated streaming
                                            streaming-recall bm25 summary plain]
                              [--split dev|heldout] [--out bench_out/long]
@@ -763,17 +764,15 @@ def merge(results: list[dict]) -> dict:
         cfg = dict(base["config"])
         cfg["lengths"] = sorted({n for r in results for n in r["config"]["lengths"]})
         cfg["conditions"] = [c for c in CONDITIONS if any(c in r["config"]["conditions"] for r in results)]
-        done: dict[str, int] = {}
-        for r in results:
-            for k, v in r["config"].get("episodes_done", {}).items():
-                done[k] = max(done.get(k, 0), v)
-        cfg["episodes_done"] = done
         seen, rows, folds = set(), [], []
         for r in results:  # a row (episode, condition, question) or fold already merged in is not counted twice
             keys = {(row["episode"], row["condition"]) for row in r["rows"]} - seen
             rows += [row for row in r["rows"] if (row["episode"], row["condition"]) in keys]
             folds += [f for f in r["folds"] if (f["episode"], f["condition"]) in keys]
             seen |= keys
+        cfg["episodes_done"] = {str(n): len({row["episode"] for row in rows if row["length"] == n})
+                                for n in cfg["lengths"]}  # runs over disjoint episodes of a length add up
+        cfg["episodes"] = max(cfg["episodes_done"].values(), default=0)
         base.update(config=cfg, rows=rows, folds=folds,
                     load_average=[r["load_average"] for r in results], wall_s=sum(r["wall_s"] for r in results),
                     merged_from=len(results))
