@@ -52,6 +52,13 @@ def test_long_suite_runs_every_condition_in_bounded_memory(lm, tmp_path):
     long_rows = [r for r in rows if r["length"] == 900 and r["condition"] == "fold-mix"]
     assert long_rows[0]["trajectory_tokens"] > 2 * budget and long_rows[0]["folds"] >= 2
     assert result["folds"] and all(f["kept"] < f["span"] for f in result["folds"] if f["condition"] != "streaming")
+    acc = {(a["condition"], a["length"]): a["accuracy"] for a in result["summary"]["accuracy"]}
+    pairs = result["summary"]["paired"]
+    assert {d["reference"] for d in pairs} == {"fold-recall"} and len(pairs) == 2 * (len(long.CONDITIONS) - 1)
+    for d in pairs:  # every condition answered the same questions here: the paired mean is the accuracy gap
+        assert d["questions"] == 4 and abs(d["diff"] - (acc[(d["condition"], d["length"])]
+                                                         - acc[("fold-recall", d["length"])])) < 1e-9
+        assert d["ci95"][0] <= d["diff"] <= d["ci95"][1]
     paths = long.write(result, tmp_path)
     assert all((tmp_path / p).exists() for p in ("results.json", "results.md", "long.png")) and len(paths) == 3
     assert "| fold-mix | 900 |" in (tmp_path / "results.md").read_text()

@@ -511,7 +511,32 @@ def summarize(rows: list[dict], folds: list[dict], rss: dict) -> dict:
                                  held_quarter_mean=sum(r["held_quarter"] for r in rs) / len(rs),
                                  kept_questions=len(kept), accuracy_kept=sum(r["correct"] for r in kept) / len(kept) if kept else None,
                                  accuracy_lost=sum(r["correct"] for r in lost) / len(lost) if lost else None))
-    return dict(accuracy=acc, by_depth=by_depth, calls=calls, folds=fold_summary, held=held, peak_rss_mb=rss)
+    return dict(accuracy=acc, by_depth=by_depth, calls=calls, folds=fold_summary, held=held,
+                paired=paired(rows, conds, lengths), peak_rss_mb=rss)
+
+
+def paired(rows: list[dict], conds: list[str], lengths: list[int]) -> list[dict]:
+    """Each condition against the reference (fold-recall, else the first folding condition) on the questions both
+    answered (same episode, same question): the accuracy difference with a paired 95% bootstrap interval over
+    those questions, overall and on first-half facts. Conditions run on fewer episodes are compared there only."""
+    ref = next((c for c in ("fold-recall", *FOLD_GUIDANCE) if c in conds), None)
+    if ref is None:
+        return []
+    by = {(r["condition"], r["episode"], r["question"]): r for r in rows}
+    out = []
+    for n in lengths:
+        ref_keys = [(e, q) for (c, e, q), r in by.items() if c == ref and r["length"] == n]
+        for c in conds:
+            keys = [k for k in ref_keys if (c, *k) in by] if c != ref else []
+            if not keys:
+                continue
+            d = [float(by[(c, *k)]["correct"]) - float(by[(ref, *k)]["correct"]) for k in keys]
+            first = [x for x, k in zip(d, keys) if by[(ref, *k)]["quarter"] <= 2]
+            out.append(dict(reference=ref, condition=c, length=n, questions=len(d),
+                            episodes=len({e for e, _ in keys}), diff=sum(d) / len(d), ci95=list(bootstrap_ci(d)),
+                            first_half_diff=sum(first) / len(first) if first else None,
+                            first_half_ci95=list(bootstrap_ci(first)) if first else None))
+    return out
 
 
 def targets(summary: dict) -> dict:
@@ -566,6 +591,16 @@ def markdown(result: dict) -> str:
             d = depth.get((a["condition"], a["length"], qt))
             cells.append(f"{d['accuracy']:.2f} ({d['questions']})" if d else "-")
         lines.append(f"| {a['condition']} | {a['length']} | " + " | ".join(cells) + " |")
+    if s.get("paired"):
+        lines += ["", f"Paired with {s['paired'][0]['reference']} on the same questions (difference of accuracy, "
+                  "paired bootstrap 95% interval; a condition run on fewer episodes is compared on those):", "",
+                  "| condition | length | episodes | questions | difference | first-half difference |",
+                  "|---|---|---|---|---|---|"]
+        for d in s["paired"]:
+            fh = ("-" if d["first_half_diff"] is None else
+                  f"{d['first_half_diff']:+.2f} [{d['first_half_ci95'][0]:+.2f}, {d['first_half_ci95'][1]:+.2f}]")
+            lines.append(f"| {d['condition']} | {d['length']} | {d['episodes']} | {d['questions']} | "
+                         f"{d['diff']:+.2f} [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}] | {fh} |")
     if s["folds"]:
         lines += ["", "| folding condition | length | folds | median span | median kept | median fold s | "
                   "fold / span prefill (median, max) |", "|---|---|---|---|---|---|---|"]
