@@ -741,6 +741,9 @@ def run(args: argparse.Namespace, lm: Any = None, log=print, out: Path | None = 
     import briefing
     from agents.workers.prompt import WorkerPrompt
 
+    if args.first_episode < 0 or args.first_episode >= 1000:
+        raise SystemExit(f"--first-episode {args.first_episode} is out of range; give an index from 0 to 999 (the "
+                         f"seeds of a length are 1000 apart).")
     torch.set_num_threads(args.threads)
     lm = lm or briefing.load_model(args.model)
     window = args.window or lm.max_context
@@ -760,9 +763,6 @@ def run(args: argparse.Namespace, lm: Any = None, log=print, out: Path | None = 
                conditions=args.conditions, split=args.split, model=lm.name, bm25_budget=setup.bm25_budget,
                summary_tokens=args.summary_tokens, threads=args.threads, recall_budget=setup.recall_budget)
     result: dict[str, Any] = {}
-    if args.first_episode < 0 or args.first_episode >= 1000:
-        raise SystemExit(f"--first-episode {args.first_episode} is out of range; give an index from 0 to 999 (the "
-                         f"seeds of a length are 1000 apart).")
     for e in range(args.first_episode, args.first_episode + args.episodes):  # episode-major: a run stopped early still covers every length evenly
         for li, n in enumerate(args.lengths):
             ep = make_long_episode(SPLIT_SEED[args.split] + 1000 * li + e, n)
