@@ -52,14 +52,15 @@ def recall_query(query: str, recalled: str) -> str:
 MIN_RECALL_TOKENS = 16  # below this a recall is noise: none is made
 
 
-def recall_folded(cache: briefing.TrajectoryCache, query: str, k_tokens: int) -> str:
+def recall_folded(cache: briefing.TrajectoryCache, query: str, k_tokens: int, *, tail: bool = False) -> str:
     """BM25 chunks (at most `k_tokens` tokens; cut at the end if the chunks and separators pass it) of the text a folded cache no longer holds
-    whole: every token before its unfolded tail. "" before the cache's first fold or below MIN_RECALL_TOKENS.
-    Chunks are about half the budget long (8 to 60 words), so a budget holds at least one whole chunk."""
+    whole: every token before its unfolded tail, or with `tail` the whole trajectory (the unfolded tail too: the
+    cache holds it verbatim, but far from the question). "" before the cache's first fold or below
+    MIN_RECALL_TOKENS. Chunks are about half the budget long (8 to 60 words), so a budget holds at least one whole chunk."""
     if k_tokens < MIN_RECALL_TOKENS or not cache.folds:
         return ""
     lm = cache.lm
-    whole = cache.length - cache.folded                      # the unfolded tail holds the last tokens verbatim
+    whole = 0 if tail else cache.length - cache.folded       # the unfolded tail holds the last tokens verbatim
     folded = lm.decode(cache.ids[:max(0, cache.tokens - whole)])
     if not folded.strip():
         return ""

@@ -2,8 +2,8 @@
 
     python -m benchmarks.rlm_bench.long [--lengths 8192 16384 32768 65536] [--episodes 24] [--first-episode 0]
                              [--window 8192]
-                             [--conditions fold-task fold-span fold-mix fold-recall truncated streaming
-                                           streaming-recall bm25 summary plain]
+                             [--conditions fold-task fold-span fold-mix fold-recall fold-recall-all truncated
+                                           streaming streaming-recall bm25 summary plain]
                              [--split dev|heldout] [--out bench_out/long]
     rlm bench --suite long ...          (the same options)
     python -m benchmarks.rlm_bench.long --report bench_out/long/results.json [--readme README.md]
@@ -27,6 +27,8 @@ Conditions (all see the same events; `window` is the worker model's positions, `
   unfolded tail; the trajectory keeps it) pasted into the call prompt (`agents.recall.recall_folded`, as
   BriefedWorker does), `recall_budget` tokens (an eighth of the cache budget by default) taken out of the cache's
   budget, so that the call still fits the same window: bounded memory, a per-call prompt bounded by the budget;
+- fold-recall-all: fold-recall's cache (shared when both run), recalling from the whole trajectory: the unfolded
+  tail too, which the cache holds verbatim but thousands of positions from the question;
 - streaming: the same cache folding with keep 0 (attention sink + recent window, StreamingLLM), KeepAll per call;
 - streaming-recall: streaming plus the same recall as fold-recall (what the recall alone brings, without the folds'
   kept positions);
@@ -58,11 +60,12 @@ from rlm.data import essay_names, read_essay
 from rlm.events import CellOutput, CodeCell, OrchestratorMessage, RunStart, WorkerCall
 from rlm.trajectory import Trajectory
 
-CONDITIONS = ["fold-task", "fold-span", "fold-mix", "fold-recall", "truncated", "streaming", "streaming-recall", "bm25",
+CONDITIONS = ["fold-task", "fold-span", "fold-mix", "fold-recall", "fold-recall-all", "truncated", "streaming", "streaming-recall", "bm25",
               "summary", "plain"]
-FOLD_GUIDANCE = {"fold-task": "task", "fold-span": "span", "fold-mix": "mix", "fold-recall": "mix"}
+FOLD_GUIDANCE = {"fold-task": "task", "fold-span": "span", "fold-mix": "mix", "fold-recall": "mix", "fold-recall-all": "mix"}
 STREAMING = ("streaming", "streaming-recall")   # folds that keep nothing of the span (sink + recent window)
-RECALL = ("fold-recall", "streaming-recall")    # + BM25 chunks of the folded text in the call prompt
+RECALL = ("fold-recall", "fold-recall-all", "streaming-recall")  # + BM25 chunks of the folded text in the call prompt
+RECALL_TAIL = ("fold-recall-all",)              # recall from the unfolded tail too
 QUARTERS = {1: (0.03, 0.22), 2: (0.28, 0.47), 3: (0.53, 0.72), 4: (0.78, 0.97)}
 CARRIERS = ("output", "worker", "note")
 SPLIT_SEED = {"dev": 0, "heldout": 100_000}
@@ -300,19 +303,26 @@ def run_folding(setup: Setup, ep: LongEpisode, conditions: list[str], log=print)
             shared.observe(prompts.call_prompt(query))
         k += 1
     spans = fact_spans(lm, prompts.cache_text(ep.text), ep.questions)
+    built: dict[str, Any] = {}  # conditions that differ only in their calls share the trajectory's cache
     for condition in conditions:
-        cache = shared.clone()
-        cache.fold = _policy(setup, condition)
-        if condition in RECALL:  # the recalled text comes out of the cache's budget: every condition fits the window
-            cache.budget = setup.budget - setup.recall_budget
-            cache.reserve = setup.reserve + setup.recall_budget  # and RoPE positions re-base that much earlier
-            cache.check_budget()
-        full = text
-        for piece, query in ep.chunks[k:]:
-            full += piece
-            cache.sync(full)
-            if query and condition not in STREAMING:
-                cache.observe(prompts.call_prompt(query))
+        same = "fold-recall" if condition in RECALL_TAIL else condition
+        if same in built:
+            cache, full = built[same].clone(), text + "".join(c for c, _ in ep.chunks[k:])
+        else:
+            cache = shared.clone()
+            cache.fold = _policy(setup, condition)
+            if condition in RECALL:  # the recalled text comes out of the cache's budget: every condition fits the window
+                cache.budget = setup.budget - setup.recall_budget
+                cache.reserve = setup.reserve + setup.recall_budget  # and RoPE positions re-base that much earlier
+                cache.check_budget()
+            full = text
+            for piece, query in ep.chunks[k:]:
+                full += piece
+                cache.sync(full)
+                if query and condition not in STREAMING:
+                    cache.observe(prompts.call_prompt(query))
+            if same == "fold-recall" and len({"fold-recall", *RECALL_TAIL} & set(conditions)) > 1:
+                built[same] = cache.clone()
         selector = briefing.KeepAll() if condition in STREAMING else briefing.AttentionMatching(tau=1.0)
         rate = cache.prefill_s / max(1, cache.prefilled_tokens)  # s per token at this cache's sizes
         for f in cache.folds:
@@ -327,7 +337,7 @@ def run_folding(setup: Setup, ep: LongEpisode, conditions: list[str], log=print)
             query = question_text(q)
             if condition in RECALL:  # recall from the text the folds compacted (the recent window is whole)
                 n_query = lm.count_tokens(prompts.call_prompt(query))
-                query = recall_query(query, recall_folded(cache, query, setup.recall_budget))
+                query = recall_query(query, recall_folded(cache, query, setup.recall_budget, tail=condition in RECALL_TAIL))
             else:
                 n_query = None
             ctx = cache.compact(prompts.call_prompt(query), selector, query_tokens=n_query)
