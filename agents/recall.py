@@ -1,4 +1,4 @@
-"""Text recall for a folded trajectory: BM25 top chunks of the text a folding cache no longer holds whole.
+"""Text recall for a folded trajectory: BM25 top chunks of its text, which a folding cache no longer holds whole.
 
 A folded `briefing.TrajectoryCache` keeps a share of the old trajectory's positions, chosen before the question
 that will need them is known; the trajectory's text keeps everything. `bm25_chunks` picks, for the call's query,
@@ -52,11 +52,13 @@ def recall_query(query: str, recalled: str) -> str:
 MIN_RECALL_TOKENS = 16  # below this a recall is noise: none is made
 
 
-def recall_folded(cache: briefing.TrajectoryCache, query: str, k_tokens: int, *, tail: bool = False) -> str:
-    """BM25 chunks (at most `k_tokens` tokens; cut at the end if the chunks and separators pass it) of the text a folded cache no longer holds
-    whole: every token before its unfolded tail, or with `tail` the whole trajectory (the unfolded tail too: the
-    cache holds it verbatim, but far from the question). "" before the cache's first fold or below
-    MIN_RECALL_TOKENS. Chunks are about half the budget long (8 to 60 words), so a budget holds at least one whole chunk."""
+def recall_folded(cache: briefing.TrajectoryCache, query: str, k_tokens: int, *, tail: bool = True) -> str:
+    """BM25 chunks (at most `k_tokens` tokens; cut at the end if the chunks and separators pass it) of a folded
+    cache's trajectory text: all of it, or with `tail=False` only what the folds compacted (every token before the
+    unfolded tail, which the cache holds verbatim, though thousands of positions from the question at a full
+    window; recalling it too is the default, chosen on dev episodes of the long suite). "" before the cache's first
+    fold or below MIN_RECALL_TOKENS. Chunks are about half the budget long (8 to 60 words), so a budget holds at
+    least one whole chunk."""
     if k_tokens < MIN_RECALL_TOKENS or not cache.folds:
         return ""
     lm = cache.lm

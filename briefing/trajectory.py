@@ -168,7 +168,8 @@ class TrajectoryCache:
         other.beta = None if self.beta is None else [b.clone() for b in self.beta]
         other.key_pos = None if self.key_pos is None else self.key_pos.clone()
         other.origin = None if self.origin is None else self.origin.clone()
-        other._gen = torch.Generator().manual_seed(int(self._gen.initial_seed()))
+        other._gen = torch.Generator()
+        other._gen.set_state(self._gen.get_state())  # the copy draws what the original would draw next
         return other
 
     # -- text -----------------------------------------------------------------------------------------------------

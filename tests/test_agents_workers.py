@@ -170,6 +170,27 @@ def test_briefed_worker_recalls_a_fact_the_folds_compacted_away(lm):
     assert ans.prefilled_tokens == cache.tokens  # recall is prompt text: the trajectory was forwarded once
 
 
+def test_recall_reaches_the_unfolded_tail_unless_told_not_to(lm):
+    """A fact in the recent window, which the cache holds verbatim: recalled by default (the question sees it
+    next to itself), not with tail=False (only what the folds compacted)."""
+    import briefing
+    from agents.recall import recall_folded
+    from tests.tiny import tiny_model
+
+    small = tiny_model("llama-gqa", lm.tokenizer, max_positions=256)
+    filler = "".join(f"Line {i}: the gulls were loud over the harbour wall that day. " for i in range(40))
+    traj = "Query: q\n\n[output]\n" + filler + "Note: the garden gate code is 2931.\n\n"
+    w = BriefedWorker(lm=small, max_new_tokens=2, reserve=64, recall_tokens=24,
+                      fold=briefing.FoldPolicy(recent=32, capture_stride=4))
+    ans = w.answer("What is the garden gate code?", traj)
+    cache = w._caches[-1]
+    tail = cache.length - cache.folded
+    assert cache.folds and "2931" in small.decode(cache.ids[cache.tokens - tail:])  # the fact is in the unfolded tail
+    q = "What is the garden gate code?"
+    assert "2931" in recall_folded(cache, q, 24) and "2931" not in recall_folded(cache, q, 24, tail=False)
+    assert ans.recalled_tokens > 0
+
+
 @pytest.mark.parametrize(("kwargs", "match"), [
     (dict(selector=0.2), "selector must be a briefing.Selector"),
     (dict(lm="SmolLM2"), "lm must be a briefing.LoadedModel"),

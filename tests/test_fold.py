@@ -187,6 +187,21 @@ def test_streaming_llm_is_a_zero_keep_fold(tiny, pieces):
     assert cache.length <= cache.budget
 
 
+def test_a_clone_folds_exactly_as_its_original(tiny, pieces):
+    """A copy taken after folds (span guidance draws random span queries) goes on as the original would."""
+    cache = folding_cache(tiny, briefing.SpanGuidance())
+    for piece in pieces[:40]:
+        cache.extend(piece)
+    assert cache.folds
+    copy = cache.clone()
+    for c in (cache, copy):
+        for piece in pieces[40:60]:
+            c.extend(piece)
+    assert len(copy.folds) == len(cache.folds) > 1
+    assert torch.equal(copy.positions(), cache.positions()) and all(torch.equal(a, b) for a, b in zip(copy.beta, cache.beta))
+    assert all(torch.equal(a, b) for a, b in zip(stack_layers(kv.layer_kv(copy.kv)[0]), stack_layers(kv.layer_kv(cache.kv)[0])))
+
+
 def test_bad_budget_and_policy_errors(tiny):
     policy = briefing.FoldPolicy(sink=4, recent=64)
     assert briefing.TrajectoryCache(tiny, budget=256, reserve=64, fold=briefing.FoldPolicy()).recent == 128  # half

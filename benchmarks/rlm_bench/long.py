@@ -24,11 +24,12 @@ Conditions (all see the same events; `window` is the worker model's positions, `
   worker's per-call compaction (AttentionMatching, tau 1); the worker prompts of the trajectory's own worker calls
   are observed as they happen (task guidance), exactly as a BriefedWorker sees them;
 - fold-recall: fold-mix, plus BM25 top chunks of the text the cache no longer holds whole (everything before its
-  unfolded tail; the trajectory keeps it) pasted into the call prompt (`agents.recall.recall_folded`, as
-  BriefedWorker does), `recall_budget` tokens (an eighth of the cache budget by default) taken out of the cache's
+  unfolded tail; the trajectory keeps it) pasted into the call prompt (`agents.recall.recall_folded(tail=False)`),
+  `recall_budget` tokens (an eighth of the cache budget by default) taken out of the cache's
   budget, so that the call still fits the same window: bounded memory, a per-call prompt bounded by the budget;
-- fold-recall-all: fold-recall's cache (shared when both run), recalling from the whole trajectory: the unfolded
-  tail too, which the cache holds verbatim but thousands of positions from the question;
+- fold-recall-all: fold-recall's cache (shared when both run), recalling from the whole trajectory, as
+  BriefedWorker does: the unfolded tail too, which the cache holds verbatim but thousands of positions from the
+  question;
 - streaming: the same cache folding with keep 0 (attention sink + recent window, StreamingLLM), KeepAll per call;
 - streaming-recall: streaming plus the same recall as fold-recall (what the recall alone brings, without the folds'
   kept positions);
@@ -335,9 +336,10 @@ def run_folding(setup: Setup, ep: LongEpisode, conditions: list[str], log=print)
             before = cache.prefilled_tokens
             cache.sync(full)
             query = question_text(q)
-            if condition in RECALL:  # recall from the text the folds compacted (the recent window is whole)
+            if condition in RECALL:  # recall from the text the folds compacted (RECALL_TAIL: and the unfolded tail)
                 n_query = lm.count_tokens(prompts.call_prompt(query))
-                query = recall_query(query, recall_folded(cache, query, setup.recall_budget, tail=condition in RECALL_TAIL))
+                recalled = recall_folded(cache, query, setup.recall_budget, tail=condition in RECALL_TAIL)
+                query = recall_query(query, recalled)
             else:
                 n_query = None
             ctx = cache.compact(prompts.call_prompt(query), selector, query_tokens=n_query)
