@@ -52,13 +52,16 @@ def recall_query(query: str, recalled: str) -> str:
 MIN_RECALL_TOKENS = 16  # below this a recall is noise: none is made
 
 
-def recall_folded(cache: briefing.TrajectoryCache, query: str, k_tokens: int, *, tail: bool = True) -> str:
-    """BM25 chunks (at most `k_tokens` tokens; cut at the end if the chunks and separators pass it) of a folded
-    cache's trajectory text: all of it, or with `tail=False` only what the folds compacted (every token before the
-    unfolded tail, which the cache holds verbatim, though thousands of positions from the question at a full
-    window; recalling it too is the default, chosen on dev episodes of the long suite). "" before the cache's first
-    fold or below MIN_RECALL_TOKENS. Chunks are about half the budget long (8 to 60 words), so a budget holds at
-    least one whole chunk."""
+def recall_folded(cache: briefing.TrajectoryCache, query: str, k_tokens: int, *, tail: bool = False) -> str:
+    """BM25 chunks (at most `k_tokens` tokens; cut at the end if the chunks and separators pass it) of the text a
+    folded cache no longer holds whole: every token before its unfolded tail, or with `tail=True` the whole
+    trajectory (the tail too, which the cache holds verbatim but up to a window from the question). "" before the
+    cache's first fold or below MIN_RECALL_TOKENS. Chunks are about half the budget long (8 to 60 words), so a
+    budget holds at least one whole chunk. Chunks come in text order.
+
+    `tail=True` is the long suite's `fold-recall-all`. On dev episodes it answered more tail facts but lost
+    first-quarter ones: a same-kind distractor recalled from the tail lands nearer the question than the fact
+    (README, "Recall"). It is not the default."""
     if k_tokens < MIN_RECALL_TOKENS or not cache.folds:
         return ""
     lm = cache.lm

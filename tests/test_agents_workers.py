@@ -170,9 +170,9 @@ def test_briefed_worker_recalls_a_fact_the_folds_compacted_away(lm):
     assert ans.prefilled_tokens == cache.tokens  # recall is prompt text: the trajectory was forwarded once
 
 
-def test_recall_reaches_the_unfolded_tail_unless_told_not_to(lm):
-    """A fact in the recent window, which the cache holds verbatim: recalled by default (the question sees it
-    next to itself), not with tail=False (only what the folds compacted)."""
+def test_recall_reaches_the_unfolded_tail_only_when_asked(lm):
+    """A fact in the recent window, which the cache holds verbatim: recalled with tail=True, not by default (only
+    what the folds compacted)."""
     import briefing
     from agents.recall import recall_folded
     from tests.tiny import tiny_model
@@ -187,8 +187,8 @@ def test_recall_reaches_the_unfolded_tail_unless_told_not_to(lm):
     tail = cache.length - cache.folded
     assert cache.folds and "2931" in small.decode(cache.ids[cache.tokens - tail:])  # the fact is in the unfolded tail
     q = "What is the garden gate code?"
-    assert "2931" in recall_folded(cache, q, 24) and "2931" not in recall_folded(cache, q, 24, tail=False)
-    assert ans.recalled_tokens > 0
+    assert "2931" in recall_folded(cache, q, 24, tail=True) and "2931" not in recall_folded(cache, q, 24)
+    assert ans.recalled_tokens > 0   # BriefedWorker recalls from the folded text (the default)
 
 
 @pytest.mark.parametrize(("kwargs", "match"), [

@@ -24,12 +24,12 @@ Conditions (all see the same events; `window` is the worker model's positions, `
   worker's per-call compaction (AttentionMatching, tau 1); the worker prompts of the trajectory's own worker calls
   are observed as they happen (task guidance), exactly as a BriefedWorker sees them;
 - fold-recall: fold-mix, plus BM25 top chunks of the text the cache no longer holds whole (everything before its
-  unfolded tail; the trajectory keeps it) pasted into the call prompt (`agents.recall.recall_folded(tail=False)`),
-  `recall_budget` tokens (an eighth of the cache budget by default) taken out of the cache's
+  unfolded tail; the trajectory keeps it) pasted into the call prompt (`agents.recall.recall_folded`, as
+  BriefedWorker does), `recall_budget` tokens (an eighth of the cache budget by default) taken out of the cache's
   budget, so that the call still fits the same window: bounded memory, a per-call prompt bounded by the budget;
-- fold-recall-all: fold-recall's cache (shared when both run), recalling from the whole trajectory, as
-  BriefedWorker does: the unfolded tail too, which the cache holds verbatim but thousands of positions from the
-  question;
+- fold-recall-all: fold-recall's cache (shared when both run), recalling from the whole trajectory
+  (`recall_folded(tail=True)`): the unfolded tail too, which the cache holds verbatim but thousands of
+  positions from the question;
 - streaming: the same cache folding with keep 0 (attention sink + recent window, StreamingLLM), KeepAll per call;
 - streaming-recall: streaming plus the same recall as fold-recall (what the recall alone brings, without the folds'
   kept positions);
