@@ -25,9 +25,10 @@ def _words(s: str) -> list[str]:
     return re.findall(r"\w+", s.lower())
 
 
-def bm25_chunks(text: str, query: str, k_tokens: int, lm: TokenCounter, chunk_words: int = 60) -> str:
-    """Top BM25 chunks (about `chunk_words` words each) of `text` for `query`, in text order, up to `k_tokens`
-    tokens (at least one chunk)."""
+def bm25_chunks(text: str, query: str, k_tokens: int, lm: TokenCounter, chunk_words: int = 60, *,
+                ranked: bool = False) -> str:
+    """Top BM25 chunks (about `chunk_words` words each) of `text` for `query`, up to `k_tokens` tokens (at least
+    one chunk), in text order, or with `ranked` by rising score (the best chunk last, next to the question)."""
     from rank_bm25 import BM25Okapi
 
     words = text.split(" ")
@@ -41,7 +42,7 @@ def bm25_chunks(text: str, query: str, k_tokens: int, lm: TokenCounter, chunk_wo
             break
         picked.append(i)
         used += n
-    return "\n...\n".join(chunks[i] for i in sorted(picked)) + "\n"
+    return "\n...\n".join(chunks[i] for i in (picked[::-1] if ranked else sorted(picked))) + "\n"
 
 
 def recall_query(query: str, recalled: str) -> str:
@@ -52,12 +53,13 @@ def recall_query(query: str, recalled: str) -> str:
 MIN_RECALL_TOKENS = 16  # below this a recall is noise: none is made
 
 
-def recall_folded(cache: briefing.TrajectoryCache, query: str, k_tokens: int, *, tail: bool = False) -> str:
+def recall_folded(cache: briefing.TrajectoryCache, query: str, k_tokens: int, *, tail: bool = False,
+                  ranked: bool = False) -> str:
     """BM25 chunks (at most `k_tokens` tokens; cut at the end if the chunks and separators pass it) of the text a
     folded cache no longer holds whole: every token before its unfolded tail, or with `tail=True` the whole
     trajectory (the tail too, which the cache holds verbatim but up to a window from the question). "" before the
     cache's first fold or below MIN_RECALL_TOKENS. Chunks are about half the budget long (8 to 60 words), so a
-    budget holds at least one whole chunk. Chunks come in text order.
+    budget holds at least one whole chunk. Chunks come in text order, or with `ranked` the best last.
 
     `tail=True` is the long suite's `fold-recall-all`. On dev episodes it answered more tail facts but lost
     first-quarter ones: a same-kind distractor recalled from the tail lands nearer the question than the fact
@@ -69,6 +71,6 @@ def recall_folded(cache: briefing.TrajectoryCache, query: str, k_tokens: int, *,
     folded = lm.decode(cache.ids[:max(0, cache.tokens - whole)])
     if not folded.strip():
         return ""
-    text = bm25_chunks(folded, query, k_tokens, lm, chunk_words=max(8, min(60, k_tokens // 3)))
+    text = bm25_chunks(folded, query, k_tokens, lm, chunk_words=max(8, min(60, k_tokens // 3)), ranked=ranked)
     ids = lm.encode(text)
     return text if len(ids) <= k_tokens else lm.decode(ids[:k_tokens])

@@ -2,8 +2,9 @@
 
     python -m benchmarks.rlm_bench.long [--lengths 8192 16384 32768 65536] [--episodes 24] [--first-episode 0]
                              [--window 8192]
-                             [--conditions fold-task fold-span fold-mix fold-recall fold-recall-all truncated
-                                           streaming streaming-recall bm25 summary plain]
+                             [--conditions fold-task fold-span fold-mix fold-recall fold-recall-all
+                                           fold-recall-ranked fold-recall-all-ranked truncated streaming
+                                           streaming-recall bm25 summary plain]
                              [--split dev|heldout] [--out bench_out/long]
     rlm bench --suite long ...          (the same options)
     python -m benchmarks.rlm_bench.long --report bench_out/long/results.json [--readme README.md]
@@ -30,6 +31,8 @@ Conditions (all see the same events; `window` is the worker model's positions, `
 - fold-recall-all: fold-recall's cache (shared when both run), recalling from the whole trajectory
   (`recall_folded(tail=True)`): the unfolded tail too, which the cache holds verbatim but thousands of
   positions from the question;
+- fold-recall-ranked / fold-recall-all-ranked: the same two scopes with the recalled chunks by rising BM25 score
+  (the best chunk last, next to the question) instead of text order;
 - streaming: the same cache folding with keep 0 (attention sink + recent window, StreamingLLM), KeepAll per call;
 - streaming-recall: streaming plus the same recall as fold-recall (what the recall alone brings, without the folds'
   kept positions);
@@ -61,12 +64,17 @@ from rlm.data import essay_names, read_essay
 from rlm.events import CellOutput, CodeCell, OrchestratorMessage, RunStart, WorkerCall
 from rlm.trajectory import Trajectory
 
-CONDITIONS = ["fold-task", "fold-span", "fold-mix", "fold-recall", "fold-recall-all", "truncated", "streaming", "streaming-recall", "bm25",
+CONDITIONS = ["fold-task", "fold-span", "fold-mix", "fold-recall", "fold-recall-all", "fold-recall-ranked",
+              "fold-recall-all-ranked", "truncated", "streaming", "streaming-recall", "bm25",
               "summary", "plain"]
-FOLD_GUIDANCE = {"fold-task": "task", "fold-span": "span", "fold-mix": "mix", "fold-recall": "mix", "fold-recall-all": "mix"}
+# recall variants of fold-recall: scope (tail: the unfolded tail too) and order (ranked: the best chunk last); they
+# share fold-recall's cache when run together
+RECALL_VARIANTS = {"fold-recall": dict(tail=False, ranked=False), "fold-recall-all": dict(tail=True, ranked=False),
+                   "fold-recall-ranked": dict(tail=False, ranked=True),
+                   "fold-recall-all-ranked": dict(tail=True, ranked=True)}
+FOLD_GUIDANCE = {"fold-task": "task", "fold-span": "span", "fold-mix": "mix", **dict.fromkeys(RECALL_VARIANTS, "mix")}
 STREAMING = ("streaming", "streaming-recall")   # folds that keep nothing of the span (sink + recent window)
-RECALL = ("fold-recall", "fold-recall-all", "streaming-recall")  # + BM25 chunks of the folded text in the call prompt
-RECALL_TAIL = ("fold-recall-all",)              # recall from the unfolded tail too
+RECALL = (*RECALL_VARIANTS, "streaming-recall")  # + BM25 chunks of the folded text in the call prompt
 QUARTERS = {1: (0.03, 0.22), 2: (0.28, 0.47), 3: (0.53, 0.72), 4: (0.78, 0.97)}
 CARRIERS = ("output", "worker", "note")
 SPLIT_SEED = {"dev": 0, "heldout": 100_000}
@@ -306,7 +314,7 @@ def run_folding(setup: Setup, ep: LongEpisode, conditions: list[str], log=print)
     spans = fact_spans(lm, prompts.cache_text(ep.text), ep.questions)
     built: dict[str, Any] = {}  # conditions that differ only in their calls share the trajectory's cache
     for condition in conditions:
-        same = "fold-recall" if condition in RECALL_TAIL else condition
+        same = "fold-recall" if condition in RECALL_VARIANTS else condition
         if same in built:
             cache, full = built[same].clone(), text + "".join(c for c, _ in ep.chunks[k:])
         else:
@@ -322,7 +330,7 @@ def run_folding(setup: Setup, ep: LongEpisode, conditions: list[str], log=print)
                 cache.sync(full)
                 if query and condition not in STREAMING:
                     cache.observe(prompts.call_prompt(query))
-            if same == "fold-recall" and len({"fold-recall", *RECALL_TAIL} & set(conditions)) > 1:
+            if same == "fold-recall" and len(set(RECALL_VARIANTS) & set(conditions)) > 1:
                 built[same] = cache.clone()
         selector = briefing.KeepAll() if condition in STREAMING else briefing.AttentionMatching(tau=1.0)
         rate = cache.prefill_s / max(1, cache.prefilled_tokens)  # s per token at this cache's sizes
@@ -336,9 +344,9 @@ def run_folding(setup: Setup, ep: LongEpisode, conditions: list[str], log=print)
             before = cache.prefilled_tokens
             cache.sync(full)
             query = question_text(q)
-            if condition in RECALL:  # recall from the text the folds compacted (RECALL_TAIL: and the unfolded tail)
+            if condition in RECALL:  # recall from the text the folds compacted (tail: and the unfolded tail)
                 n_query = lm.count_tokens(prompts.call_prompt(query))
-                recalled = recall_folded(cache, query, setup.recall_budget, tail=condition in RECALL_TAIL)
+                recalled = recall_folded(cache, query, setup.recall_budget, **RECALL_VARIANTS.get(condition, {}))
                 query = recall_query(query, recalled)
             else:
                 n_query = None
