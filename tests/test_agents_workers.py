@@ -170,6 +170,22 @@ def test_briefed_worker_recalls_a_fact_the_folds_compacted_away(lm):
     assert ans.prefilled_tokens == cache.tokens  # recall is prompt text: the trajectory was forwarded once
 
 
+def test_bm25_chunks_in_text_order_or_best_last():
+    from agents.recall import bm25_chunks
+
+    class Words:
+        def count_tokens(self, text: str) -> int:
+            return len(text.split())
+
+    text = " ".join(["alpha gate code 1111", "filler words here now", "garden gate code 2931",
+                     "more filler words now", "gate painted blue today"])
+    order = bm25_chunks(text, "garden gate code", 12, Words(), chunk_words=4)
+    ranked = bm25_chunks(text, "garden gate code", 12, Words(), chunk_words=4, ranked=True)
+    assert set(order.strip().split("\n...\n")) == set(ranked.strip().split("\n...\n"))   # the same chunks
+    assert order.index("1111") < order.index("2931")                      # text order
+    assert ranked.rstrip().endswith("garden gate code 2931")                 # the best match last
+
+
 def test_recall_reaches_the_unfolded_tail_only_when_asked(lm):
     """A fact in the recent window, which the cache holds verbatim: recalled with tail=True, not by default (only
     what the folds compacted)."""

@@ -66,8 +66,10 @@ def test_long_suite_runs_every_condition_in_bounded_memory(lm, tmp_path):
     for i in range(4):  # recall puts folded-away text into the prompt, within its budget
         extra = by[("fold-recall", 900, i)]["prompt_tokens"] - by[("fold-mix", 900, i)]["prompt_tokens"]
         assert 0 < extra <= result["config"]["recall_budget"] + 16
-        a, b = by[("fold-recall", 900, i)], by[("fold-recall-all", 900, i)]  # one cache, two recall scopes
-        assert (a["cache_positions"], a["folds"], a["held_fact"]) == (b["cache_positions"], b["folds"], b["held_fact"])
+        a = by[("fold-recall", 900, i)]
+        for v in long.RECALL_VARIANTS:  # one cache, four recall variants
+            b = by[(v, 900, i)]
+            assert (a["cache_positions"], a["folds"], a["held_fact"]) == (b["cache_positions"], b["folds"], b["held_fact"])
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{long.README_START}\nold table\n{long.README_END}\nrest\n")
     assert long.main(["--report", str(tmp_path / "results.json"), "--readme", str(readme)]) == 0
