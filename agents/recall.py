@@ -53,17 +53,18 @@ def recall_query(query: str, recalled: str) -> str:
 MIN_RECALL_TOKENS = 16  # below this a recall is noise: none is made
 
 
-def recall_folded(cache: briefing.TrajectoryCache, query: str, k_tokens: int, *, tail: bool = False,
-                  ranked: bool = False) -> str:
-    """BM25 chunks (at most `k_tokens` tokens; cut at the end if the chunks and separators pass it) of the text a
-    folded cache no longer holds whole: every token before its unfolded tail, or with `tail=True` the whole
-    trajectory (the tail too, which the cache holds verbatim but up to a window from the question). "" before the
-    cache's first fold or below MIN_RECALL_TOKENS. Chunks are about half the budget long (8 to 60 words), so a
-    budget holds at least one whole chunk. Chunks come in text order, or with `ranked` the best last.
+def recall_folded(cache: briefing.TrajectoryCache, query: str, k_tokens: int, *, tail: bool = True,
+                  ranked: bool = True) -> str:
+    """BM25 chunks of a folded cache's trajectory text, the best chunk last, next to the question: at most
+    `k_tokens` tokens (where the chunks and their separators pass it, cut at the least relevant end). "" before
+    the cache's first fold or below MIN_RECALL_TOKENS. Chunks are about half the budget long (8 to 60 words), so
+    a budget holds at least one whole chunk.
 
-    `tail=True` is the long suite's `fold-recall-all`. On dev episodes it answered more tail facts but lost
-    first-quarter ones: a same-kind distractor recalled from the tail lands nearer the question than the fact
-    (README, "Recall"). It is not the default."""
+    tail: recall from the unfolded tail too, which the cache holds verbatim but up to a window from the question
+        (False: only the text the folds compacted, everything before the tail).
+    ranked: chunks by rising score (False: in text order). Recalling the tail in text order can put a same-kind
+        distractor after the fact, nearer the question. Both defaults were chosen on dev episodes of the long
+        suite (README, "Recall")."""
     if k_tokens < MIN_RECALL_TOKENS or not cache.folds:
         return ""
     lm = cache.lm
@@ -73,4 +74,6 @@ def recall_folded(cache: briefing.TrajectoryCache, query: str, k_tokens: int, *,
         return ""
     text = bm25_chunks(folded, query, k_tokens, lm, chunk_words=max(8, min(60, k_tokens // 3)), ranked=ranked)
     ids = lm.encode(text)
-    return text if len(ids) <= k_tokens else lm.decode(ids[:k_tokens])
+    if len(ids) <= k_tokens:
+        return text
+    return lm.decode(ids[-k_tokens:] if ranked else ids[:k_tokens])  # cut the least relevant end

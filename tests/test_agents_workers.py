@@ -186,9 +186,9 @@ def test_bm25_chunks_in_text_order_or_best_last():
     assert ranked.rstrip().endswith("garden gate code 2931")                 # the best match last
 
 
-def test_recall_reaches_the_unfolded_tail_only_when_asked(lm):
-    """A fact in the recent window, which the cache holds verbatim: recalled with tail=True, not by default (only
-    what the folds compacted)."""
+def test_recall_reaches_the_unfolded_tail_unless_told_not_to(lm):
+    """A fact in the recent window, which the cache holds verbatim: recalled by default, next to the question
+    (the best chunk last), not with tail=False (only what the folds compacted)."""
     import briefing
     from agents.recall import recall_folded
     from tests.tiny import tiny_model
@@ -203,8 +203,10 @@ def test_recall_reaches_the_unfolded_tail_only_when_asked(lm):
     tail = cache.length - cache.folded
     assert cache.folds and "2931" in small.decode(cache.ids[cache.tokens - tail:])  # the fact is in the unfolded tail
     q = "What is the garden gate code?"
-    assert "2931" in recall_folded(cache, q, 24, tail=True) and "2931" not in recall_folded(cache, q, 24)
-    assert ans.recalled_tokens > 0   # BriefedWorker recalls from the folded text (the default)
+    assert "2931" not in recall_folded(cache, q, 24, tail=False)
+    recalled = recall_folded(cache, q, 24)
+    assert "2931" in recalled.split("\n...\n")[-1]   # the best chunk, last
+    assert ans.recalled_tokens > 0
 
 
 @pytest.mark.parametrize(("kwargs", "match"), [

@@ -24,10 +24,10 @@ Parameters:
     cache_budget: positions the persistent cache keeps (None: the model's window minus `reserve`)
     reserve: positions left for the call prompt and generation (prompt + max_new_tokens must fit)
     recall_tokens: once the cache has folded, at most this many tokens (fewer where the reserve leaves less room
-        after the prompt and max_new_tokens) of BM25 top chunks (`agents.recall`) of the trajectory text it no
-        longer holds whole (everything before its unfolded tail) go before the query (0: no recall).
-        The folds choose what to keep before the question is known; recall lets a call reach a fact they
-        compacted away (README, "Unbounded trajectories").
+        after the prompt and max_new_tokens) of BM25 top chunks (`agents.recall.recall_folded`) of the
+        trajectory text go before the query, the best chunk last (0: no recall). The folds choose what to keep
+        before the question is known; recall lets a call reach a fact they compacted away, and brings a fact of
+        the unfolded tail next to the question (README, "Unbounded trajectories").
 Billed input tokens per call: kept positions + prompt tokens. `text_handoff_tokens`: tokens of the
 same text pasted whole (what `TextWorker` bills).
 """

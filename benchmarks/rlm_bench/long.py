@@ -25,14 +25,16 @@ Conditions (all see the same events; `window` is the worker model's positions, `
   worker's per-call compaction (AttentionMatching, tau 1); the worker prompts of the trajectory's own worker calls
   are observed as they happen (task guidance), exactly as a BriefedWorker sees them;
 - fold-recall: fold-mix, plus BM25 top chunks of the text the cache no longer holds whole (everything before its
-  unfolded tail; the trajectory keeps it) pasted into the call prompt (`agents.recall.recall_folded`, as
-  BriefedWorker does), `recall_budget` tokens (an eighth of the cache budget by default) taken out of the cache's
+  unfolded tail; the trajectory keeps it) pasted into the call prompt in text order
+  (`agents.recall.recall_folded(tail=False, ranked=False)`, BriefedWorker's recall until fold-recall-all-ranked
+  won on dev episodes), `recall_budget` tokens (an eighth of the cache budget by default) taken out of the cache's
   budget, so that the call still fits the same window: bounded memory, a per-call prompt bounded by the budget;
 - fold-recall-all: fold-recall's cache (shared when both run), recalling from the whole trajectory
-  (`recall_folded(tail=True)`): the unfolded tail too, which the cache holds verbatim but thousands of
+  (`recall_folded(tail=True, ranked=False)`): the unfolded tail too, which the cache holds verbatim but thousands of
   positions from the question;
 - fold-recall-ranked / fold-recall-all-ranked: the same two scopes with the recalled chunks by rising BM25 score
-  (the best chunk last, next to the question) instead of text order;
+  (the best chunk last, next to the question) instead of text order; fold-recall-all-ranked is what
+  BriefedWorker does;
 - streaming: the same cache folding with keep 0 (attention sink + recent window, StreamingLLM), KeepAll per call;
 - streaming-recall: streaming plus the same recall as fold-recall (what the recall alone brings, without the folds'
   kept positions);
@@ -71,7 +73,7 @@ CONDITIONS = ["fold-task", "fold-span", "fold-mix", "fold-recall", "fold-recall-
 # share fold-recall's cache when run together
 RECALL_VARIANTS = {"fold-recall": dict(tail=False, ranked=False), "fold-recall-all": dict(tail=True, ranked=False),
                    "fold-recall-ranked": dict(tail=False, ranked=True),
-                   "fold-recall-all-ranked": dict(tail=True, ranked=True)}
+                   "fold-recall-all-ranked": dict(tail=True, ranked=True)}   # BriefedWorker's recall
 FOLD_GUIDANCE = {"fold-task": "task", "fold-span": "span", "fold-mix": "mix", **dict.fromkeys(RECALL_VARIANTS, "mix")}
 STREAMING = ("streaming", "streaming-recall")   # folds that keep nothing of the span (sink + recent window)
 RECALL = (*RECALL_VARIANTS, "streaming-recall")  # + BM25 chunks of the folded text in the call prompt
@@ -346,7 +348,8 @@ def run_folding(setup: Setup, ep: LongEpisode, conditions: list[str], log=print)
             query = question_text(q)
             if condition in RECALL:  # recall from the text the folds compacted (tail: and the unfolded tail)
                 n_query = lm.count_tokens(prompts.call_prompt(query))
-                recalled = recall_folded(cache, query, setup.recall_budget, **RECALL_VARIANTS.get(condition, {}))
+                variant = RECALL_VARIANTS.get(condition, RECALL_VARIANTS["fold-recall"])  # streaming-recall: as fold-recall
+                recalled = recall_folded(cache, query, setup.recall_budget, **variant)
                 query = recall_query(query, recalled)
             else:
                 n_query = None
