@@ -130,7 +130,7 @@ class WorkerCall(EventBase):
     folds: list[dict[str, Any]] | None = None   # folds of the worker's persistent cache during this call
     prefilled_tokens: int | None = None         # trajectory tokens the worker forwarded for this call
     cache_positions: int | None = None          # positions its persistent cache holds after the call
-    recalled_tokens: int | None = None          # folded-away trajectory text recalled into the prompt (agents.recall)
+    recalled_tokens: int | None = None          # trajectory text recalled into the prompt (agents.recall)
 
     def render(self) -> str:
         answer = self.answer if self.answer is not None else f"(failed: {self.error})"

@@ -1,4 +1,5 @@
-"""Text recall for a folded trajectory: BM25 top chunks of its text, which a folding cache no longer holds whole.
+"""Text recall for a folded trajectory: BM25 top chunks of its text, which the trajectory keeps whole and a
+folding cache does not.
 
 A folded `briefing.TrajectoryCache` keeps a share of the old trajectory's positions, chosen before the question
 that will need them is known; the trajectory's text keeps everything. `bm25_chunks` picks, for the call's query,
@@ -61,7 +62,8 @@ def recall_folded(cache: briefing.TrajectoryCache, query: str, k_tokens: int, *,
     a budget holds at least one whole chunk.
 
     tail: recall from the unfolded tail too, which the cache holds verbatim but up to a window from the question
-        (False: only the text the folds compacted, everything before the tail).
+        (False: only the text the folds compacted, everything before the tail). Before the first fold nothing is
+        recalled: a trajectory that fits the cache is answered from the cache alone, as before folding existed.
     ranked: chunks by rising score (False: in text order). Recalling the tail in text order can put a same-kind
         distractor after the fact, nearer the question. Both defaults were chosen on dev episodes of the long
         suite (README, "Recall")."""
@@ -73,7 +75,14 @@ def recall_folded(cache: briefing.TrajectoryCache, query: str, k_tokens: int, *,
     if not folded.strip():
         return ""
     text = bm25_chunks(folded, query, k_tokens, lm, chunk_words=max(8, min(60, k_tokens // 3)), ranked=ranked)
+    return fit(text, k_tokens, lm, keep_end=ranked)
+
+
+def fit(text: str, k_tokens: int, lm: briefing.LoadedModel, *, keep_end: bool) -> str:
+    """`text` cut to at most `k_tokens` tokens: its start dropped (`keep_end`: ranked chunks, the best last) or its
+    end (chunks in text order). The chunk budget of `bm25_chunks` leaves out the separators, so a recall can run
+    a few tokens over."""
     ids = lm.encode(text)
     if len(ids) <= k_tokens:
         return text
-    return lm.decode(ids[-k_tokens:] if ranked else ids[:k_tokens])  # cut the least relevant end
+    return lm.decode(ids[-k_tokens:] if keep_end else ids[:k_tokens])

@@ -186,6 +186,23 @@ def test_bm25_chunks_in_text_order_or_best_last():
     assert ranked.rstrip().endswith("garden gate code 2931")                 # the best match last
 
 
+def test_a_recall_past_its_budget_loses_its_least_relevant_end(lm):
+    """The chunk budget leaves out the separators: the recall is cut to k_tokens, ranked from its start (the best
+    chunk, last, stays whole), in text order from its end."""
+    from agents.recall import bm25_chunks, fit
+
+    text = " ".join(f"Line {i} mentions the harbour wall and the gulls." for i in range(30)) + \
+        " The garden gate code of the harbour house is 2931."
+    q = "What is the garden gate code of the harbour house?"
+    ranked = bm25_chunks(text, q, 60, lm, chunk_words=10, ranked=True)
+    assert lm.count_tokens(ranked) > 60   # chunks of at most 60 tokens in all, plus separators
+    cut = fit(ranked, 60, lm, keep_end=True)
+    assert lm.count_tokens(cut) <= 60 and cut.rstrip().endswith("is 2931.")
+    whole = bm25_chunks(text, q, 60, lm, chunk_words=10)   # text order: the fact, last in the text, comes last
+    in_order = fit(whole, 60, lm, keep_end=False)
+    assert lm.count_tokens(in_order) <= 60 and whole.startswith(in_order) and "2931" not in in_order
+
+
 def test_recall_reaches_the_unfolded_tail_unless_told_not_to(lm):
     """A fact in the recent window, which the cache holds verbatim: recalled by default, next to the question
     (the best chunk last), not with tail=False (only what the folds compacted)."""

@@ -67,9 +67,11 @@ def test_long_suite_runs_every_condition_in_bounded_memory(lm, tmp_path):
         extra = by[("fold-recall", 900, i)]["prompt_tokens"] - by[("fold-mix", 900, i)]["prompt_tokens"]
         assert 0 < extra <= result["config"]["recall_budget"] + 16
         a = by[("fold-recall", 900, i)]
-        for v in long.RECALL_VARIANTS:  # one cache, four recall variants
+        for v in long.RECALL_VARIANTS:  # one cache, four recall variants: its folds recorded once, as fold-recall's
             b = by[(v, 900, i)]
             assert (a["cache_positions"], a["folds"], a["held_fact"]) == (b["cache_positions"], b["folds"], b["held_fact"])
+    folded = {f["condition"] for f in result["folds"]}
+    assert "fold-recall" in folded and not folded & (set(long.RECALL_VARIANTS) - {"fold-recall"})
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{long.README_START}\nold table\n{long.README_END}\nrest\n")
     assert long.main(["--report", str(tmp_path / "results.json"), "--readme", str(readme)]) == 0

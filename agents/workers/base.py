@@ -28,8 +28,8 @@ class WorkerAnswer(BaseModel):
     folds: what each fold of the persistent cache during this call did (`briefing.FoldStats` as dicts: span,
         kept, time, guidance); prefilled_tokens: trajectory tokens forwarded by this call (the new text only);
         cache_positions / trajectory_tokens: positions the persistent cache holds / tokens of the whole trajectory
-        (briefed worker only). recalled_tokens: tokens of folded-away trajectory text recalled into the prompt
-        (`agents.recall`; briefed worker only).
+        (briefed worker only). recalled_tokens: tokens of trajectory text recalled into the prompt once
+        the cache has folded (`agents.recall`; briefed worker only).
     """
 
     text: str

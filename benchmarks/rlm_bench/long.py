@@ -76,7 +76,7 @@ RECALL_VARIANTS = {"fold-recall": dict(tail=False, ranked=False), "fold-recall-a
                    "fold-recall-all-ranked": dict(tail=True, ranked=True)}   # BriefedWorker's recall
 FOLD_GUIDANCE = {"fold-task": "task", "fold-span": "span", "fold-mix": "mix", **dict.fromkeys(RECALL_VARIANTS, "mix")}
 STREAMING = ("streaming", "streaming-recall")   # folds that keep nothing of the span (sink + recent window)
-RECALL = (*RECALL_VARIANTS, "streaming-recall")  # + BM25 chunks of the folded text in the call prompt
+RECALL = (*RECALL_VARIANTS, "streaming-recall")  # + BM25 chunks of the trajectory text in the call prompt
 QUARTERS = {1: (0.03, 0.22), 2: (0.28, 0.47), 3: (0.53, 0.72), 4: (0.78, 0.97)}
 CARRIERS = ("output", "worker", "note")
 SPLIT_SEED = {"dev": 0, "heldout": 100_000}
@@ -317,7 +317,8 @@ def run_folding(setup: Setup, ep: LongEpisode, conditions: list[str], log=print)
     built: dict[str, Any] = {}  # conditions that differ only in their calls share the trajectory's cache
     for condition in conditions:
         same = "fold-recall" if condition in RECALL_VARIANTS else condition
-        if same in built:
+        reused = same in built   # its folds are fold-recall's: recorded once, under fold-recall
+        if reused:
             cache, full = built[same].clone(), text + "".join(c for c, _ in ep.chunks[k:])
         else:
             cache = shared.clone()
@@ -336,7 +337,7 @@ def run_folding(setup: Setup, ep: LongEpisode, conditions: list[str], log=print)
                 built[same] = cache.clone()
         selector = briefing.KeepAll() if condition in STREAMING else briefing.AttentionMatching(tau=1.0)
         rate = cache.prefill_s / max(1, cache.prefilled_tokens)  # s per token at this cache's sizes
-        for f in cache.folds:
+        for f in cache.folds if not reused else ():
             setup.folds.append(dict(episode=ep.id, length=ep.target_tokens, condition=condition, **f.model_dump(),
                                     prefill_estimate_s=f.span * rate,
                                     ratio_to_prefill=f.time_s / max(1e-9, f.span * rate)))
