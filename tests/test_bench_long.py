@@ -59,6 +59,7 @@ def test_long_suite_runs_every_condition_in_bounded_memory(lm, tmp_path):
         assert d["questions"] == 4 and abs(d["diff"] - (acc[(d["condition"], d["length"])]
                                                          - acc[("fold-recall", d["length"])])) < 1e-9
         assert d["ci95"][0] <= d["diff"] <= d["ci95"][1]
+        assert abs((d["won"] - d["lost"]) / d["questions"] - d["diff"]) < 1e-9
     paths = long.write(result, tmp_path)
     assert all((tmp_path / p).exists() for p in ("results.json", "results.md", "long.png")) and len(paths) == 3
     assert "| fold-mix | 900 |" in (tmp_path / "results.md").read_text()

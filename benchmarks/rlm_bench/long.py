@@ -542,7 +542,7 @@ def summarize(rows: list[dict], folds: list[dict], rss: dict) -> dict:
 def paired(rows: list[dict], conds: list[str], lengths: list[int]) -> list[dict]:
     """Each condition against the reference (fold-recall, else the first folding condition) on the questions both
     answered (same episode, same question): the accuracy difference with a paired 95% bootstrap interval over
-    those questions, overall and on first-half facts. Conditions run on fewer episodes are compared there only."""
+    those questions, overall and on first-half facts, and the questions it won and lost against the reference. Conditions run on fewer episodes are compared there only."""
     ref = next((c for c in ("fold-recall", *FOLD_GUIDANCE) if c in conds), None)
     if ref is None:
         return []
@@ -558,6 +558,7 @@ def paired(rows: list[dict], conds: list[str], lengths: list[int]) -> list[dict]
             first = [x for x, k in zip(d, keys) if by[(ref, *k)]["quarter"] <= 2]
             out.append(dict(reference=ref, condition=c, length=n, questions=len(d),
                             episodes=len({e for e, _ in keys}), diff=sum(d) / len(d), ci95=list(bootstrap_ci(d)),
+                            won=sum(x > 0 for x in d), lost=sum(x < 0 for x in d),  # the discordant pairs
                             first_half_diff=sum(first) / len(first) if first else None,
                             first_half_ci95=list(bootstrap_ci(first)) if first else None))
     return out
@@ -618,13 +619,14 @@ def markdown(result: dict) -> str:
     if s.get("paired"):
         lines += ["", f"Paired with {s['paired'][0]['reference']} on the same questions (difference of accuracy, "
                   "paired bootstrap 95% interval; a condition run on fewer episodes is compared on those):", "",
-                  "| condition | length | episodes | questions | difference | first-half difference |",
-                  "|---|---|---|---|---|---|"]
+                  "| condition | length | episodes | questions | difference | won / lost | first-half difference |",
+                  "|---|---|---|---|---|---|---|"]
         for d in s["paired"]:
             fh = ("-" if d["first_half_diff"] is None else
                   f"{d['first_half_diff']:+.2f} [{d['first_half_ci95'][0]:+.2f}, {d['first_half_ci95'][1]:+.2f}]")
             lines.append(f"| {d['condition']} | {d['length']} | {d['episodes']} | {d['questions']} | "
-                         f"{d['diff']:+.2f} [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}] | {fh} |")
+                         f"{d['diff']:+.2f} [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}] | "
+                         f"{d.get('won', '-')} / {d.get('lost', '-')} | {fh} |")
     if s["folds"]:
         lines += ["", "| folding condition | length | folds | median span | median kept | median fold s | "
                   "fold / span prefill (median, max) |", "|---|---|---|---|---|---|---|"]
