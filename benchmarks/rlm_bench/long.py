@@ -542,7 +542,8 @@ def summarize(rows: list[dict], folds: list[dict], rss: dict) -> dict:
 def paired(rows: list[dict], conds: list[str], lengths: list[int]) -> list[dict]:
     """Each condition against the reference (fold-recall, else the first folding condition) on the questions both
     answered (same episode, same question): the accuracy difference with a paired 95% bootstrap interval over
-    those questions, overall and on first-half facts, and the questions it won and lost against the reference. Conditions run on fewer episodes are compared there only."""
+    those questions, overall and on first-half facts, and the questions it won and lost against the reference.
+    Conditions run on fewer episodes are compared there only."""
     ref = next((c for c in ("fold-recall", *FOLD_GUIDANCE) if c in conds), None)
     if ref is None:
         return []
@@ -626,7 +627,7 @@ def markdown(result: dict) -> str:
                   f"{d['first_half_diff']:+.2f} [{d['first_half_ci95'][0]:+.2f}, {d['first_half_ci95'][1]:+.2f}]")
             lines.append(f"| {d['condition']} | {d['length']} | {d['episodes']} | {d['questions']} | "
                          f"{d['diff']:+.2f} [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}] | "
-                         f"{d.get('won', '-')} / {d.get('lost', '-')} | {fh} |")
+                         f"{d['won']} / {d['lost']} | {fh} |")
     if s["folds"]:
         lines += ["", "| folding condition | length | folds | median span | median kept | median fold s | "
                   "fold / span prefill (median, max) |", "|---|---|---|---|---|---|---|"]
