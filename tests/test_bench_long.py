@@ -54,15 +54,18 @@ def test_long_suite_runs_every_condition_in_bounded_memory(lm, tmp_path):
     assert result["folds"] and all(f["kept"] < f["span"] for f in result["folds"] if f["condition"] != "streaming")
     acc = {(a["condition"], a["length"]): a["accuracy"] for a in result["summary"]["accuracy"]}
     pairs = result["summary"]["paired"]
-    assert {d["reference"] for d in pairs} == {"fold-recall"} and len(pairs) == 2 * (len(long.CONDITIONS) - 1)
+    # against fold-recall, then against BriefedWorker's recall (the pair of references once)
+    assert [d["reference"] for d in pairs] == (["fold-recall"] * 2 * (len(long.CONDITIONS) - 1)
+                                               + ["fold-recall-all-ranked"] * 2 * (len(long.CONDITIONS) - 2))
     for d in pairs:  # every condition answered the same questions here: the paired mean is the accuracy gap
         assert d["questions"] == 4 and abs(d["diff"] - (acc[(d["condition"], d["length"])]
-                                                         - acc[("fold-recall", d["length"])])) < 1e-9
+                                                         - acc[(d["reference"], d["length"])])) < 1e-9
         assert d["ci95"][0] <= d["diff"] <= d["ci95"][1]
         assert abs((d["won"] - d["lost"]) / d["questions"] - d["diff"]) < 1e-9
     paths = long.write(result, tmp_path)
     assert all((tmp_path / p).exists() for p in ("results.json", "results.md", "long.png")) and len(paths) == 3
-    assert "| fold-mix | 900 |" in (tmp_path / "results.md").read_text()
+    md = (tmp_path / "results.md").read_text()
+    assert "| fold-mix | 900 |" in md and md.index("Against fold-recall:") < md.index("Against fold-recall-all-ranked:")
     by = {(r["condition"], r["length"], r["question"]): r for r in rows}
     for i in range(4):  # recall puts folded-away text into the prompt, within its budget
         extra = by[("fold-recall", 900, i)]["prompt_tokens"] - by[("fold-mix", 900, i)]["prompt_tokens"]

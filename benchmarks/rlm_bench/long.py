@@ -52,6 +52,7 @@ prefill time of the folded span, at the cache's own measured prefill rate), peak
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import random
@@ -539,29 +540,32 @@ def summarize(rows: list[dict], folds: list[dict], rss: dict) -> dict:
                 paired=paired(rows, conds, lengths), peak_rss_mb=rss)
 
 
+PAIRED_REFERENCES = ("fold-recall", "fold-recall-all-ranked")  # the first recall, and BriefedWorker's
+
+
 def paired(rows: list[dict], conds: list[str], lengths: list[int]) -> list[dict]:
-    """Each condition against the reference (fold-recall, else the first folding condition) on the questions both
-    answered (same episode, same question): the accuracy difference with a paired 95% bootstrap interval over
-    those questions, overall and on first-half facts, and the questions it won and lost against the reference.
-    Conditions run on fewer episodes are compared there only."""
-    ref = next((c for c in ("fold-recall", *FOLD_GUIDANCE) if c in conds), None)
-    if ref is None:
-        return []
+    """Each condition against each reference (fold-recall and BriefedWorker's recall, else the first folding
+    condition) on the questions both answered (same episode, same question): the accuracy difference with a
+    paired 95% bootstrap interval over those questions, overall and on first-half facts, and the questions it
+    won and lost against the reference. Conditions run on fewer episodes are compared there only; a pair of
+    references is compared once, against the first."""
+    refs = [c for c in PAIRED_REFERENCES if c in conds] or [c for c in FOLD_GUIDANCE if c in conds][:1]
     by = {(r["condition"], r["episode"], r["question"]): r for r in rows}
     out = []
-    for n in lengths:
-        ref_keys = [(e, q) for (c, e, q), r in by.items() if c == ref and r["length"] == n]
-        for c in conds:
-            keys = [k for k in ref_keys if (c, *k) in by] if c != ref else []
-            if not keys:
-                continue
-            d = [float(by[(c, *k)]["correct"]) - float(by[(ref, *k)]["correct"]) for k in keys]
-            first = [x for x, k in zip(d, keys) if by[(ref, *k)]["quarter"] <= 2]
-            out.append(dict(reference=ref, condition=c, length=n, questions=len(d),
-                            episodes=len({e for e, _ in keys}), diff=sum(d) / len(d), ci95=list(bootstrap_ci(d)),
-                            won=sum(x > 0 for x in d), lost=sum(x < 0 for x in d),  # the discordant pairs
-                            first_half_diff=sum(first) / len(first) if first else None,
-                            first_half_ci95=list(bootstrap_ci(first)) if first else None))
+    for i, ref in enumerate(refs):
+        for n in lengths:
+            ref_keys = [(e, q) for (c, e, q), r in by.items() if c == ref and r["length"] == n]
+            for c in conds:
+                keys = [k for k in ref_keys if (c, *k) in by] if c not in refs[:i + 1] else []
+                if not keys:
+                    continue
+                d = [float(by[(c, *k)]["correct"]) - float(by[(ref, *k)]["correct"]) for k in keys]
+                first = [x for x, k in zip(d, keys) if by[(ref, *k)]["quarter"] <= 2]
+                out.append(dict(reference=ref, condition=c, length=n, questions=len(d),
+                                episodes=len({e for e, _ in keys}), diff=sum(d) / len(d), ci95=list(bootstrap_ci(d)),
+                                won=sum(x > 0 for x in d), lost=sum(x < 0 for x in d),  # the discordant pairs
+                                first_half_diff=sum(first) / len(first) if first else None,
+                                first_half_ci95=list(bootstrap_ci(first)) if first else None))
     return out
 
 
@@ -618,16 +622,18 @@ def markdown(result: dict) -> str:
             cells.append(f"{d['accuracy']:.2f} ({d['questions']})" if d else "-")
         lines.append(f"| {a['condition']} | {a['length']} | " + " | ".join(cells) + " |")
     if s.get("paired"):
-        lines += ["", f"Paired with {s['paired'][0]['reference']} on the same questions (difference of accuracy, "
-                  "paired bootstrap 95% interval; a condition run on fewer episodes is compared on those):", "",
-                  "| condition | length | episodes | questions | difference | won / lost | first-half difference |",
-                  "|---|---|---|---|---|---|---|"]
-        for d in s["paired"]:
-            fh = ("-" if d["first_half_diff"] is None else
-                  f"{d['first_half_diff']:+.2f} [{d['first_half_ci95'][0]:+.2f}, {d['first_half_ci95'][1]:+.2f}]")
-            lines.append(f"| {d['condition']} | {d['length']} | {d['episodes']} | {d['questions']} | "
-                         f"{d['diff']:+.2f} [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}] | "
-                         f"{d['won']} / {d['lost']} | {fh} |")
+        lines += ["", "Paired on the same questions (difference of accuracy, condition minus reference, paired "
+                  "bootstrap 95% interval; a condition run on fewer episodes is compared on those):"]
+        for ref, group in itertools.groupby(s["paired"], key=lambda d: d["reference"]):
+            lines += ["", f"Against {ref}:", "",
+                      "| condition | length | episodes | questions | difference | won / lost | first-half difference |",
+                      "|---|---|---|---|---|---|---|"]
+            for d in group:
+                fh = ("-" if d["first_half_diff"] is None else
+                      f"{d['first_half_diff']:+.2f} [{d['first_half_ci95'][0]:+.2f}, {d['first_half_ci95'][1]:+.2f}]")
+                lines.append(f"| {d['condition']} | {d['length']} | {d['episodes']} | {d['questions']} | "
+                             f"{d['diff']:+.2f} [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}] | "
+                             f"{d['won']} / {d['lost']} | {fh} |")
     if s["folds"]:
         lines += ["", "| folding condition | length | folds | median span | median kept | median fold s | "
                   "fold / span prefill (median, max) |", "|---|---|---|---|---|---|---|"]
