@@ -37,6 +37,8 @@ def test_long_suite_runs_every_condition_in_bounded_memory(lm, tmp_path):
     rows = result["rows"]
     assert {r["condition"] for r in rows} == set(long.CONDITIONS)
     assert len(rows) == 2 * len(long.CONDITIONS) * 4
+    # episode 0 has one seed at both lengths: a length's episodes do not depend on the other lengths listed
+    assert {r["seed"] for r in rows} == {long.SPLIT_SEED["heldout"]}
     budget = result["config"]["window"] - result["config"]["reserve"]
     for r in rows:
         if r["condition"] in long.FOLD_GUIDANCE or r["condition"] in long.STREAMING:

@@ -797,8 +797,8 @@ def run(args: argparse.Namespace, lm: Any = None, log=print, out: Path | None = 
                summary_tokens=args.summary_tokens, threads=args.threads, recall_budget=setup.recall_budget)
     result: dict[str, Any] = {}
     for e in range(args.first_episode, args.first_episode + args.episodes):  # episode-major: a run stopped early still covers every length evenly
-        for li, n in enumerate(args.lengths):
-            ep = make_long_episode(SPLIT_SEED[args.split] + 1000 * li + e, n)
+        for n in args.lengths:
+            ep = make_long_episode(SPLIT_SEED[args.split] + e, n)  # episode e has one seed at every length
             log(f"[{time.time() - t_start:7.0f}s] {ep.id}: {lm.count_tokens(ep.text)} tokens")
             if folding:
                 run_folding(setup, ep, folding, log)
