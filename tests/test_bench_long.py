@@ -146,3 +146,7 @@ def test_first_episode_picks_later_seeds_and_is_checked(lm, tmp_path):
     bad = long.build_parser().parse_args(["--lengths", "300", "--first-episode", "-1", "--conditions", "plain"])
     with pytest.raises(SystemExit, match="--first-episode -1"):
         long.run(bad, lm=tiny, log=lambda *a: None)
+    past = long.build_parser().parse_args(["--lengths", "300", "--episodes", "2", "--first-episode", "99999",
+                                           "--conditions", "plain"])  # would run into the next split's seeds
+    with pytest.raises(SystemExit, match="--first-episode 99999 .* at most 100000"):
+        long.run(past, lm=tiny, log=lambda *a: None)

@@ -81,6 +81,7 @@ RECALL = (*RECALL_VARIANTS, "streaming-recall")  # + BM25 chunks of the trajecto
 QUARTERS = {1: (0.03, 0.22), 2: (0.28, 0.47), 3: (0.53, 0.72), 4: (0.78, 0.97)}
 CARRIERS = ("output", "worker", "note")
 SPLIT_SEED = {"dev": 0, "heldout": 100_000}
+SPLIT_SPAN = 100_000   # episode e of a split has seed SPLIT_SEED + e
 
 
 @dataclass(frozen=True)
@@ -774,9 +775,9 @@ def run(args: argparse.Namespace, lm: Any = None, log=print, out: Path | None = 
     import briefing
     from agents.workers.prompt import WorkerPrompt
 
-    if args.first_episode < 0 or args.first_episode >= 1000:
-        raise SystemExit(f"--first-episode {args.first_episode} is out of range; give an index from 0 to 999 (the "
-                         f"seeds of a length are 1000 apart).")
+    if args.first_episode < 0 or args.first_episode + args.episodes > SPLIT_SPAN:
+        raise SystemExit(f"--first-episode {args.first_episode} is out of range; give an index from 0 with "
+                         f"--first-episode + --episodes at most {SPLIT_SPAN} (the seeds of a split).")
     torch.set_num_threads(args.threads)
     lm = lm or briefing.load_model(args.model)
     window = args.window or lm.max_context
