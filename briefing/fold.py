@@ -20,9 +20,12 @@ and old folds are then halved again at every fold, their share decaying geometri
 Guidance (where the fit's queries come from), one small strategy each:
 - `TaskGuidance`: the worker prompts already asked on this trajectory (queries captured by `compact`, the last
   `max_prompts` prompts, tokens sampled over them);
-- `SpanGuidance`: query-agnostic, the span's own queries captured while it was prefilled (every
-  `capture_stride`-th token), re-rotated to the current position, i.e. as if the span were read again after
-  itself (the repeat-prefill queries of adamzweiger/compaction and KVzip, without a second prefill);
+- `SpanGuidance`: query-agnostic, the trajectory's own prefill queries: every `capture_stride`-th token's queries
+  are captured as it is read, a uniform sample of `max_queries` is kept at each fold as the memory of what was
+  folded, and a fold draws from that memory plus the queries captured since, re-rotated to the current position
+  (the repeat-prefill queries of adamzweiger/compaction and KVzip, without a second prefill). Not the span's
+  alone: the text read since the last fold lies mostly in the protected recent window, so most drawn queries are
+  later text reading the span;
 - `MixGuidance`: both, `task_share` of the query tokens from the task (span queries fill in while few prompts
   have been asked).
 """
@@ -61,9 +64,17 @@ class Guidance:
 
     name: ClassVar[str] = "guidance"
 
+    @property
+    def span_only(self) -> bool:
+        """True: the prefill queries offered to `pick` are only those of tokens inside the span being folded."""
+        return False
+
     def pick(self, task: torch.Tensor | None, span: torch.Tensor | None, limit: int,
              gen: torch.Generator) -> tuple[torch.Tensor | None, str]:
         raise NotImplementedError
+
+
+SCOPES = ("read", "span")
 
 
 def sample_tokens(q: torch.Tensor | None, n: int, gen: torch.Generator) -> torch.Tensor | None:
@@ -92,17 +103,30 @@ class TaskGuidance(Guidance):
 
 @dataclass(kw_only=True)
 class SpanGuidance(Guidance):
-    """Query-agnostic: the span's own prefill queries (sampled tokens), re-rotated to the current position."""
+    """Query-agnostic: sampled prefill queries, re-rotated to the current position. scope "read" (the default):
+    of the trajectory read so far (the memory kept at earlier folds and the text read since, most of it in the
+    recent window); "span": only of the tokens being folded (the cache then keeps every query of the recent
+    window until it is folded, at most recent / capture_stride of them, beside the memory of earlier folds)."""
 
     name: ClassVar[str] = "span"
+    scope: str = "read"
+
+    def __post_init__(self) -> None:
+        if self.scope not in SCOPES:
+            raise BriefingError(f"scope must be one of {', '.join(SCOPES)}, got {self.scope!r}. It says whose prefill "
+                                "queries guide a fold: the text read so far, or the folded span's own.")
+
+    @property
+    def span_only(self) -> bool:
+        return self.scope == "span"
 
     def pick(self, task, span, limit, gen):
-        return sample_tokens(span, limit, gen), self.name
+        return sample_tokens(span, limit, gen), self.name if self.scope == "read" else f"{self.name} (span only)"
 
 
 @dataclass(kw_only=True)
 class MixGuidance(Guidance):
-    """`task_share` of the query tokens from the worker prompts, the rest from the span's own queries."""
+    """`task_share` of the query tokens from the worker prompts, the rest from SpanGuidance's prefill queries."""
 
     name: ClassVar[str] = "mix"
     task_share: float = 0.5

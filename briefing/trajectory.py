@@ -34,7 +34,8 @@ DEFAULT_FOLD = FoldPolicy()  # what a cache folds with unless told otherwise (co
 
 
 class TrajectoryCache:
-    """KV cache of `text` for `lm`, folded past `budget` kept positions. Never modified by a compaction.
+    """KV cache of `text` for `lm`, folded past `budget` kept positions. A compaction leaves its keys, values and
+    beta as they are; it only remembers the call prompt's queries as task guidance for later folds.
 
     fold: a FoldPolicy, by default `FoldPolicy()` (None: never fold; an extend past the budget is an error, the
     cache then serves up to the model's context length). budget: most positions the cache holds (None:
@@ -236,8 +237,8 @@ class TrajectoryCache:
                 if self.length >= self.budget:  # full: fold, then go on filling
                     self._fold()
                 n = min(n, self.budget - self.length)
-            if self.position + n > self.lm.max_context - self.reserve:
-                self._rebase()
+            if self.position + n > self.lm.max_context - self.reserve and self.position > self.length:
+                self._rebase()  # only when folds left gaps: contiguous keys already sit at their slots
             chunk = todo[done:done + n]
             self._prefill(chunk)
             self.ids.extend(chunk)
@@ -364,7 +365,12 @@ class TrajectoryCache:
             raise BriefingError(f"Nothing to fold: {P} positions, sink {policy.sink}, recent window {self.recent}. "
                                 "Raise the budget or lower the recent window.")
         limit = policy.max_queries
-        picked, label = policy.guidance.pick(self._task_q, self._span_q, limit, self._gen)
+        recent_from = len(self.ids) - (P - b)  # token index of the recent window's first token (unfolded tail)
+        span_q = self._span_q
+        if policy.guidance.span_only and span_q is not None:  # only queries of tokens being folded
+            inside = [j for j, tok in enumerate(self._span_q_tok) if tok < recent_from]
+            span_q = span_q[:, :, :, inside] if inside else None
+        picked, label = policy.guidance.pick(self._task_q, span_q, limit, self._gen)
         keys_l, values_l = kv.layer_kv(self.kv)
         pos = self.positions()                                                          # [L, H, P]
         org = self.origins()                                                            # [L, H, P]
@@ -397,9 +403,17 @@ class TrajectoryCache:
         self.beta = None if new_beta is None or new_beta.shape[-1] == 0 else list(new_beta.unbind(0))
         self.key_pos = new_pos
         self.origin = new_org
-        # sampled prefill queries: keep a uniform sample as the memory of the folded content
+        # sampled prefill queries: keep a uniform sample as the memory of the folded content (span only: and every
+        # query of the recent window, which later folds will fold)
         if self._span_q is not None and self._span_q.shape[3] > limit:
-            keep = torch.randperm(self._span_q.shape[3], generator=self._gen)[:limit].sort().values
+            if policy.guidance.span_only:
+                folded = [j for j, tok in enumerate(self._span_q_tok) if tok < recent_from]
+                recent = [j for j, tok in enumerate(self._span_q_tok) if tok >= recent_from]
+                if len(folded) > limit:
+                    folded = [folded[int(i)] for i in torch.randperm(len(folded), generator=self._gen)[:limit]]
+                keep = torch.tensor(sorted(folded + recent), dtype=torch.long)
+            else:
+                keep = torch.randperm(self._span_q.shape[3], generator=self._gen)[:limit].sort().values
             self._span_q = self._span_q[:, :, :, keep]
             self._span_q_tok = [self._span_q_tok[int(j)] for j in keep]
         self.folds.append(FoldStats(

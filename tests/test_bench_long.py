@@ -83,6 +83,8 @@ def test_long_suite_runs_every_condition_in_bounded_memory(lm, tmp_path):
     assert long.main(["--report", str(tmp_path / "results.json"), "--readme", str(readme)]) == 0
     text = readme.read_text()
     assert "old table" not in text and "| fold-mix | 900 |" in text and text.startswith("intro") and text.endswith("rest\n")
+    q1 = next(d for d in result["summary"]["by_depth"] if d["condition"] == "fold-mix" and d["quarter"] == 1)
+    assert f"{q1['accuracy']:.2f} [{q1['ci95'][0]:.2f}, {q1['ci95'][1]:.2f}] ({q1['questions']})" in text  # depth CI
     again = json.loads((tmp_path / "results.json").read_text())
     assert again["summary"] == json.loads(json.dumps(result["summary"]))
     # runs split by length over processes merge into one report
@@ -102,6 +104,8 @@ def test_long_suite_runs_every_condition_in_bounded_memory(lm, tmp_path):
     assert long.main(["--report", str(tmp_path / "p0" / "results.json"), str(tmp_path / "p1" / "results.json"),
                       "--out", str(tmp_path / "merged"), "--readme", str(readme), "--readme-block", "small"]) == 0
     assert "| fold-mix | 900 |" in readme.read_text() and "--readme-block small" in readme.read_text()
+    one_minute = [p["load_average"][0] for p in parts]
+    assert f"at the end of each of 2 runs) {min(one_minute):.2f} to {max(one_minute):.2f}" in readme.read_text()
     assert json.loads((tmp_path / "merged" / "results.json").read_text())["merged_from"] == 2
     assert json.loads((tmp_path / "p0" / "results.json").read_text())["config"]["lengths"] == [300]  # inputs kept
 

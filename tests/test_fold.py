@@ -179,6 +179,69 @@ def test_rebase_keeps_positions_below_the_trained_maximum(tiny, pieces):
     assert out.finish_reason in {"length", "eos", "stop"}
 
 
+def test_rebase_puts_each_kept_key_exactly_where_a_prefill_at_its_slot_would(tiny, pieces):
+    """Layer 0's key of a token depends only on the token and its RoPE position. After folds the kept keys sit at
+    scattered positions; a re-base must leave each one equal to the key of its own token prefilled at its slot."""
+    cache = folding_cache(tiny)
+    i = 0
+    while len(cache.folds) < 2:
+        cache.extend(pieces[i])
+        i += 1
+    assert cache.rebases == 0
+    pos, org = cache.positions().clone(), cache.origins().clone()                      # [L, H, n]
+    n = cache.length
+    assert not torch.equal(pos[0], torch.arange(n).expand_as(pos[0]))  # folds left gaps: the re-base rotates
+    based = cache.clone()
+    based._rebase()
+    assert torch.equal(based.positions()[0], torch.arange(n).expand_as(pos[0])) and based.position == n
+    keys = kv.layer_kv(based.kv)[0][0][0]                                              # layer 0 [H, n, d]
+    before = kv.layer_kv(cache.kv)[0][0][0]                                            # [H, n, d]
+    for h in range(keys.shape[0]):
+        toks = [cache.ids[int(o)] for o in org[0, h]]  # head h's kept tokens, in slot order
+        fresh = briefing.TrajectoryCache(tiny, fold=None)
+        forward_with_bias(tiny, fresh.kv, toks, 0, None)
+        want = kv.layer_kv(fresh.kv)[0][0][0, h]                                       # [n, d]
+        assert (keys[h] - want).abs().max() < 1e-4
+        assert (before[h] - want).abs().max() > 1e-2  # before the re-base they sat elsewhere
+
+
+@pytest.mark.parametrize("scope", ["read", "span"])
+def test_span_guidance_scope_says_whose_queries_guide_a_fold(tiny, pieces, scope):
+    """scope "span": every query offered to a fold is of a token inside the folded span, and the recent window's
+    queries are all kept until a fold folds them; "read": the trajectory read so far, recent window included."""
+    offered = []
+
+    class Recording(briefing.SpanGuidance):
+        def pick(self, task, span, limit, gen):
+            offered.append(0 if span is None else span.shape[3])
+            return super().pick(task, span, limit, gen)
+
+    cache = folding_cache(tiny, Recording(scope=scope), budget=384)
+    fold, seen = cache._fold, []
+
+    def watched():
+        recent_from = len(cache.ids) - min(cache.recent, cache.length - cache.fold.sink)
+        toks = list(cache._span_q_tok)
+        seen.append((sum(t < recent_from for t in toks), len(toks)))
+        fold()
+        stride = cache.fold.capture_stride
+        captured = {t for t in range(recent_from, len(cache.ids)) if t % stride == 0}
+        if scope == "span":  # none of the recent window's queries was dropped by the memory's sampling
+            assert captured <= set(cache._span_q_tok)
+
+    cache._fold = watched
+    for piece in pieces[:120]:
+        cache.extend(piece)
+    assert len(seen) >= 6 and len(offered) == len(seen)
+    inside = [a for a, _ in seen]
+    assert offered == (inside if scope == "span" else [n for _, n in seen])
+    assert all(a >= cache.fold.max_queries for a in inside[2:]) or scope == "read"  # enough span queries to draw from
+    assert any(a < n for a, n in seen)  # the read scope offers the recent window's queries too
+    assert all(f.guidance == ("span (span only)" if scope == "span" else "span") for f in cache.folds)
+    with pytest.raises(briefing.BriefingError, match="scope must be one of read, span"):
+        briefing.SpanGuidance(scope="all")
+
+
 def test_streaming_llm_is_a_zero_keep_fold(tiny, pieces):
     cache = folding_cache(tiny, keep=0)
     for piece in pieces[:80]:
@@ -280,7 +343,9 @@ def test_run_log_keeps_the_full_text_and_the_worker_call_event_reports_folds(tin
     fold = next(f for c in calls for f in (c.folds or []))
     assert {"span_start", "span_stop", "kept", "time_s", "guidance"} <= set(fold) and fold["kept"] < fold["span"]
     cache = worker._caches[0]
-    assert sum(c.prefilled_tokens for c in calls) == cache.prefilled_tokens  # every token forwarded once in all
+    # every trajectory token forwarded once in all: the calls' counts add up to the text's tokens (a seam re-cut
+    # forwards a token or two again)
+    assert cache.tokens <= sum(c.prefilled_tokens for c in calls) <= cache.tokens + 2 * len(calls)
     assert all(c.cache_positions <= cache.budget for c in calls) and cache.tokens > cache.budget
     assert essay[4000:4500] in res.trajectory  # nothing the user gave is lost: only the cache is compacted
     logged = [e for e in read_log(log) if e.type == "worker_call"]

@@ -41,13 +41,3 @@ class LocalModelMixin:
 
     def count(self, text: str) -> int:
         return int(self.model().count_tokens(text))
-
-    def fit_trajectory(self, trajectory: str, reserve: int) -> str:
-        """Drop the oldest part of the trajectory when the text would not fit the model's window."""
-        lm = self.model()
-        limit = int(getattr(lm, "max_context", 0) or 0)
-        if not limit or self.count(trajectory) + reserve <= limit:
-            return trajectory
-        ids = lm.tokenizer.encode(trajectory, add_special_tokens=False)
-        keep = max(0, limit - reserve)
-        return "[... earlier trajectory cut ...]\n" + lm.tokenizer.decode(ids[len(ids) - keep:])

@@ -2,7 +2,7 @@
 
     python -m benchmarks.rlm_bench.long [--lengths 8192 16384 32768 65536] [--episodes 24] [--first-episode 0]
                              [--window 8192]
-                             [--conditions fold-task fold-span fold-mix fold-recall fold-recall-all
+                             [--conditions fold-task fold-span fold-span-only fold-mix fold-recall fold-recall-all
                                            fold-recall-ranked fold-recall-all-ranked truncated streaming
                                            streaming-recall bm25 summary plain]
                              [--split dev|heldout] [--out bench_out/long]
@@ -23,7 +23,9 @@ planted (chance 1/4), scored by summed log-prob after the lead-in, e.g. "The mai
 Conditions (all see the same events; `window` is the worker model's positions, `reserve` of it left for the call):
 - fold-task / fold-span / fold-mix: `briefing.TrajectoryCache` with `FoldPolicy(guidance=...)` and the briefed
   worker's per-call compaction (AttentionMatching, tau 1); the worker prompts of the trajectory's own worker calls
-  are observed as they happen (task guidance), exactly as a BriefedWorker sees them;
+  are observed as they happen (task guidance), exactly as a BriefedWorker sees them; fold-span-only: span guidance
+  drawing only the folded span's own prefill queries (`SpanGuidance(scope="span")`; fold-span draws from the
+  trajectory read so far, mostly the recent window's tokens);
 - fold-recall: fold-mix, plus BM25 top chunks of the text the cache no longer holds whole (everything before its
   unfolded tail; the trajectory keeps it) pasted into the call prompt in text order
   (`agents.recall.recall_folded(tail=False, ranked=False)`, BriefedWorker's recall until fold-recall-all-ranked
@@ -67,7 +69,7 @@ from rlm.data import essay_names, read_essay
 from rlm.events import CellOutput, CodeCell, OrchestratorMessage, RunStart, WorkerCall
 from rlm.trajectory import Trajectory
 
-CONDITIONS = ["fold-task", "fold-span", "fold-mix", "fold-recall", "fold-recall-all", "fold-recall-ranked",
+CONDITIONS = ["fold-task", "fold-span", "fold-span-only", "fold-mix", "fold-recall", "fold-recall-all", "fold-recall-ranked",
               "fold-recall-all-ranked", "truncated", "streaming", "streaming-recall", "bm25",
               "summary", "plain"]
 # recall variants of fold-recall: scope (tail: the unfolded tail too) and order (ranked: the best chunk last); they
@@ -75,7 +77,7 @@ CONDITIONS = ["fold-task", "fold-span", "fold-mix", "fold-recall", "fold-recall-
 RECALL_VARIANTS = {"fold-recall": dict(tail=False, ranked=False), "fold-recall-all": dict(tail=True, ranked=False),
                    "fold-recall-ranked": dict(tail=False, ranked=True),
                    "fold-recall-all-ranked": dict(tail=True, ranked=True)}   # BriefedWorker's recall
-FOLD_GUIDANCE = {"fold-task": "task", "fold-span": "span", "fold-mix": "mix", **dict.fromkeys(RECALL_VARIANTS, "mix")}
+FOLD_GUIDANCE = {"fold-task": "task", "fold-span": "span", "fold-span-only": "span-only", "fold-mix": "mix", **dict.fromkeys(RECALL_VARIANTS, "mix")}
 STREAMING = ("streaming", "streaming-recall")   # folds that keep nothing of the span (sink + recent window)
 RECALL = (*RECALL_VARIANTS, "streaming-recall")  # + BM25 chunks of the trajectory text in the call prompt
 QUARTERS = {1: (0.03, 0.22), 2: (0.28, 0.47), 3: (0.53, 0.72), 4: (0.78, 0.97)}
@@ -271,7 +273,8 @@ def _policy(setup: Setup, condition: str):
 
     if condition in STREAMING:
         return briefing.FoldPolicy(keep=0, recent=setup.recent)
-    guidance = {"task": briefing.TaskGuidance(), "span": briefing.SpanGuidance(), "mix": briefing.MixGuidance()}
+    guidance = {"task": briefing.TaskGuidance(), "span": briefing.SpanGuidance(), "mix": briefing.MixGuidance(),
+                "span-only": briefing.SpanGuidance(scope="span")}
     return briefing.FoldPolicy(guidance=guidance[FOLD_GUIDANCE[condition]], recent=setup.recent, share=setup.share)
 
 
@@ -390,7 +393,9 @@ def _fresh(setup: Setup, body: str, questions: list[Question], ep: LongEpisode, 
 
 def _cut(lm: Any, text: str, keep: int) -> str:
     ids = lm.encode(text)
-    return text if len(ids) <= keep else "[... earlier trajectory cut ...]\n" + lm.decode(ids[len(ids) - keep:])
+    from agents.workers.text import CUT_MARK
+
+    return text if len(ids) <= keep else CUT_MARK + lm.decode(ids[len(ids) - keep:])
 
 
 def run_truncated(setup: Setup, ep: LongEpisode, log=print) -> None:
@@ -596,10 +601,14 @@ def targets(summary: dict) -> dict:
 def markdown(result: dict) -> str:
     s, cfg = result["summary"], result["config"]
     done = cfg.get("episodes_done", {})
+    load = result["load_average"]
+    if load and isinstance(load[0], list):  # merged runs: the 1-minute load at the end of each run, as a range
+        one = [x[0] for x in load]
+        load = f"(1 minute, at the end of each of {len(one)} runs) {min(one):.2f} to {max(one):.2f}"
     lines = [f"Long-trajectory suite: window {cfg['window']} positions (reserve {cfg['reserve']}, recent window "
              f"{cfg['recent']}), lengths {cfg['lengths']} tokens, episodes done per length {done or cfg['episodes']} "
              f"(of {cfg['episodes']}) x 4 questions, split {cfg['split']}; machine load average "
-             f"{result['load_average']} (timings under that load). Regenerate: `python -m benchmarks.rlm_bench.long "
+             f"{load} (timings under that load). Regenerate: `python -m benchmarks.rlm_bench.long "
              f"--report results.json`.", "",
              "| condition | length | accuracy [95% CI] | first half [95% CI] | questions | median latency s | "
              "prefilled tokens per call | call prompt tokens | max cache positions | KV MB |",
@@ -613,14 +622,14 @@ def markdown(result: dict) -> str:
                      f"| {fh} | {a['questions']} | {c['latency_s_median']:.2f} | {c['prefilled_tokens_median']:.0f} | "
                      f"{'-' if c.get('prompt_tokens_median') is None else format(c['prompt_tokens_median'], '.0f')} | "
                      f"{c['cache_positions_max']} | {c['kv_bytes_max'] / 2**20:.1f} |")
-    lines += ["", "Accuracy by depth quarter (1 = first quarter of the trajectory):", "",
+    lines += ["", "Accuracy by depth quarter (1 = first quarter of the trajectory), 95% interval and questions:", "",
               "| condition | length | Q1 | Q2 | Q3 | Q4 |", "|---|---|---|---|---|---|"]
     depth = {(d["condition"], d["length"], d["quarter"]): d for d in s["by_depth"]}
     for a in s["accuracy"]:
         cells = []
         for qt in (1, 2, 3, 4):
             d = depth.get((a["condition"], a["length"], qt))
-            cells.append(f"{d['accuracy']:.2f} ({d['questions']})" if d else "-")
+            cells.append(f"{d['accuracy']:.2f} [{d['ci95'][0]:.2f}, {d['ci95'][1]:.2f}] ({d['questions']})" if d else "-")
         lines.append(f"| {a['condition']} | {a['length']} | " + " | ".join(cells) + " |")
     if s.get("paired"):
         lines += ["", "Paired on the same questions (difference of accuracy, condition minus reference, paired "

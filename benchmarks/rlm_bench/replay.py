@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import briefing
+from agents.workers.text import CUT_MARK
 from briefing.metrics import answer_kl
 from rlm.events import render
 
@@ -62,7 +63,7 @@ def replay_log(lm: Any, prompts: Any, path: str | Path, taus: list[float], budge
         cut = False
         if len(tids) > limit:
             keep = lm.encode(traj)[-(limit - 200):]
-            traj, cut = "[... earlier trajectory cut ...]\n" + lm.decode(keep), True
+            traj, cut = CUT_MARK + lm.decode(keep), True
         t0 = time.perf_counter()
         cache = briefing.TrajectoryCache(lm, prompts.cache_text(traj), fold=None)
         prefill = time.perf_counter() - t0
