@@ -27,6 +27,14 @@ def test_bootstrap_interval_brackets_the_mean():
     lo, hi = long.bootstrap_ci([1.0] * 6 + [0.0] * 4)
     assert 0.2 <= lo < 0.6 < hi <= 1.0
     assert long.bootstrap_ci([1.0] * 5) == (1.0, 1.0)
+    # resampling episodes: questions that share an episode move together, so the interval is wider than the
+    # questions-as-independent one when episodes differ, and the same when every episode is one question
+    episodes = [[1.0] * 4, [0.0] * 4] * 6
+    flat = [x for g in episodes for x in g]
+    lo_e, hi_e = long.cluster_ci(episodes)
+    lo_q, hi_q = long.bootstrap_ci(flat)
+    assert lo_e < lo_q and hi_e > hi_q and lo_e < 0.5 < hi_e
+    assert long.cluster_ci([[x] for x in flat]) == (lo_q, hi_q)
 
 
 def test_long_suite_runs_every_condition_in_bounded_memory(lm, tmp_path):
@@ -62,7 +70,7 @@ def test_long_suite_runs_every_condition_in_bounded_memory(lm, tmp_path):
     for d in pairs:  # every condition answered the same questions here: the paired mean is the accuracy gap
         assert d["questions"] == 4 and abs(d["diff"] - (acc[(d["condition"], d["length"])]
                                                          - acc[(d["reference"], d["length"])])) < 1e-9
-        assert d["ci95"][0] <= d["diff"] <= d["ci95"][1]
+        assert d["ci95"][0] <= d["diff"] <= d["ci95"][1] and d["episode_ci95"][0] <= d["diff"] <= d["episode_ci95"][1]
         assert abs((d["won"] - d["lost"]) / d["questions"] - d["diff"]) < 1e-9
     paths = long.write(result, tmp_path)
     assert all((tmp_path / p).exists() for p in ("results.json", "results.md", "long.png")) and len(paths) == 3

@@ -468,11 +468,21 @@ def run_plain(setup: Setup, ep: LongEpisode, log=print) -> None:
 
 def bootstrap_ci(values: list[float], reps: int = 2000, seed: int = 0) -> tuple[float, float]:
     """95% percentile bootstrap interval of the mean."""
-    if not values:
+    return cluster_ci([[v] for v in values], reps, seed)
+
+
+def cluster_ci(groups: list[list[float]], reps: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile bootstrap interval of the mean of all values, resampling whole groups (an episode's questions
+    share one trajectory, so they are not independent draws)."""
+    if not groups:
         return (float("nan"), float("nan"))
     rng = random.Random(seed)
-    n = len(values)
-    means = sorted(sum(values[rng.randrange(n)] for _ in range(n)) / n for _ in range(reps))
+    n = len(groups)
+    means = []
+    for _ in range(reps):
+        pick = [groups[rng.randrange(n)] for _ in range(n)]
+        means.append(sum(sum(g) for g in pick) / sum(len(g) for g in pick))
+    means.sort()
     return means[int(0.025 * reps)], means[min(reps - 1, int(0.975 * reps))]
 
 
@@ -567,8 +577,12 @@ def paired(rows: list[dict], conds: list[str], lengths: list[int]) -> list[dict]
                     continue
                 d = [float(by[(c, *k)]["correct"]) - float(by[(ref, *k)]["correct"]) for k in keys]
                 first = [x for x, k in zip(d, keys) if by[(ref, *k)]["quarter"] <= 2]
+                episodes: dict[str, list[float]] = {}
+                for x, (e, _) in zip(d, keys):
+                    episodes.setdefault(e, []).append(x)
                 out.append(dict(reference=ref, condition=c, length=n, questions=len(d),
-                                episodes=len({e for e, _ in keys}), diff=sum(d) / len(d), ci95=list(bootstrap_ci(d)),
+                                episodes=len(episodes), diff=sum(d) / len(d), ci95=list(bootstrap_ci(d)),
+                                episode_ci95=list(cluster_ci(list(episodes.values()))),
                                 won=sum(x > 0 for x in d), lost=sum(x < 0 for x in d),  # the discordant pairs
                                 first_half_diff=sum(first) / len(first) if first else None,
                                 first_half_ci95=list(bootstrap_ci(first)) if first else None))
@@ -633,17 +647,19 @@ def markdown(result: dict) -> str:
         lines.append(f"| {a['condition']} | {a['length']} | " + " | ".join(cells) + " |")
     if s.get("paired"):
         lines += ["", "Paired on the same questions (difference of accuracy, condition minus reference, paired "
-                  "bootstrap 95% interval; a condition run on fewer episodes is compared on those):"]
+                  "bootstrap 95% interval over questions, and over episodes, which resamples an episode's questions "
+                  "together; a condition run on fewer episodes is compared on those):"]
         for ref, group in itertools.groupby(s["paired"], key=lambda d: d["reference"]):
             lines += ["", f"Against {ref}:", "",
-                      "| condition | length | episodes | questions | difference | won / lost | first-half difference |",
-                      "|---|---|---|---|---|---|---|"]
+                      "| condition | length | episodes | questions | difference | episode-bootstrap interval | "
+                      "won / lost | first-half difference |",
+                      "|---|---|---|---|---|---|---|---|"]
             for d in group:
                 fh = ("-" if d["first_half_diff"] is None else
                       f"{d['first_half_diff']:+.2f} [{d['first_half_ci95'][0]:+.2f}, {d['first_half_ci95'][1]:+.2f}]")
                 lines.append(f"| {d['condition']} | {d['length']} | {d['episodes']} | {d['questions']} | "
                              f"{d['diff']:+.2f} [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}] | "
-                             f"{d['won']} / {d['lost']} | {fh} |")
+                             f"[{d['episode_ci95'][0]:+.2f}, {d['episode_ci95'][1]:+.2f}] | {d['won']} / {d['lost']} | {fh} |")
     if s["folds"]:
         lines += ["", "| folding condition | length | folds | median span | median kept | median fold s | "
                   "fold / span prefill (median, max) |", "|---|---|---|---|---|---|---|"]
