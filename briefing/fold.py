@@ -121,7 +121,7 @@ class SpanGuidance(Guidance):
         return self.scope == "span"
 
     def pick(self, task, span, limit, gen):
-        return sample_tokens(span, limit, gen), self.name if self.scope == "read" else f"{self.name} (span only)"
+        return sample_tokens(span, limit, gen), f"{self.name} (span only)" if self.span_only else self.name
 
 
 @dataclass(kw_only=True)

@@ -366,10 +366,10 @@ class TrajectoryCache:
                                 "Raise the budget or lower the recent window.")
         limit = policy.max_queries
         recent_from = len(self.ids) - (P - b)  # token index of the recent window's first token (unfolded tail)
-        span_q = self._span_q
-        if policy.guidance.span_only and span_q is not None:  # only queries of tokens being folded
+        span_q, inside = self._span_q, None
+        if policy.guidance.span_only:  # only queries of tokens being folded
             inside = [j for j, tok in enumerate(self._span_q_tok) if tok < recent_from]
-            span_q = span_q[:, :, :, inside] if inside else None
+            span_q = span_q[:, :, :, inside] if span_q is not None and inside else None
         picked, label = policy.guidance.pick(self._task_q, span_q, limit, self._gen)
         keys_l, values_l = kv.layer_kv(self.kv)
         pos = self.positions()                                                          # [L, H, P]
@@ -406,8 +406,8 @@ class TrajectoryCache:
         # sampled prefill queries: keep a uniform sample as the memory of the folded content (span only: and every
         # query of the recent window, which later folds will fold)
         if self._span_q is not None and self._span_q.shape[3] > limit:
-            if policy.guidance.span_only:
-                folded = [j for j, tok in enumerate(self._span_q_tok) if tok < recent_from]
+            if inside is not None:
+                folded = inside
                 recent = [j for j, tok in enumerate(self._span_q_tok) if tok >= recent_from]
                 if len(folded) > limit:
                     folded = [folded[int(i)] for i in torch.randperm(len(folded), generator=self._gen)[:limit]]
