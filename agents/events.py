@@ -15,7 +15,9 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, Field, TypeAdapter
+from pydantic import BaseModel, Field, TypeAdapter, model_validator
+
+from agents.workers.base import WorkerAnswer
 
 
 def _block(text: str) -> str:
@@ -110,27 +112,44 @@ class CellOutput(EventBase):
         return f"[output]\n{body}\n"
 
 
+LEGACY_CALL_FIELDS = ("input_tokens", "output_tokens", "text_handoff_tokens", "latency_s", "child_run")
+LEGACY_BRIEFING_FIELDS = ("kept", "total", "compaction", "folds", "prefilled_tokens", "cache_positions",
+                          "trajectory_tokens", "recalled_tokens")
+
+
 class WorkerCall(EventBase):
+    """A `worker(...)` call: the query, and the worker's own record of the call (`result`, a WorkerAnswer), or the
+    error it raised. `worker` names the worker that was called."""
+
     type: Literal["worker_call"] = "worker_call"
     call_id: str = ""
     iteration: int = 0
     index: int = 0                  # 1-based count of worker calls in this run
     query: str = ""
-    answer: str | None = None
-    error: str | None = None
     worker: str = ""
-    input_tokens: int = 0
-    output_tokens: int = 0
-    text_handoff_tokens: int = 0
-    kept: int | None = None
-    total: int | None = None
-    compaction: dict[str, Any] | None = None
-    latency_s: float = 0.0
-    child_run: str | None = None
-    folds: list[dict[str, Any]] | None = None   # folds of the worker's persistent cache during this call
-    prefilled_tokens: int | None = None         # trajectory tokens the worker forwarded for this call
-    cache_positions: int | None = None          # positions its persistent cache holds after the call
-    recalled_tokens: int | None = None          # trajectory text recalled into the prompt (agents.recall)
+    result: WorkerAnswer | None = None
+    error: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy(cls, data: Any) -> Any:
+        """Logs written before the record was embedded had its fields flat on the event: read them too."""
+        if not isinstance(data, dict) or "result" in data or "answer" not in data:
+            return data
+        data = dict(data)
+        text = data.pop("answer")
+        flat = {k: data.pop(k) for k in LEGACY_CALL_FIELDS if k in data}
+        briefed = {k: data.pop(k) for k in LEGACY_BRIEFING_FIELDS if k in data}
+        if text is None:
+            return data
+        if briefed.get("kept") is not None and briefed.get("compaction"):
+            flat["briefing"] = {k: v for k, v in briefed.items() if v is not None}
+        data["result"] = {"text": text, "worker": data.get("worker", ""), **flat}
+        return data
+
+    @property
+    def answer(self) -> str | None:
+        return self.result.text if self.result is not None else None
 
     def render(self) -> str:
         answer = self.answer if self.answer is not None else f"(failed: {self.error})"

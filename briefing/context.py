@@ -1,35 +1,42 @@
-"""What a worker generates on: a (compacted) KV cache, its per-head bias, and the prompt already forwarded."""
+"""What a worker generates on: a (compacted) KV cache, its per-head bias, and the prompt already forwarded; and the
+one function through which the briefing layer runs the model."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 import torch
-from pydantic import BaseModel
 from transformers import DynamicCache
 
 from briefing import kv
 from briefing.attention import BiasState, active
 from briefing.errors import BriefingError
 from briefing.model import LoadedModel
+from briefing.stats import CompactionStats
 
 
-class CompactionStats(BaseModel):
-    """Figures of one compaction (times in seconds)."""
+@torch.no_grad()
+def run_model(lm: LoadedModel, cache: DynamicCache, ids: list[int], position: int, state: BiasState | None = None,
+              last_only: bool = False) -> torch.Tensor:
+    """Forward `ids` at RoPE positions `position`.. over `cache` (appending to it), with the briefing attention in
+    `state` (bias on the first keys, query capture; None: plain). Every forward of the layer goes through here, so
+    the inputs are made on the model's device once. Returns logits [len(ids), vocab] ([1, vocab] with last_only)."""
+    dev = lm.device
+    input_ids = torch.tensor([ids], device=dev)                                   # [1, n]
+    position_ids = torch.arange(position, position + len(ids), device=dev)[None]  # [1, n]
+    with active(state if state is not None else BiasState()):
+        out = lm.model(input_ids=input_ids, position_ids=position_ids, use_cache=True,
+                       logits_to_keep=1 if last_only else 0, **{lm.cache_kwarg: cache})
+    return out.logits[0].float()
 
-    method: str
-    kept: int
-    original_length: int
-    kept_ratio: float
-    prompt_tokens: int
-    time_score_s: float = 0.0
-    time_select_s: float = 0.0
-    time_beta_s: float = 0.0
-    time_values_s: float = 0.0
-    time_prompt_s: float = 0.0
-    time_total_s: float = 0.0
-    fit_error: float | None = None
-    fit_error_topk: float | None = None
-    fallback: str | None = None
+
+def forward_with_bias(lm: LoadedModel, cache: DynamicCache, ids: list[int], position: int,
+                      beta: list[torch.Tensor | None] | None, capture: bool = False,
+                      last_only: bool = False) -> tuple | torch.Tensor:
+    """`run_model` with a bias on the first keys and optional query capture. Returns logits, and the captured
+    post-RoPE queries per layer ([1, heads, n, d]) if `capture`."""
+    state = BiasState(beta=beta, capture=capture)
+    logits = run_model(lm, cache, ids, position, state, last_only)
+    return (logits, state.queries) if capture else logits
 
 
 @dataclass
@@ -39,6 +46,8 @@ class CompactedCache:
     kv holds `base_length` positions at rest (kept + prompt); generation appends and then truncates back,
     so the object can serve any number of generate/loglikelihood calls. `next_position` is the RoPE
     position of the next token: the trajectory's TRUE length plus the prompt length.
+    `queries` [L, kv_heads, m, d] (post-RoPE, the prompt's tokens from `query_position` on) are the guidance that
+    scored it; a worker hands them to `TrajectoryCache.remember(ctx)` so later folds can use them.
     """
 
     lm: LoadedModel
@@ -50,6 +59,8 @@ class CompactedCache:
     prompt_ids: list[int]
     stats: CompactionStats
     positions: torch.Tensor | None = field(default=None, repr=False)  # [layers, kv_heads, t] kept indices
+    queries: torch.Tensor | None = field(default=None, repr=False)    # [layers, kv_heads, m, d] guidance queries
+    query_position: int = 0
 
     def check_model(self, lm: LoadedModel | None) -> None:
         if lm is not None and lm.fingerprint != self.lm.fingerprint:
@@ -58,29 +69,12 @@ class CompactedCache:
                 f"with {lm.name} ({lm.fingerprint}). Compact the trajectory again with the model you generate with."
             )
 
-    @torch.no_grad()
     def forward(self, ids: list[int], position: int) -> torch.Tensor:
         """Forward `ids` at RoPE `position` onward, appending to kv. Returns logits [len(ids), vocab]."""
         return forward_with_bias(self.lm, self.kv, ids, position, self.beta)
 
     def reset(self) -> None:
         kv.truncate(self.kv, self.base_length)
-
-
-@torch.no_grad()
-def forward_with_bias(lm: LoadedModel, cache: DynamicCache, ids: list[int], position: int,
-                      beta: list[torch.Tensor | None] | None, capture: bool = False,
-                      last_only: bool = False) -> tuple | torch.Tensor:
-    """One forward pass with the briefing attention active (bias on the first keys, optional query capture).
-    Returns logits [len(ids), vocab] ([1, vocab] with last_only), and the captured queries if `capture`."""
-    state = BiasState(beta=beta, capture=capture)
-    input_ids = torch.tensor([ids])
-    position_ids = torch.arange(position, position + len(ids))[None]
-    with active(state):
-        out = lm.model(input_ids=input_ids, position_ids=position_ids, past_key_values=cache, use_cache=True,
-                       logits_to_keep=1 if last_only else 0)
-    logits = out.logits[0].float()
-    return (logits, state.queries) if capture else logits
 
 
 def check_prompt(lm: LoadedModel, prompt: str, trajectory_length: int) -> list[int]:
@@ -99,6 +93,6 @@ def plain_context(lm: LoadedModel, prompt: str) -> CompactedCache:
     """No trajectory at all: the prompt alone, from position 0 (the `plain` worker)."""
     ids = check_prompt(lm, prompt, 0)
     cache = DynamicCache()
-    logits = forward_with_bias(lm, cache, ids, 0, None, last_only=True)
+    logits = run_model(lm, cache, ids, 0, last_only=True)
     stats = CompactionStats(method="plain", kept=0, original_length=0, kept_ratio=0.0, prompt_tokens=len(ids))
     return CompactedCache(lm, cache, None, len(ids), len(ids), logits[-1], ids, stats)

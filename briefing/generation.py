@@ -59,7 +59,7 @@ def generate(ctx: CompactedCache, config: GenerationConfig | None = None, *,
     """Continue after the context's prompt. `lm`, if given, must be the model the context was built with."""
     ctx.check_model(lm)
     cfg = config or GenerationConfig()
-    gen = torch.Generator().manual_seed(cfg.seed) if cfg.seed is not None else None
+    gen = torch.Generator(device=ctx.lm.device).manual_seed(cfg.seed) if cfg.seed is not None else None
     eos, out, text, reason = _eos_ids(ctx.lm), [], "", "length"
     logits = ctx.last_logits
     t0 = time.perf_counter()
@@ -104,4 +104,4 @@ def token_logprobs(ctx: CompactedCache, continuation: str, lm: LoadedModel | Non
 def loglikelihood(ctx: CompactedCache, continuation: str, lm: LoadedModel | None = None) -> float:
     """Sum of log-probabilities of `continuation` (for scoring candidate answers)."""
     ids, logprobs = token_logprobs(ctx, continuation, lm)
-    return float(logprobs.gather(-1, torch.tensor(ids)[:, None]).sum())
+    return float(logprobs.gather(-1, torch.tensor(ids, device=logprobs.device)[:, None]).sum())

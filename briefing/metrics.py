@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from briefing import kv
-from briefing.compaction import _scaling, group_queries, stack_layers
+from briefing.matching import group_queries, stack_layers
 from briefing.context import CompactedCache, forward_with_bias
 from briefing.errors import BriefingError
 from briefing.generation import token_logprobs
@@ -35,7 +35,7 @@ def heldout_attention_error(cache: TrajectoryCache, ctx: CompactedCache, continu
     answer_queries = {i: q[:, :, n_prompt:, :] for i, q in queries.items()}
     K_list, V_list = kv.layer_kv(cache.kv, 0, T)
     Q = group_queries(answer_queries, lm.num_layers, K_list[0].shape[1])            # [L, H, m, d]
-    K, V, scale = stack_layers(K_list), stack_layers(V_list), _scaling(lm)
+    K, V, scale = stack_layers(K_list), stack_layers(V_list), lm.scaling
     Y = torch.softmax(Q @ K.transpose(-1, -2) * scale, -1) @ V                     # [L, H, m, d]
     t = ctx.stats.kept
     C1, C2 = kv.layer_kv(ctx.kv, 0, t)

@@ -5,7 +5,9 @@ like SDPA until a compacted cache activates a per-head bias.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
+import inspect
 import importlib.util
 import os
 import shutil
@@ -62,6 +64,32 @@ class LoadedModel:
     def num_layers(self) -> int:
         return int(self.model.config.num_hidden_layers)
 
+    @property
+    def kv_heads(self) -> int:
+        cfg = self.model.config
+        return int(getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model's weights (and so every tensor the briefing layer makes for it) live."""
+        return self.model.get_input_embeddings().weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.get_input_embeddings().weight.dtype
+
+    @property
+    def scaling(self) -> float:
+        """The attention scale of the model's layers (1/sqrt(head_dim) unless the model sets its own)."""
+        attn = self.model.model.layers[0].self_attn
+        return float(getattr(attn, "scaling", attn.head_dim ** -0.5))
+
+    @functools.cached_property
+    def cache_kwarg(self) -> str:
+        """The forward() argument that takes the KV cache: `cache` from transformers 5.24 on, `past_key_values`
+        before (the old name still works there but warns)."""
+        return "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
+
     def encode(self, text: str) -> list[int]:
         """Token ids of `text`, no special tokens added (the text carries its own chat markup)."""
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -91,7 +119,7 @@ def model_fingerprint(model: PreTrainedModel) -> str:
     for name, p in list(model.named_parameters())[:8]:
         h.update(name.encode())
         h.update(str(tuple(p.shape)).encode())
-        h.update(p.detach().flatten()[:64].float().numpy().tobytes())
+        h.update(p.detach().flatten()[:64].float().cpu().numpy().tobytes())
     return h.hexdigest()[:16]
 
 

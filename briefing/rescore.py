@@ -11,28 +11,30 @@ import torch
 from transformers import DynamicCache
 
 from briefing import kv
-from briefing.context import forward_with_bias
+from briefing.attention import BiasState
+from briefing.context import run_model
 from briefing.model import LoadedModel
 
 
 @torch.no_grad()
 def generated_scores(lm: LoadedModel, cache: DynamicCache, trajectory_length: int, next_position: int,
-                     last_logits: torch.Tensor, tokens: int, scale: float, kv_heads: int) -> torch.Tensor:
+                     last_logits: torch.Tensor, tokens: int) -> torch.Tensor:
     """Attention of `tokens` greedy tokens (generated after the prompt already in `cache`) to the first
     `trajectory_length` positions, averaged over those tokens and the query heads of each KV head.
     The cache is extended by the generated tokens; the caller truncates it. Returns [L, kv_heads, T]."""
-    T, L = trajectory_length, lm.num_layers
+    T, L, H, scale = trajectory_length, lm.num_layers, lm.kv_heads, lm.scaling
     token, rows = int(last_logits.argmax()), []
     for step in range(tokens):
-        logits, queries = forward_with_bias(lm, cache, [token], next_position + step, None, capture=True, last_only=True)
-        keys, _ = kv.layer_kv(cache)                                                # per layer [1, H, T + n + step + 1, d]
+        state = BiasState(capture=True)
+        logits = run_model(lm, cache, [token], next_position + step, state, last_only=True)
+        keys, _ = kv.layer_kv(cache)                                                # per layer [1, H, S, d]
         per_layer = []
         for layer in range(L):
-            q = queries[layer][0]                                                   # [heads, 1, d]
-            k = keys[layer][0]                                                      # [H, S, d]
-            q = q.reshape(kv_heads, -1, q.shape[-1])                                # [H, group, d]
+            q = state.queries[layer][0].float()                                     # [heads, 1, d]
+            k = keys[layer][0].float()                                              # [H, S, d]
+            q = q.reshape(H, -1, q.shape[-1])                                       # [H, group, d]
             p = torch.softmax(q @ k.transpose(-1, -2) * scale, dim=-1)              # [H, group, S]
             per_layer.append(p[..., :T].mean(-2))                                   # [H, T]
         rows.append(torch.stack(per_layer))                                         # [L, H, T]
         token = int(logits[-1].argmax())
-    return torch.stack(rows).mean(0)
+    return torch.stack(rows).mean(0)                                                # [L, H, T]

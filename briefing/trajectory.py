@@ -7,26 +7,37 @@ most a few of the last cached tokens). Extending in pieces therefore gives the s
 one prefill.
 
 Past the budget (kept positions; by default the model's window minus a reserve for the call prompt and
-generation) the cache folds (briefing.fold): the span between the attention sink and the protected recent
-window is compacted in place by Attention Matching, and the cache then holds kept keys, refitted values and a
-stored beta per position and KV head, which every forward over it applies (extend, per-call compaction,
-generation, log-likelihood). Kept keys keep the RoPE rotation of their original positions while the next
-position stays below the model's trained maximum; past it, every key is re-based (rotated by its position
-change) to its slot in the cache, as StreamingLLM does, so that no token ever gets a position the model never saw.
+generation) the cache folds (`briefing.fold`): the positions live in a `briefing.store.KVStore`, whose folded
+prefix carries a stored beta that every forward over it applies. Kept keys keep the RoPE rotation of their
+original positions while the next position stays below the model's trained maximum; past it, every key is
+re-based to its slot, as StreamingLLM does, so that no token ever gets a position the model never saw.
 `text` and `ids` keep the whole trajectory: only the cache is compacted.
+
+What changes the cache: `extend` / `sync` (prefill, folds, re-bases) and `remember(ctx)` (a call's queries kept as
+fold guidance). `compact` does not: it returns a per-call context and leaves the cache as it was.
 """
 from __future__ import annotations
 
 import copy
 import time
+from typing import TYPE_CHECKING
 
 import torch
-from transformers import DynamicCache
 
 from briefing import kv
+from briefing.attention import BiasState
+from briefing.compaction import compact
+from briefing.context import run_model
 from briefing.errors import BriefingError
-from briefing.fold import FoldPolicy, FoldStats, fold_span, split_kept
+from briefing.fold import FoldPolicy, fold, folded_tokens
+from briefing.matching import group_queries
 from briefing.model import LoadedModel
+from briefing.stats import FoldStats
+from briefing.store import KVStore
+
+if TYPE_CHECKING:
+    from briefing.context import CompactedCache
+    from briefing.selection import Selector
 
 SEAM_TOKENS = 32  # tail window re-tokenised at each extend (doubled while the seam does not align)
 DEFAULT_RESERVE = 512  # positions left for the call prompt and generation under the default budget
@@ -34,13 +45,12 @@ DEFAULT_FOLD = FoldPolicy()  # what a cache folds with unless told otherwise (co
 
 
 class TrajectoryCache:
-    """KV cache of `text` for `lm`, folded past `budget` kept positions. A compaction leaves its keys, values and
-    beta as they are; it only remembers the call prompt's queries as task guidance for later folds.
+    """KV cache of `text` for `lm`, folded past `budget` kept positions.
 
     fold: a FoldPolicy, by default `FoldPolicy()` (None: never fold; an extend past the budget is an error, the
     cache then serves up to the model's context length). budget: most positions the cache holds (None:
-    lm.max_context - reserve when folding, lm.max_context otherwise). reserve: positions left free for the call prompt and generation (None: 512, at most
-    an eighth of the context).
+    lm.max_context - reserve when folding, lm.max_context otherwise). reserve: positions left free for the call
+    prompt and generation (None: 512, at most an eighth of the context).
     """
 
     def __init__(self, lm: LoadedModel, text: str = "", chunk_tokens: int = 1024, *, budget: int | None = None,
@@ -50,10 +60,10 @@ class TrajectoryCache:
         self.lm = lm
         self.text = ""
         self.ids: list[int] = []
-        self.kv = DynamicCache()
+        self.store = KVStore(lm.num_layers, lm.kv_heads, lm.device)
         self.chunk_tokens = chunk_tokens
-        self.last_extend_s = 0.0
-        self.fold = None if fold is None else copy.deepcopy(fold)  # a cache's own copy (guidance and fit too)
+        self.fold = None if fold is None else copy.deepcopy(fold)  # a cache's own copy (guidance and selector too)
+        self.memory = None if fold is None else self.fold.memory()  # fold guidance: remembered queries
         self.reserve = int(reserve) if reserve is not None else min(DEFAULT_RESERVE, lm.max_context // 8)
         if budget is not None:
             self.budget = int(budget)
@@ -62,18 +72,13 @@ class TrajectoryCache:
         self.recent = 0 if fold is None else (fold.recent if fold.recent is not None else self.budget // 2)
         if fold is not None or budget is not None:
             self.check_budget()
-        self.beta: list[torch.Tensor] | None = None    # per layer [kv_heads, F]: stored beta of the first F positions
-        self.key_pos: torch.Tensor | None = None       # [L, kv_heads, length] RoPE position of each key (None: 0..n-1)
-        self.origin: torch.Tensor | None = None        # [L, kv_heads, length] token index of each key (None: 0..n-1)
         self.position_gap = 0                          # tokens - next RoPE position (grows with each re-base)
         self.folds: list[FoldStats] = []
         self.prefilled_tokens = 0                      # tokens forwarded by extend, in total (seam re-prefills included)
         self.prefill_s = 0.0                           # time spent in those forwards (folds excluded)
+        self.last_extend_s = 0.0
         self.rebases = 0
-        self._task_q: torch.Tensor | None = None       # [L, KVH, g, n, d] worker-prompt queries, unrotated
-        self._span_q: torch.Tensor | None = None       # [L, KVH, g, n, d] sampled prefill queries, unrotated
-        self._span_q_tok: list[int] = []               # token index of each sampled prefill query
-        self._gen = torch.Generator().manual_seed(fold.seed if fold is not None else 0)
+        self.broken: str | None = None                 # why an extend failed half-way (the cache is then unusable)
         if text:
             self.extend(text)
 
@@ -91,12 +96,22 @@ class TrajectoryCache:
                     f"budget {self.budget} is smaller than sink ({self.fold.sink}) + recent window ({self.recent}) "
                     f"+ prompt reserve ({self.reserve}) = {need}. Raise the budget or lower sink, recent or reserve.")
 
-    # -- sizes and positions ------------------------------------------------------------------------------------
+    # -- sizes, positions and what is held ----------------------------------------------------------------------
+
+    @property
+    def kv(self):
+        """The DynamicCache of the held positions (the store's)."""
+        return self.store.kv
+
+    @property
+    def beta(self) -> list[torch.Tensor] | None:
+        """Stored beta per layer [kv_heads, F] of the folded prefix (None before a fold)."""
+        return self.store.beta
 
     @property
     def length(self) -> int:
         """Positions held in the cache (kept keys); equals `tokens` until the first fold."""
-        return kv.cache_length(self.kv)
+        return self.store.length
 
     @property
     def tokens(self) -> int:
@@ -111,66 +126,46 @@ class TrajectoryCache:
     @property
     def folded(self) -> int:
         """Positions at the start of the cache that carry a stored beta (sink + folded keys); 0 before a fold."""
-        return 0 if self.beta is None else int(self.beta[0].shape[-1])
+        return self.store.folded
 
     @property
     def folded_tokens(self) -> int:
-        """Trajectory tokens that the folded positions after the sink stand for: the tokens before the first
-        unfolded position, less the sink (0 before a fold, or when a fold kept nothing of its span)."""
-        F = self.folded
-        sink = min(self.fold.sink, F) if self.fold is not None else 0
-        if F <= sink or F >= self.length:
-            return 0
-        return int(self.origins()[0, 0, F]) - sink                                  # raw tail: same token every head
+        """Trajectory tokens that the folded positions after the sink stand for (0 before a fold)."""
+        return folded_tokens(self.store, self.fold.sink if self.fold is not None else 0)
 
     def bias(self) -> torch.Tensor | None:
         """Stored beta over every cached position [L, kv_heads, length] (0 past the folded prefix), or None."""
-        if self.beta is None:
-            return None
-        b = torch.stack(self.beta)                                                    # [L, H, F]
-        return torch.nn.functional.pad(b, (0, self.length - b.shape[-1]))             # [L, H, length]
+        return self.store.bias()
 
     def positions(self) -> torch.Tensor:
         """RoPE position of every cached key [L, kv_heads, length]."""
-        if self.key_pos is None:
-            L, H = self.lm.num_layers, self.lm.config.num_key_value_heads
-            return torch.arange(self.length).view(1, 1, -1).expand(L, H, -1).clone()
-        return self.key_pos
+        return self.store.positions()
 
     def origins(self) -> torch.Tensor:
         """Token index (in `ids`) of every cached key [L, kv_heads, length]: which tokens a fold kept."""
-        if self.origin is None:
-            L, H = self.lm.num_layers, self.lm.config.num_key_value_heads
-            return torch.arange(self.length).view(1, 1, -1).expand(L, H, -1).clone()
-        return self.origin
+        return self.store.origins()
 
     def held(self, start: int, stop: int) -> float:
         """Share of the tokens [start, stop) still held as keys, averaged over (layer, KV head): 1.0 before any
         fold, 0.0 once a fold dropped them everywhere. What folding kept of a fact, for diagnostics."""
         if not 0 <= start < stop <= self.tokens:
-            raise BriefingError(f"token range [{start}, {stop}) must be a non-empty range within the {self.tokens} tokens "
-                                "of the trajectory.")
+            raise BriefingError(f"token range [{start}, {stop}) must be a non-empty range within the {self.tokens} "
+                                "tokens of the trajectory.")
         o = self.origins()                                                              # [L, H, length]
         inside = ((o >= start) & (o < stop)).sum(-1).to(torch.float64)                 # [L, H]
         return float(inside.mean() / (stop - start))
 
     def kv_bytes(self) -> int:
         """Bytes held by the cached keys, values and stored beta."""
-        total = sum(t.numel() * t.element_size() for layer in self.kv.layers if layer.is_initialized
-                    for t in (layer.keys, layer.values))
-        return total + sum(b.numel() * b.element_size() for b in (self.beta or []))
+        return self.store.kv_bytes()
 
-    def clone(self) -> "TrajectoryCache":
-        """An independent copy (tensors copied), e.g. to time an extend repeatedly."""
+    def clone(self) -> TrajectoryCache:
+        """An independent copy (tensors copied), e.g. to time an extend repeatedly or to branch a trajectory."""
         other = TrajectoryCache.__new__(TrajectoryCache)
         other.__dict__.update(self.__dict__)
-        other.ids, other.folds, other._span_q_tok = list(self.ids), list(self.folds), list(self._span_q_tok)
-        other.kv = kv.build(*[[t.clone() for t in ts] for ts in kv.layer_kv(self.kv)]) if self.length else DynamicCache()
-        other.beta = None if self.beta is None else [b.clone() for b in self.beta]
-        other.key_pos = None if self.key_pos is None else self.key_pos.clone()
-        other.origin = None if self.origin is None else self.origin.clone()
-        other._gen = torch.Generator()
-        other._gen.set_state(self._gen.get_state())  # the copy draws what the original would draw next
+        other.ids, other.folds = list(self.ids), list(self.folds)
+        other.store = self.store.clone()
+        other.memory = None if self.memory is None else self.memory.clone()  # draws what the original would draw
         return other
 
     # -- text -----------------------------------------------------------------------------------------------------
@@ -220,20 +215,34 @@ class TrajectoryCache:
             raise BriefingError(f"text must be a str, got {type(text).__name__}.")
         if not text:
             return 0
+        if self.broken:
+            raise BriefingError(f"This TrajectoryCache is unusable: an earlier extend failed half-way ({self.broken}). "
+                                "Start a new TrajectoryCache for the trajectory.")
         t0 = time.perf_counter()
         crop, todo = self._seam(text)
+        need = self.length - crop + len(todo)
+        if self.fold is None and need > self.budget:  # refused before anything changes
+            raise BriefingError(
+                f"The trajectory would need {need} positions, past the cache budget {self.budget} ({self.lm.name}'s "
+                f"context length is {self.lm.max_context}). Pass fold=briefing.FoldPolicy() to fold the cache in "
+                "place, or start a new trajectory.")
+        try:
+            self._append(text, crop, todo)
+        except BaseException as e:  # text, ids and positions no longer agree: say so on every later use
+            self.broken = f"{type(e).__name__}: {e}"
+            raise
+        self.prefilled_tokens += len(todo)
+        self.last_extend_s = time.perf_counter() - t0
+        return len(todo)
+
+    def _append(self, text: str, crop: int, todo: list[int]) -> None:
         if crop:  # a BPE merge across the seam changed the last cached tokens
             self._crop(crop)
         self.text += text
         done = 0
         while done < len(todo):
             n = min(self.chunk_tokens, len(todo) - done)
-            if self.length + n > self.budget:
-                if self.fold is None:
-                    raise BriefingError(
-                        f"The trajectory would need {self.length + len(todo) - done} positions, past the cache budget "
-                        f"{self.budget} ({self.lm.name}'s context length is {self.lm.max_context}). Pass "
-                        "fold=briefing.FoldPolicy() to fold the cache in place, or start a new trajectory.")
+            if self.length + n > self.budget:  # (folding: an unfolding cache was checked in `extend`)
                 if self.length >= self.budget:  # full: fold, then go on filling
                     self._fold()
                 n = min(n, self.budget - self.length)
@@ -243,186 +252,75 @@ class TrajectoryCache:
             self._prefill(chunk)
             self.ids.extend(chunk)
             done += n
-        self.prefilled_tokens += len(todo)
-        self.last_extend_s = time.perf_counter() - t0
-        return len(todo)
 
     def _crop(self, n: int) -> None:
         keep_tokens = len(self.ids) - n
-        kv.truncate(self.kv, self.length - n)
-        if self.key_pos is not None:
-            self.key_pos = self.key_pos[..., : self.length]
-        if self.origin is not None:
-            self.origin = self.origin[..., : self.length]
-        del self.ids[keep_tokens:]
-        # the text is cropped by the caller's re-tokenisation; sampled queries of dropped tokens go
-        keep = [j for j, tok in enumerate(self._span_q_tok) if tok < keep_tokens]
-        if len(keep) < len(self._span_q_tok) and self._span_q is not None:
-            self._span_q = self._span_q[:, :, :, keep]
-            self._span_q_tok = [self._span_q_tok[j] for j in keep]
+        self.store.crop(n)
+        del self.ids[keep_tokens:]  # the text is cropped by the caller's re-tokenisation
+        if self.memory is not None:  # sampled queries of dropped tokens go
+            self.memory.crop(keep_tokens)
 
-    @torch.no_grad()
     def _prefill(self, ids: list[int]) -> None:
-        from briefing.attention import BiasState, active
-
         position, first = self.position, len(self.ids)
-        stride = self.fold.capture_stride if self.fold is not None else 0
-        rows = None
-        if stride:
-            rows = torch.tensor([i for i in range(len(ids)) if (first + i) % stride == 0], dtype=torch.long)
-        state = BiasState(beta=self.beta, capture=rows is not None and rows.numel() > 0, capture_rows=rows)
-        input_ids = torch.tensor([ids])
-        position_ids = torch.arange(position, position + len(ids))[None]
+        rows = None if self.memory is None else self.memory.rows(first, len(ids), self.lm.device)
+        state = BiasState(beta=self.store.beta, capture=rows is not None, capture_rows=rows)
         t0 = time.perf_counter()
-        with active(state):
-            self.lm.model(input_ids=input_ids, position_ids=position_ids, past_key_values=self.kv, use_cache=True,
-                          logits_to_keep=1)
+        run_model(self.lm, self.store.kv, ids, position, state, last_only=True)
         self.prefill_s += time.perf_counter() - t0
-        if self.key_pos is not None:
-            L, H, _ = self.key_pos.shape
-            self.key_pos = torch.cat([self.key_pos, position_ids.view(1, 1, -1).expand(L, H, -1)], dim=-1)
-        if self.origin is not None:
-            L, H, _ = self.origin.shape
-            new = torch.arange(first, first + len(ids)).view(1, 1, -1).expand(L, H, -1)  # [L, H, n]
-            self.origin = torch.cat([self.origin, new], dim=-1)                         # [L, H, length]
-        if state.capture:
-            q = self._group(state.queries)                                              # [L, KVH, g, s, d]
-            q = kv.rotate(q, -(rows + position).to(torch.float64), self._inv_freq())    # unrotated
-            self._span_q = q if self._span_q is None else torch.cat([self._span_q, q], dim=3)
-            self._span_q_tok.extend(int(first + r) for r in rows)
+        self.store.appended(first, position, len(ids))
+        if rows is not None:
+            q = self._grouped(state.queries)                                            # [L, KVH, g, s, d]
+            self.memory.capture(q, rows, first, position, self._inv_freq())
 
     # -- queries for fold guidance ----------------------------------------------------------------------------
 
     def _inv_freq(self) -> torch.Tensor:
         return kv.rope_inv_freq(self.lm.model)
 
-    def _group(self, queries: dict[int, torch.Tensor]) -> torch.Tensor:
+    def _grouped(self, queries: dict[int, torch.Tensor]) -> torch.Tensor:
         """Per-layer [1, heads, n, d] -> [L, KVH, g, n, d]."""
-        q = torch.cat([queries[i] for i in range(self.lm.num_layers)], dim=0)          # [L, heads, n, d]
-        L, heads, n, d = q.shape
-        kvh = self.lm.config.num_key_value_heads
-        return q.reshape(L, kvh, heads // kvh, n, d)
-
-    def remember_prompt(self, queries: torch.Tensor, position: int) -> None:
-        """Keep a worker prompt's queries ([L, KVH, g * n, d], prompt tokens at RoPE `position` onward) as task
-        guidance for later folds (the last `max_prompts` prompts' worth of query tokens, at most)."""
-        if self.fold is None:
-            return
-        L, H, m, d = queries.shape
+        q = group_queries(queries, self.lm.num_layers, self.lm.kv_heads)                # [L, KVH, g * n, d]
+        L, H, m, d = q.shape
         g = self.lm.config.num_attention_heads // H
-        q = queries.reshape(L, H, g, m // g, d)                                         # [L, KVH, g, n, d]
-        q = kv.rotate(q, -torch.arange(position, position + m // g, dtype=torch.float64), self._inv_freq())
-        self._task_q = q if self._task_q is None else torch.cat([self._task_q, q], dim=3)
-        cap = self.fold.max_prompts * max(1, m // g)
-        if self._task_q.shape[3] > cap:
-            self._task_q = self._task_q[:, :, :, -cap:]
+        return q.reshape(L, H, g, m // g, d)
 
-    @torch.no_grad()
+    def remember(self, ctx: CompactedCache) -> None:
+        """Keep the guidance queries of a call's compacted context as task guidance for later folds (what a worker
+        does after each call). A context built without queries (a selector that needed none) adds nothing."""
+        if self.memory is None or ctx.queries is None:
+            return
+        group = self.lm.config.num_attention_heads // self.lm.kv_heads
+        self.memory.add_prompt(ctx.queries, ctx.query_position, group, self._inv_freq())
+
     def observe(self, prompt: str) -> None:
-        """Remember a worker prompt as task guidance without compacting (what `compact` does on each call): the
-        prompt is forwarded over the cache, its queries kept, and the cache cropped back."""
-        from briefing.attention import BiasState, active
-
-        if self.fold is None or not self.length:
+        """Remember a worker prompt as task guidance without compacting: the prompt is forwarded over the cache, its
+        queries kept, and the cache cropped back."""
+        if self.memory is None or not self.length:
             return
         ids, T, position = self.lm.encode(prompt), self.length, self.position
-        state = BiasState(beta=self.beta, capture=True)
+        state = BiasState(beta=self.store.beta, capture=True)
         try:
-            with active(state):
-                self.lm.model(input_ids=torch.tensor([ids]), position_ids=torch.arange(position, position + len(ids))[None],
-                              past_key_values=self.kv, use_cache=True, logits_to_keep=1)
+            run_model(self.lm, self.store.kv, ids, position, state, last_only=True)
         finally:
-            kv.truncate(self.kv, T)
-        q = self._group(state.queries)                                                  # [L, KVH, g, n, d]
-        L, H, g, n, d = q.shape
-        self.remember_prompt(q.reshape(L, H, g * n, d), position)
+            kv.truncate(self.store.kv, T)
+        queries = group_queries(state.queries, self.lm.num_layers, self.lm.kv_heads)    # [L, KVH, g * n, d]
+        group = self.lm.config.num_attention_heads // self.lm.kv_heads
+        self.memory.add_prompt(queries, position, group, self._inv_freq())
 
     # -- folding and re-basing ----------------------------------------------------------------------------------
 
     def _rebase(self) -> None:
         """Rotate every key to its slot in the cache (positions 0..length-1); the next token follows them."""
-        pos = self.positions()                                                          # [L, H, n]
-        slots = torch.arange(self.length)
-        delta = (slots.view(1, 1, -1) - pos).to(torch.float64)                          # [L, H, n]
-        inv = self._inv_freq()
-        for layer, d in zip(self.kv.layers, delta, strict=True):
-            layer.keys = kv.rotate(layer.keys, d[None], inv)                            # [1, H, n, dim]
+        self.store.rebase(self._inv_freq())
         self.position_gap = len(self.ids) - self.length
-        self.key_pos = None
         self.rebases += 1
 
-    @torch.no_grad()
     def _fold(self) -> None:
-        from briefing.compaction import _scaling
+        self.folds.append(fold(self.store, self.memory, self.fold, recent=self.recent, tokens_seen=len(self.ids),
+                               position=self.position, scale=self.lm.scaling, inv_freq=self._inv_freq()))
 
-        policy = self.fold
-        t0 = time.perf_counter()
-        P = self.length
-        a, b = min(policy.sink, P), max(min(policy.sink, P), P - self.recent)
-        S = b - a
-        t = policy.kept(S)
-        if S <= 0:
-            raise BriefingError(f"Nothing to fold: {P} positions, sink {policy.sink}, recent window {self.recent}. "
-                                "Raise the budget or lower the recent window.")
-        limit = policy.max_queries
-        recent_from = len(self.ids) - (P - b)  # token index of the recent window's first token (unfolded tail)
-        span_q, inside = self._span_q, None
-        if policy.guidance.span_only:  # only queries of tokens being folded
-            inside = [j for j, tok in enumerate(self._span_q_tok) if tok < recent_from]
-            span_q = span_q[:, :, :, inside] if span_q is not None and inside else None
-        picked, label = policy.guidance.pick(self._task_q, span_q, limit, self._gen)
-        keys_l, values_l = kv.layer_kv(self.kv)
-        pos = self.positions()                                                          # [L, H, P]
-        org = self.origins()                                                            # [L, H, P]
-        err = None
-        if t > 0 and picked is not None:
-            L, H, g, n, d = picked.shape
-            Q = kv.rotate(picked, torch.full((n,), float(self.position), dtype=torch.float64), self._inv_freq())
-            Q = Q.reshape(L, H, g * n, d)                                               # [L, H, m, d]
-            bias = self.bias()                                                          # [L, H, P] or None
-            split, t_head = None, 0
-            old = max(0, min(self.folded, b) - a)  # positions of earlier folds at the span's start
-            if policy.share == "uniform" and old:
-                split, t_head = old, split_kept(t, old, self.folded_tokens, S - old)
-            idx, new_k, new_v, beta_kept, err = fold_span(keys_l, values_l, bias, Q, a, b, t, policy,
-                                                          _scaling(self.lm), split, t_head)
-            sink_beta = torch.zeros(L, H, a) if bias is None else bias[..., :a]
-            new_beta = torch.cat([sink_beta, beta_kept], dim=-1)                        # [L, H, a + t]
-            new_pos = torch.cat([pos[..., :a], pos[..., a:b].gather(-1, idx), pos[..., b:]], dim=-1)
-            new_org = torch.cat([org[..., :a], org[..., a:b].gather(-1, idx), org[..., b:]], dim=-1)
-        else:  # keep nothing of the span (StreamingLLM), or no queries to guide a fit: drop it
-            t = 0
-            new_k = [torch.cat([k[..., :a, :], k[..., b:, :]], dim=-2) for k in keys_l]   # per layer [1, H, P - S, d]
-            new_v = [torch.cat([v[..., :a, :], v[..., b:, :]], dim=-2) for v in values_l]
-            old = self.bias()
-            new_beta = None if old is None else old[..., :a]
-            new_pos = torch.cat([pos[..., :a], pos[..., b:]], dim=-1)
-            new_org = torch.cat([org[..., :a], org[..., b:]], dim=-1)
-            label = "none (keep 0: span dropped)" if policy.kept(S) == 0 else "no queries yet: span dropped"
-        self.kv = kv.build(new_k, new_v)
-        self.beta = None if new_beta is None or new_beta.shape[-1] == 0 else list(new_beta.unbind(0))
-        self.key_pos = new_pos
-        self.origin = new_org
-        # sampled prefill queries: keep a uniform sample as the memory of the folded content (span only: and every
-        # query of the recent window, which later folds will fold)
-        if self._span_q is not None and self._span_q.shape[3] > limit:
-            if inside is not None:
-                folded = inside
-                recent = [j for j, tok in enumerate(self._span_q_tok) if tok >= recent_from]
-                if len(folded) > limit:
-                    folded = [folded[int(i)] for i in torch.randperm(len(folded), generator=self._gen)[:limit]]
-                keep = torch.tensor(sorted(folded + recent), dtype=torch.long)
-            else:
-                keep = torch.randperm(self._span_q.shape[3], generator=self._gen)[:limit].sort().values
-            self._span_q = self._span_q[:, :, :, keep]
-            self._span_q_tok = [self._span_q_tok[int(j)] for j in keep]
-        self.folds.append(FoldStats(
-            span_start=a, span_stop=b, span=S, kept=t, positions_before=P, positions_after=self.length,
-            tokens_seen=len(self.ids), guidance=label, query_tokens=0 if picked is None or t == 0 else int(picked.shape[3]),
-            time_s=time.perf_counter() - t0, fit_error=err))
-
-    def compact(self, prompt: str, selector=None, *, query_tokens: int | None = None):
+    def compact(self, prompt: str, selector: Selector | None = None, *,
+                query_tokens: int | None = None) -> CompactedCache:
         """A per-call CompactedCache of this trajectory, guided by `prompt` (or its last `query_tokens` tokens; see
-        briefing.compaction)."""
-        from briefing.compaction import compact
+        briefing.compaction). The cache is left as it was."""
         return compact(self, prompt, selector, query_tokens=query_tokens)

@@ -246,9 +246,7 @@ def console_primitives(worker: Any, context: str | None = None) -> dict[str, Any
         q = query if isinstance(query, str) else str(query)
         ans = worker.answer(q, traj.text)
         n = sum(1 for e in traj.events if e.type == "worker_call") + 1
-        traj.append(WorkerCall(call_id=f"console.{n}", index=n, query=q, answer=ans.text, worker=ans.worker,
-                               input_tokens=ans.input_tokens, text_handoff_tokens=ans.text_handoff_tokens,
-                               kept=ans.kept, total=ans.total, latency_s=ans.latency_s))
+        traj.append(WorkerCall(call_id=f"console.{n}", index=n, query=q, worker=ans.worker, result=ans))
         return ans.text
 
     def ask_batch(queries: Any) -> list[str]:

@@ -50,12 +50,13 @@ def run_one(kind: str, lm: briefing.LoadedModel, query: str, context: str, chunk
     t0 = time.monotonic()
     res = rlm.run(query, context)
     calls = res.worker_events()
+    done = [e.result for e in calls if e.result is not None]
     ratios = res.kept_ratios()
     row = DemoRow(worker=kind, answer=res.answer, stop_reason=res.stop_reason, wall_s=time.monotonic() - t0,
-                  worker_calls=len(calls), worker_input_tokens=sum(e.input_tokens for e in calls),
-                  text_handoff_tokens=sum(e.text_handoff_tokens for e in calls),
+                  worker_calls=len(calls), worker_input_tokens=sum(r.input_tokens for r in done),
+                  text_handoff_tokens=sum(r.text_handoff_tokens for r in done),
                   median_kept_ratio=statistics.median(ratios) if ratios else None,
-                  worker_time_s=sum(e.latency_s for e in calls))
+                  worker_time_s=sum(r.latency_s for r in done))
     return row, res
 
 

@@ -30,10 +30,13 @@ class Progress:
             self.iterations = e.iteration + 1
         elif e.type == "worker_call":
             self.calls += 1
-            self.tokens += e.input_tokens
-            self.handoff += e.text_handoff_tokens
-            ratio = f" kept {e.kept}/{e.total}" if e.kept is not None and e.total else ""
-            self.last = f"#{e.index}{ratio} {e.latency_s:.1f}s: {(e.answer or e.error or '')[:40]!r}"
+            r = e.result
+            self.tokens += r.input_tokens if r else 0
+            self.handoff += r.text_handoff_tokens if r else 0
+            b = r.briefing if r else None
+            ratio = f" kept {b.kept}/{b.total}" if b is not None and b.total else ""
+            took = f" {r.latency_s:.1f}s" if r else ""
+            self.last = f"#{e.index}{ratio}{took}: {(e.answer or e.error or '')[:40]!r}"
         elif e.type == "final" and e.depth == 0:
             self.done()
             return

@@ -99,7 +99,7 @@ class RunResult(BaseModel):
         return [e for e in evs if e.type == "worker_call"]
 
     def kept_ratios(self) -> list[float]:
-        return [e.kept / e.total for e in self.worker_events() if e.kept is not None and e.total]
+        return [r for e in self.worker_events() if e.result is not None and (r := e.result.kept_ratio) is not None]
 
     def median_kept_ratio(self) -> float | None:
         r = self.kept_ratios()

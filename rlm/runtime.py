@@ -348,21 +348,17 @@ class _Run:
         try:
             ans = self.worker.answer_call(query, self.traj.text, link, context)
         except Exception as e:
+            took = time.monotonic() - t0
             self.traj.append(WorkerCall(call_id=call_id, iteration=self.iteration, index=self.worker_calls, query=query,
-                                        error=f"{type(e).__name__}: {e}", worker=self.worker.name,
-                                        latency_s=round(time.monotonic() - t0, 6)))
+                                        error=f"{type(e).__name__}: {e} (after {took:.2f}s)", worker=self.worker.name))
             raise WorkerError(f"worker call failed: {type(e).__name__}: {e}") from None
         self.record_call(call_id, query, ans, link)
         return ans.text
 
     def record_call(self, call_id: str, query: str, ans: WorkerAnswer, link: Link) -> None:
-        self.traj.append(WorkerCall(
-            call_id=call_id, iteration=self.iteration, index=self.worker_calls, query=query, answer=ans.text,
-            worker=ans.worker or self.worker.name, input_tokens=ans.input_tokens,
-            output_tokens=ans.output_tokens, text_handoff_tokens=ans.text_handoff_tokens, kept=ans.kept,
-            total=ans.total, compaction=ans.compaction, latency_s=round(ans.latency_s, 6), child_run=ans.child_run,
-            folds=ans.folds, prefilled_tokens=ans.prefilled_tokens, cache_positions=ans.cache_positions,
-            recalled_tokens=ans.recalled_tokens))
+        ans = ans.model_copy(update={"worker": ans.worker or self.worker.name, "latency_s": round(ans.latency_s, 6)})
+        self.traj.append(WorkerCall(call_id=call_id, iteration=self.iteration, index=self.worker_calls, query=query,
+                                    worker=ans.worker, result=ans))
         for child in link.child_results:           # a nested run answered: adopt its usage and events
             for key, u in child.usage.items():
                 mine = self.usage.setdefault(key, AgentUsage(agent=key, role=u.role, depth=u.depth))
@@ -373,7 +369,7 @@ class _Run:
                                 sum(u.output_tokens for u in child.usage.values()),
                                 sum(u.text_handoff_tokens for u in child.usage.values()), ans.latency_s)
         if not link.child_results:
-            name = ans.worker or self.worker.name
+            name = ans.worker
             self.agent("worker", name).add(1, ans.input_tokens, ans.output_tokens, ans.text_handoff_tokens, ans.latency_s)
             target = self.graph.add_agent(self.run_id, "worker", name, self.depth)
             self.graph.add_call(self.node, target, call_id, ans.input_tokens, ans.output_tokens,

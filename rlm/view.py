@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterable
 
+from agents.workers.base import WorkerAnswer
 from agents.events import (CellOutput, CodeCell, Event, Final, OrchestratorMessage, RunStart, WorkerCall,
                         parse_event)
 
@@ -135,11 +136,14 @@ def import_rlm_trace(records: Iterable[dict[str, Any]]) -> list[Event]:
                 for call in res.get("rlm_calls") or []:
                     calls += 1
                     inp, out = _usage_tokens(call.get("usage_summary"))
+                    model = str(call.get("root_model", ""))
+                    error = call.get("error")
+                    result = None if error else WorkerAnswer(
+                        text=_text(call.get("response", "")), worker=model, input_tokens=inp, output_tokens=out,
+                        text_handoff_tokens=inp, latency_s=float(call.get("execution_time") or 0.0))
                     add(WorkerCall(call_id=f"{run_id}.{calls}", iteration=iteration, index=calls,
-                                   query=_text(call.get("prompt", "")), answer=_text(call.get("response", "")),
-                                   error=call.get("error"), worker=str(call.get("root_model", "")),
-                                   input_tokens=inp, output_tokens=out, text_handoff_tokens=inp,
-                                   latency_s=float(call.get("execution_time") or 0.0)))
+                                   query=_text(call.get("prompt", "")), worker=model, result=result,
+                                   error=None if result else str(error)))
                 stderr = str(res.get("stderr") or "")
                 add(CellOutput(iteration=iteration, cell=i, stdout=str(res.get("stdout") or ""),
                                error=stderr.strip() or None, duration_s=float(res.get("execution_time") or 0.0)))
@@ -192,10 +196,13 @@ def format_events(events: list[Event], max_chars: int | None = 600, color: bool 
             out.append(c("2", f"{pad}  <<< output{lim}"))
             out.append(_indent(_clip(body or "(no output)", max_chars), pad + "  : "))
         elif t == "worker_call":
-            ratio = f" kept {e.kept}/{e.total} ({e.kept / e.total:.0%})" if e.kept is not None and e.total else ""
-            nested = f" -> run {e.child_run}" if e.child_run else ""
-            out.append(c("35", f"{pad}  -> worker #{e.index} [{e.worker}]{nested}{ratio}, {e.input_tokens} input tok "
-                               f"(text handoff {e.text_handoff_tokens}), {e.latency_s:.1f}s"))
+            r = e.result
+            b = r.briefing if r is not None else None
+            ratio = f" kept {b.kept}/{b.total} ({b.kept / b.total:.0%})" if b is not None and b.total else ""
+            nested = f" -> run {r.child_run}" if r is not None and r.child_run else ""
+            usage = (f", {r.input_tokens} input tok (text handoff {r.text_handoff_tokens}), {r.latency_s:.1f}s"
+                     if r is not None else "")
+            out.append(c("35", f"{pad}  -> worker #{e.index} [{e.worker}]{nested}{ratio}{usage}"))
             out.append(_indent("Q: " + _clip(e.query, max_chars), pad + "     "))
             out.append(_indent("A: " + _clip(e.answer if e.answer is not None else f"(failed: {e.error})", max_chars),
                                pad + "     "))
@@ -211,8 +218,8 @@ def summarize_events(events: list[Event]) -> str:
     runs = [e for e in events if e.type == "run_start"]
     calls = [e for e in events if e.type == "worker_call"]
     steps = [e for e in events if e.type == "message"]
-    tok = sum(e.input_tokens for e in calls)
-    hand = sum(e.text_handoff_tokens for e in calls)
+    tok = sum(e.result.input_tokens for e in calls if e.result is not None)
+    hand = sum(e.result.text_handoff_tokens for e in calls if e.result is not None)
     return (f"{len(runs)} run(s), {len(steps)} steps, {len(calls)} worker calls, worker input tokens {tok} "
             f"(text handoff {hand})")
 

@@ -13,7 +13,8 @@ import sys
 import time
 from typing import Any, Callable
 
-from agents import Worker, WorkerAnswer
+from agents import BriefingStats, Worker, WorkerAnswer
+from briefing.stats import CompactionStats
 from repl import CellResult, SandboxConfig
 
 
@@ -29,8 +30,12 @@ class FakeWorker(Worker):
         self.calls.append((query, trajectory))
         text = self.fn(query, trajectory)
         n_q, n_t = len(query.split()), len(trajectory.split())
-        return WorkerAnswer(text=text, input_tokens=n_q + n_t // 4, text_handoff_tokens=n_q + n_t,
-                            kept=n_t // 4, total=n_t, output_tokens=len(text.split()), worker=self.name)
+        kept = n_t // 4
+        stats = CompactionStats(method="fake", kept=kept, original_length=n_t, kept_ratio=kept / max(1, n_t),
+                                prompt_tokens=n_q)
+        return WorkerAnswer(text=text, input_tokens=n_q + kept, text_handoff_tokens=n_q + n_t,
+                            output_tokens=len(text.split()), worker=self.name,
+                            briefing=BriefingStats(kept=kept, total=n_t, compaction=stats))
 
 
 class _Timeout(BaseException):

@@ -5,8 +5,8 @@ import socket
 
 import pytest
 
-from agents import (BriefedWorker, LocalChatBackend, PlainWorker, TextWorker, TiktokenCounter, WorkerPrompt,
-                    make_worker, split_chat_template)
+from agents import (BriefedWorker, LocalChatBackend, PlainWorker, TextRecall, TextWorker, TiktokenCounter,
+                    WorkerPrompt, make_worker, split_chat_template)
 from agents.workers.prompt import TRAJECTORY_HEADER
 
 TRAJ1 = "Query: Where is the meeting?\nContext: a str of 80 characters.\n\n[output]\nThe meeting was moved to Paris. Bring the red folder.\n\n"
@@ -74,10 +74,10 @@ def test_briefed_worker_extends_one_cache_and_reports_tokens(lm):
     n_prompt = lm.count_tokens(wp.call_prompt(Q))
     for a, traj in ((a1, TRAJ1), (a2, TRAJ2)):
         assert a.text and a.worker == "briefed" and a.output_tokens > 0
-        assert a.input_tokens == a.kept + n_prompt
-        assert a.total == lm.count_tokens(wp.cache_text(traj))
+        assert a.input_tokens == a.briefing.kept + n_prompt
+        assert a.briefing.total == lm.count_tokens(wp.cache_text(traj))
         assert abs(a.text_handoff_tokens - lm.count_tokens(wp.text_prompt(traj, Q))) <= 1
-        assert a.compaction["kept"] == a.kept and 0 < a.kept_ratio < 1
+        assert a.briefing.compaction.kept == a.briefing.kept and 0 < a.kept_ratio < 1
     # a different trajectory (a new run) gets a new cache; the oldest is dropped past max_caches
     w.answer(Q, "Query: other\n\n")
     w.answer(Q, "Query: third\n\n")
@@ -89,7 +89,7 @@ def test_text_and_plain_workers_bill_as_documented(lm):
     wp = WorkerPrompt.for_model(lm)
     t = TextWorker(backend=LocalChatBackend(lm), max_new_tokens=8).answer(Q, TRAJ1)
     assert t.input_tokens == t.text_handoff_tokens == lm.count_tokens(wp.text_prompt(TRAJ1, Q))
-    assert t.kept is None and "Paris" in t.text
+    assert t.briefing is None and "Paris" in t.text
     p = PlainWorker(backend=LocalChatBackend(lm), max_new_tokens=8).answer(Q, TRAJ1)
     assert p.input_tokens == lm.count_tokens(wp.plain_prompt(Q))
     assert p.text_handoff_tokens == t.text_handoff_tokens
@@ -116,58 +116,62 @@ def test_local_chat_backend(lm):
     assert r.text and r.output_tokens > 0 and r.input_tokens > 5 and r.model == lm.name
 
 
-@pytest.mark.slow
-def test_text_worker_cuts_and_briefed_worker_folds_past_the_window(lm):
+def test_text_worker_cuts_and_briefed_worker_folds_past_the_window(tok):
     import briefing
     from tests.tiny import tiny_model
 
-    small = tiny_model("llama-gqa", lm.tokenizer, max_positions=256)
+    small = tiny_model("llama-gqa", tok, max_positions=256)
     long_traj = "Query: q\n\n[output]\n" + "The tide was low in the morning and the gulls were loud. " * 60 + "\n\n"
     assert small.count_tokens(long_traj) > 256
     a = TextWorker(backend=LocalChatBackend(small), max_new_tokens=4).answer("What was low?", long_traj)
     assert a.output_tokens <= 4 and a.input_tokens <= 256
-    w = BriefedWorker(lm=small, max_new_tokens=4, reserve=64, recall_tokens=16,
+    w = BriefedWorker(lm=small, max_new_tokens=4, reserve=64, recall=TextRecall(tokens=16),
                       fold=briefing.FoldPolicy(recent=32, capture_stride=4))
-    first = w.answer("What was low?", long_traj)
-    assert first.folds and first.cache_positions <= 256 - 64 and first.output_tokens <= 4
+    first = w.answer("What was low?", long_traj).briefing
+    assert first.folds and first.cache_positions <= 256 - 64
     assert 0 < first.recalled_tokens <= 16  # folded: text recalled into the prompt, within its budget
     assert first.trajectory_tokens == first.prefilled_tokens > 256   # nothing dropped, each token forwarded once
-    assert {"span_start", "span_stop", "kept", "time_s", "guidance"} <= set(first.folds[0])
+    assert first.folds[0].kept < first.folds[0].span and first.folds[0].guidance
     more = long_traj + "[worker call 1]\nQuery: What was low?\nAnswer: The tide.\n\n"
-    second = w.answer("Were the gulls loud?", more)
-    assert len(w._caches) == 1 and second.prefilled_tokens <= small.count_tokens(more) - small.count_tokens(long_traj) + 2
+    second = w.answer("Were the gulls loud?", more).briefing
+    grown = small.count_tokens(more) - small.count_tokens(long_traj)
+    assert len(w._caches) == 1 and second.prefilled_tokens <= grown + 2
     assert second.trajectory_tokens > first.trajectory_tokens and second.cache_positions <= 256 - 64
     with pytest.raises(briefing.BriefingError, match="reserve"):
         BriefedWorker(lm=small, max_new_tokens=100, reserve=48).answer("What was low?", long_traj)
     tight = BriefedWorker(lm=small, max_new_tokens=4, reserve=72, fold=briefing.FoldPolicy(recent=32, capture_stride=4))
-    third = tight.answer("What was low?", long_traj)  # recall_tokens 256 by default: cut to the reserve's room
-    assert third.recalled_tokens > 0 and third.output_tokens <= 4
-    assert third.input_tokens - third.kept + 4 <= 72  # prompt with its recall + generation fit the reserve
-    assert third.text_handoff_tokens == third.trajectory_tokens + small.count_tokens(  # text handoff: no recall
+    third = tight.answer("What was low?", long_traj)  # a 256-token recall by default: cut to the reserve's room
+    assert third.briefing.recalled_tokens > 0 and third.output_tokens <= 4
+    assert third.input_tokens - third.briefing.kept + 4 <= 72  # prompt with its recall + generation fit the reserve
+    assert third.text_handoff_tokens == third.briefing.trajectory_tokens + small.count_tokens(  # text handoff: no recall
         tight.prompts().call_prompt("What was low?"))
 
 
-def test_briefed_worker_recalls_a_fact_the_folds_compacted_away(lm):
+def test_briefed_worker_recalls_a_fact_the_folds_compacted_away(tok):
     """A fact early in a trajectory far past the window: recall brings its words back for the call that asks,
     from the text only (the cache never re-prefills it); before any fold nothing is recalled."""
     import briefing
     from tests.tiny import tiny_model
 
-    small = tiny_model("llama-gqa", lm.tokenizer, max_positions=256)
+    small = tiny_model("llama-gqa", tok, max_positions=256)
     filler = "".join(f"Line {i}: the gulls were loud over the harbour wall that day. " for i in range(40))
     traj = "Query: q\n\n[output]\nNote: the access code of the blue safe is 4417.\n" + filler + "\n\n"
-    w = BriefedWorker(lm=small, max_new_tokens=2, reserve=64, recall_tokens=24,
+    w = BriefedWorker(lm=small, max_new_tokens=2, reserve=96, recall=TextRecall(tokens=24),
                       fold=briefing.FoldPolicy(recent=32, capture_stride=4))
-    short = w.answer("What is the access code of the blue safe?", "Query: q\n\n[output]\nhello\n\n")
+    q = "What is the access code of the blue safe?"
+    short = w.answer(q, "Query: q\n\n[output]\nhello\n\n").briefing
     assert short.recalled_tokens == 0 and not short.folds
-    ans = w.answer("What is the access code of the blue safe?", traj)
+    b = w.brief(q, traj)
     cache = w._caches[-1]
-    assert cache.folds and cache.held(0, cache.tokens) < 0.5 and 0 < ans.recalled_tokens <= 24
-    from agents.recall import recall_folded
-
-    assert "4417" in recall_folded(cache, "What is the access code of the blue safe?", 24)
-    assert recall_folded(cache, "What is the access code of the blue safe?", 0) == ""
-    assert ans.prefilled_tokens == cache.tokens  # recall is prompt text: the trajectory was forwarded once
+    assert cache.folds and cache.held(0, cache.tokens) < 0.5 and 0 < b.stats.recalled_tokens <= 24
+    assert "4417" in b.recalled.text and b.recalled.how == "bm25"
+    # the recalled ranges index the trajectory's own characters, and the fact's sentence lies in one of them
+    fact = traj.index("4417")
+    assert any(a <= fact < z for a, z in b.recalled.ranges) and all(0 <= a < z <= len(traj) for a, z in b.recalled.ranges)
+    for (a, z), chunk in zip(b.recalled.ranges, b.recalled.text.rstrip("\n").split("\n...\n")):
+        assert traj[a:z].strip().endswith(chunk.strip()[-12:])
+    assert TextRecall(tokens=24).recall(cache, q, 0).text == ""   # no room: nothing
+    assert b.stats.prefilled_tokens == cache.tokens  # recall is prompt text: the trajectory was forwarded once
 
 
 def test_bm25_chunks_in_text_order_or_best_last():
@@ -181,49 +185,52 @@ def test_bm25_chunks_in_text_order_or_best_last():
                      "more filler words now", "gate painted blue today"])
     order = bm25_chunks(text, "garden gate code", 12, Words(), chunk_words=4)
     ranked = bm25_chunks(text, "garden gate code", 12, Words(), chunk_words=4, ranked=True)
-    assert set(order.strip().split("\n...\n")) == set(ranked.strip().split("\n...\n"))   # the same chunks
-    assert order.index("1111") < order.index("2931")                      # text order
-    assert ranked.rstrip().endswith("garden gate code 2931")                 # the best match last
+    assert set(order.text.strip().split("\n...\n")) == set(ranked.text.strip().split("\n...\n"))   # the same chunks
+    assert order.text.index("1111") < order.text.index("2931")                # text order
+    assert ranked.text.rstrip().endswith("garden gate code 2931")               # the best match last
+    assert [text[a:b] for a, b in ranked.ranges] == ranked.text.rstrip("\n").split("\n...\n")
 
 
-def test_a_recall_past_its_budget_loses_its_least_relevant_end(lm):
+def test_a_recall_past_its_budget_loses_its_least_relevant_end(tok):
     """The chunk budget leaves out the separators: the recall is cut to k_tokens, ranked from its start (the best
     chunk, last, stays whole), in text order from its end."""
     from agents.recall import bm25_chunks, fit
+    from tests.tiny import tiny_model
 
+    lm = tiny_model("llama-gqa", tok)
     text = " ".join(f"Line {i} mentions the harbour wall and the gulls." for i in range(30)) + \
         " The garden gate code of the harbour house is 2931."
     q = "What is the garden gate code of the harbour house?"
-    ranked = bm25_chunks(text, q, 60, lm, chunk_words=10, ranked=True)
-    assert lm.count_tokens(ranked) > 60   # chunks of at most 60 tokens in all, plus separators
-    cut = fit(ranked, 60, lm, keep_end=True)
-    assert lm.count_tokens(cut) <= 60 and cut.rstrip().endswith("is 2931.")
-    whole = bm25_chunks(text, q, 60, lm, chunk_words=10)   # text order: the fact, last in the text, comes last
-    in_order = fit(whole, 60, lm, keep_end=False)
-    assert lm.count_tokens(in_order) <= 60 and whole.startswith(in_order) and "2931" not in in_order
+    # a budget the best chunks fill exactly: the separators take the recall past it
+    k = next(k for k in range(30, 120) if lm.count_tokens(bm25_chunks(text, q, k, lm, chunk_words=10).text) > k)
+    ranked = bm25_chunks(text, q, k, lm, chunk_words=10, ranked=True).text
+    cut = fit(ranked, k, lm, keep_end=True)
+    assert lm.count_tokens(cut) <= k and cut.rstrip().endswith("is 2931.")
+    whole = bm25_chunks(text, q, k, lm, chunk_words=10).text   # text order: the fact, last in the text, comes last
+    in_order = fit(whole, k, lm, keep_end=False)
+    assert lm.count_tokens(in_order) <= k and whole.startswith(in_order) and "2931" not in in_order
 
 
-def test_recall_reaches_the_unfolded_tail_unless_told_not_to(lm):
+def test_recall_reaches_the_unfolded_tail_unless_told_not_to(tok):
     """A fact in the recent window, which the cache holds verbatim: recalled by default, next to the question
     (the best chunk last), not with tail=False (only what the folds compacted)."""
     import briefing
-    from agents.recall import recall_folded
     from tests.tiny import tiny_model
 
-    small = tiny_model("llama-gqa", lm.tokenizer, max_positions=256)
+    small = tiny_model("llama-gqa", tok, max_positions=256)
     filler = "".join(f"Line {i}: the gulls were loud over the harbour wall that day. " for i in range(40))
     traj = "Query: q\n\n[output]\n" + filler + "Note: the garden gate code is 2931.\n\n"
-    w = BriefedWorker(lm=small, max_new_tokens=2, reserve=64, recall_tokens=24,
+    w = BriefedWorker(lm=small, max_new_tokens=2, reserve=96, recall=TextRecall(tokens=24),
                       fold=briefing.FoldPolicy(recent=32, capture_stride=4))
     ans = w.answer("What is the garden gate code?", traj)
     cache = w._caches[-1]
     tail = cache.length - cache.folded
     assert cache.folds and "2931" in small.decode(cache.ids[cache.tokens - tail:])  # the fact is in the unfolded tail
     q = "What is the garden gate code?"
-    assert "2931" not in recall_folded(cache, q, 24, tail=False)
-    recalled = recall_folded(cache, q, 24)
+    assert "2931" not in TextRecall(tokens=24, tail=False).recall(cache, q, 24).text
+    recalled = TextRecall(tokens=24).recall(cache, q, 24).text
     assert "2931" in recalled.split("\n...\n")[-1]   # the best chunk, last
-    assert ans.recalled_tokens > 0
+    assert ans.briefing.recalled_tokens > 0
 
 
 @pytest.mark.parametrize(("kwargs", "match"), [
@@ -236,11 +243,19 @@ def test_recall_reaches_the_unfolded_tail_unless_told_not_to(lm):
     (dict(max_caches=0), "max_caches must be an integer >= 1"),
     (dict(reserve=0), "reserve must be an integer >= 1"),
     (dict(fold=0.25), "fold must be a briefing.FoldPolicy"),
-    (dict(recall_tokens=-1), "recall_tokens must be an integer >= 0"),
+    (dict(recall=24), "recall must be an agents.recall.Recall"),
 ])
 def test_briefed_worker_refuses_bad_values(kwargs, match):
     with pytest.raises((ValueError, TypeError), match=match):
         BriefedWorker(**kwargs)
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [(dict(tokens=0), "tokens must be an integer >= 1"),
+                                               (dict(tail="yes"), "tail must be True or False"),
+                                               (dict(ranked=None), "ranked must be True or False")])
+def test_text_recall_refuses_bad_values(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        TextRecall(**kwargs)
 
 
 @pytest.mark.parametrize("cls", [TextWorker, PlainWorker])

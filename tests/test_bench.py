@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from benchmarks.rlm_bench.cli import build_parser, run_suite, write_suite
 
 
+@pytest.mark.slow
 def test_quick_bench_on_embedded_model(lm, tmp_path):
     args = build_parser().parse_args(["--quick", "--families", "single_key", "multi_key", "--lengths", "600",
                                       "--per-cell", "2", "--no-timing", "--no-progress", "--out", str(tmp_path)])

@@ -18,8 +18,11 @@ from benchmarks.rlm_bench.families import (
 
 
 @pytest.fixture(scope="module")
-def tok(lm):
-    return lm
+def small(tok):
+    """A tiny random model on the BPE test tokenizer: what the families need of a worker is its tokenizer."""
+    from tests.tiny import tiny_model
+
+    return tiny_model("llama-gqa", tok)
 
 
 def test_deterministic_and_seed_sensitive():
@@ -29,17 +32,20 @@ def test_deterministic_and_seed_sensitive():
         assert make_family_episode(fam, 4, 800, "middle").trajectory != a.trajectory
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILIES)
-def test_answer_only_in_trajectory_and_candidates_fair(family, tok):
+def test_answer_only_in_trajectory_and_candidates_fair(family, lm):
+    """The candidates are chosen for the embedded model's tokenizer (single-token words, one token per digit)."""
+    small = lm
     for seed in range(6):
-        e = make_family_episode(family, seed, 800, count_tokens=tok.count_tokens)
+        e = make_family_episode(family, seed, 800, count_tokens=small.count_tokens)
         assert e.family == family and e.answer in e.candidates and len(set(e.candidates)) == len(e.candidates) >= 4
         assert e.trajectory == "".join(render(ev) for ev in e.events)
         for f in e.facts:
             assert f.statement in e.trajectory
         # the question does not give the answer away, and every candidate has the same token count
         assert e.answer not in e.question
-        sizes = {len(tok.encode(" " + e.answer_prefix + " " + c)) for c in e.candidates}
+        sizes = {len(small.encode(" " + e.answer_prefix + " " + c)) for c in e.candidates}
         assert len(sizes) == 1, (e.candidates, sizes)
 
 
@@ -93,9 +99,12 @@ def test_depth_band(depth):
             assert lo - slack <= e.fact_offset <= hi + slack, (fam, seed, e.fact_offset)
 
 
-def test_lengths_follow_the_worker_tokenizer(tok):
+@pytest.mark.slow
+def test_lengths_follow_the_worker_tokenizer(lm):
+    """Sized with the embedded model's tokenizer (the scaffolding estimate is calibrated on it)."""
+    small = lm
     for n in (1000, 2000):
-        sizes = [tok.count_tokens(s.build(tok.count_tokens).trajectory) for s in suite_specs([n], 1, "dev")]
+        sizes = [small.count_tokens(s.build(small.count_tokens).trajectory) for s in suite_specs([n], 1, "dev")]
         assert all(0.8 * n <= x <= 1.45 * n for x in sizes), sizes
 
 
@@ -118,19 +127,19 @@ def test_suite_specs_splits_and_size():
         make_family_episode("needle", 0, 800)
 
 
-def test_diagnosis_finds_the_statement_tokens_and_their_coverage(tok):
+def test_diagnosis_finds_the_statement_tokens_and_their_coverage(small):
     import types
 
     import torch
 
     from benchmarks.rlm_bench.diagnose import coverage, statement_positions
 
-    e = make_family_episode("single_key", 2, 800, "late", count_tokens=tok.count_tokens)
+    e = make_family_episode("single_key", 2, 800, "late", count_tokens=small.count_tokens)
     head = "<head>"
     target = next(f for f in e.facts if f.target)
-    pos = statement_positions(tok, head + e.trajectory, len(head), e.trajectory, [target.statement])
-    ids = tok.encode(head + e.trajectory)
-    assert target.statement in tok.decode([ids[p] for p in pos]) and len(pos) <= len(tok.encode(target.statement)) + 2
+    pos = statement_positions(small, head + e.trajectory, len(head), e.trajectory, [target.statement])
+    ids = small.encode(head + e.trajectory)
+    assert target.statement in small.decode([ids[p] for p in pos]) and len(pos) <= len(small.encode(target.statement)) + 2
     kept = torch.tensor(pos[: len(pos) // 2] + [0]).view(1, 1, -1).expand(2, 3, -1)       # [L, H, t]
     assert coverage(types.SimpleNamespace(positions=kept), pos) == pytest.approx(len(pos) // 2 / len(pos))
     assert coverage(types.SimpleNamespace(positions=torch.tensor(pos).view(1, 1, -1)), pos) == 1.0

@@ -38,7 +38,7 @@ def test_bootstrap_interval_brackets_the_mean():
 
 
 def test_long_suite_runs_every_condition_in_bounded_memory(lm, tmp_path):
-    tiny = tiny_model("llama-gqa", lm.tokenizer, max_positions=1024)
+    tiny = tiny_model("llama-gqa", tok, max_positions=1024)
     args = long.build_parser().parse_args(["--lengths", "300", "900", "--episodes", "1", "--window", "320", "--recent", "96",
                                            "--summary-tokens", "8", "--out", str(tmp_path)])
     result = long.run(args, lm=tiny, log=lambda *a: None)
@@ -132,7 +132,7 @@ def test_rlm_bench_routes_the_long_suite(capsys):
 def test_recall_fits_the_whole_window_when_it_is_the_models_context(lm, tmp_path):
     """Window = the model's context (the default): the recalled text comes out of the cache budget and positions
     re-base early enough that every call prompt with its recall still fits."""
-    tiny = tiny_model("llama-gqa", lm.tokenizer, max_positions=320)
+    tiny = tiny_model("llama-gqa", tok, max_positions=320)
     args = long.build_parser().parse_args(["--lengths", "1200", "--episodes", "1", "--conditions", "fold-recall",
                                            "streaming-recall", "--recent", "48", "--recall-budget", "64", "--out", str(tmp_path)])
     result = long.run(args, lm=tiny, log=lambda *a: None)
@@ -145,7 +145,7 @@ def test_recall_fits_the_whole_window_when_it_is_the_models_context(lm, tmp_path
 
 
 def test_first_episode_picks_later_seeds_and_is_checked(lm, tmp_path):
-    tiny = tiny_model("llama-gqa", lm.tokenizer, max_positions=1024)
+    tiny = tiny_model("llama-gqa", tok, max_positions=1024)
     args = long.build_parser().parse_args(["--lengths", "300", "--episodes", "2", "--first-episode", "3",
                                            "--window", "320", "--conditions", "plain", "--out", str(tmp_path)])
     result = long.run(args, lm=tiny, log=lambda *a: None)

@@ -17,13 +17,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(lm, tmp_path_factory):
+def tiny_dir(tok, tmp_path_factory):
     from tests.tiny import tiny_model
 
     d = tmp_path_factory.mktemp("tiny-llama")
-    tiny = tiny_model("llama-gqa", lm.tokenizer, max_positions=4096)
+    tiny = tiny_model("llama-gqa", tok, max_positions=4096)
     tiny.model.save_pretrained(d)
-    lm.tokenizer.save_pretrained(d)
+    tok.save_pretrained(d)
     return str(d)
 
 

@@ -200,9 +200,9 @@ def test_bad_input_errors(tmp_path):
 def test_non_finite_fit_falls_back_to_selection(monkeypatch):
     tiny = tiny_model("qwen3-gqa")
     cache = briefing.TrajectoryCache(tiny, "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu")
-    import briefing.compaction as compaction
+    import briefing.matching as matching
 
-    monkeypatch.setattr(compaction, "solve_values", lambda X, Y, V, ridge: torch.full_like(V, float("nan")))
+    monkeypatch.setattr(matching, "solve_values", lambda X, Y, V, ridge: torch.full_like(V, float("nan")))
     ctx = cache.compact(" Which letter? Answer:", briefing.AttentionMatching(ratio=0.5))
     assert ctx.stats.fallback and "selection only" in ctx.stats.fallback
     values = kv.layer_kv(ctx.kv, 0, ctx.stats.kept)[1]
@@ -232,14 +232,14 @@ def test_query_window_scores_are_the_windowed_rows_of_the_full_softmax():
     """attention_scores(first=f) over the queries of prompt tokens f..n-1 equals a direct softmax over trajectory
     keys plus the causal prompt keys, averaged over those rows."""
 
-    from briefing.compaction import attention_scores
+    from briefing.matching import attention_scores
 
     gen = torch.Generator().manual_seed(0)
     L, H, g, T, n, d, f = 2, 2, 3, 7, 5, 4, 2
     Q = torch.randn(L, H, g * (n - f), d, generator=gen)                            # rows: head-major, tokens f..n-1
     K, Kp = torch.randn(L, H, T, d, generator=gen), torch.randn(L, H, n, d, generator=gen)
     bias = torch.randn(L, H, T, generator=gen)
-    got, _ = attention_scores(Q, K, Kp, 0.5, n, keep_blocks=False, bias=bias, first=f)
+    got, _ = attention_scores(Q, K, 0.5, K_prompt=Kp, n_prompt=n, bias=bias, first=f)
     want = torch.zeros(L, H, T)
     for r in range(g * (n - f)):
         j = f + r % (n - f)                                                         # the row's prompt token
@@ -249,6 +249,7 @@ def test_query_window_scores_are_the_windowed_rows_of_the_full_softmax():
     assert torch.allclose(got, want, atol=1e-6) and not math.isnan(float(got.sum()))
 
 
+@pytest.mark.slow
 def test_query_window_on_a_compaction(lm, essay_cache):
     """query_tokens covering the whole prompt changes nothing; a window of the question alone keeps other
     positions when the prompt starts with unrelated text; bad values are refused."""

@@ -81,8 +81,8 @@ def test_look_ahead_default_keeps_the_span_after_the_quote():
     briefing.TopK(ratio=0.3, look_ahead=4, per_head=False),
     briefing.TopK(ratio=0.3, rescore_tokens=2),
 ])
-def test_every_coverage_strategy_compacts_and_generates(lm, selector):
-    tiny = tiny_model("llama-gqa", lm.tokenizer)
+def test_every_coverage_strategy_compacts_and_generates(tok, selector):
+    tiny = tiny_model("llama-gqa", tok)
     cache = briefing.TrajectoryCache(tiny, "The orchestrator found that the key is 4417. Then it checked the "
                                            "second file and found nothing of interest there.")
     ids_before = [layer.keys.clone() for layer in cache.kv.layers]
@@ -94,18 +94,17 @@ def test_every_coverage_strategy_compacts_and_generates(lm, selector):
     assert briefing.generate(ctx, briefing.GenerationConfig(max_new_tokens=3)).token_ids
 
 
-def test_rescoring_uses_the_generated_tokens(lm):
+def test_rescoring_uses_the_generated_tokens(tok):
     from briefing import kv
-    from briefing.compaction import _scaling
     from briefing.context import forward_with_bias
     from briefing.rescore import generated_scores
 
-    tiny = tiny_model("llama-gqa", lm.tokenizer)
+    tiny = tiny_model("llama-gqa", tok)
     cache = briefing.TrajectoryCache(tiny, "alpha beta gamma delta epsilon zeta eta theta iota kappa")
     T, prompt = cache.length, tiny.encode(" Question: which letter? Answer:")
     logits = forward_with_bias(tiny, cache.kv, prompt, T, None, last_only=True)
     try:
-        scores = generated_scores(tiny, cache.kv, T, T + len(prompt), logits[-1], 3, _scaling(tiny), 2)
+        scores = generated_scores(tiny, cache.kv, T, T + len(prompt), logits[-1], 3)
         assert kv.cache_length(cache.kv) == T + len(prompt) + 3  # the greedy tokens went through the cache
     finally:
         kv.truncate(cache.kv, T)

@@ -8,7 +8,7 @@ import torch
 
 import briefing
 from briefing import kv
-from briefing.compaction import stack_layers
+from briefing.matching import stack_layers
 from briefing.context import forward_with_bias
 from tests.tiny import FAMILIES, tiny_model
 
@@ -17,8 +17,8 @@ PROMPT = "\n\nQuestion: what does the author say about early users? Answer:"
 
 
 @pytest.fixture(scope="module")
-def tiny(lm):
-    return tiny_model("llama-gqa", lm.tokenizer, max_positions=512)
+def tiny(tok):
+    return tiny_model("llama-gqa", tok, max_positions=512)
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +46,8 @@ def test_memory_bounded_and_no_text_reprefilled(tiny, pieces, guidance):
     cache = folding_cache(tiny, guidance)
     lengths = []
     for i, piece in enumerate(pieces):
-        if i % 5 == 4:
-            cache.compact(PROMPT, briefing.AttentionMatching(tau=1.0))  # worker prompts feed task guidance
+        if i % 5 == 4:  # worker prompts feed task guidance, through the explicit call a worker makes
+            cache.remember(cache.compact(PROMPT, briefing.AttentionMatching(tau=1.0)))
         cache.extend(piece)
         lengths.append(cache.length)
     assert cache.tokens > 8 * cache.budget and len(cache.folds) >= 8
@@ -61,6 +61,25 @@ def test_memory_bounded_and_no_text_reprefilled(tiny, pieces, guidance):
     assert names <= {guidance.name, "span"}
     if guidance.name == "task":
         assert any(f.guidance == "task" for f in cache.folds)
+
+
+def test_compact_leaves_the_cache_and_its_memory_alone_until_remember(tiny, pieces):
+    cache = folding_cache(tiny, briefing.TaskGuidance())
+    for piece in pieces[:20]:
+        cache.extend(piece)
+    before = (cache.memory.task, cache.memory.span.clone(), list(cache.memory.span_tokens), cache.length)
+    ctx = cache.compact(PROMPT, briefing.AttentionMatching(ratio=0.3))
+    assert cache.memory.task is None and torch.equal(cache.memory.span, before[1])
+    assert cache.memory.span_tokens == before[2] and cache.length == before[3]
+    cache.remember(ctx)
+    n = len(ctx.prompt_ids)
+    assert cache.memory.task.shape[3] == n and ctx.queries.shape[2] == n * cache.memory.task.shape[2]
+    # remembered unrotated: rotating back to the prompt's positions gives the captured queries again
+    g = cache.memory.task.shape[2]
+    again = kv.rotate(cache.memory.task, torch.arange(ctx.query_position, ctx.query_position + n, dtype=torch.float64),
+                      kv.rope_inv_freq(tiny.model))
+    L, H = again.shape[:2]
+    assert torch.allclose(again.reshape(L, H, g * n, -1), ctx.queries, atol=1e-4)
 
 
 def test_seam_reprefill_is_only_the_recut_tokens(tiny, essay):
@@ -86,7 +105,7 @@ def test_keep_all_on_folded_cache_reproduces_its_logits(tiny, pieces):
     assert torch.equal(ref, got) or (ref - got).abs().max() < 1e-5
     # and the stored beta matters: the same cache without it gives other logits
     plain = cache.clone()
-    plain.beta = None
+    plain.store.beta = None
     assert (own_logprobs(plain, ctx.prompt_ids, ids) - ref).abs().max() > 1e-3
     # a selection that keeps every position carries the stored beta through the composition path
     every = cache.compact(PROMPT, briefing.TopK(ratio=1.0))
@@ -129,10 +148,10 @@ def test_beta_composition(tiny, pieces):
     ctx = cache.compact(PROMPT, briefing.AttentionMatching(ratio=0.3))
     copy = cache.clone()
     _, queries = forward_with_bias(tiny, copy.kv, ctx.prompt_ids, cache.position, copy.beta, capture=True)
-    from briefing.compaction import _scaling, group_queries
+    from briefing.matching import group_queries
     Q = group_queries(queries, tiny.num_layers, bias.shape[1])                      # [L, H, m, d]
     K, V = (stack_layers(x) for x in kv.layer_kv(cache.kv))
-    s = _scaling(tiny)
+    s = tiny.scaling
     Y = torch.softmax(Q @ K.transpose(-1, -2) * s + bias.unsqueeze(-2), -1) @ V     # with the stored beta
     t = ctx.stats.kept
     C1, C2 = (stack_layers(x)[:, :, :t] for x in kv.layer_kv(ctx.kv))
@@ -147,9 +166,9 @@ def test_beta_composition(tiny, pieces):
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_rope_rotation_is_exact(lm, family):
+def test_rope_rotation_is_exact(tok, family):
     """Keys prefilled at positions 0.. and rotated by +delta equal keys prefilled at delta.. (every layer)."""
-    tiny = tiny_model(family, lm.tokenizer, max_positions=512)
+    tiny = tiny_model(family, tok, max_positions=512)
     ids = tiny.encode("The safe combination is 4417, said the magazine editor to the piano teacher.")
     inv = kv.rope_inv_freq(tiny.model)
     caches = []
@@ -221,13 +240,13 @@ def test_span_guidance_scope_says_whose_queries_guide_a_fold(tiny, pieces, scope
 
     def watched():
         recent_from = len(cache.ids) - min(cache.recent, cache.length - cache.fold.sink)
-        toks = list(cache._span_q_tok)
+        toks = list(cache.memory.span_tokens)
         seen.append((sum(t < recent_from for t in toks), len(toks)))
         fold()
         stride = cache.fold.capture_stride
         captured = {t for t in range(recent_from, len(cache.ids)) if t % stride == 0}
         if scope == "span":  # none of the recent window's queries was dropped by the memory's sampling
-            assert captured <= set(cache._span_q_tok)
+            assert captured <= set(cache.memory.span_tokens)
 
     cache._fold = watched
     for piece in pieces[:120]:
@@ -330,7 +349,9 @@ def test_run_log_keeps_the_full_text_and_the_worker_call_event_reports_folds(tin
     from rlm import RLM, read_log
     from tests.fakes import fake_factory
 
-    worker = BriefedWorker(lm=tiny, max_new_tokens=2, reserve=80, recall_tokens=24,
+    from agents import TextRecall
+
+    worker = BriefedWorker(lm=tiny, max_new_tokens=2, reserve=112, recall=TextRecall(tokens=24),
                            fold=briefing.FoldPolicy(recent=64, capture_stride=4))
     steps = [Step(code=f"print(context[{i * 1500}:{(i + 1) * 1500}])\nr = worker('What is this part about?')")
              for i in range(4)] + [Step(code="FINAL_VAR('r')")]
@@ -339,19 +360,19 @@ def test_run_log_keeps_the_full_text_and_the_worker_call_event_reports_folds(tin
               log_path=str(log)).run("Summarise the essay.", essay[:6000])
     calls = res.worker_events()
     assert len(calls) == 4 and all(c.answer is not None for c in calls)
-    assert any(c.folds for c in calls)
-    fold = next(f for c in calls for f in (c.folds or []))
-    assert {"span_start", "span_stop", "kept", "time_s", "guidance"} <= set(fold) and fold["kept"] < fold["span"]
+    stats = [c.result.briefing for c in calls]   # the worker's own record, embedded in the event
+    assert any(b.folds for b in stats)
+    fold = next(f for b in stats for f in b.folds)
+    assert fold.kept < fold.span and fold.guidance and fold.time_s > 0
     cache = worker._caches[0]
     # every trajectory token forwarded once in all: the calls' counts add up to the text's tokens (a seam re-cut
     # forwards a token or two again)
-    assert cache.tokens <= sum(c.prefilled_tokens for c in calls) <= cache.tokens + 2 * len(calls)
-    assert all(c.cache_positions <= cache.budget for c in calls) and cache.tokens > cache.budget
+    assert cache.tokens <= sum(b.prefilled_tokens for b in stats) <= cache.tokens + 2 * len(calls)
+    assert all(b.cache_positions <= cache.budget for b in stats) and cache.tokens > cache.budget
     assert essay[4000:4500] in res.trajectory  # nothing the user gave is lost: only the cache is compacted
     logged = [e for e in read_log(log) if e.type == "worker_call"]
-    assert [e.folds for e in logged] == [c.folds for c in calls]
-    assert [e.recalled_tokens for e in logged] == [c.recalled_tokens for c in calls]
-    assert any(c.recalled_tokens for c in calls) and all(c.recalled_tokens <= 24 for c in calls)
+    assert [e.result for e in logged] == [c.result for c in calls]   # the log holds the same typed record
+    assert any(b.recalled_tokens for b in stats) and all(b.recalled_tokens <= 24 for b in stats)
 
 
 @pytest.mark.parametrize(("kept", "old", "old_tokens", "new"), [(10, 0, 0, 50), (10, 20, 100, 30), (10, 4, 1000, 30),
@@ -385,3 +406,38 @@ def test_second_fold_splits_by_tokens_under_the_uniform_share(tiny, pieces, shar
         assert int(old.min()) >= 0 and int(old.max()) <= first.kept
     with pytest.raises(briefing.BriefingError, match="share must be one of"):
         briefing.FoldPolicy(share="newest")
+
+
+def test_a_failed_fold_breaks_only_that_cache_and_the_worker_rebuilds(tiny, pieces, monkeypatch):
+    """An extend that fails half-way leaves text and ids disagreeing: the cache says so on every later use, and a
+    BriefedWorker drops it and rebuilds a cache from the trajectory text (correct, only slower)."""
+    import briefing.trajectory as trajectory
+    from agents import BriefedWorker
+
+    worker = BriefedWorker(lm=tiny, max_new_tokens=2, reserve=112, recall=None,
+                           fold=briefing.FoldPolicy(recent=64, capture_stride=4))
+    text = "".join(pieces[:12])
+    worker.answer("What is this about?", text[:400])
+    real = trajectory.fold
+    monkeypatch.setattr(trajectory, "fold", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("LAPACK said no")))
+    with pytest.raises(RuntimeError, match="LAPACK"):
+        worker.answer("What is this about?", text)
+    broken = worker._caches[-1]
+    assert broken.broken and "LAPACK" in broken.broken
+    with pytest.raises(briefing.BriefingError, match="unusable"):
+        broken.extend(" more")
+    monkeypatch.setattr(trajectory, "fold", real)
+    ans = worker.answer("What is this about?", text + " And then.")
+    assert broken not in worker._caches and ans.briefing.folds and not worker._caches[-1].broken
+
+
+def test_solve_values_returns_nan_only_for_a_non_finite_block():
+    from briefing.matching import solve_values
+
+    g = torch.Generator().manual_seed(0)
+    X = torch.rand(3, 4, 6, generator=g)                                              # [B, m, t]
+    Y, V = torch.randn(3, 4, 5, generator=g), torch.randn(3, 6, 5, generator=g)
+    X[1, 0, 0] = float("nan")
+    C2 = solve_values(X, Y, V, 1e-2)                                                  # [B, t, d]
+    assert torch.isnan(C2[1]).all() and torch.isfinite(C2[0]).all() and torch.isfinite(C2[2]).all()
+    assert torch.allclose(C2[0], solve_values(X[:1], Y[:1], V[:1], 1e-2)[0])

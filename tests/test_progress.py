@@ -4,6 +4,9 @@ from __future__ import annotations
 import io
 from types import SimpleNamespace as E
 
+from agents import BriefingStats, WorkerAnswer
+from agents.events import WorkerCall
+from briefing.stats import CompactionStats
 from rlm.progress import Progress
 
 
@@ -12,9 +15,11 @@ class Tty(io.StringIO):
         return True
 
 
-def _call(i: int) -> E:
-    return E(type="worker_call", input_tokens=100, text_handoff_tokens=300, kept=10, total=30, index=i,
-             latency_s=1.0, answer="ok", error=None)
+def _call(i: int) -> WorkerCall:
+    stats = CompactionStats(method="AttentionMatching", kept=10, original_length=30, kept_ratio=1 / 3, prompt_tokens=5)
+    result = WorkerAnswer(text="ok", input_tokens=100, text_handoff_tokens=300, latency_s=1.0,
+                          briefing=BriefingStats(kept=10, total=30, compaction=stats))
+    return WorkerCall(index=i, query="q", worker="briefed", result=result)
 
 
 def test_tty_shows_a_bar_with_calls_done_of_total():

@@ -39,16 +39,17 @@ def test_briefed_worker_run_end_to_end(lm, tmp_path):
     assert second.query.endswith("moved to Paris?")           # built from the earlier worker answer
     # the briefed worker billed kept positions + prompt, less than the text handoff
     for call in (first, second):
-        assert call.kept is not None and 0 < call.kept < call.total
-        assert call.input_tokens < call.text_handoff_tokens
-        assert call.compaction and call.compaction["kept"] == call.kept
-    assert second.total > first.total
+        b = call.result.briefing
+        assert b is not None and 0 < b.kept < b.total
+        assert call.result.input_tokens < call.result.text_handoff_tokens
+        assert b.compaction.kept == b.kept
+    assert second.result.briefing.total > first.result.briefing.total
     # one persistent cache, extended (not rebuilt) between the calls
     assert len(worker._caches) == 1 and worker._caches[0].text.endswith(replay(log).text_upto(second.seq))
     # the log replays into the same trajectory
     assert replay(log).text == res.trajectory
     assert [e.type for e in read_log(log)] == [e.type for e in res.events]
-    assert res.usage["worker:briefed"].input_tokens == first.input_tokens + second.input_tokens
+    assert res.usage["worker:briefed"].input_tokens == first.result.input_tokens + second.result.input_tokens
 
 
 @pytest.mark.slow
@@ -56,7 +57,8 @@ def test_text_worker_bills_the_whole_trajectory(lm):
     worker = TextWorker(backend=LocalChatBackend(lm), max_new_tokens=16)
     res = RLM(ScriptedPolicy(STEPS), worker, budgets=Budgets(max_iterations=8)).run("Which room is the meeting in?", DOC)
     calls = res.worker_events()
-    assert calls and all(c.input_tokens == c.text_handoff_tokens and c.kept is None for c in calls)
+    assert calls and all(c.result.input_tokens == c.result.text_handoff_tokens and c.result.briefing is None
+                         for c in calls)
     if res.stop_reason == "final":
         assert res.answer == "Heron Room"
 

@@ -21,7 +21,7 @@ def test_nested_run_answers_and_nests_in_log_and_graph(tmp_path):
     assert res.answer == "answer to: sub question via child"
 
     call = res.worker_events()[0]
-    assert call.child_run and call.answer == res.answer
+    assert call.result.child_run and call.answer == res.answer
     nested_start = next(e for e in res.nested_events if e.type == "run_start")
     assert nested_start.parent_call == call.call_id and nested_start.parent_run == res.run_id
     assert nested_start.depth == 1 and nested_start.query == "sub question"
@@ -29,19 +29,19 @@ def test_nested_run_answers_and_nests_in_log_and_graph(tmp_path):
     # one log holds the tree; the child's events precede the parent's call event (it answered it)
     events = read_log(log)
     runs = {e.run_id for e in events}
-    assert runs == {res.run_id, call.child_run}
+    assert runs == {res.run_id, call.result.child_run}
     idx = {id(e): i for i, e in enumerate(events)}
-    child_final = next(e for e in events if e.run_id == call.child_run and e.type == "final")
+    child_final = next(e for e in events if e.run_id == call.result.child_run and e.type == "final")
     parent_call = next(e for e in events if e.type == "worker_call" and e.run_id == res.run_id)
     assert idx[id(child_final)] < idx[id(parent_call)]
     assert replay(log).text == res.trajectory
-    assert replay(log, call.child_run).text == "".join(
-        __import__("rlm").render(e) for e in res.nested_events if e.run_id == call.child_run)
+    assert replay(log, call.result.child_run).text == "".join(
+        __import__("rlm").render(e) for e in res.nested_events if e.run_id == call.result.child_run)
 
     # graph: root orchestrator -> child orchestrator -> leaf worker
     g = res.call_graph()
-    root, kid = f"{res.run_id}/orchestrator", f"{call.child_run}/orchestrator"
-    assert g.has_edge(root, kid) and g.has_edge(kid, f"{call.child_run}/worker")
+    root, kid = f"{res.run_id}/orchestrator", f"{call.result.child_run}/orchestrator"
+    assert g.has_edge(root, kid) and g.has_edge(kid, f"{call.result.child_run}/worker")
     assert g.nodes[kid]["depth"] == 1
     assert res.graph_summary.depth == 2
     # usage: the child's agents under d1:

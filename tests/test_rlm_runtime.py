@@ -150,7 +150,7 @@ def test_usage_and_call_graph():
     res = make(ChunkScanPolicy(chunk_chars=300)).run("q?", DOC)
     w = res.usage["worker:fake"]
     assert w.calls == res.worker_calls
-    assert w.input_tokens == sum(e.input_tokens for e in res.worker_events())
+    assert w.input_tokens == sum(e.result.input_tokens for e in res.worker_events())
     assert w.text_handoff_tokens > w.input_tokens
     g = res.call_graph()
     orch, work = f"{res.run_id}/orchestrator", f"{res.run_id}/worker"

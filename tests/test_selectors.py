@@ -36,8 +36,9 @@ class EveryOther(briefing.Selector):
 
     fit: ClassVar[briefing.Fit | None] = briefing.Fit()
 
-    def select(self, layers, kv_heads, length, scores=None):
-        return torch.arange(0, length, 2).view(1, 1, -1).expand(layers, kv_heads, -1)
+    def select(self, layers, kv_heads, length, scores=None, *, count=None, device=None):
+        every = torch.arange(0, length, 2, device=device)[:count]                 # [t]
+        return every.view(1, 1, -1).expand(layers, kv_heads, -1)
 
 
 # name -> (selector, expected kept count for a length T, or None when a threshold decides)

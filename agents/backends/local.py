@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from agents.backends.base import ChatBackend, ChatResponse
+from briefing.options import check_int, check_number, check_type
 
 if TYPE_CHECKING:  # briefing imports torch: only at run time, lazily
     import briefing
@@ -28,20 +29,19 @@ class LocalChatBackend(ChatBackend):
     top_p: float = 1.0
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
+    context_limit: int | None = None
     name: str = "local"
 
     def __post_init__(self) -> None:
-        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
-            raise ValueError(f"LocalChatBackend: max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}.")
-        if isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float)) \
-                or not 0 <= self.temperature < float("inf"):
-            raise ValueError(f"LocalChatBackend: temperature must be a finite number >= 0, got {self.temperature!r}.")
+        check_int("LocalChatBackend", "max_new_tokens", self.max_new_tokens, low=1, error=ValueError)
+        check_number("LocalChatBackend", "temperature", self.temperature, low=0, error=ValueError)
+        check_int("LocalChatBackend", "context_limit", self.context_limit, low=1, none=True,
+                  what="tokens the model may read, below its own window; None: its window", error=ValueError)
         if self.lm is not None:
             import briefing
 
-            if not isinstance(self.lm, briefing.LoadedModel):
-                raise TypeError(f"LocalChatBackend: lm must be a briefing.LoadedModel or None (the embedded default), "
-                                f"got {type(self.lm).__name__}.")
+            check_type("LocalChatBackend", "lm", self.lm, briefing.LoadedModel,
+                       "a briefing.LoadedModel or None (the embedded default)")
         self.model = self.lm.name if self.lm is not None else "default"
 
     def _model(self) -> briefing.LoadedModel:
@@ -54,7 +54,8 @@ class LocalChatBackend(ChatBackend):
 
     @property
     def max_context(self) -> int | None:
-        return int(self._model().max_context)
+        window = int(self._model().max_context)
+        return min(window, self.context_limit) if self.context_limit else window
 
     def count_tokens(self, text: str) -> int:
         return int(self._model().count_tokens(text))
@@ -67,17 +68,22 @@ class LocalChatBackend(ChatBackend):
         ids = lm.tokenizer.encode(text, add_special_tokens=False)
         return lm.tokenizer.decode(ids[len(ids) - tokens:]) if tokens > 0 else ""
 
-    def complete(self, messages: list[dict[str, str]], **overrides: Any) -> ChatResponse:
+    def context(self, messages: list[dict[str, str]]) -> briefing.CompactedCache:
+        """The context a completion of `messages` decodes on: the chat template's text, prefilled from position 0."""
         import briefing
 
         lm = self._model()
-        prompt = lm.chat_text(messages)
+        return briefing.plain_context(lm, lm.chat_text(messages))
+
+    def complete(self, messages: list[dict[str, str]], **overrides: Any) -> ChatResponse:
+        import briefing
+
         cfg = briefing.GenerationConfig(
             max_new_tokens=overrides.get("max_tokens", self.max_new_tokens),
             temperature=overrides.get("temperature", self.temperature),
             top_p=self.top_p, stop=list(overrides.get("stop", self.stop)), seed=overrides.get("seed", self.seed))
         t0 = time.monotonic()
-        out = briefing.generate(briefing.plain_context(lm, prompt), cfg)
-        return ChatResponse(text=out.text, input_tokens=int(out.prompt_tokens or lm.count_tokens(prompt)),
+        out = briefing.generate(self.context(messages), cfg)
+        return ChatResponse(text=out.text, input_tokens=int(out.prompt_tokens),
                             output_tokens=len(out.token_ids), model=self.model,
                             finish_reason=out.finish_reason, latency_s=time.monotonic() - t0)

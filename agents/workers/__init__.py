@@ -3,8 +3,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from agents.workers.base import CallContext, Worker, WorkerAnswer
+from agents.workers.base import BriefingStats, CallContext, Worker, WorkerAnswer
 from agents.workers.briefed import BriefedWorker
+from agents.workers.local import Briefing
 from agents.workers.plain import PlainWorker
 from agents.workers.prompt import ChatSplit, WorkerPrompt, split_chat_template
 from agents.workers.text import TextWorker
@@ -12,8 +13,8 @@ from agents.workers.text import TextWorker
 if TYPE_CHECKING:
     import briefing
 
-__all__ = ["CallContext", "Worker", "WorkerAnswer", "BriefedWorker", "PlainWorker", "TextWorker", "ChatSplit", "WorkerPrompt",
-           "split_chat_template", "make_worker"]
+__all__ = ["Briefing", "BriefingStats", "CallContext", "Worker", "WorkerAnswer", "BriefedWorker", "PlainWorker",
+           "TextWorker", "ChatSplit", "WorkerPrompt", "split_chat_template", "make_worker"]
 
 
 def make_worker(kind: str, lm: briefing.LoadedModel | None = None, **kwargs: Any) -> Worker:

@@ -6,53 +6,62 @@ n+1 events starts with the rendering after n events), so a worker that keeps sta
 """
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from agents.backends.base import ChatBackend
+from briefing.options import check_int, check_number
+from briefing.stats import CompactionStats, FoldStats
 
 
-class WorkerAnswer(BaseModel):
-    """One worker call.
+class BriefingStats(BaseModel):
+    """What a briefed worker's cache did for one call.
 
-    input_tokens: tokens billed as input: prompt text tokens, plus retained KV positions for the
-        briefed worker (for the text worker: the whole pasted trajectory + query).
-    text_handoff_tokens: what pasting the trajectory as text before the query would have cost.
-    kept / total: trajectory KV positions kept by compaction / present (briefed worker only).
-    compaction: `briefing.CompactionStats` as a dict (briefed worker only).
-    output_tokens: generated tokens. child_run: run id when the worker was a nested RLM run.
-    folds: what each fold of the persistent cache during this call did (`briefing.FoldStats` as dicts: span,
-        kept, time, guidance); prefilled_tokens: trajectory tokens forwarded by this call (the new text only);
-        cache_positions / trajectory_tokens: positions the persistent cache holds / tokens of the whole trajectory
-        (briefed worker only). recalled_tokens: tokens of trajectory text recalled into the prompt once
-        the cache has folded (`agents.recall`; briefed worker only).
+    kept / total: trajectory positions kept by the call's compaction / held by the cache. compaction: its figures.
+    folds: what each fold of the persistent cache during this call did. prefilled_tokens: trajectory tokens forwarded
+    by this call (the new text only). cache_positions / trajectory_tokens: positions the cache holds / tokens of the
+    whole trajectory. recalled_tokens: trajectory text recalled into the prompt once the cache has folded.
     """
 
-    text: str
-    input_tokens: int = 0
-    text_handoff_tokens: int = 0
-    kept: int | None = None
-    total: int | None = None
-    compaction: dict[str, Any] | None = None
-    latency_s: float = 0.0
-    output_tokens: int = 0
-    worker: str = ""
-    child_run: str | None = None
-    folds: list[dict[str, Any]] | None = None
-    prefilled_tokens: int | None = None
-    cache_positions: int | None = None
-    trajectory_tokens: int | None = None
-    recalled_tokens: int | None = None
+    kept: int
+    total: int
+    compaction: CompactionStats
+    folds: list[FoldStats] = Field(default_factory=list)
+    prefilled_tokens: int = 0
+    cache_positions: int = 0
+    trajectory_tokens: int = 0
+    recalled_tokens: int = 0
 
     @property
     def kept_ratio(self) -> float | None:
-        if self.kept is None or not self.total:
-            return None
-        return self.kept / self.total
+        return self.kept / self.total if self.total else None
+
+
+class WorkerAnswer(BaseModel):
+    """One worker call: the record a worker returns, the runtime logs and the `worker_call` event embeds.
+
+    input_tokens: tokens billed as input: prompt text tokens, plus retained KV positions for the briefed worker
+        (for the text worker: the whole pasted trajectory + query).
+    text_handoff_tokens: what pasting the trajectory as text before the query would have cost.
+    output_tokens: generated tokens. child_run: run id when the worker was a nested RLM run.
+    briefing: what the briefed worker's cache did (None for the other workers).
+    """
+
+    text: str
+    worker: str = ""
+    input_tokens: int = 0
+    output_tokens: int = 0
+    text_handoff_tokens: int = 0
+    latency_s: float = 0.0
+    child_run: str | None = None
+    briefing: BriefingStats | None = None
+
+    @property
+    def kept_ratio(self) -> float | None:
+        return self.briefing.kept_ratio if self.briefing is not None else None
 
 
 @dataclass(frozen=True)
@@ -111,11 +120,20 @@ def chat_backend(owner: str, backend: ChatBackend | None) -> ChatBackend:
     return backend
 
 
+def local_backend(owner: str, backend: ChatBackend) -> Any:
+    """`backend` if it runs a local model (a `LocalChatBackend`), else a clear error: a context can only be held
+    and scored where the weights are."""
+    from agents.backends.local import LocalChatBackend
+
+    if not isinstance(backend, LocalChatBackend):
+        raise TypeError(f"{owner}.brief needs a LocalChatBackend (a local model's context), got "
+                        f"{type(backend).__name__}; use answer() with an HTTP backend.")
+    return backend
+
+
 def check_generation(owner: str, max_new_tokens: object, temperature: object) -> None:
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"{owner}: max_new_tokens must be an integer >= 1, got {max_new_tokens!r}.")
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 <= temperature < math.inf:
-        raise ValueError(f"{owner}: temperature must be a finite number >= 0, got {temperature!r}.")
+    check_int(owner, "max_new_tokens", max_new_tokens, low=1, error=ValueError)
+    check_number(owner, "temperature", temperature, low=0, error=ValueError)
 
 
 def generation_options(max_new_tokens: int, temperature: float, stop: list[str]) -> dict[str, Any]:

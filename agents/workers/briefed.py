@@ -1,35 +1,31 @@
 """BriefedWorker: latent briefing, the trajectory handed over as a compacted KV cache.
 
-Idea: "Latent Briefing" (share the orchestrator's state with workers at the representation level)
-on top of Attention Matching KV compaction (Zweiger et al., "Fast KV Compaction via Attention
-Matching"), with task-guided queries: the worker prompt of the current call decides which
-trajectory positions are kept (see `briefing` and docs/DESIGN).
+Idea: "Latent Briefing" (share the orchestrator's state with workers at the representation level) on top of
+Attention Matching KV compaction (Zweiger et al., "Fast KV Compaction via Attention Matching"), with task-guided
+queries: the worker prompt of the current call decides which trajectory positions are kept (docs/design.md).
 
-Per call:
-1. `cache.sync(head + header + trajectory)`: a persistent `briefing.TrajectoryCache` prefills only
-   the text added since the previous call (the trajectory rendering is append-only); past its budget the
-   cache folds in place (`briefing.FoldPolicy`), so no call re-prefills text already in the cache and no
-   trajectory text is dropped: a trajectory of any length is served in bounded memory;
-2. `cache.compact(prompt, selector)`: with the default `AttentionMatching(tau=1.0)`, scores positions with the
-   prompt's queries, keeps those above median + tau * MAD, fits beta and values; the full cache is not touched;
-3. `briefing.generate` on the compacted cache.
+Per call (`brief`, then `answer` generates):
+1. `cache.sync(head + header + trajectory)`: a persistent `briefing.TrajectoryCache` prefills only the text added
+   since the previous call (the trajectory rendering is append-only); past its budget the cache folds in place
+   (`briefing.FoldPolicy`), so no call re-prefills text already in the cache and no trajectory text is dropped;
+2. once the cache has folded, `recall` brings text back before the query (`agents.recall.TextRecall`: BM25 chunks);
+3. `cache.compact(prompt, selector)`: with the default `AttentionMatching(tau=1.0)`, scores positions with the
+   prompt's queries, keeps those above median + tau * MAD, fits beta and values; the cache is not touched;
+4. `cache.remember(ctx)`: the call's queries become task guidance for later folds;
+5. `briefing.generate` on the compacted cache.
 
 Parameters:
     lm: `briefing.LoadedModel` (None loads the embedded SmolLM2-135M on first use)
-    selector: the `briefing.Selector` that compacts the trajectory per call (None: the default
-        `briefing.AttentionMatching(tau=1.0)`), e.g. `briefing.AttentionMatching(ratio=0.2)`, `briefing.KeepAll()`
+    selector: the `briefing.Selector` that compacts the trajectory per call (None: `AttentionMatching(tau=1.0)`)
     max_new_tokens (>= 1), temperature (>= 0), stop: generation
-    max_caches: trajectories kept warm at once, >= 1 (a new run starts a new cache; the oldest is dropped)
-    fold: `briefing.FoldPolicy` of the persistent cache (None: the default policy, mix guidance)
+    max_caches: trajectories kept warm at once, >= 1 (a new run starts a new cache; the least recently used goes)
+    fold: `briefing.FoldPolicy` of the persistent cache (None: the default policy)
     cache_budget: positions the persistent cache keeps (None: the model's window minus `reserve`)
     reserve: positions left for the call prompt and generation (prompt + max_new_tokens must fit)
-    recall_tokens: once the cache has folded, at most this many tokens (fewer where the reserve leaves less room
-        after the prompt and max_new_tokens) of BM25 top chunks (`agents.recall.recall_folded`) of the
-        trajectory text go before the query, the best chunk last (0: no recall). The folds choose what to keep
-        before the question is known; recall lets a call reach a fact they compacted away, and brings a fact of
-        the unfolded tail next to the question (README, "Unbounded trajectories").
-Billed input tokens per call: kept positions + prompt tokens. `text_handoff_tokens`: tokens of the
-same text pasted whole (what `TextWorker` bills).
+    recall: an `agents.recall.Recall` (None: no recall), by default `TextRecall(tokens=256)`: at most that many
+        tokens (fewer where the reserve leaves less room after the prompt and max_new_tokens).
+Billed input tokens per call: kept positions + prompt tokens. `text_handoff_tokens`: tokens of the same text pasted
+whole (what `TextWorker` bills).
 """
 from __future__ import annotations
 
@@ -37,13 +33,16 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from agents.recall import recall_folded, recall_query
-from agents.workers._local import LocalModelMixin
-from agents.workers.base import Worker, WorkerAnswer, check_generation
+from agents.recall import Recall, Recalled, TextRecall, recall_query
+from agents.workers.base import BriefingStats, Worker, WorkerAnswer, check_generation
+from agents.workers.local import Briefing, LocalModelMixin
 from agents.workers.prompt import TRAJECTORY_HEADER
+from briefing.options import check_int, check_type
 
 if TYPE_CHECKING:  # briefing imports torch: only at run time, lazily
     import briefing
+
+RETOKENISE_SLACK = 8  # a re-tokenised concatenation may differ from the sum of its parts by a few tokens
 
 
 @dataclass
@@ -58,33 +57,27 @@ class BriefedWorker(LocalModelMixin, Worker):
     fold: briefing.FoldPolicy | None = None
     cache_budget: int | None = None
     reserve: int = 512
-    recall_tokens: int = 256
+    recall: Recall | None = field(default_factory=TextRecall)
     name: str = "briefed"
     _caches: list[briefing.TrajectoryCache] = field(default_factory=list, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if self.lm is not None or self.selector is not None:
+        owner = "BriefedWorker"
+        if self.lm is not None or self.selector is not None or self.fold is not None:
             import briefing
 
-            if self.lm is not None and not isinstance(self.lm, briefing.LoadedModel):
-                raise ValueError(f"BriefedWorker: lm must be a briefing.LoadedModel or None (the embedded default), "
-                                 f"got {type(self.lm).__name__}.")
-            if self.selector is not None and not isinstance(self.selector, briefing.Selector):
-                raise ValueError(f"BriefedWorker: selector must be a briefing.Selector (e.g. briefing.AttentionMatching("
-                                 f"tau=1.0)) or None for that default, got {type(self.selector).__name__}.")
-        check_generation("BriefedWorker", self.max_new_tokens, self.temperature)
-        if isinstance(self.max_caches, bool) or not isinstance(self.max_caches, int) or self.max_caches < 1:
-            raise ValueError(f"BriefedWorker: max_caches must be an integer >= 1, got {self.max_caches!r}.")
-        if isinstance(self.reserve, bool) or not isinstance(self.reserve, int) or self.reserve < 1:
-            raise ValueError(f"BriefedWorker: reserve must be an integer >= 1 (positions for the call), got {self.reserve!r}.")
-        if isinstance(self.recall_tokens, bool) or not isinstance(self.recall_tokens, int) or self.recall_tokens < 0:
-            raise ValueError(f"BriefedWorker: recall_tokens must be an integer >= 0 (0: no recall), got {self.recall_tokens!r}.")
-        if self.fold is not None:
-            import briefing
-
-            if not isinstance(self.fold, briefing.FoldPolicy):
-                raise ValueError(f"BriefedWorker: fold must be a briefing.FoldPolicy or None for the default, "
-                                 f"got {type(self.fold).__name__}.")
+            check_type(owner, "lm", self.lm, briefing.LoadedModel, "a briefing.LoadedModel or None (the embedded "
+                       "default)", none=True, error=ValueError)
+            check_type(owner, "selector", self.selector, briefing.Selector, "a briefing.Selector (e.g. "
+                       "briefing.AttentionMatching(tau=1.0)) or None for that default", none=True, error=ValueError)
+            check_type(owner, "fold", self.fold, briefing.FoldPolicy, "a briefing.FoldPolicy or None for the default",
+                       none=True, error=ValueError)
+        check_generation(owner, self.max_new_tokens, self.temperature)
+        check_int(owner, "max_caches", self.max_caches, low=1, error=ValueError)
+        check_int(owner, "reserve", self.reserve, low=1, what="positions for the call", error=ValueError)
+        check_int(owner, "cache_budget", self.cache_budget, low=1, none=True, error=ValueError)
+        check_type(owner, "recall", self.recall, Recall, "an agents.recall.Recall (e.g. TextRecall(tokens=256)) or "
+                   "None for no recall", none=True, error=ValueError)
 
     def make_selector(self) -> briefing.Selector:
         if self.selector is not None:
@@ -93,16 +86,11 @@ class BriefedWorker(LocalModelMixin, Worker):
 
         return briefing.AttentionMatching(tau=1.0)
 
-    def cache_for(self, text: str) -> briefing.TrajectoryCache:
-        """The warm cache whose text is the longest prefix of `text` (or a new one), synced to it."""
-        cache = self.cache_for_call(text)
-        cache.sync(text)
-        return cache
-
-    def cache_for_call(self, text: str) -> Any:
+    def cache_for_call(self, text: str) -> briefing.TrajectoryCache:
         """The warm cache whose text is the longest prefix of `text` (or a new one), not yet synced."""
         import briefing
 
+        self._caches = [c for c in self._caches if not c.broken]  # a cache an extend broke is rebuilt from the text
         best = max((c for c in self._caches if text.startswith(c.text)), key=lambda c: len(c.text), default=None)
         if best is None:
             fold = self.fold if self.fold is not None else briefing.FoldPolicy()
@@ -114,43 +102,67 @@ class BriefedWorker(LocalModelMixin, Worker):
             self._caches.append(best)
         return best
 
-    def answer(self, query: str, trajectory: str) -> WorkerAnswer:
+    def _synced(self, query: str, trajectory: str) -> tuple[briefing.TrajectoryCache, int, int, int]:
+        """The call's cache, synced to the trajectory; with the prompt's token count, and the folds and prefilled
+        tokens before the sync (what this call did is the difference)."""
         import briefing
 
-        t0 = time.monotonic()
         prompts = self.prompts()
-        n_prompt = n_query = self.count(prompts.call_prompt(query))
-        if n_prompt + self.max_new_tokens > self.reserve:
+        n_query = self.count(prompts.call_prompt(query))
+        if n_query + self.max_new_tokens > self.reserve:
             raise briefing.BriefingError(
-                f"The worker prompt ({n_prompt} tokens) plus max_new_tokens ({self.max_new_tokens}) exceed the cache "
+                f"The worker prompt ({n_query} tokens) plus max_new_tokens ({self.max_new_tokens}) exceed the cache "
                 f"reserve ({self.reserve} positions). Shorten the query or raise BriefedWorker(reserve=...).")
-        cache = self.cache_for_call(prompts.cache_text(trajectory))
-        folds_before, prefilled_before = len(cache.folds), cache.prefilled_tokens
-        cache.sync(prompts.cache_text(trajectory))
-        # recall fills what the reserve leaves after the prompt with its recall header, and generation (8 tokens of
-        # slack: a re-tokenised concatenation may differ from the sum of its parts by a few tokens)
-        room = self.reserve - self.max_new_tokens - self.count(prompts.call_prompt(recall_query(query, "."))) - 8
-        recalled = recall_folded(cache, query, min(self.recall_tokens, room))
+        text = prompts.cache_text(trajectory)
+        cache = self.cache_for_call(text)
+        folds, prefilled = len(cache.folds), cache.prefilled_tokens
+        cache.sync(text)
+        return cache, n_query, folds, prefilled
+
+    def observe(self, query: str, trajectory: str) -> None:
+        """A call this worker does not answer (another worker did): sync the cache and remember the call's prompt
+        as fold guidance, as `brief` would, without compacting."""
+        cache, _, _, _ = self._synced(query, trajectory)
+        cache.observe(self.prompts().call_prompt(query))
+
+    def brief(self, query: str, trajectory: str) -> Briefing:
+        """Steps 1-4 of a call: the context the worker answers on, and what the cache did for it."""
+        prompts = self.prompts()
+        cache, n_query, folds_before, prefilled_before = self._synced(query, trajectory)
+        recalled = Recalled()
+        if self.recall is not None:
+            # recall fills what the reserve leaves after the prompt with its recall header, and generation
+            room = (self.reserve - self.max_new_tokens - self.count(prompts.call_prompt(recall_query(query, ".")))
+                    - RETOKENISE_SLACK)
+            head = len(prompts.cache_text(""))                       # the ranges index the trajectory's own text
+            recalled = self.recall.recall(cache, query, room).shifted(-head)
         prompt = prompts.call_prompt(recall_query(query, recalled))
         n_prompt = self.count(prompt)
         # the question guides the compaction, not the recalled text before it (the fit grows with queries squared)
         ctx = cache.compact(prompt, selector=self.make_selector(), query_tokens=n_query if recalled else None)
-        out = briefing.generate(ctx, self.gen_config())
-        stats = ctx.stats
-        return WorkerAnswer(
-            text=out.text.strip(), input_tokens=int(stats.kept) + n_prompt,
-            text_handoff_tokens=int(cache.tokens) + n_query, kept=int(stats.kept), total=int(stats.original_length),
-            compaction=stats.model_dump(mode="json"), output_tokens=len(out.token_ids),
-            latency_s=time.monotonic() - t0, worker=self.name,
-            folds=[f.model_dump(mode="json") for f in cache.folds[folds_before:]],
-            prefilled_tokens=cache.prefilled_tokens - prefilled_before, cache_positions=cache.length,
-            trajectory_tokens=cache.tokens, recalled_tokens=self.count(recalled) if recalled else 0)
+        cache.remember(ctx)
+        stats = BriefingStats(
+            kept=ctx.stats.kept, total=ctx.stats.original_length, compaction=ctx.stats,
+            folds=cache.folds[folds_before:], prefilled_tokens=cache.prefilled_tokens - prefilled_before,
+            cache_positions=cache.length, trajectory_tokens=cache.tokens,
+            recalled_tokens=self.count(recalled.text) if recalled else 0)
+        return Briefing(context=ctx, query=query, input_tokens=ctx.stats.kept + n_prompt,
+                        text_handoff_tokens=cache.tokens + n_query, stats=stats, recalled=recalled)
+
+    def answer(self, query: str, trajectory: str) -> WorkerAnswer:
+        t0 = time.monotonic()
+        b = self.brief(query, trajectory)
+        out = b.generate(self.gen_config())
+        return WorkerAnswer(text=out.text.strip(), worker=self.name, input_tokens=b.input_tokens,
+                            output_tokens=len(out.token_ids), text_handoff_tokens=b.text_handoff_tokens,
+                            latency_s=time.monotonic() - t0, briefing=b.stats)
 
     def reset(self) -> None:
         self._caches.clear()
 
     def describe(self) -> dict[str, Any]:
+        fold = self.fold
         return {"name": self.name, "model": getattr(self.lm, "name", None),
                 "selector": repr(self.selector) if self.selector is not None else "AttentionMatching(tau=1.0)",
-                "fold_guidance": self.fold.guidance.name if self.fold is not None else "mix",
-                "cache_budget": self.cache_budget, "reserve": self.reserve, "recall_tokens": self.recall_tokens}
+                "fold": repr(fold) if fold is not None else "FoldPolicy()", "cache_budget": self.cache_budget,
+                "reserve": self.reserve, "recall": repr(self.recall)}

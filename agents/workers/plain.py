@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agents.backends.base import ChatBackend
-from agents.workers.base import Worker, WorkerAnswer, chat_backend, check_generation, generation_options
+from agents.workers.base import Worker, WorkerAnswer, chat_backend, check_generation, generation_options, local_backend
+from agents.workers.local import Briefing
 from agents.workers.prompt import PLAIN_SYSTEM, TRAJECTORY_HEADER
 
 
@@ -28,12 +29,25 @@ class PlainWorker(Worker):
         self.backend = chat_backend("PlainWorker", self.backend)
         check_generation("PlainWorker", self.max_new_tokens, self.temperature)
 
+    def messages(self, query: str) -> list[dict[str, str]]:
+        return [{"role": "system", "content": self.system}, {"role": "user", "content": query}]
+
+    def handoff(self, query: str, trajectory: str) -> int:
+        """What pasting the trajectory before the query would have cost."""
+        return self.backend.count_prompt([{"role": "system", "content": TRAJECTORY_HEADER + trajectory},
+                                          {"role": "user", "content": query}])
+
+    def brief(self, query: str, trajectory: str) -> Briefing:
+        """The context a local model answers on: the query alone (needs a `LocalChatBackend`)."""
+        ctx = local_backend("PlainWorker", self.backend).context(self.messages(query))
+        return Briefing(context=ctx, query=query, input_tokens=len(ctx.prompt_ids),
+                        text_handoff_tokens=self.handoff(query, trajectory))
+
     def answer(self, query: str, trajectory: str) -> WorkerAnswer:
         t0 = time.monotonic()
-        msgs = [{"role": "system", "content": self.system}, {"role": "user", "content": query}]
-        r = self.backend.complete(msgs, **generation_options(self.max_new_tokens, self.temperature, self.stop))
-        handoff = self.backend.count_prompt([{"role": "system", "content": TRAJECTORY_HEADER + trajectory},
-                                             {"role": "user", "content": query}])
+        r = self.backend.complete(self.messages(query), **generation_options(self.max_new_tokens, self.temperature,
+                                                                              self.stop))
+        handoff = self.handoff(query, trajectory)
         return WorkerAnswer(text=r.text.strip(), input_tokens=r.input_tokens, text_handoff_tokens=handoff,
                             output_tokens=r.output_tokens, latency_s=time.monotonic() - t0, worker=self.name)
 

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agents.backends.base import ChatBackend
-from agents.workers.base import Worker, WorkerAnswer, chat_backend, check_generation, generation_options
+from agents.workers.base import Worker, WorkerAnswer, chat_backend, check_generation, generation_options, local_backend
+from agents.workers.local import Briefing
 from agents.workers.prompt import TRAJECTORY_HEADER
 
 CUT_MARK = "[... earlier trajectory cut ...]\n"
@@ -46,6 +47,13 @@ class TextWorker(Worker):
             return trajectory
         keep = max(0, limit - reserve - self.backend.count_tokens(CUT_MARK))
         return CUT_MARK + self.backend.keep_last_tokens(trajectory, keep)
+
+    def brief(self, query: str, trajectory: str) -> Briefing:
+        """The context a local model answers on (the cut trajectory pasted before the query); needs a
+        `LocalChatBackend`, since only a local model's context can be held and scored."""
+        ctx = local_backend("TextWorker", self.backend).context(self.messages(self.fit(trajectory, query), query))
+        n = len(ctx.prompt_ids)
+        return Briefing(context=ctx, query=query, input_tokens=n, text_handoff_tokens=n)
 
     def answer(self, query: str, trajectory: str) -> WorkerAnswer:
         t0 = time.monotonic()

@@ -31,6 +31,7 @@ from typing import Any
 import briefing
 from agents.recall import bm25_chunks
 from briefing.metrics import answer_kl
+from briefing.options import check_int
 
 QUERY = "Using the trajectory above, answer with the value only. {question}"
 SUMMARY_QUERY = ("Summarise the trajectory above in at most three sentences. Keep every code, name, label and "
@@ -192,7 +193,7 @@ class EpisodeRunner:
 
     def run_bm25(self, spec: Spec) -> dict:
         t0 = time.perf_counter()
-        text = bm25_chunks(self.ep.trajectory, self.ep.question, int(spec.param), self.lm)
+        text = bm25_chunks(self.ep.trajectory, self.ep.question, int(spec.param), self.lm).text
         return self.run_pasted(spec, text, {"bm25_has_answer": self.ep.answer in text}, t0)
 
     def run(self, spec: Spec) -> dict:
@@ -246,45 +247,40 @@ class ProtectedAttentionMatching(briefing.AttentionMatching):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if isinstance(self.recent, bool) or not isinstance(self.recent, int) or self.recent < 0:
-            raise ValueError(f"recent must be a count of positions >= 0, got {self.recent!r}")
+        check_int("ProtectedAttentionMatching", "recent", self.recent, low=0, what="positions", error=ValueError)
 
-    def select(self, layers: int, kv_heads: int, length: int, scores: Any) -> Any:
+    def select(self, layers: int, kv_heads: int, length: int, scores: Any, *, count: int | None = None,
+               device: Any = None) -> Any:
         import torch
 
-        from briefing.selection.base import broadcast, smooth
+        from briefing.selection.base import broadcast, smooth, top_positions
 
         scores = self.score(scores)
         shared = smooth(scores.shared, self.smooth_kernel)                       # [T]
-        prot = torch.zeros(length, dtype=torch.bool)                              # [T]
+        prot = torch.zeros(length, dtype=torch.bool, device=shared.device)        # [T]
         prot[: min(self.sinks, length)] = True
         if self.recent:
             prot[max(0, length - self.recent):] = True
         if self.keep:
-            idx = torch.tensor([p for p in self.keep if 0 <= p < length], dtype=torch.long)
+            idx = torch.tensor([p for p in self.keep if 0 <= p < length], dtype=torch.long, device=shared.device)
             prot[idx] = True
         n_prot = int(prot.sum())
-        own = self.count_scored(shared)
-        t = min(length, own + n_prot if self.tau is not None else max(own, n_prot))
+        own = self.count_scored(shared) if count is None else count
+        t = min(length, own + n_prot if self.tau is not None and count is None else max(own, n_prot))
         if self.per_head:
             per_head = smooth(scores.per_head, self.smooth_kernel).clone()        # [L, H, T]
             per_head[..., prot] = float("inf")
-            return per_head.topk(t, dim=-1).indices.sort(dim=-1).values
+            return top_positions(per_head, t, 0)
         shared = shared.clone()
         shared[prot] = float("inf")
-        return broadcast(shared.topk(t).indices, layers, kv_heads)
+        return broadcast(top_positions(shared, t, 0), layers, kv_heads)
 
 
 def bm25_positions(lm: Any, cache_text: str, offset: int, trajectory: str, query: str, k_tokens: int,
                    chunk_words: int = 60) -> list[int]:
     """Cache positions (token indices of `cache_text`, the trajectory starting at character `offset`) of the
     top BM25 chunks of the trajectory, up to `k_tokens`."""
-    text = bm25_chunks(trajectory, query, k_tokens, lm, chunk_words)
-    spans = []
-    for part in text.rstrip("\n").split("\n...\n"):
-        i = trajectory.find(part)
-        if i >= 0:
-            spans.append((offset + i, offset + i + len(part)))
+    spans = [(offset + a, offset + b) for a, b in bm25_chunks(trajectory, query, k_tokens, lm, chunk_words).ranges]
     enc = lm.tokenizer(cache_text, add_special_tokens=False, return_offsets_mapping=True)
     return [p for p, (a, b) in enumerate(enc["offset_mapping"]) if any(a < e and b > s for s, e in spans)]
 
@@ -335,7 +331,7 @@ class FamilyRunner(EpisodeRunner):
     def run_bm25(self, spec: Spec) -> dict:
         t0 = time.perf_counter()
         k = max(16, round(float(spec.param) * self.T))
-        text = bm25_chunks(self.ep.trajectory, self.ep.question, k, self.lm)
+        text = bm25_chunks(self.ep.trajectory, self.ep.question, k, self.lm).text
         return self.run_pasted(spec, text, {"bm25_has_answer": self.ep.answer in text}, t0)
 
     def run_bm25_briefing(self, spec: Spec, tau: float, smooth_kernel: int, bm25_ratio: float, budget: float) -> dict:

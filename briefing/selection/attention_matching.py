@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 import torch
 
 from briefing.errors import BriefingError
-from briefing.selection.base import Fit, ScoredSelector, _is_number
+from briefing.options import check_number
+from briefing.selection.base import Fit, ScoredSelector
 
 
 @dataclass(kw_only=True)
@@ -30,8 +31,7 @@ class AttentionMatching(ScoredSelector):
                                 f"ratio={self.ratio!r}, tokens={self.tokens!r}.")
         if self.tau is None and not sized:
             self.tau = 1.0
-        if self.tau is not None and not _is_number(self.tau):
-            raise BriefingError(f"AttentionMatching: tau must be a finite number of MADs (e.g. 1.0), got {self.tau!r}.")
+        check_number("AttentionMatching", "tau", self.tau, none=True, what="MADs above the median, e.g. 1.0")
         super().__post_init__()
 
     def size_required(self) -> bool:

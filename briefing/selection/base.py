@@ -3,8 +3,8 @@
 Built like kvpress's presses: `Selector` is a base with no fields whose capabilities are class flags, every
 option is keyword-only and checked when the selector is built, and each selector implements one method:
 `select()` (positions from nothing but the length) or, for a `ScoredSelector`, `score()` (reshape the
-task-guided attention; the base keeps the top positions). Refitting beta and values is a separate step
-(`Fit`) that `briefing.compact` runs after any selector whose `fit` is set.
+guidance attention; the base keeps the top positions). Refitting beta and values is a separate step
+(`Fit`) that a compaction or a fold runs after any selector whose `fit` is set.
 
 A selector returns kept indices as a regular tensor [layers, kv_heads, t] (sorted per row), so every
 downstream step (fit, cache build, biased attention) is batched over all (layer, KV head) pairs.
@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from briefing.errors import BriefingError
+from briefing.options import check_bool, check_int, check_number
 
 DEFAULT_RATIO = 0.1  # kept share of a sized selector given neither ratio nor tokens
 
@@ -37,24 +38,9 @@ class Scores:
     keys: torch.Tensor | None = None
 
 
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def check_ratio(owner: str, value: object) -> None:
-    if not (_is_number(value) and 0 < value <= 1):
-        raise BriefingError(f"{owner}: ratio must be a number in (0, 1] (the kept share of the trajectory), "
-                            f"got {value!r}; pass tokens=N for a count of positions.")
-
-
-def check_int(owner: str, name: str, value: object, low: int, what: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise BriefingError(f"{owner}: {name} must be an integer >= {low} ({what}), got {value!r}.")
-
-
-def check_bool(owner: str, name: str, value: object) -> None:
-    if not isinstance(value, bool):
-        raise BriefingError(f"{owner}: {name} must be True or False, got {value!r}.")
+    check_number(owner, "ratio", value, low=0, high=1, low_open=True,
+                 what="the kept share of the trajectory; pass tokens=N for a count of positions")
 
 
 def keep_count(ratio: float | None, tokens: int | None, length: int) -> int:
@@ -96,11 +82,18 @@ def broadcast(positions: torch.Tensor, layers: int, kv_heads: int) -> torch.Tens
     return positions.sort().values.view(1, 1, -1).expand(layers, kv_heads, -1).contiguous()
 
 
+def top_positions(scores: torch.Tensor, t: int, sinks: int) -> torch.Tensor:
+    """Sorted indices of the t best scores per row of [..., T], the first `sinks` positions always among them."""
+    ranked = scores.clone()
+    ranked[..., :sinks] = float("inf")
+    return ranked.topk(t, dim=-1).indices.sort(dim=-1).values                      # [..., t]
+
+
 @dataclass(frozen=True, kw_only=True)
 class Fit:
     """The fit step after selection (Attention Matching): per (layer, KV head), beta by box-constrained NNLS so
     the kept keys carry the attention mass of all keys, then values C2 by least squares pulled toward the
-    original values. Works after any selector: `briefing.compact` runs it when `selector.fit` is set.
+    original values. Works after any selector: a compaction or a fold runs it when `selector.fit` is set.
 
     ridge: C2 regulariser, relative to the mean diagonal of X X^T, > 0. beta_max: bound on |beta|, > 0.
     nnls_iters: projected-gradient steps, >= 1.
@@ -111,18 +104,17 @@ class Fit:
     nnls_iters: int = 15
 
     def __post_init__(self) -> None:
-        for name in ("ridge", "beta_max"):
-            value = getattr(self, name)
-            if not (_is_number(value) and value > 0):
-                raise BriefingError(f"Fit: {name} must be a finite number > 0, got {value!r}.")
-        check_int("Fit", "nnls_iters", self.nnls_iters, 1, "projected-gradient steps")
+        check_number("Fit", "ridge", self.ridge, low=0, low_open=True)
+        check_number("Fit", "beta_max", self.beta_max, low=0, low_open=True)
+        check_int("Fit", "nnls_iters", self.nnls_iters, low=1, what="projected-gradient steps")
 
 
 class Selector:
     """Base of every selector: no fields, capabilities as class flags, one method. Subclasses are keyword-only
-    dataclasses that check their options in `__post_init__`.
+    dataclasses that check their options in `__post_init__`. The same selector serves a per-call compaction and a
+    fold of the persistent cache (`FoldPolicy(selector=...)`): one selection mechanism.
 
-    needs_scores: `select` receives the task-guided `Scores` (else None).
+    needs_scores: `select` receives the guidance `Scores` (else None).
     keeps_all: every position is kept unchanged, so the compacted cache can share the full cache's tensors.
     reuse_prompt_kv: keep the worker prompt's keys and values from the scoring pass (computed against the full
         cache) instead of recomputing them on the compacted cache (scored selectors make it an option).
@@ -134,9 +126,19 @@ class Selector:
     reuse_prompt_kv: ClassVar[bool] = False
     fit: ClassVar[Fit | None] = None
 
-    def select(self, layers: int, kv_heads: int, length: int, scores: Scores | None) -> torch.Tensor:
-        """Kept positions [layers, kv_heads, t], sorted per row."""
+    def select(self, layers: int, kv_heads: int, length: int, scores: Scores | None, *, count: int | None = None,
+               device: torch.device | None = None) -> torch.Tensor:
+        """Kept positions [layers, kv_heads, t] of `length`, sorted per row, on `device` (None: the scores' device,
+        else the CPU). count: keep exactly that many per row (a fold decides its own size); None: the selector's
+        own size rule (ratio, tokens, tau...)."""
         raise NotImplementedError(f"{type(self).__name__} must implement select() (or score(), for a ScoredSelector)")
+
+
+def device_of(scores: Scores | None, device: torch.device | None) -> torch.device:
+    """Where a selection's tensors are made: `device`, else the scores', else the CPU (never the default device)."""
+    if device is not None:
+        return torch.device(device)
+    return scores.per_head.device if scores is not None else torch.device("cpu")
 
 
 @dataclass(kw_only=True)
@@ -155,9 +157,8 @@ class SizedSelector(Selector):
             raise BriefingError(f"{owner}: pass ratio or tokens, not both (got ratio={self.ratio!r}, tokens={self.tokens!r}).")
         if self.ratio is not None:
             check_ratio(owner, self.ratio)
-        if self.tokens is not None:
-            check_int(owner, "tokens", self.tokens, 1, "positions kept; use KeepNone() to keep none")
-        check_int(owner, "sinks", self.sinks, 0, "first positions always kept")
+        check_int(owner, "tokens", self.tokens, low=1, none=True, what="positions kept; use KeepNone() to keep none")
+        check_int(owner, "sinks", self.sinks, low=0, what="first positions always kept")
         if self.ratio is None and self.tokens is None and self.size_required():
             self.ratio = DEFAULT_RATIO
 
@@ -165,26 +166,27 @@ class SizedSelector(Selector):
         """False when another setting decides the count (AttentionMatching's tau)."""
         return True
 
-    def count(self, length: int) -> int:
-        return keep_count(self.ratio, self.tokens, length)
+    def count(self, length: int, count: int | None = None) -> int:
+        """Positions to keep of `length`: `count` when the caller decides, else ratio or tokens."""
+        return min(length, count) if count is not None else keep_count(self.ratio, self.tokens, length)
 
 
 @dataclass(kw_only=True)
 class ScoredSelector(SizedSelector):
-    """A selector driven by the task-guided scores (kvpress's ScorerPress): keeps the highest-scoring positions.
+    """A selector driven by the guidance scores (kvpress's ScorerPress): keeps the highest-scoring positions.
     A subclass may override `score()` to reshape the scores; the base pools them and takes the top positions.
 
     per_head: equal-size selection per (layer, KV head) by each head's own score (the count from the shared
     score); False: one shared mask. smooth_kernel: odd score pooling width, so a kept token keeps its
-    neighbours (SnapKV uses 5; measured: it keeps multi-token values such as digit strings intact, see README
-    "Benchmarks"). reuse_prompt_kv: see `Selector`. fit: a `Fit` to refit beta and values after selection.
+    neighbours (SnapKV uses 5; measured: it keeps multi-token values such as digit strings intact, see
+    docs/benchmarks.md). reuse_prompt_kv: see `Selector`. fit: a `Fit` to refit beta and values after selection.
     look_ahead: the positions after a pooled score inherit it, decayed by `look_ahead_decay` (in (0, 1]) per step,
     so a quote keeps the words that continue it: the answer lives after the words a question names (measured:
-    8 wins on held-out recall questions and on the exact-value case, see README "Selection that covers the
-    answer"; 0: off). look_back: the same toward earlier positions (0: off).
+    8 wins on held-out recall questions and on the exact-value case, see docs/benchmarks.md, "Selection that covers
+    the answer"; 0: off). look_back: the same toward earlier positions (0: off).
     rescore_tokens: before selecting, greedily generate this many tokens on the full cache and mix their queries'
     attention into the scores with weight `rescore_weight` in [0, 1] (the answer's first tokens attend to where
-    the answer is; see briefing.rescore). 0: off.
+    the answer is; see briefing.rescore). 0: off. A fold has no generated tokens: it ignores the option.
     """
 
     needs_scores: ClassVar[bool] = True
@@ -201,44 +203,42 @@ class ScoredSelector(SizedSelector):
     def __post_init__(self) -> None:
         super().__post_init__()
         owner = type(self).__name__
-        check_int(owner, "look_ahead", self.look_ahead, 0, "positions after a scored one that inherit its score")
-        check_int(owner, "look_back", self.look_back, 0, "positions before a scored one that inherit its score")
-        if not (_is_number(self.look_ahead_decay) and 0 < self.look_ahead_decay <= 1):
-            raise BriefingError(f"{owner}: look_ahead_decay must be a number in (0, 1], got {self.look_ahead_decay!r}.")
-        check_int(owner, "rescore_tokens", self.rescore_tokens, 0, "greedy tokens whose queries re-score; 0: off")
-        if not (_is_number(self.rescore_weight) and 0 <= self.rescore_weight <= 1):
-            raise BriefingError(f"{owner}: rescore_weight must be a number in [0, 1], got {self.rescore_weight!r}.")
+        check_int(owner, "look_ahead", self.look_ahead, low=0, what="positions after a scored one that inherit its score")
+        check_int(owner, "look_back", self.look_back, low=0, what="positions before a scored one that inherit its score")
+        check_number(owner, "look_ahead_decay", self.look_ahead_decay, low=0, high=1, low_open=True)
+        check_int(owner, "rescore_tokens", self.rescore_tokens, low=0, what="greedy tokens whose queries re-score; 0: off")
+        check_number(owner, "rescore_weight", self.rescore_weight, low=0, high=1)
         check_bool(owner, "per_head", self.per_head)
         check_bool(owner, "reuse_prompt_kv", self.reuse_prompt_kv)
         if isinstance(self.smooth_kernel, bool) or not isinstance(self.smooth_kernel, int) or self.smooth_kernel < 1 \
                 or self.smooth_kernel % 2 == 0:
-            raise BriefingError(f"{owner}: smooth_kernel must be an odd integer >= 1 (1: no pooling), got {self.smooth_kernel!r}.")
+            raise BriefingError(f"{owner}: smooth_kernel must be an odd integer >= 1 (1: no pooling), "
+                                f"got {self.smooth_kernel!r}.")
         if self.fit is not None and not isinstance(self.fit, Fit):
             raise BriefingError(f"{owner}: fit must be a briefing.Fit or None, got {self.fit!r}.")
 
     def score(self, scores: Scores) -> Scores:
-        """The scores positions are ranked by (default: the task-guided attention as it is)."""
+        """The scores positions are ranked by (default: the guidance attention as it is)."""
         return scores
 
     def count_scored(self, shared: torch.Tensor) -> int:
         """Number of positions to keep given the pooled shared score [T] (default: ratio or tokens)."""
         return self.count(shared.numel())
 
-    def select(self, layers: int, kv_heads: int, length: int, scores: Scores | None) -> torch.Tensor:
+    def select(self, layers: int, kv_heads: int, length: int, scores: Scores | None, *, count: int | None = None,
+               device: torch.device | None = None) -> torch.Tensor:
         if scores is None:
-            raise BriefingError(f"{type(self).__name__} needs task-guided scores: call it through briefing.compact().")
+            raise BriefingError(f"{type(self).__name__} needs guidance scores: call it through briefing.compact() or "
+                                "a fold.")
         scores = self.score(scores)
-        shared = smooth(scores.shared, self.smooth_kernel)                         # [T]
-        t = min(length, max(self.count_scored(shared), min(self.sinks, length)))
+        if count is None:
+            count = self.count_scored(smooth(scores.shared, self.smooth_kernel))
+        t = min(length, max(count, min(self.sinks, length)))
         if t == 0:
-            return torch.empty(layers, kv_heads, 0, dtype=torch.long)
+            return torch.empty(layers, kv_heads, 0, dtype=torch.long, device=device_of(scores, device))
         if self.per_head:
-            per_head = self.rank(scores.per_head, scores.keys).clone()             # [L, H, T]
-            per_head[..., : self.sinks] = float("inf")
-            return per_head.topk(t, dim=-1).indices.sort(dim=-1).values
-        shared = self.rank(scores.shared, None).clone()                           # [T]
-        shared[: self.sinks] = float("inf")
-        return broadcast(shared.topk(t).indices, layers, kv_heads)
+            return top_positions(self.rank(scores.per_head, scores.keys), t, self.sinks)      # [L, H, t]
+        return broadcast(top_positions(self.rank(scores.shared, None), t, self.sinks), layers, kv_heads)
 
     def rank(self, scores: torch.Tensor, keys: torch.Tensor | None) -> torch.Tensor:
         """What positions are ranked by: the scores [..., T] pooled, then spread after (and before) each position.

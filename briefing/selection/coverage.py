@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from briefing.errors import BriefingError
 from briefing.selection.attention_matching import AttentionMatching
-from briefing.selection.base import _is_number, check_int
+from briefing.options import check_int, check_number
 
 
 def chunk_mean(scores: torch.Tensor, size: int) -> torch.Tensor:
@@ -33,7 +33,7 @@ def chunk_mean(scores: torch.Tensor, size: int) -> torch.Tensor:
     T = scores.shape[-1]
     pad = (-T) % size
     padded = F.pad(scores, (0, pad))                                                # [..., T + pad]
-    counts = F.pad(torch.ones(T, dtype=scores.dtype), (0, pad)).view(-1, size).sum(-1)  # [chunks]
+    counts = F.pad(torch.ones(T, dtype=scores.dtype, device=scores.device), (0, pad)).view(-1, size).sum(-1)  # [chunks]
     means = padded.view(*scores.shape[:-1], -1, size).sum(-1) / counts             # [..., chunks]
     return means.repeat_interleave(size, dim=-1)[..., :T] + 1e-3 * scores
 
@@ -91,9 +91,9 @@ class CoverageMatching(AttentionMatching):
     def __post_init__(self) -> None:
         super().__post_init__()
         for name, what in (("chunk", "chunk size; 0: off"), ("protect_last", "recent positions always kept")):
-            check_int("CoverageMatching", name, getattr(self, name), 0, what)
-        if self.agnostic_mass is not None and not (_is_number(self.agnostic_mass) and 0 < self.agnostic_mass <= 1):
-            raise BriefingError(f"CoverageMatching: agnostic_mass must be in (0, 1] or None, got {self.agnostic_mass!r}.")
+            check_int("CoverageMatching", name, getattr(self, name), low=0, what=what)
+        check_number("CoverageMatching", "agnostic_mass", self.agnostic_mass, low=0, high=1, low_open=True, none=True,
+                     what="or None")
         if self.agnostic_mass is not None and not self.per_head:
             raise BriefingError("CoverageMatching: agnostic_mass needs per_head=True (key diversity is per KV head).")
 

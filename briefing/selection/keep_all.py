@@ -6,7 +6,7 @@ from typing import ClassVar
 
 import torch
 
-from briefing.selection.base import Selector
+from briefing.selection.base import Selector, device_of
 
 
 @dataclass(kw_only=True)
@@ -15,5 +15,6 @@ class KeepAll(Selector):
 
     keeps_all: ClassVar[bool] = True
 
-    def select(self, layers: int, kv_heads: int, length: int, scores=None) -> torch.Tensor:
-        return torch.arange(length).view(1, 1, -1).expand(layers, kv_heads, -1)
+    def select(self, layers: int, kv_heads: int, length: int, scores=None, *, count=None, device=None) -> torch.Tensor:
+        n = length if count is None else min(length, count)
+        return torch.arange(n, device=device_of(scores, device)).view(1, 1, -1).expand(layers, kv_heads, -1)

@@ -5,7 +5,8 @@ from dataclasses import dataclass
 
 import torch
 
-from briefing.selection.base import SizedSelector, broadcast, check_int
+from briefing.options import check_int
+from briefing.selection.base import SizedSelector, broadcast, device_of
 
 
 @dataclass(kw_only=True)
@@ -17,11 +18,12 @@ class RandomKeep(SizedSelector):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_int("RandomKeep", "seed", self.seed, 0, "random generator seed")
+        check_int("RandomKeep", "seed", self.seed, low=0, what="random generator seed")
 
-    def select(self, layers: int, kv_heads: int, length: int, scores=None) -> torch.Tensor:
-        t = self.count(length)
+    def select(self, layers: int, kv_heads: int, length: int, scores=None, *, count=None, device=None) -> torch.Tensor:
+        t = self.count(length, count)
         sinks = min(self.sinks, t)
-        g = torch.Generator().manual_seed(self.seed)
-        drawn = sinks + torch.randperm(length - sinks, generator=g)[: t - sinks]
-        return broadcast(torch.cat([torch.arange(sinks), drawn]), layers, kv_heads)
+        g = torch.Generator().manual_seed(self.seed)                    # a CPU generator: the same draw on any device
+        drawn = sinks + torch.randperm(length - sinks, generator=g, device="cpu")[: t - sinks]
+        positions = torch.cat([torch.arange(sinks, device="cpu"), drawn]).to(device_of(scores, device))
+        return broadcast(positions, layers, kv_heads)

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import torch
 
-from briefing.selection.base import SizedSelector, broadcast
+from briefing.selection.base import SizedSelector, broadcast, device_of
 
 
 @dataclass(kw_only=True)
@@ -14,8 +14,9 @@ class RecentWindow(SizedSelector):
     Sinks"): the first `sinks` positions plus the most recent ones, `ratio` (in (0, 1]) or `tokens` (>= 1)
     in all."""
 
-    def select(self, layers: int, kv_heads: int, length: int, scores=None) -> torch.Tensor:
-        t = self.count(length)
+    def select(self, layers: int, kv_heads: int, length: int, scores=None, *, count=None, device=None) -> torch.Tensor:
+        t = self.count(length, count)
         sinks = min(self.sinks, t)
-        positions = torch.cat([torch.arange(sinks), torch.arange(length - (t - sinks), length)])
+        dev = device_of(scores, device)
+        positions = torch.cat([torch.arange(sinks, device=dev), torch.arange(length - (t - sinks), length, device=dev)])
         return broadcast(positions.unique(), layers, kv_heads)

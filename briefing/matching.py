@@ -1,0 +1,191 @@
+"""The tensor math of Attention Matching, batched over all (layer, KV head) pairs. Imports nothing from `briefing`.
+
+Notation per (layer l, KV head h): Q [m, d] the guidance queries (the query heads of h stacked: m = group size x
+query tokens), K, V [T, d] the keys and values of the block being compacted, idx the t kept positions,
+s the attention scale (1/sqrt(d) unless the model says otherwise), b [T] a stored bias (a folded cache's beta, else
+0). Shapes below carry a leading [L, H] (layers in a chunk, KV heads).
+
+  logits = s Q K^T + b                    [m, T]
+  E      = exp(logits - rowmax)           [m, T]
+  z      = E 1                            [m]     attention mass of the whole block
+  Y      = E V / z                        [m, d]  block output
+  A      = E[:, idx]                      [m, t]
+  w      = argmin_{lo <= w <= hi} ||A w - z||      (beta = log w; box-constrained NNLS, FISTA)
+  X      = A diag(w) / (A w)              [m, t]  softmax(s Q C1^T + b[idx] + beta)
+  C2     = V[idx] + X^T (X X^T + lam I)^-1 (Y - X V[idx])   (dual ridge, pulled toward the original values)
+
+Precision: everything here runs in float32 whatever the cache's dtype (bf16 on a GPU). A bf16 mantissa holds 8
+bits: exp() of logits, sums over thousands of keys, the NNLS gradient steps and the m x m solve all lose the
+differences the fit is made of, and the dual solve can turn singular. Values come back in the cache's dtype; beta
+stays float32 (the biased attention casts it to the logits' dtype).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+
+LAYER_CHUNK = 3  # layers per batched block: bounds the [L, H, m, T] logits in memory
+SOLVE_DTYPE = torch.float32
+
+
+def stack_layers(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Per-layer [1, H, n, d] -> [L, H, n, d]."""
+    return torch.cat(tensors, dim=0)
+
+
+def group_queries(queries: dict[int, torch.Tensor], layers: int, kv_heads: int) -> torch.Tensor:
+    """Per-layer [1, heads, n, d] -> [L, kv_heads, group * n, d]: the query heads of each KV head stacked."""
+    q = torch.cat([queries[i] for i in range(layers)], dim=0)                    # [L, heads, n, d]
+    L, heads, n, d = q.shape
+    return q.reshape(L, kv_heads, (heads // kv_heads) * n, d)                    # [L, H, g * n, d]
+
+
+def gather_positions(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """t [L, H, T, d], idx [L, H, k] -> [L, H, k, d]."""
+    return t.gather(2, idx.unsqueeze(-1).expand(-1, -1, -1, t.shape[-1]))
+
+
+def attention_scores(Q: torch.Tensor, K: torch.Tensor, scale: float, *, bias: torch.Tensor | None = None,
+                     K_prompt: torch.Tensor | None = None, n_prompt: int = 0, first: int = 0,
+                     keep_blocks: bool = False) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+    """Attention probability of each query to each key, averaged over the queries: Q [L, H, m, d], K [L, H, T, d]
+    -> per-head score [L, H, T] (float32), and (if keep_blocks) the unnormalised block E = exp(s Q K^T + b - rowmax)
+    per layer chunk, reused by the fit.
+
+    bias [L, H, T]: a stored beta in every logit. K_prompt [L, H, n, d]: the prompt's own keys, which share the
+    softmax under a causal mask (the queries are those of prompt tokens first..n_prompt-1, each seeing every earlier
+    prompt key); None: the softmax runs over K alone (a fold's span)."""
+    scores, blocks = [], []
+    m, dev = Q.shape[2], Q.device
+    causal = None
+    if K_prompt is not None:
+        row_token = first + torch.arange(m, device=dev) % (n_prompt - first)     # [m] prompt token of each row
+        causal = torch.arange(n_prompt, device=dev)[None, :] <= row_token[:, None]   # [m, n]
+    for c in range(0, Q.shape[0], LAYER_CHUNK):
+        q = Q[c:c + LAYER_CHUNK].to(SOLVE_DTYPE)                                  # [c, H, m, d]
+        k = K[c:c + LAYER_CHUNK].to(SOLVE_DTYPE)                                  # [c, H, T, d]
+        logits = q @ k.transpose(-1, -2) * scale                                  # [c, H, m, T]
+        if bias is not None:
+            logits = logits + bias[c:c + LAYER_CHUNK].to(SOLVE_DTYPE).unsqueeze(-2)
+        row_max = logits.amax(-1)                                                 # [c, H, m]
+        if K_prompt is not None:
+            kp = K_prompt[c:c + LAYER_CHUNK].to(SOLVE_DTYPE)                      # [c, H, n, d]
+            logits_p = (q @ kp.transpose(-1, -2) * scale).masked_fill(~causal, -math.inf)  # [c, H, m, n]
+            row_max = torch.maximum(row_max, logits_p.amax(-1))
+        E = torch.exp(logits - row_max.unsqueeze(-1))                             # [c, H, m, T]
+        denom = E.sum(-1)                                                         # [c, H, m]
+        if K_prompt is not None:
+            denom = denom + torch.exp(logits_p - row_max.unsqueeze(-1)).sum(-1)
+        scores.append((E / denom.unsqueeze(-1)).mean(-2))                         # [c, H, T]
+        if keep_blocks:
+            blocks.append(E)
+    return torch.cat(scores, dim=0), (blocks if keep_blocks else None)
+
+
+def nnls_box(A: torch.Tensor, z: torch.Tensor, lo: float, hi: float, iters: int) -> torch.Tensor:
+    """min ||A w - z|| s.t. lo <= w <= hi, batched: A [..., m, t], z [..., m] -> w [..., t].
+    Accelerated projected gradient (FISTA) from w = 1 (beta = 0), step 1/L with L = ||A||_2^2."""
+    At = A.transpose(-1, -2)                                                      # [..., t, m]
+    v = torch.ones(A.shape[:-2] + (A.shape[-1], 1), dtype=A.dtype, device=A.device)   # [..., t, 1]
+    for _ in range(8):  # power iteration on A^T A for its largest eigenvalue
+        v = At @ (A @ v)
+        v = v / v.norm(dim=-2, keepdim=True).clamp_min(1e-30)
+    lipschitz = (A @ v).square().sum(dim=(-2, -1)).clamp_min(1e-12)[..., None] * 1.05  # [..., 1]
+    w = torch.ones(A.shape[:-2] + (A.shape[-1],), dtype=A.dtype, device=A.device)   # [..., t]
+    y, step_t = w, 1.0
+    for _ in range(iters):
+        grad = (At @ ((A @ y.unsqueeze(-1)).squeeze(-1) - z).unsqueeze(-1)).squeeze(-1)   # [..., t]
+        w_next = (y - grad / lipschitz).clamp(lo, hi)
+        t_next = (1 + math.sqrt(1 + 4 * step_t * step_t)) / 2
+        y = w_next + ((step_t - 1) / t_next) * (w_next - w)
+        w, step_t = w_next, t_next
+    return w
+
+
+def solve_values(X: torch.Tensor, Y: torch.Tensor, V_kept: torch.Tensor, ridge: float) -> torch.Tensor:
+    """C2 = V_kept + X^T (X X^T + lam I)^-1 (Y - X V_kept); X [..., m, t], Y [..., m, d] -> [..., t, d]."""
+    gram = X @ X.transpose(-1, -2)                                                # [..., m, m]
+    lam = ridge * gram.diagonal(dim1=-2, dim2=-1).mean(-1).clamp_min(1e-12)       # [...]
+    eye = torch.eye(gram.shape[-1], dtype=X.dtype, device=X.device)               # [m, m]
+    gram = gram + lam[..., None, None] * eye
+    residual = Y - X @ V_kept                                                     # [..., m, d]
+    # a non-finite block would make LAPACK fail for the whole batch: solve the identity there, return NaN for it
+    ok = torch.isfinite(gram).all(dim=(-2, -1)) & torch.isfinite(residual).all(dim=(-2, -1))   # [...]
+    gram = torch.where(ok[..., None, None], gram, eye)
+    sol = torch.linalg.solve_ex(gram, torch.where(ok[..., None, None], residual, 0.0)).result  # [..., m, d]
+    C2 = V_kept + X.transpose(-1, -2) @ sol                                       # [..., t, d]
+    return torch.where(ok[..., None, None], C2, float("nan"))
+
+
+@dataclass
+class FitResult:
+    """beta [L, H, t] (float32, on top of any stored bias), values [L, H, t, d] (the cache's dtype), the mean
+    relative error of the block output with the fit and with the kept positions alone, and why the fit was
+    replaced by the plain selection in some (layer, KV head) pairs (None: nowhere)."""
+
+    beta: torch.Tensor
+    values: torch.Tensor
+    error: float
+    error_topk: float
+    fallback: str | None
+    time_beta_s: float
+    time_values_s: float
+
+
+def fit(Q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, idx: torch.Tensor, scale: float, *, ridge: float,
+        beta_max: float, nnls_iters: int, blocks: list[torch.Tensor] | None = None,
+        bias: torch.Tensor | None = None) -> FitResult:
+    """Fit beta and values C2 for the kept positions idx [L, H, t] of K, V [L, H, T, d] under queries Q [L, H, m, d].
+    `blocks`: E per layer chunk from `attention_scores`, reused (its rows are rescaled to a max of 1 over the block,
+    exactly the recomputed E); None: recomputed. bias [L, H, T]: stored beta already in every logit; the returned
+    beta is on top of it (compose: add bias[idx])."""
+    betas, values, errs, errs_topk = [], [], [], []
+    lo, hi = math.exp(-beta_max), math.exp(beta_max)
+    t_beta = t_values = 0.0
+    for i, c in enumerate(range(0, Q.shape[0], LAYER_CHUNK)):
+        t0 = time.perf_counter()
+        q, k, v = (x[c:c + LAYER_CHUNK].to(SOLVE_DTYPE) for x in (Q, K, V))      # [c, H, *, d]
+        ix = idx[c:c + LAYER_CHUNK]                                              # [c, H, t]
+        if blocks is not None:  # E from scoring: rows rescaled to a max of 1 where it matters (A, z)
+            E = blocks[i]                                                        # [c, H, m, T]
+            row_scale = 1.0 / E.amax(-1).clamp_min(1e-30)                        # [c, H, m]
+        else:
+            logits = q @ k.transpose(-1, -2) * scale                             # [c, H, m, T]
+            if bias is not None:
+                logits = logits + bias[c:c + LAYER_CHUNK].to(SOLVE_DTYPE).unsqueeze(-2)
+            E = torch.exp(logits - logits.amax(-1, keepdim=True))
+            row_scale = torch.ones(E.shape[:-1], dtype=E.dtype, device=E.device)
+        mass = E.sum(-1)                                                         # [c, H, m]
+        Y = (E @ v) / mass.unsqueeze(-1)                                         # [c, H, m, d]
+        z = mass * row_scale                                                     # [c, H, m]
+        A = E.gather(-1, ix.unsqueeze(-2).expand(-1, -1, E.shape[-2], -1)) * row_scale.unsqueeze(-1)  # [c, H, m, t]
+        w = nnls_box(A, z, lo, hi, nnls_iters)                                   # [c, H, t]
+        Aw = A * w.unsqueeze(-2)                                                 # [c, H, m, t]
+        X = Aw / Aw.sum(-1, keepdim=True).clamp_min(1e-30)                       # softmax(s Q C1^T + beta)
+        t1 = time.perf_counter()
+        V_kept = gather_positions(v, ix)                                         # [c, H, t, d]
+        C2 = solve_values(X, Y, V_kept, ridge)                                   # [c, H, t, d]
+        t2 = time.perf_counter()
+        X_topk = A / A.sum(-1, keepdim=True).clamp_min(1e-30)                    # [c, H, m, t]
+        y_norm = Y.norm(dim=(-2, -1)).clamp_min(1e-30)                           # [c, H]
+        errs.append((X @ C2 - Y).norm(dim=(-2, -1)) / y_norm)
+        errs_topk.append((X_topk @ V_kept - Y).norm(dim=(-2, -1)) / y_norm)
+        betas.append(w.log())
+        values.append(C2)
+        t_beta += t1 - t0
+        t_values += t2 - t1
+    beta, C2, err, err_topk = torch.cat(betas), torch.cat(values), torch.cat(errs), torch.cat(errs_topk)
+    bad = ~(torch.isfinite(beta).all(-1) & torch.isfinite(C2).all(dim=(-2, -1)) & torch.isfinite(err))  # [L, H]
+    fallback = None
+    if bad.any():
+        V_kept = gather_positions(V, idx).to(SOLVE_DTYPE)
+        beta = torch.where(bad.unsqueeze(-1), torch.zeros_like(beta), beta)
+        C2 = torch.where(bad[..., None, None], V_kept, C2)
+        fallback = (f"non-finite fit in {int(bad.sum())} of {bad.numel()} (layer, KV head) pairs: "
+                    "used selection only (beta = 0, original values) there")
+        err = torch.where(bad, err_topk, err)
+    return FitResult(beta=beta, values=C2.to(V.dtype), error=float(err.mean()), error_topk=float(err_topk.mean()),
+                     fallback=fallback, time_beta_s=t_beta, time_values_s=t_values)
