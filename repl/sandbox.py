@@ -94,6 +94,7 @@ The sandbox policy itself (what cell code may touch) is documented in :mod:`repl
 from __future__ import annotations
 
 import keyword
+import logging
 import os
 import secrets
 import select
@@ -105,72 +106,19 @@ import sys
 import threading
 import time
 import weakref
-from typing import Any, Callable, Literal
+from typing import Any, Callable
 
-from pydantic import BaseModel, ConfigDict, Field, computed_field
+from pydantic import BaseModel, Field
 
 from repl import _wire
+from repl.session import CellResult, SandboxConfig, SandboxError
 
-__all__ = ["CellResult", "Sandbox", "SandboxConfig", "SandboxError", "SandboxStats"]
+__all__ = ["CellResult", "Layer", "LayerReport", "Sandbox", "SandboxConfig", "SandboxError", "SandboxStats",
+           "layers"]
 
 _HEADER = struct.Struct(">I")
+_log = logging.getLogger("repl.sandbox")
 _RESERVED_NAMES = {"print", "printed", "breakpoint", "builtins"}
-
-
-class SandboxError(RuntimeError):
-    """The sandbox process could not be started or is unusable."""
-
-
-class SandboxConfig(BaseModel):
-    """Limits of a :class:`Sandbox` session."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    timeout_s: float = Field(10.0, gt=0, description="wall-clock limit per cell (time inside primitives excluded)")
-    memory_mb: int = Field(1024, ge=64, description="address-space limit of the sandbox process")
-    output_limit: int = Field(20_000, ge=200, description="characters of stdout (and of a value repr) kept per cell")
-    recursion_limit: int = Field(2000, ge=100, le=100_000)
-    count_primitive_time: bool = Field(False, description="count time spent inside primitives against timeout_s")
-    max_message_mb: int = Field(256, ge=1, description="largest message accepted from the sandbox")
-    startup_timeout_s: float = Field(60.0, gt=0)
-    python: str | None = Field(None, description="interpreter for the sandbox (default: sys.executable)")
-    drop_privileges: bool = Field(True, description="when the host runs as root, run cells as user 'nobody'")
-    debug: bool = Field(False, description="let the sandbox process write to the host's stderr")
-    os_layers: bool = Field(True, description="network namespace, landlock and seccomp in the sandbox process")
-    protect_host_proc: bool = Field(True, description="set PR_SET_DUMPABLE 0 on the host process, so that a "
-                                                      "same-uid sandbox cannot read its /proc entries")
-    unsafe_real_builtins: bool = Field(False, description="TESTS ONLY: cells get the real builtins and no "
-                                                          "policy, as after an escape, to test the OS layer alone")
-
-
-class CellResult(BaseModel):
-    """What running one cell produced."""
-
-    model_config = ConfigDict(frozen=True)
-
-    stdout: str = ""
-    value: str | None = None
-    error: str | None = None
-    error_type: str | None = None
-    limit: Literal["timeout", "memory", "output"] | None = None
-    duration_s: float = 0.0
-    cell: int = 0
-    restored: bool = Field(False, description="the namespace was rolled back to before this cell (after a kill)")
-    primitive_s: float = Field(0.0, description="time spent inside host primitives")
-    primitive_times: dict[str, float] = Field(default_factory=dict,
-                                              description="host seconds per primitive name (calls included)")
-    decode_s: float = Field(0.0, description="host time spent decoding the cell's messages (counts against timeout_s)")
-    dropped_chars: int = Field(0, description="stdout characters cut by output_limit")
-
-    @computed_field  # type: ignore[prop-decorator]
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-    def text(self) -> str:
-        """stdout, value and error as a notebook would show them."""
-        parts = [p for p in (self.stdout.rstrip("\n"), self.value, self.error) if p]
-        return "\n".join(parts)
 
 
 class SandboxStats(BaseModel):
