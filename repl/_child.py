@@ -257,6 +257,8 @@ def _worker_start(chan: socket.socket) -> None:
         if S.session_uid is not None and os.getuid() == S.session_uid:
             _setrlimit(resource.RLIMIT_NPROC, _NPROC_CAP, _NPROC_CAP)
             limits.append(f"NPROC {_NPROC_CAP}")
+            S.layers["rlimit_nproc"] = (f"hard RLIMIT_NPROC {_NPROC_CAP} for the session's uid (the worker and this "
+                                        "cell's backup): no fork during a cell")
         else:
             S.missing["rlimit_nproc"] = ("RLIMIT_NPROC is soft (0 during a cell) only: it counts every process "
                                          "of the host's uid")

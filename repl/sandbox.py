@@ -1,4 +1,6 @@
-"""Host side of the sandbox: :class:`Sandbox`, :class:`SandboxConfig`, :class:`CellResult`.
+"""Host side of the sandbox: :class:`Sandbox`, which implements the session contract of
+:mod:`repl.session` (:class:`~repl.session.ReplSession`, :class:`~repl.session.CellResult`,
+:class:`~repl.session.SandboxConfig`), and :func:`layers`.
 
 Execution model
 ===============
@@ -27,9 +29,11 @@ size cap::
 * OS layer (:mod:`repl._oslayer`), so that an escape from the policy still reaches nothing: the
   supervisor enters a network namespace; the worker restricts itself with Landlock (read-only
   beneath the interpreter's paths, no TCP, no signals outside the sandbox) and a seccomp
-  allow-list (no execve, socket, connect, bind, ptrace, mount, kill, threads, open for writing).
-  Each layer that the kernel or the permissions refuse is reported by the child, warned about
-  once and listed by :meth:`Sandbox.describe`. The host sets ``PR_SET_DUMPABLE`` 0 on itself, so
+  allow-list (no execve, socket, connect, bind, ptrace, mount, kill, threads, open for writing,
+  fcntl commands that point signals at a process). Each layer that the kernel or the
+  permissions refuse is reported by the child, warned about once per process, logged once per
+  session (logger ``repl.sandbox``, INFO, the active and the missing ones), and listed by
+  :meth:`Sandbox.describe`, :func:`layers` and ``rlm doctor``. The host sets ``PR_SET_DUMPABLE`` 0 on itself, so
   a sandbox with the host's uid (non-root host) cannot read ``/proc/<host pid>``.
   Why ``fork`` stays allowed by seccomp: the backup below is a fork of the worker *after* the
   previous cell, so the process that runs cells must be able to fork; a filter (or a hard
@@ -449,6 +453,8 @@ class Sandbox:
             _protect_host()
         self._spawn()
         self._finalizer = weakref.finalize(self, Sandbox._cleanup, self._proc, self._conn)
+        if _log.isEnabledFor(logging.INFO):  # once per session: the layers this session got
+            _log.info(self.layer_report().summary())
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -1088,17 +1094,27 @@ class Sandbox:
 
     def describe(self) -> dict[str, Any]:
         """The protection layers of this session: ``active`` (name -> what it does) and
-        ``missing`` (name -> why it is not there), as the sandbox process reported them."""
+        ``missing`` (name -> why it is not there), as the sandbox process reported them.
+        :func:`layers` and ``rlm doctor`` report the same, as a typed :class:`LayerReport`."""
         layers = {"policy": "RestrictedPython policy and guarded builtins (repl._policy)",
                   "process": "separate process tree, killed by the host at the timeout; backup before each cell"}
+        missing = {}
         if _HOST_PROTECTED and _HOST_PROTECTED[0]:
-            layers["host"] = "host PR_SET_DUMPABLE 0; empty environment for the sandbox"
+            layers["host"] = "host PR_SET_DUMPABLE 0 (a sandbox with the host's uid cannot read its /proc entries)"
+        else:
+            why = ("protect_host_proc=False" if not self.config.protect_host_proc else
+                   "PR_SET_DUMPABLE 0 refused on the host")
+            missing["host"] = f"{why}: a sandbox with the host's uid could read /proc/<host pid>"
         layers.update(self._layers)
-        missing = dict(self._missing)
+        missing.update(self._missing)
         if self.config.unsafe_real_builtins:
             del layers["policy"]
             missing["policy"] = "unsafe_real_builtins=True (tests only)"
         return {"active": layers, "missing": missing}
+
+    def layer_report(self) -> LayerReport:
+        """:meth:`describe` as a :class:`LayerReport`."""
+        return LayerReport.from_describe(self.describe())
 
     def stats(self) -> SandboxStats:
         return self._stats.model_copy(deep=True)
@@ -1106,6 +1122,87 @@ class Sandbox:
     @property
     def primitives(self) -> list[str]:
         return sorted([*self._callables, *self._values])
+
+
+# ---------------------------------------------------------------------------------------------
+# Which layers protect cells on this machine
+
+
+# Every layer a session can have, in the order a report lists them: what it stops.
+LAYERS: dict[str, str] = {
+    "policy": "what cell code may touch (RestrictedPython, guarded builtins, wrapped modules)",
+    "process": "a separate process tree: timeouts, memory, crashes stop the sandbox, never the host",
+    "host": "the host's /proc entries (environment, memory) out of reach of a sandbox with its uid",
+    "uid": "an unprivileged uid of the session's own (root host): file permissions, no other process to signal",
+    "rlimits": "hard limits on memory, files, descriptors, core dumps",
+    "rlimit_nproc": "a hard cap on processes: no fork during a cell",
+    "network": "a network namespace with no interfaces",
+    "landlock": "filesystem: read-only, beneath the interpreter's own files; no TCP (ABI 4), no signals out (ABI 6)",
+    "seccomp": "a system-call allow-list: no exec, sockets, ptrace, kill, threads, writes, fcntl signal ownership",
+}
+
+
+class Layer(BaseModel):
+    """One isolation layer: ``active``, and ``detail``: what it does here, or why it is missing."""
+
+    name: str
+    active: bool
+    detail: str
+    purpose: str = ""
+
+
+class LayerReport(BaseModel):
+    """Which isolation layers protect cells on this machine (:func:`layers`, ``rlm doctor``)."""
+
+    layers: list[Layer]
+    uid: int = Field(default_factory=os.getuid, description="the host's uid")
+    kernel: str = Field(default_factory=lambda: os.uname().release)
+
+    @classmethod
+    def from_describe(cls, described: dict[str, Any]) -> LayerReport:
+        active, missing = described["active"], described["missing"]
+        names = [n for n in LAYERS if n in active or n in missing]
+        names += sorted(n for n in {*active, *missing} if n not in LAYERS)
+        return cls(layers=[Layer(name=n, active=n in active, detail=str(active.get(n, missing.get(n, ""))),
+                                 purpose=LAYERS.get(n, "")) for n in names])
+
+    @property
+    def active(self) -> list[str]:
+        return [la.name for la in self.layers if la.active]
+
+    @property
+    def missing(self) -> dict[str, str]:
+        return {la.name: la.detail for la in self.layers if not la.active}
+
+    def summary(self) -> str:
+        """One line: what is active, what is missing and why."""
+        missing = "; ".join(f"{n} ({why})" for n, why in self.missing.items())
+        return f"sandbox layers active: {', '.join(self.active)}" + (f"; missing: {missing}" if missing else "")
+
+    def text(self) -> str:
+        """The report as ``rlm doctor`` prints it."""
+        host = "root" if self.uid == 0 else f"uid {self.uid} (not root)"
+        lines = [f"Sandbox isolation layers on this machine (host {host}, kernel {self.kernel}):"]
+        for la in self.layers:
+            lines.append(f"  [{'x' if la.active else ' '}] {la.name:<13} {la.detail}")
+            if not la.active and la.purpose:
+                lines.append(f"      {'':<13} (what it would add: {la.purpose})")
+        n = len(self.active)
+        lines.append(f"{n} of {len(self.layers)} layers active."
+                     + ("" if n == len(self.layers) else " See docs/sandbox.md, 'Running as a non-root host'."))
+        return "\n".join(lines)
+
+
+def layers(config: SandboxConfig | None = None) -> LayerReport:
+    """Start a throwaway session with ``config`` and report which isolation layers it got on this
+    machine, and why any is missing (what :meth:`Sandbox.describe` reports, typed). Raises
+    SandboxError if no session can be started at all."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the report says it all
+        with Sandbox(config=config) as sb:
+            return sb.layer_report()
 
 
 def _scrub(text: str) -> str:
