@@ -4,6 +4,11 @@
     with Sandbox(primitives={"worker": ask, "context": text}, config=SandboxConfig(timeout_s=10)) as sb:
         res = sb.run("print(len(context))\\nworker('what is this about?')")
 
+The contract a session implements (:class:`ReplSession`, :class:`CellResult`, :class:`SandboxConfig`,
+:class:`SandboxError`, :data:`SessionFactory`) is :mod:`repl.session`; :class:`Sandbox` is one
+implementation. :func:`layers` reports which isolation layers protect cells on this machine
+(``rlm doctor`` prints it).
+
 Two layers of defence:
 
 * :mod:`repl._policy`: cells are compiled with RestrictedPython and run against guard hooks,
@@ -23,14 +28,17 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # pragma: no cover
-    from repl.sandbox import CellResult, Sandbox, SandboxConfig, SandboxError, SandboxStats
-    from repl.session import ReplSession, SessionFactory
+    from repl.sandbox import Layer, LayerReport, Sandbox, SandboxStats, layers
+    from repl.session import CellResult, ReplSession, SandboxConfig, SandboxError, SessionFactory
 
-__all__ = ["CellResult", "ReplSession", "Sandbox", "SandboxConfig", "SandboxError", "SandboxStats", "SessionFactory"]
+__all__ = ["CellResult", "Layer", "LayerReport", "ReplSession", "Sandbox", "SandboxConfig", "SandboxError",
+           "SandboxStats", "SessionFactory", "layers"]
+# the contract (repl.session: pydantic only) and the concrete sandbox (repl.sandbox)
+_CONTRACT = ("CellResult", "ReplSession", "SandboxConfig", "SandboxError", "SessionFactory")
 
 
 def __getattr__(name: str):
-    if name in ("ReplSession", "SessionFactory"):
+    if name in _CONTRACT:
         from repl import session
 
         return getattr(session, name)

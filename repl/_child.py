@@ -257,6 +257,8 @@ def _worker_start(chan: socket.socket) -> None:
         if S.session_uid is not None and os.getuid() == S.session_uid:
             _setrlimit(resource.RLIMIT_NPROC, _NPROC_CAP, _NPROC_CAP)
             limits.append(f"NPROC {_NPROC_CAP}")
+            S.layers["rlimit_nproc"] = (f"hard RLIMIT_NPROC {_NPROC_CAP} for the session's uid (the worker and this "
+                                        "cell's backup): no fork during a cell")
         else:
             S.missing["rlimit_nproc"] = ("RLIMIT_NPROC is soft (0 during a cell) only: it counts every process "
                                          "of the host's uid")
@@ -304,7 +306,7 @@ def _serve() -> None:
             os._exit(0)
         op = msg["op"]
         S.nonce = msg.get("nonce") if type(msg.get("nonce")) is str else ""
-        if op in ("run", "get"):
+        if op in ("run", "get", "names"):  # under a backup when the host passed one along
             if fds:
                 backup_fd = fds[0]
                 for extra in fds[1:]:
@@ -315,10 +317,10 @@ def _serve() -> None:
                     continue
                 os.close(backup_fd)
             reply = _run_cell(msg) if op == "run" else _handle_request(msg)
-        elif op in ("names", "ping"):
-            reply = _handle_request(msg)
         else:
-            reply = {"op": "error", "message": f"unknown op {op!r}"}
+            for fd in fds:
+                os.close(fd)
+            reply = _handle_request(msg) if op == "ping" else {"op": "error", "message": f"unknown op {op!r}"}
         try:
             send_msg(S.chan, reply)
         except OSError:

@@ -15,11 +15,13 @@ reason; the child reports both to the host, which warns once and lists them in
   Unix sockets of, processes outside the sandbox.
 * :func:`seccomp` - a system-call allow-list (libseccomp through ``pyseccomp``): no
   ``execve``, ``socket``/``connect``/``bind``, ``ptrace``, ``mount``, ``unshare``, ``kill``,
-  threads (``clone`` with ``CLONE_THREAD``, ``clone3``), ``open`` for writing or creating, and
-  any call not listed fails with EPERM. ``fork`` (``clone`` without ``CLONE_THREAD``/``CLONE_VM``
-  or namespace flags) stays allowed: the copy-on-write backup taken before each cell needs it
-  (see :mod:`repl.sandbox`); every forked process inherits all the layers and counts against
-  ``RLIMIT_NPROC``.
+  threads (``clone`` with ``CLONE_THREAD``, ``clone3``), ``open`` for writing or creating,
+  ``fcntl`` commands that point signals at a process (``F_SETOWN``, ``F_SETOWN_EX``,
+  ``F_SETSIG``, ``F_SETLEASE``, ``F_NOTIFY``, ``F_SETFL`` with ``O_ASYNC``: an allow-list of
+  commands, the flag checked with a masked comparison), and any call not listed fails with
+  EPERM. ``fork`` (``clone`` without ``CLONE_THREAD``/``CLONE_VM`` or namespace flags) stays
+  allowed: the copy-on-write backup taken before each cell needs it (see :mod:`repl.sandbox`);
+  every forked process inherits all the layers and counts against ``RLIMIT_NPROC``.
 """
 
 from __future__ import annotations
@@ -134,7 +136,7 @@ _ALLOWED = [
     "read", "readv", "pread64", "write", "writev", "sendmsg", "recvmsg", "sendto", "recvfrom", "shutdown",
     "getsockopt", "setsockopt", "getsockname", "getpeername", "close", "close_range", "fstat", "newfstatat",
     "stat", "lstat", "statx", "fstatfs", "statfs", "lseek", "getdents64", "readlink", "readlinkat", "access",
-    "faccessat", "faccessat2", "getcwd", "fcntl", "dup", "dup2", "dup3", "pipe", "pipe2", "mmap", "munmap",
+    "faccessat", "faccessat2", "getcwd", "dup", "dup2", "dup3", "pipe", "pipe2", "mmap", "munmap",
     "mremap", "mprotect", "brk", "madvise", "mincore", "msync", "rt_sigaction", "rt_sigprocmask",
     "rt_sigreturn", "sigaltstack", "restart_syscall", "getpid", "gettid", "getppid", "getpgid", "getpgrp",
     "getsid", "getuid", "geteuid", "getgid", "getegid", "getgroups", "getresuid", "getresgid", "getrlimit",
@@ -150,6 +152,16 @@ _CLONE_FORBIDDEN = (0x00000100 | 0x00010000 | _CLONE_NEWNS | _CLONE_NEWUSER | _C
                     | 0x04000000 | 0x08000000 | 0x20000000 | 0x02000000 | 0x00000080)  # UTS IPC PID CGROUP...
 _PR_SET_PDEATHSIG = 1
 _IOCTLS = (0x5401, 0x541B, 0x5421, 0x5450, 0x5451)  # TCGETS FIONREAD FIONBIO FIONCLEX FIOCLEX
+# fcntl commands, an allow-list (issue 26): not F_SETOWN (8), F_SETSIG (10), F_SETOWN_EX (15), which
+# direct SIGIO/SIGURG, or any signal, at another process; not F_SETLEASE (1024) or F_NOTIFY (1026),
+# which also deliver signals (and a lease blocks other processes opening the file); F_SETFL (4)
+# only without O_ASYNC (which turns that signalling on).
+_F_DUPFD, _F_GETFD, _F_SETFD, _F_GETFL, _F_SETFL, _F_GETLK, _F_SETLK, _F_SETLKW = range(8)
+_FCNTLS = (_F_DUPFD, _F_GETFD, _F_SETFD, _F_GETFL, _F_GETLK, _F_SETLK, _F_SETLKW,
+           9, 11, 16,  # F_GETOWN F_GETSIG F_GETOWN_EX
+           36, 37, 38,  # F_OFD_GETLK F_OFD_SETLK F_OFD_SETLKW
+           1025, 1030, 1032, 1034)  # F_GETLEASE F_DUPFD_CLOEXEC F_GETPIPE_SZ F_GET_SEALS
+_O_ASYNC = getattr(os, "O_ASYNC", 0o20000)
 
 
 def preload() -> None:
@@ -182,11 +194,14 @@ def seccomp() -> str:
             f.add_rule(sc.ALLOW, name, sc.Arg(arg, sc.MASKED_EQ, _O_WRITE_FLAGS, 0))
         for request in _IOCTLS:  # isatty() and friends; not TIOCSTI (typing into a terminal)
             f.add_rule(sc.ALLOW, "ioctl", sc.Arg(1, sc.EQ, request))
+        for cmd in _FCNTLS:
+            f.add_rule(sc.ALLOW, "fcntl", sc.Arg(1, sc.EQ, cmd))
+        f.add_rule(sc.ALLOW, "fcntl", sc.Arg(1, sc.EQ, _F_SETFL), sc.Arg(2, sc.MASKED_EQ, _O_ASYNC, 0))
         f.add_rule(sc.ALLOW, "clone", sc.Arg(0, sc.MASKED_EQ, _CLONE_FORBIDDEN, 0))
         f.add_rule(sc.ERRNO(errno.ENOSYS), "clone3")  # libc falls back to clone, checked above
         f.add_rule(sc.ALLOW, "prctl", sc.Arg(0, sc.EQ, _PR_SET_PDEATHSIG))
         f.load()
     except OSError as e:
         raise LayerUnavailable(f"seccomp: the filter could not be loaded ({e})") from None
-    return (f"seccomp allow-list ({n + 4} calls; no execve, socket, connect, bind, ptrace, mount, kill, "
-            "threads, open for writing)")
+    return (f"seccomp allow-list ({n + 5} calls; no execve, socket, connect, bind, ptrace, mount, kill, "
+            "threads, open for writing, fcntl signal ownership or O_ASYNC)")

@@ -12,7 +12,8 @@ Invariants the guards keep (each one is tested in tests/test_repl_redteam.py):
 3. No real module object is ever handed out: ``import`` returns a :class:`SandboxModule` that
    holds copies of a module's public functions, classes and constants only, never the modules
    reachable from it (``statistics.sys``, ``json.decoder``), and whose ``__name__`` does not
-   exist (``from json import decoder`` would otherwise fall back to ``sys.modules``).
+   exist (``from json import decoder`` would otherwise fall back to ``sys.modules``); nor is
+   the module type's constructor (``type(json)`` is a view, see 8: it built modules with any names).
 4. Functions that reach around the guards are replaced: ``str.format``/``format_map``,
    ``string.Formatter`` and ``collections.UserString.format`` (attribute lookups inside format
    strings), ``operator.attrgetter``,
@@ -29,8 +30,18 @@ Invariants the guards keep (each one is tested in tests/test_repl_redteam.py):
    allow-list (``decimal.Context``, ``textwrap.TextWrapper``) and exceptions; items of any
    container stay writable. ``functools.update_wrapper`` writes only into the sandbox's own
    functions and classes and copies a ``__dict__`` only from them; ``copy`` refuses instances with private keys in their own dict.
+   ``functools.cached_property`` caches under a public ``attrname`` only, for classes made in the
+   sandbox, reading the name once (a subclass's ``attrname = '__deepcopy__'`` planted a private key).
 7. ``getattr`` never returns a C-level callable with a private name, nor the original
    ``str.format``/``format_map``, whatever public name it was found under.
+8. ``type(x)`` hands out the real class only for classes the cell can already name: a builtin,
+   a class an allowed module exports, a class made in the sandbox, an exception. Any other
+   class, the interpreter's types (``MethodType``, ``FunctionType``, ``GenericAlias``:
+   ``type(list[int])(f, ())()`` called ``f`` and wrote ``__orig_class__`` on what it returned)
+   and the policy's own (``SandboxModule``) give a view, which compares, prints and works with
+   ``isinstance`` but cannot be called or subclassed. (A subscripted stdlib generic, called,
+   still has C code write ``__orig_class__`` on the fresh instance it builds, as in Python:
+   ``collections.OrderedDict[int]()``; ``copy`` refuses such an instance.)
 
 This is one layer; the process model in :mod:`repl.sandbox` is the other (a killed or
 compromised cell cannot reach the host: it runs in a separate, rlimited process).
@@ -595,6 +606,41 @@ def _guarded_enum_call(cls, value, names=None, *args, **kwargs):
     return _REAL_COPY["enum_call"](cls, value)
 
 
+_NOT_FOUND = object()
+
+
+def _cached_property_get(self, instance, owner=None):
+    """``functools.cached_property.__get__`` for the sandbox: the value goes into the instance's
+    dict under ``attrname``, a name the stdlib takes from the instance and that the cell can set
+    on its own subclass (``attrname = '__deepcopy__'`` planted a private key: issue 26). The name
+    is read once (a property cannot answer a public name to a check and a private one to the
+    write) and, for a class made in the sandbox, must be a public one."""
+    if instance is None:
+        return self
+    name = self.attrname
+    owned = any(c in SANDBOX_CLASSES for c in type(instance).__mro__) or any(
+        c in SANDBOX_CLASSES for c in type(self).__mro__)
+    if owned and (type(name) is not str or name.startswith("_") or name in BLOCKED_ATTRS):
+        raise TypeError("cached_property: the attribute name must be a public name in the sandbox")
+    if name is None:
+        raise TypeError("Cannot use cached_property instance without calling __set_name__ on it.")
+    func = self.func
+    try:
+        cache = instance.__dict__
+    except AttributeError:
+        raise TypeError(f"No '__dict__' attribute on {type(instance).__name__!r} instance to cache "
+                        f"{name!r} property.") from None
+    val = cache.get(name, _NOT_FOUND)
+    if val is _NOT_FOUND:
+        val = func(instance)
+        try:
+            cache[name] = val
+        except TypeError:
+            raise TypeError(f"The '__dict__' attribute on {type(instance).__name__!r} instance does not support "
+                            f"item assignment for caching {name!r} property.") from None
+    return val
+
+
 def _userstring_format(self, /, *args, **kwargs):
     return guarded_getattr(self.data, "format")(*args, **kwargs)
 
@@ -613,6 +659,7 @@ def _patch_stdlib() -> None:
     import enum
 
     collections.UserString.format = _userstring_format
+    _functools.cached_property.__get__ = _cached_property_get
     collections.UserString.format_map = _userstring_format_map
     if not _REAL_COPY:
         _REAL_COPY.update(copy=copy.copy, deepcopy=copy.deepcopy, register=abc.ABCMeta.register,
@@ -723,6 +770,22 @@ def _module_names(mod, allow=None, deny=(), replace=None, extra_constant_types=(
     return out
 
 
+def _strptime():
+    """``time.strptime``: the C function imports ``_strptime`` on every call, through the
+    caller's ``__import__`` (the sandbox's, which refuses it); this calls the same function
+    directly (``datetime.strptime`` keeps the module it imported once, in _preload)."""
+    import _strptime
+
+    real = _strptime._strptime_time
+
+    def strptime(string, format="%a %b %d %H:%M:%S %Y", /):
+        return real(string, format)
+
+    strptime.__doc__ = ("strptime(string, format) -> struct_time\n\n"
+                        "Parse a string to a time tuple according to a format.")
+    return strptime
+
+
 def _build_modules() -> dict[str, SandboxModule]:
     import base64
     import bisect
@@ -789,7 +852,7 @@ def _build_modules() -> dict[str, SandboxModule]:
             "time", "time_ns", "perf_counter", "perf_counter_ns", "monotonic", "monotonic_ns",
             "process_time", "process_time_ns", "sleep", "strftime", "strptime", "gmtime",
             "localtime", "mktime", "asctime", "ctime", "struct_time", "timezone", "altzone",
-            "daylight", "tzname"]}),
+            "daylight", "tzname"], "replace": {"strptime": _strptime()}}),
     }
     _ATTR_WRITABLE_STDLIB.update((decimal.Context, textwrap.TextWrapper))
     out = {}
@@ -853,9 +916,11 @@ class _TypeMeta(type):
         t = type(args[0])
         if issubclass(t, type):  # the class of a class: never hand out a real metaclass
             return SafeType if (t is type or t is _TypeMeta) else _MetaclassView(t)
-        if t in INTERPRETER_TYPES or t is _TypeView or t is _MetaclassView:  # types.MethodType...
+        if t in INTERPRETER_TYPES or t in _HIDDEN_TYPES:  # types.MethodType, the module type...
             return _type_view(t)
-        return t
+        if t in EXPORTED_TYPES or t in SANDBOX_CLASSES or issubclass(t, BaseException):
+            return t
+        return _type_view(t)  # a class the cell cannot name (_json.Scanner...): compared, not called
 
     def __instancecheck__(cls, obj):
         return issubclass(type(obj), type)
@@ -906,8 +971,13 @@ INTERPRETER_TYPES = frozenset({
     types.WrapperDescriptorType, types.MethodDescriptorType, types.ClassMethodDescriptorType,
     types.GetSetDescriptorType, types.MemberDescriptorType, types.MappingProxyType,
     types.ModuleType, weakref.ref, weakref.ProxyType, weakref.CallableProxyType,
+    types.GenericAlias,  # GenericAlias(f, ())() calls f and writes __orig_class__ on what it returns
 })
 _VIEWS: dict = {}
+# The classes whose real class type() hands out, besides the sandbox's own classes and exceptions:
+# those the cell can already name (a builtin, or a class an allowed module exports). Any other
+# class gives a view (filled by build_namespace): its constructor was never the cell's to call.
+EXPORTED_TYPES: set = set()
 
 
 class _TypeView:
@@ -963,6 +1033,9 @@ def _type_view(t: type) -> _TypeView:
 
 
 _FORBIDDEN_BASES = (SandboxModule, SafeType, _MetaclassView, _ReadOnly, _TypeView)
+# The policy's own classes: their constructors are not the cell's to call (SandboxModule(label,
+# names) built a module with any names, private ones included).
+_HIDDEN_TYPES = frozenset({SandboxModule, _TypeView, _MetaclassView, _ReadOnly, _ItemsOnly})
 
 
 def _class_meta(bases, kwargs):
@@ -1407,6 +1480,10 @@ def build_namespace(primitives: dict) -> dict:
     ns = SANDBOX_GLOBALS
     ns.clear()
     ns["__builtins__"] = _build_builtins()
+    EXPORTED_TYPES.clear()
+    for values in [ns["__builtins__"].values()] + [object.__getattribute__(m, "__dict__").values()
+                                                   for m in MODULES.values()]:
+        EXPORTED_TYPES.update(v for v in values if isinstance(v, type) and v not in _HIDDEN_TYPES)
     ns.update(HOOKS)
     ns.update(primitives)
     PRIMITIVE_NAMES[:] = sorted(primitives)

@@ -25,7 +25,10 @@ import json
 import os
 import socket
 import struct
+import sys
 import time
+from json.encoder import encode_basestring_ascii as _encode_str
+from typing import NoReturn
 
 MAX_DEPTH = 200
 _HEADER = struct.Struct(">I")
@@ -50,41 +53,57 @@ def _type_name(x: object) -> str:
     return t.__name__ if isinstance(t.__name__, str) else "object"
 
 
+def _str_size(x: str) -> int:
+    """The exact size of ``x`` in ASCII JSON, escapes and quotes included (json's own C encoder)."""
+    return len(_encode_str(x))
+
+
 def to_wire(x: object, depth: int = 0, budget: list[int] | None = None) -> object:
     """Encode plain data into JSON-able values (see module doc). Raises PlainDataError.
 
-    ``budget`` (a list ``[bytes still allowed]``, optionally ``[bytes, items still allowed]``)
+    ``budget`` (a list ``[bytes still allowed]``, optionally ``[bytes, units still allowed]``)
     stops the walk as soon as the JSON would exceed it, before the encoded copy is built: a
     value too large to send must not cost the sender its memory (``big = ['y' * 10**6] * 300``
-    under a 256 MB limit), and a value with more than :data:`MAX_NODES` items is refused here,
-    by the sender, as the receiver would refuse it (``[[]] * 4_000_000``)."""
+    under a 256 MB limit), nor its time (``[int('9' * 3612)] * 70000`` is 253 MB of digits,
+    not 70,000 times 8 bytes). Sizes are the real ones in ASCII JSON: an int by its decimal
+    digits, a string with its escapes. Units are what the receiver counts before it decodes
+    (:func:`count_units`: brackets and commas outside strings, the tags included), so a value
+    with more than :data:`MAX_NODES` of them is refused here, by the sender, exactly as the
+    receiver would refuse it (``[[]] * 4_000_000``)."""
     if depth > MAX_DEPTH:
         raise PlainDataError("plain data nested too deeply (or a reference cycle)")
     t = type(x)
-    if budget is not None:
-        budget[0] -= (len(x) + 3) if t is str else 8
-        if budget[0] < 0:
-            raise PlainDataError("the value is over the limit of the message size (max_message_mb); send a smaller part")
-        if len(budget) > 1:
-            budget[1] -= 1
-            if (t is list or t is tuple or t is dict) and budget[1] < len(x):  # one per item at least:
-                budget[1] = -1  # fail before the walk
-            if budget[1] < 0:
-                raise PlainDataError(f"the value has more than {MAX_NODES:,} items (lists, dicts, strings, numbers "
-                                     "counted together); send a smaller part")
     if t is int and x.bit_length() > MAX_INT_BITS:
         raise PlainDataError(f"int of {x.bit_length()} bits is too large to be plain data")
+    if budget is not None:
+        if t is str:
+            size = _str_size(x)
+        elif t is int:
+            size = (x.bit_length() * 1233 >> 12) + 2  # decimal digits (an upper bound) and a sign
+        elif t is float:
+            size = 24
+        elif t is list or t is tuple or t is dict:
+            size = 2 + len(x) + (8 if t is tuple else 0)
+        else:
+            size = 5
+        budget[0] -= size
+        if budget[0] < 0:
+            raise PlainDataError("the value is over the limit of the message size (max_message_mb); send a smaller part")
     if t is str or t is int or t is bool or x is None:
         return x
     if t is float:
         return x
     if t is list:
+        _charge_units(budget, 1 + max(len(x) - 1, 0))
         return [to_wire(v, depth + 1, budget) for v in x]
     if t is tuple:
+        _charge_units(budget, 2 + max(len(x) - 1, 0))
         return {"$t": [to_wire(v, depth + 1, budget) for v in x]}
     if t is dict:
         if all(type(k) is str and not k.startswith("$") for k in x):
+            _charge_units(budget, 1 + max(len(x) - 1, 0))
             return {to_wire(k, depth + 1, budget): to_wire(v, depth + 1, budget) for k, v in x.items()}
+        _charge_units(budget, 2 + max(len(x) - 1, 0) + 2 * len(x))  # {"$d":[[k,v],...]}
         items = []
         for k, v in x.items():
             if type(k) not in (str, int, float, bool, tuple) and k is not None:
@@ -96,41 +115,80 @@ def to_wire(x: object, depth: int = 0, budget: list[int] | None = None) -> objec
     )
 
 
-# Decoding limits: what the host decodes comes from a process it treats as hostile. Every
-# frame is counted (structure_count) before json.loads builds anything: an item costs the host
-# ~60-100 bytes however few bytes it took on the wire ('[],' is 3 bytes, a list is 56).
+def _charge_units(budget: list[int] | None, units: int) -> None:
+    if budget is None or len(budget) < 2:
+        return
+    budget[1] -= units
+    if budget[1] < 0:
+        raise PlainDataError(f"the value has more than {MAX_NODES:,} items (lists, dicts, strings, numbers "
+                             "counted together); send a smaller part")
+
+
+# Decoding limits: what the host decodes comes from a process it treats as hostile.
+# * Units (count_units): every frame is counted before json.loads builds anything, at C speed
+#   and in chunks, stopping at the first chunk past the limit: an item costs the host ~60-100
+#   bytes however few bytes it took on the wire ('[],' is 3 bytes, a list is 56).
+# * Depth: nesting is counted at the same time (json.loads recurses in C).
+# * Time: the scan, json.loads (through its number and object hooks) and from_wire check the
+#   caller's deadline as they go, so decoding stops at the deadline (DecodeTimeout), whatever
+#   the frame holds; an int's cost grows with the square of its digits and is charged so.
 MAX_NODES = 1_000_000
-DECODE_S = 5.0
+# A rate json.loads sustains on strings and lists on a slow, loaded machine (900 MB/s idle on the
+# 2-core machine this was measured on, about 250 MB/s with three other processes running).
+PARSE_BYTES_PER_S = 200e6
+# Frames up to this size are decoded without the hooks (they cost ~8 us a frame): 1 MB of the
+# costliest content (4,300-digit ints) takes ~20 ms to decode here.
+_HOOKS_FROM = 1 << 20
+DECODE_S = 5.0  # from_wire's time limit when the caller gives no deadline
 _NODE_SLACK = 1_000  # the message envelope around the value
-# Keys with equal hashes make each dict insert linear (int and tuple hashes are not salted):
-# 20,000 colliding int keys held the host for seconds per decode. More than this many keys
-# sharing a hash with another key is refused.
-MAX_HASH_COLLISIONS = 256
+# An honest value nests at most MAX_DEPTH containers, each of which is at most two JSON levels
+# (a tuple is {"$t": [...]}), inside the message envelope.
+MAX_JSON_DEPTH = 2 * MAX_DEPTH + 16
+# The longest int the sender writes (MAX_INT_BITS bits) has 3,613 digits: refused beyond.
+MAX_INT_CHARS = (MAX_INT_BITS * 1233 >> 12) + 2
+# Keys with equal hashes make each dict insert linear in the keys sharing that hash (int and
+# tuple hashes are not salted, and tuple keys with long equal prefixes make each comparison
+# costly too). An honest dict essentially never holds two distinct keys with one hash: more
+# than this many keys sharing a hash with another key, in one dict, is refused.
+MAX_HASH_COLLISIONS = 32
+
+
+class DecodeTimeout(WireError):
+    """Decoding did not finish before the caller's deadline (the message is refused)."""
 
 
 class _Budget:
     __slots__ = ("deadline", "nodes", "started")
 
-    def __init__(self, max_nodes: int, max_s: float):
+    def __init__(self, max_nodes: int, deadline: float):
         self.nodes = max_nodes
         self.started = time.monotonic()
-        self.deadline = self.started + max_s
+        self.deadline = deadline
 
     def tick(self, n: int = 1) -> None:
         self.nodes -= n
         if self.nodes < 0:
             raise WireError("plain data with too many items to decode")
         if not self.nodes & 0x3FF and time.monotonic() > self.deadline:
-            raise WireError(f"decoding took longer than {self.deadline - self.started:g} s (refused)")
+            _late(self.started)
 
 
-def from_wire(x: object, depth: int = 0, *, max_nodes: int = MAX_NODES, max_s: float = DECODE_S) -> object:
-    """Decode what :func:`to_wire` produced, strictly, within ``max_nodes`` items and
-    ``max_s`` seconds; dicts whose keys collide in hash are refused. Raises WireError."""
+def _late(started: float) -> NoReturn:
+    raise DecodeTimeout(f"decoding took longer than the time left ({time.monotonic() - started:.2f} s, refused)")
+
+
+def from_wire(x: object, depth: int = 0, *, max_nodes: int = MAX_NODES, max_s: float | None = None,
+              deadline: float | None = None) -> object:
+    """Decode what :func:`to_wire` produced, strictly, within ``max_nodes`` items and before
+    ``deadline`` (``time.monotonic()``; or within ``max_s`` seconds; :data:`DECODE_S` if
+    neither is given); dicts whose keys collide in hash are refused. Raises WireError
+    (DecodeTimeout at the deadline)."""
+    if deadline is None:
+        deadline = time.monotonic() + (DECODE_S if max_s is None else max_s)
     enabled = gc.isenabled()
     gc.disable()
     try:
-        return _from_wire(x, depth, _Budget(max_nodes, max_s))
+        return _from_wire(x, depth, _Budget(max_nodes, deadline))
     finally:
         if enabled:
             gc.enable()
@@ -153,24 +211,7 @@ def _from_wire(x: object, depth: int, b: _Budget) -> object:
                     raise WireError("bad tuple tag")
                 return tuple(_from_wire(i, depth + 1, b) for i in v)
             if k == "$d":
-                if type(v) is not list:
-                    raise WireError("bad dict tag")
-                pairs = []
-                for pair in v:
-                    if type(pair) is not list or len(pair) != 2:
-                        raise WireError("bad dict item")
-                    pairs.append((_from_wire(pair[0], depth + 1, b), pair[1]))
-                try:
-                    hashes = {hash(key) for key, _ in pairs}
-                except TypeError as e:  # unhashable key (a list inside a tuple...)
-                    raise WireError(f"bad dict key: {e}") from None
-                if len(pairs) - len(hashes) > MAX_HASH_COLLISIONS:
-                    raise WireError(f"dict with {len(pairs) - len(hashes):,} keys whose hashes collide refused "
-                                    "(decoding it would take quadratic time)")
-                out = {}
-                for key, val in pairs:
-                    out[key] = _from_wire(val, depth + 1, b)
-                return out
+                return _tagged_dict(v, depth, b)
         out = {}
         for k, v in x.items():
             if k.startswith("$"):
@@ -180,42 +221,141 @@ def _from_wire(x: object, depth: int, b: _Budget) -> object:
     raise WireError(f"unexpected JSON value of type {t.__name__}")
 
 
-def structure_count(body: bytes) -> int:
-    """An upper bound of the values in the JSON text ``body`` (containers, and commas outside
-    strings), computed with C-speed bytes methods only, before anything is decoded.
+def _tagged_dict(v: object, depth: int, b: _Budget) -> dict:
+    if type(v) is not list:
+        raise WireError("bad dict tag")
+    pairs = []
+    for pair in v:
+        if type(pair) is not list or len(pair) != 2:
+            raise WireError("bad dict item")
+        pairs.append((_from_wire(pair[0], depth + 1, b), pair[1]))
+    try:
+        hashes = {hash(key) for key, _ in pairs}
+    except TypeError as e:  # unhashable key (a list inside a tuple...)
+        raise WireError(f"bad dict key: {e}") from None
+    if len(pairs) - len(hashes) > MAX_HASH_COLLISIONS:
+        raise WireError(f"dict with {len(pairs) - len(hashes):,} keys whose hashes collide refused "
+                        "(decoding it would take quadratic time)")
+    b.tick(len(pairs) - len(hashes))  # each colliding key costs a comparison per insert: charged, and timed
+    out = {}
+    for key, val in pairs:
+        out[key] = _from_wire(val, depth + 1, b)
+    return out
 
-    Fast path: brackets and commas anywhere (strings included) -- nearly every frame. Exact
-    path (many commas inside long strings: text): escaped backslashes removed, then the real
-    quotes counted (each string is a value: too many strings is refused before splitting),
-    escaped quotes removed, and the text outside the strings counted. Exact for valid JSON;
-    anything else fails json.loads afterwards."""
-    n = body.count(b"[") + body.count(b"{") + body.count(b",")
-    if n <= MAX_NODES:
+
+_SCAN_CHUNK = 1 << 22
+_KEEP_STRUCTURE = bytes(c for c in range(256) if c not in b'[]{},"')  # deleted by translate
+_BRACKETS = bytes.maketrans(b"{}", b"[]")
+
+
+def count_units(body: bytes, max_units: int | None = MAX_NODES, deadline: float | None = None,
+                max_depth: int = MAX_JSON_DEPTH) -> int:
+    """The units of the JSON text ``body``: its brackets and commas outside strings (an upper
+    bound of the values it holds), computed with C-speed bytes methods, in chunks, before
+    anything is decoded. WireError past ``max_units`` (at the first chunk that passes it) or
+    nested deeper than ``max_depth``; DecodeTimeout past ``deadline``.
+
+    Fast path (nearly every frame): brackets and commas counted anywhere, strings included;
+    below both limits, done. Exact path: per chunk (never cut inside a backslash escape),
+    escaped backslashes and quotes removed, everything but structure and quotes deleted, the
+    text outside the strings counted; the brackets kept there give the depth. Exact for valid
+    JSON; anything else fails json.loads afterwards."""
+    started = time.monotonic()
+    limit = max_units if max_units is not None else 1 << 62
+    n = opens = 0
+    for i in range(0, len(body), _SCAN_CHUNK):
+        if deadline is not None and i and time.monotonic() > deadline:
+            _late(started)
+        o = body.count(b"[", i, i + _SCAN_CHUNK) + body.count(b"{", i, i + _SCAN_CHUNK)
+        opens += o
+        n += o + body.count(b",", i, i + _SCAN_CHUNK)
+        if n > limit:
+            break
+    if n <= limit and opens <= max_depth:
         return n
-    b = body.replace(b"\\\\", b"")
-    strings = (b.count(b'"') - b.count(b'\\"')) // 2
-    if strings > MAX_NODES:
-        return strings
-    parts = b.replace(b'\\"', b"").split(b'"')
-    outside = b"".join(parts[0::2])
-    parts = None
-    return strings + outside.count(b"[") + outside.count(b"{") + outside.count(b",")
+    n = 0
+    inside = False
+    brackets = []
+    start = 0
+    while start < len(body):
+        if deadline is not None and time.monotonic() > deadline:
+            _late(started)
+        end = min(start + _SCAN_CHUNK, len(body))
+        while end < len(body) and body[end - 1] == 0x5C:  # never cut after a backslash
+            end += 1
+        chunk = body[start:end]
+        start = end
+        if b"\\" in chunk:
+            chunk = chunk.replace(b"\\\\", b"").replace(b'\\"', b"")
+        kept = chunk.translate(None, _KEEP_STRUCTURE)
+        parts = kept.split(b'"')
+        outside = b"".join(parts[1 if inside else 0 :: 2])
+        if (len(parts) - 1) % 2:
+            inside = not inside
+        n += outside.count(b",") + outside.count(b"[") + outside.count(b"{")
+        if n > limit:
+            return n
+        brackets.append(outside.translate(_BRACKETS, b","))
+    if opens > max_depth:
+        _check_depth(b"".join(brackets), max_depth, deadline, started)
+    return n
+
+
+def _check_depth(brackets: bytes, max_depth: int, deadline: float | None, started: float) -> None:
+    """Innermost pairs removed, one level a pass: a balanced text is empty after as many passes
+    as it is deep. Unbalanced text is left to json.loads to refuse."""
+    for level in range(max_depth):
+        if not brackets:
+            return
+        if deadline is not None and not level & 15 and time.monotonic() > deadline:
+            _late(started)
+        shorter = brackets.replace(b"[]", b"")
+        if len(shorter) == len(brackets):
+            return
+        brackets = shorter
+    if b"[]" in brackets:
+        raise WireError(f"bad message: nested more than {max_depth} levels deep (refused before decoding)")
+
+
+def structure_count(body: bytes) -> int:
+    """Units of ``body`` (see :func:`count_units`), without limits."""
+    return count_units(body, None, None, 1 << 62)
 
 
 def dumps(msg: dict) -> bytes:
     return json.dumps(msg, ensure_ascii=True, allow_nan=True, separators=(",", ":")).encode("ascii")
 
 
-def loads(data: bytes, max_nodes: int | None = MAX_NODES) -> dict:
-    """Decode one frame body: refused before json.loads if it holds more than ``max_nodes``
-    values (:func:`structure_count`); the cyclic GC is off while decoding (millions of fresh
-    containers would trigger collections that scan all of them, over and over)."""
-    if max_nodes is not None and structure_count(data) > max_nodes + _NODE_SLACK:
-        raise WireError(f"bad message: more than {max_nodes:,} items (refused before decoding)")
+def loads(data: bytes, max_nodes: int | None = MAX_NODES, deadline: float | None = None) -> dict:
+    """Decode one frame body. ``max_nodes`` None: a trusted peer (the sandbox reading the host),
+    plain json.loads. Otherwise (the host reading the sandbox): refused before json.loads if it
+    holds more than ``max_nodes`` units or nests too deeply (:func:`count_units`), then decoded
+    with the cyclic GC off (millions of fresh containers would trigger collections that scan all
+    of them, over and over) and with hooks on every number and object that charge its cost and
+    check ``deadline`` (DecodeTimeout: json.loads stops there), ints refused past the longest
+    the sender writes."""
+    kw = {}
+    if max_nodes is not None:
+        started = time.monotonic()
+        if deadline is not None and started > deadline:
+            _late(started)
+        units = count_units(data, max_nodes + _NODE_SLACK, deadline)
+        if units > max_nodes + _NODE_SLACK:
+            raise WireError(f"bad message: more than {max_nodes:,} items (refused before decoding)")
+        # json.loads reads strings and lists without a hook to stop it: a frame that could not
+        # be decoded in the time left, at a rate this host sustains even under load, is refused
+        # before it starts (an honest value that large needs a longer timeout anyway)
+        if deadline is not None and time.monotonic() + len(data) / PARSE_BYTES_PER_S + units * 3e-7 > deadline:
+            raise DecodeTimeout(f"a message of {len(data):,} bytes cannot be decoded in the "
+                                f"{max(0.0, deadline - time.monotonic()):.2f} s left (refused before decoding)")
+        # a smaller frame decodes in milliseconds whatever it holds, as long as int() refuses long
+        # digit strings itself (sys.set_int_max_str_digits: a host may have lifted the limit)
+        if len(data) > _HOOKS_FROM or not 0 < _int_digits_limit() <= 2 * MAX_INT_CHARS:
+            kw = _hooks(deadline)
     enabled = gc.isenabled()
     gc.disable()
     try:
-        msg = json.loads(data.decode("ascii"))
+        msg = json.loads(data.decode("ascii"), **kw)
     except (ValueError, RecursionError, UnicodeDecodeError) as e:
         raise WireError(f"bad message: {e}") from None
     finally:
@@ -224,6 +364,57 @@ def loads(data: bytes, max_nodes: int | None = MAX_NODES) -> dict:
     if type(msg) is not dict or type(msg.get("op")) is not str:
         raise WireError("bad message: not an object with an 'op'")
     return msg
+
+
+def _int_digits_limit() -> int:
+    get = getattr(sys, "get_int_max_str_digits", None)
+    return get() if get is not None else 0
+
+
+def _hooks(deadline: float | None) -> dict:
+    """json.loads hooks for an untrusted frame: each number and object is charged (a unit is about
+    0.1 us; an int's parse grows with the square of its digits) and, every 4,096 units, the clock
+    is read against ``deadline``. Between two hook calls json only scans strings and lists
+    (bounded by the frame size and the unit count: well under a second for max_message_mb)."""
+    started = time.monotonic()
+    spent = [0]
+
+    def charge(units: int) -> None:
+        spent[0] += units
+        if spent[0] >= 4096:
+            spent[0] = 0
+            if deadline is not None and time.monotonic() > deadline:
+                _late(started)
+
+    def parse_int(text: str) -> int:
+        if len(text) > MAX_INT_CHARS:
+            raise WireError(f"int of {len(text):,} digits refused (at most {MAX_INT_CHARS:,})")
+        charge(1 + len(text) * len(text) // 20_000)
+        return int(text)
+
+    def parse_float(text: str) -> float:
+        charge(1 + len(text) // 1000)
+        return float(text)
+
+    def object_hook(obj: dict) -> dict:
+        charge(1 + len(obj))
+        return obj
+
+    return {"parse_int": parse_int, "parse_float": parse_float, "parse_constant": parse_float,
+            "object_hook": object_hook}
+
+
+def frame_prefix(op: str, nonce: str | None) -> bytes:
+    """How the body of a frame of ``op`` begins: ``{"op":"<op>","nonce":"<nonce>"`` (every frame
+    that belongs to a cell or a request), or ``{"op":"<op>",`` for the two that belong to none
+    (``hello``, ``ready``). :func:`dumps` keeps a dict's order, so a sender that builds its
+    message with ``op`` then ``nonce`` first writes exactly this; the host reads it before the
+    rest of the frame, and refuses a frame that does not begin so before reading its body."""
+    if op.isalnum() and op.isascii() and (nonce is None or (nonce.isalnum() and nonce.isascii())):
+        # what dumps writes for plain names (the host's nonces are hex), without its cost
+        return (f'{{"op":"{op}","nonce":"{nonce}"' if nonce is not None else f'{{"op":"{op}",').encode()
+    head = dumps({"op": op, "nonce": nonce} if nonce is not None else {"op": op})
+    return head[:-1] + (b"" if nonce is not None else b",")
 
 
 def frame(msg: dict, limit: int = MAX_FRAME) -> bytes:

@@ -1,4 +1,6 @@
-"""Host side of the sandbox: :class:`Sandbox`, :class:`SandboxConfig`, :class:`CellResult`.
+"""Host side of the sandbox: :class:`Sandbox`, which implements the session contract of
+:mod:`repl.session` (:class:`~repl.session.ReplSession`, :class:`~repl.session.CellResult`,
+:class:`~repl.session.SandboxConfig`), and :func:`layers`.
 
 Execution model
 ===============
@@ -27,9 +29,11 @@ size cap::
 * OS layer (:mod:`repl._oslayer`), so that an escape from the policy still reaches nothing: the
   supervisor enters a network namespace; the worker restricts itself with Landlock (read-only
   beneath the interpreter's paths, no TCP, no signals outside the sandbox) and a seccomp
-  allow-list (no execve, socket, connect, bind, ptrace, mount, kill, threads, open for writing).
-  Each layer that the kernel or the permissions refuse is reported by the child, warned about
-  once and listed by :meth:`Sandbox.describe`. The host sets ``PR_SET_DUMPABLE`` 0 on itself, so
+  allow-list (no execve, socket, connect, bind, ptrace, mount, kill, threads, open for writing,
+  fcntl commands that point signals at a process). Each layer that the kernel or the
+  permissions refuse is reported by the child, warned about once per process, logged once per
+  session (logger ``repl.sandbox``, INFO, the active and the missing ones), and listed by
+  :meth:`Sandbox.describe`, :func:`layers` and ``rlm doctor``. The host sets ``PR_SET_DUMPABLE`` 0 on itself, so
   a sandbox with the host's uid (non-root host) cannot read ``/proc/<host pid>``.
   Why ``fork`` stays allowed by seccomp: the backup below is a fork of the worker *after* the
   previous cell, so the process that runs cells must be able to fork; a filter (or a hard
@@ -42,19 +46,40 @@ size cap::
   the worker is killed after every cell (see "Trust" below). Without a session uid (non-root
   host) NPROC is soft only and an escaped cell can fork: its processes are killed after the
   cell, cannot answer on the channel, and die with the process group.
-* The host treats the child as hostile: every frame of a cell (``call``, ``done``) and every
-  answer to a request must carry the nonce the host chose for it (a forged or stale ``done`` is
-  refused and the session restored from the backup); ``get()`` outside a cell runs under a
-  backup as a cell does; every frame is counted before ``json.loads`` builds anything (at most
-  ``MAX_NODES`` = 1,000,000 items, which the sender also enforces, so an honest value is refused
-  in the sandbox with a clear error) and decoded with the cyclic GC off; frames other than
-  ``call``/``got``/``names`` are control frames, refused past the size of an honest ``done``,
-  whose strings the host cuts to ``output_limit`` again; decoding is also bounded in size
-  (``max_message_mb``), depth and time, and dicts whose keys collide in hash are refused
-  (:mod:`repl._wire`); decoding time counts against the cell's timeout (only the primitive's
-  own time is excluded) and is reported, as is the host time per primitive. A primitive's reply
-  is sent within the cell's remaining time: a worker that stops reading is killed at the
-  deadline (frames queued past it are not served).
+* The host treats the child as hostile. Its guarantees (issue 26: nothing a cell or a
+  compromised child sends keeps the host busy past the cell's timeout + 1 s):
+
+  H1. Every frame of a cell (``call``, ``done``) and every answer to a request must carry the
+      nonce the host chose for it (a forged or stale ``done`` is refused and the session
+      restored from the backup).
+  H2. A frame is checked before its body is read: its 4-byte length against its op's limit
+      (``call``/``got``/``names`` up to ``max_message_mb``; every other op is a control frame,
+      refused past the size of an honest ``done``), and its first bytes against the ops this
+      read expects and their nonce (``{"op":"call","nonce":"..."``, see
+      :func:`repl._wire.frame_prefix`). A frame of another op or nonce is refused at once,
+      however long it says it is. The body is read under the deadline.
+  H3. Decoding is bounded in units, nesting, int size and time (:mod:`repl._wire`): the frame is
+      counted before ``json.loads`` builds anything (at most ``MAX_NODES`` = 1,000,000 units,
+      brackets and commas outside strings, which the sender counts alike, so an honest value is
+      refused in the sandbox with a clear error), nested at most ``MAX_JSON_DEPTH``, refused if it
+      could not be decoded in the time left; json.loads charges every number and object and
+      stops at the deadline, as does the strict decoding after it, GC off; ints past the
+      sender's 12,000 bits and dicts with more than 32 keys colliding in hash are refused. The
+      deadline is the cell's: decoding time counts against it (only a primitive's own time is
+      excluded) and is reported, as is the host time per primitive; a decode that would pass it
+      ends the cell as a timeout (worker killed, backup takes over).
+  H4. ``get()`` and ``names()`` outside a cell run under a backup, as a cell does, and are
+      answered and decoded within ``timeout_s`` (from a primitive: within the running cell's
+      timeout): an answer that does not come in time, is refused, or kills the worker (memory)
+      ends with a SandboxError that says so, the backup taking over with the namespace intact. A
+      Ctrl-C while the host waits does the same before it goes on, so no answer is left behind.
+  H5. The strings of a ``done`` are cut to ``output_limit`` again by the host. A primitive's reply
+      is sent within the cell's remaining time: a worker that stops reading is killed at the
+      deadline (frames queued past it are not served).
+  H6. Whatever a primitive raises is the cell's exception, BaseExceptions included (SystemExit,
+      GeneratorExit, asyncio.CancelledError): the session and its names go on. KeyboardInterrupt
+      alone goes on to the caller, after the cell is ended as at a timeout (namespace as before
+      the cell), so that a Ctrl-C still stops the host.
 * Trust: the host starts the supervisor, and no cell code ever runs in it; but the worker, the
   backup and anything they fork run code the host does not trust once the policy is escaped
   (an escaped cell can patch the backup that later takes over). So the host takes no number,
@@ -94,6 +119,7 @@ The sandbox policy itself (what cell code may touch) is documented in :mod:`repl
 from __future__ import annotations
 
 import keyword
+import logging
 import os
 import secrets
 import select
@@ -105,72 +131,19 @@ import sys
 import threading
 import time
 import weakref
-from typing import Any, Callable, Literal
+from typing import Any, Callable
 
-from pydantic import BaseModel, ConfigDict, Field, computed_field
+from pydantic import BaseModel, Field
 
 from repl import _wire
+from repl.session import CellResult, SandboxConfig, SandboxError
 
-__all__ = ["CellResult", "Sandbox", "SandboxConfig", "SandboxError", "SandboxStats"]
+__all__ = ["CellResult", "Layer", "LayerReport", "Sandbox", "SandboxConfig", "SandboxError", "SandboxStats",
+           "layers"]
 
 _HEADER = struct.Struct(">I")
+_log = logging.getLogger("repl.sandbox")
 _RESERVED_NAMES = {"print", "printed", "breakpoint", "builtins"}
-
-
-class SandboxError(RuntimeError):
-    """The sandbox process could not be started or is unusable."""
-
-
-class SandboxConfig(BaseModel):
-    """Limits of a :class:`Sandbox` session."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    timeout_s: float = Field(10.0, gt=0, description="wall-clock limit per cell (time inside primitives excluded)")
-    memory_mb: int = Field(1024, ge=64, description="address-space limit of the sandbox process")
-    output_limit: int = Field(20_000, ge=200, description="characters of stdout (and of a value repr) kept per cell")
-    recursion_limit: int = Field(2000, ge=100, le=100_000)
-    count_primitive_time: bool = Field(False, description="count time spent inside primitives against timeout_s")
-    max_message_mb: int = Field(256, ge=1, description="largest message accepted from the sandbox")
-    startup_timeout_s: float = Field(60.0, gt=0)
-    python: str | None = Field(None, description="interpreter for the sandbox (default: sys.executable)")
-    drop_privileges: bool = Field(True, description="when the host runs as root, run cells as user 'nobody'")
-    debug: bool = Field(False, description="let the sandbox process write to the host's stderr")
-    os_layers: bool = Field(True, description="network namespace, landlock and seccomp in the sandbox process")
-    protect_host_proc: bool = Field(True, description="set PR_SET_DUMPABLE 0 on the host process, so that a "
-                                                      "same-uid sandbox cannot read its /proc entries")
-    unsafe_real_builtins: bool = Field(False, description="TESTS ONLY: cells get the real builtins and no "
-                                                          "policy, as after an escape, to test the OS layer alone")
-
-
-class CellResult(BaseModel):
-    """What running one cell produced."""
-
-    model_config = ConfigDict(frozen=True)
-
-    stdout: str = ""
-    value: str | None = None
-    error: str | None = None
-    error_type: str | None = None
-    limit: Literal["timeout", "memory", "output"] | None = None
-    duration_s: float = 0.0
-    cell: int = 0
-    restored: bool = Field(False, description="the namespace was rolled back to before this cell (after a kill)")
-    primitive_s: float = Field(0.0, description="time spent inside host primitives")
-    primitive_times: dict[str, float] = Field(default_factory=dict,
-                                              description="host seconds per primitive name (calls included)")
-    decode_s: float = Field(0.0, description="host time spent decoding the cell's messages (counts against timeout_s)")
-    dropped_chars: int = Field(0, description="stdout characters cut by output_limit")
-
-    @computed_field  # type: ignore[prop-decorator]
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-    def text(self) -> str:
-        """stdout, value and error as a notebook would show them."""
-        parts = [p for p in (self.stdout.rstrip("\n"), self.value, self.error) if p]
-        return "\n".join(parts)
 
 
 class SandboxStats(BaseModel):
@@ -195,14 +168,19 @@ class _Dead(Exception):
 
 class _Forged(_Dead):
     """A frame that the worker did not send (the kernel's SCM_CREDENTIALS name another
-    process) or that no honest worker sends (a control frame over its size)."""
+    process), or that no honest worker sends: an op or a nonce this read does not expect, a
+    frame over its op's size, a frame that does not decode."""
+
+
+class _Late(_Forged):
+    """Decoding a frame did not finish before the deadline (refused, as a cell past its timeout)."""
 
 
 _UCRED = struct.Struct("iII")  # struct ucred: pid, uid, gid
 _CRED_SPACE = socket.CMSG_SPACE(_UCRED.size)
 # Frames that carry user data (a primitive call, a get() answer, the names listing) may be up
 # to max_message_mb; every other frame is a small control frame (see _Conn.control_bytes).
-_DATA_OPS = (b"call", b"got", b"names")
+_DATA_OPS = frozenset({"call", "got", "names"})
 
 
 class _Conn:
@@ -212,7 +190,12 @@ class _Conn:
     (SCM_CREDENTIALS; an unprivileged sender can only send its own). ``expect_pid``, once
     set, is the only process whose bytes are accepted; ``frame_pids`` are the senders of the
     last frame returned. That is how the host learns a worker's pid without taking it from
-    the sandbox's word, and why a process forked by a cell cannot answer on the channel."""
+    the sandbox's word, and why a process forked by a cell cannot answer on the channel.
+
+    Every read names the ops it accepts and the nonce they must carry: the 4-byte header (the
+    length, against the op's limit) and the first bytes of the body (op and nonce, see
+    :func:`repl._wire.frame_prefix`) are checked as soon as they arrive, before the rest of the
+    frame is read; the rest is read, and decoded, under the caller's deadline."""
 
     def __init__(self, sock: socket.socket, max_bytes: int, control_bytes: int = 1 << 20):
         self.sock = sock
@@ -262,30 +245,52 @@ class _Conn:
                     raise _Dead("the sandbox stopped reading")
                 return False
 
-    def recv(self, deadline: float | None) -> dict | None:
-        """Next message, or None at the deadline. Raises _Dead on EOF or a bad frame,
-        _Forged on bytes from a process other than ``expect_pid`` or an oversized control frame."""
+    def _check_head(self, n: int, ops: tuple[str, ...], nonce: str | None) -> bool:
+        """Header and body prefix of the frame at the front of the buffer, before its body is
+        read: True once checked, False if more bytes are needed; _Forged if refused."""
+        if n > self.max_bytes:
+            raise _Forged(f"message of {n:,} bytes from the sandbox exceeds max_message_mb")
+        prefixes = [(op, _wire.frame_prefix(op, nonce)) for op in ops]
+        need = max(len(p) for _, p in prefixes)
+        if len(self.buf) < 4 + min(n, need):
+            return False
+        head = bytes(self.buf[4 : 4 + min(n, need)])
+        for op, prefix in prefixes:
+            if head.startswith(prefix):
+                limit = self.max_bytes if op in _DATA_OPS else self.control_bytes
+                if n > limit:
+                    raise _Forged(f"{op} frame of {n:,} bytes from the sandbox (at most {limit:,})")
+                return True
+        got = head[:40].decode("ascii", "replace")
+        want = " or ".join(ops) + (" with this nonce" if nonce is not None else "")
+        raise _Forged(f"a frame that is not {want} ({got!r}...), refused before reading its {n:,} bytes")
+
+    def recv(self, deadline: float | None, ops: tuple[str, ...], nonce: str | None = None) -> dict | None:
+        """Next message, one of ``ops`` carrying ``nonce``; None at the deadline. Raises _Dead on
+        EOF, _Forged on bytes from a process other than ``expect_pid`` or a frame refused (from
+        its header and first bytes, before its body is read, or when it does not decode), _Late
+        when decoding would go past the deadline."""
+        checked = False
         while True:
             if len(self.buf) >= 4:
                 (n,) = _HEADER.unpack_from(self.buf)
-                if n > self.max_bytes:
-                    raise _Forged(f"message of {n} bytes from the sandbox exceeds max_message_mb")
-                if n > self.control_bytes and len(self.buf) >= 4 + 16:
-                    head = bytes(self.buf[4:20])
-                    if not any(head.startswith(b'{"op":"' + op + b'"') for op in _DATA_OPS):
-                        raise _Forged(f"control frame of {n} bytes from the sandbox (at most {self.control_bytes})")
-                if len(self.buf) >= 4 + n:
-                    body = bytes(self.buf[4 : 4 + n])
+                if not checked:
+                    checked = self._check_head(n, ops, nonce)
+                if checked and len(self.buf) >= 4 + n:
+                    body = bytes(memoryview(self.buf)[4 : 4 + n])
                     del self.buf[: 4 + n]
                     self.frame_pids, self.pids = self.pids, set()
                     if self.buf:  # the next frame began in the same chunk: same sender
                         self.pids = set(self.frame_pids)
                     t0 = time.monotonic()
                     try:
-                        return _wire.loads(body)
+                        return _wire.loads(body, deadline=deadline)
+                    except _wire.DecodeTimeout as e:
+                        raise _Late(str(e)) from None
                     except _wire.WireError as e:
                         raise _Forged(str(e)) from None
                     finally:
+                        body = None
                         self.decode_s += time.monotonic() - t0
             if not self._wait(select.POLLIN, deadline):
                 return None
@@ -430,6 +435,7 @@ class Sandbox:
                 self._values[name] = obj
         self._lock = threading.RLock()
         self._in_run = False
+        self._abandoned: str | None = None  # set when a request from a primitive had to kill the worker
         self._cell = 0
         self._closed = False
         self._stats = SandboxStats()
@@ -447,6 +453,8 @@ class Sandbox:
             _protect_host()
         self._spawn()
         self._finalizer = weakref.finalize(self, Sandbox._cleanup, self._proc, self._conn)
+        if _log.isEnabledFor(logging.INFO):  # once per session: the layers this session got
+            _log.info(self.layer_report().summary())
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -478,7 +486,7 @@ class Sandbox:
             "unsafe_real_builtins": cfg.unsafe_real_builtins}}
         try:
             self._conn.send(init, timeout=cfg.startup_timeout_s)
-            hello = self._conn.recv(time.monotonic() + cfg.startup_timeout_s)
+            hello = self._conn.recv(time.monotonic() + cfg.startup_timeout_s, ("hello",))
             if hello is None or hello.get("op") != "hello":
                 raise _Dead("no hello from the sandbox")
             # the worker's pid as the kernel reports it (SCM_CREDENTIALS), never the frame's word
@@ -723,7 +731,7 @@ class Sandbox:
         deadline = time.monotonic() + 5.0
         try:
             backup.send({"op": "takeover"}, timeout=5.0)
-            msg = backup.recv(deadline)
+            msg = backup.recv(deadline, ("ready",))
         except _Dead:
             msg = None
         # The new worker's pid is the sender of 'ready' as the kernel vouches for it, checked
@@ -766,6 +774,7 @@ class Sandbox:
 
     def _run(self, code: str, timeout: float) -> CellResult:
         self._run_timeout = timeout
+        self._abandoned = None
         self._cell += 1
         cell = self._cell
         # Every frame of this cell must carry this nonce: a frame forged or left over from an
@@ -803,18 +812,22 @@ class Sandbox:
         c_new.close()
         deadline = time.monotonic() + timeout
 
-        def timed_out() -> CellResult:
+        def timed_out(late: str | None = None) -> CellResult:
             self._kill_worker()
             if not self._takeover(backup):
                 return lost("the session could not be restored after the timeout")
-            return result(error=(f"TimeoutError: the cell ran longer than {timeout:g} s and was stopped; "
-                                 "the namespace is as it was before the cell"),
+            what = (f"the cell ran longer than {timeout:g} s and was stopped" if late is None else
+                    f"the cell was stopped: its message to the host could not be decoded within its {timeout:g} s "
+                    f"({late})")
+            return result(error=f"TimeoutError: {what}; the namespace is as it was before the cell",
                           error_type="TimeoutError", limit="timeout", restored=True)
 
         try:
             while True:
                 try:
-                    msg = self._conn.recv(deadline)
+                    msg = self._conn.recv(deadline, ("call", "done"), nonce)
+                except _Late as e:
+                    return timed_out(str(e))
                 except _Forged as e:
                     op = f"refused frame: {e}"
                     msg = {}
@@ -826,15 +839,25 @@ class Sandbox:
                     op = msg.get("op")
                 if not msg:
                     pass
-                elif msg.get("nonce") != nonce:
+                elif msg.get("nonce") != nonce:  # checked before the body was read; kept as a second check
                     op = f"{op} frame without this cell's nonce"
                 elif op == "call":
                     if time.monotonic() >= deadline:  # frames queued past the deadline are not served
                         return timed_out()
-                    reply, spent = self._call_primitive(msg)
+                    try:
+                        reply, spent = self._call_primitive(msg, deadline)
+                    except _wire.DecodeTimeout as e:
+                        return timed_out(str(e))
                     prim_s += spent
                     if type(msg.get("name")) is str and msg["name"] in self._callables:
                         prim_times[msg["name"]] = prim_times.get(msg["name"], 0.0) + spent
+                    if self._abandoned is not None:  # a get()/names() from the primitive killed the worker
+                        why, self._abandoned = self._abandoned, None
+                        if not self._takeover(backup):
+                            return lost(f"the session could not be restored ({why})")
+                        return result(error=f"SandboxError: the sandbox {why}; the cell was stopped and the "
+                                            "namespace is as it was before the cell",
+                                      error_type="SandboxError", restored=True)
                     if not self.config.count_primitive_time:
                         deadline += spent  # only the primitive itself: decoding counts against the cell
                     # The reply is sent within the cell's remaining time: a worker that does not
@@ -852,10 +875,14 @@ class Sandbox:
                 return result(error=f"SandboxError: protocol error from the sandbox ({op!r}); session restored",
                               error_type="SandboxError", restored=True)
         except KeyboardInterrupt:
+            # The host's Ctrl-C (or a primitive that raised KeyboardInterrupt): the cell is
+            # stopped as at a timeout (worker killed, its backup takes over: the namespace as it
+            # was before the cell), then the interrupt goes on to the caller.
             self._kill_worker()
             if not self._takeover(backup):
                 backup.close()
                 self._restart()
+                self._stats.restarts += 1
             raise
 
     def _finish(self, msg: dict, backup: _Conn, result, lost) -> CellResult:
@@ -917,8 +944,13 @@ class Sandbox:
         return result(error=f"{etype}: {text}; the namespace is as it was before the cell",
                       error_type=etype, limit=limit, restored=True)
 
-    def _call_primitive(self, msg: dict) -> tuple[dict, float]:
-        """Run one primitive call: (reply, seconds inside the primitive itself)."""
+    def _call_primitive(self, msg: dict, deadline: float) -> tuple[dict, float]:
+        """Run one primitive call: (reply, seconds inside the primitive itself). Its arguments are
+        decoded before ``deadline`` (the cell's; _wire.DecodeTimeout past it). Whatever the
+        primitive raises becomes the cell's exception, BaseExceptions included (SystemExit,
+        GeneratorExit, asyncio.CancelledError from an async client being cancelled): the session
+        and its names go on. KeyboardInterrupt alone goes on to the caller (``run`` stops the
+        cell cleanly first): a Ctrl-C on the host must still stop the host."""
         name = msg.get("name")
         fn = self._callables.get(name) if type(name) is str else None
         self._stats.primitive_calls += 1
@@ -926,10 +958,12 @@ class Sandbox:
             return {"op": "reply", "ok": False, "etype": "NameError", "message": f"no primitive {name!r}"}, 0.0
         t0 = time.monotonic()
         try:
-            args = _wire.from_wire(msg.get("args"))
-            kwargs = _wire.from_wire(msg.get("kwargs"))
+            args = _wire.from_wire(msg.get("args"), deadline=deadline)
+            kwargs = _wire.from_wire(msg.get("kwargs"), deadline=deadline)
             if type(args) is not list or type(kwargs) is not dict:
                 raise _wire.WireError("bad call")
+        except _wire.DecodeTimeout:
+            raise
         except _wire.WireError as e:
             return {"op": "reply", "ok": False, "etype": "TypeError", "message": f"{name}(): {e}"}, 0.0
         finally:
@@ -937,8 +971,10 @@ class Sandbox:
         t0 = time.monotonic()
         try:
             value = fn(*args, **kwargs)
-        except Exception as e:  # noqa: BLE001 - a primitive's exception belongs to the cell
-            return {"op": "reply", "ok": False, "etype": type(e).__name__, "message": _scrub(str(e))}, \
+        except KeyboardInterrupt:
+            raise
+        except BaseException as e:  # noqa: BLE001 - a primitive's exception belongs to the cell
+            return {"op": "reply", "ok": False, "etype": type(e).__name__, "message": _scrub(_exc_text(e))}, \
                 time.monotonic() - t0
         finally:
             spent = time.monotonic() - t0
@@ -952,75 +988,90 @@ class Sandbox:
 
     # -- namespace --------------------------------------------------------------------------
 
-    def _request(self, msg: dict, timeout: float = 60.0) -> dict:
-        with self._lock:
-            self._check_open()
-            nonce = secrets.token_hex(16)
-            try:
-                self._conn.send({**msg, "nonce": nonce}, timeout=timeout)
-                reply = self._conn.recv(time.monotonic() + timeout)
-            except _Dead as e:
-                self._kill_worker()  # dead, or sent what no worker sends: the cell's backup takes over
-                raise SandboxError(f"the sandbox did not answer: {e}") from None
-            if reply is None:
-                raise SandboxError("the sandbox did not answer in time")
-            if reply.get("nonce") != nonce:
-                self._kill_worker()
-                self._restart()
-                self._stats.restarts += 1
-                raise SandboxError("the sandbox answered with a frame that does not belong to this request; "
-                                   "a fresh session was started (earlier names are lost)")
-            return reply
-
-    def _get_with_backup(self, name: str, timeout: float = 60.0) -> dict:
-        """``get`` outside a cell runs under a backup, as a cell does: if encoding the value
-        kills the worker (memory), the backup takes over with the namespace intact."""
+    def _request(self, msg: dict, reply_op: str, what: str) -> tuple[dict, float]:
+        """Send a request (``get``, ``names``) and read its answer: (reply, deadline). The answer is
+        read and decoded within the cell's timeout (from a primitive: the running cell's; else
+        ``timeout_s``). Outside a cell the request runs under a backup, as a cell does: if the
+        answer does not come, comes late, is refused, or the worker dies sending it (memory), the
+        worker is killed and the backup takes over with the namespace intact; inside a cell the
+        worker is killed and the running cell's backup takes over when run() sees it gone."""
+        timeout = self._run_timeout if self._in_run else self.config.timeout_s
         nonce = secrets.token_hex(16)
-        h_new, c_new = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        backup = self._new_conn(h_new)
+        backup: _Conn | None = None
+        fds: list[int] = []
+        c_new = None
+        if not self._in_run:
+            h_new, c_new = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            backup = self._new_conn(h_new)
+            fds = [c_new.fileno()]
+        deadline = time.monotonic() + timeout
+        why = ""
+        reply: dict | None = None
         try:
-            self._conn.send({"op": "get", "name": name, "nonce": nonce}, fds=[c_new.fileno()], timeout=timeout)
-            reply = self._conn.recv(time.monotonic() + timeout)
-        except _Dead as e:
-            reply = {"op": "dead", "why": str(e)}
-        finally:
-            c_new.close()
-        if reply is not None and reply.get("op") == "got" and reply.get("nonce") == nonce:
-            backup.close()
-            self._kill_strays()
-            return reply
+            try:
+                self._conn.send({**msg, "nonce": nonce}, fds=fds, timeout=timeout)
+                reply = self._conn.recv(deadline, (reply_op,), nonce)
+                if reply is None:
+                    why = f"did not answer within {timeout:g} s (the cell timeout) while sending {what}"
+            except _Late as e:
+                why = (f"answered too slowly to decode within {timeout:g} s (the cell timeout) while sending "
+                       f"{what} ({e})")
+            except _Forged as e:
+                why = f"sent a frame the host refused while sending {what} ({e})"
+            except _Dead as e:
+                why = f"died (most likely out of memory) while sending {what} ({e})"
+            finally:
+                if c_new is not None:
+                    c_new.close()
+        except BaseException:  # Ctrl-C: the answer may still come; never leave it in the channel
+            self._abandon(backup, why=f"was interrupted while sending {what}")
+            raise
+        if not why:
+            if backup is not None:
+                backup.close()
+                self._kill_strays()
+            return reply, deadline
+        restored = self._abandon(backup, dead=why.startswith("died"), why=why)
+        if self._in_run:
+            raise SandboxError(f"the sandbox {why}; the running cell is stopped")
+        if not restored:
+            raise SandboxError(f"the sandbox {why}; a fresh session was started (earlier names are lost)")
+        raise SandboxError(f"the sandbox {why}; the session was restored as it was before; "
+                           "send a smaller value (a slice, a summary)")
+
+    def _abandon(self, backup: _Conn | None, dead: bool = False, why: str = "") -> bool:
+        """A request's answer did not come as it should: kill the worker; outside a cell its
+        backup takes over (a fresh session if that fails: False); inside, the cell's backup will."""
         self._kill_worker()
-        if reply is not None and reply.get("op") == "dead":
+        if dead:
             self._exit_status(self._pid)
-        if not self._takeover(backup):
+        if self._in_run:
+            self._abandoned = why or "did not answer a request from a primitive"
+            return True
+        if self._takeover(backup):
+            return True
+        if backup is not None:
             backup.close()
-            self._restart()
-            self._stats.restarts += 1
-            raise SandboxError(f"the sandbox died while sending '{name}'; a fresh session was started "
-                               "(earlier names are lost)")
-        why = "did not answer in time" if reply is None else (
-            "died (most likely out of memory)" if reply.get("op") == "dead" else "sent a frame that was not its answer")
-        raise SandboxError(f"the sandbox {why} while sending '{name}'; the session was restored as it was "
-                           "before get(); send a smaller value (a slice, a summary)")
+        self._restart()
+        self._stats.restarts += 1
+        return False
 
     def get(self, name: str) -> Any:
-        """A copy of the plain-data value bound to ``name``. KeyError if undefined,
-        TypeError if the value is not plain data."""
+        """A copy of the plain-data value bound to ``name``. KeyError if undefined, TypeError if
+        the value is not plain data, SandboxError if it cannot be sent (too large to send, or to
+        send and decode within the cell timeout): the namespace is then as it was."""
         if not isinstance(name, str):
             raise TypeError("name must be a str")
         with self._lock:
             self._check_open()
-            if self._in_run:  # from a primitive: the running cell's backup covers this request
-                # bounded by the cell's own timeout (at least 10 s: an honest worker answers at once)
-                reply = self._request({"op": "get", "name": name}, timeout=max(10.0, self._run_timeout))
-            else:
-                reply = self._get_with_backup(name)
-        if reply.get("op") != "got":
-            raise SandboxError(f"unexpected reply {reply.get('op')!r}")
+            reply, deadline = self._request({"op": "get", "name": name}, "got", f"'{name}'")
         if reply.get("ok"):
             t0 = time.monotonic()
             try:
-                return _wire.from_wire(reply.get("value"))
+                return _wire.from_wire(reply.get("value"), deadline=deadline)
+            except _wire.DecodeTimeout:
+                raise SandboxError(f"decoding '{name}' took longer than the cell timeout; refused (the session "
+                                   "is intact); send a smaller value (a slice, a summary)") from None
             except _wire.WireError as e:
                 raise SandboxError(f"cannot decode '{name}' from the sandbox: {e}") from None
             finally:
@@ -1033,25 +1084,37 @@ class Sandbox:
 
     def names(self) -> dict[str, str]:
         """User-defined names -> short description (type and a preview), primitives excluded."""
-        reply = self._request({"op": "names"})
+        with self._lock:
+            self._check_open()
+            reply, _ = self._request({"op": "names"}, "names", "the names")
         names = reply.get("names")
-        if reply.get("op") != "names" or type(names) is not dict:
+        if type(names) is not dict:
             raise SandboxError("unexpected reply")
         return {str(k): str(v) for k, v in names.items()}
 
     def describe(self) -> dict[str, Any]:
         """The protection layers of this session: ``active`` (name -> what it does) and
-        ``missing`` (name -> why it is not there), as the sandbox process reported them."""
+        ``missing`` (name -> why it is not there), as the sandbox process reported them.
+        :func:`layers` and ``rlm doctor`` report the same, as a typed :class:`LayerReport`."""
         layers = {"policy": "RestrictedPython policy and guarded builtins (repl._policy)",
                   "process": "separate process tree, killed by the host at the timeout; backup before each cell"}
+        missing = {}
         if _HOST_PROTECTED and _HOST_PROTECTED[0]:
-            layers["host"] = "host PR_SET_DUMPABLE 0; empty environment for the sandbox"
+            layers["host"] = "host PR_SET_DUMPABLE 0 (a sandbox with the host's uid cannot read its /proc entries)"
+        else:
+            why = ("protect_host_proc=False" if not self.config.protect_host_proc else
+                   "PR_SET_DUMPABLE 0 refused on the host")
+            missing["host"] = f"{why}: a sandbox with the host's uid could read /proc/<host pid>"
         layers.update(self._layers)
-        missing = dict(self._missing)
+        missing.update(self._missing)
         if self.config.unsafe_real_builtins:
             del layers["policy"]
             missing["policy"] = "unsafe_real_builtins=True (tests only)"
         return {"active": layers, "missing": missing}
+
+    def layer_report(self) -> LayerReport:
+        """:meth:`describe` as a :class:`LayerReport`."""
+        return LayerReport.from_describe(self.describe())
 
     def stats(self) -> SandboxStats:
         return self._stats.model_copy(deep=True)
@@ -1061,9 +1124,98 @@ class Sandbox:
         return sorted([*self._callables, *self._values])
 
 
+# ---------------------------------------------------------------------------------------------
+# Which layers protect cells on this machine
+
+
+# Every layer a session can have, in the order a report lists them: what it stops.
+LAYERS: dict[str, str] = {
+    "policy": "what cell code may touch (RestrictedPython, guarded builtins, wrapped modules)",
+    "process": "a separate process tree: timeouts, memory, crashes stop the sandbox, never the host",
+    "host": "the host's /proc entries (environment, memory) out of reach of a sandbox with its uid",
+    "uid": "an unprivileged uid of the session's own (root host): file permissions, no other process to signal",
+    "rlimits": "hard limits on memory, files, descriptors, core dumps",
+    "rlimit_nproc": "a hard cap on processes: no fork during a cell",
+    "network": "a network namespace with no interfaces",
+    "landlock": "filesystem: read-only, beneath the interpreter's own files; no TCP (ABI 4), no signals out (ABI 6)",
+    "seccomp": "a system-call allow-list: no exec, sockets, ptrace, kill, threads, writes, fcntl signal ownership",
+}
+
+
+class Layer(BaseModel):
+    """One isolation layer: ``active``, and ``detail``: what it does here, or why it is missing."""
+
+    name: str
+    active: bool
+    detail: str
+    purpose: str = ""
+
+
+class LayerReport(BaseModel):
+    """Which isolation layers protect cells on this machine (:func:`layers`, ``rlm doctor``)."""
+
+    layers: list[Layer]
+    uid: int = Field(default_factory=os.getuid, description="the host's uid")
+    kernel: str = Field(default_factory=lambda: os.uname().release)
+
+    @classmethod
+    def from_describe(cls, described: dict[str, Any]) -> LayerReport:
+        active, missing = described["active"], described["missing"]
+        names = [n for n in LAYERS if n in active or n in missing]
+        names += sorted(n for n in {*active, *missing} if n not in LAYERS)
+        return cls(layers=[Layer(name=n, active=n in active, detail=str(active.get(n, missing.get(n, ""))),
+                                 purpose=LAYERS.get(n, "")) for n in names])
+
+    @property
+    def active(self) -> list[str]:
+        return [la.name for la in self.layers if la.active]
+
+    @property
+    def missing(self) -> dict[str, str]:
+        return {la.name: la.detail for la in self.layers if not la.active}
+
+    def summary(self) -> str:
+        """One line: what is active, what is missing and why."""
+        missing = "; ".join(f"{n} ({why})" for n, why in self.missing.items())
+        return f"sandbox layers active: {', '.join(self.active)}" + (f"; missing: {missing}" if missing else "")
+
+    def text(self) -> str:
+        """The report as ``rlm doctor`` prints it."""
+        host = "root" if self.uid == 0 else f"uid {self.uid} (not root)"
+        lines = [f"Sandbox isolation layers on this machine (host {host}, kernel {self.kernel}):"]
+        for la in self.layers:
+            lines.append(f"  [{'x' if la.active else ' '}] {la.name:<13} {la.detail}")
+            if not la.active and la.purpose:
+                lines.append(f"      {'':<13} (what it would add: {la.purpose})")
+        n = len(self.active)
+        lines.append(f"{n} of {len(self.layers)} layers active."
+                     + ("" if n == len(self.layers) else " See docs/sandbox.md, 'Running as a non-root host'."))
+        return "\n".join(lines)
+
+
+def layers(config: SandboxConfig | None = None) -> LayerReport:
+    """Start a throwaway session with ``config`` and report which isolation layers it got on this
+    machine, and why any is missing (what :meth:`Sandbox.describe` reports, typed). Raises
+    SandboxError if no session can be started at all."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the report says it all
+        with Sandbox(config=config) as sb:
+            return sb.layer_report()
+
+
 def _scrub(text: str) -> str:
     for p in sorted({sys.prefix, sys.base_prefix, os.path.expanduser("~"),
                      os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}, key=len, reverse=True):
         if p and len(p) > 1:
             text = text.replace(p, "<host>")
     return text
+
+
+def _exc_text(e: BaseException) -> str:
+    try:
+        text = str(e)
+    except Exception:  # noqa: BLE001 - a hostile or broken __str__
+        return "<the exception message could not be computed>"
+    return text if type(text) is str else ""

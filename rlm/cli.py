@@ -1,4 +1,4 @@
-"""`rlm` command line: run, demo, repl, view."""
+"""`rlm` command line: run, demo, repl, view, doctor."""
 from __future__ import annotations
 
 import argparse
@@ -183,7 +183,9 @@ def build_parser() -> _Parser:
     v.add_argument("--max-chars", type=_at_least(1), default=600)
     v.add_argument("--color", choices=["auto", "always", "never"], default="auto")
     v.add_argument("--trajectory", action="store_true", help="print the root run's trajectory text as the worker reads it")
-    parser.commands = {"run": p, "demo": d, "repl": r, "bench": b, "view": v}
+    doc = sub.add_parser("doctor", help="which sandbox isolation layers are active on this machine, and why any is not")
+    doc.add_argument("--json", action="store_true", help="the report as JSON")
+    parser.commands = {"run": p, "demo": d, "repl": r, "bench": b, "view": v, "doctor": doc}
     return parser
 
 
@@ -283,6 +285,19 @@ def cmd_view(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """The isolation layers a sandbox session gets here (`repl.layers()`); 1 if none can start."""
+    import repl
+
+    try:
+        report = repl.layers()
+    except repl.SandboxError as e:
+        print(f"rlm doctor: the sandbox cannot start on this machine: {e}", file=sys.stderr)
+        return 1
+    print(report.model_dump_json(indent=2) if args.json else report.text())
+    return 0
+
+
 BENCH_MISSING = ("rlm bench: the benchmarks are not installed with the library; from a source checkout run "
                  "`pip install -e '.[bench]'`, then `rlm bench` there")
 
@@ -324,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         if bench_main is None:
             return 2
         return bench_main(args.bench_args + unknown)
-    handlers = {"run": cmd_run, "demo": cmd_demo, "repl": cmd_repl, "view": cmd_view}
+    handlers = {"run": cmd_run, "demo": cmd_demo, "repl": cmd_repl, "view": cmd_view, "doctor": cmd_doctor}
     if args.command not in handlers:
         parser.print_help()
         return 2

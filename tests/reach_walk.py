@@ -14,15 +14,18 @@ same guards a cell goes through, to a bounded depth:
   function of the sandbox's own as ``x``, and every class/function ``obj``: whatever it copies
   into ``x`` is walked on (red-team F1b: ``update_wrapper(b, str)`` put the real ``str.format``
   in an instance dict under a public name);
-* one-argument calls of classes with a sandbox function (``functools.cached_property(f)``...).
+* one-argument calls of classes with a sandbox function (``functools.cached_property(f)``...);
+* classes subscripted (``list[int]``: a generic alias).
 
 Then fail if any escape primitive was reached: the real ``getattr``/``setattr``/``eval``/
 ``exec``/``open``/``__import__``/``compile``, any module object (``sys``, ``os``...), a module's
 globals dict, frames, code objects, tracebacks, cells, the constructors ``MethodType``,
-``FunctionType``, ``CodeType``, ``type`` itself, the original ``str.format``/``format_map``, a
-C-level callable with a private name (``object.__getattribute__``'s slot wrapper), or an
-instance of a stdlib class whose attributes the sandbox may write (red-team F1: the stdlib
-used ``cached_property.attrname`` as a name, set to ``__getattribute__``).
+``FunctionType``, ``CodeType``, ``GenericAlias`` (issue 26: it wrote ``__orig_class__`` on
+whatever the function it wraps returned), the module type (it built modules), ``type`` itself,
+the original ``str.format``/``format_map``, a C-level callable with a private name
+(``object.__getattribute__``'s slot wrapper), or an instance of a stdlib class whose attributes
+the sandbox may write (red-team F1: the stdlib used ``cached_property.attrname`` as a name, set
+to ``__getattribute__``).
 
 ``--plant getattr`` / ``--plant weak-type`` plant a leak on purpose (a real ``getattr`` in an
 allowed module; a ``type()`` that returns interpreter types again) to show the walk finds them;
@@ -57,7 +60,12 @@ def main(argv: list[str]) -> int:
     if plant == "getattr":
         object.__getattribute__(_policy.MODULES["json"], "__dict__")["helper"] = builtins.getattr
     elif plant == "weak-type":
-        _policy.INTERPRETER_TYPES = frozenset()
+        class Everything(set):
+            def __contains__(self, item) -> bool:
+                return True
+
+        _policy.INTERPRETER_TYPES = _policy._HIDDEN_TYPES = frozenset()
+        _policy.EXPORTED_TYPES = Everything()  # and every C type counted as one the cell can name
     elif plant == "old-update-wrapper":  # issue9's: any wrapped, its whole __dict__ copied
         import functools
 
@@ -80,6 +88,7 @@ def main(argv: list[str]) -> int:
             "object.__subclasses__": object.__subclasses__, "memoryview": memoryview,
             "str.format": str.format, "str.format_map": str.format_map,
             "object.__getattribute__": object.__getattribute__,
+            "GenericAlias": types.GenericAlias, "SandboxModule": _policy.SandboxModule,
         }.items()
     }
     c_callables = (types.WrapperDescriptorType, types.MethodWrapperType, types.MethodDescriptorType,
@@ -180,6 +189,11 @@ def main(argv: list[str]) -> int:
                         out.append((f"{path}(probe)", obj(probe_fn)))
                     except BaseException:  # noqa: BLE001, S110 - refused or failing: not an edge
                         pass
+            if isinstance(obj, type) and depth <= 3:  # list[int]: a generic alias
+                try:
+                    out.append((f"{path}[int]", _policy.guarded_getitem(obj, int)))
+                except BaseException:  # noqa: BLE001, S110 - not subscriptable: not an edge
+                    pass
             if (isinstance(obj, type) or type(obj) is types.FunctionType) and depth <= 4:
                 for label, mk in (("instance", probe_cls), ("function", None)):
                     try:

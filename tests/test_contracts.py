@@ -26,6 +26,29 @@ def test_sandbox_and_the_fake_implement_the_session_protocol():
     assert not isinstance(object(), ReplSession)
 
 
+def test_the_contract_lives_in_its_own_module():
+    """Issue 24, 6: ReplSession, SessionFactory, CellResult, SandboxConfig and SandboxError are
+    repl.session's (pydantic only); repl.Sandbox implements them; `from repl import X` still works
+    and `import repl` stays lazy."""
+    import subprocess
+    import sys
+
+    import repl
+    import repl.sandbox
+    import repl.session
+
+    for name in ("CellResult", "ReplSession", "SessionFactory", "SandboxConfig", "SandboxError"):
+        assert getattr(repl, name) is getattr(repl.session, name)
+    assert repl.sandbox.CellResult is repl.session.CellResult and repl.Sandbox is repl.sandbox.Sandbox
+    assert issubclass(repl.Sandbox, object) and hasattr(repl.Sandbox, "run")
+    code = ("import sys, repl; assert 'repl.sandbox' not in sys.modules and 'pydantic' not in sys.modules\n"
+            "from repl.session import CellResult, ReplSession, SessionFactory\n"
+            "assert 'repl.sandbox' not in sys.modules\n"
+            "from repl import SandboxError; assert 'repl.sandbox' not in sys.modules")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+
+
 def test_a_factory_must_return_a_session():
     with pytest.raises(TypeError, match="not a repl.ReplSession"):
         RLM(ScriptedPolicy(["FINAL(1)"]), FakeWorker(), sandbox_factory=lambda p, c: object()).run("q", "c")

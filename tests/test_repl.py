@@ -330,6 +330,67 @@ def test_keyboard_interrupt_from_a_primitive_restores_the_session():
         assert box.run("a").value == "1"
 
 
+@pytest.mark.parametrize("exc", [SystemExit(3), GeneratorExit(), "cancelled", BaseException("odd")],
+                         ids=["SystemExit", "GeneratorExit", "CancelledError", "BaseException"])
+def test_primitive_base_exception_becomes_the_cells_error(exc):
+    """Issue 26, 6: a primitive raising SystemExit, GeneratorExit or asyncio.CancelledError (an async
+    client being cancelled) escaped run(); the next cell failed with "done frame without this cell's
+    nonce" and a fresh session lost the names. It is now the cell's exception, and the session goes on."""
+    import asyncio
+
+    exc = asyncio.CancelledError() if exc == "cancelled" else exc
+
+    def boom():
+        raise exc
+
+    with Sandbox(primitives={"boom": boom}, config=SandboxConfig(timeout_s=5.0)) as box:
+        run_ok(box, "keep = 26")
+        res = box.run("boom()")
+        name = type(exc).__name__
+        assert res.error_type == name and res.error.startswith(name) and not res.restored, res
+        res = box.run("try:\n    boom()\nexcept Exception as e:\n    caught = type(e).__name__\ncaught")
+        assert res.value == repr(name), res  # catchable in the cell as an Exception
+        assert box.run("keep").value == "26" and box.stats().restarts == 0
+
+
+def test_keyboard_interrupt_still_stops_the_host_and_the_session_is_consistent():
+    """Issue 26, 6 (decided): a KeyboardInterrupt from a primitive, or the user's Ctrl-C on the host,
+    still goes on to the caller, so Ctrl-C stops the host; first the cell is ended as at a timeout
+    (the worker killed, its backup takes over: the namespace as it was before the cell)."""
+    def interrupt():
+        raise KeyboardInterrupt
+
+    with Sandbox(primitives={"interrupt": interrupt}) as box:
+        run_ok(box, "a = 1")
+        for _ in range(2):
+            with pytest.raises(KeyboardInterrupt):
+                box.run("a = 2\ninterrupt()")
+            assert box.run("a").value == "1" and box.names() == {"a": "int = 1"}
+        assert box.stats().restarts == 0 and box.stats().restores == 2
+
+
+def test_time_strptime_works(sb):
+    """Issue 26, 6: time.strptime always failed (import of '_strptime' is not allowed)."""
+    res = sb.run("import time, datetime\nt = time.strptime('2024-03-05 07:08', '%Y-%m-%d %H:%M')\n"
+                 "t.tm_year, t.tm_mday, t.tm_hour, datetime.datetime.strptime('2024-01-02', '%Y-%m-%d').day")
+    assert res.value == "(2024, 5, 7, 2)", res
+    res = sb.run("import time\ntime.strptime('nope', '%Y')")
+    assert res.error_type == "ValueError" and "does not match" in res.error, res
+
+
+def test_type_views_keep_honest_uses(sb):
+    """Issue 26, 4: type() hands out the real class only for classes the cell can name (builtins,
+    what allowed modules export, its own classes, exceptions); other classes give a view that
+    compares, prints and checks isinstance, but constructs nothing."""
+    res = sb.run("import re, json, collections\nclass A:\n    pass\n"
+                 "[type(1) is int, type(re.compile('a')) is re.Pattern, type(A()) is A, type({}) == dict,"
+                 " isinstance({}.keys(), type({}.keys())), type(json) is type(json), isinstance(json, type(json)),"
+                 " type(A())() is not None, type(ValueError('x'))('y').args, repr(type(list[int])),"
+                 " collections.OrderedDict[int]() == {}, type(None).__name__]")
+    assert res.value == ("[True, True, True, True, True, True, True, True, ('y',), \"<class 'GenericAlias'>\", True, "
+                         "'NoneType']"), res
+
+
 def test_session_reuse_stats_reset_and_close():
     box = Sandbox(config=SandboxConfig(timeout_s=5.0))
     try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -261,3 +262,128 @@ def test_decoding_limits():
         _wire.from_wire(deep)
     with pytest.raises(_wire.WireError, match="longer than"):
         _wire.from_wire([[i] for i in range(200_000)], max_s=0.0)
+
+
+def test_i26_sizes_are_real_and_units_match_the_receiver():
+    """Issue 26, 1: the sender's budget counts an int by its digits and a string with its escapes
+    (``int('9' * 3612)`` is 3,612 bytes of JSON, not 8), and counts what the receiver counts before
+    decoding, so that a value the host would refuse is refused by the sender with a clean error."""
+    from repl import _wire
+
+    big = int("9" * 3612)
+    with pytest.raises(_wire.PlainDataError, match="over the limit"):
+        _wire.to_wire([big] * 1000, budget=[1_000_000, _wire.MAX_NODES])  # 3.6 MB, counted as 8 KB before
+    with pytest.raises(_wire.PlainDataError, match="over the limit"):
+        _wire.to_wire("\x00" * 200_000, budget=[1_000_000, _wire.MAX_NODES])  # 1.2 MB of \u0000 escapes
+    assert _wire.to_wire([big] * 200, budget=[1_000_000, _wire.MAX_NODES]) == [big] * 200
+    for value in ([[]] * 1000, [(1, 2)] * 500, [{1: "a", (2,): None}] * 300, {"k": [1, {"x": ()}]}):
+        budget = [1 << 30, _wire.MAX_NODES]
+        body = _wire.dumps({"op": "x", "value": _wire.to_wire(value, budget=budget)})
+        assert _wire.MAX_NODES - budget[1] <= _wire.structure_count(body) <= _wire.MAX_NODES - budget[1] + 2
+    with pytest.raises(_wire.PlainDataError, match="items"):  # the host counts 2 units per empty list
+        _wire.to_wire([[]] * 600_000, budget=[1 << 30, _wire.MAX_NODES])
+
+
+def test_i26_decoding_is_bounded_by_the_deadline_and_the_nesting():
+    from repl import _wire
+
+    body = b'{"op":"call","args":[' + b",".join([b"9" * 3000] * 30_000) + b"]}"
+    with pytest.raises(_wire.DecodeTimeout, match="time left"):
+        _wire.loads(body, deadline=time.monotonic() - 0.001)  # past the deadline: not even started
+    with pytest.raises(_wire.DecodeTimeout, match="cannot be decoded|time left"):  # 90 MB: over 0.1 s at any rate
+        _wire.loads(body, deadline=time.monotonic() + 0.1)
+    t0 = time.monotonic()
+    with pytest.raises(_wire.DecodeTimeout, match="longer than"):  # ~1.5 s of big ints: stopped mid-way
+        _wire.loads(body, deadline=time.monotonic() + 0.6)
+    assert time.monotonic() - t0 < 0.6 + 0.5
+    assert _wire.loads(body, deadline=time.monotonic() + 60)["args"][0] == int("9" * 3000)
+    deep = b'{"op":"x","v":' + b"[" * 500 + b"]" * 500 + b"}"
+    with pytest.raises(_wire.WireError, match="nested more than"):  # before json.loads recurses into it
+        _wire.loads(deep)
+    assert _wire.loads(b'{"op":"x","v":' + b"[" * 300 + b"]" * 300 + b"}")["op"] == "x"
+    long_int = b'{"op":"x","v":' + b"7" * 5000 + b"}"
+    with pytest.raises(_wire.WireError, match="digits"):  # int()'s own limit (4,300 digits by default)
+        _wire.loads(long_int)
+    limit = sys.get_int_max_str_digits()
+    sys.set_int_max_str_digits(0)  # a host that lifted it: the hook refuses what the sender never writes
+    try:
+        with pytest.raises(_wire.WireError, match="digits refused"):
+            _wire.loads(long_int)
+    finally:
+        sys.set_int_max_str_digits(limit)
+    collide = _wire.to_wire({i * (2**61 - 1): 0 for i in range(1, 35)})
+    with pytest.raises(_wire.WireError, match="collide"):
+        _wire.from_wire(collide)
+    assert len(_wire.from_wire(_wire.to_wire({i * (2**61 - 1): 0 for i in range(1, 34)}))) == 33
+
+
+def test_i26_fcntl_cannot_point_signals_at_other_processes(escaped):
+    """Issue 26, 5: seccomp allowed fcntl(F_SETOWN), F_SETSIG and O_ASYNC, with which a process
+    directs signals at another. fcntl is now an allow-list of commands, F_SETFL without O_ASYNC."""
+    sb, _ = escaped
+    if "seccomp" not in _layers(sb):
+        pytest.skip("seccomp is not available here")
+    setup = RAISE + "import fcntl, os, struct, ctypes\nr, w = os.pipe()\n"
+    host = os.getpid()
+    for code in (f"fcntl.fcntl(r, fcntl.F_SETOWN, {host})", f"fcntl.fcntl(r, fcntl.F_SETOWN, -{host})",
+                 "fcntl.fcntl(r, 10, 9)",  # F_SETSIG
+                 f"fcntl.fcntl(r, 15, struct.pack('ii', 1, {host}))",  # F_SETOWN_EX
+                 "fcntl.fcntl(r, fcntl.F_SETFL, os.O_ASYNC)", "fcntl.fcntl(r, fcntl.F_SETFL, os.O_ASYNC | os.O_NONBLOCK)",
+                 "fcntl.fcntl(r, 1024, 0)",  # F_SETLEASE
+                 "fcntl.fcntl(r, 1026, 0x80000000)"):  # F_NOTIFY
+        res = sb.run(setup + code)
+        assert res.error_type in ("PermissionError", "OSError"), (code, res)
+    # the kernel reads the command as 32 bits: a command with high bits set is refused, not truncated
+    res = sb.run(setup + f"libc = ctypes.CDLL(None, use_errno=True)\nlibc.syscall(72, r, (1 << 32) | 8, {host}), "
+                 "ctypes.get_errno()")
+    assert res.value == "(-1, 1)", res  # EPERM
+    res = sb.run(setup + "fcntl.fcntl(r, fcntl.F_SETFL, os.O_NONBLOCK)\n"
+                 "bool(fcntl.fcntl(r, fcntl.F_GETFL) & os.O_NONBLOCK), fcntl.fcntl(r, fcntl.F_GETFD) >= 0")
+    assert res.value == "(True, True)", res
+    assert sb.run("1 + 1").value == "2"
+
+
+def test_i26_layers_report_and_rlm_doctor(capsys):
+    """Issue 26, 7: repl.layers() and `rlm doctor` say which isolation layers are active here, and
+    why any is missing (Sandbox.describe(), typed); a session logs the same once."""
+    import json as _json
+    import logging
+
+    import repl
+    from rlm.cli import main as rlm_main
+
+    report = repl.layers()
+    names = [la.name for la in report.layers]
+    assert set(names) == set(repl.sandbox.LAYERS) - ({"rlimit_nproc"} - set(names)), names
+    assert {"policy", "process", "rlimits"} <= set(report.active)
+    for la in report.layers:
+        assert la.detail, la
+        assert (la.name in report.missing) is (not la.active)
+    if os.getuid() == 0:
+        assert "uid" in report.active and "rlimit_nproc" in report.active
+    text = report.text()
+    assert all(n in text for n in names) and "layers active" in text
+    assert rlm_main(["doctor"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("Sandbox isolation layers on this machine") and "seccomp" in out
+    assert rlm_main(["doctor", "--json"]) == 0
+    assert {la["name"] for la in _json.loads(capsys.readouterr().out)["layers"]} == set(names)
+    # once per session, in the log: one line, not again after a restart
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    log = logging.getLogger("repl.sandbox")
+    log.addHandler(handler)
+    old = log.level
+    log.setLevel(logging.INFO)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Sandbox() as sb:
+                sb.reset()
+                assert sb.run("1").value == "1"
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(old)
+    lines = [r.getMessage() for r in records]
+    assert len(lines) == 1 and lines[0].startswith("sandbox layers active: policy, process"), lines

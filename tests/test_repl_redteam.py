@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from repl import Sandbox, SandboxConfig
+from repl import Sandbox, SandboxConfig, SandboxError
 
 SECRET = "s3cr3t-7f1c2b"
 
@@ -272,6 +272,27 @@ REDTEAM: list[tuple[str, str]] = [
 ]
 ESCAPES += REDTEAM
 
+# Issue 26: three writes the policy refused only further down (closed at the type views and
+# constructors), and a C type the cell could not name (type() hands out a view of it now).
+_CPS = "import functools\nclass CP(functools.cached_property):\n    pass\n"
+ISSUE26: list[tuple[str, str]] = [
+    ("i26_generic_alias_wraps_any_object",
+     "import json\nd = json.JSONDecoder()\ntype(list[int])(lambda: d, ())()"),
+    ("i26_generic_alias_view_subclass", "class G(type(list[int])):\n    pass"),
+    ("i26_cached_property_subclass_private_attrname",
+     _CPS + "class B:\n    x = CP(lambda s: 'planted')\nB.x.attrname = '__deepcopy__'\nB().x"),
+    ("i26_cached_property_subclass_dunder_dict",
+     _CPS + "class B:\n    x = CP(lambda s: {})\nB.x.attrname = '__dict__'\nB().x"),
+    ("i26_cached_property_subclass_non_str_name",
+     _CPS + "class B:\n    x = CP(lambda s: 1)\nB.x.attrname = 7\nB().x"),
+    ("i26_module_type_constructs_a_module", "import json\ntype(json)('fake', {'_private': 1})"),
+    ("i26_module_type_builds_from_copy",
+     "import json, copy\nM = type(json)\nm = copy.copy(json)\nM('x', {'__deepcopy__': print})"),
+    ("i26_unexported_c_type_constructor", "import json\nS = type(json.JSONDecoder().scan_once)\nS(json.JSONDecoder())"),
+    ("i26_strptime_stays_sandboxed", "import time\ngetattr(time.strptime, '__globals__')"),
+]
+ESCAPES += ISSUE26
+
 # (name, code, acceptable limits or error types)
 RESOURCES: list[tuple[str, str, set[str]]] = [
     ("infinite_loop", "while True:\n    pass", {"timeout"}),
@@ -497,7 +518,7 @@ def test_f2_frame_from_a_forked_process_is_refused():
     sandbox here, so that RLIMIT_NPROC does not stop the fork first)."""
     with _escaped_box(drop_privileges=False, timeout_s=3.0) as sb:
         res = sb.run(
-            "import os, sys, time\nc = sys.modules['repl._child']\n"
+            _RAISE_NPROC + "import os, sys, time\nc = sys.modules['repl._child']\n"
             "if os.fork() == 0:\n"
             "    c.send_msg(c.S.chan, {'op': 'done', 'nonce': c.S.nonce, 'stdout': 'forged', 'value': 'forged',"
             " 'error': None})\n    os._exit(0)\n"
@@ -505,6 +526,14 @@ def test_f2_frame_from_a_forked_process_is_refused():
         assert res.value != "forged" and res.stdout != "forged", res
         assert res.restored and "protocol error" in (res.error or ""), res
         assert sb.run("1+1").value == "2"
+
+
+# An escaped cell first raises its soft RLIMIT_NPROC (0 during a cell) to the hard limit, so that
+# the layer under test is the host's, not the rlimit: a no-op for a root sandbox (drop_privileges
+# =False), the real escape for a non-root host (tests/test_repl_nonroot.py), where the hard limit is
+# the host uid's own.
+_RAISE_NPROC = ("import resource\n"
+                "resource.setrlimit(resource.RLIMIT_NPROC, (resource.getrlimit(resource.RLIMIT_NPROC)[1],) * 2)\n")
 
 
 def _alive(pid: int) -> bool:
@@ -520,7 +549,8 @@ def test_f6_forked_processes_do_not_outlive_the_cell(then):
     """F6: a process forked by an escaped cell kept running after the cell and after a
     timeout + restore. Everything but the worker is killed after each cell and takeover."""
     with _escaped_box(drop_privileges=False, timeout_s=2.0) as sb:
-        res = sb.run("import os, time\npid = os.fork()\nif pid == 0:\n    time.sleep(30)\n    os._exit(0)\npid")
+        res = sb.run(_RAISE_NPROC + "import os, time\npid = os.fork()\n"
+                     "if pid == 0:\n    time.sleep(30)\n    os._exit(0)\npid")
         assert res.ok, res
         child = int(res.value)
         if then == "timeout":
@@ -583,9 +613,12 @@ def test_f4_json_bomb_frame_is_refused_before_decoding():
         return int(line.split()[1])
 
     with _escaped_box(timeout_s=10.0) as sb:
-        with open("/proc/self/clear_refs", "w") as f:  # resets this process's peak RSS (VmHWM) to its current RSS
-            f.write("5")
-        rss_before = status_kb("VmRSS")
+        try:
+            with open("/proc/self/clear_refs", "w") as f:  # resets this process's peak RSS (VmHWM) to its current RSS
+                f.write("5")
+            rss_before = status_kb("VmRSS")
+        except PermissionError:  # a non-root host, not dumpable (protect_host_proc): its /proc files are root's
+            rss_before = status_kb("VmHWM")  # the peak so far: only a higher peak counts (a weaker check)
         t0 = time.monotonic()
         res = sb.run("import sys, struct, time\nc = sys.modules['repl._child']\n"
                      "body = b'{\"op\":\"call\",\"nonce\":\"' + c.S.nonce.encode() + b'\",\"name\":\"bigdoc\",\"args\":['"
@@ -642,3 +675,153 @@ def test_f2_set_worker_refuses_pids_outside_the_session():
     finally:
         victim.kill()
         victim.wait()
+
+
+# --- issue 26: the host side. Target: nothing a cell or a compromised child sends keeps the host
+# busy past the cell timeout + 1 s (asserted with + 2 s here: this machine is shared and noisy).
+
+_STREAM = '''
+import sys, struct, time
+c = sys.modules['repl._child']
+nonce = c.S.nonce if GOOD else 'f' * 32
+item = ITEM
+n = TOTAL // (len(item) + 1)
+pre = ('{"op":"call","nonce":"' + nonce + '","name":"bigdoc","args":[[').encode()
+post = b'0]],"kwargs":{}}'
+chunk = (item + ',').encode() * max(1, (1 << 20) // (len(item) + 1))
+reps = n * (len(item) + 1) // len(chunk)
+c.S.chan.sendall(struct.pack('>I', len(pre) + reps * len(chunk) + len(post)) + pre)
+for _ in range(reps):
+    c.S.chan.sendall(chunk)
+    time.sleep(PAUSE)
+c.S.chan.sendall(post)
+time.sleep(600)
+'''
+
+
+def _stream(sb, good: bool, item: str, total: int = 254 * 2**20, pause: float = 0.0):
+    code = f"GOOD = {good}\nITEM = {item}\nTOTAL = {total}\nPAUSE = {pause}\n" + _STREAM
+    t0 = time.monotonic()
+    res = sb.run(code)
+    return res, time.monotonic() - t0
+
+
+@pytest.mark.parametrize("item", ["'9' * 3612", "'\"' + 'x' * 1000 + '\"'"], ids=["big-ints", "strings"])
+def test_i26_a_254_mb_frame_is_read_and_decoded_under_the_deadline(item):
+    """Issue 26, 3: a compromised child streamed a 254 MB frame and the host read and decoded all of
+    it (12.2 s with a 2 s timeout; 5.9 s for big ints on this branch before the fix). Reading,
+    counting and json.loads now stop at the cell's deadline; the namespace survives."""
+    with _escaped_box(timeout_s=2.0, memory_mb=512) as sb:
+        assert sb.run("keep = 26").ok
+        res, took = _stream(sb, True, item)
+        print(f"254 MB frame of {item}: run() returned after {took:.2f} s (timeout 2 s), decode {res.decode_s:.2f} s")
+        assert took < 2.0 + 2.0, (took, res)
+        assert res.restored and res.error_type in ("TimeoutError", "SandboxError"), res
+        assert sb.run("keep").value == "26"
+
+
+def test_i26_a_frame_with_a_wrong_nonce_is_refused_before_its_body():
+    """Issue 26, 3: a frame with a wrong nonce was decoded (8.8 s) before the nonce was checked.
+    The header, op and nonce are checked from the frame's first bytes, before its body is read."""
+    with _escaped_box(timeout_s=2.0, memory_mb=512) as sb:
+        assert sb.run("keep = 26").ok
+        res, took = _stream(sb, False, "'9' * 3612")
+        print(f"254 MB frame with a wrong nonce: refused after {took:.3f} s")
+        assert took < 1.0 and res.restored, (took, res)
+        assert "nonce" in res.error and "before reading" in res.error, res
+        # an op the host does not expect now (a 'got' during a cell) is refused the same way
+        res = sb.run("import sys, struct, time\nc = sys.modules['repl._child']\n"
+                     "c.S.chan.sendall(struct.pack('>I', 200 * 2**20) + b'{\"op\":\"got\",\"nonce\":\"' "
+                     "+ c.S.nonce.encode() + b'\",')\ntime.sleep(600)")
+        assert res.restored and "before reading" in res.error and res.duration_s < 1.0, res
+        assert sb.run("keep").value == "26"
+
+
+def test_i26_a_slow_frame_is_read_only_until_the_deadline():
+    """A frame that trickles in (1 MB every 0.2 s) is read under the cell's deadline, not to its end."""
+    with _escaped_box(timeout_s=2.0) as sb:
+        res, took = _stream(sb, True, "'1' * 100", total=100 * 2**20, pause=0.2)
+        assert res.limit == "timeout" and took < 2.0 + 2.0, (took, res)
+        assert sb.run("1 + 1").value == "2"
+
+
+def test_i26_colliding_dict_keys_do_not_delay_the_cell():
+    """Issue 26, 2: dicts with colliding key hashes made run() return 2.7-5.7 s past its timeout
+    (the host rebuilt them, under a fixed 5 s decode limit and 256 collisions per dict). Now more
+    than 32 colliding keys in a dict are refused, and decoding stops at the cell's deadline."""
+    calls = []
+    with Sandbox(primitives={"worker": lambda *a: calls.append(1) or "ok"},
+                 config=SandboxConfig(timeout_s=2.0, memory_mb=512)) as sb:
+        assert sb.run("M = 2**61 - 1\nfew = {i * M: 0 for i in range(1, 31)}\n"
+                      "many = {i * M: 0 for i in range(1, 40)}\nkeep = 26").ok
+        assert sb.run("worker(few)").ok and calls == [1]  # 29 collisions: still plain data
+        t0 = time.monotonic()
+        res = sb.run("worker([many] * 2000)")
+        assert res.error_type == "TypeError" and "collide" in res.error and time.monotonic() - t0 < 2.0 + 2.0, res
+        with pytest.raises(SandboxError, match="collide"):
+            sb.get("many")
+        assert sb.get("keep") == 26 and calls == [1]
+    # a compromised child sends, at once, a call whose dicts have colliding tuple keys with long
+    # equal prefixes (each comparison then walks 100 KB)
+    build = ("import sys, json\nM = 2**61 - 1\n"
+             "d = {'$d': [[{'$t': ['x' * 100_000, 7 + i * M]}, 0] for i in range(1, KEYS)]}\n"
+             "body = json.dumps({'op': 'call', 'nonce': 'N' * 32, 'name': 'bigdoc', 'args': [[d] * 20], "
+             "'kwargs': {}}, separators=(',', ':')).encode()\nlen(body)")
+    send = ("import sys, struct, time\nc = sys.modules['repl._child']\nhead = body[:body.index(b'N' * 32)]\n"
+            "c.S.chan.sendall(struct.pack('>I', len(body)) + head + c.S.nonce.encode())\n"
+            "c.S.chan.sendall(memoryview(body)[len(head) + 32:])\ntime.sleep(600)")
+    with _escaped_box(timeout_s=2.0, memory_mb=1024) as sb:
+        for keys in (33, 34):  # 32 collisions per dict (the most allowed), then 33 (refused)
+            assert sb.run(build.replace("KEYS", str(keys + 1)), timeout_s=60).ok
+            t0 = time.monotonic()
+            res = sb.run(send)
+            took = time.monotonic() - t0
+            print(f"20 dicts of {keys} colliding tuple keys: run() returned after {took:.2f} s (timeout 2 s), "
+                  f"decode {res.decode_s:.2f} s")
+            assert took < 2.0 + 2.0 and res.restored and res.decode_s < 1.0, (took, res)
+            assert sb.run("1 + 1").value == "2"
+
+
+def test_i26_get_of_big_ints_comes_back_within_the_timeout():
+    """Issue 26, 1: ``x = [int('9' * 3612)] * 70000`` then ``get('x')`` kept the host busy 21 s with
+    a 2 s timeout (18.6 s on this branch before the fix): the sender counted each int as 8 bytes
+    and nothing bounded the time. get() is now bounded by the cell timeout; the namespace survives."""
+    with Sandbox(config=SandboxConfig(timeout_s=2.0, memory_mb=1024)) as sb:
+        assert sb.run("canary = [1, 2]\nx = [int('9' * 3612)] * 70000\ny = [int('9' * 3612)] * 80000").ok
+        t0 = time.monotonic()
+        try:
+            sb.get("x")
+        except SandboxError as e:
+            assert "2 s" in str(e) and "restored" in str(e), e
+        took = time.monotonic() - t0
+        print(f"get('x'): came back after {took:.2f} s (timeout 2 s)")
+        assert took < 2.0 + 2.0
+        # 289 MB of digits: refused by the sender at once, by its real size (not 80,000 x 8 bytes)
+        t0 = time.monotonic()
+        with pytest.raises(TypeError, match="over the limit"):
+            sb.get("y")
+        assert time.monotonic() - t0 < 2.0
+        assert sb.get("canary") == [1, 2] and sb.stats().restarts == 0
+
+
+def test_i26_ctrl_c_during_get_keeps_the_session():
+    """Issue 26, 6: an interrupt while get() waits leaves no answer behind in the channel: the
+    worker is stopped and its backup takes over, the names are kept (the next cell used to fail
+    with a frame that did not belong to it)."""
+    import signal
+
+    def interrupt(*_):
+        raise KeyboardInterrupt
+
+    with Sandbox(config=SandboxConfig(timeout_s=10.0, memory_mb=1024)) as sb:
+        assert sb.run("canary = 5\nslow = [int('9' * 3612)] * 20000").ok
+        old = signal.signal(signal.SIGALRM, interrupt)
+        try:
+            signal.setitimer(signal.ITIMER_REAL, 0.3)
+            with pytest.raises(KeyboardInterrupt):
+                sb.get("slow")
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, old)
+        assert sb.get("canary") == 5 and sb.run("canary + 1").value == "6"
+        assert sb.stats().restarts == 0
