@@ -21,10 +21,12 @@ import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
+from agents.backends.base import BackendError, request_deadline
 from agents.policy import OrchestratorPolicy, RunState, Step, as_step
 from agents.workers.base import CallContext, Worker, WorkerAnswer
 from repl.session import ReplSession, SessionFactory
 from agents.events import CellOutput, CodeCell, Event, Final, Notice, OrchestratorMessage, RunStart, WorkerCall
+from rlm.failures import explain
 from rlm.graph import CallGraph
 from rlm.parsing import find_final
 from rlm.result import AgentUsage, Budgets, RunResult, StopReason
@@ -43,6 +45,15 @@ class BudgetExhausted(RuntimeError):
 
 class WorkerError(RuntimeError):
     """Raised into the cell when the worker failed."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """A run stopped by Ctrl-C (KeyboardInterrupt): `result` is its RunResult (stop_reason "interrupted",
+    the answer so far), whose `final` event is in the log."""
+
+    def __init__(self, result: RunResult) -> None:
+        super().__init__("interrupted")
+        self.result = result
 
 
 def default_sandbox_config() -> SandboxConfig:
@@ -88,7 +99,11 @@ class RLM:
         if parent is not None and not isinstance(parent, Link):
             raise TypeError("RLM.run: parent must be the CallContext the runtime passed to Worker.answer_call.")
         with _Run(self, query, context, parent) as run:
-            return run.finish(self.loop(run))
+            try:
+                reason = self.loop(run)
+            except KeyboardInterrupt:   # Ctrl-C: the stop record and the answer so far, then the interrupt
+                raise RunInterrupted(run.finish("interrupted")) from None
+            return run.finish(reason)
 
     @staticmethod
     def loop(run: _Run) -> StopReason:
@@ -132,6 +147,10 @@ class _Run:
         self.iteration = self.worker_calls = 0
         self.final: tuple[str, str] | None = None           # (answer, source)
         self.refused: StopReason | None = None              # a worker call inside a cell was refused: why
+        self.cause: BaseException | None = None             # the error behind a stop, and whose it was
+        self.cause_role = "orchestrator"
+        self.cut_off = False                                # that error came from the wall-time budget
+        self.interrupted = False                            # Ctrl-C inside a worker call
         self.pending_var: str | None = None
         self.usage: dict[str, AgentUsage] = {}
         self.nested_events: list[Event] = []
@@ -195,6 +214,13 @@ class _Run:
     def elapsed(self) -> float:
         return time.monotonic() - self.t0
 
+    def deadline(self) -> float | None:
+        """When the wall-time budget runs out (`time.monotonic()`), for requests in flight; None: no budget."""
+        return None if self.budgets.max_wall_s is None else self.t0 + self.budgets.max_wall_s
+
+    def wall_spent(self) -> bool:
+        return self.budgets.max_wall_s is not None and self.elapsed() >= self.budgets.max_wall_s
+
     def tokens_used(self) -> int:
         return sum(u.input_tokens + u.output_tokens for u in self.usage.values())
 
@@ -233,10 +259,12 @@ class _Run:
     def next_step(self) -> Step | StopReason:
         t0 = time.monotonic()
         try:
-            step = as_step(self.policy.step(self.state()))
+            with request_deadline(self.deadline()):
+                step = as_step(self.policy.step(self.state()))
         except Exception as e:
             self.report(f"policy error: {type(e).__name__}: {e}")
-            return "policy_error"
+            self.cause, self.cause_role, self.cut_off = e, "orchestrator", self.wall_spent()
+            return "max_wall_s" if self.cut_off else "policy_error"
         took = time.monotonic() - t0
         if step is None:
             step = Step(stop=True)
@@ -254,6 +282,8 @@ class _Run:
         sandbox_failed = False
         try:
             res = self.sandbox.run(code, **self.cell_timeout())
+            if self.interrupted:   # Ctrl-C in a worker call that the sandbox turned into the cell's error
+                raise KeyboardInterrupt
             out = CellOutput(iteration=self.iteration, cell=cell, stdout=res.stdout or "", value=res.value,
                              error=res.error, error_type=res.error_type, limit=res.limit,
                              duration_s=round(float(res.duration_s or 0.0), 6))
@@ -261,6 +291,7 @@ class _Run:
             out = CellOutput(iteration=self.iteration, cell=cell, error=f"SandboxError: {type(e).__name__}: {e}",
                              error_type="SandboxError")
             sandbox_failed = True
+            self.cause, self.cause_role, self.cut_off = e, "sandbox", False
         self.traj.append(out)
         self.resolve_final_var()
         if self.final is not None:
@@ -346,11 +377,20 @@ class _Run:
         link = Link(run_id=self.run_id, call_id=call_id, depth=self.depth, max_depth=self.max_depth, parent=self)
         t0 = time.monotonic()
         try:
-            ans = self.worker.answer_call(query, self.traj.text, link, context)
+            with request_deadline(self.deadline()):
+                ans = self.worker.answer_call(query, self.traj.text, link, context)
+        except KeyboardInterrupt:
+            self.interrupted = True
+            raise
         except Exception as e:
             self.traj.append(WorkerCall(call_id=call_id, iteration=self.iteration, index=self.worker_calls, query=query,
                                         error=f"{type(e).__name__}: {e}", worker=self.worker.name,
                                         latency_s=round(time.monotonic() - t0, 6)))
+            self.cause, self.cause_role, self.cut_off = e, "worker", self.wall_spent()
+            if self.cut_off:                      # cut off by the wall-time budget: the run ends here
+                self.refused = self.refused or "max_wall_s"
+            elif isinstance(e, BackendError):     # the worker's server failed (after its retries): so will the next
+                self.refused = self.refused or "worker_error"
             raise WorkerError(f"worker call failed: {type(e).__name__}: {e}") from None
         self.record_call(call_id, query, ans, link)
         return ans.text
@@ -401,14 +441,24 @@ class _Run:
                 return e.stdout.strip()[-2000:]
         return None
 
+    def last_words(self) -> str | None:
+        """The policy's last message (why it stopped, for policy_stopped)."""
+        for e in reversed(self.traj.events):
+            if e.type == "message":
+                return e.text or None
+        return None
+
     def finish(self, reason: StopReason) -> RunResult:
         if self.final is not None:
             answer, source, reason = self.final[0], self.final[1], "final"
         else:
             answer, source = self.partial_answer(), "partial"
-        self.traj.append(Final(answer=answer, stop_reason=reason, source=source))
+        cause = self.cause if reason != "max_wall_s" or self.cut_off else None
+        error, hint = explain(reason, cause, self.cause_role, self.budgets, self.last_words())
+        self.traj.append(Final(answer=answer, stop_reason=reason, source=source, error=error, hint=hint))
         result = RunResult(
             run_id=self.run_id, query=self.query, answer=answer, stop_reason=reason, partial=reason != "final",
+            error=error, hint=hint,
             iterations=self.iteration, worker_calls=self.worker_calls, wall_s=round(self.elapsed(), 3),
             trajectory=self.traj.text, events=self.traj.events, nested_events=self.nested_events, usage=self.usage,
             graph=self.graph.to_dict(), graph_summary=self.graph.summary(),
