@@ -90,7 +90,9 @@ class ChunkScanPolicy(OrchestratorPolicy):
             "n_chunks = len(chunks)\n"
             "scanned = tries = checks = 0\n"
             "notes = []\n"
-            "print(f'{n_chunks} chunks, lengths {[len(c) for c in chunks]}')"
+            # a summary, not every length: a 5 MB context has thousands of chunks
+            "print(f'{n_chunks} chunks of {min(map(len, chunks))} to {max(map(len, chunks))} characters, '\n"
+            "      f'{sum(map(len, chunks)):,} characters in all' if chunks else '0 chunks')"
         )
         return Step(text="Splitting the context into chunks.", code=code)
 
