@@ -66,8 +66,9 @@ def test_repl_passes_a_worker_primitive_to_the_console(monkeypatch, capsys):
     monkeypatch.setattr("rlm.cli._make_worker", lambda args: (fake, None))
     got = {}
 
-    def fake_main(argv=None, primitives=None):
+    def fake_main(argv=None, primitives=None, hooks=None):
         got["argv"] = argv
+        assert "trajectory" in hooks.commands and hooks.before_cell and hooks.after_cell
         got["answers"] = [primitives["worker"]("one"), primitives["worker"]("two")]
         got["batch"] = primitives["worker_batch"](["three"])
         return 0
@@ -126,11 +127,34 @@ def test_demo_command_small(lm, capsys):
     assert rc == 0
     out = capsys.readouterr().out
     assert "[briefed] answer:" in out and "[text] answer:" in out
-    # the headline comes first: the question, both answers, then tokens and time; the details follow
-    first = out.splitlines()[0]
-    assert first.startswith("Question: What new kind of visa")
-    assert out.index("latent briefing  answer:") < out.index("Details") < out.index("[briefed] answer:")
-    assert "fewer worker input tokens than pasting the trajectory as text" in out
+    # the headline comes first: the question, both answers, the saving, then tokens and time; the details follow
+    lines = out.splitlines()
+    assert lines[0].startswith("Question: What new kind of visa")
+    assert lines[1].startswith("Answer, latent briefing: ") and lines[2].startswith("Answer, text handoff: ")
+    assert lines[3].startswith("Saving: latent briefing read ")
+    assert "fewer worker input tokens than pasting the trajectory as text" in lines[3]
+    assert out.index("Details") < out.index("[briefed] answer:")
+
+
+def test_demo_leads_with_the_answer_and_the_saving(monkeypatch, capsys):
+    """On a tiny random model: stdout starts with the question, the answers and the saving; stderr (a pipe here)
+    gets one line per run and the model loading, no per-event progress."""
+    import briefing
+    from tests.tiny import tiny_model
+
+    tiny = tiny_model("llama-gqa", max_positions=2048)
+    monkeypatch.setattr(briefing, "load_model", lambda model=None: tiny)
+    rc = main(["demo", "--max-chars", "300", "--chunk-chars", "300", "--max-new-tokens", "2"])
+    assert rc == 0
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    assert lines[0] == "Question: What new kind of visa does the author propose?"
+    assert lines[1].startswith("Answer, latent briefing: ") and lines[2].startswith("Answer, text handoff: ")
+    assert lines[3].startswith("Saving: latent briefing read ") and "fewer worker input tokens" in lines[3]
+    assert captured.out.index("worker input tokens") < captured.out.index("Details")
+    assert captured.err.splitlines() == ["loading the model (embedded default)...",
+                                         "[briefed] running: about 3 worker calls...",
+                                         "[text] running: about 3 worker calls..."]
 
 
 BAD_ARGS = [
