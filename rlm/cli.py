@@ -79,7 +79,8 @@ def _budget_removed(text: str) -> None:
 def _add_selector_args(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--tau", type=_number, default=None,
-                   help="briefed worker: keep positions above median + tau * MAD of the score (default 1.0; higher keeps less)")
+                   help="briefed worker: keep positions above median + tau * MAD of the score "
+                        "(default 1.0; higher keeps less)")
     g.add_argument("--keep-ratio", type=_ratio, default=None, help="briefed worker: keep this share in (0, 1] instead")
     g.add_argument("--keep-tokens", type=_at_least(1, " (use --keep-none to keep no position)"), default=None,
                    help="briefed worker: keep this many positions instead")
@@ -217,7 +218,8 @@ def _make_worker(args: argparse.Namespace) -> tuple[Worker, briefing.LoadedModel
 
         backend = OpenAIChatBackend(base_url=args.worker_base_url or getattr(args, "base_url", None),
                                     api_key=args.worker_api_key or getattr(args, "api_key", None),
-                                    model=args.worker_model or getattr(args, "llm_model", None), **_server_options(args))
+                                    model=args.worker_model or getattr(args, "llm_model", None),
+                                    **_server_options(args))
         kind = TextWorker if args.worker == "text" else PlainWorker
         return kind(backend=backend, max_new_tokens=args.max_new_tokens), None
     import briefing
@@ -248,12 +250,15 @@ def build_parser() -> _Parser:
     _add_worker_args(p)
     p.add_argument("--chunk-chars", type=_at_least(1), default=1500, help="chunk-scan: characters per chunk")
     p.add_argument("--backend", choices=["openai", "local"], default="openai",
-                   help="llm policy: OpenAI-compatible server (OPENAI_BASE_URL/OPENAI_API_KEY/OPENAI_MODEL) or local model")
+                   help="llm policy: OpenAI-compatible server (OPENAI_BASE_URL/OPENAI_API_KEY/OPENAI_MODEL) "
+                        "or local model")
     p.add_argument("--base-url", default=None)
     p.add_argument("--api-key", default=None)
     p.add_argument("--llm-model", default=None, help="llm policy: model name on the server")
-    p.add_argument("--max-iterations", type=_at_least(1), default=20)
-    p.add_argument("--max-worker-calls", type=_at_least(0), default=64)
+    p.add_argument("--max-iterations", type=_at_least(1), default=None,
+                   help="orchestrator steps (default: 20 for --policy llm; chunk-scan: what the whole scan needs)")
+    p.add_argument("--max-worker-calls", type=_at_least(0), default=None,
+                   help="worker calls (default: 64 for --policy llm; chunk-scan: what the whole scan needs)")
     p.add_argument("--max-tokens", type=_at_least(1), default=None)
     p.add_argument("--max-wall-s", type=_positive, default=None,
                    help="seconds for the whole run; a server request still in flight then is cut off")
@@ -290,7 +295,8 @@ def build_parser() -> _Parser:
     v.add_argument("--full", action="store_true", help="do not shorten long texts")
     v.add_argument("--max-chars", type=_at_least(1), default=600)
     v.add_argument("--color", choices=["auto", "always", "never"], default="auto")
-    v.add_argument("--trajectory", action="store_true", help="print the root run's trajectory text as the worker reads it")
+    v.add_argument("--trajectory", action="store_true",
+                   help="print the root run's trajectory text as the worker reads it")
     parser.commands = {"run": p, "demo": d, "repl": r, "bench": b, "view": v}
     return parser
 
@@ -314,7 +320,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         policy = LLMPolicy(OpenAIChatBackend(base_url=args.base_url, api_key=args.api_key, model=args.llm_model,
                                              **_server_options(args)))
-    budgets = Budgets(max_iterations=args.max_iterations, max_worker_calls=args.max_worker_calls,
+    steps, calls = policy.budgets_for(context) if isinstance(policy, ChunkScanPolicy) else (20, 64)
+    budgets = Budgets(max_iterations=args.max_iterations or steps,
+                      max_worker_calls=calls if args.max_worker_calls is None else args.max_worker_calls,
                       max_tokens=args.max_tokens, max_wall_s=args.max_wall_s)
     rlm = RLM(policy, worker, sandbox_config=SandboxConfig(timeout_s=args.cell_timeout), budgets=budgets,
               log_path=args.log, on_event=None if args.quiet else Progress(sys.stderr))

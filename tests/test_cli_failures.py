@@ -442,6 +442,20 @@ def test_chunk_scan_prints_a_summary_not_every_length():
     assert setup.stdout == "5001 chunks of 5 to 10 characters, 50,005 characters in all\n"
 
 
+def test_chunk_scan_budgets_fit_the_whole_scan(capsys, tmp_path, worker_server):
+    """The default budgets of `rlm run --policy chunk-scan` are what the scan needs (20 steps stopped a 50 KB
+    scan at chunk 19 of 34); an explicit --max-iterations still wins."""
+    ctx = tmp_path / "doc.txt"
+    ctx.write_text(DOC * 7)                        # 616 characters: 31 chunks of 20
+    argv = ["run", "--context", str(ctx), "--query", "Where?", "--chunk-chars", "20", "--worker-backend", "openai",
+            "--worker-base-url", worker_server.url, "--json", "--quiet"]
+    rc, out, err = cli(capsys, argv)
+    data = json.loads(out)
+    assert rc == 0 and data["stop_reason"] == "final" and data["worker_calls"] == 31 + 2 and data["answer"] == "Paris"
+    rc, out, err = cli(capsys, [*argv, "--max-iterations", "5"])
+    assert rc == 1 and json.loads(out)["stop_reason"] == "max_iterations" and "(5 steps)" in err
+
+
 # -- the log keeps the stop record as JSON -------------------------------------------------------------
 def test_json_output_carries_error_and_hint(capsys, doc, tmp_path):
     rc, out, err = cli(capsys, ["run", "--context", doc, "--query", "Where?", "--worker-backend", "openai",
