@@ -107,14 +107,16 @@ def headline(query: str, rows: list[DemoRow]) -> str:
 
 def main(essay: str = DEFAULT_ESSAY, query: str = DEFAULT_QUERY, max_chars: int | None = None, chunk_chars: int = 600,
          selector: briefing.Selector | None = None, max_new_tokens: int = 48, model: str | None = None,
-         log_dir: str | None = None, workers: tuple[str, ...] = ("briefed", "text"), stream: TextIO | None = None) -> list[DemoRow]:
+         log_dir: str | None = None, workers: tuple[str, ...] = ("briefed", "text"),
+         stream: TextIO | None = None) -> list[DemoRow]:
     import briefing
 
     out = stream or sys.stdout
     context = read_essay(essay, max_chars)
     t0 = time.monotonic()
     tty = sys.stderr.isatty()
-    print(f"loading the model ({model or 'embedded default'})...", end="\r" if tty else "\n", file=sys.stderr, flush=True)
+    print(f"loading the model ({model or 'embedded default'})...", end="\r" if tty else "\n", file=sys.stderr,
+          flush=True)
     lm = briefing.load_model(model)
     if tty:
         print("\x1b[K", end="", file=sys.stderr, flush=True)   # erase the line: the result is what stays

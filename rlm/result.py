@@ -115,6 +115,7 @@ class RunResult(BaseModel):
             rows.append((u.agent, str(u.calls), str(u.input_tokens), str(u.output_tokens),
                          str(u.text_handoff_tokens) if u.role == "worker" else "-", f"{u.time_s:.1f}"))
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-        lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
+        lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+                 for r in rows]
         lines.insert(1, "  ".join("-" * w for w in widths))
         return "\n".join(lines)

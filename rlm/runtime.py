@@ -7,8 +7,8 @@
 
 The REPL (a `repl.Sandbox`) holds `context`, `query`, `worker(query)` (or `worker(query, text)`:
 a nested RLM worker runs on `text`, other workers get it appended to the query),
-`worker_batch(queries)`, `FINAL(value)` and `FINAL_VAR(name)`. Each policy step is recorded, its code cells run in order and
-their outputs recorded; worker calls are recorded as they happen (the worker reads the trajectory
+`worker_batch(queries)`, `FINAL(value)` and `FINAL_VAR(name)`. Each policy step is recorded, its code cells run in
+order and their outputs recorded; worker calls are recorded as they happen (the worker reads the trajectory
 rendered so far). The run ends on FINAL (in code, or at the start of a line of the step's text
 outside code), or when a budget, the policy or the sandbox ends it: then `answer` is a partial answer
 (the policy's `partial_answer`, else a REPL variable `final_answer` / `answer` / `result`, else the
@@ -157,7 +157,8 @@ class _Run:
         self.t0 = time.monotonic()
         self.graph = link.parent.graph if link else CallGraph()
         self.own_log = JsonlLog(rlm.log_path) if (rlm.log_path and not link) else None
-        sinks = list(link.parent.traj.sinks) if link else [s for s in (self.own_log and self.own_log.write, rlm.on_event) if s]
+        sinks = list(link.parent.traj.sinks) if link else [s for s in (self.own_log and self.own_log.write,
+                                                                         rlm.on_event) if s]
         self.traj = Trajectory(self.run_id, self.depth, sinks)
         self.node = self.graph.add_agent(self.run_id, "orchestrator", self.policy.name, self.depth)
         self.sandbox: ReplSession | None = None
@@ -183,7 +184,8 @@ class _Run:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for what, closer in (("sandbox", self.sandbox and self.sandbox.close), ("log", self.own_log and self.own_log.close)):
+        for what, closer in (("sandbox", self.sandbox and self.sandbox.close),
+                             ("log", self.own_log and self.own_log.close)):
             if not closer:
                 continue
             try:
@@ -270,8 +272,9 @@ class _Run:
             step = Step(stop=True)
         self.agent("orchestrator").add(1, step.input_tokens, step.output_tokens, time_s=took)
         if step.text or step.cells() or not step.stop:
-            self.traj.append(OrchestratorMessage(iteration=self.iteration, text=step.text, input_tokens=step.input_tokens,
-                                                 output_tokens=step.output_tokens, time_s=round(took, 6)))
+            self.traj.append(OrchestratorMessage(iteration=self.iteration, text=step.text,
+                                                 input_tokens=step.input_tokens, output_tokens=step.output_tokens,
+                                                 time_s=round(took, 6)))
         if step.stop:
             return "policy_stopped"
         return step
@@ -318,7 +321,8 @@ class _Run:
         elif found:
             self.final = (found[1], "text")
         elif not step.cells():
-            self.traj.append(Notice(iteration=self.iteration, text="No ```repl code block and no FINAL(...) in this step."))
+            self.traj.append(Notice(iteration=self.iteration,
+                                    text="No ```repl code block and no FINAL(...) in this step."))
         return "final" if self.final is not None else None
 
     # -- primitives (called from cells) -------------------------------------------------------
@@ -414,7 +418,8 @@ class _Run:
                                 sum(u.text_handoff_tokens for u in child.usage.values()), ans.latency_s)
         if not link.child_results:
             name = ans.worker or self.worker.name
-            self.agent("worker", name).add(1, ans.input_tokens, ans.output_tokens, ans.text_handoff_tokens, ans.latency_s)
+            self.agent("worker", name).add(1, ans.input_tokens, ans.output_tokens, ans.text_handoff_tokens,
+                                           ans.latency_s)
             target = self.graph.add_agent(self.run_id, "worker", name, self.depth)
             self.graph.add_call(self.node, target, call_id, ans.input_tokens, ans.output_tokens,
                                 ans.text_handoff_tokens, ans.latency_s)
@@ -433,7 +438,8 @@ class _Run:
                 try:
                     return to_text(self.sandbox.get(name))
                 except Exception as e:
-                    self.report(f"reading the REPL variable {name!r} for a partial answer failed: {type(e).__name__}: {e}")
+                    self.report(f"reading the REPL variable {name!r} for a partial answer failed: "
+                                f"{type(e).__name__}: {e}")
         for e in reversed(self.traj.events):
             if e.type == "worker_call" and e.answer:
                 return e.answer

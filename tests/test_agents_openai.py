@@ -29,7 +29,8 @@ class Server:
                 length = int(self.headers.get("Content-Length", 0))
                 body = json.loads(self.rfile.read(length))
                 server.requests.append({"path": self.path, "body": body, "auth": self.headers.get("Authorization")})
-                status, payload, headers, delay = server.script.pop(0) if server.script else (200, _ok("default"), {}, 0)
+                status, payload, headers, delay = (server.script.pop(0) if server.script
+                                                   else (200, _ok("default"), {}, 0))
                 if delay:
                     time.sleep(delay)
                 data = payload if isinstance(payload, str) else json.dumps(payload)
@@ -227,7 +228,8 @@ def test_errors_say_what_kind_and_how_many_attempts():
     assert str(exc.value).endswith("(2 attempts)") and "Connection refused" in str(exc.value)
 
 
-@pytest.mark.parametrize("url", ["foo", "localhost:8080/v1", "ftp://host/v1", "http://127.0.0.1:99999/v1", "http:///v1"])
+@pytest.mark.parametrize("url", ["foo", "localhost:8080/v1", "ftp://host/v1", "http://127.0.0.1:99999/v1",
+                                 "http:///v1"])
 def test_a_base_url_that_is_not_http_is_refused(url):
     with pytest.raises(ValueError, match="base_url"):
         OpenAIChatBackend(base_url=url)

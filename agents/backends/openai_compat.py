@@ -61,7 +61,8 @@ class OpenAIChatBackend(ChatBackend):
     name: str = "openai"
 
     def __post_init__(self) -> None:
-        for name, value, low, strict in (("timeout_s", self.timeout_s, 0, True), ("backoff_s", self.backoff_s, 0, False),
+        for name, value, low, strict in (("timeout_s", self.timeout_s, 0, True),
+                                         ("backoff_s", self.backoff_s, 0, False),
                                          ("max_backoff_s", self.max_backoff_s, 0, False)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
                     or value < low or (strict and value == low):
