@@ -170,6 +170,8 @@ class Final(EventBase):
     answer: str | None = None
     stop_reason: str = "final"
     source: str = ""                # "FINAL" | "FINAL_VAR" | "text" | "partial"
+    error: str | None = None        # no final answer: what failed and why (one line; rlm.failures)
+    hint: str | None = None         # and what to do about it
 
     def render(self) -> str:
         return f"[final answer]\n{_block(str(self.answer))}\n"

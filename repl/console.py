@@ -8,6 +8,9 @@ sandbox and primitives the orchestrator gets, and a few ``%`` commands::
     %reset   start over with an empty namespace %help   this text and the sandbox rules
     %quit    leave (also %exit or Ctrl-D)
 
+A caller can watch the cells and add commands (`ConsoleHooks`): ``rlm repl`` records each cell and its
+output into the trajectory its worker reads, and adds ``%trajectory``.
+
 Ctrl-C at the prompt clears the input; during a cell it stops the cell (the namespace is
 rolled back to before it).
 """
@@ -18,8 +21,9 @@ import argparse
 import codeop
 import os
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from repl.sandbox import CellResult, Sandbox, SandboxConfig
 
@@ -50,6 +54,20 @@ def safe_text(text: str) -> str:
     return text.translate(_CONTROL)
 
 
+@dataclass
+class ConsoleHooks:
+    """What a caller of `main` / `Console` may add.
+
+    before_cell(code): called before a cell runs. after_cell(code, result): after it, with its
+    `CellResult`, or None when Ctrl-C stopped it. commands: extra %commands, name -> (help line,
+    function returning the text to show).
+    """
+
+    before_cell: Callable[[str], None] | None = None
+    after_cell: Callable[[str, CellResult | None], None] | None = None
+    commands: dict[str, tuple[str, Callable[[], str]]] = field(default_factory=dict)
+
+
 def _no_worker(*args: Any, **kwargs: Any) -> Any:
     raise RuntimeError(NO_WORKER)
 
@@ -64,11 +82,12 @@ def is_complete(source: str) -> bool:
 
 
 class Console:
-    def __init__(self, sandbox: Sandbox, out=None, history: Path | None = None):
+    def __init__(self, sandbox: Sandbox, out=None, history: Path | None = None, hooks: ConsoleHooks | None = None):
         self.sb = sandbox
         self.out = out or sys.stdout
         self.history = history
         self.final: list[Any] = []
+        self.hooks = hooks or ConsoleHooks()
 
     # -- output ------------------------------------------------------------------------------
 
@@ -94,7 +113,10 @@ class Console:
         cmd = line.strip()[1:].split()[0].lower() if line.strip()[1:] else ""
         if cmd in ("quit", "exit", "q"):
             return False
-        if cmd == "names":
+        if cmd in self.hooks.commands:
+            text = self.hooks.commands[cmd][1]()
+            self.write(safe_text(text if text.endswith("\n") else text + "\n"))
+        elif cmd == "names":
             names = self.sb.names()
             if not names:
                 self.write("(no names defined yet)\n")
@@ -119,7 +141,8 @@ class Console:
             self.sb.reset()
             self.write("namespace cleared\n")
         elif cmd in ("help", "?", ""):
-            self.write(COMMANDS + "\n")
+            extra = "".join(f"%{name:<8} {help_}\n" for name, (help_, _) in self.hooks.commands.items())
+            self.write(COMMANDS + "\n" + extra)
             self.show(self.sb.run("help()"))
         else:
             self.write(f"unknown command %{cmd} (try %help)\n")
@@ -128,12 +151,18 @@ class Console:
     # -- the loop ----------------------------------------------------------------------------
 
     def run_source(self, source: str) -> CellResult | None:
+        if self.hooks.before_cell:
+            self.hooks.before_cell(source)
         try:
             res = self.sb.run(source)
         except KeyboardInterrupt:
             self.write("KeyboardInterrupt: the cell was stopped; the namespace is as it was before it\n")
+            if self.hooks.after_cell:
+                self.hooks.after_cell(source, None)
             return None
         self.show(res)
+        if self.hooks.after_cell:
+            self.hooks.after_cell(source, res)
         return res
 
     def loop(self, banner: str | None = None) -> int:
@@ -203,8 +232,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None, primitives: dict[str, Any] | None = None) -> int:
-    """Console entry point (``python -m repl``; ``rlm repl`` passes its worker in ``primitives``)."""
+def main(argv: list[str] | None = None, primitives: dict[str, Any] | None = None,
+         hooks: ConsoleHooks | None = None) -> int:
+    """Console entry point (``python -m repl``; ``rlm repl`` passes its worker in ``primitives`` and records
+    the cells for it through ``hooks``)."""
     args = build_parser().parse_args(argv)
     prims: dict[str, Any] = dict(primitives or {})
     if args.context:
@@ -236,7 +267,8 @@ def main(argv: list[str] | None = None, primitives: dict[str, Any] | None = None
         return 2
     holder["sb"] = sb
     with sb:
-        console = Console(sb, history=None if args.no_history else Path(os.path.expanduser(args.history_file)))
+        console = Console(sb, history=None if args.no_history else Path(os.path.expanduser(args.history_file)),
+                          hooks=hooks)
         if args.code is not None:
             res = console.run_source(args.code)
             return 0 if res is not None and res.ok else 1
@@ -247,5 +279,5 @@ def main(argv: list[str] | None = None, primitives: dict[str, Any] | None = None
         return console.loop(banner)
 
 
-__all__ = ["NO_WORKER", "Console", "is_complete", "main", "safe_text"]
+__all__ = ["NO_WORKER", "Console", "ConsoleHooks", "is_complete", "main", "safe_text"]
 

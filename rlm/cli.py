@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import codecs
 import math
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -62,6 +64,13 @@ def _ratio(text: str) -> float:
     return value
 
 
+def _encoding(text: str) -> str:
+    try:
+        return codecs.lookup(text).name
+    except LookupError:
+        raise argparse.ArgumentTypeError(f"unknown encoding {text!r} (e.g. utf-8, latin-1, cp1252)") from None
+
+
 def _budget_removed(text: str) -> None:
     raise argparse.ArgumentTypeError("was replaced: use --keep-ratio R (a share in (0, 1]) or --keep-tokens N "
                                      "(positions, >= 1), or --keep-none")
@@ -70,7 +79,8 @@ def _budget_removed(text: str) -> None:
 def _add_selector_args(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--tau", type=_number, default=None,
-                   help="briefed worker: keep positions above median + tau * MAD of the score (default 1.0; higher keeps less)")
+                   help="briefed worker: keep positions above median + tau * MAD of the score "
+                        "(default 1.0; higher keeps less)")
     g.add_argument("--keep-ratio", type=_ratio, default=None, help="briefed worker: keep this share in (0, 1] instead")
     g.add_argument("--keep-tokens", type=_at_least(1, " (use --keep-none to keep no position)"), default=None,
                    help="briefed worker: keep this many positions instead")
@@ -98,24 +108,120 @@ def selector_from_args(args: argparse.Namespace) -> briefing.Selector | None:
 
 
 def _add_worker_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--worker", choices=["briefed", "text", "plain"], default="briefed")
+    p.add_argument("--worker", choices=["briefed", "text", "plain"], default=None,
+                   help="who answers worker(query) (default: briefed; text with --worker-backend openai)")
     p.add_argument("--model", default=None, help="local Hugging Face model directory (default: embedded SmolLM2-135M)")
+    p.add_argument("--worker-backend", choices=["local", "openai"], default="local",
+                   help="text/plain worker: the local model, or an OpenAI-compatible server")
+    p.add_argument("--worker-base-url", default=None,
+                   help="--worker-backend openai: the server's API root (default: --base-url, else OPENAI_BASE_URL)")
+    p.add_argument("--worker-model", default=None,
+                   help="--worker-backend openai: model name (default: --llm-model, else OPENAI_MODEL)")
+    p.add_argument("--worker-api-key", default=None,
+                   help="--worker-backend openai: API key (default: --api-key, else OPENAI_API_KEY)")
     _add_selector_args(p)
     p.add_argument("--max-new-tokens", type=_at_least(1), default=64, help="worker answer length")
     p.add_argument("--threads", type=_at_least(1), default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--request-timeout", type=_positive, default=60.0,
+                   help="seconds one request to a server may take, orchestrator's or worker's (default 60)")
+    p.add_argument("--retries", type=_at_least(0), default=2,
+                   help="retries of a request that failed or timed out (default 2)")
+    p.add_argument("--encoding", type=_encoding, default="utf-8", help="of the --context file (default utf-8)")
 
 
 def _check_worker_args(parser: _Parser, args: argparse.Namespace) -> None:
-    if getattr(args, "worker", "briefed") != "briefed" and selector_from_args(args) is not None:
+    remote = getattr(args, "worker_backend", "local") == "openai"
+    if getattr(args, "worker", None) is None:
+        args.worker = "text" if remote else "briefed"
+    if args.worker != "briefed" and selector_from_args(args) is not None:
         parser.error(f"--tau / --keep-* choose the briefed worker's selection; --worker {args.worker} has none")
+    if remote and args.worker == "briefed":
+        parser.error("--worker briefed needs the model's weights on this machine (it briefs through the KV cache): "
+                     "with --worker-backend openai use --worker text or --worker plain")
+    if not remote:
+        for option in ("worker_base_url", "worker_model", "worker_api_key"):
+            if getattr(args, option, None) is not None:
+                parser.error(f"--{option.replace('_', '-')} is for --worker-backend openai")
+    local_policy = getattr(args, "policy", None) == "llm" and getattr(args, "backend", None) == "local"
+    if remote and args.model is not None and not local_policy:
+        parser.error("--model names a local model, and nothing runs on one here: the worker's model on the server "
+                     "is --worker-model")
+    from agents.backends.openai_compat import check_url
+
+    env = os.environ.get("OPENAI_BASE_URL")
+    urls = []   # (where it came from, the URL) for each server this command will talk to
+    if getattr(args, "policy", None) == "llm" and getattr(args, "backend", None) == "openai":
+        urls.append(("argument --base-url", args.base_url) if args.base_url else ("OPENAI_BASE_URL", env))
+    if remote:
+        urls.append(("argument --worker-base-url", args.worker_base_url) if args.worker_base_url else
+                    ("argument --base-url", getattr(args, "base_url", None)) if getattr(args, "base_url", None) else
+                    ("OPENAI_BASE_URL", env))
+    for where, url in urls:
+        if url:
+            try:
+                check_url(url.rstrip("/"), "")
+            except ValueError as e:
+                parser.error(f"{where}:{e}")
 
 
-def _check_file(parser: _Parser, option: str, path: str | None) -> None:
-    if path and path != "-" and not Path(path).is_file():
-        parser.error(f"argument {option}: no such file: {path}")
+def read_context(path: str, encoding: str = "utf-8") -> str:
+    """The text of a --context file ('-': stdin); ValueError, one line, for a file that is not usable text:
+    missing, a folder, unreadable, empty, binary, or not in `encoding`."""
+    name = "stdin" if path == "-" else path
+    if path == "-":
+        data = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode()
+    else:
+        p = Path(path)
+        if p.is_dir():
+            raise ValueError(f"{path} is a folder, not a file: pass one text file")
+        if not p.exists():
+            raise ValueError(f"no such file: {path}")
+        try:
+            data = p.read_bytes()
+        except OSError as e:
+            raise ValueError(f"cannot read {path}: {e.strerror or e}") from None
+    if not data:
+        raise ValueError(f"{name} is empty (0 bytes): pass a file with the text to read")
+    wide = codecs.lookup(encoding).name.startswith(("utf-16", "utf-32"))
+    nul = -1 if wide else data.find(b"\0", 0, 1 << 16)
+    if nul >= 0:
+        raise ValueError(f"{name} looks binary (a NUL byte at offset {nul}), not text: pass a text file "
+                         "(extract the text of a PDF or an archive first)")
+    try:
+        text = data.decode("utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{name} is not valid {encoding}: byte 0x{data[e.start]:02x} at offset {e.start}; "
+                         "if it is in another encoding, pass it (e.g. --encoding latin-1)") from None
+    if not text.strip():
+        raise ValueError(f"{name} holds only whitespace ({len(data)} bytes): pass a file with the text to read")
+    return text
 
 
-def _make_worker(args: argparse.Namespace) -> tuple[Worker, briefing.LoadedModel]:
+def _load_context(parser: _Parser, args: argparse.Namespace) -> None:
+    """args.context_text: the --context file's text (None without one), or one line and exit 2."""
+    args.context_text = None
+    if args.context:
+        try:
+            args.context_text = read_context(args.context, args.encoding)
+        except ValueError as e:
+            parser.error(f"argument --context: {e}")
+
+
+def _server_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {"timeout_s": args.request_timeout, "max_retries": args.retries}
+
+
+def _make_worker(args: argparse.Namespace) -> tuple[Worker, briefing.LoadedModel | None]:
+    """The worker the options ask for, and the local model it loaded (None for a worker on a server)."""
+    if getattr(args, "worker_backend", "local") == "openai":
+        from agents import OpenAIChatBackend, PlainWorker, TextWorker
+
+        backend = OpenAIChatBackend(base_url=args.worker_base_url or getattr(args, "base_url", None),
+                                    api_key=args.worker_api_key or getattr(args, "api_key", None),
+                                    model=args.worker_model or getattr(args, "llm_model", None),
+                                    **_server_options(args))
+        kind = TextWorker if args.worker == "text" else PlainWorker
+        return kind(backend=backend, max_new_tokens=args.max_new_tokens), None
     import briefing
     from agents import make_worker
 
@@ -144,14 +250,18 @@ def build_parser() -> _Parser:
     _add_worker_args(p)
     p.add_argument("--chunk-chars", type=_at_least(1), default=1500, help="chunk-scan: characters per chunk")
     p.add_argument("--backend", choices=["openai", "local"], default="openai",
-                   help="llm policy: OpenAI-compatible server (OPENAI_BASE_URL/OPENAI_API_KEY/OPENAI_MODEL) or local model")
+                   help="llm policy: OpenAI-compatible server (OPENAI_BASE_URL/OPENAI_API_KEY/OPENAI_MODEL) "
+                        "or local model")
     p.add_argument("--base-url", default=None)
     p.add_argument("--api-key", default=None)
     p.add_argument("--llm-model", default=None, help="llm policy: model name on the server")
-    p.add_argument("--max-iterations", type=_at_least(1), default=20)
-    p.add_argument("--max-worker-calls", type=_at_least(0), default=64)
+    p.add_argument("--max-iterations", type=_at_least(1), default=None,
+                   help="orchestrator steps (default: 20 for --policy llm; chunk-scan: what the whole scan needs)")
+    p.add_argument("--max-worker-calls", type=_at_least(0), default=None,
+                   help="worker calls (default: 64 for --policy llm; chunk-scan: what the whole scan needs)")
     p.add_argument("--max-tokens", type=_at_least(1), default=None)
-    p.add_argument("--max-wall-s", type=_positive, default=None)
+    p.add_argument("--max-wall-s", type=_positive, default=None,
+                   help="seconds for the whole run; a server request still in flight then is cut off")
     p.add_argument("--cell-timeout", type=_positive, default=30.0, help="seconds per REPL cell (worker calls excluded)")
     p.add_argument("--log", default=None, help="JSONL log of every event")
     p.add_argument("--json", action="store_true", help="print the whole result as JSON")
@@ -169,7 +279,10 @@ def build_parser() -> _Parser:
     d.add_argument("--workers", default="briefed,text", help="comma list of briefed,text,plain")
     d.add_argument("--threads", type=_at_least(1), default=None, help="torch CPU threads (default: torch's choice)")
 
-    r = sub.add_parser("repl", help="interactive sandbox console with a worker() primitive")
+    r = sub.add_parser("repl", help="interactive sandbox console with a worker() primitive",
+                       description="A sandboxed Python console. worker(query) reads the session so far, as the "
+                                   "worker of `rlm run` reads a run: your cells and their outputs (%trajectory "
+                                   "shows that text). The --context file is `context`.")
     _add_worker_args(r)
     r.add_argument("--context", default=None, help="file loaded as `context`")
     r.epilog = "Other options (-c CODE, --timeout, -q, ...) are passed to the sandbox console (python -m repl -h)."
@@ -182,7 +295,8 @@ def build_parser() -> _Parser:
     v.add_argument("--full", action="store_true", help="do not shorten long texts")
     v.add_argument("--max-chars", type=_at_least(1), default=600)
     v.add_argument("--color", choices=["auto", "always", "never"], default="auto")
-    v.add_argument("--trajectory", action="store_true", help="print the root run's trajectory text as the worker reads it")
+    v.add_argument("--trajectory", action="store_true",
+                   help="print the root run's trajectory text as the worker reads it")
     doc = sub.add_parser("doctor", help="which sandbox isolation layers are active on this machine, and why any is not")
     doc.add_argument("--json", action="store_true", help="the report as JSON")
     parser.commands = {"run": p, "demo": d, "repl": r, "bench": b, "view": v, "doctor": doc}
@@ -192,37 +306,58 @@ def build_parser() -> _Parser:
 def cmd_run(args: argparse.Namespace) -> int:
     from agents import ChunkScanPolicy, LLMPolicy, LocalChatBackend, OpenAIChatBackend
     from repl import SandboxConfig
-    from rlm import RLM, Budgets
+    from rlm import RLM, Budgets, RunInterrupted
     from rlm.progress import Progress
 
-    context = sys.stdin.read() if args.context == "-" else Path(args.context).read_text(encoding="utf-8", errors="replace")
+    context = args.context_text
     worker, lm = _make_worker(args)
     if args.policy == "chunk-scan":
         policy = ChunkScanPolicy(chunk_chars=args.chunk_chars)
     elif args.backend == "local":
+        if lm is None:
+            import briefing
+
+            lm = briefing.load_model(args.model)
         policy = LLMPolicy(LocalChatBackend(lm, max_new_tokens=512))
     else:
-        policy = LLMPolicy(OpenAIChatBackend(base_url=args.base_url, api_key=args.api_key, model=args.llm_model))
-    budgets = Budgets(max_iterations=args.max_iterations, max_worker_calls=args.max_worker_calls,
+        policy = LLMPolicy(OpenAIChatBackend(base_url=args.base_url, api_key=args.api_key, model=args.llm_model,
+                                             **_server_options(args)))
+    steps, calls = policy.budgets_for(context) if isinstance(policy, ChunkScanPolicy) else (20, 64)
+    budgets = Budgets(max_iterations=args.max_iterations or steps,
+                      max_worker_calls=calls if args.max_worker_calls is None else args.max_worker_calls,
                       max_tokens=args.max_tokens, max_wall_s=args.max_wall_s)
     rlm = RLM(policy, worker, sandbox_config=SandboxConfig(timeout_s=args.cell_timeout), budgets=budgets,
               log_path=args.log, on_event=None if args.quiet else Progress(sys.stderr))
-    res = rlm.run(args.query, context)
+    try:
+        res = rlm.run(args.query, context)
+    except RunInterrupted as stop:
+        res = stop.result
     if args.json:
         print(res.model_dump_json(indent=2))
+    else:
+        print(f"\nAnswer: {res.answer}")
+        print(f"Stop reason: {res.stop_reason}{' (partial answer)' if res.partial else ''}; {res.iterations} "
+              f"iterations, {res.worker_calls} worker calls, {res.wall_s:.1f}s")
+        ratio = res.median_kept_ratio()
+        if ratio is not None:
+            print(f"Median kept ratio: {ratio:.1%}")
+        print()
+        print(res.usage_table())
+        print("\n".join(res.graph_summary.lines()))
+        if args.log:
+            print(f"Log: {args.log}")
+    sys.stdout.flush()
+    if res.stop_reason == "final":
         return 0
-    print(f"\nAnswer: {res.answer}")
-    print(f"Stop reason: {res.stop_reason}{' (partial answer)' if res.partial else ''}; {res.iterations} iterations, "
-          f"{res.worker_calls} worker calls, {res.wall_s:.1f}s")
-    ratio = res.median_kept_ratio()
-    if ratio is not None:
-        print(f"Median kept ratio: {ratio:.1%}")
-    print()
-    print(res.usage_table())
-    print("\n".join(res.graph_summary.lines()))
-    if args.log:
-        print(f"Log: {args.log}")
-    return 0
+    print(failure_line("rlm run", res.error, res.hint), file=sys.stderr)
+    return 130 if res.stop_reason == "interrupted" else 1
+
+
+def failure_line(prog: str, error: str | None, hint: str | None) -> str:
+    """`prog: error; hint` on one line."""
+    from rlm.failures import one_line
+
+    return one_line(f"{prog}: {error or 'failed'}" + (f"; {hint}" if hint else ""), 1000)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -236,37 +371,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def console_primitives(worker: Any, context: str | None = None) -> dict[str, Any]:
-    """`worker` / `worker_batch` for the interactive console. The worker's trajectory is the session's
-    earlier worker calls (the console's own cells are not recorded here)."""
-    from agents.events import RunStart, WorkerCall
-    from rlm.trajectory import Trajectory
+    """`worker` / `worker_batch` for the interactive console, on a trajectory that holds only the worker calls
+    (`rlm repl` uses `rlm.interactive.ConsoleTrajectory`, which records the cells too)."""
+    from rlm.interactive import ConsoleTrajectory
 
-    traj = Trajectory("console")
-    traj.append(RunStart(query="(interactive session)", context_length=len(context or "")))
-
-    def ask(query: Any) -> str:
-        q = query if isinstance(query, str) else str(query)
-        ans = worker.answer(q, traj.text)
-        n = sum(1 for e in traj.events if e.type == "worker_call") + 1
-        traj.append(WorkerCall(call_id=f"console.{n}", index=n, query=q, worker=ans.worker, result=ans))
-        return ans.text
-
-    def ask_batch(queries: Any) -> list[str]:
-        return [ask(q) for q in queries]
-
-    prims: dict[str, Any] = {"worker": ask, "worker_batch": ask_batch}
-    if context is not None:
-        prims["context"] = context
-    return prims
+    return ConsoleTrajectory(worker, context).primitives()
 
 
 def cmd_repl(args: argparse.Namespace) -> int:
     from repl import console
+    from rlm.interactive import ConsoleTrajectory
 
-    context = Path(args.context).read_text(encoding="utf-8", errors="replace") if args.context else None
     worker, _ = _make_worker(args)
+    session = ConsoleTrajectory(worker, args.context_text)
     rest = [a for a in getattr(args, "console_args", []) if a != "--"]
-    return int(console.main(rest, primitives=console_primitives(worker, context)) or 0)
+    return int(console.main(rest, primitives=session.primitives(), hooks=session.hooks()) or 0)
 
 
 def cmd_view(args: argparse.Namespace) -> int:
@@ -346,13 +465,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in ("run", "repl"):
         command = parser.commands[args.command]
         _check_worker_args(command, args)
-        _check_file(command, "--context", args.context)
+        _load_context(command, args)
     _set_threads(args)
     try:
         return handlers[args.command](args)
     except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
+        print(f"\nrlm {args.command}: interrupted (Ctrl-C)", file=sys.stderr)
         return 130
+    except Exception as e:   # one line, not a traceback (RLM_DEBUG=1 shows it)
+        if os.environ.get("RLM_DEBUG"):
+            raise
+        print(failure_line(f"rlm {args.command}", f"{type(e).__name__}: {e}",
+                           "RLM_DEBUG=1 shows the traceback"), file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """`rlm demo`: the chunk-scan policy on an essay, with the briefed worker and then the text worker.
 
-Offline, on the embedded SmolLM2-135M. Prints the question, each worker's answer, and worker input tokens
-and time for latent briefing against pasting the trajectory as text; the per-run details follow.
+Offline, on the embedded SmolLM2-135M. Prints the question, each worker's answer and the saving first (worker
+input tokens and time for latent briefing against pasting the trajectory as text), then the per-run details.
+Progress goes to stderr: a bar on a terminal, erased when the run ends; one line per run in a pipe.
 """
 from __future__ import annotations
 
@@ -45,8 +46,12 @@ def run_one(kind: str, lm: briefing.LoadedModel, query: str, context: str, chunk
     extra = {"selector": selector} if kind == "briefed" else {}
     worker = make_worker(kind, lm=lm, max_new_tokens=max_new_tokens, **extra)
     policy = ChunkScanPolicy(chunk_chars=chunk_chars)
+    total = policy_calls(policy, context)
+    progress = Progress(stream, label=f"[{kind}] ", total=total, transient=True)
+    if not progress.tty:
+        print(f"[{kind}] running: about {total} worker calls...", file=stream, flush=True)
     rlm = RLM(policy, worker, budgets=Budgets(max_iterations=40, max_worker_calls=40), log_path=log_path,
-              on_event=Progress(stream, label=f"[{kind}] ", total=policy_calls(policy, context)))
+              on_event=progress)
     t0 = time.monotonic()
     res = rlm.run(query, context)
     calls = res.worker_events()
@@ -77,41 +82,48 @@ def format_rows(rows: list[DemoRow]) -> str:
     return "\n".join([fmt(head), "  ".join("-" * w for w in widths), *map(fmt, body)])
 
 
+NAMES = {"briefed": "latent briefing", "text": "text handoff", "plain": "plain (query only)"}
+
+
 def headline(query: str, rows: list[DemoRow]) -> str:
-    """What a newcomer came to see: the question, each worker's answer, and worker tokens and time."""
-    names = {"briefed": "latent briefing", "text": "text handoff", "plain": "plain (query only)"}
-    lines = [f"Question: {query}", ""]
-    width = max(len(names.get(r.worker, r.worker)) for r in rows)
+    """What a newcomer came to see, first: the question, each worker's answer, the saving; then tokens and time."""
+    lines = [f"Question: {query}"]
+    width = max(len(NAMES.get(r.worker, r.worker)) for r in rows)
     for r in rows:
-        lines.append(f"  {names.get(r.worker, r.worker):<{width}}  answer: {r.answer!r}")
-    lines.append("")
-    lines.append(f"  {'':<{width}}  {'worker calls':>12}  {'worker input tokens':>19}  {'worker time':>11}")
-    for r in rows:
-        lines.append(f"  {names.get(r.worker, r.worker):<{width}}  {r.worker_calls:>12}  {r.worker_input_tokens:>19,}  "
-                     f"{r.worker_time_s:>10.1f}s")
+        lines.append(f"Answer, {NAMES.get(r.worker, r.worker) + ':':<{width + 1}} {r.answer!r}")
     by = {r.worker: r for r in rows}
     if "briefed" in by and "text" in by and by["text"].worker_input_tokens:
         b, t = by["briefed"], by["text"]
         saving = 1 - b.worker_input_tokens / t.worker_input_tokens
-        lines += ["", f"  Latent briefing: {saving:.0%} fewer worker input tokens than pasting the trajectory as text "
-                      f"({b.worker_input_tokens:,} vs {t.worker_input_tokens:,}); worker time {b.worker_time_s:.1f}s "
-                      f"vs {t.worker_time_s:.1f}s."]
+        lines.append(f"Saving: latent briefing read {saving:.0%} fewer worker input tokens than pasting the trajectory "
+                     f"as text ({b.worker_input_tokens:,} vs {t.worker_input_tokens:,}); worker time "
+                     f"{b.worker_time_s:.1f}s vs {t.worker_time_s:.1f}s.")
+    lines.append("")
+    lines.append(f"  {'':<{width}}  {'worker calls':>12}  {'worker input tokens':>19}  {'worker time':>11}")
+    for r in rows:
+        lines.append(f"  {NAMES.get(r.worker, r.worker):<{width}}  {r.worker_calls:>12}  {r.worker_input_tokens:>19,}  "
+                     f"{r.worker_time_s:>10.1f}s")
     return "\n".join(lines)
 
 
 def main(essay: str = DEFAULT_ESSAY, query: str = DEFAULT_QUERY, max_chars: int | None = None, chunk_chars: int = 600,
          selector: briefing.Selector | None = None, max_new_tokens: int = 48, model: str | None = None,
-         log_dir: str | None = None, workers: tuple[str, ...] = ("briefed", "text"), stream: TextIO | None = None) -> list[DemoRow]:
+         log_dir: str | None = None, workers: tuple[str, ...] = ("briefed", "text"),
+         stream: TextIO | None = None) -> list[DemoRow]:
     import briefing
 
     out = stream or sys.stdout
     context = read_essay(essay, max_chars)
-    print(f"latent-briefing demo: a chunk-scan orchestrator reads {essay} ({len(context):,} characters) and asks "
-          f"the worker about each chunk, once with latent briefing and once with the trajectory pasted as text.",
-          file=sys.stderr)
     t0 = time.monotonic()
+    tty = sys.stderr.isatty()
+    print(f"loading the model ({model or 'embedded default'})...", end="\r" if tty else "\n", file=sys.stderr,
+          flush=True)
     lm = briefing.load_model(model)
-    details = [f"Model {lm.name} loaded in {time.monotonic() - t0:.1f}s"]
+    if tty:
+        print("\x1b[K", end="", file=sys.stderr, flush=True)   # erase the line: the result is what stays
+    details = [f"A chunk-scan orchestrator read {essay} ({len(context):,} characters) and asked the worker about "
+               f"each chunk, once per worker: {', '.join(NAMES.get(w, w) for w in workers)}.",
+               f"Model {lm.name} loaded in {time.monotonic() - t0:.1f}s"]
     rows = []
     for kind in workers:
         log_path = f"{log_dir.rstrip('/')}/demo-{kind}.jsonl" if log_dir else None

@@ -1,4 +1,8 @@
-"""Live progress of a run: a tqdm bar of worker calls on a terminal (a line per event when not a tty)."""
+"""Live progress of a run: a tqdm bar of worker calls on a terminal (a line per event when not a tty).
+
+transient=True (the demo): the bar is erased when the run ends and a pipe gets no lines, so what the command
+prints last, its result, is what stays on screen.
+"""
 from __future__ import annotations
 
 import sys
@@ -11,12 +15,14 @@ from tqdm import tqdm
 
 
 class Progress:
-    def __init__(self, stream: TextIO | None = None, label: str = "", total: int | None = None) -> None:
+    def __init__(self, stream: TextIO | None = None, label: str = "", total: int | None = None,
+                 transient: bool = False) -> None:
         """total: expected worker calls (for the bar's length and time left), None when unknown."""
         self.stream = stream or sys.stderr
         self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.transient = transient
         self.bar = tqdm(total=total, desc=label.strip() or "run", unit="call", file=self.stream,
-                        dynamic_ncols=True, leave=True) if self.tty else None
+                        dynamic_ncols=True, leave=not transient) if self.tty else None
         self.label = label
         self.t0 = time.monotonic()
         self.iterations = self.calls = self.runs = 0
@@ -49,6 +55,8 @@ class Progress:
                 self.bar.update(1)
             self.bar.set_postfix_str(f"iter {self.iterations} | worker input tok {self.tokens} (text {self.handoff}) "
                                      f"| {self.last}", refresh=True)
+            return
+        if self.transient:
             return
         self.stream.write(line + "\n")
         self.stream.flush()

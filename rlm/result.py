@@ -11,7 +11,7 @@ from agents.events import Event, WorkerCall
 from rlm.graph import GraphSummary, from_dict
 
 StopReason = Literal["final", "max_iterations", "max_worker_calls", "max_tokens", "max_wall_s", "policy_stopped",
-                     "policy_error", "sandbox_error"]
+                     "policy_error", "sandbox_error", "worker_error", "interrupted"]
 STOP_REASONS: tuple[StopReason, ...] = get_args(StopReason)
 
 
@@ -66,6 +66,8 @@ class RunResult(BaseModel):
 
     answer: the FINAL value; when a budget or an error ended the run, a partial answer (or None) with
     `partial` True and the reason in `stop_reason` (one of STOP_REASONS).
+    error / hint: when the run ended without a final answer, what failed and why (one line), and what to do
+    (the `final` event of the log carries the same; see `rlm.failures`).
     events: this run's trajectory events (nested runs' events are in `nested_events` and in the log).
     usage: per agent ("orchestrator", "worker:<name>", prefixed "d1:" ... for nested runs).
     graph: node-link dict of the call graph (`call_graph()` gives the networkx DiGraph back).
@@ -76,6 +78,8 @@ class RunResult(BaseModel):
     answer: str | None = None
     stop_reason: StopReason = "final"
     partial: bool = False
+    error: str | None = None
+    hint: str | None = None
     iterations: int = 0
     worker_calls: int = 0
     wall_s: float = 0.0
@@ -111,6 +115,7 @@ class RunResult(BaseModel):
             rows.append((u.agent, str(u.calls), str(u.input_tokens), str(u.output_tokens),
                          str(u.text_handoff_tokens) if u.role == "worker" else "-", f"{u.time_s:.1f}"))
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-        lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
+        lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+                 for r in rows]
         lines.insert(1, "  ".join("-" * w for w in widths))
         return "\n".join(lines)

@@ -7,8 +7,8 @@
 
 The REPL (a `repl.Sandbox`) holds `context`, `query`, `worker(query)` (or `worker(query, text)`:
 a nested RLM worker runs on `text`, other workers get it appended to the query),
-`worker_batch(queries)`, `FINAL(value)` and `FINAL_VAR(name)`. Each policy step is recorded, its code cells run in order and
-their outputs recorded; worker calls are recorded as they happen (the worker reads the trajectory
+`worker_batch(queries)`, `FINAL(value)` and `FINAL_VAR(name)`. Each policy step is recorded, its code cells run in
+order and their outputs recorded; worker calls are recorded as they happen (the worker reads the trajectory
 rendered so far). The run ends on FINAL (in code, or at the start of a line of the step's text
 outside code), or when a budget, the policy or the sandbox ends it: then `answer` is a partial answer
 (the policy's `partial_answer`, else a REPL variable `final_answer` / `answer` / `result`, else the
@@ -21,10 +21,12 @@ import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
+from agents.backends.base import BackendError, request_deadline
 from agents.policy import OrchestratorPolicy, RunState, Step, as_step
 from agents.workers.base import CallContext, Worker, WorkerAnswer
 from repl.session import ReplSession, SessionFactory
 from agents.events import CellOutput, CodeCell, Event, Final, Notice, OrchestratorMessage, RunStart, WorkerCall
+from rlm.failures import explain
 from rlm.graph import CallGraph
 from rlm.parsing import find_final
 from rlm.result import AgentUsage, Budgets, RunResult, StopReason
@@ -43,6 +45,15 @@ class BudgetExhausted(RuntimeError):
 
 class WorkerError(RuntimeError):
     """Raised into the cell when the worker failed."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """A run stopped by Ctrl-C (KeyboardInterrupt): `result` is its RunResult (stop_reason "interrupted",
+    the answer so far), whose `final` event is in the log."""
+
+    def __init__(self, result: RunResult) -> None:
+        super().__init__("interrupted")
+        self.result = result
 
 
 def default_sandbox_config() -> SandboxConfig:
@@ -88,7 +99,11 @@ class RLM:
         if parent is not None and not isinstance(parent, Link):
             raise TypeError("RLM.run: parent must be the CallContext the runtime passed to Worker.answer_call.")
         with _Run(self, query, context, parent) as run:
-            return run.finish(self.loop(run))
+            try:
+                reason = self.loop(run)
+            except KeyboardInterrupt:   # Ctrl-C: the stop record and the answer so far, then the interrupt
+                raise RunInterrupted(run.finish("interrupted")) from None
+            return run.finish(reason)
 
     @staticmethod
     def loop(run: _Run) -> StopReason:
@@ -132,13 +147,18 @@ class _Run:
         self.iteration = self.worker_calls = 0
         self.final: tuple[str, str] | None = None           # (answer, source)
         self.refused: StopReason | None = None              # a worker call inside a cell was refused: why
+        self.cause: BaseException | None = None             # the error behind a stop, and whose it was
+        self.cause_role = "orchestrator"
+        self.cut_off = False                                # that error came from the wall-time budget
+        self.interrupted = False                            # Ctrl-C inside a worker call
         self.pending_var: str | None = None
         self.usage: dict[str, AgentUsage] = {}
         self.nested_events: list[Event] = []
         self.t0 = time.monotonic()
         self.graph = link.parent.graph if link else CallGraph()
         self.own_log = JsonlLog(rlm.log_path) if (rlm.log_path and not link) else None
-        sinks = list(link.parent.traj.sinks) if link else [s for s in (self.own_log and self.own_log.write, rlm.on_event) if s]
+        sinks = list(link.parent.traj.sinks) if link else [s for s in (self.own_log and self.own_log.write,
+                                                                         rlm.on_event) if s]
         self.traj = Trajectory(self.run_id, self.depth, sinks)
         self.node = self.graph.add_agent(self.run_id, "orchestrator", self.policy.name, self.depth)
         self.sandbox: ReplSession | None = None
@@ -164,7 +184,8 @@ class _Run:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for what, closer in (("sandbox", self.sandbox and self.sandbox.close), ("log", self.own_log and self.own_log.close)):
+        for what, closer in (("sandbox", self.sandbox and self.sandbox.close),
+                             ("log", self.own_log and self.own_log.close)):
             if not closer:
                 continue
             try:
@@ -194,6 +215,13 @@ class _Run:
 
     def elapsed(self) -> float:
         return time.monotonic() - self.t0
+
+    def deadline(self) -> float | None:
+        """When the wall-time budget runs out (`time.monotonic()`), for requests in flight; None: no budget."""
+        return None if self.budgets.max_wall_s is None else self.t0 + self.budgets.max_wall_s
+
+    def wall_spent(self) -> bool:
+        return self.budgets.max_wall_s is not None and self.elapsed() >= self.budgets.max_wall_s
 
     def tokens_used(self) -> int:
         return sum(u.input_tokens + u.output_tokens for u in self.usage.values())
@@ -233,17 +261,20 @@ class _Run:
     def next_step(self) -> Step | StopReason:
         t0 = time.monotonic()
         try:
-            step = as_step(self.policy.step(self.state()))
+            with request_deadline(self.deadline()):
+                step = as_step(self.policy.step(self.state()))
         except Exception as e:
             self.report(f"policy error: {type(e).__name__}: {e}")
-            return "policy_error"
+            self.cause, self.cause_role, self.cut_off = e, "orchestrator", self.wall_spent()
+            return "max_wall_s" if self.cut_off else "policy_error"
         took = time.monotonic() - t0
         if step is None:
             step = Step(stop=True)
         self.agent("orchestrator").add(1, step.input_tokens, step.output_tokens, time_s=took)
         if step.text or step.cells() or not step.stop:
-            self.traj.append(OrchestratorMessage(iteration=self.iteration, text=step.text, input_tokens=step.input_tokens,
-                                                 output_tokens=step.output_tokens, time_s=round(took, 6)))
+            self.traj.append(OrchestratorMessage(iteration=self.iteration, text=step.text,
+                                                 input_tokens=step.input_tokens, output_tokens=step.output_tokens,
+                                                 time_s=round(took, 6)))
         if step.stop:
             return "policy_stopped"
         return step
@@ -254,6 +285,8 @@ class _Run:
         sandbox_failed = False
         try:
             res = self.sandbox.run(code, **self.cell_timeout())
+            if self.interrupted:   # Ctrl-C in a worker call that the sandbox turned into the cell's error
+                raise KeyboardInterrupt
             out = CellOutput(iteration=self.iteration, cell=cell, stdout=res.stdout or "", value=res.value,
                              error=res.error, error_type=res.error_type, limit=res.limit,
                              duration_s=round(float(res.duration_s or 0.0), 6))
@@ -261,6 +294,7 @@ class _Run:
             out = CellOutput(iteration=self.iteration, cell=cell, error=f"SandboxError: {type(e).__name__}: {e}",
                              error_type="SandboxError")
             sandbox_failed = True
+            self.cause, self.cause_role, self.cut_off = e, "sandbox", False
         self.traj.append(out)
         self.resolve_final_var()
         if self.final is not None:
@@ -287,7 +321,8 @@ class _Run:
         elif found:
             self.final = (found[1], "text")
         elif not step.cells():
-            self.traj.append(Notice(iteration=self.iteration, text="No ```repl code block and no FINAL(...) in this step."))
+            self.traj.append(Notice(iteration=self.iteration,
+                                    text="No ```repl code block and no FINAL(...) in this step."))
         return "final" if self.final is not None else None
 
     # -- primitives (called from cells) -------------------------------------------------------
@@ -346,11 +381,20 @@ class _Run:
         link = Link(run_id=self.run_id, call_id=call_id, depth=self.depth, max_depth=self.max_depth, parent=self)
         t0 = time.monotonic()
         try:
-            ans = self.worker.answer_call(query, self.traj.text, link, context)
+            with request_deadline(self.deadline()):
+                ans = self.worker.answer_call(query, self.traj.text, link, context)
+        except KeyboardInterrupt:
+            self.interrupted = True
+            raise
         except Exception as e:
             took = time.monotonic() - t0
             self.traj.append(WorkerCall(call_id=call_id, iteration=self.iteration, index=self.worker_calls, query=query,
                                         error=f"{type(e).__name__}: {e} (after {took:.2f}s)", worker=self.worker.name))
+            self.cause, self.cause_role, self.cut_off = e, "worker", self.wall_spent()
+            if self.cut_off:                      # cut off by the wall-time budget: the run ends here
+                self.refused = self.refused or "max_wall_s"
+            elif isinstance(e, BackendError):     # the worker's server failed (after its retries): so will the next
+                self.refused = self.refused or "worker_error"
             raise WorkerError(f"worker call failed: {type(e).__name__}: {e}") from None
         self.record_call(call_id, query, ans, link)
         return ans.text
@@ -370,7 +414,8 @@ class _Run:
                                 sum(u.text_handoff_tokens for u in child.usage.values()), ans.latency_s)
         if not link.child_results:
             name = ans.worker
-            self.agent("worker", name).add(1, ans.input_tokens, ans.output_tokens, ans.text_handoff_tokens, ans.latency_s)
+            self.agent("worker", name).add(1, ans.input_tokens, ans.output_tokens, ans.text_handoff_tokens,
+                                           ans.latency_s)
             target = self.graph.add_agent(self.run_id, "worker", name, self.depth)
             self.graph.add_call(self.node, target, call_id, ans.input_tokens, ans.output_tokens,
                                 ans.text_handoff_tokens, ans.latency_s)
@@ -389,7 +434,8 @@ class _Run:
                 try:
                     return to_text(self.sandbox.get(name))
                 except Exception as e:
-                    self.report(f"reading the REPL variable {name!r} for a partial answer failed: {type(e).__name__}: {e}")
+                    self.report(f"reading the REPL variable {name!r} for a partial answer failed: "
+                                f"{type(e).__name__}: {e}")
         for e in reversed(self.traj.events):
             if e.type == "worker_call" and e.answer:
                 return e.answer
@@ -397,14 +443,24 @@ class _Run:
                 return e.stdout.strip()[-2000:]
         return None
 
+    def last_words(self) -> str | None:
+        """The policy's last message (why it stopped, for policy_stopped)."""
+        for e in reversed(self.traj.events):
+            if e.type == "message":
+                return e.text or None
+        return None
+
     def finish(self, reason: StopReason) -> RunResult:
         if self.final is not None:
             answer, source, reason = self.final[0], self.final[1], "final"
         else:
             answer, source = self.partial_answer(), "partial"
-        self.traj.append(Final(answer=answer, stop_reason=reason, source=source))
+        cause = self.cause if reason != "max_wall_s" or self.cut_off else None
+        error, hint = explain(reason, cause, self.cause_role, self.budgets, self.last_words())
+        self.traj.append(Final(answer=answer, stop_reason=reason, source=source, error=error, hint=hint))
         result = RunResult(
             run_id=self.run_id, query=self.query, answer=answer, stop_reason=reason, partial=reason != "final",
+            error=error, hint=hint,
             iterations=self.iteration, worker_calls=self.worker_calls, wall_s=round(self.elapsed(), 3),
             trajectory=self.traj.text, events=self.traj.events, nested_events=self.nested_events, usage=self.usage,
             graph=self.graph.to_dict(), graph_summary=self.graph.summary(),

@@ -29,7 +29,8 @@ class Server:
                 length = int(self.headers.get("Content-Length", 0))
                 body = json.loads(self.rfile.read(length))
                 server.requests.append({"path": self.path, "body": body, "auth": self.headers.get("Authorization")})
-                status, payload, headers, delay = server.script.pop(0) if server.script else (200, _ok("default"), {}, 0)
+                status, payload, headers, delay = (server.script.pop(0) if server.script
+                                                   else (200, _ok("default"), {}, 0))
                 if delay:
                     time.sleep(delay)
                 data = payload if isinstance(payload, str) else json.dumps(payload)
@@ -177,3 +178,58 @@ def test_llm_policy_drives_a_run_through_the_server(server):
     assert second[0]["role"] == "system" and "worker(query" in second[0]["content"]
     assert "How long?" in second[1]["content"] and "11 total characters" in second[1]["content"]
     assert any("REPL output:\n11" in m["content"] for m in second if m["role"] == "user")
+
+
+def test_request_deadline_cuts_a_request_in_flight(server):
+    from agents.backends import request_deadline
+
+    server.script.append((200, _ok("late"), {}, 3.0))
+    b, sleeps = backend(server, timeout_s=60.0, max_retries=4)
+    t0 = time.monotonic()
+    with request_deadline(time.monotonic() + 0.5), pytest.raises(BackendTimeout) as exc:
+        b.complete(MSGS)
+    assert time.monotonic() - t0 < 2.0 and exc.value.kind == "deadline" and sleeps == []
+    assert "before the caller's deadline" in str(exc.value) and len(server.requests) == 1
+
+
+def test_request_deadline_leaves_no_time_for_a_retry_wait(server):
+    from agents.backends import request_deadline
+
+    server.script += [(503, "busy", {}, 0)] * 3
+    b, sleeps = backend(server, backoff_s=5.0, max_retries=2)
+    with request_deadline(time.monotonic() + 1.0), pytest.raises(BackendError) as exc:
+        b.complete(MSGS)
+    assert exc.value.status == 503 and sleeps == [] and len(server.requests) == 1   # a 5 s wait would outlast it
+
+
+def test_nested_deadlines_keep_the_earlier():
+    from agents.backends import request_deadline
+    from agents.backends.base import deadline
+
+    assert deadline() is None
+    with request_deadline(100.0):
+        with request_deadline(200.0):
+            assert deadline() == 100.0
+        with request_deadline(50.0):
+            assert deadline() == 50.0
+        with request_deadline(None):
+            assert deadline() == 100.0
+    assert deadline() is None
+
+
+def test_errors_say_what_kind_and_how_many_attempts():
+    from tests.chat_server import free_port
+
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    b = OpenAIChatBackend(base_url=url, model="m", max_retries=1, sleep=lambda s: None)
+    with pytest.raises(BackendError) as exc:
+        b.complete(MSGS)
+    assert exc.value.kind == "unreachable" and exc.value.url == url and exc.value.attempts == 2
+    assert str(exc.value).endswith("(2 attempts)") and "Connection refused" in str(exc.value)
+
+
+@pytest.mark.parametrize("url", ["foo", "localhost:8080/v1", "ftp://host/v1", "http://127.0.0.1:99999/v1",
+                                 "http:///v1"])
+def test_a_base_url_that_is_not_http_is_refused(url):
+    with pytest.raises(ValueError, match="base_url"):
+        OpenAIChatBackend(base_url=url)

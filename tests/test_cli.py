@@ -66,8 +66,9 @@ def test_repl_passes_a_worker_primitive_to_the_console(monkeypatch, capsys):
     monkeypatch.setattr("rlm.cli._make_worker", lambda args: (fake, None))
     got = {}
 
-    def fake_main(argv=None, primitives=None):
+    def fake_main(argv=None, primitives=None, hooks=None):
         got["argv"] = argv
+        assert "trajectory" in hooks.commands and hooks.before_cell and hooks.after_cell
         got["answers"] = [primitives["worker"]("one"), primitives["worker"]("two")]
         got["batch"] = primitives["worker_batch"](["three"])
         return 0
@@ -126,29 +127,56 @@ def test_demo_command_small(lm, capsys):
     assert rc == 0
     out = capsys.readouterr().out
     assert "[briefed] answer:" in out and "[text] answer:" in out
-    # the headline comes first: the question, both answers, then tokens and time; the details follow
-    first = out.splitlines()[0]
-    assert first.startswith("Question: What new kind of visa")
-    assert out.index("latent briefing  answer:") < out.index("Details") < out.index("[briefed] answer:")
-    assert "fewer worker input tokens than pasting the trajectory as text" in out
+    # the headline comes first: the question, both answers, the saving, then tokens and time; the details follow
+    lines = out.splitlines()
+    assert lines[0].startswith("Question: What new kind of visa")
+    assert lines[1].startswith("Answer, latent briefing: ") and lines[2].startswith("Answer, text handoff: ")
+    assert lines[3].startswith("Saving: latent briefing read ")
+    assert "fewer worker input tokens than pasting the trajectory as text" in lines[3]
+    assert out.index("Details") < out.index("[briefed] answer:")
 
 
+def test_demo_leads_with_the_answer_and_the_saving(monkeypatch, capsys):
+    """On a tiny random model: stdout starts with the question, the answers and the saving; stderr (a pipe here)
+    gets one line per run and the model loading, no per-event progress."""
+    import briefing
+    from tests.tiny import tiny_model
+
+    tiny = tiny_model("llama-gqa", max_positions=2048)
+    monkeypatch.setattr(briefing, "load_model", lambda model=None: tiny)
+    rc = main(["demo", "--max-chars", "300", "--chunk-chars", "300", "--max-new-tokens", "2"])
+    assert rc == 0
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    assert lines[0] == "Question: What new kind of visa does the author propose?"
+    assert lines[1].startswith("Answer, latent briefing: ") and lines[2].startswith("Answer, text handoff: ")
+    assert lines[3].startswith("Saving: latent briefing read ") and "fewer worker input tokens" in lines[3]
+    assert captured.out.index("worker input tokens") < captured.out.index("Details")
+    assert captured.err.splitlines() == ["loading the model (embedded default)...",
+                                         "[briefed] running: about 3 worker calls...",
+                                         "[text] running: about 3 worker calls..."]
+
+
+RUN = ["run", "--context", "-", "--query", "q"]
 BAD_ARGS = [
     (["run", "--context", "missing.txt", "--query", "q"], "argument --context: no such file: missing.txt"),
     (["repl", "--context", "missing.txt"], "argument --context: no such file"),
-    (["run", "--context", "-", "--query", "q", "--keep-tokens", "0"], "argument --keep-tokens: must be an integer >= 1"),
-    (["run", "--context", "-", "--query", "q", "--tau", "nan"], "argument --tau: expected a finite number"),
-    (["run", "--context", "-", "--query", "q", "--tau", "inf"], "argument --tau: expected a finite number"),
-    (["run", "--context", "-", "--query", "q", "--budget", "abc"], "argument --budget: was replaced: use --keep-ratio"),
-    (["run", "--context", "-", "--query", "q", "--budget", "0"], "argument --budget: was replaced"),
-    (["run", "--context", "-", "--query", "q", "--keep-ratio", "1.5"], "argument --keep-ratio: must be a share in (0, 1]"),
-    (["run", "--context", "-", "--query", "q", "--keep-ratio", "abc"], "argument --keep-ratio: expected a number"),
-    (["run", "--context", "-", "--query", "q", "--tau", "1", "--keep-ratio", "0.2"], "not allowed with argument"),
-    (["run", "--context", "-", "--query", "q", "--worker", "text", "--tau", "2"], "--worker text has none"),
-    (["run", "--context", "-", "--query", "q", "--max-iterations", "0"], "argument --max-iterations: must be an integer >= 1"),
-    (["run", "--context", "-", "--query", "q", "--cell-timeout", "-1"], "argument --cell-timeout: must be a number > 0"),
-    (["run", "--context", "-", "--query", "q", "--chunk-chars", "x"], "argument --chunk-chars: expected an integer"),
-    (["run", "--context", "-", "--query", "q", "--max-wall-s", "inf"], "argument --max-wall-s: expected a finite number"),
+    ([*RUN, "--keep-tokens", "0"], "argument --keep-tokens: must be an integer >= 1"),
+    ([*RUN, "--tau", "nan"], "argument --tau: expected a finite number"),
+    ([*RUN, "--tau", "inf"], "argument --tau: expected a finite number"),
+    ([*RUN, "--budget", "abc"], "argument --budget: was replaced: use --keep-ratio"),
+    ([*RUN, "--budget", "0"], "argument --budget: was replaced"),
+    ([*RUN, "--keep-ratio", "1.5"], "argument --keep-ratio: must be a share in (0, 1]"),
+    ([*RUN, "--keep-ratio", "abc"], "argument --keep-ratio: expected a number"),
+    ([*RUN, "--tau", "1", "--keep-ratio", "0.2"], "not allowed with argument"),
+    ([*RUN, "--worker", "text", "--tau", "2"], "--worker text has none"),
+    ([*RUN, "--max-iterations", "0"], "argument --max-iterations: must be an integer >= 1"),
+    ([*RUN, "--cell-timeout", "-1"], "argument --cell-timeout: must be a number > 0"),
+    ([*RUN, "--chunk-chars", "x"], "argument --chunk-chars: expected an integer"),
+    ([*RUN, "--max-wall-s", "inf"], "argument --max-wall-s: expected a finite number"),
+    ([*RUN, "--request-timeout", "0"], "argument --request-timeout: must be a number > 0"),
+    ([*RUN, "--retries", "-1"], "argument --retries: must be an integer >= 0"),
+    ([*RUN, "--worker-backend", "ollama"], "argument --worker-backend: invalid choice"),
     (["demo", "--keep-tokens", "0"], "argument --keep-tokens: must be an integer >= 1 (use --keep-none"),
     (["demo", "--max-new-tokens", "-3"], "argument --max-new-tokens: must be an integer >= 1"),
     (["view", "x.jsonl", "--max-chars", "many"], "argument --max-chars: expected an integer"),
@@ -170,7 +198,7 @@ def test_selection_options_build_the_selector():
     from rlm.cli import build_parser, selector_from_args
 
     def sel(*extra):
-        return selector_from_args(build_parser().parse_args(["run", "--context", "-", "--query", "q", *extra]))
+        return selector_from_args(build_parser().parse_args([*RUN, *extra]))
 
     assert sel() is None  # the worker's default, AttentionMatching(tau=1.0)
     assert sel("--tau", "2") == briefing.AttentionMatching(tau=2.0)

@@ -1,7 +1,11 @@
 """Chat backend interface: a list of {"role", "content"} messages in, one completion out."""
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 from pydantic import BaseModel
@@ -19,16 +23,64 @@ class ChatResponse(BaseModel):
 
 
 class BackendError(RuntimeError):
-    """The backend could not produce a completion (after retries where retrying makes sense)."""
+    """The backend could not produce a completion (after retries where retrying makes sense).
 
-    def __init__(self, message: str, status: int | None = None, retryable: bool = False) -> None:
+    status: the HTTP status, if the server sent one. kind: what went wrong, for the message a user reads:
+    "unreachable" (no connection), "timeout" (no answer in time), "deadline" (cut off by the caller's
+    `request_deadline`), "http" (an error status), "malformed" (a 200 that is not a chat completion),
+    "protocol" (not HTTP at all), or "" (other). url: the server. attempts: requests made.
+    """
+
+    def __init__(self, message: str, status: int | None = None, retryable: bool = False, kind: str = "",
+                 url: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.retryable = retryable
+        self.kind = kind or ("http" if status is not None else "")
+        self.url = url
+        self.attempts = 1
+        self.retry_after: float | None = None
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        return f"{text} ({self.attempts} attempts)" if self.attempts > 1 else text
 
 
 class BackendTimeout(BackendError):
-    """Every attempt timed out."""
+    """Every attempt timed out, or the caller's deadline (`request_deadline`) cut the request off."""
+
+
+# -- the caller's deadline -------------------------------------------------------------------
+_DEADLINE: ContextVar[float | None] = ContextVar("latent_briefing_request_deadline", default=None)
+
+
+@contextmanager
+def request_deadline(at: float | None) -> Iterator[None]:
+    """Requests a backend makes inside this block end by `at` (a `time.monotonic()` instant; None: no bound).
+
+    The runtime sets it from the run's wall-time budget around each policy step and worker call, so a hung
+    server cannot hold a run past `Budgets.max_wall_s`. Nested blocks keep the earlier of the two instants.
+    """
+    if at is None:
+        yield
+        return
+    current = _DEADLINE.get()
+    token = _DEADLINE.set(at if current is None else min(current, at))
+    try:
+        yield
+    finally:
+        _DEADLINE.reset(token)
+
+
+def deadline() -> float | None:
+    """The `time.monotonic()` instant requests must end by, or None (see `request_deadline`)."""
+    return _DEADLINE.get()
+
+
+def time_left() -> float | None:
+    """Seconds left before the caller's deadline (may be <= 0), or None when there is none."""
+    at = _DEADLINE.get()
+    return None if at is None else at - time.monotonic()
 
 
 class ChatBackend(ABC):

@@ -35,7 +35,8 @@ class ChunkScanPolicy(OrchestratorPolicy):
     show_chunks: bool = True
     verify: bool = True
     max_tries: int = 2
-    note_query: str = "Chunk {i} of {n} is printed above. {query} If this chunk does not say, reply 'not in this chunk'."
+    note_query: str = ("Chunk {i} of {n} is printed above. {query} If this chunk does not say, "
+                       "reply 'not in this chunk'.")
     answer_query: str = "{query} Answer from the worker notes above, in a few words."
     verify_query: str = ("Question: {query}\nProposed answer: {answer}\nIs the proposed answer supported by the "
                          "text above? Reply yes or no.")
@@ -55,6 +56,20 @@ class ChunkScanPolicy(OrchestratorPolicy):
                                             or self.max_chunks < 1):
             raise ValueError(f"ChunkScanPolicy: max_chunks must be an integer >= 1 or None, got {self.max_chunks!r}.")
 
+    def chunks(self, context: object) -> int:
+        """How many chunks this policy makes of `context` (a str, or a list/tuple scanned item by item)."""
+        if isinstance(context, (list, tuple)):
+            n = len(context)
+        else:
+            n = len(range(0, max(1, len(str(context))), max(1, self.chunk_chars - self.overlap)))
+        return min(n, self.max_chunks) if self.max_chunks else n
+
+    def budgets_for(self, context: object) -> tuple[int, int]:
+        """(steps, worker calls) a whole scan of `context` can take: one step and one call per chunk, plus the
+        set-up, the answer, the check, a retry, the failed tries and the final step."""
+        n = self.chunks(context)
+        return n + 2 * self.max_tries + 4, n + 2 * self.max_tries + 2
+
     def step(self, state: RunState) -> Step:
         names = state.variables
         if "n_chunks" not in names:
@@ -67,7 +82,8 @@ class ChunkScanPolicy(OrchestratorPolicy):
             if int(state.get("tries", 0) or 0) >= self.max_tries:
                 return Step(text="The worker could not answer; giving up.", stop=True)
             return Step(text="All chunks read; asking for the answer.",
-                        code=f"tries += 1\nanswer = worker({self.answer_query.format(query=state.query)!r})\nprint(answer)")
+                        code=f"tries += 1\nanswer = worker({self.answer_query.format(query=state.query)!r})\n"
+                             "print(answer)")
         if self.verify and "verdict" not in names and int(state.get("checks", 0) or 0) < self.max_tries:
             q = self.verify_query.replace("{query}", state.query)
             return Step(text="Checking the answer.",
@@ -75,7 +91,8 @@ class ChunkScanPolicy(OrchestratorPolicy):
         verdict = str(state.get("verdict", "") or "").strip().lower()
         if self.verify and verdict.startswith("no") and "retried" not in names:
             return Step(text="The check says no; asking once more.",
-                        code=f"retried = True\nanswer = worker({self.retry_query.format(query=state.query)!r})\nprint(answer)")
+                        code=f"retried = True\nanswer = worker({self.retry_query.format(query=state.query)!r})\n"
+                             "print(answer)")
         return Step(text="Done.\nFINAL_VAR(answer)")
 
     def _setup(self) -> Step:
@@ -90,7 +107,9 @@ class ChunkScanPolicy(OrchestratorPolicy):
             "n_chunks = len(chunks)\n"
             "scanned = tries = checks = 0\n"
             "notes = []\n"
-            "print(f'{n_chunks} chunks, lengths {[len(c) for c in chunks]}')"
+            # a summary, not every length: a 5 MB context has thousands of chunks
+            "print(f'{n_chunks} chunks of {min(map(len, chunks))} to {max(map(len, chunks))} characters, '\n"
+            "      f'{sum(map(len, chunks)):,} characters in all' if chunks else '0 chunks')"
         )
         return Step(text="Splitting the context into chunks.", code=code)
 
