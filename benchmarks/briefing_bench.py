@@ -46,7 +46,7 @@ RATIOS = (0.5, 0.2, 0.1, 0.05)
 
 
 def readme_tables(result: dict) -> dict[str, str]:
-    """The README's briefing tables (blocks `briefing-anchor` and `briefing-lengths`) from a result JSON."""
+    """The briefing tables of docs/benchmarks.md (blocks `briefing-anchor`, `briefing-lengths`) from a result JSON."""
     anchor = result["anchor"]
     rows = ["| method (answer KL, lower is better) | 50% kept | 20% | 10% | 5% |", "|---|---|---|---|---|"]
     for name, kls in anchor["ours"].items():
@@ -205,16 +205,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="bench_out/briefing")
     parser.add_argument("--quick", action="store_true", help="lengths 512 and 1024 only")
     parser.add_argument("--decode-tokens", type=int, default=16)
-    parser.add_argument("--readme", action="store_true", help="rewrite the README's briefing tables from the result")
+    parser.add_argument("--readme", action="store_true",
+                        help="rewrite the briefing tables in docs/benchmarks.md from the result")
     parser.add_argument("--report", default=None, metavar="JSON",
-                        help="no run: rewrite the README's briefing tables from this result JSON")
+                        help="no run: rewrite the briefing tables in docs/benchmarks.md (and the plot) from this JSON")
     args = parser.parse_args(argv)
     if args.report:
         result = json.loads(Path(args.report).read_text())
         for block, text in readme_tables(result).items():
             update_readme(block, text)
         plot(result, Path(args.report).with_suffix(".png"))
-        print(f"README briefing tables and {Path(args.report).with_suffix('.png')} regenerated from {args.report}")
+        print(f"docs/benchmarks.md briefing tables and {Path(args.report).with_suffix('.png')} regenerated from "
+              f"{args.report}")
         return 0
     lengths = [512, 1024] if args.quick else args.lengths
     out = Path(args.out)
@@ -254,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.readme:
         for block, text in readme_tables(result).items():
             update_readme(block, text)
-        print("README briefing tables regenerated")
+        print("docs/benchmarks.md briefing tables regenerated")
     return 0
 
 

@@ -31,7 +31,8 @@ import torch
 import briefing
 from benchmarks.briefing_bench import ANSWER, QUESTION
 from benchmarks.recall_cases import cases
-from benchmarks.selection_bench import DEFAULT, PREVIOUS, README, VARIANTS, bootstrap_median, renamed, update_readme
+from benchmarks.readme import DOC, update_readme
+from benchmarks.selection_bench import DEFAULT, PREVIOUS, VARIANTS, bootstrap_median, renamed
 from rlm.data import data_dir
 
 RATIOS = (0.5, 0.2, 0.1, 0.05)
@@ -333,7 +334,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cases", type=int, nargs="+", help="only these case indices, in this order (a part run "
                         "beside another; its file is tagged part-..., and the report merges the parts' cases)")
     parser.add_argument("--out", default=str(OUT))
-    parser.add_argument("--readme", action="store_true", help="also rewrite the README's table block")
+    parser.add_argument("--readme", action="store_true", help="also rewrite the kvpress-tables block of "
+                        "docs/benchmarks.md")
     parser.add_argument("--report", action="store_true", help="only write the tables from the JSON files")
     args = parser.parse_args(argv)
     unknown = [v for v in args.ours if v not in VARIANTS]
@@ -343,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.report:
         tag = args.tag or ("part-" + "-".join(map(str, args.cases)) if args.cases else "")
         run(args.split, args.presses, args.ours, out, not args.no_anchor, tag, args.cases)
-    print(report(out, README if args.readme else None))
+    print(report(out, DOC if args.readme else None))
     return 0
 
 

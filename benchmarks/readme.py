@@ -1,14 +1,16 @@
-"""The one way a benchmark rewrites its table in the README: the text between two marker comments."""
+"""The one way a benchmark rewrites its table in the docs: the text between two marker comments.
+
+The tables live in docs/benchmarks.md (`DOC`); each benchmark's `--readme` option writes its blocks there."""
 from __future__ import annotations
 
 from pathlib import Path
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 
 
 def replace_block(readme: Path, begin: str, end: str, body: str) -> bool:
     """Replace the text between the markers `begin` and `end` of `readme` with `body` (the markers stay).
-    Returns whether the file changed; a README without both markers is an error that says where to add them."""
+    Returns whether the file changed; a file without both markers is an error that says where to add them."""
     text = readme.read_text()
     if begin not in text or end not in text:
         raise ValueError(f"{readme} has no {begin} ... {end} block: add the two markers where the table goes")
@@ -19,6 +21,6 @@ def replace_block(readme: Path, begin: str, end: str, body: str) -> bool:
     return new != text
 
 
-def update_readme(block: str, text: str, readme: Path = README) -> bool:
-    """The block `<!-- {block} -->` ... `<!-- /{block} -->` of the README becomes `text`."""
+def update_readme(block: str, text: str, readme: Path = DOC) -> bool:
+    """The block `<!-- {block} -->` ... `<!-- /{block} -->` of docs/benchmarks.md (or `readme`) becomes `text`."""
     return replace_block(readme, f"<!-- {block} -->", f"<!-- /{block} -->", text)

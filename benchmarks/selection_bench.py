@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 import briefing
-from benchmarks.readme import README, update_readme
+from benchmarks.readme import DOC, update_readme
 from benchmarks.recall_cases import cases
 from benchmarks.briefing_bench import ANSWER, QUESTION, copy_caches
 from rlm.data import data_dir
@@ -182,7 +182,8 @@ def fmt(stat: list[float]) -> str:
 
 
 def report(out: Path, readme: Path | None = None) -> str:
-    """Markdown tables from the committed JSON (the README's selection tables are this output), and a PNG."""
+    """Markdown tables from the committed JSON (the selection tables of docs/benchmarks.md are this output), and a
+    PNG. `readme`: also rewrite that block of this Markdown file."""
     lines = []
     loaded = {s: merged(out, s) for s in ("dev", "heldout") if (out / f"selection_{s}.json").exists()}
     for split, res in loaded.items():
@@ -235,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), help="names from VARIANTS")
     parser.add_argument("--no-extras", action="store_true", help="skip the anchor and the exact-value case")
     parser.add_argument("--out", default="docs/results/selection")
-    parser.add_argument("--readme", action="store_true", help="also rewrite the README's table block")
+    parser.add_argument("--readme", action="store_true", help="also rewrite the selection-tables block of "
+                        "docs/benchmarks.md")
     parser.add_argument("--report", action="store_true", help="write the tables and PNG from the JSON files")
     parser.add_argument("--tag", default="", help="suffix of the JSON file (a further round of variants)")
     parser.add_argument("--cases", type=int, nargs="+", help="only these case indices, in this order (a part run beside another; "
@@ -249,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         tag = args.tag or ("part-" + "-".join(map(str, args.cases)) if args.cases else "")
         run(args.split, args.variants, out, not args.no_extras, tag, args.cases)
     if args.report or not args.split:
-        print(report(out, README if args.readme else None))
+        print(report(out, DOC if args.readme else None))
     return 0
 
 

@@ -1,4 +1,5 @@
-"""Paired bootstrap intervals, the P3 rule, the protected-window selector and the README block of `rlm bench`."""
+"""Paired bootstrap intervals, the P3 rule, the protected-window selector and the docs/benchmarks.md block of
+`rlm bench`."""
 from __future__ import annotations
 
 import json
@@ -108,8 +109,9 @@ def test_readme_block_is_rewritten_from_json(tmp_path):
         update_readme(readme, tmp_path / "results.json")
 
 
-def test_committed_results_and_readme_agree(tmp_path):
-    """The README's table is the generated block of the committed results.json (no figure typed by hand)."""
+def test_committed_results_and_docs_agree(tmp_path):
+    """docs/benchmarks.md's rlm-bench table is the generated block of the committed results.json (no figure typed
+    by hand)."""
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
@@ -119,6 +121,7 @@ def test_committed_results_and_readme_agree(tmp_path):
     assert all(e["family"] for e in data["episodes"])
     for x in data["summary"]:
         assert {"accuracy_ci95", "diff_full_ci95", "token_reduction_ci95"} <= set(x)
-    readme = tmp_path / "README.md"
-    readme.write_text((root / "README.md").read_text())
-    assert not update_readme(readme, results, "docs/results/rlm_bench/results.json"), "README.md is stale: run `rlm bench --readme docs/results/rlm_bench/results.json`"
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text((root / "docs" / "benchmarks.md").read_text())
+    assert not update_readme(doc, results, "docs/results/rlm_bench/results.json"), \
+        "docs/benchmarks.md is stale: run `rlm bench --readme docs/results/rlm_bench/results.json`"

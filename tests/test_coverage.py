@@ -155,17 +155,18 @@ def test_kvpress_report_marks_errors_and_best_press(tmp_path):
     assert "best press | SnapKV 0.0200" in text and "SnapKV 0.3000" in text  # median of 0.2 and 0.4
 
 
-def test_readme_selection_tables_are_the_generated_ones():
-    """No figure typed by hand: every table row of the generated Markdown is in the README as written."""
+def test_docs_selection_tables_are_the_generated_ones():
+    """No figure typed by hand: every table row of the generated Markdown is in docs/benchmarks.md as written."""
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    readme = (root / "README.md").read_text()
+    readme = (root / "docs" / "benchmarks.md").read_text()
     for generated in ("docs/results/selection/selection_tables.md", "docs/results/kvpress_compare/compare_tables.md"):
         rows = [line for line in (root / generated).read_text().splitlines() if line.startswith("| ")]
         assert rows, generated
         missing = [row for row in rows if row not in readme]
-        assert not missing, f"README rows differ from {generated} (regenerate with --report): {missing[:2]}"
+        assert not missing, f"docs/benchmarks.md rows differ from {generated} (regenerate with --report --readme): " \
+                            f"{missing[:2]}"
 
 
 def test_selection_report_merges_parts_and_rounds(tmp_path):

@@ -4,7 +4,7 @@
     rlm bench --quick              # development seeds, 7 episodes at 1k (a few minutes)
     rlm bench --sweep              # development seeds: tau x smoothing x protected window (chooses the defaults)
     rlm bench --workers 2          # local process pool; --ray auto|ADDRESS|local: Ray
-    rlm bench --readme docs/results/rlm_bench/results.json   # rewrite README.md's marked table from that JSON
+    rlm bench --readme docs/results/rlm_bench/results.json   # rewrite docs/benchmarks.md's rlm-bench table from it
     rlm bench --replay LOG.jsonl [--max-calls 8]      # our JSONL log or an alexzhang13/rlm trace log
     rlm bench --suite long [...]                      # trajectories past the window (benchmarks.rlm_bench.long --help)
 
@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=list(SPLITS), help="seed range: dev (design, tuning) or heldout (reported)")
     p.add_argument("--seed-offset", type=int, default=0, help="start this far into the split's seed range")
     p.add_argument("--tau", type=float, default=1.0)
-    # defaults chosen on the development seeds (docs/results/rlm_bench/dev_sweep.md)
+    # defaults chosen on the development seeds (docs/results/rlm_bench/dev_sweep/dev_sweep.md)
     p.add_argument("--smooth", type=int, default=5, help="score smoothing kernel of Attention Matching, tau mode")
     p.add_argument("--ratio-smooth", type=int, default=9, help="score smoothing kernel at a fixed kept ratio")
     p.add_argument("--recent", type=int, default=32, help="protected recent window (positions) of the +recent conditions")
@@ -52,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ray", metavar="ADDRESS", help="run episodes on Ray: auto, a cluster address, or local")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--model", default=None, help="local Hugging Face model directory (default: embedded SmolLM2-135M)")
-    p.add_argument("--readme", metavar="RESULTS_JSON", help="rewrite README.md's rlm-bench block from this JSON and exit")
+    p.add_argument("--readme", metavar="RESULTS_JSON",
+                   help="rewrite the rlm-bench block of docs/benchmarks.md from this JSON and exit")
     p.add_argument("--report", metavar="RESULTS_JSON", help="rewrite results.md, the plots (and dev_sweep.*) next to "
                                                             "this JSON from it and exit")
     p.add_argument("--replay", metavar="LOG", help="replay the briefing conditions on the worker calls of a log")
@@ -186,10 +187,11 @@ def main(argv: list[str] | None = None) -> int:
         return long.main(argv)
     args = build_parser().parse_args(argv)
     if args.readme:
+        from benchmarks.readme import DOC
         from benchmarks.rlm_bench.report import update_readme
 
-        changed = update_readme(Path("README.md"), Path(args.readme))
-        print(f"README.md {'updated' if changed else 'unchanged'} from {args.readme}")
+        changed = update_readme(DOC, Path(args.readme), args.readme)
+        print(f"{DOC} {'updated' if changed else 'unchanged'} from {args.readme}")
         return 0
     if args.report:
         path = Path(args.report)

@@ -7,8 +7,8 @@
                                            streaming-recall bm25 summary plain]
                              [--split dev|heldout] [--out bench_out/long]
     rlm bench --suite long ...          (the same options)
-    python -m benchmarks.rlm_bench.long --report bench_out/long/results.json [--readme README.md]
-        # rewrite results.md and long.png (and the README's long-suite block) from the JSON
+    python -m benchmarks.rlm_bench.long --report bench_out/long/results.json [--readme docs/benchmarks.md]
+        # rewrite results.md and long.png (and the long-suite block of docs/benchmarks.md) from the JSON
     python -m benchmarks.rlm_bench.long --call-case 12400 --out DIR   # two BriefedWorker calls past the window (call_case.json)
 
 Episodes: a scripted orchestrator reads essay sections (REPL outputs), asks the worker about each one and takes
@@ -785,8 +785,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", metavar="JSON", nargs="+",
                    help="only rewrite results.md and long.png from a results.json (several, e.g. runs split by length "
                         "over processes: merged, written to --out)")
-    p.add_argument("--readme", metavar="README", help="with --report: also rewrite the README's long-suite block")
-    p.add_argument("--readme-block", metavar="NAME", help="with --readme: the named block <!-- long-suite-NAME:start -->")
+    p.add_argument("--readme", metavar="MARKDOWN",
+                   help="with --report: also rewrite the long-suite block of this file (docs/benchmarks.md)")
+    p.add_argument("--readme-block", metavar="NAME",
+                   help="with --readme: the named block <!-- long-suite-NAME:start -->")
     p.add_argument("--call-case", type=int, metavar="TOKENS",
                    help="only the motivating case: two BriefedWorker calls on a trajectory of TOKENS tokens "
                         "(writes call_case.json)")
@@ -885,7 +887,7 @@ README_START, README_END = "<!-- long-suite:start -->", "<!-- long-suite:end -->
 
 
 def readme_markers(block: str | None = None) -> tuple[str, str]:
-    """The README markers of the long-suite block (`block`: a second, named block, e.g. another window)."""
+    """The markers of the long-suite block in docs/benchmarks.md (`block`: a named one, e.g. another window)."""
     if not block:
         return README_START, README_END
     return f"<!-- long-suite-{block}:start -->", f"<!-- long-suite-{block}:end -->"
@@ -907,9 +909,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.readme:
             sources = " ".join(args.report) + ("" if len(args.report) == 1 else f" --out {args.out}")
             block = f" --readme-block {args.readme_block}" if args.readme_block else ""
-            update_readme(Path(args.readme), markdown(result),
-                          f"python -m benchmarks.rlm_bench.long --report {sources} --readme {Path(args.readme).name}{block}",
-                          args.readme_block)
+            command = f"python -m benchmarks.rlm_bench.long --report {sources} --readme {args.readme}{block}"
+            update_readme(Path(args.readme), markdown(result), command, args.readme_block)
             print(args.readme)
         return 0
     if args.call_case:

@@ -1,4 +1,4 @@
-"""Report of the family suite: results.md, PNG plots and the README block, all from results.json."""
+"""Report of the family suite: results.md, PNG plots and the block of docs/benchmarks.md, all from results.json."""
 from __future__ import annotations
 
 import json
@@ -135,10 +135,11 @@ def readme_block(result: dict, source: str = "docs/results/rlm_bench/results.jso
 
 
 def update_readme(readme: Path, results_json: Path, source: str | None = None) -> bool:
-    """Rewrite the marked block of `readme` from `results_json` (named in the block as `source`, by default its
-    path relative to the README); returns whether the text changed."""
+    """Rewrite the marked block of `readme` (docs/benchmarks.md) from `results_json`, named in the block as `source`
+    (by default its path relative to the current folder, where the command is run); returns whether the text
+    changed."""
     result = json.loads(results_json.read_text())
-    source = source or os.path.relpath(results_json.resolve(), readme.resolve().parent)
+    source = source or os.path.relpath(results_json.resolve(), Path.cwd())
     return replace_block(readme, README_BEGIN, README_END, readme_block(result, source))
 
 
