@@ -159,13 +159,27 @@ class TrajectoryCache:
         """Bytes held by the cached keys, values and stored beta."""
         return self.store.kv_bytes()
 
-    def clone(self) -> TrajectoryCache:
-        """An independent copy (tensors copied), e.g. to time an extend repeatedly or to branch a trajectory."""
+    def clone(self, *, fold: FoldPolicy | None = None, budget: int | None = None,
+              reserve: int | None = None) -> TrajectoryCache:
+        """An independent copy (tensors copied), e.g. to time an extend repeatedly or to branch a trajectory. A fold
+        policy, budget or reserve given here replaces the original's for the copy's later folds (the guidance
+        memory, the positions and the folds so far are kept): branches of one prefill that fold differently."""
         other = TrajectoryCache.__new__(TrajectoryCache)
         other.__dict__.update(self.__dict__)
         other.ids, other.folds = list(self.ids), list(self.folds)
         other.store = self.store.clone()
         other.memory = None if self.memory is None else self.memory.clone()  # draws what the original would draw
+        if fold is not None:
+            if not isinstance(fold, FoldPolicy) or self.fold is None:
+                raise BriefingError("clone(fold=...) takes a briefing.FoldPolicy, for a cache that folds.")
+            other.fold = copy.deepcopy(fold)
+            other.recent = fold.recent if fold.recent is not None else other.budget // 2
+        if budget is not None:
+            other.budget = int(budget)
+        if reserve is not None:
+            other.reserve = int(reserve)
+        if fold is not None or budget is not None or reserve is not None:
+            other.check_budget()
         return other
 
     # -- text -----------------------------------------------------------------------------------------------------
@@ -295,7 +309,7 @@ class TrajectoryCache:
     def observe(self, prompt: str) -> None:
         """Remember a worker prompt as task guidance without compacting: the prompt is forwarded over the cache, its
         queries kept, and the cache cropped back."""
-        if self.memory is None or not self.length:
+        if self.memory is None or not self.length or self.fold.keep == 0:  # a fold that keeps nothing needs no guidance
             return
         ids, T, position = self.lm.encode(prompt), self.length, self.position
         state = BiasState(beta=self.store.beta, capture=True)

@@ -417,30 +417,25 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 0
 
 
-BENCH_MISSING = ("rlm bench: the benchmarks are not installed with the library; from a source checkout run "
-                 "`pip install -e '.[bench]'`, then `rlm bench` there")
+BENCH_MISSING = ("rlm bench: the benchmarks are not installed: install the project with its bench extra "
+                 "(`pip install -e '.[bench]'`, what `make setup` does)")
 
 
 def load_bench() -> Callable[[list[str]], int] | None:
-    """`benchmarks.rlm_bench.cli.main` from the source checkout (the top-level `benchmarks/` folder, next to the
-    `rlm` package of an editable install, or the current directory), or None after one line on stderr."""
-    import importlib
+    """The `bench` command the installed benchmarks register (entry point group `rlm.commands`), or None after one
+    line on stderr. Nothing is imported from the current folder: `rlm bench` runs the installed benchmarks."""
+    from importlib.metadata import entry_points
 
-    checkout = Path(__file__).resolve().parents[1]
-    for root in (None, checkout, Path.cwd()):
-        if root is not None:
-            if not (root / "benchmarks" / "rlm_bench").is_dir() or str(root) in sys.path:
-                continue
-            sys.path.append(str(root))
-        try:
-            return importlib.import_module("benchmarks.rlm_bench.cli").main
-        except ModuleNotFoundError as e:
-            if e.name and e.name.split(".")[0] != "benchmarks":   # the folder is there, an extra is missing
-                print(f"rlm bench: missing module {e.name!r}: run `pip install -e '.[bench]'` in the source "
-                      "checkout", file=sys.stderr)
-                return None
-    print(BENCH_MISSING, file=sys.stderr)
-    return None
+    found = entry_points(group="rlm.commands", name="bench")
+    if not found:
+        print(BENCH_MISSING, file=sys.stderr)
+        return None
+    try:
+        return next(iter(found)).load()
+    except ModuleNotFoundError as e:
+        print(f"rlm bench: missing module {e.name!r}: install the bench extra (`pip install -e '.[bench]'`)",
+              file=sys.stderr)
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:

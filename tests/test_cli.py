@@ -210,31 +210,33 @@ def test_selection_options_build_the_selector():
 
 
 def test_bench_command_without_the_benchmarks_says_what_to_do(monkeypatch, capsys, tmp_path):
-    import importlib
+    """`rlm bench` finds the benchmarks through their entry point, never in the current folder."""
+    import importlib.metadata as md
 
     import rlm.cli
 
-    real = importlib.import_module
-
-    def no_benchmarks(name, *a):
-        if name.startswith("benchmarks"):
-            raise ModuleNotFoundError(f"No module named {name!r}", name="benchmarks")
-        return real(name, *a)
-
-    monkeypatch.setattr(importlib, "import_module", no_benchmarks)
+    (tmp_path / "benchmarks" / "rlm_bench").mkdir(parents=True)   # a look-alike folder where the user stands
+    (tmp_path / "benchmarks" / "__init__.py").write_text("raise SystemExit('imported from the current folder')")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(md, "entry_points", lambda **kw: ())
     assert main(["bench", "--quick"]) == 2
     err = capsys.readouterr().err
     assert err == rlm.cli.BENCH_MISSING + "\n" and "pip install -e '.[bench]'" in err
 
-    def no_extra(name, *a):
-        if name.startswith("benchmarks"):
-            raise ModuleNotFoundError("No module named 'rank_bm25'", name="rank_bm25")
-        return real(name, *a)
+    class Missing:
+        def load(self):
+            raise ModuleNotFoundError("No module named 'matplotlib'", name="matplotlib")
 
-    monkeypatch.setattr(importlib, "import_module", no_extra)
+    monkeypatch.setattr(md, "entry_points", lambda **kw: (Missing(),))
     assert main(["bench"]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "'rank_bm25'" in err and "[bench]" in err
+    assert "missing module 'matplotlib'" in capsys.readouterr().err
+
+
+def test_bench_command_is_the_installed_entry_point():
+    from importlib.metadata import entry_points
+
+    (ep,) = entry_points(group="rlm.commands", name="bench")
+    assert ep.value == "benchmarks.rlm_bench.cli:main"
 
 
 def test_bench_command_finds_the_checkout(capsys):

@@ -147,7 +147,8 @@ class BriefedWorker(LocalModelMixin, Worker):
             cache_positions=cache.length, trajectory_tokens=cache.tokens,
             recalled_tokens=self.count(recalled.text) if recalled else 0)
         return Briefing(context=ctx, query=query, input_tokens=ctx.stats.kept + n_prompt,
-                        text_handoff_tokens=cache.tokens + n_query, stats=stats, recalled=recalled)
+                        text_handoff_tokens=cache.tokens + n_query, stats=stats, recalled=recalled, cache=cache,
+                        offset=len(prompts.cache_text("")))
 
     def answer(self, query: str, trajectory: str) -> WorkerAnswer:
         t0 = time.monotonic()
@@ -156,6 +157,20 @@ class BriefedWorker(LocalModelMixin, Worker):
         return WorkerAnswer(text=out.text.strip(), worker=self.name, input_tokens=b.input_tokens,
                             output_tokens=len(out.token_ids), text_handoff_tokens=b.text_handoff_tokens,
                             latency_s=time.monotonic() - t0, briefing=b.stats)
+
+    def fork(self, **changes: Any) -> BriefedWorker:
+        """A worker with `changes` (e.g. another fold policy, cache budget, reserve, recall or selector) that starts
+        from copies of this worker's warm caches: branches that share one prefill of the trajectory so far. A cache's
+        fold policy, budget and reserve follow the new worker's; what the caches hold and remember is kept."""
+        import dataclasses
+
+        other = dataclasses.replace(self, **changes)
+        fold = other.fold if "fold" in changes else None
+        budget = other.cache_budget if "cache_budget" in changes else None
+        reserve = other.reserve if "reserve" in changes else None
+        other._caches = [c.clone(fold=fold, budget=budget, reserve=reserve) for c in self._caches]
+        other._prompts = getattr(self, "_prompts", None)
+        return other
 
     def reset(self) -> None:
         self._caches.clear()

@@ -22,7 +22,9 @@ class Briefing:
     """One call's context. context: the `briefing.CompactedCache` the worker answers on (the call prompt already
     forwarded). input_tokens: what the call bills as input; text_handoff_tokens: what pasting the trajectory as text
     would have cost. stats: what a briefed worker's cache did (None for a text or plain worker). recalled: what a
-    recall brought back (its ranges index the trajectory's characters)."""
+    recall brought back (its ranges index the trajectory's characters). pasted: character ranges of the trajectory
+    the context holds as text (a text worker's, after its cut). cache / offset: a briefed worker's persistent cache
+    and where the trajectory starts in its text."""
 
     context: briefing.CompactedCache
     query: str
@@ -30,6 +32,9 @@ class Briefing:
     text_handoff_tokens: int
     stats: BriefingStats | None = None
     recalled: Recalled = field(default_factory=Recalled)
+    pasted: list[tuple[int, int]] = field(default_factory=list)
+    cache: briefing.TrajectoryCache | None = field(default=None, repr=False)
+    offset: int = 0
 
     def generate(self, config: briefing.GenerationConfig | None = None) -> briefing.GenerationResult:
         """Decode the answer (the context stays reusable)."""
@@ -44,6 +49,47 @@ class Briefing:
         if isinstance(options, str):
             return briefing.loglikelihood(self.context, options)
         return [briefing.loglikelihood(self.context, o) for o in options]
+
+    def coverage(self, start: int, stop: int) -> float:
+        """Share of the trajectory's characters in [start, stop) whose tokens this call's context holds: kept by the
+        compaction (averaged over layers and KV heads), recalled, or pasted as text. 0 for a plain worker."""
+        return self._share(start, stop, self.context.positions if self.cache is not None else None)
+
+    def held(self, start: int, stop: int) -> float:
+        """Share of the characters in [start, stop) whose tokens the persistent cache still holds, whatever this call
+        kept (averaged over layers and KV heads): what the folds left of them. 0 without a cache."""
+        if self.cache is None:
+            return 0.0
+        return self._share(start, stop, "store")
+
+    def _share(self, start: int, stop: int, kept) -> float:
+        import torch
+
+        if not 0 <= start < stop:
+            raise ValueError(f"coverage: [start, stop) must be a non-empty character range, got [{start}, {stop}).")
+        n = stop - start
+        text = torch.zeros(n, dtype=torch.bool)                                    # [n] chars held as text
+        if kept != "store":
+            for a, b in [*self.pasted, *self.recalled.ranges]:
+                lo, hi = max(a, start), min(b, stop)
+                if lo < hi:
+                    text[lo - start:hi - start] = True
+        if kept is None:
+            return float(text.float().mean())
+        cache = self.cache
+        spans = cache.lm.tokenizer(cache.text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        inside = [(i, max(a - self.offset, start), min(b - self.offset, stop)) for i, (a, b) in enumerate(spans)
+                  if a - self.offset < stop and b - self.offset > start]
+        if not inside:
+            return float(text.float().mean())
+        tok = torch.tensor([i for i, _, _ in inside])                              # [k] token indices
+        origins = cache.origins().cpu()                                            # [L, H, length] token per slot
+        held = origins if kept == "store" else origins.gather(-1, kept.cpu())      # [L, H, t] tokens kept
+        has = (held.unsqueeze(-1) == tok).any(dim=-2)                              # [L, H, k]
+        chars = torch.zeros(has.shape[:2] + (n,), dtype=torch.bool)                # [L, H, n]
+        for j, (_, lo, hi) in enumerate(inside):
+            chars[..., lo - start:hi - start] |= has[..., j:j + 1]
+        return float((chars | text).float().mean())
 
 
 class LocalModelMixin:

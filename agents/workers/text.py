@@ -51,9 +51,11 @@ class TextWorker(Worker):
     def brief(self, query: str, trajectory: str) -> Briefing:
         """The context a local model answers on (the cut trajectory pasted before the query); needs a
         `LocalChatBackend`, since only a local model's context can be held and scored."""
-        ctx = local_backend("TextWorker", self.backend).context(self.messages(self.fit(trajectory, query), query))
-        n = len(ctx.prompt_ids)
-        return Briefing(context=ctx, query=query, input_tokens=n, text_handoff_tokens=n)
+        pasted = self.fit(trajectory, query)
+        ctx = local_backend("TextWorker", self.backend).context(self.messages(pasted, query))
+        n, kept = len(ctx.prompt_ids), len(pasted.removeprefix(CUT_MARK))
+        return Briefing(context=ctx, query=query, input_tokens=n, text_handoff_tokens=n,
+                        pasted=[(len(trajectory) - kept, len(trajectory))] if kept else [])
 
     def answer(self, query: str, trajectory: str) -> WorkerAnswer:
         t0 = time.monotonic()
