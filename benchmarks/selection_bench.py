@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 import briefing
+from benchmarks.stats import bootstrap_ci
 from benchmarks.readme import DOC, update_readme
 from benchmarks.recall_cases import cases
 from benchmarks.briefing_bench import ANSWER, QUESTION, copy_caches
@@ -59,12 +60,10 @@ HELDOUT = [PREVIOUS, "smoothing 63 (the issue's crude probe)", "top-k, smoothing
            "protected recent window 32"]
 
 
-def bootstrap_median(values: list[float], n: int = 2000, seed: int = 0) -> tuple[float, float, float]:
-    """Median and its bootstrap 95% interval."""
-    x = np.asarray(values, dtype=float)
-    rng = np.random.default_rng(seed)
-    meds = np.median(x[rng.integers(0, len(x), size=(n, len(x)))], axis=1)
-    return float(np.median(x)), float(np.quantile(meds, 0.025)), float(np.quantile(meds, 0.975))
+def bootstrap_median(values: list[float]) -> tuple[float, float, float]:
+    """Median and its bootstrap 95% interval (`benchmarks.stats`)."""
+    lo, hi = bootstrap_ci(values, stat="median")
+    return float(np.median(np.asarray(values, dtype=float))), lo, hi
 
 
 def kl_table(cache, question: str, answer: str, names: list[str]) -> dict:

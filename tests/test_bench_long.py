@@ -24,24 +24,26 @@ def test_episode_plants_one_fact_per_quarter():
 
 
 def test_bootstrap_interval_brackets_the_mean():
-    lo, hi = long.bootstrap_ci([1.0] * 6 + [0.0] * 4)
+    from benchmarks.stats import bootstrap_ci
+
+    lo, hi = bootstrap_ci([1.0] * 6 + [0.0] * 4)
     assert 0.2 <= lo < 0.6 < hi <= 1.0
-    assert long.bootstrap_ci([1.0] * 5) == (1.0, 1.0)
+    assert bootstrap_ci([1.0] * 5) == (1.0, 1.0)
     # resampling episodes: questions that share an episode move together, so the interval is wider than the
     # questions-as-independent one when episodes differ, and the same when every episode is one question
     episodes = [[1.0] * 4, [0.0] * 4] * 6
     flat = [x for g in episodes for x in g]
-    lo_e, hi_e = long.cluster_ci(episodes)
-    lo_q, hi_q = long.bootstrap_ci(flat)
+    lo_e, hi_e = bootstrap_ci(groups=episodes)
+    lo_q, hi_q = bootstrap_ci(flat)
     assert lo_e < lo_q and hi_e > hi_q and lo_e < 0.5 < hi_e
-    assert long.cluster_ci([[x] for x in flat]) == (lo_q, hi_q)
+    assert bootstrap_ci(groups=[[x] for x in flat]) == (lo_q, hi_q)
 
 
-def test_long_suite_runs_every_condition_in_bounded_memory(lm, tmp_path):
+def test_long_suite_runs_every_condition_in_bounded_memory(tok, tmp_path):
     tiny = tiny_model("llama-gqa", tok, max_positions=1024)
     args = long.build_parser().parse_args(["--lengths", "300", "900", "--episodes", "1", "--window", "320", "--recent", "96",
-                                           "--summary-tokens", "8", "--out", str(tmp_path)])
-    result = long.run(args, lm=tiny, log=lambda *a: None)
+                                           "--summary-tokens", "8", "--out", str(tmp_path), "--no-progress"])
+    result = long.run(args, lm=tiny, log=lambda *a: None, out=tmp_path)
     rows = result["rows"]
     assert {r["condition"] for r in rows} == set(long.CONDITIONS)
     assert len(rows) == 2 * len(long.CONDITIONS) * 4
@@ -51,14 +53,17 @@ def test_long_suite_runs_every_condition_in_bounded_memory(lm, tmp_path):
     for r in rows:
         if r["condition"] in long.FOLD_GUIDANCE or r["condition"] in long.STREAMING:
             assert r["cache_positions"] <= budget
-            assert 0 < r["prefilled_tokens"] < 40  # a call forwards its new event only, never the trajectory again
+            event = tiny.count_tokens(long.question_event(long.make_long_episode(r["seed"], r["length"]).questions[0], 0))
+            assert 0 < r["prefilled_tokens"] <= event + 4  # a call forwards its new event only, never the trajectory
             assert 0.0 <= r["held_fact"] <= 1.0 and 0.0 <= r["held_quarter"] <= 1.0
             if r["length"] == 900 and r["quarter"] == 1:
                 assert r["held_quarter"] < 1.0  # folded away, in part at least
         if r["condition"] in long.STREAMING and r["length"] == 900 and r["quarter"] == 1:
             assert r["held_fact"] == 0.0  # keep 0: the first quarter is gone from the cache
-        if r["condition"] == "truncated":
-            assert r["prefilled_tokens"] == r["cache_positions"] <= budget
+        if r["condition"] == "truncated":   # TextWorker cuts the text to the window
+            assert r["prefilled_tokens"] == r["cache_positions"] <= result["config"]["window"]
+        if r["condition"] in long.FOLD_GUIDANCE or r["condition"] in ("truncated", "plain"):
+            assert 0.0 <= r["covered_fact"] <= 1.0
     long_rows = [r for r in rows if r["length"] == 900 and r["condition"] == "fold-mix"]
     assert long_rows[0]["trajectory_tokens"] > 2 * budget and long_rows[0]["folds"] >= 2
     assert result["folds"] and all(f["kept"] < f["span"] for f in result["folds"] if f["condition"] != "streaming")
@@ -83,7 +88,9 @@ def test_long_suite_runs_every_condition_in_bounded_memory(lm, tmp_path):
         a = by[("fold-recall", 900, i)]
         for v in long.RECALL_VARIANTS:  # one cache, four recall variants: its folds recorded once, as fold-recall's
             b = by[(v, 900, i)]
-            assert (a["cache_positions"], a["folds"], a["held_fact"]) == (b["cache_positions"], b["folds"], b["held_fact"])
+            assert (a["cache_positions"], a["folds"]) == (b["cache_positions"], b["folds"])
+            if i == 0:  # later questions may fold under guidance the variants' own earlier questions left
+                assert a["held_fact"] == b["held_fact"]
     folded = {f["condition"] for f in result["folds"]}
     assert "fold-recall" in folded and not folded & (set(long.RECALL_VARIANTS) - {"fold-recall"})
     readme = tmp_path / "README.md"
@@ -129,12 +136,12 @@ def test_rlm_bench_routes_the_long_suite(capsys):
         main(["--suite", "short"])
 
 
-def test_recall_fits_the_whole_window_when_it_is_the_models_context(lm, tmp_path):
+def test_recall_fits_the_whole_window_when_it_is_the_models_context(tok, tmp_path):
     """Window = the model's context (the default): the recalled text comes out of the cache budget and positions
     re-base early enough that every call prompt with its recall still fits."""
     tiny = tiny_model("llama-gqa", tok, max_positions=320)
     args = long.build_parser().parse_args(["--lengths", "1200", "--episodes", "1", "--conditions", "fold-recall",
-                                           "streaming-recall", "--recent", "48", "--recall-budget", "64", "--out", str(tmp_path)])
+                                           "streaming-recall", "--recent", "48", "--recall-budget", "64", "--out", str(tmp_path), "--no-progress"])
     result = long.run(args, lm=tiny, log=lambda *a: None)
     cfg = result["config"]
     assert cfg["window"] == 320 and cfg["recall_budget"] > 0
@@ -144,10 +151,11 @@ def test_recall_fits_the_whole_window_when_it_is_the_models_context(lm, tmp_path
         assert r["position"] + r["prompt_tokens"] <= cfg["window"]
 
 
-def test_first_episode_picks_later_seeds_and_is_checked(lm, tmp_path):
+def test_first_episode_picks_later_seeds_and_is_checked(tok, tmp_path):
     tiny = tiny_model("llama-gqa", tok, max_positions=1024)
     args = long.build_parser().parse_args(["--lengths", "300", "--episodes", "2", "--first-episode", "3",
-                                           "--window", "320", "--conditions", "plain", "--out", str(tmp_path)])
+                                           "--window", "320", "--conditions", "plain", "--out", str(tmp_path),
+                                           "--no-progress"])
     result = long.run(args, lm=tiny, log=lambda *a: None)
     assert sorted({r["seed"] for r in result["rows"]}) == [100_003, 100_004]
     assert result["config"]["first_episode"] == 3

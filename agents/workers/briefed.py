@@ -86,7 +86,7 @@ class BriefedWorker(LocalModelMixin, Worker):
 
         return briefing.AttentionMatching(tau=1.0)
 
-    def cache_for_call(self, text: str) -> briefing.TrajectoryCache:
+    def _cache_for(self, text: str) -> briefing.TrajectoryCache:
         """The warm cache whose text is the longest prefix of `text` (or a new one), not yet synced."""
         import briefing
 
@@ -114,10 +114,18 @@ class BriefedWorker(LocalModelMixin, Worker):
                 f"The worker prompt ({n_query} tokens) plus max_new_tokens ({self.max_new_tokens}) exceed the cache "
                 f"reserve ({self.reserve} positions). Shorten the query or raise BriefedWorker(reserve=...).")
         text = prompts.cache_text(trajectory)
-        cache = self.cache_for_call(text)
+        cache = self._cache_for(text)
         folds, prefilled = len(cache.folds), cache.prefilled_tokens
         cache.sync(text)
         return cache, n_query, folds, prefilled
+
+    def sync(self, trajectory: str) -> briefing.TrajectoryCache:
+        """Extend the cache of this trajectory to `trajectory` without a call (e.g. ahead of one, or to read what it
+        holds); returns the cache."""
+        text = self.prompts().cache_text(trajectory)
+        cache = self._cache_for(text)
+        cache.sync(text)
+        return cache
 
     def observe(self, query: str, trajectory: str) -> None:
         """A call this worker does not answer (another worker did): sync the cache and remember the call's prompt

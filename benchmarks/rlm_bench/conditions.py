@@ -365,6 +365,11 @@ class SuiteConfig:
     # dev sweep: extra AM variants (tau, smooth_kernel, recent, budget or None); rows named sweep_*
     sweep: tuple[tuple[float, int, int, float | None], ...] = ()
 
+    def run(self, lm: Any, prompts: Any, spec: Any) -> tuple[dict, list[dict]]:
+        """(episode summary, rows) of one family episode (what the runner calls)."""
+        ep = spec.build(count_tokens=lm.count_tokens)
+        return ep.summary(), family_rows(lm, prompts, ep, self, seed=spec.seed)
+
 
 def family_rows(lm: Any, prompts: Any, episode: Any, cfg: SuiteConfig, seed: int = 0) -> list[dict]:
     """Every condition of the family suite on one episode (one shared prefill)."""

@@ -1,4 +1,5 @@
-"""Distributes episodes: serially, over a local process pool, or over Ray (`--ray auto|ADDRESS|local`).
+"""Distributes the episodes of a suite (the family suite, the long suite): serially, over a local process pool, or
+over Ray (`--ray auto|ADDRESS|local`).
 
 Every episode is rebuilt from its `EpisodeSpec` where it runs (the worker's own tokenizer sizes it) and
 scored with torch on one thread, so rows are identical whichever way they ran (timings aside). Progress is
@@ -13,10 +14,8 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from benchmarks.rlm_bench.conditions import SuiteConfig
-from benchmarks.rlm_bench.families import EpisodeSpec
 
 TIMING_KEYS = ("prefill_s", "overhead_s", "generate_s", "latency_s", "text_cold_s", "compaction", "summary_s",
                "generated", "gen_match")  # vary from run to run; everything else is deterministic
@@ -37,19 +36,23 @@ def _load(model: str | None) -> tuple[Any, Any]:
     return _STATE["lm"], _STATE["prompts"]
 
 
-def run_episode(spec: EpisodeSpec, cfg: SuiteConfig, model: str | None = None, lm: Any = None) -> tuple[dict, list[dict]]:
-    """(episode summary, rows) of one episode; loads the model once per process unless `lm` is given."""
+class Suite(Protocol):
+    """What the runner runs: a suite's settings, which turn one episode's spec into (episode record, rows)."""
+
+    def run(self, lm: Any, prompts: Any, spec: Any) -> tuple[dict, list[dict]]: ...
+
+
+def run_episode(spec: Any, cfg: Suite, model: str | None = None, lm: Any = None) -> tuple[dict, list[dict]]:
+    """(episode record, rows) of one episode; loads the model once per process unless `lm` is given."""
     from agents.workers.prompt import WorkerPrompt
-    from benchmarks.rlm_bench.conditions import family_rows
 
     if lm is None:
         lm, prompts = _load(model)
     else:
         prompts = WorkerPrompt.for_model(lm)
     t0 = time.perf_counter()
-    ep = spec.build(count_tokens=lm.count_tokens)
-    rows = family_rows(lm, prompts, ep, cfg, seed=spec.seed)
-    return ep.summary() | {"wall_s": time.perf_counter() - t0}, rows
+    record, rows = cfg.run(lm, prompts, spec)
+    return record | {"wall_s": time.perf_counter() - t0}, rows
 
 
 def _pool_init() -> None:
@@ -62,11 +65,11 @@ def _progress(total: int, enabled: bool) -> Any:
     return tqdm(total=total, unit="episode", desc="rlm bench", disable=not enabled, dynamic_ncols=True)
 
 
-def _key(spec: EpisodeSpec, cfg: SuiteConfig) -> str:
+def _key(spec: Any, cfg: Suite) -> str:
     return json.dumps([asdict(spec), asdict(cfg)], sort_keys=True, default=str)
 
 
-def run_all(specs: list[EpisodeSpec], cfg: SuiteConfig, *, model: str | None = None, lm: Any = None, workers: int = 1,
+def run_all(specs: list[Any], cfg: Suite, *, model: str | None = None, lm: Any = None, workers: int = 1,
             ray: str | None = None, progress: bool = True, log: Callable[[str], None] = print,
             checkpoint: Path | None = None) -> list[tuple[dict, list[dict]]]:
     """Results in the order of `specs`. workers <= 1 and no ray: serial in this process (with `lm` if given).
@@ -97,8 +100,8 @@ def run_all(specs: list[EpisodeSpec], cfg: SuiteConfig, *, model: str | None = N
                 f.write(json.dumps({"key": keys[i], "episode": res[0], "rows": res[1]}, default=str) + "\n")
         bar.update(1)
         summ, rows = res
-        acc = {r["condition"]: int(r["correct"]) for r in rows}
-        bar.set_postfix_str(f"{summ['id']} full={acc.get('full')} plain={acc.get('plain')}", refresh=False)
+        right = sum(bool(r["correct"]) for r in rows)
+        bar.set_postfix_str(f"{summ['id']}: {right}/{len(rows)} right", refresh=False)
 
     try:
         pending = [specs[i] for i in todo]
@@ -119,7 +122,7 @@ def run_all(specs: list[EpisodeSpec], cfg: SuiteConfig, *, model: str | None = N
     return results
 
 
-def _run_ray(specs: list[EpisodeSpec], cfg: SuiteConfig, model: str | None, workers: int, address: str,
+def _run_ray(specs: list[Any], cfg: Suite, model: str | None, workers: int, address: str,
              done: Callable[[int, Any], None]) -> None:
     try:
         import ray

@@ -11,13 +11,8 @@ from typing import Any
 
 import numpy as np
 
-B_DEFAULT = 2000
-
-
-def percentile_ci(samples: np.ndarray) -> list[float]:
-    """[2.5%, 97.5%] of the bootstrap samples (last axis)."""
-    lo, hi = np.percentile(samples, [2.5, 97.5], axis=-1)
-    return [float(lo), float(hi)]
+from benchmarks.stats import B as B_DEFAULT
+from benchmarks.stats import interval, resample
 
 
 def _matrix(rows: list[dict], field: str, episodes: list[str], conditions: list[str]) -> np.ndarray:
@@ -41,7 +36,7 @@ def summarize(rows: list[dict], B: int = B_DEFAULT, seed: int = 0, reference: st
     n = len(episodes)
     correct = _matrix(rows, "correct", episodes, conditions)                                # [n, C]
     reduction = 1.0 - _matrix(rows, "input_ratio", episodes, conditions)                    # [n, C]
-    idx = np.random.default_rng(seed).integers(0, n, size=(B, n))                           # [B, n]
+    idx = resample(n, B, seed)                                                              # [B, n]
     acc_b = correct[idx].mean(axis=1)                                                       # [B, C]
     red_b = reduction[idx].mean(axis=1)                                                     # [B, C]
     ref = conditions.index(reference) if reference in conditions else None
@@ -53,8 +48,8 @@ def summarize(rows: list[dict], B: int = B_DEFAULT, seed: int = 0, reference: st
         rs = by[c]
         x: dict[str, Any] = {
             "condition": c, "method": rs[0]["method"], "param": rs[0]["param"], "matched_to": rs[0]["matched_to"],
-            "n": n, "accuracy": float(correct[:, j].mean()), "accuracy_ci95": percentile_ci(acc_b[:, j].T),
-            "token_reduction": float(reduction[:, j].mean()), "token_reduction_ci95": percentile_ci(red_b[:, j].T),
+            "n": n, "accuracy": float(correct[:, j].mean()), "accuracy_ci95": interval(acc_b[:, j]),
+            "token_reduction": float(reduction[:, j].mean()), "token_reduction_ci95": interval(red_b[:, j]),
             "token_reduction_median": float(np.median(reduction[:, j])),
             "input_tokens_median": float(np.median([r["input_tokens"] for r in rs])),
             "kept_ratio_mean": float(np.mean([r["kept_ratio"] for r in rs])),
@@ -67,7 +62,7 @@ def summarize(rows: list[dict], B: int = B_DEFAULT, seed: int = 0, reference: st
         if ref is not None:
             d = correct[:, j] - correct[:, ref]
             x["diff_full"] = float(d.mean())
-            x["diff_full_ci95"] = percentile_ci((acc_b[:, j] - acc_b[:, ref]).T)
+            x["diff_full_ci95"] = interval(acc_b[:, j] - acc_b[:, ref])
             lat_ref = float(np.median([r["latency_s"] for r in by[reference]]))
             x["latency_vs_full"] = x["latency_s_median"] / lat_ref if lat_ref > 0 else None
             # P3: >= 80% fewer worker input tokens at accuracy within 2 points of full text, by the intervals

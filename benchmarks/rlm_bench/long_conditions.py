@@ -1,0 +1,243 @@
+"""The long suite's conditions, each one a library worker answering through its `brief()` handle (no copy of a
+worker's logic here), and the rows of one episode.
+
+Every condition sees the same events; `window` is the worker's positions, `reserve` of it left for the call:
+- fold-task / fold-span / fold-span-only / fold-mix: `BriefedWorker` with `FoldPolicy(guidance=...)`, no recall; the
+  trajectory's own worker calls are observed as they happen (`BriefedWorker.observe`: task guidance), as a briefed
+  worker sees the calls another worker answered. fold-span-only: `SpanGuidance(scope="span")`;
+- fold-recall, fold-recall-all, fold-recall-ranked, fold-recall-all-ranked: fold-mix with `TextRecall` (tail: the
+  unfolded tail too; ranked: the best chunk last; fold-recall-all-ranked is BriefedWorker's default recall), at
+  `recall_budget` tokens taken out of the cache's budget, so every call still fits the window; the four share one
+  cache (`BriefedWorker.fork`) and differ only at question time;
+- streaming: a fold that keeps nothing (attention sink + recent window, StreamingLLM), KeepAll per call;
+  streaming-recall: the same with fold-recall's recall;
+- truncated: `TextWorker` on the model with its context limited to the window (it cuts the oldest text);
+- bm25: `TextWorker` on the BM25 top chunks of the whole trajectory for the question (`bm25_budget` tokens);
+- summary: a running summary of the dropped text by the worker model (`PlainWorker`), plus the recent text, pasted
+  for `TextWorker` (rlm's compaction);
+- plain: `PlainWorker`, the question alone.
+The folding conditions share their prefill until the first fold (`BriefedWorker.fork`), then each folds its own way.
+"""
+from __future__ import annotations
+
+import resource
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from benchmarks.rlm_bench.long_episodes import QUARTERS, LongEpisode, LongSpec, Question, question_event, question_text
+
+CONDITIONS = ["fold-task", "fold-span", "fold-span-only", "fold-mix", "fold-recall", "fold-recall-all",
+              "fold-recall-ranked", "fold-recall-all-ranked", "truncated", "streaming", "streaming-recall", "bm25",
+              "summary", "plain"]
+# recall variants of fold-recall: scope (tail: the unfolded tail too) and order (ranked: the best chunk last); they
+# share fold-recall's cache
+RECALL_VARIANTS = {"fold-recall": dict(tail=False, ranked=False), "fold-recall-all": dict(tail=True, ranked=False),
+                   "fold-recall-ranked": dict(tail=False, ranked=True),
+                   "fold-recall-all-ranked": dict(tail=True, ranked=True)}   # BriefedWorker's recall
+FOLD_GUIDANCE = {"fold-task": "task", "fold-span": "span", "fold-span-only": "span-only", "fold-mix": "mix",
+                 **dict.fromkeys(RECALL_VARIANTS, "mix")}
+STREAMING = ("streaming", "streaming-recall")   # folds that keep nothing of the span (sink + recent window)
+RECALL = (*RECALL_VARIANTS, "streaming-recall")  # + BM25 chunks of the trajectory text in the call prompt
+TEXT = ("truncated", "bm25", "summary", "plain")
+SCORED_TOKENS = 16  # the room a call leaves for its answer: the candidates are scored, a lead-in and one value
+
+
+@dataclass(frozen=True)
+class LongConfig:
+    """The suite's settings (None: derived from the model's window). The runner calls `run` on each episode."""
+
+    conditions: tuple[str, ...] = tuple(CONDITIONS)
+    window: int | None = None
+    reserve: int | None = None
+    recent: int | None = None
+    share: str = "uniform"
+    summary_tokens: int = 96
+    bm25_budget: int | None = None
+    recall_budget: int | None = None
+
+    def sizes(self, lm: Any) -> dict[str, int]:
+        window = self.window or lm.max_context
+        if window > lm.max_context:
+            raise SystemExit(f"--window {window} is past {lm.name}'s context length {lm.max_context}.")
+        reserve = self.reserve or max(64, window // 16)
+        budget = window - reserve
+        return dict(window=window, reserve=reserve, budget=budget,
+                    recent=self.recent if self.recent is not None else budget // 2,
+                    bm25_budget=self.bm25_budget or budget // 4, recall_budget=self.recall_budget or budget // 8)
+
+    def run(self, lm: Any, prompts: Any, spec: LongSpec) -> tuple[dict, list[dict]]:
+        """(episode record with its folds and peak RSS, rows) of one episode."""
+        ep = spec.build()
+        rows, folds = episode_rows(lm, prompts, ep, self)
+        return dict(id=ep.id, seed=ep.seed, length=ep.target_tokens, folds=folds,
+                    peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024), rows
+
+
+def fold_policy(cfg: LongConfig, sizes: dict, condition: str) -> Any:
+    import briefing
+
+    if condition in STREAMING:
+        return briefing.FoldPolicy(keep=0, recent=cfg.recent)
+    guidance = {"task": briefing.TaskGuidance(), "span": briefing.SpanGuidance(), "mix": briefing.MixGuidance(),
+                "span-only": briefing.SpanGuidance(scope="span")}[FOLD_GUIDANCE[condition]]
+    return briefing.FoldPolicy(guidance=guidance, recent=cfg.recent, share=cfg.share)
+
+
+def fact_range(text: str, q: Question) -> tuple[int, int]:
+    """Character range of the question's planted statement ("The mailbox is painted red") in `text`."""
+    start = text.index(f"{q.lead} {q.answer}")
+    return start, start + len(q.lead) + 1 + len(q.answer)
+
+
+def ask(worker: Any, ep: LongEpisode, condition: str, full: str, q: Question, i: int, tokens: int,
+        body: str | None = None) -> dict:
+    """One question through `worker.brief` (on `body` instead of the trajectory, for a condition that pastes other
+    text); the row: what it picked, what it cost, what the call's context held of the fact."""
+    from benchmarks.rlm_bench.conditions import choose
+
+    t0 = time.perf_counter()
+    b = worker.brief(question_text(q), full if body is None else body)
+    picked, _ = choose(b.context, q.candidates, q.lead)
+    latency = time.perf_counter() - t0
+    row = dict(episode=ep.id, seed=ep.seed, length=ep.target_tokens, trajectory_tokens=tokens, condition=condition,
+               question=i, quarter=q.quarter, offset=round(q.offset, 4), answer=q.answer, picked=picked,
+               correct=picked == q.answer, latency_s=round(latency, 4), prompt_tokens=len(b.context.prompt_ids))
+    if b.stats is not None:  # a briefed worker: what its cache did
+        lo, hi = (int(f * len(full)) for f in QUARTERS[q.quarter])
+        fact = fact_range(full, q)
+        row.update(prefilled_tokens=b.stats.prefilled_tokens, cache_positions=b.stats.cache_positions,
+                   kv_bytes=b.cache.kv_bytes(), kept=b.stats.kept, folds=len(b.cache.folds), position=b.cache.position,
+                   recalled_tokens=b.stats.recalled_tokens, held_fact=round(b.held(*fact), 4),
+                   held_quarter=round(b.held(lo, hi), 4), covered_fact=round(b.coverage(*fact), 4))
+    else:  # a context built from text for this call: everything in it was forwarded
+        n = len(b.context.prompt_ids)
+        row.update(prefilled_tokens=n, cache_positions=n, kv_bytes=kv_bytes(b.context))
+        if body is None:
+            row["covered_fact"] = round(b.coverage(*fact_range(full, q)), 4)
+    return row
+
+
+def kv_bytes(ctx: Any) -> int:
+    return sum(t.numel() * t.element_size() for layer in ctx.kv.layers for t in (layer.keys, layer.values))
+
+
+def episode_rows(lm: Any, prompts: Any, ep: LongEpisode, cfg: LongConfig) -> tuple[list[dict], list[dict]]:
+    """Every condition of `cfg` on one episode: its rows (one per question) and the folds of its folding
+    conditions (each fold with its time against the estimated prefill of its span)."""
+    import briefing
+    from agents import BriefedWorker, TextRecall
+
+    sizes = cfg.sizes(lm)
+    tail = "".join(question_event(q, i) for i, q in enumerate(ep.questions))
+    tokens = lm.count_tokens(ep.text + tail)
+    rows: list[dict] = []
+    folds: list[dict] = []
+    folding = [c for c in cfg.conditions if c in FOLD_GUIDANCE or c in STREAMING]
+    if folding:
+        base = BriefedWorker(lm=lm, fold=briefing.FoldPolicy(recent=cfg.recent), cache_budget=sizes["budget"],
+                             reserve=sizes["reserve"], recall=None, max_new_tokens=SCORED_TOKENS)
+        text, k, held = "", 0, 0
+        while k < len(ep.chunks):  # shared phase: stop before the first sync that would fold
+            piece, query = ep.chunks[k]
+            if held + lm.count_tokens(piece) + 16 > sizes["budget"]:
+                break
+            text += piece
+            if query:
+                base.observe(query, text)
+            held = base.sync(text).length
+            k += 1
+        built: dict[str, Any] = {}
+        for condition in folding:
+            same = "fold-recall" if condition in RECALL_VARIANTS else condition
+            if same in built:   # fold-recall's cache, another recall: its folds are fold-recall's
+                worker = built[same].fork(recall=TextRecall(tokens=sizes["recall_budget"], **RECALL_VARIANTS[condition]))
+            else:
+                recall = None
+                budget, reserve = sizes["budget"], sizes["reserve"]
+                if condition in RECALL:  # the recalled text comes out of the cache's budget: every call fits the window
+                    variant = RECALL_VARIANTS.get(condition, RECALL_VARIANTS["fold-recall"])
+                    recall = TextRecall(tokens=sizes["recall_budget"], **variant)
+                    budget, reserve = budget - sizes["recall_budget"], reserve + sizes["recall_budget"]
+                worker = base.fork(fold=fold_policy(cfg, sizes, condition), cache_budget=budget, reserve=reserve,
+                                   recall=recall, selector=briefing.KeepAll() if condition in STREAMING else None)
+                full = text
+                for piece, query in ep.chunks[k:]:
+                    full += piece
+                    if query and condition not in STREAMING:
+                        worker.observe(query, full)
+                    else:
+                        worker.sync(full)
+                cache = worker.sync(full)
+                rate = cache.prefill_s / max(1, cache.prefilled_tokens)  # s per token at this cache's sizes
+                folds += [dict(episode=ep.id, length=ep.target_tokens, condition=condition, **f.model_dump(),
+                               prefill_estimate_s=f.span * rate, ratio_to_prefill=f.time_s / max(1e-9, f.span * rate))
+                          for f in cache.folds]
+                if same == "fold-recall":   # before its questions: the variants ask theirs on the same cache
+                    built[same] = worker.fork()
+            full = ep.text
+            for i, q in enumerate(ep.questions):
+                full += question_event(q, i)
+                rows.append(ask(worker, ep, condition, full, q, i, tokens))
+    text_conditions = [c for c in cfg.conditions if c in TEXT]
+    if text_conditions:
+        rows += text_rows(lm, prompts, ep, cfg, sizes, tokens, text_conditions)
+    return rows, folds
+
+
+def text_rows(lm: Any, prompts: Any, ep: LongEpisode, cfg: LongConfig, sizes: dict, tokens: int,
+              conditions: list[str]) -> list[dict]:
+    from agents import LocalChatBackend, PlainWorker, TextWorker
+    from agents.recall import bm25_chunks
+
+    window = LocalChatBackend(lm, context_limit=sizes["window"])
+    text_worker = TextWorker(backend=window, max_new_tokens=SCORED_TOKENS)
+    rows: list[dict] = []
+    full = ep.text
+    questions = []
+    for i, q in enumerate(ep.questions):
+        full += question_event(q, i)
+        questions.append((i, q, full))
+    for condition in conditions:
+        if condition == "truncated":   # TextWorker's handoff: the last window of the text
+            rows += [ask(text_worker, ep, condition, f, q, i, tokens) for i, q, f in questions]
+        elif condition == "plain":
+            plain = PlainWorker(backend=window, max_new_tokens=SCORED_TOKENS)
+            rows += [ask(plain, ep, condition, f, q, i, tokens) for i, q, f in questions]
+        elif condition == "bm25":      # BM25 chunks of the whole trajectory for the question, pasted
+            for i, q, f in questions:
+                body = bm25_chunks(ep.text, question_text(q), sizes["bm25_budget"], lm).text
+                rows.append(ask(text_worker, ep, condition, f, q, i, tokens, body=body))
+        elif condition == "summary":
+            body, t_sum = running_summary(lm, prompts, ep, cfg, sizes)
+            tail = full[len(ep.text):]
+            for i, q, f in questions:
+                rows.append(ask(text_worker, ep, condition, f, q, i, tokens, body=body + tail[:len(f) - len(ep.text)]))
+                rows[-1]["summary_s"] = round(t_sum, 3)
+    return rows
+
+
+def running_summary(lm: Any, prompts: Any, ep: LongEpisode, cfg: LongConfig, sizes: dict) -> tuple[str, float]:
+    """rlm-style compaction: when the text passes the window, the oldest half is summarised by the worker model
+    (with the running summary) and dropped. Returns (summary + recent text, time spent summarising)."""
+    from agents import LocalChatBackend, PlainWorker
+
+    writer = PlainWorker(backend=LocalChatBackend(lm), max_new_tokens=cfg.summary_tokens, stop=["\n\n\n"])
+    limit = sizes["budget"] - lm.count_tokens(prompts.cache_text("")) - cfg.summary_tokens - 64
+    summary, recent, t_sum = "", "", 0.0
+    for piece, _ in ep.chunks:
+        recent += piece
+        ids = lm.encode(recent)
+        if len(ids) > limit:
+            cut = len(ids) // 2
+            dropped, recent = lm.decode(ids[:cut]), lm.decode(ids[cut:])
+            ask_text = ("Summarise the trajectory excerpt below in a few lines. Keep every code, PIN, combination and "
+                        "number exactly as written.\n\nEarlier summary:\n" + (summary or "(none)") + "\n\nExcerpt:\n"
+                        + dropped)
+            if len(lm.encode(prompts.plain_prompt(ask_text))) + cfg.summary_tokens >= lm.max_context:
+                ask_text = ask_text[-(lm.max_context - cfg.summary_tokens - 64) * 3:]
+            t0 = time.perf_counter()
+            summary = writer.answer(ask_text, "").text.strip()
+            t_sum += time.perf_counter() - t0
+    body = (f"[summary of the earlier trajectory]\n{summary}\n\n" if summary else "") + recent
+    return body, t_sum
