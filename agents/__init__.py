@@ -15,7 +15,8 @@ __all__ = [
     "OrchestratorPolicy", "RunState", "Step", "find_code_blocks",
     "ChunkScanPolicy", "LLMPolicy", "ScriptedPolicy", "RLM_SYSTEM_PROMPT",
     "ChatBackend", "ChatResponse", "BackendError", "BackendTimeout", "OpenAIChatBackend", "LocalChatBackend",
-    "Worker", "WorkerAnswer", "CallContext", "BriefedWorker", "TextWorker", "PlainWorker", "WorkerPrompt", "make_worker",
+    "Worker", "WorkerAnswer", "CallContext", "BriefedWorker", "TextWorker", "PlainWorker", "WorkerPrompt",
+    "make_worker",
     "Briefing", "BriefingStats", "Recall", "Recalled", "TextRecall",
     "split_chat_template", "TiktokenCounter", "ModelTokenCounter", "count_tokens", "counter_for",
 ]

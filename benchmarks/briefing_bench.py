@@ -30,13 +30,15 @@ QUESTION = ("\n\nQuestion: According to the text above, what does the author say
             "treat their early users? Answer:")
 ANSWER = " The author says that startups should"
 VARIANTS = {  # name -> selector factory(ratio); the first is the default AttentionMatching
-    "fit, per-head, prompt KV reused, smoothing 5, look-ahead 8 (default)": lambda r: briefing.AttentionMatching(ratio=r),
+    "fit, per-head, prompt KV reused, smoothing 5, look-ahead 8 (default)":
+        lambda r: briefing.AttentionMatching(ratio=r),
     "fit, no look-ahead (the previous default)": lambda r: briefing.AttentionMatching(ratio=r, look_ahead=0),
     "fit, shared mask": lambda r: briefing.AttentionMatching(ratio=r, per_head=False, smooth_kernel=1),
     "fit, prompt recomputed on compacted cache": lambda r: briefing.AttentionMatching(ratio=r, reuse_prompt_kv=False),
     "fit, no smoothing": lambda r: briefing.AttentionMatching(ratio=r, smooth_kernel=1),
-    "fit, shared mask, recomputed prompt, no smoothing, no look-ahead (prototype)": lambda r: briefing.AttentionMatching(
-        ratio=r, per_head=False, reuse_prompt_kv=False, smooth_kernel=1, look_ahead=0),
+    "fit, shared mask, recomputed prompt, no smoothing, no look-ahead (prototype)":
+        lambda r: briefing.AttentionMatching(ratio=r, per_head=False, reuse_prompt_kv=False, smooth_kernel=1,
+                                             look_ahead=0),
     "top-k, per-head, look-ahead 8 (the default without its fit)": lambda r: briefing.TopK(ratio=r),
     "top-k, per-head, smoothing 5, no look-ahead (SnapKV-like)": lambda r: briefing.TopK(ratio=r, look_ahead=0),
     "top-k, shared mask, no smoothing, no look-ahead": lambda r: briefing.TopK(ratio=r, per_head=False, smooth_kernel=1,
@@ -53,20 +55,24 @@ def readme_tables(result: dict) -> dict[str, str]:
         kls = {float(k): v for k, v in kls.items()}  # JSON keys are strings
         rows.append(f"| {name} | " + " | ".join(f"{kls[r]:.4f}" for r in RATIOS) + " |")
     gaps = ", ".join(f"{k}: {v:.2f}" for k, v in result["copy_logprob_gap"].items())
-    tables = {"briefing-anchor": "\n".join(rows) + f"\n\n{anchor['trajectory_tokens']:,} trajectory tokens. No trajectory "
-              f"at all: {anchor['no trajectory']:.4f}. Exact-value recall, mean log-prob gap of the exact answer to the "
-              f"full cache (tau 1, by smoothing kernel; lower is better): {gaps}."}
-    rows = ["| tokens | full prefill | extend +200 | compaction (score / beta / values) | % of prefill | kept at tau -1 / 0 / 1 / 2 "
-            "| answer KL at 10%: fit / top-k | decode per token: full / compacted |", "|---|---|---|---|---|---|---|---|"]
+    tables = {"briefing-anchor": "\n".join(rows) + f"\n\n{anchor['trajectory_tokens']:,} trajectory tokens. "
+              f"No trajectory at all: {anchor['no trajectory']:.4f}. Exact-value recall, mean log-prob gap of the "
+              f"exact answer to the full cache (tau 1, by smoothing kernel; lower is better): {gaps}."}
+    rows = ["| tokens | full prefill | extend +200 | compaction (score / beta / values) | % of prefill | kept at tau "
+            "-1 / 0 / 1 / 2 "
+            "| answer KL at 10%: fit / top-k | decode per token: full / compacted |",
+            "|---|---|---|---|---|---|---|---|"]
     for r in result["lengths"]:
         c = r["compaction_default_tau1"]
         kept = " / ".join(f"{v:.2f}" for v in r["kept_ratio_by_tau"].values())
         rows.append(f"| {r['tokens']:,} | {r['prefill_s']:.2f} s | {r['extend_s']:.2f} s | {c['time_total_s']:.2f} s "
                     f"({c['time_score_s']:.2f} / {c['time_beta_s']:.2f} / {c['time_values_s']:.2f}) | "
-                    f"{c['time_total_s'] / r['prefill_s']:.1%} | {kept} | {r['kl_fit_10pct']:.4f} / {r['kl_topk_10pct']:.4f} | "
+                    f"{c['time_total_s'] / r['prefill_s']:.1%} | {kept} | {r['kl_fit_10pct']:.4f} / "
+                    f"{r['kl_topk_10pct']:.4f} | "
                     f"{r['decode_full_s_per_token'] * 1e3:.1f} / {r['decode_compacted_s_per_token'] * 1e3:.1f} ms |")
     growth = result.get("compaction_growth_last_two")
-    tail = (f"\n\nCompaction time growth {growth['from']:,} -> {growth['to']:,} tokens: x{growth['ratio']:.2f}." if growth else "")
+    tail = (f"\n\nCompaction time growth {growth['from']:,} -> {growth['to']:,} tokens: x{growth['ratio']:.2f}."
+            if growth else "")
     load = result.get("load_average_at_start")
     tables["briefing-lengths"] = "\n".join(rows) + tail + (f" Load average at start: {load[0]:.2f}." if load else "")
     return tables
@@ -88,14 +94,16 @@ def anchor_case(lm) -> dict:
     full = cache.compact(QUESTION, briefing.KeepAll())
     rows = {"trajectory_tokens": cache.length, "ours": {}}
     for name, make in VARIANTS.items():
-        rows["ours"][name] = {r: answer_kl(full, cache.compact(QUESTION, make(r)), ANSWER) for r in (0.5, 0.2, 0.1, 0.05)}
+        rows["ours"][name] = {r: answer_kl(full, cache.compact(QUESTION, make(r)), ANSWER) for r in (0.5, 0.2, 0.1,
+                                                                                                     0.05)}
     rows["no trajectory"] = answer_kl(full, cache.compact(QUESTION, briefing.KeepNone()), ANSWER)
     return rows
 
 
 COPY_FACTS = [  # (fact planted mid-trajectory, question, exact answer): digits are one token each in SmolLM2
     ("The vault code is 4721.", "What is the vault code?", "4721"),
-    ("Note: the shipment number recorded in section 2 is 83915.", "What is the shipment number recorded in section 2?", "83915"),
+    ("Note: the shipment number recorded in section 2 is 83915.", "What is the shipment number recorded in section 2?",
+     "83915"),
     ("REPL output: total = 10,000 users", "How many users in total?", "10,000"),
 ]
 
@@ -110,7 +118,8 @@ def copy_caches(lm):
         split = chat.rindex(question)
         cache = briefing.TrajectoryCache(lm, chat[:split])
         prompt = chat[split:]
-        yield cache, prompt, " " + answer, briefing.loglikelihood(cache.compact(prompt, briefing.KeepAll()), " " + answer)
+        yield cache, prompt, " " + answer, briefing.loglikelihood(cache.compact(prompt, briefing.KeepAll()),
+                                                                  " " + answer)
 
 
 def copy_case(lm) -> dict:
@@ -193,7 +202,8 @@ def plot(result: dict, path: Path) -> None:
     for name in [n for i, n in enumerate(anchor["ours"]) if i == 0 or "SnapKV-like" in n]:
         kls = {float(k): v for k, v in anchor["ours"][name].items()}  # JSON keys are strings
         a.plot(ratios, [kls[r] for r in ratios], "o-", lw=2, label=f"ours: {name}")
-    a.set(xlabel="kept ratio", ylabel="answer KL vs full", title="Anchor: avg.txt, 9,000 chars", xscale="log", yscale="log")
+    a.set(xlabel="kept ratio", ylabel="answer KL vs full", title="Anchor: avg.txt, 9,000 chars", xscale="log",
+          yscale="log")
     a.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -223,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     lm = briefing.load_model()
     text = essay_text(max(lengths) * 6 + 4000)
-    result = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch threads {__import__('torch').get_num_threads()}",
+    result = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch threads "
+                         f"{__import__('torch').get_num_threads()}",
               "model": lm.name, "load_average_at_start": os.getloadavg(), "anchor": anchor_case(lm), "lengths": []}
     print(f"anchor ({result['anchor']['trajectory_tokens']} tokens), answer KL vs full cache:")
     print(f"  {'method':<62} " + " ".join(f"{r:>7}" for r in ("50%", "20%", "10%", "5%")))
@@ -239,10 +250,12 @@ def main(argv: list[str] | None = None) -> int:
         c = row["compaction_default_tau1"]
         print(f"T={row['tokens']:5d} prefill {row['prefill_s']:6.2f}s extend(200) {row['extend_s']:5.2f}s | "
               f"compaction {c['time_total_s']:.3f}s (score {c['time_score_s']:.3f} select {c['time_select_s']:.3f} "
-              f"beta {c['time_beta_s']:.3f} values {c['time_values_s']:.3f}) = {c['time_total_s'] / row['prefill_s']:.1%} "
+              f"beta {c['time_beta_s']:.3f} values {c['time_values_s']:.3f}) = "
+              f"{c['time_total_s'] / row['prefill_s']:.1%} "
               f"of prefill | kept@tau " + " ".join(f"{t:+.0f}:{v:.2f}" for t, v in row["kept_ratio_by_tau"].items())
               + f" | KL@10% fit {row['kl_fit_10pct']:.4f} top-k {row['kl_topk_10pct']:.4f} | decode/token full "
-              f"{row['decode_full_s_per_token'] * 1e3:.1f}ms compacted {row['decode_compacted_s_per_token'] * 1e3:.1f}ms")
+              f"{row['decode_full_s_per_token'] * 1e3:.1f}ms compacted "
+              f"{row['decode_compacted_s_per_token'] * 1e3:.1f}ms")
     rows = result["lengths"]
     if len(rows) >= 2:
         a, b = rows[-2], rows[-1]

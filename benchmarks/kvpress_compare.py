@@ -142,7 +142,8 @@ def press_logprobs_all(lm, ids: list[int], answer_ids: list[int], name: str, rat
         handles.append(layer.self_attn.register_forward_hook(hook, with_kwargs=True))
     try:
         with attention(lm, "sdpa"):
-            out = lm.model(input_ids=torch.tensor([ids]), past_key_values=DynamicCache(), use_cache=True, logits_to_keep=1)
+            out = lm.model(input_ids=torch.tensor([ids]), past_key_values=DynamicCache(), use_cache=True,
+                           logits_to_keep=1)
     finally:
         for h in handles:
             h.remove()
@@ -306,7 +307,8 @@ def report(out: Path, readme: Path | None = None) -> str:
                     med = bootstrap_median(vals)
                     cells.append((f"{med[0]:.4f}" if one else f"{med[0]:.3f} [{med[1]:.3f}, {med[2]:.3f}]")
                                  + (f" ({len(vals)} of {len(rows)} cases)" if len(vals) < len(rows) else ""))
-                    if name in res["presses"] and len(vals) == len(rows) and (str(r) not in best or med[0] < best[str(r)][0]):
+                    better = str(r) not in best or med[0] < best[str(r)][0]
+                    if name in res["presses"] and len(vals) == len(rows) and better:
                         best[str(r)] = (med[0], name)
                 label = f"ours: {name}" if name in res["ours"] else name
                 table[label] = cells

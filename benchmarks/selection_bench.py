@@ -37,7 +37,8 @@ VARIANTS: dict[str, Callable[..., briefing.Selector]] = {  # look_ahead=0 where 
         **size, smooth_kernel=63, look_ahead=0),
     "top-k, smoothing 5 (SnapKV-like, no fit)": lambda **size: briefing.TopK(**size, look_ahead=0),
     DEFAULT: lambda **size: briefing.AttentionMatching(**size),
-    "look-ahead 24, decay 0.95": lambda **size: briefing.AttentionMatching(**size, look_ahead=24, look_ahead_decay=0.95),
+    "look-ahead 24, decay 0.95": lambda **size: briefing.AttentionMatching(**size, look_ahead=24,
+                                                                           look_ahead_decay=0.95),
     "chunks of 8 (ChunkKV-style)": lambda **size: briefing.CoverageMatching(**size, chunk=8, look_ahead=0),
     "hybrid: task mass 0.5, then key diversity": lambda **size: briefing.CoverageMatching(
         **size, agnostic_mass=0.5, look_ahead=0),
@@ -104,7 +105,8 @@ def copy_rows(lm, names: list[str]) -> dict:
 
 
 def summarise(rows: list[dict], names: list[str]) -> dict:
-    return {name: {str(r): bootstrap_median([row["kl"][name][str(r)] for row in rows]) for r in RATIOS} for name in names}
+    return {name: {str(r): bootstrap_median([row["kl"][name][str(r)] for row in rows]) for r in RATIOS}
+            for name in names}
 
 
 def run(split: str, names: list[str], out: Path, extras: bool, tag: str = "", only: list[int] | None = None) -> dict:
@@ -195,7 +197,8 @@ def report(out: Path, readme: Path | None = None) -> str:
         if "anchor" in res:
             lines += [(f"**anchor** (avg.txt, {res['anchor']['tokens']} tokens; answer KL) and **exact value** "
                        "(mean log-prob gap of the exact answer, 3 facts)"), "",
-                      "| variant | anchor 50% | 20% | 10% | 5% | exact value 20% | 10% |", "|---|---|---|---|---|---|---|"]
+                      "| variant | anchor 50% | 20% | 10% | 5% | exact value 20% | 10% |",
+                      "|---|---|---|---|---|---|---|"]
             for name in res["variants"]:
                 a, c = res["anchor"]["kl"][name], res["copy_logprob_gap"][name]
                 lines.append(f"| {name} | " + " | ".join(f"{a[str(r)]:.4f}" for r in RATIOS) + " | "
@@ -239,7 +242,8 @@ def main(argv: list[str] | None = None) -> int:
                         "docs/benchmarks.md")
     parser.add_argument("--report", action="store_true", help="write the tables and PNG from the JSON files")
     parser.add_argument("--tag", default="", help="suffix of the JSON file (a further round of variants)")
-    parser.add_argument("--cases", type=int, nargs="+", help="only these case indices, in this order (a part run beside another; "
+    parser.add_argument("--cases", type=int, nargs="+",
+                        help="only these case indices, in this order (a part run beside another; "
                         "its file is tagged part-..., and the report merges the parts' cases)")
     args = parser.parse_args(argv)
     unknown = [v for v in args.variants if v not in VARIANTS]

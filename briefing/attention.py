@@ -59,14 +59,16 @@ def briefing_attention(module, query, key, value, attention_mask, scaling=None, 
     """
     state = _ACTIVE.get()
     if state is None:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
+                                      **kwargs)
     layer = module.layer_idx
     if state.capture:
         rows = state.capture_rows
         state.queries[layer] = (query if rows is None else query[:, :, rows]).detach()
     beta = state.beta[layer] if state.beta is not None and layer < len(state.beta) else None
     if beta is None or not beta.numel():
-        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
+                                      **kwargs)
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     kv_heads, k_len, t = key.shape[1], key.shape[2], beta.shape[-1]
     extra = torch.zeros(1, kv_heads, k_len, 1, dtype=key.dtype, device=key.device)      # [1, KVH, k, 1]

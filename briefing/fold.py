@@ -92,7 +92,8 @@ class FoldPolicy:
         if isinstance(self.keep, bool) or not isinstance(self.keep, (int, float)):
             raise BriefingError(f"FoldPolicy: keep must be a ratio in [0, 1) or a position count, got {self.keep!r}.")
         if isinstance(self.keep, float) and not 0.0 <= self.keep < 1.0:
-            raise BriefingError(f"FoldPolicy: keep ratio must be in [0, 1), got {self.keep}: a fold must free positions.")
+            raise BriefingError(f"FoldPolicy: keep ratio must be in [0, 1), got {self.keep}: a fold must free "
+                                "positions.")
         if isinstance(self.keep, int):
             check_int("FoldPolicy", "keep", self.keep, low=0, what="positions a fold keeps")
         check_int("FoldPolicy", "sink", self.sink, low=0, what="first positions never folded")
@@ -110,7 +111,8 @@ class FoldPolicy:
         if self.selector is None:
             self.selector = default_fold_selector()
         if not isinstance(self.selector, Selector):
-            raise BriefingError(f"FoldPolicy: selector must be a briefing.Selector (e.g. briefing.AttentionMatching()), "
+            raise BriefingError("FoldPolicy: selector must be a briefing.Selector (e.g. "
+                                "briefing.AttentionMatching()), "
                                 f"got {self.selector!r}.")
 
     def kept(self, span: int) -> int:

@@ -87,7 +87,8 @@ def generate(ctx: CompactedCache, config: GenerationConfig | None = None, *,
                             time_s=elapsed, time_per_token_s=elapsed / max(1, len(out)))
 
 
-def token_logprobs(ctx: CompactedCache, continuation: str, lm: LoadedModel | None = None) -> tuple[list[int], torch.Tensor]:
+def token_logprobs(ctx: CompactedCache, continuation: str, lm: LoadedModel | None = None) -> tuple[list[int],
+                                                                                                   torch.Tensor]:
     """Teacher-forced log-probabilities [len(ids), vocab] of each continuation token given the context."""
     ctx.check_model(lm)
     ids = ctx.lm.encode(continuation)

@@ -23,7 +23,8 @@ def build(keys: list[torch.Tensor], values: list[torch.Tensor]) -> DynamicCache:
     return DynamicCache(ddp_cache_data=list(zip(keys, values)))
 
 
-def layer_kv(cache: DynamicCache, start: int = 0, stop: int | None = None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+def layer_kv(cache: DynamicCache, start: int = 0, stop: int | None = None) -> tuple[list[torch.Tensor],
+                                                                                    list[torch.Tensor]]:
     """Per-layer keys and values [1, kv_heads, stop - start, d] (views)."""
     keys = [layer.keys[..., start:stop, :] for layer in cache.layers]
     values = [layer.values[..., start:stop, :] for layer in cache.layers]

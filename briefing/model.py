@@ -110,7 +110,8 @@ class LoadedModel:
 
     def chat_prompt(self, system: str | None, user: str) -> str:
         """`chat_text` of an optional system message and one user message."""
-        return self.chat_text(([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}])
+        return self.chat_text(([{"role": "system", "content": system}] if system else []) + [{"role": "user",
+                                                                                              "content": user}])
 
 
 def model_fingerprint(model: PreTrainedModel) -> str:

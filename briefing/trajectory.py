@@ -74,7 +74,8 @@ class TrajectoryCache:
             self.check_budget()
         self.position_gap = 0                          # tokens - next RoPE position (grows with each re-base)
         self.folds: list[FoldStats] = []
-        self.prefilled_tokens = 0                      # tokens forwarded by extend, in total (seam re-prefills included)
+        # tokens forwarded by extend, in total (seam re-prefills included)
+        self.prefilled_tokens = 0
         self.prefill_s = 0.0                           # time spent in those forwards (folds excluded)
         self.last_extend_s = 0.0
         self.rebases = 0
@@ -84,7 +85,8 @@ class TrajectoryCache:
 
     def check_budget(self) -> None:
         if self.reserve < 1:
-            raise BriefingError(f"reserve must be >= 1 position for the call prompt and generation, got {self.reserve}.")
+            raise BriefingError(f"reserve must be >= 1 position for the call prompt and generation, got "
+                                f"{self.reserve}.")
         if self.budget + self.reserve > self.lm.max_context:
             raise BriefingError(
                 f"budget {self.budget} plus reserve {self.reserve} exceed {self.lm.name}'s context length "

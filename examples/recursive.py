@@ -52,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--log", default=None)
     args = ap.parse_args(argv)
 
-    result = build(BriefedWorker(briefing.load_model(), max_new_tokens=48), args.log).run(args.query, read_essay(args.essay))
+    result = build(BriefedWorker(briefing.load_model(), max_new_tokens=48), args.log).run(args.query,
+                                                                                          read_essay(args.essay))
     print("Answer:", result.answer, f"({result.stop_reason})")
     print(result.usage_table())
     print("\n".join(result.graph_summary.lines()))

@@ -209,7 +209,8 @@ def format_events(events: list[Event], max_chars: int | None = 600, color: bool 
         elif t == "notice":
             out.append(c("31", f"{pad}  ! {e.text}"))
         elif t == "final":
-            out.append(c("1;32", f"{pad}=== {'FINAL' if e.stop_reason == 'final' else 'STOPPED (' + e.stop_reason + ')'}"
+            out.append(c("1;32",
+                         f"{pad}=== {'FINAL' if e.stop_reason == 'final' else 'STOPPED (' + e.stop_reason + ')'}"
                                  f" run {e.run_id}: {_clip(str(e.answer), max_chars)}"))
     return "\n".join(out)
 

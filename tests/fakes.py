@@ -104,7 +104,8 @@ class FakeSandbox:   # implements repl.ReplSession
         out = buf.getvalue()
         if len(out) > self.output_limit:
             half = self.output_limit // 2
-            out, limit = out[:half] + f"\n[... {len(out) - self.output_limit} characters cut ...]\n" + out[-half:], limit or "output"
+            cut = f"\n[... {len(out) - self.output_limit} characters cut ...]\n"
+            out, limit = out[:half] + cut + out[-half:], limit or "output"
         return CellResult(stdout=out, value=value, error=error, error_type=error_type, limit=limit,
                           duration_s=time.monotonic() - t0)
 

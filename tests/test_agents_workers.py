@@ -9,7 +9,8 @@ from agents import (BriefedWorker, LocalChatBackend, PlainWorker, TextRecall, Te
                     WorkerPrompt, make_worker, split_chat_template)
 from agents.workers.prompt import TRAJECTORY_HEADER
 
-TRAJ1 = "Query: Where is the meeting?\nContext: a str of 80 characters.\n\n[output]\nThe meeting was moved to Paris. Bring the red folder.\n\n"
+TRAJ1 = ("Query: Where is the meeting?\nContext: a str of 80 characters.\n\n[output]\nThe meeting was moved to Paris. "
+         "Bring the red folder.\n\n")
 TRAJ2 = TRAJ1 + "[worker call 1]\nQuery: Which city?\nAnswer: Paris.\n\n"
 Q = "Which city was the meeting moved to? Reply with the city only."
 
@@ -143,7 +144,8 @@ def test_text_worker_cuts_and_briefed_worker_folds_past_the_window(tok):
     third = tight.answer("What was low?", long_traj)  # a 256-token recall by default: cut to the reserve's room
     assert third.briefing.recalled_tokens > 0 and third.output_tokens <= 4
     assert third.input_tokens - third.briefing.kept + 4 <= 72  # prompt with its recall + generation fit the reserve
-    assert third.text_handoff_tokens == third.briefing.trajectory_tokens + small.count_tokens(  # text handoff: no recall
+    # the text handoff: no recall
+    assert third.text_handoff_tokens == third.briefing.trajectory_tokens + small.count_tokens(
         tight.prompts().call_prompt("What was low?"))
 
 
@@ -167,7 +169,8 @@ def test_briefed_worker_recalls_a_fact_the_folds_compacted_away(tok):
     assert "4417" in b.recalled.text and b.recalled.how == "bm25"
     # the recalled ranges index the trajectory's own characters, and the fact's sentence lies in one of them
     fact = traj.index("4417")
-    assert any(a <= fact < z for a, z in b.recalled.ranges) and all(0 <= a < z <= len(traj) for a, z in b.recalled.ranges)
+    assert any(a <= fact < z for a, z in b.recalled.ranges) and all(0 <= a < z <= len(traj) for a,
+                                                                    z in b.recalled.ranges)
     for (a, z), chunk in zip(b.recalled.ranges, b.recalled.text.rstrip("\n").split("\n...\n")):
         assert traj[a:z].strip().endswith(chunk.strip()[-12:])
     assert TextRecall(tokens=24).recall(cache, q, 0).text == ""   # no room: nothing

@@ -139,7 +139,8 @@ def test_diagnosis_finds_the_statement_tokens_and_their_coverage(small):
     target = next(f for f in e.facts if f.target)
     pos = statement_positions(small, head + e.trajectory, len(head), e.trajectory, [target.statement])
     ids = small.encode(head + e.trajectory)
-    assert target.statement in small.decode([ids[p] for p in pos]) and len(pos) <= len(small.encode(target.statement)) + 2
+    assert target.statement in small.decode([ids[p] for p in pos])
+    assert len(pos) <= len(small.encode(target.statement)) + 2
     kept = torch.tensor(pos[: len(pos) // 2] + [0]).view(1, 1, -1).expand(2, 3, -1)       # [L, H, t]
     assert coverage(types.SimpleNamespace(positions=kept), pos) == pytest.approx(len(pos) // 2 / len(pos))
     assert coverage(types.SimpleNamespace(positions=torch.tensor(pos).view(1, 1, -1)), pos) == 1.0

@@ -41,8 +41,9 @@ def test_bootstrap_interval_brackets_the_mean():
 
 def test_long_suite_runs_every_condition_in_bounded_memory(tok, tmp_path):
     tiny = tiny_model("llama-gqa", tok, max_positions=1024)
-    args = long.build_parser().parse_args(["--lengths", "300", "900", "--episodes", "1", "--window", "320", "--recent", "96",
-                                           "--summary-tokens", "8", "--out", str(tmp_path), "--no-progress"])
+    args = long.build_parser().parse_args(["--lengths", "300", "900", "--episodes", "1", "--window", "320",
+                                           "--recent", "96", "--summary-tokens", "8", "--out", str(tmp_path),
+                                           "--no-progress"])
     result = long.run(args, lm=tiny, log=lambda *a: None, out=tmp_path)
     rows = result["rows"]
     assert {r["condition"] for r in rows} == set(long.CONDITIONS)
@@ -53,7 +54,8 @@ def test_long_suite_runs_every_condition_in_bounded_memory(tok, tmp_path):
     for r in rows:
         if r["condition"] in long.FOLD_GUIDANCE or r["condition"] in long.STREAMING:
             assert r["cache_positions"] <= budget
-            event = tiny.count_tokens(long.question_event(long.make_long_episode(r["seed"], r["length"]).questions[0], 0))
+            event = tiny.count_tokens(long.question_event(long.make_long_episode(r["seed"], r["length"]).questions[0],
+                                                          0))
             assert 0 < r["prefilled_tokens"] <= event + 4  # a call forwards its new event only, never the trajectory
             assert 0.0 <= r["held_fact"] <= 1.0 and 0.0 <= r["held_quarter"] <= 1.0
             if r["length"] == 900 and r["quarter"] == 1:
@@ -97,7 +99,8 @@ def test_long_suite_runs_every_condition_in_bounded_memory(tok, tmp_path):
     readme.write_text(f"intro\n{long.README_START}\nold table\n{long.README_END}\nrest\n")
     assert long.main(["--report", str(tmp_path / "results.json"), "--readme", str(readme)]) == 0
     text = readme.read_text()
-    assert "old table" not in text and "| fold-mix | 900 |" in text and text.startswith("intro") and text.endswith("rest\n")
+    assert "old table" not in text and "| fold-mix | 900 |" in text
+    assert text.startswith("intro") and text.endswith("rest\n")
     q1 = next(d for d in result["summary"]["by_depth"] if d["condition"] == "fold-mix" and d["quarter"] == 1)
     assert f"{q1['accuracy']:.2f} [{q1['ci95'][0]:.2f}, {q1['ci95'][1]:.2f}] ({q1['questions']})" in text  # depth CI
     again = json.loads((tmp_path / "results.json").read_text())
@@ -105,7 +108,8 @@ def test_long_suite_runs_every_condition_in_bounded_memory(tok, tmp_path):
     # runs split by length over processes merge into one report
     parts = []
     for n in (300, 900):
-        part = dict(result, rows=[r for r in rows if r["length"] == n], folds=[f for f in result["folds"] if f["length"] == n],
+        part = dict(result, rows=[r for r in rows if r["length"] == n],
+                    folds=[f for f in result["folds"] if f["length"] == n],
                     config=dict(result["config"], lengths=[n]))
         parts.append(json.loads(json.dumps(part)))
     merged = long.merge(parts + parts[1:])  # a part given twice is counted once
@@ -141,7 +145,8 @@ def test_recall_fits_the_whole_window_when_it_is_the_models_context(tok, tmp_pat
     re-base early enough that every call prompt with its recall still fits."""
     tiny = tiny_model("llama-gqa", tok, max_positions=320)
     args = long.build_parser().parse_args(["--lengths", "1200", "--episodes", "1", "--conditions", "fold-recall",
-                                           "streaming-recall", "--recent", "48", "--recall-budget", "64", "--out", str(tmp_path), "--no-progress"])
+                                           "streaming-recall", "--recent", "48", "--recall-budget", "64", "--out",
+                                           str(tmp_path), "--no-progress"])
     result = long.run(args, lm=tiny, log=lambda *a: None)
     cfg = result["config"]
     assert cfg["window"] == 320 and cfg["recall_budget"] > 0

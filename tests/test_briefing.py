@@ -12,7 +12,8 @@ from briefing.errors import BriefingError, ModelLoadError
 from briefing.metrics import answer_kl, heldout_attention_error
 from tests.tiny import FAMILIES, tiny_model, tiny_tokenizer
 
-PROMPT = "\n\nQuestion: According to the text above, what does the author say about how startups should treat their early users? Answer:"
+PROMPT = ("\n\nQuestion: According to the text above, what does the author say about how startups should treat their "
+          "early users? Answer:")
 ANSWER = " The author says that startups should"
 
 
@@ -80,7 +81,8 @@ def test_compaction_leaves_full_cache_untouched(essay_cache):
     briefing.generate(ctx, briefing.GenerationConfig(max_new_tokens=3))
     after = essay_cache.kv.layers
     assert kv.cache_length(essay_cache.kv) == essay_cache.length
-    assert all(torch.equal(k, layer.keys) and torch.equal(v, layer.values) for (k, v), layer in zip(before, after, strict=True))
+    assert all(torch.equal(k, layer.keys) and torch.equal(v, layer.values) for (k, v), layer in zip(before, after,
+                                                                                                    strict=True))
 
 
 @pytest.mark.slow

@@ -127,7 +127,8 @@ def test_fold_leaves_sink_and_recent_window_bit_for_bit(tiny, pieces):
     assert f.span_start == 4 and f.span_stop == P - 64 and f.positions_after == 4 + f.kept + 64
     after_k, after_v = (stack_layers(x) for x in kv.layer_kv(cache.kv))
     assert torch.equal(after_k[:, :, :4], before_k[:, :, :4]) and torch.equal(after_v[:, :, :4], before_v[:, :, :4])
-    assert torch.equal(after_k[:, :, -64:], before_k[:, :, -64:]) and torch.equal(after_v[:, :, -64:], before_v[:, :, -64:])
+    assert torch.equal(after_k[:, :, -64:], before_k[:, :, -64:]) and torch.equal(after_v[:, :, -64:], before_v[:, :,
+                                                                                                                -64:])
     assert torch.equal(cache.positions()[..., -64:], before_pos[..., -64:])
     # kept keys are original keys at their original positions (values are refitted)
     kept_pos = cache.positions()[..., 4:4 + f.kept]
@@ -280,8 +281,10 @@ def test_a_clone_folds_exactly_as_its_original(tiny, pieces):
         for piece in pieces[40:60]:
             c.extend(piece)
     assert len(copy.folds) == len(cache.folds) > 1
-    assert torch.equal(copy.positions(), cache.positions()) and all(torch.equal(a, b) for a, b in zip(copy.beta, cache.beta))
-    assert all(torch.equal(a, b) for a, b in zip(stack_layers(kv.layer_kv(copy.kv)[0]), stack_layers(kv.layer_kv(cache.kv)[0])))
+    assert torch.equal(copy.positions(), cache.positions()) and all(torch.equal(a, b) for a, b in zip(copy.beta,
+                                                                                                      cache.beta))
+    assert all(torch.equal(a, b) for a, b in zip(stack_layers(kv.layer_kv(copy.kv)[0]),
+                                                 stack_layers(kv.layer_kv(cache.kv)[0])))
 
 
 def test_bad_budget_and_policy_errors(tiny):

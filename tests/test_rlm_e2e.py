@@ -7,15 +7,17 @@ from agents import BriefedWorker, ChunkScanPolicy, LocalChatBackend, ScriptedPol
 from rlm import RLM, Budgets, read_log, replay
 
 DOC = ("Harbor notes. The ferry to the island leaves at noon every day. The meeting was moved to Paris. "
-       "Bring the red folder. In Rome, the meeting room is the Falcon Room. In Paris, the meeting room is the Heron Room. "
-       "In Oslo, the meeting room is the Walrus Room. The tide was low in the morning.")
+       "Bring the red folder. In Rome, the meeting room is the Falcon Room. "
+       "In Paris, the meeting room is the Heron Room. In Oslo, the meeting room is the Walrus Room. "
+       "The tide was low in the morning.")
 
 # The orchestrator reads the document, asks the worker where the meeting is, and acts on that answer:
 # the final answer depends on what the worker said (a wrong city gives a wrong room).
 STEPS = [
     Step(text="Reading the document.", code="print(context)"),
     Step(text="Asking the worker where the meeting is.",
-         code="city = worker('Which city was the meeting moved to, according to the text above? Reply with the city only.')"),
+         code="city = worker('Which city was the meeting moved to, according to the text above? Reply with the city "
+              "only.')"),
     Step(text="Looking up the room of that city.", code=[
         "import re\nfound = re.findall(r'Paris|Rome|Oslo', city)\nprint(found)",
         "rooms = {'Paris': 'Heron Room', 'Rome': 'Falcon Room', 'Oslo': 'Walrus Room'}\n"
@@ -55,7 +57,8 @@ def test_briefed_worker_run_end_to_end(lm, tmp_path):
 @pytest.mark.slow
 def test_text_worker_bills_the_whole_trajectory(lm):
     worker = TextWorker(backend=LocalChatBackend(lm), max_new_tokens=16)
-    res = RLM(ScriptedPolicy(STEPS), worker, budgets=Budgets(max_iterations=8)).run("Which room is the meeting in?", DOC)
+    res = RLM(ScriptedPolicy(STEPS), worker, budgets=Budgets(max_iterations=8)).run("Which room is the meeting in?",
+                                                                                    DOC)
     calls = res.worker_events()
     assert calls and all(c.result.input_tokens == c.result.text_handoff_tokens and c.result.briefing is None
                          for c in calls)

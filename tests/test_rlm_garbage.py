@@ -29,7 +29,8 @@ def _real_factory():
         from repl import Sandbox, SandboxConfig
     except ImportError:
         return None
-    return (lambda prims, config: Sandbox(primitives=prims, config=config)), SandboxConfig(timeout_s=1.5, output_limit=4000)
+    return (lambda prims, config: Sandbox(primitives=prims, config=config)), SandboxConfig(timeout_s=1.5,
+                                                                                           output_limit=4000)
 
 
 SANDBOXES = ["fake"] + (["real"] if _real_factory() else [])

@@ -17,7 +17,8 @@ def test_nested_run_answers_and_nests_in_log_and_graph(tmp_path):
     leaf = FakeWorker(name="leaf")
     child = rlm(ScriptedPolicy(CHILD_STEPS), leaf)
     log = tmp_path / "tree.jsonl"
-    res = rlm(ScriptedPolicy(ROOT_STEPS), RLMWorker(child), budgets=Budgets(max_depth=1), log_path=str(log)).run("q", "ctx")
+    run = rlm(ScriptedPolicy(ROOT_STEPS), RLMWorker(child), budgets=Budgets(max_depth=1), log_path=str(log))
+    res = run.run("q", "ctx")
     assert res.answer == "answer to: sub question via child"
 
     call = res.worker_events()[0]

@@ -198,3 +198,24 @@ def test_custom_selector_example_runs_as_written(capsys):
     assert [s.method for s in stats] == ["TopK", "RecencyWeighted", "RecencyWeighted"]
     assert stats[0].kept == stats[1].kept and stats[2].fit_error is not None
     assert "RecencyWeighted(ratio=0.3" in printed and "log-prob gap to full" in printed
+    assert "with RecencyWeighted:" in printed and "folded" in printed
+
+
+def test_a_custom_selector_drives_the_folds():
+    """The fold keeps what the policy's selector chooses: the example's recency prior, strong, keeps later tokens of
+    each folded span than the default selector does on the same text, and every fold records the selector."""
+    tiny = tiny_model("llama-gqa")
+    text = "".join(f"Line {i}: the tide was low and the gulls were loud over the harbour. " for i in range(40))
+    held = {}
+    for name, selector in (("default", None), ("recency", RecencyWeighted(boost=50.0, sinks=0, fit=briefing.Fit()))):
+        fold = briefing.FoldPolicy(selector=selector, recent=48, keep=0.25)
+        cache = briefing.TrajectoryCache(tiny, budget=200, reserve=32, fold=fold)
+        cache.extend(text[:1200])
+        first = None
+        while not cache.folds:
+            cache.extend(text[len(cache.text):len(cache.text) + 40])
+        first = cache.folds[0]
+        assert first.selector.startswith("RecencyWeighted" if selector else "AttentionMatching")
+        span = cache.origins()[..., first.span_start:first.span_start + first.kept].float()   # [L, H, kept]
+        held[name] = float(span.mean())
+    assert held["recency"] > held["default"] + 5   # later tokens of the span, on average

@@ -21,16 +21,22 @@ from agents.backends.base import ChatBackend
 from agents.events import CellOutput, CodeCell, Notice, OrchestratorMessage
 from agents.policy import OrchestratorPolicy, RunState, Step
 
-RLM_SYSTEM_PROMPT = """You are tasked with answering a query about an associated context. The context can be far too long to read at once; you work with it in a Python REPL, and you can query worker language models from inside the REPL. You will be called iteratively until you give a final answer.
+RLM_SYSTEM_PROMPT = """You are tasked with answering a query about an associated context. The context can be far too
+long to read at once; you work with it in a Python REPL, and you can query worker language models from inside the
+REPL. You will be called iteratively until you give a final answer.
 
 The REPL holds:
-1. `context`: the data for the query (usually a long string, sometimes a list of strings). Look at its size and a few slices before deciding how to read it.
-2. `worker(query: str) -> str`: asks a worker model. The worker already knows your trajectory so far (your messages, code, REPL outputs and earlier worker answers), so you can refer to what you printed ("the chunk printed above") instead of pasting it again; you can also put text directly in the query.
+1. `context`: the data for the query (usually a long string, sometimes a list of strings). Look at its size and a
+few slices before deciding how to read it.
+2. `worker(query: str) -> str`: asks a worker model. The worker already knows your trajectory so far (your messages,
+code, REPL outputs and earlier worker answers), so you can refer to what you printed ("the chunk printed above")
+instead of pasting it again; you can also put text directly in the query.
 3. `worker_batch(queries: list[str]) -> list[str]`: several worker queries at once, answers in the same order.
 4. `FINAL(value)` and `FINAL_VAR(name)`: end the run with a value, or with the value of a REPL variable given by name.
 5. `print()` to see values. Outputs are truncated, so print slices and summaries, not whole documents.
 
-To run code, put it in a ```repl block; every block in your response runs in order and you get the output back. For example, to read a long context in chunks:
+To run code, put it in a ```repl block; every block in your response runs in order and you get the output back. For
+example, to read a long context in chunks:
 ```repl
 chunks = [context[i:i + 4000] for i in range(0, len(context), 4000)]
 notes = []
@@ -45,7 +51,9 @@ print(answer)
 ```
 Variables persist between blocks and between turns. Imports are limited to a safe standard-library subset.
 
-When you are done, give the final answer on its own line, outside code: FINAL(your answer) or FINAL_VAR(variable_name). Do not write FINAL until you have actually looked at the context. Work step by step, and act now rather than describing what you will do."""
+When you are done, give the final answer on its own line, outside code: FINAL(your answer) or
+FINAL_VAR(variable_name). Do not write FINAL until you have actually looked at the context. Work step by step, and
+act now rather than describing what you will do."""
 
 NEXT_ACTION = ("Continue using the REPL (it holds `context`, `worker`, `worker_batch`) to answer the query. "
                "When you have the answer, reply with FINAL(...) or FINAL_VAR(...). Your next action:")
@@ -68,9 +76,11 @@ class LLMPolicy(OrchestratorPolicy):
 
     def __post_init__(self) -> None:
         if not isinstance(self.backend, ChatBackend):
-            raise TypeError(f"LLMPolicy: backend must be an agents.ChatBackend (OpenAIChatBackend, LocalChatBackend, ...), "
+            raise TypeError("LLMPolicy: backend must be an agents.ChatBackend (OpenAIChatBackend, LocalChatBackend, "
+                            "...), "
                             f"got {type(self.backend).__name__}.")
-        if isinstance(self.max_output_chars, bool) or not isinstance(self.max_output_chars, int) or self.max_output_chars < 1:
+        if isinstance(self.max_output_chars, bool) or not isinstance(self.max_output_chars,
+                                                                     int) or self.max_output_chars < 1:
             raise ValueError(f"LLMPolicy: max_output_chars must be an integer >= 1, got {self.max_output_chars!r}.")
 
     def step(self, state: RunState) -> Step:
@@ -82,9 +92,12 @@ class LLMPolicy(OrchestratorPolicy):
         lengths = state.context_lengths[:20]
         shape = f"a {state.context_type} of {state.context_length} total characters"
         if state.context_type != "str":
-            shape += f", in {len(state.context_lengths)} items of lengths {lengths}" + (" ..." if len(state.context_lengths) > 20 else "")
+            more = " ..." if len(state.context_lengths) > 20 else ""
+            shape += f", in {len(state.context_lengths)} items of lengths {lengths}{more}"
         msgs = [{"role": "system", "content": self.system_prompt},
-                {"role": "user", "content": f"Query: {state.query}\n\nYour context is {shape}. It is in the REPL as `context`; the query is in `query`."}]
+                {"role": "user",
+                 "content": f"Query: {state.query}\n\nYour context is {shape}. It is in the REPL as `context`; the "
+                            "query is in `query`."}]
         for e in state.events:
             if isinstance(e, OrchestratorMessage):
                 msgs.append({"role": "assistant", "content": e.text or "(empty)"})

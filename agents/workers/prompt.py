@@ -67,7 +67,8 @@ class WorkerPrompt:
     plain_system: str = PLAIN_SYSTEM
 
     @classmethod
-    def for_model(cls, lm: briefing.LoadedModel, header: str = TRAJECTORY_HEADER, plain_system: str = PLAIN_SYSTEM) -> "WorkerPrompt":
+    def for_model(cls, lm: briefing.LoadedModel, header: str = TRAJECTORY_HEADER,
+                  plain_system: str = PLAIN_SYSTEM) -> "WorkerPrompt":
         return cls(split_chat_template(lm), header, plain_system)
 
     def cache_text(self, trajectory: str) -> str:

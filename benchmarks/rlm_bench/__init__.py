@@ -1,1 +1,2 @@
-"""Benchmark and evaluation harness (`rlm bench`): episodes, conditions, report, replay. See benchmarks.rlm_bench.cli."""
+"""Benchmark and evaluation harness (`rlm bench`): episodes, conditions, report, replay. See
+benchmarks.rlm_bench.cli."""

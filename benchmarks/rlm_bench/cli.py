@@ -45,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     # defaults chosen on the development seeds (docs/results/rlm_bench/dev_sweep/dev_sweep.md)
     p.add_argument("--smooth", type=int, default=5, help="score smoothing kernel of Attention Matching, tau mode")
     p.add_argument("--ratio-smooth", type=int, default=9, help="score smoothing kernel at a fixed kept ratio")
-    p.add_argument("--recent", type=int, default=32, help="protected recent window (positions) of the +recent conditions")
+    p.add_argument("--recent", type=int, default=32,
+                   help="protected recent window (positions) of the +recent conditions")
     p.add_argument("--no-summary", action="store_true", help="skip the worker-model summary condition")
     p.add_argument("--no-timing", action="store_true", help="skip the fixed 12-token decode used for latency")
     p.add_argument("--workers", type=int, default=1, help="local processes (one model each, one torch thread each)")
@@ -60,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-calls", type=int, default=8, help="replay: at most this many calls")
     p.add_argument("--taus", type=float, nargs="+", help="replay: taus")
     p.add_argument("--budgets", type=float, nargs="+", help="replay: budgets")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads in this process (default 1: shared machine)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads in this process (default 1: shared machine)")
     return p
 
 
@@ -79,7 +81,8 @@ def suite_settings(args: argparse.Namespace) -> dict:
     if len(cfg["per_cell"]) == 1:
         cfg["per_cell"] = cfg["per_cell"] * len(cfg["lengths"])
     if len(cfg["per_cell"]) != len(cfg["lengths"]):
-        raise SystemExit(f"--per-cell must give one value or one per length ({len(cfg['lengths'])}), got {cfg['per_cell']}")
+        raise SystemExit(f"--per-cell must give one value or one per length ({len(cfg['lengths'])}), got "
+                         f"{cfg['per_cell']}")
     if args.split:
         cfg["split"] = args.split
     if args.no_summary:
@@ -96,10 +99,12 @@ def run_suite(args: argparse.Namespace, lm=None, log=print) -> dict:
 
     cfg = suite_settings(args)
     specs = suite_specs(cfg["lengths"], cfg["per_cell"], cfg["split"], tuple(cfg["families"]), offset=args.seed_offset)
-    # shortest first, then round-robin over families: an interrupted run has a balanced slice (see --out's episodes.jsonl)
+    # shortest first, then round-robin over families: an interrupted run has a balanced slice (--out's episodes.jsonl)
+
     order = {f: i for i, f in enumerate(cfg["families"])}
     specs.sort(key=lambda s: (s.target_tokens, s.seed % 1000, order[s.family]))
-    suite = SuiteConfig(tau=args.tau, smooth_kernel=args.smooth, ratio_smooth_kernel=args.ratio_smooth, recent=args.recent, summary=cfg["summary"],
+    suite = SuiteConfig(tau=args.tau, smooth_kernel=args.smooth, ratio_smooth_kernel=args.ratio_smooth,
+                        recent=args.recent, summary=cfg["summary"],
                         timing=not args.no_timing, sweep=cfg.get("sweep", ()))
     t_start = time.perf_counter()
     if lm is None and args.workers <= 1 and not args.ray:
@@ -147,7 +152,8 @@ def write_suite(result: dict, out: Path) -> list[str]:
         (out / "dev_sweep.json").write_text(json.dumps(choice, indent=1))
         (out / "dev_sweep.md").write_text(report.sweep_markdown(choice))
         return ["results.json", "results.md", "dev_sweep.json", "dev_sweep.md", *result["plots"]]
-    return ["results.json", "results.md", *result["plots"], *(["episodes.jsonl"] if (out / "episodes.jsonl").is_file() else [])]
+    return ["results.json", "results.md", *result["plots"],
+            *(["episodes.jsonl"] if (out / "episodes.jsonl").is_file() else [])]
 
 
 def run_replay(args: argparse.Namespace, log=print) -> int:
@@ -165,7 +171,8 @@ def run_replay(args: argparse.Namespace, log=print) -> int:
     lb = [r for r in rows if r["method"] == "latent_briefing"]
     fit = linear_fit([r["trajectory_tokens"] for r in lb], [r["overhead_s"] for r in lb])
     (out / "replay.json").write_text(json.dumps({"log": args.replay, "rows": rows, "overhead_fit": fit}, indent=1))
-    lines = [f"# replay of {args.replay}", "", "| call | synthetic | T | condition | kept | kept ratio | overhead s | KL vs full |",
+    lines = [f"# replay of {args.replay}", "",
+             "| call | synthetic | T | condition | kept | kept ratio | overhead s | KL vs full |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['call']} | {r['synthetic']} | {r['trajectory_tokens']} | {r['condition']} | {r['kept']} | "
@@ -206,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     result = run_suite(args)
     files = write_suite(result, Path(args.out))
     for x in result["summary"]:
-        print(f"{x['condition']:<26} acc {x['accuracy']:.2f} [{x['accuracy_ci95'][0]:.2f}, {x['accuracy_ci95'][1]:.2f}] "
+        print(f"{x['condition']:<26} acc {x['accuracy']:.2f} [{x['accuracy_ci95'][0]:.2f}, "
+              f"{x['accuracy_ci95'][1]:.2f}] "
               f"vs full {x['diff_full']:+.2f} saved {x['token_reduction']:.1%} latency {x['latency_s_median']:.2f}s")
     print(f"wrote {', '.join(files)} to {args.out} in {result['wall_s']:.0f}s")
     return 0

@@ -142,7 +142,8 @@ class EpisodeRunner:
             row.update(extra)
         return row
 
-    def score(self, spec: Spec, ctx: Any, input_tokens: int, kept: int, overhead_s: float, extra: dict | None = None) -> dict:
+    def score(self, spec: Spec, ctx: Any, input_tokens: int, kept: int, overhead_s: float,
+              extra: dict | None = None) -> dict:
         e = self.ep
         choice, _ = choose(ctx, e.candidates, e.answer_prefix)
         row = self.common_row(spec, choice, input_tokens, kept, overhead_s)
@@ -155,7 +156,8 @@ class EpisodeRunner:
         ctx = self.cache.compact(self.call_prompt, spec.selector)
         dt = time.perf_counter() - t0
         st = ctx.stats
-        extra = {"compaction": {k: v for k, v in st.model_dump().items() if k.startswith("time_") or k.startswith("fit")},
+        extra = {"compaction": {k: v for k,
+                                v in st.model_dump().items() if k.startswith("time_") or k.startswith("fit")},
                  "fallback": st.fallback}
         return self.score(spec, ctx, int(st.kept) + self.n_prompt, int(st.kept), dt, extra)
 
@@ -204,7 +206,8 @@ class EpisodeRunner:
 
 def episode_rows(lm: Any, prompts: Any, episode: Any, taus: list[float], budgets: list[float], *,
                  matched: bool = True, text_check: bool = False, summary: bool = True, bm25_tokens: int = 150,
-                 with_generation: bool | set[str] = True, seed: int = 0, matched_taus: list[float] | None = None) -> list[dict]:
+                 with_generation: bool | set[str] = True, seed: int = 0,
+                 matched_taus: list[float] | None = None) -> list[dict]:
     r = EpisodeRunner(lm, prompts, episode, with_generation)
     specs = [Spec("plain", "plain"), Spec("full", "full")]
     if text_check:
@@ -220,7 +223,8 @@ def episode_rows(lm: Any, prompts: Any, episode: Any, taus: list[float], budgets
                 rows.append(r.run(Spec(f"{name}@am_tau{tau:g}", name, sel, k, matched_to=f"am_tau{tau:g}")))
     for b in budgets:
         for name, sel in (("latent_briefing", briefing.AttentionMatching(ratio=b)), ("topk", briefing.TopK(ratio=b)),
-                          ("random", briefing.RandomKeep(ratio=b, seed=seed)), ("recent", briefing.RecentWindow(ratio=b))):
+                          ("random", briefing.RandomKeep(ratio=b, seed=seed)), ("recent",
+                                                                                briefing.RecentWindow(ratio=b))):
             label = "am" if name == "latent_briefing" else name
             rows.append(r.run(Spec(f"{label}_b{b:g}", name, sel, b, matched_to=f"budget{b:g}")))
     if summary:
@@ -318,7 +322,8 @@ class FamilyRunner(EpisodeRunner):
     def base_row(self) -> dict[str, Any]:
         return super().base_row() | {"family": self.ep.family, "n_candidates": len(self.ep.candidates)}
 
-    def score(self, spec: Spec, ctx: Any, input_tokens: int, kept: int, overhead_s: float, extra: dict | None = None) -> dict:
+    def score(self, spec: Spec, ctx: Any, input_tokens: int, kept: int, overhead_s: float,
+              extra: dict | None = None) -> dict:
         e = self.ep
         choice, scores, lp = choose_with_logprobs(ctx, e.candidates, e.answer_prefix, e.answer)
         kl = float((self.full_lp.exp() * (self.full_lp - lp)).sum(-1).mean())  # = briefing.metrics.answer_kl
@@ -385,7 +390,8 @@ def family_rows(lm: Any, prompts: Any, episode: Any, cfg: SuiteConfig, seed: int
         rows.append(r.run(Spec(f"{name}@{am}", name, sel, k, matched_to=am)))
     if cfg.recent:
         rows.append(r.run(Spec(f"{am}+recent{cfg.recent}", "latent_briefing_protected",
-                               ProtectedAttentionMatching(tau=cfg.tau, smooth_kernel=cfg.smooth_kernel, recent=cfg.recent),
+                               ProtectedAttentionMatching(tau=cfg.tau, smooth_kernel=cfg.smooth_kernel,
+                                                          recent=cfg.recent),
                                cfg.tau)))
     b = cfg.budget
     rsk = cfg.ratio_smooth_kernel

@@ -69,7 +69,8 @@ def diagnose(lm: Any, families: list[str], depths: list[str], per_cell: int, len
                 for name, sel in sels.items():
                     ctx = am if sel is None else r.cache.compact(r.call_prompt, sel)
                     choice, scores = choose(ctx, ep.candidates, ep.answer_prefix)
-                    rows.append({"episode": ep.id, "family": fam, "depth": depth, "T": r.T, "condition": name.split("@")[0],
+                    rows.append({"episode": ep.id, "family": fam, "depth": depth, "T": r.T,
+                                 "condition": name.split("@")[0],
                                  "kept_ratio": int(ctx.stats.kept) / r.T, "answer_coverage": coverage(ctx, pos),
                                  "fact_offset": ep.fact_offset, "correct": choice == ep.answer,
                                  "full_correct": r.full_choice == ep.answer,
@@ -88,12 +89,14 @@ def markdown(rows: list[dict]) -> str:
         g[(r["family"], r["depth"], r["condition"])].append(r)
     lines = ["# Selection diagnosis (development seeds)", "",
              "answer coverage: share of the target statements' tokens kept (mean over layers and KV heads).", "",
-             "| family | depth | condition | n | kept ratio | answer coverage | accuracy | full accuracy | median choice KL |",
+             "| family | depth | condition | n | kept ratio | answer coverage | accuracy | full accuracy | median "
+             "choice KL |",
              "|---|---|---|---|---|---|---|---|---|"]
     for (f, d, c), rs in g.items():
         lines.append(f"| {f} | {d} | {c} | {len(rs)} | {np.mean([r['kept_ratio'] for r in rs]):.3f} | "
                      f"{np.mean([r['answer_coverage'] for r in rs]):.2f} | {np.mean([r['correct'] for r in rs]):.2f} | "
-                     f"{np.mean([r['full_correct'] for r in rs]):.2f} | {np.median([r['choice_kl'] for r in rs]):.3f} |")
+                     f"{np.mean([r['full_correct'] for r in rs]):.2f} | "
+                     f"{np.median([r['choice_kl'] for r in rs]):.3f} |")
     return "\n".join(lines) + "\n"
 
 

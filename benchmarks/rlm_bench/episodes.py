@@ -123,10 +123,12 @@ class Episode:
     family: str = "multi_key"  # task family (benchmarks.rlm_bench.families); make_episode builds multi-key lookups
 
     def summary(self) -> dict[str, Any]:
-        return {"id": self.id, "family": self.family, "seed": self.seed, "target_tokens": self.target_tokens, "depth": self.depth,
+        return {"id": self.id, "family": self.family, "seed": self.seed, "target_tokens": self.target_tokens,
+                "depth": self.depth,
                 "n_distractors": self.n_distractors, "kind": self.kind, "essay": self.essay, "n_steps": self.n_steps,
                 "fact_offset": round(self.fact_offset, 4), "fact_carrier": self.fact_carrier,
-                "question": self.question, "answer_prefix": self.answer_prefix, "answer": self.answer, "candidates": self.candidates,
+                "question": self.question, "answer_prefix": self.answer_prefix, "answer": self.answer,
+                "candidates": self.candidates,
                 "trajectory_chars": len(self.trajectory)}
 
 
@@ -264,7 +266,8 @@ def make_episode(seed: int, target_tokens: int = 1000, depth: str | None = None,
     return Episode(
         id=f"s{seed}-t{target_tokens}-{depth}-d{n_distractors}", seed=seed, target_tokens=target_tokens, depth=depth,
         n_distractors=n_distractors, kind=template.kind, essay=used[0], task=task, trajectory=text, question=question,
-        answer=values[0], candidates=candidates, answer_prefix=template.prefix.format(key=keys[0]), facts=facts, n_steps=n_steps,
+        answer=values[0], candidates=candidates, answer_prefix=template.prefix.format(key=keys[0]), facts=facts,
+        n_steps=n_steps,
         fact_offset=target_at / max(1, len(text)), fact_carrier=target_carrier, events=list(traj.events))
 
 

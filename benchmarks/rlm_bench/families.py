@@ -10,7 +10,8 @@ Families (after RULER, Hsieh et al. 2024, "RULER: What's the Real Context Size o
 Language Models?", where they fit):
 
 - ``single_key``: one fact ("The gate code is 4417"); candidates: its value and codes absent from the run.
-- ``multi_key``: the target fact among 3 facts of the same kind with other keys (the episodes of `benchmarks.rlm_bench.episodes`).
+- ``multi_key``: the target fact among 3 facts of the same kind with other keys (the episodes of
+`benchmarks.rlm_bench.episodes`).
 - ``multi_value``: one key with two values, planted apart; candidates: the right pair and pairs mixing in
   the values of a distractor key.
 - ``variable_tracking``: chains ``VAR X17 = 4417``, ``VAR X52 = X17``, ``VAR X88 = X52`` and a distractor chain;
@@ -137,7 +138,8 @@ def _plan(family: str, rng: random.Random) -> Plan:
     if family == "updated_fact":
         key, k2, k3 = rng.sample(CODE_KEYS, 3)
         old, new, c, d = _codes(rng, 4)
-        st = [(f"The {key} is {old}", False, "before"), (f"Update: the {key} was changed. The {key} is {new}", True, "depth"),
+        st = [(f"The {key} is {old}", False, "before"), (f"Update: the {key} was changed. The {key} is {new}", True,
+                                                         "depth"),
               (f"The {k2} is {c}", False, "any"), (f"The {k3} is {d}", False, "any")]
         return Plan("code", st, f"What is the {key} now, after the latest change?", f"The {key} is", new,
                     _shuffled([new, old, c, d], rng), [key, k2, k3], [new, old, c, d])
@@ -226,7 +228,8 @@ def make_family_episode(family: str, seed: int, target_tokens: int = 1000, depth
     for i in sorted(steps, key=lambda i: order[i]):
         by_step.setdefault(steps[i], []).append(i)
 
-    task = "Go through the document, collect every fact, code, variable and sighting it mentions, then answer questions."
+    task = ("Go through the document, collect every fact, code, variable and sighting it mentions, then answer "
+            "questions.")
     traj = Trajectory(run_id=f"bench-{family}-{seed}")
 
     def add(e: Any) -> None:

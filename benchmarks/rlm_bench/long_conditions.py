@@ -151,7 +151,8 @@ def episode_rows(lm: Any, prompts: Any, ep: LongEpisode, cfg: LongConfig) -> tup
         for condition in folding:
             same = "fold-recall" if condition in RECALL_VARIANTS else condition
             if same in built:   # fold-recall's cache, another recall: its folds are fold-recall's
-                worker = built[same].fork(recall=TextRecall(tokens=sizes["recall_budget"], **RECALL_VARIANTS[condition]))
+                worker = built[same].fork(recall=TextRecall(tokens=sizes["recall_budget"],
+                                                            **RECALL_VARIANTS[condition]))
             else:
                 recall = None
                 budget, reserve = sizes["budget"], sizes["reserve"]

@@ -39,16 +39,16 @@ class Kind:
 
 
 KINDS = [
-    Kind("The {key} is {value}", "What is the {key}?", "The {key} is", ("safe combination", "alarm code", "locker number", "garage code",
-         "printer PIN", "gate code"), ()),
-    Kind("The {key} is named {value}", "What is the name of the {key}?", "The {key} is named", ("new landlord", "magazine editor", "family dentist",
-         "piano teacher", "tax lawyer", "next-door neighbour"),
+    Kind("The {key} is {value}", "What is the {key}?", "The {key} is",
+         ("safe combination", "alarm code", "locker number", "garage code", "printer PIN", "gate code"), ()),
+    Kind("The {key} is named {value}", "What is the name of the {key}?", "The {key} is named",
+         ("new landlord", "magazine editor", "family dentist", "piano teacher", "tax lawyer", "next-door neighbour"),
          ("Peter", "John", "Mary", "Alice", "Robert", "David", "Sarah", "Michael", "Emma", "James", "Anna", "Paul")),
-    Kind("The {key} is painted {value}", "What colour is the {key} painted?", "The {key} is painted", ("front door", "garden fence", "old bicycle", "mailbox",
-         "rowing boat", "delivery van"),
+    Kind("The {key} is painted {value}", "What colour is the {key} painted?", "The {key} is painted",
+         ("front door", "garden fence", "old bicycle", "mailbox", "rowing boat", "delivery van"),
          ("red", "blue", "green", "yellow", "purple", "orange", "pink", "brown", "black", "white", "grey")),
-    Kind("The {key} is a {value}", "What animal is the {key}?", "The {key} is a", ("football team's mascot", "hotel logo", "chess club emblem",
-         "pub sign", "garden statue", "company flag"),
+    Kind("The {key} is a {value}", "What animal is the {key}?", "The {key} is a",
+         ("football team's mascot", "hotel logo", "chess club emblem", "pub sign", "garden statue", "company flag"),
          ("horse", "tiger", "eagle", "rabbit", "wolf", "bear", "snake", "mouse", "whale", "shark", "lion", "zebra")),
 ]
 
@@ -125,7 +125,8 @@ def make_long_episode(seed: int, target_tokens: int, chars_per_token: float = 4.
     for j, f in enumerate(facts):
         lo, hi = QUARTERS[f[3]] if f[3] else (0.05, 0.95)
         at.setdefault(min(n - 1, int(rng.uniform(lo, hi) * n)), []).append((j, f))
-    task = "Go through the document, collect every fact it states about people, objects and codes, then answer questions."
+    task = ("Go through the document, collect every fact it states about people, objects and codes, then answer "
+            "questions.")
     traj = Trajectory(run_id=f"long-{seed}")
     chunks: list[tuple[str, str | None]] = []
     mark = 0

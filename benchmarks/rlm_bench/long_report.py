@@ -69,7 +69,8 @@ def summarize(rows: list[dict], folds: list[dict], rss: dict) -> dict:
     for c in conds:
         for n in lengths:
             for qt in (1, 2, 3, 4):
-                rs = [r for r in rows if r["condition"] == c and r["length"] == n and r["quarter"] == qt and "held_fact" in r]
+                rs = [r for r in rows
+                      if r["condition"] == c and r["length"] == n and r["quarter"] == qt and "held_fact" in r]
                 if not rs:
                     continue
                 kept = [r for r in rs if r["held_fact"] >= 0.5]
@@ -77,7 +78,8 @@ def summarize(rows: list[dict], folds: list[dict], rss: dict) -> dict:
                 held.append(dict(condition=c, length=n, quarter=qt, questions=len(rs),
                                  held_fact_mean=sum(r["held_fact"] for r in rs) / len(rs),
                                  held_quarter_mean=sum(r["held_quarter"] for r in rs) / len(rs),
-                                 kept_questions=len(kept), accuracy_kept=sum(r["correct"] for r in kept) / len(kept) if kept else None,
+                                 kept_questions=len(kept),
+                                 accuracy_kept=sum(r["correct"] for r in kept) / len(kept) if kept else None,
                                  accuracy_lost=sum(r["correct"] for r in lost) / len(lost) if lost else None))
     return dict(accuracy=acc, by_depth=by_depth, calls=calls, folds=fold_summary, held=held,
                 paired=paired(rows, conds, lengths), peak_rss_mb=rss)
@@ -159,7 +161,8 @@ def markdown(result: dict) -> str:
         c = calls[(a["condition"], a["length"])]
         fh = (f"{a['first_half']:.2f} [{a['first_half_ci95'][0]:.2f}, {a['first_half_ci95'][1]:.2f}]"
               if "first_half" in a else "-")
-        lines.append(f"| {a['condition']} | {a['length']} | {a['accuracy']:.2f} [{a['ci95'][0]:.2f}, {a['ci95'][1]:.2f}] "
+        lines.append(f"| {a['condition']} | {a['length']} | {a['accuracy']:.2f} [{a['ci95'][0]:.2f}, "
+                     f"{a['ci95'][1]:.2f}] "
                      f"| {fh} | {a['questions']} | {c['latency_s_median']:.2f} | {c['prefilled_tokens_median']:.0f} | "
                      f"{'-' if c.get('prompt_tokens_median') is None else format(c['prompt_tokens_median'], '.0f')} | "
                      f"{c['cache_positions_max']} | {c['kv_bytes_max'] / 2**20:.1f} |")
@@ -170,7 +173,8 @@ def markdown(result: dict) -> str:
         cells = []
         for qt in (1, 2, 3, 4):
             d = depth.get((a["condition"], a["length"], qt))
-            cells.append(f"{d['accuracy']:.2f} [{d['ci95'][0]:.2f}, {d['ci95'][1]:.2f}] ({d['questions']})" if d else "-")
+            cells.append("-" if not d else
+                         f"{d['accuracy']:.2f} [{d['ci95'][0]:.2f}, {d['ci95'][1]:.2f}] ({d['questions']})")
         lines.append(f"| {a['condition']} | {a['length']} | " + " | ".join(cells) + " |")
     if s.get("paired"):
         lines += ["", "Paired on the same questions (difference of accuracy, condition minus reference, paired "
@@ -186,7 +190,8 @@ def markdown(result: dict) -> str:
                       f"{d['first_half_diff']:+.2f} [{d['first_half_ci95'][0]:+.2f}, {d['first_half_ci95'][1]:+.2f}]")
                 lines.append(f"| {d['condition']} | {d['length']} | {d['episodes']} | {d['questions']} | "
                              f"{d['diff']:+.2f} [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}] | "
-                             f"[{d['episode_ci95'][0]:+.2f}, {d['episode_ci95'][1]:+.2f}] | {d['won']} / {d['lost']} | {fh} |")
+                             f"[{d['episode_ci95'][0]:+.2f}, {d['episode_ci95'][1]:+.2f}] | {d['won']} / {d['lost']} | "
+                             f"{fh} |")
     if s["folds"]:
         lines += ["", "| folding condition | length | folds | median span | median kept | median fold s | "
                   "fold / span prefill (median, max) |", "|---|---|---|---|---|---|---|"]
@@ -195,10 +200,11 @@ def markdown(result: dict) -> str:
                          f"{f['kept_median']:.0f} | {f['time_s_median']:.2f} | {f['ratio_to_prefill_median']:.3f}, "
                          f"{f['ratio_to_prefill_max']:.3f} |")
     if s.get("held"):
-        lines += ["", "What the folds kept at question time, by depth quarter: the share of the fact statement's tokens "
+        lines += ["",
+                  "What the folds kept at question time, by depth quarter: the share of the fact statement's tokens "
                   "still held (mean over layers and KV heads), the share of the whole quarter's tokens held (what an "
-                  "indifferent selection would keep of the fact), and accuracy on questions whose fact is at least half "
-                  "held against the rest:", "",
+                  "indifferent selection would keep of the fact), and accuracy on questions whose fact is at least "
+                  "half held against the rest:", "",
                   "| condition | length | quarter | questions | fact held | quarter held | fact >= half held | "
                   "accuracy if held | accuracy if not |", "|---|---|---|---|---|---|---|---|---|"]
         fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731

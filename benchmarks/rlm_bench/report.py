@@ -63,18 +63,20 @@ def headline_table(result: dict) -> list[str]:
     for x in headline_rows(result):
         lat = "" if x.get("latency_vs_full") is None else f" ({x['latency_vs_full']:.2f}x)"
         lines.append(f"| {LABELS.get(x['condition'], x['condition'])} | {_ci(x, 'accuracy')} | {_ci(x, 'diff_full')} | "
-                     f"{_ci(x, 'token_reduction', pct=True)} | {x['choice_kl_median']:.3f} | {x['latency_s_median']:.2f}{lat} |")
+                     f"{_ci(x, 'token_reduction', pct=True)} | {x['choice_kl_median']:.3f} | "
+                     f"{x['latency_s_median']:.2f}{lat} |")
     return lines
 
 
 def p3_lines(result: dict) -> list[str]:
-    ok = [x for x in result["summary"] if x.get("p3_supported") and x["method"] != "full" and not x["condition"].startswith("sweep_")]
+    ok = [x for x in result["summary"]
+          if x.get("p3_supported") and x["method"] != "full" and not x["condition"].startswith("sweep_")]
     if ok:
-        return [(f"- P3 (>= 80% fewer worker input tokens at accuracy within 2 points of full text) is supported by the "
-                f"intervals for: {', '.join(x['condition'] for x in ok)}.")]
-    return [("- P3 (>= 80% fewer worker input tokens at accuracy within 2 points of full text) is **not** supported: no "
-            "condition has both the lower end of its token-reduction interval >= 80% and the lower end of its accuracy "
-            "difference from full text >= -0.02.")]
+        return [("- P3 (>= 80% fewer worker input tokens at accuracy within 2 points of full text) is supported by "
+                 f"the intervals for: {', '.join(x['condition'] for x in ok)}.")]
+    return [("- P3 (>= 80% fewer worker input tokens at accuracy within 2 points of full text) is **not** supported: "
+             "no condition has both the lower end of its token-reduction interval >= 80% and the lower end of its "
+             "accuracy difference from full text >= -0.02.")]
 
 
 def family_table(result: dict, conditions: list[str]) -> list[str]:
@@ -95,7 +97,8 @@ def group_table(result: dict, key: str, title: str, conditions: list[str]) -> li
              "|---|---|" + "---|" * len(conditions)]
     for g, xs in result[key].items():
         s = {x["condition"]: x for x in xs}
-        lines.append(f"| {g} | {xs[0]['n']} | " + " | ".join(_ci(s[c], "accuracy") if c in s else "" for c in conditions) + " |")
+        cells = [_ci(s[c], "accuracy") if c in s else "" for c in conditions]
+        lines.append(f"| {g} | {xs[0]['n']} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -111,7 +114,8 @@ def markdown(result: dict) -> str:
              (f"Model: {result['model']}; {result['n_episodes']} episodes; lengths {result['lengths']}; families "
              f"{', '.join(result['families'])}; seeds {result['seed_range']}; machine: {result['machine']}; "
              f"workers {result['workers']}; wall time of the last invocation {result['wall_s']:.0f} s; compute time "
-             f"summed over episodes {result.get('episodes_wall_s', 0.0):.0f} s (a resumed run counts the earlier ones)."), "",
+             f"summed over episodes {result.get('episodes_wall_s', 0.0):.0f} s (a resumed run counts the earlier "
+             "ones)."), "",
              ("Accuracy: argmax over the candidates of the summed log-prob of the candidate after the answer lead-in "
              "(candidates of equal token count). Intervals: paired bootstrap 95% over episodes "
              f"({result['bootstrap']} replicates). Tokens saved: mean over episodes of 1 - worker input tokens / "
@@ -215,7 +219,8 @@ def sweep_choice(result: dict) -> dict:
         out[mode] = {"condition": best["condition"], "tau": tau, "smooth_kernel": sk, "recent": rec, "ratio": ratio,
                      "accuracy": best["accuracy"], "accuracy_ci95": best["accuracy_ci95"],
                      "choice_kl_median": best["choice_kl_median"], "kept_ratio_mean": best["kept_ratio_mean"]}
-        out[f"{mode}_table"] = [{"condition": x["condition"], "accuracy": x["accuracy"], "accuracy_ci95": x["accuracy_ci95"],
+        out[f"{mode}_table"] = [{"condition": x["condition"], "accuracy": x["accuracy"],
+                                 "accuracy_ci95": x["accuracy_ci95"],
                                  "choice_kl_median": x["choice_kl_median"], "kl_median": x["kl_median"],
                                  "kept_ratio_mean": x["kept_ratio_mean"]} for x in xs]
     return out
@@ -230,10 +235,11 @@ def sweep_markdown(choice: dict) -> str:
             continue
         c = choice[mode]
         lines += [f"## {mode} mode: chosen {c['condition']}", "",
-                  "| variant | accuracy [95% CI] | median choice KL | median answer KL | kept ratio |", "|---|---|---|---|---|"]
+                  "| variant | accuracy [95% CI] | median choice KL | median answer KL | kept ratio |",
+                  "|---|---|---|---|---|"]
         for x in choice[f"{mode}_table"]:
             lo, hi = x["accuracy_ci95"]
-            lines.append(f"| {x['condition']} | {x['accuracy']:.2f} [{lo:.2f}, {hi:.2f}] | {x['choice_kl_median']:.3f} | "
-                         f"{x['kl_median']:.3f} | {x['kept_ratio_mean']:.3f} |")
+            lines.append(f"| {x['condition']} | {x['accuracy']:.2f} [{lo:.2f}, {hi:.2f}] | "
+                         f"{x['choice_kl_median']:.3f} | {x['kl_median']:.3f} | {x['kept_ratio_mean']:.3f} |")
         lines.append("")
     return "\n".join(lines)

@@ -113,7 +113,8 @@ def run_all(specs: list[Any], cfg: Suite, *, model: str | None = None, lm: Any =
         else:
             import multiprocessing as mp
 
-            with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"), initializer=_pool_init) as ex:
+            with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
+                                     initializer=_pool_init) as ex:
                 futs = {ex.submit(run_episode, s, cfg, model): j for j, s in enumerate(pending)}
                 for f in as_completed(futs):
                     done(futs[f], f.result())

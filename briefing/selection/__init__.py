@@ -8,5 +8,6 @@ from briefing.selection.random_keep import RandomKeep
 from briefing.selection.recent_window import RecentWindow
 from briefing.selection.topk import TopK
 
-__all__ = ["AttentionMatching", "CoverageMatching", "Fit", "KeepAll", "KeepNone", "RandomKeep", "RecentWindow", "Scores", "ScoredSelector",
+__all__ = ["AttentionMatching", "CoverageMatching", "Fit", "KeepAll", "KeepNone", "RandomKeep", "RecentWindow",
+           "Scores", "ScoredSelector",
            "Selector", "SizedSelector", "TopK", "keep_count"]

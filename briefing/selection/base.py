@@ -154,7 +154,8 @@ class SizedSelector(Selector):
     def __post_init__(self) -> None:
         owner = type(self).__name__
         if self.ratio is not None and self.tokens is not None:
-            raise BriefingError(f"{owner}: pass ratio or tokens, not both (got ratio={self.ratio!r}, tokens={self.tokens!r}).")
+            raise BriefingError(f"{owner}: pass ratio or tokens, not both (got ratio={self.ratio!r}, "
+                                f"tokens={self.tokens!r}).")
         if self.ratio is not None:
             check_ratio(owner, self.ratio)
         check_int(owner, "tokens", self.tokens, low=1, none=True, what="positions kept; use KeepNone() to keep none")
@@ -203,10 +204,13 @@ class ScoredSelector(SizedSelector):
     def __post_init__(self) -> None:
         super().__post_init__()
         owner = type(self).__name__
-        check_int(owner, "look_ahead", self.look_ahead, low=0, what="positions after a scored one that inherit its score")
-        check_int(owner, "look_back", self.look_back, low=0, what="positions before a scored one that inherit its score")
+        check_int(owner, "look_ahead", self.look_ahead, low=0,
+                  what="positions after a scored one that inherit its score")
+        check_int(owner, "look_back", self.look_back, low=0,
+                  what="positions before a scored one that inherit its score")
         check_number(owner, "look_ahead_decay", self.look_ahead_decay, low=0, high=1, low_open=True)
-        check_int(owner, "rescore_tokens", self.rescore_tokens, low=0, what="greedy tokens whose queries re-score; 0: off")
+        check_int(owner, "rescore_tokens", self.rescore_tokens, low=0,
+                  what="greedy tokens whose queries re-score; 0: off")
         check_number(owner, "rescore_weight", self.rescore_weight, low=0, high=1)
         check_bool(owner, "per_head", self.per_head)
         check_bool(owner, "reuse_prompt_kv", self.reuse_prompt_kv)
