@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 # DEMO_ARGS: extra `rlm demo` options, e.g. make demo DEMO_ARGS="--max-chars 2500" (CI runs plain `make demo`).
-.PHONY: setup demo test bench compare selection-bench clean
+.PHONY: setup demo test test-fast bench compare selection-bench clean
 
 setup: $(STAMP)
 
@@ -24,6 +24,11 @@ demo: setup
 test: setup
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
+
+# the fast tier: no real model is loaded (tiny random models and fakes); the tests marked slow are left to `make test`
+test-fast: setup
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q -m "not slow"
 
 bench: setup
 	$(BIN)/python -m benchmarks.briefing_bench

@@ -24,7 +24,7 @@ from briefing import kv
 from briefing.attention import BiasState
 from briefing.context import CompactedCache, check_prompt, run_model
 from briefing.errors import BriefingError
-from briefing.matching import FitResult, attention_scores, fit, gather_positions, group_queries, stack_layers
+from briefing.matching import FitResult, attention_scores, fit, gather_positions, group_queries
 from briefing.rescore import generated_scores
 from briefing.selection import AttentionMatching, ScoredSelector, Scores, Selector
 from briefing.stats import CompactionStats
@@ -85,29 +85,52 @@ def check_selector(selector: Any) -> Selector:
 
 @torch.no_grad()
 def prompt_pass(cache: Any, prompt_ids: list[int], selector: Selector,
-                query_tokens: int | None) -> tuple[torch.Tensor, tuple, torch.Tensor, torch.Tensor | None, int]:
-    """Forward the prompt over the FULL cache (its stored beta applied), capture the queries, crop the cache back.
-    Returns (Q [L, H, m, d] of the prompt's last `query_tokens` tokens (None: all), the prompt's per-layer keys and
-    values, the last logits [vocab], the rescore scores [L, H, T] or None, and the first guiding prompt token)."""
+                query_tokens: int | None) -> tuple[torch.Tensor, list, torch.Tensor, torch.Tensor | None, int]:
+    """Forward the prompt over the FULL cache (its stored beta applied), capture the queries, roll the cache back.
+    Returns (Q [held layers, H, m, d] of the prompt's last `query_tokens` tokens (None: all), the prompt's keys and
+    values per model layer, the last logits [vocab], the rescore scores [held layers, H, T] or None, and the first
+    guiding prompt token)."""
     lm, store = cache.lm, cache.store
-    T, position = store.length, cache.position
+    T, position, n = store.length, cache.position, len(prompt_ids)
     rescore = selector.rescore_tokens if isinstance(selector, ScoredSelector) else 0
     if rescore and store.beta is not None:
         raise BriefingError(f"{type(selector).__name__}: rescore_tokens={rescore} is not supported on a folded cache "
                             f"(its generated-token pass ignores the stored beta); use rescore_tokens=0.")
-    state = BiasState(beta=store.beta, capture=True)
+    state = BiasState(beta=store.attention_bias(), capture=True)
+    before = kv.marks(store.kv)
     generated = None
     try:
         last_logits = run_model(lm, store.kv, prompt_ids, position, state, last_only=True)[-1]   # [vocab]
-        prompt_kv = kv.layer_kv(store.kv, T, T + len(prompt_ids))
-        if rescore:  # the first greedy tokens' attention (briefing.rescore), before the cache is cropped
-            generated = generated_scores(lm, store.kv, T, position + len(prompt_ids), last_logits, rescore)
+        prompt_kv = [(layer.keys[..., -n:, :], layer.values[..., -n:, :]) for layer in store.kv.layers]
+        if rescore:  # the first greedy tokens' attention (briefing.rescore), before the cache is rolled back
+            generated = generated_scores(lm, store, T, position + n, last_logits, rescore)
     finally:
-        kv.truncate(store.kv, T)
-    first = 0 if query_tokens is None else max(0, len(prompt_ids) - query_tokens)
+        kv.rollback(store.kv, before)
+    first = 0 if query_tokens is None else max(0, n - query_tokens)
     queries = {i: q[:, :, first:, :] for i, q in state.queries.items()}             # [1, heads, n - first, d]
-    Q = group_queries(queries, lm.num_layers, lm.kv_heads)                          # [L, H, m, d]
+    Q = group_queries(queries, store.held, lm.kv_heads)                             # [Lh, H, m, d]
     return Q, prompt_kv, last_logits, generated, first
+
+
+def context_cache(store: Any, keys: torch.Tensor | None, values: torch.Tensor | None,
+                  prompt_kv: list | None) -> Any:
+    """The per-call cache: held layers with `keys`, `values` [Lh, H, t, d] (None: the held layers' window, for a
+    windowed model kept whole), window layers with their window as the model's own cache holds it; each followed by
+    the prompt's keys and values from the scoring pass when given."""
+    layers = []
+    held = {i: j for j, i in enumerate(store.held)}
+    for i, layer in enumerate(store.kv.layers):
+        if i in held and keys is not None:
+            out = kv.held_layer(keys[held[i]:held[i] + 1], values[held[i]:held[i] + 1])
+        else:
+            out = kv.copy_window(layer) if kv.is_window(layer) else kv.held_layer(layer.keys, layer.values)
+        if prompt_kv is not None:
+            pk, pv = prompt_kv[i]
+            out.keys, out.values = torch.cat([out.keys, pk], -2), torch.cat([out.values, pv], -2)
+            if kv.is_window(out):
+                out.cumulative_length += pk.shape[-2]
+        layers.append(out)
+    return kv.assemble(layers)
 
 
 def compact(cache: Any, prompt: str, selector: Selector | None = None, *,
@@ -116,8 +139,9 @@ def compact(cache: Any, prompt: str, selector: Selector | None = None, *,
     prompt KV or fits), select, fit (if `selector.fit`), build. The cache is left exactly as it was: the context
     carries the prompt's queries (`ctx.queries`), which a worker hands to `cache.remember(ctx)` as fold guidance.
 
-    Over a folded cache every logit carries the stored beta: scoring and the fit see it, and the kept positions'
-    beta is the stored one plus the fitted one (KeepAll keeps the stored beta as it is).
+    Only the held layers (the full-attention ones) are compacted; a hybrid model's sliding-window layers keep their
+    window as the model's own cache holds it. Over a folded cache every logit carries the stored beta: scoring and
+    the fit see it, and the kept positions' beta is the stored one plus the fitted one (KeepAll keeps it as it is).
 
     query_tokens: only the queries of the prompt's last `query_tokens` tokens score and fit (a query window, as
     SnapKV's observation window), e.g. the question after recalled text; the whole prompt is still forwarded.
@@ -132,43 +156,41 @@ def compact(cache: Any, prompt: str, selector: Selector | None = None, *,
                                      or query_tokens < 1):
         raise BriefingError(f"query_tokens must be an integer >= 1 (the prompt's last tokens that guide), got "
                             f"{query_tokens!r}; None uses every prompt token.")
-    n, L, H = len(prompt_ids), lm.num_layers, lm.kv_heads
+    n, L, H = len(prompt_ids), len(store.held), lm.kv_heads
     t_start = time.perf_counter()
-    K_list, V_list = kv.layer_kv(store.kv, 0, T)
-    bias = store.bias()                                                            # [L, H, T] or None
+    K = V = None
+    if selector.needs_scores or not selector.keeps_all:
+        K, V = store.held_kv(0, T)                                                 # [Lh, H, T, d]
+    bias = store.bias()                                                            # [Lh, H, T] or None
     scores = Q = prompt_kv = last_logits = blocks = None
     first = 0
     if selector.needs_scores or selector.reuse_prompt_kv or selector.fit is not None:
         Q, prompt_kv, last_logits, generated, first = prompt_pass(cache, prompt_ids, selector, query_tokens)
         if selector.needs_scores:
-            scores, blocks = score_block(Q, stack_layers(K_list), lm.scaling, bias=bias,
-                                         K_prompt=stack_layers(prompt_kv[0]), n_prompt=n, first=first,
+            K_prompt = torch.cat([prompt_kv[i][0] for i in store.held])             # [Lh, H, n, d]
+            scores, blocks = score_block(Q, K, lm.scaling, bias=bias, K_prompt=K_prompt, n_prompt=n, first=first,
                                          want_blocks=selector.fit is not None)
             if generated is not None:
                 w = selector.rescore_weight
-                per_head = (1 - w) * scores.per_head + w * generated               # [L, H, T]
+                per_head = (1 - w) * scores.per_head + w * generated               # [Lh, H, T]
                 scores = Scores(per_head=per_head, shared=per_head.mean(dim=(0, 1)), keys=scores.keys)
     t_score = time.perf_counter() - t_start
     t0 = time.perf_counter()
-    idx = selector.select(L, H, T, scores, device=lm.device)                       # [L, H, t]
+    idx = selector.select(L, H, T, scores, device=lm.device)                       # [Lh, H, t]
     t_select = time.perf_counter() - t0
     t = idx.shape[-1]
     fitted = None
-    if selector.keeps_all:
-        keys, values = K_list, V_list  # views: nothing copied, nothing modified
-        beta = None if store.beta is None else torch.stack(store.beta)             # [L, H, F]: the stored beta
+    reuse = prompt_kv if prompt_kv is not None and selector.reuse_prompt_kv else None
+    if selector.keeps_all:   # the held layers as they are: nothing copied, nothing modified
+        ctx_kv = context_cache(store, None, None, reuse)
+        beta = store.beta                                                          # [Lh, H, F]: the stored beta
     else:
-        red = reduce(selector, idx, Q, stack_layers(K_list), stack_layers(V_list), lm.scaling, blocks=blocks,
-                     bias=bias)
-        keys, values = list(red.keys.split(1)), list(red.values.split(1))         # per layer [1, H, t, d]
+        red = reduce(selector, idx, Q, K, V, lm.scaling, blocks=blocks, bias=bias)
+        ctx_kv = context_cache(store, red.keys, red.values, reuse)
         beta, fitted = red.beta, red.fitted
-    ctx_kv = kv.build(keys, values)
-    beta_layers = list(beta.unbind(0)) if beta is not None else None               # per layer [H, t]
+    beta_layers = store.per_layer(beta)                                            # per model layer [H, t] or None
     t0 = time.perf_counter()
-    if prompt_kv is not None and selector.reuse_prompt_kv:
-        for layer, pk, pv in zip(ctx_kv.layers, *prompt_kv, strict=True):
-            layer.keys, layer.values = torch.cat([layer.keys, pk], -2), torch.cat([layer.values, pv], -2)
-    else:
+    if reuse is None:
         last_logits = run_model(lm, ctx_kv, prompt_ids, position, BiasState(beta=beta_layers), last_only=True)[-1]
     t_prompt = time.perf_counter() - t0
     stats = CompactionStats(
@@ -179,4 +201,4 @@ def compact(cache: Any, prompt: str, selector: Selector | None = None, *,
         fit_error_topk=fitted.error_topk if fitted else None, fallback=fitted.fallback if fitted else None,
     )
     return CompactedCache(lm, ctx_kv, beta_layers, t + n, position + n, last_logits, prompt_ids, stats, positions=idx,
-                          queries=Q, query_position=position + first)
+                          queries=Q, query_position=position + first, marks=kv.marks(ctx_kv))

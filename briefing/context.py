@@ -61,6 +61,7 @@ class CompactedCache:
     positions: torch.Tensor | None = field(default=None, repr=False)  # [layers, kv_heads, t] kept indices
     queries: torch.Tensor | None = field(default=None, repr=False)    # [layers, kv_heads, m, d] guidance queries
     query_position: int = 0
+    marks: list | None = field(default=None, repr=False)              # what each layer holds at rest
 
     def check_model(self, lm: LoadedModel | None) -> None:
         if lm is not None and lm.fingerprint != self.lm.fingerprint:
@@ -74,7 +75,10 @@ class CompactedCache:
         return forward_with_bias(self.lm, self.kv, ids, position, self.beta)
 
     def reset(self) -> None:
-        kv.truncate(self.kv, self.base_length)
+        """Drop what a generation added: back to the context at rest."""
+        if self.marks is None:
+            self.marks = [(self.base_length, self.base_length)] * len(self.kv.layers)
+        kv.rollback(self.kv, self.marks)
 
 
 def check_prompt(lm: LoadedModel, prompt: str, trajectory_length: int) -> list[int]:
@@ -92,7 +96,7 @@ def check_prompt(lm: LoadedModel, prompt: str, trajectory_length: int) -> list[i
 def plain_context(lm: LoadedModel, prompt: str) -> CompactedCache:
     """No trajectory at all: the prompt alone, from position 0 (the `plain` worker)."""
     ids = check_prompt(lm, prompt, 0)
-    cache = DynamicCache()
+    cache = lm.new_cache()
     logits = run_model(lm, cache, ids, 0, last_only=True)
     stats = CompactionStats(method="plain", kept=0, original_length=0, kept_ratio=0.0, prompt_tokens=len(ids))
-    return CompactedCache(lm, cache, None, len(ids), len(ids), logits[-1], ids, stats)
+    return CompactedCache(lm, cache, None, len(ids), len(ids), logits[-1], ids, stats, marks=kv.marks(cache))

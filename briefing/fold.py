@@ -34,7 +34,6 @@ from briefing import kv
 from briefing.compaction import reduce, score_block
 from briefing.errors import BriefingError
 from briefing.guidance import Guidance, GuidanceMemory, MixGuidance
-from briefing.matching import stack_layers
 from briefing.options import check_choice, check_int
 from briefing.selection import AttentionMatching, Scores, Selector
 from briefing.stats import FoldStats
@@ -161,8 +160,7 @@ def fold(store: KVStore, memory: GuidanceMemory, policy: FoldPolicy, *, recent: 
         L, H, g, n, d = picked.shape
         at = torch.full((n,), float(position), dtype=torch.float64, device=picked.device)   # [n]
         Q = kv.rotate(picked, at, inv_freq).reshape(L, H, g * n, d)                # [L, H, m, d]
-        keys, values = kv.layer_kv(store.kv, a, b)
-        K, V = stack_layers(keys), stack_layers(values)                            # [L, H, S, d]
+        K, V = store.held_kv(a, b)                                                 # [Lh, H, S, d]
         full_bias = store.bias()
         bias = None if full_bias is None else full_bias[..., a:b]                  # [L, H, S]
         split, t_head = None, 0
@@ -174,7 +172,7 @@ def fold(store: KVStore, memory: GuidanceMemory, policy: FoldPolicy, *, recent: 
         idx = select_span(selector, scores, t, split, t_head, K.device)            # [L, H, t]
         red = reduce(selector, idx, Q, K, V, scale, blocks=blocks, bias=bias)
         beta = red.beta if red.beta is not None else torch.zeros(idx.shape, dtype=torch.float32, device=K.device)
-        store.replace_span(a, b, idx, list(red.keys.split(1)), list(red.values.split(1)), beta)
+        store.replace_span(a, b, idx, red.keys, red.values, beta)
         err = red.fitted.error if red.fitted is not None else None
     else:  # keep nothing of the span (StreamingLLM), or no queries to guide a fit: drop it
         t = 0

@@ -186,10 +186,10 @@ class GuidanceMemory:
             folded = self.inside(recent_from)
             recent = [j for j, tok in enumerate(self.span_tokens) if tok >= recent_from]
             if len(folded) > limit:
-                folded = [folded[int(i)] for i in torch.randperm(len(folded), generator=self.generator)[:limit]]
+                folded = [folded[int(i)] for i in torch.randperm(len(folded), generator=self.generator, device="cpu")[:limit]]
             keep = sorted(folded + recent)
         else:
-            keep = torch.randperm(self.span.shape[3], generator=self.generator)[:limit].sort().values.tolist()
+            keep = torch.randperm(self.span.shape[3], generator=self.generator, device="cpu")[:limit].sort().values.tolist()
         self.span = self.span[:, :, :, self._index(keep)]
         self.span_tokens = [self.span_tokens[j] for j in keep]
 

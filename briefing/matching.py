@@ -36,9 +36,10 @@ def stack_layers(tensors: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat(tensors, dim=0)
 
 
-def group_queries(queries: dict[int, torch.Tensor], layers: int, kv_heads: int) -> torch.Tensor:
-    """Per-layer [1, heads, n, d] -> [L, kv_heads, group * n, d]: the query heads of each KV head stacked."""
-    q = torch.cat([queries[i] for i in range(layers)], dim=0)                    # [L, heads, n, d]
+def group_queries(queries: dict[int, torch.Tensor], layers: list[int], kv_heads: int) -> torch.Tensor:
+    """Per-layer [1, heads, n, d] of `layers` -> [L, kv_heads, group * n, d]: the query heads of each KV head
+    stacked."""
+    q = torch.cat([queries[i] for i in layers], dim=0)                           # [L, heads, n, d]
     L, heads, n, d = q.shape
     return q.reshape(L, kv_heads, (heads // kv_heads) * n, d)                    # [L, H, g * n, d]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from briefing import kv
-from briefing.matching import group_queries, stack_layers
+from briefing.matching import group_queries
 from briefing.context import CompactedCache, forward_with_bias
 from briefing.errors import BriefingError
 from briefing.generation import token_logprobs
@@ -25,23 +25,25 @@ def heldout_attention_error(cache: TrajectoryCache, ctx: CompactedCache, continu
     if cache.folded:
         raise BriefingError("heldout_attention_error compares against the full attention of an unfolded cache; this "
                             f"cache has folded ({len(cache.folds)} folds). Build it with fold=None, within the window.")
-    lm, T = cache.lm, cache.length
+    lm, store, T = cache.lm, cache.store, cache.length
     ids = ctx.prompt_ids + lm.encode(continuation)
+    before = kv.marks(store.kv)
     try:
-        _, queries = forward_with_bias(lm, cache.kv, ids, T, None, capture=True, last_only=True)
+        _, queries = forward_with_bias(lm, store.kv, ids, T, None, capture=True, last_only=True)
     finally:
-        kv.truncate(cache.kv, T)
+        kv.rollback(store.kv, before)
     n_prompt = len(ctx.prompt_ids)
     answer_queries = {i: q[:, :, n_prompt:, :] for i, q in queries.items()}
-    K_list, V_list = kv.layer_kv(cache.kv, 0, T)
-    Q = group_queries(answer_queries, lm.num_layers, K_list[0].shape[1])            # [L, H, m, d]
-    K, V, scale = stack_layers(K_list), stack_layers(V_list), lm.scaling
-    Y = torch.softmax(Q @ K.transpose(-1, -2) * scale, -1) @ V                     # [L, H, m, d]
+    Q = group_queries(answer_queries, store.held, lm.kv_heads)                      # [Lh, H, m, d]
+    K, V = store.held_kv(0, T)                                                      # [Lh, H, T, d]
+    Q, K, V, scale = Q.float(), K.float(), V.float(), lm.scaling
+    Y = torch.softmax(Q @ K.transpose(-1, -2) * scale, -1) @ V                     # [Lh, H, m, d]
     t = ctx.stats.kept
-    C1, C2 = kv.layer_kv(ctx.kv, 0, t)
-    C1, C2 = stack_layers(C1), stack_layers(C2)                                    # [L, H, t, d]
+    C1, C2 = kv.layer_kv(ctx.kv, 0, t, store.held)
+    C1, C2 = torch.cat(C1).float(), torch.cat(C2).float()                          # [Lh, H, t, d]
     logits = Q @ C1.transpose(-1, -2) * scale
     if ctx.beta is not None:
-        logits = logits + torch.stack(ctx.beta).unsqueeze(-2)                      # [L, H, 1, t]
+        beta = torch.stack([ctx.beta[i] for i in store.held])                      # [Lh, H, t]
+        logits = logits + beta.unsqueeze(-2)
     Y_hat = torch.softmax(logits, -1) @ C2
     return float(((Y_hat - Y).norm(dim=(-2, -1)) / Y.norm(dim=(-2, -1))).mean())

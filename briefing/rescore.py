@@ -8,8 +8,6 @@ prompt's before selecting; decoding then restarts after the prompt on the compac
 from __future__ import annotations
 
 import torch
-from transformers import DynamicCache
-
 from briefing import kv
 from briefing.attention import BiasState
 from briefing.context import run_model
@@ -17,24 +15,24 @@ from briefing.model import LoadedModel
 
 
 @torch.no_grad()
-def generated_scores(lm: LoadedModel, cache: DynamicCache, trajectory_length: int, next_position: int,
+def generated_scores(lm: LoadedModel, store, trajectory_length: int, next_position: int,
                      last_logits: torch.Tensor, tokens: int) -> torch.Tensor:
-    """Attention of `tokens` greedy tokens (generated after the prompt already in `cache`) to the first
-    `trajectory_length` positions, averaged over those tokens and the query heads of each KV head.
-    The cache is extended by the generated tokens; the caller truncates it. Returns [L, kv_heads, T]."""
-    T, L, H, scale = trajectory_length, lm.num_layers, lm.kv_heads, lm.scaling
+    """Attention of `tokens` greedy tokens (generated after the prompt already in the store's cache) to the held
+    layers' first `trajectory_length` slots, averaged over those tokens and the query heads of each KV head.
+    The cache is extended by the generated tokens; the caller rolls it back. Returns [held layers, kv_heads, T]."""
+    T, H, scale, cache = trajectory_length, lm.kv_heads, lm.scaling, store.kv
     token, rows = int(last_logits.argmax()), []
     for step in range(tokens):
         state = BiasState(capture=True)
         logits = run_model(lm, cache, [token], next_position + step, state, last_only=True)
-        keys, _ = kv.layer_kv(cache)                                                # per layer [1, H, S, d]
+        keys, _ = kv.layer_kv(cache, layers=store.held)                             # per held layer [1, H, S, d]
         per_layer = []
-        for layer in range(L):
+        for j, layer in enumerate(store.held):
             q = state.queries[layer][0].float()                                     # [heads, 1, d]
-            k = keys[layer][0].float()                                              # [H, S, d]
+            k = keys[j][0].float()                                                  # [H, S, d]
             q = q.reshape(H, -1, q.shape[-1])                                       # [H, group, d]
             p = torch.softmax(q @ k.transpose(-1, -2) * scale, dim=-1)              # [H, group, S]
             per_layer.append(p[..., :T].mean(-2))                                   # [H, T]
-        rows.append(torch.stack(per_layer))                                         # [L, H, T]
+        rows.append(torch.stack(per_layer))                                         # [Lh, H, T]
         token = int(logits[-1].argmax())
-    return torch.stack(rows).mean(0)                                                # [L, H, T]
+    return torch.stack(rows).mean(0)                                                # [Lh, H, T]

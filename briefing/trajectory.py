@@ -60,7 +60,7 @@ class TrajectoryCache:
         self.lm = lm
         self.text = ""
         self.ids: list[int] = []
-        self.store = KVStore(lm.num_layers, lm.kv_heads, lm.device)
+        self.store = KVStore(lm)
         self.chunk_tokens = chunk_tokens
         self.fold = None if fold is None else copy.deepcopy(fold)  # a cache's own copy (guidance and selector too)
         self.memory = None if fold is None else self.fold.memory()  # fold guidance: remembered queries
@@ -106,8 +106,8 @@ class TrajectoryCache:
         return self.store.kv
 
     @property
-    def beta(self) -> list[torch.Tensor] | None:
-        """Stored beta per layer [kv_heads, F] of the folded prefix (None before a fold)."""
+    def beta(self) -> torch.Tensor | None:
+        """Stored beta [held layers, kv_heads, F] of the folded prefix (None before a fold)."""
         return self.store.beta
 
     @property
@@ -237,7 +237,7 @@ class TrajectoryCache:
         t0 = time.perf_counter()
         crop, todo = self._seam(text)
         need = self.length - crop + len(todo)
-        if self.fold is None and need > self.budget:  # refused before anything changes
+        if self.fold is None and not self.store.windowed and need > self.budget:  # refused before anything changes
             raise BriefingError(
                 f"The trajectory would need {need} positions, past the cache budget {self.budget} ({self.lm.name}'s "
                 f"context length is {self.lm.max_context}). Pass fold=briefing.FoldPolicy() to fold the cache in "
@@ -258,46 +258,50 @@ class TrajectoryCache:
         done = 0
         while done < len(todo):
             n = min(self.chunk_tokens, len(todo) - done)
-            if self.length + n > self.budget:  # (folding: an unfolding cache was checked in `extend`)
+            if self.length + n > self.budget and not self.store.windowed:  # (unfolding caches: checked in `extend`)
                 if self.length >= self.budget:  # full: fold, then go on filling
                     self._fold()
                 n = min(n, self.budget - self.length)
             if self.position + n > self.lm.max_context - self.reserve and self.position > self.length:
-                self._rebase()  # only when folds left gaps: contiguous keys already sit at their slots
+                self._rebase()  # only when folds (or a window) left gaps: contiguous keys already sit at their slots
+            n = min(n, max(1, self.lm.max_context - self.reserve - self.position))  # no position past the model's
             chunk = todo[done:done + n]
             self._prefill(chunk)
             self.ids.extend(chunk)
+            self._locate()
             done += n
 
     def _crop(self, n: int) -> None:
         keep_tokens = len(self.ids) - n
         self.store.crop(n)
         del self.ids[keep_tokens:]  # the text is cropped by the caller's re-tokenisation
+        self._locate()
         if self.memory is not None:  # sampled queries of dropped tokens go
             self.memory.crop(keep_tokens)
 
     def _prefill(self, ids: list[int]) -> None:
         position, first = self.position, len(self.ids)
         rows = None if self.memory is None else self.memory.rows(first, len(ids), self.lm.device)
-        state = BiasState(beta=self.store.beta, capture=rows is not None, capture_rows=rows)
+        state = BiasState(beta=self.store.attention_bias(), capture=rows is not None, capture_rows=rows)
         t0 = time.perf_counter()
         run_model(self.lm, self.store.kv, ids, position, state, last_only=True)
         self.prefill_s += time.perf_counter() - t0
         self.store.appended(first, position, len(ids))
         if rows is not None:
-            q = self._grouped(state.queries)                                            # [L, KVH, g, s, d]
-            self.memory.capture(q, rows, first, position, self._inv_freq())
+            q = self._grouped(state.queries)                                            # [Lh, KVH, g, s, d]
+            self.memory.capture(q, rows, first, position, self.lm.inv_freq())
+
+    def _locate(self) -> None:
+        """Tell the store where the trajectory stands: tokens seen and the next RoPE position."""
+        self.store.tokens, self.store.position = len(self.ids), self.position
 
     # -- queries for fold guidance ----------------------------------------------------------------------------
 
-    def _inv_freq(self) -> torch.Tensor:
-        return kv.rope_inv_freq(self.lm.model)
-
     def _grouped(self, queries: dict[int, torch.Tensor]) -> torch.Tensor:
-        """Per-layer [1, heads, n, d] -> [L, KVH, g, n, d]."""
-        q = group_queries(queries, self.lm.num_layers, self.lm.kv_heads)                # [L, KVH, g * n, d]
+        """Per-layer [1, heads, n, d] -> [Lh, KVH, g, n, d] (the held layers)."""
+        q = group_queries(queries, self.store.held, self.lm.kv_heads)                   # [Lh, KVH, g * n, d]
         L, H, m, d = q.shape
-        g = self.lm.config.num_attention_heads // H
+        g = self.lm.group
         return q.reshape(L, H, g, m // g, d)
 
     def remember(self, ctx: CompactedCache) -> None:
@@ -305,35 +309,38 @@ class TrajectoryCache:
         does after each call). A context built without queries (a selector that needed none) adds nothing."""
         if self.memory is None or ctx.queries is None:
             return
-        group = self.lm.config.num_attention_heads // self.lm.kv_heads
-        self.memory.add_prompt(ctx.queries, ctx.query_position, group, self._inv_freq())
+        self.memory.add_prompt(ctx.queries, ctx.query_position, self.lm.group, self.lm.inv_freq())
 
     def observe(self, prompt: str) -> None:
         """Remember a worker prompt as task guidance without compacting: the prompt is forwarded over the cache, its
         queries kept, and the cache cropped back."""
         if self.memory is None or not self.length or self.fold.keep == 0:  # a fold that keeps nothing needs no guidance
             return
-        ids, T, position = self.lm.encode(prompt), self.length, self.position
-        state = BiasState(beta=self.store.beta, capture=True)
+        ids, position = self.lm.encode(prompt), self.position
+        state = BiasState(beta=self.store.attention_bias(), capture=True)
+        before = kv.marks(self.store.kv)
         try:
             run_model(self.lm, self.store.kv, ids, position, state, last_only=True)
         finally:
-            kv.truncate(self.store.kv, T)
-        queries = group_queries(state.queries, self.lm.num_layers, self.lm.kv_heads)    # [L, KVH, g * n, d]
-        group = self.lm.config.num_attention_heads // self.lm.kv_heads
-        self.memory.add_prompt(queries, position, group, self._inv_freq())
+            kv.rollback(self.store.kv, before)
+        queries = group_queries(state.queries, self.store.held, self.lm.kv_heads)       # [Lh, KVH, g * n, d]
+        self.memory.add_prompt(queries, position, self.lm.group, self.lm.inv_freq())
 
     # -- folding and re-basing ----------------------------------------------------------------------------------
 
     def _rebase(self) -> None:
-        """Rotate every key to its slot in the cache (positions 0..length-1); the next token follows them."""
-        self.store.rebase(self._inv_freq())
+        """Rotate every held key to its slot in the cache (positions 0..length-1); the next token follows them, and
+        the window layers' latest tokens shift with it."""
+        lm = self.lm
+        shift = self.length - self.position
+        self.store.rebase(lm.inv_freq(), lm.inv_freq(lm.window_layers) if lm.window_layers else None, shift)
         self.position_gap = len(self.ids) - self.length
         self.rebases += 1
+        self._locate()
 
     def _fold(self) -> None:
         self.folds.append(fold(self.store, self.memory, self.fold, recent=self.recent, tokens_seen=len(self.ids),
-                               position=self.position, scale=self.lm.scaling, inv_freq=self._inv_freq()))
+                               position=self.position, scale=self.lm.scaling, inv_freq=self.lm.inv_freq()))
 
     def compact(self, prompt: str, selector: Selector | None = None, *,
                 query_tokens: int | None = None) -> CompactedCache:

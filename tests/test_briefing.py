@@ -10,7 +10,7 @@ import briefing
 from briefing import kv
 from briefing.errors import BriefingError, ModelLoadError
 from briefing.metrics import answer_kl, heldout_attention_error
-from tests.tiny import FAMILIES, tiny_model, tiny_tokenizer
+from tests.tiny import FAMILIES, WINDOW, tiny_model, tiny_tokenizer
 
 PROMPT = ("\n\nQuestion: According to the text above, what does the author say about how startups should treat their "
           "early users? Answer:")
@@ -165,10 +165,12 @@ def test_tiny_models_extend_compact_generate(family):
         ctx = cache.compact(prompt, selector)
         out = briefing.generate(ctx, briefing.GenerationConfig(max_new_tokens=4))
         assert len(out.token_ids) >= 1 and ctx.stats.fallback is None
-    # keep-all is exact on every family (RoPE, q/k norms, GQA and MHA shapes)
+    # keep-all is exact on every family (RoPE, q/k norms, GQA and MHA shapes, sliding windows: the trajectory runs
+    # past the sliding families' window)
+    assert cache.tokens > 3 * WINDOW
     ctx = cache.compact(prompt, briefing.KeepAll())
     ids = cache.ids + tiny.encode(prompt) + tiny.encode(" 4417")
-    ref = full_logprobs(tiny, ids, cache.length + len(tiny.encode(prompt)))
+    ref = full_logprobs(tiny, ids, cache.tokens + len(tiny.encode(prompt)))
     assert (briefing.token_logprobs(ctx, " 4417")[1] - ref).abs().max() < 1e-4
 
 
@@ -213,6 +215,8 @@ def test_non_finite_fit_falls_back_to_selection(monkeypatch):
 
 
 def test_unsupported_architecture_and_missing_model(monkeypatch):
+    """Layers that hold no KV to compact, latent attention and capped logits are refused, naming what; a hybrid of
+    full and sliding-window layers is served (test_tiny_models_extend_compact_generate)."""
     from transformers import AutoModelForCausalLM, Qwen2Config
 
     tokenizer = tiny_tokenizer()
@@ -220,8 +224,19 @@ def test_unsupported_architecture_and_missing_model(monkeypatch):
                       num_attention_heads=2, num_key_value_heads=1, use_sliding_window=True, sliding_window=16,
                       max_window_layers=1)
     model = AutoModelForCausalLM.from_config(cfg)
-    with pytest.raises(ModelLoadError, match="sliding_attention"):
-        briefing.LoadedModel(model=model, tokenizer=tokenizer, name="hybrid")
+    hybrid = briefing.LoadedModel(model=model, tokenizer=tokenizer, name="hybrid")
+    assert hybrid.held_layers == [0] and hybrid.window_layers == [1]
+    model.config.layer_types = ["full_attention", "linear_attention"]
+    with pytest.raises(ModelLoadError, match=r"layers of type \['linear_attention'\]"):
+        briefing.LoadedModel(model=model, tokenizer=tokenizer, name="linear")
+    model.config.layer_types = ["full_attention", "full_attention"]
+    model.config.attn_logit_softcapping = 50.0
+    with pytest.raises(ModelLoadError, match="attn_logit_softcapping"):
+        briefing.LoadedModel(model=model, tokenizer=tokenizer, name="capped")
+    model.config.attn_logit_softcapping = None
+    model.config.kv_lora_rank = 64
+    with pytest.raises(ModelLoadError, match="MLA"):
+        briefing.LoadedModel(model=model, tokenizer=tokenizer, name="mla")
     import importlib.util
 
     real = importlib.util.find_spec

@@ -37,7 +37,7 @@ def folding_cache(tiny, guidance=None, **kw):
 def own_logprobs(cache, prompt_ids, ids):
     """Log-probs of `ids` after the prompt, forwarded directly over (a copy of) the folded cache with its beta."""
     copy = cache.clone()
-    logits = forward_with_bias(copy.lm, copy.kv, prompt_ids + ids[:-1], copy.position, copy.beta)
+    logits = forward_with_bias(copy.lm, copy.kv, prompt_ids + ids[:-1], copy.position, copy.store.attention_bias())
     return torch.log_softmax(logits[len(prompt_ids) - 1:], -1)
 
 
@@ -148,10 +148,11 @@ def test_beta_composition(tiny, pieces):
     bias = cache.bias()
     ctx = cache.compact(PROMPT, briefing.AttentionMatching(ratio=0.3))
     copy = cache.clone()
-    _, queries = forward_with_bias(tiny, copy.kv, ctx.prompt_ids, cache.position, copy.beta, capture=True)
+    _, queries = forward_with_bias(tiny, copy.kv, ctx.prompt_ids, cache.position, copy.store.attention_bias(),
+                                   capture=True)
     from briefing.matching import group_queries
-    Q = group_queries(queries, tiny.num_layers, bias.shape[1])                      # [L, H, m, d]
-    K, V = (stack_layers(x) for x in kv.layer_kv(cache.kv))
+    Q = group_queries(queries, cache.store.held, bias.shape[1])                     # [L, H, m, d]
+    K, V = cache.store.held_kv()                                                    # [L, H, T, d]
     s = tiny.scaling
     Y = torch.softmax(Q @ K.transpose(-1, -2) * s + bias.unsqueeze(-2), -1) @ V     # with the stored beta
     t = ctx.stats.kept
@@ -168,16 +169,17 @@ def test_beta_composition(tiny, pieces):
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_rope_rotation_is_exact(tok, family):
-    """Keys prefilled at positions 0.. and rotated by +delta equal keys prefilled at delta.. (every layer)."""
+    """Keys prefilled at positions 0.. and rotated by +delta equal keys prefilled at delta.. (every layer, each with
+    its own RoPE base: Gemma's local and global layers differ)."""
     tiny = tiny_model(family, tok, max_positions=512)
     ids = tiny.encode("The safe combination is 4417, said the magazine editor to the piano teacher.")
-    inv = kv.rope_inv_freq(tiny.model)
     caches = []
     for start in (0, 137):
         c = briefing.TrajectoryCache(tiny)
         forward_with_bias(tiny, c.kv, ids, start, None)
-        caches.append(stack_layers(kv.layer_kv(c.kv)[0]))
-    rotated = kv.rotate(caches[0], torch.full((len(ids),), 137.0), inv)
+        caches.append(torch.cat(kv.layer_kv(c.kv)[0]))                                # [L, H, n, d]
+    rotated = torch.cat([kv.rotate(caches[0][i:i + 1], torch.full((len(ids),), 137.0), tiny.inv_freq([i]))
+                         for i in range(tiny.num_layers)])
     assert (rotated - caches[1]).abs().max() < 1e-4
     assert (caches[0] - caches[1]).abs().max() > 1e-2  # the rotation is not trivially the identity
 
@@ -281,8 +283,7 @@ def test_a_clone_folds_exactly_as_its_original(tiny, pieces):
         for piece in pieces[40:60]:
             c.extend(piece)
     assert len(copy.folds) == len(cache.folds) > 1
-    assert torch.equal(copy.positions(), cache.positions()) and all(torch.equal(a, b) for a, b in zip(copy.beta,
-                                                                                                      cache.beta))
+    assert torch.equal(copy.positions(), cache.positions()) and torch.equal(copy.beta, cache.beta)
     assert all(torch.equal(a, b) for a, b in zip(stack_layers(kv.layer_kv(copy.kv)[0]),
                                                  stack_layers(kv.layer_kv(cache.kv)[0])))
 

@@ -104,7 +104,7 @@ def test_every_selector_on_tiny_models(family, name):
     ctx = cache.compact(" Question: what is the key? Answer:", selector)
     T = cache.length
     assert ctx.stats.kept == (expected(T) if expected else ctx.stats.kept) and ctx.stats.original_length == T
-    assert ctx.positions.shape[:2] == (tiny.num_layers, tiny.config.num_key_value_heads)
+    assert ctx.positions.shape[:2] == (len(tiny.held_layers), tiny.config.num_key_value_heads)
     fitted = selector.fit is not None and 0 < ctx.stats.kept < T
     assert (ctx.beta is not None) == fitted and (ctx.stats.fit_error is not None) == fitted
     assert ctx.stats.fallback is None

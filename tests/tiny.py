@@ -5,7 +5,8 @@ from functools import cache
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, PreTrainedTokenizerFast, Qwen3Config
+from transformers import (AutoModelForCausalLM, Gemma3TextConfig, LlamaConfig, MistralConfig, PreTrainedTokenizerFast,
+                          Qwen3Config)
 
 import briefing
 
@@ -14,7 +15,14 @@ FAMILIES = {
     "llama-mha": (LlamaConfig, dict(num_attention_heads=4, num_key_value_heads=4)),
     "mistral-gqa": (MistralConfig, dict(num_attention_heads=4, num_key_value_heads=1, sliding_window=None)),
     "qwen3-gqa": (Qwen3Config, dict(num_attention_heads=4, num_key_value_heads=2, head_dim=16)),
+    # slides on every layer (Mistral v0.1 style): holds its window, compacts within it
+    "mistral-sliding": (MistralConfig, dict(num_attention_heads=4, num_key_value_heads=1, sliding_window=24)),
+    # Gemma 3: five sliding-window layers to one global layer, local and global RoPE bases, QK norm, its own scale
+    "gemma3-hybrid": (Gemma3TextConfig, dict(num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                                             num_hidden_layers=6, sliding_window=24, query_pre_attn_scalar=16,
+                                             layer_types=["sliding_attention"] * 5 + ["full_attention"])),
 }
+WINDOW = 24  # the sliding window of the sliding families: trajectories in their tests run well past it
 
 
 @cache
@@ -55,8 +63,9 @@ def bpe_tokenizer() -> PreTrainedTokenizerFast:
 def tiny_model(family: str, tokenizer=None, seed: int = 0, max_positions: int = 512) -> briefing.LoadedModel:
     tokenizer = tokenizer if tokenizer is not None else tiny_tokenizer()
     config_cls, extra = FAMILIES[family]
-    config = config_cls(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                        max_position_embeddings=max_positions, tie_word_embeddings=True, **extra)
+    settings = dict(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                    max_position_embeddings=max_positions, tie_word_embeddings=True)
+    config = config_cls(**(settings | extra))
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     return briefing.LoadedModel(model=model, tokenizer=tokenizer, name=f"tiny-{family}")
