@@ -58,6 +58,13 @@ INSTALL_HINT = KNOWN[DEFAULT_MODEL].install
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
 SUPPORTED_LAYERS = ("full_attention", "sliding_attention")
+WINDOW_TRANSFORMERS = "5.24"   # the first transformers whose sliding-window cache layers record their past
+
+
+def window_layers_supported() -> bool:
+    from transformers.cache_utils import DynamicSlidingWindowLayer
+
+    return hasattr(DynamicSlidingWindowLayer, "activate_past_recording")
 
 
 def cache_root() -> Path:
@@ -264,6 +271,12 @@ def check_architecture(model: PreTrainedModel) -> None:
     if odd:
         raise ModelLoadError(f"{name} has layers of type {odd}; the briefing layer serves full-attention and "
                              "sliding-window layers only (linear, chunked or state-space layers hold no KV to compact).")
+    if "sliding_attention" in layer_types(cfg) and not window_layers_supported():
+        import transformers
+
+        raise ModelLoadError(f"{name} has sliding-window layers, which need transformers >= {WINDOW_TRANSFORMERS} (its "
+                             f"caches record and roll back their window); this is transformers {transformers.__version__}. "
+                             f"Upgrade it: pip install 'transformers>={WINDOW_TRANSFORMERS},<6'.")
     if getattr(cfg, "attn_logit_softcapping", None):
         raise ModelLoadError(f"{name} caps its attention logits (attn_logit_softcapping), which SDPA and the "
                              "Attention Matching fit do not model.")

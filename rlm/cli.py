@@ -107,10 +107,32 @@ def selector_from_args(args: argparse.Namespace) -> briefing.Selector | None:
     return briefing.AttentionMatching(tau=args.tau)
 
 
+MODEL_HELP = ("the worker's model: a known name (smollm2-135m, the embedded default; gemma3-270m) or a local Hugging "
+              "Face model directory")
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, help=MODEL_HELP)
+    p.add_argument("--device", default="auto",
+                   help="where the model runs: auto (CUDA when there is one, else the CPU), cpu, cuda, cuda:1")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="the model's dtype: auto (bfloat16 on a GPU, float32 on a CPU)")
+
+
+def load_model_from_args(args: argparse.Namespace) -> briefing.LoadedModel:
+    """The local model --model, --device and --dtype ask for; a bad choice ends with its one-line error."""
+    import briefing
+
+    try:
+        return briefing.load_model(args.model, device=args.device, dtype=args.dtype)
+    except briefing.ModelLoadError as e:
+        raise SystemExit(f"rlm: {e}") from None
+
+
 def _add_worker_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--worker", choices=["briefed", "text", "plain"], default=None,
                    help="who answers worker(query) (default: briefed; text with --worker-backend openai)")
-    p.add_argument("--model", default=None, help="local Hugging Face model directory (default: embedded SmolLM2-135M)")
+    _add_model_args(p)
     p.add_argument("--worker-backend", choices=["local", "openai"], default="local",
                    help="text/plain worker: the local model, or an OpenAI-compatible server")
     p.add_argument("--worker-base-url", default=None,
@@ -222,10 +244,9 @@ def _make_worker(args: argparse.Namespace) -> tuple[Worker, briefing.LoadedModel
                                     **_server_options(args))
         kind = TextWorker if args.worker == "text" else PlainWorker
         return kind(backend=backend, max_new_tokens=args.max_new_tokens), None
-    import briefing
     from agents import make_worker
 
-    lm = briefing.load_model(args.model)
+    lm = load_model_from_args(args)
     extra = {"selector": selector_from_args(args)} if args.worker == "briefed" else {}
     return make_worker(args.worker, lm=lm, max_new_tokens=args.max_new_tokens, **extra), lm
 
@@ -274,7 +295,7 @@ def build_parser() -> _Parser:
     d.add_argument("--chunk-chars", type=_at_least(1), default=600)
     _add_selector_args(d)
     d.add_argument("--max-new-tokens", type=_at_least(1), default=48)
-    d.add_argument("--model", default=None)
+    _add_model_args(d)
     d.add_argument("--log-dir", default=None, help="write demo-briefed.jsonl / demo-text.jsonl here")
     d.add_argument("--workers", default="briefed,text", help="comma list of briefed,text,plain")
     d.add_argument("--threads", type=_at_least(1), default=None, help="torch CPU threads (default: torch's choice)")
@@ -315,9 +336,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         policy = ChunkScanPolicy(chunk_chars=args.chunk_chars)
     elif args.backend == "local":
         if lm is None:
-            import briefing
-
-            lm = briefing.load_model(args.model)
+            lm = load_model_from_args(args)
         policy = LLMPolicy(LocalChatBackend(lm, max_new_tokens=512))
     else:
         policy = LLMPolicy(OpenAIChatBackend(base_url=args.base_url, api_key=args.api_key, model=args.llm_model,
@@ -366,7 +385,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     workers = tuple(w.strip() for w in args.workers.split(",") if w.strip())
     demo.main(essay=args.essay or demo.DEFAULT_ESSAY, query=args.query or demo.DEFAULT_QUERY, max_chars=args.max_chars,
               chunk_chars=args.chunk_chars, selector=selector_from_args(args), max_new_tokens=args.max_new_tokens,
-              model=args.model, log_dir=args.log_dir, workers=workers)
+              model=args.model, log_dir=args.log_dir, workers=workers, device=args.device, dtype=args.dtype)
     return 0
 
 

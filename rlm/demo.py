@@ -109,7 +109,7 @@ def headline(query: str, rows: list[DemoRow]) -> str:
 def main(essay: str = DEFAULT_ESSAY, query: str = DEFAULT_QUERY, max_chars: int | None = None, chunk_chars: int = 600,
          selector: briefing.Selector | None = None, max_new_tokens: int = 48, model: str | None = None,
          log_dir: str | None = None, workers: tuple[str, ...] = ("briefed", "text"),
-         stream: TextIO | None = None) -> list[DemoRow]:
+         stream: TextIO | None = None, device: str = "auto", dtype: str = "auto") -> list[DemoRow]:
     import briefing
 
     out = stream or sys.stdout
@@ -118,12 +118,13 @@ def main(essay: str = DEFAULT_ESSAY, query: str = DEFAULT_QUERY, max_chars: int 
     tty = sys.stderr.isatty()
     print(f"loading the model ({model or 'embedded default'})...", end="\r" if tty else "\n", file=sys.stderr,
           flush=True)
-    lm = briefing.load_model(model)
+    lm = briefing.load_model(model, device=device, dtype=dtype)
     if tty:
         print("\x1b[K", end="", file=sys.stderr, flush=True)   # erase the line: the result is what stays
     details = [f"A chunk-scan orchestrator read {essay} ({len(context):,} characters) and asked the worker about "
                f"each chunk, once per worker: {', '.join(NAMES.get(w, w) for w in workers)}.",
-               f"Model {lm.name} loaded in {time.monotonic() - t0:.1f}s"]
+               f"Model {lm.name} ({lm.device.type}, {str(lm.dtype).removeprefix('torch.')}) loaded in "
+               f"{time.monotonic() - t0:.1f}s"]
     rows = []
     for kind in workers:
         log_path = f"{log_dir.rstrip('/')}/demo-{kind}.jsonl" if log_dir else None

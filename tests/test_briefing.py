@@ -10,6 +10,7 @@ import briefing
 from briefing import kv
 from briefing.errors import BriefingError, ModelLoadError
 from briefing.metrics import answer_kl, heldout_attention_error
+from briefing.model import window_layers_supported
 from tests.tiny import FAMILIES, WINDOW, tiny_model, tiny_tokenizer
 
 PROMPT = ("\n\nQuestion: According to the text above, what does the author say about how startups should treat their "
@@ -224,8 +225,9 @@ def test_unsupported_architecture_and_missing_model(monkeypatch):
                       num_attention_heads=2, num_key_value_heads=1, use_sliding_window=True, sliding_window=16,
                       max_window_layers=1)
     model = AutoModelForCausalLM.from_config(cfg)
-    hybrid = briefing.LoadedModel(model=model, tokenizer=tokenizer, name="hybrid")
-    assert hybrid.held_layers == [0] and hybrid.window_layers == [1]
+    if window_layers_supported():
+        hybrid = briefing.LoadedModel(model=model, tokenizer=tokenizer, name="hybrid")
+        assert hybrid.held_layers == [0] and hybrid.window_layers == [1]
     model.config.layer_types = ["full_attention", "linear_attention"]
     with pytest.raises(ModelLoadError, match=r"layers of type \['linear_attention'\]"):
         briefing.LoadedModel(model=model, tokenizer=tokenizer, name="linear")

@@ -143,7 +143,7 @@ def test_demo_leads_with_the_answer_and_the_saving(monkeypatch, capsys):
     from tests.tiny import tiny_model
 
     tiny = tiny_model("llama-gqa", max_positions=2048)
-    monkeypatch.setattr(briefing, "load_model", lambda model=None: tiny)
+    monkeypatch.setattr(briefing, "load_model", lambda model=None, **options: tiny)
     rc = main(["demo", "--max-chars", "300", "--chunk-chars", "300", "--max-new-tokens", "2"])
     assert rc == 0
     captured = capsys.readouterr()

@@ -184,3 +184,15 @@ def test_public_constructors_refuse_bad_values_in_one_line(make, match):
     with pytest.raises(ValueError, match=match) as info:
         make()
     assert "\n" not in str(info.value)
+
+
+def test_importing_the_runtime_loads_no_torch_and_briefing_loads_lazily():
+    """`import agents` and `import rlm` load no torch; `import briefing` loads its names when they are used."""
+    import subprocess
+    import sys
+
+    code = ("import sys, agents, rlm, briefing; print('torch' in sys.modules); "
+            "briefing.BriefingError; briefing.CompactionStats; print('torch' in sys.modules); "
+            "briefing.TrajectoryCache; print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "False", "True"]

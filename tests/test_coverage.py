@@ -102,12 +102,13 @@ def test_rescoring_uses_the_generated_tokens(tok):
     tiny = tiny_model("llama-gqa", tok)
     cache = briefing.TrajectoryCache(tiny, "alpha beta gamma delta epsilon zeta eta theta iota kappa")
     T, prompt = cache.length, tiny.encode(" Question: which letter? Answer:")
+    before = kv.marks(cache.kv)
     logits = forward_with_bias(tiny, cache.kv, prompt, T, None, last_only=True)
     try:
-        scores = generated_scores(tiny, cache.kv, T, T + len(prompt), logits[-1], 3)
+        scores = generated_scores(tiny, cache.store, T, T + len(prompt), logits[-1], 3)
         assert kv.cache_length(cache.kv) == T + len(prompt) + 3  # the greedy tokens went through the cache
     finally:
-        kv.truncate(cache.kv, T)
+        kv.rollback(cache.kv, before)
     assert scores.shape == (tiny.num_layers, 2, T) and (scores >= 0).all() and (scores.sum(-1) <= 1 + 1e-5).all()
     plain = cache.compact(" Question: which letter? Answer:", briefing.TopK(tokens=4, smooth_kernel=1))
     mixed = cache.compact(" Question: which letter? Answer:", briefing.TopK(tokens=4, smooth_kernel=1,

@@ -162,3 +162,18 @@ def test_device_and_dtype_choices_and_their_errors(monkeypatch):
     with pytest.raises(ModelLoadError, match=r"'no-such-model' is not a known model \(smollm2-135m, gemma3-270m\).*local "
                                              "folder"):
         briefing.load_model("no-such-model")
+
+
+def test_sliding_window_models_say_which_transformers_they_need(monkeypatch):
+    """Below the transformers that records a sliding-window cache's past, a sliding model is refused in one line."""
+    import briefing.model as model
+    from briefing.errors import ModelLoadError
+    from transformers import AutoModelForCausalLM, MistralConfig
+
+    from tests.tiny import tiny_tokenizer
+
+    monkeypatch.setattr(model, "window_layers_supported", lambda: False)
+    cfg = MistralConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                        num_attention_heads=2, num_key_value_heads=1, sliding_window=16)
+    with pytest.raises(ModelLoadError, match=r"need transformers >= 5\.24.*pip install 'transformers>=5\.24,<6'"):
+        briefing.LoadedModel(model=AutoModelForCausalLM.from_config(cfg), tokenizer=tiny_tokenizer(), name="old")

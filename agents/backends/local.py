@@ -3,7 +3,7 @@
     backend = LocalChatBackend(briefing.load_model())          # or LocalChatBackend() to load the default
     backend.complete([{"role": "user", "content": "Hi"}])
 
-Parameters: lm (a `briefing.LoadedModel`; None loads the embedded default on first use),
+Parameters: lm (a `briefing.LoadedModel`; None loads the embedded default on first use, on `device` in `dtype`),
 max_new_tokens, temperature, top_p, stop (stop strings), seed.
 The whole conversation is re-encoded each call (`briefing.plain_context`), which is fine for the
 short orchestrations this backend is meant for (tests, offline demos).
@@ -30,6 +30,8 @@ class LocalChatBackend(ChatBackend):
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
     context_limit: int | None = None
+    device: str = "auto"
+    dtype: str = "auto"
     name: str = "local"
 
     def __post_init__(self) -> None:
@@ -48,7 +50,7 @@ class LocalChatBackend(ChatBackend):
         if self.lm is None:
             import briefing
 
-            self.lm = briefing.load_model()
+            self.lm = briefing.load_model(device=self.device, dtype=self.dtype)
             self.model = self.lm.name
         return self.lm
 
@@ -67,6 +69,11 @@ class LocalChatBackend(ChatBackend):
         lm = self._model()
         ids = lm.tokenizer.encode(text, add_special_tokens=False)
         return lm.tokenizer.decode(ids[len(ids) - tokens:]) if tokens > 0 else ""
+
+    def describe(self) -> dict[str, str]:
+        lm = self._model()
+        return {"model": lm.name, "device": str(lm.device), "dtype": str(lm.dtype).removeprefix("torch."),
+                "prompt_format": lm.prompt_format}
 
     def context(self, messages: list[dict[str, str]]) -> briefing.CompactedCache:
         """The context a completion of `messages` decodes on: the chat template's text, prefilled from position 0."""

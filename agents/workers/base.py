@@ -108,12 +108,13 @@ class Worker(ABC):
         return {"name": self.name}
 
 
-def chat_backend(owner: str, backend: ChatBackend | None) -> ChatBackend:
-    """`backend`, checked; None: a `LocalChatBackend` on the embedded default model (loaded on first use)."""
+def chat_backend(owner: str, backend: ChatBackend | None, device: str = "auto", dtype: str = "auto") -> ChatBackend:
+    """`backend`, checked; None: a `LocalChatBackend` on the embedded default model (loaded on first use, on `device`
+    in `dtype`)."""
     if backend is None:
         from agents.backends.local import LocalChatBackend
 
-        return LocalChatBackend(seed=0)
+        return LocalChatBackend(seed=0, device=device, dtype=dtype)
     if not isinstance(backend, ChatBackend):
         raise TypeError(f"{owner}: backend must be an agents.ChatBackend (LocalChatBackend(lm) for a local model, "
                         f"OpenAIChatBackend for an API) or None, got {type(backend).__name__}.")

@@ -22,6 +22,7 @@ Parameters:
     fold: `briefing.FoldPolicy` of the persistent cache (None: the default policy)
     cache_budget: positions the persistent cache keeps (None: the model's window minus `reserve`)
     reserve: positions left for the call prompt and generation (prompt + max_new_tokens must fit)
+    device, dtype: where the embedded default runs when `lm` is None ("auto": CUDA if there is one, bf16 there)
     recall: an `agents.recall.Recall` (None: no recall), by default `TextRecall(tokens=256)`: at most that many
         tokens (fewer where the reserve leaves less room after the prompt and max_new_tokens).
 Billed input tokens per call: kept positions + prompt tokens. `text_handoff_tokens`: tokens of the same text pasted
@@ -58,6 +59,8 @@ class BriefedWorker(LocalModelMixin, Worker):
     cache_budget: int | None = None
     reserve: int = 512
     recall: Recall | None = field(default_factory=TextRecall)
+    device: str = "auto"
+    dtype: str = "auto"
     name: str = "briefed"
     _caches: list[briefing.TrajectoryCache] = field(default_factory=list, init=False, repr=False)
 
@@ -185,7 +188,7 @@ class BriefedWorker(LocalModelMixin, Worker):
 
     def describe(self) -> dict[str, Any]:
         fold = self.fold
-        return {"name": self.name, "model": getattr(self.lm, "name", None),
+        return {"name": self.name, **self.describe_model(),
                 "selector": repr(self.selector) if self.selector is not None else "AttentionMatching(tau=1.0)",
                 "fold": repr(fold) if fold is not None else "FoldPolicy()", "cache_budget": self.cache_budget,
                 "reserve": self.reserve, "recall": repr(self.recall)}

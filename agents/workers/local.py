@@ -98,12 +98,15 @@ class LocalModelMixin:
     max_new_tokens: int
     temperature: float
     stop: list[str]
+    device: str = "auto"
+    dtype: str = "auto"
 
     def model(self) -> briefing.LoadedModel:
+        """`lm`, or the embedded default loaded on first use on `device` in `dtype`."""
         if self.lm is None:
             import briefing
 
-            self.lm = briefing.load_model()
+            self.lm = briefing.load_model(device=self.device, dtype=self.dtype)
         return self.lm
 
     def prompts(self) -> WorkerPrompt:
@@ -121,6 +124,12 @@ class LocalModelMixin:
 
         return briefing.GenerationConfig(max_new_tokens=self.max_new_tokens, temperature=self.temperature,
                                          top_p=1.0, stop=list(self.stop), seed=0)
+
+    def describe_model(self) -> dict[str, str]:
+        """What the run log says of the model: its name, device, dtype and the prompt format the worker used."""
+        lm = self.model()
+        return {"model": lm.name, "device": str(lm.device), "dtype": str(lm.dtype).removeprefix("torch."),
+                "prompt_format": lm.prompt_format}
 
     def count(self, text: str) -> int:
         return int(self.model().count_tokens(text))

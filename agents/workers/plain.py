@@ -23,10 +23,12 @@ class PlainWorker(Worker):
     temperature: float = 0.0
     stop: list[str] = field(default_factory=lambda: ["\n\n"])
     system: str = PLAIN_SYSTEM
+    device: str = "auto"   # where the embedded default runs when no backend is given
+    dtype: str = "auto"
     name: str = "plain"
 
     def __post_init__(self) -> None:
-        self.backend = chat_backend("PlainWorker", self.backend)
+        self.backend = chat_backend("PlainWorker", self.backend, self.device, self.dtype)
         check_generation("PlainWorker", self.max_new_tokens, self.temperature)
 
     def messages(self, query: str) -> list[dict[str, str]]:
@@ -52,4 +54,5 @@ class PlainWorker(Worker):
                             output_tokens=r.output_tokens, latency_s=time.monotonic() - t0, worker=self.name)
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "backend": self.backend.name, "model": self.backend.model}
+        local = self.backend.describe() if hasattr(self.backend, "describe") else {}
+        return {"name": self.name, "backend": self.backend.name, "model": self.backend.model, **local}

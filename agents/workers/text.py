@@ -28,10 +28,12 @@ class TextWorker(Worker):
     temperature: float = 0.0
     stop: list[str] = field(default_factory=lambda: ["\n\n"])
     header: str = TRAJECTORY_HEADER
+    device: str = "auto"   # where the embedded default runs when no backend is given
+    dtype: str = "auto"
     name: str = "text"
 
     def __post_init__(self) -> None:
-        self.backend = chat_backend("TextWorker", self.backend)
+        self.backend = chat_backend("TextWorker", self.backend, self.device, self.dtype)
         check_generation("TextWorker", self.max_new_tokens, self.temperature)
 
     def messages(self, trajectory: str, query: str) -> list[dict[str, str]]:
@@ -65,5 +67,6 @@ class TextWorker(Worker):
                             output_tokens=r.output_tokens, latency_s=time.monotonic() - t0, worker=self.name)
 
     def describe(self) -> dict[str, Any]:
+        local = self.backend.describe() if hasattr(self.backend, "describe") else {}
         return {"name": self.name, "backend": self.backend.name, "model": self.backend.model,
-                "max_new_tokens": self.max_new_tokens}
+                "max_new_tokens": self.max_new_tokens, **local}
