@@ -47,15 +47,26 @@ VARIANTS = {  # name -> selector factory(ratio); the first is the default Attent
 RATIOS = (0.5, 0.2, 0.1, 0.05)
 
 
+def block_names(result: dict) -> tuple[str, str]:
+    """The docs blocks of a result: `briefing-anchor` and `briefing-lengths` for the embedded model, suffixed with
+    the model's key for another (`briefing-anchor-gemma3-270m`)."""
+    key = result.get("model_key") or "smollm2-135m"
+    suffix = "" if key == "smollm2-135m" else f"-{key}"
+    return f"briefing-anchor{suffix}", f"briefing-lengths{suffix}"
+
+
 def readme_tables(result: dict) -> dict[str, str]:
-    """The briefing tables of docs/benchmarks.md (blocks `briefing-anchor`, `briefing-lengths`) from a result JSON."""
+    """The briefing tables of docs/benchmarks.md (blocks `briefing-anchor`, `briefing-lengths`, see `block_names`)
+    from a result JSON."""
     anchor = result["anchor"]
     rows = ["| method (answer KL, lower is better) | 50% kept | 20% | 10% | 5% |", "|---|---|---|---|---|"]
     for name, kls in anchor["ours"].items():
         kls = {float(k): v for k, v in kls.items()}  # JSON keys are strings
         rows.append(f"| {name} | " + " | ".join(f"{kls[r]:.4f}" for r in RATIOS) + " |")
     gaps = ", ".join(f"{k}: {v:.2f}" for k, v in result["copy_logprob_gap"].items())
-    tables = {"briefing-anchor": "\n".join(rows) + f"\n\n{anchor['trajectory_tokens']:,} trajectory tokens. "
+    anchor_block, lengths_block = block_names(result)
+    named = f"{result['model']}, {result.get('dtype', 'float32')} on {result.get('device', 'cpu')}: "
+    tables = {anchor_block: named + "\n\n" + "\n".join(rows) + f"\n\n{anchor['trajectory_tokens']:,} trajectory tokens. "
               f"No trajectory at all: {anchor['no trajectory']:.4f}. Exact-value recall, mean log-prob gap of the "
               f"exact answer to the full cache (tau 1, by smoothing kernel; lower is better): {gaps}."}
     rows = ["| tokens | full prefill | extend +200 | compaction (score / beta / values) | % of prefill | kept at tau "
@@ -74,7 +85,9 @@ def readme_tables(result: dict) -> dict[str, str]:
     tail = (f"\n\nCompaction time growth {growth['from']:,} -> {growth['to']:,} tokens: x{growth['ratio']:.2f}."
             if growth else "")
     load = result.get("load_average_at_start")
-    tables["briefing-lengths"] = "\n".join(rows) + tail + (f" Load average at start: {load[0]:.2f}." if load else "")
+    if not result["lengths"]:
+        return tables
+    tables[lengths_block] = named + "\n\n" + "\n".join(rows) + tail + (f" Load average at start: {load[0]:.2f}." if load else "")
     return tables
 
 
@@ -211,7 +224,11 @@ def plot(result: dict, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.briefing_bench", description=__doc__.split("\n")[0])
-    parser.add_argument("--lengths", type=int, nargs="+", default=[1024, 2048, 4096, 7900])
+    parser.add_argument("--lengths", type=int, nargs="*", default=[1024, 2048, 4096, 7900],
+                        help="trajectory lengths of the cost table (none: the anchor table only)")
+    parser.add_argument("--model", default=None, help="a known name (smollm2-135m, gemma3-270m) or a model folder")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="auto")
     parser.add_argument("--out", default="bench_out/briefing")
     parser.add_argument("--quick", action="store_true", help="lengths 512 and 1024 only")
     parser.add_argument("--decode-tokens", type=int, default=16)
@@ -231,11 +248,13 @@ def main(argv: list[str] | None = None) -> int:
     lengths = [512, 1024] if args.quick else args.lengths
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    lm = briefing.load_model()
-    text = essay_text(max(lengths) * 6 + 4000)
+    lm = briefing.load_model(args.model, device=args.device, dtype=args.dtype)
+    text = essay_text(max(lengths, default=0) * 6 + 4000)
     result = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch threads "
                          f"{__import__('torch').get_num_threads()}",
-              "model": lm.name, "load_average_at_start": os.getloadavg(), "anchor": anchor_case(lm), "lengths": []}
+              "model": lm.name, "model_key": args.model or "smollm2-135m", "device": lm.device.type,
+              "dtype": str(lm.dtype).removeprefix("torch."), "load_average_at_start": os.getloadavg(),
+              "anchor": anchor_case(lm), "lengths": []}
     print(f"anchor ({result['anchor']['trajectory_tokens']} tokens), answer KL vs full cache:")
     print(f"  {'method':<62} " + " ".join(f"{r:>7}" for r in ("50%", "20%", "10%", "5%")))
     for name, kls in result["anchor"]["ours"].items():

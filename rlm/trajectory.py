@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import IO, Callable, Iterable
 
-from agents.events import Event, RunStart, parse_event, render
+from agents.events import Event, parse_event, render
 
 
 class JsonlLog:
@@ -105,6 +105,3 @@ def replay(path: str | Path, run_id: str | None = None) -> Trajectory:
     """The trajectory of a logged run (the root run by default)."""
     return Trajectory.from_events(read_log(path), run_id)
 
-
-def run_ids(events: Iterable[Event]) -> list[str]:
-    return [e.run_id for e in events if isinstance(e, RunStart)]
