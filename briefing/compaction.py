@@ -24,6 +24,7 @@ from briefing import kv
 from briefing.attention import BiasState
 from briefing.context import CompactedCache, check_prompt, run_model
 from briefing.errors import BriefingError
+from briefing.options import check_int
 from briefing.matching import FitResult, attention_scores, fit, gather_positions, group_queries
 from briefing.rescore import generated_scores
 from briefing.selection import AttentionMatching, ScoredSelector, Scores, Selector
@@ -152,10 +153,8 @@ def compact(cache: Any, prompt: str, selector: Selector | None = None, *,
     if T == 0:
         raise BriefingError("The trajectory is empty: extend the TrajectoryCache with text before compacting.")
     prompt_ids = check_prompt(lm, prompt, position)
-    if query_tokens is not None and (isinstance(query_tokens, bool) or not isinstance(query_tokens, int)
-                                     or query_tokens < 1):
-        raise BriefingError(f"query_tokens must be an integer >= 1 (the prompt's last tokens that guide), got "
-                            f"{query_tokens!r}; None uses every prompt token.")
+    check_int("", "query_tokens", query_tokens, low=1, none=True,
+              what="the prompt's last tokens that guide; None uses every prompt token")
     n, L, H = len(prompt_ids), len(store.held), lm.kv_heads
     t_start = time.perf_counter()
     K = V = None

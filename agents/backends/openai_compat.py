@@ -31,7 +31,6 @@ from __future__ import annotations
 import email.utils
 import http.client
 import json
-import math
 import os
 import socket
 import time
@@ -41,6 +40,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from briefing.options import check_int, check_number
 from agents.backends.base import BackendError, BackendTimeout, ChatBackend, ChatResponse, time_left
 
 
@@ -61,15 +61,9 @@ class OpenAIChatBackend(ChatBackend):
     name: str = "openai"
 
     def __post_init__(self) -> None:
-        for name, value, low, strict in (("timeout_s", self.timeout_s, 0, True),
-                                         ("backoff_s", self.backoff_s, 0, False),
-                                         ("max_backoff_s", self.max_backoff_s, 0, False)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-                    or value < low or (strict and value == low):
-                raise ValueError(f"OpenAIChatBackend: {name} must be a finite number {'>' if strict else '>='} {low}, "
-                                 f"got {value!r}.")
-        if isinstance(self.max_retries, bool) or not isinstance(self.max_retries, int) or self.max_retries < 0:
-            raise ValueError(f"OpenAIChatBackend: max_retries must be an integer >= 0, got {self.max_retries!r}.")
+        for name, strict in (("timeout_s", True), ("backoff_s", False), ("max_backoff_s", False)):
+            check_number("OpenAIChatBackend", name, getattr(self, name), low=0, low_open=strict, error=ValueError)
+        check_int("OpenAIChatBackend", "max_retries", self.max_retries, low=0, error=ValueError)
         self.base_url = (self.base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1").rstrip("/")
         self.api_key = self.api_key if self.api_key is not None else os.environ.get("OPENAI_API_KEY")
         self.model = self.model or os.environ.get("OPENAI_MODEL") or "gpt-4o-mini"

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from briefing.options import check_int
 from agents.policy import OrchestratorPolicy, RunState, Step
 
 
@@ -46,15 +47,11 @@ class ChunkScanPolicy(OrchestratorPolicy):
 
     def __post_init__(self) -> None:
         for name, low in (("chunk_chars", 1), ("overlap", 0), ("max_tries", 1)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"ChunkScanPolicy: {name} must be an integer >= {low}, got {value!r}.")
+            check_int("ChunkScanPolicy", name, getattr(self, name), low=low, error=ValueError)
         if self.overlap >= self.chunk_chars:
             raise ValueError(f"ChunkScanPolicy: overlap must be smaller than chunk_chars ({self.chunk_chars}), "
                              f"got {self.overlap}.")
-        if self.max_chunks is not None and (isinstance(self.max_chunks, bool) or not isinstance(self.max_chunks, int)
-                                            or self.max_chunks < 1):
-            raise ValueError(f"ChunkScanPolicy: max_chunks must be an integer >= 1 or None, got {self.max_chunks!r}.")
+        check_int("ChunkScanPolicy", "max_chunks", self.max_chunks, low=1, none=True, what="or None", error=ValueError)
 
     def chunks(self, context: object) -> int:
         """How many chunks this policy makes of `context` (a str, or a list/tuple scanned item by item)."""

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agents.backends.base import ChatBackend
+from briefing.options import check_int
 from agents.events import CellOutput, CodeCell, Notice, OrchestratorMessage
 from agents.policy import OrchestratorPolicy, RunState, Step
 
@@ -76,12 +77,9 @@ class LLMPolicy(OrchestratorPolicy):
 
     def __post_init__(self) -> None:
         if not isinstance(self.backend, ChatBackend):
-            raise TypeError("LLMPolicy: backend must be an agents.ChatBackend (OpenAIChatBackend, LocalChatBackend, "
-                            "...), "
+            raise TypeError("LLMPolicy: backend must be an agents.ChatBackend (OpenAIChatBackend, LocalChatBackend, ...), "
                             f"got {type(self.backend).__name__}.")
-        if isinstance(self.max_output_chars, bool) or not isinstance(self.max_output_chars,
-                                                                     int) or self.max_output_chars < 1:
-            raise ValueError(f"LLMPolicy: max_output_chars must be an integer >= 1, got {self.max_output_chars!r}.")
+        check_int("LLMPolicy", "max_output_chars", self.max_output_chars, low=1, error=ValueError)
 
     def step(self, state: RunState) -> Step:
         resp = self.backend.complete(self.messages(state))

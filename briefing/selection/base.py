@@ -214,8 +214,8 @@ class ScoredSelector(SizedSelector):
         check_number(owner, "rescore_weight", self.rescore_weight, low=0, high=1)
         check_bool(owner, "per_head", self.per_head)
         check_bool(owner, "reuse_prompt_kv", self.reuse_prompt_kv)
-        if isinstance(self.smooth_kernel, bool) or not isinstance(self.smooth_kernel, int) or self.smooth_kernel < 1 \
-                or self.smooth_kernel % 2 == 0:
+        check_int(owner, "smooth_kernel", self.smooth_kernel, low=1, what="odd; 1: no pooling")
+        if self.smooth_kernel % 2 == 0:
             raise BriefingError(f"{owner}: smooth_kernel must be an odd integer >= 1 (1: no pooling), "
                                 f"got {self.smooth_kernel!r}.")
         if self.fit is not None and not isinstance(self.fit, Fit):
