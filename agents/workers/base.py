@@ -104,6 +104,30 @@ class Worker(ABC):
             query = f"{query}\n\n{context}"
         return self.answer(query, trajectory)
 
+    def answer_batch(self, queries: list[str], trajectory: str) -> list[WorkerAnswer | Exception]:
+        """Several queries on the same trajectory, answers in query order; a query that failed gives its exception
+        in its place and the rest stand. Default: one `answer` after another; a worker that can share work across
+        the batch (the briefed worker: one scoring forward, one batched fit and decode) overrides it."""
+        out: list[WorkerAnswer | Exception] = []
+        for query in queries:
+            try:
+                out.append(self.answer(query, trajectory))
+            except Exception as e:   # this query's failure, reported in its place
+                out.append(e)
+        return out
+
+    async def aanswer(self, query: str, trajectory: str) -> WorkerAnswer:
+        """`answer` without blocking the event loop (default: in a worker thread)."""
+        import asyncio
+
+        return await asyncio.to_thread(self.answer, query, trajectory)
+
+    async def aanswer_batch(self, queries: list[str], trajectory: str) -> list[WorkerAnswer | Exception]:
+        """`answer_batch` without blocking the event loop (default: in a worker thread)."""
+        import asyncio
+
+        return await asyncio.to_thread(self.answer_batch, queries, trajectory)
+
     def describe(self) -> dict[str, Any]:
         return {"name": self.name}
 
