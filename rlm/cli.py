@@ -1,4 +1,4 @@
-"""`rlm` command line: run, demo, repl, view, doctor."""
+"""`rlm` command line: run, demo, repl, view, doctor, serve-worker."""
 from __future__ import annotations
 
 import argparse
@@ -62,6 +62,22 @@ def _ratio(text: str) -> float:
     if not 0 < value <= 1:
         raise argparse.ArgumentTypeError(f"must be a share in (0, 1], got {text!r} (for a count use --keep-tokens)")
     return value
+
+
+SIZE_UNITS = {"": 1, "K": 2 ** 10, "M": 2 ** 20, "G": 2 ** 30, "T": 2 ** 40}
+
+
+def _size(text: str) -> int:
+    """Bytes: an integer, or with a binary unit (512M, 2G, 1.5G; K/M/G/T, an optional 'iB' or 'B')."""
+    raw = text.strip().upper().removesuffix("IB").removesuffix("B")
+    unit = raw[-1:] if raw[-1:] in SIZE_UNITS else ""
+    try:
+        value = float(raw[: len(raw) - len(unit)]) * SIZE_UNITS[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a size in bytes such as 512M or 2G, got {text!r}") from None
+    if not math.isfinite(value) or value < 1:
+        raise argparse.ArgumentTypeError(f"must be a size of at least 1 byte, got {text!r}")
+    return int(value)
 
 
 def _encoding(text: str) -> str:
@@ -133,10 +149,13 @@ def _add_worker_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--worker", choices=["briefed", "text", "plain"], default=None,
                    help="who answers worker(query) (default: briefed; text with --worker-backend openai)")
     _add_model_args(p)
-    p.add_argument("--worker-backend", choices=["local", "openai"], default="local",
-                   help="text/plain worker: the local model, or an OpenAI-compatible server")
+    p.add_argument("--worker-backend", choices=["local", "openai", "service"], default="local",
+                   help="the local model; an OpenAI-compatible server (text/plain worker); or a briefed-worker "
+                        "service started with `rlm serve-worker` (briefed worker)")
     p.add_argument("--worker-base-url", default=None,
-                   help="--worker-backend openai: the server's API root (default: --base-url, else OPENAI_BASE_URL)")
+                   help="--worker-backend openai: the server's API root (default: --base-url, else OPENAI_BASE_URL); "
+                        "--worker-backend service: the URL `rlm serve-worker` printed (e.g. "
+                        "http://127.0.0.1:8000/briefed)")
     p.add_argument("--worker-model", default=None,
                    help="--worker-backend openai: model name (default: --llm-model, else OPENAI_MODEL)")
     p.add_argument("--worker-api-key", default=None,
@@ -152,6 +171,9 @@ def _add_worker_args(p: argparse.ArgumentParser) -> None:
 
 
 def _check_worker_args(parser: _Parser, args: argparse.Namespace) -> None:
+    if getattr(args, "worker_backend", "local") == "service":
+        _check_service_args(parser, args)
+        return
     remote = getattr(args, "worker_backend", "local") == "openai"
     if getattr(args, "worker", None) is None:
         args.worker = "text" if remote else "briefed"
@@ -184,6 +206,31 @@ def _check_worker_args(parser: _Parser, args: argparse.Namespace) -> None:
                 check_url(url.rstrip("/"), "")
             except ValueError as e:
                 parser.error(f"{where}:{e}")
+
+
+def _check_service_args(parser: _Parser, args: argparse.Namespace) -> None:
+    """--worker-backend service: the briefed worker of an `rlm serve-worker` service, whose options are its own."""
+    args.worker = args.worker or "briefed"
+    if args.worker != "briefed":
+        parser.error(f"--worker-backend service serves the briefed worker, not --worker {args.worker}")
+    if selector_from_args(args) is not None:
+        parser.error("--tau / --keep-* are the service's options: give them to `rlm serve-worker`")
+    for option in ("worker_model", "worker_api_key"):
+        if getattr(args, option, None) is not None:
+            parser.error(f"--{option.replace('_', '-')} is for --worker-backend openai")
+    local_policy = getattr(args, "policy", None) == "llm" and getattr(args, "backend", None) == "local"
+    if args.model is not None and not local_policy:
+        parser.error("--model names a local model, and nothing runs on one here: the worker's model is the "
+                     "service's (rlm serve-worker --model)")
+    if not args.worker_base_url:
+        parser.error("--worker-backend service needs --worker-base-url: the URL `rlm serve-worker` printed (e.g. "
+                     "http://127.0.0.1:8000/briefed)")
+    from agents.backends.openai_compat import check_url
+
+    try:
+        check_url(args.worker_base_url.rstrip("/"), "")
+    except ValueError as e:
+        parser.error(f"argument --worker-base-url:{e}")
 
 
 def read_context(path: str, encoding: str = "utf-8") -> str:
@@ -235,6 +282,11 @@ def _server_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def _make_worker(args: argparse.Namespace) -> tuple[Worker, briefing.LoadedModel | None]:
     """The worker the options ask for, and the local model it loaded (None for a worker on a server)."""
+    if getattr(args, "worker_backend", "local") == "service":
+        from agents import RemoteBriefedWorker
+
+        return RemoteBriefedWorker(url=args.worker_base_url, timeout_s=args.request_timeout,
+                                   retries=args.retries), None
     if getattr(args, "worker_backend", "local") == "openai":
         from agents import OpenAIChatBackend, PlainWorker, TextWorker
 
@@ -320,7 +372,40 @@ def build_parser() -> _Parser:
                    help="print the root run's trajectory text as the worker reads it")
     doc = sub.add_parser("doctor", help="which sandbox isolation layers are active on this machine, and why any is not")
     doc.add_argument("--json", action="store_true", help="the report as JSON")
-    parser.commands = {"run": p, "demo": d, "repl": r, "bench": b, "view": v, "doctor": doc}
+    sw = sub.add_parser("serve-worker", help="a briefed-worker service on Ray Serve (needs the [serve] extra)",
+                        description="Serve the briefed worker: replicas that hold the trajectories' KV caches, for "
+                                    "orchestrators on other machines (rlm run --worker-backend service, or "
+                                    "agents.RemoteBriefedWorker). Runs until Ctrl-C. See docs/service.md.")
+    _add_model_args(sw)
+    _add_selector_args(sw)
+    sw.add_argument("--max-new-tokens", type=_at_least(1), default=64, help="worker answer length")
+    sw.add_argument("--reserve", type=_at_least(1), default=512,
+                    help="positions each cache leaves for the call prompt and generation (default 512)")
+    sw.add_argument("--cache-budget", type=_at_least(1), default=None,
+                    help="positions each trajectory's cache keeps before it folds (default: the model's window "
+                         "minus --reserve)")
+    sw.add_argument("--replicas", type=_at_least(1), default=1, help="replicas, each with its own model (default 1)")
+    sw.add_argument("--address", default=None,
+                    help="join this Ray cluster (auto, or HOST:PORT of its head) instead of starting Ray here")
+    sw.add_argument("--cache-bytes", type=_size, default="2G",
+                    help="KV bytes each replica's caches may hold together, e.g. 512M, 2G (default 2G)")
+    sw.add_argument("--max-trajectories", type=_at_least(1), default=256, help="caches a replica holds at most")
+    sw.add_argument("--max-request-bytes", type=_size, default="16M",
+                    help="the largest request a replica reads; larger ones get a 413 (default 16M)")
+    sw.add_argument("--host", default="127.0.0.1",
+                    help="where the HTTP proxy listens (0.0.0.0 for other machines; default 127.0.0.1)")
+    sw.add_argument("--port", type=_at_least(1), default=8000, help="the HTTP proxy's port (default 8000)")
+    sw.add_argument("--no-http", action="store_true",
+                    help="no HTTP proxy: deployment handles only (drivers inside the Ray cluster)")
+    sw.add_argument("--proxy-timeout", type=_positive, default=120.0,
+                    help="seconds to wait for the HTTP proxy to answer (default 120)")
+    sw.add_argument("--app", default="briefed-worker", help="the Serve application's name (default briefed-worker)")
+    sw.add_argument("--cpus-per-replica", type=_positive, default=1.0, help="Ray CPUs per replica (default 1)")
+    sw.add_argument("--gpus-per-replica", type=_number, default=None,
+                    help="Ray GPUs per replica (default: 1 with --device cuda..., else 0)")
+    sw.add_argument("--threads", type=_at_least(1), default=None,
+                    help="torch CPU threads per replica (default: --cpus-per-replica, at least 1)")
+    parser.commands = {"run": p, "demo": d, "repl": r, "bench": b, "view": v, "doctor": doc, "serve-worker": sw}
     return parser
 
 
@@ -436,6 +521,67 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 0
 
 
+def service_config_from_args(args: argparse.Namespace) -> Any:
+    """The `agents.service.ServiceConfig` of `rlm serve-worker`'s options."""
+    from agents.service import ServiceConfig
+
+    worker: dict[str, Any] = {"max_new_tokens": args.max_new_tokens, "reserve": args.reserve,
+                              "cache_budget": args.cache_budget}
+    selector = selector_from_args(args)
+    if selector is not None:
+        worker["selector"] = selector
+    threads = args.threads or max(1, int(args.cpus_per_replica))
+    return ServiceConfig(model=args.model, device=args.device, dtype=args.dtype, cache_bytes=args.cache_bytes,
+                         max_trajectories=args.max_trajectories, max_request_bytes=args.max_request_bytes,
+                         threads=threads, worker=worker)
+
+
+def cmd_serve_worker(args: argparse.Namespace) -> int:
+    """Start the service, say where it listens and how to connect, and serve until Ctrl-C (then stop it)."""
+    import time
+
+    try:
+        from agents.service import app as service
+    except ImportError as e:
+        print(f"rlm serve-worker: {e}", file=sys.stderr)
+        return 2
+    try:
+        config = service_config_from_args(args)
+    except ValueError as e:
+        print(f"rlm serve-worker: {e}", file=sys.stderr)
+        return 2
+    if args.model is not None and not args.address:   # the replicas would fail to start: say it now, in one line
+        from briefing.model import KNOWN
+
+        folder = Path(args.model).expanduser()
+        if args.model not in KNOWN and not (folder / "config.json").is_file():
+            print(f"rlm serve-worker: argument --model: {args.model!r} is not a known model ({', '.join(KNOWN)}) "
+                  "and not a Hugging Face model folder (with config.json)", file=sys.stderr)
+            return 2
+    gpus = args.gpus_per_replica
+    if gpus is None:
+        gpus = 1.0 if str(args.device).startswith("cuda") else 0.0
+    started = service.start(config, replicas=args.replicas, address=args.address, app=args.app,
+                            http=not args.no_http, host=args.host, port=args.port,
+                            cpus_per_replica=args.cpus_per_replica, gpus_per_replica=gpus,
+                            proxy_timeout_s=args.proxy_timeout, log=lambda line: print(f"  {line}", flush=True))
+    try:
+        about = service.serve.get_app_handle(started.app).describe.remote().result(timeout_s=60)
+        print(f"rlm serve-worker: {about.get('model')} on {started.replicas} replica(s) ({about.get('device')}, "
+              f"{about.get('dtype')}), {config.cache_bytes:,} cache bytes per replica; started in "
+              f"{started.total_s:.1f}s")
+        if started.url:
+            print(f"  HTTP: {started.url}  (from any machine that reaches it: agents.RemoteBriefedWorker(url="
+                  f"'{started.url}'), or rlm run --worker-backend service --worker-base-url {started.url})")
+        print(f"  handles: Serve application {started.app!r} on the Ray cluster at {started.ray_address} (a "
+              f"driver there: agents.RemoteBriefedWorker(app='{started.app}', address='{started.ray_address}'))")
+        print("  Ctrl-C stops it", flush=True)
+        while True:
+            time.sleep(3600)
+    finally:
+        service.stop(started)
+
+
 BENCH_MISSING = ("rlm bench: the benchmarks are not installed: install the project with its bench extra "
                  "(`pip install -e '.[bench]'`, what `make setup` does)")
 
@@ -472,7 +618,8 @@ def main(argv: list[str] | None = None) -> int:
         if bench_main is None:
             return 2
         return bench_main(args.bench_args + unknown)
-    handlers = {"run": cmd_run, "demo": cmd_demo, "repl": cmd_repl, "view": cmd_view, "doctor": cmd_doctor}
+    handlers = {"run": cmd_run, "demo": cmd_demo, "repl": cmd_repl, "view": cmd_view, "doctor": cmd_doctor,
+                "serve-worker": cmd_serve_worker}
     if args.command not in handlers:
         parser.print_help()
         return 2

@@ -8,13 +8,15 @@ from agents.workers.briefed import BriefedWorker
 from agents.workers.local import Briefing
 from agents.workers.plain import PlainWorker
 from agents.workers.prompt import ChatSplit, WorkerPrompt, split_chat_template
+from agents.workers.remote import RemoteBriefedWorker, RemoteWorkerError, ServiceUnavailable
 from agents.workers.text import TextWorker
 
 if TYPE_CHECKING:
     import briefing
 
 __all__ = ["Briefing", "BriefingStats", "CallContext", "Worker", "WorkerAnswer", "BriefedWorker", "PlainWorker",
-           "TextWorker", "ChatSplit", "WorkerPrompt", "split_chat_template", "make_worker"]
+           "RemoteBriefedWorker", "RemoteWorkerError", "ServiceUnavailable", "TextWorker", "ChatSplit", "WorkerPrompt",
+           "split_chat_template", "make_worker"]
 
 
 def make_worker(kind: str, lm: briefing.LoadedModel | None = None, **kwargs: Any) -> Worker:
