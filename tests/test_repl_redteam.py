@@ -710,12 +710,16 @@ def _stream(sb, good: bool, item: str, total: int = 254 * 2**20, pause: float = 
 def test_i26_a_254_mb_frame_is_read_and_decoded_under_the_deadline(item):
     """Issue 26, 3: a compromised child streamed a 254 MB frame and the host read and decoded all of
     it (12.2 s with a 2 s timeout; 5.9 s for big ints on this branch before the fix). Reading,
-    counting and json.loads now stop at the cell's deadline; the namespace survives."""
+    counting and json.loads now stop at the cell's deadline; the namespace survives. The read
+    stopped only when the socket was momentarily empty, so a sender that never paused was read to
+    the frame's end: 4.1-4.9 s in about 1 run of 3 (root and 'nobody' alike)."""
     with _escaped_box(timeout_s=2.0, memory_mb=512) as sb:
         assert sb.run("keep = 26").ok
         res, took = _stream(sb, True, item)
         print(f"254 MB frame of {item}: run() returned after {took:.2f} s (timeout 2 s), decode {res.decode_s:.2f} s")
-        assert took < 2.0 + 2.0, (took, res)
+        # the issue's target itself (timeout + 1 s), not this file's noisy-machine + 2 s: the host reads
+        # the clock before every chunk, so it stops at the deadline however fast the frame comes
+        assert took < 2.0 + 1.0, (took, res)
         assert res.restored and res.error_type in ("TimeoutError", "SandboxError"), res
         assert sb.run("keep").value == "26"
 
