@@ -133,12 +133,17 @@ def _charge_units(budget: list[int] | None, units: int) -> None:
 #   caller's deadline as they go, so decoding stops at the deadline (DecodeTimeout), whatever
 #   the frame holds; an int's cost grows with the square of its digits and is charged so.
 MAX_NODES = 1_000_000
-# A rate json.loads sustains on strings and lists on a slow, loaded machine (900 MB/s idle on the
-# 2-core machine this was measured on, about 250 MB/s with three other processes running).
-PARSE_BYTES_PER_S = 200e6
+# A rate json.loads sustains on strings and lists on a slow, loaded machine, memory included. On
+# the 2-core VM this was measured on it parses 300-900 MB/s, but every byte of a string-heavy frame
+# lands in memory the host has not touched yet twice (the decoded text, then the strings), and
+# there a first touch can cost 10-30 us a page (the VM's free pages are handed back to the
+# hypervisor): a 238-250 MB frame of strings then took 2.3-4.5 s to decode in a fresh process
+# (53-110 MB/s), where 200 MB/s, the rate assumed before, had charged it 1.3 s.
+PARSE_BYTES_PER_S = 50e6
 # What each backslash escape costs json.loads on top of its bytes: a string of two-byte escapes
-# (\" or \n in the JSON text, the costliest content without a hook) decodes at 126-185 MB/s on that machine
-# under load, below PARSE_BYTES_PER_S; 15 ns an escape puts its estimate at about 80 MB/s.
+# (\" or \n in the JSON text, the costliest content without a hook) parses at 126-185 MB/s on
+# that machine under load against 300-550 MB/s for plain text; 15 ns an escape puts its estimate
+# at about 35 MB/s.
 ESCAPE_S = 15e-9
 # Units are charged 0.3 us each (what a container or an item costs json.loads at most).
 UNIT_S = 3e-7

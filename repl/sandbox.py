@@ -59,8 +59,8 @@ size cap::
       :func:`repl._wire.frame_prefix`). A frame of another op or nonce is refused at once,
       however long it says it is. The body is read under the deadline: the clock is read
       before every chunk (a sender that never pauses is not read past it), and a frame that
-      could not be decoded in the time left (:func:`repl._wire.check_time`) is refused from its
-      header, before its body is read.
+      could not be decoded in the time left (:func:`repl._wire.check_time`, at the rate of a
+      loaded VM with cold memory) is refused as soon as that is so, from its header on.
   H3. Decoding is bounded in units, nesting, int size and time (:mod:`repl._wire`): the frame is
       counted before ``json.loads`` builds anything (at most ``MAX_NODES`` = 1,000,000 units,
       brackets and commas outside strings, which the sender counts alike, so an honest value is
@@ -184,8 +184,8 @@ _CRED_SPACE = socket.CMSG_SPACE(_UCRED.size)
 # Frames that carry user data (a primitive call, a get() answer, the names listing) may be up
 # to max_message_mb; every other frame is a small control frame (see _Conn.control_bytes).
 _DATA_OPS = frozenset({"call", "got", "names"})
-# A frame over this size is checked against the time left before its body is read, and once
-# read, decoded in place rather than copied out of the buffer (smaller ones take microseconds).
+# A frame over this size is checked against the time left before each chunk of its body is
+# read, and once read, decoded in place rather than copied (smaller ones take microseconds).
 _BIG_FRAME = 1 << 16
 
 
@@ -282,11 +282,11 @@ class _Conn:
                 (n,) = _HEADER.unpack_from(self.buf)
                 if not checked:
                     checked = self._check_head(n, ops, nonce)
-                    if checked and n > _BIG_FRAME and n > len(self.buf) - 4:  # could it be decoded in time?
-                        try:
-                            _wire.check_time(n, deadline)
-                        except _wire.DecodeTimeout as e:
-                            raise _Late(f"{e}, before reading it") from None
+                if checked and n > _BIG_FRAME and len(self.buf) < 4 + n:
+                    try:  # before each chunk: could the frame still be decoded in the time left?
+                        _wire.check_time(n, deadline)
+                    except _wire.DecodeTimeout as e:
+                        raise _Late(f"{e}, before reading all of it") from None
                 if checked and len(self.buf) >= 4 + n:
                     if n <= _BIG_FRAME:
                         body: bytes | bytearray = bytes(memoryview(self.buf)[4 : 4 + n])
