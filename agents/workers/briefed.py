@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from agents.recall import Recall, Recalled, TextRecall, recall_query
 from agents.workers.base import BriefingStats, Worker, WorkerAnswer, check_generation
@@ -62,6 +62,7 @@ class BriefedWorker(LocalModelMixin, Worker):
     device: str = "auto"
     dtype: str = "auto"
     name: str = "briefed"
+    thread_safe: ClassVar[bool] = False   # one persistent KV cache: worker_batch calls it one query at a time
     _caches: list[briefing.TrajectoryCache] = field(default_factory=list, init=False, repr=False)
 
     def __post_init__(self) -> None:
