@@ -25,8 +25,9 @@ ATTENTION_NAME = "briefing"
 class BiasState:
     """What the attention function does during one forward pass.
 
-    beta: per layer, a tensor [kv_heads, t] added to the logits of the first t keys (None: no bias).
-    capture: if True, post-RoPE queries are stored per layer in `queries` ([1, heads, q_len, head_dim]; only the
+    beta: per layer, a tensor [kv_heads, t] (or [batch, kv_heads, t], a row's own) added to the logits of the first t
+    keys (None: no bias).
+    capture: if True, post-RoPE queries are stored per layer in `queries` ([batch, heads, q_len, head_dim]; only the
     tokens in `capture_rows` if given).
     """
 
@@ -50,7 +51,7 @@ def active(state: BiasState) -> Iterator[BiasState]:
 
 
 def briefing_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    """query [1, H, q, d]; key, value [1, KVH, k, d] (cache + new tokens). Returns ([1, q, H, d], None).
+    """query [B, H, q, d]; key, value [B, KVH, k, d] (cache + new tokens). Returns ([B, q, H, d], None).
 
     The bias is carried by one extra head dimension, so transformers' own mask and SDPA kernel serve the
     biased forward too (no [heads, q, k] mask is built, which matters for long prefill chunks over a folded
@@ -70,14 +71,14 @@ def briefing_attention(module, query, key, value, attention_mask, scaling=None, 
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
                                       **kwargs)
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-    kv_heads, k_len, t = key.shape[1], key.shape[2], beta.shape[-1]
-    extra = torch.zeros(1, kv_heads, k_len, 1, dtype=key.dtype, device=key.device)      # [1, KVH, k, 1]
-    extra[0, :, :t, 0] = beta.to(key.dtype) / scale
-    query = torch.cat([query, torch.ones_like(query[..., :1])], dim=-1)                  # [1, H, q, d + 1]
-    key = torch.cat([key, extra], dim=-1)                                                # [1, KVH, k, d + 1]
-    value = torch.cat([value, torch.zeros_like(value[..., :1])], dim=-1)                 # [1, KVH, k, d + 1]
+    batch, kv_heads, k_len, t = key.shape[0], key.shape[1], key.shape[2], beta.shape[-1]
+    extra = torch.zeros(batch, kv_heads, k_len, 1, dtype=key.dtype, device=key.device)  # [B, KVH, k, 1]
+    extra[:, :, :t, 0] = beta.to(key.dtype) / scale                                      # beta [(B,) KVH, t]
+    query = torch.cat([query, torch.ones_like(query[..., :1])], dim=-1)                  # [B, H, q, d + 1]
+    key = torch.cat([key, extra], dim=-1)                                                # [B, KVH, k, d + 1]
+    value = torch.cat([value, torch.zeros_like(value[..., :1])], dim=-1)                 # [B, KVH, k, d + 1]
     out, _ = sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scale, dropout=dropout, **kwargs)
-    return out[..., :-1].contiguous(), None                                              # [1, q, H, d]
+    return out[..., :-1].contiguous(), None                                              # [B, q, H, d]
 
 
 _registered = False

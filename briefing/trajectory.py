@@ -26,7 +26,7 @@ import torch
 
 from briefing import kv
 from briefing.attention import BiasState
-from briefing.compaction import compact
+from briefing.compaction import compact, compact_many
 from briefing.context import run_model
 from briefing.errors import BriefingError
 from briefing.fold import FoldPolicy, fold, folded_tokens
@@ -347,3 +347,9 @@ class TrajectoryCache:
         """A per-call CompactedCache of this trajectory, guided by `prompt` (or its last `query_tokens` tokens; see
         briefing.compaction). The cache is left as it was."""
         return compact(self, prompt, selector, query_tokens=query_tokens)
+
+    def compact_many(self, prompts: list[str], selector: Selector | None = None, *,
+                     query_tokens: list[int | None] | None = None) -> list[CompactedCache]:
+        """`compact` for a batch of prompts, sharing one forward over the cache and one batched fit (see
+        briefing.compaction.compact_many). The cache is left as it was."""
+        return compact_many(self, prompts, selector, query_tokens=query_tokens)
