@@ -12,11 +12,12 @@ import importlib
 from typing import TYPE_CHECKING
 
 _EXPORTS = {
-    "briefing.compaction": ["compact"],
+    "briefing.compaction": ["compact", "compact_many"],
     "briefing.context": ["CompactedCache", "plain_context"],
     "briefing.errors": ["BriefingError", "ModelLoadError"],
     "briefing.fold": ["FoldPolicy", "default_fold_selector"],
-    "briefing.generation": ["GenerationConfig", "GenerationResult", "generate", "loglikelihood", "token_logprobs"],
+    "briefing.generation": ["GenerationConfig", "GenerationResult", "generate", "generate_batch", "loglikelihood",
+                            "token_logprobs"],
     "briefing.guidance": ["Guidance", "GuidanceMemory", "MixGuidance", "SpanGuidance", "TaskGuidance"],
     "briefing.model": ["LoadedModel", "load_model"],
     "briefing.selection": ["AttentionMatching", "CoverageMatching", "Fit", "KeepAll", "KeepNone", "RandomKeep",
@@ -29,17 +30,18 @@ __all__ = [
     "AttentionMatching", "BriefingError", "CompactedCache", "CompactionStats", "CoverageMatching", "Fit", "FoldPolicy",
     "FoldStats", "GenerationConfig", "GenerationResult", "Guidance", "GuidanceMemory", "KeepAll", "KeepNone",
     "LoadedModel", "MixGuidance", "ModelLoadError", "RandomKeep", "RecentWindow", "ScoredSelector", "Scores",
-    "Selector", "SizedSelector", "SpanGuidance", "TaskGuidance", "TopK", "TrajectoryCache", "compact",
-    "default_fold_selector", "generate", "load_model", "loglikelihood", "plain_context", "token_logprobs",
+    "Selector", "SizedSelector", "SpanGuidance", "TaskGuidance", "TopK", "TrajectoryCache", "compact", "compact_many",
+    "default_fold_selector", "generate", "generate_batch", "load_model", "loglikelihood", "plain_context", "token_logprobs",
 ]
 assert sorted(__all__) == sorted(_WHERE), "briefing.__all__ and its lazy table disagree"
 
 if TYPE_CHECKING:  # pragma: no cover
-    from briefing.compaction import compact
+    from briefing.compaction import compact, compact_many
     from briefing.context import CompactedCache, plain_context
     from briefing.errors import BriefingError, ModelLoadError
     from briefing.fold import FoldPolicy, default_fold_selector
-    from briefing.generation import GenerationConfig, GenerationResult, generate, loglikelihood, token_logprobs
+    from briefing.generation import (GenerationConfig, GenerationResult, generate, generate_batch, loglikelihood,
+                                     token_logprobs)
     from briefing.guidance import Guidance, GuidanceMemory, MixGuidance, SpanGuidance, TaskGuidance
     from briefing.model import LoadedModel, load_model
     from briefing.selection import (AttentionMatching, CoverageMatching, Fit, KeepAll, KeepNone, RandomKeep,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 from dataclasses import dataclass, field
+from typing import Any
 from collections.abc import Iterator
 
 import torch
@@ -25,8 +26,9 @@ ATTENTION_NAME = "briefing"
 class BiasState:
     """What the attention function does during one forward pass.
 
-    beta: per layer, a tensor [kv_heads, t] added to the logits of the first t keys (None: no bias).
-    capture: if True, post-RoPE queries are stored per layer in `queries` ([1, heads, q_len, head_dim]; only the
+    beta: per layer, a tensor [kv_heads, t] (or [batch, kv_heads, t], a row's own) added to the logits of the first t
+    keys (None: no bias).
+    capture: if True, post-RoPE queries are stored per layer in `queries` ([batch, heads, q_len, head_dim]; only the
     tokens in `capture_rows` if given).
     """
 
@@ -34,6 +36,7 @@ class BiasState:
     capture: bool = False
     capture_rows: torch.Tensor | None = None  # query tokens to capture (indices into the forward's tokens)
     queries: dict[int, torch.Tensor] = field(default_factory=dict)
+    reconstruct: Any = None  # a briefing.importance.Reconstruction: score keys by the forward's queries
 
 
 _ACTIVE: contextvars.ContextVar[BiasState | None] = contextvars.ContextVar("briefing_bias", default=None)
@@ -50,7 +53,7 @@ def active(state: BiasState) -> Iterator[BiasState]:
 
 
 def briefing_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    """query [1, H, q, d]; key, value [1, KVH, k, d] (cache + new tokens). Returns ([1, q, H, d], None).
+    """query [B, H, q, d]; key, value [B, KVH, k, d] (cache + new tokens). Returns ([B, q, H, d], None).
 
     The bias is carried by one extra head dimension, so transformers' own mask and SDPA kernel serve the
     biased forward too (no [heads, q, k] mask is built, which matters for long prefill chunks over a folded
@@ -66,18 +69,23 @@ def briefing_attention(module, query, key, value, attention_mask, scaling=None, 
         rows = state.capture_rows
         state.queries[layer] = (query if rows is None else query[:, :, rows]).detach()
     beta = state.beta[layer] if state.beta is not None and layer < len(state.beta) else None
+    rec = state.reconstruct
+    if rec is not None and layer in rec.layers:
+        from briefing.importance import score_layer
+
+        score_layer(rec, layer, query, key, scaling if scaling is not None else query.shape[-1] ** -0.5, beta)
     if beta is None or not beta.numel():
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
                                       **kwargs)
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-    kv_heads, k_len, t = key.shape[1], key.shape[2], beta.shape[-1]
-    extra = torch.zeros(1, kv_heads, k_len, 1, dtype=key.dtype, device=key.device)      # [1, KVH, k, 1]
-    extra[0, :, :t, 0] = beta.to(key.dtype) / scale
-    query = torch.cat([query, torch.ones_like(query[..., :1])], dim=-1)                  # [1, H, q, d + 1]
-    key = torch.cat([key, extra], dim=-1)                                                # [1, KVH, k, d + 1]
-    value = torch.cat([value, torch.zeros_like(value[..., :1])], dim=-1)                 # [1, KVH, k, d + 1]
+    batch, kv_heads, k_len, t = key.shape[0], key.shape[1], key.shape[2], beta.shape[-1]
+    extra = torch.zeros(batch, kv_heads, k_len, 1, dtype=key.dtype, device=key.device)  # [B, KVH, k, 1]
+    extra[:, :, :t, 0] = beta.to(key.dtype) / scale                                      # beta [(B,) KVH, t]
+    query = torch.cat([query, torch.ones_like(query[..., :1])], dim=-1)                  # [B, H, q, d + 1]
+    key = torch.cat([key, extra], dim=-1)                                                # [B, KVH, k, d + 1]
+    value = torch.cat([value, torch.zeros_like(value[..., :1])], dim=-1)                 # [B, KVH, k, d + 1]
     out, _ = sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scale, dropout=dropout, **kwargs)
-    return out[..., :-1].contiguous(), None                                              # [1, q, H, d]
+    return out[..., :-1].contiguous(), None                                              # [B, q, H, d]
 
 
 _registered = False

@@ -18,15 +18,26 @@ from briefing.stats import CompactionStats
 def run_model(lm: LoadedModel, cache: DynamicCache, ids: list[int], position: int, state: BiasState | None = None,
               last_only: bool = False) -> torch.Tensor:
     """Forward `ids` at RoPE positions `position`.. over `cache` (appending to it), with the briefing attention in
-    `state` (bias on the first keys, query capture; None: plain). Every forward of the layer goes through here, so
-    the inputs are made on the model's device once. Returns logits [len(ids), vocab] ([1, vocab] with last_only)."""
+    `state` (bias on the first keys, query capture; None: plain). Returns logits [len(ids), vocab] ([1, vocab] with
+    last_only). One sequence of `run_rows`."""
     dev = lm.device
     input_ids = torch.tensor([ids], device=dev)                                   # [1, n]
     position_ids = torch.arange(position, position + len(ids), device=dev)[None]  # [1, n]
+    return run_rows(lm, cache, input_ids, position_ids, state, keep=1 if last_only else 0)[0]
+
+
+@torch.no_grad()
+def run_rows(lm: LoadedModel, cache: DynamicCache, input_ids: torch.Tensor, position_ids: torch.Tensor,
+             state: BiasState | None = None, *, keep: int | torch.Tensor = 0,
+             mask: torch.Tensor | dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    """The one model call of the briefing layer: rows input_ids [B, n] at RoPE positions position_ids [B, n] over
+    `cache` (batch B, appended to). keep: logits of the last `keep` tokens (0: all) or of the token indices in a 1D
+    tensor. mask: None (the model's own causal masks) or a prepared boolean mask [B, 1, n, keys] (True: attend), per
+    attention kind for a hybrid model. Returns logits [B, kept, vocab] in float32."""
     with active(state if state is not None else BiasState()):
-        out = lm.model(input_ids=input_ids, position_ids=position_ids, use_cache=True,
-                       logits_to_keep=1 if last_only else 0, **{lm.cache_kwarg: cache})
-    return out.logits[0].float()
+        out = lm.model(input_ids=input_ids, position_ids=position_ids, use_cache=True, logits_to_keep=keep,
+                       attention_mask=mask, **{lm.cache_kwarg: cache})
+    return out.logits.float()
 
 
 def forward_with_bias(lm: LoadedModel, cache: DynamicCache, ids: list[int], position: int,

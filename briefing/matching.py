@@ -29,6 +29,7 @@ import torch
 
 LAYER_CHUNK = 3  # layers per batched block: bounds the [L, H, m, T] logits in memory
 SOLVE_DTYPE = torch.float32
+SOLVE_ELEMENTS = 1 << 25  # elements of the largest tensor of one batched solve (128 MB of float32)
 
 
 def stack_layers(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -106,10 +107,15 @@ def nnls_box(A: torch.Tensor, z: torch.Tensor, lo: float, hi: float, iters: int)
     return w
 
 
-def solve_values(X: torch.Tensor, Y: torch.Tensor, V_kept: torch.Tensor, ridge: float) -> torch.Tensor:
-    """C2 = V_kept + X^T (X X^T + lam I)^-1 (Y - X V_kept); X [..., m, t], Y [..., m, d] -> [..., t, d]."""
+def solve_values(X: torch.Tensor, Y: torch.Tensor, V_kept: torch.Tensor, ridge: float,
+                 rows: torch.Tensor | None = None) -> torch.Tensor:
+    """C2 = V_kept + X^T (X X^T + lam I)^-1 (Y - X V_kept); X [..., m, t], Y [..., m, d] -> [..., t, d].
+    lam = ridge x the mean diagonal of X X^T over the `rows` [...] real query rows (None: all m; rows past them are
+    zero padding of a batched solve and change nothing else)."""
     gram = X @ X.transpose(-1, -2)                                                # [..., m, m]
-    lam = ridge * gram.diagonal(dim1=-2, dim2=-1).mean(-1).clamp_min(1e-12)       # [...]
+    diag = gram.diagonal(dim1=-2, dim2=-1)                                        # [..., m]
+    mean = diag.mean(-1) if rows is None else diag.sum(-1) / rows.to(diag.dtype)  # [...]
+    lam = ridge * mean.clamp_min(1e-12)                                           # [...]
     eye = torch.eye(gram.shape[-1], dtype=X.dtype, device=X.device)               # [m, m]
     gram = gram + lam[..., None, None] * eye
     residual = Y - X @ V_kept                                                     # [..., m, d]
@@ -136,18 +142,31 @@ class FitResult:
     time_values_s: float
 
 
-def fit(Q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, idx: torch.Tensor, scale: float, *, ridge: float,
-        beta_max: float, nnls_iters: int, blocks: list[torch.Tensor] | None = None,
-        bias: torch.Tensor | None = None) -> FitResult:
-    """Fit beta and values C2 for the kept positions idx [L, H, t] of K, V [L, H, T, d] under queries Q [L, H, m, d].
+@dataclass
+class FitProblem:
+    """What the fit of one block solves, per (layer, KV head): A [L, H, m, t] the kept columns of E (rows scaled to
+    a max of 1), z [L, H, m] the mass of the whole block, Y [L, H, m, d] its output, V_kept [L, H, t, d] the kept
+    values (float32), and the cache's value dtype. Several problems (a batch of calls) are solved as one."""
+
+    A: torch.Tensor
+    z: torch.Tensor
+    Y: torch.Tensor
+    V_kept: torch.Tensor
+    dtype: torch.dtype
+    time_s: float = 0.0
+
+    def elements(self) -> int:
+        return self.A.numel() + self.Y.numel() + self.V_kept.numel()
+
+
+def fit_problem(Q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, idx: torch.Tensor, scale: float, *,
+                blocks: list[torch.Tensor] | None = None, bias: torch.Tensor | None = None) -> FitProblem:
+    """The fit targets for the kept positions idx [L, H, t] of K, V [L, H, T, d] under queries Q [L, H, m, d].
     `blocks`: E per layer chunk from `attention_scores`, reused (its rows are rescaled to a max of 1 over the block,
-    exactly the recomputed E); None: recomputed. bias [L, H, T]: stored beta already in every logit; the returned
-    beta is on top of it (compose: add bias[idx])."""
-    betas, values, errs, errs_topk = [], [], [], []
-    lo, hi = math.exp(-beta_max), math.exp(beta_max)
-    t_beta = t_values = 0.0
+    exactly the recomputed E); None: recomputed. bias [L, H, T]: stored beta already in every logit."""
+    t0 = time.perf_counter()
+    As, zs, Ys, Vs = [], [], [], []
     for i, c in enumerate(range(0, Q.shape[0], LAYER_CHUNK)):
-        t0 = time.perf_counter()
         q, k, v = (x[c:c + LAYER_CHUNK].to(SOLVE_DTYPE) for x in (Q, K, V))      # [c, H, *, d]
         ix = idx[c:c + LAYER_CHUNK]                                              # [c, H, t]
         if blocks is not None:  # E from scoring: rows rescaled to a max of 1 where it matters (A, z)
@@ -160,33 +179,88 @@ def fit(Q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, idx: torch.Tensor, sc
             E = torch.exp(logits - logits.amax(-1, keepdim=True))
             row_scale = torch.ones(E.shape[:-1], dtype=E.dtype, device=E.device)
         mass = E.sum(-1)                                                         # [c, H, m]
-        Y = (E @ v) / mass.unsqueeze(-1)                                         # [c, H, m, d]
-        z = mass * row_scale                                                     # [c, H, m]
-        A = E.gather(-1, ix.unsqueeze(-2).expand(-1, -1, E.shape[-2], -1)) * row_scale.unsqueeze(-1)  # [c, H, m, t]
-        w = nnls_box(A, z, lo, hi, nnls_iters)                                   # [c, H, t]
-        Aw = A * w.unsqueeze(-2)                                                 # [c, H, m, t]
+        Ys.append((E @ v) / mass.unsqueeze(-1))                                  # [c, H, m, d]
+        zs.append(mass * row_scale)                                              # [c, H, m]
+        As.append(E.gather(-1, ix.unsqueeze(-2).expand(-1, -1, E.shape[-2], -1)) * row_scale.unsqueeze(-1))
+        Vs.append(gather_positions(v, ix))                                       # [c, H, t, d]
+    return FitProblem(A=torch.cat(As), z=torch.cat(zs), Y=torch.cat(Ys), V_kept=torch.cat(Vs), dtype=V.dtype,
+                      time_s=time.perf_counter() - t0)
+
+
+def _pad(x: torch.Tensor, sizes: tuple[int, ...]) -> torch.Tensor:
+    """Zero-pad the last len(sizes) dims of x up to `sizes`."""
+    pad: list[int] = []
+    for have, want in zip(reversed(x.shape[-len(sizes):]), reversed(sizes)):
+        pad += [0, want - have]
+    return torch.nn.functional.pad(x, pad) if any(pad) else x
+
+
+def solve_fits(problems: list[FitProblem], *, ridge: float, beta_max: float, nnls_iters: int) -> list[FitResult]:
+    """Solve several fits as one: layer chunks of every problem are zero-padded to the largest m (query rows) and t
+    (kept positions) and stacked on the leading dim, so one NNLS and one batched solve serve many (groups bounded by
+    SOLVE_ELEMENTS). A zero row adds nothing to ||A w - z|| nor to the value solve (its ridge counts only the real
+    rows); a zero column leaves its w at 1 and its value at V_kept, and is cut off. A (layer, KV head) pair whose fit
+    is not finite falls back to the selection alone (beta = 0, original values). Solve time is shared by size."""
+    lo, hi = math.exp(-beta_max), math.exp(beta_max)
+    units = [(i, c) for i, p in enumerate(problems) for c in range(0, p.A.shape[0], LAYER_CHUNK)]
+    pieces: list[list[tuple[torch.Tensor, ...]]] = [[] for _ in problems]
+    times = [[p.time_s, 0.0] for p in problems]
+    while units:
+        group = [units.pop(0)]
+        m, t = (problems[group[0][0]].A.shape[-2:])
+        while units:
+            i, _ = units[0]
+            m2, t2 = max(m, problems[i].A.shape[-2]), max(t, problems[i].A.shape[-1])
+            if (len(group) + 1) * LAYER_CHUNK * problems[i].A.shape[1] * m2 * max(m2, t2) > SOLVE_ELEMENTS:
+                break
+            group.append(units.pop(0))
+            m, t = m2, t2
+        sl = [(problems[i], slice(c, c + LAYER_CHUNK)) for i, c in group]
+        d = problems[0].Y.shape[-1]
+        t0 = time.perf_counter()
+        A = torch.cat([_pad(p.A[s], (m, t)) for p, s in sl])                     # [G, H, m, t]
+        z = torch.cat([_pad(p.z[s], (m,)) for p, s in sl])                       # [G, H, m]
+        w = nnls_box(A, z, lo, hi, nnls_iters)                                   # [G, H, t]
+        Aw = A * w.unsqueeze(-2)                                                 # [G, H, m, t]
         X = Aw / Aw.sum(-1, keepdim=True).clamp_min(1e-30)                       # softmax(s Q C1^T + beta)
         t1 = time.perf_counter()
-        V_kept = gather_positions(v, ix)                                         # [c, H, t, d]
-        C2 = solve_values(X, Y, V_kept, ridge)                                   # [c, H, t, d]
+        Y = torch.cat([_pad(p.Y[s], (m, d)) for p, s in sl])                     # [G, H, m, d]
+        V_kept = torch.cat([_pad(p.V_kept[s], (t, d)) for p, s in sl])           # [G, H, t, d]
+        rows = torch.cat([torch.full(p.z[s].shape[:-1], p.A.shape[-2], device=A.device) for p, s in sl])  # [G, H]
+        C2 = solve_values(X, Y, V_kept, ridge, rows)                             # [G, H, t, d]
         t2 = time.perf_counter()
-        X_topk = A / A.sum(-1, keepdim=True).clamp_min(1e-30)                    # [c, H, m, t]
-        y_norm = Y.norm(dim=(-2, -1)).clamp_min(1e-30)                           # [c, H]
-        errs.append((X @ C2 - Y).norm(dim=(-2, -1)) / y_norm)
-        errs_topk.append((X_topk @ V_kept - Y).norm(dim=(-2, -1)) / y_norm)
-        betas.append(w.log())
-        values.append(C2)
-        t_beta += t1 - t0
-        t_values += t2 - t1
-    beta, C2, err, err_topk = torch.cat(betas), torch.cat(values), torch.cat(errs), torch.cat(errs_topk)
-    bad = ~(torch.isfinite(beta).all(-1) & torch.isfinite(C2).all(dim=(-2, -1)) & torch.isfinite(err))  # [L, H]
-    fallback = None
-    if bad.any():
-        V_kept = gather_positions(V, idx).to(SOLVE_DTYPE)
-        beta = torch.where(bad.unsqueeze(-1), torch.zeros_like(beta), beta)
-        C2 = torch.where(bad[..., None, None], V_kept, C2)
-        fallback = (f"non-finite fit in {int(bad.sum())} of {bad.numel()} (layer, KV head) pairs: "
-                    "used selection only (beta = 0, original values) there")
-        err = torch.where(bad, err_topk, err)
-    return FitResult(beta=beta, values=C2.to(V.dtype), error=float(err.mean()), error_topk=float(err_topk.mean()),
-                     fallback=fallback, time_beta_s=t_beta, time_values_s=t_values)
+        X_topk = A / A.sum(-1, keepdim=True).clamp_min(1e-30)                    # [G, H, m, t]
+        y_norm = Y.norm(dim=(-2, -1)).clamp_min(1e-30)                           # [G, H]
+        err = (X @ C2 - Y).norm(dim=(-2, -1)) / y_norm                           # [G, H]
+        err_topk = (X_topk @ V_kept - Y).norm(dim=(-2, -1)) / y_norm             # [G, H]
+        at = 0
+        for (i, c), (p, _) in zip(group, sl):
+            n, tp = min(LAYER_CHUNK, p.A.shape[0] - c), p.A.shape[-1]
+            r = slice(at, at + n)
+            at += n
+            pieces[i].append((w[r, :, :tp].log(), C2[r, :, :tp], err[r], err_topk[r]))
+            times[i][0] += (t1 - t0) * n / A.shape[0]
+            times[i][1] += (t2 - t1) * n / A.shape[0]
+    out = []
+    for p, parts, (t_beta, t_values) in zip(problems, pieces, times):
+        b, c2, e, e_topk = (torch.cat(x) for x in zip(*parts))                   # [L, H, t], [L, H, t, d], [L, H]
+        bad = ~(torch.isfinite(b).all(-1) & torch.isfinite(c2).all(dim=(-2, -1)) & torch.isfinite(e))  # [L, H]
+        fallback = None
+        if bad.any():
+            b = torch.where(bad.unsqueeze(-1), torch.zeros_like(b), b)
+            c2 = torch.where(bad[..., None, None], p.V_kept, c2)
+            fallback = (f"non-finite fit in {int(bad.sum())} of {bad.numel()} (layer, KV head) pairs: "
+                        "used selection only (beta = 0, original values) there")
+            e = torch.where(bad, e_topk, e)
+        out.append(FitResult(beta=b, values=c2.to(p.dtype), error=float(e.mean()), error_topk=float(e_topk.mean()),
+                             fallback=fallback, time_beta_s=t_beta, time_values_s=t_values))
+    return out
+
+
+def fit(Q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, idx: torch.Tensor, scale: float, *, ridge: float,
+        beta_max: float, nnls_iters: int, blocks: list[torch.Tensor] | None = None,
+        bias: torch.Tensor | None = None) -> FitResult:
+    """Fit beta and values C2 for the kept positions idx [L, H, t] of K, V [L, H, T, d] under queries Q [L, H, m, d]
+    (`fit_problem`, then `solve_fits`); the returned beta is on top of any stored bias (compose: add bias[idx])."""
+    problem = fit_problem(Q, K, V, idx, scale, blocks=blocks, bias=bias)
+    return solve_fits([problem], ridge=ridge, beta_max=beta_max, nnls_iters=nnls_iters)[0]

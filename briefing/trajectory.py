@@ -26,12 +26,14 @@ import torch
 
 from briefing import kv
 from briefing.attention import BiasState
-from briefing.compaction import compact
+from briefing.compaction import compact, compact_many
 from briefing.context import run_model
 from briefing.errors import BriefingError
 from briefing.fold import FoldPolicy, fold, folded_tokens
+from briefing.importance import reconstruction_scores
 from briefing.matching import group_queries
 from briefing.model import LoadedModel
+from briefing.options import check_bool
 from briefing.stats import FoldStats
 from briefing.store import KVStore
 
@@ -50,17 +52,20 @@ class TrajectoryCache:
     fold: a FoldPolicy, by default `FoldPolicy()` (None: never fold; an extend past the budget is an error, the
     cache then serves up to the model's context length). budget: most positions the cache holds (None:
     lm.max_context - reserve when folding, lm.max_context otherwise). reserve: positions left free for the call
-    prompt and generation (None: 512, at most an eighth of the context).
+    prompt and generation (None: 512, at most an eighth of the context). importance: score every appended chunk
+    by reconstruction (`briefing.importance`: about one more prefill of the chunk), kept with the cache for the
+    selectors (`Scores.importance`); False: no score (a model that slides on every layer has none).
     """
 
     def __init__(self, lm: LoadedModel, text: str = "", chunk_tokens: int = 1024, *, budget: int | None = None,
-                 reserve: int | None = None, fold: FoldPolicy | None = DEFAULT_FOLD) -> None:
+                 reserve: int | None = None, fold: FoldPolicy | None = DEFAULT_FOLD, importance: bool = True) -> None:
         if fold is not None and not isinstance(fold, FoldPolicy):
             raise BriefingError(f"fold must be a briefing.FoldPolicy or None (never fold), got {fold!r}.")
         self.lm = lm
         self.text = ""
         self.ids: list[int] = []
-        self.store = KVStore(lm)
+        check_bool("TrajectoryCache", "importance", importance)
+        self.store = KVStore(lm, importance=importance)
         self.chunk_tokens = chunk_tokens
         self.fold = None if fold is None else copy.deepcopy(fold)  # a cache's own copy (guidance and selector too)
         self.memory = None if fold is None else self.fold.memory()  # fold guidance: remembered queries
@@ -77,6 +82,7 @@ class TrajectoryCache:
         # tokens forwarded by extend, in total (seam re-prefills included)
         self.prefilled_tokens = 0
         self.prefill_s = 0.0                           # time spent in those forwards (folds excluded)
+        self.importance_s = 0.0                        # time spent scoring the chunks by reconstruction
         self.last_extend_s = 0.0
         self.rebases = 0
         self.broken: str | None = None                 # why an extend failed half-way (the cache is then unusable)
@@ -287,6 +293,13 @@ class TrajectoryCache:
         run_model(self.lm, self.store.kv, ids, position, state, last_only=True)
         self.prefill_s += time.perf_counter() - t0
         self.store.appended(first, position, len(ids))
+        if self.store.importance is not None:
+            t0 = time.perf_counter()
+            stop = self.store.length
+            scores = reconstruction_scores(self.lm, self.store, stop - len(ids), stop, ids, self.ids,
+                                           position + len(ids), self.chunk_tokens)      # [Lh, H, n]
+            self.store.set_importance(stop - len(ids), scores)
+            self.importance_s += time.perf_counter() - t0
         if rows is not None:
             q = self._grouped(state.queries)                                            # [Lh, KVH, g, s, d]
             self.memory.capture(q, rows, first, position, self.lm.inv_freq())
@@ -347,3 +360,9 @@ class TrajectoryCache:
         """A per-call CompactedCache of this trajectory, guided by `prompt` (or its last `query_tokens` tokens; see
         briefing.compaction). The cache is left as it was."""
         return compact(self, prompt, selector, query_tokens=query_tokens)
+
+    def compact_many(self, prompts: list[str], selector: Selector | None = None, *,
+                     query_tokens: list[int | None] | None = None) -> list[CompactedCache]:
+        """`compact` for a batch of prompts, sharing one forward over the cache and one batched fit (see
+        briefing.compaction.compact_many). The cache is left as it was."""
+        return compact_many(self, prompts, selector, query_tokens=query_tokens)

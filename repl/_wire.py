@@ -133,9 +133,20 @@ def _charge_units(budget: list[int] | None, units: int) -> None:
 #   caller's deadline as they go, so decoding stops at the deadline (DecodeTimeout), whatever
 #   the frame holds; an int's cost grows with the square of its digits and is charged so.
 MAX_NODES = 1_000_000
-# A rate json.loads sustains on strings and lists on a slow, loaded machine (900 MB/s idle on the
-# 2-core machine this was measured on, about 250 MB/s with three other processes running).
-PARSE_BYTES_PER_S = 200e6
+# A rate json.loads sustains on strings and lists on a slow, loaded machine, memory included. On
+# the 2-core VM this was measured on it parses 300-900 MB/s, but every byte of a string-heavy frame
+# lands in memory the host has not touched yet twice (the decoded text, then the strings), and
+# there a first touch can cost 10-30 us a page (the VM's free pages are handed back to the
+# hypervisor): a 238-250 MB frame of strings then took 2.3-4.5 s to decode in a fresh process
+# (53-110 MB/s), where 200 MB/s, the rate assumed before, had charged it 1.3 s.
+PARSE_BYTES_PER_S = 50e6
+# What each backslash escape costs json.loads on top of its bytes: a string of two-byte escapes
+# (\" or \n in the JSON text, the costliest content without a hook) parses at 126-185 MB/s on
+# that machine under load against 300-550 MB/s for plain text; 15 ns an escape puts its estimate
+# at about 35 MB/s.
+ESCAPE_S = 15e-9
+# Units are charged 0.3 us each (what a container or an item costs json.loads at most).
+UNIT_S = 3e-7
 # Frames up to this size are decoded without the hooks (they cost ~8 us a frame): 1 MB of the
 # costliest content (4,300-digit ints) takes ~20 ms to decode here.
 _HOOKS_FROM = 1 << 20
@@ -248,7 +259,7 @@ _KEEP_STRUCTURE = bytes(c for c in range(256) if c not in b'[]{},"')  # deleted 
 _BRACKETS = bytes.maketrans(b"{}", b"[]")
 
 
-def count_units(body: bytes, max_units: int | None = MAX_NODES, deadline: float | None = None,
+def count_units(body: bytes | bytearray, max_units: int | None = MAX_NODES, deadline: float | None = None,
                 max_depth: int = MAX_JSON_DEPTH) -> int:
     """The units of the JSON text ``body``: its brackets and commas outside strings (an upper
     bound of the values it holds), computed with C-speed bytes methods, in chunks, before
@@ -326,7 +337,7 @@ def dumps(msg: dict) -> bytes:
     return json.dumps(msg, ensure_ascii=True, allow_nan=True, separators=(",", ":")).encode("ascii")
 
 
-def loads(data: bytes, max_nodes: int | None = MAX_NODES, deadline: float | None = None) -> dict:
+def loads(data: bytes | bytearray, max_nodes: int | None = MAX_NODES, deadline: float | None = None) -> dict:
     """Decode one frame body. ``max_nodes`` None: a trusted peer (the sandbox reading the host),
     plain json.loads. Otherwise (the host reading the sandbox): refused before json.loads if it
     holds more than ``max_nodes`` units or nests too deeply (:func:`count_units`), then decoded
@@ -339,15 +350,21 @@ def loads(data: bytes, max_nodes: int | None = MAX_NODES, deadline: float | None
         started = time.monotonic()
         if deadline is not None and started > deadline:
             _late(started)
+        # json.loads reads strings and lists without a hook to stop it: a frame that could not
+        # be decoded in the time left, at a rate this host sustains even under load, is refused
+        # before it starts (an honest value that large needs a longer timeout anyway). By its
+        # size first, before it is even counted (counting 256 MB takes 0.4-1.3 s); then with its
+        # units and escapes.
+        check_time(len(data), deadline)
         units = count_units(data, max_nodes + _NODE_SLACK, deadline)
         if units > max_nodes + _NODE_SLACK:
             raise WireError(f"bad message: more than {max_nodes:,} items (refused before decoding)")
-        # json.loads reads strings and lists without a hook to stop it: a frame that could not
-        # be decoded in the time left, at a rate this host sustains even under load, is refused
-        # before it starts (an honest value that large needs a longer timeout anyway)
-        if deadline is not None and time.monotonic() + len(data) / PARSE_BYTES_PER_S + units * 3e-7 > deadline:
-            raise DecodeTimeout(f"a message of {len(data):,} bytes cannot be decoded in the "
-                                f"{max(0.0, deadline - time.monotonic()):.2f} s left (refused before decoding)")
+        check_time(len(data), deadline, units)
+        if deadline is not None and len(data) > _HOOKS_FROM:
+            escapes = 0
+            for i in range(0, len(data), _SCAN_CHUNK):  # charged as they are counted: stops at the deadline
+                escapes += data.count(b"\\", i, i + _SCAN_CHUNK)
+                check_time(len(data), deadline, units, escapes)
         # a smaller frame decodes in milliseconds whatever it holds, as long as int() refuses long
         # digit strings itself (sys.set_int_max_str_digits: a host may have lifted the limit)
         if len(data) > _HOOKS_FROM or not 0 < _int_digits_limit() <= 2 * MAX_INT_CHARS:
@@ -364,6 +381,23 @@ def loads(data: bytes, max_nodes: int | None = MAX_NODES, deadline: float | None
     if type(msg) is not dict or type(msg.get("op")) is not str:
         raise WireError("bad message: not an object with an 'op'")
     return msg
+
+
+def decode_s(size: int, units: int = 0, escapes: int = 0) -> float:
+    """The most seconds :func:`loads` may take, on this host under load, for a frame of ``size``
+    bytes holding ``units`` units (:func:`count_units`) and ``escapes`` backslashes."""
+    return size / PARSE_BYTES_PER_S + units * UNIT_S + escapes * ESCAPE_S
+
+
+def check_time(size: int, deadline: float | None, units: int = 0, escapes: int = 0) -> None:
+    """DecodeTimeout if a frame of ``size`` bytes (with ``units`` and ``escapes`` when known)
+    could not be decoded before ``deadline``: refused before it is read, counted or decoded."""
+    if deadline is None:
+        return
+    now = time.monotonic()
+    if now + decode_s(size, units, escapes) > deadline:
+        raise DecodeTimeout(f"a message of {size:,} bytes cannot be decoded in the {max(0.0, deadline - now):.2f} s "
+                            "left (refused before decoding)")
 
 
 def _int_digits_limit() -> int:

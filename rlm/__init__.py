@@ -7,12 +7,12 @@ from agents.events import (CellOutput, CodeCell, Event, Final, Notice, Orchestra
 from rlm.graph import CallGraph, GraphSummary
 from rlm.recursive import RLMWorker
 from rlm.result import STOP_REASONS, AgentUsage, Budgets, RunResult
-from rlm.runtime import RLM, BudgetExhausted, RunInterrupted, WorkerError
+from rlm.runtime import RLM, WORKER_ERROR_PREFIX, BudgetExhausted, RunInterrupted, WorkerError
 from rlm.trajectory import JsonlLog, Trajectory, read_log, replay
 
 __all__ = [
     "RLM", "RLMWorker", "Budgets", "RunResult", "AgentUsage", "STOP_REASONS", "BudgetExhausted", "WorkerError",
-    "RunInterrupted",
+    "WORKER_ERROR_PREFIX", "RunInterrupted",
     "Trajectory", "JsonlLog", "read_log", "replay", "CallGraph", "GraphSummary",
     "Event", "RunStart", "OrchestratorMessage", "CodeCell", "CellOutput", "WorkerCall", "Notice", "Final",
     "parse_event", "render",

@@ -333,6 +333,8 @@ def build_parser() -> _Parser:
     p.add_argument("--max-worker-calls", type=_at_least(0), default=None,
                    help="worker calls (default: 64 for --policy llm; chunk-scan: what the whole scan needs)")
     p.add_argument("--max-tokens", type=_at_least(1), default=None)
+    p.add_argument("--max-concurrent-subcalls", type=_at_least(1), default=4,
+                   help="worker calls of one worker_batch(...) in flight at once (default 4)")
     p.add_argument("--max-wall-s", type=_positive, default=None,
                    help="seconds for the whole run; a server request still in flight then is cut off")
     p.add_argument("--cell-timeout", type=_positive, default=30.0, help="seconds per REPL cell (worker calls excluded)")
@@ -429,7 +431,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     steps, calls = policy.budgets_for(context) if isinstance(policy, ChunkScanPolicy) else (20, 64)
     budgets = Budgets(max_iterations=args.max_iterations or steps,
                       max_worker_calls=calls if args.max_worker_calls is None else args.max_worker_calls,
-                      max_tokens=args.max_tokens, max_wall_s=args.max_wall_s)
+                      max_tokens=args.max_tokens, max_wall_s=args.max_wall_s,
+                      max_concurrent_subcalls=args.max_concurrent_subcalls)
     rlm = RLM(policy, worker, sandbox_config=SandboxConfig(timeout_s=args.cell_timeout), budgets=budgets,
               log_path=args.log, on_event=None if args.quiet else Progress(sys.stderr))
     try:

@@ -14,6 +14,9 @@ its usage into the parent's usage under "d<depth>:" keys.
 Depth: a run at depth d may start children while d + 1 <= the root's `Budgets.max_depth` (and the
 parent's own); past it, the child RLM's leaf worker answers the query directly.
 Called outside a run (`answer`), it runs the child as a root run of its own.
+`rlm_query(prompt)` in the parent's REPL (the reference RLM's name) is `worker(prompt)`; `worker_batch` and
+`rlm_query_batched` start the child runs one after another (the child RLM's policy and worker serve one run at a
+time: `thread_safe` is False).
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ if TYPE_CHECKING:
 
 class RLMWorker(Worker):
     takes_context: ClassVar[bool] = True
+    thread_safe: ClassVar[bool] = False   # the child RLM's policy and worker serve one run at a time
 
     def __init__(self, rlm: RLM, context: str | Callable[[str, str], Any] = "query", name: str = "rlm") -> None:
         from rlm.runtime import RLM

@@ -24,6 +24,8 @@ class Budgets(BaseModel):
         worker call; a cell on its own is bounded by the sandbox timeout).
     max_depth: how deep worker runs may nest below this run (an `RLMWorker` beyond it answers with
         its leaf worker instead of starting a run).
+    max_concurrent_subcalls: worker calls of one `worker_batch` in flight at once (a pool of threads; a worker that
+        is not `thread_safe` gets one at a time, one that overrides `answer_batch` the whole batch in one call).
     """
 
     max_iterations: int | None = Field(20, ge=1)
@@ -31,6 +33,7 @@ class Budgets(BaseModel):
     max_tokens: int | None = Field(None, ge=1)
     max_wall_s: float | None = Field(None, gt=0, allow_inf_nan=False)
     max_depth: int = Field(2, ge=0)
+    max_concurrent_subcalls: int = Field(4, ge=1)
 
     def __init__(self, **data: Any) -> None:
         try:
@@ -38,7 +41,9 @@ class Budgets(BaseModel):
         except ValidationError as e:   # one line naming the budget and its range
             err = e.errors()[0]
             name = ".".join(str(x) for x in err["loc"])
-            raise ValueError(f"Budgets: {name}: {err['msg'][0].lower()}{err['msg'][1:]} (None: unlimited), "
+            field = type(self).model_fields.get(str(err["loc"][0])) if err["loc"] else None
+            unlimited = " (None: unlimited)" if field is not None and type(None) in get_args(field.annotation) else ""
+            raise ValueError(f"Budgets: {name}: {err['msg'][0].lower()}{err['msg'][1:]}{unlimited}, "
                              f"got {err.get('input')!r}.") from None
 
 

@@ -23,6 +23,7 @@ BLOCKS = {  # every marked block of docs/benchmarks.md: (start, end) markers
     "long-suite-w1024-x8": ("<!-- long-suite-w1024-x8:start -->", "<!-- long-suite-w1024-x8:end -->"),
     "selection-tables": ("<!-- selection-tables -->", "<!-- /selection-tables -->"),
     "kvpress-tables": ("<!-- kvpress-tables -->", "<!-- /kvpress-tables -->"),
+    "concurrency-bench": ("<!-- concurrency-bench -->", "<!-- /concurrency-bench -->"),
     "service-bench": ("<!-- service-bench -->", "<!-- /service-bench -->"),
 }
 
@@ -100,3 +101,30 @@ def test_rlm_bench_readme_option_rewrites_the_docs_block(tmp_path, monkeypatch, 
     assert cli.main(["--readme", "docs/results/rlm_bench/results.json"]) == 0
     assert "updated" in capsys.readouterr().out
     assert doc.read_text() == DOC.read_text()
+
+
+def test_concurrency_block_is_generated_from_the_committed_json(tmp_path, monkeypatch, capsys):
+    from benchmarks import concurrency_bench
+
+    path = "docs/results/concurrency/concurrency_bench.json"
+    result = json.loads((ROOT / path).read_text())
+    assert block("concurrency-bench") == concurrency_bench.markdown(result).strip(), \
+        f"docs/benchmarks.md block concurrency-bench is stale: run `python -m benchmarks.concurrency_bench " \
+        f"--report {path} --readme`"
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text(DOC.read_text().replace(block("concurrency-bench"), "old table"))
+    monkeypatch.setattr(readme, "DOC", doc)
+    assert concurrency_bench.main(["--report", str(ROOT / path), "--readme"]) == 0
+    assert doc.read_text() == DOC.read_text()
+
+
+def test_concurrency_bench_runs_and_its_pools_overlap(tmp_path):
+    """The benchmark itself, at a small scale: a pool of 2 has 2 requests in flight and beats a pool of 1."""
+    from benchmarks import concurrency_bench
+
+    assert concurrency_bench.main(["--delay", "0.05", "--queries", "4", "--pools", "1", "2", "--repeats", "1",
+                                   "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "concurrency_bench.json").read_text())
+    one, two = result["rows"]
+    assert (one["pool"], one["max_in_flight"], two["pool"], two["max_in_flight"]) == (1, 1, 2, 2)
+    assert one["requests"] == two["requests"] == 4 and two["median_s"] < one["median_s"]

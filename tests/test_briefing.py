@@ -207,7 +207,7 @@ def test_non_finite_fit_falls_back_to_selection(monkeypatch):
     cache = briefing.TrajectoryCache(tiny, "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu")
     import briefing.matching as matching
 
-    monkeypatch.setattr(matching, "solve_values", lambda X, Y, V, ridge: torch.full_like(V, float("nan")))
+    monkeypatch.setattr(matching, "solve_values", lambda X, Y, V, ridge, rows=None: torch.full_like(V, float("nan")))
     ctx = cache.compact(" Which letter? Answer:", briefing.AttentionMatching(ratio=0.5))
     assert ctx.stats.fallback and "selection only" in ctx.stats.fallback
     values = kv.layer_kv(ctx.kv, 0, ctx.stats.kept)[1]

@@ -171,6 +171,7 @@ BAD_ARGS = [
     ([*RUN, "--tau", "1", "--keep-ratio", "0.2"], "not allowed with argument"),
     ([*RUN, "--worker", "text", "--tau", "2"], "--worker text has none"),
     ([*RUN, "--max-iterations", "0"], "argument --max-iterations: must be an integer >= 1"),
+    ([*RUN, "--max-concurrent-subcalls", "0"], "argument --max-concurrent-subcalls: must be an integer >= 1"),
     ([*RUN, "--cell-timeout", "-1"], "argument --cell-timeout: must be a number > 0"),
     ([*RUN, "--chunk-chars", "x"], "argument --chunk-chars: expected an integer"),
     ([*RUN, "--max-wall-s", "inf"], "argument --max-wall-s: expected a finite number"),

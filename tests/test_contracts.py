@@ -171,7 +171,7 @@ def test_events_live_in_agents_and_render_themselves():
      "ChunkScanPolicy: chunk_chars must be an integer >= 1"),
     (lambda: __import__("agents").ChunkScanPolicy(chunk_chars=10, overlap=10),
      "overlap must be smaller than chunk_chars"),
-    (lambda: __import__("agents").ChunkScanPolicy(max_chunks=0), "max_chunks must be an integer >= 1 or None"),
+    (lambda: __import__("agents").ChunkScanPolicy(max_chunks=0), r"max_chunks must be an integer >= 1 \(or None\)"),
     (lambda: __import__("agents").OpenAIChatBackend(timeout_s=0),
      "OpenAIChatBackend: timeout_s must be a finite number > 0"),
     (lambda: __import__("agents").OpenAIChatBackend(max_retries=-1), "max_retries must be an integer >= 0"),

@@ -150,6 +150,7 @@ def test_layers_report_as_non_root(nobody):
         assert state[name]["active"] or state[name]["detail"], state[name]
 
 
+@pytest.mark.slow  # about 45 s: `make test` (CI) runs it, the fast tier (-m "not slow") does not
 def test_redteam_suite_as_non_root(nobody):
     runas, python, work = nobody
     argv = [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--basetemp", str(work / "pytest" / "run"),

@@ -318,6 +318,18 @@ RESOURCES: list[tuple[str, str, set[str]]] = [
 ]
 
 
+# The timeout of a case that must touch every page up to the memory limit before it reaches it.
+# memory_growth fills 256 MB a megabyte at a time: about 60,000 page faults, 0.15-0.5 s on the
+# 2-core VM CI runs on (system time, runnable throughout). But that VM hands free pages back to
+# its hypervisor (virtio-balloon free page reporting), and a first touch of such a page costs
+# 10-30 us instead of 2-3 (60,000 x 25 us is 1.5 s), for root and non-root hosts alike: while
+# other jobs loaded the machine, 3 of 22 runs of this table (2 as 'nobody', 1 as root) took over
+# 1 s and were stopped by the timeout instead.
+# The case tests the memory limit, so it gets a timeout that leaves the limit room to act: a
+# timeout result still fails it.
+REACH_MEMORY_S = {"memory_growth": 5.0}
+
+
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     d = tmp_path_factory.mktemp("redteam")
@@ -368,11 +380,12 @@ def test_escape_fails_cleanly(env, name, code):
 @pytest.mark.parametrize("name,code,expected", RESOURCES, ids=[n for n, _, _ in RESOURCES])
 def test_resource_attack_is_stopped(env, name, code, expected):
     sb, secret, marker = env
-    res = sb.run(code)
+    timeout = REACH_MEMORY_S.get(name, 1.0)
+    res = sb.run(code, timeout_s=timeout)
     assert not res.ok, f"{name} did not fail: {res}"
     got = {res.limit, res.error_type} - {None}
     assert got & expected, f"{name}: expected one of {expected}, got {res.limit=} {res.error_type=} {res.error=}"
-    assert res.duration_s < 1.0 + 1.5, f"{name} took {res.duration_s:.2f}s"
+    assert res.duration_s < timeout + 1.5, f"{name} took {res.duration_s:.2f}s"
     assert len(res.stdout) < 2000 + 200
     _assert_alive(sb)
 
@@ -710,12 +723,16 @@ def _stream(sb, good: bool, item: str, total: int = 254 * 2**20, pause: float = 
 def test_i26_a_254_mb_frame_is_read_and_decoded_under_the_deadline(item):
     """Issue 26, 3: a compromised child streamed a 254 MB frame and the host read and decoded all of
     it (12.2 s with a 2 s timeout; 5.9 s for big ints on this branch before the fix). Reading,
-    counting and json.loads now stop at the cell's deadline; the namespace survives."""
+    counting and json.loads now stop at the cell's deadline; the namespace survives. The read
+    stopped only when the socket was momentarily empty, so a sender that never paused was read to
+    the frame's end: 4.1-4.9 s in about 1 run of 3 (root and 'nobody' alike). Now 266 MB, charged
+    5.3 s to decode, is refused from its header with 2 s left."""
     with _escaped_box(timeout_s=2.0, memory_mb=512) as sb:
         assert sb.run("keep = 26").ok
         res, took = _stream(sb, True, item)
         print(f"254 MB frame of {item}: run() returned after {took:.2f} s (timeout 2 s), decode {res.decode_s:.2f} s")
-        assert took < 2.0 + 2.0, (took, res)
+        # the issue's target itself (timeout + 1 s), not this file's noisy-machine + 2 s
+        assert took < 2.0 + 1.0, (took, res)
         assert res.restored and res.error_type in ("TimeoutError", "SandboxError"), res
         assert sb.run("keep").value == "26"
 
@@ -738,17 +755,31 @@ def test_i26_a_frame_with_a_wrong_nonce_is_refused_before_its_body():
 
 
 def test_i26_a_slow_frame_is_read_only_until_the_deadline():
-    """A frame that trickles in (1 MB every 0.2 s) is read under the cell's deadline, not to its end."""
+    """A frame that trickles in (1 MB every 0.2 s) is read under the cell's deadline, not to its end:
+    40 MB (charged 0.8 s to decode) until less than 0.8 s is left."""
     with _escaped_box(timeout_s=2.0) as sb:
-        res, took = _stream(sb, True, "'1' * 100", total=100 * 2**20, pause=0.2)
-        assert res.limit == "timeout" and took < 2.0 + 2.0, (took, res)
+        res, took = _stream(sb, True, "'1' * 100", total=40 * 2**20, pause=0.2)
+        assert res.limit == "timeout" and took < 2.0 + 1.0, (took, res)
         assert sb.run("1 + 1").value == "2"
 
 
-def test_i26_colliding_dict_keys_do_not_delay_the_cell():
+def test_i26_colliding_dict_keys_do_not_delay_the_cell(monkeypatch):
     """Issue 26, 2: dicts with colliding key hashes made run() return 2.7-5.7 s past its timeout
     (the host rebuilt them, under a fixed 5 s decode limit and 256 collisions per dict). Now more
     than 32 colliding keys in a dict are refused, and decoding stops at the cell's deadline."""
+    from repl import _wire
+
+    rebuild = [0.0]  # host seconds in from_wire, where colliding keys cost (json.loads does not hash)
+    from_wire = _wire.from_wire
+
+    def timed(*a, **k):
+        t0 = time.monotonic()
+        try:
+            return from_wire(*a, **k)
+        finally:
+            rebuild[0] += time.monotonic() - t0
+
+    monkeypatch.setattr(_wire, "from_wire", timed)
     calls = []
     with Sandbox(primitives={"worker": lambda *a: calls.append(1) or "ok"},
                  config=SandboxConfig(timeout_s=2.0, memory_mb=512)) as sb:
@@ -762,23 +793,31 @@ def test_i26_colliding_dict_keys_do_not_delay_the_cell():
             sb.get("many")
         assert sb.get("keep") == 26 and calls == [1]
     # a compromised child sends, at once, a call whose dicts have colliding tuple keys with long
-    # equal prefixes (each comparison then walks 100 KB)
+    # equal prefixes (each comparison then walks 100 KB), and reads the reply. The 66 MB frame gets
+    # 5 s, so that it is always decoded (charged 1.3 s at the rate of cold memory); what is timed is
+    # the rebuild. decode_s, which also holds counting and json.loads, is not: 0.5-1.9 s on the CI VM
+    # (counting runs at 200 MB/s in Debian's -O2 Python, the non-root venv's; json.loads of 66 MB of
+    # strings into cold memory took 0.1-1.6 s), whatever the keys.
     build = ("import sys, json\nM = 2**61 - 1\n"
              "d = {'$d': [[{'$t': ['x' * 100_000, 7 + i * M]}, 0] for i in range(1, KEYS)]}\n"
              "body = json.dumps({'op': 'call', 'nonce': 'N' * 32, 'name': 'bigdoc', 'args': [[d] * 20], "
              "'kwargs': {}}, separators=(',', ':')).encode()\nlen(body)")
     send = ("import sys, struct, time\nc = sys.modules['repl._child']\nhead = body[:body.index(b'N' * 32)]\n"
             "c.S.chan.sendall(struct.pack('>I', len(body)) + head + c.S.nonce.encode())\n"
-            "c.S.chan.sendall(memoryview(body)[len(head) + 32:])\ntime.sleep(600)")
-    with _escaped_box(timeout_s=2.0, memory_mb=1024) as sb:
-        for keys in (33, 34):  # 32 collisions per dict (the most allowed), then 33 (refused)
+            "c.S.chan.sendall(memoryview(body)[len(head) + 32:])\nbody = None\n"
+            "c.recv_msg(c.S.chan)[0].get('message')")
+    with _escaped_box(timeout_s=5.0, memory_mb=1024) as sb:
+        # 32 collisions per dict (the most allowed: decoded, and bigdoc() refuses the argument), then 33
+        for keys, answer in ((33, "positional"), (34, "collide")):
             assert sb.run(build.replace("KEYS", str(keys + 1)), timeout_s=60).ok
+            rebuild[0] = 0.0
             t0 = time.monotonic()
             res = sb.run(send)
             took = time.monotonic() - t0
-            print(f"20 dicts of {keys} colliding tuple keys: run() returned after {took:.2f} s (timeout 2 s), "
-                  f"decode {res.decode_s:.2f} s")
-            assert took < 2.0 + 2.0 and res.restored and res.decode_s < 1.0, (took, res)
+            print(f"20 dicts of {keys} colliding tuple keys: run() returned after {took:.2f} s (timeout 5 s), "
+                  f"decode {res.decode_s:.2f} s, of which rebuilding {rebuild[0]:.2f} s")
+            assert res.ok and answer in res.value and took < 5.0, (took, res)
+            assert rebuild[0] < 0.5, rebuild
             assert sb.run("1 + 1").value == "2"
 
 

@@ -178,6 +178,24 @@ def test_the_client_rebuilds_on_a_miss_catches_up_an_older_copy_and_retries_a_de
     assert not gone._trajectories                # a trajectory never held is forgotten
 
 
+def test_a_replica_holding_another_text_under_the_id_moves_the_trajectory_to_a_new_id(tiny_lm):
+    """A request of someone else's made a replica hold a shorter, other text under a run's id: the replica answers
+    409 behind with a hash that is not the run's prefix, and the client moves the run to a new id, rebuilt."""
+    stores = [TrajectoryStore(ServiceConfig(lm=tiny_lm, worker=OPTIONS), replica=f"r{i}") for i in range(2)]
+    local = BriefedWorker(lm=tiny_lm, **OPTIONS)
+    hops = iter([0, 1, 1, 1])
+    client = loopback(stores, lambda req: next(hops))
+    q = "What is the code?"
+    client.answer(q, trajectory("EIDER-4"))
+    (tid,) = client._trajectories
+    stores[1].call(CallRequest(trajectory_id=tid, offset=0, prefix_sha256=EMPTY_SHA256, text="Rewritten"))
+    grown = trajectory("EIDER-4", calls=1)
+    assert comparable(client.answer(q, grown), True) == comparable(local.answer(q, grown), True)
+    s = client.stats()
+    assert (s.conflicts, s.failures, s.rebuilt) == (1, 0, 1) and tid not in client._trajectories
+    assert stores[1].held[tid].text == "Rewritten"     # the other text stands: nothing of it was touched
+
+
 def test_the_client_keeps_concurrent_runs_on_their_own_trajectories(tiny_lm):
     store = TrajectoryStore(ServiceConfig(lm=tiny_lm, worker=OPTIONS))
     lock = threading.Lock()
@@ -470,18 +488,22 @@ def test_bad_requests_get_a_4xx_and_leave_other_runs_alone(service, local):
 
 def test_the_replicas_keep_their_caches_within_the_byte_budget(service, local):
     remote = RemoteBriefedWorker(url=service["url"])
-    texts = [trajectory(f"TERN-{i}", calls=i % 3) for i in range(8)]
-    for text in texts:
-        remote.sync(text)
+    texts = [trajectory(f"TERN-{i}", calls=i % 3) for i in range(12)]
+    replies = [remote.sync(text) for text in texts]
     s = remote.stats()
     assert s.budget_bytes == BUDGET and 0 < s.peak_bytes <= BUDGET
-    # eight trajectories of about 128 KiB on two replicas of 400 KiB: the first were evicted; rebuilt on demand
-    # (its prefill is counted where it happened: in the sync, or in the rebuild)
-    assert comparable(remote.answer("What is the code?", texts[0]), True) == comparable(
-        local.answer("What is the code?", texts[0]), True)
-    assert remote.stats().misses >= 1
-    stats = [remote.service_stats() for _ in range(6)]
-    assert all(st.cache_bytes <= st.peak_bytes <= BUDGET for st in stats) and max(st.evictions for st in stats) >= 1
+    assert all(r.replica_bytes <= BUDGET for r in replies) and sum(r.evicted for r in replies) >= 1
+    # twelve trajectories of about 100 KiB on two replicas of 400 KiB: a trajectory whose replica took more than
+    # the budget after it (least recently used first) was evicted there, and is rebuilt on demand (its prefill is
+    # counted where it happened: in the sync, or in the rebuild)
+    gone = next(i for i, r in enumerate(replies)
+                if r.cache_bytes + sum(later.cache_bytes for later in replies[i + 1:] if later.replica == r.replica)
+                > BUDGET)
+    assert comparable(remote.answer("What is the code?", texts[gone]), True) == comparable(
+        local.answer("What is the code?", texts[gone]), True)
+    assert remote.stats().misses == 1
+    stats = [remote.service_stats() for _ in range(4)]
+    assert all(st.cache_bytes <= st.peak_bytes <= BUDGET for st in stats)
     print(f"\nbudget: peak {s.peak_bytes:,} of {BUDGET:,} bytes per replica")
 
 
@@ -518,6 +540,7 @@ print(json.dumps({"answer": comparable(answer), "service": remote.describe()["se
 """
 
 
+@pytest.mark.slow   # a second Ray driver joins the cluster (a few seconds): make test runs it, the fast tier not
 def test_the_handle_path_answers_the_same(service, local):
     """A driver on the Ray cluster (another process, as an orchestrator there would be) through deployment handles.
     Ray 2.60 turns token authentication on for a cluster that `ray.init()` starts (the token in ~/.ray/auth_token):

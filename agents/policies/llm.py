@@ -32,7 +32,10 @@ few slices before deciding how to read it.
 2. `worker(query: str) -> str`: asks a worker model. The worker already knows your trajectory so far (your messages,
 code, REPL outputs and earlier worker answers), so you can refer to what you printed ("the chunk printed above")
 instead of pasting it again; you can also put text directly in the query.
-3. `worker_batch(queries: list[str]) -> list[str]`: several worker queries at once, answers in the same order.
+3. `worker_batch(queries: list[str]) -> list[str]`: several worker queries at once, run concurrently, answers in the
+same order. A query that failed gives a string starting with "[worker error]" in its place, and the other answers
+stand: check with `answer.startswith("[worker error]")`. (`llm_query` and `llm_query_batched` are `worker` and
+`worker_batch` under other names.)
 4. `FINAL(value)` and `FINAL_VAR(name)`: end the run with a value, or with the value of a REPL variable given by name.
 5. `print()` to see values. Outputs are truncated, so print slices and summaries, not whole documents.
 

@@ -16,6 +16,11 @@ from agents.backends.base import ChatBackend
 from briefing.options import check_int, check_number
 from briefing.stats import CompactionStats, FoldStats
 
+# What `worker_batch(queries)` gives in place of the answer to a query that failed (a plain str, which crosses the
+# sandbox boundary): this prefix, then the error ("[worker error] BackendError: HTTP 500 from ..."), so a cell tells
+# failures apart with `answer.startswith("[worker error]")`; the run's `worker_call` events carry the same error.
+WORKER_ERROR_PREFIX = "[worker error] "
+
 
 class BriefingStats(BaseModel):
     """What a briefed worker's cache did for one call.
@@ -88,10 +93,14 @@ class Worker(ABC):
 
     takes_context: ``worker(query, text)`` hands `text` to `answer_call` as its own context (a nested RLM
     run works on it); False (default): the runtime appends the text to the query.
+    thread_safe: `answer_call` may run in several threads at once (True, default: `worker_batch` runs up to
+    `Budgets.max_concurrent_subcalls` calls at a time); False: the runtime makes one call at a time (a worker with
+    state it does not lock: a KV cache, a nested run's policy).
     """
 
     name: str = "worker"
     takes_context: ClassVar[bool] = False
+    thread_safe: ClassVar[bool] = True
 
     @abstractmethod
     def answer(self, query: str, trajectory: str) -> WorkerAnswer:

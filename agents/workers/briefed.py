@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from agents.recall import Recall, Recalled, TextRecall, recall_query
 from agents.workers.base import BriefingStats, Worker, WorkerAnswer, check_generation
@@ -62,6 +62,7 @@ class BriefedWorker(LocalModelMixin, Worker):
     device: str = "auto"
     dtype: str = "auto"
     name: str = "briefed"
+    thread_safe: ClassVar[bool] = False   # one persistent KV cache: a batch goes through answer_batch
     _caches: list[briefing.TrajectoryCache] = field(default_factory=list, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -105,22 +106,16 @@ class BriefedWorker(LocalModelMixin, Worker):
             self._caches.append(best)
         return best
 
-    def _synced(self, query: str, trajectory: str) -> tuple[briefing.TrajectoryCache, int, int, int]:
-        """The call's cache, synced to the trajectory; with the prompt's token count, and the folds and prefilled
-        tokens before the sync (what this call did is the difference)."""
+    def _check_prompt(self, query: str) -> int:
+        """The call prompt's token count; a clear error when it and max_new_tokens do not fit the reserve."""
         import briefing
 
-        prompts = self.prompts()
-        n_query = self.count(prompts.call_prompt(query))
+        n_query = self.count(self.prompts().call_prompt(query))
         if n_query + self.max_new_tokens > self.reserve:
             raise briefing.BriefingError(
                 f"The worker prompt ({n_query} tokens) plus max_new_tokens ({self.max_new_tokens}) exceed the cache "
                 f"reserve ({self.reserve} positions). Shorten the query or raise BriefedWorker(reserve=...).")
-        text = prompts.cache_text(trajectory)
-        cache = self._cache_for(text)
-        folds, prefilled = len(cache.folds), cache.prefilled_tokens
-        cache.sync(text)
-        return cache, n_query, folds, prefilled
+        return n_query
 
     def sync(self, trajectory: str) -> briefing.TrajectoryCache:
         """Extend the cache of this trajectory to `trajectory` without a call (e.g. ahead of one, or to read what it
@@ -133,41 +128,124 @@ class BriefedWorker(LocalModelMixin, Worker):
     def observe(self, query: str, trajectory: str) -> None:
         """A call this worker does not answer (another worker did): sync the cache and remember the call's prompt
         as fold guidance, as `brief` would, without compacting."""
-        cache, _, _, _ = self._synced(query, trajectory)
-        cache.observe(self.prompts().call_prompt(query))
+        self._check_prompt(query)
+        self.sync(trajectory).observe(self.prompts().call_prompt(query))
 
     def brief(self, query: str, trajectory: str) -> Briefing:
         """Steps 1-4 of a call: the context the worker answers on, and what the cache did for it."""
+        out = self.brief_batch([query], trajectory)[0]
+        if isinstance(out, Exception):
+            raise out
+        return out
+
+    def brief_batch(self, queries: list[str], trajectory: str) -> list[Briefing | Exception]:
+        """`brief` for several queries on one trajectory, sharing the work: one sync of the cache, one forward of all
+        the call prompts over it and one batched fit (`briefing.compact_many`). Each query gets the context `brief`
+        alone gives it; the cache remembers the queries in order, as calls one after another would. A query that
+        fails (e.g. its prompt does not fit the reserve) gives its exception in its place and the rest stand. What
+        the sync did (prefilled tokens, folds) is reported by the first query, as by the first of sequential calls."""
         prompts = self.prompts()
-        cache, n_query, folds_before, prefilled_before = self._synced(query, trajectory)
-        recalled = Recalled()
-        if self.recall is not None:
-            # recall fills what the reserve leaves after the prompt with its recall header, and generation
-            room = (self.reserve - self.max_new_tokens - self.count(prompts.call_prompt(recall_query(query, ".")))
-                    - RETOKENISE_SLACK)
-            head = len(prompts.cache_text(""))                       # the ranges index the trajectory's own text
-            recalled = self.recall.recall(cache, query, room).shifted(-head)
-        prompt = prompts.call_prompt(recall_query(query, recalled))
-        n_prompt = self.count(prompt)
-        # the question guides the compaction, not the recalled text before it (the fit grows with queries squared)
-        ctx = cache.compact(prompt, selector=self.make_selector(), query_tokens=n_query if recalled else None)
-        cache.remember(ctx)
-        stats = BriefingStats(
-            kept=ctx.stats.kept, total=ctx.stats.original_length, compaction=ctx.stats,
-            folds=cache.folds[folds_before:], prefilled_tokens=cache.prefilled_tokens - prefilled_before,
-            cache_positions=cache.length, trajectory_tokens=cache.tokens,
-            recalled_tokens=self.count(recalled.text) if recalled else 0)
-        return Briefing(context=ctx, query=query, input_tokens=ctx.stats.kept + n_prompt,
-                        text_handoff_tokens=cache.tokens + n_query, stats=stats, recalled=recalled, cache=cache,
-                        offset=len(prompts.cache_text("")))
+        checked: list[int | Exception] = []
+        for query in queries:
+            try:
+                checked.append(self._check_prompt(query))
+            except Exception as e:   # this query's failure, in its place
+                checked.append(e)
+        if all(isinstance(c, Exception) for c in checked):
+            return list(checked)  # type: ignore[arg-type]
+        text = prompts.cache_text(trajectory)
+        cache = self._cache_for(text)
+        folds_before, prefilled_before = len(cache.folds), cache.prefilled_tokens
+        cache.sync(text)
+        head = len(prompts.cache_text(""))                                  # the ranges index the trajectory's text
+        calls: list[tuple[int, str, int | None, Recalled, int]] = []       # (index, prompt, query tokens, recalled, n)
+        out: list[Briefing | Exception] = list(checked)  # type: ignore[arg-type]
+        for i, (query, n_query) in enumerate(zip(queries, checked)):
+            if isinstance(n_query, Exception):
+                continue
+            try:
+                recalled = Recalled()
+                if self.recall is not None:
+                    # recall fills what the reserve leaves after the prompt with its recall header, and generation
+                    room = (self.reserve - self.max_new_tokens
+                            - self.count(prompts.call_prompt(recall_query(query, "."))) - RETOKENISE_SLACK)
+                    recalled = self.recall.recall(cache, query, room).shifted(-head)
+                prompt = prompts.call_prompt(recall_query(query, recalled))
+                # the question guides the compaction, not the recalled text before it (the fit grows with queries^2)
+                calls.append((i, prompt, n_query if recalled else None, recalled, n_query))
+            except Exception as e:
+                out[i] = e
+        contexts = self._compact(cache, [c[1] for c in calls], [c[2] for c in calls])
+        first = True
+        for (i, prompt, _, recalled, n_query), ctx in zip(calls, contexts):
+            if isinstance(ctx, Exception):
+                out[i] = ctx
+                continue
+            cache.remember(ctx)
+            stats = BriefingStats(
+                kept=ctx.stats.kept, total=ctx.stats.original_length, compaction=ctx.stats,
+                folds=cache.folds[folds_before:] if first else [],
+                prefilled_tokens=cache.prefilled_tokens - prefilled_before if first else 0,
+                cache_positions=cache.length, trajectory_tokens=cache.tokens,
+                recalled_tokens=self.count(recalled.text) if recalled else 0)
+            first = False
+            out[i] = Briefing(context=ctx, query=queries[i], input_tokens=ctx.stats.kept + self.count(prompt),
+                              text_handoff_tokens=cache.tokens + n_query, stats=stats, recalled=recalled, cache=cache,
+                              offset=head)
+        return out
+
+    def _compact(self, cache: briefing.TrajectoryCache, prompts: list[str],
+                 query_tokens: list[int | None]) -> list[briefing.CompactedCache | Exception]:
+        """One batched compaction of the prompts; if the batch fails, each prompt alone, so that a failure stays
+        with the prompt that caused it."""
+        if not prompts:
+            return []
+        try:
+            return list(cache.compact_many(prompts, selector=self.make_selector(), query_tokens=query_tokens))
+        except Exception:
+            if len(prompts) == 1:
+                raise
+        out: list[briefing.CompactedCache | Exception] = []
+        for prompt, q in zip(prompts, query_tokens):
+            try:
+                out.append(cache.compact(prompt, selector=self.make_selector(), query_tokens=q))
+            except Exception as e:
+                out.append(e)
+        return out
 
     def answer(self, query: str, trajectory: str) -> WorkerAnswer:
+        out = self.answer_batch([query], trajectory)[0]
+        if isinstance(out, Exception):
+            raise out
+        return out
+
+    def answer_batch(self, queries: list[str], trajectory: str) -> list[WorkerAnswer | Exception]:
+        """Several queries on one trajectory as one batch: `brief_batch` (one sync, one scoring forward, one batched
+        fit), then one batched decode (`briefing.generate_batch`). Greedy answers equal those of `answer` one query
+        after another; answers in query order, a failed query's exception in its place. latency_s: the batch's."""
+        import briefing
+
         t0 = time.monotonic()
-        b = self.brief(query, trajectory)
-        out = b.generate(self.gen_config())
-        return WorkerAnswer(text=out.text.strip(), worker=self.name, input_tokens=b.input_tokens,
-                            output_tokens=len(out.token_ids), text_handoff_tokens=b.text_handoff_tokens,
-                            latency_s=time.monotonic() - t0, briefing=b.stats)
+        briefs = self.brief_batch(queries, trajectory)
+        ready = [b for b in briefs if isinstance(b, Briefing)]
+        try:
+            results = briefing.generate_batch([b.context for b in ready], self.gen_config())
+        except Exception:
+            if len(ready) <= 1:
+                raise
+            results = [b.generate(self.gen_config()) for b in ready]
+        latency = time.monotonic() - t0
+        done = iter(results)
+        out: list[WorkerAnswer | Exception] = []
+        for b in briefs:
+            if isinstance(b, Exception):
+                out.append(b)
+                continue
+            r = next(done)
+            out.append(WorkerAnswer(text=r.text.strip(), worker=self.name, input_tokens=b.input_tokens,
+                                    output_tokens=len(r.token_ids), text_handoff_tokens=b.text_handoff_tokens,
+                                    latency_s=latency, briefing=b.stats))
+        return out
 
     def fork(self, **changes: Any) -> BriefedWorker:
         """A worker with `changes` (e.g. another fold policy, cache budget, reserve, recall or selector) that starts

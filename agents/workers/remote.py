@@ -295,11 +295,12 @@ class RemoteBriefedWorker(Worker):
                     first = first or "miss"
                     offset, prefix, rebuild = 0, EMPTY_SHA256, True
                     continue
-                if (e.code == "behind" and e.length is not None and e.length < offset and turns <= self.retries + 3
-                        and e.sha256 == sha256(trajectory[:e.length])):
-                    first = first or "behind"
-                    offset, prefix = e.length, e.sha256
-                    continue
+                if e.code == "behind" and e.length is not None and e.length < offset and turns <= self.retries + 3:
+                    if e.sha256 == sha256(trajectory[:e.length]):
+                        first = first or "behind"
+                        offset, prefix = e.length, e.sha256
+                        continue
+                    e.code = "conflict"           # an older copy of another text: the id holds someone else's
                 if e.code == "conflict" and not rekeyed:
                     # the replica holds another text under this id (someone else's request with it): the client's
                     # text is the truth, so the trajectory moves to a new id, rebuilt from the whole text
