@@ -31,7 +31,8 @@ __all__ = [
     "FoldStats", "GenerationConfig", "GenerationResult", "Guidance", "GuidanceMemory", "KeepAll", "KeepNone",
     "LoadedModel", "MixGuidance", "ModelLoadError", "RandomKeep", "RecentWindow", "ScoredSelector", "Scores",
     "Selector", "SizedSelector", "SpanGuidance", "TaskGuidance", "TopK", "TrajectoryCache", "compact", "compact_many",
-    "default_fold_selector", "generate", "generate_batch", "load_model", "loglikelihood", "plain_context", "token_logprobs",
+    "default_fold_selector", "generate", "generate_batch", "load_model", "loglikelihood", "plain_context",
+    "token_logprobs",
 ]
 assert sorted(__all__) == sorted(_WHERE), "briefing.__all__ and its lazy table disagree"
 

@@ -98,7 +98,9 @@ class BriefedWorker(LocalModelMixin, Worker):
         best = max((c for c in self._caches if text.startswith(c.text)), key=lambda c: len(c.text), default=None)
         if best is None:
             fold = self.fold if self.fold is not None else briefing.FoldPolicy()
-            best = briefing.TrajectoryCache(self.model(), budget=self.cache_budget, reserve=self.reserve, fold=fold)
+            agnostic = max(getattr(s, "agnostic", 0.0) for s in (self.make_selector(), fold.selector))
+            best = briefing.TrajectoryCache(self.model(), budget=self.cache_budget, reserve=self.reserve, fold=fold,
+                                            importance=agnostic > 0)   # scored only where a selector reads it
             self._caches.append(best)
             del self._caches[: max(0, len(self._caches) - self.max_caches)]
         else:   # most recently used last
