@@ -11,7 +11,8 @@ The id is Ray Serve's multiplexed model id, so the request goes to the replica t
 does not (affinity is best-effort, a replica evicted or restarted), the replica answers 404 and the client sends
 the whole text, from which the replica rebuilds the cache; a replica holding an older copy says how much it
 holds and gets the rest; a replica holding another text under the id (a request of someone else's with it) makes
-the client move the trajectory to a new id, rebuilt from the whole text (the client's text is the truth). `answer_batch` sends the batch as one request, answered as `BriefedWorker.answer_batch`.
+the client move the trajectory to a new id, rebuilt from the whole text (the client's text is the truth).
+`answer_batch` sends the batch as one request, answered on the replica by `BriefedWorker.answer_batch`.
 
 Failures: a replica that died or a proxy that did not answer is retried (`retries` times, waits `backoff_s` *
 2**attempt) with the whole text, so that a live replica rebuilds the cache; then `ServiceUnavailable` (a
