@@ -199,7 +199,10 @@ def run(args: argparse.Namespace) -> dict:
             ep = make_long_episode(seed, args.tokens, split=args.split)
             traj = ep.text + "".join(question_event(q, i) for i, q in enumerate(ep.questions))
         text = prompts.cache_text(traj)
-        cache = briefing.TrajectoryCache(lm, budget=budget, reserve=reserve + recall_budget, archive=policy)
+        # no importance scoring (it changes no fold at the default selector and costs a second prefill); its bytes
+        # are counted below as the store would hold them
+        cache = briefing.TrajectoryCache(lm, budget=budget, reserve=reserve + recall_budget, archive=policy,
+                                         importance=False)
         hid: list[torch.Tensor] = []
         keys: list[torch.Tensor] = []
         kept_k: dict[int, torch.Tensor] = {}
@@ -241,6 +244,7 @@ def run(args: argparse.Namespace) -> dict:
         arc = cache.archive
         sizes.append(dict(episode=ep.id, tokens=T, cache_positions=cache.length,
                           cache_bytes_per_token=store_bytes(cache.store) / T,
+                          importance_bytes_per_token=4 * len(cache.store.held) * cache.store.kv_heads * cache.length / T,
                           archive_bytes_per_token=arc.nbytes() / T,
                           representative_bytes_per_token=arc.representative_bytes() / T,
                           archived_tokens=arc.archived[1] - arc.archived[0], prefill_s=prefill_s))

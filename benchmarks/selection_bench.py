@@ -52,7 +52,16 @@ VARIANTS: dict[str, Callable[..., briefing.Selector]] = {  # look_ahead=0 where 
     # round 2, after round 1's dev figures: verbatim questions quote the middle of a sentence, so look back too
     "look-back 8, look-ahead 24, decay 0.95": lambda **size: briefing.AttentionMatching(
         **size, look_ahead=24, look_back=8, look_ahead_decay=0.95),
+    # round 3 (issue 28): the query-agnostic importance (briefing.importance) as a share of the kept budget
+    "importance share 0.25": lambda **size: briefing.AttentionMatching(**size, agnostic=0.25),
+    "importance share 0.5": lambda **size: briefing.AttentionMatching(**size, agnostic=0.5),
+    "importance share 0.75": lambda **size: briefing.AttentionMatching(**size, agnostic=0.75),
+    "importance only, with the fit": lambda **size: briefing.AttentionMatching(**size, agnostic=1.0),
+    "importance only, top-k (KVzip's selection)": lambda **size: briefing.TopK(**size, agnostic=1.0, look_ahead=0,
+                                                                               smooth_kernel=1, sinks=4),
 }
+ROUND3 = ["importance share 0.25", "importance share 0.5", "importance share 0.75", "importance only, with the fit",
+          "importance only, top-k (KVzip's selection)"]
 RENAMED = {"default: fit, per-head, smoothing 5": PREVIOUS, "look-ahead 8": DEFAULT}  # names in runs before the switch
 ROUND2 = list(VARIANTS)[11:]
 HELDOUT = [PREVIOUS, "smoothing 63 (the issue's crude probe)", "top-k, smoothing 5 (SnapKV-like, no fit)", DEFAULT,

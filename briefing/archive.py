@@ -7,7 +7,9 @@ What it holds:
   block's tokens, of the hidden states of the last `layers` decoder layers, read by forward hooks during the
   prefill the cache runs anyway (`reading`), so a representative costs no forward. They stay on the model's device.
 - **blocks of keys and values** of the held layers, for every token a fold compacts for the first time (the raw part
-  of its span: a token's original keys and values, as the prefill left them), with the RoPE position each key had.
+  of its span: a token's original keys and values, as the prefill left them), with the RoPE position each key had
+  and, when the cache scores them (`KVStore.importance`), each key's query-agnostic importance (float16), which a
+  re-attached key carries back.
   They are stored apart from the model (CPU memory, or memory-mapped files under `path`), as int8 with one scale
   per vector by default, under a byte budget: past it the oldest blocks go first. Tokens the cache still holds as
   they were (the sink and the unfolded tail) are read from the cache itself (`fetch`).
@@ -123,12 +125,14 @@ def place(x: torch.Tensor, path: str | None) -> torch.Tensor:
 
 class Segment:
     """Archived tokens [first, first + n): keys and values [held layers, kv_heads, n, d] in the storage dtype (scales
-    [held layers, kv_heads, n] for int8), and the RoPE position [n] each key had when it was archived."""
+    [held layers, kv_heads, n] for int8), the RoPE position [n] each key had when it was archived, and its importance
+    [held layers, kv_heads, n] (float16; None when the cache keeps none)."""
 
     def __init__(self, first: int, keys: torch.Tensor, values: torch.Tensor, positions: torch.Tensor, dtype: str,
-                 path: str | None) -> None:
+                 path: str | None, importance: torch.Tensor | None = None) -> None:
         self.first, self.n = first, int(keys.shape[-2])
         self.positions = positions.to("cpu", torch.long)
+        self.importance = None if importance is None else importance.detach().to("cpu", torch.float16)
         store = STORAGE[dtype]
         if store == torch.int8:
             (self.keys, self.kscale), (self.values, self.vscale) = quantize(keys), quantize(values)
@@ -141,8 +145,8 @@ class Segment:
         return self.first + self.n
 
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.keys, self.values, self.kscale, self.vscale)
-                   if t is not None)
+        return sum(t.numel() * t.element_size() for t in (self.keys, self.values, self.kscale, self.vscale,
+                                                          self.importance) if t is not None)
 
     def read(self, lo: int, hi: int, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values [Lh, H, hi - lo, d] of tokens [lo, hi) (within the segment), in `dtype` on `device`."""
@@ -163,6 +167,7 @@ class Segment:
         out.keys, out.values = place(self.keys[..., cut:, :].clone(), path), place(self.values[..., cut:, :].clone(), path)
         out.kscale = None if self.kscale is None else self.kscale[..., cut:].clone()
         out.vscale = None if self.vscale is None else self.vscale[..., cut:].clone()
+        out.importance = None if self.importance is None else self.importance[..., cut:].clone()
         return out
 
 
@@ -266,7 +271,8 @@ class Archive:
         if self.segments and self.segments[-1].last != first:
             raise BriefingError(f"archive: tokens {self.segments[-1].last} to {first} were never archived; this is a "
                                 "bug.")
-        self.segments.append(Segment(first, keys, values, positions, self.policy.dtype, self.policy.path))
+        importance = None if store.importance is None else store.importance[..., lo:b]      # [Lh, H, n]
+        self.segments.append(Segment(first, keys, values, positions, self.policy.dtype, self.policy.path, importance))
         self._fit_budget()
         self.archive_s += time.perf_counter() - t0
 
@@ -298,13 +304,15 @@ class Archive:
             return (0, 0)
         return (self.segments[0].first, self.segments[-1].last)
 
-    def fetch(self, store, tokens: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def fetch(self, store, tokens: list[tuple[int, int]], *, importance: bool = False) -> tuple[torch.Tensor, ...]:
         """Keys and values [held layers, kv_heads, m, d] (the cache's dtype, on its device) and the RoPE position [m]
         each key had, of the token ranges `tokens` (in that order): from the archive, or from `store` for tokens it
-        still holds unfolded. A token neither holds is an error (see `available`)."""
+        still holds unfolded. A token neither holds is an error (see `available`). importance: also each key's
+        importance [held layers, kv_heads, m] (float32; None when the cache keeps none), as a fourth item."""
         dtype, dev = store.kv.layers[store.held[0]].keys.dtype, store.device
         tail_slot, tail_first = self._tail(store)
-        ks, vs, ps = [], [], []
+        ks, vs, ps, imps = [], [], [], []
+        scored = store.importance is not None
         for lo, hi in tokens:
             t = lo
             while t < hi:
@@ -312,6 +320,8 @@ class Archive:
                     a = tail_slot + t - tail_first
                     k, v = store.held_kv(a, a + hi - t)
                     ks.append(k), vs.append(v), ps.append(store.positions()[0, 0, a:a + hi - t])
+                    if scored:
+                        imps.append(store.importance[..., a:a + hi - t].float())
                     t = hi
                     continue
                 seg = next((s for s in self.segments if s.first <= t < s.last), None)
@@ -321,8 +331,14 @@ class Archive:
                 stop = min(hi, seg.last, tail_first)
                 k, v = seg.read(t, stop, dtype, dev)
                 ks.append(k), vs.append(v), ps.append(seg.positions[t - seg.first:stop - seg.first].to(dev))
+                if scored:   # archived before the cache scored (or unscored): zeros
+                    imps.append(seg.importance[..., t - seg.first:stop - seg.first].to(dev, torch.float32)
+                                if seg.importance is not None else k.new_zeros(k.shape[:-1], dtype=torch.float32))
                 t = stop
-        return torch.cat(ks, -2), torch.cat(vs, -2), torch.cat(ps)
+        out = torch.cat(ks, -2), torch.cat(vs, -2), torch.cat(ps)
+        if not importance:
+            return out
+        return (*out, torch.cat(imps, -1) if scored else None)
 
     def _tail(self, store) -> tuple[int, int]:
         """(first slot, its token) of the cache's unfolded tail: tokens it holds one per slot, as read."""

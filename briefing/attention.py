@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 from dataclasses import dataclass, field
+from typing import Any
 from collections.abc import Iterator
 
 import torch
@@ -35,6 +36,7 @@ class BiasState:
     capture: bool = False
     capture_rows: torch.Tensor | None = None  # query tokens to capture (indices into the forward's tokens)
     queries: dict[int, torch.Tensor] = field(default_factory=dict)
+    reconstruct: Any = None  # a briefing.importance.Reconstruction: score keys by the forward's queries
 
 
 _ACTIVE: contextvars.ContextVar[BiasState | None] = contextvars.ContextVar("briefing_bias", default=None)
@@ -67,6 +69,11 @@ def briefing_attention(module, query, key, value, attention_mask, scaling=None, 
         rows = state.capture_rows
         state.queries[layer] = (query if rows is None else query[:, :, rows]).detach()
     beta = state.beta[layer] if state.beta is not None and layer < len(state.beta) else None
+    rec = state.reconstruct
+    if rec is not None and layer in rec.layers:
+        from briefing.importance import score_layer
+
+        score_layer(rec, layer, query, key, scaling if scaling is not None else query.shape[-1] ** -0.5, beta)
     if beta is None or not beta.numel():
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
                                       **kwargs)

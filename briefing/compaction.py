@@ -53,13 +53,14 @@ class Reduced:
 
 def score_block(Q: torch.Tensor, K: torch.Tensor, scale: float, *, bias: torch.Tensor | None = None,
                 K_prompt: torch.Tensor | None = None, n_prompt: int = 0, first: int = 0,
-                want_blocks: bool = False) -> tuple[Scores, list[torch.Tensor] | None]:
-    """Guidance scores of the keys K [L, H, T, d] under queries Q [L, H, m, d] (see `matching.attention_scores`);
-    the blocks are kept for the fit while they stay under KEEP_BLOCKS_MAX elements."""
+                want_blocks: bool = False, importance: torch.Tensor | None = None) -> tuple[Scores, list | None]:
+    """Guidance scores of the keys K [L, H, T, d] under queries Q [L, H, m, d] (see `matching.attention_scores`),
+    with the block's query-agnostic importance [L, H, T] if the cache keeps one; the blocks are kept for the fit
+    while they stay under KEEP_BLOCKS_MAX elements."""
     keep = want_blocks and Q.shape[0] * Q.shape[1] * Q.shape[2] * K.shape[2] <= KEEP_BLOCKS_MAX
     per_head, blocks = attention_scores(Q, K, scale, bias=bias, K_prompt=K_prompt, n_prompt=n_prompt, first=first,
                                         keep_blocks=keep)                          # [L, H, T]
-    return Scores(per_head=per_head, shared=per_head.mean(dim=(0, 1)), keys=K), blocks
+    return Scores(per_head=per_head, shared=per_head.mean(dim=(0, 1)), keys=K, importance=importance), blocks
 
 
 def reduce(selector: Selector, idx: torch.Tensor, Q: torch.Tensor | None, K: torch.Tensor, V: torch.Tensor,
@@ -263,11 +264,13 @@ def compact_many(cache: Any, prompts: list[str], selector: Selector | None = Non
         if p is not None and selector.needs_scores:
             K_prompt = torch.cat([p.prompt_kv[i][0] for i in store.held])          # [Lh, H, n, d]
             scores, blocks = score_block(p.Q, K, lm.scaling, bias=bias, K_prompt=K_prompt, n_prompt=len(ids[b]),
-                                         first=p.first, want_blocks=selector.fit is not None)
+                                         first=p.first, want_blocks=selector.fit is not None,
+                                         importance=store.importance)
             if p.generated is not None:
                 w = selector.rescore_weight
                 per_head = (1 - w) * scores.per_head + w * p.generated              # [Lh, H, T]
-                scores = Scores(per_head=per_head, shared=per_head.mean(dim=(0, 1)), keys=scores.keys)
+                scores = Scores(per_head=per_head, shared=per_head.mean(dim=(0, 1)), keys=scores.keys,
+                                importance=scores.importance)
         t1 = time.perf_counter()
         idx = selector.select(L, H, T, scores, device=lm.device)                   # [Lh, H, t]
         t2 = time.perf_counter()

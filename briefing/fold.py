@@ -134,7 +134,8 @@ def select_span(selector: Selector, scores: Scores, t: int, split: int | None, t
     parts = []
     for lo, hi, n in ((0, split, t_head), (split, S, t - t_head)):
         part = Scores(per_head=scores.per_head[..., lo:hi], shared=scores.shared[lo:hi],
-                      keys=None if scores.keys is None else scores.keys[..., lo:hi, :])
+                      keys=None if scores.keys is None else scores.keys[..., lo:hi, :],
+                      importance=None if scores.importance is None else scores.importance[..., lo:hi])
         parts.append(selector.select(L, H, hi - lo, part, count=n, device=device) + lo)
     return torch.cat(parts, dim=-1).sort(dim=-1).values                            # [L, H, t]
 
@@ -168,7 +169,9 @@ def fold(store: KVStore, memory: GuidanceMemory, policy: FoldPolicy, *, recent: 
         if policy.share == "uniform" and old:
             split, t_head = old, split_kept(t, old, folded_tokens(store, policy.sink), S - old)
         selector = policy.selector
-        scores, blocks = score_block(Q, K, scale, bias=bias, want_blocks=selector.fit is not None)
+        importance = None if store.importance is None else store.importance[..., a:b]     # [L, H, S]
+        scores, blocks = score_block(Q, K, scale, bias=bias, want_blocks=selector.fit is not None,
+                                     importance=importance)
         idx = select_span(selector, scores, t, split, t_head, K.device)            # [L, H, t]
         red = reduce(selector, idx, Q, K, V, scale, blocks=blocks, bias=bias)
         beta = red.beta if red.beta is not None else torch.zeros(idx.shape, dtype=torch.float32, device=K.device)

@@ -95,7 +95,9 @@ def pick(scores: torch.Tensor, block: int, pad: int, budget: int, tokens: int, s
 @dataclass
 class Attached:
     """Recalled keys and values placed after the cache: keys, values [held layers, kv_heads, m, d] (re-based to
-    `position` .. `position + m - 1`), origins [m] the token index of each, ranges the token ranges in their order.
+    `position` .. `position + m - 1`), origins [m] the token index of each, ranges the token ranges in their order,
+    importance [held layers, kv_heads, m] the query-agnostic score each key had in the cache (archived with it; None
+    when the cache keeps none).
     lookup_s: time spent finding them (the question's forward and the ranking), fetch_s: fetching and re-basing."""
 
     keys: torch.Tensor
@@ -105,6 +107,7 @@ class Attached:
     ranges: list[tuple[int, int]] = field(default_factory=list)
     lookup_s: float = 0.0
     fetch_s: float = 0.0
+    importance: torch.Tensor | None = None
 
     @property
     def length(self) -> int:
@@ -114,12 +117,13 @@ class Attached:
 def attach(cache, ranges: list[tuple[int, int]]) -> Attached:
     """The keys and values of the token `ranges` (in that order), fetched and re-based to sit right after the cache."""
     lm, store = cache.lm, cache.store
-    keys, values, was = cache.archive.fetch(store, ranges)                           # [Lh, H, m, d], [m]
+    keys, values, was, importance = cache.archive.fetch(store, ranges, importance=True)   # [Lh, H, m, d], [m]
     m = keys.shape[-2]
     target = cache.position + torch.arange(m, device=keys.device)                     # [m]
     keys = kv.rotate(keys, (target - was.to(keys.device)).to(torch.float64), lm.inv_freq())   # [Lh, H, m, d]
     origins = torch.cat([torch.arange(lo, hi, device=keys.device) for lo, hi in ranges])     # [m]
-    return Attached(keys=keys, values=values, origins=origins, position=cache.position, ranges=list(ranges))
+    return Attached(keys=keys, values=values, origins=origins, position=cache.position, ranges=list(ranges),
+                    importance=importance)
 
 
 class View:
@@ -142,6 +146,9 @@ class View:
         view.origin = torch.cat([store.origins(), attached.origins.to(store.device).view(1, 1, -1).expand(L, H, -1)],
                                 -1)                                                   # [Lh, H, length + m]
         view.position = attached.position + m
+        if store.importance is not None:   # the attached keys keep the importance they were archived with
+            imp = attached.importance if attached.importance is not None else store.importance.new_zeros(L, H, m)
+            view.importance = torch.cat([store.importance, imp.to(store.importance)], -1)   # [Lh, H, length + m]
         self.lm, self.store, self.position = cache.lm, view, attached.position + m
 
     def origins(self) -> torch.Tensor:
@@ -164,7 +171,8 @@ class KeepAttached(Selector):
         live = length - self.attached
         part = None if scores is None else Scores(
             per_head=scores.per_head[..., :live], shared=scores.shared[:live],
-            keys=None if scores.keys is None else scores.keys[..., :live, :])
+            keys=None if scores.keys is None else scores.keys[..., :live, :],
+            importance=None if scores.importance is None else scores.importance[..., :live])
         idx = self.selector.select(layers, kv_heads, live, part, count=count, device=device)   # [L, H, t]
         tail = torch.arange(live, length, device=idx.device).view(1, 1, -1).expand(layers, kv_heads, -1)
         return torch.cat([idx, tail], -1)                                              # [L, H, t + attached]

@@ -22,15 +22,20 @@ from briefing import kv
 class KVStore:
     """kv: the DynamicCache. beta: [held layers, kv_heads, F] on the first F slots (None: no fold yet).
     key_pos / origin: [held layers, kv_heads, length] RoPE position / token index of every held key (None: the
-    contiguous run of the tokens held)."""
+    contiguous run of the tokens held). importance: [held layers, kv_heads, length] the query-agnostic score of
+    every held key (`briefing.importance`; float32), kept through folds and re-bases; None when the cache does not
+    score (or slides on every layer: its window moves with every token)."""
 
-    def __init__(self, lm) -> None:
+    def __init__(self, lm, *, importance: bool = False) -> None:
         self.held, self.window, self.layers = list(lm.held_layers), list(lm.window_layers), lm.num_layers
         self.kv_heads, self.device = lm.kv_heads, torch.device(lm.device)
         self.kv = lm.new_cache()
         self.beta: torch.Tensor | None = None
         self.key_pos: torch.Tensor | None = None
         self.origin: torch.Tensor | None = None
+        self.importance: torch.Tensor | None = None
+        self.scores_importance = importance and not (lm.held_layers and not lm.window_layers
+                                                     and lm.sliding_window is not None)
         self.tokens = 0      # tokens the held layers stand for (set by the cache that owns the store)
         self.position = 0    # RoPE position of the next token
 
@@ -102,6 +107,9 @@ class KVStore:
         if self.windowed:
             return
         L, H = len(self.held), self.kv_heads
+        if self.scores_importance:   # zeros until the cache scores the chunk (set_importance)
+            new = torch.zeros(L, H, n, device=self.device)                                  # [Lh, H, n]
+            self.importance = new if self.importance is None else torch.cat([self.importance, new], -1)
         if self.key_pos is not None:
             new = torch.arange(position, position + n, device=self.device)                 # [n]
             self.key_pos = torch.cat([self.key_pos, new.view(1, 1, -1).expand(L, H, -1)], -1)
@@ -117,6 +125,13 @@ class KVStore:
             self.key_pos = self.key_pos[..., :keep]
         if self.origin is not None:
             self.origin = self.origin[..., :keep]
+        if self.importance is not None:
+            self.importance = self.importance[..., :keep]
+
+    def set_importance(self, start: int, scores: torch.Tensor) -> None:
+        """The query-agnostic score [held layers, kv_heads, n] of slots [start, start + n)."""
+        if self.importance is not None:
+            self.importance[..., start:start + scores.shape[-1]] = scores.to(self.importance.dtype)
 
     def replace_span(self, start: int, stop: int, idx: torch.Tensor | None, keys: torch.Tensor | None,
                      values: torch.Tensor | None, beta: torch.Tensor | None) -> None:
@@ -135,12 +150,18 @@ class KVStore:
             new_beta = None if bias is None else bias[..., :start]                    # [Lh, H, start]
             self.key_pos = torch.cat([pos[..., :start], pos[..., stop:]], dim=-1)
             self.origin = torch.cat([org[..., :start], org[..., stop:]], dim=-1)
+            if self.importance is not None:
+                self.importance = torch.cat([self.importance[..., :start], self.importance[..., stop:]], dim=-1)
         else:
             head = bias[..., :start] if bias is not None else torch.zeros(
                 len(self.held), self.kv_heads, start, dtype=beta.dtype, device=self.device)  # [Lh, H, start]
             new_beta = torch.cat([head, beta.to(head.dtype)], dim=-1)                  # [Lh, H, start + t]
             self.key_pos = torch.cat([pos[..., :start], pos[..., start:stop].gather(-1, idx), pos[..., stop:]], -1)
             self.origin = torch.cat([org[..., :start], org[..., start:stop].gather(-1, idx), org[..., stop:]], -1)
+            if self.importance is not None:   # a kept key keeps its score
+                imp = self.importance
+                self.importance = torch.cat([imp[..., :start], imp[..., start:stop].gather(-1, idx), imp[..., stop:]],
+                                            -1)
         self.beta = None if new_beta is None or new_beta.shape[-1] == 0 else new_beta
 
     def rebase(self, inv_freq: torch.Tensor, window_inv_freq: torch.Tensor | None, shift: int) -> None:
@@ -170,4 +191,5 @@ class KVStore:
         other.beta = None if self.beta is None else self.beta.clone()
         other.key_pos = None if self.key_pos is None else self.key_pos.clone()
         other.origin = None if self.origin is None else self.origin.clone()
+        other.importance = None if self.importance is None else self.importance.clone()
         return other

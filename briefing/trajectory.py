@@ -32,8 +32,10 @@ from briefing.compaction import compact, compact_many
 from briefing.context import run_model
 from briefing.errors import BriefingError
 from briefing.fold import FoldPolicy, fold, folded_tokens
+from briefing.importance import reconstruction_scores
 from briefing.matching import group_queries
 from briefing.model import LoadedModel
+from briefing.options import check_bool
 from briefing.stats import FoldStats
 from briefing.store import KVStore
 
@@ -52,19 +54,23 @@ class TrajectoryCache:
     fold: a FoldPolicy, by default `FoldPolicy()` (None: never fold; an extend past the budget is an error, the
     cache then serves up to the model's context length). budget: most positions the cache holds (None:
     lm.max_context - reserve when folding, lm.max_context otherwise). reserve: positions left free for the call
-    prompt and generation (None: 512, at most an eighth of the context). archive: an `ArchivePolicy` to keep what the
-    folds compact away and a representative per block for latent recall (`briefing.archive`; None: none).
+    prompt and generation (None: 512, at most an eighth of the context). importance: score every appended chunk
+    by reconstruction (`briefing.importance`: about one more prefill of the chunk), kept with the cache for the
+    selectors (`Scores.importance`); False: no score (a model that slides on every layer has none). archive: an
+    `ArchivePolicy` to keep what the folds compact away (with each token's importance) and a representative per
+    block for latent recall (`briefing.archive`; None: none).
     """
 
     def __init__(self, lm: LoadedModel, text: str = "", chunk_tokens: int = 1024, *, budget: int | None = None,
-                 reserve: int | None = None, fold: FoldPolicy | None = DEFAULT_FOLD,
+                 reserve: int | None = None, fold: FoldPolicy | None = DEFAULT_FOLD, importance: bool = True,
                  archive: ArchivePolicy | None = None) -> None:
         if fold is not None and not isinstance(fold, FoldPolicy):
             raise BriefingError(f"fold must be a briefing.FoldPolicy or None (never fold), got {fold!r}.")
         self.lm = lm
         self.text = ""
         self.ids: list[int] = []
-        self.store = KVStore(lm)
+        check_bool("TrajectoryCache", "importance", importance)
+        self.store = KVStore(lm, importance=importance)
         self.chunk_tokens = chunk_tokens
         self.fold = None if fold is None else copy.deepcopy(fold)  # a cache's own copy (guidance and selector too)
         self.memory = None if fold is None else self.fold.memory()  # fold guidance: remembered queries
@@ -81,6 +87,7 @@ class TrajectoryCache:
         # tokens forwarded by extend, in total (seam re-prefills included)
         self.prefilled_tokens = 0
         self.prefill_s = 0.0                           # time spent in those forwards (folds excluded)
+        self.importance_s = 0.0                        # time spent scoring the chunks by reconstruction
         self.last_extend_s = 0.0
         self.rebases = 0
         self.broken: str | None = None                 # why an extend failed half-way (the cache is then unusable)
@@ -299,6 +306,13 @@ class TrajectoryCache:
             run_model(self.lm, self.store.kv, ids, position, state, last_only=True)
         self.prefill_s += time.perf_counter() - t0
         self.store.appended(first, position, len(ids))
+        if self.store.importance is not None:
+            t0 = time.perf_counter()
+            stop = self.store.length
+            scores = reconstruction_scores(self.lm, self.store, stop - len(ids), stop, ids, self.ids,
+                                           position + len(ids), self.chunk_tokens)      # [Lh, H, n]
+            self.store.set_importance(stop - len(ids), scores)
+            self.importance_s += time.perf_counter() - t0
         if rows is not None:
             q = self._grouped(state.queries)                                            # [Lh, KVH, g, s, d]
             self.memory.capture(q, rows, first, position, self.lm.inv_freq())

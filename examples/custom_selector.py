@@ -9,7 +9,7 @@ Matching refit of beta and values, which works after any selector. The same sele
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -31,7 +31,7 @@ class RecencyWeighted(briefing.ScoredSelector):
     def score(self, scores: briefing.Scores) -> briefing.Scores:
         T = scores.shared.shape[-1]
         ramp = 1 + self.boost * torch.arange(T, dtype=scores.shared.dtype, device=scores.shared.device) / T   # [T]
-        return briefing.Scores(per_head=scores.per_head * ramp, shared=scores.shared * ramp)
+        return replace(scores, per_head=scores.per_head * ramp, shared=scores.shared * ramp)
 
 
 NOTES = ("REPL output: the first file lists suppliers. Worker answer: the key is 4417. REPL output: the second file "

@@ -13,6 +13,23 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
                     "(a BPE tokenizer) with a tiny random model (tests.tiny)", pytrace=False)
 
 
+@pytest.fixture(autouse=True)
+def _fast_tier_loads_no_real_model(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In a test not marked slow, reaching a real model's weights fails (in this process), whatever the path."""
+    if request.node.get_closest_marker("slow") is not None:
+        return
+    import briefing.model
+
+    found = briefing.model.known_gguf
+
+    def refuse(known, *args, **kwargs):
+        found(known, *args, **kwargs)   # a model that is not installed still raises its own error
+        pytest.fail(f"{request.node.nodeid} loads the real model {known.name}: mark it @pytest.mark.slow, or pass a "
+                    "tiny random model (tests.tiny)", pytrace=False)
+
+    monkeypatch.setattr(briefing.model, "known_gguf", refuse)
+
+
 @pytest.fixture(scope="session")
 def lm():
     """The embedded SmolLM2-135M, loaded once: for tests marked slow only (the fast tier loads no real model)."""

@@ -98,10 +98,11 @@ def test_text_and_plain_workers_bill_as_documented(lm):
     assert abs(b.text_handoff_tokens - t.text_handoff_tokens) <= 1 and b.input_tokens < t.input_tokens
 
 
-def test_make_worker_kinds():
+def test_make_worker_kinds(tok):
     import briefing
+    from tests.tiny import tiny_model
 
-    w = make_worker("briefed", selector=briefing.AttentionMatching(tau=2.0))
+    w = make_worker("briefed", tiny_model("llama-gqa", tok), selector=briefing.AttentionMatching(tau=2.0))
     assert isinstance(w, BriefedWorker) and w.make_selector() == briefing.AttentionMatching(tau=2.0)
     assert "tau=2.0" in w.describe()["selector"] and "tau" not in w.describe()
     assert BriefedWorker().make_selector() == briefing.AttentionMatching(tau=1.0)

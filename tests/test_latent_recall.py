@@ -30,9 +30,10 @@ def pieces(essay):
     return ["".join(words[i:i + 30]) for i in range(0, len(words), 30)]
 
 
-def archiving_cache(lm, dtype="float32", budget_bytes=1 << 30, **kw):
+def archiving_cache(lm, dtype="float32", budget_bytes=1 << 30, importance=False, **kw):
+    """A small folding cache with an archive (no importance scoring unless asked: it doubles the prefills)."""
     policy = briefing.FoldPolicy(keep=0.25, sink=4, recent=64, capture_stride=4)
-    return briefing.TrajectoryCache(lm, chunk_tokens=64, budget=256, reserve=64, fold=policy,
+    return briefing.TrajectoryCache(lm, chunk_tokens=64, budget=256, reserve=64, fold=policy, importance=importance,
                                     archive=briefing.ArchivePolicy(dtype=dtype, block=16, budget_bytes=budget_bytes),
                                     **kw)
 
@@ -99,7 +100,7 @@ def test_the_archive_stays_within_its_byte_budget(tiny, pieces, tmp_path):
         big.extend(piece)
     budget = big.archive.nbytes() // 3
     for path in (None, str(tmp_path)):
-        cache = briefing.TrajectoryCache(tiny, chunk_tokens=64, budget=256, reserve=64,
+        cache = briefing.TrajectoryCache(tiny, chunk_tokens=64, budget=256, reserve=64, importance=False,
                                          fold=briefing.FoldPolicy(keep=0.25, sink=4, recent=64, capture_stride=4),
                                          archive=briefing.ArchivePolicy(dtype="float32", block=16,
                                                                         budget_bytes=budget, path=path))
@@ -267,3 +268,31 @@ def test_briefed_worker_recalls_through_the_archive(tiny, essay):
             assert b.stats.kept >= b.stats.recalled_tokens and b.stats.total == cache.length + b.stats.recalled_tokens
         out = b.generate(briefing.GenerationConfig(max_new_tokens=2, stop=w.stop))
         assert w.answer(PARAPHRASE, text).text == out.text   # answer() is brief() then generate, greedy
+
+
+def test_archived_keys_carry_their_importance_back(tiny, pieces):
+    """Each key's query-agnostic importance (`KVStore.importance`, scored at extend) is archived with it when a fold
+    compacts it, and comes back with the re-attached key: the view a recalled call compacts over holds the cache's
+    importance then the attached keys', so a selector mixing in importance ranks them as the cache would."""
+    cache = archiving_cache(tiny, dtype="int8", importance=True)
+    seen: dict[int, torch.Tensor] = {}     # token -> its importance [Lh, H] while it sat raw in the cache
+    for piece in pieces[:14]:
+        cache.extend(piece)
+        F, org = cache.folded, cache.origins()[0, 0]
+        for slot in range(F, cache.length):
+            seen[int(org[slot])] = cache.store.importance[..., slot].clone()
+    assert cache.store.importance is not None and cache.folds
+    a, z = cache.archive.archived
+    ranges = [(a + 3, a + 30), (z - 8, z + 8)]          # archived, and across into the unfolded tail
+    att = latent.attach(cache, ranges)
+    want = torch.stack([seen[t] for lo, hi in ranges for t in range(lo, hi)], -1)      # [Lh, H, m]
+    assert att.importance.shape == want.shape and want.abs().sum() > 0
+    assert (att.importance - want).abs().max() <= 1e-3 * want.abs().max()            # float16 in the archive
+    view = latent.View(cache, att)
+    assert torch.equal(view.store.importance[..., :cache.length], cache.store.importance)
+    assert torch.equal(view.store.importance[..., cache.length:], att.importance)
+    ctx, _ = latent.compact_attached(cache, att, "Question: what then? Answer:",
+                                     briefing.AttentionMatching(tau=1.0, agnostic=0.5))
+    assert ctx.stats.kept >= att.length
+    seg = cache.archive.segments[0]
+    assert seg.importance is not None and seg.importance.dtype == torch.float16

@@ -31,11 +31,14 @@ class Scores:
     per_head: [layers, kv_heads, T] attention probability averaged over the prompt tokens and the query
     heads of each KV head. shared: [T] the same averaged over layers and KV heads (one shared score).
     keys: [layers, kv_heads, T, d] the trajectory keys, for query-agnostic scores (None if not given).
+    importance: [layers, kv_heads, T] the query-agnostic score the cache keeps for every position (how much the
+    model needs it to reconstruct the text: `briefing.importance`), or None (a cache built with importance=False).
     """
 
     per_head: torch.Tensor
     shared: torch.Tensor
     keys: torch.Tensor | None = None
+    importance: torch.Tensor | None = None
 
 
 def check_ratio(owner: str, value: object) -> None:
@@ -188,6 +191,10 @@ class ScoredSelector(SizedSelector):
     rescore_tokens: before selecting, greedily generate this many tokens on the full cache and mix their queries'
     attention into the scores with weight `rescore_weight` in [0, 1] (the answer's first tokens attend to where
     the answer is; see briefing.rescore). 0: off. A fold has no generated tokens: it ignores the option.
+    agnostic: the share in [0, 1] of the kept positions chosen by the query-agnostic importance (`Scores.importance`)
+    before the guidance ranking fills the rest (a union of budgets): what reconstructing the text needs is kept
+    whatever the question attends to. 0: the guidance alone; 1: the importance alone (KVzip's selection). Ignored
+    when the scores carry no importance.
     """
 
     needs_scores: ClassVar[bool] = True
@@ -200,10 +207,13 @@ class ScoredSelector(SizedSelector):
     look_ahead_decay: float = 0.9
     rescore_tokens: int = 0
     rescore_weight: float = 0.5
+    agnostic: float = 0.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
         owner = type(self).__name__
+        check_number(owner, "agnostic", self.agnostic, low=0, high=1,
+                     what="share of the kept positions chosen by the query-agnostic importance")
         check_int(owner, "look_ahead", self.look_ahead, low=0,
                   what="positions after a scored one that inherit its score")
         check_int(owner, "look_back", self.look_back, low=0,
@@ -241,8 +251,16 @@ class ScoredSelector(SizedSelector):
         if t == 0:
             return torch.empty(layers, kv_heads, 0, dtype=torch.long, device=device_of(scores, device))
         if self.per_head:
-            return top_positions(self.rank(scores.per_head, scores.keys), t, self.sinks)      # [L, H, t]
-        return broadcast(top_positions(self.rank(scores.shared, None), t, self.sinks), layers, kv_heads)
+            ranked = self.rank(scores.per_head, scores.keys)                               # [L, H, T]
+            importance = scores.importance                                                # [L, H, T]
+        else:
+            ranked = self.rank(scores.shared, None)                                        # [T]
+            importance = None if scores.importance is None else scores.importance.mean(dim=(0, 1))   # [T]
+        a = round(self.agnostic * t) if importance is not None else 0
+        if a:   # the importance's best first, then the guidance's (a union of budgets)
+            ranked = ranked.scatter(-1, top_positions(importance, a, self.sinks), float("inf"))
+        kept = top_positions(ranked, t, self.sinks)                                        # [L, H, t] or [t]
+        return kept if self.per_head else broadcast(kept, layers, kv_heads)
 
     def rank(self, scores: torch.Tensor, keys: torch.Tensor | None) -> torch.Tensor:
         """What positions are ranked by: the scores [..., T] pooled, then spread after (and before) each position.

@@ -1,0 +1,114 @@
+"""The query-agnostic importance score (briefing.importance, issue 28): KVzip's reconstruction score computed once
+per appended chunk, equal to a direct reconstruction pass; kept through folds and re-bases; offered to selectors."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+import briefing
+from briefing import kv
+from briefing.attention import BiasState
+from briefing.context import run_model
+from briefing.importance import PREVIOUS_TOKENS, REPEAT_NEXT, SINKS
+from tests.tiny import tiny_model
+
+TEXT = "".join(f"Entry {i}: the courier left parcel {i * 37 % 101} at the blue door before noon. " for i in range(12))
+PROMPT = " Question: where was parcel 74 left? Answer:"
+
+
+def reference(lm, ids: list[int], start: int, stop: int, window: int) -> torch.Tensor:
+    """KVzip's score of slots [start, stop) by hand, from one uncached forward of (ids[:stop] + the repeat prompt +
+    the chunk again): [held layers, KVH, stop - start]."""
+    repeat = lm.encode(REPEAT_NEXT) + ids[start - PREVIOUS_TOKENS:start] + lm.encode("\n") + ids[start:stop]
+    fresh = lm.new_cache()
+    state = BiasState(capture=True)
+    run_model(lm, fresh, ids[:stop] + repeat, 0, state)                            # one uncached forward
+    r, g, c = len(repeat), lm.group, stop - start
+    context = max(SINKS, min(start, stop - window))
+    out = []
+    for layer in lm.held_layers:
+        q = state.queries[layer][0, :, -r:].float()                                # [heads, r, d]
+        k = fresh.layers[layer].keys[0].float()                                    # [KVH, N, d]
+        sub = torch.cat([k[:, :SINKS], k[:, context:stop], k[:, -r:]], dim=1)      # [KVH, s + w + r, d]
+        q = q.reshape(lm.kv_heads, g, r, -1)                                       # [KVH, g, r, d]
+        logits = q @ sub.transpose(-1, -2)[:, None] * lm.scaling                   # [KVH, g, r, s + w + r]
+        causal = torch.ones(r, r, dtype=torch.bool).triu(1)
+        w = SINKS + stop - context
+        logits[..., w:] = logits[..., w:].masked_fill(causal, float("-inf"))
+        out.append(torch.softmax(logits, -1)[..., w - c:w].amax(dim=(1, 2)))       # [KVH, c]
+    return torch.stack(out)
+
+
+def test_the_score_equals_a_direct_reconstruction_pass(tok):
+    """The stored score is KVzip's, computed by hand: for a full 48-token chunk, and for a short append after it
+    (its softmax reaches back over the cache's chunk size)."""
+    lm = tiny_model("qwen3-gqa", tok)
+    cache = briefing.TrajectoryCache(lm, TEXT, chunk_tokens=48, fold=None)
+    assert cache.store.importance.shape == (len(lm.held_layers), lm.kv_heads, cache.length)
+    assert (cache.store.importance[..., 48:96] - reference(lm, cache.ids, 48, 96, 48)).abs().max() < 1e-5
+    n = cache.extend(" A short note.")                                            # tokens prefilled (seam re-cut)
+    start = cache.length - n
+    assert 0 < n < 48
+    got = cache.store.importance[..., start:cache.length]
+    assert (got - reference(lm, cache.ids, start, cache.length, 48)).abs().max() < 1e-5
+    assert cache.importance_s > 0
+
+
+def test_the_score_survives_folds_and_rebases(tok):
+    """A folded key keeps the score it had when its token was appended (the origins say which token it is)."""
+    lm = tiny_model("llama-gqa", tok, max_positions=512)
+    cache = briefing.TrajectoryCache(lm, chunk_tokens=64, budget=256, reserve=64,
+                                     fold=briefing.FoldPolicy(recent=64, capture_stride=4))
+    by_token: dict[int, torch.Tensor] = {}
+    pieces = [p + ". " for p in TEXT.split(". ") if p]
+    while cache.rebases < 1 or len(cache.folds) < 2:
+        for piece in pieces:
+            if not cache.folds:   # before the first fold slot == token: record every token's score
+                by_token = {i: cache.store.importance[..., i].clone() for i in range(cache.length)}
+            cache.extend(piece)
+        cache.observe(PROMPT)
+    imp, origin = cache.store.importance, cache.store.origins()                      # [Lh, H, P]
+    assert imp.shape == origin.shape
+    checked = 0
+    for layer in range(imp.shape[0]):
+        for head in range(imp.shape[1]):
+            for slot in range(imp.shape[2]):
+                token = int(origin[layer, head, slot])
+                if token in by_token:
+                    assert imp[layer, head, slot] == by_token[token][layer, head]
+                    checked += 1
+    assert checked > 0
+    assert (imp[..., -8:] > 0).all()   # new text is scored after the folds and re-bases too
+
+
+@dataclass(kw_only=True)
+class ReconstructionOnly(briefing.ScoredSelector):
+    """A user's selector that ranks by the importance alone."""
+
+    def score(self, scores: briefing.Scores) -> briefing.Scores:
+        imp = scores.importance
+        return briefing.Scores(per_head=imp, shared=imp.mean(dim=(0, 1)), keys=scores.keys, importance=imp)
+
+
+def test_a_custom_selector_reads_the_score_and_agnostic_one_is_the_same_selection(tok):
+    lm = tiny_model("llama-gqa", tok)
+    cache = briefing.TrajectoryCache(lm, TEXT, fold=None)
+    imp = cache.store.importance
+    mine = cache.compact(PROMPT, ReconstructionOnly(ratio=0.2, sinks=1, smooth_kernel=1, look_ahead=0))
+    t = mine.positions.shape[-1]
+    ranked = imp.clone()
+    ranked[..., :1] = float("inf")
+    assert torch.equal(mine.positions, ranked.topk(t, dim=-1).indices.sort(-1).values)
+    built_in = cache.compact(PROMPT, briefing.TopK(ratio=0.2, sinks=1, agnostic=1.0))
+    assert torch.equal(built_in.positions, mine.positions)
+    half = cache.compact(PROMPT, briefing.TopK(ratio=0.2, sinks=1, agnostic=0.5))
+    best = ranked.topk(round(0.5 * t), dim=-1).indices                             # the importance's half
+    assert all(set(best[i, h].tolist()) <= set(half.positions[i, h].tolist())
+               for i in range(best.shape[0]) for h in range(best.shape[1]))
+    # a cache built without the score gives selectors none, and agnostic is then ignored
+    plain = briefing.TrajectoryCache(lm, TEXT, fold=None, importance=False)
+    assert plain.store.importance is None
+    assert torch.equal(plain.compact(PROMPT, briefing.TopK(ratio=0.2, agnostic=0.5)).positions,
+                       plain.compact(PROMPT, briefing.TopK(ratio=0.2)).positions)
+    assert kv.cache_length(plain.kv) == kv.cache_length(cache.kv)
