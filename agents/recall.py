@@ -199,7 +199,10 @@ class LatentRecall(Recall):
         text before the question, as `TextRecall` does. rank: "latent" (the hidden states alone) or "both" (fused
         with BM25 over the same blocks' text, by reciprocal rank). pad: tokens recalled on each side of a picked block
         (a fact cut by a block boundary comes back whole). archive: the caches' `briefing.ArchivePolicy` (None: its
-        defaults)."""
+        defaults).
+
+    Not `BriefedWorker`'s default: on the dev case of docs/benchmarks.md ("Latent recall against BM25") it finds more
+    paraphrased facts than BM25 but loses most facts asked in their own words, so `TextRecall` stays the default."""
 
     tokens: int = 256
     attach: bool = True
