@@ -63,7 +63,8 @@ def measure(lm, tokens: int, sizes: list[int], repeats: int) -> list[dict[str, A
                 raise bad[0]
             same += sum(a.text == b.text for a, b in zip(one, many))
             out_tokens = sum(a.output_tokens for a in one)
-        row = dict(trajectory_tokens=worker.sync(traj).tokens, queries=n, sequential_s=round(statistics.median(seq_s), 3),
+        row = dict(trajectory_tokens=worker.sync(traj).tokens, queries=n,
+                   sequential_s=round(statistics.median(seq_s), 3),
                    batch_s=round(statistics.median(batch_s), 3), sequential_samples=[round(x, 3) for x in seq_s],
                    batch_samples=[round(x, 3) for x in batch_s], ratio=round(statistics.median(batch_s)
                                                                               / statistics.median(seq_s), 3),

@@ -66,7 +66,8 @@ def readme_tables(result: dict) -> dict[str, str]:
     gaps = ", ".join(f"{k}: {v:.2f}" for k, v in result["copy_logprob_gap"].items())
     anchor_block, lengths_block = block_names(result)
     named = f"{result['model']}, {result.get('dtype', 'float32')} on {result.get('device', 'cpu')}: "
-    tables = {anchor_block: named + "\n\n" + "\n".join(rows) + f"\n\n{anchor['trajectory_tokens']:,} trajectory tokens. "
+    tables = {anchor_block: named + "\n\n" + "\n".join(rows) + "\n\n"
+              f"{anchor['trajectory_tokens']:,} trajectory tokens. "
               f"No trajectory at all: {anchor['no trajectory']:.4f}. Exact-value recall, mean log-prob gap of the "
               f"exact answer to the full cache (tau 1, by smoothing kernel; lower is better): {gaps}."}
     rows = ["| tokens | full prefill | extend +200 | compaction (score / beta / values) | % of prefill | kept at tau "
@@ -87,7 +88,8 @@ def readme_tables(result: dict) -> dict[str, str]:
     load = result.get("load_average_at_start")
     if not result["lengths"]:
         return tables
-    tables[lengths_block] = named + "\n\n" + "\n".join(rows) + tail + (f" Load average at start: {load[0]:.2f}." if load else "")
+    at_start = f" Load average at start: {load[0]:.2f}." if load else ""
+    tables[lengths_block] = named + "\n\n" + "\n".join(rows) + tail + at_start
     return tables
 
 

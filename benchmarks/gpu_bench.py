@@ -155,7 +155,8 @@ def markdown(result: dict) -> str:
         at = [r for r in m["rows"] if r["tokens"] >= 32768]
         if at:
             r = at[0]
-            lines.append(f"- {m['model']}: compaction at {r['tokens']:,} (10% kept) {r['compaction_0.1']['total_s']:.2f} s; "
+            lines.append(f"- {m['model']}: compaction at {r['tokens']:,} (10% kept) "
+                         f"{r['compaction_0.1']['total_s']:.2f} s; "
                          f"briefed / text {r['briefed_over_text']:.2f}x")
     return "\n".join(lines) + "\n"
 
@@ -164,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.gpu_bench", description=__doc__.split("\n")[0])
     p.add_argument("--shape", choices=["8b", "small"], default="8b")
     p.add_argument("--models", nargs="+", choices=list(SHAPES), default=list(SHAPES))
-    p.add_argument("--lengths", type=int, nargs="+", default=None, help="default: 4096 8192 16384 32768 (small: 256 512)")
+    p.add_argument("--lengths", type=int, nargs="+", default=None,
+                   help="default: 4096 8192 16384 32768 (small: 256 512)")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--repeats", type=int, default=3)

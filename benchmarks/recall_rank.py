@@ -8,7 +8,8 @@
 4.2k-token trajectory rendered like a long-suite episode, read by a cache of a 2,048-token budget (`--budget`); each
 fact asked in its own words and paraphrased.
 
-`--case long` (default): on long-suite episodes (`benchmarks.rlm_bench.long_episodes`, dev split by default: its own keys and seeds) the
+`--case long` (default): on long-suite episodes (`benchmarks.rlm_bench.long_episodes`, dev split by default: its
+own keys and seeds) the
 trajectory is read by a folding `TrajectoryCache` of the suite's fast size (window 2,048: cache budget 1,920 less the
 recall's eighth), while forward hooks keep every token's hidden state at every decoder layer and its pre-RoPE key
 (what a representative computed at extend time could see). Each question, in the fact's own words and paraphrased,
@@ -189,7 +190,8 @@ def run(args: argparse.Namespace) -> dict:
     rows: list[dict] = []
     sizes: list[dict] = []
     attn = [blk.self_attn for blk in decoder_layers(lm)]
-    d = lm.config.head_dim if getattr(lm.config, "head_dim", None) else lm.config.hidden_size // lm.config.num_attention_heads
+    d = (lm.config.head_dim if getattr(lm.config, "head_dim", None)
+         else lm.config.hidden_size // lm.config.num_attention_heads)
     for e in range(args.episodes):
         seed = SPLIT_SEED[args.split] + e
         if args.case == "dense":
@@ -244,7 +246,8 @@ def run(args: argparse.Namespace) -> dict:
         arc = cache.archive
         sizes.append(dict(episode=ep.id, tokens=T, cache_positions=cache.length,
                           cache_bytes_per_token=store_bytes(cache.store) / T,
-                          importance_bytes_per_token=4 * len(cache.store.held) * cache.store.kv_heads * cache.length / T,
+                          importance_bytes_per_token=(4 * len(cache.store.held) * cache.store.kv_heads
+                                                      * cache.length / T),
                           archive_bytes_per_token=arc.nbytes() / T,
                           representative_bytes_per_token=arc.representative_bytes() / T,
                           archived_tokens=arc.archived[1] - arc.archived[0], prefill_s=prefill_s))

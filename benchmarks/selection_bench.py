@@ -90,7 +90,7 @@ def kl_table(cache, question: str, answer: str, names: list[str]) -> dict:
 
 
 def case_rows(lm, case, names: list[str]) -> dict:
-    cache = briefing.TrajectoryCache(lm, case.text, fold=None)
+    cache = briefing.TrajectoryCache(lm, case.text, fold=None, importance=True)
     kls = kl_table(cache, case.question, case.answer, names)
     return {"essay": case.essay, "kind": case.kind, "tokens": cache.length, "answer": case.answer,
             "no_trajectory": kls.pop("no trajectory")["0"], "kl": kls}

@@ -28,11 +28,13 @@ _EXPORTS = {
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = [
-    "Archive", "ArchivePolicy", "AttentionMatching", "BriefingError", "CompactedCache", "CompactionStats", "CoverageMatching", "Fit", "FoldPolicy",
+    "Archive", "ArchivePolicy", "AttentionMatching", "BriefingError", "CompactedCache", "CompactionStats",
+    "CoverageMatching", "Fit", "FoldPolicy",
     "FoldStats", "GenerationConfig", "GenerationResult", "Guidance", "GuidanceMemory", "KeepAll", "KeepNone",
     "LoadedModel", "MixGuidance", "ModelLoadError", "RandomKeep", "RecentWindow", "ScoredSelector", "Scores",
     "Selector", "SizedSelector", "SpanGuidance", "TaskGuidance", "TopK", "TrajectoryCache", "compact", "compact_many",
-    "default_fold_selector", "generate", "generate_batch", "load_model", "loglikelihood", "plain_context", "token_logprobs",
+    "default_fold_selector", "generate", "generate_batch", "load_model", "loglikelihood", "plain_context",
+    "token_logprobs",
 ]
 assert sorted(__all__) == sorted(_WHERE), "briefing.__all__ and its lazy table disagree"
 

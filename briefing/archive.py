@@ -164,7 +164,8 @@ class Segment:
         out = Segment.__new__(Segment)
         out.first, out.n = token, self.n - cut
         out.positions = self.positions[cut:].clone()
-        out.keys, out.values = place(self.keys[..., cut:, :].clone(), path), place(self.values[..., cut:, :].clone(), path)
+        out.keys = place(self.keys[..., cut:, :].clone(), path)
+        out.values = place(self.values[..., cut:, :].clone(), path)
         out.kscale = None if self.kscale is None else self.kscale[..., cut:].clone()
         out.vscale = None if self.vscale is None else self.vscale[..., cut:].clone()
         out.importance = None if self.importance is None else self.importance[..., cut:].clone()
@@ -202,7 +203,8 @@ class Archive:
     def reading(self, first: int, n: int) -> Iterator[None]:
         """Around the prefill forward of tokens [first, first + n): their hidden states join their blocks' sums."""
         if first != self.tokens:
-            raise BriefingError(f"archive out of step: it has read {self.tokens} tokens, the prefill starts at {first}.")
+            raise BriefingError(f"archive out of step: it has read {self.tokens} tokens, the prefill starts at "
+                                f"{first}.")
         with hidden_states(self.lm, self.layers) as out:
             yield
         t0 = time.perf_counter()

@@ -186,10 +186,12 @@ class GuidanceMemory:
             folded = self.inside(recent_from)
             recent = [j for j, tok in enumerate(self.span_tokens) if tok >= recent_from]
             if len(folded) > limit:
-                folded = [folded[int(i)] for i in torch.randperm(len(folded), generator=self.generator, device="cpu")[:limit]]
+                order = torch.randperm(len(folded), generator=self.generator, device="cpu")[:limit]
+                folded = [folded[int(i)] for i in order]
             keep = sorted(folded + recent)
         else:
-            keep = torch.randperm(self.span.shape[3], generator=self.generator, device="cpu")[:limit].sort().values.tolist()
+            order = torch.randperm(self.span.shape[3], generator=self.generator, device="cpu")[:limit]
+            keep = order.sort().values.tolist()
         self.span = self.span[:, :, :, self._index(keep)]
         self.span_tokens = [self.span_tokens[j] for j in keep]
 

@@ -164,7 +164,8 @@ class KeepAttached(Selector):
         if selector.keeps_all:
             raise BriefingError("KeepAttached: a selector that keeps all positions needs no wrapper.")
         self.selector, self.attached = selector, attached
-        self.needs_scores, self.reuse_prompt_kv, self.fit = selector.needs_scores, selector.reuse_prompt_kv, selector.fit
+        self.needs_scores, self.reuse_prompt_kv = selector.needs_scores, selector.reuse_prompt_kv
+        self.fit = selector.fit
 
     def select(self, layers: int, kv_heads: int, length: int, scores: Scores | None, *, count: int | None = None,
                device: torch.device | None = None) -> torch.Tensor:

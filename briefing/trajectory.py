@@ -55,14 +55,15 @@ class TrajectoryCache:
     cache then serves up to the model's context length). budget: most positions the cache holds (None:
     lm.max_context - reserve when folding, lm.max_context otherwise). reserve: positions left free for the call
     prompt and generation (None: 512, at most an eighth of the context). importance: score every appended chunk
-    by reconstruction (`briefing.importance`: about one more prefill of the chunk), kept with the cache for the
-    selectors (`Scores.importance`); False: no score (a model that slides on every layer has none). archive: an
-    `ArchivePolicy` to keep what the folds compact away (with each token's importance) and a representative per
-    block for latent recall (`briefing.archive`; None: none).
+    by reconstruction (`briefing.importance`: one more forward of the chunk, 2-3x its prefill on this CPU), kept with
+    the cache for the selectors (`Scores.importance`; a selector with `agnostic > 0` needs it); False (the default):
+    no score (a model that slides on every layer has none). archive: an `ArchivePolicy` to keep what the folds
+    compact away (with each token's importance) and a representative per block for latent recall
+    (`briefing.archive`; None: none).
     """
 
     def __init__(self, lm: LoadedModel, text: str = "", chunk_tokens: int = 1024, *, budget: int | None = None,
-                 reserve: int | None = None, fold: FoldPolicy | None = DEFAULT_FOLD, importance: bool = True,
+                 reserve: int | None = None, fold: FoldPolicy | None = DEFAULT_FOLD, importance: bool = False,
                  archive: ArchivePolicy | None = None) -> None:
         if fold is not None and not isinstance(fold, FoldPolicy):
             raise BriefingError(f"fold must be a briefing.FoldPolicy or None (never fold), got {fold!r}.")

@@ -29,7 +29,8 @@ Invariants the guards keep (each one is tested in tests/test_repl_redteam.py):
    not create (the stdlib uses some as names later: ``cached_property.attrname``), except an
    allow-list (``decimal.Context``, ``textwrap.TextWrapper``) and exceptions; items of any
    container stay writable. ``functools.update_wrapper`` writes only into the sandbox's own
-   functions and classes and copies a ``__dict__`` only from them; ``copy`` refuses instances with private keys in their own dict.
+   functions and classes and copies a ``__dict__`` only from them; ``copy`` refuses instances with private
+   keys in their own dict.
    ``functools.cached_property`` caches under a public ``attrname`` only, for classes made in the
    sandbox, reading the name once (a subclass's ``attrname = '__deepcopy__'`` planted a private key).
 7. ``getattr`` never returns a C-level callable with a private name, nor the original
@@ -139,7 +140,8 @@ def guarded_getattr(obj, name, default=_MISSING):
     vt = type(value)
     if name in READABLE_DUNDERS and value is not None and vt is not str:
         raise _deny(name)
-    if vt is types.ModuleType or issubclass(vt, OPAQUE_TYPES) or (vt in _C_CALLABLE_TYPES and _hidden_c_callable(value)):
+    if (vt is types.ModuleType or issubclass(vt, OPAQUE_TYPES)
+            or (vt in _C_CALLABLE_TYPES and _hidden_c_callable(value))):
         if default is not _MISSING:
             return default
         raise _deny(name)
@@ -602,7 +604,8 @@ def _guarded_enum_call(cls, value, names=None, *args, **kwargs):
     """``Enum('X', {...})`` (the functional API) builds a class from a dict, dunders included,
     outside the class-statement checks: refused; ``Color(1)`` (a value lookup) still works."""
     if names is not None or args or kwargs:
-        raise TypeError("the Enum functional API is not available in the sandbox; define the enum with a class statement")
+        raise TypeError("the Enum functional API is not available in the sandbox; define the enum with a class "
+                        "statement")
     return _REAL_COPY["enum_call"](cls, value)
 
 

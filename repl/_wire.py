@@ -88,7 +88,8 @@ def to_wire(x: object, depth: int = 0, budget: list[int] | None = None) -> objec
             size = 5
         budget[0] -= size
         if budget[0] < 0:
-            raise PlainDataError("the value is over the limit of the message size (max_message_mb); send a smaller part")
+            raise PlainDataError("the value is over the limit of the message size (max_message_mb); send a smaller "
+                                 "part")
     if t is str or t is int or t is bool or x is None:
         return x
     if t is float:

@@ -524,7 +524,8 @@ class Sandbox:
                 except OSError:
                     pass
             self._kill_group()
-            raise SandboxError(f"the sandbox process failed to start ({e}): {err.decode(errors='replace')[-2000:]}") from None
+            tail = err.decode(errors="replace")[-2000:]
+            raise SandboxError(f"the sandbox process failed to start ({e}): {tail}") from None
         if self._proc.stderr is not None:
             self._proc.stderr.close()
         self._layers = {str(k): str(v) for k, v in (hello.get("layers") or {}).items()}

@@ -85,9 +85,9 @@ def test_keep_all_reproduces_the_models_own_logits_past_the_window(tok, family):
     assert (got - ref).abs().max() < 1e-4
 
 
-SELECTORS = [briefing.AttentionMatching(), briefing.AttentionMatching(ratio=0.3, per_head=False), briefing.TopK(ratio=0.2),
-             briefing.CoverageMatching(ratio=0.3, chunk=4), briefing.RandomKeep(ratio=0.2), briefing.RecentWindow(tokens=9),
-             briefing.KeepAll(), briefing.KeepNone()]
+SELECTORS = [briefing.AttentionMatching(), briefing.AttentionMatching(ratio=0.3, per_head=False),
+             briefing.TopK(ratio=0.2), briefing.CoverageMatching(ratio=0.3, chunk=4), briefing.RandomKeep(ratio=0.2),
+             briefing.RecentWindow(tokens=9), briefing.KeepAll(), briefing.KeepNone()]
 
 
 @pytest.mark.parametrize("family", ["llama-gqa", "gemma3-hybrid", "mistral-sliding"])
@@ -114,7 +114,8 @@ def test_the_whole_path_makes_every_tensor_on_the_models_device(tok, family):
         worker = BriefedWorker(lm=lm, max_new_tokens=2, reserve=96, recall=TextRecall(tokens=24),
                                fold=briefing.FoldPolicy(recent=48, capture_stride=4))
         assert worker.answer("What was low?", TEXT).briefing.trajectory_tokens > 256
-        assert TextWorker(backend=LocalChatBackend(lm), max_new_tokens=2).answer("What was low?", TEXT[:300]).text is not None
+        text = TextWorker(backend=LocalChatBackend(lm), max_new_tokens=2)
+        assert text.answer("What was low?", TEXT[:300]).text is not None
     finally:
         torch.set_default_device(None)
 
@@ -159,8 +160,8 @@ def test_device_and_dtype_choices_and_their_errors(monkeypatch):
         resolve_dtype("half")
     with pytest.raises(ModelLoadError, match="device='gpu3' is not a device"):
         resolve_device("gpu3")
-    with pytest.raises(ModelLoadError, match=r"'no-such-model' is not a known model \(smollm2-135m, gemma3-270m\).*local "
-                                             "folder"):
+    with pytest.raises(ModelLoadError,
+                       match=r"'no-such-model' is not a known model \(smollm2-135m, gemma3-270m\).*local folder"):
         briefing.load_model("no-such-model")
 
 

@@ -44,7 +44,7 @@ def test_the_score_equals_a_direct_reconstruction_pass(tok):
     """The stored score is KVzip's, computed by hand: for a full 48-token chunk, and for a short append after it
     (its softmax reaches back over the cache's chunk size)."""
     lm = tiny_model("qwen3-gqa", tok)
-    cache = briefing.TrajectoryCache(lm, TEXT, chunk_tokens=48, fold=None)
+    cache = briefing.TrajectoryCache(lm, TEXT, chunk_tokens=48, fold=None, importance=True)
     assert cache.store.importance.shape == (len(lm.held_layers), lm.kv_heads, cache.length)
     assert (cache.store.importance[..., 48:96] - reference(lm, cache.ids, 48, 96, 48)).abs().max() < 1e-5
     n = cache.extend(" A short note.")                                            # tokens prefilled (seam re-cut)
@@ -59,7 +59,7 @@ def test_the_score_survives_folds_and_rebases(tok):
     """A folded key keeps the score it had when its token was appended (the origins say which token it is)."""
     lm = tiny_model("llama-gqa", tok, max_positions=512)
     cache = briefing.TrajectoryCache(lm, chunk_tokens=64, budget=256, reserve=64,
-                                     fold=briefing.FoldPolicy(recent=64, capture_stride=4))
+                                     fold=briefing.FoldPolicy(recent=64, capture_stride=4), importance=True)
     by_token: dict[int, torch.Tensor] = {}
     pieces = [p + ". " for p in TEXT.split(". ") if p]
     while cache.rebases < 1 or len(cache.folds) < 2:
@@ -93,7 +93,7 @@ class ReconstructionOnly(briefing.ScoredSelector):
 
 def test_a_custom_selector_reads_the_score_and_agnostic_one_is_the_same_selection(tok):
     lm = tiny_model("llama-gqa", tok)
-    cache = briefing.TrajectoryCache(lm, TEXT, fold=None)
+    cache = briefing.TrajectoryCache(lm, TEXT, fold=None, importance=True)
     imp = cache.store.importance
     mine = cache.compact(PROMPT, ReconstructionOnly(ratio=0.2, sinks=1, smooth_kernel=1, look_ahead=0))
     t = mine.positions.shape[-1]
@@ -106,9 +106,20 @@ def test_a_custom_selector_reads_the_score_and_agnostic_one_is_the_same_selectio
     best = ranked.topk(round(0.5 * t), dim=-1).indices                             # the importance's half
     assert all(set(best[i, h].tolist()) <= set(half.positions[i, h].tolist())
                for i in range(best.shape[0]) for h in range(best.shape[1]))
-    # a cache built without the score gives selectors none, and agnostic is then ignored
-    plain = briefing.TrajectoryCache(lm, TEXT, fold=None, importance=False)
+    # a cache built without the score (the default) gives selectors none, and agnostic is then ignored
+    plain = briefing.TrajectoryCache(lm, TEXT, fold=None)
     assert plain.store.importance is None
     assert torch.equal(plain.compact(PROMPT, briefing.TopK(ratio=0.2, agnostic=0.5)).positions,
                        plain.compact(PROMPT, briefing.TopK(ratio=0.2)).positions)
     assert kv.cache_length(plain.kv) == kv.cache_length(cache.kv)
+
+
+def test_the_worker_scores_only_where_a_selector_reads_the_score(tok):
+    from agents import BriefedWorker
+
+    lm = tiny_model("llama-gqa", tok)
+    plain = BriefedWorker(lm=lm, max_new_tokens=2, reserve=64)
+    plain.answer("What?", TEXT)
+    mixed = BriefedWorker(lm=lm, max_new_tokens=2, reserve=64, selector=briefing.AttentionMatching(agnostic=0.5))
+    mixed.answer("What?", TEXT)
+    assert plain._caches[0].store.importance is None and mixed._caches[0].store.importance is not None

@@ -162,8 +162,8 @@ def test_coverage_against_a_hand_computed_case():
     # re-attached keys and values count through the slots the context kept, not through their ranges
     b.recalled = Recalled("", [(6, 12)], "latent:attach", blocks=object(), tokens=6)
     b.origins = torch.cat([cache.origins(), torch.tensor([6, 7]).view(1, 1, -1).expand(2, 2, -1)], -1)
-    b.context = types.SimpleNamespace(positions=torch.cat([kept, torch.tensor([40, 41]).view(1, 1, -1).expand(2, 2, -1)],
-                                                          -1))
+    attached = torch.tensor([40, 41]).view(1, 1, -1).expand(2, 2, -1)
+    b.context = types.SimpleNamespace(positions=torch.cat([kept, attached], -1))
     assert b.coverage(0, 8) == pytest.approx((6 + 3 + 6 + 2) / 32)
     assert b.coverage(8, 10) == 0.0
     # pasted text (a text worker's) counts as recalled text does; the offset moves trajectory ranges into the cache

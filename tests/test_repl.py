@@ -197,7 +197,8 @@ def test_primitives_callable_and_values(sb):
 
 def test_primitives_cannot_be_rebound_or_deleted(sb):
     for code in ("double = 1", "del double", "context = 'x'", "def double():\n    pass",
-                 "import json as double", "for double in []:\n    pass", "def f():\n    global context\n    context = 1"):
+                 "import json as double", "for double in []:\n    pass",
+                 "def f():\n    global context\n    context = 1"):
         res = sb.run(code)
         assert res.error_type == "PermissionError", (code, res)
         assert "sandbox primitive" in res.error

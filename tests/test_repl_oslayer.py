@@ -402,7 +402,8 @@ def test_i26_fcntl_cannot_point_signals_at_other_processes(escaped):
     for code in (f"fcntl.fcntl(r, fcntl.F_SETOWN, {host})", f"fcntl.fcntl(r, fcntl.F_SETOWN, -{host})",
                  "fcntl.fcntl(r, 10, 9)",  # F_SETSIG
                  f"fcntl.fcntl(r, 15, struct.pack('ii', 1, {host}))",  # F_SETOWN_EX
-                 "fcntl.fcntl(r, fcntl.F_SETFL, os.O_ASYNC)", "fcntl.fcntl(r, fcntl.F_SETFL, os.O_ASYNC | os.O_NONBLOCK)",
+                 "fcntl.fcntl(r, fcntl.F_SETFL, os.O_ASYNC)",
+                 "fcntl.fcntl(r, fcntl.F_SETFL, os.O_ASYNC | os.O_NONBLOCK)",
                  "fcntl.fcntl(r, 1024, 0)",  # F_SETLEASE
                  "fcntl.fcntl(r, 1026, 0x80000000)"):  # F_NOTIFY
         res = sb.run(setup + code)

@@ -64,7 +64,8 @@ ESCAPES: list[tuple[str, str]] = [
     ("string_formatter_mro",
      "import string\nF = string.Formatter.mro()[-2]\nF.get_field(string.Formatter(), '0.__class__', (1,), {})"),
     ("fstring_dunder", "f'{(1).__class__}'"),
-    ("userstring_format", "import collections\ncollections.UserString('{0.__globals__}').format(collections.namedtuple)"),
+    ("userstring_format",
+     "import collections\ncollections.UserString('{0.__globals__}').format(collections.namedtuple)"),
     ("userstring_format_map", "import collections\ncollections.UserString('{x.__class__}').format_map({'x': 1})"),
     ("userstring_format_mro",
      "import collections\nU = collections.UserString\nU.mro()[0].format(U('{0.__class__.__mro__}'), 1)"),
@@ -82,7 +83,8 @@ ESCAPES: list[tuple[str, str]] = [
      "class C:\n    def __enter__(self):\n        return self\n"
      "    def __exit__(self, t, v, tb):\n        self.n = getattr(tb, 'tb_lineno')\n        return True\n"
      "with C() as c:\n    1/0\nc.n"),
-    ("attributeerror_obj", "import json\ntry:\n    json.nope\nexcept AttributeError as e:\n    o = getattr(e, 'obj')\no"),
+    ("attributeerror_obj",
+     "import json\ntry:\n    json.nope\nexcept AttributeError as e:\n    o = getattr(e, 'obj')\no"),
     ("try_star", "try:\n    raise ExceptionGroup('x', [ValueError()])\nexcept* ValueError:\n    pass"),
     # --- classes, metaclasses, decorators, parameters
     ("init_subclass", "class A:\n    def __init_subclass__(cls):\n        pass"),
@@ -110,7 +112,8 @@ ESCAPES: list[tuple[str, str]] = [
     ("operator_methodcaller", "import operator\noperator.methodcaller('__reduce_ex__', 2)(1)"),
     ("operator_setitem_module", "import operator, json\noperator.setitem(json, 'x', 1)"),
     ("functools_update_wrapper_globals",
-     "import functools, json\ndef f():\n    pass\nfunctools.update_wrapper(f, json.dumps, assigned=(), updated=('__globals__',))"),
+     "import functools, json\ndef f():\n    pass\n"
+     "functools.update_wrapper(f, json.dumps, assigned=(), updated=('__globals__',))"),
     ("functools_wraps_names",
      "import functools\ndef f():\n    pass\nfunctools.wraps(f, assigned=('__code__',))(f)"),
     ("functools_partial_getattr", "import functools\nfunctools.partial(getattr, (), '__class__')()"),
@@ -299,7 +302,8 @@ RESOURCES: list[tuple[str, str, set[str]]] = [
     ("sleep", "import time\ntime.sleep(100)", {"timeout"}),
     ("bigint_in_c", "x = 10 ** 10 ** 9", {"timeout", "memory"}),
     ("regex_backtracking", "import re\nre.match('(a+)+$', 'a' * 64 + 'b')", {"timeout"}),
-    ("recursion_bomb", "def f():\n    try:\n        f()\n    except RecursionError:\n        f()\nf()", {"timeout", "RecursionError"}),
+    ("recursion_bomb", "def f():\n    try:\n        f()\n    except RecursionError:\n        f()\nf()",
+     {"timeout", "RecursionError"}),
     ("deep_recursion", "def f(n):\n    return f(n + 1)\nf(0)", {"RecursionError"}),
     ("memory_string", "s = 'x' * 10 ** 10", {"memory"}),
     ("memory_list", "l = [0] * 10 ** 10", {"memory"}),
@@ -634,7 +638,8 @@ def test_f4_json_bomb_frame_is_refused_before_decoding():
             rss_before = status_kb("VmHWM")  # the peak so far: only a higher peak counts (a weaker check)
         t0 = time.monotonic()
         res = sb.run("import sys, struct, time\nc = sys.modules['repl._child']\n"
-                     "body = b'{\"op\":\"call\",\"nonce\":\"' + c.S.nonce.encode() + b'\",\"name\":\"bigdoc\",\"args\":['"
+                     "body = b'{\"op\":\"call\",\"nonce\":\"' + c.S.nonce.encode()"
+                     " + b'\",\"name\":\"bigdoc\",\"args\":['"
                      " + b'[],' * 4_000_000 + b'[]],\"kwargs\":{}}'\n"
                      "c.S.chan.sendall(struct.pack('>I', len(body)) + body)\ntime.sleep(5)")
         assert time.monotonic() - t0 < 4.0, res

@@ -80,8 +80,8 @@ class LLMPolicy(OrchestratorPolicy):
 
     def __post_init__(self) -> None:
         if not isinstance(self.backend, ChatBackend):
-            raise TypeError("LLMPolicy: backend must be an agents.ChatBackend (OpenAIChatBackend, LocalChatBackend, ...), "
-                            f"got {type(self.backend).__name__}.")
+            raise TypeError("LLMPolicy: backend must be an agents.ChatBackend (OpenAIChatBackend, LocalChatBackend, "
+                            f"...), got {type(self.backend).__name__}.")
         check_int("LLMPolicy", "max_output_chars", self.max_output_chars, low=1, error=ValueError)
 
     def step(self, state: RunState) -> Step:

@@ -101,8 +101,10 @@ class BriefedWorker(LocalModelMixin, Worker):
         best = max((c for c in self._caches if text.startswith(c.text)), key=lambda c: len(c.text), default=None)
         if best is None:
             fold = self.fold if self.fold is not None else briefing.FoldPolicy()
+            agnostic = max(getattr(s, "agnostic", 0.0) for s in (self.make_selector(), fold.selector))
             archive = self.recall.archive() if self.recall is not None else None
             best = briefing.TrajectoryCache(self.model(), budget=self.cache_budget, reserve=self.reserve, fold=fold,
+                                            importance=agnostic > 0,   # scored only where a selector reads it
                                             archive=archive)
             self._caches.append(best)
             del self._caches[: max(0, len(self._caches) - self.max_caches)]

@@ -66,7 +66,8 @@ KINDS = [
         Key("locker number", "Which digits unlock the storage cupboard at the gym?", "The gym cupboard unlocks with"),
         Key("garage code", "What do I key in to open the shed where the car is parked?",
             "The shed where the car is parked opens with"),
-        Key("printer PIN", "Which digits unlock the office copying machine?", "The office copying machine unlocks with"),
+        Key("printer PIN", "Which digits unlock the office copying machine?",
+            "The office copying machine unlocks with"),
         Key("gate code", "What number lets visitors through the driveway barrier?",
             "The driveway barrier lets visitors through with")), ()),
     Kind("The {key} is named {value}", "What is the name of the {key}?", "The {key} is named", (
