@@ -2,17 +2,22 @@
 
 A folded `briefing.TrajectoryCache` keeps a share of the old trajectory's positions, chosen before the question that
 will need them is known; the trajectory's text keeps everything. A recall strategy picks, for the call's query, what
-to bring back within a token budget. `TextRecall` (the default) recalls the BM25 top chunks of the text and puts them
-before the query, so a worker call on bounded memory can still reach a fact that the folds compacted away.
+to bring back within a token budget:
+- `TextRecall` (the default) recalls the BM25 top chunks of the text and puts them before the query, so a worker call
+  on bounded memory can still reach a fact that the folds compacted away, when the query uses the fact's words;
+- `LatentRecall` finds the blocks by the worker model's own hidden states (`briefing.latent`), whatever words the
+  query uses, and brings them back as their archived keys and values re-attached before the question (`attach=True`)
+  or as their text (`attach=False`); `rank="both"` fuses its ranking with BM25's over the same blocks.
 `bm25_chunks` also serves the BM25 baselines of the benchmarks.
 """
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from briefing.options import check_bool, check_int
+from briefing.options import check_bool, check_choice, check_int, check_type
 
 if TYPE_CHECKING:
     import briefing
@@ -30,18 +35,28 @@ class TokenCounter(Protocol):
 class Recalled:
     """What a recall brought back: `text` (the chunks as they go before the query, "" for nothing), and `ranges`,
     the character ranges [start, stop) of the searched text each chunk came from, in the order they appear in
-    `text`; `how` names the strategy."""
+    `text` (or, for re-attached keys and values, in the order they sit before the question); `how` names the
+    strategy. blocks: the re-attached keys and values (a `briefing.latent.Attached`; None: the recall is text).
+    tokens: trajectory tokens recalled (0: count the text)."""
 
     text: str = ""
     ranges: list[tuple[int, int]] = field(default_factory=list)
     how: str = ""
+    blocks: Any = None
+    tokens: int = 0
 
     def __bool__(self) -> bool:
-        return bool(self.text.strip())
+        return bool(self.text.strip()) or self.blocks is not None
+
+    @property
+    def pasted(self) -> bool:
+        """The recall is text pasted before the question (not re-attached keys and values)."""
+        return self.blocks is None
 
     def shifted(self, offset: int) -> Recalled:
         """The same recall with its ranges moved by `offset` characters (e.g. into the trajectory's own text)."""
-        return Recalled(self.text, [(a + offset, b + offset) for a, b in self.ranges], self.how)
+        return Recalled(self.text, [(a + offset, b + offset) for a, b in self.ranges], self.how, self.blocks,
+                        self.tokens)
 
 
 def _words(s: str) -> list[str]:
@@ -91,13 +106,19 @@ def fit(text: str, k_tokens: int, lm: briefing.LoadedModel, *, keep_end: bool) -
 
 
 class Recall:
-    """A recall strategy: `tokens` is its budget; `recall(cache, query, k_tokens)` returns what comes back for one
-    call (k_tokens: the budget left in the call's reserve, at most `tokens`), with ranges in `cache.text`."""
+    """A recall strategy: `tokens` is its budget; `recall(cache, query, k_tokens, prompt=...)` returns what comes back
+    for one call (k_tokens: the budget left in the call's reserve, at most `tokens`; prompt: the call prompt the
+    query sits in), with ranges in `cache.text`. `archive()`: the `briefing.ArchivePolicy` the worker's caches need
+    (None: no archive)."""
 
     tokens: int
 
-    def recall(self, cache: briefing.TrajectoryCache, query: str, k_tokens: int) -> Recalled:
+    def recall(self, cache: briefing.TrajectoryCache, query: str, k_tokens: int, *,
+               prompt: str | None = None) -> Recalled:
         raise NotImplementedError
+
+    def archive(self) -> briefing.ArchivePolicy | None:
+        return None
 
 
 @dataclass(kw_only=True)
@@ -122,7 +143,8 @@ class TextRecall(Recall):
         check_bool("TextRecall", "tail", self.tail, error=ValueError)
         check_bool("TextRecall", "ranked", self.ranked, error=ValueError)
 
-    def recall(self, cache: briefing.TrajectoryCache, query: str, k_tokens: int) -> Recalled:
+    def recall(self, cache: briefing.TrajectoryCache, query: str, k_tokens: int, *,
+               prompt: str | None = None) -> Recalled:
         k_tokens = min(k_tokens, self.tokens)
         if k_tokens < MIN_RECALL_TOKENS or not cache.folds:
             return Recalled(how="bm25")
@@ -158,3 +180,113 @@ def _cut_ranges(found: Recalled, text: str, keep_end: bool) -> list[tuple[int, i
             if lo < limit:
                 kept.append((a, b - max(0, hi - limit)))
     return kept
+
+
+RANKS = ("latent", "both")
+FUSION_K = 60  # reciprocal rank fusion's constant (Cormack et al. 2009)
+
+
+@dataclass(kw_only=True)
+class LatentRecall(Recall):
+    """Recall by the worker model's own hidden states (`briefing.latent`): the call prompt is forwarded over the
+    folded cache, the mean hidden state of its question at the last decoder layers scores every block of the
+    trajectory (its tokens' mean hidden state, read while the cache prefilled), and the best blocks come back, the
+    best last, nearest the question. Nothing before the cache's first fold. The worker's caches keep an archive
+    (`archive`) of the keys and values their folds compact away.
+
+    tokens: recall budget (trajectory tokens). attach: re-attach the blocks' archived keys and values after the cache
+        (the call's compaction then keeps them all and fits over them with the cache's positions); False: put their
+        text before the question, as `TextRecall` does. rank: "latent" (the hidden states alone) or "both" (fused
+        with BM25 over the same blocks' text, by reciprocal rank). pad: tokens recalled on each side of a picked block
+        (a fact cut by a block boundary comes back whole). archive: the caches' `briefing.ArchivePolicy` (None: its
+        defaults).
+
+    Not `BriefedWorker`'s default: on the dev case of docs/benchmarks.md ("Latent recall against BM25") it finds more
+    paraphrased facts than BM25 but loses most facts asked in their own words, so `TextRecall` stays the default."""
+
+    tokens: int = 256
+    attach: bool = True
+    rank: str = "latent"
+    pad: int = 16
+    archive_policy: Any = None
+
+    def __post_init__(self) -> None:
+        owner = "LatentRecall"
+        check_int(owner, "tokens", self.tokens, low=1, what="recall budget in tokens", error=ValueError)
+        check_bool(owner, "attach", self.attach, error=ValueError)
+        check_choice(owner, "rank", self.rank, RANKS, what="what ranks the blocks", error=ValueError)
+        check_int(owner, "pad", self.pad, low=0, what="tokens recalled on each side of a block", error=ValueError)
+        if self.archive_policy is not None:
+            import briefing
+
+            check_type(owner, "archive_policy", self.archive_policy, briefing.ArchivePolicy,
+                       "a briefing.ArchivePolicy or None for its defaults", error=ValueError)
+
+    @property
+    def how(self) -> str:
+        return f"{self.rank}:{'attach' if self.attach else 'prefill'}"
+
+    def archive(self) -> briefing.ArchivePolicy:
+        import briefing
+
+        return self.archive_policy if self.archive_policy is not None else briefing.ArchivePolicy()
+
+    def recall(self, cache: briefing.TrajectoryCache, query: str, k_tokens: int, *,
+               prompt: str | None = None) -> Recalled:
+        from briefing import latent
+
+        k_tokens = min(k_tokens, self.tokens)
+        if k_tokens < MIN_RECALL_TOKENS or not cache.folds:
+            return Recalled(how=self.how)
+        lm = cache.lm
+        text = prompt if prompt is not None and query in prompt else query
+        ids, question = _token_span(lm, text, text.rindex(query), len(query))
+        sink = cache.fold.sink
+        found = latent.lookup(cache, ids, question, k_tokens, pad=self.pad, sink=sink)
+        ranges = found.ranges
+        if self.rank == "both":
+            ranges = latent.pick(self._fused(cache, query, found.scores), cache.archive.policy.block, self.pad,
+                                 k_tokens, cache.archive.tokens, sink)
+        chars = _char_ranges(cache, ranges)
+        tokens = sum(hi - lo for lo, hi in ranges)
+        if not ranges:
+            return Recalled(how=self.how)
+        if self.attach:
+            t0 = time.perf_counter()
+            blocks = latent.attach(cache, ranges)
+            blocks.lookup_s, blocks.fetch_s = found.seconds, time.perf_counter() - t0
+            return Recalled("", chars, self.how, blocks, tokens)
+        pieces = [lm.decode(cache.ids[lo:hi]) for lo, hi in ranges]
+        return Recalled(SEPARATOR.join(pieces) + "\n", chars, self.how, None, tokens)
+
+    def _fused(self, cache: briefing.TrajectoryCache, query: str, scores: Any) -> Any:
+        """Reciprocal rank fusion of the latent scores [blocks] with BM25's over the same blocks' text."""
+        import torch
+        from rank_bm25 import BM25Okapi
+
+        B = cache.archive.policy.block
+        nb = scores.shape[0]
+        texts = [cache.lm.decode(cache.ids[j * B:(j + 1) * B]) for j in range(nb)]
+        bm = torch.tensor(BM25Okapi([_words(t) or ["_"] for t in texts]).get_scores(_words(query)),
+                          dtype=torch.float32, device=scores.device)                  # [nb]
+        fused = torch.zeros_like(scores)
+        for s in (scores, bm):
+            rank = torch.empty_like(scores)
+            rank[s.argsort(descending=True)] = torch.arange(nb, dtype=scores.dtype, device=scores.device)
+            fused += 1.0 / (FUSION_K + 1 + rank)
+        return fused.masked_fill(~torch.isfinite(scores), float("-inf"))
+
+
+def _token_span(lm: briefing.LoadedModel, text: str, start: int, n: int) -> tuple[list[int], tuple[int, int]]:
+    """The ids of `text` and the token range [lo, hi) that covers its characters [start, start + n)."""
+    enc = lm.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    inside = [i for i, (a, b) in enumerate(enc["offset_mapping"]) if a < start + n and b > start]
+    return list(enc["input_ids"]), (inside[0], inside[-1] + 1) if inside else (0, len(enc["input_ids"]))
+
+
+def _char_ranges(cache: briefing.TrajectoryCache, ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Character ranges of `cache.text` that the token ranges cover."""
+    if not ranges:
+        return []
+    spans = cache.lm.tokenizer(cache.text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    return [(spans[lo][0], spans[hi - 1][1]) for lo, hi in ranges]

@@ -12,6 +12,7 @@ import importlib
 from typing import TYPE_CHECKING
 
 _EXPORTS = {
+    "briefing.archive": ["Archive", "ArchivePolicy"],
     "briefing.compaction": ["compact", "compact_many"],
     "briefing.context": ["CompactedCache", "plain_context"],
     "briefing.errors": ["BriefingError", "ModelLoadError"],
@@ -27,7 +28,8 @@ _EXPORTS = {
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = [
-    "AttentionMatching", "BriefingError", "CompactedCache", "CompactionStats", "CoverageMatching", "Fit", "FoldPolicy",
+    "Archive", "ArchivePolicy", "AttentionMatching", "BriefingError", "CompactedCache", "CompactionStats",
+    "CoverageMatching", "Fit", "FoldPolicy",
     "FoldStats", "GenerationConfig", "GenerationResult", "Guidance", "GuidanceMemory", "KeepAll", "KeepNone",
     "LoadedModel", "MixGuidance", "ModelLoadError", "RandomKeep", "RecentWindow", "ScoredSelector", "Scores",
     "Selector", "SizedSelector", "SpanGuidance", "TaskGuidance", "TopK", "TrajectoryCache", "compact", "compact_many",
@@ -37,6 +39,7 @@ __all__ = [
 assert sorted(__all__) == sorted(_WHERE), "briefing.__all__ and its lazy table disagree"
 
 if TYPE_CHECKING:  # pragma: no cover
+    from briefing.archive import Archive, ArchivePolicy
     from briefing.compaction import compact, compact_many
     from briefing.context import CompactedCache, plain_context
     from briefing.errors import BriefingError, ModelLoadError

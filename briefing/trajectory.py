@@ -18,6 +18,7 @@ fold guidance). `compact` does not: it returns a per-call context and leaves the
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 from typing import TYPE_CHECKING
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from briefing import kv
+from briefing.archive import Archive, ArchivePolicy
 from briefing.attention import BiasState
 from briefing.compaction import compact, compact_many
 from briefing.context import run_model
@@ -55,11 +57,14 @@ class TrajectoryCache:
     prompt and generation (None: 512, at most an eighth of the context). importance: score every appended chunk
     by reconstruction (`briefing.importance`: one more forward of the chunk, 2-3x its prefill on this CPU), kept with
     the cache for the selectors (`Scores.importance`; a selector with `agnostic > 0` needs it); False (the default):
-    no score (a model that slides on every layer has none).
+    no score (a model that slides on every layer has none). archive: an `ArchivePolicy` to keep what the folds
+    compact away (with each token's importance) and a representative per block for latent recall
+    (`briefing.archive`; None: none).
     """
 
     def __init__(self, lm: LoadedModel, text: str = "", chunk_tokens: int = 1024, *, budget: int | None = None,
-                 reserve: int | None = None, fold: FoldPolicy | None = DEFAULT_FOLD, importance: bool = False) -> None:
+                 reserve: int | None = None, fold: FoldPolicy | None = DEFAULT_FOLD, importance: bool = False,
+                 archive: ArchivePolicy | None = None) -> None:
         if fold is not None and not isinstance(fold, FoldPolicy):
             raise BriefingError(f"fold must be a briefing.FoldPolicy or None (never fold), got {fold!r}.")
         self.lm = lm
@@ -87,6 +92,9 @@ class TrajectoryCache:
         self.last_extend_s = 0.0
         self.rebases = 0
         self.broken: str | None = None                 # why an extend failed half-way (the cache is then unusable)
+        if archive is not None and not isinstance(archive, ArchivePolicy):
+            raise BriefingError(f"archive must be a briefing.ArchivePolicy or None (no archive), got {archive!r}.")
+        self.archive = None if archive is None or fold is None else Archive(lm, archive)  # what the folds compact away
         if text:
             self.extend(text)
 
@@ -178,6 +186,7 @@ class TrajectoryCache:
         other.ids, other.folds = list(self.ids), list(self.folds)
         other.store = self.store.clone()
         other.memory = None if self.memory is None else self.memory.clone()  # draws what the original would draw
+        other.archive = None if self.archive is None else self.archive.clone()
         if fold is not None:
             if not isinstance(fold, FoldPolicy) or self.fold is None:
                 raise BriefingError("clone(fold=...) takes a briefing.FoldPolicy, for a cache that folds.")
@@ -285,13 +294,17 @@ class TrajectoryCache:
         self._locate()
         if self.memory is not None:  # sampled queries of dropped tokens go
             self.memory.crop(keep_tokens)
+        if self.archive is not None:  # and their hidden states
+            self.archive.crop(keep_tokens)
 
     def _prefill(self, ids: list[int]) -> None:
         position, first = self.position, len(self.ids)
         rows = None if self.memory is None else self.memory.rows(first, len(ids), self.lm.device)
         state = BiasState(beta=self.store.attention_bias(), capture=rows is not None, capture_rows=rows)
         t0 = time.perf_counter()
-        run_model(self.lm, self.store.kv, ids, position, state, last_only=True)
+        reading = contextlib.nullcontext() if self.archive is None else self.archive.reading(first, len(ids))
+        with reading:  # the archive reads the block representatives' hidden states off this forward
+            run_model(self.lm, self.store.kv, ids, position, state, last_only=True)
         self.prefill_s += time.perf_counter() - t0
         self.store.appended(first, position, len(ids))
         if self.store.importance is not None:
@@ -353,6 +366,8 @@ class TrajectoryCache:
         self._locate()
 
     def _fold(self) -> None:
+        if self.archive is not None:  # the span's tokens no fold compacted yet, as they were read
+            self.archive.keep_span(self.store, self.fold.sink, self.recent)
         self.folds.append(fold(self.store, self.memory, self.fold, recent=self.recent, tokens_seen=len(self.ids),
                                position=self.position, scale=self.lm.scaling, inv_freq=self.lm.inv_freq()))
 

@@ -5,20 +5,25 @@ import json
 
 import pytest
 
-from benchmarks.rlm_bench import long
+from benchmarks.rlm_bench import long, long_episodes
 from tests.tiny import tiny_model
 
 
 def test_episode_plants_one_fact_per_quarter():
     ep = long.make_long_episode(3, 2000)
     text = ep.text
-    assert [q.quarter for q in ep.questions] == [1, 2, 3, 4]
+    assert [q.quarter for q in ep.questions] == [1, 1, 2, 2, 3, 3, 4, 4]
+    assert [q.form for q in ep.questions] == ["own", "paraphrase"] * 4
     for q in ep.questions:
         lo, hi = long.QUARTERS[q.quarter]
-        assert f"{q.lead} {q.answer}" in text and lo - 0.1 <= q.offset <= hi + 0.1
+        assert q.statement in text and lo - 0.1 <= q.offset <= hi + 0.1
         assert len(set(q.candidates)) == 4 and q.answer in q.candidates
-        assert sum(f"{v}." in text for v in q.candidates) >= 2  # answer and the same-kind distractor are planted
-    assert len({q.lead.split(" is")[0] for q in ep.questions}) == 4
+        assert sum(f"{v}." in text for v in q.candidates) >= 3  # answer and the two same-kind distractors planted
+        if q.form == "own":
+            assert f"{q.lead} {q.answer}" in text
+        else:   # a paraphrase shares no content word with its statement
+            assert not long_episodes.shared_words(q.question, q.statement)
+    assert len({q.statement for q in ep.questions}) == 4
     assert sum(1 for _, query in ep.chunks if query) >= 3  # the worker calls of the run, seen by task guidance
     assert long.make_long_episode(3, 2000).text == text  # deterministic
 
@@ -47,7 +52,7 @@ def test_long_suite_runs_every_condition_in_bounded_memory(tok, tmp_path):
     result = long.run(args, lm=tiny, log=lambda *a: None, out=tmp_path)
     rows = result["rows"]
     assert {r["condition"] for r in rows} == set(long.CONDITIONS)
-    assert len(rows) == 2 * len(long.CONDITIONS) * 4
+    assert len(rows) == 2 * len(long.CONDITIONS) * 8   # four facts, each in two wordings
     # episode 0 has one seed at both lengths: a length's episodes do not depend on the other lengths listed
     assert {r["seed"] for r in rows} == {long.SPLIT_SEED["heldout"]}
     budget = result["config"]["window"] - result["config"]["reserve"]
@@ -75,7 +80,7 @@ def test_long_suite_runs_every_condition_in_bounded_memory(tok, tmp_path):
     assert [d["reference"] for d in pairs] == (["fold-recall"] * 2 * (len(long.CONDITIONS) - 1)
                                                + ["fold-recall-all-ranked"] * 2 * (len(long.CONDITIONS) - 2))
     for d in pairs:  # every condition answered the same questions here: the paired mean is the accuracy gap
-        assert d["questions"] == 4 and abs(d["diff"] - (acc[(d["condition"], d["length"])]
+        assert d["questions"] == 8 and abs(d["diff"] - (acc[(d["condition"], d["length"])]
                                                          - acc[(d["reference"], d["length"])])) < 1e-9
         assert d["ci95"][0] <= d["diff"] <= d["ci95"][1] and d["episode_ci95"][0] <= d["diff"] <= d["episode_ci95"][1]
         assert abs((d["won"] - d["lost"]) / d["questions"] - d["diff"]) < 1e-9
@@ -167,7 +172,7 @@ def test_first_episode_picks_later_seeds_and_is_checked(tok, tmp_path):
     parts = [json.loads(json.dumps(dict(result, rows=[r for r in result["rows"] if r["seed"] == seed])))
              for seed in (100_003, 100_004)]  # the same length's episodes run by two processes
     merged = long.merge(parts)
-    assert merged["config"]["episodes_done"] == {"300": 2} and len(merged["rows"]) == 8
+    assert merged["config"]["episodes_done"] == {"300": 2} and len(merged["rows"]) == 16
     bad = long.build_parser().parse_args(["--lengths", "300", "--first-episode", "-1", "--conditions", "plain"])
     with pytest.raises(SystemExit, match="--first-episode -1"):
         long.run(bad, lm=tiny, log=lambda *a: None)

@@ -28,7 +28,11 @@ class BriefingStats(BaseModel):
     kept / total: trajectory positions kept by the call's compaction / held by the cache. compaction: its figures.
     folds: what each fold of the persistent cache during this call did. prefilled_tokens: trajectory tokens forwarded
     by this call (the new text only). cache_positions / trajectory_tokens: positions the cache holds / tokens of the
-    whole trajectory. recalled_tokens: trajectory text recalled into the prompt once the cache has folded.
+    whole trajectory. recalled_tokens: trajectory tokens recalled once the cache has folded (as text in the prompt,
+    or as re-attached keys and values). recalled: the character ranges [start, stop) of the trajectory recalled, in
+    the order they sit before the question; recall: how (`Recalled.how`: "bm25", "latent:attach", ...).
+    recall_s: the recall's own time (finding and fetching); archive_bytes: bytes of the cache's archive (keys and
+    values its folds compacted away, kept for latent recall; 0 without one).
     """
 
     kept: int
@@ -39,6 +43,10 @@ class BriefingStats(BaseModel):
     cache_positions: int = 0
     trajectory_tokens: int = 0
     recalled_tokens: int = 0
+    recalled: list[tuple[int, int]] = Field(default_factory=list)
+    recall: str = ""
+    recall_s: float = 0.0
+    archive_bytes: int = 0
 
     @property
     def kept_ratio(self) -> float | None:

@@ -8,7 +8,9 @@ Per call (`brief`, then `answer` generates):
 1. `cache.sync(head + header + trajectory)`: a persistent `briefing.TrajectoryCache` prefills only the text added
    since the previous call (the trajectory rendering is append-only); past its budget the cache folds in place
    (`briefing.FoldPolicy`), so no call re-prefills text already in the cache and no trajectory text is dropped;
-2. once the cache has folded, `recall` brings text back before the query (`agents.recall.TextRecall`: BM25 chunks);
+2. once the cache has folded, `recall` brings back what the question needs before it (`agents.recall.TextRecall`:
+   BM25 chunks of the text; `LatentRecall`: the blocks the worker's own hidden states find, their archived keys and
+   values re-attached, over which step 3 then compacts too);
 3. `cache.compact(prompt, selector)`: with the default `AttentionMatching(tau=1.0)`, scores positions with the
    prompt's queries, keeps those above median + tau * MAD, fits beta and values; the cache is not touched;
 4. `cache.remember(ctx)`: the call's queries become task guidance for later folds;
@@ -24,7 +26,8 @@ Parameters:
     reserve: positions left for the call prompt and generation (prompt + max_new_tokens must fit)
     device, dtype: where the embedded default runs when `lm` is None ("auto": CUDA if there is one, bf16 there)
     recall: an `agents.recall.Recall` (None: no recall), by default `TextRecall(tokens=256)`: at most that many
-        tokens (fewer where the reserve leaves less room after the prompt and max_new_tokens).
+        tokens (fewer where the reserve leaves less room after the prompt and max_new_tokens). A recall that needs an
+        archive (`LatentRecall`) makes the worker's caches keep one (`briefing.ArchivePolicy`).
 Billed input tokens per call: kept positions + prompt tokens. `text_handoff_tokens`: tokens of the same text pasted
 whole (what `TextWorker` bills).
 """
@@ -99,8 +102,10 @@ class BriefedWorker(LocalModelMixin, Worker):
         if best is None:
             fold = self.fold if self.fold is not None else briefing.FoldPolicy()
             agnostic = max(getattr(s, "agnostic", 0.0) for s in (self.make_selector(), fold.selector))
+            archive = self.recall.archive() if self.recall is not None else None
             best = briefing.TrajectoryCache(self.model(), budget=self.cache_budget, reserve=self.reserve, fold=fold,
-                                            importance=agnostic > 0)   # scored only where a selector reads it
+                                            importance=agnostic > 0,   # scored only where a selector reads it
+                                            archive=archive)
             self._caches.append(best)
             del self._caches[: max(0, len(self._caches) - self.max_caches)]
         else:   # most recently used last
@@ -146,6 +151,8 @@ class BriefedWorker(LocalModelMixin, Worker):
         alone gives it; the cache remembers the queries in order, as calls one after another would. A query that
         fails (e.g. its prompt does not fit the reserve) gives its exception in its place and the rest stand. What
         the sync did (prefilled tokens, folds) is reported by the first query, as by the first of sequential calls."""
+        from briefing import latent
+
         prompts = self.prompts()
         checked: list[int | Exception] = []
         for query in queries:
@@ -161,6 +168,7 @@ class BriefedWorker(LocalModelMixin, Worker):
         cache.sync(text)
         head = len(prompts.cache_text(""))                                  # the ranges index the trajectory's text
         calls: list[tuple[int, str, int | None, Recalled, int]] = []       # (index, prompt, query tokens, recalled, n)
+        recall_s: dict[int, float] = {}
         out: list[Briefing | Exception] = list(checked)  # type: ignore[arg-type]
         for i, (query, n_query) in enumerate(zip(queries, checked)):
             if isinstance(n_query, Exception):
@@ -171,29 +179,44 @@ class BriefedWorker(LocalModelMixin, Worker):
                     # recall fills what the reserve leaves after the prompt with its recall header, and generation
                     room = (self.reserve - self.max_new_tokens
                             - self.count(prompts.call_prompt(recall_query(query, "."))) - RETOKENISE_SLACK)
-                    recalled = self.recall.recall(cache, query, room).shifted(-head)
+                    t0 = time.perf_counter()
+                    recalled = self.recall.recall(cache, query, room, prompt=prompts.call_prompt(query))
+                    recalled = recalled.shifted(-head)
+                    recall_s[i] = time.perf_counter() - t0
                 prompt = prompts.call_prompt(recall_query(query, recalled))
                 # the question guides the compaction, not the recalled text before it (the fit grows with queries^2)
-                calls.append((i, prompt, n_query if recalled else None, recalled, n_query))
+                calls.append((i, prompt, n_query if recalled.text.strip() else None, recalled, n_query))
             except Exception as e:
                 out[i] = e
-        contexts = self._compact(cache, [c[1] for c in calls], [c[2] for c in calls])
+        plain = [c for c in calls if c[3].blocks is None]   # one batched compaction; attached blocks: each its own
+        contexts = dict(zip([c[0] for c in plain], self._compact(cache, [c[1] for c in plain], [c[2] for c in plain])))
+        origins: dict[int, Any] = {}
+        for i, prompt, q, recalled, _ in calls:
+            if recalled.blocks is not None:
+                try:
+                    contexts[i], origins[i] = latent.compact_attached(cache, recalled.blocks, prompt,
+                                                                      self.make_selector(), query_tokens=q)
+                except Exception as e:
+                    contexts[i] = e
         first = True
-        for (i, prompt, _, recalled, n_query), ctx in zip(calls, contexts):
+        for i, prompt, _, recalled, n_query in calls:
+            ctx = contexts[i]
             if isinstance(ctx, Exception):
                 out[i] = ctx
                 continue
             cache.remember(ctx)
+            n_recalled = recalled.tokens or (self.count(recalled.text) if recalled.text.strip() else 0)
             stats = BriefingStats(
                 kept=ctx.stats.kept, total=ctx.stats.original_length, compaction=ctx.stats,
                 folds=cache.folds[folds_before:] if first else [],
                 prefilled_tokens=cache.prefilled_tokens - prefilled_before if first else 0,
-                cache_positions=cache.length, trajectory_tokens=cache.tokens,
-                recalled_tokens=self.count(recalled.text) if recalled else 0)
+                cache_positions=cache.length, trajectory_tokens=cache.tokens, recalled_tokens=n_recalled,
+                recalled=recalled.ranges, recall=recalled.how if recalled else "", recall_s=recall_s.get(i, 0.0),
+                archive_bytes=cache.archive.nbytes() if cache.archive is not None else 0)
             first = False
             out[i] = Briefing(context=ctx, query=queries[i], input_tokens=ctx.stats.kept + self.count(prompt),
                               text_handoff_tokens=cache.tokens + n_query, stats=stats, recalled=recalled, cache=cache,
-                              offset=head)
+                              offset=head, origins=origins.get(i))
         return out
 
     def _compact(self, cache: briefing.TrajectoryCache, prompts: list[str],
@@ -259,7 +282,10 @@ class BriefedWorker(LocalModelMixin, Worker):
         fold = other.fold if "fold" in changes else None
         budget = other.cache_budget if "cache_budget" in changes else None
         reserve = other.reserve if "reserve" in changes else None
-        other._caches = [c.clone(fold=fold, budget=budget, reserve=reserve) for c in self._caches]
+        archived = other.recall is not None and other.recall.archive() is not None
+        # a cache without the archive the new recall needs is not carried over: it is rebuilt from the text
+        other._caches = [c.clone(fold=fold, budget=budget, reserve=reserve) for c in self._caches
+                         if c.archive is not None or not archived]
         other._prompts = getattr(self, "_prompts", None)
         return other
 

@@ -7,7 +7,7 @@ internals: score candidate answers (`loglikelihood`), inspect what the call kept
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from agents.recall import Recalled
 from agents.workers.base import BriefingStats
@@ -24,7 +24,9 @@ class Briefing:
     would have cost. stats: what a briefed worker's cache did (None for a text or plain worker). recalled: what a
     recall brought back (its ranges index the trajectory's characters). pasted: character ranges of the trajectory
     the context holds as text (a text worker's, after its cut). cache / offset: a briefed worker's persistent cache
-    and where the trajectory starts in its text."""
+    and where the trajectory starts in its text. origins: the token index of every slot the context's kept
+    positions index ([layers, kv_heads, slots]; None: the cache's own slots), set when recalled keys and values were
+    attached after the cache's."""
 
     context: briefing.CompactedCache
     query: str
@@ -35,6 +37,7 @@ class Briefing:
     pasted: list[tuple[int, int]] = field(default_factory=list)
     cache: briefing.TrajectoryCache | None = field(default=None, repr=False)
     offset: int = 0
+    origins: Any = field(default=None, repr=False)
 
     def generate(self, config: briefing.GenerationConfig | None = None) -> briefing.GenerationResult:
         """Decode the answer (the context stays reusable)."""
@@ -52,7 +55,8 @@ class Briefing:
 
     def coverage(self, start: int, stop: int) -> float:
         """Share of the trajectory's characters in [start, stop) whose tokens this call's context holds: kept by the
-        compaction (averaged over layers and KV heads), recalled, or pasted as text. 0 for a plain worker."""
+        compaction (averaged over layers and KV heads; recalled keys and values re-attached are kept), recalled as
+        text, or pasted as text. 0 for a plain worker."""
         return self._share(start, stop, self.context.positions if self.cache is not None else None)
 
     def held(self, start: int, stop: int) -> float:
@@ -70,7 +74,7 @@ class Briefing:
         n = stop - start
         text = torch.zeros(n, dtype=torch.bool)                                    # [n] chars held as text
         if kept != "store":
-            for a, b in [*self.pasted, *self.recalled.ranges]:
+            for a, b in [*self.pasted, *(self.recalled.ranges if self.recalled.pasted else [])]:
                 lo, hi = max(a, start), min(b, stop)
                 if lo < hi:
                     text[lo - start:hi - start] = True
@@ -83,7 +87,8 @@ class Briefing:
         if not inside:
             return float(text.float().mean())
         tok = torch.tensor([i for i, _, _ in inside])                              # [k] token indices
-        origins = cache.origins().cpu()                                            # [L, H, length] token per slot
+        slots = self.origins if self.origins is not None and kept != "store" else cache.origins()
+        origins = slots.cpu()                                                      # [L, H, slots] token per slot
         held = origins if kept == "store" else origins.gather(-1, kept.cpu())      # [L, H, t] tokens kept
         has = (held.unsqueeze(-1) == tok).any(dim=-2)                              # [L, H, k]
         chars = torch.zeros(has.shape[:2] + (n,), dtype=torch.bool)                # [L, H, n]

@@ -85,9 +85,11 @@ def fold_policy(cfg: LongConfig, sizes: dict, condition: str) -> Any:
 
 
 def fact_range(text: str, q: Question) -> tuple[int, int]:
-    """Character range of the question's planted statement ("The mailbox is painted red") in `text`."""
-    start = text.index(f"{q.lead} {q.answer}")
-    return start, start + len(q.lead) + 1 + len(q.answer)
+    """Character range of the question's planted statement ("The mailbox is painted red") in `text` (a paraphrased
+    question's lead-in is not the statement's: its `statement` is searched)."""
+    statement = q.statement or f"{q.lead} {q.answer}"
+    start = text.index(statement)
+    return start, start + len(statement)
 
 
 def ask(worker: Any, ep: LongEpisode, condition: str, full: str, q: Question, i: int, tokens: int,

@@ -1,17 +1,23 @@
 """Episodes of the long-trajectory suite: trajectories several times the worker's window, rendered by the runtime's
-own events (`rlm.events`, `rlm.trajectory.Trajectory`), with four facts to recall.
+own events (`rlm.events`, `rlm.trajectory.Trajectory`), with four facts to recall, each asked in two wordings.
 
 A scripted orchestrator reads essay sections (REPL outputs), asks the worker about each one and takes notes. Four
 target facts of four kinds ("The safe combination is 4417", "The piano teacher is named Mary", "The mailbox is
 painted red", "The pub sign is a tiger") are planted one per quarter of the trajectory (in a REPL output, a worker
-answer or a note, cycling), plus one distractor of each kind (another key, another value) anywhere. At the end the
-worker is asked for each target (one call per fact); the candidates are the answer, the distractor's value and two
-values never planted (chance 1/4), scored by summed log-prob after the lead-in, e.g. "The mailbox is painted"
-(`benchmarks.rlm_bench.conditions.choose`).
+answer or a note, cycling), and two distractors of each kind (the kind's other keys, other values) anywhere. At the
+end the worker is asked for each target twice (one call per question): in the fact's own words ("What is the safe
+combination?") and paraphrased with no content word of the statement ("Which digits open the strongbox?",
+`Key.paraphrase`, checked by `shared_words`). The candidates are the answer, the two distractors' values and one
+value never planted (chance 1/4), scored by summed log-prob after the question's own lead-in ("The safe combination
+is" / "The strongbox opens with"; `benchmarks.rlm_bench.conditions.choose`).
+
+Templates are split like the seeds: the dev split's episodes use the first three keys of each kind, the held-out
+split's the other three, so the held-out questions (both wordings) were never seen while choosing a default.
 """
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,33 +30,90 @@ QUARTERS = {1: (0.03, 0.22), 2: (0.28, 0.47), 3: (0.53, 0.72), 4: (0.78, 0.97)}
 CARRIERS = ("output", "worker", "note")
 SPLIT_SEED = {"dev": 0, "heldout": 100_000}
 SPLIT_SPAN = 100_000   # episode e of a split has seed SPLIT_SEED + e
+FORMS = ("own", "paraphrase")
+# words that carry no content: shared by a question and its statement, they say nothing about which fact is meant
+STOPWORDS = frozenset("a an the is are was be by of to in on at for with from into my our your me i we who what which "
+                      "whose how do does did that this it its s".split())
+
+
+@dataclass(frozen=True)
+class Key:
+    """One fact's key: its words in the statement (`key`), and the same question paraphrased with no content word of
+    the statement (`paraphrase`) with the lead-in its answer follows (`lead`)."""
+
+    key: str
+    paraphrase: str
+    lead: str
 
 
 @dataclass(frozen=True)
 class Kind:
     """A fact form. Values are one token with a leading space (names, colours, animals) or four digits (codes), so
-    the candidates of a question have equal token counts."""
+    the candidates of a question have equal token counts. keys: six; the dev split uses the first three, the
+    held-out split the other three."""
 
     statement: str  # "{key}", "{value}"
     question: str   # "{key}"
     lead: str       # the answer's lead-in, "{key}"
-    keys: tuple[str, ...]
+    keys: tuple[Key, ...]
     values: tuple[str, ...]
 
 
 KINDS = [
-    Kind("The {key} is {value}", "What is the {key}?", "The {key} is",
-         ("safe combination", "alarm code", "locker number", "garage code", "printer PIN", "gate code"), ()),
-    Kind("The {key} is named {value}", "What is the name of the {key}?", "The {key} is named",
-         ("new landlord", "magazine editor", "family dentist", "piano teacher", "tax lawyer", "next-door neighbour"),
-         ("Peter", "John", "Mary", "Alice", "Robert", "David", "Sarah", "Michael", "Emma", "James", "Anna", "Paul")),
-    Kind("The {key} is painted {value}", "What colour is the {key} painted?", "The {key} is painted",
-         ("front door", "garden fence", "old bicycle", "mailbox", "rowing boat", "delivery van"),
-         ("red", "blue", "green", "yellow", "purple", "orange", "pink", "brown", "black", "white", "grey")),
-    Kind("The {key} is a {value}", "What animal is the {key}?", "The {key} is a",
-         ("football team's mascot", "hotel logo", "chess club emblem", "pub sign", "garden statue", "company flag"),
-         ("horse", "tiger", "eagle", "rabbit", "wolf", "bear", "snake", "mouse", "whale", "shark", "lion", "zebra")),
+    Kind("The {key} is {value}", "What is the {key}?", "The {key} is", (
+        Key("safe combination", "Which digits open the strongbox?", "The strongbox opens with"),
+        Key("alarm code", "What number disarms the burglar siren?", "The burglar siren is disarmed by"),
+        Key("locker number", "Which digits unlock the storage cupboard at the gym?", "The gym cupboard unlocks with"),
+        Key("garage code", "What do I key in to open the shed where the car is parked?",
+            "The shed where the car is parked opens with"),
+        Key("printer PIN", "Which digits unlock the office copying machine?",
+            "The office copying machine unlocks with"),
+        Key("gate code", "What number lets visitors through the driveway barrier?",
+            "The driveway barrier lets visitors through with")), ()),
+    Kind("The {key} is named {value}", "What is the name of the {key}?", "The {key} is named", (
+        Key("new landlord", "Who owns the flat I rent?", "The owner of the flat I rent is"),
+        Key("magazine editor", "Who decides which articles go into the periodical?",
+            "The articles of the periodical are chosen by"),
+        Key("family dentist", "Who looks after our teeth?", "Our teeth are looked after by"),
+        Key("piano teacher", "Who gives the keyboard lessons?", "The keyboard lessons are given by"),
+        Key("tax lawyer", "Who handles my filings with the revenue service?",
+            "My filings with the revenue service are handled by"),
+        Key("next-door neighbour", "Who lives in the house beside mine?", "The person living in the house beside "
+            "mine is")),
+     ("Peter", "John", "Mary", "Alice", "Robert", "David", "Sarah", "Michael", "Emma", "James", "Anna", "Paul")),
+    Kind("The {key} is painted {value}", "What colour is the {key} painted?", "The {key} is painted", (
+        Key("front door", "Which shade covers the main entrance?", "The main entrance is coloured"),
+        Key("garden fence", "What hue is the wooden boundary around the backyard?",
+            "The wooden boundary around the backyard is coloured"),
+        Key("old bicycle", "What shade is my ancient bike?", "My ancient bike is coloured"),
+        Key("mailbox", "Which hue has the box where letters arrive?", "The box where letters arrive is coloured"),
+        Key("rowing boat", "Which shade does the little vessel with oars have?", "The little vessel with oars is "
+            "coloured"),
+        Key("delivery van", "What hue is the courier's vehicle?", "The courier's vehicle is coloured")),
+     ("red", "blue", "green", "yellow", "purple", "orange", "pink", "brown", "black", "white", "grey")),
+    Kind("The {key} is a {value}", "What animal is the {key}?", "The {key} is a", (
+        Key("football team's mascot", "Which creature represents the soccer club?",
+            "The soccer club is represented by a"),
+        Key("hotel logo", "Which creature is drawn on the inn's branding?", "The inn's branding shows a"),
+        Key("chess club emblem", "Which creature is on the badge of the board-game society?",
+            "The badge of the board-game society shows a"),
+        Key("pub sign", "Which creature is pictured outside the tavern?", "Outside the tavern is pictured a"),
+        Key("garden statue", "Which creature is the sculpture among the flowerbeds?",
+            "The sculpture among the flowerbeds is a"),
+        Key("company flag", "Which creature is on the firm's banner?", "The firm's banner shows a")),
+     ("horse", "tiger", "eagle", "rabbit", "wolf", "bear", "snake", "mouse", "whale", "shark", "lion", "zebra")),
 ]
+SPLIT_KEYS = {"dev": slice(0, 3), "heldout": slice(3, 6)}
+
+
+def content_words(text: str) -> set[str]:
+    """The words of `text` that carry content (lower case, no stopwords)."""
+    return {w for w in re.findall(r"[a-z]+", text.lower()) if w not in STOPWORDS}
+
+
+def shared_words(a: str, b: str) -> set[str]:
+    """Content words `a` and `b` share (a paraphrase and its statement share none)."""
+    return content_words(a) & content_words(b)
 
 
 @dataclass
@@ -59,9 +122,12 @@ class Question:
     answer: str
     quarter: int
     offset: float   # character offset of the statement / trajectory length
-    question: str   # "What is the safe combination?"
-    lead: str       # the answer's lead-in ("The safe combination is")
-    candidates: list[str]  # the answer, the same-kind distractor's value and two values never planted
+    question: str   # "What is the safe combination?" / "Which digits open the strongbox?"
+    lead: str       # the answer's lead-in ("The safe combination is" / "The strongbox opens with")
+    candidates: list[str]  # the answer, the two same-kind distractors' values and one value never planted
+    statement: str = ""    # the planted fact ("The safe combination is 4417")
+    form: str = "own"      # "own": in the statement's words; "paraphrase": no content word shared with it
+    fact: int = 0          # which of the episode's four facts (both forms of a fact share it)
 
 
 @dataclass
@@ -105,22 +171,28 @@ def _sections(rng: random.Random, chars: int) -> list[str]:
     return out
 
 
-def make_long_episode(seed: int, target_tokens: int, chars_per_token: float = 4.1) -> LongEpisode:
+def make_long_episode(seed: int, target_tokens: int, chars_per_token: float = 4.1, *,
+                      split: str | None = None) -> LongEpisode:
     """One episode of about `target_tokens` tokens, deterministic from (seed, target_tokens).
 
     Four target facts of four kinds (a code, a name, a colour, an animal), one per quarter in shuffled kind order;
-    one distractor of each kind (other key, other value) anywhere. A question's candidates are its value, its
-    distractor's value and two values of that kind never planted (chance 1/4)."""
+    two distractors of each kind (the kind's other keys of the split, other values) anywhere. Each target is asked
+    in its own words and paraphrased (eight questions); a question's candidates are its value, its distractors'
+    values and one value of that kind never planted (chance 1/4). split: whose keys ("dev" or "heldout"; None: the
+    split the seed belongs to)."""
+    split = split if split is not None else ("heldout" if seed >= SPLIT_SEED["heldout"] else "dev")
+    if split not in SPLIT_KEYS:
+        raise ValueError(f"split must be one of {sorted(SPLIT_KEYS)}, got {split!r}.")
     rng = random.Random(f"rlm-long:{seed}:{target_tokens}")
     sections = _sections(rng, int(target_tokens * chars_per_token))
     n = len(sections)
     kinds = rng.sample(KINDS, 4)
-    facts = []  # (kind, key, value, quarter or 0, other values)
+    facts = []  # (kind, key, value, quarter or 0, candidate values)
     for qt, kind in enumerate(kinds, start=1):
-        keys = rng.sample(kind.keys, 2)
+        keys = rng.sample(kind.keys[SPLIT_KEYS[split]], 3)
         pool = _codes(rng, 4) if not kind.values else rng.sample(kind.values, 4)
         facts.append((kind, keys[0], pool[0], qt, pool))
-        facts.append((kind, keys[1], pool[1], 0, pool))
+        facts += [(kind, keys[d], pool[d], 0, pool) for d in (1, 2)]
     at: dict[int, list[tuple[int, Any]]] = {}
     for j, f in enumerate(facts):
         lo, hi = QUARTERS[f[3]] if f[3] else (0.05, 0.95)
@@ -156,7 +228,7 @@ def make_long_episode(seed: int, target_tokens: int, chars_per_token: float = 4.
         first = section.replace("\n", " ").split(". ")[0][:150]
         call(it, f"In one sentence, what is section {it} about?", f"Section {it} says: {first}.")
         for j, (kind, key, value, _, _) in at.get(s, []):
-            statement = kind.statement.format(key=key, value=value)
+            statement = kind.statement.format(key=key.key, value=value)
             carrier = CARRIERS[(seed + j) % 3]
             before = len(traj.text)
             if carrier == "output":
@@ -173,22 +245,23 @@ def make_long_episode(seed: int, target_tokens: int, chars_per_token: float = 4.
     questions = []
     for j, (kind, key, value, qt, pool) in enumerate(facts):
         if qt:
-            cands = sorted(pool, key=lambda v: random.Random(f"{seed}:{key}:{v}").random())
-            questions.append(Question(key, value, qt, offsets[j] / total, kind.question.format(key=key),
-                                      kind.lead.format(key=key), cands))
+            cands = sorted(pool, key=lambda v: random.Random(f"{seed}:{key.key}:{v}").random())
+            statement = kind.statement.format(key=key.key, value=value)
+            for form, question, lead in (("own", kind.question.format(key=key.key), kind.lead.format(key=key.key)),
+                                         ("paraphrase", key.paraphrase, key.lead)):
+                questions.append(Question(key.key, value, qt, offsets[j] / total, question, lead, cands, statement,
+                                          form, qt - 1))
     return LongEpisode(f"long-s{seed}-t{target_tokens}", seed, target_tokens, task, chunks, questions)
 
 
 def question_event(q: Question, i: int) -> str:
-    """Text the orchestrator adds before asking about a fact (so each final call has new tokens to extend by)."""
-    return f"[orchestrator]\nAll sections read. Question {i + 1}: I ask the worker for the {q.key}.\n\n"
+    """Text the orchestrator adds before asking about a fact (so each final call has new tokens to extend by); it
+    names no word of the question, so a paraphrase stays a paraphrase."""
+    return f"[orchestrator]\nAll sections read. Question {i + 1}: I ask the worker.\n\n"
 
 
 def question_text(q: Question) -> str:
     return f"{q.question} Answer in one word."
-
-
-
 
 @dataclass(frozen=True)
 class LongSpec:
@@ -204,4 +277,4 @@ class LongSpec:
         return SPLIT_SEED[self.split] + self.index
 
     def build(self, count_tokens=None) -> LongEpisode:
-        return make_long_episode(self.seed, self.target_tokens)
+        return make_long_episode(self.seed, self.target_tokens, split=self.split)

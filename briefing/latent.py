@@ -1,0 +1,215 @@
+"""Latent recall: the blocks of a trajectory a call's question is about, found by the worker model's own hidden states
+and brought back into the call's context.
+
+A folding `TrajectoryCache` built with an `ArchivePolicy` keeps, for every block of the trajectory, a representative
+(its tokens' mean hidden state at the last decoder layers) and, for every token its folds compacted, the original keys
+and values (`briefing.archive`). At a call:
+
+1. `query_vector`: the call prompt is forwarded over the cache (its stored beta applied) and rolled back; the mean
+   hidden state of its question tokens at the same layers is the question's representation;
+2. `rank_blocks`: every block that can be fetched is scored by the cosine of its representative with the question's,
+   averaged over the layers; `pick` takes the best blocks, each widened by `pad` tokens on both sides, within a token
+   budget, and orders them best last (nearest the question);
+3. `attach`: their keys and values are fetched (from the archive, or the cache for tokens it holds unfolded) and
+   re-based, as a fold's re-base does (`kv.rotate`), to the positions right after the cache: where recalled text
+   would sit in the prompt, so the question reads them at the distance it reads its own prompt;
+4. `compact_attached`: the call's task-guided compaction runs over the cache's positions and the attached ones (a
+   view of the cache with them appended): the selector chooses among the cache's positions, every attached position
+   is kept (`KeepAttached`), and the fit refits beta and values over both. The call's context therefore holds at
+   most the cache's budget plus the attached positions plus the prompt, which the worker keeps within its reserve.
+
+The persistent cache is left as it was.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from briefing import kv
+from briefing.archive import hidden_states
+from briefing.attention import BiasState
+from briefing.compaction import compact
+from briefing.context import CompactedCache, run_model
+from briefing.errors import BriefingError
+from briefing.selection import Scores, Selector
+
+
+def query_vector(cache, ids: list[int], span: tuple[int, int] | None = None) -> torch.Tensor:
+    """[layers, hidden]: the mean hidden state, at the archive's layers, of tokens [span) of `ids` (None: all)
+    forwarded over `cache` at its next position, unit length per layer. The cache is rolled back."""
+    archive = cache.archive
+    store = cache.store
+    before = kv.marks(store.kv)
+    try:
+        with hidden_states(cache.lm, archive.layers) as out:
+            run_model(cache.lm, store.kv, ids, cache.position, BiasState(beta=store.attention_bias()), last_only=True)
+    finally:
+        kv.rollback(store.kv, before)
+    lo, hi = (0, len(ids)) if span is None else span
+    h = torch.stack([out[i][0, lo:hi] for i in archive.layers], 1).float()            # [n, layers, hidden]
+    return torch.nn.functional.normalize(h.mean(0), dim=-1)                           # [layers, hidden]
+
+
+def rank_blocks(cache, query: torch.Tensor, sink: int) -> torch.Tensor:
+    """[blocks] score of every block: the cosine of its representative with `query` [layers, hidden], averaged over
+    the layers; -inf for a block that cannot be fetched."""
+    archive = cache.archive
+    reps = archive.representatives()                                                  # [nb, layers, hidden]
+    score = (reps * query.to(reps.device)[None]).sum(-1).mean(-1)                     # [nb]
+    return score.masked_fill(~archive.available(cache.store, sink), float("-inf"))
+
+
+def pick(scores: torch.Tensor, block: int, pad: int, budget: int, tokens: int, sink: int) -> list[tuple[int, int]]:
+    """Token ranges [lo, hi) to recall within `budget` tokens: the best blocks in turn, each widened by `pad` tokens on
+    both sides (within [sink, tokens)), overlapping or touching ranges merged; ordered by their best block's score,
+    rising (the best last)."""
+    order = [int(j) for j in scores.argsort(descending=True) if torch.isfinite(scores[j])]
+    runs: list[list[int]] = []      # [lo, hi, rank of its best block]
+    used = 0
+    for rank, j in enumerate(order):
+        lo, hi = max(sink, j * block - pad), min(tokens, (j + 1) * block + pad)
+        merged = [lo, hi, rank]
+        keep = []
+        for r in runs:
+            if r[0] <= merged[1] and merged[0] <= r[1]:
+                merged = [min(r[0], merged[0]), max(r[1], merged[1]), min(r[2], merged[2])]
+            else:
+                keep.append(r)
+        size = sum(r[1] - r[0] for r in keep) + merged[1] - merged[0]
+        if size > budget:
+            if runs:
+                break
+            merged[1] = merged[0] + budget   # one block wider than the budget: its start
+            size = budget
+        runs, used = keep + [merged], size
+        if used >= budget:
+            break
+    runs.sort(key=lambda r: -r[2])
+    return [(lo, hi) for lo, hi, _ in runs]
+
+
+@dataclass
+class Attached:
+    """Recalled keys and values placed after the cache: keys, values [held layers, kv_heads, m, d] (re-based to
+    `position` .. `position + m - 1`), origins [m] the token index of each, ranges the token ranges in their order,
+    importance [held layers, kv_heads, m] the query-agnostic score each key had in the cache (archived with it; None
+    when the cache keeps none).
+    lookup_s: time spent finding them (the question's forward and the ranking), fetch_s: fetching and re-basing."""
+
+    keys: torch.Tensor
+    values: torch.Tensor
+    origins: torch.Tensor
+    position: int
+    ranges: list[tuple[int, int]] = field(default_factory=list)
+    lookup_s: float = 0.0
+    fetch_s: float = 0.0
+    importance: torch.Tensor | None = None
+
+    @property
+    def length(self) -> int:
+        return int(self.keys.shape[-2])
+
+
+def attach(cache, ranges: list[tuple[int, int]]) -> Attached:
+    """The keys and values of the token `ranges` (in that order), fetched and re-based to sit right after the cache."""
+    lm, store = cache.lm, cache.store
+    keys, values, was, importance = cache.archive.fetch(store, ranges, importance=True)   # [Lh, H, m, d], [m]
+    m = keys.shape[-2]
+    target = cache.position + torch.arange(m, device=keys.device)                     # [m]
+    keys = kv.rotate(keys, (target - was.to(keys.device)).to(torch.float64), lm.inv_freq())   # [Lh, H, m, d]
+    origins = torch.cat([torch.arange(lo, hi, device=keys.device) for lo, hi in ranges])     # [m]
+    return Attached(keys=keys, values=values, origins=origins, position=cache.position, ranges=list(ranges),
+                    importance=importance)
+
+
+class View:
+    """What a compaction reads of a cache (`lm`, `store`, `position`): `cache` with `attached` appended to its held
+    layers, the window layers shared. The persistent cache is not modified."""
+
+    def __init__(self, cache, attached: Attached) -> None:
+        store = cache.store
+        view = copy.copy(store)
+        layers = list(store.kv.layers)
+        m = attached.length
+        for j, i in enumerate(store.held):
+            lay = layers[i]
+            layers[i] = kv.held_layer(torch.cat([lay.keys, attached.keys[j:j + 1].to(lay.keys.dtype)], -2),
+                                      torch.cat([lay.values, attached.values[j:j + 1].to(lay.values.dtype)], -2))
+        view.kv = kv.assemble(layers)
+        L, H = len(store.held), store.kv_heads
+        pos = (attached.position + torch.arange(m, device=store.device)).view(1, 1, -1).expand(L, H, -1)
+        view.key_pos = torch.cat([store.positions(), pos], -1)                        # [Lh, H, length + m]
+        view.origin = torch.cat([store.origins(), attached.origins.to(store.device).view(1, 1, -1).expand(L, H, -1)],
+                                -1)                                                   # [Lh, H, length + m]
+        view.position = attached.position + m
+        if store.importance is not None:   # the attached keys keep the importance they were archived with
+            imp = attached.importance if attached.importance is not None else store.importance.new_zeros(L, H, m)
+            view.importance = torch.cat([store.importance, imp.to(store.importance)], -1)   # [Lh, H, length + m]
+        self.lm, self.store, self.position = cache.lm, view, attached.position + m
+
+    def origins(self) -> torch.Tensor:
+        """Token index of every slot [held layers, kv_heads, length + m]."""
+        return self.store.origins()
+
+
+class KeepAttached(Selector):
+    """`selector` over the cache's positions, plus the last `attached` positions (the attached ones), always kept:
+    the rows stay regular [layers, kv_heads, t + attached]."""
+
+    def __init__(self, selector: Selector, attached: int) -> None:
+        if selector.keeps_all:
+            raise BriefingError("KeepAttached: a selector that keeps all positions needs no wrapper.")
+        self.selector, self.attached = selector, attached
+        self.needs_scores, self.reuse_prompt_kv = selector.needs_scores, selector.reuse_prompt_kv
+        self.fit = selector.fit
+
+    def select(self, layers: int, kv_heads: int, length: int, scores: Scores | None, *, count: int | None = None,
+               device: torch.device | None = None) -> torch.Tensor:
+        live = length - self.attached
+        part = None if scores is None else Scores(
+            per_head=scores.per_head[..., :live], shared=scores.shared[:live],
+            keys=None if scores.keys is None else scores.keys[..., :live, :],
+            importance=None if scores.importance is None else scores.importance[..., :live])
+        idx = self.selector.select(layers, kv_heads, live, part, count=count, device=device)   # [L, H, t]
+        tail = torch.arange(live, length, device=idx.device).view(1, 1, -1).expand(layers, kv_heads, -1)
+        return torch.cat([idx, tail], -1)                                              # [L, H, t + attached]
+
+    def __repr__(self) -> str:
+        return f"KeepAttached({self.selector!r}, attached={self.attached})"
+
+
+def compact_attached(cache, attached: Attached, prompt: str, selector: Selector, *,
+                     query_tokens: int | None = None) -> tuple[CompactedCache, torch.Tensor]:
+    """The call's context over the cache and the attached positions (see the module docstring), and the token index
+    of every slot its `positions` index [held layers, kv_heads, length + m]."""
+    view = View(cache, attached)
+    chosen = selector if selector.keeps_all or not attached.length else KeepAttached(selector, attached.length)
+    ctx = compact(view, prompt, chosen, query_tokens=query_tokens)
+    return ctx, view.origins()
+
+
+@dataclass
+class Lookup:
+    """A latent recall's result before fetching: token ranges, best last, and the time it took."""
+
+    ranges: list[tuple[int, int]]
+    seconds: float
+    scores: Any = None
+
+
+def lookup(cache, prompt_ids: list[int], question: tuple[int, int] | None, budget: int, *, pad: int,
+           sink: int) -> Lookup:
+    """The token ranges the question (tokens [question) of the prompt; None: all of it) is about (`query_vector`,
+    `rank_blocks`, `pick`), within `budget` tokens."""
+    if cache.archive is None:
+        raise BriefingError("latent recall needs a TrajectoryCache built with archive=briefing.ArchivePolicy(); this "
+                            "cache has none.")
+    t0 = time.perf_counter()
+    query = query_vector(cache, prompt_ids, question)
+    scores = rank_blocks(cache, query, sink)
+    ranges = pick(scores, cache.archive.policy.block, pad, budget, cache.archive.tokens, sink)
+    return Lookup(ranges=ranges, seconds=time.perf_counter() - t0, scores=scores)

@@ -1,0 +1,298 @@
+"""The archive of a folding cache and latent recall (issue 29), on tiny random-weight models: what the folds compact
+away is archived exactly, survives re-bases, is re-attached where a prefill would put it, stays within its byte
+budget; `coverage` counts kept and recalled characters; a worker recalls through the archive."""
+from __future__ import annotations
+
+import re
+import types
+
+import pytest
+import torch
+
+import briefing
+from agents import BriefedWorker
+from agents.recall import LatentRecall, Recalled, TextRecall
+from agents.workers.local import Briefing
+from briefing import kv, latent
+from briefing.context import forward_with_bias
+from tests.tiny import tiny_model, tiny_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tiny(tok):
+    return tiny_model("llama-gqa", tok, max_positions=512)
+
+
+@pytest.fixture(scope="module")
+def pieces(essay):
+    """Pieces of about 30 words, each cut just before a space and a letter (no BPE merge across the cuts)."""
+    words = re.split(r"(?= [A-Za-z])", essay)
+    return ["".join(words[i:i + 30]) for i in range(0, len(words), 30)]
+
+
+def archiving_cache(lm, dtype="float32", budget_bytes=1 << 30, importance=False, **kw):
+    """A small folding cache with an archive (no importance scoring unless asked: it doubles the prefills)."""
+    policy = briefing.FoldPolicy(keep=0.25, sink=4, recent=64, capture_stride=4)
+    return briefing.TrajectoryCache(lm, chunk_tokens=64, budget=256, reserve=64, fold=policy, importance=importance,
+                                    archive=briefing.ArchivePolicy(dtype=dtype, block=16, budget_bytes=budget_bytes),
+                                    **kw)
+
+
+def fresh_layer0(lm, ids: list[int], positions: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Layer 0's keys and values [H, n, d] of `ids`, each prefilled alone at its position: layer 0's key of a token
+    depends only on the token and its RoPE position, its value only on the token."""
+    ks, vs = [], []
+    for t, p in zip(ids, positions):
+        c = lm.new_cache()
+        forward_with_bias(lm, c, [t], p, None)
+        k, v = kv.layer_kv(c)
+        ks.append(k[0][0]), vs.append(v[0][0])
+    return torch.cat(ks, -2), torch.cat(vs, -2)
+
+
+def test_the_archive_keeps_every_folded_token_through_folds_and_rebases(tiny, pieces):
+    """Every token a fold compacted is archived once, in order, with the keys and values it was read with; after
+    re-bases, tokens re-attached after the cache carry exactly the keys a prefill at their new positions gives."""
+    cache = archiving_cache(tiny)
+    for piece in pieces:
+        cache.extend(piece)
+    arc = cache.archive
+    assert cache.rebases >= 2 and len(cache.folds) >= 8
+    a, z = arc.archived
+    tail_first = int(cache.origins()[0, 0, cache.folded])
+    assert a == 4 and z == tail_first   # from the sink to the unfolded tail, nothing missing
+    assert [s.first for s in arc.segments[1:]] == [s.last for s in arc.segments[:-1]]
+    assert arc.tokens == cache.tokens and int(arc.counts.sum()) == cache.tokens
+    # blocks from the archive, from across its end into the unfolded tail, and from the tail alone
+    ranges = [(20, 40), (z - 10, z + 6), (cache.tokens - 12, cache.tokens)]
+    att = latent.attach(cache, ranges)
+    toks = [cache.ids[t] for lo, hi in ranges for t in range(lo, hi)]
+    assert att.origins.tolist() == [t for lo, hi in ranges for t in range(lo, hi)]
+    want_k, want_v = fresh_layer0(tiny, toks, list(range(cache.position, cache.position + len(toks))))
+    assert (att.keys[0] - want_k).abs().max() < 1e-4 and (att.values[0] - want_v).abs().max() < 1e-4
+    # the archive is the cache's own: a clone folds on with its own copy and the original is left as it was
+    other = cache.clone()
+    other.extend(pieces[0])
+    assert other.archive.tokens > arc.tokens == cache.tokens and other.archive.archived[0] == a
+
+
+def test_int8_archive_is_a_quarter_and_close(tiny, pieces):
+    full, small = archiving_cache(tiny), archiving_cache(tiny, dtype="int8")
+    for piece in pieces[:20]:
+        full.extend(piece)
+        small.extend(piece)
+    assert full.archive.archived == small.archive.archived != (0, 0)
+    ratio = small.archive.nbytes() / full.archive.nbytes()
+    assert 0.25 < ratio < 0.3   # int8 plus a float16 scale per vector of 16
+    ranges = [(8, 60)]
+    k0, v0, p0 = full.archive.fetch(full.store, ranges)
+    k1, v1, p1 = small.archive.fetch(small.store, ranges)
+    assert torch.equal(p0, p1) and k1.dtype == k0.dtype == torch.float32
+    assert (k1 - k0).abs().max() <= k0.abs().amax(-1, keepdim=True).max() / 127 + 1e-6
+    assert (v1 - v0).abs().max() <= v0.abs().amax(-1, keepdim=True).max() / 127 + 1e-6
+
+
+def test_the_archive_stays_within_its_byte_budget(tiny, pieces, tmp_path):
+    """Past the budget the oldest blocks go first; what is gone is never offered; memory-mapped blocks live in files
+    that go with them."""
+    big = archiving_cache(tiny)
+    for piece in pieces:
+        big.extend(piece)
+    budget = big.archive.nbytes() // 3
+    for path in (None, str(tmp_path)):
+        cache = briefing.TrajectoryCache(tiny, chunk_tokens=64, budget=256, reserve=64, importance=False,
+                                         fold=briefing.FoldPolicy(keep=0.25, sink=4, recent=64, capture_stride=4),
+                                         archive=briefing.ArchivePolicy(dtype="float32", block=16,
+                                                                        budget_bytes=budget, path=path))
+        for piece in pieces:
+            cache.extend(piece)
+            assert cache.archive.nbytes() <= budget
+        a, z = cache.archive.archived
+        assert a > 4 and a % 16 == 0 and z == big.archive.archived[1]   # the oldest blocks went, whole
+        ok = cache.archive.available(cache.store, 4)
+        assert not ok[:a // 16].any() and ok[a // 16:z // 16].all()
+        with pytest.raises(briefing.BriefingError, match="neither archived nor held"):
+            cache.archive.fetch(cache.store, [(a - 8, a)])
+        k, _, _ = cache.archive.fetch(cache.store, [(a, a + 16)])
+        k_big, _, _ = big.archive.fetch(big.store, [(a, a + 16)])
+        assert torch.equal(k, k_big)
+        if path is not None:
+            files = list(tmp_path.glob("archive-*.bin"))
+            assert files and sum(f.stat().st_size for f in files) <= 2 * budget
+            del cache, k
+            import gc
+
+            gc.collect()
+            assert len(list(tmp_path.glob("archive-*.bin"))) < len(files) or not files
+
+
+def test_representatives_read_in_pieces_equal_one_prefill(tiny, essay):
+    """A block's representative is its tokens' mean hidden state, whether the text came in one extend or in pieces
+    whose seams were re-cut (a BPE merge across a cut: the re-cut tokens' hidden states are taken back)."""
+    text = essay[:2500]
+    one = archiving_cache(tiny)
+    one.extend(text)
+    cuts = [0, 301, 302, 777, 1200, 1201, 1999, len(text)]   # cuts inside words: the seam re-cuts tokens
+    parts = archiving_cache(tiny)
+    for lo, hi in zip(cuts, cuts[1:]):
+        parts.extend(text[lo:hi])
+    assert parts.ids == one.ids and parts.prefilled_tokens > one.prefilled_tokens
+    assert torch.equal(parts.archive.counts, one.archive.counts)
+    assert (parts.archive.representatives() - one.archive.representatives()).abs().max() < 1e-4
+
+
+def test_coverage_against_a_hand_computed_case():
+    """One token per character (a byte-level tokenizer). The trajectory is 40 characters; the context keeps, per
+    (layer, KV head), given token positions; recalled text and pasted text count for every head."""
+    lm = tiny_model("llama-gqa", tiny_tokenizer(), max_positions=128)    # 2 layers, 2 KV heads
+    text = "abcdefghijklmnopqrstuvwxyz0123456789ABCD"
+    cache = briefing.TrajectoryCache(lm, fold=None)
+    cache.extend(text)
+    kept = torch.tensor([[[0, 1, 2, 3], [0, 10, 11, 12]],
+                         [[2, 3, 4, 5], [30, 31, 32, 33]]])                      # [L=2, H=2, t=4]
+    ctx = types.SimpleNamespace(positions=kept)
+    b = Briefing(context=ctx, query="q", input_tokens=0, text_handoff_tokens=0, cache=cache)
+    # [0, 8): heads hold 4, 1, 4, 0 of the 8 characters -> (4 + 1 + 4 + 0) / 32
+    assert b.coverage(0, 8) == pytest.approx(9 / 32)
+    # [10, 14): 0 + 3 + 0 + 0 of 4 each
+    assert b.coverage(10, 14) == pytest.approx(3 / 16)
+    # recalled text [6, 12) counts in every head: [0, 8) now holds characters 6 and 7 in each head too
+    b.recalled = Recalled("ghijkl\n", [(6, 12)], "bm25")
+    assert b.coverage(0, 8) == pytest.approx((6 + 3 + 6 + 2) / 32)
+    # re-attached keys and values count through the slots the context kept, not through their ranges
+    b.recalled = Recalled("", [(6, 12)], "latent:attach", blocks=object(), tokens=6)
+    b.origins = torch.cat([cache.origins(), torch.tensor([6, 7]).view(1, 1, -1).expand(2, 2, -1)], -1)
+    attached = torch.tensor([40, 41]).view(1, 1, -1).expand(2, 2, -1)
+    b.context = types.SimpleNamespace(positions=torch.cat([kept, attached], -1))
+    assert b.coverage(0, 8) == pytest.approx((6 + 3 + 6 + 2) / 32)
+    assert b.coverage(8, 10) == 0.0
+    # pasted text (a text worker's) counts as recalled text does; the offset moves trajectory ranges into the cache
+    b.pasted = [(36, 40)]
+    assert b.coverage(34, 40) == pytest.approx((0 + 0 + 0 + 0 + 4 * 4) / 24)
+    assert b.held(0, 40) == 1.0
+
+
+FACT = " The vault under the old mill opens with the number 4417."
+PARAPHRASE = "Digits unlocking strongbox?"   # no word shared with FACT (nor stopwords BM25 would count)
+
+
+def planted(essay: str, at: int = 900, n: int = 3500) -> str:
+    cut = essay.rindex(" ", 0, at)
+    return essay[:cut] + FACT + essay[cut:cut + n]
+
+
+def fact_block(cache, text: str, block: int) -> int:
+    """The block of the fact's first content token ("vault")."""
+    spans = cache.lm.tokenizer(cache.text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    at = cache.text.index(text) + text.index("vault")
+    return next(i for i, (a, b) in enumerate(spans) if a <= at < b) // block
+
+
+def aim_at(cache, block: int, query: str) -> torch.Tensor:
+    """Make block `block`'s representative point where `query`'s does (ranking mechanics, not semantics: a random
+    model has none). Returns the latent scores of the blocks for `query`."""
+    ids = cache.lm.encode(query)
+    q = latent.query_vector(cache, ids)                                        # [layers, hidden]
+    arc = cache.archive
+    arc.sums[block] = q * arc.counts[block]
+    return latent.rank_blocks(cache, latent.query_vector(cache, ids), 4)
+
+
+def test_latent_recall_finds_a_block_bm25_cannot(tiny, essay):
+    """A question sharing no word with the fact: BM25 cannot reach the fact's text, latent recall ranks blocks by the
+    representatives and brings back the one whose representative the question's hidden states point at, as keys and
+    values re-attached after the cache, or as text."""
+    text = planted(essay)
+    cache = archiving_cache(tiny)
+    cache.extend(text)
+    assert cache.folds
+    B = cache.archive.policy.block
+    j = fact_block(cache, text, B)
+    assert j * B > cache.fold.sink and (j + 1) * B <= cache.archive.archived[1]   # archived, not in the tail
+    before = latent.rank_blocks(cache, latent.query_vector(cache, tiny.encode(PARAPHRASE)), 4)
+    scores = aim_at(cache, j, PARAPHRASE)
+    assert int(scores.argmax()) == j and scores[j] > 0.999 and int(before.argmax()) != j
+    s, e = text.index(FACT), text.index(FACT) + len(FACT)
+    bm25 = TextRecall(tokens=64).recall(cache, PARAPHRASE, 64)
+    assert bm25.how == "bm25" and bm25 and not any(a < e and s < b for a, b in bm25.ranges)
+    got = LatentRecall(tokens=64, pad=8).recall(cache, PARAPHRASE, 32)   # the call's room: one block
+    assert got.how == "latent:attach" and got.blocks is not None and got.text == "" and not got.pasted
+    (lo, hi), = got.blocks.ranges               # one block, widened by the pad on both sides
+    assert (lo, hi) == (j * B - 8, (j + 1) * B + 8) and got.tokens == hi - lo == got.blocks.length
+    (a, b), = got.ranges
+    assert a <= s + 1 < b                        # its characters hold the fact's start
+    text_got = LatentRecall(tokens=64, pad=8, attach=False).recall(cache, PARAPHRASE, 32)
+    assert text_got.pasted and text_got.ranges == got.ranges
+    assert text_got.text.strip() == tiny.decode(cache.ids[lo:hi]).strip() and "vault" in text_got.text
+    # nothing to recall before the first fold, or under the smallest budget
+    assert not LatentRecall(tokens=64).recall(archiving_cache(tiny), PARAPHRASE, 64)
+
+
+def test_both_fuses_latent_and_bm25_ranks(tiny, essay):
+    """rank="both": reciprocal rank fusion of the latent and BM25 rankings over the same blocks: a block first in
+    both is first; the fused score is the sum of 1 / (61 + rank) and an unavailable block stays out."""
+    text = planted(essay)
+    cache = archiving_cache(tiny)
+    cache.extend(text)
+    B = cache.archive.policy.block
+    j = fact_block(cache, text, B)
+    own = "What number opens the vault under the old mill?"
+    scores = aim_at(cache, j, own)
+    scores[0] = float("-inf")                    # as for a block that cannot be fetched
+    fused = LatentRecall(rank="both")._fused(cache, own, scores)
+    assert int(fused.argmax()) == j and fused[0] == float("-inf")
+    assert fused[j] == pytest.approx(2 / 61)     # rank 0 in both
+    got = LatentRecall(tokens=32, pad=8, rank="both").recall(cache, own, 64)
+    assert got.how == "both:attach" and got.blocks.ranges == [(j * B - 8, (j + 1) * B + 8)]
+
+
+def test_briefed_worker_recalls_through_the_archive(tiny, essay):
+    """A worker with LatentRecall keeps an archive, re-attaches the recalled blocks, compacts over them keeping them
+    all, and reports what it recalled; its context stays within the cache budget plus the reserve."""
+    text = planted(essay)
+    for attach in (True, False):
+        rec = LatentRecall(tokens=64, pad=8, attach=attach, archive_policy=briefing.ArchivePolicy(block=16))
+        w = BriefedWorker(lm=tiny, max_new_tokens=2, reserve=160, cache_budget=256, recall=rec,
+                          fold=briefing.FoldPolicy(recent=64))
+        b = w.brief(PARAPHRASE, text)
+        cache = b.cache
+        assert cache.archive is not None and cache.folds and b.stats.archive_bytes == cache.archive.nbytes() > 0
+        assert b.stats.recall == ("latent:attach" if attach else "latent:prefill")
+        assert 0 < b.stats.recalled_tokens <= 64 and b.stats.recalled == b.recalled.ranges and b.stats.recall_s > 0
+        assert b.context.base_length <= w.cache_budget + w.reserve
+        for a, z in b.recalled.ranges:           # every recalled character is in the call's context, all heads
+            assert b.coverage(a, z) == pytest.approx(1.0, abs=0.02)
+            assert text[a:z] in text and z <= len(text)
+        if attach:
+            assert b.origins is not None and b.origins.shape[-1] == cache.length + b.stats.recalled_tokens
+            assert b.stats.kept >= b.stats.recalled_tokens and b.stats.total == cache.length + b.stats.recalled_tokens
+        out = b.generate(briefing.GenerationConfig(max_new_tokens=2, stop=w.stop))
+        assert w.answer(PARAPHRASE, text).text == out.text   # answer() is brief() then generate, greedy
+
+
+def test_archived_keys_carry_their_importance_back(tiny, pieces):
+    """Each key's query-agnostic importance (`KVStore.importance`, scored at extend) is archived with it when a fold
+    compacts it, and comes back with the re-attached key: the view a recalled call compacts over holds the cache's
+    importance then the attached keys', so a selector mixing in importance ranks them as the cache would."""
+    cache = archiving_cache(tiny, dtype="int8", importance=True)
+    seen: dict[int, torch.Tensor] = {}     # token -> its importance [Lh, H] while it sat raw in the cache
+    for piece in pieces[:14]:
+        cache.extend(piece)
+        F, org = cache.folded, cache.origins()[0, 0]
+        for slot in range(F, cache.length):
+            seen[int(org[slot])] = cache.store.importance[..., slot].clone()
+    assert cache.store.importance is not None and cache.folds
+    a, z = cache.archive.archived
+    ranges = [(a + 3, a + 30), (z - 8, z + 8)]          # archived, and across into the unfolded tail
+    att = latent.attach(cache, ranges)
+    want = torch.stack([seen[t] for lo, hi in ranges for t in range(lo, hi)], -1)      # [Lh, H, m]
+    assert att.importance.shape == want.shape and want.abs().sum() > 0
+    assert (att.importance - want).abs().max() <= 1e-3 * want.abs().max()            # float16 in the archive
+    view = latent.View(cache, att)
+    assert torch.equal(view.store.importance[..., :cache.length], cache.store.importance)
+    assert torch.equal(view.store.importance[..., cache.length:], att.importance)
+    ctx, _ = latent.compact_attached(cache, att, "Question: what then? Answer:",
+                                     briefing.AttentionMatching(tau=1.0, agnostic=0.5))
+    assert ctx.stats.kept >= att.length
+    seg = cache.archive.segments[0]
+    assert seg.importance is not None and seg.importance.dtype == torch.float16
