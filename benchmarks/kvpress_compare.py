@@ -183,7 +183,7 @@ def kl(ref: torch.Tensor, got: torch.Tensor) -> float:
 
 
 def one_case(lm, text: str, question: str, answer: str, presses: list[str], ours: list[str]) -> dict:
-    cache = briefing.TrajectoryCache(lm, text, fold=None)
+    cache = briefing.TrajectoryCache(lm, text, fold=None, importance=True)   # for the variants that read it
     T, q_ids, a_ids = cache.length, lm.encode(question), lm.encode(answer)
     n, ids = len(q_ids), cache.ids + q_ids
     ref, _ = press_logprobs(lm, ids, a_ids, None)

@@ -32,7 +32,7 @@ REPEAT_FIRST = "\n\nRepeat the previous context exactly.\n"
 REPEAT_NEXT = "\n\nRepeat the part of the previous context exactly, starting with"
 PREVIOUS_TOKENS = 8   # tokens before a later chunk that its repeat prompt quotes (KVzip's prev_postfix_size)
 SINKS = 4             # first slots in every reconstruction softmax (attention sinks)
-ROW_CHUNK = 256       # repeat rows per score block: bounds the [H, g, rows, keys] logits
+ROW_CHUNK = 512       # repeat rows per score block: bounds the [H, g, rows, keys] logits
 
 
 @dataclass
@@ -65,15 +65,17 @@ def score_layer(rec: Reconstruction, layer: int, query: torch.Tensor, key: torch
         if rec.context < f:
             bias[:, s:s + min(w, f - rec.context)] = beta[:, rec.context:min(rec.stop, f)].float()
     q = query[0].float().reshape(kv_heads, g, r, d)                                 # [H, g, r, d]
+    keys_t = sub.transpose(-1, -2)[:, None]                                         # [H, 1, d, s+w+r]
     best = torch.zeros(kv_heads, c, device=key.device)                              # [H, c]
+    own = torch.arange(r, device=key.device)                                        # the repeat's own keys
     for a in range(0, r, ROW_CHUNK):
         rows = q[:, :, a:a + ROW_CHUNK]                                             # [H, g, n, d]
         n = rows.shape[2]
-        logits = rows @ sub.transpose(-1, -2)[:, None] * scale + bias[:, None, None]   # [H, g, n, s+w+r]
-        own = torch.arange(r, device=key.device)                                     # the repeat's own keys
-        later = own[None, :] > (a + torch.arange(n, device=key.device))[:, None]    # [n, r] causal within it
-        logits[..., s + w:] = logits[..., s + w:].masked_fill(later, float("-inf"))
-        p = torch.softmax(logits, dim=-1)[..., s + w - c:s + w]                      # [H, g, n, c] the chunk
+        logits = (rows @ keys_t).mul_(scale).add_(bias[:, None, None])              # [H, g, n, s+w+r]
+        later = own[None, :] > (a + own[:n])[:, None]                               # [n, r] causal within it
+        logits[..., s + w:].masked_fill_(later, float("-inf"))
+        lse = torch.logsumexp(logits, dim=-1, keepdim=True)                         # [H, g, n, 1]
+        p = (logits[..., s + w - c:s + w] - lse).exp_()                             # [H, g, n, c] the chunk
         best = torch.maximum(best, p.amax(dim=(1, 2)))
     rec.scores[layer] = best
 
