@@ -36,7 +36,7 @@ class BiasState:
     capture: bool = False
     capture_rows: torch.Tensor | None = None  # query tokens to capture (indices into the forward's tokens)
     queries: dict[int, torch.Tensor] = field(default_factory=dict)
-    reconstruct: Any = None  # a briefing.importance.Reconstruction: score keys by the forward's queries
+    reconstruct: Any = None  # .layers, .score(layer, query, key, scale, beta): briefing.importance.Reconstruction
 
 
 _ACTIVE: contextvars.ContextVar[BiasState | None] = contextvars.ContextVar("briefing_bias", default=None)
@@ -71,9 +71,7 @@ def briefing_attention(module, query, key, value, attention_mask, scaling=None, 
     beta = state.beta[layer] if state.beta is not None and layer < len(state.beta) else None
     rec = state.reconstruct
     if rec is not None and layer in rec.layers:
-        from briefing.importance import score_layer
-
-        score_layer(rec, layer, query, key, scaling if scaling is not None else query.shape[-1] ** -0.5, beta)
+        rec.score(layer, query, key, scaling if scaling is not None else query.shape[-1] ** -0.5, beta)
     if beta is None or not beta.numel():
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
                                       **kwargs)

@@ -48,6 +48,11 @@ class Reconstruction:
     sinks: int
     scores: dict[int, torch.Tensor] = field(default_factory=dict)
 
+    def score(self, layer: int, query: torch.Tensor, key: torch.Tensor, scale: float,
+              beta: torch.Tensor | None) -> None:
+        """Called by the attention function (`BiasState.reconstruct`) in each held layer: see `score_layer`."""
+        score_layer(self, layer, query, key, scale, beta)
+
 
 def score_layer(rec: Reconstruction, layer: int, query: torch.Tensor, key: torch.Tensor, scale: float,
                 beta: torch.Tensor | None) -> None:

@@ -1,0 +1,93 @@
+"""Our query-agnostic importance (briefing.importance) against KVzip's own score, on the same text and weights.
+
+Runs in the kvpress environment (`make .venv-compare/.installed`; kvpress 0.5.5 needs transformers < 5.3):
+
+    .venv-compare/bin/python -m benchmarks.importance_check [--split dev --case 0] [--out DIR]
+
+For one selection case it builds our cache with the score, runs kvpress's KVzipPress on the same tokens and reads
+its score before it compresses, then prints and writes (JSON): the rank correlation of the two scores per layer
+(mean over KV heads), the overlap of their top 20% per (layer, head), and how KVzip spreads a 20% budget over the
+layers and heads (it ranks every (layer, head, position) together; our selectors keep the same count in every
+(layer, KV head)).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+OUT = "docs/results/selection_importance"
+KEPT = 0.2
+
+
+def ranks(x: torch.Tensor) -> torch.Tensor:
+    return x.argsort(-1).argsort(-1).float()                                   # [..., T] rank of each position
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Rank correlation along the last axis: a, b [L, H, T] -> [L, H]."""
+    ra, rb = ranks(a), ranks(b)                                                 # [L, H, T]
+    ra, rb = ra - ra.mean(-1, keepdim=True), rb - rb.mean(-1, keepdim=True)
+    return (ra * rb).mean(-1) / (ra.std(-1, unbiased=False) * rb.std(-1, unbiased=False))
+
+
+def kvzip_score(lm, ids: list[int]) -> torch.Tensor:
+    """KVzipPress's score [L, H, T] of `ids` (read just before it compresses)."""
+    import kvpress
+
+    from benchmarks.kvpress_compare import press_logprobs
+
+    press, got = kvpress.KVzipPress(compression_ratio=0.5), {}
+    compress = press.compress_post
+
+    def grab(model):
+        got["score"] = press.score_val.clone()                                  # [L, 1, H, T]
+        compress(model)
+
+    press.compress_post = grab
+    press_logprobs(lm, ids, lm.encode(" and so on"), press)
+    return got["score"][:, 0].float()                                           # [L, H, T]
+
+
+def check(split: str, index: int) -> dict:
+    import briefing
+    from benchmarks.recall_cases import cases
+
+    lm = briefing.load_model()
+    case = cases(lm, split)[index]
+    cache = briefing.TrajectoryCache(lm, case.text, fold=None, importance=True)
+    ours = cache.store.importance.float()                                       # [L, H, T]
+    L, H, T = ours.shape
+    theirs = kvzip_score(lm, cache.ids)[..., :T]                                # [L, H, T]
+    t = int(KEPT * T)
+    a, b = ours.topk(t, -1).indices, theirs.topk(t, -1).indices                 # [L, H, t]
+    overlap = torch.tensor([[len(set(a[i, h].tolist()) & set(b[i, h].tolist())) / t for h in range(H)]
+                            for i in range(L)])                                 # [L, H]
+    best = theirs.reshape(-1).topk(int(KEPT * theirs.numel())).indices          # KVzip's global 20%
+    per_head = torch.bincount(best // T, minlength=L * H).float().reshape(L, H) / T   # [L, H] share kept
+    return {"split": split, "case": index, "essay": case.essay, "kind": case.kind, "tokens": T, "kept": KEPT,
+            "spearman_per_layer": [round(v, 3) for v in spearman(ours, theirs).mean(-1).tolist()],
+            "top_overlap_per_layer": [round(v, 3) for v in overlap.mean(-1).tolist()],
+            "kvzip_kept_per_layer": [round(v, 3) for v in per_head.mean(-1).tolist()],
+            "kvzip_kept_per_head_min_max": [round(per_head.min().item(), 3), round(per_head.max().item(), 3)]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--split", default="dev", choices=["dev", "heldout"])
+    p.add_argument("--case", type=int, default=0, help="case index in the split (default 0)")
+    p.add_argument("--out", default=OUT)
+    args = p.parse_args(argv)
+    res = check(args.split, args.case)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"importance_check_{args.split}_{args.case}.json").write_text(json.dumps(res, indent=1) + "\n")
+    for key, value in res.items():
+        print(f"{key}: {value}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
