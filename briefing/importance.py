@@ -16,7 +16,8 @@ subsample; the window, the cache's chunk size, keeps the softmax's width the sam
 chunk, so scores of chunks of any size compare):
     p = softmax(s q k^T + b, causal within the repeat)     [g * r, SINKS + w + r]
     importance[start:stop] = max over the rows of p at the chunk's columns
-The extra cost is one forward of the chunk (plus a dozen prompt tokens) over the cache: about one prefill.
+The extra cost is one forward of the chunk (plus a dozen prompt tokens) over the cache and the score's own attention
+over the window: 2-3x the chunk's prefill measured on a CPU (docs/benchmarks.md), so a cache scores only on request.
 """
 from __future__ import annotations
 

@@ -394,6 +394,7 @@ def same(remote: RemoteBriefedWorker, ask, local_answers) -> None:
     assert [comparable(a, not exact) for a in got] == [comparable(a, not exact) for a in want]
 
 
+@pytest.mark.slow   # starts the real service (Ray Serve, 2 replicas): make test runs it, the fast tier not
 def test_the_service_answers_as_the_in_process_worker_and_logs_the_same_calls(service, local):
     from rlm import RLM, Budgets
 
@@ -422,6 +423,7 @@ def test_the_service_answers_as_the_in_process_worker_and_logs_the_same_calls(se
     print(f"\nequality: {s.calls} calls, hit rate {s.hit_rate:.2f}, replicas {sorted(s.replicas)}")
 
 
+@pytest.mark.slow   # starts the real service (Ray Serve, 2 replicas): make test runs it, the fast tier not
 def test_a_trajectory_stays_on_its_replica_and_a_forced_miss_rebuilds_it(service, local):
     remote = RemoteBriefedWorker(url=service["url"])
     for n in range(6):
@@ -442,6 +444,7 @@ def test_a_trajectory_stays_on_its_replica_and_a_forced_miss_rebuilds_it(service
     assert s.misses >= 1 and s.rebuilt >= 1
 
 
+@pytest.mark.slow   # starts the real service (Ray Serve, 2 replicas): make test runs it, the fast tier not
 def test_bad_requests_get_a_4xx_and_leave_other_runs_alone(service, local):
     url = service["url"]
     other = RemoteBriefedWorker(url=url)
@@ -486,6 +489,7 @@ def test_bad_requests_get_a_4xx_and_leave_other_runs_alone(service, local):
     assert comparable(answer, s.hits == 0) == comparable(local.answer("What is the code?", grown), s.hits == 0)
 
 
+@pytest.mark.slow   # starts the real service (Ray Serve, 2 replicas): make test runs it, the fast tier not
 def test_the_replicas_keep_their_caches_within_the_byte_budget(service, local):
     remote = RemoteBriefedWorker(url=service["url"])
     texts = [trajectory(f"TERN-{i}", calls=i % 3) for i in range(12)]
@@ -507,6 +511,7 @@ def test_the_replicas_keep_their_caches_within_the_byte_budget(service, local):
     print(f"\nbudget: peak {s.peak_bytes:,} of {BUDGET:,} bytes per replica")
 
 
+@pytest.mark.slow   # starts the real service (Ray Serve, 2 replicas): make test runs it, the fast tier not
 def test_a_killed_replica_is_retried_and_its_cache_rebuilt(service, local):
     remote = RemoteBriefedWorker(url=service["url"], retries=6, backoff_s=0.5)
     text = trajectory("SKUA-2", calls=1)
@@ -555,6 +560,7 @@ def test_the_handle_path_answers_the_same(service, local):
     assert tuple(got["refused"]) in ((409, "conflict"), (404, "unknown_trajectory"))
 
 
+@pytest.mark.slow   # starts the real service (Ray Serve, 2 replicas): make test runs it, the fast tier not
 def test_rlm_run_uses_the_service(service, tmp_path, capsys):
     from rlm.cli import main
 
@@ -571,6 +577,7 @@ def test_rlm_run_uses_the_service(service, tmp_path, capsys):
     assert events[0]["worker"]["service"] == service["url"]
 
 
+@pytest.mark.slow   # starts the real service (Ray Serve, 2 replicas): make test runs it, the fast tier not
 def test_ctrl_c_stops_the_service(service):
     proc = service["proc"]
     proc.send_signal(signal.SIGINT)
