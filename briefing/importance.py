@@ -17,7 +17,7 @@ chunk, so scores of chunks of any size compare):
     p = softmax(s q k^T + b, causal within the repeat)     [g * r, SINKS + w + r]
     importance[start:stop] = max over the rows of p at the chunk's columns
 The extra cost is one forward of the chunk (plus a dozen prompt tokens) over the cache and the score's own attention
-over the window: 2-3x the chunk's prefill measured on a CPU (docs/benchmarks.md), so a cache scores only on request.
+over the window: 3-4x the chunk's prefill measured on a CPU (docs/benchmarks.md), so a cache scores only on request.
 """
 from __future__ import annotations
 
