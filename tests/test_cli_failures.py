@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import re
 import select
 import subprocess
@@ -356,6 +357,7 @@ class Term:
         def controlling_tty():   # a session of its own with the pty as its terminal: ^C -> SIGINT
             os.setsid()
             fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)   # a background job's shell ignores ^C: a terminal does not
 
         self.proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, env=env, cwd=ROOT,
                                      close_fds=True, preexec_fn=controlling_tty)

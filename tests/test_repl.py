@@ -534,6 +534,7 @@ class Pty:
         def controlling_tty():  # a session of its own with the pty as its terminal: ^C -> SIGINT
             os.setsid()
             fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)   # a background job's shell ignores ^C: a terminal does not
 
         self.proc = subprocess.Popen([sys.executable, "-m", "repl", *args], stdin=slave, stdout=slave,
                                      stderr=slave, env=env, cwd=ROOT, close_fds=True,

@@ -52,6 +52,7 @@ def comparable(a: WorkerAnswer, rebuilt: bool = False) -> dict:
     if d["briefing"] and rebuilt:
         d["briefing"].pop("prefilled_tokens")
     if d["briefing"]:
+        d["briefing"] = {k: v for k, v in d["briefing"].items() if not k.endswith("_s")}   # recall_s, ...
         d["briefing"]["compaction"] = {k: float(f"{v:.4g}") if rebuilt and isinstance(v, float) else v
                                        for k, v in d["briefing"]["compaction"].items() if not k.startswith("time_")}
         d["briefing"]["folds"] = [{k: v for k, v in f.items() if not k.endswith("_s")} for f in d["briefing"]["folds"]]
@@ -330,7 +331,8 @@ def service(tmp_path_factory, tiny_lm):
             "--reserve", str(OPTIONS["reserve"]), "--cache-budget", str(OPTIONS["cache_budget"]), "--threads", "1",
             "--cpus-per-replica", "0.5"]
     t0 = time.monotonic()
-    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=err, text=True, bufsize=1)
+    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=err, text=True, bufsize=1,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as from a terminal
     lines: list[str] = []
     ready = threading.Event()
 
