@@ -44,6 +44,7 @@ def test_bootstrap_interval_brackets_the_mean():
     assert bootstrap_ci(groups=[[x] for x in flat]) == (lo_q, hi_q)
 
 
+@pytest.mark.slow   # every long-suite condition end to end (about 14 s): make test runs it
 def test_long_suite_runs_every_condition_in_bounded_memory(tok, tmp_path):
     tiny = tiny_model("llama-gqa", tok, max_positions=1024)
     args = long.build_parser().parse_args(["--lengths", "300", "900", "--episodes", "1", "--window", "320",

@@ -48,6 +48,7 @@ def test_process_pool_equals_serial(tiny_dir, serial, monkeypatch):
     assert _rows(pool) == _rows(serial) and len(_rows(serial)) > 3 * 10
 
 
+@pytest.mark.slow   # starts a local Ray (about 15 s): make test runs it, the fast tier not
 def test_ray_equals_serial(tiny_dir, serial, monkeypatch):
     pytest.importorskip("ray", reason="the optional [ray] extra is not installed")
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
