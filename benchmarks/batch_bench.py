@@ -142,8 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {out / 'batch_bench.json'} and {out / 'batch_bench.png'}")
     print(markdown(result), end="")
     if args.readme:
-        changed = readme.update_readme(BLOCK, markdown(result), readme.DOC)
-        print(f"{readme.DOC}: the {BLOCK} block {'updated' if changed else 'unchanged'}")
+        readme.write_block(BLOCK, markdown(result))
     return 0
 
 

@@ -145,8 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {out / 'concurrency_bench.json'}")
     print(markdown(result), end="")
     if args.readme:
-        changed = readme.update_readme(BLOCK, markdown(result), readme.DOC)
-        print(f"{readme.DOC}: the {BLOCK} block {'updated' if changed else 'unchanged'}")
+        readme.write_block(BLOCK, markdown(result))
     return 0
 
 

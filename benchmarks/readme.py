@@ -21,6 +21,13 @@ def replace_block(readme: Path, begin: str, end: str, body: str) -> bool:
     return new != text
 
 
+def write_block(block: str, text: str, readme: Path | None = None) -> None:
+    """`update_readme` (None: `DOC` as it is at the call), and say on stdout whether the block changed."""
+    readme = DOC if readme is None else readme
+    changed = update_readme(block, text, readme)
+    print(f"{readme}: the {block} block {'updated' if changed else 'unchanged'}")
+
+
 def update_readme(block: str, text: str, readme: Path = DOC) -> bool:
     """The block `<!-- {block} -->` ... `<!-- /{block} -->` of docs/benchmarks.md (or `readme`) becomes `text`."""
     return replace_block(readme, f"<!-- {block} -->", f"<!-- /{block} -->", text)

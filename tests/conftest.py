@@ -49,3 +49,20 @@ def tok():
 @pytest.fixture(scope="session")
 def essay() -> str:
     return read_essay("avg.txt")
+
+
+@pytest.fixture(scope="module")
+def tiny(tok):
+    """A tiny random llama-gqa model (512 positions) on the `tok` tokenizer."""
+    from tests.tiny import tiny_model
+
+    return tiny_model("llama-gqa", tok, max_positions=512)
+
+
+@pytest.fixture(scope="module")
+def pieces(essay):
+    """Pieces of about 30 words, each cut just before a space and a letter (no BPE merge across the cuts)."""
+    import re
+
+    words = re.split(r"(?= [A-Za-z])", essay)
+    return ["".join(words[i:i + 30]) for i in range(0, len(words), 30)]

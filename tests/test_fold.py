@@ -1,7 +1,6 @@
 """Folding the persistent trajectory cache (rolling Attention Matching), on tiny random-weight models."""
 from __future__ import annotations
 
-import re
 
 import pytest
 import torch
@@ -15,17 +14,6 @@ from tests.tiny import FAMILIES, tiny_model
 GUIDANCE = [briefing.TaskGuidance(), briefing.SpanGuidance(), briefing.MixGuidance()]
 PROMPT = "\n\nQuestion: what does the author say about early users? Answer:"
 
-
-@pytest.fixture(scope="module")
-def tiny(tok):
-    return tiny_model("llama-gqa", tok, max_positions=512)
-
-
-@pytest.fixture(scope="module")
-def pieces(essay):
-    """Pieces of about 30 words, each cut just before a space and a letter (no BPE merge across the cuts)."""
-    words = re.split(r"(?= [A-Za-z])", essay)
-    return ["".join(words[i:i + 30]) for i in range(0, len(words), 30)]
 
 
 def folding_cache(tiny, guidance=None, **kw):

@@ -3,7 +3,6 @@ away is archived exactly, survives re-bases, is re-attached where a prefill woul
 budget; `coverage` counts kept and recalled characters; a worker recalls through the archive."""
 from __future__ import annotations
 
-import re
 import types
 
 import pytest
@@ -17,17 +16,6 @@ from briefing import kv, latent
 from briefing.context import forward_with_bias
 from tests.tiny import tiny_model, tiny_tokenizer
 
-
-@pytest.fixture(scope="module")
-def tiny(tok):
-    return tiny_model("llama-gqa", tok, max_positions=512)
-
-
-@pytest.fixture(scope="module")
-def pieces(essay):
-    """Pieces of about 30 words, each cut just before a space and a letter (no BPE merge across the cuts)."""
-    words = re.split(r"(?= [A-Za-z])", essay)
-    return ["".join(words[i:i + 30]) for i in range(0, len(words), 30)]
 
 
 def archiving_cache(lm, dtype="float32", budget_bytes=1 << 30, importance=False, **kw):
