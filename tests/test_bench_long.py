@@ -46,14 +46,28 @@ def test_bootstrap_interval_brackets_the_mean():
 
 @pytest.mark.slow   # every long-suite condition end to end (about 14 s): make test runs it
 def test_long_suite_runs_every_condition_in_bounded_memory(tok, tmp_path):
-    tiny = tiny_model("llama-gqa", tok, max_positions=1024)
+    tiny = tiny_model("llama-gqa", tok, max_positions=2048)   # the ceiling holds the 300-token episode whole
     args = long.build_parser().parse_args(["--lengths", "300", "900", "--episodes", "1", "--window", "320",
                                            "--recent", "96", "--summary-tokens", "8", "--out", str(tmp_path),
                                            "--no-progress"])
     result = long.run(args, lm=tiny, log=lambda *a: None, out=tmp_path)
     rows = result["rows"]
     assert {r["condition"] for r in rows} == set(long.CONDITIONS)
-    assert len(rows) == 2 * len(long.CONDITIONS) * 8   # four facts, each in two wordings
+    # four facts, each in two wordings; the ceiling (all in view) only where the trajectory fits the model's context
+    ceiling = {r["length"] for r in rows if r["condition"] == "ceiling"}
+    assert 300 in ceiling and len(rows) == (2 * len(long.CONDITIONS) - 2 + len(ceiling)) * 8
+    for r in rows:
+        if r["condition"] == "ceiling":   # every position in view: nothing folded, the fact wholly covered
+            assert r["folds"] == 0 and r["covered_fact"] == 1.0
+        if r["condition"] in long.LATENT:   # the recall's budget comes out of the cache's, as fold-recall's does
+            assert r["cache_positions"] <= result["config"]["window"] - result["config"]["reserve"] \
+                - result["config"]["recall_budget"]
+    latent = [r for r in rows if r["condition"] in long.LATENT and r["length"] == 900]
+    assert any(r["recalled_tokens"] > 0 for r in latent)   # past the first fold the latent recall brings blocks back
+    forms = {(d["condition"], d["length"], d["form"]): d for d in result["summary"]["by_form"]}
+    assert forms[("fold-latent", 900, "paraphrase")]["questions"] == 4
+    assert 0.0 <= forms[("fold-latent", 900, "own")]["availability"] <= 1.0
+    assert {d["reference"] for d in result["summary"]["by_form_paired"]} == {"fold-recall-all-ranked", "ceiling"}
     # episode 0 has one seed at both lengths: a length's episodes do not depend on the other lengths listed
     assert {r["seed"] for r in rows} == {long.SPLIT_SEED["heldout"]}
     budget = result["config"]["window"] - result["config"]["reserve"]
@@ -78,8 +92,9 @@ def test_long_suite_runs_every_condition_in_bounded_memory(tok, tmp_path):
     acc = {(a["condition"], a["length"]): a["accuracy"] for a in result["summary"]["accuracy"]}
     pairs = result["summary"]["paired"]
     # against fold-recall, then against BriefedWorker's recall (the pair of references once)
-    assert [d["reference"] for d in pairs] == (["fold-recall"] * 2 * (len(long.CONDITIONS) - 1)
-                                               + ["fold-recall-all-ranked"] * 2 * (len(long.CONDITIONS) - 2))
+    per_length = {n: len({r["condition"] for r in rows if r["length"] == n}) for n in (300, 900)}
+    assert [d["reference"] for d in pairs] == (["fold-recall"] * sum(k - 1 for k in per_length.values())
+                                               + ["fold-recall-all-ranked"] * sum(k - 2 for k in per_length.values()))
     for d in pairs:  # every condition answered the same questions here: the paired mean is the accuracy gap
         assert d["questions"] == 8 and abs(d["diff"] - (acc[(d["condition"], d["length"])]
                                                          - acc[(d["reference"], d["length"])])) < 1e-9

@@ -283,9 +283,12 @@ class BriefedWorker(LocalModelMixin, Worker):
         budget = other.cache_budget if "cache_budget" in changes else None
         reserve = other.reserve if "reserve" in changes else None
         archived = other.recall is not None and other.recall.archive() is not None
-        # a cache without the archive the new recall needs is not carried over: it is rebuilt from the text
+        # a cache without the archive the new recall needs is not carried over: it is rebuilt from the text; one
+        # whose archive the new recall does not read drops it (no more blocks archived, nor representatives read)
         other._caches = [c.clone(fold=fold, budget=budget, reserve=reserve) for c in self._caches
                          if c.archive is not None or not archived]
+        for c in other._caches if not archived else ():
+            c.archive = None
         other._prompts = getattr(self, "_prompts", None)
         return other
 

@@ -28,14 +28,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.rlm_bench.long_conditions import (CONDITIONS, FOLD_GUIDANCE, RECALL, RECALL_VARIANTS, STREAMING,
-                                                  LongConfig)
+from benchmarks.rlm_bench.long_conditions import (CONDITIONS, FOLD_GUIDANCE, LATENT, RECALL, RECALL_VARIANTS,
+                                                  STREAMING, LongConfig)
 from benchmarks.rlm_bench.long_episodes import (QUARTERS, SPLIT_SEED, SPLIT_SPAN, LongSpec, make_long_episode,
                                                 question_event, question_text)
 from benchmarks.rlm_bench.long_report import (README_END, README_START, markdown, merge, readme_markers, summarize,
                                               targets, update_readme, write)
 
-__all__ = ["CONDITIONS", "FOLD_GUIDANCE", "QUARTERS", "README_END", "README_START", "RECALL", "RECALL_VARIANTS",
+__all__ = ["CONDITIONS", "FOLD_GUIDANCE", "LATENT", "QUARTERS", "README_END", "README_START", "RECALL", "RECALL_VARIANTS",
            "SPLIT_SEED", "STREAMING", "build_parser", "main", "make_long_episode", "merge", "question_event",
            "question_text", "readme_markers", "run", "write"]
 

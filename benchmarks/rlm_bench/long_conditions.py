@@ -9,6 +9,12 @@ Every condition sees the same events; `window` is the worker's positions, `reser
   unfolded tail too; ranked: the best chunk last; fold-recall-all-ranked is BriefedWorker's default recall), at
   `recall_budget` tokens taken out of the cache's budget, so every call still fits the window; the four share one
   cache (`BriefedWorker.fork`) and differ only at question time;
+- fold-latent, fold-latent-both, fold-latent-text: fold-mix with `LatentRecall` (the worker's own hidden states rank
+  the archived blocks, their keys and values re-attached; both: fused with BM25; text: the blocks' text re-prefilled
+  before the question instead), at the same `recall_budget` out of the cache's budget; the three share one cache (its archive kept from the first extend: the suite's shared prefill keeps one when a latent
+  condition runs);
+- ceiling: the same trajectory all in view (`BriefedWorker` with the model's whole context as its cache, `KeepAll`
+  per call, no fold): the in-window ceiling a recall is judged against; no rows where the trajectory does not fit;
 - streaming: a fold that keeps nothing (attention sink + recent window, StreamingLLM), KeepAll per call;
   streaming-recall: the same with fold-recall's recall;
 - truncated: `TextWorker` on the model with its context limited to the window (it cuts the oldest text);
@@ -28,17 +34,20 @@ from typing import Any
 from benchmarks.rlm_bench.long_episodes import QUARTERS, LongEpisode, LongSpec, Question, question_event, question_text
 
 CONDITIONS = ["fold-task", "fold-span", "fold-span-only", "fold-mix", "fold-recall", "fold-recall-all",
-              "fold-recall-ranked", "fold-recall-all-ranked", "truncated", "streaming", "streaming-recall", "bm25",
+              "fold-recall-ranked", "fold-recall-all-ranked", "fold-latent", "fold-latent-both", "fold-latent-text", "ceiling", "truncated", "streaming", "streaming-recall", "bm25",
               "summary", "plain"]
 # recall variants of fold-recall: scope (tail: the unfolded tail too) and order (ranked: the best chunk last); they
 # share fold-recall's cache
 RECALL_VARIANTS = {"fold-recall": dict(tail=False, ranked=False), "fold-recall-all": dict(tail=True, ranked=False),
                    "fold-recall-ranked": dict(tail=False, ranked=True),
                    "fold-recall-all-ranked": dict(tail=True, ranked=True)}   # BriefedWorker's recall
+# LatentRecall's settings (rank, and attach: the keys and values re-attached, or the text re-prefilled); one cache
+LATENT = {"fold-latent": dict(rank="latent"), "fold-latent-both": dict(rank="both"),
+          "fold-latent-text": dict(rank="latent", attach=False)}
 FOLD_GUIDANCE = {"fold-task": "task", "fold-span": "span", "fold-span-only": "span-only", "fold-mix": "mix",
-                 **dict.fromkeys(RECALL_VARIANTS, "mix")}
+                 **dict.fromkeys(RECALL_VARIANTS, "mix"), **dict.fromkeys(LATENT, "mix")}
 STREAMING = ("streaming", "streaming-recall")   # folds that keep nothing of the span (sink + recent window)
-RECALL = (*RECALL_VARIANTS, "streaming-recall")  # + BM25 chunks of the trajectory text in the call prompt
+RECALL = (*RECALL_VARIANTS, "streaming-recall", *LATENT)  # a recall at question time, its budget out of the cache's
 TEXT = ("truncated", "bm25", "summary", "plain")
 SCORED_TOKENS = 16  # the room a call leaves for its answer: the candidates are scored, a lead-in and one value
 
@@ -103,7 +112,8 @@ def ask(worker: Any, ep: LongEpisode, condition: str, full: str, q: Question, i:
     picked, _ = choose(b.context, q.candidates, q.lead)
     latency = time.perf_counter() - t0
     row = dict(episode=ep.id, seed=ep.seed, length=ep.target_tokens, trajectory_tokens=tokens, condition=condition,
-               question=i, quarter=q.quarter, offset=round(q.offset, 4), answer=q.answer, picked=picked,
+               question=i, quarter=q.quarter, offset=round(q.offset, 4), form=q.form, fact=q.fact,
+               answer=q.answer, picked=picked,
                correct=picked == q.answer, latency_s=round(latency, 4), prompt_tokens=len(b.context.prompt_ids))
     if b.stats is not None:  # a briefed worker: what its cache did
         lo, hi = (int(f * len(full)) for f in QUARTERS[q.quarter])
@@ -111,12 +121,15 @@ def ask(worker: Any, ep: LongEpisode, condition: str, full: str, q: Question, i:
         row.update(prefilled_tokens=b.stats.prefilled_tokens, cache_positions=b.stats.cache_positions,
                    kv_bytes=b.cache.kv_bytes(), kept=b.stats.kept, folds=len(b.cache.folds), position=b.cache.position,
                    recalled_tokens=b.stats.recalled_tokens, held_fact=round(b.held(*fact), 4),
-                   held_quarter=round(b.held(lo, hi), 4), covered_fact=round(b.coverage(*fact), 4))
+                   held_quarter=round(b.held(lo, hi), 4), covered_fact=round(b.coverage(*fact), 4),
+                   recall_s=round(b.stats.recall_s, 4), archive_bytes=b.stats.archive_bytes)
     else:  # a context built from text for this call: everything in it was forwarded
         n = len(b.context.prompt_ids)
         row.update(prefilled_tokens=n, cache_positions=n, kv_bytes=kv_bytes(b.context))
         if body is None:
             row["covered_fact"] = round(b.coverage(*fact_range(full, q)), 4)
+        elif q.quarter:   # pasted other text (BM25 chunks, a summary): the fact is there word for word or not
+            row["covered_fact"] = float((q.statement or f"{q.lead} {q.answer}") in body)
     return row
 
 
@@ -128,7 +141,7 @@ def episode_rows(lm: Any, prompts: Any, ep: LongEpisode, cfg: LongConfig) -> tup
     """Every condition of `cfg` on one episode: its rows (one per question) and the folds of its folding
     conditions (each fold with its time against the estimated prefill of its span)."""
     import briefing
-    from agents import BriefedWorker, TextRecall
+    from agents import BriefedWorker, LatentRecall
 
     sizes = cfg.sizes(lm)
     tail = "".join(question_event(q, i) for i, q in enumerate(ep.questions))
@@ -137,8 +150,11 @@ def episode_rows(lm: Any, prompts: Any, ep: LongEpisode, cfg: LongConfig) -> tup
     folds: list[dict] = []
     folding = [c for c in cfg.conditions if c in FOLD_GUIDANCE or c in STREAMING]
     if folding:
+        # a latent condition needs the archive from the first extend: the shared prefill keeps one then (it asks
+        # nothing, so its recall is never used; the text-recall forks ignore the archive)
+        latent = LatentRecall(tokens=sizes["recall_budget"]) if any(c in LATENT for c in folding) else None
         base = BriefedWorker(lm=lm, fold=briefing.FoldPolicy(recent=cfg.recent), cache_budget=sizes["budget"],
-                             reserve=sizes["reserve"], recall=None, max_new_tokens=SCORED_TOKENS)
+                             reserve=sizes["reserve"], recall=latent, max_new_tokens=SCORED_TOKENS)
         text, k, held = "", 0, 0
         while k < len(ep.chunks):  # shared phase: stop before the first sync that would fold
             piece, query = ep.chunks[k]
@@ -151,16 +167,15 @@ def episode_rows(lm: Any, prompts: Any, ep: LongEpisode, cfg: LongConfig) -> tup
             k += 1
         built: dict[str, Any] = {}
         for condition in folding:
-            same = "fold-recall" if condition in RECALL_VARIANTS else condition
-            if same in built:   # fold-recall's cache, another recall: its folds are fold-recall's
-                worker = built[same].fork(recall=TextRecall(tokens=sizes["recall_budget"],
-                                                            **RECALL_VARIANTS[condition]))
+            same = ("fold-recall" if condition in RECALL_VARIANTS else "fold-latent" if condition in LATENT
+                    else condition)
+            if same in built:   # fold-recall's (fold-latent's) cache, another recall: its folds are that condition's
+                worker = built[same].fork(recall=recall_of(condition, sizes))
             else:
                 recall = None
                 budget, reserve = sizes["budget"], sizes["reserve"]
                 if condition in RECALL:  # the recalled text comes out of the cache's budget: every call fits the window
-                    variant = RECALL_VARIANTS.get(condition, RECALL_VARIANTS["fold-recall"])
-                    recall = TextRecall(tokens=sizes["recall_budget"], **variant)
+                    recall = recall_of(condition, sizes)
                     budget, reserve = budget - sizes["recall_budget"], reserve + sizes["recall_budget"]
                 worker = base.fork(fold=fold_policy(cfg, sizes, condition), cache_budget=budget, reserve=reserve,
                                    recall=recall, selector=briefing.KeepAll() if condition in STREAMING else None)
@@ -176,16 +191,47 @@ def episode_rows(lm: Any, prompts: Any, ep: LongEpisode, cfg: LongConfig) -> tup
                 folds += [dict(episode=ep.id, length=ep.target_tokens, condition=condition, **f.model_dump(),
                                prefill_estimate_s=f.span * rate, ratio_to_prefill=f.time_s / max(1e-9, f.span * rate))
                           for f in cache.folds]
-                if same == "fold-recall":   # before its questions: the variants ask theirs on the same cache
+                if same in ("fold-recall", "fold-latent"):   # before its questions: the variants ask on this cache
                     built[same] = worker.fork()
             full = ep.text
             for i, q in enumerate(ep.questions):
                 full += question_event(q, i)
                 rows.append(ask(worker, ep, condition, full, q, i, tokens))
+    if "ceiling" in cfg.conditions:
+        rows += ceiling_rows(lm, ep, sizes, tokens)
     text_conditions = [c for c in cfg.conditions if c in TEXT]
     if text_conditions:
         rows += text_rows(lm, prompts, ep, cfg, sizes, tokens, text_conditions)
     return rows, folds
+
+
+def recall_of(condition: str, sizes: dict) -> Any:
+    """The question-time recall of a recall condition, at the suite's recall budget."""
+    from agents import LatentRecall, TextRecall
+
+    if condition in LATENT:
+        return LatentRecall(tokens=sizes["recall_budget"], **LATENT[condition])
+    return TextRecall(tokens=sizes["recall_budget"], **RECALL_VARIANTS.get(condition, RECALL_VARIANTS["fold-recall"]))
+
+
+def ceiling_rows(lm: Any, ep: LongEpisode, sizes: dict, tokens: int) -> list[dict]:
+    """The in-window ceiling: every question on the whole trajectory in view (no fold, every position kept), where
+    the model's context holds it; none where it does not."""
+    import briefing
+    from agents import BriefedWorker
+
+    reserve = sizes["reserve"]
+    if tokens + 64 > lm.max_context - reserve:   # the header and the question's event come on top of the text
+        return []
+    worker = BriefedWorker(lm=lm, cache_budget=lm.max_context - reserve, reserve=reserve, recall=None,
+                           selector=briefing.KeepAll(), max_new_tokens=SCORED_TOKENS)
+    rows, full = [], ep.text
+    for i, q in enumerate(ep.questions):
+        full += question_event(q, i)
+        rows.append(ask(worker, ep, "ceiling", full, q, i, tokens))
+        if rows[-1]["folds"]:
+            raise RuntimeError(f"ceiling: the cache folded on episode {ep.id}; its trajectory does not fit.")
+    return rows
 
 
 def text_rows(lm: Any, prompts: Any, ep: LongEpisode, cfg: LongConfig, sizes: dict, tokens: int,

@@ -54,6 +54,11 @@ def summarize(rows: list[dict], folds: list[dict], rss: dict) -> dict:
                                                     if all("prompt_tokens" in r for r in rs) else None),
                               cache_positions_max=max(r["cache_positions"] for r in rs),
                               kv_bytes_max=max(r["kv_bytes"] for r in rs)))
+            recalled = [r for r in rs if r.get("recalled_tokens")]
+            if recalled:   # the recall's own time (finding and fetching), on the calls that recalled
+                calls[-1].update(recall_s_median=_median([r["recall_s"] for r in recalled if "recall_s" in r]),
+                                 recall_share_median=_median([r["recall_s"] / r["latency_s"] for r in recalled
+                                                              if "recall_s" in r and r["latency_s"] > 0]))
     fold_summary = []
     for c in sorted({f["condition"] for f in folds}):
         for n in lengths:
@@ -81,20 +86,51 @@ def summarize(rows: list[dict], folds: list[dict], rss: dict) -> dict:
                                  kept_questions=len(kept),
                                  accuracy_kept=sum(r["correct"] for r in kept) / len(kept) if kept else None,
                                  accuracy_lost=sum(r["correct"] for r in lost) / len(lost) if lost else None))
+    forms = [f for f in FORMS if any(r.get("form") == f for r in rows)]
+    by_form_paired = [dict(d, form=f) for f in forms
+                      for d in paired([r for r in rows if r.get("form") == f], conds, lengths, FORM_REFERENCES)]
     return dict(accuracy=acc, by_depth=by_depth, calls=calls, folds=fold_summary, held=held,
-                paired=paired(rows, conds, lengths), peak_rss_mb=rss)
+                paired=paired(rows, conds, lengths), by_form=by_form(rows, conds, lengths, forms),
+                by_form_paired=by_form_paired, peak_rss_mb=rss)
+
+
+def by_form(rows: list[dict], conds: list[str], lengths: list[int], forms: list[str]) -> list[dict]:
+    """Accuracy and availability by question form (the fact's own words, paraphrased): availability is the share of
+    the fact statement's characters the call's context held (`covered_fact`: kept, recalled or pasted), which does
+    not depend on the worker's skill; accuracy where the fact was at least half available, and where it was not."""
+    out = []
+    for c, n, f in itertools.product(conds, lengths, forms):
+        rs = [r for r in rows if r["condition"] == c and r["length"] == n and r.get("form") == f]
+        if not rs:
+            continue
+        ys = [float(r["correct"]) for r in rs]
+        d = dict(condition=c, length=n, form=f, questions=len(rs), episodes=len({r["episode"] for r in rs}),
+                 accuracy=sum(ys) / len(ys), ci95=list(bootstrap_ci(ys)))
+        cov = [float(r["covered_fact"]) for r in rs if "covered_fact" in r]
+        if len(cov) == len(rs):
+            avail = [r for r in rs if r["covered_fact"] >= 0.5]
+            rest = [r for r in rs if r["covered_fact"] < 0.5]
+            d.update(availability=sum(cov) / len(cov), availability_ci95=list(bootstrap_ci(cov)),
+                     available=len(avail),
+                     accuracy_available=sum(r["correct"] for r in avail) / len(avail) if avail else None,
+                     accuracy_unavailable=sum(r["correct"] for r in rest) / len(rest) if rest else None)
+        out.append(d)
+    return out
 
 
 PAIRED_REFERENCES = ("fold-recall", "fold-recall-all-ranked")  # the first recall, and BriefedWorker's
+FORM_REFERENCES = ("fold-recall-all-ranked", "ceiling")  # by question form: BriefedWorker's BM25 recall, all in view
+FORMS = ("own", "paraphrase")
 
 
-def paired(rows: list[dict], conds: list[str], lengths: list[int]) -> list[dict]:
+def paired(rows: list[dict], conds: list[str], lengths: list[int],
+           references: tuple[str, ...] = PAIRED_REFERENCES) -> list[dict]:
     """Each condition against each reference (fold-recall and BriefedWorker's recall, else the first folding
     condition) on the questions both answered (same episode, same question): the accuracy difference with a
     paired 95% bootstrap interval over those questions, overall and on first-half facts, and the questions it
     won and lost against the reference. Conditions run on fewer episodes are compared there only; a pair of
     references is compared once, against the first."""
-    refs = [c for c in PAIRED_REFERENCES if c in conds] or [c for c in FOLD_GUIDANCE if c in conds][:1]
+    refs = [c for c in references if c in conds] or [c for c in FOLD_GUIDANCE if c in conds][:1]
     by = {(r["condition"], r["episode"], r["question"]): r for r in rows}
     out = []
     for i, ref in enumerate(refs):
@@ -132,6 +168,9 @@ def targets(summary: dict) -> dict:
         rss = summary["peak_rss_mb"]
         if str(lo) in rss and str(hi) in rss:
             out[f"peak RSS {hi}/{lo}"] = rss[str(hi)] / rss[str(lo)]
+    for c in summary["calls"]:
+        if c.get("recall_share_median") == c.get("recall_share_median") and "recall_share_median" in c:   # not NaN
+            out[f"{c['condition']} recall's share of a call at {c['length']} (median)"] = c["recall_share_median"]
     if summary["folds"]:
         out["fold time / span prefill, max"] = max(f["ratio_to_prefill_max"] for f in summary["folds"])
     for a in summary["accuracy"]:
@@ -150,7 +189,8 @@ def markdown(result: dict) -> str:
         load = f"(1 minute, at the end of each of {len(one)} runs) {min(one):.2f} to {max(one):.2f}"
     lines = [f"Long-trajectory suite: window {cfg['window']} positions (reserve {cfg['reserve']}, recent window "
              f"{cfg['recent']}), lengths {cfg['lengths']} tokens, episodes done per length {done or cfg['episodes']} "
-             f"(of {cfg['episodes']}) x 4 questions, split {cfg['split']}; machine load average "
+             f"(of {cfg['episodes']}) x {per_episode(result['rows'])} questions, split {cfg['split']}; machine "
+             f"load average "
              f"{load} (timings under that load). Regenerate: `python -m benchmarks.rlm_bench.long "
              f"--report results.json`.", "",
              "| condition | length | accuracy [95% CI] | first half [95% CI] | questions | median latency s | "
@@ -192,6 +232,29 @@ def markdown(result: dict) -> str:
                              f"{d['diff']:+.2f} [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}] | "
                              f"[{d['episode_ci95'][0]:+.2f}, {d['episode_ci95'][1]:+.2f}] | {d['won']} / {d['lost']} | "
                              f"{fh} |")
+    if s.get("by_form"):
+        lines += ["", "By question form (own: in the fact's words; paraphrase: no content word of the fact shared). "
+                  "Availability: the share of the fact statement's characters the call's context held (kept, recalled "
+                  "or pasted; mean [95% CI]), which does not depend on the worker's skill; then accuracy where the fact "
+                  "was at least half available and where it was not:", "",
+                  "| condition | length | form | questions | accuracy [95% CI] | availability [95% CI] | "
+                  "available | accuracy if available | if not |", "|---|---|---|---|---|---|---|---|---|"]
+        fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
+        for d in s["by_form"]:
+            av = (f"{d['availability']:.2f} [{d['availability_ci95'][0]:.2f}, {d['availability_ci95'][1]:.2f}]"
+                  if "availability" in d else "-")
+            lines.append(f"| {d['condition']} | {d['length']} | {d['form']} | {d['questions']} | {d['accuracy']:.2f} "
+                         f"[{d['ci95'][0]:.2f}, {d['ci95'][1]:.2f}] | {av} | {d.get('available', '-')} | "
+                         f"{fmt(d.get('accuracy_available'))} | {fmt(d.get('accuracy_unavailable'))} |")
+    if s.get("by_form_paired"):
+        lines += ["", "By question form, paired on the same questions (condition minus reference, 95% interval over "
+                  "questions and over episodes):", "",
+                  "| form | reference | condition | length | questions | difference | episode-bootstrap interval | "
+                  "won / lost |", "|---|---|---|---|---|---|---|---|"]
+        for d in s["by_form_paired"]:
+            lines.append(f"| {d['form']} | {d['reference']} | {d['condition']} | {d['length']} | {d['questions']} | "
+                         f"{d['diff']:+.2f} [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}] | "
+                         f"[{d['episode_ci95'][0]:+.2f}, {d['episode_ci95'][1]:+.2f}] | {d['won']} / {d['lost']} |")
     if s["folds"]:
         lines += ["", "| folding condition | length | folds | median span | median kept | median fold s | "
                   "fold / span prefill (median, max) |", "|---|---|---|---|---|---|---|"]
@@ -217,6 +280,15 @@ def markdown(result: dict) -> str:
               + ", ".join(f"{k}: {v:.0f}" for k, v in s["peak_rss_mb"].items()), "", "Targets:", ""]
     lines += [f"- {k}: {v:.3f}" if isinstance(v, float) else f"- {k}: {v}" for k, v in result["targets"].items()]
     return "\n".join(lines) + "\n"
+
+
+def per_episode(rows: list[dict]) -> int | str:
+    """Questions per episode (older runs asked 4, one per fact; the suite now asks each fact in two forms)."""
+    counts = {}
+    for r in rows:
+        counts[(r["condition"], r["episode"], r["length"])] = counts.get((r["condition"], r["episode"], r["length"]), 0) + 1
+    values = sorted(set(counts.values()))
+    return values[0] if len(values) == 1 else " or ".join(map(str, values))
 
 
 def plot(result: dict, out: Path) -> str:
