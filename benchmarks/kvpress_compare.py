@@ -32,7 +32,7 @@ import briefing
 from benchmarks.briefing_bench import ANSWER, QUESTION
 from benchmarks.recall_cases import cases
 from benchmarks.readme import DOC, update_readme
-from benchmarks.selection_bench import DEFAULT, PREVIOUS, VARIANTS, bootstrap_median, renamed
+from benchmarks.selection_bench import DEFAULT, PREVIOUS, VARIANTS, bootstrap_median, case_key, renamed
 from rlm.data import data_dir
 
 RATIOS = (0.5, 0.2, 0.1, 0.05)
@@ -252,8 +252,8 @@ def merged(path: Path) -> dict:
     """compare_{split}.json plus the presses of compare_{split}_{tag}.json files (same cases, possibly fewer)."""
     res = renamed(json.loads(path.read_text()))
     for part in sorted(path.parent.glob(f"{path.stem}_part-*.json")):  # the same presses on other cases
-        seen = {c["essay"] for c in res["cases"]}
-        res["cases"] += [c for c in renamed(json.loads(part.read_text()))["cases"] if c["essay"] not in seen]
+        seen = {case_key(c) for c in res["cases"]}
+        res["cases"] += [c for c in renamed(json.loads(part.read_text()))["cases"] if case_key(c) not in seen]
     for extra_path in sorted(p for p in path.parent.glob(f"{path.stem}_*.json") if "_part-" not in p.name):
         extra = renamed(json.loads(extra_path.read_text()))
         res["presses"] += [p for p in extra["presses"] if p not in res["presses"]]
@@ -262,9 +262,9 @@ def merged(path: Path) -> dict:
         if "anchor" in extra and "anchor" in res:
             res["anchor"]["presses"].update(extra["anchor"]["presses"])
             res["anchor"]["ours"].update({v: extra["anchor"]["ours"][v] for v in new_ours})
-        by_essay = {c["essay"]: c for c in extra["cases"]}
+        by_case = {case_key(c): c for c in extra["cases"]}
         for case in res["cases"]:
-            other = by_essay.get(case["essay"], {})
+            other = by_case.get(case_key(case), {})
             case["presses"].update(other.get("presses", {}))
             case["ours"].update({v: other["ours"][v] for v in new_ours if v in other.get("ours", {})})
     return res

@@ -59,6 +59,31 @@ VARIANTS: dict[str, Callable[..., briefing.Selector]] = {  # look_ahead=0 where 
     "importance only, with the fit": lambda **size: briefing.AttentionMatching(**size, agnostic=1.0),
     "importance only, top-k (KVzip's selection)": lambda **size: briefing.TopK(**size, agnostic=1.0, look_ahead=0,
                                                                                smooth_kernel=1, sinks=4),
+    # round 4 (issue 28): global allocation, a different count per (layer, KV head) ranked together (KVzip's)
+    "global allocation": lambda **size: briefing.AttentionMatching(**size, allocation="global"),
+    "global allocation, layer-scaled": lambda **size: briefing.AttentionMatching(
+        **size, allocation="global", allocation_scale="layer"),
+    "global allocation, head max 4x": lambda **size: briefing.AttentionMatching(
+        **size, allocation="global", head_max=4.0),
+    "global allocation, importance share 0.5": lambda **size: briefing.AttentionMatching(
+        **size, allocation="global", agnostic=0.5),
+    "global allocation, importance only, with the fit": lambda **size: briefing.AttentionMatching(
+        **size, allocation="global", agnostic=1.0),
+    "global allocation, importance only, top-k (KVzip's)": lambda **size: briefing.TopK(
+        **size, allocation="global", agnostic=1.0, look_ahead=0, smooth_kernel=1, sinks=4),
+    "global allocation, importance share 0.75": lambda **size: briefing.AttentionMatching(
+        **size, allocation="global", agnostic=0.75),
+    "global allocation, importance only, fit, sinks 4": lambda **size: briefing.AttentionMatching(
+        **size, allocation="global", agnostic=1.0, sinks=4),
+    "global allocation, importance only, fit, layer-scaled": lambda **size: briefing.AttentionMatching(
+        **size, allocation="global", agnostic=1.0, allocation_scale="layer"),
+    "global allocation, importance share 0.9, sinks 4": lambda **size: briefing.AttentionMatching(
+        **size, allocation="global", agnostic=0.9, sinks=4),
+    # round 5: the padded width (the longest row) is near T at every ratio; a cap per (layer, KV head) bounds it
+    "global allocation, importance only, fit, sinks 4, head max 4x": lambda **size: briefing.AttentionMatching(
+        **size, allocation="global", agnostic=1.0, sinks=4, head_max=4.0),
+    "global allocation, importance only, fit, sinks 4, head max 2x": lambda **size: briefing.AttentionMatching(
+        **size, allocation="global", agnostic=1.0, sinks=4, head_max=2.0),
 }
 ROUND3 = ["importance share 0.25", "importance share 0.5", "importance share 0.75", "importance only, with the fit",
           "importance only, top-k (KVzip's selection)"]
@@ -162,15 +187,20 @@ def renamed(res: dict) -> dict:
     return res
 
 
+def case_key(case: dict) -> tuple[str, str]:
+    """What names a case across runs: its essay and its kind (an essay has a task case and a recall case)."""
+    return case["essay"], case.get("kind", "")
+
+
 def merged(out: Path, split: str) -> dict:
     """selection_{split}.json plus the variants of any selection_{split}_{tag}.json run on the same cases."""
     res = renamed(json.loads((out / f"selection_{split}.json").read_text()))
     for path in sorted(out.glob(f"selection_{split}_part-*.json")):  # the same variants on other cases
-        seen = {c["essay"] for c in res["cases"]}
-        res["cases"] += [c for c in renamed(json.loads(path.read_text()))["cases"] if c["essay"] not in seen]
+        seen = {case_key(c) for c in res["cases"]}
+        res["cases"] += [c for c in renamed(json.loads(path.read_text()))["cases"] if case_key(c) not in seen]
     for path in sorted(p for p in out.glob(f"selection_{split}_*.json") if "_part-" not in p.name):
         more = renamed(json.loads(path.read_text()))
-        if sorted(c["essay"] for c in more["cases"]) != sorted(c["essay"] for c in res["cases"]):
+        if sorted(map(case_key, more["cases"])) != sorted(map(case_key, res["cases"])):
             raise ValueError(f"{path} was run on other cases than selection_{split}.json")
         new = [v for v in more["variants"] if v not in res["variants"]]
         res["variants"] += new
@@ -180,8 +210,8 @@ def merged(out: Path, split: str) -> dict:
         if "anchor" in more:
             res.setdefault("anchor", {"tokens": more["anchor"]["tokens"], "kl": {}})["kl"].update(
                 {v: more["anchor"]["kl"][v] for v in new})
-        by_essay = {c["essay"]: c for c in more["cases"]}
-        for case, extra in ((c, by_essay[c["essay"]]) for c in res["cases"]):
+        by_case = {case_key(c): c for c in more["cases"]}
+        for case, extra in ((c, by_case[case_key(c)]) for c in res["cases"]):
             case["kl"].update({v: extra["kl"][v] for v in new})
     res["summary"] = summarise(res["cases"], res["variants"])  # recomputed from the cases, never stored figures
     return res

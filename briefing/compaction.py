@@ -30,7 +30,7 @@ from briefing.context import CompactedCache, check_prompt, run_model, run_rows
 from briefing.errors import BriefingError
 from briefing.options import check_int
 from briefing.matching import (FitProblem, FitResult, attention_scores, fit_problem, gather_positions, group_queries,
-                               solve_fits)
+                               mask_beta, padded, solve_fits)
 from briefing.rescore import generated_scores
 from briefing.selection import AttentionMatching, ScoredSelector, Scores, Selector
 from briefing.stats import CompactionStats
@@ -73,8 +73,10 @@ def reduce(selector: Selector, idx: torch.Tensor, Q: torch.Tensor | None, K: tor
 
 
 def fits(selector: Selector, idx: torch.Tensor, Q: torch.Tensor | None, K: torch.Tensor) -> bool:
-    """Whether a selection is fitted: the selector has a fit step, something is kept and something dropped."""
-    return selector.fit is not None and 0 < idx.shape[-1] < K.shape[2] and Q is not None
+    """Whether a selection is fitted: the selector has a fit step, something is kept and something dropped (fewer
+    slots than positions, or padded rows: a global allocation)."""
+    return (selector.fit is not None and 0 < idx.shape[-1] and Q is not None
+            and (idx.shape[-1] < K.shape[2] or padded(idx)))
 
 
 def fit_options(selector: Selector) -> dict[str, Any]:
@@ -84,13 +86,17 @@ def fit_options(selector: Selector) -> dict[str, Any]:
 
 def reduced(idx: torch.Tensor, K: torch.Tensor, V: torch.Tensor, fitted: FitResult | None,
             bias: torch.Tensor | None) -> Reduced:
-    """The kept keys, the fitted values (or the kept ones) and beta composed with the stored bias [L, H, T]."""
+    """The kept keys, the fitted values (or the kept ones) and beta composed with the stored bias [L, H, T]. PAD slots
+    of idx (a global allocation's padding): zero key and value, beta MASKED_BETA (no attention weight)."""
     keys = gather_positions(K, idx)                                                # [L, H, t, d]
     values = fitted.values if fitted is not None else gather_positions(V, idx)    # [L, H, t, d]
     beta = fitted.beta if fitted is not None else None                             # [L, H, t]
     if bias is not None and idx.shape[-1]:  # compose with the stored beta of the kept positions
-        stored = bias.gather(-1, idx)                                              # [L, H, t]
+        stored = bias.gather(-1, idx.clamp_min(0))                                 # [L, H, t]
         beta = stored if beta is None else stored.to(beta.dtype) + beta
+    if padded(idx):
+        values = values.masked_fill((idx < 0).unsqueeze(-1), 0)
+        beta = mask_beta(beta, idx)
     return Reduced(idx=idx, keys=keys, values=values, beta=beta, fitted=fitted)
 
 
@@ -285,7 +291,8 @@ def compact_many(cache: Any, prompts: list[str], selector: Selector | None = Non
     out = []
     for b, (p, idx, problem, (t_score, t_select)) in enumerate(zip(passes, picked, problems, times)):
         t0 = time.perf_counter()
-        t, n = idx.shape[-1], len(ids[b])
+        t, n = idx.shape[-1], len(ids[b])   # t: slots per row (a global allocation's longest row)
+        kept = t if not padded(idx) else round(int((idx >= 0).sum()) / (L * H))   # per row, on average
         fit_b = next(fitted) if problem is not None else None
         reuse = p.prompt_kv if p is not None and selector.reuse_prompt_kv else None
         if selector.keeps_all:   # the held layers as they are: nothing copied, nothing modified
@@ -301,7 +308,7 @@ def compact_many(cache: Any, prompts: list[str], selector: Selector | None = Non
             run_model(lm, ctx_kv, ids[b], position, BiasState(beta=beta_layers), last_only=True)[-1]
         t_prompt = time.perf_counter() - t_prompt
         stats = CompactionStats(
-            method=type(selector).__name__, kept=t, original_length=T, kept_ratio=t / T, prompt_tokens=n,
+            method=type(selector).__name__, kept=kept, original_length=T, kept_ratio=kept / T, prompt_tokens=n,
             time_score_s=t_score, time_select_s=t_select, time_beta_s=fit_b.time_beta_s if fit_b else 0.0,
             time_values_s=fit_b.time_values_s if fit_b else 0.0, time_prompt_s=t_prompt,
             time_total_s=t_score + t_select + (fit_b.time_beta_s + fit_b.time_values_s if fit_b else 0.0)

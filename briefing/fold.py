@@ -113,6 +113,9 @@ class FoldPolicy:
             raise BriefingError("FoldPolicy: selector must be a briefing.Selector (e.g. "
                                 "briefing.AttentionMatching()), "
                                 f"got {self.selector!r}.")
+        if getattr(self.selector, "allocation", "uniform") != "uniform":
+            raise BriefingError(f"FoldPolicy: a fold keeps the same count in every (layer, KV head); the selector's "
+                                f"allocation must be 'uniform', got {self.selector.allocation!r}.")
 
     def kept(self, span: int) -> int:
         if span <= 0:

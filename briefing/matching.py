@@ -28,6 +28,11 @@ from dataclasses import dataclass
 import torch
 
 LAYER_CHUNK = 3  # layers per batched block: bounds the [L, H, m, T] logits in memory
+PAD = -1  # a padded slot of a row that keeps fewer positions than the longest (a global allocation)
+# beta of a padded slot: its key and value are zero, so its logit is MASKED_BETA and exp() underflows to exactly 0 in
+# every float dtype (finite, unlike -inf: a fused kernel's tile of only masked keys stays NaN-free; |beta / scale|
+# stays within float16's range)
+MASKED_BETA = -1000.0
 SOLVE_DTYPE = torch.float32
 SOLVE_ELEMENTS = 1 << 25  # elements of the largest tensor of one batched solve (128 MB of float32)
 
@@ -46,8 +51,24 @@ def group_queries(queries: dict[int, torch.Tensor], layers: list[int], kv_heads:
 
 
 def gather_positions(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """t [L, H, T, d], idx [L, H, k] -> [L, H, k, d]."""
-    return t.gather(2, idx.unsqueeze(-1).expand(-1, -1, -1, t.shape[-1]))
+    """t [L, H, T, d], idx [L, H, k] -> [L, H, k, d]; zeros at PAD slots."""
+    if not padded(idx):
+        return t.gather(2, idx.unsqueeze(-1).expand(-1, -1, -1, t.shape[-1]))
+    out = t.gather(2, idx.clamp_min(0).unsqueeze(-1).expand(-1, -1, -1, t.shape[-1]))
+    return out.masked_fill((idx < 0).unsqueeze(-1), 0)
+
+
+def padded(idx: torch.Tensor) -> bool:
+    """Whether kept positions [L, H, t] have padded (masked) slots: rows that keep different counts."""
+    return bool((idx < 0).any()) if idx.numel() else False
+
+
+def mask_beta(beta: torch.Tensor | None, idx: torch.Tensor) -> torch.Tensor | None:
+    """beta [L, H, t] (None: zeros where idx has padding) with MASKED_BETA at the PAD slots of idx [L, H, t]."""
+    if not padded(idx):
+        return beta
+    beta = torch.zeros(idx.shape, dtype=torch.float32, device=idx.device) if beta is None else beta
+    return beta.masked_fill(idx < 0, MASKED_BETA)
 
 
 def attention_scores(Q: torch.Tensor, K: torch.Tensor, scale: float, *, bias: torch.Tensor | None = None,
@@ -161,7 +182,8 @@ class FitProblem:
 
 def fit_problem(Q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, idx: torch.Tensor, scale: float, *,
                 blocks: list[torch.Tensor] | None = None, bias: torch.Tensor | None = None) -> FitProblem:
-    """The fit targets for the kept positions idx [L, H, t] of K, V [L, H, T, d] under queries Q [L, H, m, d].
+    """The fit targets for the kept positions idx [L, H, t] of K, V [L, H, T, d] under queries Q [L, H, m, d]
+    (PAD slots: zero columns of A and zero kept values, so `solve_fits` leaves them at w = 1 and value 0).
     `blocks`: E per layer chunk from `attention_scores`, reused (its rows are rescaled to a max of 1 over the block,
     exactly the recomputed E); None: recomputed. bias [L, H, T]: stored beta already in every logit."""
     t0 = time.perf_counter()
@@ -181,7 +203,8 @@ def fit_problem(Q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, idx: torch.Te
         mass = E.sum(-1)                                                         # [c, H, m]
         Ys.append((E @ v) / mass.unsqueeze(-1))                                  # [c, H, m, d]
         zs.append(mass * row_scale)                                              # [c, H, m]
-        As.append(E.gather(-1, ix.unsqueeze(-2).expand(-1, -1, E.shape[-2], -1)) * row_scale.unsqueeze(-1))
+        A = E.gather(-1, ix.clamp_min(0).unsqueeze(-2).expand(-1, -1, E.shape[-2], -1)) * row_scale.unsqueeze(-1)
+        As.append(A.masked_fill((ix < 0).unsqueeze(-2), 0))  # a PAD slot: a zero column, which the fit leaves alone
         Vs.append(gather_positions(v, ix))                                       # [c, H, t, d]
     return FitProblem(A=torch.cat(As), z=torch.cat(zs), Y=torch.cat(Ys), V_kept=torch.cat(Vs), dtype=V.dtype,
                       time_s=time.perf_counter() - t0)

@@ -11,6 +11,7 @@ from briefing import kv
 from briefing.attention import BiasState
 from briefing.context import run_model
 from briefing.importance import PREVIOUS_TOKENS, REPEAT_NEXT, SINKS
+from briefing.selection import keep_count
 from tests.tiny import tiny_model
 
 TEXT = "".join(f"Entry {i}: the courier left parcel {i * 37 % 101} at the blue door before noon. " for i in range(12))
@@ -123,3 +124,96 @@ def test_the_worker_scores_only_where_a_selector_reads_the_score(tok):
     mixed = BriefedWorker(lm=lm, max_new_tokens=2, reserve=64, selector=briefing.AttentionMatching(agnostic=0.5))
     mixed.answer("What?", TEXT)
     assert plain._caches[0].store.importance is None and mixed._caches[0].store.importance is not None
+
+
+def test_global_allocation_keeps_the_uniform_total_with_masked_padding(tok):
+    """allocation="global" (KVzip's allocation): a different count per (layer, KV head), the same total as the uniform
+    selection; padded slots get no attention weight (the biased attention equals a softmax over each head's real kept
+    slots alone) and the fit leaves them alone."""
+    from types import SimpleNamespace
+
+    from briefing.attention import active, briefing_attention
+    from briefing.compaction import reduced
+    from briefing.matching import MASKED_BETA, PAD, fit
+
+    lm = tiny_model("llama-gqa", tok)
+    cache = briefing.TrajectoryCache(lm, TEXT, fold=None, importance=True)
+    L, H, T = cache.store.importance.shape
+    uniform = cache.compact(PROMPT, briefing.AttentionMatching(ratio=0.2))
+    t = uniform.positions.shape[-1]
+    for sel in (briefing.AttentionMatching(ratio=0.2, allocation="global"),
+                briefing.TopK(ratio=0.2, allocation="global", agnostic=1.0, sinks=4, allocation_scale="layer"),
+                briefing.AttentionMatching(ratio=0.2, allocation="global", agnostic=0.5, head_min=0.5, head_max=1.5)):
+        ctx = cache.compact(PROMPT, sel)
+        idx = ctx.positions                                                        # [L, H, t_max]
+        counts = (idx >= 0).sum(-1)                                                # [L, H]
+        assert int(counts.sum()) == L * H * t and ctx.stats.kept == t
+        assert idx.shape[-1] == int(counts.max()) > t and int(counts.min()) < t   # the counts differ between heads
+        assert all(idx[i, h, :counts[i, h]].diff().gt(0).all() and (idx[i, h, counts[i, h]:] == PAD).all()
+                   for i in range(L) for h in range(H))                           # sorted, right-padded
+        assert (idx[..., :sel.sinks] == torch.arange(sel.sinks)).all()            # every row keeps the sinks
+        if sel.head_max is not None:
+            assert int(counts.min()) >= t // 2 and int(counts.max()) <= int(1.5 * t)
+        assert torch.isfinite(briefing.token_logprobs(ctx, " the blue door")[1]).all()
+
+    # the importance decides the counts: a head whose importance is spread over more positions keeps more of them
+    imp = torch.full((L, H, T), 1e-3)
+    imp[0, 0, : T // 2] = 1.0
+    imp[-1, -1, : T // 10] = 1.0
+    imp[..., 0] = 1.0                                                              # the sink
+    scores = briefing.Scores(per_head=torch.rand(L, H, T), shared=torch.rand(T), importance=imp)
+    idx = briefing.TopK(ratio=0.2, allocation="global", agnostic=1.0, look_ahead=0).select(L, H, T, scores)
+    counts = (idx >= 0).sum(-1)                                                    # [L, H]
+    t = keep_count(0.2, None, T)
+    assert int(counts.sum()) == L * H * t and counts[0, 0] >= T // 2 > t and T // 10 <= counts[-1, -1] < t
+    assert idx.device == imp.device
+
+    # masked slots get zero attention weight: the compacted attention equals one without those slots, per head
+    sel = briefing.AttentionMatching(ratio=0.2, allocation="global")
+    ctx = cache.compact(PROMPT, sel)
+    idx = ctx.positions
+    K, V = cache.store.held_kv(0, T)                                               # [L, H, T, d]
+    Q = torch.randn(L, H, 6, K.shape[-1])                                          # [L, H, m, d] guidance queries
+    fitted = fit(Q, K, V, idx, lm.scaling, ridge=1e-2, beta_max=8.0, nnls_iters=15)
+    red = reduced(idx, K, V, fitted, None)
+    assert torch.isfinite(fitted.beta).all() and torch.isfinite(fitted.values).all()
+    assert (red.beta[idx < 0] == MASKED_BETA).all() and (red.values[idx < 0] == 0).all()
+    assert (red.keys[idx < 0] == 0).all()
+    group, heads = lm.group, lm.group * H
+    query = torch.randn(1, heads, 3, K.shape[-1])                                  # [1, heads, q, d]
+    for layer in range(L):
+        module = SimpleNamespace(layer_idx=layer, num_key_value_groups=group, is_causal=False)
+        with active(briefing.attention.BiasState(beta=[red.beta[i] for i in range(L)])):
+            out, _ = briefing_attention(module, query, red.keys[layer:layer + 1], red.values[layer:layer + 1], None,
+                                        scaling=lm.scaling)                        # [1, q, heads, d]
+        for head in range(H):
+            real = idx[layer, head] >= 0
+            k, v = red.keys[layer, head, real], red.values[layer, head, real]      # [t_lh, d]
+            q = query[0, head * group:(head + 1) * group]                          # [g, q, d]
+            p = torch.softmax(q @ k.T * lm.scaling + red.beta[layer, head, real], -1)   # [g, q, t_lh]
+            want = (p @ v).transpose(0, 1)                                         # [q, g, d]
+            got = out[0, :, head * group:(head + 1) * group]                       # [q, g, d]
+            assert (got - want).abs().max() < 1e-5
+
+    # the fit ignores masked slots: the same fit on a row's real slots alone gives the same beta and values
+    i, h = divmod(int(((idx >= 0).sum(-1)).argmin()), H)                           # a row with padding
+    real = idx[i, h] >= 0
+    alone = fit(Q[i:i + 1, h:h + 1], K[i:i + 1, h:h + 1], V[i:i + 1, h:h + 1], idx[i:i + 1, h:h + 1, real],
+                lm.scaling, ridge=1e-2, beta_max=8.0, nnls_iters=15)
+    assert (alone.beta[0, 0] - fitted.beta[i, h, real]).abs().max() < 1e-4
+    assert (alone.values[0, 0] - fitted.values[i, h, real]).abs().max() < 1e-4
+
+
+def test_global_allocation_options_are_checked(tok):
+    import pytest
+
+    with pytest.raises(briefing.BriefingError, match="allocation must be one of uniform, global"):
+        briefing.AttentionMatching(allocation="ragged")
+    with pytest.raises(briefing.BriefingError, match="needs per_head=True"):
+        briefing.TopK(allocation="global", per_head=False)
+    with pytest.raises(briefing.BriefingError, match="head_max must be"):
+        briefing.TopK(allocation="global", head_max=0.5)
+    with pytest.raises(briefing.BriefingError, match="allocation_scale must be one of"):
+        briefing.TopK(allocation="global", allocation_scale="max")
+    with pytest.raises(briefing.BriefingError, match="a fold keeps the same count"):
+        briefing.FoldPolicy(selector=briefing.AttentionMatching(allocation="global"))

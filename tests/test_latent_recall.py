@@ -144,6 +144,11 @@ def test_coverage_against_a_hand_computed_case():
     assert b.coverage(0, 8) == pytest.approx(9 / 32)
     # [10, 14): 0 + 3 + 0 + 0 of 4 each
     assert b.coverage(10, 14) == pytest.approx(3 / 16)
+    # a global allocation's rows keep different counts, right-padded with -1 (no token): the same figures
+    b.context = types.SimpleNamespace(positions=torch.tensor([[[0, 1, 2, 3, -1], [0, 10, 11, 12, -1]],
+                                                              [[2, 3, 4, 5, 6], [30, 31, 32, -1, -1]]]))
+    assert b.coverage(0, 8) == pytest.approx(10 / 32) and b.coverage(10, 14) == pytest.approx(3 / 16)
+    b.context = ctx
     # recalled text [6, 12) counts in every head: [0, 8) now holds characters 6 and 7 in each head too
     b.recalled = Recalled("ghijkl\n", [(6, 12)], "bm25")
     assert b.coverage(0, 8) == pytest.approx((6 + 3 + 6 + 2) / 32)

@@ -89,7 +89,11 @@ class Briefing:
         tok = torch.tensor([i for i, _, _ in inside])                              # [k] token indices
         slots = self.origins if self.origins is not None and kept != "store" else cache.origins()
         origins = slots.cpu()                                                      # [L, H, slots] token per slot
-        held = origins if kept == "store" else origins.gather(-1, kept.cpu())      # [L, H, t] tokens kept
+        if kept == "store":
+            held = origins
+        else:   # a global allocation's padded slots (-1) hold no token
+            kept = kept.cpu()
+            held = origins.gather(-1, kept.clamp_min(0)).masked_fill(kept < 0, -1)  # [L, H, t] tokens kept
         has = (held.unsqueeze(-1) == tok).any(dim=-2)                              # [L, H, k]
         chars = torch.zeros(has.shape[:2] + (n,), dtype=torch.bool)                # [L, H, n]
         for j, (_, lo, hi) in enumerate(inside):

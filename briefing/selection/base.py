@@ -7,7 +7,10 @@ guidance attention; the base keeps the top positions). Refitting beta and values
 (`Fit`) that a compaction or a fold runs after any selector whose `fit` is set.
 
 A selector returns kept indices as a regular tensor [layers, kv_heads, t] (sorted per row), so every
-downstream step (fit, cache build, biased attention) is batched over all (layer, KV head) pairs.
+downstream step (fit, cache build, biased attention) is batched over all (layer, KV head) pairs. A scored selector
+with `allocation="global"` keeps a different count per (layer, KV head): its rows are right-padded with PAD (-1) to
+the longest row, and a padded slot is a masked one downstream (zero key and value, beta MASKED_BETA: no attention
+weight; the fit ignores it), as kvpress's head-wise presses mask dropped keys.
 """
 from __future__ import annotations
 
@@ -19,9 +22,12 @@ import torch
 import torch.nn.functional as F
 
 from briefing.errors import BriefingError
-from briefing.options import check_bool, check_int, check_number
+from briefing.matching import PAD
+from briefing.options import check_bool, check_choice, check_int, check_number
 
 DEFAULT_RATIO = 0.1  # kept share of a sized selector given neither ratio nor tokens
+ALLOCATIONS = ("uniform", "global")
+ALLOCATION_SCALES = ("none", "layer", "head", "share")
 
 
 @dataclass
@@ -90,6 +96,45 @@ def top_positions(scores: torch.Tensor, t: int, sinks: int) -> torch.Tensor:
     ranked = scores.clone()
     ranked[..., :sinks] = float("inf")
     return ranked.topk(t, dim=-1).indices.sort(dim=-1).values                      # [..., t]
+
+
+def normalised(scores: torch.Tensor, scale: str) -> torch.Tensor:
+    """Scores [L, H, T] (non-negative) made comparable across (layer, KV head) rows for a global ranking: "none" as
+    they are (attention probabilities: KVzip's), "layer" divided by each layer's max, "head" by each row's max,
+    "share" by each row's sum."""
+    if scale == "none":
+        return scores
+    if scale == "layer":
+        norm = scores.amax(dim=(-2, -1), keepdim=True)
+    elif scale == "head":
+        norm = scores.amax(-1, keepdim=True)
+    else:
+        norm = scores.sum(-1, keepdim=True)
+    return scores / norm.clamp_min(1e-30)
+
+
+def row_ranks(key: torch.Tensor) -> torch.Tensor:
+    """Rank of every entry within its row of [..., T] (0: the row's best)."""
+    order = key.argsort(dim=-1, descending=True)
+    ranks = torch.arange(key.shape[-1], device=key.device).expand_as(order)
+    return torch.empty_like(order).scatter_(-1, order, ranks)
+
+
+def global_positions(key: torch.Tensor, total: int, low: int, high: int, sinks: int) -> torch.Tensor:
+    """The `total` best entries of key [L, H, T] ranked together (all rows at once), each row keeping at least its
+    `low` best and the first `sinks` positions, at most its `high` best -> kept positions [L, H, t_max], sorted per
+    row and right-padded with PAD to the longest row. Needs L H max(low, sinks) <= total <= L H high."""
+    L, H, T = key.shape
+    key = (key - key.amin()).div(key.amax() - key.amin() + 1e-30)                  # [0, 1]
+    key[..., :sinks] = 2.0                                                         # a row's sinks rank first
+    rank = row_ranks(key)                                                          # [L, H, T]
+    key = key.masked_fill(rank < low, 2.0).masked_fill(rank >= high, -1.0)         # forced > ranked > capped
+    kept = torch.zeros(L * H * T, dtype=torch.bool, device=key.device)
+    kept[key.reshape(-1).topk(total).indices] = True
+    kept = kept.view(L, H, T)
+    width = int(kept.sum(-1).max())
+    where = torch.where(kept, torch.arange(T, device=key.device), T).sort(dim=-1).values[..., :width]   # [L, H, w]
+    return where.masked_fill(where == T, PAD)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -195,6 +240,13 @@ class ScoredSelector(SizedSelector):
     before the guidance ranking fills the rest (a union of budgets): what reconstructing the text needs is kept
     whatever the question attends to. 0: the guidance alone; 1: the importance alone (KVzip's selection). Ignored
     when the scores carry no importance.
+    allocation: "uniform": every (layer, KV head) keeps the same count t; "global": every (layer, KV head, position)
+    is ranked together (KVzip's allocation), so a row keeps more or less than t and the total stays L H t; the rows
+    are right-padded with PAD to the longest (masked slots downstream). Needs per_head; a per-call compaction only
+    (a fold keeps a regular cache). With `agnostic`, the share a of the L H t kept entries is the importance's best
+    overall, the guidance's best fill the rest. allocation_scale: how the scores are made comparable across rows
+    ("none", "layer", "head", "share": `normalised`). head_min: each row keeps at least this share of t (in [0, 1]).
+    head_max: each row keeps at most head_max x t positions (>= 1; None: up to all), which bounds the padded width.
     """
 
     needs_scores: ClassVar[bool] = True
@@ -208,10 +260,25 @@ class ScoredSelector(SizedSelector):
     rescore_tokens: int = 0
     rescore_weight: float = 0.5
     agnostic: float = 0.0
+    allocation: str = "uniform"
+    allocation_scale: str = "none"
+    head_min: float = 0.0
+    head_max: float | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
         owner = type(self).__name__
+        check_choice(owner, "allocation", self.allocation, ALLOCATIONS,
+                     what="how the kept count is shared among the (layer, KV head) pairs")
+        check_choice(owner, "allocation_scale", self.allocation_scale, ALLOCATION_SCALES,
+                     what="how scores are compared across (layer, KV head) pairs in a global allocation")
+        check_number(owner, "head_min", self.head_min, low=0, high=1,
+                     what="share of the uniform count every (layer, KV head) keeps at least")
+        check_number(owner, "head_max", self.head_max, low=1, none=True,
+                     what="most positions a (layer, KV head) keeps, as a multiple of the uniform count")
+        if self.allocation != "uniform" and not self.per_head:
+            raise BriefingError(f"{owner}: allocation={self.allocation!r} needs per_head=True (a shared mask keeps "
+                                "the same positions in every (layer, KV head)).")
         check_number(owner, "agnostic", self.agnostic, low=0, high=1,
                      what="share of the kept positions chosen by the query-agnostic importance")
         check_int(owner, "look_ahead", self.look_ahead, low=0,
@@ -256,11 +323,32 @@ class ScoredSelector(SizedSelector):
         else:
             ranked = self.rank(scores.shared, None)                                        # [T]
             importance = None if scores.importance is None else scores.importance.mean(dim=(0, 1))   # [T]
+        if self.allocation == "global":
+            return self.allocate(ranked, importance, t)
         a = round(self.agnostic * t) if importance is not None else 0
         if a:   # the importance's best first, then the guidance's (a union of budgets)
             ranked = ranked.scatter(-1, top_positions(importance, a, self.sinks), float("inf"))
         kept = top_positions(ranked, t, self.sinks)                                        # [L, H, t] or [t]
         return kept if self.per_head else broadcast(kept, layers, kv_heads)
+
+    def allocate(self, ranked: torch.Tensor, importance: torch.Tensor | None, t: int) -> torch.Tensor:
+        """Global allocation: the L H t best (layer, KV head, position) entries of ranked [L, H, T] (normalised by
+        `allocation_scale`), the importance's best overall first when `agnostic` > 0 -> [L, H, t_max] padded."""
+        L, H, T = ranked.shape
+        total = L * H * t
+        key = normalised(ranked, self.allocation_scale)
+        a = round(self.agnostic * total) if importance is not None else 0
+        if a:   # a union of budgets, over all rows: the importance's a best entries rank above the guidance's
+            imp = normalised(importance.to(key.dtype), self.allocation_scale)
+            imp = imp.masked_fill(row_ranks(imp) >= self.cap(t, T), -1.0)   # only entries a row may keep
+            key = (key - key.amin()).div(key.amax() - key.amin() + 1e-30)
+            key.view(-1)[imp.reshape(-1).topk(a).indices] = 1.5
+        low = min(t, math.ceil(self.head_min * t))
+        return global_positions(key, total, low, self.cap(t, T), min(self.sinks, t))
+
+    def cap(self, t: int, length: int) -> int:
+        """Most positions one (layer, KV head) keeps in a global allocation."""
+        return length if self.head_max is None else min(length, max(t, math.floor(self.head_max * t)))
 
     def rank(self, scores: torch.Tensor, keys: torch.Tensor | None) -> torch.Tensor:
         """What positions are ranked by: the scores [..., T] pooled, then spread after (and before) each position.
