@@ -35,9 +35,9 @@ from benchmarks.rlm_bench.long_episodes import (QUARTERS, SPLIT_SEED, SPLIT_SPAN
 from benchmarks.rlm_bench.long_report import (README_END, README_START, markdown, merge, readme_markers, summarize,
                                               targets, update_readme, write)
 
-__all__ = ["CONDITIONS", "FOLD_GUIDANCE", "LATENT", "QUARTERS", "README_END", "README_START", "RECALL", "RECALL_VARIANTS",
-           "SPLIT_SEED", "STREAMING", "build_parser", "main", "make_long_episode", "merge", "question_event",
-           "question_text", "readme_markers", "run", "write"]
+__all__ = ["CONDITIONS", "FOLD_GUIDANCE", "LATENT", "QUARTERS", "README_END", "README_START", "RECALL",
+           "RECALL_VARIANTS", "SPLIT_SEED", "STREAMING", "build_parser", "main", "make_long_episode", "merge",
+           "question_event", "question_text", "readme_markers", "run", "write"]
 
 
 def call_case(lm: Any, tokens: int = 12400, seed: int = 7) -> dict:

@@ -11,8 +11,8 @@ Every condition sees the same events; `window` is the worker's positions, `reser
   cache (`BriefedWorker.fork`) and differ only at question time;
 - fold-latent, fold-latent-both, fold-latent-text: fold-mix with `LatentRecall` (the worker's own hidden states rank
   the archived blocks, their keys and values re-attached; both: fused with BM25; text: the blocks' text re-prefilled
-  before the question instead), at the same `recall_budget` out of the cache's budget; the three share one cache (its archive kept from the first extend: the suite's shared prefill keeps one when a latent
-  condition runs);
+  before the question instead), at the same `recall_budget` out of the cache's budget; the three share one cache
+  (its archive kept from the first extend: the suite's shared prefill keeps one when a latent condition runs);
 - ceiling: the same trajectory all in view (`BriefedWorker` with the model's whole context as its cache, `KeepAll`
   per call, no fold): the in-window ceiling a recall is judged against; no rows where the trajectory does not fit;
 - streaming: a fold that keeps nothing (attention sink + recent window, StreamingLLM), KeepAll per call;
@@ -34,8 +34,8 @@ from typing import Any
 from benchmarks.rlm_bench.long_episodes import QUARTERS, LongEpisode, LongSpec, Question, question_event, question_text
 
 CONDITIONS = ["fold-task", "fold-span", "fold-span-only", "fold-mix", "fold-recall", "fold-recall-all",
-              "fold-recall-ranked", "fold-recall-all-ranked", "fold-latent", "fold-latent-both", "fold-latent-text", "ceiling", "truncated", "streaming", "streaming-recall", "bm25",
-              "summary", "plain"]
+              "fold-recall-ranked", "fold-recall-all-ranked", "fold-latent", "fold-latent-both", "fold-latent-text",
+              "ceiling", "truncated", "streaming", "streaming-recall", "bm25", "summary", "plain"]
 # recall variants of fold-recall: scope (tail: the unfolded tail too) and order (ranked: the best chunk last); they
 # share fold-recall's cache
 RECALL_VARIANTS = {"fold-recall": dict(tail=False, ranked=False), "fold-recall-all": dict(tail=True, ranked=False),

@@ -234,9 +234,9 @@ def markdown(result: dict) -> str:
                              f"{fh} |")
     if s.get("by_form"):
         lines += ["", "By question form (own: in the fact's words; paraphrase: no content word of the fact shared). "
-                  "Availability: the share of the fact statement's characters the call's context held (kept, recalled "
-                  "or pasted; mean [95% CI]), which does not depend on the worker's skill; then accuracy where the fact "
-                  "was at least half available and where it was not:", "",
+                  "Availability: the share of the fact statement's characters the call's context held (kept, "
+                  "recalled or pasted; mean [95% CI]), which does not depend on the worker's skill; then accuracy "
+                  "where the fact was at least half available and where it was not:", "",
                   "| condition | length | form | questions | accuracy [95% CI] | availability [95% CI] | "
                   "available | accuracy if available | if not |", "|---|---|---|---|---|---|---|---|---|"]
         fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
@@ -286,7 +286,8 @@ def per_episode(rows: list[dict]) -> int | str:
     """Questions per episode (older runs asked 4, one per fact; the suite now asks each fact in two forms)."""
     counts = {}
     for r in rows:
-        counts[(r["condition"], r["episode"], r["length"])] = counts.get((r["condition"], r["episode"], r["length"]), 0) + 1
+        key = (r["condition"], r["episode"], r["length"])
+        counts[key] = counts.get(key, 0) + 1
     values = sorted(set(counts.values()))
     return values[0] if len(values) == 1 else " or ".join(map(str, values))
 
