@@ -229,9 +229,7 @@ def markdown(result: dict) -> str:
                 fh = ("-" if d["first_half_diff"] is None else
                       f"{d['first_half_diff']:+.2f} [{d['first_half_ci95'][0]:+.2f}, {d['first_half_ci95'][1]:+.2f}]")
                 lines.append(f"| {d['condition']} | {d['length']} | {d['episodes']} | {d['questions']} | "
-                             f"{d['diff']:+.2f} [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}] | "
-                             f"[{d['episode_ci95'][0]:+.2f}, {d['episode_ci95'][1]:+.2f}] | {d['won']} / {d['lost']} | "
-                             f"{fh} |")
+                             f"{paired_cells(d)} | {fh} |")
     if s.get("by_form"):
         lines += ["", "By question form (own: in the fact's words; paraphrase: no content word of the fact shared). "
                   "Availability: the share of the fact statement's characters the call's context held (kept, "
@@ -239,13 +237,12 @@ def markdown(result: dict) -> str:
                   "where the fact was at least half available and where it was not:", "",
                   "| condition | length | form | questions | accuracy [95% CI] | availability [95% CI] | "
                   "available | accuracy if available | if not |", "|---|---|---|---|---|---|---|---|---|"]
-        fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
         for d in s["by_form"]:
             av = (f"{d['availability']:.2f} [{d['availability_ci95'][0]:.2f}, {d['availability_ci95'][1]:.2f}]"
                   if "availability" in d else "-")
             lines.append(f"| {d['condition']} | {d['length']} | {d['form']} | {d['questions']} | {d['accuracy']:.2f} "
                          f"[{d['ci95'][0]:.2f}, {d['ci95'][1]:.2f}] | {av} | {d.get('available', '-')} | "
-                         f"{fmt(d.get('accuracy_available'))} | {fmt(d.get('accuracy_unavailable'))} |")
+                         f"{optional(d.get('accuracy_available'))} | {optional(d.get('accuracy_unavailable'))} |")
     if s.get("by_form_paired"):
         lines += ["", "By question form, paired on the same questions (condition minus reference, 95% interval over "
                   "questions and over episodes):", "",
@@ -253,8 +250,7 @@ def markdown(result: dict) -> str:
                   "won / lost |", "|---|---|---|---|---|---|---|---|"]
         for d in s["by_form_paired"]:
             lines.append(f"| {d['form']} | {d['reference']} | {d['condition']} | {d['length']} | {d['questions']} | "
-                         f"{d['diff']:+.2f} [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}] | "
-                         f"[{d['episode_ci95'][0]:+.2f}, {d['episode_ci95'][1]:+.2f}] | {d['won']} / {d['lost']} |")
+                         f"{paired_cells(d)} |")
     if s["folds"]:
         lines += ["", "| folding condition | length | folds | median span | median kept | median fold s | "
                   "fold / span prefill (median, max) |", "|---|---|---|---|---|---|---|"]
@@ -270,16 +266,25 @@ def markdown(result: dict) -> str:
                   "half held against the rest:", "",
                   "| condition | length | quarter | questions | fact held | quarter held | fact >= half held | "
                   "accuracy if held | accuracy if not |", "|---|---|---|---|---|---|---|---|---|"]
-        fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
         for h in s["held"]:
             lines.append(f"| {h['condition']} | {h['length']} | Q{h['quarter']} | {h['questions']} | "
                          f"{h['held_fact_mean']:.3f} | {h['held_quarter_mean']:.3f} | {h['kept_questions']} | "
-                         f"{fmt(h['accuracy_kept'])} | {fmt(h['accuracy_lost'])} |")
+                         f"{optional(h['accuracy_kept'])} | {optional(h['accuracy_lost'])} |")
     lines += ["", "Peak RSS after the episodes of each length (MB, process-wide peak so far; episodes run length by "
               "length within each episode index): "
               + ", ".join(f"{k}: {v:.0f}" for k, v in s["peak_rss_mb"].items()), "", "Targets:", ""]
     lines += [f"- {k}: {v:.3f}" if isinstance(v, float) else f"- {k}: {v}" for k, v in result["targets"].items()]
     return "\n".join(lines) + "\n"
+
+
+def optional(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
+def paired_cells(d: dict) -> str:
+    """A paired difference's cells: difference [interval over questions] | [interval over episodes] | won / lost."""
+    return (f"{d['diff']:+.2f} [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}] | "
+            f"[{d['episode_ci95'][0]:+.2f}, {d['episode_ci95'][1]:+.2f}] | {d['won']} / {d['lost']}")
 
 
 def per_episode(rows: list[dict]) -> int | str:
