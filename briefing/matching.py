@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -35,6 +35,8 @@ PAD = -1  # a padded slot of a row that keeps fewer positions than the longest (
 MASKED_BETA = -1000.0
 SOLVE_DTYPE = torch.float32
 SOLVE_ELEMENTS = 1 << 25  # elements of the largest tensor of one batched solve (128 MB of float32)
+# a ragged problem's layer chunks join one batched solve while the widest is at most this x the narrowest (+ 32)
+WIDTH_SLACK = 1.25
 
 
 def stack_layers(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -167,7 +169,9 @@ class FitResult:
 class FitProblem:
     """What the fit of one block solves, per (layer, KV head): A [L, H, m, t] the kept columns of E (rows scaled to
     a max of 1), z [L, H, m] the mass of the whole block, Y [L, H, m, d] its output, V_kept [L, H, t, d] the kept
-    values (float32), and the cache's value dtype. Several problems (a batch of calls) are solved as one."""
+    values (float32), and the cache's value dtype. Several problems (a batch of calls) are solved as one.
+    widths [L, H]: the real kept count of each row of a padded selection (its first `widths` columns are real, the
+    rest PAD: zero); None: every row keeps all t."""
 
     A: torch.Tensor
     z: torch.Tensor
@@ -175,6 +179,7 @@ class FitProblem:
     V_kept: torch.Tensor
     dtype: torch.dtype
     time_s: float = 0.0
+    widths: torch.Tensor | None = None
 
     def elements(self) -> int:
         return self.A.numel() + self.Y.numel() + self.V_kept.numel()
@@ -206,8 +211,34 @@ def fit_problem(Q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, idx: torch.Te
         A = E.gather(-1, ix.clamp_min(0).unsqueeze(-2).expand(-1, -1, E.shape[-2], -1)) * row_scale.unsqueeze(-1)
         As.append(A.masked_fill((ix < 0).unsqueeze(-2), 0))  # a PAD slot: a zero column, which the fit leaves alone
         Vs.append(gather_positions(v, ix))                                       # [c, H, t, d]
+    widths = (idx >= 0).sum(-1) if padded(idx) else None                        # [L, H] right-padded rows
     return FitProblem(A=torch.cat(As), z=torch.cat(zs), Y=torch.cat(Ys), V_kept=torch.cat(Vs), dtype=V.dtype,
-                      time_s=time.perf_counter() - t0)
+                      time_s=time.perf_counter() - t0, widths=widths)
+
+
+def by_width(p: FitProblem) -> tuple[FitProblem, torch.Tensor | None]:
+    """A ragged problem with its rows (layer, KV head) sorted by width, and the order (None: not ragged). The rows'
+    fits are independent, so sorting changes nothing but which rows share a layer chunk: a chunk of narrow rows is
+    then solved at its own width, not the longest row's (the solve's cost is linear in the width)."""
+    if p.widths is None:
+        return p, None
+    L, H = p.widths.shape
+    order = p.widths.flatten().argsort(stable=True)                              # [L H]
+
+    def sort(x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(0, 1)[order].unflatten(0, (L, H))
+
+    return replace(p, A=sort(p.A), z=sort(p.z), Y=sort(p.Y), V_kept=sort(p.V_kept), widths=sort(p.widths)), order
+
+
+def unsort(x: torch.Tensor, order: torch.Tensor | None) -> torch.Tensor:
+    """Undo `by_width`'s order on x [L, H, ...]."""
+    if order is None:
+        return x
+    flat = x.flatten(0, 1)                                                       # [L H, ...]
+    out = torch.empty_like(flat)
+    out[order] = flat
+    return out.unflatten(0, x.shape[:2])
 
 
 def _pad(x: torch.Tensor, sizes: tuple[int, ...]) -> torch.Tensor:
@@ -222,33 +253,45 @@ def solve_fits(problems: list[FitProblem], *, ridge: float, beta_max: float, nnl
     """Solve several fits as one: layer chunks of every problem are zero-padded to the largest m (query rows) and t
     (kept positions) and stacked on the leading dim, so one NNLS and one batched solve serve many (groups bounded by
     SOLVE_ELEMENTS). A zero row adds nothing to ||A w - z|| nor to the value solve (its ridge counts only the real
-    rows); a zero column leaves its w at 1 and its value at V_kept, and is cut off. A (layer, KV head) pair whose fit
+    rows); a zero column leaves its w at 1 and its value at V_kept, and is cut off. A ragged problem (a global
+    allocation's padded rows) is solved by width: its rows sorted (`by_width`), each layer chunk cut to its widest
+    real row (the PAD columns past it are zero: the same solution), and chunks of very different widths kept apart
+    (WIDTH_SLACK), so its cost follows the kept total, not rows x the longest row. A (layer, KV head) pair whose fit
     is not finite falls back to the selection alone (beta = 0, original values). Solve time is shared by size."""
     lo, hi = math.exp(-beta_max), math.exp(beta_max)
-    units = [(i, c) for i, p in enumerate(problems) for c in range(0, p.A.shape[0], LAYER_CHUNK)]
+    sorted_ = [by_width(p) for p in problems]
+    problems = [p for p, _ in sorted_]
+
+    def width(i: int, c: int) -> int:
+        p = problems[i]
+        return p.A.shape[-1] if p.widths is None else max(1, int(p.widths[c:c + LAYER_CHUNK].max()))
+
+    units = [(i, c, width(i, c)) for i, p in enumerate(problems) for c in range(0, p.A.shape[0], LAYER_CHUNK)]
     pieces: list[list[tuple[torch.Tensor, ...]]] = [[] for _ in problems]
     times = [[p.time_s, 0.0] for p in problems]
     while units:
         group = [units.pop(0)]
-        m, t = (problems[group[0][0]].A.shape[-2:])
+        m, t, narrowest = problems[group[0][0]].A.shape[-2], group[0][2], group[0][2]
         while units:
-            i, _ = units[0]
-            m2, t2 = max(m, problems[i].A.shape[-2]), max(t, problems[i].A.shape[-1])
+            i, _, w_i = units[0]
+            m2, t2 = max(m, problems[i].A.shape[-2]), max(t, w_i)
             if (len(group) + 1) * LAYER_CHUNK * problems[i].A.shape[1] * m2 * max(m2, t2) > SOLVE_ELEMENTS:
                 break
+            if t2 > WIDTH_SLACK * min(narrowest, w_i) + 32:
+                break
             group.append(units.pop(0))
-            m, t = m2, t2
-        sl = [(problems[i], slice(c, c + LAYER_CHUNK)) for i, c in group]
+            m, t, narrowest = m2, t2, min(narrowest, w_i)
+        sl = [(problems[i], slice(c, c + LAYER_CHUNK)) for i, c, _ in group]
         d = problems[0].Y.shape[-1]
         t0 = time.perf_counter()
-        A = torch.cat([_pad(p.A[s], (m, t)) for p, s in sl])                     # [G, H, m, t]
+        A = torch.cat([_pad(p.A[s][..., :t], (m, t)) for p, s in sl])             # [G, H, m, t]
         z = torch.cat([_pad(p.z[s], (m,)) for p, s in sl])                       # [G, H, m]
         w = nnls_box(A, z, lo, hi, nnls_iters)                                   # [G, H, t]
         Aw = A * w.unsqueeze(-2)                                                 # [G, H, m, t]
         X = Aw / Aw.sum(-1, keepdim=True).clamp_min(1e-30)                       # softmax(s Q C1^T + beta)
         t1 = time.perf_counter()
         Y = torch.cat([_pad(p.Y[s], (m, d)) for p, s in sl])                     # [G, H, m, d]
-        V_kept = torch.cat([_pad(p.V_kept[s], (t, d)) for p, s in sl])           # [G, H, t, d]
+        V_kept = torch.cat([_pad(p.V_kept[s][..., :t, :], (t, d)) for p, s in sl])  # [G, H, t, d]
         rows = torch.cat([torch.full(p.z[s].shape[:-1], p.A.shape[-2], device=A.device) for p, s in sl])  # [G, H]
         C2 = solve_values(X, Y, V_kept, ridge, rows)                             # [G, H, t, d]
         t2 = time.perf_counter()
@@ -257,15 +300,17 @@ def solve_fits(problems: list[FitProblem], *, ridge: float, beta_max: float, nnl
         err = (X @ C2 - Y).norm(dim=(-2, -1)) / y_norm                           # [G, H]
         err_topk = (X_topk @ V_kept - Y).norm(dim=(-2, -1)) / y_norm             # [G, H]
         at = 0
-        for (i, c), (p, _) in zip(group, sl):
+        for (i, c, _), (p, s) in zip(group, sl):
             n, tp = min(LAYER_CHUNK, p.A.shape[0] - c), p.A.shape[-1]
-            r = slice(at, at + n)
+            r, tw = slice(at, at + n), min(t, tp)
             at += n
-            pieces[i].append((w[r, :, :tp].log(), C2[r, :, :tp], err[r], err_topk[r]))
+            beta = _pad(w[r, :, :tw].log(), (tp,))                               # [n, H, tp] cut columns: beta 0
+            values = torch.cat([C2[r, :, :tw], p.V_kept[s][..., tw:, :]], dim=-2)   # [n, H, tp, d] cut: V_kept
+            pieces[i].append((beta, values, err[r], err_topk[r]))
             times[i][0] += (t1 - t0) * n / A.shape[0]
             times[i][1] += (t2 - t1) * n / A.shape[0]
     out = []
-    for p, parts, (t_beta, t_values) in zip(problems, pieces, times):
+    for (p, order), parts, (t_beta, t_values) in zip(sorted_, pieces, times):
         b, c2, e, e_topk = (torch.cat(x) for x in zip(*parts))                   # [L, H, t], [L, H, t, d], [L, H]
         bad = ~(torch.isfinite(b).all(-1) & torch.isfinite(c2).all(dim=(-2, -1)) & torch.isfinite(e))  # [L, H]
         fallback = None
@@ -275,8 +320,9 @@ def solve_fits(problems: list[FitProblem], *, ridge: float, beta_max: float, nnl
             fallback = (f"non-finite fit in {int(bad.sum())} of {bad.numel()} (layer, KV head) pairs: "
                         "used selection only (beta = 0, original values) there")
             e = torch.where(bad, e_topk, e)
-        out.append(FitResult(beta=b, values=c2.to(p.dtype), error=float(e.mean()), error_topk=float(e_topk.mean()),
-                             fallback=fallback, time_beta_s=t_beta, time_values_s=t_values))
+        out.append(FitResult(beta=unsort(b, order), values=unsort(c2, order).to(p.dtype), error=float(e.mean()),
+                             error_topk=float(e_topk.mean()), fallback=fallback, time_beta_s=t_beta,
+                             time_values_s=t_values))
     return out
 
 

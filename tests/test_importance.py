@@ -203,6 +203,30 @@ def test_global_allocation_keeps_the_uniform_total_with_masked_padding(tok):
     assert (alone.beta[0, 0] - fitted.beta[i, h, real]).abs().max() < 1e-4
     assert (alone.values[0, 0] - fitted.values[i, h, real]).abs().max() < 1e-4
 
+    # solved by width (rows sorted, each layer chunk cut to its widest real row) = solved at the longest row's width;
+    # rows of very different widths over several layer chunks, so chunks are cut and solved apart
+    from dataclasses import replace
+
+    from briefing.matching import PAD, fit_problem, solve_fits
+
+    gen = torch.Generator().manual_seed(0)
+    L, H, T, d = 9, 2, 160, 8
+    Q, K, V = (torch.randn(L, H, n, d, generator=gen) for n in (12, T, T))        # [L, H, *, d]
+    widths = 3 + (torch.rand(L, H, generator=gen) ** 3 * (T - 3)).long()           # [L, H] mostly narrow
+    widths[0, 0] = T
+    idx = torch.full((L, H, T), PAD)                                               # [L, H, T] right-padded rows
+    for i in range(L):
+        for h in range(H):
+            idx[i, h, :widths[i, h]] = torch.randperm(T, generator=gen)[:widths[i, h]].sort().values
+    problem = fit_problem(Q, K, V, idx, 0.35)
+    assert problem.widths is not None and (problem.widths == widths).all()
+    options = dict(ridge=1e-2, beta_max=8.0, nnls_iters=15)
+    by_width = solve_fits([problem], **options)[0]
+    one_width = solve_fits([replace(problem, widths=None)], **options)[0]
+    assert (by_width.beta - one_width.beta).abs().max() < 1e-4
+    assert (by_width.values - one_width.values).abs().max() < 1e-4
+    assert abs(by_width.error - one_width.error) < 1e-5 and abs(by_width.error_topk - one_width.error_topk) < 1e-5
+
 
 def test_global_allocation_options_are_checked(tok):
     import pytest
