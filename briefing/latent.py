@@ -40,16 +40,18 @@ from briefing.selection import Scores, Selector
 
 def query_vector(cache, ids: list[int], span: tuple[int, int] | None = None) -> torch.Tensor:
     """[layers, hidden]: the mean hidden state, at the archive's layers, of tokens [span) of `ids` (None: all)
-    forwarded over `cache` at its next position, unit length per layer. The cache is rolled back."""
+    forwarded over `cache` at its next position, unit length per layer. Only the tokens up to the span's end are
+    forwarded (the rest cannot change it). The cache is rolled back."""
     archive = cache.archive
     store = cache.store
+    lo, hi = (0, len(ids)) if span is None else span
     before = kv.marks(store.kv)
-    try:
+    try:   # causal: the span's hidden states do not depend on the tokens after it, which are not forwarded
         with hidden_states(cache.lm, archive.layers) as out:
-            run_model(cache.lm, store.kv, ids, cache.position, BiasState(beta=store.attention_bias()), last_only=True)
+            run_model(cache.lm, store.kv, ids[:hi], cache.position, BiasState(beta=store.attention_bias()),
+                      last_only=True)
     finally:
         kv.rollback(store.kv, before)
-    lo, hi = (0, len(ids)) if span is None else span
     h = torch.stack([out[i][0, lo:hi] for i in archive.layers], 1).float()            # [n, layers, hidden]
     return torch.nn.functional.normalize(h.mean(0), dim=-1)                           # [layers, hidden]
 

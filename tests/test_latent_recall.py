@@ -191,6 +191,32 @@ def aim_at(cache, block: int, query: str) -> torch.Tensor:
     return latent.rank_blocks(cache, latent.query_vector(cache, ids), 4)
 
 
+def test_the_question_vector_forwards_only_up_to_the_question(tiny, essay, monkeypatch):
+    """`query_vector` of a span forwards the prompt only up to the span's end: the same vector as the mean hidden
+    state of the span read from a forward of the whole prompt (causal attention), for fewer tokens."""
+    from briefing.archive import hidden_states
+    from briefing.attention import BiasState
+    from briefing.context import run_model
+
+    cache = archiving_cache(tiny)
+    cache.extend(planted(essay)[:1500])
+    ids = tiny.encode("Question: " + PARAPHRASE + " Answer in one word, then stop.")
+    lo, hi = 2, 2 + len(tiny.encode(PARAPHRASE))
+    marks = kv.marks(cache.store.kv)
+    with hidden_states(tiny, cache.archive.layers) as out:
+        run_model(tiny, cache.store.kv, ids, cache.position, BiasState(beta=cache.store.attention_bias()))
+    kv.rollback(cache.store.kv, marks)
+    h = torch.stack([out[i][0, lo:hi] for i in cache.archive.layers], 1).mean(0)        # [layers, hidden]
+    want = torch.nn.functional.normalize(h, dim=-1)
+    forwarded = []
+    real = latent.run_model
+    monkeypatch.setattr(latent, "run_model",
+                        lambda lm, c, x, *a, **k: forwarded.append(len(x)) or real(lm, c, x, *a, **k))
+    got = latent.query_vector(cache, ids, (lo, hi))
+    assert forwarded == [hi] and hi < len(ids)
+    assert torch.allclose(got, want, atol=1e-5)
+
+
 def test_latent_recall_finds_a_block_bm25_cannot(tiny, essay):
     """A question sharing no word with the fact: BM25 cannot reach the fact's text, latent recall ranks blocks by the
     representatives and brings back the one whose representative the question's hidden states point at, as keys and
