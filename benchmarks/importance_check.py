@@ -9,6 +9,11 @@ its score before it compresses, then prints and writes (JSON): the rank correlat
 (mean over KV heads), the overlap of their top 20% per (layer, head), and how KVzip spreads a 20% budget over the
 layers and heads (it ranks every (layer, head, position) together; our selectors keep the same count in every
 (layer, KV head)).
+
+It also scores the cheapest candidate for a replacement (issue 28: "or a cheaper estimate that you show matches
+it"): each key's most attention from a later query of its own prefill chunk, read off the prefill (no extra
+forward), over the same key subsample; and reports how it agrees with our reconstruction score (rank correlation,
+per-row top-20% overlap, and the overlap of the global top 10% that `allocation="global"` keeps).
 """
 from __future__ import annotations
 
@@ -51,6 +56,39 @@ def kvzip_score(lm, ids: list[int]) -> torch.Tensor:
     return got["score"][:, 0].float()                                           # [L, H, T]
 
 
+def prefill_attention_score(lm, ids: list[int], chunk: int) -> torch.Tensor:
+    """[held layers, KV heads, T]: each key's most attention from a query of its own prefill chunk at or after it
+    (the query heads of its group), over the importance's key subsample (the first SINKS slots and the chunk)."""
+    from briefing.attention import BiasState
+    from briefing.context import run_model
+    from briefing.importance import SINKS
+
+    cache, out = lm.new_cache(), []
+    for start in range(0, len(ids), chunk):
+        stop = min(len(ids), start + chunk)
+        state = BiasState(capture=True)
+        run_model(lm, cache, ids[start:stop], start, state, last_only=True)
+        s, c = min(SINKS, start), stop - start
+        rows = []
+        for layer in lm.held_layers:
+            q = state.queries[layer][0].float()                                 # [heads, c, d]
+            k = cache.layers[layer].keys[0].float()                             # [KVH, stop, d]
+            kvh = k.shape[0]
+            sub = torch.cat([k[:, :s], k[:, start:stop]], 1)                    # [KVH, s + c, d]
+            logits = q.reshape(kvh, -1, c, q.shape[-1]) @ sub.transpose(-1, -2)[:, None] * lm.scaling
+            later = torch.ones(c, c, dtype=torch.bool).triu(1)                  # [c, c] key after the query
+            logits[..., s:] = logits[..., s:].masked_fill(later, float("-inf"))   # [KVH, g, c, s + c]
+            rows.append(torch.softmax(logits, -1)[..., s:].amax(dim=(1, 2)))   # [KVH, c]
+        out.append(torch.stack(rows))                                           # [Lh, KVH, c]
+    return torch.cat(out, -1)                                                   # [Lh, KVH, T]
+
+
+def global_overlap(a: torch.Tensor, b: torch.Tensor, share: float) -> float:
+    """Overlap of the global top `share` of every (layer, head, position) of a and b [L, H, T]."""
+    k = int(share * a.numel())
+    return len(set(a.reshape(-1).topk(k).indices.tolist()) & set(b.reshape(-1).topk(k).indices.tolist())) / k
+
+
 def check(split: str, index: int) -> dict:
     import briefing
     from benchmarks.recall_cases import cases
@@ -67,7 +105,16 @@ def check(split: str, index: int) -> dict:
                             for i in range(L)])                                 # [L, H]
     best = theirs.reshape(-1).topk(int(KEPT * theirs.numel())).indices          # KVzip's global 20%
     per_head = torch.bincount(best // T, minlength=L * H).float().reshape(L, H) / T   # [L, H] share kept
+    cheap = prefill_attention_score(lm, cache.ids, cache.chunk_tokens)[..., :T]   # [L, H, T]
+    c = cheap.topk(t, -1).indices                                               # [L, H, t]
+    cheap_overlap = torch.tensor([[len(set(c[i, h].tolist()) & set(a[i, h].tolist())) / t for h in range(H)]
+                                  for i in range(L)])                           # [L, H]
+    candidate = {"spearman_mean": round(spearman(cheap, ours).mean().item(), 3),
+                 "top_overlap_mean": round(cheap_overlap.mean().item(), 3),
+                 "global_top10_overlap": round(global_overlap(cheap, ours, 0.1), 3),
+                 "global_top10_overlap_kvzip_vs_ours": round(global_overlap(theirs, ours, 0.1), 3)}
     return {"split": split, "case": index, "essay": case.essay, "kind": case.kind, "tokens": T, "kept": KEPT,
+            "prefill_attention_vs_ours": candidate,
             "spearman_per_layer": [round(v, 3) for v in spearman(ours, theirs).mean(-1).tolist()],
             "top_overlap_per_layer": [round(v, 3) for v in overlap.mean(-1).tolist()],
             "kvzip_kept_per_layer": [round(v, 3) for v in per_head.mean(-1).tolist()],

@@ -79,6 +79,14 @@ VARIANTS: dict[str, Callable[..., briefing.Selector]] = {  # look_ahead=0 where 
         **size, allocation="global", agnostic=1.0, allocation_scale="layer"),
     "global allocation, importance share 0.9, sinks 4": lambda **size: briefing.AttentionMatching(
         **size, allocation="global", agnostic=0.9, sinks=4),
+    # round 5: a floor per (layer, KV head) (AdaKV's safeguard: a share of the uniform count), so no row is left with
+    # its sinks alone, where the fit has too few keys to stand on
+    "global allocation, importance only, fit, sinks 4, head min 0.2": lambda **size: briefing.AttentionMatching(
+        **size, allocation="global", agnostic=1.0, sinks=4, head_min=0.2),
+    "global allocation, importance only, fit, sinks 4, head min 0.5": lambda **size: briefing.AttentionMatching(
+        **size, allocation="global", agnostic=1.0, sinks=4, head_min=0.5),
+    "global allocation, importance share 0.9, sinks 4, head min 0.2": lambda **size: briefing.AttentionMatching(
+        **size, allocation="global", agnostic=0.9, sinks=4, head_min=0.2),
     # round 5: the padded width (the longest row) is near T at every ratio; a cap per (layer, KV head) bounds it
     "global allocation, importance only, fit, sinks 4, head max 4x": lambda **size: briefing.AttentionMatching(
         **size, allocation="global", agnostic=1.0, sinks=4, head_max=4.0),

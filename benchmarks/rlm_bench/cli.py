@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="protected recent window (positions) of the +recent conditions")
     p.add_argument("--no-summary", action="store_true", help="skip the worker-model summary condition")
     p.add_argument("--no-timing", action="store_true", help="skip the fixed 12-token decode used for latency")
+    p.add_argument("--importance", action="store_true",
+                   help="also run the opt-in global allocation of the query-agnostic importance (issue 28) at tau and "
+                        "at the budget (conditions amg_tau*, amg_b*); the shared cache scores the importance")
     p.add_argument("--workers", type=int, default=1, help="local processes (one model each, one torch thread each)")
     p.add_argument("--ray", metavar="ADDRESS", help="run episodes on Ray: auto, a cluster address, or local")
     p.add_argument("--no-progress", action="store_true")
@@ -105,7 +108,7 @@ def run_suite(args: argparse.Namespace, lm=None, log=print) -> dict:
     specs.sort(key=lambda s: (s.target_tokens, s.seed % 1000, order[s.family]))
     suite = SuiteConfig(tau=args.tau, smooth_kernel=args.smooth, ratio_smooth_kernel=args.ratio_smooth,
                         recent=args.recent, summary=cfg["summary"],
-                        timing=not args.no_timing, sweep=cfg.get("sweep", ()))
+                        timing=not args.no_timing, sweep=cfg.get("sweep", ()), importance=args.importance)
     t_start = time.perf_counter()
     if lm is None and args.workers <= 1 and not args.ray:
         import briefing

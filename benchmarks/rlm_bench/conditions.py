@@ -94,14 +94,17 @@ class Spec:
 class EpisodeRunner:
     """All conditions on one episode: one trajectory cache, prefilled once."""
 
-    def __init__(self, lm: Any, prompts: Any, episode: Any, with_generation: bool | set[str] = True) -> None:
+    def __init__(self, lm: Any, prompts: Any, episode: Any, with_generation: bool | set[str] = True,
+                 importance: bool = False) -> None:
         self.lm, self.prompts, self.ep = lm, prompts, episode
         self.with_generation = with_generation  # True, False, or the set of condition names to generate for
         self.query = QUERY.format(question=episode.question)
         self.call_prompt = prompts.call_prompt(self.query)
         t0 = time.perf_counter()
-        self.cache = briefing.TrajectoryCache(lm, prompts.cache_text(episode.trajectory), fold=None)
-        self.prefill_s = time.perf_counter() - t0
+        self.cache = briefing.TrajectoryCache(lm, prompts.cache_text(episode.trajectory), fold=None,
+                                              importance=importance)
+        self.importance_s = self.cache.importance_s     # scored for the global allocation's conditions only
+        self.prefill_s = time.perf_counter() - t0 - self.importance_s
         self.T = self.cache.length
         self.n_prompt = lm.count_tokens(self.call_prompt)
         self.full_input = self.T + self.n_prompt
@@ -115,7 +118,7 @@ class EpisodeRunner:
         return {"episode": e.id, "seed": e.seed, "target_tokens": e.target_tokens, "trajectory_tokens": self.T,
                 "depth": e.depth, "fact_offset": e.fact_offset, "carrier": e.fact_carrier, "kind": e.kind,
                 "n_distractors": e.n_distractors, "answer": e.answer, "full_input_tokens": self.full_input,
-                "prefill_s": self.prefill_s}
+                "prefill_s": self.prefill_s, "importance_s": self.importance_s}
 
     def common_row(self, spec: Spec, choice: str, input_tokens: int, kept: int, overhead_s: float) -> dict[str, Any]:
         """The fields every runner's row has: the condition, what it kept and billed, and its choice."""
@@ -313,8 +316,8 @@ class FamilyRunner(EpisodeRunner):
     condition = its build time (prompt forward, compaction, BM25 or summary) + a fixed 12-token greedy decode.
     """
 
-    def __init__(self, lm: Any, prompts: Any, episode: Any, timing: bool = True) -> None:
-        super().__init__(lm, prompts, episode, with_generation=False)
+    def __init__(self, lm: Any, prompts: Any, episode: Any, timing: bool = True, importance: bool = False) -> None:
+        super().__init__(lm, prompts, episode, with_generation=False, importance=importance)
         self.timing = timing
         _, self.full_scores, self.full_lp = choose_with_logprobs(self.full, episode.candidates, episode.answer_prefix,
                                                                  episode.answer)
@@ -352,6 +355,12 @@ class FamilyRunner(EpisodeRunner):
                           {"bm25_positions": len(keep), "fallback": st.fallback})
 
 
+def GLOBAL(**size: Any) -> briefing.AttentionMatching:
+    """Issue 28's opt-in selection: the importance ranked globally over (layer, KV head, position), 10% task guidance,
+    4 sinks, every (layer, KV head) keeping at least 0.2 of the uniform count (chosen on the selection dev split)."""
+    return briefing.AttentionMatching(**size, allocation="global", agnostic=0.9, sinks=4, head_min=0.2)
+
+
 @dataclass(frozen=True)
 class SuiteConfig:
     """Conditions of the family suite. tau, smooth_kernel and recent were chosen on the development seeds
@@ -369,6 +378,8 @@ class SuiteConfig:
     timing: bool = True
     # dev sweep: extra AM variants (tau, smooth_kernel, recent, budget or None); rows named sweep_*
     sweep: tuple[tuple[float, int, int, float | None], ...] = ()
+    # issue 28's opt-in global allocation of the importance at tau and at the budget (amg_tau*, amg_b*)
+    importance: bool = False
 
     def run(self, lm: Any, prompts: Any, spec: Any) -> tuple[dict, list[dict]]:
         """(episode summary, rows) of one family episode (what the runner calls)."""
@@ -378,7 +389,7 @@ class SuiteConfig:
 
 def family_rows(lm: Any, prompts: Any, episode: Any, cfg: SuiteConfig, seed: int = 0) -> list[dict]:
     """Every condition of the family suite on one episode (one shared prefill)."""
-    r = FamilyRunner(lm, prompts, episode, timing=cfg.timing)
+    r = FamilyRunner(lm, prompts, episode, timing=cfg.timing, importance=cfg.importance)
     rows = [r.run(Spec("plain", "plain")), r.run(Spec("full", "full"))]
     am = f"am_tau{cfg.tau:g}"
     row = r.run(Spec(am, "latent_briefing", briefing.AttentionMatching(tau=cfg.tau, smooth_kernel=cfg.smooth_kernel),
@@ -408,6 +419,11 @@ def family_rows(lm: Any, prompts: Any, episode: Any, cfg: SuiteConfig, seed: int
                                     cfg.tau, rsk, cfg.bm25_ratio / 2, b))
     if cfg.summary:
         rows.append(r.run(Spec("summary", "summary", param=cfg.summary_tokens)))
+    if cfg.importance:   # the dev split's pick (docs/benchmarks.md, "Global allocation of the importance")
+        rows.append(r.run(Spec(f"amg_tau{cfg.tau:g}", "latent_briefing_global", GLOBAL(
+            tau=cfg.tau, smooth_kernel=cfg.smooth_kernel), cfg.tau)))
+        rows.append(r.run(Spec(f"amg_b{b:g}", "latent_briefing_global", GLOBAL(ratio=b, smooth_kernel=rsk), b,
+                               matched_to=f"budget{b:g}")))
     for tau, sk, rec, bud in cfg.sweep:
         sel = (ProtectedAttentionMatching(tau=tau, smooth_kernel=sk, recent=rec) if bud is None
                else ProtectedAttentionMatching(ratio=bud, smooth_kernel=sk, recent=rec))

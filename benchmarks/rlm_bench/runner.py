@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 
-TIMING_KEYS = ("prefill_s", "overhead_s", "generate_s", "latency_s", "text_cold_s", "compaction", "summary_s",
-               "generated", "gen_match")  # vary from run to run; everything else is deterministic
+TIMING_KEYS = ("prefill_s", "importance_s", "overhead_s", "generate_s", "latency_s", "text_cold_s", "compaction",
+               "summary_s", "generated", "gen_match")  # vary from run to run; everything else is deterministic
 
 _STATE: dict[str, Any] = {}
 
