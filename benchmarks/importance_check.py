@@ -98,6 +98,7 @@ def check(split: str, index: int) -> dict:
     cache = briefing.TrajectoryCache(lm, case.text, fold=None, importance=True)
     ours = cache.store.importance.float()                                       # [L, H, T]
     L, H, T = ours.shape
+    cheap = prefill_attention_score(lm, cache.ids, cache.chunk_tokens)[..., :T]   # [L, H, T] before kvpress patches
     theirs = kvzip_score(lm, cache.ids)[..., :T]                                # [L, H, T]
     t = int(KEPT * T)
     a, b = ours.topk(t, -1).indices, theirs.topk(t, -1).indices                 # [L, H, t]
@@ -105,7 +106,6 @@ def check(split: str, index: int) -> dict:
                             for i in range(L)])                                 # [L, H]
     best = theirs.reshape(-1).topk(int(KEPT * theirs.numel())).indices          # KVzip's global 20%
     per_head = torch.bincount(best // T, minlength=L * H).float().reshape(L, H) / T   # [L, H] share kept
-    cheap = prefill_attention_score(lm, cache.ids, cache.chunk_tokens)[..., :T]   # [L, H, T]
     c = cheap.topk(t, -1).indices                                               # [L, H, t]
     cheap_overlap = torch.tensor([[len(set(c[i, h].tolist()) & set(a[i, h].tolist())) / t for h in range(H)]
                                   for i in range(L)])                           # [L, H]
