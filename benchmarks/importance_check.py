@@ -76,7 +76,7 @@ def prefill_attention_score(lm, ids: list[int], chunk: int) -> torch.Tensor:
             kvh = k.shape[0]
             sub = torch.cat([k[:, :s], k[:, start:stop]], 1)                    # [KVH, s + c, d]
             logits = q.reshape(kvh, -1, c, q.shape[-1]) @ sub.transpose(-1, -2)[:, None] * lm.scaling
-            later = torch.ones(c, c, dtype=torch.bool).triu(1)                  # [c, c] key after the query
+            later = torch.ones(c, c, dtype=torch.bool, device=q.device).triu(1)  # [c, c] key after the query
             logits[..., s:] = logits[..., s:].masked_fill(later, float("-inf"))   # [KVH, g, c, s + c]
             rows.append(torch.softmax(logits, -1)[..., s:].amax(dim=(1, 2)))   # [KVH, c]
         out.append(torch.stack(rows))                                           # [Lh, KVH, c]
