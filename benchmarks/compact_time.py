@@ -20,6 +20,7 @@ import torch
 
 import briefing
 from benchmarks.briefing_bench import ANSWER, QUESTION, essay_text
+from benchmarks.selection_bench import PICK, VARIANTS
 from briefing.metrics import answer_kl
 
 
@@ -27,8 +28,7 @@ def selectors(ratio: float) -> dict[str, briefing.Selector]:
     return {"shipped default (uniform, look-ahead 8)": briefing.AttentionMatching(ratio=ratio),
             "global allocation, importance only, fit, sinks 4": briefing.AttentionMatching(
                 ratio=ratio, allocation="global", agnostic=1.0, sinks=4),
-            "global allocation, importance share 0.9, sinks 4, head min 0.2": briefing.AttentionMatching(
-                ratio=ratio, allocation="global", agnostic=0.9, sinks=4, head_min=0.2)}
+            PICK: VARIANTS[PICK](ratio=ratio)}
 
 
 def length_row(lm, tokens: int, ratio: float, repeats: int) -> dict:

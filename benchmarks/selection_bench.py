@@ -31,6 +31,8 @@ RATIOS = (0.5, 0.2, 0.1, 0.05)
 COPY_RATIOS = (0.2, 0.1)
 PREVIOUS = "previous default: fit, per-head, smoothing 5, no look-ahead"
 DEFAULT = "look-ahead 8 (the new default)"
+# issue 28's dev pick (round 5): the opt-in that `rlm bench --importance` and `benchmarks.compact_time` run
+PICK = "global allocation, importance share 0.9, sinks 4, head min 0.2"
 VARIANTS: dict[str, Callable[..., briefing.Selector]] = {  # look_ahead=0 where a variant was measured without it
     PREVIOUS: lambda **size: briefing.AttentionMatching(**size, look_ahead=0),
     "smoothing 63 (the issue's crude probe)": lambda **size: briefing.AttentionMatching(
@@ -85,8 +87,8 @@ VARIANTS: dict[str, Callable[..., briefing.Selector]] = {  # look_ahead=0 where 
         **size, allocation="global", agnostic=1.0, sinks=4, head_min=0.2),
     "global allocation, importance only, fit, sinks 4, head min 0.5": lambda **size: briefing.AttentionMatching(
         **size, allocation="global", agnostic=1.0, sinks=4, head_min=0.5),
-    "global allocation, importance share 0.9, sinks 4, head min 0.2": lambda **size: briefing.AttentionMatching(
-        **size, allocation="global", agnostic=0.9, sinks=4, head_min=0.2),
+    PICK: lambda **size: briefing.AttentionMatching(**size, allocation="global", agnostic=0.9, sinks=4,
+                                                    head_min=0.2),
     # round 5: the padded width (the longest row) is near T at every ratio; a cap per (layer, KV head) bounds it
     "global allocation, importance only, fit, sinks 4, head max 4x": lambda **size: briefing.AttentionMatching(
         **size, allocation="global", agnostic=1.0, sinks=4, head_max=4.0),

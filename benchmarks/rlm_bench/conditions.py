@@ -355,10 +355,11 @@ class FamilyRunner(EpisodeRunner):
                           {"bm25_positions": len(keep), "fallback": st.fallback})
 
 
-def GLOBAL(**size: Any) -> briefing.AttentionMatching:
-    """Issue 28's opt-in selection: the importance ranked globally over (layer, KV head, position), 10% task guidance,
-    4 sinks, every (layer, KV head) keeping at least 0.2 of the uniform count (chosen on the selection dev split)."""
-    return briefing.AttentionMatching(**size, allocation="global", agnostic=0.9, sinks=4, head_min=0.2)
+def global_pick(**size: Any) -> briefing.Selector:
+    """Issue 28's opt-in selection, the selection dev split's pick (`benchmarks.selection_bench.PICK`)."""
+    from benchmarks.selection_bench import PICK, VARIANTS
+
+    return VARIANTS[PICK](**size)
 
 
 @dataclass(frozen=True)
@@ -419,10 +420,10 @@ def family_rows(lm: Any, prompts: Any, episode: Any, cfg: SuiteConfig, seed: int
                                     cfg.tau, rsk, cfg.bm25_ratio / 2, b))
     if cfg.summary:
         rows.append(r.run(Spec("summary", "summary", param=cfg.summary_tokens)))
-    if cfg.importance:   # the dev split's pick (docs/benchmarks.md, "Global allocation of the importance")
-        rows.append(r.run(Spec(f"amg_tau{cfg.tau:g}", "latent_briefing_global", GLOBAL(
+    if cfg.importance:   # docs/benchmarks.md, "Global allocation of the importance"
+        rows.append(r.run(Spec(f"amg_tau{cfg.tau:g}", "latent_briefing_global", global_pick(
             tau=cfg.tau, smooth_kernel=cfg.smooth_kernel), cfg.tau)))
-        rows.append(r.run(Spec(f"amg_b{b:g}", "latent_briefing_global", GLOBAL(ratio=b, smooth_kernel=rsk), b,
+        rows.append(r.run(Spec(f"amg_b{b:g}", "latent_briefing_global", global_pick(ratio=b, smooth_kernel=rsk), b,
                                matched_to=f"budget{b:g}")))
     for tau, sk, rec, bud in cfg.sweep:
         sel = (ProtectedAttentionMatching(tau=tau, smooth_kernel=sk, recent=rec) if bud is None
