@@ -32,7 +32,7 @@ test: setup test-low
 LVENV := .venv-low
 LSTAMP := $(LVENV)/.installed
 LOW_TESTS := tests/test_families.py tests/test_briefing.py tests/test_fold.py tests/test_selectors.py \
-	tests/test_coverage.py tests/test_agents_workers.py
+	tests/test_coverage.py tests/test_agents_workers.py tests/test_importance.py
 
 $(LSTAMP): pyproject.toml Makefile
 	$(PY) -m venv $(LVENV)

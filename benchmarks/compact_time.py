@@ -3,7 +3,9 @@ on the anchor question (`benchmarks.briefing_bench`: avg.txt, then the other ess
 
 - per-call compaction time ("grows by no more than 10%"), min and median of N;
 - answer KL to the full cache at the ratio, with the fit and with top-k alone (the same selection, no fit):
-  "at 10% kept the fit's KL stays at most 0.5x top-k's, at 2k and at 8k tokens".
+  "at 10% kept the fit's KL stays at most 0.5x top-k's, at 2k and at 8k tokens";
+- what the per-call context costs after it: 16 decoded tokens (min of 3), and the slots its held layers hold (a
+  global allocation's layers each at their widest row) for the slots kept.
 
     OMP_NUM_THREADS=1 python -m benchmarks.compact_time [--tokens 2048 7900] [--ratio 0.1] [--repeats 5] [--out JSON]
 """
@@ -22,6 +24,9 @@ import briefing
 from benchmarks.briefing_bench import ANSWER, QUESTION, essay_text
 from benchmarks.selection_bench import PICK, VARIANTS
 from briefing.metrics import answer_kl
+
+
+DECODE = briefing.GenerationConfig(max_new_tokens=16, ignore_eos=True)   # per-token cost over the context
 
 
 def selectors(ratio: float) -> dict[str, briefing.Selector]:
@@ -48,12 +53,21 @@ def length_row(lm, tokens: int, ratio: float, repeats: int) -> dict:
             ts.append(time.perf_counter() - t0)
         ts.sort()
         topk = cache.compact(QUESTION, replace(sel, fit=None))                    # the same selection, no fit
+        decode = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            briefing.generate(fitted, DECODE)
+            decode.append(time.perf_counter() - t0)
+        prompt = len(fitted.prompt_ids)
+        slots = sum(fitted.kv.layers[i].keys.shape[-2] - prompt for i in cache.store.held) * lm.kv_heads
         row["selectors"][name] = dict(min_s=ts[0], median_s=ts[len(ts) // 2], kl_fit=answer_kl(full, fitted, ANSWER),
-                                      kl_topk=answer_kl(full, topk, ANSWER))
+                                      kl_topk=answer_kl(full, topk, ANSWER), decode_s=min(decode),
+                                      context_slots=slots, kept_slots=int((fitted.positions >= 0).sum()))
         r = row["selectors"][name]
         print(f"{cache.length} tokens | {name}: compaction min {ts[0]:.3f} s, median {ts[len(ts) // 2]:.3f} s | "
               f"answer KL at {ratio:.0%}: fit {r['kl_fit']:.4f}, top-k {r['kl_topk']:.4f} "
-              f"({r['kl_fit'] / max(r['kl_topk'], 1e-12):.2f}x)", flush=True)
+              f"({r['kl_fit'] / max(r['kl_topk'], 1e-12):.2f}x) | decode {DECODE.max_new_tokens} tokens "
+              f"{r['decode_s']:.3f} s | context {slots:,} slots for {r['kept_slots']:,} kept", flush=True)
     print(f"{cache.length} tokens | extend with the importance {row['extend_with_importance_s']:.1f} s: prefill "
           f"{row['prefill_s']:.1f} s, importance {row['importance_s']:.1f} s "
           f"({row['importance_s'] / max(row['prefill_s'], 1e-9):.2f}x prefill)", flush=True)
@@ -65,15 +79,18 @@ def table(result: dict) -> str:
     default = names[0]
     lines = [f"SmolLM2-135M-Instruct, float32 on a {result['threads']}-thread CPU, anchor question, "
              f"{result['ratio']:.0%} kept; compaction time min of {result['repeats']} (median):", "",
-             "| tokens | selector | compaction | vs default | answer KL: fit / top-k | fit / top-k |",
-             "|---|---|---|---|---|---|"]
+             "| tokens | selector | compaction | vs default | answer KL: fit / top-k | fit / top-k | "
+             f"decode {DECODE.max_new_tokens} tokens (min of 3) | context slots (kept) |",
+             "|---|---|---|---|---|---|---|---|"]
     for row in result["lengths"]:
         base = row["selectors"][default]["min_s"]
         for name in names:
             r = row["selectors"][name]
             lines.append(f"| {row['tokens']:,} | {name} | {r['min_s']:.3f} s ({r['median_s']:.3f} s) | "
                          f"{r['min_s'] / base:.2f}x | {r['kl_fit']:.4f} / {r['kl_topk']:.4f} | "
-                         f"{r['kl_fit'] / max(r['kl_topk'], 1e-12):.2f}x |")
+                         f"{r['kl_fit'] / max(r['kl_topk'], 1e-12):.2f}x | {r['decode_s']:.3f} s "
+                         f"({r['decode_s'] / row['selectors'][default]['decode_s']:.2f}x) | "
+                         f"{r['context_slots']:,} ({r['kept_slots']:,}) |")
     lines.append("")
     cost = "; ".join(f"{row['tokens']:,} tokens {row['importance_s']:.1f} s = "
                      f"{row['importance_s'] / row['prefill_s']:.2f}x the prefill's {row['prefill_s']:.1f} s"

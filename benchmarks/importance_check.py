@@ -14,6 +14,11 @@ It also scores the cheapest candidate for a replacement (issue 28: "or a cheaper
 it"): each key's most attention from a later query of its own prefill chunk, read off the prefill (no extra
 forward), over the same key subsample; and reports how it agrees with our reconstruction score (rank correlation,
 per-row top-20% overlap, and the overlap of the global top 10% that `allocation="global"` keeps).
+
+`--windowed 4096 7900` instead measures the estimate the cache ships (its repeat attends only to what the score's
+softmax sees) against KVzip's own forward (the repeat attends to the whole cache), on the anchor's text:
+
+    OMP_NUM_THREADS=1 python -m benchmarks.importance_check --windowed 4096 7900
 """
 from __future__ import annotations
 
@@ -121,15 +126,69 @@ def check(split: str, index: int) -> dict:
             "kvzip_kept_per_head_min_max": [round(per_head.min().item(), 3), round(per_head.max().item(), 3)]}
 
 
+def windowed_check(tokens: int) -> dict:
+    """The cache's reconstruction forward (the repeat attends only to what the score's softmax sees: sinks, window,
+    itself) against KVzip's own (the repeat attends to the whole cache), chunk by chunk over the anchor's text
+    (`benchmarks.briefing_bench.essay_text`) at `tokens` tokens: agreement and time of each, against the prefill."""
+    import time
+
+    import briefing
+    from benchmarks.briefing_bench import essay_text
+    from briefing.importance import reconstruction_scores
+
+    lm = briefing.load_model()
+    ids = lm.encode(essay_text(tokens * 8))[:tokens]
+    cache = briefing.TrajectoryCache(lm, lm.decode(ids), fold=None)
+    store, T, chunk = cache.store, cache.length, cache.chunk_tokens
+    scores, times = {True: [], False: []}, {True: 0.0, False: 0.0}
+    whole = [(layer.keys, layer.values) for layer in store.kv.layers]
+    for a in range(0, T, chunk):
+        b = min(T, a + chunk)
+        for layer in store.kv.layers:   # the cache as it stood when the chunk was appended: slots [0, b)
+            layer.keys, layer.values = layer.keys[..., :b, :], layer.values[..., :b, :]
+        for windowed in (True, False):
+            t0 = time.perf_counter()
+            scores[windowed].append(reconstruction_scores(lm, store, a, b, cache.ids[a:b], cache.ids[:a], b, chunk,
+                                                          windowed=windowed))   # [L, H, c]
+            times[windowed] += time.perf_counter() - t0
+        for layer, (k, v) in zip(store.kv.layers, whole):
+            layer.keys, layer.values = k, v
+    ours, full = torch.cat(scores[True], -1), torch.cat(scores[False], -1)      # [L, H, T]
+    t = int(KEPT * T)
+    a, b = ours.topk(t, -1).indices, full.topk(t, -1).indices                   # [L, H, t]
+    row = sum(len(set(a[i, h].tolist()) & set(b[i, h].tolist())) for i in range(a.shape[0])
+              for h in range(a.shape[1])) / a.numel()
+    flat = spearman(ours.reshape(1, 1, -1), full.reshape(1, 1, -1)).item()
+    return {"tokens": T, "chunk": chunk, "prefill_s": cache.prefill_s,
+            "windowed_s": times[True], "full_s": times[False],
+            "windowed_x_prefill": round(times[True] / cache.prefill_s, 3),
+            "full_x_prefill": round(times[False] / cache.prefill_s, 3),
+            "spearman_all": round(flat, 4), "spearman_per_row_mean": round(spearman(ours, full).mean().item(), 4),
+            "top20_overlap_per_row": round(row, 4),
+            "global_top10_overlap": round(global_overlap(ours, full, 0.1), 4),
+            "global_top5_overlap": round(global_overlap(ours, full, 0.05), 4),
+            "first_chunk_max_abs_diff": float((ours[..., :chunk] - full[..., :chunk]).abs().max())}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--split", default="dev", choices=["dev", "heldout"])
     p.add_argument("--case", type=int, default=0, help="case index in the split (default 0)")
+    p.add_argument("--windowed", type=int, nargs="+", default=None, metavar="TOKENS",
+                   help="instead: the cache's windowed reconstruction forward against KVzip's own at these lengths "
+                        "(the main environment is enough)")
     p.add_argument("--out", default=OUT)
     args = p.parse_args(argv)
-    res = check(args.split, args.case)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.windowed:
+        rows = []
+        for tokens in args.windowed:
+            rows.append(windowed_check(tokens))
+            print(json.dumps(rows[-1]), flush=True)
+        (out / "windowed_check.json").write_text(json.dumps(rows, indent=1) + "\n")
+        return 0
+    res = check(args.split, args.case)
     (out / f"importance_check_{args.split}_{args.case}.json").write_text(json.dumps(res, indent=1) + "\n")
     for key, value in res.items():
         print(f"{key}: {value}")

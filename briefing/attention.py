@@ -37,6 +37,7 @@ class BiasState:
     capture_rows: torch.Tensor | None = None  # query tokens to capture (indices into the forward's tokens)
     queries: dict[int, torch.Tensor] = field(default_factory=dict)
     reconstruct: Any = None  # .layers, .score(layer, query, key, scale, beta): briefing.importance.Reconstruction
+    masks: dict[int, torch.Tensor] | None = None  # per layer, a mask [B, 1, q, keys] in place of the model's own
 
 
 _ACTIVE: contextvars.ContextVar[BiasState | None] = contextvars.ContextVar("briefing_bias", default=None)
@@ -61,6 +62,10 @@ def briefing_attention(module, query, key, value, attention_mask, scaling=None, 
     scale * q' . k' = scale * q . k + beta exactly in real arithmetic.
     """
     state = _ACTIVE.get()
+    if state is not None and state.masks is not None:
+        attention_mask = state.masks[module.layer_idx]
+    elif attention_mask is not None and attention_mask.shape[-1] != key.shape[-2]:
+        attention_mask = own_width(attention_mask, query.shape[-2], key.shape[-2])
     if state is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
                                       **kwargs)
@@ -71,7 +76,11 @@ def briefing_attention(module, query, key, value, attention_mask, scaling=None, 
     beta = state.beta[layer] if state.beta is not None and layer < len(state.beta) else None
     rec = state.reconstruct
     if rec is not None and layer in rec.layers:
-        rec.score(layer, query, key, scaling if scaling is not None else query.shape[-1] ** -0.5, beta)
+        scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+        fused = attend_with_lse(query, key, value, attention_mask, scale, beta) if rec.whole else None
+        rec.score(layer, query, key, scale, beta, None if fused is None else fused[1])
+        if fused is not None:
+            return fused[0], None
     if beta is None or not beta.numel():
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
                                       **kwargs)
@@ -84,6 +93,45 @@ def briefing_attention(module, query, key, value, attention_mask, scaling=None, 
     value = torch.cat([value, torch.zeros_like(value[..., :1])], dim=-1)                 # [B, KVH, k, d + 1]
     out, _ = sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scale, dropout=dropout, **kwargs)
     return out[..., :-1].contiguous(), None                                              # [B, q, H, d]
+
+
+def attend_with_lse(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None,
+                    scale: float, beta: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The attention output [B, q, H, d] AND each query row's logsumexp [B, H, q] (fp32) from one fused kernel: torch's
+    CPU flash kernel returns the normaliser it computes (a reconstruction pass reads it, `briefing.importance`). The
+    bias rides on one extra head dimension as in `briefing_attention`. None where that kernel is not there (not a
+    CPU, no mask to place the new tokens): the caller attends as usual and the normaliser is computed apart."""
+    op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    if op is None or query.device.type != "cpu" or mask is None or query.dtype != torch.float32:
+        return None
+    batch, heads, q_len, d = query.shape
+    kv_heads, k_len = key.shape[1], key.shape[2]
+    g = heads // kv_heads
+    if beta is not None and beta.numel():
+        extra = torch.zeros(batch, kv_heads, k_len, 1, dtype=key.dtype, device=key.device)   # [B, KVH, k, 1]
+        extra[:, :, :beta.shape[-1], 0] = beta.to(key.dtype) / scale
+        query = torch.cat([query, torch.ones_like(query[..., :1])], dim=-1)                  # [B, H, q, d + 1]
+        key = torch.cat([key, extra], dim=-1)                                                # [B, KVH, k, d + 1]
+        value = torch.cat([value, torch.zeros_like(value[..., :1])], dim=-1)                 # [B, KVH, k, d + 1]
+    key, value = key.repeat_interleave(g, dim=1), value.repeat_interleave(g, dim=1)          # [B, H, k, d']
+    additive = torch.zeros(mask.shape, dtype=query.dtype, device=query.device).masked_fill_(~mask, float("-inf")) \
+        if mask.dtype == torch.bool else mask                                                # [B, 1, q, k]
+    out, lse = op(query.contiguous(), key, value, 0.0, False, attn_mask=additive, scale=scale)  # [B, H, q, d']
+    return out[..., :d].transpose(1, 2).contiguous(), lse.float()                           # [B, q, H, d], [B, H, q]
+
+
+def own_width(mask: torch.Tensor, q_len: int, k_len: int) -> torch.Tensor:
+    """A mask [B, 1, q, K] built for another layer's key count (transformers builds one per attention kind, from its
+    first layer) fitted to this layer's k_len keys: a compacted context whose layers keep different counts (a global
+    allocation, `compaction.by_layer`). The new tokens are the last q keys (their causal block is kept as it is);
+    every earlier key is a kept trajectory slot, seen as the mask's first column sees its own."""
+    old = mask.shape[-1] - q_len                                                          # earlier keys there
+    new = k_len - q_len                                                                   # earlier keys here
+    if old < 0 or new < 0:
+        raise ValueError(f"attention mask of width {mask.shape[-1]} cannot serve {k_len} keys for {q_len} queries")
+    seen = mask[..., :1] if old else torch.ones_like(mask[..., :1]) if mask.dtype == torch.bool else \
+        torch.zeros_like(mask[..., :1])                                                   # [B, 1, q, 1]
+    return torch.cat([seen.expand(*mask.shape[:-1], new), mask[..., old:]], dim=-1)      # [B, 1, q, k_len]
 
 
 _registered = False

@@ -19,7 +19,8 @@ selection and its own context. `compact` is a batch of one.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -98,6 +99,26 @@ def reduced(idx: torch.Tensor, K: torch.Tensor, V: torch.Tensor, fitted: FitResu
         values = values.masked_fill((idx < 0).unsqueeze(-1), 0)
         beta = mask_beta(beta, idx)
     return Reduced(idx=idx, keys=keys, values=values, beta=beta, fitted=fitted)
+
+
+def by_layer(idx: torch.Tensor, K: torch.Tensor, V: torch.Tensor, fitted: FitResult | None,
+             bias: torch.Tensor | None) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor] | None]:
+    """`reduced`, one held layer at a time, each cut to its widest row: keys, values [H, t_l, d] and beta [H, t_l]
+    per layer. A global allocation's rows are right-padded to the longest row of ALL layers, but a layer's cache
+    only needs its own (the columns cut are PAD in every head of it: no attention weight), and a model layer's cache
+    is its own tensor, so layers of different widths cost what they hold. An unpadded selection is one width."""
+    L = idx.shape[0]
+    widths = (idx >= 0).sum(-1).amax(-1).tolist() if padded(idx) else [idx.shape[-1]] * L   # [L]
+    keys, values, betas = [], [], []
+    for j, w in enumerate(widths):
+        fit_j = None if fitted is None else replace(fitted, beta=fitted.beta[j:j + 1, :, :w],
+                                                    values=fitted.values[j:j + 1, :, :w])
+        red = reduced(idx[j:j + 1, :, :w], K[j:j + 1], V[j:j + 1], fit_j,
+                      None if bias is None else bias[j:j + 1])
+        keys.append(red.keys[0])                                                   # [H, t_l, d]
+        values.append(red.values[0])                                               # [H, t_l, d]
+        betas.append(None if red.beta is None else red.beta[0])                    # [H, t_l]
+    return keys, values, (None if all(b is None for b in betas) else betas)
 
 
 def check_selector(selector: Any) -> Selector:
@@ -195,16 +216,17 @@ def prompt_passes(cache: Any, prompts: list[list[int]], selector: Selector,
     return out
 
 
-def context_cache(store: Any, keys: torch.Tensor | None, values: torch.Tensor | None,
+def context_cache(store: Any, keys: Sequence[torch.Tensor] | None, values: Sequence[torch.Tensor] | None,
                   prompt_kv: list | None) -> Any:
-    """The per-call cache: held layers with `keys`, `values` [Lh, H, t, d] (None: the held layers' window, for a
-    windowed model kept whole), window layers with their window as the model's own cache holds it; each followed by
-    the prompt's keys and values from the scoring pass when given."""
+    """The per-call cache: held layer j with keys[j], values[j] [H, t_j, d] (a tensor [Lh, H, t, d] or a list per
+    layer, `by_layer`; None: the held layers' window, for a windowed model kept whole), window layers with their
+    window as the model's own cache holds it; each followed by the prompt's keys and values from the scoring pass
+    when given."""
     layers = []
     held = {i: j for j, i in enumerate(store.held)}
     for i, layer in enumerate(store.kv.layers):
         if i in held and keys is not None:
-            out = kv.held_layer(keys[held[i]:held[i] + 1], values[held[i]:held[i] + 1])
+            out = kv.held_layer(keys[held[i]][None], values[held[i]][None])
         else:
             out = kv.copy_window(layer) if kv.is_window(layer) else kv.held_layer(layer.keys, layer.values)
         if prompt_kv is not None:
@@ -299,9 +321,9 @@ def compact_many(cache: Any, prompts: list[str], selector: Selector | None = Non
             ctx_kv = context_cache(store, None, None, reuse)
             beta = store.beta                                                      # [Lh, H, F]: the stored beta
         else:
-            red = reduced(idx, K, V, fit_b, bias)
-            ctx_kv = context_cache(store, red.keys, red.values, reuse)
-            beta = red.beta
+            keys, values, beta = by_layer(idx, K, V, fit_b, bias)                   # per held layer [H, t_l, *]
+            ctx_kv = context_cache(store, keys, values, reuse)
+            t = max(k.shape[-2] for k in keys) if keys else 0                       # the widest layer
         beta_layers = store.per_layer(beta)                                        # per model layer [H, t] or None
         t_prompt = time.perf_counter()
         last_logits = p.last_logits if reuse is not None else \

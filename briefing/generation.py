@@ -15,7 +15,6 @@ from pydantic import BaseModel, Field
 from briefing import kv
 from briefing.attention import BiasState
 from briefing.context import CompactedCache, run_rows
-from briefing.errors import BriefingError
 from briefing.model import LoadedModel
 
 
@@ -147,40 +146,38 @@ class RowBatch:
     tokens of each step appended after the padding. The mask of a full-attention layer lets a row see its own
     keys and its own new tokens; a sliding-window layer's also drops what is `sliding_window` tokens back or more in
     the row's own token order (its keys are consecutive tokens: the window, then the prompt), as the model's mask
-    does in `generate`. Each row's beta [H, t] sits on its first t keys."""
+    does in `generate`. Each row's beta [H, t] sits on its first t keys. A mask per layer (`BiasState.masks`): the
+    layers of one context may hold different counts (a global allocation, `compaction.by_layer`)."""
 
     def __init__(self, ctxs: list[CompactedCache]) -> None:
         lm = ctxs[0].lm
         self.lm, self.ctxs, dev = lm, ctxs, lm.device
         self.kinds = lm.layer_types
-        self.lengths: dict[str, torch.Tensor] = {}                              # kind -> [B] keys per row
+        self.lengths: list[torch.Tensor] = []                                   # per layer: [B] keys per row
         layers = []
-        for i, kind in enumerate(self.kinds):
+        for i in range(len(self.kinds)):
             rows = [(ctx.kv.layers[i].keys, ctx.kv.layers[i].values) for ctx in ctxs]   # [1, H, len_b, d]
             lengths = torch.tensor([k.shape[-2] for k, _ in rows], device=dev)  # [B]
-            if kind in self.lengths and not torch.equal(self.lengths[kind], lengths):
-                raise BriefingError(f"generate_batch: layers of one attention kind ({kind}) hold different lengths; "
-                                    "decode these contexts one at a time with generate().")
-            self.lengths[kind] = lengths
+            self.lengths.append(lengths)
             width = int(lengths.max())
             keys = torch.cat([_pad_keys(k, width) for k, _ in rows])            # [B, H, width, d]
             values = torch.cat([_pad_keys(v, width) for _, v in rows])          # [B, H, width, d]
             layers.append(kv.held_layer(keys, values))
         self.cache = kv.assemble(layers)
-        self.width = {kind: int(n.max()) for kind, n in self.lengths.items()}  # padded keys per kind
+        self.width = [int(n.max()) for n in self.lengths]                       # padded keys per layer
         self.window = lm.sliding_window
         self.beta = _batch_beta([ctx.beta for ctx in ctxs], len(self.kinds))
         self.positions = torch.tensor([ctx.next_position for ctx in ctxs], device=dev)   # [B]
         self.steps = 0
 
-    def mask(self, kind: str) -> torch.Tensor:
-        """[B, 1, 1, keys]: True where the row's next token attends."""
-        n, width, dev = self.lengths[kind], self.width[kind], self.lm.device
+    def mask(self, layer: int) -> torch.Tensor:
+        """[B, 1, 1, keys]: True where the row's next token attends in `layer`."""
+        n, width, dev = self.lengths[layer], self.width[layer], self.lm.device
         col = torch.arange(width + self.steps + 1, device=dev)[None, :]          # [1, keys]
         own = col < n[:, None]                                                   # [B, keys] the row's context
         new = col >= width                                                       # [1, keys] tokens of the steps
         seen = own | new                                                         # [B, keys]
-        if kind == "sliding_attention" and self.window is not None:
+        if self.kinds[layer] == "sliding_attention" and self.window is not None:
             order = torch.where(own, col, n[:, None] + col - width)               # [B, keys] token order in the row
             seen = seen & (n[:, None] + self.steps - order < self.window)
         return seen[:, None, None, :]                                            # [B, 1, 1, keys]
@@ -190,9 +187,8 @@ class RowBatch:
         dev = self.lm.device
         ids = torch.tensor(tokens, device=dev)[:, None]                          # [B, 1]
         positions = (self.positions + self.steps)[:, None]                       # [B, 1]
-        masks = {kind: self.mask(kind) for kind in self.lengths}
-        mask = masks if len(masks) > 1 else next(iter(masks.values()))
-        logits = run_rows(self.lm, self.cache, ids, positions, BiasState(beta=self.beta), keep=1, mask=mask)
+        masks = {i: self.mask(i) for i in range(len(self.kinds))}
+        logits = run_rows(self.lm, self.cache, ids, positions, BiasState(beta=self.beta, masks=masks), keep=1)
         self.steps += 1
         return logits[:, -1]                                                     # [B, vocab]
 

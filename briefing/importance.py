@@ -7,7 +7,7 @@ trajectory grows by appends, so here the score is computed ONCE per appended chu
 the cache (`KVStore.importance`, one float per (held layer, KV head, position)): carried through folds and
 re-bases, and handed to every selector in its `Scores` (`importance`).
 
-Per prefilled chunk c (slots [start, stop) of the held layers), one more forward over the cache, rolled back:
+Per prefilled chunk c (slots [start, stop) of the held layers), one more forward:
     repeat = "Repeat the previous context exactly." (later chunks: "... starting with" + the last 8 tokens before
              the chunk) + the chunk's tokens again
 and in each held layer, per KV head, with the repeat's queries q (its query heads stacked) and the subsample of keys
@@ -16,8 +16,12 @@ subsample; the window, the cache's chunk size, keeps the softmax's width the sam
 chunk, so scores of chunks of any size compare):
     p = softmax(s q k^T + b, causal within the repeat)     [g * r, SINKS + w + r]
     importance[start:stop] = max over the rows of p at the chunk's columns
-The extra cost is one forward of the chunk (plus a dozen prompt tokens) over the cache and the score's own attention
-over the window: 3-4x the chunk's prefill measured on a CPU (docs/benchmarks.md), so a cache scores only on request.
+The repeat's forward attends to that subsample only (a copy of those slots: `subsample_cache`), so p is the forward's
+own attention: one fused kernel gives the layer's output and p's normaliser (`attention.attend_with_lse`), and only
+the chunk's columns are formed (`score_layer`). KVzip's own forward attends to the whole cache (`windowed=False`,
+kept as the reference this estimate is measured against: `benchmarks.importance_check --windowed`). The extra cost
+is about one forward of the chunk over a window, flat in the trajectory's length: docs/benchmarks.md ("Round 6").
+A cache scores only on request.
 """
 from __future__ import annotations
 
@@ -47,55 +51,133 @@ class Reconstruction:
     stop: int
     context: int
     sinks: int
+    whole: bool = False   # the softmax spans every key of the forward: its own normaliser serves (`attend_with_lse`)
     scores: dict[int, torch.Tensor] = field(default_factory=dict)
 
     def score(self, layer: int, query: torch.Tensor, key: torch.Tensor, scale: float,
-              beta: torch.Tensor | None) -> None:
+              beta: torch.Tensor | None, lse: torch.Tensor | None = None) -> None:
         """Called by the attention function (`BiasState.reconstruct`) in each held layer: see `score_layer`."""
-        score_layer(self, layer, query, key, scale, beta)
+        score_layer(self, layer, query, key, scale, beta, lse)
 
 
 def score_layer(rec: Reconstruction, layer: int, query: torch.Tensor, key: torch.Tensor, scale: float,
-                beta: torch.Tensor | None) -> None:
+                beta: torch.Tensor | None, lse: torch.Tensor | None = None) -> None:
     """KVzip's score for one layer: query [1, heads, r, d] of the repeat, key [1, KVH, k, d] (cache + repeat),
-    beta [KVH, F] a stored bias on the first F slots (or None). Stores [KVH, stop - start] in rec.scores."""
+    beta [KVH, F] a stored bias on the first F slots (or None), lse [1, heads, r] the softmax's normaliser when the
+    forward's attention computed it over the same keys (None: computed here). Stores [KVH, stop - start] in
+    rec.scores.
+
+    The softmax's normaliser is taken in two parts, the prefix [sinks, window] (no mask) and the repeat's own keys
+    (causal), each by `row_lse`; only the chunk's c columns are then formed:
+        p[:, :, i, j] = exp(s q_i . k_j + b_j - logaddexp(lse_prefix_i, lse_own_i))   for j in the chunk."""
     _, heads, r, d = query.shape
     kv_heads = key.shape[1]
     g = heads // kv_heads
     s, w, c = rec.sinks, rec.stop - rec.context, rec.stop - rec.start
-    sub = torch.cat([key[0, :, :s], key[0, :, rec.context:rec.stop], key[0, :, -r:]], dim=1).float()  # [H, s+w+r, d]
-    bias = torch.zeros(kv_heads, s + w + r, device=key.device)                     # [H, s + w + r]
+    prefix = torch.cat([key[0, :, :s], key[0, :, rec.context:rec.stop]], dim=1).float()    # [H, s + w, d]
+    own = key[0, :, -r:].float()                                                        # [H, r, d]
+    bias = None
     if beta is not None and beta.numel():   # a folded prefix's stored beta, where the subsample reaches it
         f = beta.shape[-1]
+        bias = torch.zeros(kv_heads, s + w, device=key.device)                          # [H, s + w]
         bias[:, :min(s, f)] = beta[:, :min(s, f)].float()
         if rec.context < f:
             bias[:, s:s + min(w, f - rec.context)] = beta[:, rec.context:min(rec.stop, f)].float()
-    q = query[0].float().reshape(kv_heads, g, r, d)                                 # [H, g, r, d]
-    keys_t = sub.transpose(-1, -2)[:, None]                                         # [H, 1, d, s+w+r]
-    best = torch.zeros(kv_heads, c, device=key.device)                              # [H, c]
-    own = torch.arange(r, device=key.device)                                        # the repeat's own keys
+    q = query[0].float().reshape(kv_heads, g, r, d)                                     # [H, g, r, d]
+    if lse is not None:
+        lse = lse[0].reshape(kv_heads, g, r)                                            # [H, g, r]
+    else:
+        lse = torch.logaddexp(row_lse(q, prefix, scale, bias, causal=False),
+                              row_lse(q, own, scale, None, causal=True))                # [H, g, r]
+    chunk_t = prefix[:, s + w - c:].transpose(-1, -2)[:, None]                          # [H, 1, d, c]
+    best = torch.zeros(kv_heads, c, device=key.device)                                  # [H, c]
     for a in range(0, r, ROW_CHUNK):
-        rows = q[:, :, a:a + ROW_CHUNK]                                             # [H, g, n, d]
-        n = rows.shape[2]
-        logits = (rows @ keys_t).mul_(scale).add_(bias[:, None, None])              # [H, g, n, s+w+r]
-        later = own[None, :] > (a + own[:n])[:, None]                               # [n, r] causal within it
-        logits[..., s + w:].masked_fill_(later, float("-inf"))
-        lse = torch.logsumexp(logits, dim=-1, keepdim=True)                         # [H, g, n, 1]
-        p = (logits[..., s + w - c:s + w] - lse).exp_()                             # [H, g, n, c] the chunk
+        logits = (q[:, :, a:a + ROW_CHUNK] @ chunk_t).mul_(scale)                       # [H, g, n, c]
+        if bias is not None:
+            logits.add_(bias[:, None, None, s + w - c:])
+        p = logits.sub_(lse[:, :, a:a + ROW_CHUNK, None]).exp_()                        # [H, g, n, c]
         best = torch.maximum(best, p.amax(dim=(1, 2)))
     rec.scores[layer] = best
 
 
+def row_lse(q: torch.Tensor, k: torch.Tensor, scale: float, bias: torch.Tensor | None, causal: bool) -> torch.Tensor:
+    """logsumexp over the keys of each query row: q [H, g, r, d], k [H, K, d], bias [H, K] or None; causal: row i
+    sees keys 0..i (K == r). Returns [H, g, r] in fp32. On a CPU, torch's fused flash kernel (it returns the
+    normaliser; the bias rides on one extra head dimension, as in `briefing.attention`); elsewhere, blocks of rows."""
+    kv_heads, g, r, d = q.shape
+    if k.shape[1] == 0:
+        return q.new_full((kv_heads, g, r), float("-inf"))                              # [H, g, r]
+    if q.device.type == "cpu" and hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu"):
+        if bias is not None:
+            q = torch.cat([q, torch.ones_like(q[..., :1])], dim=-1)                     # [H, g, r, d + 1]
+            k = torch.cat([k, (bias / scale)[..., None]], dim=-1)                       # [H, K, d + 1]
+        keys = k[:, None].expand(kv_heads, g, *k.shape[1:])                             # [H, g, K, d']
+        _, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            q.contiguous(), keys, keys, 0.0, causal, scale=scale)                       # [H, g, r]
+        return lse.float()
+    return lse_blocked(q, k, scale, bias, causal)
+
+
+def lse_blocked(q: torch.Tensor, k: torch.Tensor, scale: float, bias: torch.Tensor | None,
+                causal: bool) -> torch.Tensor:
+    """`row_lse` on any device, by blocks of ROW_CHUNK rows: [H, g, r]."""
+    kv_heads, g, r, d = q.shape
+    keys_t = k.transpose(-1, -2)[:, None]                                               # [H, 1, d, K]
+    out = []
+    for a in range(0, r, ROW_CHUNK):
+        logits = (q[:, :, a:a + ROW_CHUNK] @ keys_t).mul_(scale)                        # [H, g, n, K]
+        if bias is not None:
+            logits.add_(bias[:, None, None])
+        if causal:
+            cols = torch.arange(k.shape[1], device=q.device)
+            rows = torch.arange(a, a + logits.shape[2], device=q.device)
+            logits.masked_fill_(cols[None, :] > rows[:, None], float("-inf"))           # [n, K] later keys
+        out.append(torch.logsumexp(logits, dim=-1))                                     # [H, g, n]
+    return torch.cat(out, dim=-1)                                                       # [H, g, r]
+
+
+def subsample_cache(store, sinks: int, context: int, stop: int):
+    """A per-pass cache of the held layers' slots [0, sinks) and [context, stop) (copies; a window layer as the model
+    holds it) and their stored beta, per model layer: what the reconstruction's softmax sees, and all that the
+    repeat's forward then attends to."""
+    layers, beta = [], []
+    bias = store.attention_bias()
+    held = set(store.held)
+    for i, layer in enumerate(store.kv.layers):
+        if i not in held:
+            layers.append(kv.copy_window(layer) if kv.is_window(layer) else kv.held_layer(layer.keys, layer.values))
+            beta.append(None if bias is None else bias[i])
+            continue
+        keys = torch.cat([layer.keys[..., :sinks, :], layer.keys[..., context:stop, :]], dim=-2)       # [1, H, s+w, d]
+        values = torch.cat([layer.values[..., :sinks, :], layer.values[..., context:stop, :]], dim=-2)
+        layers.append(kv.held_layer(keys, values))
+        b = None if bias is None else bias[i]                                       # [H, F] or None
+        if b is not None and b.numel():
+            f = b.shape[-1]
+            b = torch.cat([b[:, :min(sinks, f)], b[:, min(context, f):min(stop, f)]], dim=-1)
+        beta.append(b)
+    return kv.assemble(layers), (None if bias is None else beta)
+
+
 @torch.no_grad()
 def reconstruction_scores(lm, store, start: int, stop: int, chunk: list[int], before: list[int], position: int,
-                          window: int) -> torch.Tensor:
+                          window: int, windowed: bool = True) -> torch.Tensor:
     """Importance [held layers, kv_heads, stop - start] of the chunk just prefilled into slots [start, stop) of
     `store` (its tokens `chunk`; `before`: the tokens preceding it; `position`: the RoPE position after it; `window`:
-    slots up to the chunk's end in each softmax, at least the chunk). The store is left as it was."""
+    slots up to the chunk's end in each softmax, at least the chunk). windowed (the cache's way): the repeat's forward
+    attends to the softmax's subsample only; False: to the whole cache, as KVzip's own does (the reference). The
+    store is left as it was."""
     prompt = REPEAT_FIRST if not before else REPEAT_NEXT
     ids = lm.encode(prompt) + (before[-PREVIOUS_TOKENS:] + lm.encode("\n") if before else []) + list(chunk)
     sinks = min(SINKS, start)
     context = max(sinks, min(start, stop - window))
+    if windowed:
+        cache, beta = subsample_cache(store, sinks, context, stop)
+        w = stop - context
+        rec = Reconstruction(layers=set(store.held), start=sinks + w - (stop - start), stop=sinks + w, context=sinks,
+                             sinks=sinks, whole=True)
+        run_model(lm, cache, ids, position, BiasState(beta=beta, reconstruct=rec), last_only=True)
+        return torch.stack([rec.scores[i] for i in store.held])                    # [Lh, H, c]
     rec = Reconstruction(layers=set(store.held), start=start, stop=stop, context=context, sinks=sinks)
     state = BiasState(beta=store.attention_bias(), reconstruct=rec)
     marks = kv.marks(store.kv)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 
@@ -170,19 +170,32 @@ class FitProblem:
     """What the fit of one block solves, per (layer, KV head): A [L, H, m, t] the kept columns of E (rows scaled to
     a max of 1), z [L, H, m] the mass of the whole block, Y [L, H, m, d] its output, V_kept [L, H, t, d] the kept
     values (float32), and the cache's value dtype. Several problems (a batch of calls) are solved as one.
-    widths [L, H]: the real kept count of each row of a padded selection (its first `widths` columns are real, the
-    rest PAD: zero); None: every row keeps all t."""
 
-    A: torch.Tensor
+    A ragged problem (a global allocation's right-padded rows): its rows (layer, KV head) sorted by their real kept
+    count, `order` [L H] the sorted rows' original (flat) indices, `widths` [L, H] the sorted counts, z and Y in that
+    order, and A and V_kept as a list of pieces, each LAYER_CHUNK x H consecutive sorted rows cut to its widest row
+    ([c, H, m, t_c], [c, H, t_c, d]; a row's columns past its count are PAD: zero). The rows' fits are independent,
+    so the order changes nothing but which rows share a piece: a piece of narrow rows is solved at its own width."""
+
+    A: torch.Tensor | list[torch.Tensor]
     z: torch.Tensor
     Y: torch.Tensor
-    V_kept: torch.Tensor
+    V_kept: torch.Tensor | list[torch.Tensor]
     dtype: torch.dtype
     time_s: float = 0.0
     widths: torch.Tensor | None = None
+    order: torch.Tensor | None = None
+
+    def piece(self, x: torch.Tensor | list[torch.Tensor], c: int) -> torch.Tensor:
+        """A or V_kept of the layer chunk starting at row c (of the sorted rows, for a ragged problem)."""
+        return x[c // LAYER_CHUNK] if isinstance(x, list) else x[c:c + LAYER_CHUNK]
+
+    def width(self, c: int) -> int:
+        """Columns of the layer chunk starting at c."""
+        return self.piece(self.A, c).shape[-1]
 
     def elements(self) -> int:
-        return self.A.numel() + self.Y.numel() + self.V_kept.numel()
+        return sum(x.numel() for x in (self.A if isinstance(self.A, list) else [self.A])) + self.Y.numel()
 
 
 def fit_problem(Q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, idx: torch.Tensor, scale: float, *,
@@ -192,10 +205,13 @@ def fit_problem(Q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, idx: torch.Te
     `blocks`: E per layer chunk from `attention_scores`, reused (its rows are rescaled to a max of 1 over the block,
     exactly the recomputed E); None: recomputed. bias [L, H, T]: stored beta already in every logit."""
     t0 = time.perf_counter()
+    ragged = padded(idx)
     As, zs, Ys, Vs = [], [], [], []
     for i, c in enumerate(range(0, Q.shape[0], LAYER_CHUNK)):
         q, k, v = (x[c:c + LAYER_CHUNK].to(SOLVE_DTYPE) for x in (Q, K, V))      # [c, H, *, d]
         ix = idx[c:c + LAYER_CHUNK]                                              # [c, H, t]
+        if ragged:   # right-padded rows: the chunk's columns past its widest row are PAD in every row
+            ix = ix[..., :max(1, int((ix >= 0).sum(-1).max()))]                  # [c, H, t_c]
         if blocks is not None:  # E from scoring: rows rescaled to a max of 1 where it matters (A, z)
             E = blocks[i]                                                        # [c, H, m, T]
             row_scale = 1.0 / E.amax(-1).clamp_min(1e-30)                        # [c, H, m]
@@ -211,34 +227,34 @@ def fit_problem(Q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, idx: torch.Te
         A = E.gather(-1, ix.clamp_min(0).unsqueeze(-2).expand(-1, -1, E.shape[-2], -1)) * row_scale.unsqueeze(-1)
         As.append(A.masked_fill((ix < 0).unsqueeze(-2), 0))  # a PAD slot: a zero column, which the fit leaves alone
         Vs.append(gather_positions(v, ix))                                       # [c, H, t, d]
-    widths = (idx >= 0).sum(-1) if padded(idx) else None                        # [L, H] right-padded rows
-    return FitProblem(A=torch.cat(As), z=torch.cat(zs), Y=torch.cat(Ys), V_kept=torch.cat(Vs), dtype=V.dtype,
-                      time_s=time.perf_counter() - t0, widths=widths)
-
-
-def by_width(p: FitProblem) -> tuple[FitProblem, torch.Tensor | None]:
-    """A ragged problem with its rows (layer, KV head) sorted by width, and the order (None: not ragged). The rows'
-    fits are independent, so sorting changes nothing but which rows share a layer chunk: a chunk of narrow rows is
-    then solved at its own width, not the longest row's (the solve's cost is linear in the width)."""
-    if p.widths is None:
-        return p, None
-    L, H = p.widths.shape
-    order = p.widths.flatten().argsort(stable=True)                              # [L H]
+    z, Y = torch.cat(zs), torch.cat(Ys)                                          # [L, H, m], [L, H, m, d]
+    if not ragged:
+        return FitProblem(A=torch.cat(As), z=z, Y=Y, V_kept=torch.cat(Vs), dtype=V.dtype,
+                          time_s=time.perf_counter() - t0)
+    L, H = idx.shape[:2]
+    widths = (idx >= 0).sum(-1).flatten()                                        # [L H]
+    order = widths.argsort(stable=True)                                          # [L H] sorted rows
+    rows = LAYER_CHUNK * H                                                       # rows of a piece
+    A_rows = [a.flatten(0, 1) for a in As]                                       # [c H, m, t_c] per chunk
+    V_rows = [v.flatten(0, 1) for v in Vs]                                       # [c H, t_c, d] per chunk
+    A_pieces, V_pieces = [], []
+    for g in range(0, L * H, rows):
+        members = order[g:g + rows].tolist()
+        w = max(1, int(widths[members].max()))
+        A_g = A_rows[0].new_zeros(len(members), A_rows[0].shape[1], w)           # [n, m, w]
+        V_g = V_rows[0].new_zeros(len(members), w, V_rows[0].shape[-1])          # [n, w, d]
+        for j, r in enumerate(members):
+            n = int(widths[r])
+            A_g[j, :, :n] = A_rows[r // rows][r % rows, :, :n]
+            V_g[j, :n] = V_rows[r // rows][r % rows, :n]
+        A_pieces.append(A_g.unflatten(0, (-1, H)))                               # [n / H, H, m, w]
+        V_pieces.append(V_g.unflatten(0, (-1, H)))                               # [n / H, H, w, d]
 
     def sort(x: torch.Tensor) -> torch.Tensor:
         return x.flatten(0, 1)[order].unflatten(0, (L, H))
 
-    return replace(p, A=sort(p.A), z=sort(p.z), Y=sort(p.Y), V_kept=sort(p.V_kept), widths=sort(p.widths)), order
-
-
-def unsort(x: torch.Tensor, order: torch.Tensor | None) -> torch.Tensor:
-    """Undo `by_width`'s order on x [L, H, ...]."""
-    if order is None:
-        return x
-    flat = x.flatten(0, 1)                                                       # [L H, ...]
-    out = torch.empty_like(flat)
-    out[order] = flat
-    return out.unflatten(0, x.shape[:2])
+    return FitProblem(A=A_pieces, z=sort(z), Y=sort(Y), V_kept=V_pieces, dtype=V.dtype,
+                      time_s=time.perf_counter() - t0, widths=sort(widths.view(L, H)), order=order)
 
 
 def _pad(x: torch.Tensor, sizes: tuple[int, ...]) -> torch.Tensor:
@@ -254,45 +270,40 @@ def solve_fits(problems: list[FitProblem], *, ridge: float, beta_max: float, nnl
     (kept positions) and stacked on the leading dim, so one NNLS and one batched solve serve many (groups bounded by
     SOLVE_ELEMENTS). A zero row adds nothing to ||A w - z|| nor to the value solve (its ridge counts only the real
     rows); a zero column leaves its w at 1 and its value at V_kept, and is cut off. A ragged problem (a global
-    allocation's padded rows) is solved by width: its rows sorted (`by_width`), each layer chunk cut to its widest
-    real row (the PAD columns past it are zero: the same solution), and chunks of very different widths kept apart
-    (WIDTH_SLACK), so its cost follows the kept total, not rows x the longest row. A (layer, KV head) pair whose fit
-    is not finite falls back to the selection alone (beta = 0, original values). Solve time is shared by size."""
+    allocation's padded rows, sorted by width in pieces: `FitProblem`) is solved piece by piece at each piece's width,
+    pieces of very different widths kept apart (WIDTH_SLACK), so its cost follows the kept total, not rows x the
+    longest row; its results go back to the rows' own order, right-padded to the longest row. A (layer, KV head) pair
+    whose fit is not finite falls back to the selection alone (beta = 0, original values). Solve time is shared by
+    size."""
     lo, hi = math.exp(-beta_max), math.exp(beta_max)
-    sorted_ = [by_width(p) for p in problems]
-    problems = [p for p, _ in sorted_]
-
-    def width(i: int, c: int) -> int:
-        p = problems[i]
-        return p.A.shape[-1] if p.widths is None else max(1, int(p.widths[c:c + LAYER_CHUNK].max()))
-
-    units = [(i, c, width(i, c)) for i, p in enumerate(problems) for c in range(0, p.A.shape[0], LAYER_CHUNK)]
+    units = [(i, c, p.width(c)) for i, p in enumerate(problems) for c in range(0, p.z.shape[0], LAYER_CHUNK)]
     pieces: list[list[tuple[torch.Tensor, ...]]] = [[] for _ in problems]
     times = [[p.time_s, 0.0] for p in problems]
     while units:
         group = [units.pop(0)]
-        m, t, narrowest = problems[group[0][0]].A.shape[-2], group[0][2], group[0][2]
+        m, t, narrowest = problems[group[0][0]].z.shape[-1], group[0][2], group[0][2]
         while units:
             i, _, w_i = units[0]
-            m2, t2 = max(m, problems[i].A.shape[-2]), max(t, w_i)
-            if (len(group) + 1) * LAYER_CHUNK * problems[i].A.shape[1] * m2 * max(m2, t2) > SOLVE_ELEMENTS:
+            m2, t2 = max(m, problems[i].z.shape[-1]), max(t, w_i)
+            if (len(group) + 1) * LAYER_CHUNK * problems[i].z.shape[1] * m2 * max(m2, t2) > SOLVE_ELEMENTS:
                 break
             if t2 > WIDTH_SLACK * min(narrowest, w_i) + 32:
                 break
             group.append(units.pop(0))
             m, t, narrowest = m2, t2, min(narrowest, w_i)
-        sl = [(problems[i], slice(c, c + LAYER_CHUNK)) for i, c, _ in group]
+        sl = [(problems[i], c) for i, c, _ in group]
         d = problems[0].Y.shape[-1]
         t0 = time.perf_counter()
-        A = torch.cat([_pad(p.A[s][..., :t], (m, t)) for p, s in sl])             # [G, H, m, t]
-        z = torch.cat([_pad(p.z[s], (m,)) for p, s in sl])                       # [G, H, m]
+        A = torch.cat([_pad(p.piece(p.A, c), (m, t)) for p, c in sl])           # [G, H, m, t]
+        z = torch.cat([_pad(p.z[c:c + LAYER_CHUNK], (m,)) for p, c in sl])      # [G, H, m]
         w = nnls_box(A, z, lo, hi, nnls_iters)                                   # [G, H, t]
         Aw = A * w.unsqueeze(-2)                                                 # [G, H, m, t]
         X = Aw / Aw.sum(-1, keepdim=True).clamp_min(1e-30)                       # softmax(s Q C1^T + beta)
         t1 = time.perf_counter()
-        Y = torch.cat([_pad(p.Y[s], (m, d)) for p, s in sl])                     # [G, H, m, d]
-        V_kept = torch.cat([_pad(p.V_kept[s][..., :t, :], (t, d)) for p, s in sl])  # [G, H, t, d]
-        rows = torch.cat([torch.full(p.z[s].shape[:-1], p.A.shape[-2], device=A.device) for p, s in sl])  # [G, H]
+        Y = torch.cat([_pad(p.Y[c:c + LAYER_CHUNK], (m, d)) for p, c in sl])    # [G, H, m, d]
+        V_kept = torch.cat([_pad(p.piece(p.V_kept, c), (t, d)) for p, c in sl])  # [G, H, t, d]
+        rows = torch.cat([torch.full(p.z[c:c + LAYER_CHUNK].shape[:-1], p.z.shape[-1], device=A.device)
+                          for p, c in sl])                                       # [G, H]
         C2 = solve_values(X, Y, V_kept, ridge, rows)                             # [G, H, t, d]
         t2 = time.perf_counter()
         X_topk = A / A.sum(-1, keepdim=True).clamp_min(1e-30)                    # [G, H, m, t]
@@ -300,29 +311,45 @@ def solve_fits(problems: list[FitProblem], *, ridge: float, beta_max: float, nnl
         err = (X @ C2 - Y).norm(dim=(-2, -1)) / y_norm                           # [G, H]
         err_topk = (X_topk @ V_kept - Y).norm(dim=(-2, -1)) / y_norm             # [G, H]
         at = 0
-        for (i, c, _), (p, s) in zip(group, sl):
-            n, tp = min(LAYER_CHUNK, p.A.shape[0] - c), p.A.shape[-1]
-            r, tw = slice(at, at + n), min(t, tp)
+        for (i, c, tp), (p, _) in zip(group, sl):
+            n = min(LAYER_CHUNK, p.z.shape[0] - c)
+            r = slice(at, at + n)
             at += n
-            beta = _pad(w[r, :, :tw].log(), (tp,))                               # [n, H, tp] cut columns: beta 0
-            values = torch.cat([C2[r, :, :tw], p.V_kept[s][..., tw:, :]], dim=-2)   # [n, H, tp, d] cut: V_kept
-            pieces[i].append((beta, values, err[r], err_topk[r]))
+            b, v, e = w[r, :, :tp].log(), C2[r, :, :tp], err[r]                  # [n, H, tp], [n, H, tp, d], [n, H]
+            bad = ~(torch.isfinite(b).all(-1) & torch.isfinite(v).all(dim=(-2, -1)) & torch.isfinite(e))  # [n, H]
+            if bad.any():   # the selection alone there
+                b = torch.where(bad.unsqueeze(-1), torch.zeros_like(b), b)
+                v = torch.where(bad[..., None, None], p.piece(p.V_kept, c), v)
+                e = torch.where(bad, err_topk[r], e)
+            pieces[i].append((b, v, e, err_topk[r], bad))
             times[i][0] += (t1 - t0) * n / A.shape[0]
             times[i][1] += (t2 - t1) * n / A.shape[0]
     out = []
-    for (p, order), parts, (t_beta, t_values) in zip(sorted_, pieces, times):
-        b, c2, e, e_topk = (torch.cat(x) for x in zip(*parts))                   # [L, H, t], [L, H, t, d], [L, H]
-        bad = ~(torch.isfinite(b).all(-1) & torch.isfinite(c2).all(dim=(-2, -1)) & torch.isfinite(e))  # [L, H]
+    for p, parts, (t_beta, t_values) in zip(problems, pieces, times):
+        e, e_topk, bad = (torch.cat(x) for x in list(zip(*parts))[2:])            # [L, H]
+        if p.order is None:
+            b, c2 = (torch.cat(x) for x in list(zip(*parts))[:2])                # [L, H, t], [L, H, t, d]
+        else:   # back to the rows' own order, right-padded to the longest row (zeros: PAD slots)
+            L, H = p.z.shape[:2]
+            t, d = max(x[0].shape[-1] for x in parts), p.Y.shape[-1]
+            b = e.new_zeros(L * H, t)                                             # [L H, t]
+            c2 = e.new_zeros(L * H, t, d)                                         # [L H, t, d]
+            at = 0
+            for beta, values, *_ in parts:
+                rows = p.order[at:at + beta.shape[0] * H]
+                at += len(rows)
+                b[rows, :beta.shape[-1]] = beta.flatten(0, 1)
+                c2[rows, :beta.shape[-1]] = values.flatten(0, 1)
+            back = torch.empty_like(p.order)
+            back[p.order] = torch.arange(len(p.order), device=p.order.device)    # [L H] sorted index of each row
+            b, c2 = b.unflatten(0, (L, H)), c2.unflatten(0, (L, H))
+            e, e_topk, bad = (x.flatten()[back].view(L, H) for x in (e, e_topk, bad))
         fallback = None
         if bad.any():
-            b = torch.where(bad.unsqueeze(-1), torch.zeros_like(b), b)
-            c2 = torch.where(bad[..., None, None], p.V_kept, c2)
             fallback = (f"non-finite fit in {int(bad.sum())} of {bad.numel()} (layer, KV head) pairs: "
                         "used selection only (beta = 0, original values) there")
-            e = torch.where(bad, e_topk, e)
-        out.append(FitResult(beta=unsort(b, order), values=unsort(c2, order).to(p.dtype), error=float(e.mean()),
-                             error_topk=float(e_topk.mean()), fallback=fallback, time_beta_s=t_beta,
-                             time_values_s=t_values))
+        out.append(FitResult(beta=b, values=c2.to(p.dtype), error=float(e.mean()), error_topk=float(e_topk.mean()),
+                             fallback=fallback, time_beta_s=t_beta, time_values_s=t_values))
     return out
 
 

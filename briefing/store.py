@@ -14,6 +14,8 @@ and compaction works within that window (`windowed`).
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from briefing import kv
@@ -87,8 +89,9 @@ class KVStore:
             return None
         return torch.nn.functional.pad(self.beta, (0, self.length - self.beta.shape[-1]))   # [Lh, H, length]
 
-    def per_layer(self, beta: torch.Tensor | None) -> list[torch.Tensor | None] | None:
-        """A beta of the held layers [held layers, H, t] as the attention takes it: one entry per model layer."""
+    def per_layer(self, beta: torch.Tensor | Sequence[torch.Tensor | None] | None) -> list[torch.Tensor | None] | None:
+        """A beta of the held layers ([held layers, H, t], or a list of [H, t_j]) as the attention takes it: one entry
+        per model layer."""
         if beta is None:
             return None
         out: list[torch.Tensor | None] = [None] * self.layers

@@ -55,9 +55,9 @@ class TrajectoryCache:
     cache then serves up to the model's context length). budget: most positions the cache holds (None:
     lm.max_context - reserve when folding, lm.max_context otherwise). reserve: positions left free for the call
     prompt and generation (None: 512, at most an eighth of the context). importance: score every appended chunk
-    by reconstruction (`briefing.importance`: one more forward of the chunk, 3-4x its prefill on this CPU), kept with
-    the cache for the selectors (`Scores.importance`; a selector with `agnostic > 0` needs it); False (the default):
-    no score (a model that slides on every layer has none). archive: an `ArchivePolicy` to keep what the folds
+    by reconstruction (`briefing.importance`: one more forward of the chunk, about 2x its prefill on this CPU), kept
+    with the cache for the selectors (`Scores.importance`; a selector with `agnostic > 0` needs it); False (the
+    default): no score (a model that slides on every layer has none). archive: an `ArchivePolicy` to keep what the folds
     compact away (with each token's importance) and a representative per block for latent recall
     (`briefing.archive`; None: none).
     """

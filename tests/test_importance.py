@@ -18,15 +18,24 @@ TEXT = "".join(f"Entry {i}: the courier left parcel {i * 37 % 101} at the blue d
 PROMPT = " Question: where was parcel 74 left? Answer:"
 
 
-def reference(lm, ids: list[int], start: int, stop: int, window: int) -> torch.Tensor:
+def reference(lm, ids: list[int], start: int, stop: int, window: int, windowed: bool = True) -> torch.Tensor:
     """KVzip's score of slots [start, stop) by hand, from one uncached forward of (ids[:stop] + the repeat prompt +
-    the chunk again): [held layers, KVH, stop - start]."""
+    the chunk again): [held layers, KVH, stop - start]. windowed (the cache's way): the repeat's tokens attend only
+    to what the score's softmax sees (the sinks, the window up to the chunk's end, the repeat so far); else to all
+    of ids[:stop] (KVzip's own forward)."""
+    from briefing.context import run_rows
+
     repeat = lm.encode(REPEAT_NEXT) + ids[start - PREVIOUS_TOKENS:start] + lm.encode("\n") + ids[start:stop]
     fresh = lm.new_cache()
     state = BiasState(capture=True)
-    run_model(lm, fresh, ids[:stop] + repeat, 0, state)                            # one uncached forward
     r, g, c = len(repeat), lm.group, stop - start
     context = max(SINKS, min(start, stop - window))
+    n = stop + r
+    mask = torch.ones(n, n, dtype=torch.bool).tril()                               # [n, n] causal
+    if windowed:
+        mask[stop:, SINKS:context] = False                                         # the repeat skips the rest
+    run_rows(lm, fresh, torch.tensor([ids[:stop] + repeat]), torch.arange(n)[None], state,
+             mask=mask[None, None])                                                # one uncached forward
     out = []
     for layer in lm.held_layers:
         q = state.queries[layer][0, :, -r:].float()                                # [heads, r, d]
@@ -42,8 +51,12 @@ def reference(lm, ids: list[int], start: int, stop: int, window: int) -> torch.T
 
 
 def test_the_score_equals_a_direct_reconstruction_pass(tok):
-    """The stored score is KVzip's, computed by hand: for a full 48-token chunk, and for a short append after it
-    (its softmax reaches back over the cache's chunk size)."""
+    """The stored score is the reconstruction score computed by hand: for a full 48-token chunk, and for a short
+    append after it (its softmax reaches back over the cache's chunk size); its repeat attends to what the score's
+    softmax sees. KVzip's own forward (the repeat attending to the whole cache) is kept as the reference that the
+    windowed one is measured against (`benchmarks.importance_check`)."""
+    from briefing.importance import reconstruction_scores
+
     lm = tiny_model("qwen3-gqa", tok)
     cache = briefing.TrajectoryCache(lm, TEXT, chunk_tokens=48, fold=None, importance=True)
     assert cache.store.importance.shape == (len(lm.held_layers), lm.kv_heads, cache.length)
@@ -54,6 +67,10 @@ def test_the_score_equals_a_direct_reconstruction_pass(tok):
     got = cache.store.importance[..., start:cache.length]
     assert (got - reference(lm, cache.ids, start, cache.length, 48)).abs().max() < 1e-5
     assert cache.importance_s > 0
+    full = reconstruction_scores(lm, cache.store, start, cache.length, cache.ids[start:], cache.ids[:start],
+                                 cache.position, 48, windowed=False)               # [Lh, H, n]
+    want = reference(lm, cache.ids, start, cache.length, 48, windowed=False)
+    assert (full - want).abs().max() < 1e-5 and (full - got).abs().max() > 1e-4   # they differ past the window
 
 
 def test_the_score_survives_folds_and_rebases(tok):
@@ -203,10 +220,8 @@ def test_global_allocation_keeps_the_uniform_total_with_masked_padding(tok):
     assert (alone.beta[0, 0] - fitted.beta[i, h, real]).abs().max() < 1e-4
     assert (alone.values[0, 0] - fitted.values[i, h, real]).abs().max() < 1e-4
 
-    # solved by width (rows sorted, each layer chunk cut to its widest real row) = solved at the longest row's width;
-    # rows of very different widths over several layer chunks, so chunks are cut and solved apart
-    from dataclasses import replace
-
+    # solved by width (rows sorted into pieces, each cut to its widest real row) = each row solved alone on its real
+    # slots; rows of very different widths over several layer chunks, so pieces are cut and solved apart
     from briefing.matching import PAD, fit_problem, solve_fits
 
     gen = torch.Generator().manual_seed(0)
@@ -219,13 +234,63 @@ def test_global_allocation_keeps_the_uniform_total_with_masked_padding(tok):
         for h in range(H):
             idx[i, h, :widths[i, h]] = torch.randperm(T, generator=gen)[:widths[i, h]].sort().values
     problem = fit_problem(Q, K, V, idx, 0.35)
-    assert problem.widths is not None and (problem.widths == widths).all()
+    assert problem.order is not None and (problem.widths.flatten() == widths.flatten()[problem.order]).all()
+    assert len({a.shape[-1] for a in problem.A}) > 1                               # pieces of different widths
     options = dict(ridge=1e-2, beta_max=8.0, nnls_iters=15)
-    by_width = solve_fits([problem], **options)[0]
-    one_width = solve_fits([replace(problem, widths=None)], **options)[0]
-    assert (by_width.beta - one_width.beta).abs().max() < 1e-4
-    assert (by_width.values - one_width.values).abs().max() < 1e-4
-    assert abs(by_width.error - one_width.error) < 1e-5 and abs(by_width.error_topk - one_width.error_topk) < 1e-5
+    ragged = solve_fits([problem], **options)[0]
+    assert ragged.beta.shape == (L, H, T) and ragged.values.shape == (L, H, T, d)
+    errors = []
+    for i in range(L):
+        for h in range(H):
+            n = int(widths[i, h])
+            alone = solve_fits([fit_problem(Q[i:i + 1, h:h + 1], K[i:i + 1, h:h + 1], V[i:i + 1, h:h + 1],
+                                            idx[i:i + 1, h:h + 1, :n], 0.35)], **options)[0]
+            assert (alone.beta[0, 0] - ragged.beta[i, h, :n]).abs().max() < 1e-4
+            assert (alone.values[0, 0] - ragged.values[i, h, :n]).abs().max() < 1e-4
+            assert (ragged.beta[i, h, n:] == 0).all() and (ragged.values[i, h, n:] == 0).all()
+            errors.append(alone.error)
+    assert abs(ragged.error - sum(errors) / len(errors)) < 1e-5
+
+
+def test_a_global_allocation_context_holds_each_layer_at_its_own_width(tok):
+    """The per-call context of a global allocation keeps each layer at its widest row (`compaction.by_layer`), not
+    every layer at the widest row of all; that is exact: the prompt's logits, the answer's log-probabilities and
+    batched decoding equal those over the context padded to one width."""
+    from briefing.compaction import by_layer, context_cache, reduced
+    from briefing.matching import fit
+
+    lm = tiny_model("llama-gqa", tok)
+    cache = briefing.TrajectoryCache(lm, TEXT, fold=None, importance=True)
+    sel = briefing.AttentionMatching(ratio=0.2, allocation="global", agnostic=1.0, sinks=4, reuse_prompt_kv=False)
+    ctx = cache.compact(PROMPT, sel)
+    idx = ctx.positions                                                            # [L, H, t_max]
+    widths = (idx >= 0).sum(-1).amax(-1)                                           # [L] each layer's widest row
+    held = [ctx.kv.layers[i].keys.shape[-2] - len(ctx.prompt_ids) for i in cache.store.held]
+    assert held == widths.tolist() and min(held) < idx.shape[-1] == max(held)     # layers differ, none padded past
+    assert ctx.base_length == idx.shape[-1] + len(ctx.prompt_ids)
+
+    # the same selection and fit, padded to one width as a [L, H, t_max, d] context: the same logits
+    K, V = cache.store.held_kv(0, cache.length)                                    # [L, H, T, d]
+    fitted = fit(ctx.queries, K, V, idx, lm.scaling, ridge=sel.fit.ridge, beta_max=sel.fit.beta_max,
+                 nnls_iters=sel.fit.nnls_iters)
+    red = reduced(idx, K, V, fitted, None)
+    padded = context_cache(cache.store, red.keys, red.values, None)
+    ids = lm.encode(PROMPT)
+    want = run_model(lm, padded, ids, cache.position, BiasState(beta=cache.store.per_layer(red.beta)))  # [n, V]
+    keys, values, beta = by_layer(idx, K, V, fitted, None)                         # per layer [H, t_l, *]
+    assert [k.shape[-2] for k in keys] == widths.tolist()
+    got = run_model(lm, context_cache(cache.store, keys, values, None), ids, cache.position,
+                    BiasState(beta=cache.store.per_layer(beta)))
+    assert (got - want).abs().max() < 1e-4
+    assert (ctx.last_logits - want[-1]).abs().max() < 1e-3
+
+    # decoding: one context at a time, and two contexts of different widths per layer as one batch
+    other = cache.compact(" Question: what did the courier leave? Answer:", sel)
+    greedy = briefing.GenerationConfig(max_new_tokens=6, temperature=0.0)
+    one = [briefing.generate(c, greedy).token_ids for c in (ctx, other)]
+    assert [r.token_ids for r in briefing.generate_batch([ctx, other], greedy)] == one
+    lp = briefing.token_logprobs(ctx, " the blue door")[1]
+    assert torch.isfinite(lp).all()
 
 
 def test_global_allocation_options_are_checked(tok):
@@ -241,3 +306,19 @@ def test_global_allocation_options_are_checked(tok):
         briefing.TopK(allocation="global", allocation_scale="max")
     with pytest.raises(briefing.BriefingError, match="a fold keeps the same count"):
         briefing.FoldPolicy(selector=briefing.AttentionMatching(allocation="global"))
+
+
+def test_the_fused_normaliser_equals_the_blocked_one():
+    """`row_lse` (torch's fused CPU kernel) equals the portable blocks and a direct logsumexp, with a bias and with
+    the causal mask, over more rows than a block."""
+    from briefing.importance import ROW_CHUNK, lse_blocked, row_lse
+    torch.manual_seed(0)
+    H, g, r, d = 2, 3, ROW_CHUNK + 37, 16
+    q, k, own = torch.randn(H, g, r, d), torch.randn(H, 50, d), torch.randn(H, r, d)
+    bias = torch.randn(H, 50)
+    direct = torch.logsumexp((q @ k.transpose(-1, -2)[:, None]) * 0.25 + bias[:, None, None], dim=-1)
+    logits = (q @ own.transpose(-1, -2)[:, None]) * 0.25
+    causal = torch.logsumexp(logits.masked_fill(torch.ones(r, r, dtype=torch.bool).triu(1), float("-inf")), dim=-1)
+    for fn in (row_lse, lse_blocked):
+        assert (fn(q, k, 0.25, bias, causal=False) - direct).abs().max() < 1e-4
+        assert (fn(q, own, 0.25, None, causal=True) - causal).abs().max() < 1e-4
