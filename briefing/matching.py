@@ -173,9 +173,9 @@ class FitProblem:
 
     A ragged problem (a global allocation's right-padded rows): its rows (layer, KV head) sorted by their real kept
     count, `order` [L H] the sorted rows' original (flat) indices, `widths` [L, H] the sorted counts, z and Y in that
-    order, and A and V_kept as a list of pieces, each LAYER_CHUNK x H consecutive sorted rows cut to its widest row
-    ([c, H, m, t_c], [c, H, t_c, d]; a row's columns past its count are PAD: zero). The rows' fits are independent,
-    so the order changes nothing but which rows share a piece: a piece of narrow rows is solved at its own width."""
+    order, and A and V_kept as a list of pieces, each H consecutive sorted rows cut to its widest row ([1, H, m, t_c],
+    [1, H, t_c, d]; a row's columns past its count are PAD: zero). The rows' fits are independent, so the order
+    changes nothing but which rows share a piece: a piece of narrow rows is solved at its own width."""
 
     A: torch.Tensor | list[torch.Tensor]
     z: torch.Tensor
@@ -186,9 +186,14 @@ class FitProblem:
     widths: torch.Tensor | None = None
     order: torch.Tensor | None = None
 
+    @property
+    def step(self) -> int:
+        """Leading rows per unit of the solve: a layer chunk, or one piece of a ragged problem."""
+        return 1 if isinstance(self.A, list) else LAYER_CHUNK
+
     def piece(self, x: torch.Tensor | list[torch.Tensor], c: int) -> torch.Tensor:
-        """A or V_kept of the layer chunk starting at row c (of the sorted rows, for a ragged problem)."""
-        return x[c // LAYER_CHUNK] if isinstance(x, list) else x[c:c + LAYER_CHUNK]
+        """A or V_kept of the unit starting at leading row c (of the sorted rows, for a ragged problem)."""
+        return x[c] if isinstance(x, list) else x[c:c + LAYER_CHUNK]
 
     def width(self, c: int) -> int:
         """Columns of the layer chunk starting at c."""
@@ -234,12 +239,12 @@ def fit_problem(Q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, idx: torch.Te
     L, H = idx.shape[:2]
     widths = (idx >= 0).sum(-1).flatten()                                        # [L H]
     order = widths.argsort(stable=True)                                          # [L H] sorted rows
-    rows = LAYER_CHUNK * H                                                       # rows of a piece
+    rows = LAYER_CHUNK * H                                                       # rows of a layer chunk
     A_rows = [a.flatten(0, 1) for a in As]                                       # [c H, m, t_c] per chunk
     V_rows = [v.flatten(0, 1) for v in Vs]                                       # [c H, t_c, d] per chunk
     A_pieces, V_pieces = [], []
-    for g in range(0, L * H, rows):
-        members = order[g:g + rows].tolist()
+    for g in range(0, L * H, H):
+        members = order[g:g + H].tolist()
         w = max(1, int(widths[members].max()))
         A_g = A_rows[0].new_zeros(len(members), A_rows[0].shape[1], w)           # [n, m, w]
         V_g = V_rows[0].new_zeros(len(members), w, V_rows[0].shape[-1])          # [n, w, d]
@@ -276,7 +281,7 @@ def solve_fits(problems: list[FitProblem], *, ridge: float, beta_max: float, nnl
     whose fit is not finite falls back to the selection alone (beta = 0, original values). Solve time is shared by
     size."""
     lo, hi = math.exp(-beta_max), math.exp(beta_max)
-    units = [(i, c, p.width(c)) for i, p in enumerate(problems) for c in range(0, p.z.shape[0], LAYER_CHUNK)]
+    units = [(i, c, p.width(c)) for i, p in enumerate(problems) for c in range(0, p.z.shape[0], p.step)]
     pieces: list[list[tuple[torch.Tensor, ...]]] = [[] for _ in problems]
     times = [[p.time_s, 0.0] for p in problems]
     while units:
@@ -285,7 +290,8 @@ def solve_fits(problems: list[FitProblem], *, ridge: float, beta_max: float, nnl
         while units:
             i, _, w_i = units[0]
             m2, t2 = max(m, problems[i].z.shape[-1]), max(t, w_i)
-            if (len(group) + 1) * LAYER_CHUNK * problems[i].z.shape[1] * m2 * max(m2, t2) > SOLVE_ELEMENTS:
+            size = sum(problems[j].step for j, _, _ in group) + problems[i].step             # leading rows
+            if size * problems[i].z.shape[1] * m2 * max(m2, t2) > SOLVE_ELEMENTS:
                 break
             if t2 > WIDTH_SLACK * min(narrowest, w_i) + 32:
                 break
@@ -295,14 +301,14 @@ def solve_fits(problems: list[FitProblem], *, ridge: float, beta_max: float, nnl
         d = problems[0].Y.shape[-1]
         t0 = time.perf_counter()
         A = torch.cat([_pad(p.piece(p.A, c), (m, t)) for p, c in sl])           # [G, H, m, t]
-        z = torch.cat([_pad(p.z[c:c + LAYER_CHUNK], (m,)) for p, c in sl])      # [G, H, m]
+        z = torch.cat([_pad(p.z[c:c + p.step], (m,)) for p, c in sl])           # [G, H, m]
         w = nnls_box(A, z, lo, hi, nnls_iters)                                   # [G, H, t]
         Aw = A * w.unsqueeze(-2)                                                 # [G, H, m, t]
         X = Aw / Aw.sum(-1, keepdim=True).clamp_min(1e-30)                       # softmax(s Q C1^T + beta)
         t1 = time.perf_counter()
-        Y = torch.cat([_pad(p.Y[c:c + LAYER_CHUNK], (m, d)) for p, c in sl])    # [G, H, m, d]
+        Y = torch.cat([_pad(p.Y[c:c + p.step], (m, d)) for p, c in sl])         # [G, H, m, d]
         V_kept = torch.cat([_pad(p.piece(p.V_kept, c), (t, d)) for p, c in sl])  # [G, H, t, d]
-        rows = torch.cat([torch.full(p.z[c:c + LAYER_CHUNK].shape[:-1], p.z.shape[-1], device=A.device)
+        rows = torch.cat([torch.full(p.z[c:c + p.step].shape[:-1], p.z.shape[-1], device=A.device)
                           for p, c in sl])                                       # [G, H]
         C2 = solve_values(X, Y, V_kept, ridge, rows)                             # [G, H, t, d]
         t2 = time.perf_counter()
@@ -312,7 +318,7 @@ def solve_fits(problems: list[FitProblem], *, ridge: float, beta_max: float, nnl
         err_topk = (X_topk @ V_kept - Y).norm(dim=(-2, -1)) / y_norm             # [G, H]
         at = 0
         for (i, c, tp), (p, _) in zip(group, sl):
-            n = min(LAYER_CHUNK, p.z.shape[0] - c)
+            n = min(p.step, p.z.shape[0] - c)
             r = slice(at, at + n)
             at += n
             b, v, e = w[r, :, :tp].log(), C2[r, :, :tp], err[r]                  # [n, H, tp], [n, H, tp, d], [n, H]
