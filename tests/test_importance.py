@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import pytest
 import torch
 
 import briefing
@@ -322,3 +323,22 @@ def test_the_fused_normaliser_equals_the_blocked_one():
     for fn in (row_lse, lse_blocked):
         assert (fn(q, k, 0.25, bias, causal=False) - direct).abs().max() < 1e-4
         assert (fn(q, own, 0.25, None, causal=True) - causal).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("family", ["llama-gqa", "gemma3-hybrid"])
+def test_importance_and_a_global_allocation_make_every_tensor_on_the_models_device(tok, family):
+    """The model on the CPU, the default device "meta" (a tensor made without the model's device fails): the
+    reconstruction pass over its subsample (a hybrid model's window layers beside it), a global allocation's
+    per-layer context, one and batched decoding."""
+    lm = tiny_model(family, tok)
+    torch.set_default_device("meta")
+    try:
+        cache = briefing.TrajectoryCache(lm, TEXT, chunk_tokens=48, fold=None, importance=True)
+        assert cache.store.importance.device.type == "cpu" and bool((cache.store.importance > 0).any())
+        sel = briefing.AttentionMatching(ratio=0.2, allocation="global", agnostic=0.9, sinks=4, head_min=0.2)
+        ctxs = [cache.compact(PROMPT, sel), cache.compact(" Question: who left the parcels? Answer:", sel)]
+        greedy = briefing.GenerationConfig(max_new_tokens=3, temperature=0.0)
+        one = [briefing.generate(c, greedy).token_ids for c in ctxs]
+        assert [r.token_ids for r in briefing.generate_batch(ctxs, greedy)] == one
+    finally:
+        torch.set_default_device(None)
