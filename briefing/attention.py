@@ -85,14 +85,31 @@ def briefing_attention(module, query, key, value, attention_mask, scaling=None, 
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
                                       **kwargs)
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-    batch, kv_heads, k_len, t = key.shape[0], key.shape[1], key.shape[2], beta.shape[-1]
-    extra = torch.zeros(batch, kv_heads, k_len, 1, dtype=key.dtype, device=key.device)  # [B, KVH, k, 1]
-    extra[:, :, :t, 0] = beta.to(key.dtype) / scale                                      # beta [(B,) KVH, t]
-    query = torch.cat([query, torch.ones_like(query[..., :1])], dim=-1)                  # [B, H, q, d + 1]
-    key = torch.cat([key, extra], dim=-1)                                                # [B, KVH, k, d + 1]
-    value = torch.cat([value, torch.zeros_like(value[..., :1])], dim=-1)                 # [B, KVH, k, d + 1]
+    query, key, value = with_bias(query, key, value, beta, scale)                        # [B, *, *, d + 1]
     out, _ = sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scale, dropout=dropout, **kwargs)
     return out[..., :-1].contiguous(), None                                              # [B, q, H, d]
+
+
+def with_bias(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor | None, beta: torch.Tensor,
+              scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """A bias beta [(B,) KVH, t] on the first t keys carried by one extra head dimension: query [B, H, q, d], key and
+    value [B, KVH, k, d] -> q' = [q, 1], k' = [k, beta / scale] (0 past t), v' = [v, 0] (None stays None), so that
+    scale * q' . k' = scale * q . k + beta, and any attention kernel (and its normaliser) serves the biased softmax."""
+    batch, kv_heads, k_len = key.shape[0], key.shape[1], key.shape[2]
+    extra = torch.zeros(batch, kv_heads, k_len, 1, dtype=key.dtype, device=key.device)  # [B, KVH, k, 1]
+    extra[:, :, :beta.shape[-1], 0] = beta.to(key.dtype) / scale
+    query = torch.cat([query, torch.ones_like(query[..., :1])], dim=-1)                  # [B, H, q, d + 1]
+    key = torch.cat([key, extra], dim=-1)                                                # [B, KVH, k, d + 1]
+    if value is not None:
+        value = torch.cat([value, torch.zeros_like(value[..., :1])], dim=-1)             # [B, KVH, k, d + 1]
+    return query, key, value
+
+
+def flash_cpu(x: torch.Tensor):
+    """torch's fused CPU flash-attention op, which also returns each row's logsumexp; None where it does not serve
+    x (not a float32 CPU tensor, or this torch has no such op)."""
+    op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    return op if op is not None and x.device.type == "cpu" and x.dtype == torch.float32 else None
 
 
 def attend_with_lse(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None,
@@ -101,18 +118,12 @@ def attend_with_lse(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
     CPU flash kernel returns the normaliser it computes (a reconstruction pass reads it, `briefing.importance`). The
     bias rides on one extra head dimension as in `briefing_attention`. None where that kernel is not there (not a
     CPU, no mask to place the new tokens): the caller attends as usual and the normaliser is computed apart."""
-    op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
-    if op is None or query.device.type != "cpu" or mask is None or query.dtype != torch.float32:
+    op = flash_cpu(query)
+    if op is None or mask is None:
         return None
-    batch, heads, q_len, d = query.shape
-    kv_heads, k_len = key.shape[1], key.shape[2]
-    g = heads // kv_heads
+    d, g = query.shape[-1], query.shape[1] // key.shape[1]
     if beta is not None and beta.numel():
-        extra = torch.zeros(batch, kv_heads, k_len, 1, dtype=key.dtype, device=key.device)   # [B, KVH, k, 1]
-        extra[:, :, :beta.shape[-1], 0] = beta.to(key.dtype) / scale
-        query = torch.cat([query, torch.ones_like(query[..., :1])], dim=-1)                  # [B, H, q, d + 1]
-        key = torch.cat([key, extra], dim=-1)                                                # [B, KVH, k, d + 1]
-        value = torch.cat([value, torch.zeros_like(value[..., :1])], dim=-1)                 # [B, KVH, k, d + 1]
+        query, key, value = with_bias(query, key, value, beta, scale)                        # [B, *, *, d + 1]
     key, value = key.repeat_interleave(g, dim=1), value.repeat_interleave(g, dim=1)          # [B, H, k, d']
     additive = torch.zeros(mask.shape, dtype=query.dtype, device=query.device).masked_fill_(~mask, float("-inf")) \
         if mask.dtype == torch.bool else mask                                                # [B, 1, q, k]

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import torch
 
 from briefing import kv
-from briefing.attention import BiasState
+from briefing.attention import BiasState, flash_cpu, with_bias
 from briefing.context import run_model
 
 REPEAT_FIRST = "\n\nRepeat the previous context exactly.\n"
@@ -107,15 +107,15 @@ def row_lse(q: torch.Tensor, k: torch.Tensor, scale: float, bias: torch.Tensor |
     kv_heads, g, r, d = q.shape
     if k.shape[1] == 0:
         return q.new_full((kv_heads, g, r), float("-inf"))                              # [H, g, r]
-    if q.device.type == "cpu" and hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu"):
-        if bias is not None:
-            q = torch.cat([q, torch.ones_like(q[..., :1])], dim=-1)                     # [H, g, r, d + 1]
-            k = torch.cat([k, (bias / scale)[..., None]], dim=-1)                       # [H, K, d + 1]
-        keys = k[:, None].expand(kv_heads, g, *k.shape[1:])                             # [H, g, K, d']
-        _, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-            q.contiguous(), keys, keys, 0.0, causal, scale=scale)                       # [H, g, r]
-        return lse.float()
-    return lse_blocked(q, k, scale, bias, causal)
+    op = flash_cpu(q)
+    if op is None:
+        return lse_blocked(q, k, scale, bias, causal)
+    if bias is not None:   # the query heads of KV head h as a batch row of their own: [1, H g, r, d], [1, H, K, d]
+        q, k, _ = with_bias(q.reshape(1, kv_heads * g, r, d), k[None], None, bias, scale)
+        q, k = q.view(kv_heads, g, r, d + 1), k[0]                                      # [H, g, r, d+1], [H, K, d+1]
+    keys = k[:, None].expand(kv_heads, g, *k.shape[1:])                                 # [H, g, K, d']
+    _, lse = op(q.contiguous(), keys, keys, 0.0, causal, scale=scale)                   # [H, g, r]
+    return lse.float()
 
 
 def lse_blocked(q: torch.Tensor, k: torch.Tensor, scale: float, bias: torch.Tensor | None,

@@ -172,10 +172,10 @@ class FitProblem:
     values (float32), and the cache's value dtype. Several problems (a batch of calls) are solved as one.
 
     A ragged problem (a global allocation's right-padded rows): its rows (layer, KV head) sorted by their real kept
-    count, `order` [L H] the sorted rows' original (flat) indices, `widths` [L, H] the sorted counts, z and Y in that
-    order, and A and V_kept as a list of pieces, each H consecutive sorted rows cut to its widest row ([1, H, m, t_c],
-    [1, H, t_c, d]; a row's columns past its count are PAD: zero). The rows' fits are independent, so the order
-    changes nothing but which rows share a piece: a piece of narrow rows is solved at its own width."""
+    count, `order` [L H] the sorted rows' original (flat) indices, z and Y in that order, and A and V_kept as a list
+    of pieces, each H consecutive sorted rows cut to its widest row ([1, H, m, t_c], [1, H, t_c, d]; a row's columns
+    past its count are PAD: zero). The rows' fits are independent, so the order changes nothing but which rows share
+    a piece: a piece of narrow rows is solved at its own width."""
 
     A: torch.Tensor | list[torch.Tensor]
     z: torch.Tensor
@@ -183,7 +183,6 @@ class FitProblem:
     V_kept: torch.Tensor | list[torch.Tensor]
     dtype: torch.dtype
     time_s: float = 0.0
-    widths: torch.Tensor | None = None
     order: torch.Tensor | None = None
 
     @property
@@ -198,9 +197,6 @@ class FitProblem:
     def width(self, c: int) -> int:
         """Columns of the layer chunk starting at c."""
         return self.piece(self.A, c).shape[-1]
-
-    def elements(self) -> int:
-        return sum(x.numel() for x in (self.A if isinstance(self.A, list) else [self.A])) + self.Y.numel()
 
 
 def fit_problem(Q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, idx: torch.Tensor, scale: float, *,
@@ -259,7 +255,7 @@ def fit_problem(Q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, idx: torch.Te
         return x.flatten(0, 1)[order].unflatten(0, (L, H))
 
     return FitProblem(A=A_pieces, z=sort(z), Y=sort(Y), V_kept=V_pieces, dtype=V.dtype,
-                      time_s=time.perf_counter() - t0, widths=sort(widths.view(L, H)), order=order)
+                      time_s=time.perf_counter() - t0, order=order)
 
 
 def _pad(x: torch.Tensor, sizes: tuple[int, ...]) -> torch.Tensor:
