@@ -7,7 +7,7 @@ from agents.backends import (BackendError, BackendTimeout, ChatBackend, ChatResp
 from agents.policies import RLM_SYSTEM_PROMPT, ChunkScanPolicy, LLMPolicy, ScriptedPolicy
 from agents.policy import OrchestratorPolicy, RunState, Step, find_code_blocks
 from agents.tokens import ModelTokenCounter, TiktokenCounter, count_tokens, counter_for
-from agents.recall import LatentRecall, Recall, Recalled, TextRecall
+from agents.recall import LatentRecall, Recall, Recalled, RoutedRecall, TextRecall
 from agents.workers import (BriefedWorker, Briefing, BriefingStats, CallContext, PlainWorker, RemoteBriefedWorker,
                             TextWorker, Worker, WorkerAnswer, WorkerPrompt, make_worker, split_chat_template)
 
@@ -18,6 +18,6 @@ __all__ = [
     "Worker", "WorkerAnswer", "CallContext", "BriefedWorker", "RemoteBriefedWorker", "TextWorker", "PlainWorker",
     "WorkerPrompt",
     "make_worker",
-    "Briefing", "BriefingStats", "LatentRecall", "Recall", "Recalled", "TextRecall",
+    "Briefing", "BriefingStats", "LatentRecall", "Recall", "Recalled", "RoutedRecall", "TextRecall",
     "split_chat_template", "TiktokenCounter", "ModelTokenCounter", "count_tokens", "counter_for",
 ]

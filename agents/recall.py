@@ -8,16 +8,20 @@ to bring back within a token budget:
 - `LatentRecall` finds the blocks by the worker model's own hidden states (`briefing.latent`), whatever words the
   query uses, and brings them back as their archived keys and values re-attached before the question (`attach=True`)
   or as their text (`attach=False`); `rank="both"` fuses its ranking with BM25's over the same blocks.
+- `RoutedRecall` takes BM25's recall when its best chunk clearly outscores the rest (the question shares rarer words
+  with one chunk) and latent recall otherwise (a question worded differently from the text), so only those calls pay
+  the latent lookup.
 `bm25_chunks` also serves the BM25 baselines of the benchmarks.
 """
 from __future__ import annotations
 
+import math
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
-from briefing.options import check_bool, check_choice, check_int, check_type
+from briefing.options import check_bool, check_choice, check_int, check_number, check_type
 
 if TYPE_CHECKING:
     import briefing
@@ -37,13 +41,15 @@ class Recalled:
     the character ranges [start, stop) of the searched text each chunk came from, in the order they appear in
     `text` (or, for re-attached keys and values, in the order they sit before the question); `how` names the
     strategy. blocks: the re-attached keys and values (a `briefing.latent.Attached`; None: the recall is text).
-    tokens: trajectory tokens recalled (0: count the text)."""
+    tokens: trajectory tokens recalled (0: count the text). margin: for a BM25 search, how far its best chunk stood
+    out: its score over the runner-up's (inf: one chunk scored; None: no BM25 search was made)."""
 
     text: str = ""
     ranges: list[tuple[int, int]] = field(default_factory=list)
     how: str = ""
     blocks: Any = None
     tokens: int = 0
+    margin: float | None = None
 
     def __bool__(self) -> bool:
         return bool(self.text.strip()) or self.blocks is not None
@@ -55,8 +61,7 @@ class Recalled:
 
     def shifted(self, offset: int) -> Recalled:
         """The same recall with its ranges moved by `offset` characters (e.g. into the trajectory's own text)."""
-        return Recalled(self.text, [(a + offset, b + offset) for a, b in self.ranges], self.how, self.blocks,
-                        self.tokens)
+        return replace(self, ranges=[(a + offset, b + offset) for a, b in self.ranges])
 
 
 def _words(s: str) -> list[str]:
@@ -66,7 +71,8 @@ def _words(s: str) -> list[str]:
 def bm25_chunks(text: str, query: str, k_tokens: int, lm: TokenCounter, chunk_words: int = 60, *,
                 ranked: bool = False) -> Recalled:
     """Top BM25 chunks (about `chunk_words` words each) of `text` for `query`, up to `k_tokens` tokens (at least
-    one chunk), in text order, or with `ranked` by rising score (the best chunk last, next to the question)."""
+    one chunk), in text order, or with `ranked` by rising score (the best chunk last, next to the question); with
+    the best chunk's `margin` over the runner-up."""
     from rank_bm25 import BM25Okapi
 
     words = text.split(" ")
@@ -86,7 +92,10 @@ def bm25_chunks(text: str, query: str, k_tokens: int, lm: TokenCounter, chunk_wo
         picked.append(i)
         used += n
     picked = picked[::-1] if ranked else sorted(picked)
-    return Recalled(SEPARATOR.join(chunks[i] for i in picked) + "\n", [spans[i] for i in picked], "bm25")
+    top, second = (float(scores[i]) for i in (order + order[:1])[:2])
+    margin = top / second if second > 0 and len(order) > 1 else (math.inf if top > 0 else 1.0)
+    return Recalled(SEPARATOR.join(chunks[i] for i in picked) + "\n", [spans[i] for i in picked], "bm25",
+                    margin=margin)
 
 
 def recall_query(query: str, recalled: Recalled | str) -> str:
@@ -159,7 +168,8 @@ class TextRecall(Recall):
         found = bm25_chunks(searched, query, k_tokens, lm, chunk_words=max(8, min(60, k_tokens // 3)),
                             ranked=self.ranked)
         text = fit(found.text, k_tokens, lm, keep_end=self.ranked)
-        return Recalled(text, found.ranges if text == found.text else _cut_ranges(found, text, self.ranked), "bm25")
+        return Recalled(text, found.ranges if text == found.text else _cut_ranges(found, text, self.ranked), "bm25",
+                        margin=found.margin)
 
 
 def _cut_ranges(found: Recalled, text: str, keep_end: bool) -> list[tuple[int, int]]:
@@ -275,6 +285,51 @@ class LatentRecall(Recall):
             rank[s.argsort(descending=True)] = torch.arange(nb, dtype=scores.dtype, device=scores.device)
             fused += 1.0 / (FUSION_K + 1 + rank)
         return fused.masked_fill(~torch.isfinite(scores), float("-inf"))
+
+
+@dataclass(kw_only=True)
+class RoutedRecall(Recall):
+    """BM25 where the question's words single out one chunk of the trajectory, the worker's own hidden states where
+    they do not. `text` searches first (a `TextRecall`, cheap); when its best chunk's score is at least `margin`
+    times the runner-up's (`Recalled.margin`), a chunk shares the question's rarer words and its recall is the
+    call's. Otherwise the question is worded differently from every chunk, or shares only common words with many,
+    and `latent` recalls instead, paying its lookup (a forward of the question over the cache) only then.
+
+    tokens: recall budget (trajectory tokens) of both. margin: the score ratio above which BM25's recall is taken
+    (1: always BM25; `LatentRecall` alone: never); 1.2 was chosen on the long suite's dev episodes
+    (`benchmarks.rlm_bench.route_sweep`). text, latent: the two recalls (None: their defaults at `tokens`); the
+    worker's caches keep `latent`'s archive.
+
+    Not `BriefedWorker`'s default: on held-out episodes it holds a paraphrased fact about twice as often as BM25 but
+    loses some facts asked in their own words (docs/benchmarks.md, "Routed recall")."""
+
+    tokens: int = 256
+    margin: float = 1.2
+    text: TextRecall | None = None
+    latent: LatentRecall | None = None
+
+    def __post_init__(self) -> None:
+        owner = "RoutedRecall"
+        check_int(owner, "tokens", self.tokens, low=1, what="recall budget in tokens", error=ValueError)
+        check_number(owner, "margin", self.margin, low=1, what="BM25's best chunk's score over the runner-up's above "
+                     "which its recall is taken; 1: always", error=ValueError)
+        check_type(owner, "text", self.text, TextRecall, "an agents.TextRecall or None for its defaults", none=True,
+                   error=ValueError)
+        check_type(owner, "latent", self.latent, LatentRecall, "an agents.LatentRecall or None for its defaults",
+                   none=True, error=ValueError)
+        self.text = self.text if self.text is not None else TextRecall(tokens=self.tokens)
+        self.latent = self.latent if self.latent is not None else LatentRecall(tokens=self.tokens)
+
+    def archive(self) -> briefing.ArchivePolicy:
+        return self.latent.archive()
+
+    def recall(self, cache: briefing.TrajectoryCache, query: str, k_tokens: int, *,
+               prompt: str | None = None) -> Recalled:
+        found = self.text.recall(cache, query, min(k_tokens, self.tokens), prompt=prompt)
+        if found.margin is None or found.margin >= self.margin:   # nothing to search, or a clear lexical match
+            return found
+        return replace(self.latent.recall(cache, query, min(k_tokens, self.tokens), prompt=prompt),
+                       margin=found.margin)
 
 
 def _token_span(lm: briefing.LoadedModel, text: str, start: int, n: int) -> tuple[list[int], tuple[int, int]]:

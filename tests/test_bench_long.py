@@ -64,6 +64,12 @@ def test_long_suite_runs_every_condition_in_bounded_memory(tok, tmp_path):
                 - result["config"]["recall_budget"]
     latent = [r for r in rows if r["condition"] in long.LATENT and r["length"] == 900]
     assert any(r["recalled_tokens"] > 0 for r in latent)   # past the first fold the latent recall brings blocks back
+    # fold-routed asks on fold-latent's cache: where it routed a question to latent recall it recalls the same
+    routed = {(r["length"], r["question"]): r for r in rows if r["condition"] == "fold-routed"}
+    for r in latent:
+        if r["condition"] == "fold-latent" and routed[(900, r["question"])]["recall_how"] == "latent:attach":
+            assert routed[(900, r["question"])]["covered_fact"] == r["covered_fact"]
+    assert {r["recall_how"] for r in routed.values()} <= {"", "bm25", "latent:attach"}
     forms = {(d["condition"], d["length"], d["form"]): d for d in result["summary"]["by_form"]}
     assert forms[("fold-latent", 900, "paraphrase")]["questions"] == 4
     assert 0.0 <= forms[("fold-latent", 900, "own")]["availability"] <= 1.0
@@ -196,3 +202,23 @@ def test_first_episode_picks_later_seeds_and_is_checked(tok, tmp_path):
                                            "--conditions", "plain"])  # would run into the next split's seeds
     with pytest.raises(SystemExit, match="--first-episode 99999 .* at most 100000"):
         long.run(past, lm=tiny, log=lambda *a: None)
+
+
+def test_route_sweep_replays_each_question_from_the_run_its_margin_routes_to():
+    """route_sweep: a question whose BM25 margin reaches the threshold takes BM25's row, the others latent's; the
+    shares and means follow from the rows."""
+    from benchmarks.rlm_bench.route_sweep import sweep
+
+    def row(form, cov, ok):
+        return dict(form=form, quarter="Q2", covered_fact=cov, correct=ok)
+
+    bm25 = {(1, 9, 0): row("own", 1.0, True), (1, 9, 1): row("paraphrase", 0.0, False),
+            (1, 9, 2): row("own", 1.0, True), (1, 9, 3): row("paraphrase", 0.0, False)}
+    latent = {(1, 9, 0): row("own", 0.0, False), (1, 9, 1): row("paraphrase", 1.0, True),
+              (1, 9, 2): row("own", 0.5, False), (1, 9, 3): row("paraphrase", 0.0, True)}
+    margin = {(1, 9, 0): 3.0, (1, 9, 1): 1.05, (1, 9, 2): 1.25, (1, 9, 3): 1.0}
+    got = {e["margin"]: e for e in sweep(bm25, latent, margin, [1.2, 1.5])}
+    assert got["bm25"]["to_latent"] == 0 and got["latent"]["to_latent"] == 1
+    assert got[1.2]["to_latent"] == 0.5 and got[1.2]["own"]["availability"] == 1.0
+    assert got[1.2]["paraphrase"] == dict(questions=2, availability=0.5, accuracy=1.0)
+    assert got[1.5]["to_latent"] == 0.75 and got[1.5]["own"]["availability"] == 0.75

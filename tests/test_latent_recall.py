@@ -265,6 +265,42 @@ def test_both_fuses_latent_and_bm25_ranks(tiny, essay):
     assert got.how == "both:attach" and got.blocks.ranges == [(j * B - 8, (j + 1) * B + 8)]
 
 
+def test_routed_recall_takes_bm25_where_a_chunk_stands_out_and_latent_where_none_does(tiny, essay, monkeypatch):
+    """RoutedRecall: a question in the fact's words singles out its chunk (BM25's best score well over the
+    runner-up's): BM25's recall, no lookup; a question sharing no word with any chunk: latent recall, with the
+    margin that sent it there; margin=1 always takes BM25; a bad margin is refused by name."""
+    from agents import RoutedRecall
+
+    text = planted(essay)
+    cache = archiving_cache(tiny)
+    cache.extend(text)
+    j = fact_block(cache, text, cache.archive.policy.block)
+    aim_at(cache, j, PARAPHRASE)
+    own = "What number opens the vault under the old mill?"
+    bm25 = TextRecall(tokens=64).recall(cache, own, 64)
+    assert bm25.margin is not None and bm25.margin > 2       # "vault", "mill" occur in the fact's chunk only
+    s = text.index(FACT)
+    looked = []
+    real = latent.lookup
+    monkeypatch.setattr(latent, "lookup", lambda *a, **k: looked.append(1) or real(*a, **k))
+    routed = RoutedRecall(tokens=64, latent=LatentRecall(tokens=64, pad=8))
+    got = routed.recall(cache, own, 64)
+    assert got == bm25 and not looked and any(a <= s + 1 < b for a, b in got.ranges)
+    para = TextRecall(tokens=64).recall(cache, PARAPHRASE, 64)
+    assert para.margin < routed.margin                         # no word shared: nothing stands out
+    got = routed.recall(cache, PARAPHRASE, 32)
+    assert looked == [1] and got.how == "latent:attach" and got.margin == para.margin
+    assert got.blocks.ranges == LatentRecall(tokens=64, pad=8).recall(cache, PARAPHRASE, 32).blocks.ranges
+    assert RoutedRecall(tokens=64, margin=1).recall(cache, PARAPHRASE, 64).how == "bm25"
+    assert not RoutedRecall().recall(archiving_cache(tiny), own, 64)   # nothing before the first fold
+    assert RoutedRecall().archive() == LatentRecall().archive()       # the worker's caches keep latent's archive
+    for bad in (0.5, float("inf"), "2", True):
+        with pytest.raises(ValueError, match="RoutedRecall: margin must be"):
+            RoutedRecall(margin=bad)
+    with pytest.raises(ValueError, match="RoutedRecall: latent must be"):
+        RoutedRecall(latent=TextRecall())
+
+
 def test_briefed_worker_recalls_through_the_archive(tiny, essay):
     """A worker with LatentRecall keeps an archive, re-attaches the recalled blocks, compacts over them keeping them
     all, and reports what it recalled; its context stays within the cache budget plus the reserve."""

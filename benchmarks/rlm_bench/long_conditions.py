@@ -35,7 +35,7 @@ from benchmarks.rlm_bench.long_episodes import QUARTERS, LongEpisode, LongSpec, 
 
 CONDITIONS = ["fold-task", "fold-span", "fold-span-only", "fold-mix", "fold-recall", "fold-recall-all",
               "fold-recall-ranked", "fold-recall-all-ranked", "fold-latent", "fold-latent-both", "fold-latent-text",
-              "ceiling", "truncated", "streaming", "streaming-recall", "bm25", "summary", "plain"]
+              "fold-routed", "ceiling", "truncated", "streaming", "streaming-recall", "bm25", "summary", "plain"]
 # recall variants of fold-recall: scope (tail: the unfolded tail too) and order (ranked: the best chunk last); they
 # share fold-recall's cache
 RECALL_VARIANTS = {"fold-recall": dict(tail=False, ranked=False), "fold-recall-all": dict(tail=True, ranked=False),
@@ -44,10 +44,14 @@ RECALL_VARIANTS = {"fold-recall": dict(tail=False, ranked=False), "fold-recall-a
 # LatentRecall's settings (rank, and attach: the keys and values re-attached, or the text re-prefilled); one cache
 LATENT = {"fold-latent": dict(rank="latent"), "fold-latent-both": dict(rank="both"),
           "fold-latent-text": dict(rank="latent", attach=False)}
+# agents.RoutedRecall: BM25 where its best chunk stands out, latent recall otherwise; on fold-latent's cache
+ROUTED = ("fold-routed",)
 FOLD_GUIDANCE = {"fold-task": "task", "fold-span": "span", "fold-span-only": "span-only", "fold-mix": "mix",
-                 **dict.fromkeys(RECALL_VARIANTS, "mix"), **dict.fromkeys(LATENT, "mix")}
+                 **dict.fromkeys(RECALL_VARIANTS, "mix"), **dict.fromkeys(LATENT, "mix"),
+                 **dict.fromkeys(ROUTED, "mix")}
 STREAMING = ("streaming", "streaming-recall")   # folds that keep nothing of the span (sink + recent window)
-RECALL = (*RECALL_VARIANTS, "streaming-recall", *LATENT)  # a recall at question time, its budget out of the cache's
+# a recall at question time, its budget out of the cache's
+RECALL = (*RECALL_VARIANTS, "streaming-recall", *LATENT, *ROUTED)
 TEXT = ("truncated", "bm25", "summary", "plain")
 SCORED_TOKENS = 16  # the room a call leaves for its answer: the candidates are scored, a lead-in and one value
 
@@ -122,7 +126,8 @@ def ask(worker: Any, ep: LongEpisode, condition: str, full: str, q: Question, i:
                    kv_bytes=b.cache.kv_bytes(), kept=b.stats.kept, folds=len(b.cache.folds), position=b.cache.position,
                    recalled_tokens=b.stats.recalled_tokens, held_fact=round(b.held(*fact), 4),
                    held_quarter=round(b.held(lo, hi), 4), covered_fact=round(b.coverage(*fact), 4),
-                   recall_s=round(b.stats.recall_s, 4), archive_bytes=b.stats.archive_bytes)
+                   recall_s=round(b.stats.recall_s, 4), recall_how=b.stats.recall,
+                   archive_bytes=b.stats.archive_bytes)
     else:  # a context built from text for this call: everything in it was forwarded
         n = len(b.context.prompt_ids)
         row.update(prefilled_tokens=n, cache_positions=n, kv_bytes=kv_bytes(b.context))
@@ -152,7 +157,8 @@ def episode_rows(lm: Any, prompts: Any, ep: LongEpisode, cfg: LongConfig) -> tup
     if folding:
         # a latent condition needs the archive from the first extend: the shared prefill keeps one then (it asks
         # nothing, so its recall is never used; the text-recall forks ignore the archive)
-        latent = LatentRecall(tokens=sizes["recall_budget"]) if any(c in LATENT for c in folding) else None
+        archived = any(c in LATENT or c in ROUTED for c in folding)
+        latent = LatentRecall(tokens=sizes["recall_budget"]) if archived else None
         base = BriefedWorker(lm=lm, fold=briefing.FoldPolicy(recent=cfg.recent), cache_budget=sizes["budget"],
                              reserve=sizes["reserve"], recall=latent, max_new_tokens=SCORED_TOKENS)
         text, k, held = "", 0, 0
@@ -167,8 +173,8 @@ def episode_rows(lm: Any, prompts: Any, ep: LongEpisode, cfg: LongConfig) -> tup
             k += 1
         built: dict[str, Any] = {}
         for condition in folding:
-            same = ("fold-recall" if condition in RECALL_VARIANTS else "fold-latent" if condition in LATENT
-                    else condition)
+            same = ("fold-recall" if condition in RECALL_VARIANTS else
+                    "fold-latent" if condition in LATENT or condition in ROUTED else condition)
             if same in built:   # fold-recall's (fold-latent's) cache, another recall: its folds are that condition's
                 worker = built[same].fork(recall=recall_of(condition, sizes))
             else:
@@ -207,8 +213,10 @@ def episode_rows(lm: Any, prompts: Any, ep: LongEpisode, cfg: LongConfig) -> tup
 
 def recall_of(condition: str, sizes: dict) -> Any:
     """The question-time recall of a recall condition, at the suite's recall budget."""
-    from agents import LatentRecall, TextRecall
+    from agents import LatentRecall, RoutedRecall, TextRecall
 
+    if condition in ROUTED:
+        return RoutedRecall(tokens=sizes["recall_budget"])
     if condition in LATENT:
         return LatentRecall(tokens=sizes["recall_budget"], **LATENT[condition])
     return TextRecall(tokens=sizes["recall_budget"], **RECALL_VARIANTS.get(condition, RECALL_VARIANTS["fold-recall"]))
