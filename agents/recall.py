@@ -92,8 +92,8 @@ def bm25_chunks(text: str, query: str, k_tokens: int, lm: TokenCounter, chunk_wo
         picked.append(i)
         used += n
     picked = picked[::-1] if ranked else sorted(picked)
-    top, second = (float(scores[i]) for i in (order + order[:1])[:2])
-    margin = top / second if second > 0 and len(order) > 1 else (math.inf if top > 0 else 1.0)
+    top, second = float(scores[order[0]]), float(scores[order[1]]) if len(order) > 1 else 0.0
+    margin = top / second if second > 0 else (math.inf if top > 0 else 1.0)
     return Recalled(SEPARATOR.join(chunks[i] for i in picked) + "\n", [spans[i] for i in picked], "bm25",
                     margin=margin)
 
