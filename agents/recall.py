@@ -200,8 +200,9 @@ FUSION_K = 60  # reciprocal rank fusion's constant (Cormack et al. 2009)
 class LatentRecall(Recall):
     """Recall by the worker model's own hidden states (`briefing.latent`): the call prompt is forwarded over the
     folded cache, the mean hidden state of its question at the last decoder layers scores every block of the
-    trajectory (its tokens' mean hidden state, read while the cache prefilled), and the best blocks come back, the
-    best last, nearest the question. Nothing before the cache's first fold. The worker's caches keep an archive
+    trajectory the cache no longer holds whole (its tokens' mean hidden state, read while the cache prefilled; both
+    standardised per dimension over the trajectory's blocks, `latent.rank_blocks`), and the best blocks come back,
+    the best last, nearest the question. Nothing before the cache's first fold. The worker's caches keep an archive
     (`archive`) of the keys and values their folds compact away.
 
     tokens: recall budget (trajectory tokens). attach: re-attach the blocks' archived keys and values after the cache
@@ -296,7 +297,7 @@ class RoutedRecall(Recall):
     and `latent` recalls instead, paying its lookup (a forward of the question over the cache) only then.
 
     tokens: recall budget (trajectory tokens) of both. margin: the score ratio above which BM25's recall is taken
-    (1: always BM25; `LatentRecall` alone: never); 1.2 was chosen on the long suite's dev episodes
+    (1: always BM25; `LatentRecall` alone: never); 1.3 was chosen on the long suite's dev episodes
     (`benchmarks.rlm_bench.route_sweep`). text, latent: the two recalls (None: their defaults at `tokens`); the
     worker's caches keep `latent`'s archive.
 
@@ -304,7 +305,7 @@ class RoutedRecall(Recall):
     loses some facts asked in their own words (docs/benchmarks.md, "Routed recall")."""
 
     tokens: int = 256
-    margin: float = 1.2
+    margin: float = 1.3
     text: TextRecall | None = None
     latent: LatentRecall | None = None
 

@@ -349,6 +349,10 @@ class Archive:
             return store.length, store.tokens
         return F, int(store.origins()[0, 0, F])
 
+    def unfolded_from(self, store) -> int:
+        """The first token of the cache's unfolded tail (every token from it on is held as read)."""
+        return self._tail(store)[1]
+
     def available(self, store, sink: int) -> torch.Tensor:
         """[blocks] bool: blocks whose every token from `sink` on can be fetched (archived, or held unfolded by
         `store`) and whose representative has been read."""

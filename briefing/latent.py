@@ -7,8 +7,9 @@ and values (`briefing.archive`). At a call:
 
 1. `query_vector`: the call prompt is forwarded over the cache (its stored beta applied) and rolled back; the mean
    hidden state of its question tokens at the same layers is the question's representation;
-2. `rank_blocks`: every block that can be fetched is scored by the cosine of its representative with the question's,
-   averaged over the layers; `pick` takes the best blocks, each widened by `pad` tokens on both sides, within a token
+2. `rank_blocks`: every block that can be fetched and that the cache does not hold whole is scored by the cosine of
+   its representative with the question's, both standardised per dimension over the trajectory's blocks, averaged
+   over the layers; `pick` takes the best blocks, each widened by `pad` tokens on both sides, within a token
    budget, and orders them best last (nearest the question);
 3. `attach`: their keys and values are fetched (from the archive, or the cache for tokens it holds unfolded) and
    re-based, as a fold's re-base does (`kv.rotate`), to the positions right after the cache: where recalled text
@@ -57,12 +58,22 @@ def query_vector(cache, ids: list[int], span: tuple[int, int] | None = None) -> 
 
 
 def rank_blocks(cache, query: torch.Tensor, sink: int) -> torch.Tensor:
-    """[blocks] score of every block: the cosine of its representative with `query` [layers, hidden], averaged over
-    the layers; -inf for a block that cannot be fetched."""
+    """[blocks] score of every block: the cosine of its representative with `query` [layers, hidden], both
+    standardised per dimension by the mean and spread of the trajectory's representatives (a model's hidden states
+    share large directions that would rank the same blocks first for every question), averaged over the layers; -inf
+    for a block that cannot be fetched or that the cache still holds whole (its unfolded tail: already in view)."""
     archive = cache.archive
     reps = archive.representatives()                                                  # [nb, layers, hidden]
-    score = (reps * query.to(reps.device)[None]).sum(-1).mean(-1)                     # [nb]
-    return score.masked_fill(~archive.available(cache.store, sink), float("-inf"))
+    read = archive.counts > 0                                                         # [nb]
+    mu = reps[read].mean(0) if int(read.sum()) > 1 else torch.zeros_like(reps[0])     # [layers, hidden]
+    sd = reps[read].std(0).clamp_min(1e-6) if int(read.sum()) > 1 else torch.ones_like(reps[0])  # [layers, hidden]
+    unit = torch.nn.functional.normalize
+    r = unit((reps - mu) / sd, dim=-1)                                                # [nb, layers, hidden]
+    q = unit((query.to(reps.device) - mu) / sd, dim=-1)                               # [layers, hidden]
+    score = (r * q[None]).sum(-1).mean(-1)                                            # [nb]
+    starts = torch.arange(reps.shape[0], device=reps.device) * archive.policy.block   # [nb]
+    fetch = archive.available(cache.store, sink) & (starts < archive.unfolded_from(cache.store))
+    return score.masked_fill(~fetch, float("-inf"))
 
 
 def pick(scores: torch.Tensor, block: int, pad: int, budget: int, tokens: int, sink: int) -> list[tuple[int, int]]:

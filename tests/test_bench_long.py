@@ -154,6 +154,10 @@ def test_long_suite_runs_every_condition_in_bounded_memory(tok, tmp_path):
     assert f"at the end of each of 2 runs) {min(one_minute):.2f} to {max(one_minute):.2f}" in readme.read_text()
     assert json.loads((tmp_path / "merged" / "results.json").read_text())["merged_from"] == 2
     assert json.loads((tmp_path / "p0" / "results.json").read_text())["config"]["lengths"] == [300]  # inputs kept
+    # a merged report merges again: its runs' loads join the others' (one list of 1/5/15-minute loads per run)
+    again = long.merge([merged, parts[0]])
+    assert again["load_average"] == [p["load_average"] for p in parts + parts[1:]] + [parts[0]["load_average"]]
+    assert "at the end of each of 4 runs)" in long.markdown(again)
 
 
 def test_rlm_bench_routes_the_long_suite(capsys):

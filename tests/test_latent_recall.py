@@ -217,6 +217,35 @@ def test_the_question_vector_forwards_only_up_to_the_question(tiny, essay, monke
     assert torch.allclose(got, want, atol=1e-5)
 
 
+def test_rank_blocks_standardises_the_representatives_and_skips_the_unfolded_tail(tiny, essay, monkeypatch):
+    """`rank_blocks`: the cosine after standardising each dimension by the representatives' mean and spread, averaged
+    over layers (against a direct computation); a direction every representative and the question share changes no
+    score (raw cosine would rank by it); blocks the cache holds whole (its unfolded tail) and the sink are -inf."""
+    cache = archiving_cache(tiny)
+    cache.extend(planted(essay))
+    arc, B = cache.archive, cache.archive.policy.block
+    q = latent.query_vector(cache, tiny.encode(PARAPHRASE))                     # [layers, hidden]
+    got = latent.rank_blocks(cache, q, 4)                                       # [nb]
+    reps = arc.representatives()                                                # [nb, layers, hidden]
+    mu, sd = reps.mean(0), reps.std(0)
+    unit = torch.nn.functional.normalize
+    want = (unit((reps - mu) / sd, dim=-1) * unit((q - mu) / sd, dim=-1)[None]).sum(-1).mean(-1)   # [nb]
+    tail = arc.unfolded_from(cache.store)
+    assert 0 < tail < arc.tokens and cache.folds
+    for j in range(reps.shape[0]):
+        if j * B >= tail or (j + 1) * B <= 4:
+            assert got[j] == float("-inf")
+        elif torch.isfinite(got[j]):
+            assert float(got[j]) == pytest.approx(float(want[j]), abs=1e-5)
+    assert torch.isfinite(got).sum() >= 4
+    shift = 5 * torch.randn(reps.shape[1:], generator=torch.Generator().manual_seed(0))   # [layers, hidden]
+    monkeypatch.setattr(type(arc), "representatives", lambda self: reps + shift)
+    moved = latent.rank_blocks(cache, q + shift, 4)
+    assert torch.allclose(moved[torch.isfinite(got)], got[torch.isfinite(got)], atol=1e-4)
+    raw = ((reps + shift) * unit(q + shift, dim=-1)[None]).sum(-1).mean(-1)
+    assert not torch.equal(raw.argsort(), (reps * q[None]).sum(-1).mean(-1).argsort())
+
+
 def test_latent_recall_finds_a_block_bm25_cannot(tiny, essay):
     """A question sharing no word with the fact: BM25 cannot reach the fact's text, latent recall ranks blocks by the
     representatives and brings back the one whose representative the question's hidden states point at, as keys and

@@ -366,9 +366,10 @@ def merge(results: list[dict]) -> dict:
         cfg["episodes_done"] = {str(n): len({row["episode"] for row in rows if row["length"] == n})
                                 for n in cfg["lengths"]}  # runs over disjoint episodes of a length add up
         cfg["episodes"] = max(cfg["episodes_done"].values(), default=0)
-        base.update(config=cfg, rows=rows, folds=folds,
-                    load_average=[r["load_average"] for r in results], wall_s=sum(r["wall_s"] for r in results),
-                    merged_from=len(results))
+        loads = [x for r in results for x in (r["load_average"] if r["load_average"] and isinstance(
+            r["load_average"][0], list) else [r["load_average"]])]   # a merged run brings its runs' loads
+        base.update(config=cfg, rows=rows, folds=folds, load_average=loads,
+                    wall_s=sum(r["wall_s"] for r in results), merged_from=len(results))
         rss = {}
         for r in results:  # a length's peak from the first run that has it, as rows are (duplicates: first wins)
             for k, v in r["summary"]["peak_rss_mb"].items():
