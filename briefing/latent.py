@@ -64,9 +64,8 @@ def rank_blocks(cache, query: torch.Tensor, sink: int) -> torch.Tensor:
     for a block that cannot be fetched or that the cache still holds whole (its unfolded tail: already in view)."""
     archive = cache.archive
     reps = archive.representatives()                                                  # [nb, layers, hidden]
-    read = archive.counts > 0                                                         # [nb]
-    mu = reps[read].mean(0) if int(read.sum()) > 1 else torch.zeros_like(reps[0])     # [layers, hidden]
-    sd = reps[read].std(0).clamp_min(1e-6) if int(read.sum()) > 1 else torch.ones_like(reps[0])  # [layers, hidden]
+    seen = reps[archive.counts > 0]                                                   # [n, layers, hidden]
+    mu, sd = (seen.mean(0), seen.std(0).clamp_min(1e-6)) if seen.shape[0] > 1 else (0.0, 1.0)  # [layers, hidden]
     unit = torch.nn.functional.normalize
     r = unit((reps - mu) / sd, dim=-1)                                                # [nb, layers, hidden]
     q = unit((query.to(reps.device) - mu) / sd, dim=-1)                               # [layers, hidden]
