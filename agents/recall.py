@@ -115,12 +115,17 @@ def fit(text: str, k_tokens: int, lm: briefing.LoadedModel, *, keep_end: bool) -
 
 
 class Recall:
-    """A recall strategy: `tokens` is its budget; `recall(cache, query, k_tokens, prompt=...)` returns what comes back
-    for one call (k_tokens: the budget left in the call's reserve, at most `tokens`; prompt: the call prompt the
-    query sits in), with ranges in `cache.text`. `archive()`: the `briefing.ArchivePolicy` the worker's caches need
-    (None: no archive)."""
+    """A recall strategy: `tokens` is its budget (None: the worker's, an eighth of its cache's share of the window,
+    `BriefedWorker.layout`); `recall(cache, query, k_tokens, prompt=...)` returns what comes back for one call
+    (k_tokens: the budget left in the call's reserve, at most `tokens`; prompt: the call prompt the query sits in),
+    with ranges in `cache.text`. `archive()`: the `briefing.ArchivePolicy` the worker's caches need (None: no
+    archive)."""
 
-    tokens: int
+    tokens: int | None
+
+    def budget(self, k_tokens: int) -> int:
+        """This call's budget: `k_tokens`, at most `tokens`."""
+        return k_tokens if self.tokens is None else min(k_tokens, self.tokens)
 
     def recall(self, cache: briefing.TrajectoryCache, query: str, k_tokens: int, *,
                prompt: str | None = None) -> Recalled:
@@ -132,10 +137,10 @@ class Recall:
 
 @dataclass(kw_only=True)
 class TextRecall(Recall):
-    """BM25 top chunks of a folded cache's trajectory text, put before the query: at most `tokens` tokens (where the
-    chunks and their separators pass it, cut at the least relevant end). Nothing before the cache's first fold:
-    a trajectory that fits the cache is answered from the cache alone. Chunks are about a third of the budget long
-    (8 to 60 words), so a budget holds at least one whole chunk.
+    """BM25 top chunks of a folded cache's trajectory text, put before the query: at most `tokens` tokens (None: the
+    worker's budget, `Recall`; where the chunks and their separators pass it, cut at the least relevant end).
+    Nothing before the cache's first fold: a trajectory that fits the cache is answered from the cache alone. Chunks
+    are about a third of the budget long (8 to 60 words), so a budget holds at least one whole chunk.
 
     tail: recall from the unfolded tail too, which the cache holds verbatim but up to a window from the question
         (False: only the text the folds compacted, everything before the tail).
@@ -143,18 +148,19 @@ class TextRecall(Recall):
         in text order can put a same-kind distractor after the fact, nearer the question. Both defaults were chosen
         on dev episodes of the long suite (docs/benchmarks.md, "Long trajectories")."""
 
-    tokens: int = 256
+    tokens: int | None = None
     tail: bool = True
     ranked: bool = True
 
     def __post_init__(self) -> None:
-        check_int("TextRecall", "tokens", self.tokens, low=1, what="recall budget in tokens", error=ValueError)
+        check_int("TextRecall", "tokens", self.tokens, low=1, none=True, what="recall budget in tokens",
+                  error=ValueError)
         check_bool("TextRecall", "tail", self.tail, error=ValueError)
         check_bool("TextRecall", "ranked", self.ranked, error=ValueError)
 
     def recall(self, cache: briefing.TrajectoryCache, query: str, k_tokens: int, *,
                prompt: str | None = None) -> Recalled:
-        k_tokens = min(k_tokens, self.tokens)
+        k_tokens = self.budget(k_tokens)
         if k_tokens < MIN_RECALL_TOKENS or not cache.folds:
             return Recalled(how="bm25")
         lm = cache.lm
@@ -205,25 +211,26 @@ class LatentRecall(Recall):
     the best last, nearest the question. Nothing before the cache's first fold. The worker's caches keep an archive
     (`archive`) of the keys and values their folds compact away.
 
-    tokens: recall budget (trajectory tokens). attach: re-attach the blocks' archived keys and values after the cache
-        (the call's compaction then keeps them all and fits over them with the cache's positions); False: put their
-        text before the question, as `TextRecall` does. rank: "latent" (the hidden states alone) or "both" (fused
-        with BM25 over the same blocks' text, by reciprocal rank). pad: tokens recalled on each side of a picked block
-        (a fact cut by a block boundary comes back whole). archive: the caches' `briefing.ArchivePolicy` (None: its
-        defaults).
+    tokens: recall budget (trajectory tokens; None: the worker's, `Recall`). attach: re-attach the blocks' archived keys
+        and values after the cache (the call's compaction then keeps them all and fits over them with the cache's
+        positions); False: put their text before the question, as `TextRecall` does. rank: "latent" (the hidden states
+        alone) or "both" (fused with BM25 over the same blocks' text, by reciprocal rank). pad: tokens recalled on each
+        side of a picked block (a fact cut by a block boundary comes back whole); 8 was chosen on dev episodes
+        (`benchmarks.recall_rank`: 16 spends a small budget on the pads). archive: the caches' `briefing.ArchivePolicy`
+        (None: its defaults).
 
     Not `BriefedWorker`'s default: on the dev case of docs/benchmarks.md ("Latent recall against BM25") it finds more
     paraphrased facts than BM25 but loses most facts asked in their own words, so `TextRecall` stays the default."""
 
-    tokens: int = 256
+    tokens: int | None = None
     attach: bool = True
     rank: str = "latent"
-    pad: int = 16
+    pad: int = 8
     archive_policy: Any = None
 
     def __post_init__(self) -> None:
         owner = "LatentRecall"
-        check_int(owner, "tokens", self.tokens, low=1, what="recall budget in tokens", error=ValueError)
+        check_int(owner, "tokens", self.tokens, low=1, none=True, what="recall budget in tokens", error=ValueError)
         check_bool(owner, "attach", self.attach, error=ValueError)
         check_choice(owner, "rank", self.rank, RANKS, what="what ranks the blocks", error=ValueError)
         check_int(owner, "pad", self.pad, low=0, what="tokens recalled on each side of a block", error=ValueError)
@@ -246,7 +253,7 @@ class LatentRecall(Recall):
                prompt: str | None = None) -> Recalled:
         from briefing import latent
 
-        k_tokens = min(k_tokens, self.tokens)
+        k_tokens = self.budget(k_tokens)
         if k_tokens < MIN_RECALL_TOKENS or not cache.folds:
             return Recalled(how=self.how)
         lm = cache.lm
@@ -296,22 +303,22 @@ class RoutedRecall(Recall):
     call's. Otherwise the question is worded differently from every chunk, or shares only common words with many,
     and `latent` recalls instead, paying its lookup (a forward of the question over the cache) only then.
 
-    tokens: recall budget (trajectory tokens) of both. margin: the score ratio above which BM25's recall is taken
-    (1: always BM25; `LatentRecall` alone: never); 1.3 was chosen on the long suite's dev episodes
-    (`benchmarks.rlm_bench.route_sweep`). text, latent: the two recalls (None: their defaults at `tokens`); the
+    tokens: recall budget (trajectory tokens; None: the worker's, `Recall`) of both. margin: the score ratio above which
+    BM25's recall is taken (1: always BM25; `LatentRecall` alone: never); 1.3 was chosen on the long suite's dev
+    episodes (`benchmarks.rlm_bench.route_sweep`). text, latent: the two recalls (None: their defaults at `tokens`); the
     worker's caches keep `latent`'s archive.
 
     Not `BriefedWorker`'s default: on held-out episodes it holds a paraphrased fact about twice as often as BM25 but
     loses some facts asked in their own words (docs/benchmarks.md, "Routed recall")."""
 
-    tokens: int = 256
+    tokens: int | None = None
     margin: float = 1.3
     text: TextRecall | None = None
     latent: LatentRecall | None = None
 
     def __post_init__(self) -> None:
         owner = "RoutedRecall"
-        check_int(owner, "tokens", self.tokens, low=1, what="recall budget in tokens", error=ValueError)
+        check_int(owner, "tokens", self.tokens, low=1, none=True, what="recall budget in tokens", error=ValueError)
         check_number(owner, "margin", self.margin, low=1, what="BM25's best chunk's score over the runner-up's above "
                      "which its recall is taken; 1: always", error=ValueError)
         check_type(owner, "text", self.text, TextRecall, "an agents.TextRecall or None for its defaults", none=True,
@@ -326,10 +333,11 @@ class RoutedRecall(Recall):
 
     def recall(self, cache: briefing.TrajectoryCache, query: str, k_tokens: int, *,
                prompt: str | None = None) -> Recalled:
-        found = self.text.recall(cache, query, min(k_tokens, self.tokens), prompt=prompt)
+        k_tokens = self.budget(k_tokens)
+        found = self.text.recall(cache, query, k_tokens, prompt=prompt)
         if found.margin is None or found.margin >= self.margin:   # nothing to search, or a clear lexical match
             return found
-        return replace(self.latent.recall(cache, query, min(k_tokens, self.tokens), prompt=prompt),
+        return replace(self.latent.recall(cache, query, k_tokens, prompt=prompt),
                        margin=found.margin)
 
 

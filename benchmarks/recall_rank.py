@@ -16,7 +16,8 @@ recall's eighth), while forward hooks keep every token's hidden state at every d
 is then put to every candidate ranker of the trajectory's blocks:
 
 - hidden: cosine between the mean hidden state of the question and each block's mean hidden state, averaged over
-  a set of layers (`LAYER_SETS`), raw or centred on the blocks' mean; the question read as the call prompt forwarded
+  a set of layers (`LAYER_SETS`), raw, centred on the blocks' mean or standardised per dimension by the blocks' mean
+  and spread (what the shipped ranking does); the question read as the call prompt forwarded
   over the folded cache ("prompt": its question tokens, "prompt-all": all its tokens) or alone with no cache ("alone");
 - keys: the question's pre-RoPE queries against each block's mean pre-RoPE key (Quest-like key summaries), averaged
   over layers, heads and query tokens;
@@ -27,9 +28,11 @@ is then put to every candidate ranker of the trajectory's blocks:
 The cache is built with the default `briefing.ArchivePolicy()`, so the run also reports bytes per trajectory token of
 the cache, the archive (int8 keys and values of every folded token) and the representatives.
 
-Reported per ranker and question form: the fact's median rank among the blocks, top-8 hits, and availability at a
-recall budget: whether the recalled tokens (the top blocks, each widened by `pad` tokens on both sides, up to the
-budget) hold every token of the fact's statement. Nothing here changes a default by itself; docs/benchmarks.md says
+Only facts the cache no longer holds whole are asked (a fact in its unfolded tail is in view), and every ranker
+ranks what latent recall can bring back: the blocks before that tail. Reported per ranker and question form: the
+fact's median rank among those blocks, top-8 hits, and availability at a recall budget: whether the recalled tokens
+(the top blocks, each widened by `pad` tokens on both sides, up to the budget) hold every token of the fact's
+statement. Nothing here changes a default by itself; docs/benchmarks.md says
 which figures chose what.
 """
 from __future__ import annotations
@@ -177,8 +180,8 @@ def run(args: argparse.Namespace) -> dict:
     from agents.recall import LatentRecall
     from briefing import latent
 
-    if args.case == "dense":   # issue 29's shape: a 2,048-token cache budget, LatentRecall's own recall budget
-        budget, reserve, recall_budget = args.budget, 256, LatentRecall().tokens
+    if args.case == "dense":   # issue 29's shape: a 2,048-token cache budget, a recall of an eighth of it
+        budget, reserve, recall_budget = args.budget, 256, args.budget // 8
         budgets = (recall_budget, 2 * recall_budget)
     else:
         reserve = max(64, args.window // 16)
@@ -252,9 +255,12 @@ def run(args: argparse.Namespace) -> dict:
                           representative_bytes_per_token=arc.representative_bytes() / T,
                           archived_tokens=arc.archived[1] - arc.archived[0], prefill_s=prefill_s))
         held = cache.origins()                                                   # [Lh, H, length] token per slot
+        tail = arc.unfolded_from(cache.store)                                    # held whole from here on
         for qi, q in enumerate(ep.questions):
             st = text.index(q.statement)
             fact = statement_tokens(offsets, st, st + len(q.statement))
+            if min(fact) >= tail:   # wholly in the cache's unfolded tail: in view, nothing to recall
+                continue
             prompt = prompts.call_prompt(question_text(q))
             ids = lm.encode(prompt)
             p_off = lm.tokenizer(prompt, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
@@ -312,18 +318,20 @@ def run(args: argparse.Namespace) -> dict:
                 Kb = torch.cat([Kp, Kp[-1:].expand(len(pad_ids), -1, -1)]) if len(pad_ids) else Kp
                 Ks = (Kb * mask[:, None, None]).view(nb, block, n_layers, -1).sum(1) / cnt[:, None, None]
                 fact_blocks = sorted({t // block for t in fact})
+                folded = [j for j in cand if j * block < tail]   # what latent recall can bring back
                 scores: dict[str, torch.Tensor] = {}
                 for qsrc in ("prompt", "prompt-all", "alone"):
                     for ls in LAYER_SETS:
                         li = layer_ids(ls, n_layers)
-                        for centred in (False, True):
+                        for norm in ("raw", "centred", "standardised"):
                             B_ = Hs[:, li]                                                       # [nb, l, h]
                             Q_ = reps[qsrc][li]                                                  # [l, h]
-                            if centred:
-                                mu = B_[cand].mean(0)
-                                B_, Q_ = B_ - mu, Q_ - mu
+                            if norm != "raw":
+                                mu = B_[cand].mean(0)                                            # [l, h]
+                                sd = B_[cand].std(0).clamp_min(1e-6) if norm == "standardised" else 1.0
+                                B_, Q_ = (B_ - mu) / sd, (Q_ - mu) / sd
                             s = torch.nn.functional.cosine_similarity(B_, Q_[None], dim=-1).mean(-1)  # [nb]
-                            scores[f"hidden/{qsrc}/{ls}/{'centred' if centred else 'raw'}"] = s
+                            scores[f"hidden/{qsrc}/{ls}/{norm}"] = s
                 # key summaries: pre-RoPE queries of the question tokens against block mean keys
                 kvh = lm.kv_heads
                 g = lm.group
@@ -345,13 +353,13 @@ def run(args: argparse.Namespace) -> dict:
                 for name, s in scores.items():
                     s = s.clone()
                     keep = torch.full((nb,), float("-inf"))
-                    keep[cand] = s[cand]
-                    order = keep.argsort(descending=True).tolist()[:len(cand)]
-                    rank = min(order.index(j) for j in fact_blocks) + 1
+                    keep[folded] = s[folded]
+                    order = keep.argsort(descending=True).tolist()[:len(folded)]
+                    rank = min(order.index(j) for j in fact_blocks if j in folded) + 1
                     row = dict(episode=ep.id, seed=seed, question=qi, form=q.form, fact=q.fact, quarter=q.quarter,
-                               block=block, ranker=name, rank=rank, blocks=len(cand), in_cache=in_cache)
+                               block=block, ranker=name, rank=rank, blocks=len(folded), in_cache=in_cache)
                     for r in budgets:
-                        for pad in (0, block // 2):
+                        for pad in sorted({0, 8, block // 2}):
                             got = picks(order, block, pad, r, T, sink)
                             row[f"avail_{r}_pad{pad}"] = all(t in got for t in fact)
                     if name.startswith("shipped/"):   # what LatentRecall would bring back (latent.pick, its pad)
@@ -418,6 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(result, indent=1))
+    (out / "summary.json").write_text(json.dumps({k: v for k, v in result.items() if k != "rows"}, indent=1))
     for s in result["summary"]:
         print(json.dumps(s))
     return 0

@@ -142,9 +142,17 @@ def test_text_worker_cuts_and_briefed_worker_folds_past_the_window(tok):
     with pytest.raises(briefing.BriefingError, match="reserve"):
         BriefedWorker(lm=small, max_new_tokens=100, reserve=48).answer("What was low?", long_traj)
     tight = BriefedWorker(lm=small, max_new_tokens=4, reserve=72, fold=briefing.FoldPolicy(recent=32, capture_stride=4))
-    third = tight.answer("What was low?", long_traj)  # a 256-token recall by default: cut to the reserve's room
-    assert third.briefing.recalled_tokens > 0 and third.output_tokens <= 4
-    assert third.input_tokens - third.briefing.kept + 4 <= 72  # prompt with its recall + generation fit the reserve
+    # the default recall's budget: an eighth of the cache's share of the window (256 - 72), taken out of the cache's
+    assert tight.layout(small) == (184 - 23, 72 + 23, 23)
+    third = tight.answer("What was low?", long_traj)
+    assert 0 < third.briefing.recalled_tokens <= 23 and third.output_tokens <= 4
+    assert third.briefing.cache_positions <= 184 - 23
+    assert third.input_tokens - third.briefing.kept + 4 <= 72 + 23  # prompt, its recall and generation: the reserve
+    assert third.input_tokens + 4 <= 256    # the call fits the window
+    with_budget = tight.fork(cache_budget=150)   # a cache budget given: recall fits what the reserve leaves
+    assert with_budget.layout(small) == (150, 72, 150 // 8) and with_budget._caches[0].budget == 150
+    with pytest.raises(briefing.BriefingError, match="recall's budget"):
+        BriefedWorker(lm=small, recall=TextRecall(tokens=200), reserve=72).layout(small)
     # the text handoff: no recall
     assert third.text_handoff_tokens == third.briefing.trajectory_tokens + small.count_tokens(
         tight.prompts().call_prompt("What was low?"))
@@ -159,7 +167,7 @@ def test_briefed_worker_recalls_a_fact_the_folds_compacted_away(tok):
     small = tiny_model("llama-gqa", tok, max_positions=256)
     filler = "".join(f"Line {i}: the gulls were loud over the harbour wall that day. " for i in range(40))
     traj = "Query: q\n\n[output]\nNote: the access code of the blue safe is 4417.\n" + filler + "\n\n"
-    w = BriefedWorker(lm=small, max_new_tokens=2, reserve=96, recall=TextRecall(tokens=24),
+    w = BriefedWorker(lm=small, max_new_tokens=2, reserve=72, recall=TextRecall(tokens=24),
                       fold=briefing.FoldPolicy(recent=32, capture_stride=4))
     q = "What is the access code of the blue safe?"
     short = w.answer(q, "Query: q\n\n[output]\nhello\n\n").briefing
@@ -224,7 +232,7 @@ def test_recall_reaches_the_unfolded_tail_unless_told_not_to(tok):
     small = tiny_model("llama-gqa", tok, max_positions=256)
     filler = "".join(f"Line {i}: the gulls were loud over the harbour wall that day. " for i in range(40))
     traj = "Query: q\n\n[output]\n" + filler + "Note: the garden gate code is 2931.\n\n"
-    w = BriefedWorker(lm=small, max_new_tokens=2, reserve=96, recall=TextRecall(tokens=24),
+    w = BriefedWorker(lm=small, max_new_tokens=2, reserve=72, recall=TextRecall(tokens=24),
                       fold=briefing.FoldPolicy(recent=32, capture_stride=4))
     ans = w.answer("What is the garden gate code?", traj)
     cache = w._caches[-1]

@@ -22,12 +22,15 @@ Parameters:
     max_new_tokens (>= 1), temperature (>= 0), stop: generation
     max_caches: trajectories kept warm at once, >= 1 (a new run starts a new cache; the least recently used goes)
     fold: `briefing.FoldPolicy` of the persistent cache (None: the default policy)
-    cache_budget: positions the persistent cache keeps (None: the model's window minus `reserve`)
+    cache_budget: positions the persistent cache keeps (None: the model's window minus `reserve` and the recall's
+        budget)
     reserve: positions left for the call prompt and generation (prompt + max_new_tokens must fit)
     device, dtype: where the embedded default runs when `lm` is None ("auto": CUDA if there is one, bf16 there)
-    recall: an `agents.recall.Recall` (None: no recall), by default `TextRecall(tokens=256)`: at most that many
-        tokens (fewer where the reserve leaves less room after the prompt and max_new_tokens). A recall that needs an
-        archive (`LatentRecall`) makes the worker's caches keep one (`briefing.ArchivePolicy`).
+    recall: an `agents.recall.Recall` (None: no recall), by default `TextRecall()`. Its budget (`tokens`; None, the
+        default: an eighth of the cache's share of the window, 960 tokens at an 8k window) is taken out of the
+        cache's when `cache_budget` is None, so a call with its recall fits the window (`layout`); with a
+        `cache_budget`, recall gets what the reserve leaves after the prompt and max_new_tokens. A recall that
+        needs an archive (`LatentRecall`) makes the worker's caches keep one (`briefing.ArchivePolicy`).
 Billed input tokens per call: kept positions + prompt tokens. `text_handoff_tokens`: tokens of the same text pasted
 whole (what `TextWorker` bills).
 """
@@ -83,7 +86,7 @@ class BriefedWorker(LocalModelMixin, Worker):
         check_int(owner, "max_caches", self.max_caches, low=1, error=ValueError)
         check_int(owner, "reserve", self.reserve, low=1, what="positions for the call", error=ValueError)
         check_int(owner, "cache_budget", self.cache_budget, low=1, none=True, error=ValueError)
-        check_type(owner, "recall", self.recall, Recall, "an agents.recall.Recall (e.g. TextRecall(tokens=256)) or "
+        check_type(owner, "recall", self.recall, Recall, "an agents.recall.Recall (e.g. TextRecall()) or "
                    "None for no recall", none=True, error=ValueError)
 
     def make_selector(self) -> briefing.Selector:
@@ -103,7 +106,9 @@ class BriefedWorker(LocalModelMixin, Worker):
             fold = self.fold if self.fold is not None else briefing.FoldPolicy()
             agnostic = max(getattr(s, "agnostic", 0.0) for s in (self.make_selector(), fold.selector))
             archive = self.recall.archive() if self.recall is not None else None
-            best = briefing.TrajectoryCache(self.model(), budget=self.cache_budget, reserve=self.reserve, fold=fold,
+            lm = self.model()
+            budget, reserve, _ = self.layout(lm)
+            best = briefing.TrajectoryCache(lm, budget=budget, reserve=reserve, fold=fold,
                                             importance=agnostic > 0,   # scored only where a selector reads it
                                             archive=archive)
             self._caches.append(best)
@@ -112,6 +117,26 @@ class BriefedWorker(LocalModelMixin, Worker):
             self._caches.remove(best)
             self._caches.append(best)
         return best
+
+    def layout(self, lm: briefing.LoadedModel) -> tuple[int, int, int]:
+        """How a call fills `lm`'s window: (the cache's budget, the cache's reserve, the recall's budget in tokens).
+        The recall's budget is its `tokens`, or for None an eighth of the cache's share of the window (`cache_budget`,
+        or the window less `reserve`). With no `cache_budget` it is taken out of the cache's, so that a call with its
+        recall still fits the window; with one, the recall gets what `reserve` leaves after the prompt and
+        `max_new_tokens`."""
+        share = self.cache_budget if self.cache_budget is not None else lm.max_context - self.reserve
+        if self.recall is None:
+            return share, self.reserve, 0
+        tokens = self.recall.tokens if self.recall.tokens is not None else share // 8
+        if tokens >= share:
+            import briefing
+
+            raise briefing.BriefingError(
+                f"BriefedWorker: recall's budget ({tokens} tokens) is not below the cache's share of the window "
+                f"({share} positions). Lower the recall's tokens or raise cache_budget.")
+        if self.cache_budget is not None:
+            return share, self.reserve, tokens
+        return share - tokens, self.reserve + tokens, tokens
 
     def _check_prompt(self, query: str) -> int:
         """The call prompt's token count; a clear error when it and max_new_tokens do not fit the reserve."""
@@ -176,9 +201,10 @@ class BriefedWorker(LocalModelMixin, Worker):
             try:
                 recalled = Recalled()
                 if self.recall is not None:
-                    # recall fills what the reserve leaves after the prompt with its recall header, and generation
-                    room = (self.reserve - self.max_new_tokens
-                            - self.count(prompts.call_prompt(recall_query(query, "."))) - RETOKENISE_SLACK)
+                    # recall fills what the cache's reserve leaves after the prompt with its recall header, and
+                    # generation, up to the recall's budget
+                    room = min(self.layout(cache.lm)[2], cache.reserve - self.max_new_tokens
+                               - self.count(prompts.call_prompt(recall_query(query, "."))) - RETOKENISE_SLACK)
                     t0 = time.perf_counter()
                     recalled = self.recall.recall(cache, query, room, prompt=prompts.call_prompt(query))
                     recalled = recalled.shifted(-head)
@@ -280,13 +306,16 @@ class BriefedWorker(LocalModelMixin, Worker):
 
         other = dataclasses.replace(self, **changes)
         fold = other.fold if "fold" in changes else None
-        budget = other.cache_budget if "cache_budget" in changes else None
-        reserve = other.reserve if "reserve" in changes else None
+        resized = bool({"cache_budget", "reserve", "recall"} & set(changes))
         archived = other.recall is not None and other.recall.archive() is not None
         # a cache without the archive the new recall needs is not carried over: it is rebuilt from the text; one
         # whose archive the new recall does not read drops it (no more blocks archived, nor representatives read)
-        other._caches = [c.clone(fold=fold, budget=budget, reserve=reserve) for c in self._caches
-                         if c.archive is not None or not archived]
+        other._caches = []
+        for c in self._caches:
+            if c.archive is None and archived:
+                continue
+            budget, reserve, _ = other.layout(c.lm) if resized else (None, None, 0)   # the new worker's layout
+            other._caches.append(c.clone(fold=fold, budget=budget, reserve=reserve))
         for c in other._caches if not archived else ():
             c.archive = None
         other._prompts = getattr(self, "_prompts", None)
