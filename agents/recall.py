@@ -3,14 +3,14 @@
 A folded `briefing.TrajectoryCache` keeps a share of the old trajectory's positions, chosen before the question that
 will need them is known; the trajectory's text keeps everything. A recall strategy picks, for the call's query, what
 to bring back within a token budget:
-- `TextRecall` (the default) recalls the BM25 top chunks of the text and puts them before the query, so a worker call
+- `TextRecall` recalls the BM25 top chunks of the text and puts them before the query, so a worker call
   on bounded memory can still reach a fact that the folds compacted away, when the query uses the fact's words;
 - `LatentRecall` finds the blocks by the worker model's own hidden states (`briefing.latent`), whatever words the
   query uses, and brings them back as their archived keys and values re-attached before the question (`attach=True`)
   or as their text (`attach=False`); `rank="both"` fuses its ranking with BM25's over the same blocks.
-- `RoutedRecall` takes BM25's recall when its best chunk clearly outscores the rest (the question shares rarer words
-  with one chunk) and latent recall otherwise (a question worded differently from the text), so only those calls pay
-  the latent lookup.
+- `RoutedRecall` (`BriefedWorker`'s default) takes BM25's recall when its best chunk clearly outscores the rest (the
+  question shares rarer words with one chunk); otherwise (a question worded differently from the text) BM25's best
+  chunks keep a quarter of the budget and latent recall the rest, so only those calls pay the latent lookup.
 `bm25_chunks` also serves the BM25 baselines of the benchmarks.
 """
 from __future__ import annotations
@@ -38,8 +38,8 @@ class TokenCounter(Protocol):
 @dataclass
 class Recalled:
     """What a recall brought back: `text` (the chunks as they go before the query, "" for nothing), and `ranges`,
-    the character ranges [start, stop) of the searched text each chunk came from, in the order they appear in
-    `text` (or, for re-attached keys and values, in the order they sit before the question); `how` names the
+    the character ranges [start, stop) of the searched text each chunk came from, in the order they sit before the
+    question: re-attached keys and values first (right after the cache), then the chunks in `text`; `how` names the
     strategy. blocks: the re-attached keys and values (a `briefing.latent.Attached`; None: the recall is text).
     tokens: trajectory tokens recalled (0: count the text). margin: for a BM25 search, how far its best chunk stood
     out: its score over the runner-up's (inf: one chunk scored; None: no BM25 search was made)."""
@@ -55,13 +55,15 @@ class Recalled:
         return bool(self.text.strip()) or self.blocks is not None
 
     @property
-    def pasted(self) -> bool:
-        """The recall is text pasted before the question (not re-attached keys and values)."""
-        return self.blocks is None
+    def pasted(self) -> list[tuple[int, int]]:
+        """The ranges pasted as text before the question; the others (the first `len(blocks.ranges)`) are re-attached
+        keys and values."""
+        return self.ranges if self.blocks is None else self.ranges[len(self.blocks.ranges):]
 
     def shifted(self, offset: int) -> Recalled:
-        """The same recall with its ranges moved by `offset` characters (e.g. into the trajectory's own text)."""
-        return replace(self, ranges=[(a + offset, b + offset) for a, b in self.ranges])
+        """The same recall with its ranges moved by `offset` characters (e.g. into the trajectory's own text), none
+        below 0: what came from before the trajectory (the cache's header) is cut off, empty if all of it did."""
+        return replace(self, ranges=[(max(0, a + offset), max(0, b + offset)) for a, b in self.ranges])
 
 
 def _words(s: str) -> list[str]:
@@ -300,19 +302,24 @@ class RoutedRecall(Recall):
     """BM25 where the question's words single out one chunk of the trajectory, the worker's own hidden states where
     they do not. `text` searches first (a `TextRecall`, cheap); when its best chunk's score is at least `margin`
     times the runner-up's (`Recalled.margin`), a chunk shares the question's rarer words and its recall is the
-    call's. Otherwise the question is worded differently from every chunk, or shares only common words with many,
-    and `latent` recalls instead, paying its lookup (a forward of the question over the cache) only then.
+    call's. Otherwise the question is worded differently from every chunk, or shares only common words with many:
+    BM25's best chunks keep `share` of the budget and `latent` recalls with the rest, paying its lookup (a forward of
+    the question over the cache) only then.
 
     tokens: recall budget (trajectory tokens; None: the worker's, `Recall`) of both. margin: the score ratio above which
     BM25's recall is taken (1: always BM25; `LatentRecall` alone: never); 1.3 was chosen on the long suite's dev
-    episodes (`benchmarks.rlm_bench.route_sweep`). text, latent: the two recalls (None: their defaults at `tokens`); the
-    worker's caches keep `latent`'s archive.
+    episodes (`benchmarks.rlm_bench.route_sweep`). share: the part of the budget BM25 keeps below the margin (0: latent
+    recall takes it all): a question in the fact's own words that shares its words with many chunks still finds the
+    fact among BM25's best, which the latent ranking can miss. text, latent: the two recalls (None: their defaults at
+    `tokens`); the worker's caches keep `latent`'s archive.
 
-    Not `BriefedWorker`'s default: on held-out episodes it holds a paraphrased fact about twice as often as BM25 but
-    loses some facts asked in their own words (docs/benchmarks.md, "Routed recall")."""
+    `BriefedWorker`'s default: on held-out episodes (16k and 32k tokens on the 8k window, 4k and 6k on a 2k window)
+    it holds the asked fact as often as BM25 recall when the question uses the fact's words, and a paraphrased one
+    0.32 more often (docs/benchmarks.md, "Latent recall, round 4"). share 0.25 was chosen on dev episodes."""
 
     tokens: int | None = None
     margin: float = 1.3
+    share: float = 0.25
     text: TextRecall | None = None
     latent: LatentRecall | None = None
 
@@ -321,6 +328,8 @@ class RoutedRecall(Recall):
         check_int(owner, "tokens", self.tokens, low=1, none=True, what="recall budget in tokens", error=ValueError)
         check_number(owner, "margin", self.margin, low=1, what="BM25's best chunk's score over the runner-up's above "
                      "which its recall is taken; 1: always", error=ValueError)
+        check_number(owner, "share", self.share, low=0, high=1, what="the part of the budget BM25 keeps below the "
+                     "margin; 0: latent recall takes it all", error=ValueError)
         check_type(owner, "text", self.text, TextRecall, "an agents.TextRecall or None for its defaults", none=True,
                    error=ValueError)
         check_type(owner, "latent", self.latent, LatentRecall, "an agents.LatentRecall or None for its defaults",
@@ -337,8 +346,18 @@ class RoutedRecall(Recall):
         found = self.text.recall(cache, query, k_tokens, prompt=prompt)
         if found.margin is None or found.margin >= self.margin:   # nothing to search, or a clear lexical match
             return found
-        return replace(self.latent.recall(cache, query, k_tokens, prompt=prompt),
-                       margin=found.margin)
+        kept = int(k_tokens * self.share)
+        lexical = self.text.recall(cache, query, kept, prompt=prompt) if kept else Recalled()
+        n = cache.lm.count_tokens(lexical.text) if lexical else 0
+        other = self.latent.recall(cache, query, k_tokens - n, prompt=prompt)
+        if not lexical:
+            return replace(other, margin=found.margin)
+        if not other:
+            return replace(lexical, margin=found.margin)
+        # attached blocks sit right after the cache, pasted text before the question: BM25's chunks come last
+        return Recalled((other.text.rstrip("\n") + SEPARATOR if other.text.strip() else "") + lexical.text,
+                        [*other.ranges, *lexical.ranges], f"{other.how}+bm25", other.blocks,
+                        (other.tokens or cache.lm.count_tokens(other.text)) + n, margin=found.margin)
 
 
 def _token_span(lm: briefing.LoadedModel, text: str, start: int, n: int) -> tuple[list[int], tuple[int, int]]:

@@ -176,6 +176,13 @@ class TrajectoryCache:
         """Bytes held by the cached keys, values and stored beta."""
         return self.store.kv_bytes()
 
+    def held_bytes(self) -> int:
+        """Everything the cache holds in tensors: `kv_bytes()` plus its archive's keys, values, scales and
+        representatives (0 without an archive)."""
+        if self.archive is None:
+            return self.kv_bytes()
+        return self.kv_bytes() + self.archive.nbytes() + self.archive.representative_bytes()
+
     def clone(self, *, fold: FoldPolicy | None = None, budget: int | None = None,
               reserve: int | None = None) -> TrajectoryCache:
         """An independent copy (tensors copied), e.g. to time an extend repeatedly or to branch a trajectory. A fold

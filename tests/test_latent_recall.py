@@ -95,6 +95,9 @@ def test_the_archive_stays_within_its_byte_budget(tiny, pieces, tmp_path):
         for piece in pieces:
             cache.extend(piece)
             assert cache.archive.nbytes() <= budget
+            # what a service's byte budget counts (agents.service.store): the cache's KV and its whole archive
+            assert cache.held_bytes() == cache.kv_bytes() + cache.archive.nbytes() + \
+                cache.archive.representative_bytes()
         a, z = cache.archive.archived
         assert a > 4 and a % 16 == 0 and z == big.archive.archived[1]   # the oldest blocks went, whole
         ok = cache.archive.available(cache.store, 4)
@@ -153,12 +156,17 @@ def test_coverage_against_a_hand_computed_case():
     b.recalled = Recalled("ghijkl\n", [(6, 12)], "bm25")
     assert b.coverage(0, 8) == pytest.approx((6 + 3 + 6 + 2) / 32)
     # re-attached keys and values count through the slots the context kept, not through their ranges
-    b.recalled = Recalled("", [(6, 12)], "latent:attach", blocks=object(), tokens=6)
+    b.recalled = Recalled("", [(6, 12)], "latent:attach", blocks=types.SimpleNamespace(ranges=[(6, 8)]), tokens=6)
     b.origins = torch.cat([cache.origins(), torch.tensor([6, 7]).view(1, 1, -1).expand(2, 2, -1)], -1)
     attached = torch.tensor([40, 41]).view(1, 1, -1).expand(2, 2, -1)
     b.context = types.SimpleNamespace(positions=torch.cat([kept, attached], -1))
     assert b.coverage(0, 8) == pytest.approx((6 + 3 + 6 + 2) / 32)
     assert b.coverage(8, 10) == 0.0
+    # both (RoutedRecall below its margin): the attached ranges come first, the pasted text's [12, 14) counts in
+    # every head: [10, 14) holds 2 + 4 + 2 + 2 of 4 each
+    b.recalled = Recalled("mn\n", [(6, 12), (12, 14)], "latent:attach+bm25",
+                          blocks=types.SimpleNamespace(ranges=[(6, 8)]), tokens=8)
+    assert b.recalled.pasted == [(12, 14)] and b.coverage(10, 14) == pytest.approx(10 / 16)
     # pasted text (a text worker's) counts as recalled text does; the offset moves trajectory ranges into the cache
     b.pasted = [(36, 40)]
     assert b.coverage(34, 40) == pytest.approx((0 + 0 + 0 + 0 + 4 * 4) / 24)
@@ -317,39 +325,67 @@ def test_routed_recall_takes_bm25_where_a_chunk_stands_out_and_latent_where_none
     assert got == bm25 and not looked and any(a <= s + 1 < b for a, b in got.ranges)
     para = TextRecall(tokens=64).recall(cache, PARAPHRASE, 64)
     assert para.margin < routed.margin                         # no word shared: nothing stands out
-    got = routed.recall(cache, PARAPHRASE, 32)
+    got = routed.recall(cache, PARAPHRASE, 32)   # a quarter of 32 is below a recall's minimum: latent takes it all
     assert looked == [1] and got.how == "latent:attach" and got.margin == para.margin
     assert got.blocks.ranges == LatentRecall(tokens=64, pad=8).recall(cache, PARAPHRASE, 32).blocks.ranges
+    # at 64, BM25's best chunks keep a quarter (16 tokens), pasted before the question; latent recall the rest
+    lexical = TextRecall(tokens=64).recall(cache, PARAPHRASE, 16)
+    n = tiny.count_tokens(lexical.text)
+    got = routed.recall(cache, PARAPHRASE, 64)
+    rest = LatentRecall(tokens=64, pad=8).recall(cache, PARAPHRASE, 64 - n)
+    assert got.how == "latent:attach+bm25" and got.text == lexical.text and got.margin == para.margin
+    assert got.blocks.ranges == rest.blocks.ranges and got.ranges == [*rest.ranges, *lexical.ranges]
+    assert got.pasted == lexical.ranges and got.tokens == n + rest.tokens <= 64
+    alone = RoutedRecall(tokens=64, share=0, latent=LatentRecall(tokens=64, pad=8)).recall(cache, PARAPHRASE, 64)
+    assert alone.how == "latent:attach" and alone.blocks.ranges == LatentRecall(tokens=64, pad=8).recall(
+        cache, PARAPHRASE, 64).blocks.ranges
+    # re-prefilled latent text goes first, BM25's chunks last, nearest the question; every range pasted
+    both = RoutedRecall(tokens=64, latent=LatentRecall(tokens=64, pad=8, attach=False)).recall(cache, PARAPHRASE, 64)
+    assert both.how == "latent:prefill+bm25" and both.blocks is None and both.text.endswith(lexical.text)
+    assert both.pasted == both.ranges and both.ranges[-len(lexical.ranges):] == lexical.ranges
     assert RoutedRecall(tokens=64, margin=1).recall(cache, PARAPHRASE, 64).how == "bm25"
     assert not RoutedRecall().recall(archiving_cache(tiny), own, 64)   # nothing before the first fold
     assert RoutedRecall().archive() == LatentRecall().archive()       # the worker's caches keep latent's archive
     for bad in (0.5, float("inf"), "2", True):
         with pytest.raises(ValueError, match="RoutedRecall: margin must be"):
             RoutedRecall(margin=bad)
+    for bad in (-0.1, 1.5, "0.25"):
+        with pytest.raises(ValueError, match="RoutedRecall: share must be"):
+            RoutedRecall(share=bad)
     with pytest.raises(ValueError, match="RoutedRecall: latent must be"):
         RoutedRecall(latent=TextRecall())
 
 
 def test_briefed_worker_recalls_through_the_archive(tiny, essay):
-    """A worker with LatentRecall keeps an archive, re-attaches the recalled blocks, compacts over them keeping them
-    all, and reports what it recalled; its context stays within the cache budget plus the reserve."""
+    """A worker with LatentRecall keeps an archive, re-attaches the recalled blocks (or re-prefills their text, or,
+    routed below its margin, re-attaches some and pastes BM25's best chunks), compacts over them keeping them all,
+    and reports what it recalled; its context stays within the cache budget plus the reserve."""
+    from agents import RoutedRecall
+
     text = planted(essay)
-    for attach in (True, False):
-        rec = LatentRecall(tokens=64, pad=8, attach=attach, archive_policy=briefing.ArchivePolicy(block=16))
+    policy = briefing.ArchivePolicy(block=16)
+    for how, rec in [("latent:attach", LatentRecall(tokens=64, pad=8, archive_policy=policy)),
+                     ("latent:prefill", LatentRecall(tokens=64, pad=8, attach=False, archive_policy=policy)),
+                     ("latent:attach+bm25", RoutedRecall(tokens=64, margin=100, latent=LatentRecall(
+                         tokens=64, pad=8, archive_policy=policy)))]:
         w = BriefedWorker(lm=tiny, max_new_tokens=2, reserve=160, cache_budget=256, recall=rec,
                           fold=briefing.FoldPolicy(recent=64))
         b = w.brief(PARAPHRASE, text)
         cache = b.cache
         assert cache.archive is not None and cache.folds and b.stats.archive_bytes == cache.archive.nbytes() > 0
-        assert b.stats.recall == ("latent:attach" if attach else "latent:prefill")
+        assert b.stats.recall == how
         assert 0 < b.stats.recalled_tokens <= 64 and b.stats.recalled == b.recalled.ranges and b.stats.recall_s > 0
         assert b.context.base_length <= w.cache_budget + w.reserve
         for a, z in b.recalled.ranges:           # every recalled character is in the call's context, all heads
+            if a == z:                           # a chunk of the cache's header, before the trajectory
+                continue
             assert b.coverage(a, z) == pytest.approx(1.0, abs=0.02)
             assert text[a:z] in text and z <= len(text)
-        if attach:
-            assert b.origins is not None and b.origins.shape[-1] == cache.length + b.stats.recalled_tokens
-            assert b.stats.kept >= b.stats.recalled_tokens and b.stats.total == cache.length + b.stats.recalled_tokens
+        if b.recalled.blocks is not None:
+            m = b.recalled.blocks.length         # re-attached positions; pasted chunks are in the prompt
+            assert m == b.stats.recalled_tokens - (tiny.count_tokens(b.recalled.text) if b.recalled.text else 0)
+            assert b.origins is not None and b.origins.shape[-1] == cache.length + m
+            assert b.stats.kept >= m and b.stats.total == cache.length + m
         out = b.generate(briefing.GenerationConfig(max_new_tokens=2, stop=w.stop))
         assert w.answer(PARAPHRASE, text).text == out.text   # answer() is brief() then generate, greedy
 

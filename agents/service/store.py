@@ -6,8 +6,9 @@ is held by its own `BriefedWorker` (one cache), forked from one template worker 
 replica shares the one loaded model; a request syncs that worker's cache to the whole text (only the new text is
 prefilled) and answers with `answer` (or `answer_batch` for a batch), exactly as an in-process `BriefedWorker` does.
 
-The budget counts the KV bytes of the held caches as `briefing.TrajectoryCache.kv_bytes()` measures them (keys,
-values and the stored beta of every layer); the text, token ids and fold guidance of each trajectory come on top
+The budget counts the bytes of the held caches as `briefing.TrajectoryCache.held_bytes()` measures them (keys,
+values and the stored beta of every layer, and the archive of what the folds compacted away that the default
+`RoutedRecall` keeps); the text, token ids and fold guidance of each trajectory come on top
 (bounded, and small next to the cache). Before a sync, caches of other trajectories are evicted until the
 projected size fits (the new tokens times the bytes per position the replica's caches measure); after it, until the
 measured size fits. A trajectory whose cache alone is over the budget is dropped with a 413.
@@ -178,16 +179,16 @@ class TrajectoryStore:
             raise ServiceError(422, "worker_error", f"the worker could not hold trajectory {tid!r}: "
                                f"{type(e).__name__}: {e}") from e
         held.extend(text)
-        held.cache_bytes = cache.kv_bytes()
+        held.cache_bytes = cache.held_bytes()
         if cache.length:
             self._per_position = held.cache_bytes / cache.length
         if held.cache_bytes > self.config.cache_bytes:
             self.held.pop(tid)
             raise ServiceError(413, "cache_too_large",
-                               f"trajectory {tid!r} needs {held.cache_bytes:,} bytes of KV cache, more than this "
-                               f"replica's budget of {self.config.cache_bytes:,} bytes: raise the budget "
-                               "(rlm serve-worker --cache-bytes) or give the worker a smaller cache_budget (positions) "
-                               "so that its cache folds sooner")
+                               f"trajectory {tid!r} needs {held.cache_bytes:,} bytes of KV cache and archive, "
+                               f"more than this replica's budget of {self.config.cache_bytes:,} bytes: raise the "
+                               "budget (rlm serve-worker --cache-bytes) or give the worker a smaller cache_budget "
+                               "(positions) so that its cache folds sooner")
         evicted += self._evict_past_budget(tid)
         self.stats.new += outcome == "new"
         self.stats.hits += outcome == "hit"

@@ -8,9 +8,10 @@ Per call (`brief`, then `answer` generates):
 1. `cache.sync(head + header + trajectory)`: a persistent `briefing.TrajectoryCache` prefills only the text added
    since the previous call (the trajectory rendering is append-only); past its budget the cache folds in place
    (`briefing.FoldPolicy`), so no call re-prefills text already in the cache and no trajectory text is dropped;
-2. once the cache has folded, `recall` brings back what the question needs before it (`agents.recall.TextRecall`:
-   BM25 chunks of the text; `LatentRecall`: the blocks the worker's own hidden states find, their archived keys and
-   values re-attached, over which step 3 then compacts too);
+2. once the cache has folded, `recall` brings back what the question needs before it (`agents.recall.RoutedRecall`,
+   the default: BM25 chunks of the text where the question's words single one out, else a quarter of the budget of
+   BM25 chunks and the blocks the worker's own hidden states find, their archived keys and values re-attached, over
+   which step 3 then compacts too; `TextRecall`: BM25 chunks only; `LatentRecall`: the blocks only);
 3. `cache.compact(prompt, selector)`: with the default `AttentionMatching(tau=1.0)`, scores positions with the
    prompt's queries, keeps those above median + tau * MAD, fits beta and values; the cache is not touched;
 4. `cache.remember(ctx)`: the call's queries become task guidance for later folds;
@@ -26,11 +27,12 @@ Parameters:
         budget)
     reserve: positions left for the call prompt and generation (prompt + max_new_tokens must fit)
     device, dtype: where the embedded default runs when `lm` is None ("auto": CUDA if there is one, bf16 there)
-    recall: an `agents.recall.Recall` (None: no recall), by default `TextRecall()`. Its budget (`tokens`; None, the
+    recall: an `agents.recall.Recall` (None: no recall), by default `RoutedRecall()`. Its budget (`tokens`; None, the
         default: an eighth of the cache's share of the window, 960 tokens at an 8k window) is taken out of the
         cache's when `cache_budget` is None, so a call with its recall fits the window (`layout`); with a
         `cache_budget`, recall gets what the reserve leaves after the prompt and max_new_tokens. A recall that
-        needs an archive (`LatentRecall`) makes the worker's caches keep one (`briefing.ArchivePolicy`).
+        needs an archive (`LatentRecall`, `RoutedRecall`) makes the worker's caches keep one
+        (`briefing.ArchivePolicy`: int8 keys and values of what the folds compact away, at most 1 GiB per cache).
 Billed input tokens per call: kept positions + prompt tokens. `text_handoff_tokens`: tokens of the same text pasted
 whole (what `TextWorker` bills).
 """
@@ -40,7 +42,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from agents.recall import Recall, Recalled, TextRecall, recall_query
+from agents.recall import Recall, Recalled, RoutedRecall, recall_query
 from agents.workers.base import BriefingStats, Worker, WorkerAnswer, check_generation
 from agents.workers.local import Briefing, LocalModelMixin
 from agents.workers.prompt import TRAJECTORY_HEADER
@@ -64,7 +66,7 @@ class BriefedWorker(LocalModelMixin, Worker):
     fold: briefing.FoldPolicy | None = None
     cache_budget: int | None = None
     reserve: int = 512
-    recall: Recall | None = field(default_factory=TextRecall)
+    recall: Recall | None = field(default_factory=RoutedRecall)
     device: str = "auto"
     dtype: str = "auto"
     name: str = "briefed"
@@ -86,7 +88,7 @@ class BriefedWorker(LocalModelMixin, Worker):
         check_int(owner, "max_caches", self.max_caches, low=1, error=ValueError)
         check_int(owner, "reserve", self.reserve, low=1, what="positions for the call", error=ValueError)
         check_int(owner, "cache_budget", self.cache_budget, low=1, none=True, error=ValueError)
-        check_type(owner, "recall", self.recall, Recall, "an agents.recall.Recall (e.g. TextRecall()) or "
+        check_type(owner, "recall", self.recall, Recall, "an agents.recall.Recall (e.g. RoutedRecall()) or "
                    "None for no recall", none=True, error=ValueError)
 
     def make_selector(self) -> briefing.Selector:

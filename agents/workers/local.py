@@ -74,7 +74,7 @@ class Briefing:
         n = stop - start
         text = torch.zeros(n, dtype=torch.bool)                                    # [n] chars held as text
         if kept != "store":
-            for a, b in [*self.pasted, *(self.recalled.ranges if self.recalled.pasted else [])]:
+            for a, b in [*self.pasted, *self.recalled.pasted]:
                 lo, hi = max(a, start), min(b, stop)
                 if lo < hi:
                     text[lo - start:hi - start] = True

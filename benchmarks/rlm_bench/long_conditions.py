@@ -6,13 +6,17 @@ Every condition sees the same events; `window` is the worker's positions, `reser
   trajectory's own worker calls are observed as they happen (`BriefedWorker.observe`: task guidance), as a briefed
   worker sees the calls another worker answered. fold-span-only: `SpanGuidance(scope="span")`;
 - fold-recall, fold-recall-all, fold-recall-ranked, fold-recall-all-ranked: fold-mix with `TextRecall` (tail: the
-  unfolded tail too; ranked: the best chunk last; fold-recall-all-ranked is BriefedWorker's default recall), at
-  `recall_budget` tokens taken out of the cache's budget, so every call still fits the window; the four share one
-  cache (`BriefedWorker.fork`) and differ only at question time;
+  unfolded tail too; ranked: the best chunk last; fold-recall-all-ranked is `TextRecall()`, BriefedWorker's default
+  recall until round 4), at `recall_budget` tokens taken out of the cache's budget, so every call still fits the
+  window; the four share one cache (`BriefedWorker.fork`) and differ only at question time;
 - fold-latent, fold-latent-both, fold-latent-text: fold-mix with `LatentRecall` (the worker's own hidden states rank
   the archived blocks, their keys and values re-attached; both: fused with BM25; text: the blocks' text re-prefilled
   before the question instead), at the same `recall_budget` out of the cache's budget; the three share one cache
   (its archive kept from the first extend: the suite's shared prefill keeps one when a latent condition runs);
+- fold-routed, fold-routed-alone, fold-routed-half, fold-routed-always: fold-latent's cache with `RoutedRecall`
+  (BM25 where its best chunk stands out, else BM25's best chunks in a share of the budget and latent recall in the
+  rest): its defaults, BriefedWorker's default recall; share 0 (latent recall alone below the margin); share 0.5;
+  no margin enough (every call splits the budget);
 - ceiling: the same trajectory all in view (`BriefedWorker` with the model's whole context as its cache, `KeepAll`
   per call, no fold): the in-window ceiling a recall is judged against; no rows where the trajectory does not fit;
 - streaming: a fold that keeps nothing (attention sink + recent window, StreamingLLM), KeepAll per call;
@@ -35,17 +39,21 @@ from benchmarks.rlm_bench.long_episodes import QUARTERS, LongEpisode, LongSpec, 
 
 CONDITIONS = ["fold-task", "fold-span", "fold-span-only", "fold-mix", "fold-recall", "fold-recall-all",
               "fold-recall-ranked", "fold-recall-all-ranked", "fold-latent", "fold-latent-both", "fold-latent-text",
-              "fold-routed", "ceiling", "truncated", "streaming", "streaming-recall", "bm25", "summary", "plain"]
+              "fold-routed", "fold-routed-alone", "fold-routed-half", "fold-routed-always",
+              "ceiling", "truncated", "streaming", "streaming-recall", "bm25", "summary", "plain"]
 # recall variants of fold-recall: scope (tail: the unfolded tail too) and order (ranked: the best chunk last); they
 # share fold-recall's cache
 RECALL_VARIANTS = {"fold-recall": dict(tail=False, ranked=False), "fold-recall-all": dict(tail=True, ranked=False),
                    "fold-recall-ranked": dict(tail=False, ranked=True),
-                   "fold-recall-all-ranked": dict(tail=True, ranked=True)}   # BriefedWorker's recall
+                   "fold-recall-all-ranked": dict(tail=True, ranked=True)}   # TextRecall()
 # LatentRecall's settings (rank, and attach: the keys and values re-attached, or the text re-prefilled); one cache
 LATENT = {"fold-latent": dict(rank="latent"), "fold-latent-both": dict(rank="both"),
           "fold-latent-text": dict(rank="latent", attach=False)}
-# agents.RoutedRecall: BM25 where its best chunk stands out, latent recall otherwise; on fold-latent's cache
-ROUTED = ("fold-routed",)
+# agents.RoutedRecall: BM25 where its best chunk stands out, latent recall otherwise (fold-routed: its defaults,
+# BriefedWorker's recall: BM25's best chunks keep a share of the budget; alone: latent recall takes it all; half: BM25
+# keeps half; always: no margin is ever enough, every call splits the budget); on fold-latent's cache
+ROUTED = {"fold-routed": {}, "fold-routed-alone": dict(share=0.0), "fold-routed-half": dict(share=0.5),
+          "fold-routed-always": dict(margin=1e9)}
 FOLD_GUIDANCE = {"fold-task": "task", "fold-span": "span", "fold-span-only": "span-only", "fold-mix": "mix",
                  **dict.fromkeys(RECALL_VARIANTS, "mix"), **dict.fromkeys(LATENT, "mix"),
                  **dict.fromkeys(ROUTED, "mix")}
@@ -216,7 +224,7 @@ def recall_of(condition: str, sizes: dict) -> Any:
     from agents import LatentRecall, RoutedRecall, TextRecall
 
     if condition in ROUTED:
-        return RoutedRecall(tokens=sizes["recall_budget"])
+        return RoutedRecall(tokens=sizes["recall_budget"], **ROUTED[condition])
     if condition in LATENT:
         return LatentRecall(tokens=sizes["recall_budget"], **LATENT[condition])
     return TextRecall(tokens=sizes["recall_budget"], **RECALL_VARIANTS.get(condition, RECALL_VARIANTS["fold-recall"]))
