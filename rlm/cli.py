@@ -390,7 +390,7 @@ def build_parser() -> _Parser:
     sw.add_argument("--address", default=None,
                     help="join this Ray cluster (auto, or HOST:PORT of its head) instead of starting Ray here")
     sw.add_argument("--cache-bytes", type=_size, default="2G",
-                    help="KV bytes each replica's caches may hold together, e.g. 512M, 2G (default 2G)")
+                    help="bytes each replica's caches (KV and archive) may hold together, e.g. 512M, 2G (default 2G)")
     sw.add_argument("--max-trajectories", type=_at_least(1), default=256, help="caches a replica holds at most")
     sw.add_argument("--max-request-bytes", type=_size, default="16M",
                     help="the largest request a replica reads; larger ones get a 413 (default 16M)")

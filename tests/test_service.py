@@ -109,6 +109,9 @@ def test_a_replica_keeps_its_caches_within_the_byte_budget(tiny_lm):
     for tid, text in texts.items():
         reply = store.call(request(tid, "", text))
         assert reply.replica_bytes == store.bytes() <= BUDGET and reply.cache_bytes > 0
+        # the default recall (RoutedRecall) keeps an archive: the budget counts it with the keys and values
+        cache = store.held[tid].worker._caches[-1]
+        assert cache.archive is not None and reply.cache_bytes == cache.held_bytes() > cache.kv_bytes()
     assert store.stats.evictions >= 3 and list(store.held) == list(texts)[-len(store.held):]   # LRU order
     assert store.stats.peak_bytes <= BUDGET
     # an evicted trajectory is a miss (404), and rebuilt from the whole text

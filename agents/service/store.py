@@ -45,8 +45,9 @@ class ServiceConfig:
     model / device / dtype: the worker model (`briefing.load_model`: a known name, a local Hugging Face directory or
         None for the embedded default), loaded once per replica. lm: a loaded `briefing.LoadedModel` to serve instead
         (copied to each replica; tests use tiny random models).
-    cache_bytes: KV bytes each replica's caches may hold together (>= 1). max_trajectories: caches a replica holds at
-        most, whatever their size (>= 1). max_request_bytes: the largest request body a replica reads (413 past it).
+    cache_bytes: bytes each replica's caches (KV and archive: `TrajectoryCache.held_bytes`) may hold together (>= 1).
+        max_trajectories: caches a replica holds at most, whatever their size (>= 1). max_request_bytes: the largest
+        request body a replica reads (413 past it).
     threads: torch CPU threads per replica (None: torch's choice).
     worker: `BriefedWorker` options for every trajectory (keys of WORKER_OPTIONS, e.g. max_new_tokens, selector,
         reserve, cache_budget).
@@ -64,7 +65,8 @@ class ServiceConfig:
 
     def __post_init__(self) -> None:
         owner = "ServiceConfig"
-        check_int(owner, "cache_bytes", self.cache_bytes, low=1, what="KV bytes per replica", error=ValueError)
+        check_int(owner, "cache_bytes", self.cache_bytes, low=1, what="bytes of caches (KV and archive) per replica",
+                  error=ValueError)
         check_int(owner, "max_trajectories", self.max_trajectories, low=1, error=ValueError)
         check_int(owner, "max_request_bytes", self.max_request_bytes, low=1024, error=ValueError)
         check_int(owner, "threads", self.threads, low=1, none=True, error=ValueError)
