@@ -189,8 +189,9 @@ class TrajectoryStore:
             raise ServiceError(413, "cache_too_large",
                                f"trajectory {tid!r} needs {held.cache_bytes:,} bytes of KV cache and archive, "
                                f"more than this replica's budget of {self.config.cache_bytes:,} bytes: raise the "
-                               "budget (rlm serve-worker --cache-bytes) or give the worker a smaller cache_budget "
-                               "(positions) so that its cache folds sooner")
+                               "budget (rlm serve-worker --cache-bytes), give the worker a smaller cache_budget "
+                               "(positions) so that its cache folds sooner, or a recall with a smaller archive "
+                               "(briefing.ArchivePolicy(budget_bytes=...)) or none (TextRecall)")
         evicted += self._evict_past_budget(tid)
         self.stats.new += outcome == "new"
         self.stats.hits += outcome == "hit"
