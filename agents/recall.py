@@ -313,9 +313,9 @@ class RoutedRecall(Recall):
     fact among BM25's best, which the latent ranking can miss. text, latent: the two recalls (None: their defaults at
     `tokens`); the worker's caches keep `latent`'s archive.
 
-    `BriefedWorker`'s default: on held-out episodes (16k and 32k tokens on the 8k window, 4k and 6k on a 2k window)
-    it holds the asked fact as often as BM25 recall when the question uses the fact's words, and a paraphrased one
-    0.32 more often (docs/benchmarks.md, "Latent recall, round 4"). share 0.25 was chosen on dev episodes."""
+    `BriefedWorker`'s default: on held-out episodes (8k-64k tokens on the 8k window, 4k and 6k on a 2k window) it
+    answers as often as BM25 recall when the question uses the fact's words, and holds a paraphrased fact whole 0.38
+    more often (docs/benchmarks.md, "Latent recall, round 4"). share 0.25 was chosen on dev episodes."""
 
     tokens: int | None = None
     margin: float = 1.3
