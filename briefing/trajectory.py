@@ -177,8 +177,8 @@ class TrajectoryCache:
         return self.store.kv_bytes()
 
     def held_bytes(self) -> int:
-        """Everything the cache holds in tensors: `kv_bytes()` plus its archive's keys, values, scales and
-        representatives (0 without an archive)."""
+        """Everything the cache holds in tensors: `kv_bytes()` plus, when it keeps an archive, the archive's keys,
+        values, scales and representatives."""
         if self.archive is None:
             return self.kv_bytes()
         return self.kv_bytes() + self.archive.nbytes() + self.archive.representative_bytes()

@@ -226,3 +226,29 @@ def test_route_sweep_replays_each_question_from_the_run_its_margin_routes_to():
     assert got[1.2]["to_latent"] == 0.5 and got[1.2]["own"]["availability"] == 1.0
     assert got[1.2]["paraphrase"] == dict(questions=2, availability=0.5, accuracy=1.0)
     assert got[1.5]["to_latent"] == 0.75 and got[1.5]["own"]["availability"] == 0.75
+
+
+def test_pooled_pairs_questions_within_each_run_and_pools_them(tmp_path, capsys):
+    """Two runs, paired per run by (length, episode, question): the differences are pooled by form."""
+    from benchmarks.rlm_bench import long_pooled
+
+    def row(cond, q, form, correct, covered, length=100):
+        return dict(condition=cond, length=length, episode="e0", question=q, form=form, correct=correct,
+                    covered_fact=covered)
+    a = tmp_path / "a.json"
+    a.write_text(json.dumps({"rows": [row("ref", 0, "own", True, 1.0), row("new", 0, "own", True, 1.0),
+                                      row("ref", 1, "paraphrase", False, 0.1),
+                                      row("new", 1, "paraphrase", True, 1.0)]}))
+    ref, new = tmp_path / "ref.json", tmp_path / "new.json"   # a pair: the same question ids as a, another length
+    ref.write_text(json.dumps({"rows": [row("ref", 1, "paraphrase", True, 1.0, 200)]}))
+    new.write_text(json.dumps({"rows": [row("new", 1, "paraphrase", False, 0.2, 200),
+                                        row("new", 2, "paraphrase", True, 1.0, 200)]}))   # unpaired: left out
+    got = {r["form"]: r for r in long_pooled.pooled([str(a), f"{ref}:{new}"], "new", "ref")}
+    assert got["own"]["questions"] == 1 and got["own"]["accuracy"] == 0.0
+    assert got["paraphrase"]["questions"] == 2 and got["paraphrase"]["accuracy"] == 0.0
+    assert got["paraphrase"]["held_whole"] == 0.0 and got["paraphrase"]["accuracy_ci"][0] < 0 < \
+        got["paraphrase"]["accuracy_ci"][1]
+    assert long_pooled.main(["--condition", "new", "--reference", "ref", str(a)]) == 0
+    assert "paraphrase: 1 questions, accuracy +1.000" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        long_pooled.main(["--condition", "new", str(tmp_path / "missing.json")])

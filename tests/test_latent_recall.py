@@ -96,8 +96,8 @@ def test_the_archive_stays_within_its_byte_budget(tiny, pieces, tmp_path):
             cache.extend(piece)
             assert cache.archive.nbytes() <= budget
             # what a service's byte budget counts (agents.service.store): the cache's KV and its whole archive
-            assert cache.held_bytes() == cache.kv_bytes() + cache.archive.nbytes() + \
-                cache.archive.representative_bytes()
+            assert cache.kv_bytes() + cache.archive.representative_bytes() <= cache.held_bytes() <= \
+                cache.kv_bytes() + cache.archive.representative_bytes() + budget
         a, z = cache.archive.archived
         assert a > 4 and a % 16 == 0 and z == big.archive.archived[1]   # the oldest blocks went, whole
         ok = cache.archive.available(cache.store, 4)
