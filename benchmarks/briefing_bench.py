@@ -123,15 +123,16 @@ COPY_FACTS = [  # (fact planted mid-trajectory, question, exact answer): digits 
 ]
 
 
-def copy_caches(lm):
+def copy_caches(lm, importance: bool = False):
     """The exact-value recall cases: (cache, prompt, answer, log-likelihood of the answer on the full cache) for each
-    fact of COPY_FACTS planted mid-trajectory in chat format."""
+    fact of COPY_FACTS planted mid-trajectory in chat format; `importance`: the caches score it (for selectors that
+    read it)."""
     essay = (data_dir() / "pg_essays" / "avg.txt").read_text()[:1500]
     system = "You are a worker. Here is the orchestrator's trajectory so far:\n\n"
     for fact, question, answer in COPY_FACTS:
         chat = lm.chat_prompt(system + essay[:700] + "\n" + fact + "\n" + essay[700:], question)
         split = chat.rindex(question)
-        cache = briefing.TrajectoryCache(lm, chat[:split])
+        cache = briefing.TrajectoryCache(lm, chat[:split], importance=importance)
         prompt = chat[split:]
         yield cache, prompt, " " + answer, briefing.loglikelihood(cache.compact(prompt, briefing.KeepAll()),
                                                                   " " + answer)

@@ -33,6 +33,8 @@ PREVIOUS = "previous default: fit, per-head, smoothing 5, no look-ahead"
 DEFAULT = "look-ahead 8 (the new default)"
 # issue 28's dev pick (round 5): the opt-in that `rlm bench --importance` and `benchmarks.compact_time` run
 PICK = "global allocation, importance share 0.9, sinks 4, head min 0.2"
+# round 7: the guidance's share per row, the importance's over all rows (`rlm bench --importance hybrid`)
+HYBRID = "hybrid allocation, importance share 0.9, sinks 4"
 VARIANTS: dict[str, Callable[..., briefing.Selector]] = {  # look_ahead=0 where a variant was measured without it
     PREVIOUS: lambda **size: briefing.AttentionMatching(**size, look_ahead=0),
     "smoothing 63 (the issue's crude probe)": lambda **size: briefing.AttentionMatching(
@@ -89,6 +91,24 @@ VARIANTS: dict[str, Callable[..., briefing.Selector]] = {  # look_ahead=0 where 
         **size, allocation="global", agnostic=1.0, sinks=4, head_min=0.5),
     PICK: lambda **size: briefing.AttentionMatching(**size, allocation="global", agnostic=0.9, sinks=4,
                                                     head_min=0.2),
+    # round 7: the guidance's share uniform (each row its own best, as the default), the importance's share global
+    "hybrid allocation, importance share 0.5, sinks 4": lambda **size: briefing.AttentionMatching(
+        **size, allocation="hybrid", agnostic=0.5, sinks=4),
+    "hybrid allocation, importance share 0.75, sinks 4": lambda **size: briefing.AttentionMatching(
+        **size, allocation="hybrid", agnostic=0.75, sinks=4),
+    "hybrid allocation, importance share 0.9, sinks 4": lambda **size: briefing.AttentionMatching(
+        **size, allocation="hybrid", agnostic=0.9, sinks=4),
+    "hybrid allocation, importance share 0.75, sinks 4, layer-scaled": lambda **size: briefing.AttentionMatching(
+        **size, allocation="hybrid", agnostic=0.75, sinks=4, allocation_scale="layer"),
+    # round 7: is the 5% collapse the selection's or the fit's? no fit, or a fit pulled harder toward the values
+    "hybrid allocation, importance share 0.9, sinks 4, no fit": lambda **size: briefing.TopK(
+        **size, allocation="hybrid", agnostic=0.9, sinks=4),
+    "hybrid allocation, importance share 0.9, sinks 4, ridge 0.1": lambda **size: briefing.AttentionMatching(
+        **size, allocation="hybrid", agnostic=0.9, sinks=4, fit=briefing.Fit(ridge=0.1)),
+    "hybrid allocation, importance share 0.9, sinks 4, ridge 1": lambda **size: briefing.AttentionMatching(
+        **size, allocation="hybrid", agnostic=0.9, sinks=4, fit=briefing.Fit(ridge=1.0)),
+    "hybrid allocation, importance share 0.9, sinks 4, beta max 2": lambda **size: briefing.AttentionMatching(
+        **size, allocation="hybrid", agnostic=0.9, sinks=4, fit=briefing.Fit(beta_max=2.0)),
     # round 5: the padded width (the longest row) is near T at every ratio; a cap per (layer, KV head) bounds it
     "global allocation, importance only, fit, sinks 4, head max 4x": lambda **size: briefing.AttentionMatching(
         **size, allocation="global", agnostic=1.0, sinks=4, head_max=4.0),
@@ -132,7 +152,8 @@ def case_rows(lm, case, names: list[str]) -> dict:
 
 
 def anchor_rows(lm, names: list[str]) -> dict:
-    cache = briefing.TrajectoryCache(lm, (data_dir() / "pg_essays" / "avg.txt").read_text()[:9000])
+    cache = briefing.TrajectoryCache(lm, (data_dir() / "pg_essays" / "avg.txt").read_text()[:9000], fold=None,
+                                     importance=True)   # for the variants that read it (as benchmarks.kvpress_compare)
     kls = kl_table(cache, QUESTION, ANSWER, names)
     return {"tokens": cache.length, "no_trajectory": kls.pop("no trajectory")["0"], "kl": kls}
 
@@ -140,7 +161,7 @@ def anchor_rows(lm, names: list[str]) -> dict:
 def copy_rows(lm, names: list[str]) -> dict:
     """Exact-value recall (the briefing bench's facts): mean log-prob gap of the exact answer to the full cache."""
     gaps = {name: {str(r): [] for r in COPY_RATIOS} for name in names}
-    for cache, prompt, answer, full in copy_caches(lm):
+    for cache, prompt, answer, full in copy_caches(lm, importance=True):
         for name in names:
             for r in COPY_RATIOS:
                 got = briefing.loglikelihood(cache.compact(prompt, VARIANTS[name](ratio=r)), answer)

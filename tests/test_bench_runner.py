@@ -98,8 +98,9 @@ def test_importance_adds_the_global_allocation_at_matched_counts(tiny_dir):
     """`rlm bench --importance` (issue 28): the same episode also runs the opt-in global allocation of the importance
     at tau and at the budget, keeping what its uniform counterpart keeps, and the other rows do not change."""
     args = build_parser().parse_args(["--model", tiny_dir, "--importance"])
-    assert args.importance
-    cfg = SuiteConfig(summary_tokens=8, timing=False, importance=True)
+    assert args.importance == "global"
+    assert build_parser().parse_args(["--model", tiny_dir, "--importance", "hybrid"]).importance == "hybrid"
+    cfg = SuiteConfig(summary_tokens=8, timing=False, importance="global")
     plain = _rows(run_all(SPECS[:1], CFG, model=tiny_dir, progress=False))
     rows = run_all(SPECS[:1], cfg, model=tiny_dir, progress=False)[0][1]
     by = {r["condition"]: r for r in rows}
@@ -107,3 +108,9 @@ def test_importance_adds_the_global_allocation_at_matched_counts(tiny_dir):
     assert by["amg_tau1"]["method"] == "latent_briefing_global" and by["amg_b0.1"]["importance_s"] > 0
     same = [r for r in _rows([(None, rows)]) if not r["condition"].startswith("amg_")]
     assert same == plain
+    # round 7's hybrid allocation: its own rows, at the same counts
+    rows = run_all(SPECS[:1], SuiteConfig(summary_tokens=8, timing=False, importance="hybrid"), model=tiny_dir,
+                   progress=False)[0][1]
+    by = {r["condition"]: r for r in rows}
+    assert by["amh_tau1"]["kept"] == by["am_tau1"]["kept"] and by["amh_b0.1"]["kept"] == by["am_b0.1"]["kept"]
+    assert by["amh_tau1"]["method"] == "latent_briefing_hybrid" and "amg_tau1" not in by

@@ -297,6 +297,34 @@ def test_a_global_allocation_context_holds_each_layer_at_its_own_width(tok):
     assert torch.isfinite(lp).all()
 
 
+def test_hybrid_allocation_keeps_each_rows_guidance_share_and_the_importance_overall():
+    """allocation="hybrid": every (layer, KV head) keeps its own (1 - a) t best by the guidance (what the uniform
+    selection keeps first), the importance's best entries of all rows fill the rest of L H t; with no importance in
+    the scores it is the uniform selection."""
+    from briefing.matching import PAD
+    from briefing.selection.base import top_positions
+
+    torch.manual_seed(0)
+    L, H, T = 3, 2, 60
+    guidance = torch.rand(L, H, T)
+    imp = torch.full((L, H, T), 1e-3)
+    imp[1, 0, 20:50] = 1.0                                                         # one row's importance stands out
+    scores = briefing.Scores(per_head=guidance, shared=guidance.mean((0, 1)), importance=imp)
+    sel = briefing.TopK(ratio=0.2, allocation="hybrid", agnostic=0.5, sinks=2, look_ahead=0, smooth_kernel=1)
+    idx = sel.select(L, H, T, scores)                                              # [L, H, t_max]
+    t = keep_count(0.2, None, T)                                                   # 12
+    counts = (idx != PAD).sum(-1)                                                  # [L, H]
+    assert int(counts.sum()) == L * H * t and idx.device == imp.device
+    own = top_positions(guidance, t - round(0.5 * t), 2)                           # [L, H, 6] each row's guidance best
+    assert all(set(own[i, h].tolist()) <= set(idx[i, h].tolist()) for i in range(L) for h in range(H))
+    # the importance's 36 entries go first to the 30 positions where it stands out (those not already the row's own)
+    assert int(counts[1, 0]) == t - round(0.5 * t) + 30 - len([p for p in own[1, 0].tolist() if 20 <= p < 50])
+    assert set(range(20, 50)) <= set(idx[1, 0].tolist())
+    plain = briefing.Scores(per_head=guidance, shared=guidance.mean((0, 1)))
+    uniform = briefing.TopK(ratio=0.2, sinks=2, look_ahead=0, smooth_kernel=1).select(L, H, T, plain)
+    assert torch.equal(sel.select(L, H, T, plain), uniform)
+
+
 def test_global_allocation_options_are_checked(tok):
     import pytest
 
@@ -310,6 +338,8 @@ def test_global_allocation_options_are_checked(tok):
         briefing.TopK(allocation="global", allocation_scale="max")
     with pytest.raises(briefing.BriefingError, match="a fold keeps the same count"):
         briefing.FoldPolicy(selector=briefing.AttentionMatching(allocation="global"))
+    with pytest.raises(briefing.BriefingError, match="a fold keeps the same count"):
+        briefing.FoldPolicy(selector=briefing.AttentionMatching(allocation="hybrid", agnostic=0.5))
 
 
 def test_the_fused_normaliser_equals_the_blocked_one():

@@ -49,9 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="protected recent window (positions) of the +recent conditions")
     p.add_argument("--no-summary", action="store_true", help="skip the worker-model summary condition")
     p.add_argument("--no-timing", action="store_true", help="skip the fixed 12-token decode used for latency")
-    p.add_argument("--importance", action="store_true",
-                   help="also run the opt-in global allocation of the query-agnostic importance (issue 28) at tau and "
-                        "at the budget (conditions amg_tau*, amg_b*); the shared cache scores the importance")
+    p.add_argument("--importance", nargs="?", const="global", default="", choices=["global", "hybrid"],
+                   help="also run an opt-in allocation of the query-agnostic importance (issue 28) at tau and at the "
+                        "budget: global (the default; conditions amg_tau*, amg_b*) or hybrid (amh_tau*, amh_b*); the "
+                        "shared cache scores the importance")
     p.add_argument("--workers", type=int, default=1, help="local processes (one model each, one torch thread each)")
     p.add_argument("--ray", metavar="ADDRESS", help="run episodes on Ray: auto, a cluster address, or local")
     p.add_argument("--no-progress", action="store_true")

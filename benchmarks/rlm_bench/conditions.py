@@ -355,11 +355,12 @@ class FamilyRunner(EpisodeRunner):
                           {"bm25_positions": len(keep), "fallback": st.fallback})
 
 
-def global_pick(**size: Any) -> briefing.Selector:
-    """Issue 28's opt-in selection, the selection dev split's pick (`benchmarks.selection_bench.PICK`)."""
-    from benchmarks.selection_bench import PICK, VARIANTS
+def importance_pick(allocation: str, **size: Any) -> briefing.Selector:
+    """Issue 28's opt-in selections: "global", the selection dev split's pick (`benchmarks.selection_bench.PICK`);
+    "hybrid", round 7's (`HYBRID`)."""
+    from benchmarks.selection_bench import HYBRID, PICK, VARIANTS
 
-    return VARIANTS[PICK](**size)
+    return VARIANTS[{"global": PICK, "hybrid": HYBRID}[allocation]](**size)
 
 
 @dataclass(frozen=True)
@@ -379,8 +380,9 @@ class SuiteConfig:
     timing: bool = True
     # dev sweep: extra AM variants (tau, smooth_kernel, recent, budget or None); rows named sweep_*
     sweep: tuple[tuple[float, int, int, float | None], ...] = ()
-    # issue 28's opt-in global allocation of the importance at tau and at the budget (amg_tau*, amg_b*)
-    importance: bool = False
+    # issue 28's opt-in allocation of the importance at tau and at the budget: "global" (amg_tau*, amg_b*) or "hybrid"
+    # (amh_tau*, amh_b*); "": neither
+    importance: str = ""
 
     def run(self, lm: Any, prompts: Any, spec: Any) -> tuple[dict, list[dict]]:
         """(episode summary, rows) of one family episode (what the runner calls)."""
@@ -390,7 +392,7 @@ class SuiteConfig:
 
 def family_rows(lm: Any, prompts: Any, episode: Any, cfg: SuiteConfig, seed: int = 0) -> list[dict]:
     """Every condition of the family suite on one episode (one shared prefill)."""
-    r = FamilyRunner(lm, prompts, episode, timing=cfg.timing, importance=cfg.importance)
+    r = FamilyRunner(lm, prompts, episode, timing=cfg.timing, importance=bool(cfg.importance))
     rows = [r.run(Spec("plain", "plain")), r.run(Spec("full", "full"))]
     am = f"am_tau{cfg.tau:g}"
     row = r.run(Spec(am, "latent_briefing", briefing.AttentionMatching(tau=cfg.tau, smooth_kernel=cfg.smooth_kernel),
@@ -420,11 +422,12 @@ def family_rows(lm: Any, prompts: Any, episode: Any, cfg: SuiteConfig, seed: int
                                     cfg.tau, rsk, cfg.bm25_ratio / 2, b))
     if cfg.summary:
         rows.append(r.run(Spec("summary", "summary", param=cfg.summary_tokens)))
-    if cfg.importance:   # docs/benchmarks.md, "Global allocation of the importance"
-        rows.append(r.run(Spec(f"amg_tau{cfg.tau:g}", "latent_briefing_global", global_pick(
-            tau=cfg.tau, smooth_kernel=cfg.smooth_kernel), cfg.tau)))
-        rows.append(r.run(Spec(f"amg_b{b:g}", "latent_briefing_global", global_pick(ratio=b, smooth_kernel=rsk), b,
-                               matched_to=f"budget{b:g}")))
+    if cfg.importance:   # docs/benchmarks.md, "Global allocation of the importance" and "Round 7"
+        tag, method = f"am{cfg.importance[0]}", f"latent_briefing_{cfg.importance}"
+        rows.append(r.run(Spec(f"{tag}_tau{cfg.tau:g}", method, importance_pick(
+            cfg.importance, tau=cfg.tau, smooth_kernel=cfg.smooth_kernel), cfg.tau)))
+        rows.append(r.run(Spec(f"{tag}_b{b:g}", method, importance_pick(cfg.importance, ratio=b, smooth_kernel=rsk),
+                               b, matched_to=f"budget{b:g}")))
     for tau, sk, rec, bud in cfg.sweep:
         sel = (ProtectedAttentionMatching(tau=tau, smooth_kernel=sk, recent=rec) if bud is None
                else ProtectedAttentionMatching(ratio=bud, smooth_kernel=sk, recent=rec))

@@ -8,9 +8,9 @@ guidance attention; the base keeps the top positions). Refitting beta and values
 
 A selector returns kept indices as a regular tensor [layers, kv_heads, t] (sorted per row), so every
 downstream step (fit, cache build, biased attention) is batched over all (layer, KV head) pairs. A scored selector
-with `allocation="global"` keeps a different count per (layer, KV head): its rows are right-padded with PAD (-1) to
-the longest row, and a padded slot is a masked one downstream (zero key and value, beta MASKED_BETA: no attention
-weight; the fit ignores it), as kvpress's head-wise presses mask dropped keys.
+with `allocation="global"` or `"hybrid"` keeps a different count per (layer, KV head): its rows are right-padded with
+PAD (-1) to the longest row, and a padded slot is a masked one downstream (zero key and value, beta MASKED_BETA: no
+attention weight; the fit ignores it), as kvpress's head-wise presses mask dropped keys.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from briefing.matching import PAD
 from briefing.options import check_bool, check_choice, check_int, check_number
 
 DEFAULT_RATIO = 0.1  # kept share of a sized selector given neither ratio nor tokens
-ALLOCATIONS = ("uniform", "global")
+ALLOCATIONS = ("uniform", "global", "hybrid")
 ALLOCATION_SCALES = ("none", "layer", "head", "share")
 
 
@@ -244,9 +244,12 @@ class ScoredSelector(SizedSelector):
     is ranked together (KVzip's allocation), so a row keeps more or less than t and the total stays L H t; the rows
     are right-padded with PAD to the longest (masked slots downstream). Needs per_head; a per-call compaction only
     (a fold keeps a regular cache). With `agnostic`, the share a of the L H t kept entries is the importance's best
-    overall, the guidance's best fill the rest. allocation_scale: how the scores are made comparable across rows
-    ("none", "layer", "head", "share": `normalised`). head_min: each row keeps at least this share of t (in [0, 1]).
-    head_max: each row keeps at most head_max x t positions (>= 1; None: up to all), which bounds the padded width.
+    overall, the guidance's best fill the rest. "hybrid": the guidance's share uniform, the importance's global: each
+    row keeps its (1 - a) t best by the guidance (as "uniform" does), then the importance's best entries of all rows
+    fill the rest of L H t (no importance in the scores: "uniform"). allocation_scale: how the scores are made
+    comparable across rows ("none", "layer", "head", "share": `normalised`). head_min: each row keeps at least this
+    share of t (in [0, 1]). head_max: each row keeps at most head_max x t positions (>= 1; None: up to all), which
+    bounds the padded width.
     """
 
     needs_scores: ClassVar[bool] = True
@@ -323,7 +326,7 @@ class ScoredSelector(SizedSelector):
         else:
             ranked = self.rank(scores.shared, None)                                        # [T]
             importance = None if scores.importance is None else scores.importance.mean(dim=(0, 1))   # [T]
-        if self.allocation == "global":
+        if self.allocation == "global" or (self.allocation == "hybrid" and importance is not None):
             return self.allocate(ranked, importance, t)
         a = round(self.agnostic * t) if importance is not None else 0
         if a:   # the importance's best first, then the guidance's (a union of budgets)
@@ -333,9 +336,18 @@ class ScoredSelector(SizedSelector):
 
     def allocate(self, ranked: torch.Tensor, importance: torch.Tensor | None, t: int) -> torch.Tensor:
         """Global allocation: the L H t best (layer, KV head, position) entries of ranked [L, H, T] (normalised by
-        `allocation_scale`), the importance's best overall first when `agnostic` > 0 -> [L, H, t_max] padded."""
+        `allocation_scale`), the importance's best overall first when `agnostic` > 0 -> [L, H, t_max] padded.
+        Hybrid: each row's (1 - agnostic) t best of ranked, then the importance's best entries overall."""
         L, H, T = ranked.shape
         total = L * H * t
+        low = min(t, math.ceil(self.head_min * t))
+        if self.allocation == "hybrid":   # each row's guidance best g first, then the importance's best overall
+            g = t - round(self.agnostic * t)
+            key = normalised(importance.to(ranked.dtype), self.allocation_scale)             # [L, H, T]
+            key = (key - key.amin()).div(key.amax() - key.amin() + 1e-30)                    # [0, 1]
+            if g:
+                key = key.scatter(-1, top_positions(ranked, g, min(self.sinks, t)), 2.0)     # forced: rank first
+            return global_positions(key, total, low, self.cap(t, T), min(self.sinks, t))
         key = normalised(ranked, self.allocation_scale)
         a = round(self.agnostic * total) if importance is not None else 0
         if a:   # a union of budgets, over all rows: the importance's a best entries rank above the guidance's
@@ -343,7 +355,6 @@ class ScoredSelector(SizedSelector):
             imp = imp.masked_fill(row_ranks(imp) >= self.cap(t, T), -1.0)   # only entries a row may keep
             key = (key - key.amin()).div(key.amax() - key.amin() + 1e-30)
             key.view(-1)[imp.reshape(-1).topk(a).indices] = 1.5
-        low = min(t, math.ceil(self.head_min * t))
         return global_positions(key, total, low, self.cap(t, T), min(self.sinks, t))
 
     def cap(self, t: int, length: int) -> int:
