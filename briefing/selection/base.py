@@ -245,11 +245,11 @@ class ScoredSelector(SizedSelector):
     are right-padded with PAD to the longest (masked slots downstream). Needs per_head; a per-call compaction only
     (a fold keeps a regular cache). With `agnostic`, the share a of the L H t kept entries is the importance's best
     overall, the guidance's best fill the rest. "hybrid": the guidance's share uniform, the importance's global: each
-    row keeps its (1 - a) t best by the guidance (as "uniform" does), then the importance's best entries of all rows
-    fill the rest of L H t (no importance in the scores: "uniform"). allocation_scale: how the scores are made
-    comparable across rows ("none", "layer", "head", "share": `normalised`). head_min: each row keeps at least this
-    share of t (in [0, 1]). head_max: each row keeps at most head_max x t positions (>= 1; None: up to all), which
-    bounds the padded width.
+    row keeps its (1 - a) t best by the guidance, its sinks counted among them (as they count in t), then the
+    importance's best entries of all rows fill the rest of L H t (no importance in the scores: "uniform").
+    allocation_scale: how the scores are made comparable across rows ("none", "layer", "head", "share":
+    `normalised`). head_min: each row keeps at least this share of t (in [0, 1]). head_max: each row keeps at most
+    head_max x t positions (>= 1; None: up to all), which bounds the padded width.
     """
 
     needs_scores: ClassVar[bool] = True
@@ -341,9 +341,10 @@ class ScoredSelector(SizedSelector):
         L, H, T = ranked.shape
         total = L * H * t
         low = min(t, math.ceil(self.head_min * t))
-        if self.allocation == "hybrid":   # each row's guidance best g first, then the importance's best overall
+        if self.allocation == "hybrid":   # each row's g (its sinks among them) first, then the importance overall
             g = t - round(self.agnostic * t)
-            key = normalised(importance.to(ranked.dtype), self.allocation_scale)             # [L, H, T]
+            imp = importance.to(device=ranked.device, dtype=torch.float32)                   # ranking only: float32
+            key = normalised(imp, self.allocation_scale)                                     # [L, H, T]
             key = (key - key.amin()).div(key.amax() - key.amin() + 1e-30)                    # [0, 1]
             if g:
                 key = key.scatter(-1, top_positions(ranked, g, min(self.sinks, t)), 2.0)     # forced: rank first
