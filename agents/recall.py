@@ -215,7 +215,11 @@ class LatentRecall(Recall):
 
     tokens: recall budget (trajectory tokens; None: the worker's, `Recall`). attach: re-attach the blocks' archived keys
         and values after the cache (the call's compaction then keeps them all and fits over them with the cache's
-        positions); False: put their text before the question, as `TextRecall` does. rank: "latent" (the hidden states
+        positions); False: put their text before the question, as `TextRecall` does; None (the default): re-attach
+        where the cache holds every layer, put the text before the question on a model with sliding-window layers
+        (Gemma 3): those layers hold their own window of the latest tokens, so re-attached blocks would reach only
+        its few full-attention layers (on dev episodes with Gemma 3 270M the text answered 16 of 16 own-words
+        questions against 14 of 16, docs/benchmarks.md, "Latent recall on Gemma 3"). rank: "latent" (the hidden states
         alone) or "both" (fused with BM25 over the same blocks' text, by reciprocal rank). pad: tokens recalled on each
         side of a picked block (a fact cut by a block boundary comes back whole); 8 was chosen on dev episodes
         (`benchmarks.recall_rank`: 16 spends a small budget on the pads). archive: the caches' `briefing.ArchivePolicy`
@@ -225,7 +229,7 @@ class LatentRecall(Recall):
     paraphrased facts than BM25 but loses most facts asked in their own words, so `TextRecall` stays the default."""
 
     tokens: int | None = None
-    attach: bool = True
+    attach: bool | None = None
     rank: str = "latent"
     pad: int = 8
     archive_policy: Any = None
@@ -233,7 +237,7 @@ class LatentRecall(Recall):
     def __post_init__(self) -> None:
         owner = "LatentRecall"
         check_int(owner, "tokens", self.tokens, low=1, none=True, what="recall budget in tokens", error=ValueError)
-        check_bool(owner, "attach", self.attach, error=ValueError)
+        check_bool(owner, "attach", self.attach, none=True, error=ValueError)
         check_choice(owner, "rank", self.rank, RANKS, what="what ranks the blocks", error=ValueError)
         check_int(owner, "pad", self.pad, low=0, what="tokens recalled on each side of a block", error=ValueError)
         if self.archive_policy is not None:
@@ -242,9 +246,12 @@ class LatentRecall(Recall):
             check_type(owner, "archive_policy", self.archive_policy, briefing.ArchivePolicy,
                        "a briefing.ArchivePolicy or None for its defaults", error=ValueError)
 
-    @property
-    def how(self) -> str:
-        return f"{self.rank}:{'attach' if self.attach else 'prefill'}"
+    def attaches(self, lm: briefing.LoadedModel) -> bool:
+        """Whether the blocks come back as keys and values (`attach`; None: unless the model has sliding layers)."""
+        return self.attach if self.attach is not None else not lm.window_layers
+
+    def how(self, lm: briefing.LoadedModel) -> str:
+        return f"{self.rank}:{'attach' if self.attaches(lm) else 'prefill'}"
 
     def archive(self) -> briefing.ArchivePolicy:
         import briefing
@@ -256,9 +263,9 @@ class LatentRecall(Recall):
         from briefing import latent
 
         k_tokens = self.budget(k_tokens)
-        if k_tokens < MIN_RECALL_TOKENS or not cache.folds:
-            return Recalled(how=self.how)
         lm = cache.lm
+        if k_tokens < MIN_RECALL_TOKENS or not cache.folds:
+            return Recalled(how=self.how(lm))
         text = prompt if prompt is not None and query in prompt else query
         ids, question = _token_span(lm, text, text.rindex(query), len(query))
         sink = cache.fold.sink
@@ -270,14 +277,14 @@ class LatentRecall(Recall):
         chars = _char_ranges(cache, ranges)
         tokens = sum(hi - lo for lo, hi in ranges)
         if not ranges:
-            return Recalled(how=self.how)
-        if self.attach:
+            return Recalled(how=self.how(lm))
+        if self.attaches(lm):
             t0 = time.perf_counter()
             blocks = latent.attach(cache, ranges)
             blocks.lookup_s, blocks.fetch_s = found.seconds, time.perf_counter() - t0
-            return Recalled("", chars, self.how, blocks, tokens)
+            return Recalled("", chars, self.how(lm), blocks, tokens)
         pieces = [lm.decode(cache.ids[lo:hi]) for lo, hi in ranges]
-        return Recalled(SEPARATOR.join(pieces) + "\n", chars, self.how, None, tokens)
+        return Recalled(SEPARATOR.join(pieces) + "\n", chars, self.how(lm), None, tokens)
 
     def _fused(self, cache: briefing.TrajectoryCache, query: str, scores: Any) -> Any:
         """Reciprocal rank fusion of the latent scores [blocks] with BM25's over the same blocks' text."""
@@ -304,7 +311,8 @@ class RoutedRecall(Recall):
     times the runner-up's (`Recalled.margin`), a chunk shares the question's rarer words and its recall is the
     call's. Otherwise the question is worded differently from every chunk, or shares only common words with many:
     BM25's best chunks keep `share` of the budget and `latent` recalls with the rest, paying its lookup (a forward of
-    the question over the cache) only then.
+    the question over the cache) only then (its blocks re-attached, or their text pasted on a model with sliding
+    layers: `LatentRecall.attach`).
 
     tokens: recall budget (trajectory tokens; None: the worker's, `Recall`) of both. margin: the score ratio above which
     BM25's recall is taken (1: always BM25; `LatentRecall` alone: never); 1.3 was chosen on the long suite's dev

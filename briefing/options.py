@@ -66,9 +66,12 @@ def check_number(owner: str, name: str, value: object, *, low: float | None = No
     return value
 
 
-def check_bool(owner: str, name: str, value: object, *, error: type[Exception] = BriefingError) -> bool:
+def check_bool(owner: str, name: str, value: object, *, none: bool = False,
+               error: type[Exception] = BriefingError) -> bool | None:
+    if none and value is None:
+        return None
     if not isinstance(value, bool):
-        _fail(owner, name, "True or False", value, "", error)
+        _fail(owner, name, "True, False or None" if none else "True or False", value, "", error)
     return value
 
 

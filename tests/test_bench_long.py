@@ -252,3 +252,16 @@ def test_pooled_pairs_questions_within_each_run_and_pools_them(tmp_path, capsys)
     assert "paraphrase: 1 questions, accuracy +1.000" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         long_pooled.main(["--condition", "new", str(tmp_path / "missing.json")])
+
+
+def test_routed_conditions_build_their_recall():
+    """Each routed condition's recall: fold-routed-text re-prefills the latent blocks' text (LatentRecall attach=False),
+    fold-routed leaves the choice to the model (attach=None), the others set their share or margin."""
+    from agents import LatentRecall, RoutedRecall
+    from benchmarks.rlm_bench.long_conditions import recall_of
+
+    sizes = {"recall_budget": 120}
+    text, plain = recall_of("fold-routed-text", sizes), recall_of("fold-routed", sizes)
+    assert isinstance(text, RoutedRecall) and isinstance(text.latent, LatentRecall) and text.latent.attach is False
+    assert text.latent.tokens == text.tokens == 120 and plain.latent.attach is None
+    assert recall_of("fold-routed-alone", sizes).share == 0.0 and recall_of("fold-routed-always", sizes).margin == 1e9

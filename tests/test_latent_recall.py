@@ -416,3 +416,21 @@ def test_archived_keys_carry_their_importance_back(tiny, pieces):
     assert ctx.stats.kept >= att.length
     seg = cache.archive.segments[0]
     assert seg.importance is not None and seg.importance.dtype == torch.float16
+
+
+def test_latent_recall_reprefills_on_a_model_with_sliding_layers(tiny, tok, essay):
+    """LatentRecall's default: re-attach the blocks' keys and values where the cache holds every layer; on a model
+    with sliding-window layers (Gemma 3), whose window layers would never see re-attached blocks, put their text
+    before the question instead. attach=True or False overrides; a bad value is refused by name."""
+    gemma = tiny_model("gemma3-hybrid", tok)
+    assert gemma.window_layers and not tiny.window_layers
+    assert LatentRecall().attaches(tiny) and not LatentRecall().attaches(gemma)
+    assert LatentRecall(attach=True).attaches(gemma) and not LatentRecall(attach=False).attaches(tiny)
+    w = BriefedWorker(lm=gemma, max_new_tokens=2, reserve=160, cache_budget=256,
+                      recall=LatentRecall(tokens=64, pad=8, archive_policy=briefing.ArchivePolicy(block=16)),
+                      fold=briefing.FoldPolicy(recent=64))
+    b = w.brief(PARAPHRASE, planted(essay))
+    assert b.cache.folds and b.stats.recall == "latent:prefill" and b.recalled.blocks is None and b.recalled.text
+    assert all(b.coverage(a, z) == pytest.approx(1.0, abs=0.02) for a, z in b.recalled.ranges if a < z)
+    with pytest.raises(ValueError, match="LatentRecall: attach must be True, False or None"):
+        LatentRecall(attach="yes")
