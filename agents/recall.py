@@ -225,8 +225,9 @@ class LatentRecall(Recall):
         (`benchmarks.recall_rank`: 16 spends a small budget on the pads). archive: the caches' `briefing.ArchivePolicy`
         (None: its defaults).
 
-    Not `BriefedWorker`'s default: on the dev case of docs/benchmarks.md ("Latent recall against BM25") it finds more
-    paraphrased facts than BM25 but loses most facts asked in their own words, so `TextRecall` stays the default."""
+    Not `BriefedWorker`'s default alone: on the dev case of docs/benchmarks.md ("Latent recall against BM25") it finds
+    more paraphrased facts than BM25 but loses most facts asked in their own words; the default, `RoutedRecall`, uses
+    it where BM25's best chunk does not stand out."""
 
     tokens: int | None = None
     attach: bool | None = None

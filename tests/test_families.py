@@ -181,16 +181,19 @@ def test_sliding_window_models_say_which_transformers_they_need(monkeypatch):
 
 
 def test_global_allocation_and_latent_recall_make_every_tensor_on_the_models_device(tok):
-    """The importance, a global allocation's padded selection and fit, and latent recall (archive, representatives,
-    lookup, re-attached blocks) with the default device "meta": every tensor follows the model's device."""
+    """The importance, a global and a hybrid allocation's padded selection and fit, and latent recall (archive,
+    representatives, lookup, re-attached blocks) with the default device "meta": every tensor follows the model's
+    device."""
     from agents import BriefedWorker, LatentRecall
 
     lm = tiny_model("llama-gqa", tok, max_positions=512)
     torch.set_default_device("meta")
     try:
         cache = briefing.TrajectoryCache(lm, TEXT[:600], fold=None, importance=True)
-        ctx = cache.compact(PROMPT, briefing.AttentionMatching(ratio=0.2, allocation="global", agnostic=1.0, sinks=4))
-        assert briefing.loglikelihood(ctx, " The tide") < 0
+        for sel in (briefing.AttentionMatching(ratio=0.2, allocation="global", agnostic=1.0, sinks=4),
+                    briefing.AttentionMatching(ratio=0.2, allocation="hybrid", agnostic=0.9, sinks=4)):
+            ctx = cache.compact(PROMPT, sel)
+            assert briefing.loglikelihood(ctx, " The tide") < 0
         worker = BriefedWorker(lm=lm, max_new_tokens=2, reserve=96, cache_budget=192, recall=LatentRecall(tokens=32),
                                fold=briefing.FoldPolicy(recent=48, capture_stride=4))
         b = worker.brief("What was low?", TEXT + TEXT)
