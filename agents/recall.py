@@ -120,8 +120,8 @@ class Recall:
     """A recall strategy: `tokens` is its budget (None: the worker's, an eighth of its cache's share of the window,
     `BriefedWorker.layout`); `recall(cache, query, k_tokens, prompt=...)` returns what comes back for one call
     (k_tokens: the budget left in the call's reserve, at most `tokens`; prompt: the call prompt the query sits in),
-    with ranges in `cache.text`. `archive()`: the `briefing.ArchivePolicy` the worker's caches need (None: no
-    archive)."""
+    with ranges in `cache.text`. `archive(lm)`: the `briefing.ArchivePolicy` the worker's caches need with model `lm`
+    (None: no archive)."""
 
     tokens: int | None
 
@@ -133,7 +133,7 @@ class Recall:
                prompt: str | None = None) -> Recalled:
         raise NotImplementedError
 
-    def archive(self) -> briefing.ArchivePolicy | None:
+    def archive(self, lm: briefing.LoadedModel) -> briefing.ArchivePolicy | None:
         return None
 
 
@@ -222,8 +222,10 @@ class LatentRecall(Recall):
         questions against 14 of 16, docs/benchmarks.md, "Latent recall on Gemma 3"). rank: "latent" (the hidden states
         alone) or "both" (fused with BM25 over the same blocks' text, by reciprocal rank). pad: tokens recalled on each
         side of a picked block (a fact cut by a block boundary comes back whole); 8 was chosen on dev episodes
-        (`benchmarks.recall_rank`: 16 spends a small budget on the pads). archive: the caches' `briefing.ArchivePolicy`
-        (None: its defaults).
+        (`benchmarks.recall_rank`: 16 spends a small budget on the pads). archive_policy: the caches'
+        `briefing.ArchivePolicy` (None: its defaults where the blocks are re-attached, the representatives alone,
+        `budget_bytes=0`, where their text is re-prefilled: no keys or values are archived that no call reads; with
+        `budget_bytes=0` and attach=None the text is re-prefilled on every model).
 
     Not `BriefedWorker`'s default alone: on the dev case of docs/benchmarks.md ("Latent recall against BM25") it finds
     more paraphrased facts than BM25 but loses most facts asked in their own words; the default, `RoutedRecall`, uses
@@ -246,18 +248,27 @@ class LatentRecall(Recall):
 
             check_type(owner, "archive_policy", self.archive_policy, briefing.ArchivePolicy,
                        "a briefing.ArchivePolicy or None for its defaults", error=ValueError)
+            if self.attach is True and not self.archive_policy.budget_bytes:
+                raise ValueError("LatentRecall: attach=True re-attaches archived keys and values, but archive_policy "
+                                 "keeps none (budget_bytes=0): give it a byte budget, or pass attach=False to "
+                                 "re-prefill the blocks' text.")
 
     def attaches(self, lm: briefing.LoadedModel) -> bool:
-        """Whether the blocks come back as keys and values (`attach`; None: unless the model has sliding layers)."""
-        return self.attach if self.attach is not None else not lm.window_layers
+        """Whether the blocks come back as keys and values (`attach`; None: unless the model has sliding layers or
+        `archive_policy` keeps no keys and values)."""
+        if self.attach is not None:
+            return self.attach
+        return not lm.window_layers and (self.archive_policy is None or self.archive_policy.budget_bytes > 0)
 
     def how(self, lm: briefing.LoadedModel) -> str:
         return f"{self.rank}:{'attach' if self.attaches(lm) else 'prefill'}"
 
-    def archive(self) -> briefing.ArchivePolicy:
+    def archive(self, lm: briefing.LoadedModel) -> briefing.ArchivePolicy:
         import briefing
 
-        return self.archive_policy if self.archive_policy is not None else briefing.ArchivePolicy()
+        if self.archive_policy is not None:
+            return self.archive_policy
+        return briefing.ArchivePolicy() if self.attaches(lm) else briefing.ArchivePolicy(budget_bytes=0)
 
     def recall(self, cache: briefing.TrajectoryCache, query: str, k_tokens: int, *,
                prompt: str | None = None) -> Recalled:
@@ -270,7 +281,8 @@ class LatentRecall(Recall):
         text = prompt if prompt is not None and query in prompt else query
         ids, question = _token_span(lm, text, text.rindex(query), len(query))
         sink = cache.fold.sink
-        found = latent.lookup(cache, ids, question, k_tokens, pad=self.pad, sink=sink)
+        attach = self.attaches(lm)
+        found = latent.lookup(cache, ids, question, k_tokens, pad=self.pad, sink=sink, kv=attach)
         ranges = found.ranges
         if self.rank == "both":
             ranges = latent.pick(self._fused(cache, query, found.scores), cache.archive.policy.block, self.pad,
@@ -279,7 +291,7 @@ class LatentRecall(Recall):
         tokens = sum(hi - lo for lo, hi in ranges)
         if not ranges:
             return Recalled(how=self.how(lm))
-        if self.attaches(lm):
+        if attach:
             t0 = time.perf_counter()
             blocks = latent.attach(cache, ranges)
             blocks.lookup_s, blocks.fetch_s = found.seconds, time.perf_counter() - t0
@@ -346,8 +358,8 @@ class RoutedRecall(Recall):
         self.text = self.text if self.text is not None else TextRecall(tokens=self.tokens)
         self.latent = self.latent if self.latent is not None else LatentRecall(tokens=self.tokens)
 
-    def archive(self) -> briefing.ArchivePolicy:
-        return self.latent.archive()
+    def archive(self, lm: briefing.LoadedModel) -> briefing.ArchivePolicy:
+        return self.latent.archive(lm)
 
     def recall(self, cache: briefing.TrajectoryCache, query: str, k_tokens: int, *,
                prompt: str | None = None) -> Recalled:

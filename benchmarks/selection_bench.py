@@ -16,12 +16,15 @@ import json
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 import briefing
 from benchmarks.stats import bootstrap_ci
+from briefing.selection.base import global_positions, top_positions
 from benchmarks.readme import DOC, update_readme
 from benchmarks.recall_cases import cases
 from benchmarks.briefing_bench import ANSWER, QUESTION, copy_caches
@@ -35,6 +38,25 @@ DEFAULT = "look-ahead 8 (the new default)"
 PICK = "global allocation, importance share 0.9, sinks 4, head min 0.2"
 # round 7: the guidance's share per row, the importance's over all rows (`rlm bench --importance hybrid`)
 HYBRID = "hybrid allocation, importance share 0.9, sinks 4"
+
+
+@dataclass(kw_only=True)
+class SinksOutside(briefing.AttentionMatching):
+    """Round 8's probe: the hybrid allocation with its sinks outside the guidance's share (each row keeps its sinks,
+    then (1 - agnostic) of the rest of t by the guidance; the importance's best over all rows fill what is left)."""
+
+    def allocate(self, ranked, importance, t):
+        if self.allocation != "hybrid":
+            return super().allocate(ranked, importance, t)
+        s = min(self.sinks, t)
+        g = t - round(self.agnostic * (t - s))                                          # s sinks + guidance
+        key = importance.to(device=ranked.device, dtype=torch.float32)                  # [L, H, T]
+        key = (key - key.amin()).div(key.amax() - key.amin() + 1e-30)                   # [0, 1]
+        key = key.scatter(-1, top_positions(ranked, g, s), 2.0)                         # forced: rank first
+        L, H, T = ranked.shape
+        return global_positions(key, L * H * t, 0, self.cap(t, T), s)
+
+
 VARIANTS: dict[str, Callable[..., briefing.Selector]] = {  # look_ahead=0 where a variant was measured without it
     PREVIOUS: lambda **size: briefing.AttentionMatching(**size, look_ahead=0),
     "smoothing 63 (the issue's crude probe)": lambda **size: briefing.AttentionMatching(
@@ -109,6 +131,14 @@ VARIANTS: dict[str, Callable[..., briefing.Selector]] = {  # look_ahead=0 where 
         **size, allocation="hybrid", agnostic=0.9, sinks=4, fit=briefing.Fit(ridge=1.0)),
     "hybrid allocation, importance share 0.9, sinks 4, beta max 2": lambda **size: briefing.AttentionMatching(
         **size, allocation="hybrid", agnostic=0.9, sinks=4, fit=briefing.Fit(beta_max=2.0)),
+    # round 8: the hybrid's sinks outside its guidance share (at 5% the share was about one position beside them),
+    # and a cap on a row's count (the padded width sets the call's slots)
+    "hybrid allocation, importance share 0.9, sinks 4 outside the share": lambda **size: SinksOutside(
+        **size, allocation="hybrid", agnostic=0.9, sinks=4),
+    "hybrid allocation, importance share 0.9, sinks 4, head max 2x": lambda **size: briefing.AttentionMatching(
+        **size, allocation="hybrid", agnostic=0.9, sinks=4, head_max=2.0),
+    "hybrid allocation, importance share 0.9, sinks 4 outside the share, head max 2x": lambda **size: SinksOutside(
+        **size, allocation="hybrid", agnostic=0.9, sinks=4, head_max=2.0),
     # round 5: the padded width (the longest row) is near T at every ratio; a cap per (layer, KV head) bounds it
     "global allocation, importance only, fit, sinks 4, head max 4x": lambda **size: briefing.AttentionMatching(
         **size, allocation="global", agnostic=1.0, sinks=4, head_max=4.0),

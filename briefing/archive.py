@@ -72,6 +72,8 @@ class ArchivePolicy:
     """What a folding TrajectoryCache keeps of the tokens its folds compact away, and how a block is represented.
 
     budget_bytes: most bytes of archived keys, values and their scales (>= 0); past it the oldest blocks go first.
+        0: the representatives alone, no keys or values (what a recall that re-prefills the blocks' text needs:
+        `agents.LatentRecall` on a model with sliding-window layers).
     block: tokens per block, >= 1: the unit of a representative and of a recall.
     layers: how many of the last decoder layers' hidden states make a block's representative (>= 1).
     dtype: how keys and values are stored: "int8" (one float16 scale per vector of head_dim), "float16", "bfloat16"
@@ -261,7 +263,7 @@ class Archive:
         a = min(sink, P)
         b = max(a, P - recent)
         lo = max(a, store.folded)
-        if b <= lo:
+        if b <= lo or not self.policy.budget_bytes:   # nothing new, or the representatives alone
             return
         t0 = time.perf_counter()
         origins = store.origins()[0, 0, lo:b]                                         # [n] raw: the same every head
@@ -353,12 +355,13 @@ class Archive:
         """The first token of the cache's unfolded tail (every token from it on is held as read)."""
         return self._tail(store)[1]
 
-    def available(self, store, sink: int) -> torch.Tensor:
+    def available(self, store, sink: int, kv: bool = True) -> torch.Tensor:
         """[blocks] bool: blocks whose every token from `sink` on can be fetched (archived, or held unfolded by
-        `store`) and whose representative has been read."""
+        `store`) and whose representative has been read. kv=False: a recall of the blocks' text, which needs no keys
+        or values: every block past the sink whose representative has been read."""
         B, nb = self.policy.block, self.sums.shape[0]
         dev = self.sums.device
-        have = torch.zeros(nb * B, dtype=torch.bool, device=dev)                      # [nb * B] per token
+        have = torch.full((nb * B,), not kv, dtype=torch.bool, device=dev)            # [nb * B] per token
         for seg in self.segments:
             have[seg.first:seg.last] = True
         have[self._tail(store)[1]:self.tokens] = True

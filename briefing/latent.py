@@ -57,11 +57,12 @@ def query_vector(cache, ids: list[int], span: tuple[int, int] | None = None) -> 
     return torch.nn.functional.normalize(h.mean(0), dim=-1)                           # [layers, hidden]
 
 
-def rank_blocks(cache, query: torch.Tensor, sink: int) -> torch.Tensor:
+def rank_blocks(cache, query: torch.Tensor, sink: int, kv: bool = True) -> torch.Tensor:
     """[blocks] score of every block: the cosine of its representative with `query` [layers, hidden], both
     standardised per dimension by the mean and spread of the trajectory's representatives (a model's hidden states
     share large directions that would rank the same blocks first for every question), averaged over the layers; -inf
-    for a block that cannot be fetched or that the cache still holds whole (its unfolded tail: already in view)."""
+    for a block that cannot be fetched (kv=False: a recall of the text, which needs no archived keys and values) or
+    that the cache still holds whole (its unfolded tail: already in view)."""
     archive = cache.archive
     reps = archive.representatives()                                                  # [nb, layers, hidden]
     seen = reps[archive.counts > 0]                                                   # [n, layers, hidden]
@@ -71,7 +72,7 @@ def rank_blocks(cache, query: torch.Tensor, sink: int) -> torch.Tensor:
     q = unit((query.to(reps.device) - mu) / sd, dim=-1)                               # [layers, hidden]
     score = (r * q[None]).sum(-1).mean(-1)                                            # [nb]
     starts = torch.arange(reps.shape[0], device=reps.device) * archive.policy.block   # [nb]
-    fetch = archive.available(cache.store, sink) & (starts < archive.unfolded_from(cache.store))
+    fetch = archive.available(cache.store, sink, kv) & (starts < archive.unfolded_from(cache.store))
     return score.masked_fill(~fetch, float("-inf"))
 
 
@@ -214,14 +215,15 @@ class Lookup:
 
 
 def lookup(cache, prompt_ids: list[int], question: tuple[int, int] | None, budget: int, *, pad: int,
-           sink: int) -> Lookup:
+           sink: int, kv: bool = True) -> Lookup:
     """The token ranges the question (tokens [question) of the prompt; None: all of it) is about (`query_vector`,
-    `rank_blocks`, `pick`), within `budget` tokens."""
+    `rank_blocks`, `pick`), within `budget` tokens. kv: the ranges' keys and values will be fetched (False: their
+    text, so blocks the archive keeps no keys and values of count too)."""
     if cache.archive is None:
         raise BriefingError("latent recall needs a TrajectoryCache built with archive=briefing.ArchivePolicy(); this "
                             "cache has none.")
     t0 = time.perf_counter()
     query = query_vector(cache, prompt_ids, question)
-    scores = rank_blocks(cache, query, sink)
+    scores = rank_blocks(cache, query, sink, kv)
     ranges = pick(scores, cache.archive.policy.block, pad, budget, cache.archive.tokens, sink)
     return Lookup(ranges=ranges, seconds=time.perf_counter() - t0, scores=scores)

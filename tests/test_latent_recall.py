@@ -345,7 +345,7 @@ def test_routed_recall_takes_bm25_where_a_chunk_stands_out_and_latent_where_none
     assert both.pasted == both.ranges and both.ranges[-len(lexical.ranges):] == lexical.ranges
     assert RoutedRecall(tokens=64, margin=1).recall(cache, PARAPHRASE, 64).how == "bm25"
     assert not RoutedRecall().recall(archiving_cache(tiny), own, 64)   # nothing before the first fold
-    assert RoutedRecall().archive() == LatentRecall().archive()       # the worker's caches keep latent's archive
+    assert RoutedRecall().archive(tiny) == LatentRecall().archive(tiny)   # the worker's caches keep latent's archive
     for bad in (0.5, float("inf"), "2", True):
         with pytest.raises(ValueError, match="RoutedRecall: margin must be"):
             RoutedRecall(margin=bad)
@@ -421,16 +421,34 @@ def test_archived_keys_carry_their_importance_back(tiny, pieces):
 def test_latent_recall_reprefills_on_a_model_with_sliding_layers(tiny, tok, essay):
     """LatentRecall's default: re-attach the blocks' keys and values where the cache holds every layer; on a model
     with sliding-window layers (Gemma 3), whose window layers would never see re-attached blocks, put their text
-    before the question instead. attach=True or False overrides; a bad value is refused by name."""
+    before the question instead, and keep the representatives alone (no keys or values archived that no call reads).
+    attach=True or False overrides; a bad value is refused by name."""
     gemma = tiny_model("gemma3-hybrid", tok)
     assert gemma.window_layers and not tiny.window_layers
     assert LatentRecall().attaches(tiny) and not LatentRecall().attaches(gemma)
     assert LatentRecall(attach=True).attaches(gemma) and not LatentRecall(attach=False).attaches(tiny)
-    w = BriefedWorker(lm=gemma, max_new_tokens=2, reserve=160, cache_budget=256,
-                      recall=LatentRecall(tokens=64, pad=8, archive_policy=briefing.ArchivePolicy(block=16)),
-                      fold=briefing.FoldPolicy(recent=64))
-    b = w.brief(PARAPHRASE, planted(essay))
-    assert b.cache.folds and b.stats.recall == "latent:prefill" and b.recalled.blocks is None and b.recalled.text
-    assert all(b.coverage(a, z) == pytest.approx(1.0, abs=0.02) for a, z in b.recalled.ranges if a < z)
+    assert LatentRecall().archive(tiny).budget_bytes > 0 and LatentRecall().archive(gemma).budget_bytes == 0
+    assert LatentRecall(attach=False).archive(tiny).budget_bytes == 0
+    reps = briefing.ArchivePolicy(block=16, budget_bytes=0)
+    assert not LatentRecall(archive_policy=reps).attaches(tiny)     # nothing archived to re-attach: the text
+    text = planted(essay)
+    seen = {}
+    for name, lm, policy in [("gemma", gemma, None), ("gemma, keys kept", gemma, briefing.ArchivePolicy()),
+                             ("llama, representatives alone", tiny, reps)]:   # the default block: 32
+        w = BriefedWorker(lm=lm, max_new_tokens=2, reserve=160, cache_budget=256,
+                          recall=LatentRecall(tokens=64, pad=8, archive_policy=policy),
+                          fold=briefing.FoldPolicy(recent=64))
+        b = w.brief(PARAPHRASE, text)
+        assert b.cache.folds and b.stats.recall == "latent:prefill" and b.recalled.blocks is None and b.recalled.text
+        assert all(b.coverage(a, z) == pytest.approx(1.0, abs=0.02) for a, z in b.recalled.ranges if a < z)
+        seen[name] = b.recalled.ranges, b.cache.archive.nbytes()
+        if name == "gemma":   # a fork keeps a representatives-only cache only for a recall that needs no more
+            assert len(w.fork(recall=LatentRecall(tokens=64)).sync(text).archive.segments) == 0
+            assert w.fork(recall=LatentRecall(tokens=64))._caches
+            assert not w.fork(recall=LatentRecall(attach=True, archive_policy=briefing.ArchivePolicy()))._caches
+    assert seen["gemma"][0] == seen["gemma, keys kept"][0]            # the same blocks, with or without their keys
+    assert seen["gemma"][1] == 0 < seen["gemma, keys kept"][1] and seen["llama, representatives alone"][1] == 0
     with pytest.raises(ValueError, match="LatentRecall: attach must be True, False or None"):
         LatentRecall(attach="yes")
+    with pytest.raises(ValueError, match="LatentRecall: attach=True re-attaches archived keys and values, but"):
+        LatentRecall(attach=True, archive_policy=reps)

@@ -32,7 +32,8 @@ Parameters:
         cache's when `cache_budget` is None, so a call with its recall fits the window (`layout`); with a
         `cache_budget`, recall gets what the reserve leaves after the prompt and max_new_tokens. A recall that
         needs an archive (`LatentRecall`, `RoutedRecall`) makes the worker's caches keep one
-        (`briefing.ArchivePolicy`: int8 keys and values of what the folds compact away, at most 1 GiB per cache).
+        (`briefing.ArchivePolicy`: int8 keys and values of what the folds compact away, at most 1 GiB per cache;
+        on a model with sliding-window layers, whose recall re-prefills text, the block representatives alone).
 Billed input tokens per call: kept positions + prompt tokens. `text_handoff_tokens`: tokens of the same text pasted
 whole (what `TextWorker` bills).
 """
@@ -107,8 +108,8 @@ class BriefedWorker(LocalModelMixin, Worker):
         if best is None:
             fold = self.fold if self.fold is not None else briefing.FoldPolicy()
             agnostic = max(getattr(s, "agnostic", 0.0) for s in (self.make_selector(), fold.selector))
-            archive = self.recall.archive() if self.recall is not None else None
             lm = self.model()
+            archive = self.recall.archive(lm) if self.recall is not None else None
             budget, reserve, _ = self.layout(lm)
             best = briefing.TrajectoryCache(lm, budget=budget, reserve=reserve, fold=fold,
                                             importance=agnostic > 0,   # scored only where a selector reads it
@@ -309,12 +310,15 @@ class BriefedWorker(LocalModelMixin, Worker):
         other = dataclasses.replace(self, **changes)
         fold = other.fold if "fold" in changes else None
         resized = bool({"cache_budget", "reserve", "recall"} & set(changes))
-        archived = other.recall is not None and other.recall.archive() is not None
-        # a cache without the archive the new recall needs is not carried over: it is rebuilt from the text; one
-        # whose archive the new recall does not read drops it (no more blocks archived, nor representatives read)
+        lm = self._caches[0].lm if self._caches else None
+        need = other.recall.archive(lm) if other.recall is not None and lm is not None else None
+        archived = need is not None
+        # a cache without the archive the new recall needs (or with representatives alone where it needs keys and
+        # values) is not carried over: it is rebuilt from the text; one whose archive the new recall does not read
+        # drops it (no more blocks archived, nor representatives read)
         other._caches = []
         for c in self._caches:
-            if c.archive is None and archived:
+            if archived and (c.archive is None or (need.budget_bytes and not c.archive.policy.budget_bytes)):
                 continue
             budget, reserve, _ = other.layout(c.lm) if resized else (None, None, 0)   # the new worker's layout
             other._caches.append(c.clone(fold=fold, budget=budget, reserve=reserve))
