@@ -32,7 +32,8 @@ import briefing
 from benchmarks.briefing_bench import ANSWER, QUESTION
 from benchmarks.recall_cases import cases
 from benchmarks.readme import DOC, update_readme
-from benchmarks.selection_bench import DEFAULT, PREVIOUS, VARIANTS, bootstrap_median, case_key, renamed
+from benchmarks.selection_bench import (DEFAULT, HYBRID, PICK, PREVIOUS, VARIANTS, bootstrap_median, case_key,
+                                        renamed)
 from rlm.data import data_dir
 
 RATIOS = (0.5, 0.2, 0.1, 0.05)
@@ -40,7 +41,7 @@ PRESSES = ("SnapKV", "AdaKV", "CriticalAdaKV", "PyramidKV", "ExpectedAttention",
            "Compactor", "StreamingLLM")
 OURS = (PREVIOUS, DEFAULT, "look-ahead 24, decay 0.95", "look-back 8, look-ahead 24, decay 0.95",
         "re-score with 8 generated tokens + look-ahead 8", "smoothing 63 (the issue's crude probe)",
-        "top-k, smoothing 5 (SnapKV-like, no fit)")
+        "top-k, smoothing 5 (SnapKV-like, no fit)", PICK, HYBRID)   # issue 28's opt-ins (rounds 5 and 7) too
 OUT = Path("docs/results/kvpress_compare")
 
 

@@ -115,7 +115,9 @@ class FoldPolicy:
                                 f"got {self.selector!r}.")
         if getattr(self.selector, "allocation", "uniform") != "uniform":
             raise BriefingError(f"FoldPolicy: a fold keeps the same count in every (layer, KV head); the selector's "
-                                f"allocation must be 'uniform', got {self.selector.allocation!r}.")
+                                f"allocation must be 'uniform', got {self.selector.allocation!r} (the importance "
+                                "in a fold: a uniform selector with agnostic=a, e.g. "
+                                "briefing.AttentionMatching(sinks=0, look_ahead=0, agnostic=0.9)).")
 
     def kept(self, span: int) -> int:
         if span <= 0:
