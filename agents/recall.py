@@ -286,7 +286,7 @@ class LatentRecall(Recall):
         ranges = found.ranges
         if self.rank == "both":
             ranges = latent.pick(self._fused(cache, query, found.scores), cache.archive.policy.block, self.pad,
-                                 k_tokens, cache.archive.tokens, sink)
+                                 k_tokens, cache.archive.tokens, found.floor)
         chars = _char_ranges(cache, ranges)
         tokens = sum(hi - lo for lo, hi in ranges)
         if not ranges:

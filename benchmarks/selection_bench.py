@@ -57,6 +57,37 @@ class SinksOutside(briefing.AttentionMatching):
         return global_positions(key, L * H * t, 0, self.cap(t, T), s)
 
 
+@dataclass(kw_only=True)
+class MassShare(briefing.AttentionMatching):
+    """Round 8's probe: the hybrid allocation with each row's guidance share set by its own guidance: its sinks, then
+    the fewest best positions that hold `mass` of the row's (pooled, spread) guidance score outside the sinks (the
+    sinks hold most of it), at most t in all; the
+    importance's best over all rows fill the rest of L H t. A question that spreads its attention (a question about
+    the text) keeps more of its guidance, one that peaks on the words it quotes leaves more to the importance."""
+
+    mass: float = 0.5
+
+    def allocate(self, ranked, importance, t):
+        if self.allocation != "hybrid":
+            return super().allocate(ranked, importance, t)
+        L, H, T = ranked.shape
+        s = min(self.sinks, t)
+        guide = ranked.float().clone()                                                  # [L, H, T]
+        guide[..., :s] = float("inf")                                                   # a row's sinks first
+        order = guide.argsort(dim=-1, descending=True)                                  # [L, H, T]
+        share = ranked.float().clone()
+        share[..., :s] = 0                                                              # the mass outside the sinks
+        share = share.gather(-1, order)                                                 # [L, H, T] sorted
+        share = share / share.sum(-1, keepdim=True).clamp_min(1e-30)
+        g = s + (share[..., s:].cumsum(-1) < self.mass).sum(-1) + 1                     # [L, H]
+        g = g.clamp(max=t)                                                              # [L, H]
+        forced = torch.zeros_like(guide, dtype=torch.bool).scatter_(
+            -1, order, torch.arange(T, device=ranked.device).expand_as(order) < g[..., None])   # [L, H, T]
+        key = importance.to(device=ranked.device, dtype=torch.float32)                  # [L, H, T]
+        key = (key - key.amin()).div(key.amax() - key.amin() + 1e-30).masked_fill(forced, 2.0)
+        return global_positions(key, L * H * t, 0, self.cap(t, T), s)
+
+
 VARIANTS: dict[str, Callable[..., briefing.Selector]] = {  # look_ahead=0 where a variant was measured without it
     PREVIOUS: lambda **size: briefing.AttentionMatching(**size, look_ahead=0),
     "smoothing 63 (the issue's crude probe)": lambda **size: briefing.AttentionMatching(
@@ -139,6 +170,12 @@ VARIANTS: dict[str, Callable[..., briefing.Selector]] = {  # look_ahead=0 where 
         **size, allocation="hybrid", agnostic=0.9, sinks=4, head_max=2.0),
     "hybrid allocation, importance share 0.9, sinks 4 outside the share, head max 2x": lambda **size: SinksOutside(
         **size, allocation="hybrid", agnostic=0.9, sinks=4, head_max=2.0),
+    "hybrid allocation, guidance share by its mass 0.5, sinks 4": lambda **size: MassShare(
+        **size, allocation="hybrid", agnostic=0.9, sinks=4, mass=0.5),
+    "hybrid allocation, guidance share by its mass 0.6, sinks 4": lambda **size: MassShare(
+        **size, allocation="hybrid", agnostic=0.9, sinks=4, mass=0.6),
+    "hybrid allocation, guidance share by its mass 0.7, sinks 4": lambda **size: MassShare(
+        **size, allocation="hybrid", agnostic=0.9, sinks=4, mass=0.7),
     # round 5: the padded width (the longest row) is near T at every ratio; a cap per (layer, KV head) bounds it
     "global allocation, importance only, fit, sinks 4, head max 4x": lambda **size: briefing.AttentionMatching(
         **size, allocation="global", agnostic=1.0, sinks=4, head_max=4.0),

@@ -12,7 +12,8 @@ What it holds:
   re-attached key carries back.
   They are stored apart from the model (CPU memory, or memory-mapped files under `path`), as int8 with one scale
   per vector by default, under a byte budget: past it the oldest blocks go first. Tokens the cache still holds as
-  they were (the sink and the unfolded tail) are read from the cache itself (`fetch`).
+  they were (the sink and the unfolded tail) are read from the cache itself (`fetch`). A budget of 0 keeps the
+  representatives alone (a recall that re-prefills the blocks' text reads no keys or values).
 
 Hooks into the cache (`briefing.trajectory`): `reading` around each prefill forward, `crop` when the token seam
 re-cuts the last tokens, `keep_span` before each fold, `clone` with the cache.
@@ -25,7 +26,7 @@ import tempfile
 import time
 import weakref
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -258,7 +259,8 @@ class Archive:
 
     def keep_span(self, store, sink: int, recent: int) -> None:
         """Before a fold of `store` (its span: between the first `sink` positions and the last `recent`): archive the
-        span's tokens that no fold compacted yet, with their original keys, values and RoPE positions."""
+        span's tokens that no fold compacted yet, with their original keys, values and RoPE positions (nothing under a
+        budget of 0: the representatives alone)."""
         P = store.length
         a = min(sink, P)
         b = max(a, P - recent)
@@ -370,6 +372,13 @@ class Archive:
         whole = have.view(nb, B).all(-1)                                              # [nb]
         starts = torch.arange(nb, device=dev) * B
         return whole & (starts + B > sink) & (self.counts > 0)
+
+    def representatives_only(self) -> None:
+        """Drop the archived keys and values and archive none from now on (`ArchivePolicy(budget_bytes=0)`): what a
+        recall that re-prefills the blocks' text needs."""
+        self.policy = replace(self.policy, budget_bytes=0)
+        self.evicted = max(self.evicted, self.archived[1])
+        self.segments = []
 
     def clone(self) -> Archive:
         """An independent archive of the same tokens: the representatives copied, the archived blocks shared (they are

@@ -212,6 +212,7 @@ class Lookup:
     ranges: list[tuple[int, int]]
     seconds: float
     scores: Any = None
+    floor: int = 0   # the first token a range may start at (`first_token`)
 
 
 def lookup(cache, prompt_ids: list[int], question: tuple[int, int] | None, budget: int, *, pad: int,
@@ -222,8 +223,19 @@ def lookup(cache, prompt_ids: list[int], question: tuple[int, int] | None, budge
     if cache.archive is None:
         raise BriefingError("latent recall needs a TrajectoryCache built with archive=briefing.ArchivePolicy(); this "
                             "cache has none.")
+    if kv and not cache.archive.policy.budget_bytes:
+        raise BriefingError("latent recall: kv=True fetches archived keys and values, but this cache's ArchivePolicy "
+                            "keeps none (budget_bytes=0): build the cache with a byte budget, or recall the text "
+                            "(kv=False, LatentRecall(attach=False)).")
     t0 = time.perf_counter()
     query = query_vector(cache, prompt_ids, question)
     scores = rank_blocks(cache, query, sink, kv)
-    ranges = pick(scores, cache.archive.policy.block, pad, budget, cache.archive.tokens, sink)
-    return Lookup(ranges=ranges, seconds=time.perf_counter() - t0, scores=scores)
+    floor = first_token(cache, sink, kv)
+    ranges = pick(scores, cache.archive.policy.block, pad, budget, cache.archive.tokens, floor)
+    return Lookup(ranges=ranges, seconds=time.perf_counter() - t0, scores=scores, floor=floor)
+
+
+def first_token(cache, sink: int, kv: bool) -> int:
+    """The first token a recalled range may start at: past the sink, and, for keys and values, past what the archive's
+    byte budget dropped (a pad must not reach into an evicted block)."""
+    return max(sink, cache.archive.evicted) if kv else sink

@@ -107,6 +107,10 @@ def test_the_archive_stays_within_its_byte_budget(tiny, pieces, tmp_path):
         k, _, _ = cache.archive.fetch(cache.store, [(a, a + 16)])
         k_big, _, _ = big.archive.fetch(big.store, [(a, a + 16)])
         assert torch.equal(k, k_big)
+        # a recall's ranges, padded, never reach into the dropped blocks: every one can be fetched
+        found = latent.lookup(cache, tiny.encode("Question: what came first? Answer:"), None, 10_000, pad=24, sink=4)
+        assert found.floor == a and found.ranges and min(lo for lo, _ in found.ranges) >= a
+        cache.archive.fetch(cache.store, found.ranges)
         if path is not None:
             files = list(tmp_path.glob("archive-*.bin"))
             assert files and sum(f.stat().st_size for f in files) <= 2 * budget
@@ -442,10 +446,18 @@ def test_latent_recall_reprefills_on_a_model_with_sliding_layers(tiny, tok, essa
         assert b.cache.folds and b.stats.recall == "latent:prefill" and b.recalled.blocks is None and b.recalled.text
         assert all(b.coverage(a, z) == pytest.approx(1.0, abs=0.02) for a, z in b.recalled.ranges if a < z)
         seen[name] = b.recalled.ranges, b.cache.archive.nbytes()
-        if name == "gemma":   # a fork keeps a representatives-only cache only for a recall that needs no more
-            assert len(w.fork(recall=LatentRecall(tokens=64)).sync(text).archive.segments) == 0
+        if name == "gemma":   # nothing archived; a fork keeps such a cache only for a recall that needs no more
+            assert not b.cache.archive.segments and b.cache.archive.archive_s == 0
             assert w.fork(recall=LatentRecall(tokens=64))._caches
             assert not w.fork(recall=LatentRecall(attach=True, archive_policy=briefing.ArchivePolicy()))._caches
+            with pytest.raises(briefing.BriefingError, match="kv=True fetches archived keys and values, but"):
+                latent.lookup(b.cache, gemma.encode(PARAPHRASE), None, 64, pad=8, sink=4, kv=True)
+        if name == "gemma, keys kept":   # forked to a recall that re-prefills: its keys and values dropped
+            forked = w.fork(recall=LatentRecall(tokens=64, pad=8))
+            assert forked._caches[0].archive.policy.budget_bytes == 0 and not forked._caches[0].archive.segments
+            assert b.cache.archive.segments                  # the original keeps its own
+            again = forked.brief(PARAPHRASE, text)
+            assert again.stats.recall == "latent:prefill" and again.recalled.ranges == b.recalled.ranges
     assert seen["gemma"][0] == seen["gemma, keys kept"][0]            # the same blocks, with or without their keys
     assert seen["gemma"][1] == 0 < seen["gemma, keys kept"][1] and seen["llama, representatives alone"][1] == 0
     with pytest.raises(ValueError, match="LatentRecall: attach must be True, False or None"):

@@ -322,6 +322,8 @@ class BriefedWorker(LocalModelMixin, Worker):
                 continue
             budget, reserve, _ = other.layout(c.lm) if resized else (None, None, 0)   # the new worker's layout
             other._caches.append(c.clone(fold=fold, budget=budget, reserve=reserve))
+            if archived and not need.budget_bytes and c.archive.policy.budget_bytes:   # the representatives alone
+                other._caches[-1].archive.representatives_only()
         for c in other._caches if not archived else ():
             c.archive = None
         other._prompts = getattr(self, "_prompts", None)
