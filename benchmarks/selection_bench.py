@@ -24,7 +24,7 @@ import torch
 
 import briefing
 from benchmarks.stats import bootstrap_ci
-from briefing.selection.base import global_positions, top_positions
+from briefing.selection.base import top_positions
 from benchmarks.readme import DOC, update_readme
 from benchmarks.recall_cases import cases
 from benchmarks.briefing_bench import ANSWER, QUESTION, copy_caches
@@ -45,33 +45,25 @@ class SinksOutside(briefing.AttentionMatching):
     """Round 8's probe: the hybrid allocation with its sinks outside the guidance's share (each row keeps its sinks,
     then (1 - agnostic) of the rest of t by the guidance; the importance's best over all rows fill what is left)."""
 
-    def allocate(self, ranked, importance, t):
-        if self.allocation != "hybrid":
-            return super().allocate(ranked, importance, t)
+    def guided(self, ranked, t):
         s = min(self.sinks, t)
         g = t - round(self.agnostic * (t - s))                                          # s sinks + guidance
-        key = importance.to(device=ranked.device, dtype=torch.float32)                  # [L, H, T]
-        key = (key - key.amin()).div(key.amax() - key.amin() + 1e-30)                   # [0, 1]
-        key = key.scatter(-1, top_positions(ranked, g, s), 2.0)                         # forced: rank first
-        L, H, T = ranked.shape
-        return global_positions(key, L * H * t, 0, self.cap(t, T), s)
+        mask = torch.zeros(ranked.shape, dtype=torch.bool, device=ranked.device)        # [L, H, T]
+        return mask.scatter_(-1, top_positions(ranked, g, s), True)
 
 
 @dataclass(kw_only=True)
 class MassShare(briefing.AttentionMatching):
     """Round 8's probe: the hybrid allocation with each row's guidance share set by its own guidance: its sinks, then
     the fewest best positions that hold `mass` of the row's (pooled, spread) guidance score outside the sinks (the
-    sinks hold most of it), at most t in all; the
-    importance's best over all rows fill the rest of L H t. A question that spreads its attention (a question about
-    the text) keeps more of its guidance, one that peaks on the words it quotes leaves more to the importance."""
+    sinks hold most of it), at most t in all; the importance's best over all rows fill the rest of L H t. A question
+    that spreads its attention (a question about the text) keeps more of its guidance, one that peaks on the words it
+    quotes leaves more to the importance."""
 
     mass: float = 0.5
 
-    def allocate(self, ranked, importance, t):
-        if self.allocation != "hybrid":
-            return super().allocate(ranked, importance, t)
-        L, H, T = ranked.shape
-        s = min(self.sinks, t)
+    def guided(self, ranked, t):
+        T, s = ranked.shape[-1], min(self.sinks, t)
         guide = ranked.float().clone()                                                  # [L, H, T]
         guide[..., :s] = float("inf")                                                   # a row's sinks first
         order = guide.argsort(dim=-1, descending=True)                                  # [L, H, T]
@@ -79,13 +71,9 @@ class MassShare(briefing.AttentionMatching):
         share[..., :s] = 0                                                              # the mass outside the sinks
         share = share.gather(-1, order)                                                 # [L, H, T] sorted
         share = share / share.sum(-1, keepdim=True).clamp_min(1e-30)
-        g = s + (share[..., s:].cumsum(-1) < self.mass).sum(-1) + 1                     # [L, H]
-        g = g.clamp(max=t)                                                              # [L, H]
-        forced = torch.zeros_like(guide, dtype=torch.bool).scatter_(
-            -1, order, torch.arange(T, device=ranked.device).expand_as(order) < g[..., None])   # [L, H, T]
-        key = importance.to(device=ranked.device, dtype=torch.float32)                  # [L, H, T]
-        key = (key - key.amin()).div(key.amax() - key.amin() + 1e-30).masked_fill(forced, 2.0)
-        return global_positions(key, L * H * t, 0, self.cap(t, T), s)
+        g = (s + (share[..., s:].cumsum(-1) < self.mass).sum(-1) + 1).clamp(max=t)      # [L, H]
+        first = torch.arange(T, device=ranked.device).expand_as(order) < g[..., None]   # [L, H, T] in rank order
+        return torch.zeros_like(first).scatter_(-1, order, first)
 
 
 VARIANTS: dict[str, Callable[..., briefing.Selector]] = {  # look_ahead=0 where a variant was measured without it

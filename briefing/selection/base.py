@@ -341,13 +341,11 @@ class ScoredSelector(SizedSelector):
         L, H, T = ranked.shape
         total = L * H * t
         low = min(t, math.ceil(self.head_min * t))
-        if self.allocation == "hybrid":   # each row's g (its sinks among them) first, then the importance overall
-            g = t - round(self.agnostic * t)
+        if self.allocation == "hybrid":   # each row's guided positions first, then the importance overall
             imp = importance.to(device=ranked.device, dtype=torch.float32)                   # ranking only: float32
             key = normalised(imp, self.allocation_scale)                                     # [L, H, T]
             key = (key - key.amin()).div(key.amax() - key.amin() + 1e-30)                    # [0, 1]
-            if g:
-                key = key.scatter(-1, top_positions(ranked, g, min(self.sinks, t)), 2.0)     # forced: rank first
+            key = key.masked_fill(self.guided(ranked, t), 2.0)                               # forced: rank first
             return global_positions(key, total, low, self.cap(t, T), min(self.sinks, t))
         key = normalised(ranked, self.allocation_scale)
         a = round(self.agnostic * total) if importance is not None else 0
@@ -357,6 +355,13 @@ class ScoredSelector(SizedSelector):
             key = (key - key.amin()).div(key.amax() - key.amin() + 1e-30)
             key.view(-1)[imp.reshape(-1).topk(a).indices] = 1.5
         return global_positions(key, total, low, self.cap(t, T), min(self.sinks, t))
+
+    def guided(self, ranked: torch.Tensor, t: int) -> torch.Tensor:
+        """The hybrid allocation's guidance share: [L, H, T] bool, each row's t - round(agnostic t) best positions of
+        ranked [L, H, T], its sinks among them."""
+        g = t - round(self.agnostic * t)
+        mask = torch.zeros(ranked.shape, dtype=torch.bool, device=ranked.device)            # [L, H, T]
+        return mask.scatter_(-1, top_positions(ranked, g, min(self.sinks, t)), True) if g else mask
 
     def cap(self, t: int, length: int) -> int:
         """Most positions one (layer, KV head) keeps in a global allocation."""
