@@ -145,7 +145,12 @@ def solve_values(X: torch.Tensor, Y: torch.Tensor, V_kept: torch.Tensor, ridge: 
     # a non-finite block would make LAPACK fail for the whole batch: solve the identity there, return NaN for it
     ok = torch.isfinite(gram).all(dim=(-2, -1)) & torch.isfinite(residual).all(dim=(-2, -1))   # [...]
     gram = torch.where(ok[..., None, None], gram, eye)
-    sol = torch.linalg.solve_ex(gram, torch.where(ok[..., None, None], residual, 0.0)).result  # [..., m, d]
+    # gram is symmetric positive definite (ridge > 0): Cholesky, not LU. MKL's batched LU (torch.linalg.solve) can
+    # hang once its thread team exists and torch runs more than one thread (tests/test_matching.py)
+    chol, info = torch.linalg.cholesky_ex(gram)                                   # [..., m, m], [...]
+    ok = ok & (info == 0)
+    chol = torch.where(ok[..., None, None], chol, eye)
+    sol = torch.cholesky_solve(torch.where(ok[..., None, None], residual, 0.0), chol)   # [..., m, d]
     C2 = V_kept + X.transpose(-1, -2) @ sol                                       # [..., t, d]
     return torch.where(ok[..., None, None], C2, float("nan"))
 

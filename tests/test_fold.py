@@ -1,6 +1,7 @@
 """Folding the persistent trajectory cache (rolling Attention Matching), on tiny random-weight models."""
 from __future__ import annotations
 
+import os
 
 import pytest
 import torch
@@ -433,3 +434,32 @@ def test_solve_values_returns_nan_only_for_a_non_finite_block():
     C2 = solve_values(X, Y, V, 1e-2)                                                  # [B, t, d]
     assert torch.isnan(C2[1]).all() and torch.isfinite(C2[0]).all() and torch.isfinite(C2[2]).all()
     assert torch.allclose(C2[0], solve_values(X[:1], Y[:1], V[:1], 1e-2)[0])
+
+
+def test_solve_values_matches_the_normal_equations():
+    from briefing.matching import solve_values
+
+    g = torch.Generator().manual_seed(1)
+    X = torch.rand(2, 7, 9, generator=g, dtype=torch.float64)                          # [B, m, t]
+    Y = torch.randn(2, 7, 3, generator=g, dtype=torch.float64)                         # [B, m, d]
+    V = torch.randn(2, 9, 3, generator=g, dtype=torch.float64)                         # [B, t, d]
+    gram = X @ X.transpose(-1, -2)                                                     # [B, m, m]
+    lam = 1e-2 * gram.diagonal(dim1=-2, dim2=-1).mean(-1)                              # [B]
+    want = V + X.transpose(-1, -2) @ torch.linalg.inv(gram + lam[:, None, None] * torch.eye(7, dtype=X.dtype)) @ (
+        Y - X @ V)                                                                     # [B, t, d]
+    assert torch.allclose(solve_values(X, Y, V, 1e-2), want, atol=1e-9)
+
+
+def test_solve_values_does_not_hang_with_threads_after_a_matmul():
+    """MKL's batched LU (torch.linalg.solve) hung here once a matmul had started MKL's threads and torch ran two:
+    the value fit of every fold with about 192 queries. Cholesky does not."""
+    import subprocess
+    import sys
+
+    code = ("import torch; torch.set_num_threads(2); a = torch.randn(1000, 1000); a @ a\n"
+            "from briefing.matching import solve_values\n"
+            "X = torch.rand(30, 192, 418); Y = torch.randn(30, 192, 64); V = torch.randn(30, 418, 64)\n"
+            "assert torch.isfinite(solve_values(X, Y, V, 1e-2)).all()\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, timeout=120, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
