@@ -209,7 +209,7 @@ class LatentRecall(Recall):
     """Recall by the worker model's own hidden states (`briefing.latent`): the call prompt is forwarded over the
     folded cache, the mean hidden state of its question at the last decoder layers scores every block of the
     trajectory the cache no longer holds whole (its tokens' mean hidden state, read while the cache prefilled; both
-    standardised per dimension over the trajectory's blocks, `latent.rank_blocks`), and the best blocks come back,
+    whitened by the spread of the trajectory's blocks, `latent.rank_blocks`), and the best blocks come back,
     the best last, nearest the question. Nothing before the cache's first fold. The worker's caches keep an archive
     (`archive`) of the keys and values their folds compact away.
 
@@ -222,7 +222,11 @@ class LatentRecall(Recall):
         questions against 14 of 16, docs/benchmarks.md, "Latent recall on Gemma 3"). rank: "latent" (the hidden states
         alone) or "both" (fused with BM25 over the same blocks' text, by reciprocal rank). pad: tokens recalled on each
         side of a picked block (a fact cut by a block boundary comes back whole); 8 was chosen on dev episodes
-        (`benchmarks.recall_rank`: 16 spends a small budget on the pads). archive_policy: the caches'
+        (`benchmarks.recall_rank`: 16 spends a small budget on the pads). shrink: the ranking whitens the
+        representatives and the question by the blocks' covariance shrunk this far toward its diagonal
+        (`latent.whiten`; 1: each dimension standardised alone, the ranking before round 5); 0.8 was chosen on dev
+        episodes at 32k tokens with SmolLM2 and Gemma 3 (docs/benchmarks.md, "Latent recall, round 5").
+        archive_policy: the caches'
         `briefing.ArchivePolicy` (None: its defaults where the blocks are re-attached, the representatives alone,
         `budget_bytes=0`, where their text is re-prefilled: no keys or values are archived that no call reads; with
         `budget_bytes=0` and attach=None the text is re-prefilled on every model).
@@ -235,6 +239,7 @@ class LatentRecall(Recall):
     attach: bool | None = None
     rank: str = "latent"
     pad: int = 8
+    shrink: float = 0.8
     archive_policy: Any = None
 
     def __post_init__(self) -> None:
@@ -243,6 +248,9 @@ class LatentRecall(Recall):
         check_bool(owner, "attach", self.attach, none=True, error=ValueError)
         check_choice(owner, "rank", self.rank, RANKS, what="what ranks the blocks", error=ValueError)
         check_int(owner, "pad", self.pad, low=0, what="tokens recalled on each side of a block", error=ValueError)
+        check_number(owner, "shrink", self.shrink, low=0, high=1, low_open=True, what="how far the representatives' "
+                     "covariance is shrunk toward its diagonal before whitening; 1: standardise each dimension",
+                     error=ValueError)
         if self.archive_policy is not None:
             import briefing
 
@@ -282,7 +290,7 @@ class LatentRecall(Recall):
         ids, question = _token_span(lm, text, text.rindex(query), len(query))
         sink = cache.fold.sink
         attach = self.attaches(lm)
-        found = latent.lookup(cache, ids, question, k_tokens, pad=self.pad, sink=sink, kv=attach)
+        found = latent.lookup(cache, ids, question, k_tokens, pad=self.pad, sink=sink, kv=attach, shrink=self.shrink)
         ranges = found.ranges
         if self.rank == "both":
             ranges = latent.pick(self._fused(cache, query, found.scores), cache.archive.policy.block, self.pad,

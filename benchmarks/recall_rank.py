@@ -1,7 +1,11 @@
 """Which representative finds a folded-away fact: the dev measurement behind latent recall's design (issue 29).
 
     python -m benchmarks.recall_rank [--case long|dense] [--episodes 8] [--tokens 4096] [--window 2048]
-        [--split dev] [--out DIR]
+        [--split dev] [--model NAME] [--dump DIR] [--out DIR]
+    python -m benchmarks.recall_rank --offline DIR [DIR ...] [--out DIR]
+
+`--dump` also saves each episode's hidden states at the last three layers (float32) and its questions; `--offline`
+ranks them again with round 5's whitening candidates (`offline`) in seconds, without the model.
 
 `--case dense` (issue 29's shape): 12 facts (the split's three keys of each of the four kinds of the long suite) and
 36 decoy facts (the same four statement forms about other keys, `DECOY_KEYS`) spread through the first 48% of a
@@ -157,6 +161,88 @@ def make_dense_case(seed: int, target_tokens: int = 4200, split: str = "dev", sp
     return LongEpisode(f"dense-s{seed}-t{target_tokens}", seed, target_tokens, "", [(text, None)], questions)
 
 
+def offline(folders: list[str], budget: int = 960, pad: int = 8, block: int = 32) -> dict:
+    """Round 5's candidates, ranked over the blocks of `--dump` episodes (the last three layers' hidden states of every
+    token, the question's over the cache): per dimension standardised (the ranking before round 5; it equals the
+    dumped `shipped` scores up to the statistics' blocks), standardised with the top principal directions removed
+    (`drop`), whitened by the covariance shrunk toward a multiple of the identity (`iso`) or toward its diagonal
+    (`diag`, `briefing.latent.whiten`, what ships), and the best 8-token part of each block (`sub8max`). Availability:
+    the fact's every token in the top blocks, each widened by `pad`, within `budget` tokens."""
+    from briefing.latent import whiten
+
+    unit = torch.nn.functional.normalize
+
+    def means(X: torch.Tensor, size: int, T: int) -> torch.Tensor:   # [ceil(T / size), l, h]
+        nb = math.ceil(T / size)
+        extra = nb * size - T
+        Xp = torch.cat([X, X.new_zeros(extra, *X.shape[1:])]) if extra else X
+        cnt = torch.full((nb,), float(size))
+        cnt[-1] = size - extra
+        return Xp.view(nb, size, *X.shape[1:]).sum(1) / cnt[:, None, None]
+
+    def cosine(x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:    # [n, l, h], [l, h] -> [n]
+        return (x * q[None]).sum(-1).mean(-1)
+
+    def drop(B: torch.Tensor, Q: torch.Tensor, ref: torch.Tensor, k: int) -> torch.Tensor:
+        mu, sd = ref.mean(0), ref.std(0).clamp_min(1e-6)
+        Bs, Qs = (B - mu) / sd, (Q - mu) / sd
+        for t in range(B.shape[1]):
+            U = torch.linalg.svd((ref[:, t] - mu[t]) / sd[t], full_matrices=False).Vh[:k]     # [k, h]
+            Bs[:, t] -= (Bs[:, t] @ U.T) @ U
+            Qs[t] -= (Qs[t] @ U.T) @ U
+        return cosine(unit(Bs, dim=-1), unit(Qs, dim=-1))
+
+    def iso(B: torch.Tensor, Q: torch.Tensor, ref: torch.Tensor, a: float) -> torch.Tensor:
+        out = []
+        for t in range(B.shape[1]):
+            mu = ref[:, t].mean(0)
+            X = ref[:, t] - mu
+            C = X.T @ X / X.shape[0]
+            C = (1 - a) * C + a * C.trace() / C.shape[0] * torch.eye(C.shape[0])
+            L = torch.linalg.cholesky(C)
+            bw = torch.linalg.solve_triangular(L, (B[:, t] - mu).T, upper=False).T
+            qw = torch.linalg.solve_triangular(L, (Q[t] - mu)[:, None], upper=False)[:, 0]
+            out.append(unit(bw, dim=-1) @ unit(qw, dim=0))
+        return torch.stack(out, -1).mean(-1)
+
+    rows: dict[tuple[str, str], list[tuple[int, bool]]] = {}
+    for folder in folders:
+        for f in sorted(Path(folder).glob("*.pt")):
+            ep = torch.load(f)
+            H, T, sink = ep["H"].float(), ep["T"], ep["sink"]
+            B = unit(means(H, block, T), dim=-1)                                      # [nb, l, h] as the archive
+            S8 = unit(means(H, 8, T), dim=-1)                                         # [nb * 4, l, h]
+            for qd in ep["questions"]:
+                cand, folded, fact = qd["cand"], qd["folded"], qd["fact"]
+                Q = unit(qd["q"].float().mean(0), dim=-1)                            # [l, h]
+                ref = B[cand]
+                sc = {"shipped-at-dump": qd["shipped"][:B.shape[0]], "standardised": cosine(*whiten(B, Q, ref, 1.0))}
+                for k in (5, 10, 20):
+                    sc[f"drop{k}"] = drop(B, Q, ref, k)
+                for a in (0.1, 0.3):
+                    sc[f"iso{a}"] = iso(B, Q, ref, a)
+                for a in (0.3, 0.6, 0.7, 0.8, 0.9):
+                    sc[f"diag{a}"] = cosine(*whiten(B, Q, ref, a))
+                per = block // 8
+                sub = [j * per + i for j in cand for i in range(per) if j * per + i < S8.shape[0]]
+                s8 = cosine(*whiten(S8, Q, S8[sub], 0.6))
+                s8 = torch.cat([s8, s8.new_full((B.shape[0] * per - s8.shape[0],), float("-inf"))])
+                sc["sub8max/diag0.6"] = s8.view(-1, per).amax(-1)
+                fact_blocks = sorted({t // block for t in fact})
+                for name, s in sc.items():
+                    keep = torch.full_like(s, float("-inf"))
+                    keep[folded] = s[folded]
+                    order = keep.argsort(descending=True).tolist()[:len(folded)]
+                    rank = min(order.index(j) for j in fact_blocks if j in folded) + 1
+                    got = picks(order, block, pad, budget, T, sink)
+                    rows.setdefault((name, qd["form"]), []).append((rank, all(t in got for t in fact)))
+    summary = [dict(ranker=name, form=form, questions=len(rs), median_rank=statistics.median(r for r, _ in rs),
+                    **{"hits@8": sum(r <= 8 for r, _ in rs)}, budget=budget,
+                    available=sum(a for _, a in rs) / len(rs))
+               for (name, form), rs in sorted(rows.items(), key=lambda kv: (kv[0][1], kv[0][0]))]
+    return dict(config=dict(folders=folders, budget=budget, pad=pad, block=block), summary=summary)
+
+
 def store_bytes(store) -> int:
     """Bytes of a KVStore: keys and values of every layer, beta and the per-slot positions, origins, importance."""
     extra = [getattr(store, name, None) for name in ("key_pos", "origin", "importance")]
@@ -209,6 +295,7 @@ def run(args: argparse.Namespace) -> dict:
         cache = briefing.TrajectoryCache(lm, budget=budget, reserve=reserve + recall_budget, archive=policy,
                                          importance=False)
         hid: list[torch.Tensor] = []
+        hid3: list[torch.Tensor] = []
         keys: list[torch.Tensor] = []
         kept_k: dict[int, torch.Tensor] = {}
 
@@ -225,8 +312,10 @@ def run(args: argparse.Namespace) -> dict:
 
                 def spy(*a, **k):
                     out = orig(*a, **k)
-                    hid.append(torch.stack([hs[i][0] for i in range(n_layers)], 1).half())      # [n, L, hidden]
-                    keys.append(torch.stack([kept_k[i][0] for i in range(n_layers)], 1).half())  # [n, L, kvh*d]
+                    hid.append(torch.stack([hs[i][0] for i in range(n_layers)], 1).bfloat16())  # [n, L, hidden]
+                    if args.dump:   # float32 (Gemma 3's hidden states pass float16's range; bfloat16 above)
+                        hid3.append(torch.stack([hs[i][0] for i in layer_ids("last3", n_layers)], 1).float())
+                    keys.append(torch.stack([kept_k[i][0] for i in range(n_layers)], 1).bfloat16())  # [n, L, kvh*d]
                     return out
 
                 import briefing.trajectory as tr
@@ -255,6 +344,7 @@ def run(args: argparse.Namespace) -> dict:
                           representative_bytes_per_token=arc.representative_bytes() / T,
                           archived_tokens=arc.archived[1] - arc.archived[0], prefill_s=prefill_s))
         held = cache.origins()                                                   # [Lh, H, length] token per slot
+        dumped: dict[str, Any] = dict(H=torch.cat(hid3) if hid3 else None, T=T, sink=sink, questions=[])
         tail = arc.unfolded_from(cache.store)                                    # held whole from here on
         for qi, q in enumerate(ep.questions):
             st = text.index(q.statement)
@@ -297,6 +387,7 @@ def run(args: argparse.Namespace) -> dict:
                                 briefing.kv.rollback(cache.store.kv, before)
                             hq_all = torch.stack([hs[i][0] for i in range(n_layers)], 1)   # [n, L, hidden]
                             reps["prompt"] = hq_all[q_tok].mean(0)
+                            hq_last = hq_all[q_tok].float()                                   # [m, L, hidden]
                             reps["prompt-all"] = hq_all.mean(0)
                             qkeys["prompt"] = torch.stack([qproj[i][0][q_tok] for i in range(n_layers)], 1)
                         else:
@@ -332,6 +423,10 @@ def run(args: argparse.Namespace) -> dict:
                                 B_, Q_ = (B_ - mu) / sd, (Q_ - mu) / sd
                             s = torch.nn.functional.cosine_similarity(B_, Q_[None], dim=-1).mean(-1)  # [nb]
                             scores[f"hidden/{qsrc}/{ls}/{norm}"] = s
+                if block == policy.block and args.dump:
+                    dumped["questions"].append(dict(form=q.form, fact=fact, cand=cand, folded=folded,
+                                                    q=hq_last[:, layer_ids("last3", n_layers)],
+                                                    shipped=shipped_scores["shipped/latent"]))
                 # key summaries: pre-RoPE queries of the question tokens against block mean keys
                 kvh = lm.kv_heads
                 g = lm.group
@@ -377,6 +472,9 @@ def run(args: argparse.Namespace) -> dict:
                                  block=0, ranker=f"text-bm25/{r}", rank=0, blocks=0, in_cache=in_cache,
                                  **{f"avail_{r}_pad0": any(a <= s0 and s0 + len(q.statement) <= b
                                                           for a, b in found.ranges)}))
+        if args.dump:
+            Path(args.dump).mkdir(parents=True, exist_ok=True)
+            torch.save(dumped, Path(args.dump) / f"{ep.id}.pt")
         print(f"episode {e}: {T} tokens, {len(cache.folds)} folds, prefill {prefill_s:.1f} s", flush=True)
     return dict(config=dict(case=args.case, episodes=args.episodes, tokens=args.tokens, window=args.window,
                             split=args.split, model=lm.name, recall_budget=recall_budget, cache_budget=budget,
@@ -420,8 +518,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--blocks", type=int, nargs="+", default=[16, 32])
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--model", default=None)
+    p.add_argument("--dump", default=None, help="also save each episode's last-three-layer hidden states and its "
+                   "questions under this folder, for --offline")
+    p.add_argument("--offline", nargs="+", default=None, metavar="DUMP",
+                   help="rank the questions of these --dump folders with the whitening candidates (`offline`) instead "
+                   "of running the model")
     p.add_argument("--out", default="bench_out/recall_rank")
     args = p.parse_args(argv)
+    if args.offline:
+        for folder in args.offline:
+            if not list(Path(folder).glob("*.pt")):
+                p.error(f"--offline: {folder} holds no episode (*.pt); make one with --dump")
+        result = offline(args.offline)
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "offline.json").write_text(json.dumps(result, indent=1))
+        for s in result["summary"]:
+            print(f"{s['ranker']:16s} {s['form']:10s} n={s['questions']:3d} median rank {s['median_rank']:6.1f} "
+                  f"top 8 {s['hits@8']:3d} held at {s['budget']} tokens {s['available']:.2f}")
+        return 0
     result = run(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

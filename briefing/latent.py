@@ -8,8 +8,8 @@ and values (`briefing.archive`). At a call:
 1. `query_vector`: the call prompt is forwarded over the cache (its stored beta applied) and rolled back; the mean
    hidden state of its question tokens at the same layers is the question's representation;
 2. `rank_blocks`: every block that can be fetched and that the cache does not hold whole is scored by the cosine of
-   its representative with the question's, both standardised per dimension over the trajectory's blocks, averaged
-   over the layers; `pick` takes the best blocks, each widened by `pad` tokens on both sides, within a token
+   its representative with the question's, both whitened by the spread of the trajectory's blocks (`whiten`),
+   averaged over the layers; `pick` takes the best blocks, each widened by `pad` tokens on both sides, within a token
    budget, and orders them best last (nearest the question);
 3. `attach`: their keys and values are fetched (from the archive, or the cache for tokens it holds unfolded) and
    re-based, as a fold's re-base does (`kv.rotate`), to the positions right after the cache: where recalled text
@@ -57,19 +57,45 @@ def query_vector(cache, ids: list[int], span: tuple[int, int] | None = None) -> 
     return torch.nn.functional.normalize(h.mean(0), dim=-1)                           # [layers, hidden]
 
 
-def rank_blocks(cache, query: torch.Tensor, sink: int, kv: bool = True) -> torch.Tensor:
-    """[blocks] score of every block: the cosine of its representative with `query` [layers, hidden], both
-    standardised per dimension by the mean and spread of the trajectory's representatives (a model's hidden states
-    share large directions that would rank the same blocks first for every question), averaged over the layers; -inf
-    for a block that cannot be fetched (kv=False: a recall of the text, which needs no archived keys and values) or
-    that the cache still holds whole (its unfolded tail: already in view)."""
+SHRINK = 0.8  # how far the representatives' covariance is shrunk toward its diagonal (`whiten`); chosen on dev
+
+
+def whiten(x: torch.Tensor, query: torch.Tensor, ref: torch.Tensor, shrink: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [n, layers, hidden] and query [layers, hidden] whitened per layer by the spread of `ref` [m, layers, hidden]
+    (the trajectory's representatives), unit length per layer. The whitening matrix is L^-1, where L L^T = C is ref's
+    covariance shrunk toward its diagonal, C = (1 - shrink) cov + shrink diag(cov) (Ledoit-Wolf style; shrink=1
+    divides each dimension by its spread: standardising). Directions the blocks share count for little, and so do
+    correlated directions (a model's hidden states vary together along a few large ones), so a question's cosine
+    follows what sets a block apart. Computed in float32; m < 2: the vectors alone, unit length."""
+    unit = torch.nn.functional.normalize
+    x, query, ref = x.float(), query.float().to(x.device), ref.float().to(x.device)
+    if ref.shape[0] < 2:
+        return unit(x, dim=-1), unit(query, dim=-1)
+    mu = ref.mean(0)                                                                  # [layers, hidden]
+    X = (ref - mu).transpose(0, 1)                                                    # [layers, m, hidden]
+    var = X.square().sum(1) / (X.shape[1] - 1)                                        # [layers, hidden]
+    var = var.clamp_min(1e-12)
+    if shrink >= 1:                                                                   # the diagonal alone
+        return unit((x - mu) / var.sqrt(), dim=-1), unit((query - mu) / var.sqrt(), dim=-1)
+    C = (1 - shrink) * (X.transpose(1, 2) @ X) / (X.shape[1] - 1)                     # [layers, hidden, hidden]
+    C.diagonal(dim1=-2, dim2=-1).copy_(var)                                           # (1-s) var + s var = var
+    L, info = torch.linalg.cholesky_ex(C)                                             # [layers, hidden, hidden]
+    if bool(info.any()):   # not positive definite (shrink near 0 with fewer blocks than dimensions): the diagonal
+        return whiten(x, query, ref, 1.0)
+    both = torch.cat([x - mu, (query - mu)[None]]).permute(1, 2, 0)                   # [layers, hidden, n + 1]
+    w = torch.linalg.solve_triangular(L, both, upper=False).permute(2, 0, 1)          # [n + 1, layers, hidden]
+    return unit(w[:-1], dim=-1), unit(w[-1], dim=-1)
+
+
+def rank_blocks(cache, query: torch.Tensor, sink: int, kv: bool = True, shrink: float = SHRINK) -> torch.Tensor:
+    """[blocks] score of every block: the cosine of its representative with `query` [layers, hidden], both whitened by
+    the spread of the trajectory's representatives (`whiten`: a model's hidden states share large directions that
+    would rank the same blocks first for every question), averaged over the layers; -inf for a block that cannot be
+    fetched (kv=False: a recall of the text, which needs no archived keys and values) or that the cache still holds
+    whole (its unfolded tail: already in view)."""
     archive = cache.archive
     reps = archive.representatives()                                                  # [nb, layers, hidden]
-    seen = reps[archive.counts > 0]                                                   # [n, layers, hidden]
-    mu, sd = (seen.mean(0), seen.std(0).clamp_min(1e-6)) if seen.shape[0] > 1 else (0.0, 1.0)  # [layers, hidden]
-    unit = torch.nn.functional.normalize
-    r = unit((reps - mu) / sd, dim=-1)                                                # [nb, layers, hidden]
-    q = unit((query.to(reps.device) - mu) / sd, dim=-1)                               # [layers, hidden]
+    r, q = whiten(reps, query, reps[archive.counts > 0], shrink)                      # [nb, layers, hidden], [l, h]
     score = (r * q[None]).sum(-1).mean(-1)                                            # [nb]
     starts = torch.arange(reps.shape[0], device=reps.device) * archive.policy.block   # [nb]
     fetch = archive.available(cache.store, sink, kv) & (starts < archive.unfolded_from(cache.store))
@@ -216,10 +242,10 @@ class Lookup:
 
 
 def lookup(cache, prompt_ids: list[int], question: tuple[int, int] | None, budget: int, *, pad: int,
-           sink: int, kv: bool = True) -> Lookup:
+           sink: int, kv: bool = True, shrink: float = SHRINK) -> Lookup:
     """The token ranges the question (tokens [question) of the prompt; None: all of it) is about (`query_vector`,
     `rank_blocks`, `pick`), within `budget` tokens. kv: the ranges' keys and values will be fetched (False: their
-    text, so blocks the archive keeps no keys and values of count too)."""
+    text, so blocks the archive keeps no keys and values of count too). shrink: `whiten`'s."""
     if cache.archive is None:
         raise BriefingError("latent recall needs a TrajectoryCache built with archive=briefing.ArchivePolicy(); this "
                             "cache has none.")
@@ -229,7 +255,7 @@ def lookup(cache, prompt_ids: list[int], question: tuple[int, int] | None, budge
                             "(kv=False, LatentRecall(attach=False)).")
     t0 = time.perf_counter()
     query = query_vector(cache, prompt_ids, question)
-    scores = rank_blocks(cache, query, sink, kv)
+    scores = rank_blocks(cache, query, sink, kv, shrink)
     floor = first_token(cache, sink, kv)
     ranges = pick(scores, cache.archive.policy.block, pad, budget, cache.archive.tokens, floor)
     return Lookup(ranges=ranges, seconds=time.perf_counter() - t0, scores=scores, floor=floor)

@@ -249,7 +249,7 @@ def test_pooled_pairs_questions_within_each_run_and_pools_them(tmp_path, capsys)
     assert got["paraphrase"]["held_whole"] == 0.0 and got["paraphrase"]["accuracy_ci"][0] < 0 < \
         got["paraphrase"]["accuracy_ci"][1]
     assert long_pooled.main(["--condition", "new", "--reference", "ref", str(a)]) == 0
-    assert "paraphrase: 1 questions, accuracy +1.000" in capsys.readouterr().out
+    assert "paraphrase: 1 questions, accuracy 1.00 against 0.00, +1.000" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         long_pooled.main(["--condition", "new", str(tmp_path / "missing.json")])
 
@@ -265,3 +265,21 @@ def test_routed_conditions_build_their_recall():
     assert isinstance(text, RoutedRecall) and isinstance(text.latent, LatentRecall) and text.latent.attach is False
     assert text.latent.tokens == text.tokens == 120 and plain.latent.attach is None
     assert recall_of("fold-routed-alone", sizes).share == 0.0 and recall_of("fold-routed-always", sizes).margin == 1e9
+
+
+def test_pooled_by_length_keeps_lengths_apart(tmp_path, capsys):
+    from benchmarks.rlm_bench import long_pooled
+
+    def row(cond, q, correct, covered, length):
+        return dict(condition=cond, length=length, episode="e0", question=q, form="paraphrase", correct=correct,
+                    covered_fact=covered)
+    a = tmp_path / "a.json"
+    a.write_text(json.dumps({"rows": [row("ref", 0, False, 0.0, 100), row("new", 0, True, 1.0, 100),
+                                      row("ref", 0, True, 0.5, 200), row("new", 0, True, 0.5, 200)]}))
+    got = {r["length"]: r for r in long_pooled.pooled([str(a)], "new", "ref", by_length=True)}
+    assert got[100]["accuracy"] == 1.0 and got[100]["new_available"] == 1.0 and got[100]["ref_available"] == 0.0
+    assert got[200]["accuracy"] == 0.0 and got[200]["new"] == got[200]["ref"] == 1.0
+    (both,) = long_pooled.pooled([str(a)], "new", "ref")
+    assert both["questions"] == 2 and both["accuracy"] == 0.5
+    assert long_pooled.main(["--condition", "new", "--reference", "ref", "--by-length", str(a)]) == 0
+    assert "100 paraphrase: 1 questions, accuracy 1.00 against 0.00" in capsys.readouterr().out

@@ -229,19 +229,31 @@ def test_the_question_vector_forwards_only_up_to_the_question(tiny, essay, monke
     assert torch.allclose(got, want, atol=1e-5)
 
 
-def test_rank_blocks_standardises_the_representatives_and_skips_the_unfolded_tail(tiny, essay, monkeypatch):
-    """`rank_blocks`: the cosine after standardising each dimension by the representatives' mean and spread, averaged
-    over layers (against a direct computation); a direction every representative and the question share changes no
+@pytest.mark.parametrize("shrink", [1.0, latent.SHRINK])
+def test_rank_blocks_whitens_the_representatives_and_skips_the_unfolded_tail(tiny, essay, monkeypatch, shrink):
+    """`rank_blocks`: the cosine after whitening by the representatives' covariance shrunk toward its diagonal
+    (shrink 1: standardising each dimension by its mean and spread; shrink < 1 against an eigendecomposition of the
+    shrunk covariance), averaged over layers; a direction every representative and the question share changes no
     score (raw cosine would rank by it); blocks the cache holds whole (its unfolded tail) and the sink are -inf."""
     cache = archiving_cache(tiny)
     cache.extend(planted(essay))
     arc, B = cache.archive, cache.archive.policy.block
     q = latent.query_vector(cache, tiny.encode(PARAPHRASE))                     # [layers, hidden]
-    got = latent.rank_blocks(cache, q, 4)                                       # [nb]
+    got = latent.rank_blocks(cache, q, 4, shrink=shrink)                        # [nb]
     reps = arc.representatives()                                                # [nb, layers, hidden]
     mu, sd = reps.mean(0), reps.std(0)
     unit = torch.nn.functional.normalize
-    want = (unit((reps - mu) / sd, dim=-1) * unit((q - mu) / sd, dim=-1)[None]).sum(-1).mean(-1)   # [nb]
+    if shrink == 1.0:
+        want = (unit((reps - mu) / sd, dim=-1) * unit((q - mu) / sd, dim=-1)[None]).sum(-1).mean(-1)   # [nb]
+    else:
+        per = []
+        for layer in range(reps.shape[1]):
+            cov = torch.cov(reps[:, layer].T.double())                          # [hidden, hidden]
+            e, V = torch.linalg.eigh((1 - shrink) * cov + shrink * torch.diag(cov.diagonal()))
+            W = V @ torch.diag(e.rsqrt()) @ V.T                                 # shrunk covariance ^ -1/2
+            x, y = (reps[:, layer] - mu[layer]).double() @ W, (q[layer] - mu[layer]).double() @ W
+            per.append(unit(x, dim=-1) @ unit(y, dim=0))                        # [nb]
+        want = torch.stack(per, -1).mean(-1).float()                            # [nb]
     tail = arc.unfolded_from(cache.store)
     assert 0 < tail < arc.tokens and cache.folds
     for j in range(reps.shape[0]):
@@ -252,7 +264,7 @@ def test_rank_blocks_standardises_the_representatives_and_skips_the_unfolded_tai
     assert torch.isfinite(got).sum() >= 4
     shift = 5 * torch.randn(reps.shape[1:], generator=torch.Generator().manual_seed(0))   # [layers, hidden]
     monkeypatch.setattr(type(arc), "representatives", lambda self: reps + shift)
-    moved = latent.rank_blocks(cache, q + shift, 4)
+    moved = latent.rank_blocks(cache, q + shift, 4, shrink=shrink)
     assert torch.allclose(moved[torch.isfinite(got)], got[torch.isfinite(got)], atol=1e-4)
     raw = ((reps + shift) * unit(q + shift, dim=-1)[None]).sum(-1).mean(-1)
     assert not torch.equal(raw.argsort(), (reps * q[None]).sum(-1).mean(-1).argsort())
@@ -464,3 +476,45 @@ def test_latent_recall_reprefills_on_a_model_with_sliding_layers(tiny, tok, essa
         LatentRecall(attach="yes")
     with pytest.raises(ValueError, match="LatentRecall: attach=True re-attaches archived keys and values, but"):
         LatentRecall(attach=True, archive_policy=reps)
+
+
+def test_latent_recall_shrink_is_checked_and_defaults_to_the_ranking_s():
+    assert LatentRecall().shrink == latent.SHRINK
+    for bad in (0, 1.5, float("nan"), "0.8"):
+        with pytest.raises(ValueError, match="LatentRecall: shrink must be a number in \\(0, 1\\]"):
+            LatentRecall(shrink=bad)
+
+
+def test_whiten_falls_back_to_the_diagonal_where_the_shrunk_covariance_is_singular():
+    """Fewer blocks than dimensions and almost no shrinkage: Cholesky fails, the diagonal (standardising) is used."""
+    g = torch.Generator().manual_seed(0)
+    ref = torch.randn(4, 2, 16, generator=g)                                          # [m, layers, hidden]
+    q = torch.randn(2, 16, generator=g)                                               # [layers, hidden]
+    got = latent.whiten(ref, q, ref, 1e-9)
+    want = latent.whiten(ref, q, ref, 1.0)
+    assert all(torch.allclose(a, b) for a, b in zip(got, want, strict=True))
+    x, y = latent.whiten(ref, q, ref, 0.5)
+    assert torch.isfinite(x).all() and not torch.allclose(x, want[0])
+
+
+def test_recall_rank_offline_ranks_a_dumped_question_s_block(tmp_path):
+    """`benchmarks.recall_rank --offline` on a hand-made dump: the block whose tokens share the question's direction
+    (among random ones) comes first for every candidate, and the fact's tokens are held within the budget."""
+    from benchmarks.recall_rank import main, offline
+
+    g = torch.Generator().manual_seed(0)
+    T, h = 32 * 40, 24
+    H = torch.randn(T, 3, h, generator=g)                                              # [T, layers, hidden]
+    q = torch.randn(3, 3, h, generator=g)                                              # [m, layers, hidden]
+    H[32 * 7:32 * 8] += 6 * q.mean(0)                                                  # block 7 points at it
+    fact = list(range(32 * 7 + 4, 32 * 7 + 20))
+    blocks = list(range(1, 40))
+    dump = dict(H=H, T=T, sink=4, questions=[dict(form="paraphrase", fact=fact, cand=blocks, folded=blocks, q=q,
+                                                  shipped=torch.arange(40.0))])   # the last blocks first
+    torch.save(dump, tmp_path / "ep.pt")
+    got = {s["ranker"]: s for s in offline([str(tmp_path)], budget=96)["summary"]}
+    for name in ("standardised", "diag0.8", "drop5", "iso0.1", "sub8max/diag0.6"):
+        assert got[name]["median_rank"] == 1 and got[name]["available"] == 1.0, name
+    assert got["shipped-at-dump"]["available"] == 0.0 and got["shipped-at-dump"]["median_rank"] == 33
+    assert main(["--offline", str(tmp_path), "--out", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "offline.json").is_file()

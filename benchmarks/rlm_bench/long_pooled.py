@@ -1,10 +1,12 @@
 """Paired differences pooled over several long-suite runs (other lengths, windows or settings), by question form.
 
-`python -m benchmarks.rlm_bench.long_pooled --condition fold-routed REF.json:NEW.json [FILE.json ...]`: each
-argument is one run holding both conditions, or a pair whose first file holds the reference's rows and the second
-the condition's. Questions are paired by (length, episode, question) within each argument and pooled; printed per
-form: questions, the accuracy difference and the difference in the share of questions whose fact the call's context
-held whole, each with a 95% bootstrap interval over questions (`benchmarks.stats.bootstrap_ci`).
+`python -m benchmarks.rlm_bench.long_pooled --condition fold-routed [--by-length] REF.json:NEW.json [FILE.json ...]`:
+each argument is one run holding both conditions, or a pair whose first file holds the reference's rows and the
+second the condition's. Questions are paired by (length, episode, question) within each argument and pooled; printed
+per form (`--by-length`: per length and form): questions, each side's accuracy and availability (mean share of the
+fact's characters in the call's context), the accuracy difference and the difference in the share of questions whose
+fact the call's context held whole, each with a 95% bootstrap interval over questions
+(`benchmarks.stats.bootstrap_ci`).
 """
 from __future__ import annotations
 
@@ -21,23 +23,33 @@ def rows_of(path: str, condition: str) -> dict[tuple, dict]:
     return {(r["length"], r["episode"], r["question"]): r for r in rows if r["condition"] == condition}
 
 
-def pooled(runs: list[str], condition: str, reference: str) -> list[dict]:
-    """One record per form: questions, accuracy and whole-availability differences (condition minus reference)."""
-    diffs: dict[str, dict[str, list[float]]] = {}
+def pooled(runs: list[str], condition: str, reference: str, by_length: bool = False) -> list[dict]:
+    """One record per form (by_length: per length and form): questions, accuracy and whole-availability differences
+    (condition minus reference), and each side's accuracy and availability (mean share of the fact held)."""
+    diffs: dict[tuple, dict[str, list[float]]] = {}
     for run in runs:
         ref_file, new_file = run.split(":") if ":" in run else (run, run)
         ref, new = rows_of(ref_file, reference), rows_of(new_file, condition)
         for key in sorted(new.keys() & ref.keys()):
             a, b = new[key], ref[key]
-            d = diffs.setdefault(a["form"], {"accuracy": [], "held_whole": []})
+            group = (a["length"], a["form"]) if by_length else (a["form"],)
+            d = diffs.setdefault(group, {"accuracy": [], "held_whole": [], "new": [], "ref": [], "new_available": [],
+                                         "ref_available": []})
             d["accuracy"].append(float(a["correct"]) - float(b["correct"]))
             d["held_whole"].append(float(a["covered_fact"] >= 0.999) - float(b["covered_fact"] >= 0.999))
+            d["new"].append(float(a["correct"]))
+            d["ref"].append(float(b["correct"]))
+            d["new_available"].append(float(a["covered_fact"]))
+            d["ref_available"].append(float(b["covered_fact"]))
     out = []
-    for form, d in sorted(diffs.items()):
-        rec = {"form": form, "questions": len(d["accuracy"])}
+    for group, d in sorted(diffs.items()):
+        rec = {"form": group[-1], "questions": len(d["accuracy"])}
+        if by_length:
+            rec["length"] = group[0]
         for k, v in d.items():
             rec[k] = statistics.fmean(v)
-            rec[f"{k}_ci"] = list(bootstrap_ci(v))
+            if k in ("accuracy", "held_whole"):
+                rec[f"{k}_ci"] = list(bootstrap_ci(v))
         out.append(rec)
     return out
 
@@ -47,17 +59,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("runs", nargs="+", help="results.json holding both conditions, or REF.json:NEW.json")
     p.add_argument("--condition", required=True)
     p.add_argument("--reference", default="fold-recall-all-ranked")
+    p.add_argument("--by-length", action="store_true", help="a record per length and form instead of per form")
     args = p.parse_args(argv)
     for path in (f for run in args.runs for f in run.split(":")):
         if not Path(path).is_file():
             p.error(f"runs: {path} is not a file; give a long-suite results.json")
-    recs = pooled(args.runs, args.condition, args.reference)
+    recs = pooled(args.runs, args.condition, args.reference, args.by_length)
     if not recs:
         p.error(f"no question has both {args.reference} and {args.condition} rows in these runs")
     print(f"{args.condition} - {args.reference}, pooled over {len(args.runs)} runs")
     for r in recs:
-        print(f"{r['form']}: {r['questions']} questions, accuracy {r['accuracy']:+.3f} "
-              f"[{r['accuracy_ci'][0]:+.3f}, {r['accuracy_ci'][1]:+.3f}], fact held whole {r['held_whole']:+.3f} "
+        print(f"{str(r['length']) + ' ' if 'length' in r else ''}{r['form']}: {r['questions']} questions, accuracy "
+              f"{r['new']:.2f} against {r['ref']:.2f}, {r['accuracy']:+.3f} "
+              f"[{r['accuracy_ci'][0]:+.3f}, {r['accuracy_ci'][1]:+.3f}]; available {r['new_available']:.2f} against "
+              f"{r['ref_available']:.2f}; fact held whole {r['held_whole']:+.3f} "
               f"[{r['held_whole_ci'][0]:+.3f}, {r['held_whole_ci'][1]:+.3f}]")
     return 0
 
