@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -114,3 +115,55 @@ def test_importance_adds_the_global_allocation_at_matched_counts(tiny_dir):
     by = {r["condition"]: r for r in rows}
     assert by["amh_tau1"]["kept"] == by["am_tau1"]["kept"] and by["amh_b0.1"]["kept"] == by["am_b0.1"]["kept"]
     assert by["amh_tau1"]["method"] == "latent_briefing_hybrid" and "amg_tau1" not in by
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads /proc")
+def test_a_pool_worker_exits_when_the_run_that_made_it_is_killed(tmp_path):
+    """A run killed mid-way (its parent process gone without cleanup) leaves no pool worker behind holding a model."""
+    import signal
+    import subprocess
+    import sys
+
+    pidfile = tmp_path / "worker.pid"
+    code = (
+        "import multiprocessing as mp, os, time\n"
+        "from concurrent.futures import ProcessPoolExecutor\n"
+        "from benchmarks.rlm_bench.runner import _pool_init\n"
+        "def work(path):\n"
+        "    open(path, 'w').write(str(os.getpid()))\n"
+        "    time.sleep(600)\n"
+        "if __name__ == '__main__':\n"
+        "    ex = ProcessPoolExecutor(1, mp_context=mp.get_context('spawn'), initializer=_pool_init,\n"
+        "                             initargs=(os.getpid(),))\n"
+        f"    ex.submit(work, {str(pidfile)!r})\n"
+        "    time.sleep(600)\n")
+    script = tmp_path / "run.py"
+    script.write_text(code)
+    root = str(Path(__file__).resolve().parents[1])
+    parent = subprocess.Popen([sys.executable, str(script)], cwd=root, env={**os.environ, "PYTHONPATH": root})
+    worker = None
+    try:
+        deadline = time.time() + 60
+        while not pidfile.exists() or not pidfile.read_text():
+            assert time.time() < deadline and parent.poll() is None, "the worker never started"
+            time.sleep(0.1)
+        worker = int(pidfile.read_text())
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait()
+        deadline = time.time() + 20
+        while _alive(worker):
+            assert time.time() < deadline, "the pool worker outlived the run that made it"
+            time.sleep(0.2)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+        if worker is not None and _alive(worker):   # the test failed: do not leave the sleeper behind
+            os.kill(worker, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"   # a zombie has exited
+    except FileNotFoundError:
+        return False

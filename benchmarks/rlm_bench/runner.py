@@ -55,8 +55,20 @@ def run_episode(spec: Any, cfg: Suite, model: str | None = None, lm: Any = None)
     return record | {"wall_s": time.perf_counter() - t0}, rows
 
 
-def _pool_init() -> None:
+def _pool_init(parent: int | None = None) -> None:
+    """A pool worker: one thread, and it exits when `parent` (the process that made the pool) is gone, so a killed run
+    leaves no worker holding a model and its memory."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    if parent is not None:
+        import threading
+
+        threading.Thread(target=_exit_with, args=(parent,), daemon=True, name="exit-with-parent").start()
+
+
+def _exit_with(parent: int, every: float = 1.0) -> None:
+    while os.getppid() == parent:
+        time.sleep(every)
+    os._exit(1)
 
 
 def _progress(total: int, enabled: bool) -> Any:
@@ -114,7 +126,7 @@ def run_all(specs: list[Any], cfg: Suite, *, model: str | None = None, lm: Any =
             import multiprocessing as mp
 
             with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
-                                     initializer=_pool_init) as ex:
+                                     initializer=_pool_init, initargs=(os.getpid(),)) as ex:
                 futs = {ex.submit(run_episode, s, cfg, model): j for j, s in enumerate(pending)}
                 for f in as_completed(futs):
                     done(futs[f], f.result())
