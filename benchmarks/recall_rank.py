@@ -161,6 +161,18 @@ def make_dense_case(seed: int, target_tokens: int = 4200, split: str = "dev", sp
     return LongEpisode(f"dense-s{seed}-t{target_tokens}", seed, target_tokens, "", [(text, None)], questions)
 
 
+def block_means(X: torch.Tensor, size: int) -> torch.Tensor:
+    """[ceil(T / size), ...]: the mean of every `size` consecutive rows of X [T, ...] (the last group may be
+    shorter), as the archive's representatives average a block's tokens."""
+    T = X.shape[0]
+    nb = math.ceil(T / size)
+    extra = nb * size - T
+    Xp = torch.cat([X, X.new_zeros(extra, *X.shape[1:])]) if extra else X                  # [nb * size, ...]
+    cnt = torch.full((nb,), float(size), dtype=X.dtype, device=X.device)                  # [nb]
+    cnt[-1] = size - extra
+    return Xp.view(nb, size, *X.shape[1:]).sum(1) / cnt.view(-1, *([1] * (X.dim() - 1)))
+
+
 def offline(folders: list[str], budget: int = 960, pad: int = 8, block: int = 32) -> dict:
     """Round 5's candidates, ranked over the blocks of `--dump` episodes (the last three layers' hidden states of every
     token, the question's over the cache): per dimension standardised (the ranking before round 5; it equals the
@@ -171,14 +183,6 @@ def offline(folders: list[str], budget: int = 960, pad: int = 8, block: int = 32
     from briefing.latent import whiten
 
     unit = torch.nn.functional.normalize
-
-    def means(X: torch.Tensor, size: int, T: int) -> torch.Tensor:   # [ceil(T / size), l, h]
-        nb = math.ceil(T / size)
-        extra = nb * size - T
-        Xp = torch.cat([X, X.new_zeros(extra, *X.shape[1:])]) if extra else X
-        cnt = torch.full((nb,), float(size))
-        cnt[-1] = size - extra
-        return Xp.view(nb, size, *X.shape[1:]).sum(1) / cnt[:, None, None]
 
     def cosine(x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:    # [n, l, h], [l, h] -> [n]
         return (x * q[None]).sum(-1).mean(-1)
@@ -210,8 +214,8 @@ def offline(folders: list[str], budget: int = 960, pad: int = 8, block: int = 32
         for f in sorted(Path(folder).glob("*.pt")):
             ep = torch.load(f)
             H, T, sink = ep["H"].float(), ep["T"], ep["sink"]
-            B = unit(means(H, block, T), dim=-1)                                      # [nb, l, h] as the archive
-            S8 = unit(means(H, 8, T), dim=-1)                                         # [nb * 4, l, h]
+            B = unit(block_means(H, block), dim=-1)                                      # [nb, l, h] as the archive
+            S8 = unit(block_means(H, 8), dim=-1)                                         # [nb * 4, l, h]
             for qd in ep["questions"]:
                 cand, folded, fact = qd["cand"], qd["folded"], qd["fact"]
                 Q = unit(qd["q"].float().mean(0), dim=-1)                            # [l, h]
@@ -400,14 +404,8 @@ def run(args: argparse.Namespace) -> dict:
             for block in args.blocks:
                 nb = math.ceil(T / block)
                 cand = [j for j in range(nb) if (j + 1) * block > sink]
-                pad_ids = torch.arange(nb * block - T)
-                Hb = torch.cat([H, H[-1:].expand(len(pad_ids), -1, -1)]) if len(pad_ids) else H
-                cnt = torch.full((nb,), float(block))
-                cnt[-1] = block - len(pad_ids)
-                mask = torch.arange(nb * block) < T
-                Hs = (Hb * mask[:, None, None]).view(nb, block, n_layers, -1).sum(1) / cnt[:, None, None]  # [nb, L, h]
-                Kb = torch.cat([Kp, Kp[-1:].expand(len(pad_ids), -1, -1)]) if len(pad_ids) else Kp
-                Ks = (Kb * mask[:, None, None]).view(nb, block, n_layers, -1).sum(1) / cnt[:, None, None]
+                Hs = block_means(H, block)                                                  # [nb, L, h]
+                Ks = block_means(Kp, block)                                                 # [nb, L, kvh*d]
                 fact_blocks = sorted({t // block for t in fact})
                 folded = [j for j in cand if j * block < tail]   # what latent recall can bring back
                 scores: dict[str, torch.Tensor] = {}

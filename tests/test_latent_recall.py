@@ -518,3 +518,12 @@ def test_recall_rank_offline_ranks_a_dumped_question_s_block(tmp_path):
     assert got["shipped-at-dump"]["available"] == 0.0 and got["shipped-at-dump"]["median_rank"] == 33
     assert main(["--offline", str(tmp_path), "--out", str(tmp_path / "out")]) == 0
     assert (tmp_path / "out" / "offline.json").is_file()
+
+
+def test_recall_rank_block_means_average_each_block_and_the_short_last_one():
+    from benchmarks.recall_rank import block_means
+
+    X = torch.randn(70, 3, 5, generator=torch.Generator().manual_seed(0))            # [T, layers, hidden]
+    m = block_means(X, 32)                                                            # [3, layers, hidden]
+    assert m.shape == (3, 3, 5)
+    assert torch.allclose(m[1], X[32:64].mean(0)) and torch.allclose(m[2], X[64:].mean(0))
