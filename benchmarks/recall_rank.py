@@ -178,8 +178,12 @@ def offline(folders: list[str], budget: int = 960, pad: int = 8, block: int = 32
     token, the question's over the cache): per dimension standardised (the ranking before round 5; it equals the
     dumped `shipped` scores up to the statistics' blocks), standardised with the top principal directions removed
     (`drop`), whitened by the covariance shrunk toward a multiple of the identity (`iso`) or toward its diagonal
-    (`diag`, `briefing.latent.whiten`, what ships), and the best 8-token part of each block (`sub8max`). Availability:
-    the fact's every token in the top blocks, each widened by `pad`, within `budget` tokens."""
+    (`diag`, `briefing.latent.whiten`, what ships), and the best 8-token part of each block (`sub8max`); and, over the
+    shipped whitening (diag0.8), pseudo-relevance feedback (`prf{k}/{a}`: the question moved by `a` toward the mean of
+    its top k folded blocks), the neighbouring blocks' scores added (`neighbours{w}`), a hubness penalty (`csls10/{w}`:
+    2 cos - w x each block's mean cosine with its 10 nearest blocks) and the layers' cosines z-scored over the folded
+    blocks before their mean (`zlayers`). Availability: the fact's every token in the top blocks, each widened by
+    `pad`, within `budget` tokens."""
     from briefing.latent import whiten
 
     unit = torch.nn.functional.normalize
@@ -227,6 +231,25 @@ def offline(folders: list[str], budget: int = 960, pad: int = 8, block: int = 32
                     sc[f"iso{a}"] = iso(B, Q, ref, a)
                 for a in (0.3, 0.6, 0.7, 0.8, 0.9):
                     sc[f"diag{a}"] = cosine(*whiten(B, Q, ref, a))
+                Bw, Qw = whiten(B, Q, ref, 0.8)                                          # [nb, l, h], [l, h]
+                base = cosine(Bw, Qw)                                                    # [nb]
+                fold_t = torch.tensor(folded)                                            # [f]
+                for k in (3, 5, 10):
+                    top = fold_t[base[fold_t].topk(min(k, len(folded))).indices]         # [k]
+                    for a in (0.3, 0.6):
+                        sc[f"prf{k}/{a}"] = cosine(Bw, unit(Qw + a * Bw[top].mean(0), dim=-1))
+                side = torch.zeros_like(base)                                            # [nb] neighbours' sum
+                side[1:] += base[:-1]
+                side[:-1] += base[1:]
+                for w in (0.15, 0.3):
+                    sc[f"neighbours{w}"] = base + w * side / 2
+                near = torch.einsum("nlh,mlh->nm", Bw, Bw[cand]) / Bw.shape[1]           # [nb, m] mean cosine
+                hub = near.topk(min(11, near.shape[1]), dim=1).values[:, 1:].mean(1)     # [nb] (the first: itself)
+                for w in (0.5, 1.0):
+                    sc[f"csls10/{w}"] = 2 * base - w * hub
+                per_layer = (Bw * Qw[None]).sum(-1)                                      # [nb, l]
+                z = (per_layer - per_layer[fold_t].mean(0)) / per_layer[fold_t].std(0).clamp_min(1e-6)
+                sc["zlayers"] = z.mean(-1)
                 per = block // 8
                 sub = [j * per + i for j in cand for i in range(per) if j * per + i < S8.shape[0]]
                 s8 = cosine(*whiten(S8, Q, S8[sub], 0.6))
@@ -521,13 +544,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--offline", nargs="+", default=None, metavar="DUMP",
                    help="rank the questions of these --dump folders with the whitening candidates (`offline`) instead "
                    "of running the model")
+    p.add_argument("--offline-budgets", type=int, nargs="+", default=[960], metavar="TOKENS",
+                   help="--offline: the recall budgets the fact must be held whole within")
     p.add_argument("--out", default="bench_out/recall_rank")
     args = p.parse_args(argv)
     if args.offline:
+        if min(args.offline_budgets) < 1:
+            p.error(f"--offline-budgets: {min(args.offline_budgets)} is not a token budget; give positive numbers")
         for folder in args.offline:
             if not list(Path(folder).glob("*.pt")):
                 p.error(f"--offline: {folder} holds no episode (*.pt); make one with --dump")
-        result = offline(args.offline)
+        runs = [offline(args.offline, budget=b) for b in args.offline_budgets]
+        result = dict(config={**runs[0]["config"], "budget": args.offline_budgets},
+                      summary=[s for r in runs for s in r["summary"]])
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "offline.json").write_text(json.dumps(result, indent=1))

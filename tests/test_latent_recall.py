@@ -3,6 +3,7 @@ away is archived exactly, survives re-bases, is re-attached where a prefill woul
 budget; `coverage` counts kept and recalled characters; a worker recalls through the archive."""
 from __future__ import annotations
 
+import json
 import types
 
 import pytest
@@ -513,11 +514,15 @@ def test_recall_rank_offline_ranks_a_dumped_question_s_block(tmp_path):
                                                   shipped=torch.arange(40.0))])   # the last blocks first
     torch.save(dump, tmp_path / "ep.pt")
     got = {s["ranker"]: s for s in offline([str(tmp_path)], budget=96)["summary"]}
-    for name in ("standardised", "diag0.8", "drop5", "iso0.1", "sub8max/diag0.6"):
+    for name in ("standardised", "diag0.8", "drop5", "iso0.1", "sub8max/diag0.6", "prf3/0.3", "neighbours0.15",
+                 "zlayers"):
         assert got[name]["median_rank"] == 1 and got[name]["available"] == 1.0, name
     assert got["shipped-at-dump"]["available"] == 0.0 and got["shipped-at-dump"]["median_rank"] == 33
-    assert main(["--offline", str(tmp_path), "--out", str(tmp_path / "out")]) == 0
-    assert (tmp_path / "out" / "offline.json").is_file()
+    assert main(["--offline", str(tmp_path), "--offline-budgets", "96", "32", "--out", str(tmp_path / "out")]) == 0
+    written = json.loads((tmp_path / "out" / "offline.json").read_text())
+    assert sorted({s["budget"] for s in written["summary"]}) == [32, 96]
+    with pytest.raises(SystemExit):
+        main(["--offline", str(tmp_path), "--offline-budgets", "0", "--out", str(tmp_path / "out")])
 
 
 def test_recall_rank_block_means_average_each_block_and_the_short_last_one():
