@@ -173,7 +173,7 @@ def block_means(X: torch.Tensor, size: int) -> torch.Tensor:
     return Xp.view(nb, size, *X.shape[1:]).sum(1) / cnt.view(-1, *([1] * (X.dim() - 1)))
 
 
-def offline(folders: list[str], budget: int = 960, pad: int = 8, block: int = 32) -> dict:
+def offline(folders: list[str], budgets: tuple[int, ...] = (960,), pad: int = 8, block: int = 32) -> dict:
     """Round 5's candidates, ranked over the blocks of `--dump` episodes (the last three layers' hidden states of every
     token, the question's over the cache): per dimension standardised (the ranking before round 5; it equals the
     dumped `shipped` scores up to the statistics' blocks), standardised with the top principal directions removed
@@ -182,8 +182,8 @@ def offline(folders: list[str], budget: int = 960, pad: int = 8, block: int = 32
     shipped whitening (diag0.8), pseudo-relevance feedback (`prf{k}/{a}`: the question moved by `a` toward the mean of
     its top k folded blocks), the neighbouring blocks' scores added (`neighbours{w}`), a hubness penalty (`csls10/{w}`:
     2 cos - w x each block's mean cosine with its 10 nearest blocks) and the layers' cosines z-scored over the folded
-    blocks before their mean (`zlayers`). Availability: the fact's every token in the top blocks, each widened by
-    `pad`, within `budget` tokens."""
+    blocks before their mean (`zlayers`). Availability, per budget: the fact's every token in the top blocks, each
+    widened by `pad`, within that many tokens."""
     from briefing.latent import whiten
 
     unit = torch.nn.functional.normalize
@@ -213,7 +213,7 @@ def offline(folders: list[str], budget: int = 960, pad: int = 8, block: int = 32
             out.append(unit(bw, dim=-1) @ unit(qw, dim=0))
         return torch.stack(out, -1).mean(-1)
 
-    rows: dict[tuple[str, str], list[tuple[int, bool]]] = {}
+    rows: dict[tuple[str, str, int], list[tuple[int, bool]]] = {}
     for folder in folders:
         for f in sorted(Path(folder).glob("*.pt")):
             ep = torch.load(f)
@@ -261,13 +261,14 @@ def offline(folders: list[str], budget: int = 960, pad: int = 8, block: int = 32
                     keep[folded] = s[folded]
                     order = keep.argsort(descending=True).tolist()[:len(folded)]
                     rank = min(order.index(j) for j in fact_blocks if j in folded) + 1
-                    got = picks(order, block, pad, budget, T, sink)
-                    rows.setdefault((name, qd["form"]), []).append((rank, all(t in got for t in fact)))
+                    for budget in budgets:
+                        got = picks(order, block, pad, budget, T, sink)
+                        rows.setdefault((name, qd["form"], budget), []).append((rank, all(t in got for t in fact)))
     summary = [dict(ranker=name, form=form, questions=len(rs), median_rank=statistics.median(r for r, _ in rs),
                     **{"hits@8": sum(r <= 8 for r, _ in rs)}, budget=budget,
                     available=sum(a for _, a in rs) / len(rs))
-               for (name, form), rs in sorted(rows.items(), key=lambda kv: (kv[0][1], kv[0][0]))]
-    return dict(config=dict(folders=folders, budget=budget, pad=pad, block=block), summary=summary)
+               for (name, form, budget), rs in sorted(rows.items(), key=lambda kv: (-kv[0][2], kv[0][1], kv[0][0]))]
+    return dict(config=dict(folders=folders, budget=list(budgets), pad=pad, block=block), summary=summary)
 
 
 def store_bytes(store) -> int:
@@ -554,9 +555,7 @@ def main(argv: list[str] | None = None) -> int:
         for folder in args.offline:
             if not list(Path(folder).glob("*.pt")):
                 p.error(f"--offline: {folder} holds no episode (*.pt); make one with --dump")
-        runs = [offline(args.offline, budget=b) for b in args.offline_budgets]
-        result = dict(config={**runs[0]["config"], "budget": args.offline_budgets},
-                      summary=[s for r in runs for s in r["summary"]])
+        result = offline(args.offline, budgets=tuple(args.offline_budgets))
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "offline.json").write_text(json.dumps(result, indent=1))

@@ -513,7 +513,7 @@ def test_recall_rank_offline_ranks_a_dumped_question_s_block(tmp_path):
     dump = dict(H=H, T=T, sink=4, questions=[dict(form="paraphrase", fact=fact, cand=blocks, folded=blocks, q=q,
                                                   shipped=torch.arange(40.0))])   # the last blocks first
     torch.save(dump, tmp_path / "ep.pt")
-    got = {s["ranker"]: s for s in offline([str(tmp_path)], budget=96)["summary"]}
+    got = {s["ranker"]: s for s in offline([str(tmp_path)], budgets=(96,))["summary"]}
     for name in ("standardised", "diag0.8", "drop5", "iso0.1", "sub8max/diag0.6", "prf3/0.3", "neighbours0.15",
                  "zlayers"):
         assert got[name]["median_rank"] == 1 and got[name]["available"] == 1.0, name
