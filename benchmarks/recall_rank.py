@@ -179,12 +179,12 @@ def offline(folders: list[str], budgets: tuple[int, ...] = (960,), pad: int = 8,
     dumped `shipped` scores up to the statistics' blocks), standardised with the top principal directions removed
     (`drop`), whitened by the covariance shrunk toward a multiple of the identity (`iso`) or toward its diagonal
     (`diag`, `briefing.latent.whiten`, what ships), and the best 8-token part of each block (`sub8max`); and, over the
-    shipped whitening (diag0.8), pseudo-relevance feedback (`prf{k}/{a}`: the question moved by `a` toward the mean of
-    its top k folded blocks), the neighbouring blocks' scores added (`neighbours{w}`), a hubness penalty (`csls10/{w}`:
-    2 cos - w x each block's mean cosine with its 10 nearest blocks) and the layers' cosines z-scored over the folded
-    blocks before their mean (`zlayers`). Availability, per budget: the fact's every token in the top blocks, each
-    widened by `pad`, within that many tokens."""
-    from briefing.latent import whiten
+    shipped whitening (`latent.SHRINK`), pseudo-relevance feedback (`prf{k}/{a}`: the question moved by `a` toward the
+    mean of its top k folded blocks), the neighbouring blocks' scores added (`neighbours{w}`), a hubness penalty
+    (`csls10/{w}`: 2 cos - w x each block's mean cosine with its 10 nearest blocks) and the layers' cosines z-scored
+    over the folded blocks before their mean (`zlayers`). Availability, per budget: the fact's every token in the top
+    blocks, each widened by `pad`, within that many tokens."""
+    from briefing.latent import SHRINK, whiten
 
     unit = torch.nn.functional.normalize
 
@@ -231,7 +231,7 @@ def offline(folders: list[str], budgets: tuple[int, ...] = (960,), pad: int = 8,
                     sc[f"iso{a}"] = iso(B, Q, ref, a)
                 for a in (0.3, 0.6, 0.7, 0.8, 0.9):
                     sc[f"diag{a}"] = cosine(*whiten(B, Q, ref, a))
-                Bw, Qw = whiten(B, Q, ref, 0.8)                                          # [nb, l, h], [l, h]
+                Bw, Qw = whiten(B, Q, ref, SHRINK)                                       # [nb, l, h], [l, h]
                 base = cosine(Bw, Qw)                                                    # [nb]
                 fold_t = torch.tensor(folded)                                            # [f]
                 for k in (3, 5, 10):
