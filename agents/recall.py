@@ -226,6 +226,10 @@ class LatentRecall(Recall):
         representatives and the question by the blocks' covariance shrunk this far toward its diagonal
         (`latent.whiten`; 1: each dimension standardised alone, the ranking before round 5); 0.8 was chosen on dev
         episodes at 32k tokens with SmolLM2 and Gemma 3 (docs/benchmarks.md, "Latent recall, round 5").
+        tail_skip: None (the default): blocks the cache still holds unfolded are not candidates (in view); an int n:
+        they are, except those within the trajectory's last n tokens (its newest events, such as the call's own
+        question): the call's compaction keeps only part of the unfolded tail in each head, so a fact there is not
+        whole in view, and a recalled copy re-attached after the cache is (BM25's recall searches that tail too).
         archive_policy: the caches'
         `briefing.ArchivePolicy` (None: its defaults where the blocks are re-attached, the representatives alone,
         `budget_bytes=0`, where their text is re-prefilled: no keys or values are archived that no call reads; with
@@ -240,6 +244,7 @@ class LatentRecall(Recall):
     rank: str = "latent"
     pad: int = 8
     shrink: float = 0.8
+    tail_skip: int | None = None
     archive_policy: Any = None
 
     def __post_init__(self) -> None:
@@ -248,6 +253,8 @@ class LatentRecall(Recall):
         check_bool(owner, "attach", self.attach, none=True, error=ValueError)
         check_choice(owner, "rank", self.rank, RANKS, what="what ranks the blocks", error=ValueError)
         check_int(owner, "pad", self.pad, low=0, what="tokens recalled on each side of a block", error=ValueError)
+        check_int(owner, "tail_skip", self.tail_skip, low=0, none=True, what="the trajectory's last tokens never "
+                  "recalled when the unfolded tail is ranked too (None: it is not)", error=ValueError)
         check_number(owner, "shrink", self.shrink, low=0, high=1, low_open=True, what="how far the representatives' "
                      "covariance is shrunk toward its diagonal before whitening; 1: standardise each dimension",
                      error=ValueError)
@@ -290,7 +297,8 @@ class LatentRecall(Recall):
         ids, question = _token_span(lm, text, text.rindex(query), len(query))
         sink = cache.fold.sink
         attach = self.attaches(lm)
-        found = latent.lookup(cache, ids, question, k_tokens, pad=self.pad, sink=sink, kv=attach, shrink=self.shrink)
+        found = latent.lookup(cache, ids, question, k_tokens, pad=self.pad, sink=sink, kv=attach, shrink=self.shrink,
+                              tail_skip=self.tail_skip)
         ranges = found.ranges
         if self.rank == "both":
             ranges = latent.pick(self._fused(cache, query, found.scores), cache.archive.policy.block, self.pad,
@@ -339,8 +347,10 @@ class RoutedRecall(Recall):
     BM25's recall is taken (1: always BM25; `LatentRecall` alone: never); 1.3 was chosen on the long suite's dev
     episodes (`benchmarks.rlm_bench.route_sweep`). share: the part of the budget BM25 keeps below the margin (0: latent
     recall takes it all): a question in the fact's own words that shares its words with many chunks still finds the
-    fact among BM25's best, which the latent ranking can miss. text, latent: the two recalls (None: their defaults at
-    `tokens`); the worker's caches keep `latent`'s archive.
+    fact among BM25's best, which the latent ranking can miss. confident_share: the part of the budget BM25 keeps at
+    or above the margin (1: all of it, and no lookup runs; below 1, latent recall takes the rest: a paraphrased
+    question whose common words single out a wrong chunk still gets blocks by meaning). text, latent: the two recalls
+    (None: their defaults at `tokens`); the worker's caches keep `latent`'s archive.
 
     `BriefedWorker`'s default: on held-out episodes (8k-64k tokens on the 8k window, 4k and 6k on a 2k window) it
     answers as often as BM25 recall when the question uses the fact's words, and holds a paraphrased fact whole 0.38
@@ -349,6 +359,7 @@ class RoutedRecall(Recall):
     tokens: int | None = None
     margin: float = 1.3
     share: float = 0.25
+    confident_share: float = 1.0
     text: TextRecall | None = None
     latent: LatentRecall | None = None
 
@@ -359,6 +370,8 @@ class RoutedRecall(Recall):
                      "which its recall is taken; 1: always", error=ValueError)
         check_number(owner, "share", self.share, low=0, high=1, what="the part of the budget BM25 keeps below the "
                      "margin; 0: latent recall takes it all", error=ValueError)
+        check_number(owner, "confident_share", self.confident_share, low=0, high=1, what="the part of the budget "
+                     "BM25 keeps at or above the margin; 1: all of it (no latent lookup)", error=ValueError)
         check_type(owner, "text", self.text, TextRecall, "an agents.TextRecall or None for its defaults", none=True,
                    error=ValueError)
         check_type(owner, "latent", self.latent, LatentRecall, "an agents.LatentRecall or None for its defaults",
@@ -373,9 +386,10 @@ class RoutedRecall(Recall):
                prompt: str | None = None) -> Recalled:
         k_tokens = self.budget(k_tokens)
         found = self.text.recall(cache, query, k_tokens, prompt=prompt)
-        if found.margin is None or found.margin >= self.margin:   # nothing to search, or a clear lexical match
+        confident = found.margin is not None and found.margin >= self.margin   # a clear lexical match
+        if found.margin is None or (confident and self.confident_share >= 1):   # nothing to search, or BM25's call
             return found
-        kept = int(k_tokens * self.share)
+        kept = int(k_tokens * (self.confident_share if confident else self.share))
         lexical = self.text.recall(cache, query, kept, prompt=prompt) if kept else Recalled()
         n = cache.lm.count_tokens(lexical.text) if lexical else 0
         other = self.latent.recall(cache, query, k_tokens - n, prompt=prompt)

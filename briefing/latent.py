@@ -87,18 +87,23 @@ def whiten(x: torch.Tensor, query: torch.Tensor, ref: torch.Tensor, shrink: floa
     return unit(w[:-1], dim=-1), unit(w[-1], dim=-1)
 
 
-def rank_blocks(cache, query: torch.Tensor, sink: int, kv: bool = True, shrink: float = SHRINK) -> torch.Tensor:
+def rank_blocks(cache, query: torch.Tensor, sink: int, kv: bool = True, shrink: float = SHRINK,
+                tail_skip: int | None = None) -> torch.Tensor:
     """[blocks] score of every block: the cosine of its representative with `query` [layers, hidden], both whitened by
     the spread of the trajectory's representatives (`whiten`: a model's hidden states share large directions that
     would rank the same blocks first for every question), averaged over the layers; -inf for a block that cannot be
     fetched (kv=False: a recall of the text, which needs no archived keys and values) or that the cache still holds
-    whole (its unfolded tail: already in view)."""
+    whole (its unfolded tail: in view); with `tail_skip` n, the unfolded tail's blocks are candidates too, except
+    those reaching into the trajectory's last n tokens (the call's compaction keeps part of the tail in each head)."""
     archive = cache.archive
     reps = archive.representatives()                                                  # [nb, layers, hidden]
     r, q = whiten(reps, query, reps[archive.counts > 0], shrink)                      # [nb, layers, hidden], [l, h]
     score = (r * q[None]).sum(-1).mean(-1)                                            # [nb]
     starts = torch.arange(reps.shape[0], device=reps.device) * archive.policy.block   # [nb]
-    fetch = archive.available(cache.store, sink, kv) & (starts < archive.unfolded_from(cache.store))
+    bound = archive.unfolded_from(cache.store)                                        # first token held whole
+    if tail_skip is not None:
+        bound = max(bound, archive.tokens - tail_skip - archive.policy.block + 1)
+    fetch = archive.available(cache.store, sink, kv) & (starts < bound)
     return score.masked_fill(~fetch, float("-inf"))
 
 
@@ -242,10 +247,11 @@ class Lookup:
 
 
 def lookup(cache, prompt_ids: list[int], question: tuple[int, int] | None, budget: int, *, pad: int,
-           sink: int, kv: bool = True, shrink: float = SHRINK) -> Lookup:
+           sink: int, kv: bool = True, shrink: float = SHRINK, tail_skip: int | None = None) -> Lookup:
     """The token ranges the question (tokens [question) of the prompt; None: all of it) is about (`query_vector`,
     `rank_blocks`, `pick`), within `budget` tokens. kv: the ranges' keys and values will be fetched (False: their
-    text, so blocks the archive keeps no keys and values of count too). shrink: `whiten`'s."""
+    text, so blocks the archive keeps no keys and values of count too). shrink: `whiten`'s; tail_skip:
+    `rank_blocks`'s."""
     if cache.archive is None:
         raise BriefingError("latent recall needs a TrajectoryCache built with archive=briefing.ArchivePolicy(); this "
                             "cache has none.")
@@ -255,7 +261,7 @@ def lookup(cache, prompt_ids: list[int], question: tuple[int, int] | None, budge
                             "(kv=False, LatentRecall(attach=False)).")
     t0 = time.perf_counter()
     query = query_vector(cache, prompt_ids, question)
-    scores = rank_blocks(cache, query, sink, kv, shrink)
+    scores = rank_blocks(cache, query, sink, kv, shrink, tail_skip)
     floor = first_token(cache, sink, kv)
     ranges = pick(scores, cache.archive.policy.block, pad, budget, cache.archive.tokens, floor)
     return Lookup(ranges=ranges, seconds=time.perf_counter() - t0, scores=scores, floor=floor)

@@ -265,6 +265,9 @@ def test_routed_conditions_build_their_recall():
     assert isinstance(text, RoutedRecall) and isinstance(text.latent, LatentRecall) and text.latent.attach is False
     assert text.latent.tokens == text.tokens == 120 and plain.latent.attach is None
     assert recall_of("fold-routed-alone", sizes).share == 0.0 and recall_of("fold-routed-always", sizes).margin == 1e9
+    assert recall_of("fold-routed-hedged", sizes).confident_share == 0.75 and plain.confident_share == 1.0
+    tail = recall_of("fold-routed-tail", sizes)
+    assert tail.latent.tail_skip == 512 and tail.latent.tokens == 120 and plain.latent.tail_skip is None
 
 
 def test_pooled_by_length_keeps_lengths_apart(tmp_path, capsys):
@@ -283,3 +286,23 @@ def test_pooled_by_length_keeps_lengths_apart(tmp_path, capsys):
     assert both["questions"] == 2 and both["accuracy"] == 0.5
     assert long_pooled.main(["--condition", "new", "--reference", "ref", "--by-length", str(a)]) == 0
     assert "100 paraphrase: 1 questions, accuracy 1.00 against 0.00" in capsys.readouterr().out
+
+
+def test_pooled_by_place_splits_tail_facts_from_folded_ones(tmp_path, capsys):
+    """--by-place: a question whose fact the reference's cache held whole (held_fact 1: its unfolded tail) is
+    pooled apart from one whose fact was folded away."""
+    from benchmarks.rlm_bench import long_pooled
+
+    def row(cond, q, correct, covered, held):
+        return dict(condition=cond, length=100, episode="e0", question=q, form="paraphrase", correct=correct,
+                    covered_fact=covered, held_fact=held)
+    a = tmp_path / "a.json"
+    a.write_text(json.dumps({"rows": [row("ref", 0, False, 0.4, 1.0), row("new", 0, True, 1.0, 1.0),
+                                      row("ref", 1, True, 1.0, 0.1), row("new", 1, False, 0.0, 0.1),
+                                      row("ref", 2, True, 1.0, 0.2), row("new", 2, True, 1.0, 0.2)]}))
+    got = {r["place"]: r for r in long_pooled.pooled([str(a)], "new", "ref", by_place=True)}
+    assert got["tail"]["questions"] == 1 and got["tail"]["ref_available"] == 0.4 and got["tail"]["held_whole"] == 1
+    assert got["folded"]["questions"] == 2 and got["folded"]["accuracy"] == -0.5 and got["folded"]["new_available"] \
+        == 0.5
+    assert long_pooled.main(["--condition", "new", "--reference", "ref", "--by-place", str(a)]) == 0
+    assert "tail paraphrase: 1 questions, accuracy 1.00 against 0.00" in capsys.readouterr().out

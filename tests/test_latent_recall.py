@@ -263,6 +263,20 @@ def test_rank_blocks_whitens_the_representatives_and_skips_the_unfolded_tail(tin
         elif torch.isfinite(got[j]):
             assert float(got[j]) == pytest.approx(float(want[j]), abs=1e-5)
     assert torch.isfinite(got).sum() >= 4
+    # tail_skip n: the unfolded tail's blocks are candidates too, less those reaching into the last n tokens
+    skip = 2 * B
+    wide = latent.rank_blocks(cache, q, 4, shrink=shrink, tail_skip=skip)      # [nb]
+    for j in range(reps.shape[0]):
+        if (j + 1) * B > arc.tokens - skip and j * B >= tail or (j + 1) * B <= 4:
+            assert wide[j] == float("-inf")
+        else:
+            assert float(wide[j]) == pytest.approx(float(want[j]), abs=1e-5)
+    assert torch.isfinite(wide).sum() > torch.isfinite(got).sum()
+    ranges = latent.lookup(cache, tiny.encode(PARAPHRASE), None, 10 ** 6, pad=0, sink=4, shrink=shrink,
+                           tail_skip=skip).ranges
+    assert max(hi for _, hi in ranges) > tail and max(hi for _, hi in ranges) <= arc.tokens - skip
+    got_kv = latent.attach(cache, ranges)                                      # tail tokens fetched from the store
+    assert got_kv.length == sum(hi - lo for lo, hi in ranges)
     shift = 5 * torch.randn(reps.shape[1:], generator=torch.Generator().manual_seed(0))   # [layers, hidden]
     monkeypatch.setattr(type(arc), "representatives", lambda self: reps + shift)
     moved = latent.rank_blocks(cache, q + shift, 4, shrink=shrink)
@@ -361,6 +375,14 @@ def test_routed_recall_takes_bm25_where_a_chunk_stands_out_and_latent_where_none
     assert both.how == "latent:prefill+bm25" and both.blocks is None and both.text.endswith(lexical.text)
     assert both.pasted == both.ranges and both.ranges[-len(lexical.ranges):] == lexical.ranges
     assert RoutedRecall(tokens=64, margin=1).recall(cache, PARAPHRASE, 64).how == "bm25"
+    # confident_share below 1: above the margin BM25's best chunks keep that part, latent recall takes the rest
+    looked.clear()
+    kept = TextRecall(tokens=64).recall(cache, own, 48)
+    n = tiny.count_tokens(kept.text)
+    hedged = RoutedRecall(tokens=64, confident_share=0.75, latent=LatentRecall(tokens=64, pad=8)).recall(cache, own, 64)
+    assert looked == [1] and hedged.how == "latent:attach+bm25" and hedged.text == kept.text
+    assert hedged.margin == bm25.margin and hedged.blocks.ranges == LatentRecall(tokens=64, pad=8).recall(
+        cache, own, 64 - n).blocks.ranges and hedged.tokens <= 64
     assert not RoutedRecall().recall(archiving_cache(tiny), own, 64)   # nothing before the first fold
     assert RoutedRecall().archive(tiny) == LatentRecall().archive(tiny)   # the worker's caches keep latent's archive
     for bad in (0.5, float("inf"), "2", True):
@@ -369,6 +391,8 @@ def test_routed_recall_takes_bm25_where_a_chunk_stands_out_and_latent_where_none
     for bad in (-0.1, 1.5, "0.25"):
         with pytest.raises(ValueError, match="RoutedRecall: share must be"):
             RoutedRecall(share=bad)
+        with pytest.raises(ValueError, match="RoutedRecall: confident_share must be"):
+            RoutedRecall(confident_share=bad)
     with pytest.raises(ValueError, match="RoutedRecall: latent must be"):
         RoutedRecall(latent=TextRecall())
 
@@ -481,6 +505,10 @@ def test_latent_recall_reprefills_on_a_model_with_sliding_layers(tiny, tok, essa
 
 def test_latent_recall_shrink_is_checked_and_defaults_to_the_ranking_s():
     assert LatentRecall().shrink == latent.SHRINK
+    assert LatentRecall().tail_skip is None
+    for bad in (-1, 1.5, "512", True):
+        with pytest.raises(ValueError, match="LatentRecall: tail_skip must be"):
+            LatentRecall(tail_skip=bad)
     for bad in (0, 1.5, float("nan"), "0.8"):
         with pytest.raises(ValueError, match="LatentRecall: shrink must be a number in \\(0, 1\\]"):
             LatentRecall(shrink=bad)

@@ -13,10 +13,12 @@ Every condition sees the same events; `window` is the worker's positions, `reser
   the archived blocks, their keys and values re-attached; both: fused with BM25; text: the blocks' text re-prefilled
   before the question instead), at the same `recall_budget` out of the cache's budget; the three share one cache
   (its archive kept from the first extend: the suite's shared prefill keeps one when a latent condition runs);
-- fold-routed, fold-routed-alone, fold-routed-half, fold-routed-always, fold-routed-text: fold-latent's cache with
-  `RoutedRecall` (BM25 where its best chunk stands out, else BM25's best chunks in a share of the budget and latent
-  recall in the rest): its defaults, BriefedWorker's default recall; share 0 (latent recall alone below the margin);
-  share 0.5; no margin enough (every call splits the budget); the latent blocks' text re-prefilled (attach=False);
+- fold-routed, fold-routed-alone, fold-routed-half, fold-routed-always, fold-routed-text, fold-routed-hedged,
+  fold-routed-tail: fold-latent's cache with `RoutedRecall` (BM25 where its best chunk stands out, else BM25's best
+  chunks in a share of the budget and latent recall in the rest): its defaults, BriefedWorker's default recall;
+  share 0 (latent recall alone below the margin); share 0.5; no margin enough (every call splits the budget); the
+  latent blocks' text re-prefilled (attach=False); BM25 keeps 3/4 above the margin and latent recall takes the rest
+  (confident_share=0.75); the unfolded tail ranked too, less the last 512 tokens (`LatentRecall(tail_skip=512)`);
 - ceiling: the same trajectory all in view (`BriefedWorker` with the model's whole context as its cache, `KeepAll`
   per call, no fold): the in-window ceiling a recall is judged against; no rows where the trajectory does not fit;
 - streaming: a fold that keeps nothing (attention sink + recent window, StreamingLLM), KeepAll per call;
@@ -40,7 +42,8 @@ from benchmarks.rlm_bench.long_episodes import QUARTERS, LongEpisode, LongSpec, 
 CONDITIONS = ["fold-task", "fold-span", "fold-span-only", "fold-mix", "fold-recall", "fold-recall-all",
               "fold-recall-ranked", "fold-recall-all-ranked", "fold-latent", "fold-latent-both", "fold-latent-text",
               "fold-routed", "fold-routed-alone", "fold-routed-half", "fold-routed-always", "fold-routed-text",
-              "ceiling", "truncated", "streaming", "streaming-recall", "bm25", "summary", "plain"]
+              "fold-routed-hedged", "fold-routed-tail", "ceiling", "truncated", "streaming", "streaming-recall", "bm25",
+              "summary", "plain"]
 # recall variants of fold-recall: scope (tail: the unfolded tail too) and order (ranked: the best chunk last); they
 # share fold-recall's cache
 RECALL_VARIANTS = {"fold-recall": dict(tail=False, ranked=False), "fold-recall-all": dict(tail=True, ranked=False),
@@ -52,9 +55,12 @@ LATENT = {"fold-latent": dict(rank="latent"), "fold-latent-both": dict(rank="bot
 # agents.RoutedRecall: BM25 where its best chunk stands out, latent recall otherwise (fold-routed: its defaults,
 # BriefedWorker's recall: BM25's best chunks keep a share of the budget; alone: latent recall takes it all; half: BM25
 # keeps half; always: no margin is ever enough, every call splits the budget; text: the latent blocks' text
-# re-prefilled before the question instead of their keys and values re-attached); on fold-latent's cache
+# re-prefilled before the question instead of their keys and values re-attached; hedged: above the margin BM25 keeps
+# three quarters and latent recall takes the rest; tail: latent recall ranks the unfolded tail too, less the last 512
+# tokens); on fold-latent's cache
 ROUTED = {"fold-routed": {}, "fold-routed-alone": dict(share=0.0), "fold-routed-half": dict(share=0.5),
-          "fold-routed-always": dict(margin=1e9), "fold-routed-text": dict(attach=False)}
+          "fold-routed-always": dict(margin=1e9), "fold-routed-text": dict(attach=False),
+          "fold-routed-hedged": dict(confident_share=0.75), "fold-routed-tail": dict(tail_skip=512)}
 FOLD_GUIDANCE = {"fold-task": "task", "fold-span": "span", "fold-span-only": "span-only", "fold-mix": "mix",
                  **dict.fromkeys(RECALL_VARIANTS, "mix"), **dict.fromkeys(LATENT, "mix"),
                  **dict.fromkeys(ROUTED, "mix")}
@@ -226,8 +232,9 @@ def recall_of(condition: str, sizes: dict) -> Any:
 
     if condition in ROUTED:
         kw = dict(ROUTED[condition])
-        if "attach" in kw:
-            kw["latent"] = LatentRecall(tokens=sizes["recall_budget"], attach=kw.pop("attach"))
+        if "attach" in kw or "tail_skip" in kw:
+            kw["latent"] = LatentRecall(tokens=sizes["recall_budget"], **{k: kw.pop(k) for k in ("attach", "tail_skip")
+                                                                         if k in kw})
         return RoutedRecall(tokens=sizes["recall_budget"], **kw)
     if condition in LATENT:
         return LatentRecall(tokens=sizes["recall_budget"], **LATENT[condition])

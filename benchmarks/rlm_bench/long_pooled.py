@@ -6,7 +6,9 @@ second the condition's. Questions are paired by (length, episode, question) with
 per form (`--by-length`: per length and form): questions, each side's accuracy and availability (mean share of the
 fact's characters in the call's context), the accuracy difference and the difference in the share of questions whose
 fact the call's context held whole, each with a 95% bootstrap interval over questions
-(`benchmarks.stats.bootstrap_ci`).
+(`benchmarks.stats.bootstrap_ci`). `--by-place` also splits each form by where the fact was at the call: "tail" where
+the persistent cache held it whole (the reference row's `held_fact`: its unfolded tail, which the call's compaction
+thins per head and which latent recall skips by default), "folded" elsewhere.
 """
 from __future__ import annotations
 
@@ -23,16 +25,23 @@ def rows_of(path: str, condition: str) -> dict[tuple, dict]:
     return {(r["length"], r["episode"], r["question"]): r for r in rows if r["condition"] == condition}
 
 
-def pooled(runs: list[str], condition: str, reference: str, by_length: bool = False) -> list[dict]:
-    """One record per form (by_length: per length and form): questions, accuracy and whole-availability differences
-    (condition minus reference), and each side's accuracy and availability (mean share of the fact held)."""
+def place(row: dict) -> str:
+    """Where a row's fact was at its call: "tail" (the persistent cache held it whole) or "folded"."""
+    return "tail" if row.get("held_fact", 0.0) >= 0.999 else "folded"
+
+
+def pooled(runs: list[str], condition: str, reference: str, by_length: bool = False,
+           by_place: bool = False) -> list[dict]:
+    """One record per form (by_length: per length and form; by_place: also per `place`): questions, accuracy and
+    whole-availability differences (condition minus reference), and each side's accuracy and availability (mean
+    share of the fact held)."""
     diffs: dict[tuple, dict[str, list[float]]] = {}
     for run in runs:
         ref_file, new_file = run.split(":") if ":" in run else (run, run)
         ref, new = rows_of(ref_file, reference), rows_of(new_file, condition)
         for key in sorted(new.keys() & ref.keys()):
             a, b = new[key], ref[key]
-            group = (a["length"], a["form"]) if by_length else (a["form"],)
+            group = ((a["length"],) if by_length else ()) + ((place(b),) if by_place else ()) + (a["form"],)
             d = diffs.setdefault(group, {"accuracy": [], "held_whole": [], "new": [], "ref": [], "new_available": [],
                                          "ref_available": []})
             d["accuracy"].append(float(a["correct"]) - float(b["correct"]))
@@ -46,6 +55,8 @@ def pooled(runs: list[str], condition: str, reference: str, by_length: bool = Fa
         rec = {"form": group[-1], "questions": len(d["accuracy"])}
         if by_length:
             rec["length"] = group[0]
+        if by_place:
+            rec["place"] = group[-2]
         for k, v in d.items():
             rec[k] = statistics.fmean(v)
             if k in ("accuracy", "held_whole"):
@@ -60,16 +71,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--condition", required=True)
     p.add_argument("--reference", default="fold-recall-all-ranked")
     p.add_argument("--by-length", action="store_true", help="a record per length and form instead of per form")
+    p.add_argument("--by-place", action="store_true", help="split each form by where the fact was at the call: the "
+                   "cache's unfolded tail (held whole before the call) or folded away")
     args = p.parse_args(argv)
     for path in (f for run in args.runs for f in run.split(":")):
         if not Path(path).is_file():
             p.error(f"runs: {path} is not a file; give a long-suite results.json")
-    recs = pooled(args.runs, args.condition, args.reference, args.by_length)
+    recs = pooled(args.runs, args.condition, args.reference, args.by_length, args.by_place)
     if not recs:
         p.error(f"no question has both {args.reference} and {args.condition} rows in these runs")
     print(f"{args.condition} - {args.reference}, pooled over {len(args.runs)} runs")
     for r in recs:
-        print(f"{str(r['length']) + ' ' if 'length' in r else ''}{r['form']}: {r['questions']} questions, accuracy "
+        lead = "".join(f"{r[k]} " for k in ("length", "place") if k in r)
+        print(f"{lead}{r['form']}: {r['questions']} questions, accuracy "
               f"{r['new']:.2f} against {r['ref']:.2f}, {r['accuracy']:+.3f} "
               f"[{r['accuracy_ci'][0]:+.3f}, {r['accuracy_ci'][1]:+.3f}]; available {r['new_available']:.2f} against "
               f"{r['ref_available']:.2f}; fact held whole {r['held_whole']:+.3f} "
