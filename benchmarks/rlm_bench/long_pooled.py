@@ -25,9 +25,12 @@ def rows_of(path: str, condition: str) -> dict[tuple, dict]:
     return {(r["length"], r["episode"], r["question"]): r for r in rows if r["condition"] == condition}
 
 
+WHOLE = 0.999  # a share of the fact's characters at or above which the fact counts as held whole
+
+
 def place(row: dict) -> str:
     """Where a row's fact was at its call: "tail" (the persistent cache held it whole) or "folded"."""
-    return "tail" if row.get("held_fact", 0.0) >= 0.999 else "folded"
+    return "tail" if row.get("held_fact", 0.0) >= WHOLE else "folded"
 
 
 def pooled(runs: list[str], condition: str, reference: str, by_length: bool = False,
@@ -45,7 +48,7 @@ def pooled(runs: list[str], condition: str, reference: str, by_length: bool = Fa
             d = diffs.setdefault(group, {"accuracy": [], "held_whole": [], "new": [], "ref": [], "new_available": [],
                                          "ref_available": []})
             d["accuracy"].append(float(a["correct"]) - float(b["correct"]))
-            d["held_whole"].append(float(a["covered_fact"] >= 0.999) - float(b["covered_fact"] >= 0.999))
+            d["held_whole"].append(float(a["covered_fact"] >= WHOLE) - float(b["covered_fact"] >= WHOLE))
             d["new"].append(float(a["correct"]))
             d["ref"].append(float(b["correct"]))
             d["new_available"].append(float(a["covered_fact"]))
