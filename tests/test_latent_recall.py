@@ -560,3 +560,21 @@ def test_recall_rank_block_means_average_each_block_and_the_short_last_one():
     m = block_means(X, 32)                                                            # [3, layers, hidden]
     assert m.shape == (3, 3, 5)
     assert torch.allclose(m[1], X[32:64].mean(0)) and torch.allclose(m[2], X[64:].mean(0))
+
+
+def test_recall_options_make_no_tensor_off_the_model_s_device(tiny, essay):
+    """With the default device set to meta, a tensor made without the model's device would land there and fail:
+    latent recall ranking the unfolded tail (`tail_skip`) and a hedged routed recall run on the cache's device."""
+    from agents import RoutedRecall
+
+    cache = archiving_cache(tiny)
+    cache.extend(planted(essay))
+    torch.set_default_device("meta")
+    try:
+        got = LatentRecall(tokens=64, pad=8, tail_skip=32).recall(cache, PARAPHRASE, 64)
+        assert got.blocks is not None and got.blocks.keys.device.type == "cpu" and got.tokens <= 64
+        hedged = RoutedRecall(tokens=64, margin=1, confident_share=0.75, latent=LatentRecall(tokens=64, pad=8))
+        both = hedged.recall(cache, PARAPHRASE, 64)
+        assert both.how == "latent:attach+bm25" and both.blocks.keys.device.type == "cpu"
+    finally:
+        torch.set_default_device(None)
