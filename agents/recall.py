@@ -7,7 +7,8 @@ to bring back within a token budget:
   on bounded memory can still reach a fact that the folds compacted away, when the query uses the fact's words;
 - `LatentRecall` finds the blocks by the worker model's own hidden states (`briefing.latent`), whatever words the
   query uses, and brings them back as their archived keys and values re-attached before the question (`attach=True`)
-  or as their text (`attach=False`); `rank="both"` fuses its ranking with BM25's over the same blocks.
+  or as their text (`attach=False`); `rank="both"` fuses its ranking with BM25's over the same blocks. The blocks of
+  the unfolded tail it ranks best are pinned: the call's compaction keeps them whole (`pin`).
 - `RoutedRecall` (`BriefedWorker`'s default) takes BM25's recall when its best chunk clearly outscores the rest (the
   question shares rarer words with one chunk); otherwise (a question worded differently from the text) BM25's best
   chunks keep a quarter of the budget and latent recall the rest, so only those calls pay the latent lookup.
@@ -42,7 +43,9 @@ class Recalled:
     question: re-attached keys and values first (right after the cache), then the chunks in `text`; `how` names the
     strategy. blocks: the re-attached keys and values (a `briefing.latent.Attached`; None: the recall is text).
     tokens: trajectory tokens recalled (0: count the text). margin: for a BM25 search, how far its best chunk stood
-    out: its score over the runner-up's (inf: one chunk scored; None: no BM25 search was made)."""
+    out: its score over the runner-up's (inf: one chunk scored; None: no BM25 search was made). pinned: character
+    ranges of the cache's unfolded tail that the call's compaction keeps whole (`LatentRecall.pin`; carried by
+    `blocks`), not brought back: already in the cache."""
 
     text: str = ""
     ranges: list[tuple[int, int]] = field(default_factory=list)
@@ -50,6 +53,7 @@ class Recalled:
     blocks: Any = None
     tokens: int = 0
     margin: float | None = None
+    pinned: list[tuple[int, int]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(self.text.strip()) or self.blocks is not None
@@ -63,7 +67,10 @@ class Recalled:
     def shifted(self, offset: int) -> Recalled:
         """The same recall with its ranges moved by `offset` characters (e.g. into the trajectory's own text), none
         below 0: what came from before the trajectory (the cache's header) is cut off, empty if all of it did."""
-        return replace(self, ranges=[(max(0, a + offset), max(0, b + offset)) for a, b in self.ranges])
+        def move(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+            return [(max(0, a + offset), max(0, b + offset)) for a, b in ranges]
+
+        return replace(self, ranges=move(self.ranges), pinned=move(self.pinned))
 
 
 def _words(s: str) -> list[str]:
@@ -230,6 +237,16 @@ class LatentRecall(Recall):
         they are, except those within the trajectory's last n tokens (its newest events, such as the call's own
         question): the call's compaction keeps only part of the unfolded tail in each head, so a fact there is not
         whole in view, and a recalled copy re-attached after the cache is (BM25's recall searches that tail too).
+        pin: a second budget, in tokens, for the unfolded tail's blocks that the question ranks best (each widened by
+        `pad`): the call's compaction keeps them whole in every (layer, KV head) (`latent.KeepAttached`) instead of
+        the share its selection would keep; nothing is fetched and the recall budget is not spent (the context stays
+        within the cache's positions plus what is attached). 0: off; None (the default): the call's recall budget
+        (under `RoutedRecall`, its whole budget, before BM25's share), except on a model with sliding-window layers
+        (0): there the pins would reach only the few full-attention layers, and those sliding layers keep the newest
+        tokens whole (Gemma 3 270M held 0.97 of its paraphrased tail facts without pins). A text recall (attach
+        False) pins too. The call's compaction thins the tail (about half its positions per head at the 8k window),
+        so without pins a paraphrased fact there was 0.49 available on held-out episodes; with them 0.94
+        (docs/benchmarks.md, "Latent recall, round 7").
         archive_policy: the caches'
         `briefing.ArchivePolicy` (None: its defaults where the blocks are re-attached, the representatives alone,
         `budget_bytes=0`, where their text is re-prefilled: no keys or values are archived that no call reads; with
@@ -245,6 +262,7 @@ class LatentRecall(Recall):
     pad: int = 8
     shrink: float = 0.8
     tail_skip: int | None = None
+    pin: int | None = None
     archive_policy: Any = None
 
     def __post_init__(self) -> None:
@@ -255,6 +273,8 @@ class LatentRecall(Recall):
         check_int(owner, "pad", self.pad, low=0, what="tokens recalled on each side of a block", error=ValueError)
         check_int(owner, "tail_skip", self.tail_skip, low=0, none=True, what="the trajectory's last tokens never "
                   "recalled when the unfolded tail is ranked too (None: it is not)", error=ValueError)
+        check_int(owner, "pin", self.pin, low=0, none=True, what="tokens of the unfolded tail kept whole in every "
+                  "head; 0: off, None: the call's recall budget", error=ValueError)
         check_number(owner, "shrink", self.shrink, low=0, high=1, low_open=True, what="how far the representatives' "
                      "covariance is shrunk toward its diagonal before whitening; 1: standardise each dimension",
                      error=ValueError)
@@ -275,6 +295,12 @@ class LatentRecall(Recall):
             return self.attach
         return not lm.window_layers and (self.archive_policy is None or self.archive_policy.budget_bytes > 0)
 
+    def pin_budget(self, lm: briefing.LoadedModel, k_tokens: int) -> int:
+        """Tokens of the unfolded tail this call pins (`pin`; None: `k_tokens`, 0 on a model with sliding layers)."""
+        if self.pin is not None:
+            return self.pin
+        return 0 if lm.window_layers else k_tokens
+
     def how(self, lm: briefing.LoadedModel) -> str:
         return f"{self.rank}:{'attach' if self.attaches(lm) else 'prefill'}"
 
@@ -286,10 +312,12 @@ class LatentRecall(Recall):
         return briefing.ArchivePolicy() if self.attaches(lm) else briefing.ArchivePolicy(budget_bytes=0)
 
     def recall(self, cache: briefing.TrajectoryCache, query: str, k_tokens: int, *,
-               prompt: str | None = None) -> Recalled:
+               prompt: str | None = None, pin: int | None = None) -> Recalled:
+        """`Recall.recall`; pin: this call's pin budget in tokens (None: `pin_budget` of this call's budget)."""
         from briefing import latent
 
         k_tokens = self.budget(k_tokens)
+        pin = self.pin_budget(cache.lm, k_tokens) if pin is None else pin
         lm = cache.lm
         if k_tokens < MIN_RECALL_TOKENS or not cache.folds:
             return Recalled(how=self.how(lm))
@@ -298,22 +326,26 @@ class LatentRecall(Recall):
         sink = cache.fold.sink
         attach = self.attaches(lm)
         found = latent.lookup(cache, ids, question, k_tokens, pad=self.pad, sink=sink, kv=attach, shrink=self.shrink,
-                              tail_skip=self.tail_skip)
+                              tail_skip=self.tail_skip, pin=pin)
         ranges = found.ranges
         if self.rank == "both":
             ranges = latent.pick(self._fused(cache, query, found.scores), cache.archive.policy.block, self.pad,
                                  k_tokens, cache.archive.tokens, found.floor)
-        chars = _char_ranges(cache, ranges)
-        tokens = sum(hi - lo for lo, hi in ranges)
-        if not ranges:
+        if not ranges and not found.pinned:
             return Recalled(how=self.how(lm))
-        if attach:
+        chars, pinned = _char_ranges(cache, ranges), _char_ranges(cache, found.pinned)
+        tokens = sum(hi - lo for lo, hi in ranges)
+        if attach or found.pinned:   # pins go with the attached keys and values, to the call's compaction
             t0 = time.perf_counter()
-            blocks = latent.attach(cache, ranges)
+            blocks = latent.attach(cache, ranges if attach else [], found.pinned)
             blocks.lookup_s, blocks.fetch_s = found.seconds, time.perf_counter() - t0
-            return Recalled("", chars, self.how(lm), blocks, tokens)
+            if attach:
+                return Recalled("", chars, self.how(lm), blocks, tokens, pinned=pinned)
+        else:
+            blocks = None
         pieces = [lm.decode(cache.ids[lo:hi]) for lo, hi in ranges]
-        return Recalled(SEPARATOR.join(pieces) + "\n", chars, self.how(lm), None, tokens)
+        text = SEPARATOR.join(pieces) + "\n" if pieces else ""
+        return Recalled(text, chars, self.how(lm), blocks, tokens, pinned=pinned)
 
     def _fused(self, cache: briefing.TrajectoryCache, query: str, scores: Any) -> Any:
         """Reciprocal rank fusion of the latent scores [blocks] with BM25's over the same blocks' text."""
@@ -354,7 +386,8 @@ class RoutedRecall(Recall):
 
     `BriefedWorker`'s default: on held-out episodes (8k-64k tokens on the 8k window, 4k and 6k on a 2k window) it
     answers as often as BM25 recall when the question uses the fact's words, and holds a paraphrased fact whole 0.38
-    more often (docs/benchmarks.md, "Latent recall, round 4"). share 0.25 was chosen on dev episodes."""
+    more often (docs/benchmarks.md, "Latent recall, round 4"). share 0.25 was chosen on dev episodes. Below the margin
+    the latent recall also pins the unfolded tail's best blocks within the whole budget (`LatentRecall.pin`)."""
 
     tokens: int | None = None
     margin: float = 1.3
@@ -392,7 +425,9 @@ class RoutedRecall(Recall):
         kept = int(k_tokens * (self.confident_share if confident else self.share))
         lexical = self.text.recall(cache, query, kept, prompt=prompt) if kept else Recalled()
         n = cache.lm.count_tokens(lexical.text) if lexical else 0
-        other = self.latent.recall(cache, query, k_tokens - n, prompt=prompt)
+        # the pins spend no recall budget: the latent recall's default pins within the whole of it
+        other = self.latent.recall(cache, query, k_tokens - n, prompt=prompt,
+                                   pin=self.latent.pin_budget(cache.lm, self.latent.budget(k_tokens)))
         if not lexical:
             return replace(other, margin=found.margin)
         if not other:
@@ -400,7 +435,8 @@ class RoutedRecall(Recall):
         # attached blocks sit right after the cache, pasted text before the question: BM25's chunks come last
         return Recalled((other.text.rstrip("\n") + SEPARATOR if other.text.strip() else "") + lexical.text,
                         [*other.ranges, *lexical.ranges], f"{other.how}+bm25", other.blocks,
-                        (other.tokens or cache.lm.count_tokens(other.text)) + n, margin=found.margin)
+                        (other.tokens or cache.lm.count_tokens(other.text)) + n, margin=found.margin,
+                        pinned=other.pinned)
 
 
 def _token_span(lm: briefing.LoadedModel, text: str, start: int, n: int) -> tuple[list[int], tuple[int, int]]:

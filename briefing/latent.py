@@ -18,6 +18,9 @@ and values (`briefing.archive`). At a call:
    view of the cache with them appended): the selector chooses among the cache's positions, every attached position
    is kept (`KeepAttached`), and the fit refits beta and values over both. The call's context therefore holds at
    most the cache's budget plus the attached positions plus the prompt, which the worker keeps within its reserve.
+   With a pin budget (`lookup(pin=...)`), the best blocks of the cache's unfolded tail (which the ranking's
+   candidates leave out: the cache holds them) are kept whole in every (layer, KV head) by the same compaction:
+   nothing is fetched, and the context stays within the cache's positions.
 
 The persistent cache is left as it was.
 """
@@ -36,7 +39,9 @@ from briefing.attention import BiasState
 from briefing.compaction import compact
 from briefing.context import CompactedCache, run_model
 from briefing.errors import BriefingError
+from briefing.matching import padded
 from briefing.selection import Scores, Selector
+from briefing.selection.base import mask_rows
 
 
 def query_vector(cache, ids: list[int], span: tuple[int, int] | None = None) -> torch.Tensor:
@@ -87,24 +92,43 @@ def whiten(x: torch.Tensor, query: torch.Tensor, ref: torch.Tensor, shrink: floa
     return unit(w[:-1], dim=-1), unit(w[-1], dim=-1)
 
 
-def rank_blocks(cache, query: torch.Tensor, sink: int, kv: bool = True, shrink: float = SHRINK,
-                tail_skip: int | None = None) -> torch.Tensor:
-    """[blocks] score of every block: the cosine of its representative with `query` [layers, hidden], both whitened by
-    the spread of the trajectory's representatives (`whiten`: a model's hidden states share large directions that
-    would rank the same blocks first for every question), averaged over the layers; -inf for a block that cannot be
-    fetched (kv=False: a recall of the text, which needs no archived keys and values) or that the cache still holds
-    whole (its unfolded tail: in view); with `tail_skip` n, the unfolded tail's blocks are candidates too, except
-    those reaching into the trajectory's last n tokens (the call's compaction keeps part of the tail in each head)."""
+def block_scores(cache, query: torch.Tensor, shrink: float = SHRINK) -> torch.Tensor:
+    """[blocks] score of every block of the trajectory: the cosine of its representative with `query` [layers, hidden],
+    both whitened by the spread of the trajectory's representatives (`whiten`: a model's hidden states share large
+    directions that would rank the same blocks first for every question), averaged over the layers."""
     archive = cache.archive
     reps = archive.representatives()                                                  # [nb, layers, hidden]
     r, q = whiten(reps, query, reps[archive.counts > 0], shrink)                      # [nb, layers, hidden], [l, h]
-    score = (r * q[None]).sum(-1).mean(-1)                                            # [nb]
-    starts = torch.arange(reps.shape[0], device=reps.device) * archive.policy.block   # [nb]
+    return (r * q[None]).sum(-1).mean(-1)                                             # [nb]
+
+
+def candidates(cache, sink: int, kv: bool = True, tail_skip: int | None = None) -> torch.Tensor:
+    """[blocks] bool: the blocks a recall may bring back: those that can be fetched (kv=False: a recall of the text,
+    which needs no archived keys and values) and that the cache does not hold whole (its unfolded tail: in view);
+    with `tail_skip` n, the unfolded tail's blocks too, except those reaching into the trajectory's last n tokens
+    (the call's compaction keeps part of the tail in each head)."""
+    archive = cache.archive
+    nb = archive.counts.shape[0]
+    starts = torch.arange(nb, device=archive.counts.device) * archive.policy.block     # [nb]
     bound = archive.unfolded_from(cache.store)                                        # first token held whole
     if tail_skip is not None:
         bound = max(bound, archive.tokens - tail_skip - archive.policy.block + 1)
-    fetch = archive.available(cache.store, sink, kv) & (starts < bound)
-    return score.masked_fill(~fetch, float("-inf"))
+    return archive.available(cache.store, sink, kv) & (starts < bound)                # [nb]
+
+
+def rank_blocks(cache, query: torch.Tensor, sink: int, kv: bool = True, shrink: float = SHRINK,
+                tail_skip: int | None = None) -> torch.Tensor:
+    """[blocks] `block_scores`, -inf for a block a recall cannot bring back (`candidates`)."""
+    return block_scores(cache, query, shrink).masked_fill(~candidates(cache, sink, kv, tail_skip), float("-inf"))
+
+
+def pinnable(cache) -> torch.Tensor:
+    """[blocks] bool: the blocks the cache holds whole (its unfolded tail), which a call's compaction may keep whole in
+    every head (`KeepAttached`'s pins) instead of a recall bringing back a copy."""
+    archive = cache.archive
+    nb = archive.counts.shape[0]
+    starts = torch.arange(nb, device=archive.counts.device) * archive.policy.block     # [nb]
+    return (starts >= archive.unfolded_from(cache.store)) & (archive.counts > 0)       # [nb]
 
 
 def pick(scores: torch.Tensor, block: int, pad: int, budget: int, tokens: int, sink: int) -> list[tuple[int, int]]:
@@ -141,7 +165,8 @@ class Attached:
     """Recalled keys and values placed after the cache: keys, values [held layers, kv_heads, m, d] (re-based to
     `position` .. `position + m - 1`), origins [m] the token index of each, ranges the token ranges in their order,
     importance [held layers, kv_heads, m] the query-agnostic score each key had in the cache (archived with it; None
-    when the cache keeps none).
+    when the cache keeps none). pinned: token ranges of the cache's unfolded tail that the call's compaction keeps
+    whole in every (layer, KV head) (`KeepAttached`), with or without attached keys (m may be 0).
     lookup_s: time spent finding them (the question's forward and the ranking), fetch_s: fetching and re-basing."""
 
     keys: torch.Tensor
@@ -152,22 +177,29 @@ class Attached:
     lookup_s: float = 0.0
     fetch_s: float = 0.0
     importance: torch.Tensor | None = None
+    pinned: list[tuple[int, int]] = field(default_factory=list)
 
     @property
     def length(self) -> int:
         return int(self.keys.shape[-2])
 
 
-def attach(cache, ranges: list[tuple[int, int]]) -> Attached:
-    """The keys and values of the token `ranges` (in that order), fetched and re-based to sit right after the cache."""
+def attach(cache, ranges: list[tuple[int, int]], pinned: list[tuple[int, int]] | None = None) -> Attached:
+    """The keys and values of the token `ranges` (in that order), fetched and re-based to sit right after the cache;
+    `pinned` (token ranges the cache holds whole) carried for the call's compaction to keep whole."""
     lm, store = cache.lm, cache.store
+    if not ranges:   # pins alone: nothing fetched
+        keys, values = store.held_kv(0, 0)                                            # [Lh, H, 0, d]
+        return Attached(keys=keys, values=values, position=cache.position, pinned=list(pinned or []),
+                        origins=torch.empty(0, dtype=torch.long, device=store.device),
+                        importance=None if store.importance is None else store.importance[..., :0])
     keys, values, was, importance = cache.archive.fetch(store, ranges, importance=True)   # [Lh, H, m, d], [m]
     m = keys.shape[-2]
     target = cache.position + torch.arange(m, device=keys.device)                     # [m]
     keys = kv.rotate(keys, (target - was.to(keys.device)).to(torch.float64), lm.inv_freq())   # [Lh, H, m, d]
     origins = torch.cat([torch.arange(lo, hi, device=keys.device) for lo, hi in ranges])     # [m]
     return Attached(keys=keys, values=values, origins=origins, position=cache.position, ranges=list(ranges),
-                    importance=importance)
+                    importance=importance, pinned=list(pinned or []))
 
 
 class View:
@@ -201,13 +233,15 @@ class View:
 
 
 class KeepAttached(Selector):
-    """`selector` over the cache's positions, plus the last `attached` positions (the attached ones), always kept:
-    the rows stay regular [layers, kv_heads, t + attached]."""
+    """`selector` over the cache's positions, plus the last `attached` positions (the attached ones) and the cache's
+    `pinned` positions (bool [layers, kv_heads, length - attached]; None: none), always kept. Without pins and with a
+    selector that keeps the same count in every row, the rows stay regular [layers, kv_heads, t + attached]; otherwise
+    a row keeps what its selection and the pins cover together, right-padded with PAD to the longest row."""
 
-    def __init__(self, selector: Selector, attached: int) -> None:
+    def __init__(self, selector: Selector, attached: int, pinned: torch.Tensor | None = None) -> None:
         if selector.keeps_all:
             raise BriefingError("KeepAttached: a selector that keeps all positions needs no wrapper.")
-        self.selector, self.attached = selector, attached
+        self.selector, self.attached, self.pinned = selector, attached, pinned
         self.needs_scores, self.reuse_prompt_kv = selector.needs_scores, selector.reuse_prompt_kv
         self.fit = selector.fit
 
@@ -219,21 +253,41 @@ class KeepAttached(Selector):
             keys=None if scores.keys is None else scores.keys[..., :live, :],
             importance=None if scores.importance is None else scores.importance[..., :live])
         idx = self.selector.select(layers, kv_heads, live, part, count=count, device=device)   # [L, H, t]
-        tail = torch.arange(live, length, device=idx.device).view(1, 1, -1).expand(layers, kv_heads, -1)
-        return torch.cat([idx, tail], -1)                                              # [L, H, t + attached]
+        if self.pinned is None and not padded(idx):
+            tail = torch.arange(live, length, device=idx.device).view(1, 1, -1).expand(layers, kv_heads, -1)
+            return torch.cat([idx, tail], -1)                                          # [L, H, t + attached]
+        kept = torch.zeros(layers, kv_heads, length + 1, dtype=torch.bool, device=idx.device)   # +1: PAD's slot
+        kept.scatter_(-1, idx.masked_fill(idx < 0, length), True)                      # [L, H, length + 1]
+        kept = kept[..., :length]                                                      # [L, H, length]
+        kept[..., live:] = True
+        if self.pinned is not None:
+            kept[..., :live] |= self.pinned.to(kept.device)
+        return mask_rows(kept)                                                         # [L, H, t_max], padded
 
     def __repr__(self) -> str:
-        return f"KeepAttached({self.selector!r}, attached={self.attached})"
+        pins = "" if self.pinned is None else f", pinned={int(self.pinned[0, 0].sum())}"
+        return f"KeepAttached({self.selector!r}, attached={self.attached}{pins})"
 
 
 def compact_attached(cache, attached: Attached, prompt: str, selector: Selector, *,
                      query_tokens: int | None = None) -> tuple[CompactedCache, torch.Tensor]:
     """The call's context over the cache and the attached positions (see the module docstring), and the token index
-    of every slot its `positions` index [held layers, kv_heads, length + m]."""
+    of every slot its `positions` index [held layers, kv_heads, length + m]. The cache's slots whose tokens lie in
+    `attached.pinned` are kept in every (layer, KV head)."""
     view = View(cache, attached)
-    chosen = selector if selector.keeps_all or not attached.length else KeepAttached(selector, attached.length)
+    origins = view.origins()                                                          # [Lh, H, length + m]
+    pinned = None
+    if attached.pinned:
+        live = origins[..., :origins.shape[-1] - attached.length]                     # [Lh, H, length]
+        pinned = torch.zeros(live.shape, dtype=torch.bool, device=live.device)        # [Lh, H, length]
+        for lo, hi in attached.pinned:
+            pinned |= (live >= lo) & (live < hi)
+    if selector.keeps_all or (not attached.length and pinned is None):
+        chosen = selector
+    else:
+        chosen = KeepAttached(selector, attached.length, pinned)
     ctx = compact(view, prompt, chosen, query_tokens=query_tokens)
-    return ctx, view.origins()
+    return ctx, origins
 
 
 @dataclass
@@ -244,14 +298,16 @@ class Lookup:
     seconds: float
     scores: Any = None
     floor: int = 0   # the first token a range may start at (`first_token`)
+    pinned: list[tuple[int, int]] = field(default_factory=list)   # ranges of the unfolded tail to keep whole
 
 
 def lookup(cache, prompt_ids: list[int], question: tuple[int, int] | None, budget: int, *, pad: int,
-           sink: int, kv: bool = True, shrink: float = SHRINK, tail_skip: int | None = None) -> Lookup:
+           sink: int, kv: bool = True, shrink: float = SHRINK, tail_skip: int | None = None, pin: int = 0) -> Lookup:
     """The token ranges the question (tokens [question) of the prompt; None: all of it) is about (`query_vector`,
-    `rank_blocks`, `pick`), within `budget` tokens. kv: the ranges' keys and values will be fetched (False: their
-    text, so blocks the archive keeps no keys and values of count too). shrink: `whiten`'s; tail_skip:
-    `rank_blocks`'s."""
+    `block_scores`, `candidates`, `pick`), within `budget` tokens. kv: the ranges' keys and values will be fetched
+    (False: their text, so blocks the archive keeps no keys and values of count too). shrink: `whiten`'s; tail_skip:
+    `candidates`'. pin: a second budget, in tokens, for the best blocks of the cache's unfolded tail (`pinnable`), each
+    widened by `pad` within the tail: `Lookup.pinned`, for the call's compaction to keep whole (0: none)."""
     if cache.archive is None:
         raise BriefingError("latent recall needs a TrajectoryCache built with archive=briefing.ArchivePolicy(); this "
                             "cache has none.")
@@ -261,10 +317,17 @@ def lookup(cache, prompt_ids: list[int], question: tuple[int, int] | None, budge
                             "(kv=False, LatentRecall(attach=False)).")
     t0 = time.perf_counter()
     query = query_vector(cache, prompt_ids, question)
-    scores = rank_blocks(cache, query, sink, kv, shrink, tail_skip)
+    raw = block_scores(cache, query, shrink)                                          # [nb]
+    fetch = candidates(cache, sink, kv, tail_skip)                                    # [nb]
+    scores = raw.masked_fill(~fetch, float("-inf"))                                   # [nb]
     floor = first_token(cache, sink, kv)
-    ranges = pick(scores, cache.archive.policy.block, pad, budget, cache.archive.tokens, floor)
-    return Lookup(ranges=ranges, seconds=time.perf_counter() - t0, scores=scores, floor=floor)
+    block, tokens = cache.archive.policy.block, cache.archive.tokens
+    ranges = pick(scores, block, pad, budget, tokens, floor)
+    pinned = []
+    if pin:
+        tail = raw.masked_fill(~(pinnable(cache) & ~fetch), float("-inf"))            # [nb]
+        pinned = pick(tail, block, pad, pin, tokens, cache.archive.unfolded_from(cache.store))
+    return Lookup(ranges=ranges, seconds=time.perf_counter() - t0, scores=scores, floor=floor, pinned=pinned)
 
 
 def first_token(cache, sink: int, kv: bool) -> int:

@@ -268,6 +268,10 @@ def test_routed_conditions_build_their_recall():
     assert recall_of("fold-routed-hedged", sizes).confident_share == 0.75 and plain.confident_share == 1.0
     tail = recall_of("fold-routed-tail", sizes)
     assert tail.latent.tail_skip == 512 and tail.latent.tokens == 120 and plain.latent.tail_skip is None
+    assert recall_of("fold-routed-pin", sizes).latent.pin == 60
+    assert recall_of("fold-routed-pin-full", sizes).latent.pin == 120
+    assert plain.latent.pin is None and recall_of("fold-routed-pin", sizes).latent.tokens == 120
+    assert recall_of("fold-routed-unpinned", sizes).latent.pin == 0   # the default until round 7
 
 
 def test_pooled_by_length_keeps_lengths_apart(tmp_path, capsys):

@@ -11,7 +11,7 @@ import torch
 
 import briefing
 from agents import BriefedWorker
-from agents.recall import LatentRecall, Recalled, TextRecall
+from agents.recall import LatentRecall, Recalled, TextRecall, _token_span
 from agents.workers.local import Briefing
 from briefing import kv, latent
 from briefing.context import forward_with_bias
@@ -367,12 +367,24 @@ def test_routed_recall_takes_bm25_where_a_chunk_stands_out_and_latent_where_none
     assert got.how == "latent:attach+bm25" and got.text == lexical.text and got.margin == para.margin
     assert got.blocks.ranges == rest.blocks.ranges and got.ranges == [*rest.ranges, *lexical.ranges]
     assert got.pasted == lexical.ranges and got.tokens == n + rest.tokens <= 64
+    # the default pins (the tail's best blocks kept whole) come within the whole budget, before BM25's share
+    whole = LatentRecall(tokens=64, pad=8).recall(cache, PARAPHRASE, 64 - n, pin=64)
+    assert got.pinned and got.pinned == whole.pinned and got.blocks.pinned == whole.blocks.pinned
+    pins, spy = [], latent.lookup
+    monkeypatch.setattr(latent, "lookup", lambda *a, **k: pins.append(k["pin"]) or real(*a, **k))
+    routed.recall(cache, PARAPHRASE, 64)
+    LatentRecall(tokens=64, pad=8).recall(cache, PARAPHRASE, 64 - n)
+    assert pins == [64, 64 - n] and sum(hi - lo for lo, hi in got.blocks.pinned) <= 64
+    explicit = RoutedRecall(tokens=64, latent=LatentRecall(tokens=64, pad=8, pin=64)).recall(cache, PARAPHRASE, 64)
+    assert explicit.pinned == got.pinned and explicit.ranges == got.ranges   # the long suite's fold-routed-pin-full
+    monkeypatch.setattr(latent, "lookup", spy)
     alone = RoutedRecall(tokens=64, share=0, latent=LatentRecall(tokens=64, pad=8)).recall(cache, PARAPHRASE, 64)
     assert alone.how == "latent:attach" and alone.blocks.ranges == LatentRecall(tokens=64, pad=8).recall(
         cache, PARAPHRASE, 64).blocks.ranges
     # re-prefilled latent text goes first, BM25's chunks last, nearest the question; every range pasted
     both = RoutedRecall(tokens=64, latent=LatentRecall(tokens=64, pad=8, attach=False)).recall(cache, PARAPHRASE, 64)
-    assert both.how == "latent:prefill+bm25" and both.blocks is None and both.text.endswith(lexical.text)
+    assert both.how == "latent:prefill+bm25" and both.blocks.length == 0 and both.text.endswith(lexical.text)
+    assert both.pinned and both.blocks.pinned   # no keys or values attached: only the pins go to the compaction
     assert both.pasted == both.ranges and both.ranges[-len(lexical.ranges):] == lexical.ranges
     assert RoutedRecall(tokens=64, margin=1).recall(cache, PARAPHRASE, 64).how == "bm25"
     # confident_share below 1: above the margin BM25's best chunks keep that part, latent recall takes the rest
@@ -422,7 +434,9 @@ def test_briefed_worker_recalls_through_the_archive(tiny, essay):
                 continue
             assert b.coverage(a, z) == pytest.approx(1.0, abs=0.02)
             assert text[a:z] in text and z <= len(text)
-        if b.recalled.blocks is not None:
+        for a, z in b.recalled.pinned:           # the default pins: the tail's best blocks whole, all heads
+            assert b.coverage(a, z) == pytest.approx(1.0, abs=0.02)
+        if b.recalled.blocks is not None and b.recalled.blocks.ranges:
             m = b.recalled.blocks.length         # re-attached positions; pasted chunks are in the prompt
             assert m == b.stats.recalled_tokens - (tiny.count_tokens(b.recalled.text) if b.recalled.text else 0)
             assert b.origins is not None and b.origins.shape[-1] == cache.length + m
@@ -462,14 +476,16 @@ def test_archived_keys_carry_their_importance_back(tiny, pieces):
 def test_latent_recall_reprefills_on_a_model_with_sliding_layers(tiny, tok, essay):
     """LatentRecall's default: re-attach the blocks' keys and values where the cache holds every layer; on a model
     with sliding-window layers (Gemma 3), whose window layers would never see re-attached blocks, put their text
-    before the question instead, and keep the representatives alone (no keys or values archived that no call reads).
-    attach=True or False overrides; a bad value is refused by name."""
+    before the question instead, and keep the representatives alone (no keys or values archived that no call reads),
+    and pin nothing (`pin_budget`). attach=True or False overrides; a bad value is refused by name."""
     gemma = tiny_model("gemma3-hybrid", tok)
     assert gemma.window_layers and not tiny.window_layers
     assert LatentRecall().attaches(tiny) and not LatentRecall().attaches(gemma)
     assert LatentRecall(attach=True).attaches(gemma) and not LatentRecall(attach=False).attaches(tiny)
     assert LatentRecall().archive(tiny).budget_bytes > 0 and LatentRecall().archive(gemma).budget_bytes == 0
     assert LatentRecall(attach=False).archive(tiny).budget_bytes == 0
+    assert LatentRecall().pin_budget(tiny, 64) == 64 and LatentRecall().pin_budget(gemma, 64) == 0
+    assert LatentRecall(pin=16).pin_budget(gemma, 64) == 16 and LatentRecall(pin=0).pin_budget(tiny, 64) == 0
     reps = briefing.ArchivePolicy(block=16, budget_bytes=0)
     assert not LatentRecall(archive_policy=reps).attaches(tiny)     # nothing archived to re-attach: the text
     text = planted(essay)
@@ -480,7 +496,11 @@ def test_latent_recall_reprefills_on_a_model_with_sliding_layers(tiny, tok, essa
                           recall=LatentRecall(tokens=64, pad=8, archive_policy=policy),
                           fold=briefing.FoldPolicy(recent=64))
         b = w.brief(PARAPHRASE, text)
-        assert b.cache.folds and b.stats.recall == "latent:prefill" and b.recalled.blocks is None and b.recalled.text
+        assert b.cache.folds and b.stats.recall == "latent:prefill" and b.recalled.text
+        if lm is gemma:   # no pins by default on sliding layers: nothing goes to the compaction but the prompt
+            assert b.recalled.blocks is None and not b.recalled.pinned
+        else:             # every layer held: the tail's best blocks pinned, no keys or values attached
+            assert b.recalled.blocks.length == 0 and b.recalled.pinned
         assert all(b.coverage(a, z) == pytest.approx(1.0, abs=0.02) for a, z in b.recalled.ranges if a < z)
         seen[name] = b.recalled.ranges, b.cache.archive.nbytes()
         if name == "gemma":   # nothing archived; a fork keeps such a cache only for a recall that needs no more
@@ -564,7 +584,8 @@ def test_recall_rank_block_means_average_each_block_and_the_short_last_one():
 
 def test_recall_options_make_no_tensor_off_the_model_s_device(tiny, essay):
     """With the default device set to meta, a tensor made without the model's device would land there and fail:
-    latent recall ranking the unfolded tail (`tail_skip`) and a hedged routed recall run on the cache's device."""
+    latent recall ranking the unfolded tail (`tail_skip`), pinning its best blocks (`pin`, through the call's
+    compaction) and a hedged routed recall run on the cache's device."""
     from agents import RoutedRecall
 
     cache = archiving_cache(tiny)
@@ -573,8 +594,92 @@ def test_recall_options_make_no_tensor_off_the_model_s_device(tiny, essay):
     try:
         got = LatentRecall(tokens=64, pad=8, tail_skip=32).recall(cache, PARAPHRASE, 64)
         assert got.blocks is not None and got.blocks.keys.device.type == "cpu" and got.tokens <= 64
+        pins = LatentRecall(tokens=64, pad=8, pin=32, attach=False).recall(cache, PARAPHRASE, 64)
+        assert pins.pinned and pins.blocks.length == 0 and pins.blocks.keys.device.type == "cpu"
+        ctx, origins = latent.compact_attached(cache, pins.blocks, "Question: " + PARAPHRASE,
+                                               briefing.AttentionMatching(tau=1.0))
+        assert ctx.positions.device.type == "cpu" and origins.device.type == "cpu"
         hedged = RoutedRecall(tokens=64, margin=1, confident_share=0.75, latent=LatentRecall(tokens=64, pad=8))
         both = hedged.recall(cache, PARAPHRASE, 64)
         assert both.how == "latent:attach+bm25" and both.blocks.keys.device.type == "cpu"
     finally:
         torch.set_default_device(None)
+
+
+def test_keep_attached_keeps_the_pins_in_every_head_and_pads_on_the_right():
+    """`KeepAttached` keeps the selection over the cache's positions, every attached position and every pinned one;
+    rows that keep different counts are right-padded with PAD (what the fit and the cache build read), also when the
+    selection itself is padded (a global allocation), which a plain concatenation would leave in the middle."""
+    from briefing.matching import PAD
+    from briefing.selection import Selector
+
+    class Fixed(Selector):
+        def __init__(self, idx):
+            self.idx = idx
+
+        def select(self, layers, kv_heads, length, scores, *, count=None, device=None):
+            return self.idx
+
+    idx = torch.tensor([[[0, 2, 5], [1, 2, PAD]]])                             # [1, 2, 3]: a padded selection
+    got = latent.KeepAttached(Fixed(idx), attached=2).select(1, 2, 8, None)     # cache 6 + 2 attached
+    assert got.tolist() == [[[0, 2, 5, 6, 7], [1, 2, 6, 7, PAD]]]
+    pins = torch.zeros(1, 2, 6, dtype=torch.bool)
+    pins[..., 3:5] = True                                                      # tokens 3, 4 in both heads
+    got = latent.KeepAttached(Fixed(idx), attached=2, pinned=pins).select(1, 2, 8, None)
+    assert got.tolist() == [[[0, 2, 3, 4, 5, 6, 7], [1, 2, 3, 4, 6, 7, PAD]]]
+    regular = torch.tensor([[[0, 2], [1, 5]]])
+    assert latent.KeepAttached(Fixed(regular), attached=1).select(1, 2, 7, None).tolist() == [[[0, 2, 6], [1, 5, 6]]]
+    pins_only = latent.KeepAttached(Fixed(regular), attached=0, pinned=pins).select(1, 2, 6, None)
+    assert pins_only.tolist() == [[[0, 2, 3, 4], [1, 3, 4, 5]]]
+
+
+def test_pinned_tail_blocks_are_kept_whole_in_every_head(tiny, essay):
+    """`LatentRecall(pin=n)`: the lookup also picks, within n tokens, the unfolded tail's blocks the question ranks
+    best (`block_scores` over `pinnable` blocks, each widened by the pad within the tail), the worker's call keeps
+    their tokens in every (layer, KV head) without fetching them or spending the recall budget, and reports them as
+    `pinned` character ranges; pin=0 leaves the call's context as it was."""
+    text = planted(essay)
+    policy = briefing.ArchivePolicy(block=16)
+
+    def worker(pin):
+        return BriefedWorker(lm=tiny, max_new_tokens=2, reserve=160, cache_budget=256, fold=briefing.FoldPolicy(
+            recent=64), recall=LatentRecall(tokens=64, pad=4, pin=pin, archive_policy=policy))
+
+    plain, pinned = worker(0).brief(PARAPHRASE, text), worker(40).brief(PARAPHRASE, text)
+    cache = pinned.cache
+    arc, B = cache.archive, cache.archive.policy.block
+    tail = arc.unfolded_from(cache.store)
+    assert plain.recalled.pinned == [] and pinned.recalled.pinned and cache.folds
+    assert pinned.stats.pinned == pinned.recalled.pinned and plain.stats.pinned == []
+    # the lookup's pins: the best tail blocks by the same scores the recall ranks by, within the pin budget
+    prompt = worker(40).prompts().call_prompt(PARAPHRASE)
+    ids, question = _token_span(tiny, prompt, prompt.rindex(PARAPHRASE), len(PARAPHRASE))
+    found = latent.lookup(cache, ids, question, 64, pad=4, sink=cache.fold.sink, pin=40)
+    raw = latent.block_scores(cache, latent.query_vector(cache, ids, question))  # [nb]
+    best = max((j for j in range(raw.shape[0]) if j * B >= tail and arc.counts[j] > 0), key=lambda j: float(raw[j]))
+    assert found.pinned and any(lo <= best * B and (best + 1) * B <= hi for lo, hi in found.pinned)
+    assert all(lo >= tail for lo, _ in found.pinned) and sum(hi - lo for lo, hi in found.pinned) <= 40
+    assert found.ranges == latent.lookup(cache, ids, question, 64, pad=4, sink=cache.fold.sink).ranges
+    # the call keeps every pinned token in every head, and recalls the same blocks with the same budget
+    assert pinned.recalled.ranges == plain.recalled.ranges
+    assert pinned.stats.recalled_tokens == plain.stats.recalled_tokens
+    for a, z in pinned.recalled.pinned:
+        assert pinned.coverage(a, z) == pytest.approx(1.0, abs=0.02)
+    assert pinned.stats.kept >= plain.stats.kept
+    assert pinned.context.base_length <= 256 + 160
+    assert not torch.equal(pinned.context.positions, plain.context.positions)
+    # text recall (attach=False): the pins still reach the call's compaction, with no keys or values attached
+    text_w = BriefedWorker(lm=tiny, max_new_tokens=2, reserve=160, cache_budget=256, fold=briefing.FoldPolicy(
+        recent=64), recall=LatentRecall(tokens=64, pad=4, pin=40, attach=False, archive_policy=policy))
+    b = text_w.brief(PARAPHRASE, text)
+    assert b.recalled.blocks is not None and b.recalled.blocks.length == 0 and b.recalled.text
+    assert b.recalled.pasted == b.recalled.ranges and b.recalled.pinned
+    for a, z in b.recalled.pinned:
+        assert b.coverage(a, z) == pytest.approx(1.0, abs=0.02)
+
+
+def test_latent_recall_pin_is_checked():
+    with pytest.raises(ValueError, match="pin"):
+        LatentRecall(pin=-1)
+    with pytest.raises(ValueError, match="pin"):
+        LatentRecall(pin=1.5)

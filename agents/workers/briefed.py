@@ -11,9 +11,11 @@ Per call (`brief`, then `answer` generates):
 2. once the cache has folded, `recall` brings back what the question needs before it (`agents.recall.RoutedRecall`,
    the default: BM25 chunks of the text where the question's words single one out, else a quarter of the budget of
    BM25 chunks and the blocks the worker's own hidden states find, their archived keys and values re-attached, over
-   which step 3 then compacts too; `TextRecall`: BM25 chunks only; `LatentRecall`: the blocks only);
+   which step 3 then compacts too, and the blocks of the unfolded tail they rank best pinned; `TextRecall`: BM25
+   chunks only; `LatentRecall`: the blocks only);
 3. `cache.compact(prompt, selector)`: with the default `AttentionMatching(tau=1.0)`, scores positions with the
-   prompt's queries, keeps those above median + tau * MAD, fits beta and values; the cache is not touched;
+   prompt's queries, keeps those above median + tau * MAD (and every re-attached or pinned position), fits beta and
+   values; the cache is not touched;
 4. `cache.remember(ctx)`: the call's queries become task guidance for later folds;
 5. `briefing.generate` on the compacted cache.
 
@@ -241,7 +243,7 @@ class BriefedWorker(LocalModelMixin, Worker):
                 prefilled_tokens=cache.prefilled_tokens - prefilled_before if first else 0,
                 cache_positions=cache.length, trajectory_tokens=cache.tokens, recalled_tokens=n_recalled,
                 recalled=recalled.ranges, recall=recalled.how if recalled else "", recall_s=recall_s.get(i, 0.0),
-                archive_bytes=cache.archive.nbytes() if cache.archive is not None else 0)
+                archive_bytes=cache.archive.nbytes() if cache.archive is not None else 0, pinned=recalled.pinned)
             first = False
             out[i] = Briefing(context=ctx, query=queries[i], input_tokens=ctx.stats.kept + self.count(prompt),
                               text_handoff_tokens=cache.tokens + n_query, stats=stats, recalled=recalled, cache=cache,

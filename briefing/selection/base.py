@@ -131,9 +131,15 @@ def global_positions(key: torch.Tensor, total: int, low: int, high: int, sinks: 
     key = key.masked_fill(rank < low, 2.0).masked_fill(rank >= high, -1.0)         # forced > ranked > capped
     kept = torch.zeros(L * H * T, dtype=torch.bool, device=key.device)
     kept[key.reshape(-1).topk(total).indices] = True
-    kept = kept.view(L, H, T)
-    width = int(kept.sum(-1).max())
-    where = torch.where(kept, torch.arange(T, device=key.device), T).sort(dim=-1).values[..., :width]   # [L, H, w]
+    return mask_rows(kept.view(L, H, T))
+
+
+def mask_rows(kept: torch.Tensor) -> torch.Tensor:
+    """kept [L, H, T] bool -> the kept positions [L, H, t_max], sorted per row and right-padded with PAD to the
+    longest row."""
+    T = kept.shape[-1]
+    width = int(kept.sum(-1).max()) if kept.numel() else 0
+    where = torch.where(kept, torch.arange(T, device=kept.device), T).sort(dim=-1).values[..., :width]   # [L, H, w]
     return where.masked_fill(where == T, PAD)
 
 
