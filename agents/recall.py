@@ -41,7 +41,8 @@ class Recalled:
     """What a recall brought back: `text` (the chunks as they go before the query, "" for nothing), and `ranges`,
     the character ranges [start, stop) of the searched text each chunk came from, in the order they sit before the
     question: re-attached keys and values first (right after the cache), then the chunks in `text`; `how` names the
-    strategy. blocks: the re-attached keys and values (a `briefing.latent.Attached`; None: the recall is text).
+    strategy. blocks: the re-attached keys and values (a `briefing.latent.Attached`; None: the recall is text and
+    pins nothing; an `Attached` of length 0: text, and pins for the call's compaction).
     tokens: trajectory tokens recalled (0: count the text). margin: for a BM25 search, how far its best chunk stood
     out: its score over the runner-up's (inf: one chunk scored; None: no BM25 search was made). pinned: character
     ranges of the cache's unfolded tail that the call's compaction keeps whole (`LatentRecall.pin`; carried by
@@ -333,7 +334,8 @@ class LatentRecall(Recall):
                                  k_tokens, cache.archive.tokens, found.floor)
         if not ranges and not found.pinned:
             return Recalled(how=self.how(lm))
-        chars, pinned = _char_ranges(cache, ranges), _char_ranges(cache, found.pinned)
+        spans = _char_ranges(cache, [*ranges, *found.pinned])   # one tokenisation of the text for both
+        chars, pinned = spans[:len(ranges)], spans[len(ranges):]
         tokens = sum(hi - lo for lo, hi in ranges)
         if attach or found.pinned:   # pins go with the attached keys and values, to the call's compaction
             t0 = time.perf_counter()
