@@ -370,8 +370,11 @@ class Archive:
         have[:min(sink, nb * B)] = True                                               # the sink is never recalled
         have[self.tokens:] = True                                                     # the last block's unread end
         whole = have.view(nb, B).all(-1)                                              # [nb]
-        starts = torch.arange(nb, device=dev) * B
-        return whole & (starts + B > sink) & (self.counts > 0)
+        return whole & (self.starts() + B > sink) & (self.counts > 0)
+
+    def starts(self) -> torch.Tensor:
+        """[blocks] the first token of every block."""
+        return torch.arange(self.sums.shape[0], device=self.sums.device) * self.policy.block
 
     def representatives_only(self) -> None:
         """Drop the archived keys and values and archive none from now on (`ArchivePolicy(budget_bytes=0)`): what a

@@ -108,12 +108,10 @@ def candidates(cache, sink: int, kv: bool = True, tail_skip: int | None = None) 
     with `tail_skip` n, the unfolded tail's blocks too, except those reaching into the trajectory's last n tokens
     (the call's compaction keeps part of the tail in each head)."""
     archive = cache.archive
-    nb = archive.counts.shape[0]
-    starts = torch.arange(nb, device=archive.counts.device) * archive.policy.block     # [nb]
     bound = archive.unfolded_from(cache.store)                                        # first token held whole
     if tail_skip is not None:
         bound = max(bound, archive.tokens - tail_skip - archive.policy.block + 1)
-    return archive.available(cache.store, sink, kv) & (starts < bound)                # [nb]
+    return archive.available(cache.store, sink, kv) & (archive.starts() < bound)      # [nb]
 
 
 def rank_blocks(cache, query: torch.Tensor, sink: int, kv: bool = True, shrink: float = SHRINK,
@@ -126,9 +124,7 @@ def pinnable(cache) -> torch.Tensor:
     """[blocks] bool: the blocks the cache holds whole (its unfolded tail), which a call's compaction may keep whole in
     every head (`KeepAttached`'s pins) instead of a recall bringing back a copy."""
     archive = cache.archive
-    nb = archive.counts.shape[0]
-    starts = torch.arange(nb, device=archive.counts.device) * archive.policy.block     # [nb]
-    return (starts >= archive.unfolded_from(cache.store)) & (archive.counts > 0)       # [nb]
+    return (archive.starts() >= archive.unfolded_from(cache.store)) & (archive.counts > 0)   # [nb]
 
 
 def pick(scores: torch.Tensor, block: int, pad: int, budget: int, tokens: int, sink: int) -> list[tuple[int, int]]:
