@@ -39,7 +39,6 @@ from briefing.attention import BiasState
 from briefing.compaction import compact
 from briefing.context import CompactedCache, run_model
 from briefing.errors import BriefingError
-from briefing.matching import padded
 from briefing.selection import Scores, Selector
 from briefing.selection.base import mask_rows
 
@@ -230,9 +229,10 @@ class View:
 
 class KeepAttached(Selector):
     """`selector` over the cache's positions, plus the last `attached` positions (the attached ones) and the cache's
-    `pinned` positions (bool [layers, kv_heads, length - attached]; None: none), always kept. Without pins and with a
-    selector that keeps the same count in every row, the rows stay regular [layers, kv_heads, t + attached]; otherwise
-    a row keeps what its selection and the pins cover together, right-padded with PAD to the longest row."""
+    `pinned` positions (bool [layers, kv_heads, length - attached]; None: none), always kept: each row keeps what its
+    selection, the pins and the attached positions cover, sorted and right-padded with PAD to the longest row
+    (`mask_rows`; without pins and with a selector that keeps the same count in every row, the rows stay regular,
+    [layers, kv_heads, t + attached])."""
 
     def __init__(self, selector: Selector, attached: int, pinned: torch.Tensor | None = None) -> None:
         if selector.keeps_all:
@@ -249,16 +249,13 @@ class KeepAttached(Selector):
             keys=None if scores.keys is None else scores.keys[..., :live, :],
             importance=None if scores.importance is None else scores.importance[..., :live])
         idx = self.selector.select(layers, kv_heads, live, part, count=count, device=device)   # [L, H, t]
-        if self.pinned is None and not padded(idx):
-            tail = torch.arange(live, length, device=idx.device).view(1, 1, -1).expand(layers, kv_heads, -1)
-            return torch.cat([idx, tail], -1)                                          # [L, H, t + attached]
         kept = torch.zeros(layers, kv_heads, length + 1, dtype=torch.bool, device=idx.device)   # +1: PAD's slot
         kept.scatter_(-1, idx.masked_fill(idx < 0, length), True)                      # [L, H, length + 1]
         kept = kept[..., :length]                                                      # [L, H, length]
         kept[..., live:] = True
         if self.pinned is not None:
             kept[..., :live] |= self.pinned.to(kept.device)
-        return mask_rows(kept)                                                         # [L, H, t_max], padded
+        return mask_rows(kept)                                                         # [L, H, t_max]
 
     def __repr__(self) -> str:
         pins = "" if self.pinned is None else f", pinned={int(self.pinned[0, 0].sum())}"
