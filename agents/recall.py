@@ -334,7 +334,7 @@ class LatentRecall(Recall):
                                  k_tokens, cache.archive.tokens, found.floor)
         if not ranges and not found.pinned:
             return Recalled(how=self.how(lm))
-        spans = _char_ranges(cache, [*ranges, *found.pinned])   # one tokenisation of the text for both
+        spans = _char_ranges(cache, [*ranges, *found.pinned])
         chars, pinned = spans[:len(ranges)], spans[len(ranges):]
         tokens = sum(hi - lo for lo, hi in ranges)
         if attach or found.pinned:   # pins go with the attached keys and values, to the call's compaction
@@ -443,14 +443,14 @@ class RoutedRecall(Recall):
 
 def _token_span(lm: briefing.LoadedModel, text: str, start: int, n: int) -> tuple[list[int], tuple[int, int]]:
     """The ids of `text` and the token range [lo, hi) that covers its characters [start, start + n)."""
-    enc = lm.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    inside = [i for i, (a, b) in enumerate(enc["offset_mapping"]) if a < start + n and b > start]
-    return list(enc["input_ids"]), (inside[0], inside[-1] + 1) if inside else (0, len(enc["input_ids"]))
+    ids, spans = lm.encode_spans(text)
+    inside = [i for i, (a, b) in enumerate(spans) if a < start + n and b > start]
+    return ids, (inside[0], inside[-1] + 1) if inside else (0, len(ids))
 
 
 def _char_ranges(cache: briefing.TrajectoryCache, ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
     """Character ranges of `cache.text` that the token ranges cover."""
     if not ranges:
         return []
-    spans = cache.lm.tokenizer(cache.text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    spans = cache.spans   # kept as the cache extends: no tokenisation of the whole text per call
     return [(spans[lo][0], spans[hi - 1][1]) for lo, hi in ranges]

@@ -220,6 +220,11 @@ class LoadedModel:
         """Token ids of `text`, no special tokens added (the text carries its own chat markup)."""
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
+    def encode_spans(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """`encode(text)` and the character range [start, stop) of `text` that each token covers."""
+        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        return list(enc["input_ids"]), [(int(a), int(b)) for a, b in enc["offset_mapping"]]
+
     def count_tokens(self, text: str) -> int:
         return len(self.encode(text))
 

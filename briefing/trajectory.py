@@ -70,6 +70,7 @@ class TrajectoryCache:
         self.lm = lm
         self.text = ""
         self.ids: list[int] = []
+        self.spans: list[tuple[int, int]] = []  # per token of `ids`: the characters [start, stop) of `text` it covers
         check_bool("TrajectoryCache", "importance", importance)
         self.store = KVStore(lm, importance=importance)
         self.chunk_tokens = chunk_tokens
@@ -190,7 +191,7 @@ class TrajectoryCache:
         memory, the positions and the folds so far are kept): branches of one prefill that fold differently."""
         other = TrajectoryCache.__new__(TrajectoryCache)
         other.__dict__.update(self.__dict__)
-        other.ids, other.folds = list(self.ids), list(self.folds)
+        other.ids, other.spans, other.folds = list(self.ids), list(self.spans), list(self.folds)
         other.store = self.store.clone()
         other.memory = None if self.memory is None else self.memory.clone()  # draws what the original would draw
         other.archive = None if self.archive is None else self.archive.clone()
@@ -218,16 +219,20 @@ class TrajectoryCache:
             )
         return self.extend(full_text[len(self.text):])
 
-    def _seam(self, text: str) -> tuple[int, list[int]]:
-        """How many cached tokens to crop, and the ids to append, so that the ids match a re-tokenisation of the
-        text: a tail window of the cached text is re-tokenised with `text` and aligned with the cached ids."""
+    def _seam(self, text: str) -> tuple[int, list[int], list[tuple[int, int]]]:
+        """How many cached tokens to crop, and the ids to append with the characters of the new text (`self.text`
+        then `text`) each covers, so that the ids match a re-tokenisation of the text: a tail window of the cached
+        text is re-tokenised with `text` and aligned with the cached ids."""
         if not self.ids:
-            return 0, self.lm.encode(text)
+            ids, spans = self.lm.encode_spans(text)
+            at = len(self.text)
+            return 0, ids, [(a + at, b + at) for a, b in spans]
         raw = self.length - self.folded  # cached positions that are still plain tokens (croppable)
         chars = 4 * SEAM_TOKENS
         while True:
             start = max(0, len(self.text) - chars)
-            old, new = self.lm.encode(self.text[start:]), self.lm.encode(self.text[start:] + text)
+            old = self.lm.encode(self.text[start:])
+            new, spans = self.lm.encode_spans(self.text[start:] + text)
             # old[i:] agrees with the cached ids' suffix (the window's first tokens may be cut differently)
             i, n = len(old), len(self.ids)
             while i > 0 and len(old) - i < n and old[i - 1] == self.ids[n - (len(old) - i) - 1]:
@@ -239,7 +244,7 @@ class TrajectoryCache:
                 crop = len(old) - k
                 if crop > raw:
                     break
-                return crop, new[k:]
+                return crop, new[k:], [(a + start, b + start) for a, b in spans[k:]]
             if start == 0:
                 break
             chars *= 2
@@ -258,7 +263,7 @@ class TrajectoryCache:
             raise BriefingError(f"This TrajectoryCache is unusable: an earlier extend failed half-way ({self.broken}). "
                                 "Start a new TrajectoryCache for the trajectory.")
         t0 = time.perf_counter()
-        crop, todo = self._seam(text)
+        crop, todo, spans = self._seam(text)
         need = self.length - crop + len(todo)
         if self.fold is None and not self.store.windowed and need > self.budget:  # refused before anything changes
             raise BriefingError(
@@ -266,7 +271,7 @@ class TrajectoryCache:
                 f"context length is {self.lm.max_context}). Pass fold=briefing.FoldPolicy() to fold the cache in "
                 "place, or start a new trajectory.")
         try:
-            self._append(text, crop, todo)
+            self._append(text, crop, todo, spans)
         except BaseException as e:  # text, ids and positions no longer agree: say so on every later use
             self.broken = f"{type(e).__name__}: {e}"
             raise
@@ -274,7 +279,7 @@ class TrajectoryCache:
         self.last_extend_s = time.perf_counter() - t0
         return len(todo)
 
-    def _append(self, text: str, crop: int, todo: list[int]) -> None:
+    def _append(self, text: str, crop: int, todo: list[int], spans: list[tuple[int, int]]) -> None:
         if crop:  # a BPE merge across the seam changed the last cached tokens
             self._crop(crop)
         self.text += text
@@ -291,6 +296,7 @@ class TrajectoryCache:
             chunk = todo[done:done + n]
             self._prefill(chunk)
             self.ids.extend(chunk)
+            self.spans.extend(spans[done:done + n])
             self._locate()
             done += n
 
@@ -298,6 +304,7 @@ class TrajectoryCache:
         keep_tokens = len(self.ids) - n
         self.store.crop(n)
         del self.ids[keep_tokens:]  # the text is cropped by the caller's re-tokenisation
+        del self.spans[keep_tokens:]
         self._locate()
         if self.memory is not None:  # sampled queries of dropped tokens go
             self.memory.crop(keep_tokens)

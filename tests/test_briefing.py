@@ -175,6 +175,25 @@ def test_tiny_models_extend_compact_generate(family):
     assert (briefing.token_logprobs(ctx, " 4417")[1] - ref).abs().max() < 1e-4
 
 
+def test_cache_keeps_each_tokens_characters_through_seams_and_folds(tok):
+    """`TrajectoryCache.spans`, kept as the cache extends (a recall maps token ranges to characters with it, a
+    briefing's coverage too), equals the offsets of one tokenisation of the whole text: through seams where a BPE
+    merge crosses the cut (the last cached tokens re-cut), folds, and a clone."""
+    tiny = tiny_model("llama-gqa", tok)
+    cache = briefing.TrajectoryCache(tiny, budget=96, reserve=16, fold=briefing.FoldPolicy(recent=32))
+    text = " ".join(f"Step {i}: the orchestrator tried option {i * 7 % 13} and wrote it down." for i in range(30))
+    cuts = [0, 3, 41, 42, 180, 333, 334, 700, len(text)]   # mid-word cuts: merges across the seam
+    crops = 0
+    for a, b in zip(cuts, cuts[1:]):
+        crops += cache._seam(text[a:b])[0]
+        cache.extend(text[a:b])
+    assert crops and cache.folds and cache.ids == tiny.encode(text)
+    assert cache.spans == tiny.encode_spans(text)[1] and len(cache.spans) == len(cache.ids)
+    other = cache.clone()
+    other.extend(" More.")
+    assert other.spans == tiny.encode_spans(text + " More.")[1] and cache.spans == tiny.encode_spans(text)[1]
+
+
 def test_bad_input_errors(tmp_path):
     tiny = tiny_model("llama-gqa", max_positions=96)
     empty = briefing.TrajectoryCache(tiny)

@@ -81,8 +81,7 @@ class Briefing:
         if kept is None:
             return float(text.float().mean())
         cache = self.cache
-        spans = cache.lm.tokenizer(cache.text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
-        inside = [(i, max(a - self.offset, start), min(b - self.offset, stop)) for i, (a, b) in enumerate(spans)
+        inside = [(i, max(a - self.offset, start), min(b - self.offset, stop)) for i, (a, b) in enumerate(cache.spans)
                   if a - self.offset < stop and b - self.offset > start]
         if not inside:
             return float(text.float().mean())
