@@ -53,6 +53,21 @@ def active(state: BiasState) -> Iterator[BiasState]:
         _ACTIVE.reset(token)
 
 
+def sdpa(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """transformers' SDPA attention (query [B, H, q, d]; key, value [B, KVH, k, d]; returns ([B, q, H, d], None)),
+    except on a CPU with grouped KV heads and a mask: there torch's kernel takes the groups itself (`enable_gqa`)
+    instead of a copy of every key and value per query head, which transformers makes whenever a mask is given (CUDA's
+    fused kernels need no mask for that). The result is the same bit for bit; a few query tokens over a long cache
+    (a lookup, a call prompt, a decode step's neighbours) save that copy at every layer."""
+    grouped = key.shape[1] != query.shape[1]
+    if query.device.type != "cpu" or not grouped or attention_mask is None or kwargs.get("softcap") is not None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
+                                      **kwargs)
+    out = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask,
+                                                           dropout_p=dropout, scale=scaling, enable_gqa=True)
+    return out.transpose(1, 2).contiguous(), None                                       # [B, q, H, d]
+
+
 def briefing_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     """query [B, H, q, d]; key, value [B, KVH, k, d] (cache + new tokens). Returns ([B, q, H, d], None).
 
@@ -67,8 +82,7 @@ def briefing_attention(module, query, key, value, attention_mask, scaling=None, 
     elif attention_mask is not None and attention_mask.shape[-1] != key.shape[-2]:
         attention_mask = own_width(attention_mask, query.shape[-2], key.shape[-2])
     if state is None:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
-                                      **kwargs)
+        return sdpa(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
     layer = module.layer_idx
     if state.capture:
         rows = state.capture_rows
@@ -82,11 +96,10 @@ def briefing_attention(module, query, key, value, attention_mask, scaling=None, 
         if fused is not None:
             return fused[0], None
     if beta is None or not beta.numel():
-        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
-                                      **kwargs)
+        return sdpa(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     query, key, value = with_bias(query, key, value, beta, scale)                        # [B, *, *, d + 1]
-    out, _ = sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scale, dropout=dropout, **kwargs)
+    out, _ = sdpa(module, query, key, value, attention_mask, scaling=scale, dropout=dropout, **kwargs)
     return out[..., :-1].contiguous(), None                                              # [B, q, H, d]
 
 

@@ -175,6 +175,41 @@ def test_tiny_models_extend_compact_generate(family):
     assert (briefing.token_logprobs(ctx, " 4417")[1] - ref).abs().max() < 1e-4
 
 
+@pytest.mark.parametrize("family", ["llama-gqa", "gemma3-hybrid"])
+def test_grouped_heads_attend_without_copies_bit_for_bit(family, monkeypatch):
+    """On a CPU, a forward with a mask lets torch's kernel take the KV groups itself (`briefing.attention.sdpa`):
+    a folding extend, a biased compaction and its answer give the same logits, bit for bit, as transformers' SDPA,
+    which copies every key and value per query head."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    import briefing.attention
+
+    tiny = tiny_model(family)
+    text = " ".join(f"Note {i}: the key of box {i} is {1000 + 37 * i}." for i in range(12))
+
+    def run() -> tuple[torch.Tensor, torch.Tensor]:
+        cache = briefing.TrajectoryCache(tiny, budget=96, reserve=16, fold=briefing.FoldPolicy(recent=24))
+        cache.extend(text)
+        ctx = cache.compact(" Question: what is the key of box 3? Answer:", briefing.AttentionMatching(tau=1.0))
+        return ctx.last_logits, briefing.token_logprobs(ctx, " 1111")[1]
+
+    grouped = []
+    plain = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(*args, **kwargs):
+        grouped.append(kwargs.get("enable_gqa", False) and kwargs.get("attn_mask") is not None)
+        return plain(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    ours = run()
+    assert any(grouped)   # the grouped path ran with a mask
+    monkeypatch.setattr(briefing.attention, "sdpa", sdpa_attention_forward)
+    grouped.clear()
+    theirs = run()
+    assert not any(grouped)
+    assert all(torch.equal(a, b) for a, b in zip(ours, theirs))
+
+
 def test_cache_keeps_each_tokens_characters_through_seams_and_folds(tok):
     """`TrajectoryCache.spans`, kept as the cache extends (a recall maps token ranges to characters with it, a
     briefing's coverage too), equals the offsets of one tokenisation of the whole text: through seams where a BPE
