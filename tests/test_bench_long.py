@@ -310,3 +310,21 @@ def test_pooled_by_place_splits_tail_facts_from_folded_ones(tmp_path, capsys):
         == 0.5
     assert long_pooled.main(["--condition", "new", "--reference", "ref", "--by-place", str(a)]) == 0
     assert "tail paraphrase: 1 questions, accuracy 1.00 against 0.00" in capsys.readouterr().out
+
+
+def test_attention_ab_alternates_both_implementations_on_one_cache(tok, tmp_path, capsys):
+    from benchmarks import attention_ab
+
+    with pytest.raises(SystemExit):
+        attention_ab.main(["--length", "100"])
+    assert "--length 100" in capsys.readouterr().err
+    tiny = tiny_model("llama-gqa", tok, max_positions=2048)
+    assert attention_ab.main(["--length", "700", "--window", "512", "--out", str(tmp_path)], lm=tiny) == 0
+    result = json.loads((tmp_path / "attention_ab.json").read_text())
+    grouped, copied = result["calls"]["grouped"], result["calls"]["per-head copy"]
+    assert len(grouped) == len(copied) == 16   # eight questions, each asked twice per implementation (ABBA)
+    assert [c["question"] for c in grouped] == [c["question"] for c in copied]
+    assert result["summary"]["grouped / per-head copy"]["pairs"] == 16 and (tmp_path / "attention_ab.png").is_file()
+    import briefing.attention
+
+    assert briefing.attention.sdpa.__module__ == "briefing.attention"   # the shipped implementation is restored
