@@ -452,5 +452,5 @@ def _char_ranges(cache: briefing.TrajectoryCache, ranges: list[tuple[int, int]])
     """Character ranges of `cache.text` that the token ranges cover."""
     if not ranges:
         return []
-    spans = cache.spans   # kept as the cache extends: no tokenisation of the whole text per call
+    spans = cache.token_spans()   # kept as the cache extends: no tokenisation of the whole text per call
     return [(spans[lo][0], spans[hi - 1][1]) for lo, hi in ranges]

@@ -52,6 +52,7 @@ def run(args: argparse.Namespace, lm=None) -> dict:
     try:
         for i, q in enumerate(ep.questions):
             full += question_event(q, i)
+            worker.sync(full)   # the new text (and any fold it brings) outside the timed calls
             for order in (("grouped", "per-head copy"), ("per-head copy", "grouped")):   # ABBA
                 for name in order:
                     attention.sdpa = impls[name]

@@ -57,10 +57,13 @@ def sdpa(module, query, key, value, attention_mask, scaling=None, dropout=0.0, *
     """transformers' SDPA attention (query [B, H, q, d]; key, value [B, KVH, k, d]; returns ([B, q, H, d], None)),
     except on a CPU with grouped KV heads and a mask: there torch's kernel takes the groups itself (`enable_gqa`)
     instead of a copy of every key and value per query head, which transformers makes whenever a mask is given (CUDA's
-    fused kernels need no mask for that). The result is the same bit for bit; a few query tokens over a long cache
-    (a lookup, a call prompt, a decode step's neighbours) save that copy at every layer."""
+    fused kernels need no mask for that). The result is the same bit for bit (float32 and bfloat16, boolean and
+    additive masks); a few query tokens over a long cache (a lookup, a call prompt, an option scored) save that copy
+    at every layer. One query token stays with transformers, which packs the groups itself there (`pack_gqa`: no
+    copy either, in a kernel shape whose float32 rounding differs from this one's), and so does a position bias."""
     grouped = key.shape[1] != query.shape[1]
-    if query.device.type != "cpu" or not grouped or attention_mask is None or kwargs.get("softcap") is not None:
+    if (query.device.type != "cpu" or not grouped or attention_mask is None or query.shape[2] == 1
+            or kwargs.get("softcap") is not None or kwargs.get("position_bias") is not None):
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
                                       **kwargs)
     out = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask,

@@ -220,8 +220,24 @@ class LoadedModel:
         """Token ids of `text`, no special tokens added (the text carries its own chat markup)."""
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
+    @property
+    def has_spans(self) -> bool:
+        """Whether the tokenizer maps tokens to characters (a fast tokenizer: `encode_spans`)."""
+        return bool(getattr(self.tokenizer, "is_fast", False))
+
+    def check_spans(self) -> None:
+        """A clear error where the tokenizer cannot map tokens to characters (`has_spans`)."""
+        if not self.has_spans:
+            from briefing.errors import BriefingError
+
+            raise BriefingError(f"{self.name}: its tokenizer ({type(self.tokenizer).__name__}) does not map tokens to "
+                                "characters, which a recall and a briefing's coverage need. Load the model with its "
+                                "fast tokenizer (a tokenizer.json).")
+
     def encode_spans(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
-        """`encode(text)` and the character range [start, stop) of `text` that each token covers."""
+        """`encode(text)` and the character range [start, stop) of `text` that each token covers (a fast tokenizer
+        only, `check_spans`)."""
+        self.check_spans()
         enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         return list(enc["input_ids"]), [(int(a), int(b)) for a, b in enc["offset_mapping"]]
 

@@ -70,7 +70,8 @@ class TrajectoryCache:
         self.lm = lm
         self.text = ""
         self.ids: list[int] = []
-        self.spans: list[tuple[int, int]] = []  # per token of `ids`: the characters [start, stop) of `text` it covers
+        # per token of `ids`: the characters [start, stop) of `text` it covers (None: the tokenizer cannot say)
+        self.spans: list[tuple[int, int]] | None = [] if lm.has_spans else None
         check_bool("TrajectoryCache", "importance", importance)
         self.store = KVStore(lm, importance=importance)
         self.chunk_tokens = chunk_tokens
@@ -191,7 +192,8 @@ class TrajectoryCache:
         memory, the positions and the folds so far are kept): branches of one prefill that fold differently."""
         other = TrajectoryCache.__new__(TrajectoryCache)
         other.__dict__.update(self.__dict__)
-        other.ids, other.spans, other.folds = list(self.ids), list(self.spans), list(self.folds)
+        other.ids, other.folds = list(self.ids), list(self.folds)
+        other.spans = None if self.spans is None else list(self.spans)
         other.store = self.store.clone()
         other.memory = None if self.memory is None else self.memory.clone()  # draws what the original would draw
         other.archive = None if self.archive is None else self.archive.clone()
@@ -219,12 +221,19 @@ class TrajectoryCache:
             )
         return self.extend(full_text[len(self.text):])
 
+    def token_spans(self) -> list[tuple[int, int]]:
+        """`spans`: the characters of `text` each token covers; a clear error where the tokenizer cannot say."""
+        if self.spans is None:
+            self.lm.check_spans()
+        return self.spans
+
     def _seam(self, text: str) -> tuple[int, list[int], list[tuple[int, int]]]:
         """How many cached tokens to crop, and the ids to append with the characters of the new text (`self.text`
         then `text`) each covers, so that the ids match a re-tokenisation of the text: a tail window of the cached
         text is re-tokenised with `text` and aligned with the cached ids."""
+        encode = self.lm.encode_spans if self.spans is not None else lambda t: (self.lm.encode(t), [])
         if not self.ids:
-            ids, spans = self.lm.encode_spans(text)
+            ids, spans = encode(text)
             at = len(self.text)
             return 0, ids, [(a + at, b + at) for a, b in spans]
         raw = self.length - self.folded  # cached positions that are still plain tokens (croppable)
@@ -232,7 +241,7 @@ class TrajectoryCache:
         while True:
             start = max(0, len(self.text) - chars)
             old = self.lm.encode(self.text[start:])
-            new, spans = self.lm.encode_spans(self.text[start:] + text)
+            new, spans = encode(self.text[start:] + text)
             # old[i:] agrees with the cached ids' suffix (the window's first tokens may be cut differently)
             i, n = len(old), len(self.ids)
             while i > 0 and len(old) - i < n and old[i - 1] == self.ids[n - (len(old) - i) - 1]:
@@ -296,7 +305,8 @@ class TrajectoryCache:
             chunk = todo[done:done + n]
             self._prefill(chunk)
             self.ids.extend(chunk)
-            self.spans.extend(spans[done:done + n])
+            if self.spans is not None:
+                self.spans.extend(spans[done:done + n])
             self._locate()
             done += n
 
@@ -304,7 +314,8 @@ class TrajectoryCache:
         keep_tokens = len(self.ids) - n
         self.store.crop(n)
         del self.ids[keep_tokens:]  # the text is cropped by the caller's re-tokenisation
-        del self.spans[keep_tokens:]
+        if self.spans is not None:
+            del self.spans[keep_tokens:]
         self._locate()
         if self.memory is not None:  # sampled queries of dropped tokens go
             self.memory.crop(keep_tokens)

@@ -187,11 +187,12 @@ def test_grouped_heads_attend_without_copies_bit_for_bit(family, monkeypatch):
     tiny = tiny_model(family)
     text = " ".join(f"Note {i}: the key of box {i} is {1000 + 37 * i}." for i in range(12))
 
-    def run() -> tuple[torch.Tensor, torch.Tensor]:
+    def run() -> tuple[torch.Tensor, ...]:
         cache = briefing.TrajectoryCache(tiny, budget=96, reserve=16, fold=briefing.FoldPolicy(recent=24))
         cache.extend(text)
         ctx = cache.compact(" Question: what is the key of box 3? Answer:", briefing.AttentionMatching(tau=1.0))
-        return ctx.last_logits, briefing.token_logprobs(ctx, " 1111")[1]
+        out = briefing.generate(ctx, briefing.GenerationConfig(max_new_tokens=4, ignore_eos=True))   # one-token steps
+        return ctx.last_logits, briefing.token_logprobs(ctx, " 1111")[1], torch.tensor(out.token_ids)
 
     grouped = []
     plain = torch.nn.functional.scaled_dot_product_attention
@@ -207,10 +208,10 @@ def test_grouped_heads_attend_without_copies_bit_for_bit(family, monkeypatch):
     grouped.clear()
     theirs = run()
     assert not any(grouped)
-    assert all(torch.equal(a, b) for a, b in zip(ours, theirs))
+    assert len(ours) == len(theirs) == 3 and all(torch.equal(a, b) for a, b in zip(ours, theirs))
 
 
-def test_cache_keeps_each_tokens_characters_through_seams_and_folds(tok):
+def test_cache_keeps_each_tokens_characters_through_seams_and_folds(tok, monkeypatch):
     """`TrajectoryCache.spans`, kept as the cache extends (a recall maps token ranges to characters with it, a
     briefing's coverage too), equals the offsets of one tokenisation of the whole text: through seams where a BPE
     merge crosses the cut (the last cached tokens re-cut), folds, and a clone."""
@@ -227,6 +228,14 @@ def test_cache_keeps_each_tokens_characters_through_seams_and_folds(tok):
     other = cache.clone()
     other.extend(" More.")
     assert other.spans == tiny.encode_spans(text + " More.")[1] and cache.spans == tiny.encode_spans(text)[1]
+    # a tokenizer that cannot map tokens to characters: the cache extends, and what needs the spans says why not
+    monkeypatch.setattr(type(tok), "is_fast", property(lambda self: False), raising=False)
+    slow = briefing.TrajectoryCache(tiny, budget=96, reserve=16, fold=briefing.FoldPolicy(recent=32))
+    slow.extend(text[:300])
+    slow.extend(text[300:])
+    assert slow.ids == tiny.encode(text) and slow.spans is None
+    with pytest.raises(BriefingError, match="does not map tokens to characters"):
+        slow.token_spans()
 
 
 def test_bad_input_errors(tmp_path):

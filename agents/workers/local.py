@@ -81,7 +81,8 @@ class Briefing:
         if kept is None:
             return float(text.float().mean())
         cache = self.cache
-        inside = [(i, max(a - self.offset, start), min(b - self.offset, stop)) for i, (a, b) in enumerate(cache.spans)
+        spans = cache.token_spans()   # kept as the cache extends: no tokenisation of the whole text per call
+        inside = [(i, max(a - self.offset, start), min(b - self.offset, stop)) for i, (a, b) in enumerate(spans)
                   if a - self.offset < stop and b - self.offset > start]
         if not inside:
             return float(text.float().mean())
