@@ -7,7 +7,7 @@ is given), alternated call by call on one cache, so both see the same machine lo
 
 One long-suite episode (`benchmarks.rlm_bench.long_episodes`) is read by the suite's `fold-routed` worker (the shipped
 `RoutedRecall`, its cache and recall sized as the suite sizes them); then each of its eight questions is asked twice
-per implementation, ABBA, each call the suite's: `brief` then the three options scored (`choose`). Writes
+per implementation, ABBA, each call the suite's: `brief` then its options scored (`choose`). Writes
 `attention_ab.json` (every call's seconds and recall seconds, min and median per implementation, the paired ratios)
 and `attention_ab.png`. The two give the same logits bit for bit (`tests/test_briefing.py`), so only time differs.
 """
