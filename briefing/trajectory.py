@@ -201,9 +201,10 @@ class TrajectoryCache:
             if not isinstance(fold, FoldPolicy) or self.fold is None:
                 raise BriefingError("clone(fold=...) takes a briefing.FoldPolicy, for a cache that folds.")
             other.fold = copy.deepcopy(fold)
-            other.recent = fold.recent if fold.recent is not None else other.budget // 2
         if budget is not None:
             other.budget = int(budget)
+        if (fold is not None or budget is not None) and other.fold is not None:   # as a new cache of that budget
+            other.recent = other.fold.recent if other.fold.recent is not None else other.budget // 2
         if reserve is not None:
             other.reserve = int(reserve)
         if fold is not None or budget is not None or reserve is not None:

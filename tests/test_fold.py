@@ -463,3 +463,16 @@ def test_solve_values_does_not_hang_with_threads_after_a_matmul():
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
     done = subprocess.run([sys.executable, "-c", code], env=env, timeout=120, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_clone_with_a_new_budget_takes_the_recent_window_a_new_cache_of_that_budget_would():
+    """A branch with another budget folds as a new cache of that budget would: a fold policy with no recent window
+    (None) takes half the NEW budget, not the original's (which a smaller budget could not even hold with its
+    reserve); an explicit recent window is kept."""
+    tiny = tiny_model("llama-gqa")
+    cache = briefing.TrajectoryCache(tiny, budget=400, reserve=40, fold=briefing.FoldPolicy())
+    assert cache.recent == 200
+    assert cache.clone(budget=240).recent == 120
+    assert cache.clone(fold=briefing.FoldPolicy(), budget=240).recent == 120
+    assert cache.clone(fold=briefing.FoldPolicy(recent=64), budget=240).recent == 64
+    assert cache.clone(reserve=60).recent == 200   # the budget unchanged: the window too

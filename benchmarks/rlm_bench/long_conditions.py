@@ -114,10 +114,10 @@ def fold_policy(cfg: LongConfig, sizes: dict, condition: str) -> Any:
     import briefing
 
     if condition in STREAMING:
-        return briefing.FoldPolicy(keep=0, recent=cfg.recent)
+        return briefing.FoldPolicy(keep=0, recent=sizes["recent"])
     guidance = {"task": briefing.TaskGuidance(), "span": briefing.SpanGuidance(), "mix": briefing.MixGuidance(),
                 "span-only": briefing.SpanGuidance(scope="span")}[FOLD_GUIDANCE[condition]]
-    return briefing.FoldPolicy(guidance=guidance, recent=cfg.recent, share=cfg.share)
+    return briefing.FoldPolicy(guidance=guidance, recent=sizes["recent"], share=cfg.share)
 
 
 def fact_range(text: str, q: Question) -> tuple[int, int]:
@@ -182,7 +182,7 @@ def episode_rows(lm: Any, prompts: Any, ep: LongEpisode, cfg: LongConfig) -> tup
         # nothing, so its recall is never used; the text-recall forks ignore the archive)
         archived = any(c in LATENT or c in ROUTED for c in folding)
         latent = LatentRecall(tokens=sizes["recall_budget"]) if archived else None
-        base = BriefedWorker(lm=lm, fold=briefing.FoldPolicy(recent=cfg.recent), cache_budget=sizes["budget"],
+        base = BriefedWorker(lm=lm, fold=briefing.FoldPolicy(recent=sizes["recent"]), cache_budget=sizes["budget"],
                              reserve=sizes["reserve"], recall=latent, max_new_tokens=SCORED_TOKENS)
         text, k, held = "", 0, 0
         while k < len(ep.chunks):  # shared phase: stop before the first sync that would fold
