@@ -30,6 +30,18 @@ if TYPE_CHECKING:
 RECALL_HEADER = "Recalled from earlier in the trajectory:\n"
 SEPARATOR = "\n...\n"
 MIN_RECALL_TOKENS = 16  # below this a recall is noise: none is made
+# the least budget a worker's default recall gets: eight of latent recall's picks (a 32-token block widened by 8
+# tokens on each side); an eighth of a 2,048-token cache leaves its ranking about four picks after BM25's quarter
+RECALL_FLOOR = 384
+
+
+def default_recall_tokens(share: int, room: int | None = None) -> int:
+    """The recall budget, in tokens, of a worker whose cache has `share` positions of the window (`Recall.tokens`
+    None): an eighth of them (960 at an 8k window), raised to `RECALL_FLOOR` where that is at most a quarter of them
+    and at most `room` (what the caller's cache can give up; None: no bound), never below the eighth. On dev episodes
+    of the long suite at a 2,048-token budget the floor (384 tokens against an eighth's 240) held a paraphrased fact
+    0.62 / 0.63 of the time at 4k / 6k against 0.60 / 0.43 (docs/benchmarks.md, "Latent recall, round 9")."""
+    return max(share // 8, min(RECALL_FLOOR, share // 4, share if room is None else room))
 
 
 class TokenCounter(Protocol):
@@ -125,11 +137,11 @@ def fit(text: str, k_tokens: int, lm: briefing.LoadedModel, *, keep_end: bool) -
 
 
 class Recall:
-    """A recall strategy: `tokens` is its budget (None: the worker's, an eighth of its cache's share of the window,
-    `BriefedWorker.layout`); `recall(cache, query, k_tokens, prompt=...)` returns what comes back for one call
-    (k_tokens: the budget left in the call's reserve, at most `tokens`; prompt: the call prompt the query sits in),
-    with ranges in `cache.text`. `archive(lm)`: the `briefing.ArchivePolicy` the worker's caches need with model `lm`
-    (None: no archive)."""
+    """A recall strategy: `tokens` is its budget (None: the worker's, `default_recall_tokens` of its cache's share
+    of the window, `BriefedWorker.layout`); `recall(cache, query, k_tokens, prompt=...)` returns what comes back for
+    one call (k_tokens: the budget left in the call's reserve, at most `tokens`; prompt: the call prompt the query
+    sits in), with ranges in `cache.text`. `archive(lm)`: the `briefing.ArchivePolicy` the worker's caches need with
+    model `lm` (None: no archive)."""
 
     tokens: int | None
 

@@ -13,10 +13,10 @@ ranks them again with round 5's whitening candidates (`offline`) in seconds, wit
 fact asked in its own words and paraphrased.
 
 `--case long` (default): on long-suite episodes (`benchmarks.rlm_bench.long_episodes`, dev split by default: its
-own keys and seeds) the
-trajectory is read by a folding `TrajectoryCache` of the suite's fast size (window 2,048: cache budget 1,920 less the
-recall's eighth), while forward hooks keep every token's hidden state at every decoder layer and its pre-RoPE key
-(what a representative computed at extend time could see). Each question, in the fact's own words and paraphrased,
+own keys and seeds) the trajectory is read by a folding `TrajectoryCache` of the suite's fast size (window 2,048:
+cache budget 1,920 less the recall's, `agents.recall.default_recall_tokens`: 384 tokens since round 9, an eighth
+before), while forward hooks keep every token's hidden state at every decoder layer and its pre-RoPE key (what a
+representative computed at extend time could see). Each question, in the fact's own words and paraphrased,
 is then put to every candidate ranker of the trajectory's blocks:
 
 - hidden: cosine between the mean hidden state of the question and each block's mean hidden state, averaged over
@@ -291,7 +291,7 @@ def run(args: argparse.Namespace) -> dict:
     lm = briefing.load_model(args.model)
     prompts = WorkerPrompt.for_model(lm)
     n_layers = len(decoder_layers(lm))
-    from agents.recall import LatentRecall
+    from agents.recall import LatentRecall, default_recall_tokens
     from briefing import latent
 
     if args.case == "dense":   # issue 29's shape: a 2,048-token cache budget, a recall of an eighth of it
@@ -299,7 +299,7 @@ def run(args: argparse.Namespace) -> dict:
         budgets = (recall_budget, 2 * recall_budget)
     else:
         reserve = max(64, args.window // 16)
-        recall_budget = (args.window - reserve) // 8
+        recall_budget = default_recall_tokens(args.window - reserve)
         budget = args.window - reserve - recall_budget
         budgets = (recall_budget, 960)
     policy = briefing.ArchivePolicy()

@@ -7,6 +7,7 @@ import pytest
 
 from agents import (BriefedWorker, LocalChatBackend, PlainWorker, TextRecall, TextWorker, TiktokenCounter,
                     WorkerPrompt, make_worker, split_chat_template)
+from agents.recall import RECALL_FLOOR, default_recall_tokens
 from agents.workers.prompt import TRAJECTORY_HEADER
 
 TRAJ1 = ("Query: Where is the meeting?\nContext: a str of 80 characters.\n\n[output]\nThe meeting was moved to Paris. "
@@ -61,6 +62,16 @@ def test_worker_prompt_is_the_chat_template(lm):
     assert wp.cache_text(TRAJ1).startswith("<|im_start|>system\n")
     assert wp.call_prompt(Q).startswith("<|im_end|>") and wp.call_prompt(Q).endswith("<|im_start|>assistant\n")
     assert wp.plain_prompt(Q) == lm.chat_prompt(wp.plain_system, Q)
+
+
+def test_default_recall_budget_is_an_eighth_raised_to_the_floor_where_it_fits():
+    assert RECALL_FLOOR == 384
+    assert default_recall_tokens(7680) == 960            # an 8k window: the eighth is above the floor
+    assert default_recall_tokens(1920) == 384            # a 2,048-token budget: 240 raised to the floor
+    assert default_recall_tokens(1000) == 250            # at most a quarter
+    assert default_recall_tokens(1920, room=300) == 300  # at most the room the caller's cache has
+    assert default_recall_tokens(1920, room=100) == 240  # never below the eighth
+    assert default_recall_tokens(100) == 25 and default_recall_tokens(8) == 2
 
 
 @pytest.mark.slow
@@ -142,15 +153,20 @@ def test_text_worker_cuts_and_briefed_worker_folds_past_the_window(tok):
     with pytest.raises(briefing.BriefingError, match="reserve"):
         BriefedWorker(lm=small, max_new_tokens=100, reserve=48).answer("What was low?", long_traj)
     tight = BriefedWorker(lm=small, max_new_tokens=4, reserve=72, fold=briefing.FoldPolicy(recent=32, capture_stride=4))
-    # the default recall's budget: an eighth of the cache's share of the window (256 - 72), taken out of the cache's
-    assert tight.layout(small) == (184 - 23, 72 + 23, 23)
+    # the default recall's budget: an eighth of the cache's share of the window (256 - 72 = 184: 23), raised toward
+    # 384 tokens as far as a quarter (46) and the fold's room allow: the cache, 184 - t, still holds sink 4, recent
+    # 32 and reserve 72 + t, so t <= (184 - 4 - 32 - 72) // 2 = 38; taken out of the cache's
+    assert tight.layout(small) == (184 - 38, 72 + 38, 38)
     third = tight.answer("What was low?", long_traj)
-    assert 0 < third.briefing.recalled_tokens <= 23 and third.output_tokens <= 4
-    assert third.briefing.cache_positions <= 184 - 23
-    assert third.input_tokens - third.briefing.kept + 4 <= 72 + 23  # prompt, its recall and generation: the reserve
+    assert 0 < third.briefing.recalled_tokens <= 38 and third.output_tokens <= 4
+    assert third.briefing.cache_positions <= 184 - 38
+    assert third.input_tokens - third.briefing.kept + 4 <= 72 + 38  # prompt, its recall and generation: the reserve
     assert third.input_tokens + 4 <= 256    # the call fits the window
     with_budget = tight.fork(cache_budget=150)   # a cache budget given: recall fits what the reserve leaves
-    assert with_budget.layout(small) == (150, 72, 150 // 8) and with_budget._caches[0].budget == 150
+    assert with_budget.layout(small) == (150, 72, 150 // 4) and with_budget._caches[0].budget == 150
+    # a fold whose recent window leaves no room: the eighth, as without the floor
+    no_room = BriefedWorker(lm=small, max_new_tokens=4, reserve=72, fold=briefing.FoldPolicy(recent=96))
+    assert no_room.layout(small) == (184 - 23, 72 + 23, 23)
     with pytest.raises(briefing.BriefingError, match="recall's budget"):
         BriefedWorker(lm=small, recall=TextRecall(tokens=200), reserve=72).layout(small)
     # the text handoff: no recall

@@ -254,6 +254,22 @@ def test_pooled_pairs_questions_within_each_run_and_pools_them(tmp_path, capsys)
         long_pooled.main(["--condition", "new", str(tmp_path / "missing.json")])
 
 
+def test_suite_sizes_take_the_worker_s_default_recall_budget():
+    """The suite's recall budget is the worker's default (`default_recall_tokens`): an eighth of the cache's budget at
+    the 8k window, raised to 384 at the fast 2,048 window, and only as far as its folding cache still fits."""
+    from types import SimpleNamespace
+
+    from benchmarks.rlm_bench.long_conditions import LongConfig
+
+    lm = SimpleNamespace(max_context=8192, name="m")
+    assert LongConfig(window=8192).sizes(lm)["recall_budget"] == 960              # (8192 - 512) // 8
+    fast = LongConfig(window=2048).sizes(lm)
+    assert (fast["budget"], fast["recent"], fast["recall_budget"]) == (1920, 960, 384)
+    # budget 1920 - t must hold sink 4 + recent 1200 + reserve 128 + t: t <= 294
+    assert LongConfig(window=2048, recent=1200).sizes(lm)["recall_budget"] == 294
+    assert LongConfig(window=2048, recall_budget=100).sizes(lm)["recall_budget"] == 100
+
+
 def test_routed_conditions_build_their_recall():
     """Each routed condition's recall: fold-routed-text re-prefills the latent blocks' text (LatentRecall attach=False),
     fold-routed leaves the choice to the model (attach=None), the others set their share or margin."""

@@ -30,10 +30,11 @@ Parameters:
     reserve: positions left for the call prompt and generation (prompt + max_new_tokens must fit)
     device, dtype: where the embedded default runs when `lm` is None ("auto": CUDA if there is one, bf16 there)
     recall: an `agents.recall.Recall` (None: no recall), by default `RoutedRecall()`. Its budget (`tokens`; None, the
-        default: an eighth of the cache's share of the window, 960 tokens at an 8k window) is taken out of the
-        cache's when `cache_budget` is None, so a call with its recall fits the window (`layout`); with a
-        `cache_budget`, recall gets what the reserve leaves after the prompt and max_new_tokens. A recall that
-        needs an archive (`LatentRecall`, `RoutedRecall`) makes the worker's caches keep one
+        default: `agents.recall.default_recall_tokens`, an eighth of the cache's share of the window, 960 tokens at
+        an 8k window, raised to 384 where the fold leaves room) is taken out of the cache's when `cache_budget` is
+        None, so a call with its recall fits the window (`layout`); with a `cache_budget`, recall gets what the
+        reserve leaves after the prompt and max_new_tokens. A recall that needs an archive (`LatentRecall`,
+        `RoutedRecall`) makes the worker's caches keep one
         (`briefing.ArchivePolicy`: int8 keys and values of what the folds compact away, at most 1 GiB per cache;
         on a model with sliding-window layers, whose recall re-prefills text, the block representatives alone).
 Billed input tokens per call: kept positions + prompt tokens. `text_handoff_tokens`: tokens of the same text pasted
@@ -45,7 +46,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from agents.recall import Recall, Recalled, RoutedRecall, recall_query
+from agents.recall import Recall, Recalled, RoutedRecall, default_recall_tokens, recall_query
 from agents.workers.base import BriefingStats, Worker, WorkerAnswer, check_generation
 from agents.workers.local import Briefing, LocalModelMixin
 from agents.workers.prompt import TRAJECTORY_HEADER
@@ -125,14 +126,25 @@ class BriefedWorker(LocalModelMixin, Worker):
 
     def layout(self, lm: briefing.LoadedModel) -> tuple[int, int, int]:
         """How a call fills `lm`'s window: (the cache's budget, the cache's reserve, the recall's budget in tokens).
-        The recall's budget is its `tokens`, or for None an eighth of the cache's share of the window (`cache_budget`,
-        or the window less `reserve`). With no `cache_budget` it is taken out of the cache's, so that a call with its
-        recall still fits the window; with one, the recall gets what `reserve` leaves after the prompt and
-        `max_new_tokens`."""
+        The recall's budget is its `tokens`, or for None `agents.recall.default_recall_tokens` of the cache's share of
+        the window (`cache_budget`, or the window less `reserve`): an eighth, raised to 384 tokens where that is at
+        most a quarter and, with no `cache_budget`, where the cache then still holds its fold's sink, recent window
+        and reserve. With no `cache_budget` it is taken out of the cache's, so that a call with its recall still
+        fits the window; with one, the recall gets what `reserve` leaves after the prompt and `max_new_tokens`."""
         share = self.cache_budget if self.cache_budget is not None else lm.max_context - self.reserve
         if self.recall is None:
             return share, self.reserve, 0
-        tokens = self.recall.tokens if self.recall.tokens is not None else share // 8
+        if self.recall.tokens is not None:
+            tokens = self.recall.tokens
+        elif self.cache_budget is not None:
+            tokens = default_recall_tokens(share)
+        else:   # the most the cache can give up: budget - t >= sink + recent + reserve + t (recent: half by default)
+            import briefing
+
+            fold = self.fold if self.fold is not None else briefing.FoldPolicy()
+            room = ((share - fold.sink - fold.recent - self.reserve) // 2 if fold.recent is not None
+                    else (share - 2 * fold.sink - 2 * self.reserve) // 3)
+            tokens = default_recall_tokens(share, room)
         if tokens >= share:
             import briefing
 

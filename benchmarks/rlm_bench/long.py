@@ -86,7 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="BM25 context tokens (default: a quarter of the cache budget, about the kept count of a "
                         "folded briefing call at tau 1)")
     p.add_argument("--recall-budget", type=int, default=None,
-                   help="recall conditions: tokens recalled per call (default: an eighth of the cache budget)")
+                   help="recall conditions: tokens recalled per call (default: the worker's, "
+                        "agents.recall.default_recall_tokens of the cache budget: an eighth, at least 384, at most "
+                        "a quarter)")
     p.add_argument("--workers", type=int, default=1, help="local processes (one model and one torch thread each)")
     p.add_argument("--ray", metavar="ADDRESS", help="run episodes on Ray: auto, a cluster address, or local")
     p.add_argument("--threads", type=int, default=1, help="torch threads of a serial run")

@@ -40,6 +40,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from agents.recall import default_recall_tokens
 from benchmarks.rlm_bench.long_episodes import QUARTERS, LongEpisode, LongSpec, Question, question_event, question_text
 
 CONDITIONS = ["fold-task", "fold-span", "fold-span-only", "fold-mix", "fold-recall", "fold-recall-all",
@@ -96,11 +97,16 @@ class LongConfig:
         window = self.window or lm.max_context
         if window > lm.max_context:
             raise SystemExit(f"--window {window} is past {lm.name}'s context length {lm.max_context}.")
+        import briefing
+
         reserve = self.reserve or max(64, window // 16)
         budget = window - reserve
-        return dict(window=window, reserve=reserve, budget=budget,
-                    recent=self.recent if self.recent is not None else budget // 2,
-                    bm25_budget=self.bm25_budget or budget // 4, recall_budget=self.recall_budget or budget // 8)
+        recent = self.recent if self.recent is not None else budget // 2
+        # the worker's default recall, as far as the folding cache (budget - t) still holds sink + recent + reserve + t
+        room = (budget - briefing.FoldPolicy().sink - recent - reserve) // 2
+        return dict(window=window, reserve=reserve, budget=budget, recent=recent,
+                    bm25_budget=self.bm25_budget or budget // 4,
+                    recall_budget=self.recall_budget or default_recall_tokens(budget, room))
 
     def run(self, lm: Any, prompts: Any, spec: LongSpec) -> tuple[dict, list[dict]]:
         """(episode record with its folds and peak RSS, rows) of one episode."""
