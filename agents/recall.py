@@ -332,7 +332,8 @@ class LatentRecall(Recall):
         k_tokens = self.budget(k_tokens)
         pin = self.pin_budget(cache.lm, k_tokens) if pin is None else pin
         lm = cache.lm
-        if k_tokens < MIN_RECALL_TOKENS or not cache.folds:
+        k_tokens = k_tokens if k_tokens >= MIN_RECALL_TOKENS else 0   # too few to fetch: the pins alone, if any
+        if not cache.folds or not (k_tokens or pin):
             return Recalled(how=self.how(lm))
         text = prompt if prompt is not None and query in prompt else query
         ids, question = _token_span(lm, text, text.rindex(query), len(query))
@@ -341,7 +342,7 @@ class LatentRecall(Recall):
         found = latent.lookup(cache, ids, question, k_tokens, pad=self.pad, sink=sink, kv=attach, shrink=self.shrink,
                               tail_skip=self.tail_skip, pin=pin)
         ranges = found.ranges
-        if self.rank == "both":
+        if self.rank == "both" and k_tokens:
             ranges = latent.pick(self._fused(cache, query, found.scores), cache.archive.policy.block, self.pad,
                                  k_tokens, cache.archive.tokens, found.floor)
         if not ranges and not found.pinned:
@@ -395,7 +396,10 @@ class RoutedRecall(Recall):
     recall takes it all): a question in the fact's own words that shares its words with many chunks still finds the
     fact among BM25's best, which the latent ranking can miss. confident_share: the part of the budget BM25 keeps at
     or above the margin (1: all of it, and no lookup runs; below 1, latent recall takes the rest: a paraphrased
-    question whose common words single out a wrong chunk still gets blocks by meaning). text, latent: the two recalls
+    question whose common words single out a wrong chunk still gets blocks by meaning). confident_pin: at or above
+    the margin with confident_share 1, the lookup still runs, and the unfolded tail's best blocks are pinned
+    (`LatentRecall.pin`) while nothing is fetched: BM25's chunks stay the call's only recalled text, and the call pays
+    the lookup. text, latent: the two recalls
     (None: their defaults at `tokens`); the worker's caches keep `latent`'s archive.
 
     `BriefedWorker`'s default: on held-out episodes (8k-64k tokens on the 8k window, 4k and 6k on a 2k window) it
@@ -407,6 +411,7 @@ class RoutedRecall(Recall):
     margin: float = 1.3
     share: float = 0.25
     confident_share: float = 1.0
+    confident_pin: bool = False
     text: TextRecall | None = None
     latent: LatentRecall | None = None
 
@@ -419,6 +424,7 @@ class RoutedRecall(Recall):
                      "margin; 0: latent recall takes it all", error=ValueError)
         check_number(owner, "confident_share", self.confident_share, low=0, high=1, what="the part of the budget "
                      "BM25 keeps at or above the margin; 1: all of it (no latent lookup)", error=ValueError)
+        check_bool(owner, "confident_pin", self.confident_pin, error=ValueError)
         check_type(owner, "text", self.text, TextRecall, "an agents.TextRecall or None for its defaults", none=True,
                    error=ValueError)
         check_type(owner, "latent", self.latent, LatentRecall, "an agents.LatentRecall or None for its defaults",
@@ -434,14 +440,21 @@ class RoutedRecall(Recall):
         k_tokens = self.budget(k_tokens)
         found = self.text.recall(cache, query, k_tokens, prompt=prompt)
         confident = found.margin is not None and found.margin >= self.margin   # a clear lexical match
-        if found.margin is None or (confident and self.confident_share >= 1):   # nothing to search, or BM25's call
+        if found.margin is None:   # nothing to search
             return found
+        pin = self.latent.pin_budget(cache.lm, self.latent.budget(k_tokens))
+        if confident and self.confident_share >= 1:   # BM25's call; the tail's best blocks pinned if asked
+            if not (self.confident_pin and pin):
+                return found
+            pins = self.latent.recall(cache, query, 0, prompt=prompt, pin=pin)
+            if not pins.pinned:
+                return found
+            return replace(found, how=f"bm25+{pins.how}-pins", blocks=pins.blocks, pinned=pins.pinned)
         kept = int(k_tokens * (self.confident_share if confident else self.share))
         lexical = self.text.recall(cache, query, kept, prompt=prompt) if kept else Recalled()
         n = cache.lm.count_tokens(lexical.text) if lexical else 0
         # the pins spend no recall budget: the latent recall's default pins within the whole of it
-        other = self.latent.recall(cache, query, k_tokens - n, prompt=prompt,
-                                   pin=self.latent.pin_budget(cache.lm, self.latent.budget(k_tokens)))
+        other = self.latent.recall(cache, query, k_tokens - n, prompt=prompt, pin=pin)
         if not lexical:
             return replace(other, margin=found.margin)
         if not other:

@@ -315,7 +315,7 @@ def lookup(cache, prompt_ids: list[int], question: tuple[int, int] | None, budge
     scores = raw.masked_fill(~fetch, float("-inf"))                                   # [nb]
     floor = first_token(cache, sink, kv)
     block, tokens = cache.archive.policy.block, cache.archive.tokens
-    ranges = pick(scores, block, pad, budget, tokens, floor)
+    ranges = pick(scores, block, pad, budget, tokens, floor) if budget > 0 else []   # budget 0: pins alone
     pinned = []
     if pin:
         tail = raw.masked_fill(~(pinnable(cache) & ~fetch), float("-inf"))            # [nb]

@@ -395,6 +395,17 @@ def test_routed_recall_takes_bm25_where_a_chunk_stands_out_and_latent_where_none
     assert looked == [1] and hedged.how == "latent:attach+bm25" and hedged.text == kept.text
     assert hedged.margin == bm25.margin and hedged.blocks.ranges == LatentRecall(tokens=64, pad=8).recall(
         cache, own, 64 - n).blocks.ranges and hedged.tokens <= 64
+    # confident_pin: above the margin BM25's recall is the call's text, and the lookup pins the tail's best blocks
+    looked.clear()
+    sure = RoutedRecall(tokens=64, confident_pin=True, latent=LatentRecall(tokens=64, pad=8)).recall(cache, own, 64)
+    only = LatentRecall(tokens=64, pad=8).recall(cache, own, 0, pin=64)
+    assert looked == [1, 1] and sure.text == bm25.text and sure.ranges == bm25.ranges and sure.pasted == bm25.ranges
+    assert sure.how == "bm25+latent:attach-pins" and sure.margin == bm25.margin and sure.tokens == bm25.tokens
+    assert sure.pinned and sure.pinned == only.pinned and sure.blocks.length == 0 and only.ranges == []
+    assert RoutedRecall(tokens=64, confident_pin=True, latent=LatentRecall(tokens=64, pin=0)).recall(
+        cache, own, 64) == bm25                                   # no pin budget: BM25's recall alone
+    with pytest.raises(ValueError, match="confident_pin"):
+        RoutedRecall(confident_pin=1)
     assert not RoutedRecall().recall(archiving_cache(tiny), own, 64)   # nothing before the first fold
     assert RoutedRecall().archive(tiny) == LatentRecall().archive(tiny)   # the worker's caches keep latent's archive
     for bad in (0.5, float("inf"), "2", True):
