@@ -37,8 +37,8 @@ RECALL_FLOOR = 384
 
 def default_recall_tokens(share: int, room: int | None = None) -> int:
     """The recall budget, in tokens, of a worker whose cache has `share` positions of the window (`Recall.tokens`
-    None): an eighth of them (960 at an 8k window), raised to `RECALL_FLOOR` where that is at most a quarter of them
-    and at most `room` (what the caller's cache can give up; None: no bound), never below the eighth. On dev episodes
+    None): an eighth of them (960 at an 8k window), raised toward `RECALL_FLOOR` as far as a quarter of them and
+    `room` allow (what the caller's cache can give up; None: no bound), never below the eighth. On dev episodes
     of the long suite at a 2,048-token budget the floor (384 tokens against an eighth's 240) held a paraphrased fact
     0.62 / 0.63 of the time at 4k / 6k against 0.60 / 0.43 (docs/benchmarks.md, "Latent recall, round 9")."""
     return max(share // 8, min(RECALL_FLOOR, share // 4, share if room is None else room))
@@ -329,10 +329,10 @@ class LatentRecall(Recall):
         """`Recall.recall`; pin: this call's pin budget in tokens (None: `pin_budget` of this call's budget)."""
         from briefing import latent
 
-        k_tokens = self.budget(k_tokens)
-        pin = self.pin_budget(cache.lm, k_tokens) if pin is None else pin
         lm = cache.lm
+        k_tokens = self.budget(k_tokens)
         k_tokens = k_tokens if k_tokens >= MIN_RECALL_TOKENS else 0   # too few to fetch: the pins alone, if any
+        pin = max(0, self.pin_budget(lm, k_tokens) if pin is None else pin)   # by default none where nothing is fetched
         if not cache.folds or not (k_tokens or pin):
             return Recalled(how=self.how(lm))
         text = prompt if prompt is not None and query in prompt else query

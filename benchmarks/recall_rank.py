@@ -299,7 +299,8 @@ def run(args: argparse.Namespace) -> dict:
         budgets = (recall_budget, 2 * recall_budget)
     else:
         reserve = max(64, args.window // 16)
-        recall_budget = default_recall_tokens(args.window - reserve)
+        share = args.window - reserve   # the cache (share - t, the default fold) keeps sink 4 + recent + reserve + t
+        recall_budget = default_recall_tokens(share, room=(share - 2 * 4 - 2 * reserve) // 3)
         budget = args.window - reserve - recall_budget
         budgets = (recall_budget, 960)
     policy = briefing.ArchivePolicy()

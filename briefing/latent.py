@@ -317,7 +317,7 @@ def lookup(cache, prompt_ids: list[int], question: tuple[int, int] | None, budge
     block, tokens = cache.archive.policy.block, cache.archive.tokens
     ranges = pick(scores, block, pad, budget, tokens, floor) if budget > 0 else []   # budget 0: pins alone
     pinned = []
-    if pin:
+    if pin > 0:
         tail = raw.masked_fill(~(pinnable(cache) & ~fetch), float("-inf"))            # [nb]
         pinned = pick(tail, block, pad, pin, tokens, cache.archive.unfolded_from(cache.store))
     return Lookup(ranges=ranges, seconds=time.perf_counter() - t0, scores=scores, floor=floor, pinned=pinned)

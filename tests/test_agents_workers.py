@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import socket
+from types import SimpleNamespace
 
 import pytest
 
@@ -167,6 +168,18 @@ def test_text_worker_cuts_and_briefed_worker_folds_past_the_window(tok):
     # a fold whose recent window leaves no room: the eighth, as without the floor
     no_room = BriefedWorker(lm=small, max_new_tokens=4, reserve=72, fold=briefing.FoldPolicy(recent=96))
     assert no_room.layout(small) == (184 - 23, 72 + 23, 23)
+    # the default fold (recent: half the cache's budget) on a 2,048 window: 1648 - t >= 2 (4 + 400 + t), so the room
+    # is (1648 - 8 - 800) // 3 = 280, between the eighth (206) and the floor; the cache then just fits
+    window = SimpleNamespace(max_context=2048)
+    budget, reserve, t = BriefedWorker(reserve=400).layout(window)
+    assert (budget, reserve, t) == (1648 - 280, 400 + 280, 280)
+    assert budget >= briefing.FoldPolicy().sink + budget // 2 + reserve
+    assert BriefedWorker(reserve=128).layout(window) == (1920 - 384, 128 + 384, 384)   # room 552: the floor
+    # a fork with another fold lays its caches out as a new worker with that fold would: the recall's room changes
+    # (recent 48: t <= (184 - 4 - 48 - 72) // 2 = 30, where tight's cache gave up 38 and would not fit)
+    wider = tight.fork(fold=briefing.FoldPolicy(recent=48, capture_stride=4))
+    assert wider.layout(small) == (184 - 30, 72 + 30, 30)
+    assert (wider._caches[0].budget, wider._caches[0].reserve) == (184 - 30, 72 + 30)
     with pytest.raises(briefing.BriefingError, match="recall's budget"):
         BriefedWorker(lm=small, recall=TextRecall(tokens=200), reserve=72).layout(small)
     # the text handoff: no recall

@@ -689,6 +689,23 @@ def test_pinned_tail_blocks_are_kept_whole_in_every_head(tiny, essay):
         assert b.coverage(a, z) == pytest.approx(1.0, abs=0.02)
 
 
+def test_a_budget_too_small_to_fetch_pins_only_when_asked(tiny, essay, monkeypatch):
+    """Below a recall's minimum (16 tokens), or at a budget a full reserve leaves negative, the default pins nothing
+    and no lookup runs, as before pins existed; an explicit pin budget still pins, fetching nothing."""
+    text = planted(essay)
+    cache = archiving_cache(tiny)
+    cache.extend(text)
+    looked = []
+    real = latent.lookup
+    monkeypatch.setattr(latent, "lookup", lambda *a, **k: looked.append(1) or real(*a, **k))
+    for k in (-5, 0, 1, 15):
+        got = LatentRecall(pad=8).recall(cache, PARAPHRASE, k)
+        assert not got and got.pinned == [] and not looked
+    got = LatentRecall(pad=8).recall(cache, PARAPHRASE, 15, pin=40)
+    assert looked == [1] and got.ranges == [] and got.blocks.length == 0 and got.pinned
+    assert all(lo < hi for lo, hi in got.pinned)
+
+
 def test_latent_recall_pin_is_checked():
     with pytest.raises(ValueError, match="pin"):
         LatentRecall(pin=-1)

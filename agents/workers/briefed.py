@@ -31,10 +31,10 @@ Parameters:
     device, dtype: where the embedded default runs when `lm` is None ("auto": CUDA if there is one, bf16 there)
     recall: an `agents.recall.Recall` (None: no recall), by default `RoutedRecall()`. Its budget (`tokens`; None, the
         default: `agents.recall.default_recall_tokens`, an eighth of the cache's share of the window, 960 tokens at
-        an 8k window, raised to 384 where the fold leaves room) is taken out of the cache's when `cache_budget` is
-        None, so a call with its recall fits the window (`layout`); with a `cache_budget`, recall gets what the
-        reserve leaves after the prompt and max_new_tokens. A recall that needs an archive (`LatentRecall`,
-        `RoutedRecall`) makes the worker's caches keep one
+        an 8k window, raised toward 384 as far as the fold leaves room) is taken out of the cache's when
+        `cache_budget` is None, so a call with its recall fits the window (`layout`); with a `cache_budget`, recall
+        gets what the reserve leaves after the prompt and max_new_tokens. A recall that needs an archive
+        (`LatentRecall`, `RoutedRecall`) makes the worker's caches keep one
         (`briefing.ArchivePolicy`: int8 keys and values of what the folds compact away, at most 1 GiB per cache;
         on a model with sliding-window layers, whose recall re-prefills text, the block representatives alone).
 Billed input tokens per call: kept positions + prompt tokens. `text_handoff_tokens`: tokens of the same text pasted
@@ -127,9 +127,9 @@ class BriefedWorker(LocalModelMixin, Worker):
     def layout(self, lm: briefing.LoadedModel) -> tuple[int, int, int]:
         """How a call fills `lm`'s window: (the cache's budget, the cache's reserve, the recall's budget in tokens).
         The recall's budget is its `tokens`, or for None `agents.recall.default_recall_tokens` of the cache's share of
-        the window (`cache_budget`, or the window less `reserve`): an eighth, raised to 384 tokens where that is at
-        most a quarter and, with no `cache_budget`, where the cache then still holds its fold's sink, recent window
-        and reserve. With no `cache_budget` it is taken out of the cache's, so that a call with its recall still
+        the window (`cache_budget`, or the window less `reserve`): an eighth, raised toward 384 tokens as far as a
+        quarter allows and, with no `cache_budget`, as far as the cache then still holds its fold's sink, recent
+        window and reserve. With no `cache_budget` it is taken out of the cache's, so that a call with its recall still
         fits the window; with one, the recall gets what `reserve` leaves after the prompt and `max_new_tokens`."""
         share = self.cache_budget if self.cache_budget is not None else lm.max_context - self.reserve
         if self.recall is None:
@@ -323,7 +323,7 @@ class BriefedWorker(LocalModelMixin, Worker):
 
         other = dataclasses.replace(self, **changes)
         fold = other.fold if "fold" in changes else None
-        resized = bool({"cache_budget", "reserve", "recall"} & set(changes))
+        resized = bool({"cache_budget", "reserve", "recall", "fold"} & set(changes))   # the fold sets the recall's room
         lm = self._caches[0].lm if self._caches else None
         need = other.recall.archive(lm) if other.recall is not None and lm is not None else None
         archived = need is not None

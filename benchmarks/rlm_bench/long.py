@@ -87,8 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "folded briefing call at tau 1)")
     p.add_argument("--recall-budget", type=int, default=None,
                    help="recall conditions: tokens recalled per call (default: the worker's, "
-                        "agents.recall.default_recall_tokens of the cache budget: an eighth, at least 384, at most "
-                        "a quarter)")
+                        "agents.recall.default_recall_tokens of the cache budget: an eighth, raised toward 384 "
+                        "as far as a quarter and the fold's room allow)")
     p.add_argument("--workers", type=int, default=1, help="local processes (one model and one torch thread each)")
     p.add_argument("--ray", metavar="ADDRESS", help="run episodes on Ray: auto, a cluster address, or local")
     p.add_argument("--threads", type=int, default=1, help="torch threads of a serial run")
