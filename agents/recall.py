@@ -44,6 +44,16 @@ def default_recall_tokens(share: int, room: int | None = None) -> int:
     return max(share // 8, min(RECALL_FLOOR, share // 4, share if room is None else room))
 
 
+def fold_room(share: int, reserve: int, sink: int, recent: int | None = None) -> int:
+    """The most tokens t a recall can take out of a folding cache of `share` positions (its budget then share - t,
+    its reserve reserve + t) while the cache still holds its sink, its recent window and that reserve
+    (`TrajectoryCache.check_budget`): share - t >= sink + recent + reserve + t, with `recent` None for the default
+    window, half the cache's budget ((share - t) / 2). May be negative (no room)."""
+    if recent is not None:
+        return (share - sink - recent - reserve) // 2
+    return (share - 2 * sink - 2 * reserve) // 3
+
+
 class TokenCounter(Protocol):
     def count_tokens(self, text: str) -> int: ...
 

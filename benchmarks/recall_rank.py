@@ -291,7 +291,7 @@ def run(args: argparse.Namespace) -> dict:
     lm = briefing.load_model(args.model)
     prompts = WorkerPrompt.for_model(lm)
     n_layers = len(decoder_layers(lm))
-    from agents.recall import LatentRecall, default_recall_tokens
+    from agents.recall import LatentRecall, default_recall_tokens, fold_room
     from briefing import latent
 
     if args.case == "dense":   # issue 29's shape: a 2,048-token cache budget, a recall of an eighth of it
@@ -299,8 +299,8 @@ def run(args: argparse.Namespace) -> dict:
         budgets = (recall_budget, 2 * recall_budget)
     else:
         reserve = max(64, args.window // 16)
-        share = args.window - reserve   # the cache (share - t, the default fold) keeps sink 4 + recent + reserve + t
-        recall_budget = default_recall_tokens(share, room=(share - 2 * 4 - 2 * reserve) // 3)
+        share = args.window - reserve   # the recall comes out of a cache with the default fold
+        recall_budget = default_recall_tokens(share, fold_room(share, reserve, briefing.FoldPolicy().sink))
         budget = args.window - reserve - recall_budget
         budgets = (recall_budget, 960)
     policy = briefing.ArchivePolicy()

@@ -75,6 +75,23 @@ def test_default_recall_budget_is_an_eighth_raised_to_the_floor_where_it_fits():
     assert default_recall_tokens(100) == 25 and default_recall_tokens(8) == 2
 
 
+def test_fold_room_is_the_most_a_folding_cache_can_give_up(tok):
+    """`fold_room`: a recall of that many tokens taken out of the cache still passes the cache's own budget check,
+    and two more do not, with an explicit recent window and with the default one (half the cache's budget)."""
+    import briefing
+    from agents.recall import fold_room
+    from tests.tiny import tiny_model
+
+    lm = tiny_model("llama-gqa", tok, max_positions=1024)
+    for recent in (96, None):
+        t = fold_room(900, 60, 4, recent)
+        fold = briefing.FoldPolicy(sink=4, recent=recent)
+        briefing.TrajectoryCache(lm, budget=900 - t, reserve=60 + t, fold=fold)           # fits
+        with pytest.raises(briefing.BriefingError, match="smaller than sink"):
+            briefing.TrajectoryCache(lm, budget=900 - t - 2, reserve=60 + t + 2, fold=fold)
+    assert fold_room(900, 60, 4, 96) == (900 - 4 - 96 - 60) // 2 and fold_room(100, 60, 4, 96) < 0
+
+
 @pytest.mark.slow
 def test_briefed_worker_extends_one_cache_and_reports_tokens(lm):
     w = BriefedWorker(lm=lm, max_new_tokens=8)

@@ -46,7 +46,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from agents.recall import Recall, Recalled, RoutedRecall, default_recall_tokens, recall_query
+from agents.recall import Recall, Recalled, RoutedRecall, default_recall_tokens, fold_room, recall_query
 from agents.workers.base import BriefingStats, Worker, WorkerAnswer, check_generation
 from agents.workers.local import Briefing, LocalModelMixin
 from agents.workers.prompt import TRAJECTORY_HEADER
@@ -138,13 +138,11 @@ class BriefedWorker(LocalModelMixin, Worker):
             tokens = self.recall.tokens
         elif self.cache_budget is not None:
             tokens = default_recall_tokens(share)
-        else:   # the most the cache can give up: budget - t >= sink + recent + reserve + t (recent: half by default)
+        else:   # as much as the folding cache can give up
             import briefing
 
             fold = self.fold if self.fold is not None else briefing.FoldPolicy()
-            room = ((share - fold.sink - fold.recent - self.reserve) // 2 if fold.recent is not None
-                    else (share - 2 * fold.sink - 2 * self.reserve) // 3)
-            tokens = default_recall_tokens(share, room)
+            tokens = default_recall_tokens(share, fold_room(share, self.reserve, fold.sink, fold.recent))
         if tokens >= share:
             import briefing
 

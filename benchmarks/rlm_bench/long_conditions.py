@@ -42,7 +42,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from agents.recall import default_recall_tokens
+from agents.recall import default_recall_tokens, fold_room
 from benchmarks.rlm_bench.long_episodes import QUARTERS, LongEpisode, LongSpec, Question, question_event, question_text
 
 CONDITIONS = ["fold-task", "fold-span", "fold-span-only", "fold-mix", "fold-recall", "fold-recall-all",
@@ -105,8 +105,7 @@ class LongConfig:
         reserve = self.reserve or max(64, window // 16)
         budget = window - reserve
         recent = self.recent if self.recent is not None else budget // 2
-        # the worker's default recall, as far as the folding cache (budget - t) still holds sink + recent + reserve + t
-        room = (budget - briefing.FoldPolicy().sink - recent - reserve) // 2
+        room = fold_room(budget, reserve, briefing.FoldPolicy().sink, recent)   # the worker's default recall's
         return dict(window=window, reserve=reserve, budget=budget, recent=recent,
                     bm25_budget=self.bm25_budget or budget // 4,
                     recall_budget=self.recall_budget or default_recall_tokens(budget, room))
