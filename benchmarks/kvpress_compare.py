@@ -39,10 +39,10 @@ from rlm.data import data_dir
 RATIOS = (0.5, 0.2, 0.1, 0.05)
 PRESSES = ("SnapKV", "AdaKV", "CriticalAdaKV", "PyramidKV", "ExpectedAttention", "TOVA", "KeyDiff", "KVzip",
            "Compactor", "StreamingLLM")
-OURS = (PREVIOUS, DEFAULT, "look-ahead 24, decay 0.95", "look-back 8, look-ahead 24, decay 0.95",
-        "re-score with 8 generated tokens + look-ahead 8", "smoothing 63 (the issue's crude probe)",
-        "top-k, smoothing 5 (SnapKV-like, no fit)", PICK, HYBRID)   # issue 28's opt-ins (rounds 5 and 7) too
+OURS = (DEFAULT, PREVIOUS, "top-k, smoothing 5 (SnapKV-like, no fit)", PICK, HYBRID,
+        "hybrid allocation, importance share 0.5, sinks 4")   # issue 28's opt-ins (rounds 5 and 7) too
 OUT = Path("docs/results/kvpress_compare")
+BASELINE = "KVzip"   # the press each of our rows is counted against, case by case (the issue's target)
 
 
 def make_press(name: str, ratio: float):
@@ -214,7 +214,9 @@ def one_case(lm, text: str, question: str, answer: str, presses: list[str], ours
 
 
 def run(split: str, presses: list[str], ours: list[str], out: Path, anchor: bool, tag: str = "",
-        only: list[int] | None = None) -> dict:
+        only: list[int] | None = None, shard: tuple[int, int] | None = None) -> dict:
+    """Every case of `split` (only: these indices, in this order; shard (j, n): every n-th from the j-th), and the
+    anchor if asked, written to out/compare_{split}[_tag].json as each case ends."""
     import kvpress  # before the model registers the briefing attention: kvpress wraps every registered function
     import transformers
 
@@ -229,7 +231,9 @@ def run(split: str, presses: list[str], ours: list[str], out: Path, anchor: bool
                                  presses, ours)
         print("anchor done", json.dumps(res["anchor"])[:2000], flush=True)
     todo = cases(lm, split) if split else []
-    for case in (todo if only is None else [todo[i] for i in only]):  # in the order given
+    todo = todo if only is None else [todo[i] for i in only]   # in the order given
+    todo = todo if shard is None else todo[shard[0]::shard[1]]
+    for case in todo:
         row = one_case(lm, case.text, case.question, case.answer, presses, ours)
         row.update(essay=case.essay, kind=case.kind)
         res["cases"].append(row)
@@ -271,6 +275,41 @@ def merged(path: Path) -> dict:
     return res
 
 
+def beaten(rows: list[dict], ours: list[str]) -> dict[str, list[int]]:
+    """{our variant: [cases below BASELINE at each ratio]} over `rows` (only where BASELINE ran on them all)."""
+    if len(rows) < 2 or any("kl" not in row["presses"].get(BASELINE, {}).get(str(r), {}) for row in rows
+                            for r in RATIOS):
+        return {}
+    return {name: [sum(row["ours"][name][str(r)] < row["presses"][BASELINE][str(r)]["kl"] for row in rows)
+                   for r in RATIOS] for name in ours if all(name in row["ours"] for row in rows)}
+
+
+def plot(blocks: list[tuple[str, dict[str, list[float]]]], path: Path) -> None:
+    """One panel per table: each method's median answer KL against the kept ratio (log-log); our rows solid."""
+    try:
+        import matplotlib
+    except ImportError:   # the tables do not need it (`pip install -e '.[bench]'` adds it)
+        return
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(blocks), figsize=(6 * len(blocks), 5), squeeze=False)
+    for ax, (title, medians) in zip(axes[0], blocks):
+        ax.set_prop_cycle(color=plt.get_cmap("tab20").colors)
+        for name, med in medians.items():
+            press = name in PRESSES
+            style = dict(color="black", linestyle="--", linewidth=2) if name == BASELINE else dict(
+                linestyle=":" if press else "-", linewidth=2 if name == DEFAULT else 1)
+            ax.plot(RATIOS, [max(m, 1e-5) for m in med], marker="o" if not press else ".",
+                    label=name if press else f"ours: {name}", **style)
+        ax.set(xscale="log", yscale="log", xlabel="kept ratio", ylabel="median answer KL vs the full cache",
+               title=title[:60])
+        ax.legend(fontsize=5)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def report(out: Path, readme: Path | None = None) -> str:
     lines: list[str] = []
     for path in sorted(p for p in out.glob("compare_*.json") if p.stem.count("_") == 1 and "." not in p.stem):
@@ -281,12 +320,19 @@ def report(out: Path, readme: Path | None = None) -> str:
         complete = [c for c in res["cases"] if all(v in c["ours"] for v in res["ours"])]  # same cases for every row
         if complete:
             blocks.append((f"{res['split']} split, median over {len(complete)} cases [bootstrap 95%]", complete))
+        for kind, name in (("task", "task-type"), ("recall", "verbatim-recall")):
+            some = [c for c in complete if c.get("kind", "").startswith("recall:") == (kind == "recall")]
+            if some and len(some) < len(complete):
+                blocks.append((f"{res['split']} split, {name} cases only, median over {len(some)} [bootstrap 95%]",
+                               some))
+        plots: list[tuple[str, dict[str, list[float]]]] = []
         for title, rows in blocks:
             one = len(rows) == 1
             lines += [(f"**{title}**: answer KL vs the full cache, kept positions matched "
                        f"(kvpress {res['kvpress']}, transformers {res['transformers']})"), "",
                       "| method | 50% kept | 20% | 10% | 5% |", "|---|---|---|---|---|"]
             table: dict[str, list[str]] = {}
+            medians: dict[str, list[float]] = {}
             best: dict[str, tuple[float, str]] = {}
             for name in res["ours"] + res["presses"]:
                 cells = []
@@ -306,6 +352,7 @@ def report(out: Path, readme: Path | None = None) -> str:
                         cells.append("not run")
                         continue
                     med = bootstrap_median(vals)
+                    medians.setdefault(name, []).append(med[0])
                     cells.append((f"{med[0]:.4f}" if one else f"{med[0]:.3f} [{med[1]:.3f}, {med[2]:.3f}]")
                                  + (f" ({len(vals)} of {len(rows)} cases)" if len(vals) < len(rows) else ""))
                     better = str(r) not in best or med[0] < best[str(r)][0]
@@ -318,13 +365,61 @@ def report(out: Path, readme: Path | None = None) -> str:
             lines.append("| best press | " + " | ".join(f"{best[str(r)][1]} {best[str(r)][0]:.4f}" if str(r) in best
                                                         else "-" for r in RATIOS) + " |")
             ident = max(row["identity_kl"] for row in rows)
-            lines += ["", f"Identity check (our keep-all vs the shared reference): max KL {ident:.1e}.", ""]
+            lines += ["", f"Identity check (our keep-all vs the shared reference): max KL {ident:.1e}."]
+            below = beaten(rows, res["ours"])
+            if below:
+                lines.append(f"Cases where ours is below {BASELINE}, at 50/20/10/5% kept (of {len(rows)}): "
+                             + "; ".join(f"{name} {'/'.join(map(str, n))}" for name, n in below.items()) + ".")
+            lines.append("")
+            plots.append((title, {k: v for k, v in medians.items() if len(v) == len(RATIOS)}))
+        if plots:
+            plot(plots, out / f"compare_{res['split'] or 'anchor'}.png")
     text = "\n".join(lines)
     out.mkdir(parents=True, exist_ok=True)
     (out / "compare_tables.md").write_text(text + "\n")
     if readme is not None:
         update_readme("kvpress-tables", text, readme)
     return text
+
+
+def join_shards(parts: list[dict]) -> dict:
+    """The results of shards j = 0..n-1 (shard j ran cases j, j + n, ...; the first, the anchor) as one run's: the
+    first's header and anchor, every case in the split's order."""
+    res = dict(parts[0])
+    longest = max(len(p["cases"]) for p in parts)
+    res["cases"] = [p["cases"][i] for i in range(longest) for p in parts if i < len(p["cases"])]
+    return res
+
+
+def run_jobs(args: argparse.Namespace, out: Path) -> None:
+    """`run` in `args.jobs` processes, each on every jobs-th case (the first also on the anchor), then one file:
+    out/compare_{split}[_tag].json with the cases in their split's order, as one process would write it."""
+    import subprocess
+    import sys
+    import tempfile
+
+    tmp = Path(tempfile.mkdtemp(prefix="kvpress_compare_"))
+    base = [sys.executable, "-m", "benchmarks.kvpress_compare", "--split", args.split, "--presses", *args.presses,
+            "--ours", *args.ours, "--out", str(tmp), "--no-report"]
+    if args.cases:
+        base += ["--cases", *map(str, args.cases)]
+    t0 = time.perf_counter()
+    procs = [subprocess.Popen([*base, "--shard", f"{j}/{args.jobs}", "--tag", f"shard{j}",
+                               *(["--no-anchor"] if j or args.no_anchor else [])]) for j in range(args.jobs)]
+    failed = [j for j, proc in enumerate(procs) if proc.wait() != 0]
+    if failed:
+        raise SystemExit(f"kvpress_compare: shard(s) {failed} of {args.jobs} failed (their output is above); "
+                         f"finished shards' files are in {tmp}")
+    res = join_shards([json.loads((tmp / f"compare_{args.split or 'anchor'}_shard{j}.json").read_text())
+                       for j in range(args.jobs)])
+    res["wall_s"], res["jobs"] = time.perf_counter() - t0, args.jobs
+    res["load_average_at_end"] = os.getloadavg()
+    suffix = f"_{args.tag}" if args.tag else ""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"compare_{args.split or 'anchor'}{suffix}.json").write_text(json.dumps(res, indent=2))
+    for path in tmp.iterdir():
+        path.unlink()
+    tmp.rmdir()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -340,15 +435,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--readme", action="store_true", help="also rewrite the kvpress-tables block of "
                         "docs/benchmarks.md")
     parser.add_argument("--report", action="store_true", help="only write the tables from the JSON files")
+    parser.add_argument("--jobs", type=int, default=1, help="processes, each on every jobs-th case (one thread each "
+                        "under OMP_NUM_THREADS=1); their cases are written to one file")
+    parser.add_argument("--shard", help=argparse.SUPPRESS)           # j/n: this process's share of a --jobs run
+    parser.add_argument("--no-report", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     unknown = [v for v in args.ours if v not in VARIANTS]
     if unknown:
         parser.error(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
+    if args.jobs < 1:
+        parser.error(f"--jobs {args.jobs}: give at least 1 (processes to run the cases in)")
     out = Path(args.out)
-    if not args.report:
+    if not args.report and args.jobs > 1:
+        run_jobs(args, out)
+    elif not args.report:
         tag = args.tag or ("part-" + "-".join(map(str, args.cases)) if args.cases else "")
-        run(args.split, args.presses, args.ours, out, not args.no_anchor, tag, args.cases)
-    print(report(out, DOC if args.readme else None))
+        shard = tuple(int(x) for x in args.shard.split("/")) if args.shard else None
+        run(args.split, args.presses, args.ours, out, not args.no_anchor, tag, args.cases, shard)
+    if not args.no_report:
+        print(report(out, DOC if args.readme else None))
     return 0
 
 

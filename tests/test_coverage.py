@@ -156,6 +156,38 @@ def test_kvpress_report_marks_errors_and_best_press(tmp_path):
     assert "best press | SnapKV 0.0200" in text and "SnapKV 0.3000" in text  # median of 0.2 and 0.4
 
 
+def test_kvpress_report_splits_the_kinds_and_counts_cases_below_kvzip(tmp_path):
+    from benchmarks.kvpress_compare import RATIOS, report
+
+    def row(kind: str, ours: float, kvzip: float) -> dict:
+        return {"essay": f"{kind}-{ours}", "kind": kind, "tokens": 100, "prompt_tokens": 10, "identity_kl": 0.0,
+                "kept": {}, "ours": {"mine": {str(r): ours for r in RATIOS}},
+                "presses": {"KVzip": {str(r): {"kl": kvzip, "kept": 20.0} for r in RATIOS}}}
+
+    rows = [row("continuation", 0.1, 0.2), row("verbatim", 0.5, 0.4), row("recall:number", 0.3, 0.6),
+            row("recall:name", 0.2, 0.1), row("recall:continuation", 0.05, 0.07)]
+    res = {"split": "heldout", "kvpress": "0.5.5", "transformers": "5.2.0", "ours": ["mine"], "presses": ["KVzip"],
+           "cases": rows}
+    (tmp_path / "compare_heldout.json").write_text(json.dumps(res))
+    text = report(tmp_path)
+    assert "median over 5 cases" in text and "(of 5): mine 3/3/3/3" in text
+    assert "task-type cases only, median over 2" in text and "(of 2): mine 1/1/1/1" in text
+    assert "verbatim-recall cases only, median over 3" in text and "(of 3): mine 2/2/2/2" in text
+    recall = text.split("verbatim-recall cases only")[1]
+    assert "| ours: mine | 0.200 [" in recall and "| KVzip | 0.100 [" in recall   # medians of the three
+    assert (tmp_path / "compare_heldout.png").exists()
+
+
+def test_kvpress_shards_join_in_the_split_order():
+    from benchmarks.kvpress_compare import join_shards
+
+    cases = [{"essay": f"e{i}"} for i in range(7)]
+    parts = [{"split": "heldout", "anchor": {"tokens": 1}, "cases": cases[j::3]} for j in range(3)]
+    parts[1].pop("anchor")
+    res = join_shards(parts)
+    assert res["cases"] == cases and res["anchor"] == {"tokens": 1} and res["split"] == "heldout"
+
+
 def test_docs_selection_tables_are_the_generated_ones():
     """No figure typed by hand: every table row of the generated Markdown is in docs/benchmarks.md as written."""
     from pathlib import Path
