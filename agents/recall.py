@@ -66,7 +66,8 @@ class Recalled:
     strategy. blocks: the re-attached keys and values (a `briefing.latent.Attached`; None: the recall is text and
     pins nothing; an `Attached` of length 0: text, and pins for the call's compaction).
     tokens: trajectory tokens recalled (0: count the text). margin: for a BM25 search, how far its best chunk stood
-    out: its score over the runner-up's (inf: one chunk scored; None: no BM25 search was made). pinned: character
+    out: its score over the runner-up's (inf: one chunk scored; None: no BM25 search was made). overlap: for a BM25
+    search, the share of the query's content words (`content_words`) that its best chunk holds. pinned: character
     ranges of the cache's unfolded tail that the call's compaction keeps whole (`LatentRecall.pin`; carried by
     `blocks`), not brought back: already in the cache."""
 
@@ -77,6 +78,7 @@ class Recalled:
     tokens: int = 0
     margin: float | None = None
     pinned: list[tuple[int, int]] = field(default_factory=list)
+    overlap: float | None = None
 
     def __bool__(self) -> bool:
         return bool(self.text.strip()) or self.blocks is not None
@@ -98,6 +100,17 @@ class Recalled:
 
 def _words(s: str) -> list[str]:
     return re.findall(r"\w+", s.lower())
+
+
+# function words: a chunk that shares only these with a question says nothing about which fact it asks for
+STOPWORDS = frozenset("a an the is are was were be been by of to in on at for with from into and or as my our your me "
+                      "i we you he she they who what which whose when where why how do does did that this these "
+                      "those it its s".split())
+
+
+def content_words(s: str) -> set[str]:
+    """The distinct words of `s` that carry content (lower case, no `STOPWORDS`)."""
+    return {w for w in _words(s) if w not in STOPWORDS}
 
 
 def bm25_chunks(text: str, query: str, k_tokens: int, lm: TokenCounter, chunk_words: int = 60, *,
@@ -126,8 +139,10 @@ def bm25_chunks(text: str, query: str, k_tokens: int, lm: TokenCounter, chunk_wo
     picked = picked[::-1] if ranked else sorted(picked)
     top, second = float(scores[order[0]]), float(scores[order[1]]) if len(order) > 1 else 0.0
     margin = top / second if second > 0 else (math.inf if top > 0 else 1.0)
+    asked = content_words(query)
+    overlap = len(asked & content_words(chunks[order[0]])) / len(asked) if asked else 0.0
     return Recalled(SEPARATOR.join(chunks[i] for i in picked) + "\n", [spans[i] for i in picked], "bm25",
-                    margin=margin)
+                    margin=margin, overlap=overlap)
 
 
 def recall_query(query: str, recalled: Recalled | str) -> str:
@@ -207,7 +222,7 @@ class TextRecall(Recall):
                             ranked=self.ranked)
         text = fit(found.text, k_tokens, lm, keep_end=self.ranked)
         return Recalled(text, found.ranges if text == found.text else _cut_ranges(found, text, self.ranked), "bm25",
-                        margin=found.margin)
+                        margin=found.margin, overlap=found.overlap)
 
 
 def _cut_ranges(found: Recalled, text: str, keep_end: bool) -> list[tuple[int, int]]:
@@ -409,7 +424,9 @@ class RoutedRecall(Recall):
     question whose common words single out a wrong chunk still gets blocks by meaning). confident_pin: at or above
     the margin with confident_share 1, the lookup still runs, and the unfolded tail's best blocks are pinned
     (`LatentRecall.pin`) while nothing is fetched: BM25's chunks stay the call's only recalled text, and the call pays
-    the lookup. text, latent: the two recalls
+    the lookup. overlap: below the margin, BM25 keeps its `share` only where its best chunk holds at least this share
+    of the question's content words (`Recalled.overlap`); elsewhere latent recall takes the whole budget (0: BM25
+    always keeps its share). text, latent: the two recalls
     (None: their defaults at `tokens`); the worker's caches keep `latent`'s archive.
 
     `BriefedWorker`'s default: on held-out episodes (8k-64k tokens on the 8k window, 4k and 6k on a 2k window) it
@@ -422,6 +439,7 @@ class RoutedRecall(Recall):
     share: float = 0.25
     confident_share: float = 1.0
     confident_pin: bool = False
+    overlap: float = 0.0
     text: TextRecall | None = None
     latent: LatentRecall | None = None
 
@@ -435,6 +453,9 @@ class RoutedRecall(Recall):
         check_number(owner, "confident_share", self.confident_share, low=0, high=1, what="the part of the budget "
                      "BM25 keeps at or above the margin; 1: all of it (no latent lookup)", error=ValueError)
         check_bool(owner, "confident_pin", self.confident_pin, error=ValueError)
+        check_number(owner, "overlap", self.overlap, low=0, high=1, what="the share of the question's content words "
+                     "BM25's best chunk must hold for BM25 to keep its share below the margin; 0: always",
+                     error=ValueError)
         check_type(owner, "text", self.text, TextRecall, "an agents.TextRecall or None for its defaults", none=True,
                    error=ValueError)
         check_type(owner, "latent", self.latent, LatentRecall, "an agents.LatentRecall or None for its defaults",
@@ -460,7 +481,8 @@ class RoutedRecall(Recall):
             if not pins.pinned:
                 return found
             return replace(found, how=f"bm25+{pins.how}-pins", blocks=pins.blocks, pinned=pins.pinned)
-        kept = int(k_tokens * (self.confident_share if confident else self.share))
+        lexical_evidence = confident or (found.overlap or 0.0) >= self.overlap   # its best chunk shares the words
+        kept = int(k_tokens * (self.confident_share if confident else self.share)) if lexical_evidence else 0
         lexical = self.text.recall(cache, query, kept, prompt=prompt) if kept else Recalled()
         n = cache.lm.count_tokens(lexical.text) if lexical else 0
         # the pins spend no recall budget: the latent recall's default pins within the whole of it

@@ -247,6 +247,10 @@ def test_bm25_chunks_in_text_order_or_best_last():
     assert order.text.index("1111") < order.text.index("2931")                # text order
     assert ranked.text.rstrip().endswith("garden gate code 2931")               # the best match last
     assert [text[a:b] for a, b in ranked.ranges] == ranked.text.rstrip("\n").split("\n...\n")
+    # overlap: the share of the question's content words (function words aside) in the best chunk
+    assert order.overlap == 1.0 and ranked.overlap == 1.0                       # "garden gate code 2931"
+    assert bm25_chunks(text, "Where is the garden gate key?", 12, Words(), chunk_words=4).overlap == 2 / 3
+    assert bm25_chunks(text, "Which is it?", 12, Words(), chunk_words=4).overlap == 0.0   # no content word
 
 
 def test_a_recall_past_its_budget_loses_its_least_relevant_end(tok):

@@ -14,8 +14,8 @@ Every condition sees the same events; `window` is the worker's positions, `reser
   before the question instead), at the same `recall_budget` out of the cache's budget; the three share one cache
   (its archive kept from the first extend: the suite's shared prefill keeps one when a latent condition runs);
 - fold-routed, fold-routed-alone, fold-routed-half, fold-routed-always, fold-routed-text, fold-routed-hedged,
-  fold-routed-tail, fold-routed-pin, fold-routed-pin-full, fold-routed-unpinned, fold-routed-confident-pin:
-  fold-latent's cache with `RoutedRecall`
+  fold-routed-tail, fold-routed-pin, fold-routed-pin-full, fold-routed-unpinned, fold-routed-confident-pin,
+  fold-routed-overlap: fold-latent's cache with `RoutedRecall`
   (BM25 where its best chunk stands out, else BM25's best chunks in a share of the budget and latent recall in the
   rest): its defaults, BriefedWorker's default recall; share 0 (latent recall alone below the margin); share 0.5; no
   margin enough (every call splits the budget); the latent blocks' text re-prefilled (attach=False); BM25 keeps 3/4
@@ -23,7 +23,8 @@ Every condition sees the same events; `window` is the worker's positions, `reser
   512 tokens (`LatentRecall(tail_skip=512)`); the unfolded tail's best blocks kept whole in every head by the call's
   compaction, within half the recall budget or all of it (`LatentRecall(pin=...)`; all of it is the default since round
   7); none (pin=0, the default until then); the tail's best blocks pinned on BM25's confident route too, nothing
-  fetched there (confident_pin);
+  fetched there (confident_pin); below the margin, BM25's share only where its best chunk holds at least half of the
+  question's content words (overlap=0.5);
 - ceiling: the same trajectory all in view (`BriefedWorker` with the model's whole context as its cache, `KeepAll`
   per call, no fold): the in-window ceiling a recall is judged against; no rows where the trajectory does not fit;
 - streaming: a fold that keeps nothing (attention sink + recent window, StreamingLLM), KeepAll per call;
@@ -49,7 +50,7 @@ CONDITIONS = ["fold-task", "fold-span", "fold-span-only", "fold-mix", "fold-reca
               "fold-recall-ranked", "fold-recall-all-ranked", "fold-latent", "fold-latent-both", "fold-latent-text",
               "fold-routed", "fold-routed-alone", "fold-routed-half", "fold-routed-always", "fold-routed-text",
               "fold-routed-hedged", "fold-routed-tail", "fold-routed-pin", "fold-routed-pin-full",
-              "fold-routed-unpinned", "fold-routed-confident-pin", "ceiling",
+              "fold-routed-unpinned", "fold-routed-confident-pin", "fold-routed-overlap", "ceiling",
               "truncated", "streaming", "streaming-recall", "bm25", "summary", "plain"]
 # recall variants of fold-recall: scope (tail: the unfolded tail too) and order (ranked: the best chunk last); they
 # share fold-recall's cache
@@ -66,13 +67,15 @@ LATENT = {"fold-latent": dict(rank="latent"), "fold-latent-both": dict(rank="bot
 # three quarters and latent recall takes the rest; tail: latent recall ranks the unfolded tail too, less the last 512
 # tokens; pin: the call's compaction keeps the unfolded tail's best blocks whole, within pin_share of the recall
 # budget (pin-full: the default since round 7, spelled out; unpinned: none, the default until then); confident-pin:
-# the tail's best blocks pinned on BM25's confident route too); on
+# the tail's best blocks pinned on BM25's confident route too; overlap: below the margin BM25 keeps its share only
+# where its best chunk holds at least half of the question's content words); on
 # fold-latent's cache
 ROUTED = {"fold-routed": {}, "fold-routed-alone": dict(share=0.0), "fold-routed-half": dict(share=0.5),
           "fold-routed-always": dict(margin=1e9), "fold-routed-text": dict(attach=False),
           "fold-routed-hedged": dict(confident_share=0.75), "fold-routed-tail": dict(tail_skip=512),
           "fold-routed-pin": dict(pin_share=0.5), "fold-routed-pin-full": dict(pin_share=1.0),
-          "fold-routed-unpinned": dict(pin_share=0.0), "fold-routed-confident-pin": dict(confident_pin=True)}
+          "fold-routed-unpinned": dict(pin_share=0.0), "fold-routed-confident-pin": dict(confident_pin=True),
+          "fold-routed-overlap": dict(overlap=0.5)}
 FOLD_GUIDANCE = {"fold-task": "task", "fold-span": "span", "fold-span-only": "span-only", "fold-mix": "mix",
                  **dict.fromkeys(RECALL_VARIANTS, "mix"), **dict.fromkeys(LATENT, "mix"),
                  **dict.fromkeys(ROUTED, "mix")}
