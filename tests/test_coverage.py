@@ -175,7 +175,10 @@ def test_kvpress_report_splits_the_kinds_and_counts_cases_below_kvzip(tmp_path):
     assert "verbatim-recall cases only, median over 3" in text and "(of 3): mine 2/2/2/2" in text
     recall = text.split("verbatim-recall cases only")[1]
     assert "| ours: mine | 0.200 [" in recall and "| KVzip | 0.100 [" in recall   # medians of the three
-    assert (tmp_path / "compare_heldout.png").exists()
+    import importlib.util
+
+    # the plot needs matplotlib (the [bench] extra); the tables do not
+    assert (tmp_path / "compare_heldout.png").exists() == (importlib.util.find_spec("matplotlib") is not None)
 
 
 def test_kvpress_shards_join_in_the_split_order():
