@@ -424,9 +424,9 @@ class RoutedRecall(Recall):
     question whose common words single out a wrong chunk still gets blocks by meaning). confident_pin: at or above
     the margin with confident_share 1, the lookup still runs, and the unfolded tail's best blocks are pinned
     (`LatentRecall.pin`) while nothing is fetched: BM25's chunks stay the call's only recalled text, and the call pays
-    the lookup. overlap: below the margin, BM25 keeps its `share` only where its best chunk holds at least this share
-    of the question's content words (`Recalled.overlap`); elsewhere latent recall takes the whole budget (0: BM25
-    always keeps its share). text, latent: the two recalls
+    the lookup. min_overlap: below the margin, BM25 keeps its `share` only where its best chunk holds at least this
+    share of the question's content words (`Recalled.overlap`); elsewhere latent recall takes the whole budget (0:
+    BM25 always keeps its share; 0.5 was tried in round 10 and not taken). text, latent: the two recalls
     (None: their defaults at `tokens`); the worker's caches keep `latent`'s archive.
 
     `BriefedWorker`'s default: on held-out episodes (8k-64k tokens on the 8k window, 4k and 6k on a 2k window) it
@@ -439,7 +439,7 @@ class RoutedRecall(Recall):
     share: float = 0.25
     confident_share: float = 1.0
     confident_pin: bool = False
-    overlap: float = 0.0
+    min_overlap: float = 0.0
     text: TextRecall | None = None
     latent: LatentRecall | None = None
 
@@ -453,8 +453,8 @@ class RoutedRecall(Recall):
         check_number(owner, "confident_share", self.confident_share, low=0, high=1, what="the part of the budget "
                      "BM25 keeps at or above the margin; 1: all of it (no latent lookup)", error=ValueError)
         check_bool(owner, "confident_pin", self.confident_pin, error=ValueError)
-        check_number(owner, "overlap", self.overlap, low=0, high=1, what="the share of the question's content words "
-                     "BM25's best chunk must hold for BM25 to keep its share below the margin; 0: always",
+        check_number(owner, "min_overlap", self.min_overlap, low=0, high=1, what="the share of the question's "
+                     "content words BM25's best chunk must hold for BM25 to keep its share below the margin; 0: always",
                      error=ValueError)
         check_type(owner, "text", self.text, TextRecall, "an agents.TextRecall or None for its defaults", none=True,
                    error=ValueError)
@@ -481,21 +481,21 @@ class RoutedRecall(Recall):
             if not pins.pinned:
                 return found
             return replace(found, how=f"bm25+{pins.how}-pins", blocks=pins.blocks, pinned=pins.pinned)
-        lexical_evidence = confident or (found.overlap or 0.0) >= self.overlap   # its best chunk shares the words
+        lexical_evidence = confident or (found.overlap or 0.0) >= self.min_overlap   # the best chunk shares words
         kept = int(k_tokens * (self.confident_share if confident else self.share)) if lexical_evidence else 0
         lexical = self.text.recall(cache, query, kept, prompt=prompt) if kept else Recalled()
         n = cache.lm.count_tokens(lexical.text) if lexical else 0
         # the pins spend no recall budget: the latent recall's default pins within the whole of it
         other = self.latent.recall(cache, query, k_tokens - n, prompt=prompt, pin=pin)
         if not lexical:
-            return replace(other, margin=found.margin)
+            return replace(other, margin=found.margin, overlap=found.overlap)
         if not other:
-            return replace(lexical, margin=found.margin)
+            return replace(lexical, margin=found.margin, overlap=found.overlap)
         # attached blocks sit right after the cache, pasted text before the question: BM25's chunks come last
         return Recalled((other.text.rstrip("\n") + SEPARATOR if other.text.strip() else "") + lexical.text,
                         [*other.ranges, *lexical.ranges], f"{other.how}+bm25", other.blocks,
                         (other.tokens or cache.lm.count_tokens(other.text)) + n, margin=found.margin,
-                        pinned=other.pinned)
+                        overlap=found.overlap, pinned=other.pinned)
 
 
 def _token_span(lm: briefing.LoadedModel, text: str, start: int, n: int) -> tuple[list[int], tuple[int, int]]:

@@ -21,6 +21,7 @@ import contextlib
 import json
 import math
 import os
+import textwrap
 import time
 import traceback
 from pathlib import Path
@@ -302,8 +303,10 @@ def plot(blocks: list[tuple[str, dict[str, list[float]]]], path: Path) -> None:
                 linestyle=":" if press else "-", linewidth=2 if name == DEFAULT else 1)
             ax.plot(RATIOS, [max(m, 1e-5) for m in med], marker="o" if not press else ".",
                     label=name if press else f"ours: {name}", **style)
-        ax.set(xscale="log", yscale="log", xlabel="kept ratio", ylabel="median answer KL vs the full cache",
-               title=title[:60])
+        ax.set(xscale="log", yscale="log", xlabel="kept share of the text", ylabel="median answer KL vs the full cache")
+        ax.set_title(textwrap.fill(title, 48), fontsize=8)
+        ax.set_xticks(RATIOS, [f"{r:.0%}" for r in RATIOS])
+        ax.minorticks_off()
         ax.legend(fontsize=5)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -391,9 +394,10 @@ def join_shards(parts: list[dict]) -> dict:
     return res
 
 
-def run_jobs(args: argparse.Namespace, out: Path) -> None:
+def run_jobs(args: argparse.Namespace, out: Path, tag: str) -> None:
     """`run` in `args.jobs` processes, each on every jobs-th case (the first also on the anchor), then one file:
-    out/compare_{split}[_tag].json with the cases in their split's order, as one process would write it."""
+    out/compare_{split}[_tag].json with the cases in their split's order, as one process would write it. A shard
+    that fails stops the others."""
     import subprocess
     import sys
     import tempfile
@@ -406,15 +410,23 @@ def run_jobs(args: argparse.Namespace, out: Path) -> None:
     t0 = time.perf_counter()
     procs = [subprocess.Popen([*base, "--shard", f"{j}/{args.jobs}", "--tag", f"shard{j}",
                                *(["--no-anchor"] if j or args.no_anchor else [])]) for j in range(args.jobs)]
-    failed = [j for j, proc in enumerate(procs) if proc.wait() != 0]
+    failed: list[int] = []
+    while not failed and any(proc.poll() is None for proc in procs):
+        time.sleep(1)
+        failed = [j for j, proc in enumerate(procs) if proc.poll() not in (None, 0)]
+    failed = failed or [j for j, proc in enumerate(procs) if proc.returncode != 0]
     if failed:
-        raise SystemExit(f"kvpress_compare: shard(s) {failed} of {args.jobs} failed (their output is above); "
-                         f"finished shards' files are in {tmp}")
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait()
+        raise SystemExit(f"kvpress_compare: shard(s) {failed} of {args.jobs} failed (their output is above) and "
+                         f"the others were stopped; the shards' files so far are in {tmp}")
     res = join_shards([json.loads((tmp / f"compare_{args.split or 'anchor'}_shard{j}.json").read_text())
                        for j in range(args.jobs)])
     res["wall_s"], res["jobs"] = time.perf_counter() - t0, args.jobs
     res["load_average_at_end"] = os.getloadavg()
-    suffix = f"_{args.tag}" if args.tag else ""
+    suffix = f"_{tag}" if tag else ""
     out.mkdir(parents=True, exist_ok=True)
     (out / f"compare_{args.split or 'anchor'}{suffix}.json").write_text(json.dumps(res, indent=2))
     for path in tmp.iterdir():
@@ -446,10 +458,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.jobs < 1:
         parser.error(f"--jobs {args.jobs}: give at least 1 (processes to run the cases in)")
     out = Path(args.out)
-    if not args.report and args.jobs > 1:
-        run_jobs(args, out)
+    tag = args.tag or ("part-" + "-".join(map(str, args.cases)) if args.cases else "")
+    if not args.report and args.jobs > 1 and args.split:   # the anchor alone is one case: one process
+        run_jobs(args, out, tag)
     elif not args.report:
-        tag = args.tag or ("part-" + "-".join(map(str, args.cases)) if args.cases else "")
         shard = tuple(int(x) for x in args.shard.split("/")) if args.shard else None
         run(args.split, args.presses, args.ours, out, not args.no_anchor, tag, args.cases, shard)
     if not args.no_report:

@@ -384,11 +384,13 @@ def test_routed_recall_takes_bm25_where_a_chunk_stands_out_and_latent_where_none
     # overlap: below the margin BM25 keeps its share only where its best chunk holds that share of the question's
     # content words; the paraphrase shares none with it, so latent recall takes the whole budget
     assert para.overlap < 0.5
-    gated = RoutedRecall(tokens=64, overlap=0.5, latent=LatentRecall(tokens=64, pad=8)).recall(cache, PARAPHRASE, 64)
+    gate = RoutedRecall(tokens=64, min_overlap=0.5, latent=LatentRecall(tokens=64, pad=8))
+    gated = gate.recall(cache, PARAPHRASE, 64)
     assert gated.how == "latent:attach" and gated.ranges == alone.ranges and gated.margin == para.margin
-    loose = RoutedRecall(tokens=64, overlap=para.overlap, latent=LatentRecall(tokens=64, pad=8))
+    assert gated.overlap == para.overlap                                 # carried, as the margin is
+    loose = RoutedRecall(tokens=64, min_overlap=para.overlap, latent=LatentRecall(tokens=64, pad=8))
     assert loose.recall(cache, PARAPHRASE, 64).ranges == got.ranges   # at its own overlap: BM25 keeps its share
-    assert RoutedRecall(tokens=64, overlap=1.0).recall(cache, own, 64) == bm25   # the confident route is untouched
+    assert RoutedRecall(tokens=64, min_overlap=1.0).recall(cache, own, 64) == bm25   # the confident route is untouched
     # re-prefilled latent text goes first, BM25's chunks last, nearest the question; every range pasted
     both = RoutedRecall(tokens=64, latent=LatentRecall(tokens=64, pad=8, attach=False)).recall(cache, PARAPHRASE, 64)
     assert both.how == "latent:prefill+bm25" and both.blocks.length == 0 and both.text.endswith(lexical.text)
@@ -424,8 +426,8 @@ def test_routed_recall_takes_bm25_where_a_chunk_stands_out_and_latent_where_none
             RoutedRecall(share=bad)
         with pytest.raises(ValueError, match="RoutedRecall: confident_share must be"):
             RoutedRecall(confident_share=bad)
-        with pytest.raises(ValueError, match="RoutedRecall: overlap must be"):
-            RoutedRecall(overlap=bad)
+        with pytest.raises(ValueError, match="RoutedRecall: min_overlap must be"):
+            RoutedRecall(min_overlap=bad)
     with pytest.raises(ValueError, match="RoutedRecall: latent must be"):
         RoutedRecall(latent=TextRecall())
 

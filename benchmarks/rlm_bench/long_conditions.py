@@ -24,7 +24,7 @@ Every condition sees the same events; `window` is the worker's positions, `reser
   compaction, within half the recall budget or all of it (`LatentRecall(pin=...)`; all of it is the default since round
   7); none (pin=0, the default until then); the tail's best blocks pinned on BM25's confident route too, nothing
   fetched there (confident_pin); below the margin, BM25's share only where its best chunk holds at least half of the
-  question's content words (overlap=0.5);
+  question's content words (min_overlap=0.5);
 - ceiling: the same trajectory all in view (`BriefedWorker` with the model's whole context as its cache, `KeepAll`
   per call, no fold): the in-window ceiling a recall is judged against; no rows where the trajectory does not fit;
 - streaming: a fold that keeps nothing (attention sink + recent window, StreamingLLM), KeepAll per call;
@@ -75,7 +75,7 @@ ROUTED = {"fold-routed": {}, "fold-routed-alone": dict(share=0.0), "fold-routed-
           "fold-routed-hedged": dict(confident_share=0.75), "fold-routed-tail": dict(tail_skip=512),
           "fold-routed-pin": dict(pin_share=0.5), "fold-routed-pin-full": dict(pin_share=1.0),
           "fold-routed-unpinned": dict(pin_share=0.0), "fold-routed-confident-pin": dict(confident_pin=True),
-          "fold-routed-overlap": dict(overlap=0.5)}
+          "fold-routed-overlap": dict(min_overlap=0.5)}
 FOLD_GUIDANCE = {"fold-task": "task", "fold-span": "span", "fold-span-only": "span-only", "fold-mix": "mix",
                  **dict.fromkeys(RECALL_VARIANTS, "mix"), **dict.fromkeys(LATENT, "mix"),
                  **dict.fromkeys(ROUTED, "mix")}
