@@ -191,6 +191,47 @@ def test_kvpress_shards_join_in_the_split_order():
     assert res["cases"] == cases and res["anchor"] == {"tokens": 1} and res["split"] == "heldout"
 
 
+def test_kvpress_jobs_write_one_file_under_the_runs_tag_and_stop_on_a_failed_shard(tmp_path, monkeypatch):
+    """--jobs N: N processes (faked here: each writes its shard's file from its argv), joined into the file a single
+    process would write: compare_heldout.json, or with --cases the part-run's tag; a failed shard stops the run."""
+    import subprocess
+    from pathlib import Path
+
+    from benchmarks import kvpress_compare
+
+    class Shard:
+        fail: set[int] = set()
+
+        def __init__(self, argv: list[str]) -> None:
+            arg = {k: argv[i + 1] for i, k in enumerate(argv) if k in ("--out", "--shard", "--tag")}
+            j, n = map(int, arg["--shard"].split("/"))
+            picked = [int(a) for a in argv[argv.index("--cases") + 1:argv.index("--shard")]]
+            res = {"split": "heldout", "cases": [{"essay": f"e{i}"} for i in picked[j::n]]}
+            if "--no-anchor" not in argv:
+                res["anchor"] = {"tokens": 1}
+            Path(arg["--out"], f"compare_heldout_{arg['--tag']}.json").write_text(json.dumps(res))
+            self.returncode = 1 if j in self.fail else 0
+
+        def poll(self) -> int:
+            return self.returncode
+
+        def wait(self) -> int:
+            return self.returncode
+
+        def terminate(self) -> None:
+            pass
+
+    monkeypatch.setattr(subprocess, "Popen", Shard)
+    args = ["--jobs", "2", "--presses", "--out", str(tmp_path), "--no-report", "--cases", "5", "1", "3"]
+    kvpress_compare.main(args)
+    res = json.loads((tmp_path / "compare_heldout_part-5-1-3.json").read_text())
+    assert [c["essay"] for c in res["cases"]] == ["e5", "e1", "e3"] and res["anchor"] == {"tokens": 1}
+    assert res["jobs"] == 2 and not (tmp_path / "compare_heldout.json").exists()
+    Shard.fail = {1}
+    with pytest.raises(SystemExit, match=r"shard\(s\) \[1\] of 2 failed"):
+        kvpress_compare.main([*args[:-4], "--cases", "0", "2"])
+
+
 def test_docs_selection_tables_are_the_generated_ones():
     """No figure typed by hand: every table row of the generated Markdown is in docs/benchmarks.md as written."""
     from pathlib import Path
