@@ -255,9 +255,11 @@ def _press_value(entry: dict) -> float | None:
 
 
 def merged(path: Path) -> dict:
-    """compare_{split}.json plus the presses of compare_{split}_{tag}.json files (same cases, possibly fewer)."""
-    res = renamed(json.loads(path.read_text()))
-    for part in sorted(path.parent.glob(f"{path.stem}_part-*.json")):  # the same presses on other cases
+    """compare_{split}.json plus the presses of compare_{split}_{tag}.json files (same cases, possibly fewer) and
+    the cases of compare_{split}_part-*.json files (part runs; without the first file, they alone)."""
+    parts = sorted(path.parent.glob(f"{path.stem}_part-*.json"))
+    res = renamed(json.loads((path if path.exists() else parts.pop(0)).read_text()))
+    for part in parts:  # the same presses on other cases
         seen = {case_key(c) for c in res["cases"]}
         res["cases"] += [c for c in renamed(json.loads(part.read_text()))["cases"] if case_key(c) not in seen]
     for extra_path in sorted(p for p in path.parent.glob(f"{path.stem}_*.json") if "_part-" not in p.name):
@@ -315,7 +317,10 @@ def plot(blocks: list[tuple[str, dict[str, list[float]]]], path: Path) -> None:
 
 def report(out: Path, readme: Path | None = None) -> str:
     lines: list[str] = []
-    for path in sorted(p for p in out.glob("compare_*.json") if p.stem.count("_") == 1 and "." not in p.stem):
+    splits = sorted({p.stem.split("_")[1] for p in out.glob("compare_*.json") if "." not in p.stem})
+    for path in [out / f"compare_{split}.json" for split in splits]:
+        if not path.exists() and not any(path.parent.glob(f"{path.stem}_part-*.json")):
+            continue   # tagged files alone (more presses or rows for a run that is not here)
         res = merged(path)
         blocks = []
         if "anchor" in res:
@@ -378,6 +383,9 @@ def report(out: Path, readme: Path | None = None) -> str:
         if plots:
             plot(plots, out / f"compare_{res['split'] or 'anchor'}.png")
     text = "\n".join(lines)
+    if not lines:
+        raise SystemExit(f"kvpress_compare: no compare_<split>.json or part file in {out}: no tables to write (run "
+                         "the comparison first, or point --out at its folder)")
     out.mkdir(parents=True, exist_ok=True)
     (out / "compare_tables.md").write_text(text + "\n")
     if readme is not None:

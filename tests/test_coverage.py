@@ -181,6 +181,23 @@ def test_kvpress_report_splits_the_kinds_and_counts_cases_below_kvzip(tmp_path):
     assert (tmp_path / "compare_heldout.png").exists() == (importlib.util.find_spec("matplotlib") is not None)
 
 
+def test_kvpress_report_reads_part_runs_alone_and_refuses_an_empty_folder(tmp_path):
+    from benchmarks.kvpress_compare import RATIOS, report
+
+    def part(name: str, essay: str, ours: float) -> None:
+        row = {"essay": essay, "kind": "continuation", "tokens": 100, "prompt_tokens": 10, "identity_kl": 0.0,
+               "kept": {}, "ours": {"mine": {str(r): ours for r in RATIOS}}, "presses": {}}
+        res = {"split": "heldout", "kvpress": "0.5.5", "transformers": "5.2.0", "ours": ["mine"], "presses": [],
+               "cases": [row]}
+        (tmp_path / name).write_text(json.dumps(res))
+
+    with pytest.raises(SystemExit, match="no tables to write"):
+        report(tmp_path)
+    part("compare_heldout_part-3.json", "e3", 0.1)
+    part("compare_heldout_part-1.json", "e1", 0.3)
+    assert "median over 2 cases" in report(tmp_path) and "| ours: mine | 0.200 [" in report(tmp_path)
+
+
 def test_kvpress_shards_join_in_the_split_order():
     from benchmarks.kvpress_compare import join_shards
 
