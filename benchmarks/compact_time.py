@@ -37,9 +37,10 @@ def selectors(ratio: float) -> dict[str, briefing.Selector]:
             HYBRID: VARIANTS[HYBRID](ratio=ratio)}
 
 
-def length_row(lm, tokens: int, ratio: float, repeats: int) -> dict:
+def length_row(lm, tokens: int, ratio: float, repeats: int, chunk_tokens: int | None = None) -> dict:
     ids = lm.encode(essay_text(tokens * 8))[:tokens]
-    cache = briefing.TrajectoryCache(lm, importance=True, fold=None)   # the global allocation reads the importance
+    chunk = {} if chunk_tokens is None else {"chunk_tokens": chunk_tokens}   # also the importance's window
+    cache = briefing.TrajectoryCache(lm, importance=True, fold=None, **chunk)   # the global allocation reads it
     t0 = time.perf_counter()
     cache.extend(lm.decode(ids))
     row = dict(tokens=cache.length, extend_with_importance_s=time.perf_counter() - t0,
@@ -107,12 +108,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ratio", type=float, default=0.1)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--out", default=None, help="write the figures here as JSON, and the table beside it (.md)")
+    p.add_argument("--chunk-tokens", type=int, default=None, help="the cache's prefill chunk, also the importance's "
+                   "reconstruction window (default: briefing.TrajectoryCache's)")
     args = p.parse_args(argv)
+    if args.chunk_tokens is not None and args.chunk_tokens < 1:
+        p.error(f"--chunk-tokens {args.chunk_tokens}: give a positive number of tokens")
     lm = briefing.load_model()
     result = dict(ratio=args.ratio, repeats=args.repeats, model=lm.name, load_average=os.getloadavg(),
-                  threads=torch.get_num_threads(), lengths=[])
+                  threads=torch.get_num_threads(), chunk_tokens=args.chunk_tokens, lengths=[])
     for tokens in args.tokens:
-        result["lengths"].append(length_row(lm, tokens, args.ratio, args.repeats))
+        result["lengths"].append(length_row(lm, tokens, args.ratio, args.repeats, args.chunk_tokens))
     md = table(result)
     print(md)
     if args.out:

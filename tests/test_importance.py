@@ -133,6 +133,20 @@ def test_a_custom_selector_reads_the_score_and_agnostic_one_is_the_same_selectio
     assert kv.cache_length(plain.kv) == kv.cache_length(cache.kv)
 
 
+def test_the_benchmarks_chunk_sets_the_reconstruction_window(tok):
+    """selection_bench's --chunk-tokens: the cache prefills in that chunk and scores every token of it (the chunk is
+    the importance's reconstruction window); None keeps the cache's own chunk."""
+    import inspect
+
+    from benchmarks.selection_bench import scored_cache
+
+    lm = tiny_model("llama-gqa", tok)
+    small = scored_cache(lm, TEXT, 16)
+    assert small.chunk_tokens == 16 and small.store.importance.shape[-1] == small.length > 16
+    assert scored_cache(lm, TEXT).chunk_tokens == inspect.signature(briefing.TrajectoryCache).parameters[
+        "chunk_tokens"].default
+
+
 def test_the_worker_scores_only_where_a_selector_reads_the_score(tok):
     from agents import BriefedWorker
 
