@@ -34,7 +34,7 @@ from benchmarks.briefing_bench import ANSWER, QUESTION
 from benchmarks.recall_cases import cases
 from benchmarks.readme import DOC, update_readme
 from benchmarks.selection_bench import (DEFAULT, HYBRID, PICK, PREVIOUS, VARIANTS, bootstrap_median, case_key,
-                                        renamed)
+                                        renamed, scored_cache)
 from rlm.data import data_dir
 
 RATIOS = (0.5, 0.2, 0.1, 0.05)
@@ -184,8 +184,14 @@ def kl(ref: torch.Tensor, got: torch.Tensor) -> float:
     return float((ref.exp() * (ref - got)).sum(-1).mean())
 
 
-def one_case(lm, text: str, question: str, answer: str, presses: list[str], ours: list[str]) -> dict:
-    cache = briefing.TrajectoryCache(lm, text, fold=None, importance=True)   # for the variants that read it
+def ours_label(name: str, chunk_tokens: int | None) -> str:
+    """A row's name: the variant's, and the importance's reconstruction window where it is not the cache's own."""
+    return name if chunk_tokens is None else f"{name} [window {chunk_tokens}]"
+
+
+def one_case(lm, text: str, question: str, answer: str, presses: list[str], ours: list[str],
+             chunk_tokens: int | None = None) -> dict:
+    cache = scored_cache(lm, text, chunk_tokens)   # scores the importance for the variants that read it
     T, q_ids, a_ids = cache.length, lm.encode(question), lm.encode(answer)
     n, ids = len(q_ids), cache.ids + q_ids
     ref, _ = press_logprobs(lm, ids, a_ids, None)
@@ -198,7 +204,8 @@ def one_case(lm, text: str, question: str, answer: str, presses: list[str], ours
         ratios[str(r)] = 1.0 - (t + n + 0.5) / (T + n)
         for name in ours:
             ctx = cache.compact(question, VARIANTS[name](tokens=t))
-            row["ours"].setdefault(name, {})[str(r)] = kl(ref, briefing.token_logprobs(ctx, answer)[1])
+            row["ours"].setdefault(ours_label(name, chunk_tokens), {})[str(r)] = kl(
+                ref, briefing.token_logprobs(ctx, answer)[1])
     for name in presses:
         entry = row["presses"].setdefault(name, {})
         if name not in SEPARATE_PREFILL:
@@ -215,7 +222,7 @@ def one_case(lm, text: str, question: str, answer: str, presses: list[str], ours
 
 
 def run(split: str, presses: list[str], ours: list[str], out: Path, anchor: bool, tag: str = "",
-        only: list[int] | None = None, shard: tuple[int, int] | None = None) -> dict:
+        only: list[int] | None = None, shard: tuple[int, int] | None = None, chunk_tokens: int | None = None) -> dict:
     """Every case of `split` (only: these indices, in this order; shard (j, n): every n-th from the j-th), and the
     anchor if asked, written to out/compare_{split}[_tag].json as each case ends."""
     import kvpress  # before the model registers the briefing attention: kvpress wraps every registered function
@@ -226,16 +233,17 @@ def run(split: str, presses: list[str], ours: list[str], out: Path, anchor: bool
     t0 = time.perf_counter()
     res: dict = {"split": split, "model": lm.name, "kvpress": kvpress.__version__ if hasattr(kvpress, "__version__")
                  else "0.5.5", "transformers": transformers.__version__, "ratios": list(RATIOS), "presses": presses,
-                 "ours": ours, "load_average_at_start": os.getloadavg(), "cases": []}
+                 "ours": [ours_label(name, chunk_tokens) for name in ours], "chunk_tokens": chunk_tokens,
+                 "load_average_at_start": os.getloadavg(), "cases": []}
     if anchor:
         res["anchor"] = one_case(lm, (data_dir() / "pg_essays" / "avg.txt").read_text()[:9000], QUESTION, ANSWER,
-                                 presses, ours)
+                                 presses, ours, chunk_tokens)
         print("anchor done", json.dumps(res["anchor"])[:2000], flush=True)
     todo = cases(lm, split) if split else []
     todo = todo if only is None else [todo[i] for i in only]   # in the order given
     todo = todo if shard is None else todo[shard[0]::shard[1]]
     for case in todo:
-        row = one_case(lm, case.text, case.question, case.answer, presses, ours)
+        row = one_case(lm, case.text, case.question, case.answer, presses, ours, chunk_tokens)
         row.update(essay=case.essay, kind=case.kind)
         res["cases"].append(row)
         print(f"[{split}] {case.essay} {case.kind} identity {row['identity_kl']:.2e} "
@@ -415,6 +423,8 @@ def run_jobs(args: argparse.Namespace, out: Path, tag: str) -> None:
             "--ours", *args.ours, "--out", str(tmp), "--no-report"]
     if args.cases:
         base += ["--cases", *map(str, args.cases)]
+    if args.chunk_tokens is not None:
+        base += ["--chunk-tokens", str(args.chunk_tokens)]
     t0 = time.perf_counter()
     procs = [subprocess.Popen([*base, "--shard", f"{j}/{args.jobs}", "--tag", f"shard{j}",
                                *(["--no-anchor"] if j or args.no_anchor else [])]) for j in range(args.jobs)]
@@ -457,6 +467,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report", action="store_true", help="only write the tables from the JSON files")
     parser.add_argument("--jobs", type=int, default=1, help="processes, each on every jobs-th case (one thread each "
                         "under OMP_NUM_THREADS=1); their cases are written to one file")
+    parser.add_argument("--chunk-tokens", type=int, default=None, help="our caches' prefill chunk, which is also the "
+                        "query-agnostic importance's reconstruction window (default: the cache's); our rows are then "
+                        "named '... [window N]'")
     parser.add_argument("--shard", help=argparse.SUPPRESS)           # j/n: this process's share of a --jobs run
     parser.add_argument("--no-report", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -465,13 +478,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
     if args.jobs < 1:
         parser.error(f"--jobs {args.jobs}: give at least 1 (processes to run the cases in)")
+    if args.chunk_tokens is not None and args.chunk_tokens < 1:
+        parser.error(f"--chunk-tokens {args.chunk_tokens}: give a positive number of tokens")
     out = Path(args.out)
     tag = args.tag or ("part-" + "-".join(map(str, args.cases)) if args.cases else "")
     if not args.report and args.jobs > 1 and args.split:   # the anchor alone is one case: one process
         run_jobs(args, out, tag)
     elif not args.report:
         shard = tuple(int(x) for x in args.shard.split("/")) if args.shard else None
-        run(args.split, args.presses, args.ours, out, not args.no_anchor, tag, args.cases, shard)
+        run(args.split, args.presses, args.ours, out, not args.no_anchor, tag, args.cases, shard, args.chunk_tokens)
     if not args.no_report:
         print(report(out, DOC if args.readme else None))
     return 0

@@ -218,11 +218,14 @@ def test_kvpress_jobs_write_one_file_under_the_runs_tag_and_stop_on_a_failed_sha
 
     class Shard:
         fail: set[int] = set()
+        seen: list[list[str]] = []
 
         def __init__(self, argv: list[str]) -> None:
+            self.seen.append(argv)
             arg = {k: argv[i + 1] for i, k in enumerate(argv) if k in ("--out", "--shard", "--tag")}
             j, n = map(int, arg["--shard"].split("/"))
-            picked = [int(a) for a in argv[argv.index("--cases") + 1:argv.index("--shard")]]
+            rest = argv[argv.index("--cases") + 1:]
+            picked = [int(a) for a in rest[:next(i for i, a in enumerate(rest) if a.startswith("--"))]]
             res = {"split": "heldout", "cases": [{"essay": f"e{i}"} for i in picked[j::n]]}
             if "--no-anchor" not in argv:
                 res["anchor"] = {"tokens": 1}
@@ -244,6 +247,11 @@ def test_kvpress_jobs_write_one_file_under_the_runs_tag_and_stop_on_a_failed_sha
     res = json.loads((tmp_path / "compare_heldout_part-5-1-3.json").read_text())
     assert [c["essay"] for c in res["cases"]] == ["e5", "e1", "e3"] and res["anchor"] == {"tokens": 1}
     assert res["jobs"] == 2 and not (tmp_path / "compare_heldout.json").exists()
+    kvpress_compare.main([*args, "--chunk-tokens", "512", "--tag", "window512"])   # every shard gets the window
+    assert all(argv[argv.index("--chunk-tokens") + 1] == "512" for argv in Shard.seen[-2:])
+    assert (tmp_path / "compare_heldout_window512.json").exists()
+    assert kvpress_compare.ours_label("hybrid", 512) == "hybrid [window 512]"
+    assert kvpress_compare.ours_label("hybrid", None) == "hybrid"
     Shard.fail = {1}
     with pytest.raises(SystemExit, match=r"shard\(s\) \[1\] of 2 failed"):
         kvpress_compare.main([*args[:-4], "--cases", "0", "2"])
