@@ -185,7 +185,7 @@ def kl(ref: torch.Tensor, got: torch.Tensor) -> float:
 
 
 def ours_label(name: str, chunk_tokens: int | None) -> str:
-    """A row's name: the variant's, and the importance's reconstruction window where it is not the cache's own."""
+    """A row's name: the variant's, and the importance's reconstruction window where --chunk-tokens gave one."""
     return name if chunk_tokens is None else f"{name} [window {chunk_tokens}]"
 
 
@@ -266,8 +266,13 @@ def merged(path: Path) -> dict:
     """compare_{split}.json plus the presses of compare_{split}_{tag}.json files (same cases, possibly fewer) and
     the cases of compare_{split}_part-*.json files (part runs; without the first file, they alone)."""
     parts = sorted(path.parent.glob(f"{path.stem}_part-*.json"))
-    res = renamed(json.loads((path if path.exists() else parts.pop(0)).read_text()))
-    for part in parts:  # the same presses on other cases
+    first = path if path.exists() else parts.pop(0)
+    res = renamed(json.loads(first.read_text()))
+    for part in parts:  # the same presses and rows on other cases
+        other = renamed(json.loads(part.read_text()))["ours"]
+        if set(other) != set(res["ours"]):
+            raise SystemExit(f"kvpress_compare: {part.name} has our rows {sorted(other)}, {first.name} has "
+                             f"{sorted(res['ours'])}: a part run must run the same rows (give other rows a --tag)")
         seen = {case_key(c) for c in res["cases"]}
         res["cases"] += [c for c in renamed(json.loads(part.read_text()))["cases"] if case_key(c) not in seen]
     for extra_path in sorted(p for p in path.parent.glob(f"{path.stem}_*.json") if "_part-" not in p.name):
@@ -480,8 +485,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--jobs {args.jobs}: give at least 1 (processes to run the cases in)")
     if args.chunk_tokens is not None and args.chunk_tokens < 1:
         parser.error(f"--chunk-tokens {args.chunk_tokens}: give a positive number of tokens")
+    if args.report and args.chunk_tokens is not None:
+        parser.error("--chunk-tokens sets a run's caches; --report only tables the JSON files (drop one of them)")
     out = Path(args.out)
-    tag = args.tag or ("part-" + "-".join(map(str, args.cases)) if args.cases else "")
+    # a run of other rows (--chunk-tokens) or of some cases (--cases) never overwrites the whole run's file
+    tag = args.tag or "-".join(t for t in (f"window{args.chunk_tokens}" if args.chunk_tokens else "",
+                                           "part-" + "-".join(map(str, args.cases)) if args.cases else "") if t)
     if not args.report and args.jobs > 1 and args.split:   # the anchor alone is one case: one process
         run_jobs(args, out, tag)
     elif not args.report:

@@ -196,6 +196,11 @@ def test_kvpress_report_reads_part_runs_alone_and_refuses_an_empty_folder(tmp_pa
     part("compare_heldout_part-3.json", "e3", 0.1)
     part("compare_heldout_part-1.json", "e1", 0.3)
     assert "median over 2 cases" in report(tmp_path) and "| ours: mine | 0.200 [" in report(tmp_path)
+    other = json.loads((tmp_path / "compare_heldout_part-3.json").read_text())
+    other["ours"] = ["mine [window 512]"]   # other rows on other cases: refused, not dropped unseen
+    (tmp_path / "compare_heldout_part-5.json").write_text(json.dumps(other))
+    with pytest.raises(SystemExit, match="must run the same rows"):
+        report(tmp_path)
 
 
 def test_kvpress_shards_join_in_the_split_order():
@@ -247,9 +252,9 @@ def test_kvpress_jobs_write_one_file_under_the_runs_tag_and_stop_on_a_failed_sha
     res = json.loads((tmp_path / "compare_heldout_part-5-1-3.json").read_text())
     assert [c["essay"] for c in res["cases"]] == ["e5", "e1", "e3"] and res["anchor"] == {"tokens": 1}
     assert res["jobs"] == 2 and not (tmp_path / "compare_heldout.json").exists()
-    kvpress_compare.main([*args, "--chunk-tokens", "512", "--tag", "window512"])   # every shard gets the window
+    kvpress_compare.main([*args, "--chunk-tokens", "512"])   # every shard gets the window; its own file by default
     assert all(argv[argv.index("--chunk-tokens") + 1] == "512" for argv in Shard.seen[-2:])
-    assert (tmp_path / "compare_heldout_window512.json").exists()
+    assert (tmp_path / "compare_heldout_window512-part-5-1-3.json").exists()
     assert kvpress_compare.ours_label("hybrid", 512) == "hybrid [window 512]"
     assert kvpress_compare.ours_label("hybrid", None) == "hybrid"
     Shard.fail = {1}
