@@ -32,10 +32,10 @@ from briefing.compaction import compact, compact_many
 from briefing.context import run_model
 from briefing.errors import BriefingError
 from briefing.fold import FoldPolicy, fold, folded_tokens
-from briefing.importance import reconstruction_scores
+from briefing.importance import PREVIOUS_TOKENS, reconstruction_scores
 from briefing.matching import group_queries
 from briefing.model import LoadedModel
-from briefing.options import check_bool
+from briefing.options import check_bool, check_int
 from briefing.stats import FoldStats
 from briefing.store import KVStore
 
@@ -55,16 +55,19 @@ class TrajectoryCache:
     cache then serves up to the model's context length). budget: most positions the cache holds (None:
     lm.max_context - reserve when folding, lm.max_context otherwise). reserve: positions left free for the call
     prompt and generation (None: 512, at most an eighth of the context). importance: score every appended chunk
-    by reconstruction (`briefing.importance`: one more forward of the chunk, about 2x its prefill on this CPU), kept
+    by reconstruction (`briefing.importance`: one more forward of the chunk, 1.1-1.6x its prefill on this CPU), kept
     with the cache for the selectors (`Scores.importance`; a selector with `agnostic > 0` needs it); False (the
-    default): no score (a model that slides on every layer has none). archive: an `ArchivePolicy` to keep what the folds
-    compact away (with each token's importance) and a representative per block for latent recall
-    (`briefing.archive`; None: none).
+    default): no score (a model that slides on every layer has none). importance_window: tokens reconstructed at a
+    time, the width of the score's softmax (None: the prefill chunk, `chunk_tokens`; a smaller window scores each
+    chunk in pieces: 512 cost 1.19x a prefill at 2,048 tokens against 1.6x, about level in answer KL on dev and
+    held-out cases, lower at 5% kept: docs/benchmarks.md, "A probe after the 24-case comparison"). archive: an
+    `ArchivePolicy` to keep what the folds compact away (with each token's importance) and a representative per
+    block for latent recall (`briefing.archive`; None: none).
     """
 
     def __init__(self, lm: LoadedModel, text: str = "", chunk_tokens: int = 1024, *, budget: int | None = None,
                  reserve: int | None = None, fold: FoldPolicy | None = DEFAULT_FOLD, importance: bool = False,
-                 archive: ArchivePolicy | None = None) -> None:
+                 importance_window: int | None = None, archive: ArchivePolicy | None = None) -> None:
         if fold is not None and not isinstance(fold, FoldPolicy):
             raise BriefingError(f"fold must be a briefing.FoldPolicy or None (never fold), got {fold!r}.")
         self.lm = lm
@@ -73,8 +76,11 @@ class TrajectoryCache:
         # per token of `ids`: the characters [start, stop) of `text` it covers (None: the tokenizer cannot say)
         self.spans: list[tuple[int, int]] | None = [] if lm.has_spans else None
         check_bool("TrajectoryCache", "importance", importance)
+        check_int("TrajectoryCache", "importance_window", importance_window, low=1, none=True,
+                  what="tokens reconstructed at a time by the importance (None: the prefill chunk)")
         self.store = KVStore(lm, importance=importance)
         self.chunk_tokens = chunk_tokens
+        self.importance_window = importance_window
         self.fold = None if fold is None else copy.deepcopy(fold)  # a cache's own copy (guidance and selector too)
         self.memory = None if fold is None else self.fold.memory()  # fold guidance: remembered queries
         self.reserve = int(reserve) if reserve is not None else min(DEFAULT_RESERVE, lm.max_context // 8)
@@ -335,10 +341,14 @@ class TrajectoryCache:
         self.store.appended(first, position, len(ids))
         if self.store.importance is not None:
             t0 = time.perf_counter()
-            stop = self.store.length
-            scores = reconstruction_scores(self.lm, self.store, stop - len(ids), stop, ids, self.ids,
-                                           position + len(ids), self.chunk_tokens)      # [Lh, H, n]
-            self.store.set_importance(stop - len(ids), scores)
+            start = self.store.length - len(ids)
+            w = self.importance_window or self.chunk_tokens
+            for a in range(0, len(ids), w):   # the chunk in pieces of the window (one piece by default)
+                piece = ids[a:a + w]
+                before = (self.ids[-PREVIOUS_TOKENS:] + ids[:a])[-PREVIOUS_TOKENS:]   # what its repeat quotes
+                scores = reconstruction_scores(self.lm, self.store, start + a, start + a + len(piece), piece, before,
+                                               position + a + len(piece), w)           # [Lh, H, len(piece)]
+                self.store.set_importance(start + a, scores)
             self.importance_s += time.perf_counter() - t0
         if rows is not None:
             q = self._grouped(state.queries)                                            # [Lh, KVH, g, s, d]

@@ -133,6 +133,24 @@ def test_a_custom_selector_reads_the_score_and_agnostic_one_is_the_same_selectio
     assert kv.cache_length(plain.kv) == kv.cache_length(cache.kv)
 
 
+def test_a_narrower_window_scores_each_chunk_in_pieces(tok):
+    """importance_window w below the prefill chunk: each chunk is scored in pieces of w, as a cache prefilling in
+    chunks of w scores it (the same repeats and softmaxes; the prefill differs by rounding only); it changes the
+    score; a bad window is refused by name."""
+    lm = tiny_model("llama-gqa", tok)
+    whole = briefing.TrajectoryCache(lm, TEXT, 64, fold=None, importance=True)
+    pieces = briefing.TrajectoryCache(lm, TEXT, 64, fold=None, importance=True, importance_window=16)
+    small = briefing.TrajectoryCache(lm, TEXT, 16, fold=None, importance=True)
+    assert pieces.length == small.length > 64 and pieces.importance_window == 16
+    torch.testing.assert_close(pieces.store.importance, small.store.importance, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(pieces.store.importance, whole.store.importance, atol=1e-3)
+    default = briefing.TrajectoryCache(lm, TEXT, 64, fold=None, importance=True, importance_window=64)
+    torch.testing.assert_close(default.store.importance, whole.store.importance, atol=0, rtol=0)   # None: the chunk
+    for bad in (0, -3, 2.5, "16"):
+        with pytest.raises(briefing.BriefingError, match="importance_window"):
+            briefing.TrajectoryCache(lm, fold=None, importance=True, importance_window=bad)
+
+
 def test_the_benchmarks_chunk_sets_the_reconstruction_window(tok):
     """selection_bench's --chunk-tokens: the cache prefills in that chunk and scores every token of it (the chunk is
     the importance's reconstruction window); None keeps the cache's own chunk."""
