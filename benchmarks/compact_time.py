@@ -22,7 +22,7 @@ import torch
 
 import briefing
 from benchmarks.briefing_bench import ANSWER, QUESTION, essay_text
-from benchmarks.selection_bench import HYBRID, PICK, VARIANTS
+from benchmarks.selection_bench import HYBRID, PICK, VARIANTS, scored_cache
 from briefing.metrics import answer_kl
 
 
@@ -39,10 +39,8 @@ def selectors(ratio: float) -> dict[str, briefing.Selector]:
 
 def length_row(lm, tokens: int, ratio: float, repeats: int, chunk_tokens: int | None = None) -> dict:
     ids = lm.encode(essay_text(tokens * 8))[:tokens]
-    chunk = {} if chunk_tokens is None else {"chunk_tokens": chunk_tokens}   # also the importance's window
-    cache = briefing.TrajectoryCache(lm, importance=True, fold=None, **chunk)   # the global allocation reads it
     t0 = time.perf_counter()
-    cache.extend(lm.decode(ids))
+    cache = scored_cache(lm, lm.decode(ids), chunk_tokens)   # the global allocation reads the importance
     row = dict(tokens=cache.length, extend_with_importance_s=time.perf_counter() - t0,
                prefill_s=cache.prefill_s, importance_s=cache.importance_s, selectors={})
     full = cache.compact(QUESTION, briefing.KeepAll())
