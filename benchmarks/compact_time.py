@@ -37,10 +37,10 @@ def selectors(ratio: float) -> dict[str, briefing.Selector]:
             HYBRID: VARIANTS[HYBRID](ratio=ratio)}
 
 
-def length_row(lm, tokens: int, ratio: float, repeats: int, chunk_tokens: int | None = None) -> dict:
+def length_row(lm, tokens: int, ratio: float, repeats: int, importance_window: int | None = None) -> dict:
     ids = lm.encode(essay_text(tokens * 8))[:tokens]
     t0 = time.perf_counter()
-    cache = scored_cache(lm, lm.decode(ids), chunk_tokens)   # the global allocation reads the importance
+    cache = scored_cache(lm, lm.decode(ids), importance_window)   # the global allocation reads the importance
     row = dict(tokens=cache.length, extend_with_importance_s=time.perf_counter() - t0,
                prefill_s=cache.prefill_s, importance_s=cache.importance_s, selectors={})
     full = cache.compact(QUESTION, briefing.KeepAll())
@@ -106,16 +106,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ratio", type=float, default=0.1)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--out", default=None, help="write the figures here as JSON, and the table beside it (.md)")
-    p.add_argument("--chunk-tokens", type=int, default=None, help="the cache's prefill chunk, also the importance's "
-                   "reconstruction window (default: briefing.TrajectoryCache's)")
+    p.add_argument("--importance-window", type=int, default=None, help="tokens the importance reconstructs at a "
+                   "time (default: briefing.TrajectoryCache's)")
     args = p.parse_args(argv)
-    if args.chunk_tokens is not None and args.chunk_tokens < 1:
-        p.error(f"--chunk-tokens {args.chunk_tokens}: give a positive number of tokens")
+    if args.importance_window is not None and args.importance_window < 1:
+        p.error(f"--importance-window {args.importance_window}: give a positive number of tokens")
     lm = briefing.load_model()
     result = dict(ratio=args.ratio, repeats=args.repeats, model=lm.name, load_average=os.getloadavg(),
-                  threads=torch.get_num_threads(), chunk_tokens=args.chunk_tokens, lengths=[])
+                  threads=torch.get_num_threads(), importance_window=args.importance_window, lengths=[])
     for tokens in args.tokens:
-        result["lengths"].append(length_row(lm, tokens, args.ratio, args.repeats, args.chunk_tokens))
+        result["lengths"].append(length_row(lm, tokens, args.ratio, args.repeats, args.importance_window))
     md = table(result)
     print(md)
     if args.out:

@@ -184,14 +184,14 @@ def kl(ref: torch.Tensor, got: torch.Tensor) -> float:
     return float((ref.exp() * (ref - got)).sum(-1).mean())
 
 
-def ours_label(name: str, chunk_tokens: int | None) -> str:
-    """A row's name: the variant's, and the importance's reconstruction window where --chunk-tokens gave one."""
-    return name if chunk_tokens is None else f"{name} [window {chunk_tokens}]"
+def ours_label(name: str, importance_window: int | None) -> str:
+    """A row's name: the variant's, and the importance's reconstruction window where --importance-window gave one."""
+    return name if importance_window is None else f"{name} [window {importance_window}]"
 
 
 def one_case(lm, text: str, question: str, answer: str, presses: list[str], ours: list[str],
-             chunk_tokens: int | None = None) -> dict:
-    cache = scored_cache(lm, text, chunk_tokens)   # scores the importance for the variants that read it
+             importance_window: int | None = None) -> dict:
+    cache = scored_cache(lm, text, importance_window)   # scores the importance for the variants that read it
     T, q_ids, a_ids = cache.length, lm.encode(question), lm.encode(answer)
     n, ids = len(q_ids), cache.ids + q_ids
     ref, _ = press_logprobs(lm, ids, a_ids, None)
@@ -204,7 +204,7 @@ def one_case(lm, text: str, question: str, answer: str, presses: list[str], ours
         ratios[str(r)] = 1.0 - (t + n + 0.5) / (T + n)
         for name in ours:
             ctx = cache.compact(question, VARIANTS[name](tokens=t))
-            row["ours"].setdefault(ours_label(name, chunk_tokens), {})[str(r)] = kl(
+            row["ours"].setdefault(ours_label(name, importance_window), {})[str(r)] = kl(
                 ref, briefing.token_logprobs(ctx, answer)[1])
     for name in presses:
         entry = row["presses"].setdefault(name, {})
@@ -222,7 +222,8 @@ def one_case(lm, text: str, question: str, answer: str, presses: list[str], ours
 
 
 def run(split: str, presses: list[str], ours: list[str], out: Path, anchor: bool, tag: str = "",
-        only: list[int] | None = None, shard: tuple[int, int] | None = None, chunk_tokens: int | None = None) -> dict:
+        only: list[int] | None = None, shard: tuple[int, int] | None = None,
+        importance_window: int | None = None) -> dict:
     """Every case of `split` (only: these indices, in this order; shard (j, n): every n-th from the j-th), and the
     anchor if asked, written to out/compare_{split}[_tag].json as each case ends."""
     import kvpress  # before the model registers the briefing attention: kvpress wraps every registered function
@@ -233,17 +234,17 @@ def run(split: str, presses: list[str], ours: list[str], out: Path, anchor: bool
     t0 = time.perf_counter()
     res: dict = {"split": split, "model": lm.name, "kvpress": kvpress.__version__ if hasattr(kvpress, "__version__")
                  else "0.5.5", "transformers": transformers.__version__, "ratios": list(RATIOS), "presses": presses,
-                 "ours": [ours_label(name, chunk_tokens) for name in ours], "chunk_tokens": chunk_tokens,
+                 "ours": [ours_label(name, importance_window) for name in ours], "importance_window": importance_window,
                  "load_average_at_start": os.getloadavg(), "cases": []}
     if anchor:
         res["anchor"] = one_case(lm, (data_dir() / "pg_essays" / "avg.txt").read_text()[:9000], QUESTION, ANSWER,
-                                 presses, ours, chunk_tokens)
+                                 presses, ours, importance_window)
         print("anchor done", json.dumps(res["anchor"])[:2000], flush=True)
     todo = cases(lm, split) if split else []
     todo = todo if only is None else [todo[i] for i in only]   # in the order given
     todo = todo if shard is None else todo[shard[0]::shard[1]]
     for case in todo:
-        row = one_case(lm, case.text, case.question, case.answer, presses, ours, chunk_tokens)
+        row = one_case(lm, case.text, case.question, case.answer, presses, ours, importance_window)
         row.update(essay=case.essay, kind=case.kind)
         res["cases"].append(row)
         print(f"[{split}] {case.essay} {case.kind} identity {row['identity_kl']:.2e} "
@@ -428,8 +429,8 @@ def run_jobs(args: argparse.Namespace, out: Path, tag: str) -> None:
             "--ours", *args.ours, "--out", str(tmp), "--no-report"]
     if args.cases:
         base += ["--cases", *map(str, args.cases)]
-    if args.chunk_tokens is not None:
-        base += ["--chunk-tokens", str(args.chunk_tokens)]
+    if args.importance_window is not None:
+        base += ["--importance-window", str(args.importance_window)]
     t0 = time.perf_counter()
     procs = [subprocess.Popen([*base, "--shard", f"{j}/{args.jobs}", "--tag", f"shard{j}",
                                *(["--no-anchor"] if j or args.no_anchor else [])]) for j in range(args.jobs)]
@@ -472,8 +473,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report", action="store_true", help="only write the tables from the JSON files")
     parser.add_argument("--jobs", type=int, default=1, help="processes, each on every jobs-th case (one thread each "
                         "under OMP_NUM_THREADS=1); their cases are written to one file")
-    parser.add_argument("--chunk-tokens", type=int, default=None, help="our caches' prefill chunk, which is also the "
-                        "query-agnostic importance's reconstruction window (default: the cache's); our rows are then "
+    parser.add_argument("--importance-window", type=int, default=None, help="tokens our caches' query-agnostic "
+                        "importance reconstructs at a time (default: briefing.TrajectoryCache's); our rows are then "
                         "named '... [window N]'")
     parser.add_argument("--shard", help=argparse.SUPPRESS)           # j/n: this process's share of a --jobs run
     parser.add_argument("--no-report", action="store_true", help=argparse.SUPPRESS)
@@ -483,19 +484,20 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
     if args.jobs < 1:
         parser.error(f"--jobs {args.jobs}: give at least 1 (processes to run the cases in)")
-    if args.chunk_tokens is not None and args.chunk_tokens < 1:
-        parser.error(f"--chunk-tokens {args.chunk_tokens}: give a positive number of tokens")
-    if args.report and args.chunk_tokens is not None:
-        parser.error("--chunk-tokens sets a run's caches; --report only tables the JSON files (drop one of them)")
+    if args.importance_window is not None and args.importance_window < 1:
+        parser.error(f"--importance-window {args.importance_window}: give a positive number of tokens")
+    if args.report and args.importance_window is not None:
+        parser.error("--importance-window sets a run's caches; --report only tables the JSON files (drop one of them)")
     out = Path(args.out)
-    # a run of other rows (--chunk-tokens) or of some cases (--cases) never overwrites the whole run's file
-    tag = args.tag or "-".join(t for t in (f"window{args.chunk_tokens}" if args.chunk_tokens else "",
+    # a run of other rows (--importance-window) or of some cases (--cases) never overwrites the whole run's file
+    tag = args.tag or "-".join(t for t in (f"window{args.importance_window}" if args.importance_window else "",
                                            "part-" + "-".join(map(str, args.cases)) if args.cases else "") if t)
     if not args.report and args.jobs > 1 and args.split:   # the anchor alone is one case: one process
         run_jobs(args, out, tag)
     elif not args.report:
         shard = tuple(int(x) for x in args.shard.split("/")) if args.shard else None
-        run(args.split, args.presses, args.ours, out, not args.no_anchor, tag, args.cases, shard, args.chunk_tokens)
+        run(args.split, args.presses, args.ours, out, not args.no_anchor, tag, args.cases, shard,
+            args.importance_window)
     if not args.no_report:
         print(report(out, DOC if args.readme else None))
     return 0

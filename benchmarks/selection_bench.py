@@ -199,22 +199,22 @@ def kl_table(cache, question: str, answer: str, names: list[str]) -> dict:
     return table
 
 
-def scored_cache(lm, text: str, chunk_tokens: int | None = None) -> briefing.TrajectoryCache:
+def scored_cache(lm, text: str, importance_window: int | None = None) -> briefing.TrajectoryCache:
     """The case's cache, scoring the importance for the variants that read it (as benchmarks.kvpress_compare);
-    chunk_tokens: its prefill chunk, which is also the importance's reconstruction window (None: the cache's)."""
-    chunk = {} if chunk_tokens is None else {"chunk_tokens": chunk_tokens}
-    return briefing.TrajectoryCache(lm, text, fold=None, importance=True, **chunk)
+    importance_window: the importance's reconstruction window in tokens (None: briefing.TrajectoryCache's default)."""
+    window = {} if importance_window is None else {"importance_window": importance_window}
+    return briefing.TrajectoryCache(lm, text, fold=None, importance=True, **window)
 
 
-def case_rows(lm, case, names: list[str], chunk_tokens: int | None = None) -> dict:
-    cache = scored_cache(lm, case.text, chunk_tokens)
+def case_rows(lm, case, names: list[str], importance_window: int | None = None) -> dict:
+    cache = scored_cache(lm, case.text, importance_window)
     kls = kl_table(cache, case.question, case.answer, names)
     return {"essay": case.essay, "kind": case.kind, "tokens": cache.length, "answer": case.answer,
             "no_trajectory": kls.pop("no trajectory")["0"], "kl": kls}
 
 
-def anchor_rows(lm, names: list[str], chunk_tokens: int | None = None) -> dict:
-    cache = scored_cache(lm, (data_dir() / "pg_essays" / "avg.txt").read_text()[:9000], chunk_tokens)
+def anchor_rows(lm, names: list[str], importance_window: int | None = None) -> dict:
+    cache = scored_cache(lm, (data_dir() / "pg_essays" / "avg.txt").read_text()[:9000], importance_window)
     kls = kl_table(cache, QUESTION, ANSWER, names)
     return {"tokens": cache.length, "no_trajectory": kls.pop("no trajectory")["0"], "kl": kls}
 
@@ -236,14 +236,14 @@ def summarise(rows: list[dict], names: list[str]) -> dict:
 
 
 def run(split: str, names: list[str], out: Path, extras: bool, tag: str = "", only: list[int] | None = None,
-        chunk_tokens: int | None = None) -> dict:
+        importance_window: int | None = None) -> dict:
     lm = briefing.load_model()
     t0 = time.perf_counter()
     result: dict = {"split": split, "model": lm.name, "ratios": list(RATIOS), "variants": names,
-                    "chunk_tokens": chunk_tokens, "load_average_at_start": os.getloadavg(), "cases": []}
+                    "importance_window": importance_window, "load_average_at_start": os.getloadavg(), "cases": []}
     todo = cases(lm, split)
     for case in (todo if only is None else [todo[i] for i in only]):  # in the order given
-        row = case_rows(lm, case, names, chunk_tokens)
+        row = case_rows(lm, case, names, importance_window)
         result["cases"].append(row)
         print(f"[{split}] {row['essay']:<22} {row['kind']:<13} T={row['tokens']} "
               + " | ".join(f"{n[:18]}: " + "/".join(f"{row['kl'][n][str(r)]:.3f}" for r in RATIOS) for n in names),
@@ -252,7 +252,7 @@ def run(split: str, names: list[str], out: Path, extras: bool, tag: str = "", on
         out.mkdir(parents=True, exist_ok=True)
         (out / f"selection_{split}{'_' + tag if tag else ''}.partial.json").write_text(json.dumps(result, indent=2))
     if extras:
-        result["anchor"] = anchor_rows(lm, names, chunk_tokens)
+        result["anchor"] = anchor_rows(lm, names, importance_window)
         result["copy_logprob_gap"] = copy_rows(lm, names)
     result["wall_s"] = time.perf_counter() - t0
     result["load_average_at_end"] = os.getloadavg()
@@ -377,19 +377,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cases", type=int, nargs="+",
                         help="only these case indices, in this order (a part run beside another; "
                         "its file is tagged part-..., and the report merges the parts' cases)")
-    parser.add_argument("--chunk-tokens", type=int, default=None,
-                        help="the cache's prefill chunk, which is also the query-agnostic importance's reconstruction "
-                        "window (briefing.TrajectoryCache's chunk_tokens; default: the cache's)")
+    parser.add_argument("--importance-window", type=int, default=None,
+                        help="tokens the query-agnostic importance reconstructs at a time "
+                        "(briefing.TrajectoryCache's importance_window; default: the cache's default)")
     args = parser.parse_args(argv)
-    if args.chunk_tokens is not None and args.chunk_tokens < 1:
-        parser.error(f"--chunk-tokens {args.chunk_tokens}: give a positive number of tokens")
+    if args.importance_window is not None and args.importance_window < 1:
+        parser.error(f"--importance-window {args.importance_window}: give a positive number of tokens")
     unknown = [v for v in args.variants if v not in VARIANTS]
     if unknown:
         parser.error(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
     out = Path(args.out)
     if args.split:
         tag = args.tag or ("part-" + "-".join(map(str, args.cases)) if args.cases else "")
-        run(args.split, args.variants, out, not args.no_extras, tag, args.cases, args.chunk_tokens)
+        run(args.split, args.variants, out, not args.no_extras, tag, args.cases, args.importance_window)
     if args.report or not args.split:
         print(report(out, DOC if args.readme else None))
     return 0

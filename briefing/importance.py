@@ -12,8 +12,8 @@ Per prefilled chunk c (slots [start, stop) of the held layers), one more forward
              the chunk) + the chunk's tokens again
 and in each held layer, per KV head, with the repeat's queries q (its query heads stacked) and the subsample of keys
 k = [the first SINKS slots, the last `window` slots up to the chunk's end, the repeat's own keys] (KVzip's
-subsample; the window, `TrajectoryCache.importance_window` (by default the cache's chunk size; a smaller one scores
-each chunk in pieces of that size), keeps the softmax's width the same for a short append as for a full chunk, so
+subsample; the window, `TrajectoryCache.importance_window` (512 tokens by default; a chunk longer than the window is
+scored in pieces of it), keeps the softmax's width the same for a short append as for a full chunk, so
 scores of chunks of any size compare):
     p = softmax(s q k^T + b, causal within the repeat)     [g * r, SINKS + w + r]
     importance[start:stop] = max over the rows of p at the chunk's columns

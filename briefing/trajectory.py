@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 SEAM_TOKENS = 32  # tail window re-tokenised at each extend (doubled while the seam does not align)
 DEFAULT_RESERVE = 512  # positions left for the call prompt and generation under the default budget
 DEFAULT_FOLD = FoldPolicy()  # what a cache folds with unless told otherwise (copied per cache)
+IMPORTANCE_WINDOW = 512  # tokens the importance reconstructs at a time (chosen on dev: docs/benchmarks.md)
 
 
 class TrajectoryCache:
@@ -55,19 +56,20 @@ class TrajectoryCache:
     cache then serves up to the model's context length). budget: most positions the cache holds (None:
     lm.max_context - reserve when folding, lm.max_context otherwise). reserve: positions left free for the call
     prompt and generation (None: 512, at most an eighth of the context). importance: score every appended chunk
-    by reconstruction (`briefing.importance`: one more forward of the chunk, 1.1-1.6x its prefill on this CPU), kept
+    by reconstruction (`briefing.importance`: one more forward of the chunk, 0.7-1.2x its prefill on this CPU), kept
     with the cache for the selectors (`Scores.importance`; a selector with `agnostic > 0` needs it); False (the
     default): no score (a model that slides on every layer has none). importance_window: tokens reconstructed at a
-    time, the width of the score's softmax (None: the prefill chunk, `chunk_tokens`; a smaller window scores each
-    chunk in pieces: 512 cost 1.19x a prefill at 2,048 tokens against 1.6x, about level in answer KL on dev and
-    held-out cases, lower at 5% kept: docs/benchmarks.md, "A probe after the 24-case comparison"). archive: an
+    time, the width of the score's softmax; a chunk longer than it is scored in pieces of it (None: the prefill
+    chunk, `chunk_tokens`). 512, the default, was chosen on the dev split: against the 1,024-token chunk it costs
+    1.19x a prefill at 2,048 tokens instead of 1.6x and is about level in answer KL, lower at 5% kept (256: higher
+    at 5%; docs/benchmarks.md, "The importance's window: 512 tokens by default"). archive: an
     `ArchivePolicy` to keep what the folds compact away (with each token's importance) and a representative per
     block for latent recall (`briefing.archive`; None: none).
     """
 
     def __init__(self, lm: LoadedModel, text: str = "", chunk_tokens: int = 1024, *, budget: int | None = None,
                  reserve: int | None = None, fold: FoldPolicy | None = DEFAULT_FOLD, importance: bool = False,
-                 importance_window: int | None = None, archive: ArchivePolicy | None = None) -> None:
+                 importance_window: int | None = IMPORTANCE_WINDOW, archive: ArchivePolicy | None = None) -> None:
         if fold is not None and not isinstance(fold, FoldPolicy):
             raise BriefingError(f"fold must be a briefing.FoldPolicy or None (never fold), got {fold!r}.")
         self.lm = lm

@@ -252,8 +252,8 @@ def test_kvpress_jobs_write_one_file_under_the_runs_tag_and_stop_on_a_failed_sha
     res = json.loads((tmp_path / "compare_heldout_part-5-1-3.json").read_text())
     assert [c["essay"] for c in res["cases"]] == ["e5", "e1", "e3"] and res["anchor"] == {"tokens": 1}
     assert res["jobs"] == 2 and not (tmp_path / "compare_heldout.json").exists()
-    kvpress_compare.main([*args, "--chunk-tokens", "512"])   # every shard gets the window; its own file by default
-    assert all(argv[argv.index("--chunk-tokens") + 1] == "512" for argv in Shard.seen[-2:])
+    kvpress_compare.main([*args, "--importance-window", "512"])   # every shard gets the window; its own file
+    assert all(argv[argv.index("--importance-window") + 1] == "512" for argv in Shard.seen[-2:])
     assert (tmp_path / "compare_heldout_window512-part-5-1-3.json").exists()
     assert kvpress_compare.ours_label("hybrid", 512) == "hybrid [window 512]"
     assert kvpress_compare.ours_label("hybrid", None) == "hybrid"

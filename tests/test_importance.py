@@ -13,6 +13,7 @@ from briefing.attention import BiasState
 from briefing.context import run_model
 from briefing.importance import PREVIOUS_TOKENS, REPEAT_NEXT, SINKS
 from briefing.selection import keep_count
+from briefing.trajectory import IMPORTANCE_WINDOW
 from tests.tiny import tiny_model
 
 TEXT = "".join(f"Entry {i}: the courier left parcel {i * 37 % 101} at the blue door before noon. " for i in range(12))
@@ -53,15 +54,18 @@ def reference(lm, ids: list[int], start: int, stop: int, window: int, windowed: 
 
 def test_the_score_equals_a_direct_reconstruction_pass(tok):
     """The stored score is the reconstruction score computed by hand: for a full 48-token chunk, and for a short
-    append after it (its softmax reaches back over the cache's chunk size); its repeat attends to what the score's
-    softmax sees. KVzip's own forward (the repeat attending to the whole cache) is kept as the reference that the
-    windowed one is measured against (`benchmarks.importance_check`)."""
+    append after it (its softmax reaches back over the 48-token window), and at the default window; its repeat
+    attends to what the score's softmax sees. KVzip's own forward (the repeat attending to the whole cache) is kept
+    as the reference that the windowed one is measured against (`benchmarks.importance_check`)."""
     from briefing.importance import reconstruction_scores
 
     lm = tiny_model("qwen3-gqa", tok)
-    cache = briefing.TrajectoryCache(lm, TEXT, chunk_tokens=48, fold=None, importance=True)
+    cache = briefing.TrajectoryCache(lm, TEXT, chunk_tokens=48, fold=None, importance=True, importance_window=48)
     assert cache.store.importance.shape == (len(lm.held_layers), lm.kv_heads, cache.length)
     assert (cache.store.importance[..., 48:96] - reference(lm, cache.ids, 48, 96, 48)).abs().max() < 1e-5
+    wide = briefing.TrajectoryCache(lm, TEXT, chunk_tokens=48, fold=None, importance=True)   # the default window
+    want = reference(lm, wide.ids, 48, 96, IMPORTANCE_WINDOW)                     # reaches back to the sinks
+    assert (wide.store.importance[..., 48:96] - want).abs().max() < 1e-5
     n = cache.extend(" A short note.")                                            # tokens prefilled (seam re-cut)
     start = cache.length - n
     assert 0 < n < 48
@@ -138,31 +142,36 @@ def test_a_narrower_window_scores_each_chunk_in_pieces(tok):
     chunks of w scores it (the same repeats and softmaxes; the prefill differs by rounding only); it changes the
     score; a bad window is refused by name."""
     lm = tiny_model("llama-gqa", tok)
-    whole = briefing.TrajectoryCache(lm, TEXT, 64, fold=None, importance=True)
+    whole = briefing.TrajectoryCache(lm, TEXT, 64, fold=None, importance=True, importance_window=None)
     pieces = briefing.TrajectoryCache(lm, TEXT, 64, fold=None, importance=True, importance_window=16)
-    small = briefing.TrajectoryCache(lm, TEXT, 16, fold=None, importance=True)
+    small = briefing.TrajectoryCache(lm, TEXT, 16, fold=None, importance=True, importance_window=None)
     assert pieces.length == small.length > 64 and pieces.importance_window == 16
     torch.testing.assert_close(pieces.store.importance, small.store.importance, atol=1e-5, rtol=1e-4)
     assert not torch.allclose(pieces.store.importance, whole.store.importance, atol=1e-3)
-    default = briefing.TrajectoryCache(lm, TEXT, 64, fold=None, importance=True, importance_window=64)
-    torch.testing.assert_close(default.store.importance, whole.store.importance, atol=0, rtol=0)   # None: the chunk
+    chunk = briefing.TrajectoryCache(lm, TEXT, 64, fold=None, importance=True, importance_window=64)
+    torch.testing.assert_close(chunk.store.importance, whole.store.importance, atol=0, rtol=0)   # None: the chunk
+    default = briefing.TrajectoryCache(lm, TEXT, 64, fold=None, importance=True)
+    assert default.importance_window == IMPORTANCE_WINDOW == 512
+    wide = briefing.TrajectoryCache(lm, TEXT, 64, fold=None, importance=True, importance_window=512)
+    torch.testing.assert_close(default.store.importance, wide.store.importance, atol=0, rtol=0)
+    assert not torch.allclose(default.store.importance, whole.store.importance, atol=1e-3)   # a wider softmax
     for bad in (0, -3, 2.5, "16"):
         with pytest.raises(briefing.BriefingError, match="importance_window"):
             briefing.TrajectoryCache(lm, fold=None, importance=True, importance_window=bad)
 
 
-def test_the_benchmarks_chunk_sets_the_reconstruction_window(tok):
-    """selection_bench's --chunk-tokens: the cache prefills in that chunk and scores every token of it (the chunk is
-    the importance's reconstruction window); None keeps the cache's own chunk."""
-    import inspect
-
+def test_the_benchmarks_window_sets_the_reconstruction_window(tok):
+    """selection_bench's --importance-window: the cache scores every token in pieces of that window (the prefill chunk
+    is the cache's own); None keeps the cache's default window."""
     from benchmarks.selection_bench import scored_cache
 
     lm = tiny_model("llama-gqa", tok)
     small = scored_cache(lm, TEXT, 16)
-    assert small.chunk_tokens == 16 and small.store.importance.shape[-1] == small.length > 16
-    assert scored_cache(lm, TEXT).chunk_tokens == inspect.signature(briefing.TrajectoryCache).parameters[
-        "chunk_tokens"].default
+    assert small.importance_window == 16 and small.store.importance.shape[-1] == small.length > 16
+    direct = briefing.TrajectoryCache(lm, TEXT, fold=None, importance=True, importance_window=16)
+    assert small.chunk_tokens == direct.chunk_tokens
+    torch.testing.assert_close(small.store.importance, direct.store.importance, atol=0, rtol=0)
+    assert scored_cache(lm, TEXT).importance_window == IMPORTANCE_WINDOW
 
 
 def test_the_worker_scores_only_where_a_selector_reads_the_score(tok):
