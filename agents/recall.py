@@ -285,6 +285,9 @@ class LatentRecall(Recall):
         False) pins too. The call's compaction thins the tail (about half its positions per head at the 8k window),
         so without pins a paraphrased fact there was 0.49 available on held-out episodes; with them 0.94
         (docs/benchmarks.md, "Latent recall, round 7").
+        peaks: k > 0: a block's score adds the mean of its k best tokens for the question to its mean's, both
+        standardised over the blocks (`latent.block_scores`; the archive keeps every token's hidden state at the last
+        layer, `ArchivePolicy.token_states`); 0: the block means alone.
         archive_policy: the caches'
         `briefing.ArchivePolicy` (None: its defaults where the blocks are re-attached, the representatives alone,
         `budget_bytes=0`, where their text is re-prefilled: no keys or values are archived that no call reads; with
@@ -301,6 +304,7 @@ class LatentRecall(Recall):
     shrink: float = 0.8
     tail_skip: int | None = None
     pin: int | None = None
+    peaks: int = 0
     archive_policy: Any = None
 
     def __post_init__(self) -> None:
@@ -313,6 +317,8 @@ class LatentRecall(Recall):
                   "recalled when the unfolded tail is ranked too (None: it is not)", error=ValueError)
         check_int(owner, "pin", self.pin, low=0, none=True, what="tokens of the unfolded tail kept whole in every "
                   "head; 0: off, None: the call's recall budget", error=ValueError)
+        check_int(owner, "peaks", self.peaks, low=0, what="a block's best tokens averaged into its score (0: the "
+                  "block means alone)", error=ValueError)
         check_number(owner, "shrink", self.shrink, low=0, high=1, low_open=True, what="how far the representatives' "
                      "covariance is shrunk toward its diagonal before whitening; 1: standardise each dimension",
                      error=ValueError)
@@ -325,6 +331,10 @@ class LatentRecall(Recall):
                 raise ValueError("LatentRecall: attach=True re-attaches archived keys and values, but archive_policy "
                                  "keeps none (budget_bytes=0): give it a byte budget, or pass attach=False to "
                                  "re-prefill the blocks' text.")
+            if self.peaks and not self.archive_policy.token_states:
+                raise ValueError(f"LatentRecall: peaks={self.peaks} ranks blocks by their best tokens, but "
+                                 "archive_policy keeps no token states: pass ArchivePolicy(token_states=True), or "
+                                 "peaks=0.")
 
     def attaches(self, lm: briefing.LoadedModel) -> bool:
         """Whether the blocks come back as keys and values (`attach`; None: unless the model has sliding layers or
@@ -365,7 +375,7 @@ class LatentRecall(Recall):
         sink = cache.fold.sink
         attach = self.attaches(lm)
         found = latent.lookup(cache, ids, question, k_tokens, pad=self.pad, sink=sink, kv=attach, shrink=self.shrink,
-                              tail_skip=self.tail_skip, pin=pin)
+                              tail_skip=self.tail_skip, pin=pin, peaks=self.peaks)
         ranges = found.ranges
         if self.rank == "both" and k_tokens:
             ranges = latent.pick(self._fused(cache, query, found.scores), cache.archive.policy.block, self.pad,

@@ -5,7 +5,9 @@ recall, `briefing.latent`).
 What it holds:
 - **representatives**, for every block of `block` tokens of the trajectory (folded or not): the mean, over the
   block's tokens, of the hidden states of the last `layers` decoder layers, read by forward hooks during the
-  prefill the cache runs anyway (`reading`), so a representative costs no forward. They stay on the model's device.
+  prefill the cache runs anyway (`reading`), so a representative costs no forward; and, with `token_states`, every
+  token's hidden state at the last of those layers, unit length, in float16 (a block's best tokens for a question,
+  `latent.peak_scores`). They stay on the model's device.
 - **blocks of keys and values** of the held layers, for every token a fold compacts for the first time (the raw part
   of its span: a token's original keys and values, as the prefill left them), with the RoPE position each key had
   and, when the cache scores them (`KVStore.importance`), each key's query-agnostic importance (float16), which a
@@ -32,7 +34,7 @@ import numpy as np
 import torch
 
 from briefing.errors import BriefingError
-from briefing.options import check_choice, check_int
+from briefing.options import check_bool, check_choice, check_int
 
 STORAGE = {"int8": torch.int8, "float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 NUMPY = {torch.int8: np.int8, torch.float16: np.float16, torch.float32: np.float32}
@@ -80,6 +82,9 @@ class ArchivePolicy:
     dtype: how keys and values are stored: "int8" (one float16 scale per vector of head_dim), "float16", "bfloat16"
         or "float32".
     path: None: in CPU memory; a folder: in memory-mapped files there (deleted with the archive that made them).
+    token_states: also keep every token's hidden state at the last representative layer, unit length, float16 (2 x
+        hidden bytes per token: 1,152 for SmolLM2-135M), for a ranking by a block's best tokens
+        (`agents.LatentRecall(peaks=...)`); False: the block means alone.
     """
 
     budget_bytes: int = 1 << 30
@@ -87,6 +92,7 @@ class ArchivePolicy:
     layers: int = 3
     dtype: str = "int8"
     path: str | None = None
+    token_states: bool = True
 
     def __post_init__(self) -> None:
         owner = "ArchivePolicy"
@@ -94,6 +100,7 @@ class ArchivePolicy:
         check_int(owner, "block", self.block, low=1, what="tokens per block")
         check_int(owner, "layers", self.layers, low=1, what="last decoder layers read for a representative")
         check_choice(owner, "dtype", self.dtype, STORAGE, what="how archived keys and values are stored")
+        check_bool(owner, "token_states", self.token_states)
         if self.path is not None and not (isinstance(self.path, (str, os.PathLike)) and os.path.isdir(self.path)):
             raise BriefingError(f"ArchivePolicy: path must be an existing folder for memory-mapped blocks or None "
                                 f"(CPU memory), got {self.path!r}.")
@@ -194,6 +201,8 @@ class Archive:
         self.sums = torch.zeros(0, len(self.layers), hidden, dtype=torch.float32, device=dev)
         self.counts = torch.zeros(0, dtype=torch.long, device=dev)
         self.recent = torch.zeros(0, len(self.layers), hidden, dtype=torch.float32, device=dev)  # [<= CROP_BUFFER, ..]
+        # [capacity, hidden] every token's unit hidden state at the last layer (rows [0, tokens) are read), or None
+        self.states = torch.zeros(0, hidden, dtype=torch.float16, device=dev) if policy.token_states else None
         self.tokens = 0            # tokens read (representatives summed)
         self.segments: list[Segment] = []
         self.evicted = 0           # archived tokens before this one were dropped for the budget
@@ -225,6 +234,12 @@ class Archive:
         self.sums.index_add_(0, blocks, h)
         self.counts.index_add_(0, blocks, torch.ones_like(blocks))
         self.recent = torch.cat([self.recent, h])[-CROP_BUFFER:]
+        if self.states is not None:
+            if first + n > self.states.shape[0]:   # grow by doubling: appends stay linear in the trajectory
+                grown = self.states.new_zeros(max(first + n, 2 * self.states.shape[0]), self.states.shape[1])
+                grown[:first] = self.states[:first]
+                self.states = grown
+            self.states[first:first + n] = torch.nn.functional.normalize(h[:, -1], dim=-1).to(self.states.dtype)
         self.tokens = first + n
 
     def crop(self, keep: int) -> None:
@@ -248,6 +263,11 @@ class Archive:
         nb = (keep + B - 1) // B
         self.sums, self.counts = self.sums[:nb], self.counts[:nb]
         self.tokens = keep
+
+    def token_states(self) -> torch.Tensor | None:
+        """[tokens, hidden] float16: every token's unit hidden state at the last representative layer (None: the policy
+        keeps none)."""
+        return None if self.states is None else self.states[:self.tokens]
 
     def representatives(self) -> torch.Tensor:
         """[blocks, layers, hidden]: each block's mean hidden state per layer, unit length (0 for a block with nothing
@@ -300,8 +320,11 @@ class Archive:
         return sum(s.nbytes() for s in self.segments)
 
     def representative_bytes(self) -> int:
-        """Bytes of the representatives' sums and counts (and the per-token buffer kept for a re-cut seam)."""
-        return sum(t.numel() * t.element_size() for t in (self.sums, self.counts, self.recent))
+        """Bytes of the representatives' sums and counts, the tokens' states (as read, not the buffer's spare rows) and
+        the per-token buffer kept for a re-cut seam."""
+        states = self.token_states()
+        return sum(t.numel() * t.element_size() for t in (self.sums, self.counts, self.recent)
+                   if t is not None) + (0 if states is None else states.numel() * states.element_size())
 
     @property
     def archived(self) -> tuple[int, int]:
@@ -389,5 +412,6 @@ class Archive:
         other = Archive.__new__(Archive)
         other.__dict__.update(self.__dict__)
         other.sums, other.counts, other.recent = self.sums.clone(), self.counts.clone(), self.recent.clone()
+        other.states = None if self.states is None else self.states[:self.tokens].clone()   # written in place
         other.segments = list(self.segments)
         return other

@@ -9,8 +9,9 @@ and values (`briefing.archive`). At a call:
    hidden state of its question tokens at the same layers is the question's representation;
 2. `rank_blocks`: every block that can be fetched and that the cache does not hold whole is scored by the cosine of
    its representative with the question's, both whitened by the spread of the trajectory's blocks (`whiten`),
-   averaged over the layers; `pick` takes the best blocks, each widened by `pad` tokens on both sides, within a token
-   budget, and orders them best last (nearest the question);
+   averaged over the layers (with `peaks`, plus the mean of the block's best tokens, `peak_scores`); `pick` takes
+   the best blocks, each widened by `pad` tokens on both sides, within a token budget, and orders them best last
+   (nearest the question);
 3. `attach`: their keys and values are fetched (from the archive, or the cache for tokens it holds unfolded) and
    re-based, as a fold's re-base does (`kv.rotate`), to the positions right after the cache: where recalled text
    would sit in the prompt, so the question reads them at the distance it reads its own prompt;
@@ -91,14 +92,67 @@ def whiten(x: torch.Tensor, query: torch.Tensor, ref: torch.Tensor, shrink: floa
     return unit(w[:-1], dim=-1), unit(w[-1], dim=-1)
 
 
-def block_scores(cache, query: torch.Tensor, shrink: float = SHRINK) -> torch.Tensor:
+def block_scores(cache, query: torch.Tensor, shrink: float = SHRINK, peaks: int = 0) -> torch.Tensor:
     """[blocks] score of every block of the trajectory: the cosine of its representative with `query` [layers, hidden],
     both whitened by the spread of the trajectory's representatives (`whiten`: a model's hidden states share large
-    directions that would rank the same blocks first for every question), averaged over the layers."""
+    directions that would rank the same blocks first for every question), averaged over the layers. peaks k > 0: plus
+    the mean of the block's k best tokens for the question (`peak_scores`), the two standardised over the blocks
+    (a fact of a few tokens inside a block of others stands out among its tokens, not in the block's mean)."""
     archive = cache.archive
     reps = archive.representatives()                                                  # [nb, layers, hidden]
-    r, q = whiten(reps, query, reps[archive.counts > 0], shrink)                      # [nb, layers, hidden], [l, h]
-    return (r * q[None]).sum(-1).mean(-1)                                             # [nb]
+    read = archive.counts > 0                                                         # [nb]
+    r, q = whiten(reps, query, reps[read], shrink)                                    # [nb, layers, hidden], [l, h]
+    mean = (r * q[None]).sum(-1).mean(-1)                                             # [nb]
+    if not peaks or read.sum() < 2:
+        return mean
+    peak = peak_scores(archive, query[-1], reps[read, -1], shrink, peaks)             # [nb]
+
+    def z(x: torch.Tensor) -> torch.Tensor:                                           # standardised over read blocks
+        return (x - x[read].mean()) / x[read].std().clamp_min(1e-12)
+
+    return (z(mean) + z(peak)).masked_fill(~read, float("-inf"))                      # [nb]
+
+
+def peak_scores(archive, query: torch.Tensor, ref: torch.Tensor, shrink: float, k: int) -> torch.Tensor:
+    """[blocks] the mean of each block's k best token scores (fewer in a block with fewer tokens; -inf for none read):
+    a token's score is its whitened dot product with the question, over the token's length standardised per dimension,
+    at the last representative layer (`Archive.token_states`). query [hidden] (unit), ref [m, hidden]: the read
+    blocks' representatives at that layer, whose spread whitens as `whiten` does (covariance shrunk toward its
+    diagonal by `shrink`). The whitening is applied to the question alone (one solve), so the lookup stays linear in
+    the trajectory:
+        u = C^-1 (q - mu) / |q - mu|_C                   the whitened question, unit length in C's norm
+        s_t = (h_t - mu) . u / |(h_t - mu) / sd|          per token, sd = sqrt(diag C)"""
+    states = archive.token_states()
+    if states is None:
+        raise BriefingError("a ranking by a block's best tokens (peaks > 0) needs the archive's token states: build "
+                            "the cache with briefing.ArchivePolicy(token_states=True), or rank by the block means "
+                            "(peaks=0).")
+    B, n = archive.policy.block, states.shape[0]
+    nb = archive.sums.shape[0]
+    ref = ref.float()
+    mu = ref.mean(0)                                                                  # [h]
+    X = ref - mu                                                                      # [m, h]
+    var = (X.square().sum(0) / max(1, X.shape[0] - 1)).clamp_min(1e-12)               # [h]
+    C = (1 - shrink) * (X.T @ X) / max(1, X.shape[0] - 1)                             # [h, h]
+    C.diagonal().copy_(var)
+    L, info = torch.linalg.cholesky_ex(C)
+    d = query.float().to(mu.device) - mu                                              # [h]
+    if bool(info.any()) or shrink >= 1:   # not positive definite, or the diagonal alone
+        u = d / var
+    else:
+        u = torch.cholesky_solve(d[:, None], L)[:, 0]                                 # [h] C^-1 (q - mu)
+    u = u / (d @ u).clamp_min(1e-12).sqrt()                                           # [h]
+    inv_sd = var.rsqrt()                                                              # [h]
+    scores = torch.empty(nb * B, device=mu.device).fill_(float("-inf"))               # [nb * B]
+    step = 8192   # tokens at a time in float32
+    for a in range(0, n, step):
+        h = states[a:a + step].float() - mu                                           # [s, h]
+        scores[a:a + h.shape[0]] = (h @ u) / (h * inv_sd).norm(dim=-1).clamp_min(1e-12)   # [s]
+    top = scores.view(nb, B).topk(min(k, B), dim=1).values                            # [nb, k]
+    finite = torch.isfinite(top)
+    got = finite.sum(1)                                                               # [nb]
+    mean = top.masked_fill(~finite, 0).sum(1) / got.clamp_min(1)                      # [nb]
+    return mean.masked_fill(got == 0, float("-inf"))
 
 
 def candidates(cache, sink: int, kv: bool = True, tail_skip: int | None = None) -> torch.Tensor:
@@ -114,9 +168,10 @@ def candidates(cache, sink: int, kv: bool = True, tail_skip: int | None = None) 
 
 
 def rank_blocks(cache, query: torch.Tensor, sink: int, kv: bool = True, shrink: float = SHRINK,
-                tail_skip: int | None = None) -> torch.Tensor:
+                tail_skip: int | None = None, peaks: int = 0) -> torch.Tensor:
     """[blocks] `block_scores`, -inf for a block a recall cannot bring back (`candidates`)."""
-    return block_scores(cache, query, shrink).masked_fill(~candidates(cache, sink, kv, tail_skip), float("-inf"))
+    return block_scores(cache, query, shrink, peaks).masked_fill(~candidates(cache, sink, kv, tail_skip),
+                                                                 float("-inf"))
 
 
 def pinnable(cache) -> torch.Tensor:
@@ -295,11 +350,13 @@ class Lookup:
 
 
 def lookup(cache, prompt_ids: list[int], question: tuple[int, int] | None, budget: int, *, pad: int,
-           sink: int, kv: bool = True, shrink: float = SHRINK, tail_skip: int | None = None, pin: int = 0) -> Lookup:
+           sink: int, kv: bool = True, shrink: float = SHRINK, tail_skip: int | None = None, pin: int = 0,
+           peaks: int = 0) -> Lookup:
     """The token ranges the question (tokens [question) of the prompt; None: all of it) is about (`query_vector`,
     `block_scores`, `candidates`, `pick`), within `budget` tokens. kv: the ranges' keys and values will be fetched
     (False: their text, so blocks the archive keeps no keys and values of count too). shrink: `whiten`'s; tail_skip:
-    `candidates`'. pin: a second budget, in tokens, for the best blocks of the cache's unfolded tail (`pinnable`), each
+    `candidates`'; peaks: `block_scores`'. pin: a second budget, in tokens, for the best blocks of the cache's
+    unfolded tail (`pinnable`), each
     widened by `pad` within the tail: `Lookup.pinned`, for the call's compaction to keep whole (0: none)."""
     if cache.archive is None:
         raise BriefingError("latent recall needs a TrajectoryCache built with archive=briefing.ArchivePolicy(); this "
@@ -310,7 +367,7 @@ def lookup(cache, prompt_ids: list[int], question: tuple[int, int] | None, budge
                             "(kv=False, LatentRecall(attach=False)).")
     t0 = time.perf_counter()
     query = query_vector(cache, prompt_ids, question)
-    raw = block_scores(cache, query, shrink)                                          # [nb]
+    raw = block_scores(cache, query, shrink, peaks)                                   # [nb]
     fetch = candidates(cache, sink, kv, tail_skip)                                    # [nb]
     scores = raw.masked_fill(~fetch, float("-inf"))                                   # [nb]
     floor = first_token(cache, sink, kv)

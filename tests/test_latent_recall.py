@@ -19,12 +19,12 @@ from tests.tiny import tiny_model, tiny_tokenizer
 
 
 
-def archiving_cache(lm, dtype="float32", budget_bytes=1 << 30, importance=False, **kw):
+def archiving_cache(lm, dtype="float32", budget_bytes=1 << 30, importance=False, token_states=True, **kw):
     """A small folding cache with an archive (no importance scoring unless asked: it doubles the prefills)."""
     policy = briefing.FoldPolicy(keep=0.25, sink=4, recent=64, capture_stride=4)
+    archive = briefing.ArchivePolicy(dtype=dtype, block=16, budget_bytes=budget_bytes, token_states=token_states)
     return briefing.TrajectoryCache(lm, chunk_tokens=64, budget=256, reserve=64, fold=policy, importance=importance,
-                                    archive=briefing.ArchivePolicy(dtype=dtype, block=16, budget_bytes=budget_bytes),
-                                    **kw)
+                                    archive=archive, **kw)
 
 
 def fresh_layer0(lm, ids: list[int], positions: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -135,6 +135,76 @@ def test_representatives_read_in_pieces_equal_one_prefill(tiny, essay):
     assert parts.ids == one.ids and parts.prefilled_tokens > one.prefilled_tokens
     assert torch.equal(parts.archive.counts, one.archive.counts)
     assert (parts.archive.representatives() - one.archive.representatives()).abs().max() < 1e-4
+
+
+def test_token_states_are_each_token_s_last_layer_state_through_re_cut_seams(tiny, essay):
+    """`Archive.token_states`: every token's hidden state at the last representative layer, unit length, float16,
+    whether the text came in one extend or in pieces whose seams were re-cut; counted in the representatives' bytes;
+    a clone keeps its own; ArchivePolicy(token_states=False) keeps none."""
+    text = essay[:2500]
+    one = archiving_cache(tiny)
+    one.extend(text)
+    states = one.archive.token_states()                                          # [tokens, hidden]
+    with briefing.archive.hidden_states(tiny, one.archive.layers[-1:]) as out:
+        forward_with_bias(tiny, tiny.new_cache(), one.ids[:64], 0, None)           # the first chunk, uncached
+    want = torch.nn.functional.normalize(out[one.archive.layers[-1]][0].float(), dim=-1)   # [tokens, hidden]
+    assert states.dtype == torch.float16 and states.shape[0] == len(one.ids) and states.shape[1] == want.shape[1]
+    assert one.folds and (states[:64].float() - want).abs().max() < 2e-3   # the first chunk: no fold before it
+    cuts = [0, 301, 302, 777, 1200, 1201, 1999, len(text)]
+    parts = archiving_cache(tiny)
+    for lo, hi in zip(cuts, cuts[1:]):
+        parts.extend(text[lo:hi])
+    assert parts.ids == one.ids and parts.prefilled_tokens > one.prefilled_tokens
+    assert (parts.archive.token_states().float() - states.float()).abs().max() < 2e-3
+    plain = archiving_cache(tiny, token_states=False)
+    plain.extend(text)
+    assert plain.archive.token_states() is None
+    assert one.archive.representative_bytes() - plain.archive.representative_bytes() == states.numel() * 2
+    twin = one.archive.clone()
+    one.extend(" and more words after it")
+    assert twin.token_states().shape[0] == states.shape[0] < one.archive.token_states().shape[0]
+    assert torch.equal(twin.token_states(), states[:twin.tokens])
+
+
+def test_peaks_add_a_block_s_best_tokens_to_its_mean(tiny, essay):
+    """`block_scores(peaks=k)`: the standardised mean score plus the standardised mean of the block's k best token
+    scores, each token's the whitened dot product with the question over its standardised length, computed here
+    with an explicit inverse in float64; a cache without token states is refused, and so is the option that needs
+    them."""
+    cache = archiving_cache(tiny)
+    cache.extend(planted(essay))
+    arc, B, k = cache.archive, cache.archive.policy.block, 3
+    q = latent.query_vector(cache, tiny.encode(PARAPHRASE))                     # [layers, hidden]
+    got = latent.block_scores(cache, q, peaks=k)                                # [nb]
+    reps = arc.representatives()                                                # [nb, layers, hidden]
+    read = arc.counts > 0
+    ref = reps[read, -1].double()                                               # [m, hidden]
+    mu = ref.mean(0)
+    cov = torch.cov(ref.T)                                                      # [hidden, hidden]
+    C = (1 - latent.SHRINK) * cov + latent.SHRINK * torch.diag(cov.diagonal())
+    Ci = torch.linalg.inv(C)
+    y = q[-1].double() - mu                                                     # [hidden]
+    x = arc.token_states().double() - mu                                        # [tokens, hidden]
+    tok = (x @ Ci @ y) / (y @ Ci @ y).sqrt() / (x / cov.diagonal().sqrt()).norm(dim=-1)   # [tokens]
+    peak = torch.stack([tok[j * B:(j + 1) * B].topk(min(k, len(tok[j * B:(j + 1) * B]))).values.mean()
+                        for j in range(reps.shape[0])])                         # [nb]
+    mean = latent.block_scores(cache, q).double()                               # [nb]
+
+    def z(v):
+        return (v - v[read].mean()) / v[read].std()
+
+    want = z(mean) + z(peak)
+    assert torch.allclose(got[read].double(), want[read], atol=1e-3)
+    assert not torch.equal(got[read].argsort(), mean[read].argsort())           # the peaks move the ranking
+    plain = archiving_cache(tiny, token_states=False)
+    plain.extend(planted(essay))
+    with pytest.raises(briefing.BriefingError, match="token_states=True"):
+        latent.block_scores(plain, q, peaks=k)
+    with pytest.raises(ValueError, match="LatentRecall: peaks=4 .* keeps no token states"):
+        LatentRecall(peaks=4, archive_policy=briefing.ArchivePolicy(token_states=False))
+    for bad in (-1, 1.5, "4", True):
+        with pytest.raises(ValueError, match="LatentRecall: peaks must be"):
+            LatentRecall(peaks=bad)
 
 
 def test_coverage_against_a_hand_computed_case():

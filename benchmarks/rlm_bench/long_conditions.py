@@ -15,7 +15,7 @@ Every condition sees the same events; `window` is the worker's positions, `reser
   (its archive kept from the first extend: the suite's shared prefill keeps one when a latent condition runs);
 - fold-routed, fold-routed-alone, fold-routed-half, fold-routed-always, fold-routed-text, fold-routed-hedged,
   fold-routed-tail, fold-routed-pin, fold-routed-pin-full, fold-routed-unpinned, fold-routed-confident-pin,
-  fold-routed-overlap: fold-latent's cache with `RoutedRecall`
+  fold-routed-overlap, fold-routed-peaks: fold-latent's cache with `RoutedRecall`
   (BM25 where its best chunk stands out, else BM25's best chunks in a share of the budget and latent recall in the
   rest): its defaults, BriefedWorker's default recall; share 0 (latent recall alone below the margin); share 0.5; no
   margin enough (every call splits the budget); the latent blocks' text re-prefilled (attach=False); BM25 keeps 3/4
@@ -24,7 +24,8 @@ Every condition sees the same events; `window` is the worker's positions, `reser
   compaction, within half the recall budget or all of it (`LatentRecall(pin=...)`; all of it is the default since round
   7); none (pin=0, the default until then); the tail's best blocks pinned on BM25's confident route too, nothing
   fetched there (confident_pin); below the margin, BM25's share only where its best chunk holds at least half of the
-  question's content words (min_overlap=0.5);
+  question's content words (min_overlap=0.5); the latent ranking adds each block's 4 best tokens to its mean
+  (`LatentRecall(peaks=4)`);
 - ceiling: the same trajectory all in view (`BriefedWorker` with the model's whole context as its cache, `KeepAll`
   per call, no fold): the in-window ceiling a recall is judged against; no rows where the trajectory does not fit;
 - streaming: a fold that keeps nothing (attention sink + recent window, StreamingLLM), KeepAll per call;
@@ -50,7 +51,8 @@ CONDITIONS = ["fold-task", "fold-span", "fold-span-only", "fold-mix", "fold-reca
               "fold-recall-ranked", "fold-recall-all-ranked", "fold-latent", "fold-latent-both", "fold-latent-text",
               "fold-routed", "fold-routed-alone", "fold-routed-half", "fold-routed-always", "fold-routed-text",
               "fold-routed-hedged", "fold-routed-tail", "fold-routed-pin", "fold-routed-pin-full",
-              "fold-routed-unpinned", "fold-routed-confident-pin", "fold-routed-overlap", "ceiling",
+              "fold-routed-unpinned", "fold-routed-confident-pin", "fold-routed-overlap", "fold-routed-peaks",
+              "ceiling",
               "truncated", "streaming", "streaming-recall", "bm25", "summary", "plain"]
 # recall variants of fold-recall: scope (tail: the unfolded tail too) and order (ranked: the best chunk last); they
 # share fold-recall's cache
@@ -75,7 +77,7 @@ ROUTED = {"fold-routed": {}, "fold-routed-alone": dict(share=0.0), "fold-routed-
           "fold-routed-hedged": dict(confident_share=0.75), "fold-routed-tail": dict(tail_skip=512),
           "fold-routed-pin": dict(pin_share=0.5), "fold-routed-pin-full": dict(pin_share=1.0),
           "fold-routed-unpinned": dict(pin_share=0.0), "fold-routed-confident-pin": dict(confident_pin=True),
-          "fold-routed-overlap": dict(min_overlap=0.5)}
+          "fold-routed-overlap": dict(min_overlap=0.5), "fold-routed-peaks": dict(peaks=4)}
 FOLD_GUIDANCE = {"fold-task": "task", "fold-span": "span", "fold-span-only": "span-only", "fold-mix": "mix",
                  **dict.fromkeys(RECALL_VARIANTS, "mix"), **dict.fromkeys(LATENT, "mix"),
                  **dict.fromkeys(ROUTED, "mix")}
@@ -253,7 +255,7 @@ def recall_of(condition: str, sizes: dict) -> Any:
         kw = dict(ROUTED[condition])
         if "pin_share" in kw:
             kw["pin"] = int(kw.pop("pin_share") * sizes["recall_budget"])
-        own = {k: kw.pop(k) for k in ("attach", "tail_skip", "pin") if k in kw}   # LatentRecall's settings
+        own = {k: kw.pop(k) for k in ("attach", "tail_skip", "pin", "peaks") if k in kw}   # LatentRecall's settings
         if own:
             kw["latent"] = LatentRecall(tokens=sizes["recall_budget"], **own)
         return RoutedRecall(tokens=sizes["recall_budget"], **kw)
