@@ -103,7 +103,8 @@ def check(split: str, index: int) -> dict:
     cache = briefing.TrajectoryCache(lm, case.text, fold=None, importance=True)
     ours = cache.store.importance.float()                                       # [L, H, T]
     L, H, T = ours.shape
-    cheap = prefill_attention_score(lm, cache.ids, cache.chunk_tokens)[..., :T]   # [L, H, T] before kvpress patches
+    window = cache.importance_window or cache.chunk_tokens
+    cheap = prefill_attention_score(lm, cache.ids, window)[..., :T]             # [L, H, T] before kvpress patches
     theirs = kvzip_score(lm, cache.ids)[..., :T]                                # [L, H, T]
     t = int(KEPT * T)
     a, b = ours.topk(t, -1).indices, theirs.topk(t, -1).indices                 # [L, H, t]
@@ -139,7 +140,7 @@ def windowed_check(tokens: int) -> dict:
     lm = briefing.load_model()
     ids = lm.encode(essay_text(tokens * 8))[:tokens]
     cache = briefing.TrajectoryCache(lm, lm.decode(ids), fold=None)
-    store, T, chunk = cache.store, cache.length, cache.chunk_tokens
+    store, T, chunk = cache.store, cache.length, cache.importance_window or cache.chunk_tokens   # scored in pieces
     scores, times = {True: [], False: []}, {True: 0.0, False: 0.0}
     whole = [(layer.keys, layer.values) for layer in store.kv.layers]
     for a in range(0, T, chunk):
