@@ -182,9 +182,11 @@ def offline(folders: list[str], budgets: tuple[int, ...] = (960,), pad: int = 8,
     shipped whitening (`latent.SHRINK`), pseudo-relevance feedback (`prf{k}/{a}`: the question moved by `a` toward the
     mean of its top k folded blocks), the neighbouring blocks' scores added (`neighbours{w}`), a hubness penalty
     (`csls10/{w}`: 2 cos - w x each block's mean cosine with its 10 nearest blocks) and the layers' cosines z-scored
-    over the folded blocks before their mean (`zlayers`). Availability, per budget: the fact's every token in the top
-    blocks, each widened by `pad`, within that many tokens."""
-    from briefing.latent import SHRINK, whiten
+    over the folded blocks before their mean (`zlayers`); and round 11's `peaks{k}`, the shipped score plus the mean
+    of each block's k best tokens at the last layer, both standardised (`latent.block_scores(peaks=k)`).
+    Availability, per budget: the fact's every token in the top blocks, each widened by `pad`, within that many
+    tokens."""
+    from briefing.latent import SHRINK, token_peaks, whiten
 
     unit = torch.nn.functional.normalize
 
@@ -255,6 +257,16 @@ def offline(folders: list[str], budgets: tuple[int, ...] = (960,), pad: int = 8,
                 s8 = cosine(*whiten(S8, Q, S8[sub], 0.6))
                 s8 = torch.cat([s8, s8.new_full((B.shape[0] * per - s8.shape[0],), float("-inf"))])
                 sc["sub8max/diag0.6"] = s8.view(-1, per).amax(-1)
+                # round 11: the shipped ranking plus each block's k best tokens (`latent.block_scores(peaks=k)`)
+                ok = torch.zeros(B.shape[0], dtype=torch.bool)
+                ok[cand] = True
+                for k in (2, 4, 8):
+                    peak = token_peaks(unit(H[:, -1], dim=-1), Q[-1], B[cand, -1], SHRINK, k, block, B.shape[0])
+
+                    def z(x: torch.Tensor) -> torch.Tensor:
+                        return (x - x[ok].mean()) / x[ok].std()
+
+                    sc[f"peaks{k}"] = z(base) + z(peak)
                 fact_blocks = sorted({t // block for t in fact})
                 for name, s in sc.items():
                     keep = torch.full_like(s, float("-inf"))

@@ -114,21 +114,24 @@ def block_scores(cache, query: torch.Tensor, shrink: float = SHRINK, peaks: int 
 
 
 def peak_scores(archive, query: torch.Tensor, ref: torch.Tensor, shrink: float, k: int) -> torch.Tensor:
-    """[blocks] the mean of each block's k best token scores (fewer in a block with fewer tokens; -inf for none read):
-    a token's score is its whitened dot product with the question, over the token's length standardised per dimension,
-    at the last representative layer (`Archive.token_states`). query [hidden] (unit), ref [m, hidden]: the read
-    blocks' representatives at that layer, whose spread whitens as `whiten` does (covariance shrunk toward its
-    diagonal by `shrink`). The whitening is applied to the question alone (one solve), so the lookup stays linear in
-    the trajectory:
-        u = C^-1 (q - mu) / |q - mu|_C                   the whitened question, unit length in C's norm
-        s_t = (h_t - mu) . u / |(h_t - mu) / sd|          per token, sd = sqrt(diag C)"""
+    """[blocks] `token_peaks` of the archive's token states (`Archive.token_states`), per block of the archive."""
     states = archive.token_states()
     if states is None:
         raise BriefingError("a ranking by a block's best tokens (peaks > 0) needs the archive's token states: build "
                             "the cache with briefing.ArchivePolicy(token_states=True), or rank by the block means "
                             "(peaks=0).")
-    B, n = archive.policy.block, states.shape[0]
-    nb = archive.sums.shape[0]
+    return token_peaks(states, query, ref, shrink, k, archive.policy.block, archive.sums.shape[0])
+
+
+def token_peaks(states: torch.Tensor, query: torch.Tensor, ref: torch.Tensor, shrink: float, k: int, block: int,
+                blocks: int) -> torch.Tensor:
+    """[blocks] the mean of each block's k best token scores (fewer in a block with fewer tokens; -inf for none):
+    states [tokens, hidden] the tokens' unit hidden states at one layer, query [hidden] the question's (unit), ref
+    [m, hidden] the blocks' representatives at that layer, whose spread whitens as `whiten` does (covariance C shrunk
+    toward its diagonal by `shrink`). The whitening is applied to the question alone (one solve), so the cost stays
+    linear in the trajectory:
+        u = C^-1 (q - mu) / |q - mu|_C                   the whitened question, unit length in C's norm
+        s_t = (h_t - mu) . u / |(h_t - mu) / sd|          per token, sd = sqrt(diag C)"""
     ref = ref.float()
     mu = ref.mean(0)                                                                  # [h]
     X = ref - mu                                                                      # [m, h]
@@ -143,15 +146,16 @@ def peak_scores(archive, query: torch.Tensor, ref: torch.Tensor, shrink: float, 
         u = torch.cholesky_solve(d[:, None], L)[:, 0]                                 # [h] C^-1 (q - mu)
     u = u / (d @ u).clamp_min(1e-12).sqrt()                                           # [h]
     inv_sd = var.rsqrt()                                                              # [h]
-    scores = torch.empty(nb * B, device=mu.device).fill_(float("-inf"))               # [nb * B]
+    n = min(states.shape[0], blocks * block)
+    scores = torch.full((blocks * block,), float("-inf"), device=mu.device)           # [blocks * block]
     step = 8192   # tokens at a time in float32
     for a in range(0, n, step):
-        h = states[a:a + step].float() - mu                                           # [s, h]
+        h = states[a:min(n, a + step)].float().to(mu.device) - mu                     # [s, h]
         scores[a:a + h.shape[0]] = (h @ u) / (h * inv_sd).norm(dim=-1).clamp_min(1e-12)   # [s]
-    top = scores.view(nb, B).topk(min(k, B), dim=1).values                            # [nb, k]
+    top = scores.view(blocks, block).topk(min(k, block), dim=1).values                # [blocks, k]
     finite = torch.isfinite(top)
-    got = finite.sum(1)                                                               # [nb]
-    mean = top.masked_fill(~finite, 0).sum(1) / got.clamp_min(1)                      # [nb]
+    got = finite.sum(1)                                                               # [blocks]
+    mean = top.masked_fill(~finite, 0).sum(1) / got.clamp_min(1)                      # [blocks]
     return mean.masked_fill(got == 0, float("-inf"))
 
 
