@@ -357,7 +357,10 @@ class LatentRecall(Recall):
 
         if self.archive_policy is not None:
             return self.archive_policy
-        return briefing.ArchivePolicy() if self.attaches(lm) else briefing.ArchivePolicy(budget_bytes=0)
+        states = self.peaks > 0   # a ranking by the blocks' best tokens reads every token's state
+        if self.attaches(lm):
+            return briefing.ArchivePolicy(token_states=states)
+        return briefing.ArchivePolicy(budget_bytes=0, token_states=states)
 
     def recall(self, cache: briefing.TrajectoryCache, query: str, k_tokens: int, *,
                prompt: str | None = None, pin: int | None = None) -> Recalled:

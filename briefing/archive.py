@@ -84,7 +84,7 @@ class ArchivePolicy:
     path: None: in CPU memory; a folder: in memory-mapped files there (deleted with the archive that made them).
     token_states: also keep every token's hidden state at the last representative layer, unit length, float16 (2 x
         hidden bytes per token: 1,152 for SmolLM2-135M), for a ranking by a block's best tokens
-        (`agents.LatentRecall(peaks=...)`); False: the block means alone.
+        (`agents.LatentRecall(peaks=...)`, which asks for them); False (the default): the block means alone.
     """
 
     budget_bytes: int = 1 << 30
@@ -92,7 +92,7 @@ class ArchivePolicy:
     layers: int = 3
     dtype: str = "int8"
     path: str | None = None
-    token_states: bool = True
+    token_states: bool = False
 
     def __post_init__(self) -> None:
         owner = "ArchivePolicy"

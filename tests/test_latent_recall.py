@@ -200,6 +200,8 @@ def test_peaks_add_a_block_s_best_tokens_to_its_mean(tiny, essay):
     plain.extend(planted(essay))
     with pytest.raises(briefing.BriefingError, match="token_states=True"):
         latent.block_scores(plain, q, peaks=k)
+    assert LatentRecall(peaks=4).archive(tiny).token_states and not LatentRecall().archive(tiny).token_states
+    assert not briefing.ArchivePolicy().token_states
     with pytest.raises(ValueError, match="LatentRecall: peaks=4 .* keeps no token states"):
         LatentRecall(peaks=4, archive_policy=briefing.ArchivePolicy(token_states=False))
     for bad in (-1, 1.5, "4", True):
@@ -510,7 +512,9 @@ def test_briefed_worker_recalls_through_the_archive(tiny, essay):
 
     text = planted(essay)
     policy = briefing.ArchivePolicy(block=16)
+    peaks = briefing.ArchivePolicy(block=16, token_states=True)
     for how, rec in [("latent:attach", LatentRecall(tokens=64, pad=8, archive_policy=policy)),
+                     ("latent:attach", LatentRecall(tokens=64, pad=8, peaks=4, archive_policy=peaks)),
                      ("latent:prefill", LatentRecall(tokens=64, pad=8, attach=False, archive_policy=policy)),
                      ("latent:attach+bm25", RoutedRecall(tokens=64, margin=100, latent=LatentRecall(
                          tokens=64, pad=8, archive_policy=policy)))]:

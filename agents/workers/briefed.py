@@ -326,11 +326,12 @@ class BriefedWorker(LocalModelMixin, Worker):
         need = other.recall.archive(lm) if other.recall is not None and lm is not None else None
         archived = need is not None
         # a cache without the archive the new recall needs (or with representatives alone where it needs keys and
-        # values) is not carried over: it is rebuilt from the text; one whose archive the new recall does not read
-        # drops it (no more blocks archived, nor representatives read)
+        # values, or without the token states it ranks by) is not carried over: it is rebuilt from the text; one whose
+        # archive the new recall does not read drops it (no more blocks archived, nor representatives read)
         other._caches = []
         for c in self._caches:
-            if archived and (c.archive is None or (need.budget_bytes and not c.archive.policy.budget_bytes)):
+            if archived and (c.archive is None or (need.budget_bytes and not c.archive.policy.budget_bytes)
+                             or (need.token_states and not c.archive.policy.token_states)):
                 continue
             budget, reserve, _ = other.layout(c.lm) if resized else (None, None, 0)   # the new worker's layout
             other._caches.append(c.clone(fold=fold, budget=budget, reserve=reserve))

@@ -194,7 +194,8 @@ def episode_rows(lm: Any, prompts: Any, ep: LongEpisode, cfg: LongConfig) -> tup
         # a latent condition needs the archive from the first extend: the shared prefill keeps one then (it asks
         # nothing, so its recall is never used; the text-recall forks ignore the archive)
         archived = any(c in LATENT or c in ROUTED for c in folding)
-        latent = LatentRecall(tokens=sizes["recall_budget"]) if archived else None
+        peaks = max((ROUTED.get(c, {}).get("peaks", 0) for c in folding), default=0)   # its archive keeps token states
+        latent = LatentRecall(tokens=sizes["recall_budget"], peaks=peaks) if archived else None
         base = BriefedWorker(lm=lm, fold=briefing.FoldPolicy(recent=sizes["recent"]), cache_budget=sizes["budget"],
                              reserve=sizes["reserve"], recall=latent, max_new_tokens=SCORED_TOKENS)
         text, k, held = "", 0, 0
@@ -219,6 +220,8 @@ def episode_rows(lm: Any, prompts: Any, ep: LongEpisode, cfg: LongConfig) -> tup
                 if condition in RECALL:  # the recalled text comes out of the cache's budget: every call fits the window
                     recall = recall_of(condition, sizes)
                     budget, reserve = budget - sizes["recall_budget"], reserve + sizes["recall_budget"]
+                    if same == "fold-latent" and peaks:   # a peaks condition will ask on this cache
+                        recall = keeping_token_states(recall, lm)
                 worker = base.fork(fold=fold_policy(cfg, sizes, condition), cache_budget=budget, reserve=reserve,
                                    recall=recall, selector=briefing.KeepAll() if condition in STREAMING else None)
                 full = text
@@ -245,6 +248,18 @@ def episode_rows(lm: Any, prompts: Any, ep: LongEpisode, cfg: LongConfig) -> tup
     if text_conditions:
         rows += text_rows(lm, prompts, ep, cfg, sizes, tokens, text_conditions)
     return rows, folds
+
+
+def keeping_token_states(recall: Any, lm: Any) -> Any:
+    """`recall` (a LatentRecall or RoutedRecall) whose caches' archive keeps the token states that a `peaks` recall
+    forking from them ranks by (the archive it would build otherwise, plus the states)."""
+    import dataclasses
+
+    from agents import RoutedRecall
+
+    latent = recall.latent if isinstance(recall, RoutedRecall) else recall
+    latent.archive_policy = dataclasses.replace(latent.archive(lm), token_states=True)
+    return recall
 
 
 def recall_of(condition: str, sizes: dict) -> Any:
