@@ -604,6 +604,11 @@ def test_latent_recall_reprefills_on_a_model_with_sliding_layers(tiny, tok, essa
             assert not b.cache.archive.segments and b.cache.archive.archive_s == 0
             assert w.fork(recall=LatentRecall(tokens=64))._caches
             assert not w.fork(recall=LatentRecall(attach=True, archive_policy=briefing.ArchivePolicy()))._caches
+            peaks = w.fork(recall=LatentRecall(tokens=64, pad=8, peaks=4))   # no token states: rebuilt from the text
+            assert not peaks._caches
+            pb = peaks.brief(PARAPHRASE, text)   # its text re-prefilled, ranked with the states the new cache keeps
+            assert pb.stats.recall == "latent:prefill" and pb.cache.archive.token_states() is not None
+            assert pb.cache.archive.policy.budget_bytes == 0 and pb.recalled.text
             with pytest.raises(briefing.BriefingError, match="kv=True fetches archived keys and values, but"):
                 latent.lookup(b.cache, gemma.encode(PARAPHRASE), None, 64, pad=8, sink=4, kv=True)
         if name == "gemma, keys kept":   # forked to a recall that re-prefills: its keys and values dropped
