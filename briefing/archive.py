@@ -323,8 +323,7 @@ class Archive:
         """Bytes of the representatives' sums and counts, the tokens' states (as read, not the buffer's spare rows) and
         the per-token buffer kept for a re-cut seam."""
         states = self.token_states()
-        return sum(t.numel() * t.element_size() for t in (self.sums, self.counts, self.recent)
-                   if t is not None) + (0 if states is None else states.numel() * states.element_size())
+        return sum(t.numel() * t.element_size() for t in (self.sums, self.counts, self.recent, states) if t is not None)
 
     @property
     def archived(self) -> tuple[int, int]:

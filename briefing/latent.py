@@ -76,20 +76,28 @@ def whiten(x: torch.Tensor, query: torch.Tensor, ref: torch.Tensor, shrink: floa
     x, query, ref = x.float(), query.float().to(x.device), ref.float().to(x.device)
     if ref.shape[0] < 2:
         return unit(x, dim=-1), unit(query, dim=-1)
-    mu = ref.mean(0)                                                                  # [layers, hidden]
-    X = (ref - mu).transpose(0, 1)                                                    # [layers, m, hidden]
-    var = X.square().sum(1) / (X.shape[1] - 1)                                        # [layers, hidden]
-    var = var.clamp_min(1e-12)
-    if shrink >= 1:                                                                   # the diagonal alone
+    mu, var, L = shrunk_covariance(ref, shrink)                                       # [l, h], [l, h], [l, h, h]
+    if L is None:                                                                     # the diagonal alone
         return unit((x - mu) / var.sqrt(), dim=-1), unit((query - mu) / var.sqrt(), dim=-1)
-    C = (1 - shrink) * (X.transpose(1, 2) @ X) / (X.shape[1] - 1)                     # [layers, hidden, hidden]
-    C.diagonal(dim1=-2, dim2=-1).copy_(var)                                           # (1-s) var + s var = var
-    L, info = torch.linalg.cholesky_ex(C)                                             # [layers, hidden, hidden]
-    if bool(info.any()):   # not positive definite (shrink near 0 with fewer blocks than dimensions): the diagonal
-        return whiten(x, query, ref, 1.0)
     both = torch.cat([x - mu, (query - mu)[None]]).permute(1, 2, 0)                   # [layers, hidden, n + 1]
     w = torch.linalg.solve_triangular(L, both, upper=False).permute(2, 0, 1)          # [n + 1, layers, hidden]
     return unit(w[:-1], dim=-1), unit(w[-1], dim=-1)
+
+
+def shrunk_covariance(ref: torch.Tensor, shrink: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The spread `whiten` whitens by, of ref [m, layers, hidden] (m >= 2, float32): its mean and variance [layers,
+    hidden] and the Cholesky factor L [layers, hidden, hidden] of C = (1 - shrink) cov + shrink diag(cov); L is None
+    where the diagonal alone is meant (shrink >= 1) or C is not positive definite (shrink near 0 with fewer blocks
+    than dimensions)."""
+    mu = ref.mean(0)                                                                  # [layers, hidden]
+    X = (ref - mu).transpose(0, 1)                                                    # [layers, m, hidden]
+    var = (X.square().sum(1) / (X.shape[1] - 1)).clamp_min(1e-12)                     # [layers, hidden]
+    if shrink >= 1:
+        return mu, var, None
+    C = (1 - shrink) * (X.transpose(1, 2) @ X) / (X.shape[1] - 1)                     # [layers, hidden, hidden]
+    C.diagonal(dim1=-2, dim2=-1).copy_(var)                                           # (1-s) var + s var = var
+    L, info = torch.linalg.cholesky_ex(C)                                             # [layers, hidden, hidden]
+    return mu, var, None if bool(info.any()) else L
 
 
 def block_scores(cache, query: torch.Tensor, shrink: float = SHRINK, peaks: int = 0) -> torch.Tensor:
@@ -132,18 +140,13 @@ def token_peaks(states: torch.Tensor, query: torch.Tensor, ref: torch.Tensor, sh
     linear in the trajectory:
         u = C^-1 (q - mu) / |q - mu|_C                   the whitened question, unit length in C's norm
         s_t = (h_t - mu) . u / |(h_t - mu) / sd|          per token, sd = sqrt(diag C)"""
-    ref = ref.float()
-    mu = ref.mean(0)                                                                  # [h]
-    X = ref - mu                                                                      # [m, h]
-    var = (X.square().sum(0) / max(1, X.shape[0] - 1)).clamp_min(1e-12)               # [h]
-    C = (1 - shrink) * (X.T @ X) / max(1, X.shape[0] - 1)                             # [h, h]
-    C.diagonal().copy_(var)
-    L, info = torch.linalg.cholesky_ex(C)
+    mu, var, L = shrunk_covariance(ref.float()[:, None], shrink)                      # [1, h], [1, h], [1, h, h]
+    mu, var = mu[0], var[0]                                                           # [h]
     d = query.float().to(mu.device) - mu                                              # [h]
-    if bool(info.any()) or shrink >= 1:   # not positive definite, or the diagonal alone
+    if L is None:                                                                     # the diagonal alone
         u = d / var
     else:
-        u = torch.cholesky_solve(d[:, None], L)[:, 0]                                 # [h] C^-1 (q - mu)
+        u = torch.cholesky_solve(d[:, None], L[0])[:, 0]                              # [h] C^-1 (q - mu)
     u = u / (d @ u).clamp_min(1e-12).sqrt()                                           # [h]
     inv_sd = var.rsqrt()                                                              # [h]
     n = min(states.shape[0], blocks * block)
