@@ -183,7 +183,11 @@ def offline(folders: list[str], budgets: tuple[int, ...] = (960,), pad: int = 8,
     mean of its top k folded blocks), the neighbouring blocks' scores added (`neighbours{w}`), a hubness penalty
     (`csls10/{w}`: 2 cos - w x each block's mean cosine with its 10 nearest blocks) and the layers' cosines z-scored
     over the folded blocks before their mean (`zlayers`); and round 11's `peaks{k}`, the shipped score plus the mean
-    of each block's k best tokens at the last layer, both standardised (`latent.block_scores(peaks=k)`).
+    of each block's k best tokens at the last layer, both standardised (`latent.block_scores(peaks=k)`); round 12, on
+    dumps that keep every call-prompt token's states: the whole prompt's mean as the question (`prompt/whiten`,
+    `prompt/raw`: no whitening), the raw cosine to the prompt's tokens before the question alone (`before/raw`: the
+    same for every question, a prior on the blocks), and each of those standardised and added to the shipped score
+    or to `peaks4` (`shipped+prompt/raw`, `shipped+before/raw`, `peaks4+before/raw`).
     Availability, per budget: the fact's every token in the top blocks, each widened by `pad`, within that many
     tokens."""
     from briefing.latent import SHRINK, token_peaks, whiten
@@ -267,6 +271,20 @@ def offline(folders: list[str], budgets: tuple[int, ...] = (960,), pad: int = 8,
                         return (x - x[ok].mean()) / x[ok].std()
 
                     sc[f"peaks{k}"] = z(base) + z(peak)
+                if "prompt" in qd:   # round 12: the question's vector from more of the call prompt than its words
+                    P, lo = qd["prompt"].float(), qd["span"][0]                          # [n, l, h] every prompt token
+                    every = unit(P.mean(0), dim=-1)                                      # [l, h] the whole prompt
+                    before = unit(P[:lo].mean(0), dim=-1)                                # [l, h] no question in it
+                    sc["prompt/whiten"] = cosine(*whiten(B, every, ref, SHRINK))
+                    sc["prompt/raw"] = cosine(B, every)
+                    sc["before/raw"] = cosine(B, before)
+
+                    def zf(x: torch.Tensor) -> torch.Tensor:   # standardised over the folded blocks
+                        return (x - x[fold_t].mean()) / x[fold_t].std()
+
+                    sc["shipped+prompt/raw"] = zf(base) + zf(sc["prompt/raw"])
+                    sc["shipped+before/raw"] = zf(base) + zf(sc["before/raw"])
+                    sc["peaks4+before/raw"] = sc["peaks4"] + zf(sc["before/raw"])
                 fact_blocks = sorted({t // block for t in fact})
                 for name, s in sc.items():
                     keep = torch.full_like(s, float("-inf"))
@@ -461,6 +479,8 @@ def run(args: argparse.Namespace) -> dict:
                 if block == policy.block and args.dump:
                     dumped["questions"].append(dict(form=q.form, fact=fact, cand=cand, folded=folded,
                                                     q=hq_last[:, layer_ids("last3", n_layers)],
+                                                    prompt=hq_all[:, layer_ids("last3", n_layers)].float(),
+                                                    span=(q_tok[0], q_tok[-1] + 1),
                                                     shipped=shipped_scores["shipped/latent"]))
                 # key summaries: pre-RoPE queries of the question tokens against block mean keys
                 kvh = lm.kv_heads

@@ -84,7 +84,8 @@ class ArchivePolicy:
     path: None: in CPU memory; a folder: in memory-mapped files there (deleted with the archive that made them).
     token_states: also keep every token's hidden state at the last representative layer, unit length, float16 (2 x
         hidden bytes per token: 1,152 for SmolLM2-135M), for a ranking by a block's best tokens
-        (`agents.LatentRecall(peaks=...)`, which asks for them); False (the default): the block means alone.
+        (`agents.LatentRecall(peaks=...)`, the default recall); False: the block means alone (`LatentRecall(peaks=0)`
+        asks for no more). The states of blocks that the byte budget evicts are dropped with their keys and values.
     """
 
     budget_bytes: int = 1 << 30
@@ -92,7 +93,7 @@ class ArchivePolicy:
     layers: int = 3
     dtype: str = "int8"
     path: str | None = None
-    token_states: bool = False
+    token_states: bool = True
 
     def __post_init__(self) -> None:
         owner = "ArchivePolicy"
@@ -201,8 +202,10 @@ class Archive:
         self.sums = torch.zeros(0, len(self.layers), hidden, dtype=torch.float32, device=dev)
         self.counts = torch.zeros(0, dtype=torch.long, device=dev)
         self.recent = torch.zeros(0, len(self.layers), hidden, dtype=torch.float32, device=dev)  # [<= CROP_BUFFER, ..]
-        # [capacity, hidden] every token's unit hidden state at the last layer (rows [0, tokens) are read), or None
+        # [capacity, hidden] every token's unit hidden state at the last layer from token `states_from` on (rows
+        # [0, tokens - states_from) are read), or None
         self.states = torch.zeros(0, hidden, dtype=torch.float16, device=dev) if policy.token_states else None
+        self.states_from = 0       # the first token whose state is kept (the states of evicted blocks are dropped)
         self.tokens = 0            # tokens read (representatives summed)
         self.segments: list[Segment] = []
         self.evicted = 0           # archived tokens before this one were dropped for the budget
@@ -235,11 +238,12 @@ class Archive:
         self.counts.index_add_(0, blocks, torch.ones_like(blocks))
         self.recent = torch.cat([self.recent, h])[-CROP_BUFFER:]
         if self.states is not None:
-            if first + n > self.states.shape[0]:   # grow by doubling: appends stay linear in the trajectory
-                grown = self.states.new_zeros(max(first + n, 2 * self.states.shape[0]), self.states.shape[1])
-                grown[:first] = self.states[:first]
+            a = first - self.states_from                                                 # the first row written
+            if a + n > self.states.shape[0]:   # grow by doubling: appends stay linear in the trajectory
+                grown = self.states.new_zeros(max(a + n, 2 * self.states.shape[0]), self.states.shape[1])
+                grown[:a] = self.states[:a]
                 self.states = grown
-            self.states[first:first + n] = torch.nn.functional.normalize(h[:, -1], dim=-1).to(self.states.dtype)
+            self.states[a:a + n] = torch.nn.functional.normalize(h[:, -1], dim=-1).to(self.states.dtype)
         self.tokens = first + n
 
     def crop(self, keep: int) -> None:
@@ -265,9 +269,10 @@ class Archive:
         self.tokens = keep
 
     def token_states(self) -> torch.Tensor | None:
-        """[tokens, hidden] float16: every token's unit hidden state at the last representative layer (None: the policy
-        keeps none)."""
-        return None if self.states is None else self.states[:self.tokens]
+        """[tokens - states_from, hidden] float16: the unit hidden state at the last representative layer of every token
+        from `states_from` on (None: the policy keeps none). `states_from` is 0 unless the byte budget evicted blocks:
+        their keys and values gone, a recall of keys and values cannot bring them back, so their states go too."""
+        return None if self.states is None else self.states[:self.tokens - self.states_from]
 
     def representatives(self) -> torch.Tensor:
         """[blocks, layers, hidden]: each block's mean hidden state per layer, unit length (0 for a block with nothing
@@ -314,6 +319,10 @@ class Archive:
             rest = seg.drop_before(cut, self.policy.path)
             self.evicted = max(self.evicted, min(cut, seg.last))
             self.segments = ([rest] if rest is not None else []) + self.segments[1:]
+        drop = self.evicted // B * B - self.states_from   # whole evicted blocks whose states are still kept
+        if self.states is not None and drop > 0:   # what bounds the keys and values bounds the states too
+            self.states = self.states[drop:].clone()
+            self.states_from += drop
 
     def nbytes(self) -> int:
         """Bytes of the archived keys, values and scales."""
@@ -411,6 +420,6 @@ class Archive:
         other = Archive.__new__(Archive)
         other.__dict__.update(self.__dict__)
         other.sums, other.counts, other.recent = self.sums.clone(), self.counts.clone(), self.recent.clone()
-        other.states = None if self.states is None else self.states[:self.tokens].clone()   # written in place
+        other.states = None if self.states is None else self.token_states().clone()   # written in place
         other.segments = list(self.segments)
         return other

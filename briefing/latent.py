@@ -114,11 +114,15 @@ def block_scores(cache, query: torch.Tensor, shrink: float = SHRINK, peaks: int 
     if not peaks or read.sum() < 2:
         return mean
     peak = peak_scores(archive, query[-1], reps[read, -1], shrink, peaks)             # [nb]
+    has = read & torch.isfinite(peak)                                                 # [nb] blocks with token states
 
-    def z(x: torch.Tensor) -> torch.Tensor:                                           # standardised over read blocks
-        return (x - x[read].mean()) / x[read].std().clamp_min(1e-12)
+    def z(x: torch.Tensor, over: torch.Tensor) -> torch.Tensor:                       # standardised over those blocks
+        return (x - x[over].mean()) / x[over].std().clamp_min(1e-12)
 
-    return (z(mean) + z(peak)).masked_fill(~read, float("-inf"))                      # [nb]
+    if has.sum() < 2:
+        return mean
+    # a block whose states were dropped with its keys and values (the archive's budget) ranks by its mean alone
+    return (z(mean, read) + z(peak, has).masked_fill(~has, 0.0)).masked_fill(~read, float("-inf"))   # [nb]
 
 
 def peak_scores(archive, query: torch.Tensor, ref: torch.Tensor, shrink: float, k: int) -> torch.Tensor:
@@ -128,13 +132,15 @@ def peak_scores(archive, query: torch.Tensor, ref: torch.Tensor, shrink: float, 
         raise BriefingError("a ranking by a block's best tokens (peaks > 0) needs the archive's token states: build "
                             "the cache with briefing.ArchivePolicy(token_states=True), or rank by the block means "
                             "(peaks=0).")
-    return token_peaks(states, query, ref, shrink, k, archive.policy.block, archive.sums.shape[0])
+    return token_peaks(states, query, ref, shrink, k, archive.policy.block, archive.sums.shape[0],
+                       archive.states_from)
 
 
 def token_peaks(states: torch.Tensor, query: torch.Tensor, ref: torch.Tensor, shrink: float, k: int, block: int,
-                blocks: int) -> torch.Tensor:
+                blocks: int, offset: int = 0) -> torch.Tensor:
     """[blocks] the mean of each block's k best token scores (fewer in a block with fewer tokens; -inf for none):
-    states [tokens, hidden] the tokens' unit hidden states at one layer, query [hidden] the question's (unit), ref
+    states [tokens, hidden] the unit hidden states at one layer of the tokens from `offset` on (a multiple of
+    `block`: the blocks before it have none), query [hidden] the question's (unit), ref
     [m, hidden] the blocks' representatives at that layer, whose spread whitens as `whiten` does (covariance C shrunk
     toward its diagonal by `shrink`). The whitening is applied to the question alone (one solve), so the cost stays
     linear in the trajectory:
@@ -149,12 +155,12 @@ def token_peaks(states: torch.Tensor, query: torch.Tensor, ref: torch.Tensor, sh
         u = torch.cholesky_solve(d[:, None], L[0])[:, 0]                              # [h] C^-1 (q - mu)
     u = u / (d @ u).clamp_min(1e-12).sqrt()                                           # [h]
     inv_sd = var.rsqrt()                                                              # [h]
-    n = min(states.shape[0], blocks * block)
+    n = max(0, min(states.shape[0], blocks * block - offset))
     scores = torch.full((blocks * block,), float("-inf"), device=mu.device)           # [blocks * block]
     step = 8192   # tokens at a time in float32
     for a in range(0, n, step):
         h = states[a:min(n, a + step)].float().to(mu.device) - mu                     # [s, h]
-        scores[a:a + h.shape[0]] = (h @ u) / (h * inv_sd).norm(dim=-1).clamp_min(1e-12)   # [s]
+        scores[offset + a:offset + a + h.shape[0]] = (h @ u) / (h * inv_sd).norm(dim=-1).clamp_min(1e-12)   # [s]
     top = scores.view(blocks, block).topk(min(k, block), dim=1).values                # [blocks, k]
     finite = torch.isfinite(top)
     got = finite.sum(1)                                                               # [blocks]

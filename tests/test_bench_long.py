@@ -289,7 +289,8 @@ def test_routed_conditions_build_their_recall():
     assert plain.latent.pin is None and recall_of("fold-routed-pin", sizes).latent.tokens == 120
     assert recall_of("fold-routed-unpinned", sizes).latent.pin == 0   # the default until round 7
     assert recall_of("fold-routed-confident-pin", sizes).confident_pin and not plain.confident_pin
-    assert recall_of("fold-routed-peaks", sizes).latent.peaks == 4 and plain.latent.peaks == 0   # round 11's probe
+    assert recall_of("fold-routed-peaks", sizes).latent.peaks == 4 == plain.latent.peaks   # the default since round 12
+    assert recall_of("fold-routed-means", sizes).latent.peaks == 0   # the default until round 12
 
 
 def test_pooled_by_length_keeps_lengths_apart(tmp_path, capsys):

@@ -112,10 +112,22 @@ def test_the_archive_stays_within_its_byte_budget(tiny, pieces, tmp_path):
         found = latent.lookup(cache, tiny.encode("Question: what came first? Answer:"), None, 10_000, pad=24, sink=4)
         assert found.floor == a and found.ranges and min(lo for lo, _ in found.ranges) >= a
         cache.archive.fetch(cache.store, found.ranges)
+        # the dropped blocks' token states went with their keys and values; the rest are the unbounded archive's
+        arc = cache.archive
+        assert arc.states_from == a and arc.token_states().shape[0] == arc.tokens - a
+        assert torch.equal(arc.token_states(), big.archive.token_states()[a:])
+        assert arc.representative_bytes() < big.archive.representative_bytes()
+        q = latent.query_vector(cache, tiny.encode("Question: what came first? Answer:"))
+        peaks = latent.block_scores(cache, q, peaks=4)                                 # [nb]
+        read = arc.counts > 0
+        assert torch.isfinite(peaks[read]).all()   # a block without states ranks by its mean alone
+        found = latent.lookup(cache, tiny.encode("Question: what came first? Answer:"), None, 10_000, pad=24, sink=4,
+                              peaks=4)
+        assert found.ranges and min(lo for lo, _ in found.ranges) >= a
         if path is not None:
             files = list(tmp_path.glob("archive-*.bin"))
             assert files and sum(f.stat().st_size for f in files) <= 2 * budget
-            del cache, k
+            del cache, k, arc   # the archive (and its memory-mapped files) with them
             import gc
 
             gc.collect()
@@ -200,8 +212,8 @@ def test_peaks_add_a_block_s_best_tokens_to_its_mean(tiny, essay):
     plain.extend(planted(essay))
     with pytest.raises(briefing.BriefingError, match="token_states=True"):
         latent.block_scores(plain, q, peaks=k)
-    assert LatentRecall(peaks=4).archive(tiny).token_states and not LatentRecall().archive(tiny).token_states
-    assert not briefing.ArchivePolicy().token_states
+    assert LatentRecall().archive(tiny).token_states and not LatentRecall(peaks=0).archive(tiny).token_states
+    assert briefing.ArchivePolicy().token_states   # what the default recall ranks by
     with pytest.raises(ValueError, match="LatentRecall: peaks=4 .* keeps no token states"):
         LatentRecall(peaks=4, archive_policy=briefing.ArchivePolicy(token_states=False))
     for bad in (-1, 1.5, "4", True):
@@ -589,8 +601,9 @@ def test_latent_recall_reprefills_on_a_model_with_sliding_layers(tiny, tok, essa
     seen = {}
     for name, lm, policy in [("gemma", gemma, None), ("gemma, keys kept", gemma, briefing.ArchivePolicy()),
                              ("llama, representatives alone", tiny, reps)]:   # the default block: 32
+        means = dict(peaks=0) if lm is gemma else {}   # the block means (gemma: a cache without token states)
         w = BriefedWorker(lm=lm, max_new_tokens=2, reserve=160, cache_budget=256,
-                          recall=LatentRecall(tokens=64, pad=8, archive_policy=policy),
+                          recall=LatentRecall(tokens=64, pad=8, archive_policy=policy, **means),
                           fold=briefing.FoldPolicy(recent=64))
         b = w.brief(PARAPHRASE, text)
         assert b.cache.folds and b.stats.recall == "latent:prefill" and b.recalled.text
@@ -602,7 +615,7 @@ def test_latent_recall_reprefills_on_a_model_with_sliding_layers(tiny, tok, essa
         seen[name] = b.recalled.ranges, b.cache.archive.nbytes()
         if name == "gemma":   # nothing archived; a fork keeps such a cache only for a recall that needs no more
             assert not b.cache.archive.segments and b.cache.archive.archive_s == 0
-            assert w.fork(recall=LatentRecall(tokens=64))._caches
+            assert w.fork(recall=LatentRecall(tokens=64, peaks=0))._caches
             assert not w.fork(recall=LatentRecall(attach=True, archive_policy=briefing.ArchivePolicy()))._caches
             peaks = w.fork(recall=LatentRecall(tokens=64, pad=8, peaks=4))   # no token states: rebuilt from the text
             assert not peaks._caches
@@ -612,7 +625,7 @@ def test_latent_recall_reprefills_on_a_model_with_sliding_layers(tiny, tok, essa
             with pytest.raises(briefing.BriefingError, match="kv=True fetches archived keys and values, but"):
                 latent.lookup(b.cache, gemma.encode(PARAPHRASE), None, 64, pad=8, sink=4, kv=True)
         if name == "gemma, keys kept":   # forked to a recall that re-prefills: its keys and values dropped
-            forked = w.fork(recall=LatentRecall(tokens=64, pad=8))
+            forked = w.fork(recall=LatentRecall(tokens=64, pad=8, peaks=0))
             assert forked._caches[0].archive.policy.budget_bytes == 0 and not forked._caches[0].archive.segments
             assert b.cache.archive.segments                  # the original keeps its own
             again = forked.brief(PARAPHRASE, text)

@@ -15,7 +15,7 @@ Every condition sees the same events; `window` is the worker's positions, `reser
   (its archive kept from the first extend: the suite's shared prefill keeps one when a latent condition runs);
 - fold-routed, fold-routed-alone, fold-routed-half, fold-routed-always, fold-routed-text, fold-routed-hedged,
   fold-routed-tail, fold-routed-pin, fold-routed-pin-full, fold-routed-unpinned, fold-routed-confident-pin,
-  fold-routed-overlap, fold-routed-peaks: fold-latent's cache with `RoutedRecall`
+  fold-routed-overlap, fold-routed-peaks, fold-routed-means: fold-latent's cache with `RoutedRecall`
   (BM25 where its best chunk stands out, else BM25's best chunks in a share of the budget and latent recall in the
   rest): its defaults, BriefedWorker's default recall; share 0 (latent recall alone below the margin); share 0.5; no
   margin enough (every call splits the budget); the latent blocks' text re-prefilled (attach=False); BM25 keeps 3/4
@@ -25,7 +25,8 @@ Every condition sees the same events; `window` is the worker's positions, `reser
   7); none (pin=0, the default until then); the tail's best blocks pinned on BM25's confident route too, nothing
   fetched there (confident_pin); below the margin, BM25's share only where its best chunk holds at least half of the
   question's content words (min_overlap=0.5); the latent ranking adds each block's 4 best tokens to its mean
-  (`LatentRecall(peaks=4)`);
+  (`LatentRecall(peaks=4)`, round 11's probe, the default since round 12, spelled out); the block means alone
+  (`LatentRecall(peaks=0)`, the default until round 12);
 - ceiling: the same trajectory all in view (`BriefedWorker` with the model's whole context as its cache, `KeepAll`
   per call, no fold): the in-window ceiling a recall is judged against; no rows where the trajectory does not fit;
 - streaming: a fold that keeps nothing (attention sink + recent window, StreamingLLM), KeepAll per call;
@@ -52,7 +53,7 @@ CONDITIONS = ["fold-task", "fold-span", "fold-span-only", "fold-mix", "fold-reca
               "fold-routed", "fold-routed-alone", "fold-routed-half", "fold-routed-always", "fold-routed-text",
               "fold-routed-hedged", "fold-routed-tail", "fold-routed-pin", "fold-routed-pin-full",
               "fold-routed-unpinned", "fold-routed-confident-pin", "fold-routed-overlap", "fold-routed-peaks",
-              "ceiling",
+              "fold-routed-means", "ceiling",
               "truncated", "streaming", "streaming-recall", "bm25", "summary", "plain"]
 # recall variants of fold-recall: scope (tail: the unfolded tail too) and order (ranked: the best chunk last); they
 # share fold-recall's cache
@@ -70,14 +71,16 @@ LATENT = {"fold-latent": dict(rank="latent"), "fold-latent-both": dict(rank="bot
 # tokens; pin: the call's compaction keeps the unfolded tail's best blocks whole, within pin_share of the recall
 # budget (pin-full: the default since round 7, spelled out; unpinned: none, the default until then); confident-pin:
 # the tail's best blocks pinned on BM25's confident route too; overlap: below the margin BM25 keeps its share only
-# where its best chunk holds at least half of the question's content words); on
-# fold-latent's cache
+# where its best chunk holds at least half of the question's content words; peaks: each block's 4 best tokens beside
+# its mean, the default since round 12; means: the block means alone, the default until then); on fold-latent's
+# cache
 ROUTED = {"fold-routed": {}, "fold-routed-alone": dict(share=0.0), "fold-routed-half": dict(share=0.5),
           "fold-routed-always": dict(margin=1e9), "fold-routed-text": dict(attach=False),
           "fold-routed-hedged": dict(confident_share=0.75), "fold-routed-tail": dict(tail_skip=512),
           "fold-routed-pin": dict(pin_share=0.5), "fold-routed-pin-full": dict(pin_share=1.0),
           "fold-routed-unpinned": dict(pin_share=0.0), "fold-routed-confident-pin": dict(confident_pin=True),
-          "fold-routed-overlap": dict(min_overlap=0.5), "fold-routed-peaks": dict(peaks=4)}
+          "fold-routed-overlap": dict(min_overlap=0.5), "fold-routed-peaks": dict(peaks=4),
+          "fold-routed-means": dict(peaks=0)}
 FOLD_GUIDANCE = {"fold-task": "task", "fold-span": "span", "fold-span-only": "span-only", "fold-mix": "mix",
                  **dict.fromkeys(RECALL_VARIANTS, "mix"), **dict.fromkeys(LATENT, "mix"),
                  **dict.fromkeys(ROUTED, "mix")}
@@ -194,7 +197,8 @@ def episode_rows(lm: Any, prompts: Any, ep: LongEpisode, cfg: LongConfig) -> tup
         # a latent condition needs the archive from the first extend: the shared prefill keeps one then (it asks
         # nothing, so its recall is never used; the text-recall forks ignore the archive)
         archived = any(c in LATENT or c in ROUTED for c in folding)
-        peaks = max((ROUTED.get(c, {}).get("peaks", 0) for c in folding), default=0)   # its archive keeps token states
+        peaks = max((latent_of(recall_of(c, sizes)).peaks for c in folding if c in LATENT or c in ROUTED),
+                    default=0)   # the shared archive keeps token states where a condition ranks by them
         latent = LatentRecall(tokens=sizes["recall_budget"], peaks=peaks) if archived else None
         base = BriefedWorker(lm=lm, fold=briefing.FoldPolicy(recent=sizes["recent"]), cache_budget=sizes["budget"],
                              reserve=sizes["reserve"], recall=latent, max_new_tokens=SCORED_TOKENS)
@@ -250,14 +254,19 @@ def episode_rows(lm: Any, prompts: Any, ep: LongEpisode, cfg: LongConfig) -> tup
     return rows, folds
 
 
+def latent_of(recall: Any) -> Any:
+    """The LatentRecall of a LatentRecall or RoutedRecall."""
+    from agents import RoutedRecall
+
+    return recall.latent if isinstance(recall, RoutedRecall) else recall
+
+
 def keeping_token_states(recall: Any, lm: Any) -> Any:
     """`recall` (a LatentRecall or RoutedRecall) whose caches' archive keeps the token states that a `peaks` recall
     forking from them ranks by (the archive it would build otherwise, plus the states)."""
     import dataclasses
 
-    from agents import RoutedRecall
-
-    latent = recall.latent if isinstance(recall, RoutedRecall) else recall
+    latent = latent_of(recall)
     latent.archive_policy = dataclasses.replace(latent.archive(lm), token_states=True)
     return recall
 
