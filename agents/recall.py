@@ -289,8 +289,8 @@ class LatentRecall(Recall):
         standardised over the blocks (`latent.block_scores`; the archive keeps every token's hidden state at the last
         layer, `ArchivePolicy.token_states`: 2 x hidden bytes per token); 0: the block means alone (the default until
         round 12). 4 (the default) was chosen among 2, 4 and 8 on dev episodes; on every held-out setting of the long
-        suite (two models, 4k to 64k, 208 questions per form) it held the paraphrased fact whole 0.067 [+0.029,
-        +0.106] more often, availability 0.78 -> 0.84, accuracy level (docs/benchmarks.md, "Latent recall, round
+        suite (two models, 4k to 64k, 272 questions per form) it held the paraphrased fact whole 0.066 [+0.033,
+        +0.099] more often, availability 0.79 -> 0.85, accuracy level (docs/benchmarks.md, "Latent recall, round
         12").
         archive_policy: the caches'
         `briefing.ArchivePolicy` (None: its defaults where the blocks are re-attached, the representatives alone,
