@@ -182,12 +182,12 @@ def offline(folders: list[str], budgets: tuple[int, ...] = (960,), pad: int = 8,
     shipped whitening (`latent.SHRINK`), pseudo-relevance feedback (`prf{k}/{a}`: the question moved by `a` toward the
     mean of its top k folded blocks), the neighbouring blocks' scores added (`neighbours{w}`), a hubness penalty
     (`csls10/{w}`: 2 cos - w x each block's mean cosine with its 10 nearest blocks) and the layers' cosines z-scored
-    over the folded blocks before their mean (`zlayers`); and round 11's `peaks{k}`, the shipped score plus the mean
-    of each block's k best tokens at the last layer, both standardised (`latent.block_scores(peaks=k)`); round 12, on
-    dumps that keep every call-prompt token's states: the whole prompt's mean as the question (`prompt/whiten`,
-    `prompt/raw`: no whitening), the raw cosine to the prompt's tokens before the question alone (`before/raw`: the
-    same for every question, a prior on the blocks), and each of those standardised and added to the shipped score
-    or to `peaks4` (`shipped+prompt/raw`, `shipped+before/raw`, `peaks4+before/raw`).
+    over the folded blocks before their mean (`zlayers`); and round 11's `peaks{k}`, the block means' score plus
+    the mean of each block's k best tokens at the last layer, both standardised (`latent.block_scores(peaks=k)`);
+    round 12, on dumps that keep every call-prompt token's states: the whole prompt's mean as the question
+    (`prompt/whiten`, `prompt/raw`: no whitening), the raw cosine to the prompt's tokens before the question alone
+    (`before/raw`: the same for every question, a prior on the blocks), and each of those standardised and added to
+    the block means' score or to `peaks4` (`means+prompt/raw`, `means+before/raw`, `peaks4+before/raw`).
     Availability, per budget: the fact's every token in the top blocks, each widened by `pad`, within that many
     tokens."""
     from briefing.latent import SHRINK, token_peaks, whiten
@@ -282,8 +282,8 @@ def offline(folders: list[str], budgets: tuple[int, ...] = (960,), pad: int = 8,
                     def zf(x: torch.Tensor) -> torch.Tensor:   # standardised over the folded blocks
                         return (x - x[fold_t].mean()) / x[fold_t].std()
 
-                    sc["shipped+prompt/raw"] = zf(base) + zf(sc["prompt/raw"])
-                    sc["shipped+before/raw"] = zf(base) + zf(sc["before/raw"])
+                    sc["means+prompt/raw"] = zf(base) + zf(sc["prompt/raw"])
+                    sc["means+before/raw"] = zf(base) + zf(sc["before/raw"])
                     sc["peaks4+before/raw"] = sc["peaks4"] + zf(sc["before/raw"])
                 fact_blocks = sorted({t // block for t in fact})
                 for name, s in sc.items():
@@ -418,7 +418,8 @@ def run(args: argparse.Namespace) -> dict:
             in_cache = float(torch.isin(held, torch.tensor(fact, device=held.device)).sum(-1).float().mean()
                              / len(fact))                                        # share of the fact's tokens kept
             t1 = time.perf_counter()
-            found = latent.lookup(cache, ids, (q_tok[0], q_tok[-1] + 1), recall_budget, pad=shipped.pad, sink=sink)
+            found = latent.lookup(cache, ids, (q_tok[0], q_tok[-1] + 1), recall_budget, pad=shipped.pad, sink=sink,
+                                  peaks=shipped.peaks)
             lookup_s = time.perf_counter() - t1
             shipped_scores = {"shipped/latent": found.scores.cpu(),
                               "shipped/both": LatentRecall(rank="both")._fused(cache, question_text(q),

@@ -85,7 +85,9 @@ class ArchivePolicy:
     token_states: also keep every token's hidden state at the last representative layer, unit length, float16 (2 x
         hidden bytes per token: 1,152 for SmolLM2-135M), for a ranking by a block's best tokens
         (`agents.LatentRecall(peaks=...)`, the default recall); False: the block means alone (`LatentRecall(peaks=0)`
-        asks for no more). The states of blocks that the byte budget evicts are dropped with their keys and values.
+        asks for no more). The states of blocks that the byte budget evicts are dropped with their keys and values;
+        with budget_bytes=0 nothing is evicted, and the states grow with the trajectory, as the representatives do
+        (these 2 x hidden bytes per token beside the representatives' 4 x layers x hidden / block).
     """
 
     budget_bytes: int = 1 << 30
@@ -271,7 +273,8 @@ class Archive:
     def token_states(self) -> torch.Tensor | None:
         """[tokens - states_from, hidden] float16: the unit hidden state at the last representative layer of every token
         from `states_from` on (None: the policy keeps none). `states_from` is 0 unless the byte budget evicted blocks:
-        their keys and values gone, a recall of keys and values cannot bring them back, so their states go too."""
+        their keys and values gone, a recall of keys and values cannot bring them back, so their states go too (a
+        recall of their text still can: it ranks such a block by its mean alone, `latent.block_scores`)."""
         return None if self.states is None else self.states[:self.tokens - self.states_from]
 
     def representatives(self) -> torch.Tensor:
@@ -329,10 +332,10 @@ class Archive:
         return sum(s.nbytes() for s in self.segments)
 
     def representative_bytes(self) -> int:
-        """Bytes of the representatives' sums and counts, the tokens' states (as read, not the buffer's spare rows) and
-        the per-token buffer kept for a re-cut seam."""
-        states = self.token_states()
-        return sum(t.numel() * t.element_size() for t in (self.sums, self.counts, self.recent, states) if t is not None)
+        """Bytes of the representatives' sums and counts, the tokens' states (their whole buffer, spare rows included:
+        what the device holds) and the per-token buffer kept for a re-cut seam."""
+        held = (self.sums, self.counts, self.recent, self.states)
+        return sum(t.numel() * t.element_size() for t in held if t is not None)
 
     @property
     def archived(self) -> tuple[int, int]:

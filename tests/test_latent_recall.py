@@ -121,6 +121,10 @@ def test_the_archive_stays_within_its_byte_budget(tiny, pieces, tmp_path):
         peaks = latent.block_scores(cache, q, peaks=4)                                 # [nb]
         read = arc.counts > 0
         assert torch.isfinite(peaks[read]).all()   # a block without states ranks by its mean alone
+        ref = arc.representatives()[read, -1]                                          # [m, hidden]
+        kept = latent.peak_scores(arc, q[-1], ref, latent.SHRINK, 4)                   # [nb] from token a on
+        whole = latent.token_peaks(big.archive.token_states(), q[-1], ref, latent.SHRINK, 4, 16, arc.sums.shape[0])
+        assert torch.isinf(kept[:a // 16]).all() and torch.allclose(kept[a // 16:], whole[a // 16:])   # in place
         found = latent.lookup(cache, tiny.encode("Question: what came first? Answer:"), None, 10_000, pad=24, sink=4,
                               peaks=4)
         assert found.ranges and min(lo for lo, _ in found.ranges) >= a
@@ -171,7 +175,8 @@ def test_token_states_are_each_token_s_last_layer_state_through_re_cut_seams(tin
     plain = archiving_cache(tiny, token_states=False)
     plain.extend(text)
     assert plain.archive.token_states() is None
-    assert one.archive.representative_bytes() - plain.archive.representative_bytes() == states.numel() * 2
+    assert one.archive.representative_bytes() - plain.archive.representative_bytes() == one.archive.states.numel() * 2
+    assert one.archive.states.numel() >= states.numel()   # the buffer's spare rows are counted too
     twin = one.archive.clone()
     one.extend(" and more words after it")
     assert twin.token_states().shape[0] == states.shape[0] < one.archive.token_states().shape[0]
