@@ -241,8 +241,8 @@ class Archive:
         self.recent = torch.cat([self.recent, h])[-CROP_BUFFER:]
         if self.states is not None:
             a = first - self.states_from                                                 # the first row written
-            if a + n > self.states.shape[0]:   # grow by doubling: appends stay linear in the trajectory
-                grown = self.states.new_zeros(max(a + n, 2 * self.states.shape[0]), self.states.shape[1])
+            if a + n > self.states.shape[0]:   # grow by a quarter: appends stay linear, the spare rows few
+                grown = self.states.new_zeros(max(a + n, self.states.shape[0] * 5 // 4), self.states.shape[1])
                 grown[:a] = self.states[:a]
                 self.states = grown
             self.states[a:a + n] = torch.nn.functional.normalize(h[:, -1], dim=-1).to(self.states.dtype)
