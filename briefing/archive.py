@@ -232,7 +232,7 @@ class Archive:
     def _add(self, first: int, h: torch.Tensor) -> None:
         B, n, dev = self.policy.block, h.shape[0], self.sums.device
         blocks = (first + torch.arange(n, device=dev)) // B                              # [n]
-        grow = int(blocks[-1]) + 1 - self.sums.shape[0]
+        grow = (first + n - 1) // B + 1 - self.sums.shape[0]   # the last block, known without a device sync
         if grow > 0:
             self.sums = torch.cat([self.sums, self.sums.new_zeros(grow, *self.sums.shape[1:])])
             self.counts = torch.cat([self.counts, self.counts.new_zeros(grow)])
