@@ -65,18 +65,20 @@ def query_vector(cache, ids: list[int], span: tuple[int, int] | None = None) -> 
 SHRINK = 0.8  # how far the representatives' covariance is shrunk toward its diagonal (`whiten`); chosen on dev
 
 
-def whiten(x: torch.Tensor, query: torch.Tensor, ref: torch.Tensor, shrink: float) -> tuple[torch.Tensor, torch.Tensor]:
+def whiten(x: torch.Tensor, query: torch.Tensor, ref: torch.Tensor, shrink: float,
+           spread: tuple | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """x [n, layers, hidden] and query [layers, hidden] whitened per layer by the spread of `ref` [m, layers, hidden]
     (the trajectory's representatives), unit length per layer. The whitening matrix is L^-1, where L L^T = C is ref's
     covariance shrunk toward its diagonal, C = (1 - shrink) cov + shrink diag(cov) (Ledoit-Wolf style; shrink=1
     divides each dimension by its spread: standardising). Directions the blocks share count for little, and so do
     correlated directions (a model's hidden states vary together along a few large ones), so a question's cosine
-    follows what sets a block apart. Computed in float32; m < 2: the vectors alone, unit length."""
+    follows what sets a block apart. Computed in float32; m < 2: the vectors alone, unit length. spread: ref's
+    `shrunk_covariance`, where the caller has it (it is not computed again)."""
     unit = torch.nn.functional.normalize
     x, query, ref = x.float(), query.float().to(x.device), ref.float().to(x.device)
     if ref.shape[0] < 2:
         return unit(x, dim=-1), unit(query, dim=-1)
-    mu, var, L = shrunk_covariance(ref, shrink)                                       # [l, h], [l, h], [l, h, h]
+    mu, var, L = spread or shrunk_covariance(ref, shrink)                             # [l, h], [l, h], [l, h, h]
     if L is None:                                                                     # the diagonal alone
         return unit((x - mu) / var.sqrt(), dim=-1), unit((query - mu) / var.sqrt(), dim=-1)
     both = torch.cat([x - mu, (query - mu)[None]]).permute(1, 2, 0)                   # [layers, hidden, n + 1]
@@ -109,11 +111,15 @@ def block_scores(cache, query: torch.Tensor, shrink: float = SHRINK, peaks: int 
     archive = cache.archive
     reps = archive.representatives()                                                  # [nb, layers, hidden]
     read = archive.counts > 0                                                         # [nb]
-    r, q = whiten(reps, query, reps[read], shrink)                                    # [nb, layers, hidden], [l, h]
+    ref = reps[read].float()                                                          # [m, layers, hidden]
+    spread = shrunk_covariance(ref, shrink) if ref.shape[0] >= 2 else None            # computed once, for both
+    r, q = whiten(reps, query, ref, shrink, spread)                                   # [nb, layers, hidden], [l, h]
     mean = (r * q[None]).sum(-1).mean(-1)                                             # [nb]
-    if not peaks or read.sum() < 2:
+    if not peaks or spread is None:
         return mean
-    peak = peak_scores(archive, query[-1], reps[read, -1], shrink, peaks)             # [nb]
+    mu, var, L = spread                                                               # the last layer's, for peaks
+    last = (mu[-1:], var[-1:], None if L is None else L[-1:])                         # [1, h], [1, h], [1, h, h]
+    peak = peak_scores(archive, query[-1], ref[:, -1], shrink, peaks, last)           # [nb]
     has = read & torch.isfinite(peak)                                                 # [nb] blocks with token states
 
     def z(x: torch.Tensor, over: torch.Tensor) -> torch.Tensor:                       # standardised over those blocks
@@ -125,7 +131,8 @@ def block_scores(cache, query: torch.Tensor, shrink: float = SHRINK, peaks: int 
     return (z(mean, read) + z(peak, has).masked_fill(~has, 0.0)).masked_fill(~read, float("-inf"))   # [nb]
 
 
-def peak_scores(archive, query: torch.Tensor, ref: torch.Tensor, shrink: float, k: int) -> torch.Tensor:
+def peak_scores(archive, query: torch.Tensor, ref: torch.Tensor, shrink: float, k: int,
+                spread: tuple | None = None) -> torch.Tensor:
     """[blocks] `token_peaks` of the archive's token states (`Archive.token_states`), per block of the archive."""
     states = archive.token_states()
     if states is None:
@@ -133,11 +140,11 @@ def peak_scores(archive, query: torch.Tensor, ref: torch.Tensor, shrink: float, 
                             "the cache with briefing.ArchivePolicy(token_states=True), or rank by the block means "
                             "(peaks=0).")
     return token_peaks(states, query, ref, shrink, k, archive.policy.block, archive.sums.shape[0],
-                       archive.states_from)
+                       archive.states_from, spread)
 
 
 def token_peaks(states: torch.Tensor, query: torch.Tensor, ref: torch.Tensor, shrink: float, k: int, block: int,
-                blocks: int, offset: int = 0) -> torch.Tensor:
+                blocks: int, offset: int = 0, spread: tuple | None = None) -> torch.Tensor:
     """[blocks] the mean of each block's k best token scores (fewer in a block with fewer tokens; -inf for none):
     states [tokens, hidden] the unit hidden states at one layer of the tokens from `offset` on (a multiple of
     `block`: the blocks before it have none), query [hidden] the question's (unit), ref
@@ -145,8 +152,10 @@ def token_peaks(states: torch.Tensor, query: torch.Tensor, ref: torch.Tensor, sh
     toward its diagonal by `shrink`). The whitening is applied to the question alone (one solve), so the cost stays
     linear in the trajectory:
         u = C^-1 (q - mu) / |q - mu|_C                   the whitened question, unit length in C's norm
-        s_t = (h_t - mu) . u / |(h_t - mu) / sd|          per token, sd = sqrt(diag C)"""
-    mu, var, L = shrunk_covariance(ref.float()[:, None], shrink)                      # [1, h], [1, h], [1, h, h]
+        s_t = (h_t - mu) . u / |(h_t - mu) / sd|          per token, sd = sqrt(diag C)
+    spread: `shrunk_covariance` of ref[:, None], where the caller has it. The tokens are read a few hundred at a time,
+    in place: the pass stays in the processor's cache (3x faster than 8k-token chunks on a CPU at 64k tokens)."""
+    mu, var, L = spread or shrunk_covariance(ref.float()[:, None], shrink)            # [1, h], [1, h], [1, h, h]
     mu, var = mu[0], var[0]                                                           # [h]
     d = query.float().to(mu.device) - mu                                              # [h]
     if L is None:                                                                     # the diagonal alone
@@ -157,10 +166,11 @@ def token_peaks(states: torch.Tensor, query: torch.Tensor, ref: torch.Tensor, sh
     inv_sd = var.rsqrt()                                                              # [h]
     n = max(0, min(states.shape[0], blocks * block - offset))
     scores = torch.full((blocks * block,), float("-inf"), device=mu.device)           # [blocks * block]
-    step = 8192   # tokens at a time in float32
+    step = 512 if mu.device.type == "cpu" else 65536   # tokens at a time in float32
     for a in range(0, n, step):
-        h = states[a:min(n, a + step)].float().to(mu.device) - mu                     # [s, h]
-        scores[offset + a:offset + a + h.shape[0]] = (h @ u) / (h * inv_sd).norm(dim=-1).clamp_min(1e-12)   # [s]
+        h = states[a:min(n, a + step)].to(mu.device, torch.float32, copy=True).sub_(mu)   # [s, h]
+        dot = h @ u                                                                   # [s]
+        scores[offset + a:offset + a + h.shape[0]] = dot / h.mul_(inv_sd).norm(dim=-1).clamp_min(1e-12)   # [s]
     top = scores.view(blocks, block).topk(min(k, block), dim=1).values                # [blocks, k]
     finite = torch.isfinite(top)
     got = finite.sum(1)                                                               # [blocks]

@@ -666,6 +666,28 @@ def test_whiten_falls_back_to_the_diagonal_where_the_shrunk_covariance_is_singul
     assert torch.isfinite(x).all() and not torch.allclose(x, want[0])
 
 
+def test_token_peaks_equal_the_standardised_cosine_and_the_shared_spread():
+    """With one token per block, k=1 and the diagonal alone (shrink=1), a block's peak is its token's standardised
+    cosine with the question (`whiten`'s), from any offset, in chunks or not (1,100 tokens: more than one of the CPU
+    pass's chunks); a spread computed by the caller gives the same scores as one computed inside; the states are not
+    modified."""
+    g = torch.Generator().manual_seed(0)
+    n, h = 1100, 24
+    states = torch.nn.functional.normalize(torch.randn(n, h, generator=g) + 2, dim=-1).half()   # [n, h]
+    ref = torch.nn.functional.normalize(torch.randn(40, h, generator=g) + 2, dim=-1)   # [m, h]
+    q = torch.nn.functional.normalize(torch.randn(h, generator=g), dim=-1)             # [h]
+    before = states.clone()
+    got = latent.token_peaks(states, q, ref, 1.0, 1, 1, n)                             # [n]
+    x, y = latent.whiten(states.float()[:, None], q[None], ref[:, None], 1.0)           # [n, 1, h], [1, h]
+    assert torch.allclose(got, (x[:, 0] * y[0]).sum(-1), atol=1e-5)
+    assert torch.equal(states, before)
+    late = latent.token_peaks(states[96:], q, ref, 1.0, 1, 1, n, offset=96)            # the first 96 have none
+    assert torch.isinf(late[:96]).all() and torch.allclose(late[96:], got[96:])
+    spread = latent.shrunk_covariance(ref[:, None], latent.SHRINK)
+    four = latent.token_peaks(states, q, ref, latent.SHRINK, 4, 16, n // 16)            # [n // 16] (the last part off)
+    assert torch.equal(latent.token_peaks(states, q, ref, latent.SHRINK, 4, 16, n // 16, spread=spread), four)
+
+
 def test_recall_rank_offline_ranks_a_dumped_question_s_block(tmp_path):
     """`benchmarks.recall_rank --offline` on a hand-made dump: the block whose tokens share the question's direction
     (among random ones) comes first for every candidate, and the fact's tokens are held within the budget."""
@@ -820,3 +842,22 @@ def test_latent_recall_pin_is_checked():
         LatentRecall(pin=-1)
     with pytest.raises(ValueError, match="pin"):
         LatentRecall(pin=1.5)
+
+
+def test_lookup_cost_benchmark_writes_its_figures(tmp_path, capsys):
+    """`benchmarks.lookup_cost` times the ranking on random archives of both workers' shapes: a JSON row per shape and
+    length, a table and a plot; a bad length is refused with a line naming the argument."""
+    import json
+
+    from benchmarks.lookup_cost import main
+
+    main(["--tokens", "64", "128", "--repeats", "1", "--out", str(tmp_path)])
+    rows = json.loads((tmp_path / "lookup_cost.json").read_text())["rows"]
+    assert [(r["shape"], r["tokens"]) for r in rows] == [(s, t) for s in ("SmolLM2-135M", "Gemma-3-270M")
+                                                         for t in (64, 128)]
+    assert all(r["default_s"] > 0 and r["means_s"] > 0 and r["token_peaks_s"] > 0 for r in rows)
+    assert (tmp_path / "lookup_cost.png").stat().st_size > 0 and "| Gemma-3-270M | 128 |" in (
+        tmp_path / "lookup_cost.md").read_text()
+    with pytest.raises(SystemExit) as e:
+        main(["--tokens", "100", "--out", str(tmp_path)])
+    assert e.value.code == 2 and "--tokens: got 100" in capsys.readouterr().err
