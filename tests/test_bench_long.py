@@ -250,6 +250,12 @@ def test_pooled_pairs_questions_within_each_run_and_pools_them(tmp_path, capsys)
         got["paraphrase"]["accuracy_ci"][1]
     assert long_pooled.main(["--condition", "new", "--reference", "ref", str(a)]) == 0
     assert "paraphrase: 1 questions, accuracy 1.00 against 0.00, +1.000" in capsys.readouterr().out
+    # =NAME: this run's condition rows under another name (here the reference's own: every difference 0)
+    same = {r["form"]: r for r in long_pooled.pooled([f"{a}=ref"], "new", "ref")}
+    assert same["paraphrase"]["questions"] == 1 and same["paraphrase"]["accuracy"] == 0.0
+    assert long_pooled.pooled([f"{a}=missing"], "new", "ref") == []
+    assert long_pooled.main(["--condition", "missing", "--reference", "ref", f"{a}=new"]) == 0
+    assert "paraphrase: 1 questions, accuracy 1.00 against 0.00" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         long_pooled.main(["--condition", "new", str(tmp_path / "missing.json")])
 
