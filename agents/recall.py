@@ -366,24 +366,49 @@ class LatentRecall(Recall):
             return briefing.ArchivePolicy(token_states=states)
         return briefing.ArchivePolicy(budget_bytes=0, token_states=states)
 
-    def recall(self, cache: briefing.TrajectoryCache, query: str, k_tokens: int, *,
-               prompt: str | None = None, pin: int | None = None) -> Recalled:
-        """`Recall.recall`; pin: this call's pin budget in tokens (None: `pin_budget` of this call's budget)."""
+    def _budgets(self, lm: briefing.LoadedModel, k_tokens: int, pin: int | None) -> tuple[int, int]:
+        """This call's fetch budget (0 below `MIN_RECALL_TOKENS`) and pin budget (None: `pin_budget`)."""
+        k_tokens = self.budget(k_tokens)
+        k_tokens = k_tokens if k_tokens >= MIN_RECALL_TOKENS else 0   # too few to fetch: the pins alone, if any
+        return k_tokens, max(0, self.pin_budget(lm, k_tokens) if pin is None else pin)
+
+    def lookup(self, cache: briefing.TrajectoryCache, query: str, k_tokens: int, *,
+               prompt: str | None = None, pin: int | None = None) -> briefing.latent.Lookup | None:
+        """The ranking `recall` fetches by (`briefing.latent.lookup`: the question's forward over the cache, every
+        block's score, the picks within the budget), fetching nothing; None where no lookup is made (no fold yet,
+        or nothing to fetch or pin). `recall(found=...)` takes it, so that a caller who inspects the ranking first
+        does not pay the forward twice."""
         from briefing import latent
 
         lm = cache.lm
-        k_tokens = self.budget(k_tokens)
-        k_tokens = k_tokens if k_tokens >= MIN_RECALL_TOKENS else 0   # too few to fetch: the pins alone, if any
-        pin = max(0, self.pin_budget(lm, k_tokens) if pin is None else pin)   # by default none where nothing is fetched
+        k_tokens, pin = self._budgets(lm, k_tokens, pin)
         if not cache.folds or not (k_tokens or pin):
-            return Recalled(how=self.how(lm))
+            return None
         text = prompt if prompt is not None and query in prompt else query
         ids, question = _token_span(lm, text, text.rindex(query), len(query))
-        sink = cache.fold.sink
+        return latent.lookup(cache, ids, question, k_tokens, pad=self.pad, sink=cache.fold.sink,
+                             kv=self.attaches(lm), shrink=self.shrink, tail_skip=self.tail_skip, pin=pin,
+                             peaks=self.peaks)
+
+    def recall(self, cache: briefing.TrajectoryCache, query: str, k_tokens: int, *,
+               prompt: str | None = None, pin: int | None = None,
+               found: briefing.latent.Lookup | None = None) -> Recalled:
+        """`Recall.recall`; pin: this call's pin budget in tokens (None: `pin_budget` of this call's budget). found:
+        this call's `lookup` at the same pin budget (at any fetch budget: the picks are made again within this
+        one); None: it is made here."""
+        from briefing import latent
+
+        lm = cache.lm
+        k_tokens, pin = self._budgets(lm, k_tokens, pin)   # by default no pins where nothing is fetched
+        if not cache.folds or not (k_tokens or pin):
+            return Recalled(how=self.how(lm))
         attach = self.attaches(lm)
-        found = latent.lookup(cache, ids, question, k_tokens, pad=self.pad, sink=sink, kv=attach, shrink=self.shrink,
-                              tail_skip=self.tail_skip, pin=pin, peaks=self.peaks)
-        ranges = found.ranges
+        if found is None:
+            found = self.lookup(cache, query, k_tokens, prompt=prompt, pin=pin)
+            ranges = found.ranges
+        else:
+            ranges = latent.pick(found.scores, cache.archive.policy.block, self.pad, k_tokens, cache.archive.tokens,
+                                 found.floor) if k_tokens else []
         if self.rank == "both" and k_tokens:
             ranges = latent.pick(self._fused(cache, query, found.scores), cache.archive.policy.block, self.pad,
                                  k_tokens, cache.archive.tokens, found.floor)
@@ -443,7 +468,13 @@ class RoutedRecall(Recall):
     (`LatentRecall.pin`) while nothing is fetched: BM25's chunks stay the call's only recalled text, and the call pays
     the lookup. min_overlap: below the margin, BM25 keeps its `share` only where its best chunk holds at least this
     share of the question's content words (`Recalled.overlap`); elsewhere latent recall takes the whole budget (0:
-    BM25 always keeps its share; 0.5 was tried in round 10 and not taken). text, latent: the two recalls
+    BM25 always keeps its share; 0.5 was tried in round 10 and not taken). verify: at or above the margin, the latent
+    lookup runs too, and BM25's recall stands alone only where its best chunk holds one of the latent ranking's best
+    blocks (as many as the whole budget recalls, the unfolded tail's included); elsewhere BM25's best chunk stays,
+    whole and alone of its chunks, and latent recall takes the rest of the budget: a paraphrased question whose
+    common words single out a wrong chunk gets the blocks its meaning ranks first, and a question in the fact's
+    words, whose chunk both rankings find, gets nothing beside it. Every call at or above the margin then pays the
+    lookup (False: none does). text, latent: the two recalls
     (None: their defaults at `tokens`); the worker's caches keep `latent`'s archive.
 
     `BriefedWorker`'s default: on held-out episodes (8k-64k tokens on the 8k window, 4k and 6k on a 2k window) it
@@ -457,6 +488,7 @@ class RoutedRecall(Recall):
     confident_share: float = 1.0
     confident_pin: bool = False
     min_overlap: float = 0.0
+    verify: bool = False
     text: TextRecall | None = None
     latent: LatentRecall | None = None
 
@@ -473,12 +505,17 @@ class RoutedRecall(Recall):
         check_number(owner, "min_overlap", self.min_overlap, low=0, high=1, what="the share of the question's "
                      "content words BM25's best chunk must hold for BM25 to keep its share below the margin; 0: always",
                      error=ValueError)
+        check_bool(owner, "verify", self.verify, error=ValueError)
         check_type(owner, "text", self.text, TextRecall, "an agents.TextRecall or None for its defaults", none=True,
                    error=ValueError)
         check_type(owner, "latent", self.latent, LatentRecall, "an agents.LatentRecall or None for its defaults",
                    none=True, error=ValueError)
         self.text = self.text if self.text is not None else TextRecall(tokens=self.tokens)
         self.latent = self.latent if self.latent is not None else LatentRecall(tokens=self.tokens)
+        if self.verify and not self.text.ranked:
+            raise ValueError("RoutedRecall: verify=True checks BM25's best chunk against the latent ranking, and a "
+                             "TextRecall(ranked=False) does not say which chunk is best: pass a ranked text recall "
+                             "(its default), or verify=False.")
 
     def archive(self, lm: briefing.LoadedModel) -> briefing.ArchivePolicy:
         return self.latent.archive(lm)
@@ -491,19 +528,29 @@ class RoutedRecall(Recall):
         if found.margin is None:   # nothing to search
             return found
         pin = self.latent.pin_budget(cache.lm, self.latent.budget(k_tokens))
+        checked = None   # the latent lookup, made once where the route needs it first
+        overruled = False   # confident, but the latent ranking does not find BM25's best chunk (`verify`)
+        if confident and self.verify and found.ranges:
+            checked = self.latent.lookup(cache, query, k_tokens, prompt=prompt, pin=pin)
+            overruled = checked is not None and not self._agrees(cache, found.ranges[-1], checked, k_tokens)
+            confident = not overruled
         if confident and self.confident_share >= 1:   # BM25's call; the tail's best blocks pinned if asked
             if not (self.confident_pin and pin):
                 return found
-            pins = self.latent.recall(cache, query, 0, prompt=prompt, pin=pin)
+            pins = self.latent.recall(cache, query, 0, prompt=prompt, pin=pin, found=checked)
             if not pins.pinned:
                 return found
             return replace(found, how=f"bm25+{pins.how}-pins", blocks=pins.blocks, pinned=pins.pinned)
-        lexical_evidence = confident or (found.overlap or 0.0) >= self.min_overlap   # the best chunk shares words
-        kept = int(k_tokens * (self.confident_share if confident else self.share)) if lexical_evidence else 0
-        lexical = self.text.recall(cache, query, kept, prompt=prompt) if kept else Recalled()
+        if overruled:   # BM25's best chunk stays whole, alone of its chunks; latent recall takes the rest
+            lo, hi = found.ranges[-1]
+            lexical = replace(found, text=cache.text[lo:hi] + "\n", ranges=[(lo, hi)])
+        else:
+            lexical_evidence = confident or (found.overlap or 0.0) >= self.min_overlap   # the best chunk shares words
+            kept = int(k_tokens * (self.confident_share if confident else self.share)) if lexical_evidence else 0
+            lexical = self.text.recall(cache, query, kept, prompt=prompt) if kept else Recalled()
         n = cache.lm.count_tokens(lexical.text) if lexical else 0
         # the pins spend no recall budget: the latent recall's default pins within the whole of it
-        other = self.latent.recall(cache, query, k_tokens - n, prompt=prompt, pin=pin)
+        other = self.latent.recall(cache, query, k_tokens - n, prompt=prompt, pin=pin, found=checked)
         if not lexical:
             return replace(other, margin=found.margin, overlap=found.overlap)
         if not other:
@@ -513,6 +560,25 @@ class RoutedRecall(Recall):
                         [*other.ranges, *lexical.ranges], f"{other.how}+bm25", other.blocks,
                         (other.tokens or cache.lm.count_tokens(other.text)) + n, margin=found.margin,
                         overlap=found.overlap, pinned=other.pinned)
+
+
+    def _agrees(self, cache: briefing.TrajectoryCache, best: tuple[int, int], checked: briefing.latent.Lookup,
+                k_tokens: int) -> bool:
+        """Whether BM25's best chunk (characters `best` of the cache's text) holds one of the latent ranking's m best
+        blocks of the whole trajectory (its unfolded tail included), m the blocks the whole budget recalls, each
+        widened by the pad (`verify`)."""
+        import torch
+
+        block, pad = cache.archive.policy.block, self.latent.pad
+        lo, hi = best
+        tokens = [i for i, (a, b) in enumerate(cache.token_spans()) if a < hi and b > lo]
+        raw = checked.raw                                                             # [blocks]
+        if not tokens or raw is None:
+            return True
+        m = max(1, math.ceil(self.latent.budget(k_tokens) / (block + 2 * pad)))
+        top = raw.topk(min(m, raw.shape[0])).indices                                  # [m]
+        top = top[torch.isfinite(raw[top])]
+        return bool(((top >= tokens[0] // block) & (top <= tokens[-1] // block)).any())
 
 
 def _token_span(lm: briefing.LoadedModel, text: str, start: int, n: int) -> tuple[list[int], tuple[int, int]]:

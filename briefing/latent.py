@@ -371,6 +371,7 @@ class Lookup:
     scores: Any = None
     floor: int = 0   # the first token a range may start at (`first_token`)
     pinned: list[tuple[int, int]] = field(default_factory=list)   # ranges of the unfolded tail to keep whole
+    raw: Any = None   # [blocks] every block's score before the candidates' mask (-inf: a block not read)
 
 
 def lookup(cache, prompt_ids: list[int], question: tuple[int, int] | None, budget: int, *, pad: int,
@@ -401,7 +402,7 @@ def lookup(cache, prompt_ids: list[int], question: tuple[int, int] | None, budge
     if pin > 0:
         tail = raw.masked_fill(~(pinnable(cache) & ~fetch), float("-inf"))            # [nb]
         pinned = pick(tail, block, pad, pin, tokens, cache.archive.unfolded_from(cache.store))
-    return Lookup(ranges=ranges, seconds=time.perf_counter() - t0, scores=scores, floor=floor, pinned=pinned)
+    return Lookup(ranges=ranges, seconds=time.perf_counter() - t0, scores=scores, floor=floor, pinned=pinned, raw=raw)
 
 
 def first_token(cache, sink: int, kv: bool) -> int:

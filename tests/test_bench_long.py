@@ -297,6 +297,7 @@ def test_routed_conditions_build_their_recall():
     assert recall_of("fold-routed-confident-pin", sizes).confident_pin and not plain.confident_pin
     assert recall_of("fold-routed-peaks", sizes).latent.peaks == 4 == plain.latent.peaks   # the default since round 12
     assert recall_of("fold-routed-means", sizes).latent.peaks == 0   # the default until round 12
+    assert recall_of("fold-routed-verify", sizes).verify and not plain.verify   # round 14's probe
 
 
 def test_pooled_by_length_keeps_lengths_apart(tmp_path, capsys):

@@ -521,6 +521,63 @@ def test_routed_recall_takes_bm25_where_a_chunk_stands_out_and_latent_where_none
         RoutedRecall(latent=TextRecall())
 
 
+def test_routed_recall_verify_checks_bm25s_best_chunk_against_the_latent_ranking(tiny, essay, monkeypatch):
+    """RoutedRecall(verify=True): at or above the margin the lookup runs once; where BM25's best chunk holds one of
+    the latent ranking's m best blocks (m: the picks the whole budget makes), BM25's recall stands alone; where it
+    does not, BM25's best chunk stays, whole and alone, and latent recall takes the rest, picking from the same
+    lookup (no second forward). `LatentRecall.recall(found=...)` re-picks a lookup within its own budget."""
+    from agents import RoutedRecall
+
+    text = planted(essay)
+    cache = archiving_cache(tiny)
+    cache.extend(text)
+    B = cache.archive.policy.block
+    own = "What number opens the vault under the old mill?"
+    bm25 = TextRecall(tokens=64).recall(cache, own, 64)
+    assert bm25.margin > 2                                                 # confident: BM25's route
+    lo, hi = bm25.ranges[-1]                                               # its best chunk (ranked: last)
+    toks = [i for i, (a, b) in enumerate(cache.token_spans()) if a < hi and b > lo]
+    inside = set(range(toks[0] // B, toks[-1] // B + 1))                   # the blocks it reaches
+    real, calls, rank_of_chunk = latent.lookup, [], []
+
+    def rigged(*a, **k):   # the real lookup, its raw scores set so that the chunk's best block has a given rank
+        found = real(*a, **k)
+        calls.append(1)
+        raw = torch.arange(found.raw.shape[0], 0, -1, dtype=torch.float32)   # block 0 best, then 1, ...
+        others = [j for j in range(raw.shape[0]) if j not in inside]
+        order = others[:rank_of_chunk[0]] + sorted(inside) + others[rank_of_chunk[0]:]
+        found.raw = torch.empty_like(raw)
+        found.raw[torch.tensor(order)] = raw.sort(descending=True).values
+        return found
+
+    monkeypatch.setattr(latent, "lookup", rigged)
+    routed = RoutedRecall(tokens=64, verify=True, latent=LatentRecall(tokens=64, pad=8))
+    m = -(-64 // (B + 2 * 8))                                              # picks the whole budget makes
+    rank_of_chunk.append(m - 1)                                            # the chunk's block is the m-th best
+    assert routed.recall(cache, own, 64) == bm25 and calls == [1]          # agreed: BM25 alone, one lookup
+    calls.clear()
+    rank_of_chunk[0] = m                                                   # just outside the m best: disagreed
+    got = routed.recall(cache, own, 64)
+    assert calls == [1]                                                    # the split reuses the lookup
+    best = cache.text[lo:hi] + "\n"                                        # BM25's best chunk alone, whole
+    n = tiny.count_tokens(best)
+    monkeypatch.setattr(latent, "lookup", real)
+    rest = LatentRecall(tokens=64, pad=8).recall(cache, own, 64 - n, pin=64)   # pins within the whole budget
+    assert got.how == "latent:attach+bm25" and got.text == best and got.pasted == [(lo, hi)]
+    assert got.margin == bm25.margin and got.ranges == [*rest.ranges, (lo, hi)]
+    assert got.blocks.ranges == rest.blocks.ranges and got.pinned == rest.pinned and got.tokens == n + rest.tokens
+    # found=: a lookup at one budget, re-picked within another, picks what a lookup at that budget picks
+    whole = LatentRecall(tokens=64, pad=8).lookup(cache, own, 64, pin=0)
+    for k in (64, 40, 20):
+        assert LatentRecall(tokens=64, pad=8).recall(cache, own, k, pin=0, found=whole).ranges == \
+            LatentRecall(tokens=64, pad=8).recall(cache, own, k, pin=0).ranges
+    assert RoutedRecall(verify=True).recall(archiving_cache(tiny), own, 64).how == "bm25"   # no fold: nothing to check
+    with pytest.raises(ValueError, match="RoutedRecall: verify must be"):
+        RoutedRecall(verify=1)
+    with pytest.raises(ValueError, match="ranked=False"):
+        RoutedRecall(verify=True, text=TextRecall(ranked=False))
+
+
 def test_briefed_worker_recalls_through_the_archive(tiny, essay):
     """A worker with LatentRecall keeps an archive, re-attaches the recalled blocks (or re-prefills their text, or,
     routed below its margin, re-attaches some and pastes BM25's best chunks), compacts over them keeping them all,

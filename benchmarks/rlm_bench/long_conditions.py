@@ -15,7 +15,7 @@ Every condition sees the same events; `window` is the worker's positions, `reser
   (its archive kept from the first extend: the suite's shared prefill keeps one when a latent condition runs);
 - fold-routed, fold-routed-alone, fold-routed-half, fold-routed-always, fold-routed-text, fold-routed-hedged,
   fold-routed-tail, fold-routed-pin, fold-routed-pin-full, fold-routed-unpinned, fold-routed-confident-pin,
-  fold-routed-overlap, fold-routed-peaks, fold-routed-means: fold-latent's cache with `RoutedRecall`
+  fold-routed-overlap, fold-routed-peaks, fold-routed-means, fold-routed-verify: fold-latent's cache with `RoutedRecall`
   (BM25 where its best chunk stands out, else BM25's best chunks in a share of the budget and latent recall in the
   rest): its defaults, BriefedWorker's default recall; share 0 (latent recall alone below the margin); share 0.5; no
   margin enough (every call splits the budget); the latent blocks' text re-prefilled (attach=False); BM25 keeps 3/4
@@ -26,7 +26,8 @@ Every condition sees the same events; `window` is the worker's positions, `reser
   fetched there (confident_pin); below the margin, BM25's share only where its best chunk holds at least half of the
   question's content words (min_overlap=0.5); the latent ranking adds each block's 4 best tokens to its mean
   (`LatentRecall(peaks=4)`, round 11's probe, the default since round 12, spelled out); the block means alone
-  (`LatentRecall(peaks=0)`, the default until round 12);
+  (`LatentRecall(peaks=0)`, the default until round 12); at or above the margin, BM25 alone only where the latent
+  ranking agrees that its best chunk is among the best (`RoutedRecall(verify=True)`, round 14's probe);
 - ceiling: the same trajectory all in view (`BriefedWorker` with the model's whole context as its cache, `KeepAll`
   per call, no fold): the in-window ceiling a recall is judged against; no rows where the trajectory does not fit;
 - streaming: a fold that keeps nothing (attention sink + recent window, StreamingLLM), KeepAll per call;
@@ -53,7 +54,7 @@ CONDITIONS = ["fold-task", "fold-span", "fold-span-only", "fold-mix", "fold-reca
               "fold-routed", "fold-routed-alone", "fold-routed-half", "fold-routed-always", "fold-routed-text",
               "fold-routed-hedged", "fold-routed-tail", "fold-routed-pin", "fold-routed-pin-full",
               "fold-routed-unpinned", "fold-routed-confident-pin", "fold-routed-overlap", "fold-routed-peaks",
-              "fold-routed-means", "ceiling",
+              "fold-routed-means", "fold-routed-verify", "ceiling",
               "truncated", "streaming", "streaming-recall", "bm25", "summary", "plain"]
 # recall variants of fold-recall: scope (tail: the unfolded tail too) and order (ranked: the best chunk last); they
 # share fold-recall's cache
@@ -80,7 +81,7 @@ ROUTED = {"fold-routed": {}, "fold-routed-alone": dict(share=0.0), "fold-routed-
           "fold-routed-pin": dict(pin_share=0.5), "fold-routed-pin-full": dict(pin_share=1.0),
           "fold-routed-unpinned": dict(pin_share=0.0), "fold-routed-confident-pin": dict(confident_pin=True),
           "fold-routed-overlap": dict(min_overlap=0.5), "fold-routed-peaks": dict(peaks=4),
-          "fold-routed-means": dict(peaks=0)}
+          "fold-routed-means": dict(peaks=0), "fold-routed-verify": dict(verify=True)}
 FOLD_GUIDANCE = {"fold-task": "task", "fold-span": "span", "fold-span-only": "span-only", "fold-mix": "mix",
                  **dict.fromkeys(RECALL_VARIANTS, "mix"), **dict.fromkeys(LATENT, "mix"),
                  **dict.fromkeys(ROUTED, "mix")}
