@@ -561,7 +561,6 @@ class RoutedRecall(Recall):
                         (other.tokens or cache.lm.count_tokens(other.text)) + n, margin=found.margin,
                         overlap=found.overlap, pinned=other.pinned)
 
-
     def _agrees(self, cache: briefing.TrajectoryCache, best: tuple[int, int], checked: briefing.latent.Lookup,
                 k_tokens: int) -> bool:
         """Whether BM25's best chunk (characters `best` of the cache's text) holds one of the latent ranking's m best
