@@ -16,6 +16,7 @@ to bring back within a token budget:
 """
 from __future__ import annotations
 
+import bisect
 import math
 import re
 import time
@@ -570,14 +571,16 @@ class RoutedRecall(Recall):
 
         block, pad = cache.archive.policy.block, self.latent.pad
         lo, hi = best
-        tokens = [i for i, (a, b) in enumerate(cache.token_spans()) if a < hi and b > lo]
+        spans = cache.token_spans()                                                   # in order: two searches
+        first = bisect.bisect_right(spans, lo, key=lambda s: s[1])                    # first token ending past lo
+        last = bisect.bisect_left(spans, hi, key=lambda s: s[0]) - 1                  # last token starting before hi
         raw = checked.raw                                                             # [blocks]
-        if not tokens or raw is None:
+        if first > last or raw is None:
             return True
         m = max(1, math.ceil(self.latent.budget(k_tokens) / (block + 2 * pad)))
         top = raw.topk(min(m, raw.shape[0])).indices                                  # [m]
         top = top[torch.isfinite(raw[top])]
-        return bool(((top >= tokens[0] // block) & (top <= tokens[-1] // block)).any())
+        return bool(((top >= first // block) & (top <= last // block)).any())
 
 
 def _token_span(lm: briefing.LoadedModel, text: str, start: int, n: int) -> tuple[list[int], tuple[int, int]]:
