@@ -455,8 +455,8 @@ class RoutedRecall(Recall):
     times the runner-up's (`Recalled.margin`), a chunk shares the question's rarer words and its recall is the
     call's. Otherwise the question is worded differently from every chunk, or shares only common words with many:
     BM25's best chunks keep `share` of the budget and `latent` recalls with the rest, paying its lookup (a forward of
-    the question over the cache) only then (its blocks re-attached, or their text pasted on a model with sliding
-    layers: `LatentRecall.attach`).
+    the question over the cache; its blocks re-attached, or their text pasted on a model with sliding layers:
+    `LatentRecall.attach`). By default (`verify`) the confident route pays that lookup too, to check BM25's choice.
 
     tokens: recall budget (trajectory tokens; None: the worker's, `Recall`) of both. margin: the score ratio above which
     BM25's recall is taken (1: always BM25; `LatentRecall` alone: never); 1.3 was chosen on the long suite's dev
@@ -475,8 +475,8 @@ class RoutedRecall(Recall):
     whole and alone of its chunks, and latent recall takes the rest of the budget: a paraphrased question whose
     common words single out a wrong chunk gets the blocks its meaning ranks first, and a question in the fact's
     words, whose chunk both rankings find, gets nothing beside it. Every call at or above the margin then pays the
-    lookup (False: none does). text, latent: the two recalls
-    (None: their defaults at `tokens`); the worker's caches keep `latent`'s archive.
+    lookup (False: none does, and BM25's confident recall stands unchecked, the default until round 15). text, latent:
+    the two recalls (None: their defaults at `tokens`); the worker's caches keep `latent`'s archive.
 
     `BriefedWorker`'s default: on held-out episodes (8k-64k tokens on the 8k window, 4k and 6k on a 2k window) it
     answers as often as BM25 recall when the question uses the fact's words, and holds a paraphrased fact whole 0.38
@@ -489,7 +489,7 @@ class RoutedRecall(Recall):
     confident_share: float = 1.0
     confident_pin: bool = False
     min_overlap: float = 0.0
-    verify: bool = False
+    verify: bool = True
     text: TextRecall | None = None
     latent: LatentRecall | None = None
 

@@ -440,7 +440,8 @@ def test_routed_recall_takes_bm25_where_a_chunk_stands_out_and_latent_where_none
     looked = []
     real = latent.lookup
     monkeypatch.setattr(latent, "lookup", lambda *a, **k: looked.append(1) or real(*a, **k))
-    routed = RoutedRecall(tokens=64, latent=LatentRecall(tokens=64, pad=8))
+    # BM25's confident route unchecked here (verify=False); the default's check has its own test below
+    routed = RoutedRecall(tokens=64, verify=False, latent=LatentRecall(tokens=64, pad=8))
     got = routed.recall(cache, own, 64)
     assert got == bm25 and not looked and any(a <= s + 1 < b for a, b in got.ranges)
     para = TextRecall(tokens=64).recall(cache, PARAPHRASE, 64)
@@ -479,29 +480,32 @@ def test_routed_recall_takes_bm25_where_a_chunk_stands_out_and_latent_where_none
     assert gated.overlap == para.overlap                                 # carried, as the margin is
     loose = RoutedRecall(tokens=64, min_overlap=para.overlap, latent=LatentRecall(tokens=64, pad=8))
     assert loose.recall(cache, PARAPHRASE, 64).ranges == got.ranges   # at its own overlap: BM25 keeps its share
-    assert RoutedRecall(tokens=64, min_overlap=1.0).recall(cache, own, 64) == bm25   # the confident route is untouched
+    gate = RoutedRecall(tokens=64, min_overlap=1.0, verify=False)
+    assert gate.recall(cache, own, 64) == bm25   # the confident route is untouched
     # re-prefilled latent text goes first, BM25's chunks last, nearest the question; every range pasted
     both = RoutedRecall(tokens=64, latent=LatentRecall(tokens=64, pad=8, attach=False)).recall(cache, PARAPHRASE, 64)
     assert both.how == "latent:prefill+bm25" and both.blocks.length == 0 and both.text.endswith(lexical.text)
     assert both.pinned and both.blocks.pinned   # no keys or values attached: only the pins go to the compaction
     assert both.pasted == both.ranges and both.ranges[-len(lexical.ranges):] == lexical.ranges
-    assert RoutedRecall(tokens=64, margin=1).recall(cache, PARAPHRASE, 64).how == "bm25"
+    assert RoutedRecall(tokens=64, margin=1, verify=False).recall(cache, PARAPHRASE, 64).how == "bm25"
     # confident_share below 1: above the margin BM25's best chunks keep that part, latent recall takes the rest
     looked.clear()
     kept = TextRecall(tokens=64).recall(cache, own, 48)
     n = tiny.count_tokens(kept.text)
-    hedged = RoutedRecall(tokens=64, confident_share=0.75, latent=LatentRecall(tokens=64, pad=8)).recall(cache, own, 64)
+    hedged = RoutedRecall(tokens=64, confident_share=0.75, verify=False,
+                          latent=LatentRecall(tokens=64, pad=8)).recall(cache, own, 64)
     assert looked == [1] and hedged.how == "latent:attach+bm25" and hedged.text == kept.text
     assert hedged.margin == bm25.margin and hedged.blocks.ranges == LatentRecall(tokens=64, pad=8).recall(
         cache, own, 64 - n).blocks.ranges and hedged.tokens <= 64
     # confident_pin: above the margin BM25's recall is the call's text, and the lookup pins the tail's best blocks
     looked.clear()
-    sure = RoutedRecall(tokens=64, confident_pin=True, latent=LatentRecall(tokens=64, pad=8)).recall(cache, own, 64)
+    sure = RoutedRecall(tokens=64, confident_pin=True, verify=False,
+                        latent=LatentRecall(tokens=64, pad=8)).recall(cache, own, 64)
     only = LatentRecall(tokens=64, pad=8).recall(cache, own, 0, pin=64)
     assert looked == [1, 1] and sure.text == bm25.text and sure.ranges == bm25.ranges and sure.pasted == bm25.ranges
     assert sure.how == "bm25+latent:attach-pins" and sure.margin == bm25.margin and sure.tokens == bm25.tokens
     assert sure.pinned and sure.pinned == only.pinned and sure.blocks.length == 0 and only.ranges == []
-    assert RoutedRecall(tokens=64, confident_pin=True, latent=LatentRecall(tokens=64, pin=0)).recall(
+    assert RoutedRecall(tokens=64, confident_pin=True, verify=False, latent=LatentRecall(tokens=64, pin=0)).recall(
         cache, own, 64) == bm25                                   # no pin budget: BM25's recall alone
     with pytest.raises(ValueError, match="confident_pin"):
         RoutedRecall(confident_pin=1)
@@ -571,7 +575,8 @@ def test_routed_recall_verify_checks_bm25s_best_chunk_against_the_latent_ranking
     for k in (64, 40, 20):
         assert LatentRecall(tokens=64, pad=8).recall(cache, own, k, pin=0, found=whole).ranges == \
             LatentRecall(tokens=64, pad=8).recall(cache, own, k, pin=0).ranges
-    assert RoutedRecall(verify=True).recall(archiving_cache(tiny), own, 64).how == "bm25"   # no fold: nothing to check
+    assert RoutedRecall().verify                                           # the default since round 15
+    assert RoutedRecall().recall(archiving_cache(tiny), own, 64).how == "bm25"   # no fold: nothing to check
     with pytest.raises(ValueError, match="RoutedRecall: verify must be"):
         RoutedRecall(verify=1)
     with pytest.raises(ValueError, match="ranked=False"):

@@ -24,10 +24,11 @@ Every condition sees the same events; `window` is the worker's positions, `reser
   compaction, within half the recall budget or all of it (`LatentRecall(pin=...)`; all of it is the default since round
   7); none (pin=0, the default until then); the tail's best blocks pinned on BM25's confident route too, nothing
   fetched there (confident_pin); below the margin, BM25's share only where its best chunk holds at least half of the
-  question's content words (min_overlap=0.5); the latent ranking adds each block's 4 best tokens to its mean
-  (`LatentRecall(peaks=4)`, round 11's probe, the default since round 12, spelled out); the block means alone
-  (`LatentRecall(peaks=0)`, the default until round 12); at or above the margin, BM25 alone only where the latent
-  ranking agrees that its best chunk is among the best (`RoutedRecall(verify=True)`, round 14's probe);
+  question's content words (min_overlap=0.5); the latent ranking adds each block's 4 best tokens to its mean, BM25's
+  confident route unchecked (`LatentRecall(peaks=4)`, `verify=False`: round 11's probe, the default of rounds 12-14);
+  the block means alone, unchecked (`LatentRecall(peaks=0)`, `verify=False`: the default until round 12); at or above
+  the margin, BM25 alone only where the latent ranking agrees that its best chunk is among the best
+  (`RoutedRecall(verify=True)`: round 14's probe, the default since round 15, spelled out);
 - ceiling: the same trajectory all in view (`BriefedWorker` with the model's whole context as its cache, `KeepAll`
   per call, no fold): the in-window ceiling a recall is judged against; no rows where the trajectory does not fit;
 - streaming: a fold that keeps nothing (attention sink + recent window, StreamingLLM), KeepAll per call;
@@ -73,15 +74,16 @@ LATENT = {"fold-latent": dict(rank="latent"), "fold-latent-both": dict(rank="bot
 # budget (pin-full: the default since round 7, spelled out; unpinned: none, the default until then); confident-pin:
 # the tail's best blocks pinned on BM25's confident route too; overlap: below the margin BM25 keeps its share only
 # where its best chunk holds at least half of the question's content words; peaks: each block's 4 best tokens beside
-# its mean, the default since round 12; means: the block means alone, the default until then); on fold-latent's
-# cache
+# its mean, BM25's confident route unchecked, the default of rounds 12-14; means: the block means alone, unchecked,
+# the default until round 12; verify: BM25's confident route checked by the latent ranking, the default since round
+# 15); on fold-latent's cache
 ROUTED = {"fold-routed": {}, "fold-routed-alone": dict(share=0.0), "fold-routed-half": dict(share=0.5),
           "fold-routed-always": dict(margin=1e9), "fold-routed-text": dict(attach=False),
           "fold-routed-hedged": dict(confident_share=0.75), "fold-routed-tail": dict(tail_skip=512),
           "fold-routed-pin": dict(pin_share=0.5), "fold-routed-pin-full": dict(pin_share=1.0),
           "fold-routed-unpinned": dict(pin_share=0.0), "fold-routed-confident-pin": dict(confident_pin=True),
-          "fold-routed-overlap": dict(min_overlap=0.5), "fold-routed-peaks": dict(peaks=4),
-          "fold-routed-means": dict(peaks=0), "fold-routed-verify": dict(verify=True)}
+          "fold-routed-overlap": dict(min_overlap=0.5), "fold-routed-peaks": dict(peaks=4, verify=False),
+          "fold-routed-means": dict(peaks=0, verify=False), "fold-routed-verify": dict(verify=True)}
 FOLD_GUIDANCE = {"fold-task": "task", "fold-span": "span", "fold-span-only": "span-only", "fold-mix": "mix",
                  **dict.fromkeys(RECALL_VARIANTS, "mix"), **dict.fromkeys(LATENT, "mix"),
                  **dict.fromkeys(ROUTED, "mix")}

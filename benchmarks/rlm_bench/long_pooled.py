@@ -4,8 +4,9 @@
 each argument is one run holding both conditions, or a pair whose first file holds the reference's rows and the
 second the condition's; a trailing `=NAME` takes that argument's condition rows from NAME instead (the same recall
 under another name in an older run, e.g. `fold-routed`, the default, against `fold-routed-peaks`, which spells it
-out). Questions are paired by (length, episode, question) within each argument and pooled; printed
-per form (`--by-length`: per length and form): questions, each side's accuracy and availability (mean share of the
+out), and in a pair `REF.json=NAME:NEW.json` takes the reference's rows from NAME. Questions are paired by
+(length, episode, question) within each argument and pooled; printed per form (`--by-length`: per length and form):
+questions, each side's accuracy and availability (mean share of the
 fact's characters in the call's context), the accuracy difference and the difference in the share of questions whose
 fact the call's context held whole, each with a 95% bootstrap interval over questions
 (`benchmarks.stats.bootstrap_ci`). `--by-place` also splits each form by where the fact was at the call: "tail" where
@@ -35,6 +36,16 @@ def place(row: dict) -> str:
     return "tail" if row.get("held_fact", 0.0) >= WHOLE else "folded"
 
 
+def split_run(run: str) -> tuple[str, str, str, str]:
+    """One argument's reference file and its rows' name, then the condition's file and its rows' name ("": the
+    --reference / --condition name): RUN[=NAME] (one file, NAME the condition's) or REF[=NAME]:NEW[=NAME]."""
+    if ":" not in run:
+        file, _, name = run.partition("=")
+        return file, "", file, name
+    ref, new = run.split(":", 1)
+    return (*ref.partition("=")[::2], *new.partition("=")[::2])
+
+
 def pooled(runs: list[str], condition: str, reference: str, by_length: bool = False,
            by_place: bool = False) -> list[dict]:
     """One record per form (by_length: per length and form; by_place: also per `place`): questions, accuracy and
@@ -42,9 +53,8 @@ def pooled(runs: list[str], condition: str, reference: str, by_length: bool = Fa
     share of the fact held)."""
     diffs: dict[tuple, dict[str, list[float]]] = {}
     for run in runs:
-        run, _, name = run.partition("=")
-        ref_file, new_file = run.split(":") if ":" in run else (run, run)
-        ref, new = rows_of(ref_file, reference), rows_of(new_file, name or condition)
+        ref_file, ref_name, new_file, name = split_run(run)
+        ref, new = rows_of(ref_file, ref_name or reference), rows_of(new_file, name or condition)
         for key in sorted(new.keys() & ref.keys()):
             a, b = new[key], ref[key]
             group = ((a["length"],) if by_length else ()) + ((place(b),) if by_place else ()) + (a["form"],)
@@ -74,14 +84,14 @@ def pooled(runs: list[str], condition: str, reference: str, by_length: bool = Fa
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.rlm_bench.long_pooled", description=__doc__.split("\n")[0])
     p.add_argument("runs", nargs="+", help="results.json holding both conditions, or REF.json:NEW.json; "
-                   "a trailing =NAME: that argument's condition rows are NAME's")
+                   "a trailing =NAME: that argument's condition rows are NAME's; REF.json=NAME: the reference's")
     p.add_argument("--condition", required=True)
     p.add_argument("--reference", default="fold-recall-all-ranked")
     p.add_argument("--by-length", action="store_true", help="a record per length and form instead of per form")
     p.add_argument("--by-place", action="store_true", help="split each form by where the fact was at the call: the "
                    "cache's unfolded tail (held whole before the call) or folded away")
     args = p.parse_args(argv)
-    for path in (f for run in args.runs for f in run.partition("=")[0].split(":")):
+    for path in (f for run in args.runs for f in split_run(run)[::2]):
         if not Path(path).is_file():
             p.error(f"runs: {path} is not a file; give a long-suite results.json")
     recs = pooled(args.runs, args.condition, args.reference, args.by_length, args.by_place)
