@@ -9,10 +9,11 @@ Per call (`brief`, then `answer` generates):
    since the previous call (the trajectory rendering is append-only); past its budget the cache folds in place
    (`briefing.FoldPolicy`), so no call re-prefills text already in the cache and no trajectory text is dropped;
 2. once the cache has folded, `recall` brings back what the question needs before it (`agents.recall.RoutedRecall`,
-   the default: BM25 chunks of the text where the question's words single one out, else a quarter of the budget of
-   BM25 chunks and the blocks the worker's own hidden states find, their archived keys and values re-attached, over
-   which step 3 then compacts too, and the blocks of the unfolded tail they rank best pinned; `TextRecall`: BM25
-   chunks only; `LatentRecall`: the blocks only);
+   the default: BM25 chunks of the text where the question's words single one out and the worker's own ranking finds
+   that chunk among its best blocks too; else BM25 chunks in a quarter of the budget (where the ranking overruled
+   BM25, its best chunk alone, whole) and the blocks the worker's own hidden states find, their archived keys and
+   values re-attached, over which step 3 then compacts too, and the blocks of the unfolded tail they rank best
+   pinned; `TextRecall`: BM25 chunks only; `LatentRecall`: the blocks only);
 3. `cache.compact(prompt, selector)`: with the default `AttentionMatching(tau=1.0)`, scores positions with the
    prompt's queries, keeps those above median + tau * MAD (and every re-attached or pinned position), fits beta and
    values; the cache is not touched;
