@@ -11,7 +11,8 @@ to bring back within a token budget:
   the unfolded tail it ranks best are pinned: the call's compaction keeps them whole (`pin`).
 - `RoutedRecall` (`BriefedWorker`'s default) takes BM25's recall when its best chunk clearly outscores the rest (the
   question shares rarer words with one chunk); otherwise (a question worded differently from the text) BM25's best
-  chunks keep a quarter of the budget and latent recall the rest, so only those calls pay the latent lookup.
+  chunks keep a quarter of the budget and latent recall the rest. Those calls pay the latent lookup, and by default
+  (`verify`) the confident ones too: there the lookup checks that the worker's own ranking finds BM25's best chunk.
 `bm25_chunks` also serves the BM25 baselines of the benchmarks.
 """
 from __future__ import annotations
@@ -459,12 +460,13 @@ class RoutedRecall(Recall):
     `LatentRecall.attach`). By default (`verify`) the confident route pays that lookup too, to check BM25's choice.
 
     tokens: recall budget (trajectory tokens; None: the worker's, `Recall`) of both. margin: the score ratio above which
-    BM25's recall is taken (1: always BM25; `LatentRecall` alone: never); 1.3 was chosen on the long suite's dev
-    episodes (`benchmarks.rlm_bench.route_sweep`). share: the part of the budget BM25 keeps below the margin (0: latent
-    recall takes it all): a question in the fact's own words that shares its words with many chunks still finds the
-    fact among BM25's best, which the latent ranking can miss. confident_share: the part of the budget BM25 keeps at
-    or above the margin (1: all of it, and no lookup runs; below 1, latent recall takes the rest: a paraphrased
-    question whose common words single out a wrong chunk still gets blocks by meaning). confident_pin: at or above
+    BM25's recall is taken (1: always BM25's route, checked where `verify`; `LatentRecall` alone: never); 1.3 was
+    chosen on the long suite's dev episodes (`benchmarks.rlm_bench.route_sweep`). share: the part of the budget BM25
+    keeps below the margin (0: latent recall takes it all): a question in the fact's own words that shares its words
+    with many chunks still finds the fact among BM25's best, which the latent ranking can miss. confident_share: the
+    part of the budget BM25 keeps at or above the margin (1: all of it, and no lookup runs unless `verify`; below 1,
+    latent recall takes the rest: a paraphrased question whose common words single out a wrong chunk still gets
+    blocks by meaning). confident_pin: at or above
     the margin with confident_share 1, the lookup still runs, and the unfolded tail's best blocks are pinned
     (`LatentRecall.pin`) while nothing is fetched: BM25's chunks stay the call's only recalled text, and the call pays
     the lookup. min_overlap: below the margin, BM25 keeps its `share` only where its best chunk holds at least this
@@ -503,7 +505,7 @@ class RoutedRecall(Recall):
         check_number(owner, "share", self.share, low=0, high=1, what="the part of the budget BM25 keeps below the "
                      "margin; 0: latent recall takes it all", error=ValueError)
         check_number(owner, "confident_share", self.confident_share, low=0, high=1, what="the part of the budget "
-                     "BM25 keeps at or above the margin; 1: all of it (no latent lookup)", error=ValueError)
+                     "BM25 keeps at or above the margin; 1: all of it", error=ValueError)
         check_bool(owner, "confident_pin", self.confident_pin, error=ValueError)
         check_number(owner, "min_overlap", self.min_overlap, low=0, high=1, what="the share of the question's "
                      "content words BM25's best chunk must hold for BM25 to keep its share below the margin; 0: always",

@@ -265,6 +265,9 @@ def test_pooled_pairs_questions_within_each_run_and_pools_them(tmp_path, capsys)
     assert renamed["paraphrase"]["questions"] == 1 and renamed["paraphrase"]["ref"] == 1.0   # new against new
     assert long_pooled.split_run(f"{ref}=old:{new}=x") == (str(ref), "old", str(new), "x")
     assert long_pooled.split_run(f"{ref}:{new}=x") == (str(ref), "", str(new), "x")
+    assert long_pooled.split_run(f"{ref}=old:{new}") == (str(ref), "old", str(new), "")
+    assert long_pooled.split_run(f"{a}") == (str(a), "", str(a), "")   # one run: both sides, their own names
+    assert long_pooled.split_run(f"{a}=x") == (str(a), "", str(a), "x")
     with pytest.raises(SystemExit):
         long_pooled.main(["--condition", "new", str(tmp_path / "missing.json")])
 

@@ -1,17 +1,17 @@
 """Paired differences pooled over several long-suite runs (other lengths, windows or settings), by question form.
 
 `python -m benchmarks.rlm_bench.long_pooled --condition fold-routed [--by-length] REF.json:NEW.json [FILE.json ...]`:
-each argument is one run holding both conditions, or a pair whose first file holds the reference's rows and the
-second the condition's; a trailing `=NAME` takes that argument's condition rows from NAME instead (the same recall
-under another name in an older run, e.g. `fold-routed`, the default, against `fold-routed-peaks`, which spells it
-out), and in a pair `REF.json=NAME:NEW.json` takes the reference's rows from NAME. Questions are paired by
-(length, episode, question) within each argument and pooled; printed per form (`--by-length`: per length and form):
-questions, each side's accuracy and availability (mean share of the
-fact's characters in the call's context), the accuracy difference and the difference in the share of questions whose
-fact the call's context held whole, each with a 95% bootstrap interval over questions
-(`benchmarks.stats.bootstrap_ci`). `--by-place` also splits each form by where the fact was at the call: "tail" where
-the persistent cache held it whole (the reference row's `held_fact`: its unfolded tail, which the call's compaction
-thins per head and which latent recall skips by default), "folded" elsewhere.
+each argument is one run holding both conditions, or a pair whose first file holds the reference's rows and the second
+the condition's; a trailing `=NAME` takes that argument's condition rows from NAME instead (the same recall under
+another name in an older run, e.g. `fold-routed`, the default when that run was made, against `fold-routed-peaks`,
+which spells out the default of rounds 12-14), and in a pair `REF.json=NAME:NEW.json` takes the reference's rows from
+NAME. Questions are paired by (length, episode, question) within each argument and pooled; printed per form
+(`--by-length`: per length and form): questions, each side's accuracy and availability (mean share of the fact's
+characters in the call's context), the accuracy difference and the difference in the share of questions whose fact the
+call's context held whole, each with a 95% bootstrap interval over questions (`benchmarks.stats.bootstrap_ci`).
+`--by-place` also splits each form by where the fact was at the call: "tail" where the persistent cache held it whole
+(the reference row's `held_fact`: its unfolded tail, which the call's compaction thins per head and which latent
+recall skips by default), "folded" elsewhere.
 """
 from __future__ import annotations
 
