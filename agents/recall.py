@@ -460,22 +460,21 @@ class RoutedRecall(Recall):
     `LatentRecall.attach`). By default (`verify`) the confident route pays that lookup too, to check BM25's choice.
 
     tokens: recall budget (trajectory tokens; None: the worker's, `Recall`) of both. margin: the score ratio above which
-    BM25's recall is taken (1: always BM25's route, checked where `verify`; `LatentRecall` alone: never); 1.3 was
-    chosen on the long suite's dev episodes (`benchmarks.rlm_bench.route_sweep`). share: the part of the budget BM25
-    keeps below the margin (0: latent recall takes it all): a question in the fact's own words that shares its words
-    with many chunks still finds the fact among BM25's best, which the latent ranking can miss. confident_share: the
-    part of the budget BM25 keeps at or above the margin (1: all of it, and no lookup runs unless `verify`; below 1,
-    latent recall takes the rest: a paraphrased question whose common words single out a wrong chunk still gets
-    blocks by meaning). confident_pin: at or above
-    the margin with confident_share 1, the lookup still runs, and the unfolded tail's best blocks are pinned
-    (`LatentRecall.pin`) while nothing is fetched: BM25's chunks stay the call's only recalled text, and the call pays
-    the lookup. min_overlap: below the margin, BM25 keeps its `share` only where its best chunk holds at least this
-    share of the question's content words (`Recalled.overlap`); elsewhere latent recall takes the whole budget (0:
-    BM25 always keeps its share; 0.5 was tried in round 10 and not taken). verify: at or above the margin, the latent
-    lookup runs too, and BM25's recall stands alone only where its best chunk holds one of the latent ranking's best
-    blocks (as many as the whole budget recalls, the unfolded tail's included); elsewhere BM25's best chunk stays,
-    whole and alone of its chunks, and latent recall takes the rest of the budget: a paraphrased question whose
-    common words single out a wrong chunk gets the blocks its meaning ranks first, and a question in the fact's
+    BM25's recall is taken (1: always BM25's route, checked where `verify`; `LatentRecall` alone: never); 1.3 was chosen
+    on the long suite's dev episodes (`benchmarks.rlm_bench.route_sweep`). share: the part of the budget BM25 keeps
+    below the margin (0: latent recall takes it all): a question in the fact's own words that shares its words with many
+    chunks still finds the fact among BM25's best, which the latent ranking can miss. confident_share: the part of the
+    budget BM25 keeps at or above the margin (1: all of it, and no lookup runs unless `verify`; below 1, latent recall
+    takes the rest: a paraphrased question whose common words single out a wrong chunk still gets blocks by meaning).
+    confident_pin: at or above the margin with confident_share 1, the lookup still runs, and the unfolded tail's best
+    blocks are pinned (`LatentRecall.pin`) while nothing is fetched: BM25's chunks stay the call's only recalled text,
+    and the call pays the lookup. min_overlap: below the margin, BM25 keeps its `share` only where its best chunk holds
+    at least this share of the question's content words (`Recalled.overlap`); elsewhere latent recall takes the whole
+    budget (0: BM25 always keeps its share; 0.5 was tried in round 10 and not taken). verify: at or above the margin,
+    the latent lookup runs too, and BM25's recall stands alone only where its best chunk holds one of the latent
+    ranking's best blocks (as many as the whole budget recalls, the unfolded tail's included); elsewhere BM25's best
+    chunk stays, whole and alone of its chunks, and latent recall takes the rest of the budget: a paraphrased question
+    whose common words single out a wrong chunk gets the blocks its meaning ranks first, and a question in the fact's
     words, whose chunk both rankings find, gets nothing beside it. Every call at or above the margin then pays the
     lookup (False: none does, and BM25's confident recall stands unchecked, the default until round 15). text, latent:
     the two recalls (None: their defaults at `tokens`); the worker's caches keep `latent`'s archive.
