@@ -97,7 +97,10 @@ class Recalled:
         def move(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
             return [(max(0, a + offset), max(0, b + offset)) for a, b in ranges]
 
-        return replace(self, ranges=move(self.ranges), pinned=move(self.pinned))
+        attached = len(self.ranges) - len(self.pasted)   # the re-attached ranges keep their places (blocks' order)
+        ranges = move(self.ranges)
+        ranges = ranges[:attached] + [(a, b) for a, b in ranges[attached:] if a < b]
+        return replace(self, ranges=ranges, pinned=[(a, b) for a, b in move(self.pinned) if a < b])
 
 
 def _words(s: str) -> list[str]:
@@ -116,35 +119,44 @@ def content_words(s: str) -> set[str]:
 
 
 def bm25_chunks(text: str, query: str, k_tokens: int, lm: TokenCounter, chunk_words: int = 60, *,
-                ranked: bool = False) -> Recalled:
+                ranked: bool = False, start: int = 0) -> Recalled:
     """Top BM25 chunks (about `chunk_words` words each) of `text` for `query`, up to `k_tokens` tokens (at least
-    one chunk), in text order, or with `ranked` by rising score (the best chunk last, next to the question); with
-    the best chunk's `margin` over the runner-up."""
+    one chunk; none that holds no word of the query: nothing where no chunk does), in text order, or with `ranked`
+    by rising score (the best chunk last, next to the question); with the best chunk's `margin` over the runner-up.
+    start: characters of `text` never recalled (a worker's header): chunks wholly before it are not searched, and
+    one that straddles it is searched whole and recalled from it on."""
     from rank_bm25 import BM25Okapi
 
     words = text.split(" ")
     chunks, spans, at = [], [], 0
     for i in range(0, len(words), chunk_words):
         chunk = " ".join(words[i:i + chunk_words])
-        chunks.append(chunk)
-        spans.append((at, at + len(chunk)))
+        if at + len(chunk) > start:
+            chunks.append(chunk)
+            spans.append((at, at + len(chunk)))
         at += len(chunk) + 1                                  # the space the split removed
+    if not chunks:
+        return Recalled(how="bm25", margin=1.0, overlap=0.0)
     scores = BM25Okapi([_words(c) or ["_"] for c in chunks]).get_scores(_words(query))
     order = sorted(range(len(chunks)), key=lambda i: -scores[i])
+    top, second = float(scores[order[0]]), float(scores[order[1]]) if len(order) > 1 else 0.0
+    margin = top / second if second > 0 else (math.inf if top > 0 else 1.0)
+    asked = content_words(query)
+    overlap = len(asked & content_words(chunks[order[0]])) / len(asked) if asked else 0.0
+    if spans[0][0] < start:   # the chunk that straddles `start` (searched whole): recalled from it on
+        chunks[0], spans[0] = text[start:spans[0][1]], (start, spans[0][1])
     picked, used = [], 0
     for i in order:
+        if scores[i] <= 0:   # the chunk holds none of the query's words: nothing to recall it by
+            break
         n = lm.count_tokens(chunks[i])
         if picked and used + n > k_tokens:
             break
         picked.append(i)
         used += n
     picked = picked[::-1] if ranked else sorted(picked)
-    top, second = float(scores[order[0]]), float(scores[order[1]]) if len(order) > 1 else 0.0
-    margin = top / second if second > 0 else (math.inf if top > 0 else 1.0)
-    asked = content_words(query)
-    overlap = len(asked & content_words(chunks[order[0]])) / len(asked) if asked else 0.0
-    return Recalled(SEPARATOR.join(chunks[i] for i in picked) + "\n", [spans[i] for i in picked], "bm25",
-                    margin=margin, overlap=overlap)
+    return Recalled(SEPARATOR.join(chunks[i] for i in picked) + "\n" if picked else "", [spans[i] for i in picked],
+                    "bm25", margin=margin, overlap=overlap)
 
 
 def recall_query(query: str, recalled: Recalled | str) -> str:
@@ -189,7 +201,9 @@ class TextRecall(Recall):
     """BM25 top chunks of a folded cache's trajectory text, put before the query: at most `tokens` tokens (None: the
     worker's budget, `Recall`; where the chunks and their separators pass it, cut at the least relevant end).
     Nothing before the cache's first fold: a trajectory that fits the cache is answered from the cache alone. Chunks
-    are about a third of the budget long (8 to 60 words), so a budget holds at least one whole chunk.
+    are about a third of the budget long (8 to 60 words), so a budget holds at least one whole chunk. A chunk that
+    holds no word of the query is not recalled (nothing is, where none does), nor the cache's `preamble` (a worker's
+    own header).
 
     tail: recall from the unfolded tail too, which the cache holds verbatim but up to a window from the question
         (False: only the text the folds compacted, everything before the tail).
@@ -221,7 +235,7 @@ class TextRecall(Recall):
         if not searched.strip():
             return Recalled(how="bm25")
         found = bm25_chunks(searched, query, k_tokens, lm, chunk_words=max(8, min(60, k_tokens // 3)),
-                            ranked=self.ranked)
+                            ranked=self.ranked, start=cache.preamble)
         text = fit(found.text, k_tokens, lm, keep_end=self.ranked)
         return Recalled(text, found.ranges if text == found.text else _cut_ranges(found, text, self.ranked), "bm25",
                         margin=found.margin, overlap=found.overlap)
@@ -233,8 +247,8 @@ def _cut_ranges(found: Recalled, text: str, keep_end: bool) -> list[tuple[int, i
     end by as much."""
     dropped = max(0, len(found.text) - len(text))
     kept, at = [], 0
-    for chunk, (a, b) in zip(found.text.rstrip("\n").split(SEPARATOR), found.ranges, strict=True):
-        lo, hi = at, at + len(chunk)                                        # the chunk's place in found.text
+    for a, b in found.ranges:   # each chunk is its range's text, joined by SEPARATOR (which a chunk may hold too)
+        lo, hi = at, at + (b - a)                                           # the chunk's place in found.text
         at = hi + len(SEPARATOR)
         if keep_end:
             cut = max(0, dropped - lo)                                     # characters of this chunk cut at its start
@@ -257,8 +271,8 @@ class LatentRecall(Recall):
     folded cache, the mean hidden state of its question at the last decoder layers scores every block of the
     trajectory the cache no longer holds whole (its tokens' mean hidden state, read while the cache prefilled; both
     whitened by the spread of the trajectory's blocks, `latent.rank_blocks`), and the best blocks come back,
-    the best last, nearest the question. Nothing before the cache's first fold. The worker's caches keep an archive
-    (`archive`) of the keys and values their folds compact away.
+    the best last, nearest the question. Nothing before the cache's first fold, nor from its `preamble` (a worker's
+    own header). The worker's caches keep an archive (`archive`) of the keys and values their folds compact away.
 
     tokens: recall budget (trajectory tokens; None: the worker's, `Recall`). attach: re-attach the blocks' archived keys
         and values after the cache (the call's compaction then keeps them all and fits over them with the cache's
@@ -388,7 +402,8 @@ class LatentRecall(Recall):
             return None
         text = prompt if prompt is not None and query in prompt else query
         ids, question = _token_span(lm, text, text.rindex(query), len(query))
-        return latent.lookup(cache, ids, question, k_tokens, pad=self.pad, sink=cache.fold.sink,
+        return latent.lookup(cache, ids, question, k_tokens, pad=self.pad, sink=max(cache.fold.sink,
+                                                                                   cache.preamble_tokens()),
                              kv=self.attaches(lm), shrink=self.shrink, tail_skip=self.tail_skip, pin=pin,
                              peaks=self.peaks)
 
@@ -427,7 +442,7 @@ class LatentRecall(Recall):
                 return Recalled("", chars, self.how(lm), blocks, tokens, pinned=pinned)
         else:
             blocks = None
-        pieces = [lm.decode(cache.ids[lo:hi]) for lo, hi in ranges]
+        pieces = [_piece(lm, cache, r, c) for r, c in zip(ranges, chars)]
         text = SEPARATOR.join(pieces) + "\n" if pieces else ""
         return Recalled(text, chars, self.how(lm), blocks, tokens, pinned=pinned)
 
@@ -529,8 +544,11 @@ class RoutedRecall(Recall):
         k_tokens = self.budget(k_tokens)
         found = self.text.recall(cache, query, k_tokens, prompt=prompt)
         confident = found.margin is not None and found.margin >= self.margin   # a clear lexical match
-        if found.margin is None:   # nothing to search
-            return found
+        if found.margin is None:   # no BM25 search: nothing folded yet, or a text budget too small for one
+            if not cache.folds:
+                return found
+            return self.latent.recall(cache, query, k_tokens, prompt=prompt,
+                                      pin=self.latent.pin_budget(cache.lm, self.latent.budget(k_tokens)))
         pin = self.latent.pin_budget(cache.lm, self.latent.budget(k_tokens))
         checked = None   # the latent lookup, made once where the route needs it first
         overruled = False   # confident, but the latent ranking does not find BM25's best chunk (`verify`)
@@ -591,6 +609,15 @@ def _token_span(lm: briefing.LoadedModel, text: str, start: int, n: int) -> tupl
     ids, spans = lm.encode_spans(text)
     inside = [i for i, (a, b) in enumerate(spans) if a < start + n and b > start]
     return ids, (inside[0], inside[-1] + 1) if inside else (0, len(ids))
+
+
+def _piece(lm: briefing.LoadedModel, cache: briefing.TrajectoryCache, tokens: tuple[int, int],
+           chars: tuple[int, int]) -> str:
+    """The text of the cache's tokens [tokens): their decode, or the trajectory's own characters where the decode
+    cuts a character in two (a range that starts or ends inside a multi-byte character decodes to U+FFFD)."""
+    piece = lm.decode(cache.ids[tokens[0]:tokens[1]])
+    source = cache.text[chars[0]:chars[1]]
+    return source if "\ufffd" in piece and "\ufffd" not in source else piece
 
 
 def _char_ranges(cache: briefing.TrajectoryCache, ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:

@@ -225,7 +225,10 @@ def pick(scores: torch.Tensor, block: int, pad: int, budget: int, tokens: int, s
         if size > budget:
             if runs:
                 break
-            merged[1] = merged[0] + budget   # one block wider than the budget: its start
+            # one block wider than the budget: the budget's width of it, centred on the block (the pad cut first)
+            centre = (max(sink, j * block) + min(tokens, (j + 1) * block)) // 2
+            merged[0] = max(merged[0], min(centre - budget // 2, merged[1] - budget))
+            merged[1] = merged[0] + budget
             size = budget
         runs, used = keep + [merged], size
         if used >= budget:

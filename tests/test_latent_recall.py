@@ -390,7 +390,7 @@ def test_latent_recall_finds_a_block_bm25_cannot(tiny, essay):
     assert int(scores.argmax()) == j and scores[j] > 0.999 and int(before.argmax()) != j
     s, e = text.index(FACT), text.index(FACT) + len(FACT)
     bm25 = TextRecall(tokens=64).recall(cache, PARAPHRASE, 64)
-    assert bm25.how == "bm25" and bm25 and not any(a < e and s < b for a, b in bm25.ranges)
+    assert bm25.how == "bm25" and not any(a < e and s < b for a, b in bm25.ranges)   # no chunk shares a word
     got = LatentRecall(tokens=64, pad=8).recall(cache, PARAPHRASE, 32)   # the call's room: one block
     assert got.how == "latent:attach" and got.blocks is not None and got.text == "" and not got.pasted
     (lo, hi), = got.blocks.ranges               # one block, widened by the pad on both sides
@@ -425,7 +425,8 @@ def test_both_fuses_latent_and_bm25_ranks(tiny, essay):
 def test_routed_recall_takes_bm25_where_a_chunk_stands_out_and_latent_where_none_does(tiny, essay, monkeypatch):
     """RoutedRecall: a question in the fact's words singles out its chunk (BM25's best score well over the
     runner-up's): BM25's recall, no lookup; a question sharing no word with any chunk: latent recall, with the
-    margin that sent it there; margin=1 always takes BM25; a bad margin is refused by name."""
+    margin that sent it there (all of the budget where no chunk shares a word with it, else BM25's best chunks keep
+    a quarter); margin=1 always takes BM25; a bad margin is refused by name."""
     from agents import RoutedRecall
 
     text = planted(essay)
@@ -449,45 +450,53 @@ def test_routed_recall_takes_bm25_where_a_chunk_stands_out_and_latent_where_none
     got = routed.recall(cache, PARAPHRASE, 32)   # a quarter of 32 is below a recall's minimum: latent takes it all
     assert looked == [1] and got.how == "latent:attach" and got.margin == para.margin
     assert got.blocks.ranges == LatentRecall(tokens=64, pad=8).recall(cache, PARAPHRASE, 32).blocks.ranges
-    # at 64, BM25's best chunks keep a quarter (16 tokens), pasted before the question; latent recall the rest
-    lexical = TextRecall(tokens=64).recall(cache, PARAPHRASE, 16)
-    n = tiny.count_tokens(lexical.text)
+    # no chunk shares a word with it: BM25 pastes nothing, latent recall takes the whole budget
     got = routed.recall(cache, PARAPHRASE, 64)
-    rest = LatentRecall(tokens=64, pad=8).recall(cache, PARAPHRASE, 64 - n)
-    assert got.how == "latent:attach+bm25" and got.text == lexical.text and got.margin == para.margin
+    assert got.how == "latent:attach" and not got.text and got.margin == para.margin
+    assert got.blocks.ranges == LatentRecall(tokens=64, pad=8).recall(cache, PARAPHRASE, 64).blocks.ranges
+    weak = PARAPHRASE + " And?"   # a word most chunks share: nothing stands out, and BM25 keeps its quarter
+    wpara = TextRecall(tokens=64).recall(cache, weak, 64)
+    weak_margin = wpara.margin
+    assert 1 < weak_margin < routed.margin
+    # at 64, BM25's best chunks keep a quarter (16 tokens), pasted before the question; latent recall the rest
+    lexical = TextRecall(tokens=64).recall(cache, weak, 16)
+    n = tiny.count_tokens(lexical.text)
+    got = routed.recall(cache, weak, 64)
+    rest = LatentRecall(tokens=64, pad=8).recall(cache, weak, 64 - n)
+    assert got.how == "latent:attach+bm25" and got.text == lexical.text and got.margin == weak_margin
     assert got.blocks.ranges == rest.blocks.ranges and got.ranges == [*rest.ranges, *lexical.ranges]
     assert got.pasted == lexical.ranges and got.tokens == n + rest.tokens <= 64
     # the default pins (the tail's best blocks kept whole) come within the whole budget, before BM25's share
-    whole = LatentRecall(tokens=64, pad=8).recall(cache, PARAPHRASE, 64 - n, pin=64)
+    whole = LatentRecall(tokens=64, pad=8).recall(cache, weak, 64 - n, pin=64)
     assert got.pinned and got.pinned == whole.pinned and got.blocks.pinned == whole.blocks.pinned
     pins, spy = [], latent.lookup
     monkeypatch.setattr(latent, "lookup", lambda *a, **k: pins.append(k["pin"]) or real(*a, **k))
-    routed.recall(cache, PARAPHRASE, 64)
-    LatentRecall(tokens=64, pad=8).recall(cache, PARAPHRASE, 64 - n)
+    routed.recall(cache, weak, 64)
+    LatentRecall(tokens=64, pad=8).recall(cache, weak, 64 - n)
     assert pins == [64, 64 - n] and sum(hi - lo for lo, hi in got.blocks.pinned) <= 64
-    explicit = RoutedRecall(tokens=64, latent=LatentRecall(tokens=64, pad=8, pin=64)).recall(cache, PARAPHRASE, 64)
+    explicit = RoutedRecall(tokens=64, latent=LatentRecall(tokens=64, pad=8, pin=64)).recall(cache, weak, 64)
     assert explicit.pinned == got.pinned and explicit.ranges == got.ranges   # the long suite's fold-routed-pin-full
     monkeypatch.setattr(latent, "lookup", spy)
-    alone = RoutedRecall(tokens=64, share=0, latent=LatentRecall(tokens=64, pad=8)).recall(cache, PARAPHRASE, 64)
+    alone = RoutedRecall(tokens=64, share=0, latent=LatentRecall(tokens=64, pad=8)).recall(cache, weak, 64)
     assert alone.how == "latent:attach" and alone.blocks.ranges == LatentRecall(tokens=64, pad=8).recall(
-        cache, PARAPHRASE, 64).blocks.ranges
+        cache, weak, 64).blocks.ranges
     # overlap: below the margin BM25 keeps its share only where its best chunk holds that share of the question's
     # content words; the paraphrase shares none with it, so latent recall takes the whole budget
-    assert para.overlap < 0.5
+    assert wpara.overlap < 0.5
     gate = RoutedRecall(tokens=64, min_overlap=0.5, latent=LatentRecall(tokens=64, pad=8))
-    gated = gate.recall(cache, PARAPHRASE, 64)
-    assert gated.how == "latent:attach" and gated.ranges == alone.ranges and gated.margin == para.margin
-    assert gated.overlap == para.overlap                                 # carried, as the margin is
-    loose = RoutedRecall(tokens=64, min_overlap=para.overlap, latent=LatentRecall(tokens=64, pad=8))
-    assert loose.recall(cache, PARAPHRASE, 64).ranges == got.ranges   # at its own overlap: BM25 keeps its share
+    gated = gate.recall(cache, weak, 64)
+    assert gated.how == "latent:attach" and gated.ranges == alone.ranges and gated.margin == weak_margin
+    assert gated.overlap == wpara.overlap                                 # carried, as the margin is
+    loose = RoutedRecall(tokens=64, min_overlap=wpara.overlap, latent=LatentRecall(tokens=64, pad=8))
+    assert loose.recall(cache, weak, 64).ranges == got.ranges   # at its own overlap: BM25 keeps its share
     gate = RoutedRecall(tokens=64, min_overlap=1.0, verify=False)
     assert gate.recall(cache, own, 64) == bm25   # the confident route is untouched
     # re-prefilled latent text goes first, BM25's chunks last, nearest the question; every range pasted
-    both = RoutedRecall(tokens=64, latent=LatentRecall(tokens=64, pad=8, attach=False)).recall(cache, PARAPHRASE, 64)
+    both = RoutedRecall(tokens=64, latent=LatentRecall(tokens=64, pad=8, attach=False)).recall(cache, weak, 64)
     assert both.how == "latent:prefill+bm25" and both.blocks.length == 0 and both.text.endswith(lexical.text)
     assert both.pinned and both.blocks.pinned   # no keys or values attached: only the pins go to the compaction
     assert both.pasted == both.ranges and both.ranges[-len(lexical.ranges):] == lexical.ranges
-    assert RoutedRecall(tokens=64, margin=1, verify=False).recall(cache, PARAPHRASE, 64).how == "bm25"
+    assert RoutedRecall(tokens=64, margin=1, verify=False).recall(cache, weak, 64).how == "bm25"
     # confident_share below 1: above the margin BM25's best chunks keep that part, latent recall takes the rest
     looked.clear()
     kept = TextRecall(tokens=64).recall(cache, own, 48)
@@ -592,22 +601,23 @@ def test_briefed_worker_recalls_through_the_archive(tiny, essay):
     text = planted(essay)
     policy = briefing.ArchivePolicy(block=16)
     peaks = briefing.ArchivePolicy(block=16, token_states=True)
-    for how, rec in [("latent:attach", LatentRecall(tokens=64, pad=8, archive_policy=policy)),
-                     ("latent:attach", LatentRecall(tokens=64, pad=8, peaks=4, archive_policy=peaks)),
-                     ("latent:prefill", LatentRecall(tokens=64, pad=8, attach=False, archive_policy=policy)),
-                     ("latent:attach+bm25", RoutedRecall(tokens=64, margin=100, latent=LatentRecall(
-                         tokens=64, pad=8, archive_policy=policy)))]:
+    weak = PARAPHRASE + " And?"   # a word many chunks share: BM25 keeps its part of a routed recall
+    for how, rec, query in [
+            ("latent:attach", LatentRecall(tokens=64, pad=8, archive_policy=policy), PARAPHRASE),
+            ("latent:attach", LatentRecall(tokens=64, pad=8, peaks=4, archive_policy=peaks), PARAPHRASE),
+            ("latent:prefill", LatentRecall(tokens=64, pad=8, attach=False, archive_policy=policy), PARAPHRASE),
+            ("latent:attach+bm25", RoutedRecall(tokens=64, margin=100, latent=LatentRecall(
+                tokens=64, pad=8, archive_policy=policy)), weak)]:
         w = BriefedWorker(lm=tiny, max_new_tokens=2, reserve=160, cache_budget=256, recall=rec,
                           fold=briefing.FoldPolicy(recent=64))
-        b = w.brief(PARAPHRASE, text)
+        b = w.brief(query, text)
         cache = b.cache
         assert cache.archive is not None and cache.folds and b.stats.archive_bytes == cache.archive.nbytes() > 0
         assert b.stats.recall == how
         assert 0 < b.stats.recalled_tokens <= 64 and b.stats.recalled == b.recalled.ranges and b.stats.recall_s > 0
         assert b.context.base_length <= w.cache_budget + w.reserve
         for a, z in b.recalled.ranges:           # every recalled character is in the call's context, all heads
-            if a == z:                           # a chunk of the cache's header, before the trajectory
-                continue
+            assert a < z
             assert b.coverage(a, z) == pytest.approx(1.0, abs=0.02)
             assert text[a:z] in text and z <= len(text)
         for a, z in b.recalled.pinned:           # the default pins: the tail's best blocks whole, all heads
@@ -618,7 +628,7 @@ def test_briefed_worker_recalls_through_the_archive(tiny, essay):
             assert b.origins is not None and b.origins.shape[-1] == cache.length + m
             assert b.stats.kept >= m and b.stats.total == cache.length + m
         out = b.generate(briefing.GenerationConfig(max_new_tokens=2, stop=w.stop))
-        assert w.answer(PARAPHRASE, text).text == out.text   # answer() is brief() then generate, greedy
+        assert w.answer(query, text).text == out.text   # answer() is brief() then generate, greedy
 
 
 def test_archived_keys_carry_their_importance_back(tiny, pieces):
@@ -804,7 +814,7 @@ def test_recall_options_make_no_tensor_off_the_model_s_device(tiny, essay):
                                                briefing.AttentionMatching(tau=1.0))
         assert ctx.positions.device.type == "cpu" and origins.device.type == "cpu"
         hedged = RoutedRecall(tokens=64, margin=1, confident_share=0.75, latent=LatentRecall(tokens=64, pad=8))
-        both = hedged.recall(cache, PARAPHRASE, 64)
+        both = hedged.recall(cache, PARAPHRASE + " And?", 64)   # a word many chunks share: BM25 keeps its part
         assert both.how == "latent:attach+bm25" and both.blocks.keys.device.type == "cpu"
     finally:
         torch.set_default_device(None)

@@ -117,7 +117,7 @@ class BriefedWorker(LocalModelMixin, Worker):
             budget, reserve, _ = self.layout(lm)
             best = briefing.TrajectoryCache(lm, budget=budget, reserve=reserve, fold=fold,
                                             importance=agnostic > 0,   # scored only where a selector reads it
-                                            archive=archive)
+                                            archive=archive, preamble=len(self.prompts().cache_text("")))
             self._caches.append(best)
             del self._caches[: max(0, len(self._caches) - self.max_caches)]
         else:   # most recently used last
@@ -158,6 +158,8 @@ class BriefedWorker(LocalModelMixin, Worker):
         """The call prompt's token count; a clear error when it and max_new_tokens do not fit the reserve."""
         import briefing
 
+        if not isinstance(query, str):
+            raise TypeError(f"BriefedWorker {self.name!r}: query must be a string, got {type(query).__name__}.")
         n_query = self.count(self.prompts().call_prompt(query))
         if n_query + self.max_new_tokens > self.reserve:
             raise briefing.BriefingError(
@@ -194,6 +196,12 @@ class BriefedWorker(LocalModelMixin, Worker):
         the sync did (prefilled tokens, folds) is reported by the first query, as by the first of sequential calls."""
         from briefing import latent
 
+        if not isinstance(queries, (list, tuple)):
+            raise TypeError(f"BriefedWorker {self.name!r}: queries must be a list of query strings, got "
+                            f"{type(queries).__name__} (one query: brief() or answer()).")
+        if not isinstance(trajectory, str):
+            raise TypeError(f"BriefedWorker {self.name!r}: trajectory must be a string, got "
+                            f"{type(trajectory).__name__}.")
         prompts = self.prompts()
         checked: list[int | Exception] = []
         for query in queries:
@@ -240,6 +248,9 @@ class BriefedWorker(LocalModelMixin, Worker):
                                                                       self.make_selector(), query_tokens=q)
                 except Exception as e:
                     contexts[i] = e
+        # what coverage() and held() read, as it is at this call (the cache moves on with the next one)
+        held = cache.origins() if calls else None                           # [L, H, length]
+        spans = None if cache.spans is None or not calls else list(cache.spans)
         first = True
         for i, prompt, _, recalled, n_query in calls:
             ctx = contexts[i]
@@ -258,7 +269,8 @@ class BriefedWorker(LocalModelMixin, Worker):
             first = False
             out[i] = Briefing(context=ctx, query=queries[i], input_tokens=ctx.stats.kept + self.count(prompt),
                               text_handoff_tokens=cache.tokens + n_query, stats=stats, recalled=recalled, cache=cache,
-                              offset=head, origins=origins.get(i))
+                              offset=head, origins=origins.get(i), held_origins=held, spans=spans,
+                              chars=len(trajectory))
         return out
 
     def _compact(self, cache: briefing.TrajectoryCache, prompts: list[str],
@@ -317,10 +329,14 @@ class BriefedWorker(LocalModelMixin, Worker):
     def fork(self, **changes: Any) -> BriefedWorker:
         """A worker with `changes` (e.g. another fold policy, cache budget, reserve, recall or selector) that starts
         from copies of this worker's warm caches: branches that share one prefill of the trajectory so far. A cache's
-        fold policy, budget and reserve follow the new worker's; what the caches hold and remember is kept."""
+        fold policy, budget and reserve follow the new worker's; what the caches hold and remember is kept. Another
+        model (`lm`) starts from no caches: its own are built from the trajectory's text."""
         import dataclasses
 
         other = dataclasses.replace(self, **changes)
+        if "lm" in changes and changes["lm"] is not self.lm:   # another model: its own caches, from the text
+            other._caches, other._prompts = [], None
+            return other
         fold = other.fold if "fold" in changes else None
         resized = bool({"cache_budget", "reserve", "recall", "fold"} & set(changes))   # the fold sets the recall's room
         lm = self._caches[0].lm if self._caches else None

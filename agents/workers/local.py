@@ -26,7 +26,10 @@ class Briefing:
     the context holds as text (a text worker's, after its cut). cache / offset: a briefed worker's persistent cache
     and where the trajectory starts in its text. origins: the token index of every slot the context's kept
     positions index ([layers, kv_heads, slots]; None: the cache's own slots), set when recalled keys and values were
-    attached after the cache's."""
+    attached after the cache's. held_origins / spans: the cache's slots' tokens and its tokens' character spans at
+    the call (a briefed worker sets them), so that `coverage` and `held` describe this call after the cache has moved
+    on (None: read from the cache now). chars: the trajectory's length in characters at the call (None: unknown),
+    the bound of a range `coverage` and `held` take."""
 
     context: briefing.CompactedCache
     query: str
@@ -38,6 +41,9 @@ class Briefing:
     cache: briefing.TrajectoryCache | None = field(default=None, repr=False)
     offset: int = 0
     origins: Any = field(default=None, repr=False)
+    held_origins: Any = field(default=None, repr=False)
+    spans: list[tuple[int, int]] | None = field(default=None, repr=False)
+    chars: int | None = None
 
     def generate(self, config: briefing.GenerationConfig | None = None) -> briefing.GenerationResult:
         """Decode the answer (the context stays reusable)."""
@@ -51,26 +57,40 @@ class Briefing:
 
         if isinstance(options, str):
             return briefing.loglikelihood(self.context, options)
+        if not isinstance(options, (list, tuple)) or not all(isinstance(o, str) for o in options):
+            raise TypeError(f"Briefing.loglikelihood: options must be a string or a list of strings, got "
+                            f"{type(options).__name__}.")
         return [briefing.loglikelihood(self.context, o) for o in options]
 
     def coverage(self, start: int, stop: int) -> float:
         """Share of the trajectory's characters in [start, stop) whose tokens this call's context holds: kept by the
         compaction (averaged over layers and KV heads; recalled keys and values re-attached are kept), recalled as
         text, or pasted as text. 0 for a plain worker."""
+        self._check_range("coverage", start, stop)
         return self._share(start, stop, self.context.positions if self.cache is not None else None)
 
     def held(self, start: int, stop: int) -> float:
         """Share of the characters in [start, stop) whose tokens the persistent cache still holds, whatever this call
         kept (averaged over layers and KV heads): what the folds left of them. 0 without a cache."""
+        self._check_range("held", start, stop)
         if self.cache is None:
             return 0.0
         return self._share(start, stop, "store")
 
+    def _check_range(self, method: str, start: object, stop: object) -> None:
+        """[start, stop): integer character offsets with 0 <= start < stop <= the trajectory's length (where known)."""
+        for name, value in (("start", start), ("stop", stop)):
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise TypeError(f"Briefing.{method}: {name} must be an integer character offset into the trajectory, "
+                                f"got {type(value).__name__} {value!r}.")
+        end = "" if self.chars is None else f" <= {self.chars} (the trajectory's length)"
+        if not 0 <= start < stop or (self.chars is not None and stop > self.chars):
+            raise ValueError(f"Briefing.{method}: [start, stop) must be a non-empty character range of the trajectory, "
+                             f"0 <= start < stop{end}; got [{start}, {stop}).")
+
     def _share(self, start: int, stop: int, kept) -> float:
         import torch
 
-        if not 0 <= start < stop:
-            raise ValueError(f"coverage: [start, stop) must be a non-empty character range, got [{start}, {stop}).")
         n = stop - start
         text = torch.zeros(n, dtype=torch.bool)                                    # [n] chars held as text
         if kept != "store":
@@ -81,13 +101,14 @@ class Briefing:
         if kept is None:
             return float(text.float().mean())
         cache = self.cache
-        spans = cache.token_spans()   # kept as the cache extends: no tokenisation of the whole text per call
+        spans = self.spans if self.spans is not None else cache.token_spans()   # no tokenisation of the text per call
         inside = [(i, max(a - self.offset, start), min(b - self.offset, stop)) for i, (a, b) in enumerate(spans)
                   if a - self.offset < stop and b - self.offset > start]
         if not inside:
             return float(text.float().mean())
         tok = torch.tensor([i for i, _, _ in inside])                              # [k] token indices
-        slots = self.origins if self.origins is not None and kept != "store" else cache.origins()
+        stored = self.held_origins if self.held_origins is not None else cache.origins()   # [L, H, length]
+        slots = self.origins if self.origins is not None and kept != "store" else stored
         origins = slots.cpu()                                                      # [L, H, slots] token per slot
         if kept == "store":
             held = origins
@@ -126,7 +147,7 @@ class LocalModelMixin:
         return cached
 
     def _prompt_overrides(self) -> dict[str, str]:
-        return {"header": self.header} if self.header else {}
+        return {"header": self.header} if self.header is not None else {}   # "" is a header too: none at all
 
     def gen_config(self) -> briefing.GenerationConfig:
         import briefing

@@ -43,7 +43,7 @@ class PlainWorker(Worker):
         """The context a local model answers on: the query alone (needs a `LocalChatBackend`)."""
         ctx = local_backend("PlainWorker", self.backend).context(self.messages(query))
         return Briefing(context=ctx, query=query, input_tokens=len(ctx.prompt_ids),
-                        text_handoff_tokens=self.handoff(query, trajectory))
+                        text_handoff_tokens=self.handoff(query, trajectory), chars=len(trajectory))
 
     def answer(self, query: str, trajectory: str) -> WorkerAnswer:
         t0 = time.monotonic()

@@ -57,7 +57,8 @@ class TextWorker(Worker):
         ctx = local_backend("TextWorker", self.backend).context(self.messages(pasted, query))
         n, kept = len(ctx.prompt_ids), len(pasted.removeprefix(CUT_MARK))
         return Briefing(context=ctx, query=query, input_tokens=n, text_handoff_tokens=n,
-                        pasted=[(len(trajectory) - kept, len(trajectory))] if kept else [])
+                        pasted=[(len(trajectory) - kept, len(trajectory))] if kept else [],
+                        chars=len(trajectory))
 
     def answer(self, query: str, trajectory: str) -> WorkerAnswer:
         t0 = time.monotonic()

@@ -1,0 +1,152 @@
+"""Edges of the recall and of the `Briefing` handle that a user meets (a review's findings, each a regression test):
+a trajectory that holds the recall's own separator, a query no chunk shares a word with, a budget narrower than a
+padded block, a text budget too small for BM25, a briefing read after the worker's next call, coverage bounds,
+a recalled range that cuts a character in two, an empty header, wrong argument types, a fork onto another model."""
+from __future__ import annotations
+
+import types
+
+import pytest
+import torch
+
+import briefing
+from agents import BriefedWorker, RoutedRecall
+from agents.recall import SEPARATOR, LatentRecall, TextRecall, _cut_ranges, _piece, bm25_chunks
+from agents.workers.prompt import TRAJECTORY_HEADER
+from briefing import latent
+from tests.tiny import tiny_model
+
+FACT = " The vault under the old mill opens with the number 4417."
+PARAPHRASE = "Digits unlocking strongbox?"
+
+
+class Words:
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())
+
+
+def planted(essay: str, at: int = 900, n: int = 3500) -> str:
+    cut = essay.rindex(" ", 0, at)
+    return essay[:cut] + FACT + essay[cut:cut + n]
+
+
+def worker(lm, recall=None, **kw) -> BriefedWorker:
+    args = dict(lm=lm, max_new_tokens=2, reserve=160, cache_budget=256, fold=briefing.FoldPolicy(recent=64))
+    if recall is not None:
+        args["recall"] = recall
+    return BriefedWorker(**args, **kw)
+
+
+def test_cut_ranges_follow_the_chunks_when_the_text_holds_the_separator():
+    """A chunk may hold the separator the chunks are joined by (an elided REPL line): the ranges of what survives a
+    cut still index exactly the characters that survive."""
+    text = " ".join(f"w{i} gate{SEPARATOR}code" if i % 3 == 0 else f"w{i} gate" for i in range(40))
+    found = bm25_chunks(text, "gate code", 60, Words(), chunk_words=4, ranked=True)
+    assert any(SEPARATOR in text[a:b] for a, b in found.ranges) and len(found.ranges) > 2
+    assert found.text == SEPARATOR.join(text[a:b] for a, b in found.ranges) + "\n"
+    second = len(text[found.ranges[0][0]:found.ranges[0][1]]) + len(SEPARATOR) + 3   # inside the second chunk
+    cut = found.text[second:]                                          # ranked: the least relevant start cut away
+    ranges = _cut_ranges(found, cut, keep_end=True)
+    assert SEPARATOR.join(text[a:b] for a, b in ranges) + "\n" == cut
+    cut = found.text[:second]                                          # text order: the end cut away
+    ranges = _cut_ranges(found, cut, keep_end=False)
+    assert SEPARATOR.join(text[a:b] for a, b in ranges) == cut
+
+
+def test_bm25_takes_no_chunk_that_holds_none_of_the_query_s_words():
+    text = " ".join(["the garden gate code is 4417"] + [f"filler{i} words here" for i in range(30)])
+    one = bm25_chunks(text, "garden gate", 200, Words(), chunk_words=5)
+    assert len(one.ranges) == 1 and "garden gate" in one.text          # a large budget: still the one chunk
+    none = bm25_chunks(text, "zebra quokka", 200, Words(), chunk_words=5)
+    assert none.text == "" and none.ranges == [] and none.margin == 1.0 and not none
+
+
+def test_pick_cuts_the_pad_and_keeps_the_block():
+    """A budget narrower than one padded block keeps the block's middle, not the pad before it."""
+    scores = torch.full((20,), -1.0)
+    scores[10] = 5.0
+    for pad, budget in [(1000, 16), (8, 20), (8, 40)]:
+        (lo, hi), = latent.pick(scores, 32, pad, budget, 640, 0)
+        assert hi - lo == budget and min(hi, 352) - max(lo, 320) == min(budget, 32)   # as much of the block as fits
+    (lo, hi), = latent.pick(scores, 32, 8, 48, 640, 0)                  # the padded block fits: all of it
+    assert (lo, hi) == (312, 360)
+
+
+def test_a_recalled_piece_that_cuts_a_character_is_the_trajectory_s_own_text():
+    lm = types.SimpleNamespace(decode=lambda ids: "\ufffdnicode")
+    cache = types.SimpleNamespace(ids=[1, 2, 3], text="xx\u00fcnicode")
+    assert _piece(lm, cache, (0, 3), (2, 9)) == "\u00fcnicode"
+    lm = types.SimpleNamespace(decode=lambda ids: "plain")
+    assert _piece(lm, cache, (0, 3), (2, 9)) == "plain"                  # a clean decode is kept as it is
+
+
+def test_routed_recall_with_a_text_budget_too_small_for_bm25_recalls_by_the_latent_ranking(tiny, essay):
+    text = planted(essay)
+    rec = RoutedRecall(tokens=64, text=TextRecall(tokens=8), latent=LatentRecall(
+        tokens=64, pad=8, archive_policy=briefing.ArchivePolicy(block=16)))
+    b = worker(tiny, rec).brief(PARAPHRASE, text)
+    assert b.cache.folds and b.stats.recall.startswith("latent") and b.stats.recalled_tokens > 0
+
+
+def test_recalled_ranges_are_trajectory_ranges(tiny, essay):
+    """What came from the worker's own header (before the trajectory) is not reported as an empty range."""
+    text = planted(essay)
+    b = worker(tiny).brief("What did the orchestrator say about the code it ran?", text)
+    assert b.recalled.ranges and all(0 <= a < z <= len(text) for a, z in b.recalled.ranges)
+    assert all(b.coverage(a, z) > 0 for a, z in b.recalled.pasted)
+
+
+def test_a_briefing_describes_its_own_call_after_the_next_one(tiny, essay):
+    """coverage() and held() read the cache as it was at the call: the next call's folds change neither."""
+    text = planted(essay, n=6000)
+    w = worker(tiny, TextRecall(tokens=64))
+    b1 = w.brief(PARAPHRASE, text[:2240])
+    ranges = [(a, a + 224) for a in range(0, 2240, 224)]
+    before = [(b1.coverage(a, z), b1.held(a, z)) for a, z in ranges]
+    b2 = w.brief(PARAPHRASE, text)
+    assert b2.cache is b1.cache and len(b2.cache.folds) > len(b1.stats.folds)
+    assert [(b1.coverage(a, z), b1.held(a, z)) for a, z in ranges] == before
+    assert any(b2.held(a, z) != h for (a, z), (_, h) in zip(ranges, before))   # the cache did move on
+
+
+def test_coverage_bounds_are_checked(tiny, essay):
+    text = planted(essay)
+    b = worker(tiny).brief(PARAPHRASE, text)
+    for bad in [(0.0, 10.0), (False, True), (0, "9")]:
+        with pytest.raises(TypeError, match="Briefing.coverage: (start|stop) must be an integer"):
+            b.coverage(*bad)
+    for bad in [(5, 5), (10, 5), (-1, 5), (0, len(text) + 1), (0, 10 ** 10)]:
+        with pytest.raises(ValueError, match=r"Briefing.coverage: \[start, stop\) must be a non-empty"):
+            b.coverage(*bad)
+    with pytest.raises(ValueError, match="Briefing.held"):
+        b.held(10, 5)
+    assert 0 <= b.coverage(0, len(text)) <= 1
+
+
+def test_wrong_argument_types_get_one_line_errors(tiny, essay):
+    w = worker(tiny, TextRecall(tokens=64))
+    with pytest.raises(TypeError, match="queries must be a list of query strings, got str"):
+        w.answer_batch("Which number?", "some text")
+    with pytest.raises(TypeError, match="query must be a string, got NoneType"):
+        w.brief(None, "some text")
+    with pytest.raises(TypeError, match="trajectory must be a string, got NoneType"):
+        w.brief("Which number?", None)
+    assert isinstance(w.brief_batch([5, "Which number?"], "some text")[0], TypeError)   # in its place
+    b = w.brief("Which number?", "some text")
+    with pytest.raises(TypeError, match="options must be a string or a list of strings, got NoneType"):
+        b.loglikelihood(None)
+
+
+def test_an_empty_header_is_no_header(tiny):
+    assert TRAJECTORY_HEADER not in worker(tiny, header="").prompts().cache_text("")
+    assert TRAJECTORY_HEADER in worker(tiny).prompts().cache_text("")
+
+
+def test_a_fork_onto_another_model_builds_its_own_caches(tiny, tok, essay):
+    text = planted(essay)
+    w = worker(tiny, TextRecall(tokens=64))
+    w.brief(PARAPHRASE, text)
+    other = tiny_model("qwen3-gqa", tok, max_positions=512)
+    f = w.fork(lm=other)
+    b = f.brief(PARAPHRASE, text)
+    assert b.cache.lm is other and w._caches and w._caches[0].lm is tiny
