@@ -119,32 +119,25 @@ def content_words(s: str) -> set[str]:
 
 
 def bm25_chunks(text: str, query: str, k_tokens: int, lm: TokenCounter, chunk_words: int = 60, *,
-                ranked: bool = False, start: int = 0) -> Recalled:
+                ranked: bool = False) -> Recalled:
     """Top BM25 chunks (about `chunk_words` words each) of `text` for `query`, up to `k_tokens` tokens (at least
     one chunk; none that holds no word of the query: nothing where no chunk does), in text order, or with `ranked`
-    by rising score (the best chunk last, next to the question); with the best chunk's `margin` over the runner-up.
-    start: characters of `text` never recalled (a worker's header): chunks wholly before it are not searched, and
-    one that straddles it is searched whole and recalled from it on."""
+    by rising score (the best chunk last, next to the question); with the best chunk's `margin` over the runner-up."""
     from rank_bm25 import BM25Okapi
 
     words = text.split(" ")
     chunks, spans, at = [], [], 0
     for i in range(0, len(words), chunk_words):
         chunk = " ".join(words[i:i + chunk_words])
-        if at + len(chunk) > start:
-            chunks.append(chunk)
-            spans.append((at, at + len(chunk)))
+        chunks.append(chunk)
+        spans.append((at, at + len(chunk)))
         at += len(chunk) + 1                                  # the space the split removed
-    if not chunks:
-        return Recalled(how="bm25", margin=1.0, overlap=0.0)
     scores = BM25Okapi([_words(c) or ["_"] for c in chunks]).get_scores(_words(query))
     order = sorted(range(len(chunks)), key=lambda i: -scores[i])
     top, second = float(scores[order[0]]), float(scores[order[1]]) if len(order) > 1 else 0.0
     margin = top / second if second > 0 else (math.inf if top > 0 else 1.0)
     asked = content_words(query)
     overlap = len(asked & content_words(chunks[order[0]])) / len(asked) if asked else 0.0
-    if spans[0][0] < start:   # the chunk that straddles `start` (searched whole): recalled from it on
-        chunks[0], spans[0] = text[start:spans[0][1]], (start, spans[0][1])
     picked, used = [], 0
     for i in order:
         if scores[i] <= 0:   # the chunk holds none of the query's words: nothing to recall it by
@@ -202,8 +195,7 @@ class TextRecall(Recall):
     worker's budget, `Recall`; where the chunks and their separators pass it, cut at the least relevant end).
     Nothing before the cache's first fold: a trajectory that fits the cache is answered from the cache alone. Chunks
     are about a third of the budget long (8 to 60 words), so a budget holds at least one whole chunk. A chunk that
-    holds no word of the query is not recalled (nothing is, where none does), nor the cache's `preamble` (a worker's
-    own header).
+    holds no word of the query is not recalled (nothing is, where none does).
 
     tail: recall from the unfolded tail too, which the cache holds verbatim but up to a window from the question
         (False: only the text the folds compacted, everything before the tail).
@@ -235,7 +227,7 @@ class TextRecall(Recall):
         if not searched.strip():
             return Recalled(how="bm25")
         found = bm25_chunks(searched, query, k_tokens, lm, chunk_words=max(8, min(60, k_tokens // 3)),
-                            ranked=self.ranked, start=cache.preamble)
+                            ranked=self.ranked)
         text = fit(found.text, k_tokens, lm, keep_end=self.ranked)
         return Recalled(text, found.ranges if text == found.text else _cut_ranges(found, text, self.ranked), "bm25",
                         margin=found.margin, overlap=found.overlap)
@@ -271,8 +263,8 @@ class LatentRecall(Recall):
     folded cache, the mean hidden state of its question at the last decoder layers scores every block of the
     trajectory the cache no longer holds whole (its tokens' mean hidden state, read while the cache prefilled; both
     whitened by the spread of the trajectory's blocks, `latent.rank_blocks`), and the best blocks come back,
-    the best last, nearest the question. Nothing before the cache's first fold, nor from its `preamble` (a worker's
-    own header). The worker's caches keep an archive (`archive`) of the keys and values their folds compact away.
+    the best last, nearest the question. Nothing before the cache's first fold. The worker's caches keep an archive
+    (`archive`) of the keys and values their folds compact away.
 
     tokens: recall budget (trajectory tokens; None: the worker's, `Recall`). attach: re-attach the blocks' archived keys
         and values after the cache (the call's compaction then keeps them all and fits over them with the cache's
@@ -402,8 +394,7 @@ class LatentRecall(Recall):
             return None
         text = prompt if prompt is not None and query in prompt else query
         ids, question = _token_span(lm, text, text.rindex(query), len(query))
-        return latent.lookup(cache, ids, question, k_tokens, pad=self.pad, sink=max(cache.fold.sink,
-                                                                                   cache.preamble_tokens()),
+        return latent.lookup(cache, ids, question, k_tokens, pad=self.pad, sink=cache.fold.sink,
                              kv=self.attaches(lm), shrink=self.shrink, tail_skip=self.tail_skip, pin=pin,
                              peaks=self.peaks)
 

@@ -18,7 +18,6 @@ fold guidance). `compact` does not: it returns a per-call context and leaves the
 """
 from __future__ import annotations
 
-import bisect
 import contextlib
 import copy
 import time
@@ -65,14 +64,12 @@ class TrajectoryCache:
     1.19x a prefill at 2,048 tokens instead of 1.6x and is about level in answer KL, lower at 5% kept (256: higher
     at 5%; docs/benchmarks.md, "The importance's window: 512 tokens by default"). archive: an
     `ArchivePolicy` to keep what the folds compact away (with each token's importance) and a representative per
-    block for latent recall (`briefing.archive`; None: none). preamble: characters at the start of `text` that are
-    its owner's own preamble, not trajectory (a worker's system header): a recall never brings them back.
+    block for latent recall (`briefing.archive`; None: none).
     """
 
     def __init__(self, lm: LoadedModel, text: str = "", chunk_tokens: int = 1024, *, budget: int | None = None,
                  reserve: int | None = None, fold: FoldPolicy | None = DEFAULT_FOLD, importance: bool = False,
-                 importance_window: int | None = IMPORTANCE_WINDOW, archive: ArchivePolicy | None = None,
-                 preamble: int = 0) -> None:
+                 importance_window: int | None = IMPORTANCE_WINDOW, archive: ArchivePolicy | None = None) -> None:
         if fold is not None and not isinstance(fold, FoldPolicy):
             raise BriefingError(f"fold must be a briefing.FoldPolicy or None (never fold), got {fold!r}.")
         self.lm = lm
@@ -81,8 +78,6 @@ class TrajectoryCache:
         # per token of `ids`: the characters [start, stop) of `text` it covers (None: the tokenizer cannot say)
         self.spans: list[tuple[int, int]] | None = [] if lm.has_spans else None
         check_bool("TrajectoryCache", "importance", importance)
-        self.preamble = check_int("TrajectoryCache", "preamble", preamble, low=0,
-                                  what="characters of the text before the trajectory, never recalled")
         check_int("TrajectoryCache", "importance_window", importance_window, low=1, none=True,
                   what="tokens reconstructed at a time by the importance (None: the prefill chunk)")
         self.store = KVStore(lm, importance=importance)
@@ -234,12 +229,6 @@ class TrajectoryCache:
                 "Render events so that each rendering extends the previous one, or start a new TrajectoryCache."
             )
         return self.extend(full_text[len(self.text):])
-
-    def preamble_tokens(self) -> int:
-        """How many of the first tokens lie wholly in the `preamble` (0 where the tokenizer gives no spans)."""
-        if not self.preamble or self.spans is None:
-            return 0
-        return bisect.bisect_right(self.spans, self.preamble, key=lambda s: s[1])
 
     def token_spans(self) -> list[tuple[int, int]]:
         """`spans`: the characters of `text` each token covers; a clear error where the tokenizer cannot say."""

@@ -25,6 +25,7 @@ BLOCKS = {  # every marked block of docs/benchmarks.md: (start, end) markers
     "kvpress-tables": ("<!-- kvpress-tables -->", "<!-- /kvpress-tables -->"),
     "concurrency-bench": ("<!-- concurrency-bench -->", "<!-- /concurrency-bench -->"),
     "service-bench": ("<!-- service-bench -->", "<!-- /service-bench -->"),
+    "fit-probe": ("<!-- fit-probe -->", "<!-- /fit-probe -->"),
 }
 
 
@@ -49,6 +50,14 @@ def test_briefing_blocks_are_generated_from_the_committed_json():
     command = "python -m benchmarks.briefing_bench --report docs/results/briefing/briefing_bench.json"
     for name, text in readme_tables(result).items():
         assert block(name) == text.strip(), f"docs/benchmarks.md block {name} is stale: run `{command}`"
+
+
+def test_fit_probe_block_is_generated_from_the_committed_json():
+    from benchmarks.fit_probe import table
+
+    results = json.loads((ROOT / "docs" / "results" / "fit_probe" / "fit_probe.json").read_text())
+    assert block("fit-probe") == table(results).strip() == (ROOT / "docs" / "results" / "fit_probe" /
+                                                            "fit_probe.md").read_text().strip()
 
 
 def test_service_bench_block_is_generated_from_the_committed_json(tmp_path, capsys):

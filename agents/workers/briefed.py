@@ -117,7 +117,7 @@ class BriefedWorker(LocalModelMixin, Worker):
             budget, reserve, _ = self.layout(lm)
             best = briefing.TrajectoryCache(lm, budget=budget, reserve=reserve, fold=fold,
                                             importance=agnostic > 0,   # scored only where a selector reads it
-                                            archive=archive, preamble=len(self.prompts().cache_text("")))
+                                            archive=archive)
             self._caches.append(best)
             del self._caches[: max(0, len(self._caches) - self.max_caches)]
         else:   # most recently used last
