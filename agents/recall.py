@@ -71,7 +71,8 @@ class Recalled:
     out: its score over the runner-up's (inf: one chunk scored; None: no BM25 search was made). overlap: for a BM25
     search, the share of the query's content words (`content_words`) that its best chunk holds. pinned: character
     ranges of the cache's unfolded tail that the call's compaction keeps whole (`LatentRecall.pin`; carried by
-    `blocks`), not brought back: already in the cache."""
+    `blocks`), not brought back: already in the cache. attached: how many of the first `ranges` are re-attached
+    (None: as many as `blocks` has; `shifted` sets it where it drops some)."""
 
     text: str = ""
     ranges: list[tuple[int, int]] = field(default_factory=list)
@@ -81,26 +82,30 @@ class Recalled:
     margin: float | None = None
     pinned: list[tuple[int, int]] = field(default_factory=list)
     overlap: float | None = None
+    attached: int | None = None
 
     def __bool__(self) -> bool:
         return bool(self.text.strip()) or self.blocks is not None
 
     @property
     def pasted(self) -> list[tuple[int, int]]:
-        """The ranges pasted as text before the question; the others (the first `len(blocks.ranges)`) are re-attached
-        keys and values."""
-        return self.ranges if self.blocks is None else self.ranges[len(self.blocks.ranges):]
+        """The ranges pasted as text before the question; the others (the first `attached`) are re-attached keys and
+        values."""
+        if self.blocks is None:
+            return self.ranges
+        return self.ranges[self.attached if self.attached is not None else len(self.blocks.ranges):]
 
     def shifted(self, offset: int) -> Recalled:
         """The same recall with its ranges moved by `offset` characters (e.g. into the trajectory's own text), none
-        below 0: what came from before the trajectory (the cache's header) is cut off, empty if all of it did."""
+        below 0: what came from before the trajectory (the cache's header) is cut off, and a range all of which did is
+        left out."""
         def move(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
-            return [(max(0, a + offset), max(0, b + offset)) for a, b in ranges]
+            return [(a, b) for a, b in ((max(0, a + offset), max(0, b + offset)) for a, b in ranges) if a < b]
 
-        attached = len(self.ranges) - len(self.pasted)   # the re-attached ranges keep their places (blocks' order)
-        ranges = move(self.ranges)
-        ranges = ranges[:attached] + [(a, b) for a, b in ranges[attached:] if a < b]
-        return replace(self, ranges=ranges, pinned=[(a, b) for a, b in move(self.pinned) if a < b])
+        n = len(self.ranges) - len(self.pasted)                          # the re-attached ranges come first
+        attached = move(self.ranges[:n])
+        return replace(self, ranges=attached + move(self.ranges[n:]), pinned=move(self.pinned),
+                       attached=len(attached) if self.blocks is not None else None)
 
 
 def _words(s: str) -> list[str]:
@@ -132,16 +137,18 @@ def bm25_chunks(text: str, query: str, k_tokens: int, lm: TokenCounter, chunk_wo
         chunks.append(chunk)
         spans.append((at, at + len(chunk)))
         at += len(chunk) + 1                                  # the space the split removed
-    scores = BM25Okapi([_words(c) or ["_"] for c in chunks]).get_scores(_words(query))
+    asked_words = _words(query)
+    scores = BM25Okapi([_words(c) or ["_"] for c in chunks]).get_scores(asked_words)
     order = sorted(range(len(chunks)), key=lambda i: -scores[i])
+    shares = set(asked_words)
     top, second = float(scores[order[0]]), float(scores[order[1]]) if len(order) > 1 else 0.0
     margin = top / second if second > 0 else (math.inf if top > 0 else 1.0)
     asked = content_words(query)
     overlap = len(asked & content_words(chunks[order[0]])) / len(asked) if asked else 0.0
     picked, used = [], 0
     for i in order:
-        if scores[i] <= 0:   # the chunk holds none of the query's words: nothing to recall it by
-            break
+        if not shares.intersection(_words(chunks[i])):   # none of the query's words: nothing to recall it by
+            continue   # (a score says less: BM25's idf is 0 or below for a word in half the chunks or more)
         n = lm.count_tokens(chunks[i])
         if picked and used + n > k_tokens:
             break
@@ -161,11 +168,14 @@ def recall_query(query: str, recalled: Recalled | str) -> str:
 def fit(text: str, k_tokens: int, lm: briefing.LoadedModel, *, keep_end: bool) -> str:
     """`text` cut to at most `k_tokens` tokens: its start dropped (`keep_end`: ranked chunks, the best last) or its
     end (chunks in text order). The chunk budget of `bm25_chunks` leaves out the separators, so a recall can run
-    a few tokens over."""
+    a few tokens over. A cut inside a character (its bytes in two tokens) drops the half it leaves, not U+FFFD."""
     ids = lm.encode(text)
     if len(ids) <= k_tokens:
         return text
-    return lm.decode(ids[-k_tokens:] if keep_end else ids[:k_tokens])
+    cut = lm.decode(ids[-k_tokens:] if keep_end else ids[:k_tokens])
+    if "\ufffd" in text:   # the text's own: left as it is
+        return cut
+    return cut.lstrip("\ufffd") if keep_end else cut.rstrip("\ufffd")
 
 
 class Recall:
@@ -535,12 +545,11 @@ class RoutedRecall(Recall):
         k_tokens = self.budget(k_tokens)
         found = self.text.recall(cache, query, k_tokens, prompt=prompt)
         confident = found.margin is not None and found.margin >= self.margin   # a clear lexical match
-        if found.margin is None:   # no BM25 search: nothing folded yet, or a text budget too small for one
-            if not cache.folds:
-                return found
-            return self.latent.recall(cache, query, k_tokens, prompt=prompt,
-                                      pin=self.latent.pin_budget(cache.lm, self.latent.budget(k_tokens)))
         pin = self.latent.pin_budget(cache.lm, self.latent.budget(k_tokens))
+        if found.margin is None:   # no BM25 search: nothing folded yet, too small a budget, or the text recall's own
+            if not cache.folds or k_tokens < MIN_RECALL_TOKENS:   # budget too small for one: then latent recall's
+                return found
+            return self.latent.recall(cache, query, k_tokens, prompt=prompt, pin=pin)
         checked = None   # the latent lookup, made once where the route needs it first
         overruled = False   # confident, but the latent ranking does not find BM25's best chunk (`verify`)
         if confident and self.verify and found.ranges:

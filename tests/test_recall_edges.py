@@ -11,7 +11,7 @@ import torch
 
 import briefing
 from agents import BriefedWorker, RoutedRecall
-from agents.recall import SEPARATOR, LatentRecall, TextRecall, _cut_ranges, _piece, bm25_chunks
+from agents.recall import SEPARATOR, LatentRecall, Recalled, TextRecall, _cut_ranges, _piece, bm25_chunks
 from agents.workers.prompt import TRAJECTORY_HEADER
 from briefing import latent
 from tests.tiny import tiny_model
@@ -59,6 +59,15 @@ def test_bm25_takes_no_chunk_that_holds_none_of_the_query_s_words():
     assert len(one.ranges) == 1 and "garden gate" in one.text          # a large budget: still the one chunk
     none = bm25_chunks(text, "zebra quokka", 200, Words(), chunk_words=5)
     assert none.text == "" and none.ranges == [] and none.margin == 1.0 and not none
+    # a chunk that shares a word is kept whatever its score: BM25's idf is 0 for a word in half the chunks and below
+    # 0 (floored at a share of a negative mean) with one or two chunks
+    fact = "the secret vault code is 4417 and more"
+    for words, query in [(8, "What is the vault code?"), (4, "What is the vault code?")]:   # one chunk, two
+        got = bm25_chunks(fact, query, 200, Words(), chunk_words=words)
+        assert "vault code" in got.text, words
+    half = "vault one two three vault four five six seven eight nine ten eleven twelve thirteen fourteen"
+    got = bm25_chunks(half, "vault", 200, Words(), chunk_words=4)    # "vault" in 2 of the 4 chunks: idf 0
+    assert got.text.count("vault") == 2 and len(got.ranges) == 2
 
 
 def test_pick_cuts_the_pad_and_keeps_the_block():
@@ -72,20 +81,60 @@ def test_pick_cuts_the_pad_and_keeps_the_block():
     assert (lo, hi) == (312, 360)
 
 
-def test_a_recalled_piece_that_cuts_a_character_is_the_trajectory_s_own_text():
+def test_a_recalled_piece_that_cuts_a_character_is_the_trajectory_s_own_text(tiny):
     lm = types.SimpleNamespace(decode=lambda ids: "\ufffdnicode")
     cache = types.SimpleNamespace(ids=[1, 2, 3], text="xx\u00fcnicode")
     assert _piece(lm, cache, (0, 3), (2, 9)) == "\u00fcnicode"
     lm = types.SimpleNamespace(decode=lambda ids: "plain")
     assert _piece(lm, cache, (0, 3), (2, 9)) == "plain"                  # a clean decode is kept as it is
+    # through a worker: blocks of a text of multi-byte characters pasted (attach=False), and BM25's cut to its budget
+    wide = "\u6570\u5b57 \U0001f642 \u00e9moji \u00fcn\u00efcode "
+    text = wide * 150 + FACT + (" \U0001f642 tail \u6570\u5b57" * 150)
+    b = worker(tiny, LatentRecall(tokens=64, attach=False)).brief("What number opens the vault?", text)
+    assert b.recalled.text.strip() and "\ufffd" not in b.recalled.text
+    for k in (54, 55, 57, 59):   # budgets whose cut falls inside a character on this tokenizer
+        got = TextRecall(tokens=k).recall(b.cache, "What number opens the vault?", k)
+        assert got.text.strip() and "\ufffd" not in got.text, k
 
 
-def test_routed_recall_with_a_text_budget_too_small_for_bm25_recalls_by_the_latent_ranking(tiny, essay):
+def test_fit_drops_the_half_of_a_character_a_cut_leaves():
+    from agents.recall import fit
+
+    class Bytes:   # one token per UTF-8 byte
+        def encode(self, text):
+            return list(text.encode())
+
+        def decode(self, ids):
+            return bytes(ids).decode(errors="replace")
+
+    assert fit("ab\u00fccd", 4, Bytes(), keep_end=True) == "\u00fccd"
+    assert fit("ab\u00fccd", 3, Bytes(), keep_end=True) == "cd"          # half of \u00fc: dropped
+    assert fit("ab\u00fccd", 3, Bytes(), keep_end=False) == "ab"
+    assert fit("\ufffdab\u00fccd", 3, Bytes(), keep_end=False).endswith("\ufffd")   # the text's own: kept
+
+
+def test_shifted_leaves_out_ranges_before_the_trajectory_and_keeps_the_attached_apart():
+    text = Recalled("chunk\n", [(0, 10), (30, 40)], "bm25").shifted(-20)
+    assert text.ranges == [(10, 20)] and text.pasted == [(10, 20)]
+    blocks = types.SimpleNamespace(ranges=[(0, 2), (5, 9)])   # two re-attached ranges, the first in the header
+    both = Recalled("chunk\n", [(0, 10), (40, 60), (5, 12), (70, 80)], "latent:attach+bm25", blocks=blocks)
+    moved = both.shifted(-20)
+    assert moved.ranges == [(20, 40), (50, 60)] and moved.attached == 1 and moved.pasted == [(50, 60)]
+    assert both.pasted == [(5, 12), (70, 80)] and both.shifted(0).pasted == [(5, 12), (70, 80)]
+
+
+def test_routed_recall_with_a_text_budget_too_small_for_bm25_recalls_by_the_latent_ranking(tiny, essay,
+                                                                                         monkeypatch):
     text = planted(essay)
     rec = RoutedRecall(tokens=64, text=TextRecall(tokens=8), latent=LatentRecall(
         tokens=64, pad=8, archive_policy=briefing.ArchivePolicy(block=16)))
     b = worker(tiny, rec).brief(PARAPHRASE, text)
     assert b.cache.folds and b.stats.recall.startswith("latent") and b.stats.recalled_tokens > 0
+    # a whole budget too small for any recall: nothing, and no lookup
+    looked = []
+    monkeypatch.setattr(latent, "lookup", lambda *a, **k: looked.append(1))
+    got = RoutedRecall(tokens=64).recall(b.cache, PARAPHRASE, 10)
+    assert not got and not got.pinned and looked == []
 
 
 def test_recalled_ranges_are_trajectory_ranges(tiny, essay):
@@ -93,7 +142,7 @@ def test_recalled_ranges_are_trajectory_ranges(tiny, essay):
     text = planted(essay)
     b = worker(tiny).brief("What did the orchestrator say about the code it ran?", text)
     assert b.recalled.ranges and all(0 <= a < z <= len(text) for a, z in b.recalled.ranges)
-    assert all(b.coverage(a, z) > 0 for a, z in b.recalled.pasted)
+    assert all(b.coverage(a, z) > 0 for a, z in b.recalled.ranges)
 
 
 def test_a_briefing_describes_its_own_call_after_the_next_one(tiny, essay):
@@ -112,6 +161,9 @@ def test_a_briefing_describes_its_own_call_after_the_next_one(tiny, essay):
 def test_coverage_bounds_are_checked(tiny, essay):
     text = planted(essay)
     b = worker(tiny).brief(PARAPHRASE, text)
+    import numpy as np
+
+    assert b.coverage(np.int64(0), np.int64(10)) == b.coverage(0, 10)   # any integer type
     for bad in [(0.0, 10.0), (False, True), (0, "9")]:
         with pytest.raises(TypeError, match="Briefing.coverage: (start|stop) must be an integer"):
             b.coverage(*bad)
@@ -125,16 +177,19 @@ def test_coverage_bounds_are_checked(tiny, essay):
 
 def test_wrong_argument_types_get_one_line_errors(tiny, essay):
     w = worker(tiny, TextRecall(tokens=64))
-    with pytest.raises(TypeError, match="queries must be a list of query strings, got str"):
+    with pytest.raises(TypeError, match=r"queries must be a list of query strings \(one query: .*\), got str"):
         w.answer_batch("Which number?", "some text")
     with pytest.raises(TypeError, match="query must be a string, got NoneType"):
         w.brief(None, "some text")
     with pytest.raises(TypeError, match="trajectory must be a string, got NoneType"):
         w.brief("Which number?", None)
-    assert isinstance(w.brief_batch([5, "Which number?"], "some text")[0], TypeError)   # in its place
+    first, second = w.brief_batch([5, "Which number?"], "some text")   # the bad query's error in its place
+    assert isinstance(first, TypeError) and "query must be a string, got int" in str(first) and second.context
     b = w.brief("Which number?", "some text")
     with pytest.raises(TypeError, match="options must be a string or a list of strings, got NoneType"):
         b.loglikelihood(None)
+    with pytest.raises(TypeError, match=r"options\[1\] must be a string, got int"):
+        b.loglikelihood(["a", 3])
 
 
 def test_an_empty_header_is_no_header(tiny):
@@ -142,7 +197,7 @@ def test_an_empty_header_is_no_header(tiny):
     assert TRAJECTORY_HEADER in worker(tiny).prompts().cache_text("")
 
 
-def test_a_fork_onto_another_model_builds_its_own_caches(tiny, tok, essay):
+def test_a_fork_onto_another_model_or_header_builds_its_own_caches(tiny, tok, essay):
     text = planted(essay)
     w = worker(tiny, TextRecall(tokens=64))
     w.brief(PARAPHRASE, text)
@@ -150,3 +205,6 @@ def test_a_fork_onto_another_model_builds_its_own_caches(tiny, tok, essay):
     f = w.fork(lm=other)
     b = f.brief(PARAPHRASE, text)
     assert b.cache.lm is other and w._caches and w._caches[0].lm is tiny
+    h = w.fork(header="Notes so far:\n")
+    assert h.brief(PARAPHRASE, text).cache.text.endswith("Notes so far:\n" + text)
+    assert w.fork(reserve=160)._caches   # any other change starts from copies of the warm caches

@@ -220,31 +220,3 @@ def test_a_custom_selector_drives_the_folds():
         held[name] = float(span.mean())
     assert held["recency"] > held["default"] + 5   # later tokens of the span, on average
 
-
-def test_fit_probe_adds_reference_queries_to_the_fit_and_writes_its_figures(tiny, tmp_path, monkeypatch, capsys):
-    """`benchmarks.fit_probe`: the extra queries reach the fit (its rows grow by them, and only inside the probe), the
-    selection is the same in every row, top-k is each row's reference (ratio 1), and a table and a plot come out;
-    a bad setting is refused with a line naming the argument."""
-    import json
-
-    from benchmarks import fit_probe
-    from briefing import compaction
-
-    seen = []
-    real = compaction.fit_problem
-    monkeypatch.setattr(compaction, "fit_problem", lambda Q, *a, **k: seen.append(Q.shape[2]) or real(Q, *a, **k))
-    res = fit_probe.run(tiny, "dev", 300, 2, 0.2, context=(16,), repeats=((2, 8),), ridges=(1.0,))
-    assert res["questions"] == 2 and res["tokens"] <= 300
-    assert set(res["summary"]) == {"top-k", "fit", "fit + context 16", "fit + repeat 2 x 8", "fit, ridge 1"}
-    assert res["summary"]["top-k"]["median_ratio_to_topk"] == 1.0
-    assert all(v >= 0 for row in res["rows"] for k, v in row.items() if k != "kind")
-    g = tiny.model.config.num_attention_heads // tiny.kv_heads
-    shipped = seen[0]   # the fit's rows per KV head: the prompt's queries, then the same plus 16 (context) and more
-    assert seen[:4] == [shipped, shipped + g * 16, seen[2], shipped] and seen[2] > shipped + g * 16
-    assert compaction.fit_problem is not real and fit_probe.compaction.fit_problem.__name__ == "<lambda>"
-    (tmp_path / "fit_probe.json").write_text(json.dumps([res]))
-    fit_probe.plot([res], tmp_path / "fit_probe.png")
-    assert (tmp_path / "fit_probe.png").stat().st_size > 0 and "| fit + context 16 |" in fit_probe.table([res])
-    with pytest.raises(SystemExit) as e:
-        fit_probe.main(["--tokens", "100", "--out", str(tmp_path)])
-    assert e.value.code == 2 and "--tokens: got 100" in capsys.readouterr().err

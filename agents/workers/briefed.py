@@ -158,8 +158,7 @@ class BriefedWorker(LocalModelMixin, Worker):
         """The call prompt's token count; a clear error when it and max_new_tokens do not fit the reserve."""
         import briefing
 
-        if not isinstance(query, str):
-            raise TypeError(f"BriefedWorker {self.name!r}: query must be a string, got {type(query).__name__}.")
+        check_type(f"BriefedWorker {self.name!r}", "query", query, str, "a string")
         n_query = self.count(self.prompts().call_prompt(query))
         if n_query + self.max_new_tokens > self.reserve:
             raise briefing.BriefingError(
@@ -196,12 +195,9 @@ class BriefedWorker(LocalModelMixin, Worker):
         the sync did (prefilled tokens, folds) is reported by the first query, as by the first of sequential calls."""
         from briefing import latent
 
-        if not isinstance(queries, (list, tuple)):
-            raise TypeError(f"BriefedWorker {self.name!r}: queries must be a list of query strings, got "
-                            f"{type(queries).__name__} (one query: brief() or answer()).")
-        if not isinstance(trajectory, str):
-            raise TypeError(f"BriefedWorker {self.name!r}: trajectory must be a string, got "
-                            f"{type(trajectory).__name__}.")
+        owner = f"BriefedWorker {self.name!r}"
+        check_type(owner, "queries", queries, (list, tuple), "a list of query strings (one query: brief() or answer())")
+        check_type(owner, "trajectory", trajectory, str, "a string")
         prompts = self.prompts()
         checked: list[int | Exception] = []
         for query in queries:
@@ -334,8 +330,8 @@ class BriefedWorker(LocalModelMixin, Worker):
         import dataclasses
 
         other = dataclasses.replace(self, **changes)
-        if "lm" in changes and changes["lm"] is not self.lm:   # another model: its own caches, from the text
-            other._caches, other._prompts = [], None
+        if changes.get("lm", self.lm) is not self.lm or changes.get("header", self.header) != self.header:
+            other._caches, other._prompts = [], None   # another model or header: its own caches, from the text
             return other
         fold = other.fold if "fold" in changes else None
         resized = bool({"cache_budget", "reserve", "recall", "fold"} & set(changes))   # the fold sets the recall's room

@@ -6,12 +6,14 @@ internals: score candidate answers (`loglikelihood`), inspect what the call kept
 """
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from agents.recall import Recalled
 from agents.workers.base import BriefingStats
 from agents.workers.prompt import WorkerPrompt
+from briefing.options import check_type
 
 if TYPE_CHECKING:  # briefing imports torch: only at run time, lazily
     import briefing
@@ -57,36 +59,39 @@ class Briefing:
 
         if isinstance(options, str):
             return briefing.loglikelihood(self.context, options)
-        if not isinstance(options, (list, tuple)) or not all(isinstance(o, str) for o in options):
-            raise TypeError(f"Briefing.loglikelihood: options must be a string or a list of strings, got "
-                            f"{type(options).__name__}.")
+        check_type("Briefing.loglikelihood", "options", options, (list, tuple), "a string or a list of strings")
+        for i, o in enumerate(options):
+            check_type("Briefing.loglikelihood", f"options[{i}]", o, str, "a string")
         return [briefing.loglikelihood(self.context, o) for o in options]
 
     def coverage(self, start: int, stop: int) -> float:
         """Share of the trajectory's characters in [start, stop) whose tokens this call's context holds: kept by the
         compaction (averaged over layers and KV heads; recalled keys and values re-attached are kept), recalled as
         text, or pasted as text. 0 for a plain worker."""
-        self._check_range("coverage", start, stop)
+        start, stop = self._check_range("coverage", start, stop)
         return self._share(start, stop, self.context.positions if self.cache is not None else None)
 
     def held(self, start: int, stop: int) -> float:
         """Share of the characters in [start, stop) whose tokens the persistent cache still holds, whatever this call
         kept (averaged over layers and KV heads): what the folds left of them. 0 without a cache."""
-        self._check_range("held", start, stop)
+        start, stop = self._check_range("held", start, stop)
         if self.cache is None:
             return 0.0
         return self._share(start, stop, "store")
 
-    def _check_range(self, method: str, start: object, stop: object) -> None:
-        """[start, stop): integer character offsets with 0 <= start < stop <= the trajectory's length (where known)."""
+    def _check_range(self, method: str, start: object, stop: object) -> tuple[int, int]:
+        """[start, stop): integer character offsets (any integer type) with 0 <= start < stop <= the trajectory's length
+        (where known), as ints."""
         for name, value in (("start", start), ("stop", stop)):
-            if not isinstance(value, int) or isinstance(value, bool):
+            if isinstance(value, bool) or not hasattr(value, "__index__"):
                 raise TypeError(f"Briefing.{method}: {name} must be an integer character offset into the trajectory, "
                                 f"got {type(value).__name__} {value!r}.")
+        start, stop = operator.index(start), operator.index(stop)
         end = "" if self.chars is None else f" <= {self.chars} (the trajectory's length)"
         if not 0 <= start < stop or (self.chars is not None and stop > self.chars):
             raise ValueError(f"Briefing.{method}: [start, stop) must be a non-empty character range of the trajectory, "
                              f"0 <= start < stop{end}; got [{start}, {stop}).")
+        return start, stop
 
     def _share(self, start: int, stop: int, kept) -> float:
         import torch
