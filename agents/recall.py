@@ -137,18 +137,19 @@ def bm25_chunks(text: str, query: str, k_tokens: int, lm: TokenCounter, chunk_wo
         chunks.append(chunk)
         spans.append((at, at + len(chunk)))
         at += len(chunk) + 1                                  # the space the split removed
-    asked_words = _words(query)
-    scores = BM25Okapi([_words(c) or ["_"] for c in chunks]).get_scores(asked_words)
+    asked_words, docs = _words(query), [_words(c) for c in chunks]
+    scores = BM25Okapi([d or ["_"] for d in docs]).get_scores(asked_words)
     order = sorted(range(len(chunks)), key=lambda i: -scores[i])
-    shares = set(asked_words)
     top, second = float(scores[order[0]]), float(scores[order[1]]) if len(order) > 1 else 0.0
     margin = top / second if second > 0 else (math.inf if top > 0 else 1.0)
     asked = content_words(query)
     overlap = len(asked & content_words(chunks[order[0]])) / len(asked) if asked else 0.0
     picked, used = [], 0
     for i in order:
-        if not shares.intersection(_words(chunks[i])):   # none of the query's words: nothing to recall it by
-            continue   # (a score says less: BM25's idf is 0 or below for a word in half the chunks or more)
+        # none of the query's words: nothing to recall it by (not a score test: BM25's idf is 0 or below for a
+        # word in half the chunks or more)
+        if set(asked_words).isdisjoint(docs[i]):
+            continue
         n = lm.count_tokens(chunks[i])
         if picked and used + n > k_tokens:
             break
@@ -546,9 +547,10 @@ class RoutedRecall(Recall):
         found = self.text.recall(cache, query, k_tokens, prompt=prompt)
         confident = found.margin is not None and found.margin >= self.margin   # a clear lexical match
         pin = self.latent.pin_budget(cache.lm, self.latent.budget(k_tokens))
-        if found.margin is None:   # no BM25 search: nothing folded yet, too small a budget, or the text recall's own
-            if not cache.folds or k_tokens < MIN_RECALL_TOKENS:   # budget too small for one: then latent recall's
+        if found.margin is None:   # no BM25 search was made
+            if not cache.folds or k_tokens < MIN_RECALL_TOKENS:   # nothing folded yet, or no room for any recall
                 return found
+            # the text recall's own budget was too small for a search: latent recall takes the call's
             return self.latent.recall(cache, query, k_tokens, prompt=prompt, pin=pin)
         checked = None   # the latent lookup, made once where the route needs it first
         overruled = False   # confident, but the latent ranking does not find BM25's best chunk (`verify`)

@@ -37,10 +37,14 @@ def selectors(ratio: float) -> dict[str, briefing.Selector]:
             HYBRID: VARIANTS[HYBRID](ratio=ratio)}
 
 
+def anchor_text(lm, tokens: int) -> str:
+    """The anchor's trajectory at `tokens` tokens: avg.txt, then the other essays, cut to that many tokens."""
+    return lm.decode(lm.encode(essay_text(tokens * 8))[:tokens])
+
+
 def length_row(lm, tokens: int, ratio: float, repeats: int, importance_window: int | None = None) -> dict:
-    ids = lm.encode(essay_text(tokens * 8))[:tokens]
     t0 = time.perf_counter()
-    cache = scored_cache(lm, lm.decode(ids), importance_window)   # the global allocation reads the importance
+    cache = scored_cache(lm, anchor_text(lm, tokens), importance_window)   # the global allocation reads the importance
     row = dict(tokens=cache.length, extend_with_importance_s=time.perf_counter() - t0,
                prefill_s=cache.prefill_s, importance_s=cache.importance_s, selectors={})
     full = cache.compact(QUESTION, briefing.KeepAll())

@@ -14,8 +14,11 @@ trajectory made of a split's essays, and probes of the fit's reference queries t
 The selection is the same in every row (the prompt's scores); only the fit changes. Per question, the answer's KL
 to the full cache; per row, the median KL and the median of each question's KL over top-k's, over the questions.
 A probe: the extra queries are passed by wrapping `briefing.compaction.fit_problem` (no option of the library).
+`--split anchor` asks the anchor's one question on `benchmarks.compact_time`'s trajectory, beside the others in the
+same process.
 
-    OMP_NUM_THREADS=1 python -m benchmarks.fit_probe --split dev --tokens 2048 [--questions 8] [--ratio 0.1] [--out DIR]
+    OMP_NUM_THREADS=1 python -m benchmarks.fit_probe --split dev heldout anchor --tokens 2048 7900 [--questions 8]
+        [--ratio 0.1] [--out DIR]
 """
 from __future__ import annotations
 
@@ -25,10 +28,13 @@ import json
 import random
 import statistics
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
 import briefing
+from benchmarks.briefing_bench import ANSWER, QUESTION
+from benchmarks.compact_time import anchor_text
 from benchmarks.recall_cases import KINDS, RECALL_KINDS, make_case_text, normalise, split_essays
 from briefing import compaction, kv
 from briefing.attention import BiasState
@@ -40,7 +46,10 @@ REPEAT = "\n\nRepeat the previous context exactly.\n"
 
 
 def trajectory(lm, split: str, tokens: int) -> str:
-    """The split's essays (normalised, in the split's order) joined and cut to `tokens` tokens at a sentence end."""
+    """The split's essays (normalised, in the split's order) joined and cut to `tokens` tokens at a sentence end;
+    for "anchor", `benchmarks.compact_time`'s trajectory (avg.txt, then the other essays, cut to `tokens`)."""
+    if split == "anchor":
+        return anchor_text(lm, tokens)
     body = "\n\n".join(normalise(read_essay(e)) for e in split_essays()[split])
     text = lm.decode(lm.encode(body)[:tokens])
     end = max(text.rfind(". "), text.rfind(".\n"))
@@ -102,7 +111,9 @@ def run(lm, split: str, tokens: int, questions: int, ratio: float, context: tupl
     rng = random.Random(f"fit-probe-{split}-{tokens}")
     kinds = [*KINDS, *RECALL_KINDS]
     cases, i = [], 0
-    while len(cases) < questions and i < 20 * questions:
+    if split == "anchor":   # the anchor's one question, as compact_time asks it
+        cases = [SimpleNamespace(kind="anchor", question=QUESTION, answer=ANSWER)]
+    while split != "anchor" and len(cases) < questions and i < 20 * questions:
         with contextlib.suppress(ValueError):   # a kind this text has no sentence for
             cases.append(make_case_text(cache.text, split, kinds[i % len(kinds)], rng))
         i += 1
@@ -163,7 +174,8 @@ def plot(results: list[dict], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--split", choices=["dev", "heldout"], nargs="+", default=["dev"])
+    p.add_argument("--split", choices=["dev", "heldout", "anchor"], nargs="+", default=["dev"],
+                   help="question sets: the selection bench's dev or held-out essays, or the anchor's one question")
     p.add_argument("--tokens", type=int, nargs="+", default=[2048])
     p.add_argument("--questions", type=int, default=8)
     p.add_argument("--ratio", type=float, default=0.1)

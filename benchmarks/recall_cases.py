@@ -124,7 +124,8 @@ def make_case_text(text: str, essay: str, kind: str, rng: random.Random) -> Case
                    "that follow."
         answer = " " + " ".join([value] + after)
     elif kind == "keywords":
-        content = sorted({w.strip(",;:().!?").lower() for w in words if len(w.strip(",;:().!?")) >= 6}, key=len)[-3:]
+        content = sorted({w.strip(",;:().!?").lower() for w in words if len(w.strip(",;:().!?")) >= 6},
+                         key=lambda w: (len(w), w))[-3:]   # (len, word): the same three whatever the hash seed
         question = f"Which sentence of the text above uses the words {', '.join(sorted(content))}? Repeat it."
         answer = " " + " ".join(words[:18])
     else:

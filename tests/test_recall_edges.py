@@ -208,3 +208,18 @@ def test_a_fork_onto_another_model_or_header_builds_its_own_caches(tiny, tok, es
     h = w.fork(header="Notes so far:\n")
     assert h.brief(PARAPHRASE, text).cache.text.endswith("Notes so far:\n" + text)
     assert w.fork(reserve=160)._caches   # any other change starts from copies of the warm caches
+
+
+def test_a_keyword_question_is_the_same_whatever_the_hash_seed():
+    """`recall_cases`' keyword question picks the three longest content words of a sentence: ties of length are
+    broken by the word, not by a set's order (which changes with PYTHONHASHSEED from one process to the next)."""
+    import subprocess
+    import sys
+
+    code = ("import random; from benchmarks.recall_cases import make_case_text; "
+            "t = ' '.join(['Intro words here.'] * 6 + ['Several people bought cheaper better faster tickets for "
+            "trains and planes yesterday.'] * 3 + ['Closing words here.'] * 6); "
+            "print(make_case_text(t, 'e', 'keywords', random.Random(0)).question)")
+    out = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          env={**__import__("os").environ, "PYTHONHASHSEED": str(seed)}).stdout for seed in range(6)}
+    assert len(out) == 1 and "uses the words" in out.pop()

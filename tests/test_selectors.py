@@ -219,4 +219,3 @@ def test_a_custom_selector_drives_the_folds():
         span = cache.origins()[..., first.span_start:first.span_start + first.kept].float()   # [L, H, kept]
         held[name] = float(span.mean())
     assert held["recency"] > held["default"] + 5   # later tokens of the span, on average
-
