@@ -177,13 +177,13 @@ def reconstruction_scores(lm, store, start: int, stop: int, chunk: list[int], be
         w = stop - context
         rec = Reconstruction(layers=set(store.held), start=sinks + w - (stop - start), stop=sinks + w, context=sinks,
                              sinks=sinks, whole=True)
-        run_model(lm, cache, ids, position, BiasState(beta=beta, reconstruct=rec), last_only=True)
+        run_model(lm, cache, ids, position, BiasState(beta=beta, reconstruct=rec), logits=False)
         return torch.stack([rec.scores[i] for i in store.held])                    # [Lh, H, c]
     rec = Reconstruction(layers=set(store.held), start=start, stop=stop, context=context, sinks=sinks)
     state = BiasState(beta=store.attention_bias(), reconstruct=rec)
     marks = kv.marks(store.kv)
     try:
-        run_model(lm, store.kv, ids, position, state, last_only=True)
+        run_model(lm, store.kv, ids, position, state, logits=False)
     finally:
         kv.rollback(store.kv, marks)
     return torch.stack([rec.scores[i] for i in store.held])                        # [Lh, H, c]

@@ -55,7 +55,7 @@ def query_vector(cache, ids: list[int], span: tuple[int, int] | None = None) -> 
     try:   # causal: the span's hidden states do not depend on the tokens after it, which are not forwarded
         with hidden_states(cache.lm, archive.layers) as out:
             run_model(cache.lm, store.kv, ids[:hi], cache.position, BiasState(beta=store.attention_bias()),
-                      last_only=True)
+                      logits=False)
     finally:
         kv.rollback(store.kv, before)
     h = torch.stack([out[i][0, lo:hi] for i in archive.layers], 1).float()            # [n, layers, hidden]

@@ -338,7 +338,7 @@ class TrajectoryCache:
         t0 = time.perf_counter()
         reading = contextlib.nullcontext() if self.archive is None else self.archive.reading(first, len(ids))
         with reading:  # the archive reads the block representatives' hidden states off this forward
-            run_model(self.lm, self.store.kv, ids, position, state, last_only=True)
+            run_model(self.lm, self.store.kv, ids, position, state, logits=False)
         self.prefill_s += time.perf_counter() - t0
         self.store.appended(first, position, len(ids))
         if self.store.importance is not None:
@@ -385,7 +385,7 @@ class TrajectoryCache:
         state = BiasState(beta=self.store.attention_bias(), capture=True)
         before = kv.marks(self.store.kv)
         try:
-            run_model(self.lm, self.store.kv, ids, position, state, last_only=True)
+            run_model(self.lm, self.store.kv, ids, position, state, logits=False)
         finally:
             kv.rollback(self.store.kv, before)
         queries = group_queries(state.queries, self.store.held, self.lm.kv_heads)       # [Lh, KVH, g * n, d]

@@ -314,6 +314,25 @@ def test_routed_conditions_build_their_recall():
     assert recall_of("fold-routed-verify", sizes).verify and plain.verify   # the default since round 15
 
 
+def test_header_sink_condition_holds_the_header_within_the_cache_s_room():
+    """fold-routed-sink's fold (round 18's probe): the sink holds the whole header where the cache's room allows, the
+    recent window giving up what it must (TrajectoryCache.check_budget: budget - t >= sink + recent + reserve + t),
+    and on a budget too small for it the sink stops where half the recent window is left."""
+    from types import SimpleNamespace
+
+    from benchmarks.rlm_bench.long_conditions import HEADER_SINK, LongConfig, fold_policy
+
+    lm = SimpleNamespace(max_context=8192, name="m")
+    for window, header, sink, recent in ((2048, 83, 83, 941), (8192, 83, 83, 3840), (320, 83, 52, 48)):
+        cfg = LongConfig(window=window, recent=96 if window == 320 else None)
+        sizes = cfg.sizes(lm)
+        fold = fold_policy(cfg, sizes, HEADER_SINK[0], header)
+        assert (fold.sink, fold.recent) == (sink, recent), window
+        t = sizes["recall_budget"]
+        assert sizes["budget"] - t >= fold.sink + fold.recent + sizes["reserve"] + t
+    assert fold_policy(cfg, sizes, "fold-routed", 83).sink == 4   # the other conditions keep the default sink
+
+
 def test_pooled_by_length_keeps_lengths_apart(tmp_path, capsys):
     from benchmarks.rlm_bench import long_pooled
 

@@ -175,6 +175,33 @@ def test_tiny_models_extend_compact_generate(family):
     assert (briefing.token_logprobs(ctx, " 4417")[1] - ref).abs().max() < 1e-4
 
 
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_a_pass_without_logits_skips_the_lm_head_and_keeps_the_same_cache(family):
+    """`run_model(logits=False)` (a prefill, a lookup's or a reconstruction's pass): logits [0, vocab], the LM head
+    given no row, and the same keys, values and hidden states, bit for bit, as a pass that keeps the last logits."""
+    from briefing.archive import decoder_layers, hidden_states
+    from briefing.context import run_model
+
+    tiny = tiny_model(family)
+    ids = tiny.encode("The orchestrator found that the key is 4417, then checked the second file.")
+    rows = []
+    hook = tiny.model.get_output_embeddings().register_forward_hook(lambda m, a, out: rows.append(out.shape[-2]))
+    layers = list(range(len(decoder_layers(tiny))))
+    runs = []
+    try:
+        for logits in (True, False):
+            cache = tiny.new_cache()
+            with hidden_states(tiny, layers) as out:
+                got = run_model(tiny, cache, ids, 0, last_only=True, logits=logits)
+            runs.append((got, [(layer.keys, layer.values) for layer in cache.layers], out))
+    finally:
+        hook.remove()
+    assert rows == [1, 0] and runs[0][0].shape[0] == 1 and runs[1][0].shape == (0, runs[0][0].shape[1])
+    for (k, v), (k2, v2) in zip(runs[0][1], runs[1][1]):
+        assert torch.equal(k, k2) and torch.equal(v, v2)
+    assert all(torch.equal(runs[0][2][i], runs[1][2][i]) for i in layers)
+
+
 @pytest.mark.parametrize("family", ["llama-gqa", "gemma3-hybrid"])
 def test_grouped_heads_attend_without_copies_bit_for_bit(family, monkeypatch):
     """On a CPU, a forward with a mask lets torch's kernel take the KV groups itself (`briefing.attention.sdpa`):

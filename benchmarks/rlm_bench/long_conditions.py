@@ -29,6 +29,8 @@ Every condition sees the same events; `window` is the worker's positions, `reser
   the block means alone, unchecked (`LatentRecall(peaks=0)`, `verify=False`: the default until round 12); at or above
   the margin, BM25 alone only where the latent ranking agrees that its best chunk is among the best
   (`RoutedRecall(verify=True)`: round 14's probe, the default since round 15, spelled out);
+- fold-routed-sink: fold-routed on a cache of its own whose fold never compacts the worker's header (the fold's sink
+  holds the cache text before the trajectory: the chat template's head and the header; round 18's probe);
 - ceiling: the same trajectory all in view (`BriefedWorker` with the model's whole context as its cache, `KeepAll`
   per call, no fold): the in-window ceiling a recall is judged against; no rows where the trajectory does not fit;
 - streaming: a fold that keeps nothing (attention sink + recent window, StreamingLLM), KeepAll per call;
@@ -55,7 +57,7 @@ CONDITIONS = ["fold-task", "fold-span", "fold-span-only", "fold-mix", "fold-reca
               "fold-routed", "fold-routed-alone", "fold-routed-half", "fold-routed-always", "fold-routed-text",
               "fold-routed-hedged", "fold-routed-tail", "fold-routed-pin", "fold-routed-pin-full",
               "fold-routed-unpinned", "fold-routed-confident-pin", "fold-routed-overlap", "fold-routed-peaks",
-              "fold-routed-means", "fold-routed-verify", "ceiling",
+              "fold-routed-means", "fold-routed-verify", "fold-routed-sink", "ceiling",
               "truncated", "streaming", "streaming-recall", "bm25", "summary", "plain"]
 # recall variants of fold-recall: scope (tail: the unfolded tail too) and order (ranked: the best chunk last); they
 # share fold-recall's cache
@@ -83,7 +85,11 @@ ROUTED = {"fold-routed": {}, "fold-routed-alone": dict(share=0.0), "fold-routed-
           "fold-routed-pin": dict(pin_share=0.5), "fold-routed-pin-full": dict(pin_share=1.0),
           "fold-routed-unpinned": dict(pin_share=0.0), "fold-routed-confident-pin": dict(confident_pin=True),
           "fold-routed-overlap": dict(min_overlap=0.5), "fold-routed-peaks": dict(peaks=4, verify=False),
-          "fold-routed-means": dict(peaks=0, verify=False), "fold-routed-verify": dict(verify=True)}
+          "fold-routed-means": dict(peaks=0, verify=False), "fold-routed-verify": dict(verify=True),
+          "fold-routed-sink": {}}
+# conditions whose fold never compacts the worker's own header: the fold's sink holds the cache text before the
+# trajectory (the chat template's head and the worker's header), on a cache of their own
+HEADER_SINK = ("fold-routed-sink",)
 FOLD_GUIDANCE = {"fold-task": "task", "fold-span": "span", "fold-span-only": "span-only", "fold-mix": "mix",
                  **dict.fromkeys(RECALL_VARIANTS, "mix"), **dict.fromkeys(LATENT, "mix"),
                  **dict.fromkeys(ROUTED, "mix")}
@@ -129,8 +135,17 @@ class LongConfig:
                     peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024), rows
 
 
-def fold_policy(cfg: LongConfig, sizes: dict, condition: str) -> Any:
+def fold_policy(cfg: LongConfig, sizes: dict, condition: str, header: int = 0) -> Any:
+    """The condition's FoldPolicy; header: the tokens before the trajectory, the sink of a HEADER_SINK condition as far
+    as the cache's room allows with half the recent window kept (the recent window gives up what the larger sink and
+    the recall would otherwise take past that room)."""
     import briefing
+
+    if condition in HEADER_SINK:   # TrajectoryCache.check_budget: budget - t >= sink + recent + reserve + t
+        room = sizes["budget"] - 2 * sizes["recall_budget"] - sizes["reserve"]   # for the sink and the recent window
+        sink = max(briefing.FoldPolicy().sink, min(header, room - sizes["recent"] // 2))   # half the window at least
+        return briefing.FoldPolicy(guidance=briefing.MixGuidance(), sink=sink, recent=min(sizes["recent"], room - sink),
+                                   share=cfg.share)
 
     if condition in STREAMING:
         return briefing.FoldPolicy(keep=0, recent=sizes["recent"])
@@ -217,7 +232,7 @@ def episode_rows(lm: Any, prompts: Any, ep: LongEpisode, cfg: LongConfig) -> tup
             k += 1
         built: dict[str, Any] = {}
         for condition in folding:
-            same = ("fold-recall" if condition in RECALL_VARIANTS else
+            same = ("fold-recall" if condition in RECALL_VARIANTS else condition if condition in HEADER_SINK else
                     "fold-latent" if condition in LATENT or condition in ROUTED else condition)
             if same in built:   # fold-recall's (fold-latent's) cache, another recall: its folds are that condition's
                 worker = built[same].fork(recall=recall_of(condition, sizes))
@@ -229,8 +244,10 @@ def episode_rows(lm: Any, prompts: Any, ep: LongEpisode, cfg: LongConfig) -> tup
                     budget, reserve = budget - sizes["recall_budget"], reserve + sizes["recall_budget"]
                     if same == "fold-latent" and peaks:   # a peaks condition will ask on this cache
                         recall = keeping_token_states(recall, lm)
-                worker = base.fork(fold=fold_policy(cfg, sizes, condition), cache_budget=budget, reserve=reserve,
-                                   recall=recall, selector=briefing.KeepAll() if condition in STREAMING else None)
+                header = len(lm.encode(base.prompts().cache_text("")))   # the tokens before the trajectory
+                worker = base.fork(fold=fold_policy(cfg, sizes, condition, header), cache_budget=budget,
+                                   reserve=reserve, recall=recall,
+                                   selector=briefing.KeepAll() if condition in STREAMING else None)
                 full = text
                 for piece, query in ep.chunks[k:]:
                     full += piece
