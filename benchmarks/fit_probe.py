@@ -63,7 +63,7 @@ def context_queries(cache, n: int) -> torch.Tensor:
     T = store.length
     kv.rollback(store.kv, [(T - n, T - n)] * len(store.kv.layers))
     state = BiasState(beta=None, capture=True)
-    run_model(cache.lm, store.kv, cache.ids[T - n:T], cache.position - n, state, last_only=True)
+    run_model(cache.lm, store.kv, cache.ids[T - n:T], cache.position - n, state, logits=False)
     return group_queries(state.queries, store.held, cache.lm.kv_heads)
 
 
@@ -79,7 +79,7 @@ def repeat_queries(cache, spans: int, width: int, seed: int = 0) -> torch.Tensor
     before = kv.marks(store.kv)
     state = BiasState(beta=store.attention_bias(), capture=True)
     try:
-        run_model(cache.lm, store.kv, ids, cache.position, state, last_only=True)
+        run_model(cache.lm, store.kv, ids, cache.position, state, logits=False)
     finally:
         kv.rollback(store.kv, before)
     return group_queries(state.queries, store.held, cache.lm.kv_heads)

@@ -72,7 +72,7 @@ def prefill_attention_score(lm, ids: list[int], chunk: int) -> torch.Tensor:
     for start in range(0, len(ids), chunk):
         stop = min(len(ids), start + chunk)
         state = BiasState(capture=True)
-        run_model(lm, cache, ids[start:stop], start, state, last_only=True)
+        run_model(lm, cache, ids[start:stop], start, state, logits=False)
         s, c = min(SINKS, start), stop - start
         rows = []
         for layer in lm.held_layers:

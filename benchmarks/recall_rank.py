@@ -442,7 +442,7 @@ def run(args: argparse.Namespace) -> dict:
                             state = briefing.attention.BiasState(beta=cache.store.attention_bias())
                             try:
                                 briefing.context.run_model(lm, cache.store.kv, ids, cache.position, state,
-                                                           last_only=True)
+                                                           logits=False)
                             finally:
                                 briefing.kv.rollback(cache.store.kv, before)
                             hq_all = torch.stack([hs[i][0] for i in range(n_layers)], 1)   # [n, L, hidden]
@@ -452,7 +452,7 @@ def run(args: argparse.Namespace) -> dict:
                             qkeys["prompt"] = torch.stack([qproj[i][0][q_tok] for i in range(n_layers)], 1)
                         else:
                             q_ids = lm.encode(question_text(q))
-                            briefing.context.run_model(lm, lm.new_cache(), q_ids, 0, None, last_only=True)
+                            briefing.context.run_model(lm, lm.new_cache(), q_ids, 0, None, logits=False)
                             reps["alone"] = torch.stack([hs[i][0] for i in range(n_layers)], 1).mean(0)
                 finally:
                     for h in hq:

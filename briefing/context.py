@@ -19,9 +19,9 @@ def run_model(lm: LoadedModel, cache: DynamicCache, ids: list[int], position: in
               last_only: bool = False, logits: bool = True) -> torch.Tensor:
     """Forward `ids` at RoPE positions `position`.. over `cache` (appending to it), with the briefing attention in
     `state` (bias on the first keys, query capture; None: plain). Returns logits [len(ids), vocab] ([1, vocab] with
-    last_only; [0, vocab] with logits=False: no LM head at all, for a pass read for its cache, its captured queries,
-    scores or hidden states, which the LM head's one row would cost a read of the whole [vocab, hidden] matrix: 9% of
-    a 20-token forward of SmolLM2-135M over 2k tokens, 30% of Gemma 3 270M's). One sequence of `run_rows`."""
+    last_only; [0, vocab] with logits=False: the LM head gets no row, for a pass read only for its cache, its captured
+    queries, scores or hidden states; one row still reads the whole [vocab, hidden] matrix). One sequence of
+    `run_rows`."""
     dev = lm.device
     input_ids = torch.tensor([ids], device=dev)                                   # [1, n]
     position_ids = torch.arange(position, position + len(ids), device=dev)[None]  # [1, n]
@@ -45,11 +45,11 @@ def run_rows(lm: LoadedModel, cache: DynamicCache, input_ids: torch.Tensor, posi
 
 def forward_with_bias(lm: LoadedModel, cache: DynamicCache, ids: list[int], position: int,
                       beta: list[torch.Tensor | None] | None, capture: bool = False,
-                      last_only: bool = False) -> tuple | torch.Tensor:
+                      last_only: bool = False, logits: bool = True) -> tuple | torch.Tensor:
     """`run_model` with a bias on the first keys and optional query capture. Returns logits, and the captured
     post-RoPE queries per layer ([1, heads, n, d]) if `capture`."""
     state = BiasState(beta=beta, capture=capture)
-    logits = run_model(lm, cache, ids, position, state, last_only)
+    logits = run_model(lm, cache, ids, position, state, last_only, logits)
     return (logits, state.queries) if capture else logits
 
 

@@ -29,7 +29,7 @@ def heldout_attention_error(cache: TrajectoryCache, ctx: CompactedCache, continu
     ids = ctx.prompt_ids + lm.encode(continuation)
     before = kv.marks(store.kv)
     try:
-        _, queries = forward_with_bias(lm, store.kv, ids, T, None, capture=True, last_only=True)
+        _, queries = forward_with_bias(lm, store.kv, ids, T, None, capture=True, logits=False)
     finally:
         kv.rollback(store.kv, before)
     n_prompt = len(ctx.prompt_ids)

@@ -73,6 +73,9 @@ def test_long_suite_runs_every_condition_in_bounded_memory(tok, tmp_path):
     # chunk beside latent blocks only where the latent ranking overrules BM25's confident route (verify, the default)
     assert {r["recall_how"] for r in routed.values()} <= {"", "bm25", "latent:attach", "latent:attach+bm25"}
     unchecked = {r["recall_how"] for r in rows if r["condition"] == "fold-routed-peaks"}   # verify=False
+    # fold-routed-sink folds on a cache of its own, past a sink that holds the header as far as this small budget allows
+    starts = {f["condition"]: f["span_start"] for f in result["folds"]}
+    assert starts["fold-latent"] == 4 and starts["fold-routed-sink"] > 4
     assert unchecked <= {"", "bm25", "latent:attach"}
     forms = {(d["condition"], d["length"], d["form"]): d for d in result["summary"]["by_form"]}
     assert forms[("fold-latent", 900, "paraphrase")]["questions"] == 4
@@ -320,7 +323,7 @@ def test_header_sink_condition_holds_the_header_within_the_cache_s_room():
     and on a budget too small for it the sink stops where half the recent window is left."""
     from types import SimpleNamespace
 
-    from benchmarks.rlm_bench.long_conditions import HEADER_SINK, LongConfig, fold_policy
+    from benchmarks.rlm_bench.long_conditions import HEADER_SINK, LongConfig, cache_group, fold_policy
 
     lm = SimpleNamespace(max_context=8192, name="m")
     for window, header, sink, recent in ((2048, 83, 83, 941), (8192, 83, 83, 3840), (320, 83, 52, 48)):
@@ -331,6 +334,9 @@ def test_header_sink_condition_holds_the_header_within_the_cache_s_room():
         t = sizes["recall_budget"]
         assert sizes["budget"] - t >= fold.sink + fold.recent + sizes["reserve"] + t
     assert fold_policy(cfg, sizes, "fold-routed", 83).sink == 4   # the other conditions keep the default sink
+    # a cache of its own: on fold-latent's shared one it would fold with the default sink
+    assert cache_group("fold-routed-sink") == "fold-routed-sink" and cache_group("fold-routed") == "fold-latent"
+    assert cache_group("fold-recall-all") == "fold-recall" and cache_group("fold-mix") == "fold-mix"
 
 
 def test_pooled_by_length_keeps_lengths_apart(tmp_path, capsys):

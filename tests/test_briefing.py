@@ -202,6 +202,30 @@ def test_a_pass_without_logits_skips_the_lm_head_and_keeps_the_same_cache(family
     assert all(torch.equal(runs[0][2][i], runs[1][2][i]) for i in layers)
 
 
+def test_passes_that_read_no_logits_give_the_lm_head_no_row():
+    """The trajectory's prefill (its folds and the importance's reconstruction passes with it), `observe` and the
+    latent lookup's question forward ask for no logits; a compaction still reads its prompt's last ones."""
+    from briefing import latent
+
+    tiny = tiny_model("llama-gqa")
+    text = " ".join(f"Note {i}: the key of box {i} is {1000 + 37 * i}." for i in range(12))
+    question = " Question: what is the key of box 3? Answer:"
+    rows = []
+    hook = tiny.model.get_output_embeddings().register_forward_hook(lambda m, a, out: rows.append(out.shape[-2]))
+    try:
+        cache = briefing.TrajectoryCache(tiny, budget=96, reserve=16, fold=briefing.FoldPolicy(recent=24),
+                                         importance=True, archive=briefing.ArchivePolicy())
+        cache.extend(text)
+        cache.observe(question)
+        latent.query_vector(cache, tiny.encode(question))
+        assert cache.folds and cache.importance_s > 0 and len(rows) > 3 and set(rows) == {0}
+        rows.clear()
+        cache.compact(question, briefing.AttentionMatching(tau=1.0))
+        assert rows and rows[0] >= 1
+    finally:
+        hook.remove()
+
+
 @pytest.mark.parametrize("family", ["llama-gqa", "gemma3-hybrid"])
 def test_grouped_heads_attend_without_copies_bit_for_bit(family, monkeypatch):
     """On a CPU, a forward with a mask lets torch's kernel take the KV groups itself (`briefing.attention.sdpa`):

@@ -137,21 +137,32 @@ class LongConfig:
 
 def fold_policy(cfg: LongConfig, sizes: dict, condition: str, header: int = 0) -> Any:
     """The condition's FoldPolicy; header: the tokens before the trajectory, the sink of a HEADER_SINK condition as far
-    as the cache's room allows with half the recent window kept (the recent window gives up what the larger sink and
-    the recall would otherwise take past that room)."""
+    as the cache's room allows with at least half the recent window kept where it can be (the recent window gives up
+    what the larger sink and the recall would otherwise take past that room; with no room, TrajectoryCache's budget
+    check says so)."""
     import briefing
 
     if condition in HEADER_SINK:   # TrajectoryCache.check_budget: budget - t >= sink + recent + reserve + t
         room = sizes["budget"] - 2 * sizes["recall_budget"] - sizes["reserve"]   # for the sink and the recent window
         sink = max(briefing.FoldPolicy().sink, min(header, room - sizes["recent"] // 2))   # half the window at least
-        return briefing.FoldPolicy(guidance=briefing.MixGuidance(), sink=sink, recent=min(sizes["recent"], room - sink),
-                                   share=cfg.share)
+        return briefing.FoldPolicy(guidance=briefing.MixGuidance(), sink=sink,
+                                   recent=max(0, min(sizes["recent"], room - sink)), share=cfg.share)
 
     if condition in STREAMING:
         return briefing.FoldPolicy(keep=0, recent=sizes["recent"])
     guidance = {"task": briefing.TaskGuidance(), "span": briefing.SpanGuidance(), "mix": briefing.MixGuidance(),
                 "span-only": briefing.SpanGuidance(scope="span")}[FOLD_GUIDANCE[condition]]
     return briefing.FoldPolicy(guidance=guidance, recent=sizes["recent"], share=cfg.share)
+
+
+def cache_group(condition: str) -> str:
+    """The condition whose cache `condition` asks on (forks of one cache differ only at question time): the recall
+    variants fold-recall's, the latent and routed ones fold-latent's, a HEADER_SINK condition and the rest their own."""
+    if condition in RECALL_VARIANTS:
+        return "fold-recall"
+    if condition in HEADER_SINK:
+        return condition
+    return "fold-latent" if condition in LATENT or condition in ROUTED else condition
 
 
 def fact_range(text: str, q: Question) -> tuple[int, int]:
@@ -232,8 +243,7 @@ def episode_rows(lm: Any, prompts: Any, ep: LongEpisode, cfg: LongConfig) -> tup
             k += 1
         built: dict[str, Any] = {}
         for condition in folding:
-            same = ("fold-recall" if condition in RECALL_VARIANTS else condition if condition in HEADER_SINK else
-                    "fold-latent" if condition in LATENT or condition in ROUTED else condition)
+            same = cache_group(condition)
             if same in built:   # fold-recall's (fold-latent's) cache, another recall: its folds are that condition's
                 worker = built[same].fork(recall=recall_of(condition, sizes))
             else:
