@@ -19,9 +19,9 @@ def run_model(lm: LoadedModel, cache: DynamicCache, ids: list[int], position: in
               last_only: bool = False, logits: bool = True) -> torch.Tensor:
     """Forward `ids` at RoPE positions `position`.. over `cache` (appending to it), with the briefing attention in
     `state` (bias on the first keys, query capture; None: plain). Returns logits [len(ids), vocab] ([1, vocab] with
-    last_only; [0, vocab] with logits=False: the LM head gets no row, for a pass read only for its cache, its captured
-    queries, scores or hidden states; one row still reads the whole [vocab, hidden] matrix). One sequence of
-    `run_rows`."""
+    last_only; [0, vocab] with logits=False, whatever last_only: the LM head gets no row, for a pass read only for its
+    cache, its captured queries, scores or hidden states; one row still reads the whole [vocab, hidden] matrix). One
+    sequence of `run_rows`."""
     dev = lm.device
     input_ids = torch.tensor([ids], device=dev)                                   # [1, n]
     position_ids = torch.arange(position, position + len(ids), device=dev)[None]  # [1, n]
@@ -49,8 +49,8 @@ def forward_with_bias(lm: LoadedModel, cache: DynamicCache, ids: list[int], posi
     """`run_model` with a bias on the first keys and optional query capture. Returns logits, and the captured
     post-RoPE queries per layer ([1, heads, n, d]) if `capture`."""
     state = BiasState(beta=beta, capture=capture)
-    logits = run_model(lm, cache, ids, position, state, last_only, logits)
-    return (logits, state.queries) if capture else logits
+    out = run_model(lm, cache, ids, position, state, last_only, logits)
+    return (out, state.queries) if capture else out
 
 
 @dataclass

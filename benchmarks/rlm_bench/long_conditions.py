@@ -29,8 +29,9 @@ Every condition sees the same events; `window` is the worker's positions, `reser
   the block means alone, unchecked (`LatentRecall(peaks=0)`, `verify=False`: the default until round 12); at or above
   the margin, BM25 alone only where the latent ranking agrees that its best chunk is among the best
   (`RoutedRecall(verify=True)`: round 14's probe, the default since round 15, spelled out);
-- fold-routed-sink: fold-routed on a cache of its own whose fold never compacts the worker's header (the fold's sink
-  holds the cache text before the trajectory: the chat template's head and the header; round 18's probe);
+- fold-routed-sink: fold-routed on a cache of its own whose fold keeps the worker's header whole where the cache's room
+  allows (the fold's sink holds the cache text before the trajectory: the chat template's head and the header;
+  `fold_policy`; round 18's probe);
 - ceiling: the same trajectory all in view (`BriefedWorker` with the model's whole context as its cache, `KeepAll`
   per call, no fold): the in-window ceiling a recall is judged against; no rows where the trajectory does not fit;
 - streaming: a fold that keeps nothing (attention sink + recent window, StreamingLLM), KeepAll per call;
@@ -87,8 +88,8 @@ ROUTED = {"fold-routed": {}, "fold-routed-alone": dict(share=0.0), "fold-routed-
           "fold-routed-overlap": dict(min_overlap=0.5), "fold-routed-peaks": dict(peaks=4, verify=False),
           "fold-routed-means": dict(peaks=0, verify=False), "fold-routed-verify": dict(verify=True),
           "fold-routed-sink": {}}
-# conditions whose fold never compacts the worker's own header: the fold's sink holds the cache text before the
-# trajectory (the chat template's head and the worker's header), on a cache of their own
+# conditions whose fold keeps the worker's own header whole where the cache's room allows: the fold's sink holds the
+# cache text before the trajectory (the chat template's head and the worker's header), on a cache of their own
 HEADER_SINK = ("fold-routed-sink",)
 FOLD_GUIDANCE = {"fold-task": "task", "fold-span": "span", "fold-span-only": "span-only", "fold-mix": "mix",
                  **dict.fromkeys(RECALL_VARIANTS, "mix"), **dict.fromkeys(LATENT, "mix"),
@@ -142,16 +143,15 @@ def fold_policy(cfg: LongConfig, sizes: dict, condition: str, header: int = 0) -
     check says so)."""
     import briefing
 
-    if condition in HEADER_SINK:   # TrajectoryCache.check_budget: budget - t >= sink + recent + reserve + t
-        room = sizes["budget"] - 2 * sizes["recall_budget"] - sizes["reserve"]   # for the sink and the recent window
-        sink = max(briefing.FoldPolicy().sink, min(header, room - sizes["recent"] // 2))   # half the window at least
-        return briefing.FoldPolicy(guidance=briefing.MixGuidance(), sink=sink,
-                                   recent=max(0, min(sizes["recent"], room - sink)), share=cfg.share)
-
     if condition in STREAMING:
         return briefing.FoldPolicy(keep=0, recent=sizes["recent"])
     guidance = {"task": briefing.TaskGuidance(), "span": briefing.SpanGuidance(), "mix": briefing.MixGuidance(),
                 "span-only": briefing.SpanGuidance(scope="span")}[FOLD_GUIDANCE[condition]]
+    if condition in HEADER_SINK:   # TrajectoryCache.check_budget: budget - t >= sink + recent + reserve + t
+        room = sizes["budget"] - 2 * sizes["recall_budget"] - sizes["reserve"]   # for the sink and the recent window
+        sink = max(briefing.FoldPolicy().sink, min(header, room - sizes["recent"] // 2))   # half the window at least
+        return briefing.FoldPolicy(guidance=guidance, sink=sink, recent=max(0, min(sizes["recent"], room - sink)),
+                                   share=cfg.share)
     return briefing.FoldPolicy(guidance=guidance, recent=sizes["recent"], share=cfg.share)
 
 
@@ -254,7 +254,8 @@ def episode_rows(lm: Any, prompts: Any, ep: LongEpisode, cfg: LongConfig) -> tup
                     budget, reserve = budget - sizes["recall_budget"], reserve + sizes["recall_budget"]
                     if same == "fold-latent" and peaks:   # a peaks condition will ask on this cache
                         recall = keeping_token_states(recall, lm)
-                header = len(lm.encode(base.prompts().cache_text("")))   # the tokens before the trajectory
+                # the tokens before the trajectory (the prefix tokenised alone: a merge at its end moves it by one)
+                header = len(lm.encode(base.prompts().cache_text(""))) if condition in HEADER_SINK else 0
                 worker = base.fork(fold=fold_policy(cfg, sizes, condition, header), cache_budget=budget,
                                    reserve=reserve, recall=recall,
                                    selector=briefing.KeepAll() if condition in STREAMING else None)
