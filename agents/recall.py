@@ -72,7 +72,9 @@ class Recalled:
     search, the share of the query's content words (`content_words`) that its best chunk holds. pinned: character
     ranges of the cache's unfolded tail that the call's compaction keeps whole (`LatentRecall.pin`; carried by
     `blocks`), not brought back: already in the cache. attached: how many of the first `ranges` are re-attached
-    (None: as many as `blocks` has; `shifted` sets it where it drops some)."""
+    (None: as many as `blocks` has; `shifted` sets it where it drops some). lookup_s: the time of the latent lookup
+    the recall made (the question's forward over the cache and the blocks' ranking, `LatentRecall.lookup`; 0: none),
+    a part of the recall's own time."""
 
     text: str = ""
     ranges: list[tuple[int, int]] = field(default_factory=list)
@@ -83,6 +85,7 @@ class Recalled:
     pinned: list[tuple[int, int]] = field(default_factory=list)
     overlap: float | None = None
     attached: int | None = None
+    lookup_s: float = 0.0
 
     def __bool__(self) -> bool:
         return bool(self.text.strip()) or self.blocks is not None
@@ -124,23 +127,44 @@ def content_words(s: str) -> set[str]:
 
 
 def bm25_chunks(text: str, query: str, k_tokens: int, lm: TokenCounter, chunk_words: int = 60, *,
-                ranked: bool = False) -> Recalled:
+                ranked: bool = False, stride: int | None = None, sentences: bool = False) -> Recalled:
     """Top BM25 chunks (about `chunk_words` words each) of `text` for `query`, up to `k_tokens` tokens (at least
     one chunk; none that holds no word of the query: nothing where no chunk does), in text order, or with `ranked`
-    by rising score (the best chunk last, next to the question); with the best chunk's `margin` over the runner-up."""
+    by rising score (the best chunk last, next to the question); with the best chunk's `margin` over the runner-up.
+    stride: words from one chunk's start to the next (None: `chunk_words`, chunks side by side). A shorter stride
+    overlaps the chunks, so that a statement of up to `chunk_words - stride + 1` words lies whole in one of them
+    wherever it falls; the chunks picked never overlap (one that overlaps a better one is passed over), and the
+    runner-up of the margin is the best chunk that does not overlap the best. sentences: chunks of whole sentences
+    instead, side by side, as many as fit in `chunk_words` words (a sentence ends at a word ending in ".", "!" or "?",
+    or holding a line break; one longer than a chunk is cut every `chunk_words` words), so that a chunk's edge cuts
+    no statement shorter than a chunk (`stride` is then not used)."""
     from rank_bm25 import BM25Okapi
 
     words = text.split(" ")
-    chunks, spans, at = [], [], 0
-    for i in range(0, len(words), chunk_words):
-        chunk = " ".join(words[i:i + chunk_words])
-        chunks.append(chunk)
-        spans.append((at, at + len(chunk)))
-        at += len(chunk) + 1                                  # the space the split removed
+    starts, at = [], 0
+    for w in words:
+        starts.append(at)
+        at += len(w) + 1                                      # the space the split removed
+    if sentences:
+        bounds = [(i, j) for i, j in _sentence_chunks(words, chunk_words)]
+    else:
+        step = chunk_words if stride is None else stride
+        bounds = []
+        for i in range(0, len(words), step):
+            bounds.append((i, min(len(words), i + chunk_words)))
+            if bounds[-1][1] == len(words):                   # the last chunk reaches the end
+                break
+    chunks = [" ".join(words[i:j]) for i, j in bounds]
+    spans = [(starts[i], starts[j - 1] + len(words[j - 1])) for i, j in bounds]
+
+    def apart(a: int, b: int) -> bool:                         # chunks a and b share no word
+        return bounds[a][1] <= bounds[b][0] or bounds[b][1] <= bounds[a][0]
+
     asked_words, docs = _words(query), [_words(c) for c in chunks]
     scores = BM25Okapi([d or ["_"] for d in docs]).get_scores(asked_words)
     order = sorted(range(len(chunks)), key=lambda i: -scores[i])
-    top, second = float(scores[order[0]]), float(scores[order[1]]) if len(order) > 1 else 0.0
+    rival = next((i for i in order[1:] if apart(i, order[0])), None)
+    top, second = float(scores[order[0]]), float(scores[rival]) if rival is not None else 0.0
     margin = top / second if second > 0 else (math.inf if top > 0 else 1.0)
     asked = content_words(query)
     overlap = len(asked & content_words(chunks[order[0]])) / len(asked) if asked else 0.0
@@ -148,7 +172,7 @@ def bm25_chunks(text: str, query: str, k_tokens: int, lm: TokenCounter, chunk_wo
     for i in order:
         # none of the query's words: nothing to recall it by (not a score test: BM25's idf is 0 or below for a
         # word in half the chunks or more)
-        if set(asked_words).isdisjoint(docs[i]):
+        if set(asked_words).isdisjoint(docs[i]) or not all(apart(i, j) for j in picked):
             continue
         n = lm.count_tokens(chunks[i])
         if picked and used + n > k_tokens:
@@ -158,6 +182,26 @@ def bm25_chunks(text: str, query: str, k_tokens: int, lm: TokenCounter, chunk_wo
     picked = picked[::-1] if ranked else sorted(picked)
     return Recalled(SEPARATOR.join(chunks[i] for i in picked) + "\n" if picked else "", [spans[i] for i in picked],
                     "bm25", margin=margin, overlap=overlap)
+
+
+def _sentence_chunks(words: list[str], chunk_words: int) -> list[tuple[int, int]]:
+    """Word ranges [i, j) of `bm25_chunks(sentences=True)`: whole sentences side by side, at most `chunk_words` words
+    each (a longer sentence cut every `chunk_words` words)."""
+    ends = [i + 1 for i, w in enumerate(words) if w.endswith((".", "!", "?")) or "\n" in w]   # a sentence's end
+    if not ends or ends[-1] != len(words):
+        ends.append(len(words))
+    cuts, start, last = [0], 0, 0      # last: the latest sentence end past start
+    for e in ends:
+        if e - start > chunk_words:   # this sentence does not fit: the chunk ends at the last sentence that did
+            if last > start:
+                start = last
+                cuts.append(start)
+            while e - start > chunk_words:
+                start += chunk_words
+                cuts.append(start)
+        last = e
+    cuts.append(len(words))
+    return list(zip(cuts, cuts[1:]))
 
 
 def recall_query(query: str, recalled: Recalled | str) -> str:
@@ -200,6 +244,9 @@ class Recall:
         return None
 
 
+CHUNKINGS = ("words", "overlap", "sentences")   # TextRecall's ways of cutting the text into chunks
+
+
 @dataclass(kw_only=True)
 class TextRecall(Recall):
     """BM25 top chunks of a folded cache's trajectory text, put before the query: at most `tokens` tokens (None: the
@@ -212,17 +259,24 @@ class TextRecall(Recall):
         (False: only the text the folds compacted, everything before the tail).
     ranked: chunks by rising score, the best last next to the question (False: in text order). Recalling the tail
         in text order can put a same-kind distractor after the fact, nearer the question. Both defaults were chosen
-        on dev episodes of the long suite (docs/benchmarks.md, "Long trajectories")."""
+        on dev episodes of the long suite (docs/benchmarks.md, "Long trajectories").
+    chunks: how the text is cut into chunks (`bm25_chunks`): "words", every chunk the same number of words, side by
+        side (a chunk's edge can cut a statement in two); "overlap", the same chunks overlapping by half (a statement
+        of up to half a chunk lies whole in one of them; the chunks recalled never overlap); "sentences", whole
+        sentences side by side, as many as fit in a chunk (the margin and overlap still come
+        from chunks of one length, side by side: `RoutedRecall` routes on them)."""
 
     tokens: int | None = None
     tail: bool = True
     ranked: bool = True
+    chunks: str = "words"
 
     def __post_init__(self) -> None:
         check_int("TextRecall", "tokens", self.tokens, low=1, none=True, what="recall budget in tokens",
                   error=ValueError)
         check_bool("TextRecall", "tail", self.tail, error=ValueError)
         check_bool("TextRecall", "ranked", self.ranked, error=ValueError)
+        check_choice("TextRecall", "chunks", self.chunks, CHUNKINGS, error=ValueError)
 
     def recall(self, cache: briefing.TrajectoryCache, query: str, k_tokens: int, *,
                prompt: str | None = None) -> Recalled:
@@ -237,8 +291,15 @@ class TextRecall(Recall):
         searched = cache.text[:stop]
         if not searched.strip():
             return Recalled(how="bm25")
-        found = bm25_chunks(searched, query, k_tokens, lm, chunk_words=max(8, min(60, k_tokens // 3)),
-                            ranked=self.ranked)
+        words = max(8, min(60, k_tokens // 3))
+        found = bm25_chunks(searched, query, k_tokens, lm, chunk_words=words, ranked=self.ranked,
+                            stride=max(1, words // 2) if self.chunks == "overlap" else None,
+                            sentences=self.chunks == "sentences")
+        if self.chunks == "sentences":
+            # the margin and overlap (a router's evidence) from chunks of one length, side by side: BM25 normalises
+            # by a chunk's length, so chunks of whole sentences, of many lengths, move the margin with their lengths
+            side = bm25_chunks(searched, query, k_tokens, lm, chunk_words=words, ranked=self.ranked)
+            found = replace(found, margin=side.margin, overlap=side.overlap)
         text = fit(found.text, k_tokens, lm, keep_end=self.ranked)
         return Recalled(text, found.ranges if text == found.text else _cut_ranges(found, text, self.ranked), "bm25",
                         margin=found.margin, overlap=found.overlap)
@@ -432,7 +493,7 @@ class LatentRecall(Recall):
             ranges = latent.pick(self._fused(cache, query, found.scores), cache.archive.policy.block, self.pad,
                                  k_tokens, cache.archive.tokens, found.floor)
         if not ranges and not found.pinned:
-            return Recalled(how=self.how(lm))
+            return Recalled(how=self.how(lm), lookup_s=found.seconds)
         spans = _char_ranges(cache, [*ranges, *found.pinned])
         chars, pinned = spans[:len(ranges)], spans[len(ranges):]
         tokens = sum(hi - lo for lo, hi in ranges)
@@ -441,12 +502,12 @@ class LatentRecall(Recall):
             blocks = latent.attach(cache, ranges if attach else [], found.pinned)
             blocks.lookup_s, blocks.fetch_s = found.seconds, time.perf_counter() - t0
             if attach:
-                return Recalled("", chars, self.how(lm), blocks, tokens, pinned=pinned)
+                return Recalled("", chars, self.how(lm), blocks, tokens, pinned=pinned, lookup_s=found.seconds)
         else:
             blocks = None
         pieces = [_piece(lm, cache, r, c) for r, c in zip(ranges, chars)]
         text = SEPARATOR.join(pieces) + "\n" if pieces else ""
-        return Recalled(text, chars, self.how(lm), blocks, tokens, pinned=pinned)
+        return Recalled(text, chars, self.how(lm), blocks, tokens, pinned=pinned, lookup_s=found.seconds)
 
     def _fused(self, cache: briefing.TrajectoryCache, query: str, scores: Any) -> Any:
         """Reciprocal rank fusion of the latent scores [blocks] with BM25's over the same blocks' text."""
@@ -558,13 +619,14 @@ class RoutedRecall(Recall):
             checked = self.latent.lookup(cache, query, k_tokens, prompt=prompt, pin=pin)
             overruled = checked is not None and not self._agrees(cache, found.ranges[-1], checked, k_tokens)
             confident = not overruled
+        spent = checked.seconds if checked is not None else 0.0   # the lookup's time, where it was made
         if confident and self.confident_share >= 1:   # BM25's call; the tail's best blocks pinned if asked
             if not (self.confident_pin and pin):
-                return found
+                return replace(found, lookup_s=spent)
             pins = self.latent.recall(cache, query, 0, prompt=prompt, pin=pin, found=checked)
             if not pins.pinned:
-                return found
-            return replace(found, how=f"bm25+{pins.how}-pins", blocks=pins.blocks, pinned=pins.pinned)
+                return replace(found, lookup_s=spent)
+            return replace(found, how=f"bm25+{pins.how}-pins", blocks=pins.blocks, pinned=pins.pinned, lookup_s=spent)
         if overruled:   # BM25's best chunk stays whole, alone of its chunks; latent recall takes the rest
             lo, hi = found.ranges[-1]
             lexical = replace(found, text=cache.text[lo:hi] + "\n", ranges=[(lo, hi)])
@@ -575,15 +637,16 @@ class RoutedRecall(Recall):
         n = cache.lm.count_tokens(lexical.text) if lexical else 0
         # the pins spend no recall budget: the latent recall's default pins within the whole of it
         other = self.latent.recall(cache, query, k_tokens - n, prompt=prompt, pin=pin, found=checked)
+        spent = spent or other.lookup_s   # made here, or by the latent recall (none where it fetched nothing)
         if not lexical:
-            return replace(other, margin=found.margin, overlap=found.overlap)
+            return replace(other, margin=found.margin, overlap=found.overlap, lookup_s=spent)
         if not other:
-            return replace(lexical, margin=found.margin, overlap=found.overlap)
+            return replace(lexical, margin=found.margin, overlap=found.overlap, lookup_s=spent)
         # attached blocks sit right after the cache, pasted text before the question: BM25's chunks come last
         return Recalled((other.text.rstrip("\n") + SEPARATOR if other.text.strip() else "") + lexical.text,
                         [*other.ranges, *lexical.ranges], f"{other.how}+bm25", other.blocks,
                         (other.tokens or cache.lm.count_tokens(other.text)) + n, margin=found.margin,
-                        overlap=found.overlap, pinned=other.pinned)
+                        overlap=found.overlap, pinned=other.pinned, lookup_s=spent)
 
     def _agrees(self, cache: briefing.TrajectoryCache, best: tuple[int, int], checked: briefing.latent.Lookup,
                 k_tokens: int) -> bool:

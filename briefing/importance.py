@@ -69,7 +69,8 @@ def score_layer(rec: Reconstruction, layer: int, query: torch.Tensor, key: torch
     rec.scores.
 
     The softmax's normaliser is taken in two parts, the prefix [sinks, window] (no mask) and the repeat's own keys
-    (causal), each by `row_lse`; only the chunk's c columns are then formed:
+    (causal), each by `row_lse`; only the chunk's c columns are then formed, and their most over the rows is taken
+    before the exp (exp is monotonic: one exp per key, not per row and key):
         p[:, :, i, j] = exp(s q_i . k_j + b_j - logaddexp(lse_prefix_i, lse_own_i))   for j in the chunk."""
     _, heads, r, d = query.shape
     kv_heads = key.shape[1]
@@ -91,14 +92,14 @@ def score_layer(rec: Reconstruction, layer: int, query: torch.Tensor, key: torch
         lse = torch.logaddexp(row_lse(q, prefix, scale, bias, causal=False),
                               row_lse(q, own, scale, None, causal=True))                # [H, g, r]
     chunk_t = prefix[:, s + w - c:].transpose(-1, -2)[:, None]                          # [H, 1, d, c]
-    best = torch.zeros(kv_heads, c, device=key.device)                                  # [H, c]
+    best = torch.full((kv_heads, c), float("-inf"), device=key.device)                  # [H, c] log p, the most
     for a in range(0, r, ROW_CHUNK):
         logits = (q[:, :, a:a + ROW_CHUNK] @ chunk_t).mul_(scale)                       # [H, g, n, c]
         if bias is not None:
             logits.add_(bias[:, None, None, s + w - c:])
-        p = logits.sub_(lse[:, :, a:a + ROW_CHUNK, None]).exp_()                        # [H, g, n, c]
-        best = torch.maximum(best, p.amax(dim=(1, 2)))
-    rec.scores[layer] = best
+        log_p = logits.sub_(lse[:, :, a:a + ROW_CHUNK, None])                           # [H, g, n, c]
+        best = torch.maximum(best, log_p.amax(dim=(1, 2)))
+    rec.scores[layer] = best.exp()   # exp is monotonic: the most of p is exp of the most of log p (one exp per key)
 
 
 def row_lse(q: torch.Tensor, k: torch.Tensor, scale: float, bias: torch.Tensor | None, causal: bool) -> torch.Tensor:

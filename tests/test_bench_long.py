@@ -72,6 +72,11 @@ def test_long_suite_runs_every_condition_in_bounded_memory(tok, tmp_path):
     # a quarter of this budget is below a recall's minimum: below the margin latent recall takes it all; BM25's best
     # chunk beside latent blocks only where the latent ranking overrules BM25's confident route (verify, the default)
     assert {r["recall_how"] for r in routed.values()} <= {"", "bm25", "latent:attach", "latent:attach+bm25"}
+    # the latent lookup's time, a part of the recall's, and its share of a call in the summary
+    looked = [r for r in rows if r["condition"] == "fold-routed" and r["length"] == 900 and r["lookup_s"] > 0]
+    assert looked and all(r["lookup_s"] <= r["recall_s"] for r in looked)
+    calls = {(c["condition"], c["length"]): c for c in result["summary"]["calls"]}
+    assert calls[("fold-routed", 900)]["lookup_share_max"] == max(r["lookup_s"] / r["latency_s"] for r in looked)
     unchecked = {r["recall_how"] for r in rows if r["condition"] == "fold-routed-peaks"}   # verify=False
     assert unchecked <= {"", "bm25", "latent:attach"}
     # fold-routed-sink folds on a cache of its own, past a sink that holds the header as far as this small budget allows
@@ -315,6 +320,9 @@ def test_routed_conditions_build_their_recall():
     means = recall_of("fold-routed-means", sizes)   # the default until round 12
     assert means.latent.peaks == 0 and not means.verify
     assert recall_of("fold-routed-verify", sizes).verify and plain.verify   # the default since round 15
+    for condition, chunks in [("fold-routed-stride", "overlap"), ("fold-routed-sentences", "sentences")]:
+        probe = recall_of(condition, sizes)   # round 19's probes: BM25's chunks overlapping, or of whole sentences
+        assert probe.text.chunks == chunks and probe.text.tokens == 120 and plain.text.chunks == "words"
 
 
 def test_header_sink_condition_holds_the_header_within_the_cache_s_room():

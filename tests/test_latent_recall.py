@@ -3,6 +3,8 @@ away is archived exactly, survives re-bases, is re-attached where a prefill woul
 budget; `coverage` counts kept and recalled characters; a worker recalls through the archive."""
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import types
 
@@ -437,6 +439,9 @@ def test_routed_recall_takes_bm25_where_a_chunk_stands_out_and_latent_where_none
     own = "What number opens the vault under the old mill?"
     bm25 = TextRecall(tokens=64).recall(cache, own, 64)
     assert bm25.margin is not None and bm25.margin > 2       # "vault", "mill" occur in the fact's chunk only
+    # chunks of whole sentences recall the fact's sentence whole, and route as chunks of one length do
+    sentences = TextRecall(tokens=64, chunks="sentences").recall(cache, own, 64)
+    assert (sentences.margin, sentences.overlap) == (bm25.margin, bm25.overlap) and FACT.strip() in sentences.text
     s = text.index(FACT)
     looked = []
     real = latent.lookup
@@ -567,7 +572,9 @@ def test_routed_recall_verify_checks_bm25s_best_chunk_against_the_latent_ranking
     routed = RoutedRecall(tokens=64, verify=True, latent=LatentRecall(tokens=64, pad=8))
     m = -(-64 // (B + 2 * 8))                                              # picks the whole budget makes
     rank_of_chunk.append(m - 1)                                            # the chunk's block is the m-th best
-    assert routed.recall(cache, own, 64) == bm25 and calls == [1]          # agreed: BM25 alone, one lookup
+    agreed = routed.recall(cache, own, 64)
+    assert dataclasses.replace(agreed, lookup_s=0.0) == bm25 and calls == [1]   # agreed: BM25 alone, one lookup
+    assert agreed.lookup_s > 0                                             # whose time the recall reports
     calls.clear()
     rank_of_chunk[0] = m                                                   # just outside the m best: disagreed
     got = routed.recall(cache, own, 64)
@@ -577,7 +584,7 @@ def test_routed_recall_verify_checks_bm25s_best_chunk_against_the_latent_ranking
     monkeypatch.setattr(latent, "lookup", real)
     rest = LatentRecall(tokens=64, pad=8).recall(cache, own, 64 - n, pin=64)   # pins within the whole budget
     assert got.how == "latent:attach+bm25" and got.text == best and got.pasted == [(lo, hi)]
-    assert got.margin == bm25.margin and got.ranges == [*rest.ranges, (lo, hi)]
+    assert got.margin == bm25.margin and got.ranges == [*rest.ranges, (lo, hi)] and got.lookup_s > 0
     assert got.blocks.ranges == rest.blocks.ranges and got.pinned == rest.pinned and got.tokens == n + rest.tokens
     # found=: a lookup at one budget, re-picked within another, picks what a lookup at that budget picks
     whole = LatentRecall(tokens=64, pad=8).lookup(cache, own, 64, pin=0)
@@ -615,6 +622,7 @@ def test_briefed_worker_recalls_through_the_archive(tiny, essay):
         assert cache.archive is not None and cache.folds and b.stats.archive_bytes == cache.archive.nbytes() > 0
         assert b.stats.recall == how
         assert 0 < b.stats.recalled_tokens <= 64 and b.stats.recalled == b.recalled.ranges and b.stats.recall_s > 0
+        assert 0 < b.stats.lookup_s <= b.stats.recall_s   # the latent lookup, a part of the recall's time
         assert b.context.base_length <= w.cache_budget + w.reserve
         for a, z in b.recalled.ranges:           # every recalled character is in the call's context, all heads
             assert a < z

@@ -70,6 +70,43 @@ def test_bm25_takes_no_chunk_that_holds_none_of_the_query_s_words():
     assert got.text.count("vault") == 2 and len(got.ranges) == 2
 
 
+def test_overlapping_chunks_hold_a_statement_that_side_by_side_chunks_cut():
+    """A statement across the edge of two side-by-side chunks is recalled cut in two; with a stride of half a chunk one
+    chunk holds it whole and is the best. The chunks recalled never overlap, each is its own range's text, and the
+    margin's runner-up is a chunk apart from the best (not its overlapping neighbour); a stride of the chunk's length
+    is side by side."""
+    filler = [f"w{i}" for i in range(60)]
+    text = " ".join(filler[:6] + "the mill vault code is 4417".split() + filler[6:])   # words 6..11: across 8
+    side = bm25_chunks(text, "mill vault code", 200, Words(), chunk_words=8, ranked=True)
+    assert "the mill vault code is 4417" not in side.text              # cut in two at word 8
+    half = bm25_chunks(text, "mill vault code", 200, Words(), chunk_words=8, ranked=True, stride=4)
+    best = half.ranges[-1]
+    assert "the mill vault code is 4417" in text[best[0]:best[1]]
+    ranges = sorted(half.ranges)
+    assert all(a[1] < b[0] for a, b in zip(ranges, ranges[1:]))        # none overlaps another
+    assert half.text == SEPARATOR.join(text[a:b] for a, b in half.ranges) + "\n"
+    assert half.margin == float("inf")   # every other chunk apart from the best shares none of the query's words
+    same = bm25_chunks(text, "mill vault code", 200, Words(), chunk_words=8, ranked=True, stride=8)
+    assert (same.text, same.ranges, same.margin) == (side.text, side.ranges, side.margin)
+    whole = bm25_chunks(text.replace("w5 the", "w5. The").replace("4417", "4417."), "mill vault code", 200, Words(),
+                        chunk_words=8, ranked=True, sentences=True)   # whole sentences: the statement is one
+    assert whole.ranges and "The mill vault code is 4417." in whole.text.split(SEPARATOR)[-1]
+    with pytest.raises(ValueError, match="TextRecall: chunks must be"):
+        TextRecall(chunks="lines")
+
+
+def test_sentence_chunks_keep_sentences_whole_up_to_a_chunk():
+    """Whole sentences side by side, at most a chunk's words each: a sentence longer than a chunk is cut every chunk,
+    a line break ends a sentence, and the chunks cover every word once."""
+    from agents.recall import _sentence_chunks
+
+    words = "a b c. d e f g. h i j k l m n o p q r. s\nt u".split(" ")
+    got = _sentence_chunks(words, 5)
+    assert got == [(0, 3), (3, 7), (7, 12), (12, 17), (17, 20)]   # the long one cut at 12 and 17, its tail packed
+    assert _sentence_chunks(words, 100) == [(0, 20)] and _sentence_chunks([""], 5) == [(0, 1)]
+    assert all(j - i <= 5 for i, j in got) and [i for i, _ in got[1:]] == [j for _, j in got[:-1]]
+
+
 def test_pick_cuts_the_pad_and_keeps_the_block():
     """A budget narrower than one padded block keeps the block's middle, not the pad before it."""
     scores = torch.full((20,), -1.0)

@@ -31,9 +31,10 @@ class BriefingStats(BaseModel):
     whole trajectory. recalled_tokens: trajectory tokens recalled once the cache has folded (as text in the prompt,
     or as re-attached keys and values). recalled: the character ranges [start, stop) of the trajectory recalled, in
     the order they sit before the question; recall: how (`Recalled.how`: "bm25", "latent:attach", ...).
-    recall_s: the recall's own time (finding and fetching); archive_bytes: bytes of the cache's archive (keys and
-    values its folds compacted away, kept for latent recall; 0 without one). pinned: the character ranges of the
-    trajectory's unfolded tail that the call's compaction kept whole in every head (`LatentRecall.pin`).
+    recall_s: the recall's own time (finding and fetching); lookup_s: the part of it spent on the latent lookup (the
+    question's forward over the cache and the blocks' ranking; 0: none was made); archive_bytes: bytes of the cache's
+    archive (keys and values its folds compacted away, kept for latent recall; 0 without one). pinned: the character
+    ranges of the trajectory's unfolded tail that the call's compaction kept whole in every head (`LatentRecall.pin`).
     """
 
     kept: int
@@ -47,6 +48,7 @@ class BriefingStats(BaseModel):
     recalled: list[tuple[int, int]] = Field(default_factory=list)
     recall: str = ""
     recall_s: float = 0.0
+    lookup_s: float = 0.0
     archive_bytes: int = 0
     pinned: list[tuple[int, int]] = Field(default_factory=list)
 

@@ -261,6 +261,7 @@ class BriefedWorker(LocalModelMixin, Worker):
                 prefilled_tokens=cache.prefilled_tokens - prefilled_before if first else 0,
                 cache_positions=cache.length, trajectory_tokens=cache.tokens, recalled_tokens=n_recalled,
                 recalled=recalled.ranges, recall=recalled.how if recalled else "", recall_s=recall_s.get(i, 0.0),
+                lookup_s=recalled.lookup_s,
                 archive_bytes=cache.archive.nbytes() if cache.archive is not None else 0, pinned=recalled.pinned)
             first = False
             out[i] = Briefing(context=ctx, query=queries[i], input_tokens=ctx.stats.kept + self.count(prompt),

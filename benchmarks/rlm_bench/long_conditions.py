@@ -29,6 +29,9 @@ Every condition sees the same events; `window` is the worker's positions, `reser
   the block means alone, unchecked (`LatentRecall(peaks=0)`, `verify=False`: the default until round 12); at or above
   the margin, BM25 alone only where the latent ranking agrees that its best chunk is among the best
   (`RoutedRecall(verify=True)`: round 14's probe, the default since round 15, spelled out);
+- fold-routed-stride, fold-routed-sentences: fold-routed whose BM25 chunks overlap by half, or hold whole sentences
+  (`TextRecall(chunks="overlap")`, `"sentences"`: a statement across two side-by-side chunks' edge lies whole in one;
+  round 19's probes);
 - fold-routed-sink: fold-routed on a cache of its own whose fold keeps the worker's header whole where the cache's room
   allows (the fold's sink holds the cache text before the trajectory: the chat template's head and the header;
   `fold_policy`; round 18's probe);
@@ -38,6 +41,7 @@ Every condition sees the same events; `window` is the worker's positions, `reser
   streaming-recall: the same with fold-recall's recall;
 - truncated: `TextWorker` on the model with its context limited to the window (it cuts the oldest text);
 - bm25: `TextWorker` on the BM25 top chunks of the whole trajectory for the question (`bm25_budget` tokens);
+  bm25-sentences: the same with chunks of whole sentences (`bm25_chunks(sentences=True)`; round 19);
 - summary: a running summary of the dropped text by the worker model (`PlainWorker`), plus the recent text, pasted
   for `TextWorker` (rlm's compaction);
 - plain: `PlainWorker`, the question alone.
@@ -58,8 +62,9 @@ CONDITIONS = ["fold-task", "fold-span", "fold-span-only", "fold-mix", "fold-reca
               "fold-routed", "fold-routed-alone", "fold-routed-half", "fold-routed-always", "fold-routed-text",
               "fold-routed-hedged", "fold-routed-tail", "fold-routed-pin", "fold-routed-pin-full",
               "fold-routed-unpinned", "fold-routed-confident-pin", "fold-routed-overlap", "fold-routed-peaks",
-              "fold-routed-means", "fold-routed-verify", "fold-routed-sink", "ceiling",
-              "truncated", "streaming", "streaming-recall", "bm25", "summary", "plain"]
+              "fold-routed-means", "fold-routed-verify", "fold-routed-sink", "fold-routed-stride",
+              "fold-routed-sentences", "ceiling", "truncated", "streaming", "streaming-recall", "bm25",
+              "bm25-sentences", "summary", "plain"]
 # recall variants of fold-recall: scope (tail: the unfolded tail too) and order (ranked: the best chunk last); they
 # share fold-recall's cache
 RECALL_VARIANTS = {"fold-recall": dict(tail=False, ranked=False), "fold-recall-all": dict(tail=True, ranked=False),
@@ -87,7 +92,8 @@ ROUTED = {"fold-routed": {}, "fold-routed-alone": dict(share=0.0), "fold-routed-
           "fold-routed-unpinned": dict(pin_share=0.0), "fold-routed-confident-pin": dict(confident_pin=True),
           "fold-routed-overlap": dict(min_overlap=0.5), "fold-routed-peaks": dict(peaks=4, verify=False),
           "fold-routed-means": dict(peaks=0, verify=False), "fold-routed-verify": dict(verify=True),
-          "fold-routed-sink": {}}
+          "fold-routed-sink": {}, "fold-routed-stride": dict(chunks="overlap"),
+          "fold-routed-sentences": dict(chunks="sentences")}
 # conditions whose fold keeps the worker's own header whole where the cache's room allows: the fold's sink holds the
 # cache text before the trajectory (the chat template's head and the worker's header), on a cache of their own
 HEADER_SINK = ("fold-routed-sink",)
@@ -97,7 +103,7 @@ FOLD_GUIDANCE = {"fold-task": "task", "fold-span": "span", "fold-span-only": "sp
 STREAMING = ("streaming", "streaming-recall")   # folds that keep nothing of the span (sink + recent window)
 # a recall at question time, its budget out of the cache's
 RECALL = (*RECALL_VARIANTS, "streaming-recall", *LATENT, *ROUTED)
-TEXT = ("truncated", "bm25", "summary", "plain")
+TEXT = ("truncated", "bm25", "bm25-sentences", "summary", "plain")
 SCORED_TOKENS = 16  # the room a call leaves for its answer: the candidates are scored, a lead-in and one value
 
 
@@ -194,7 +200,7 @@ def ask(worker: Any, ep: LongEpisode, condition: str, full: str, q: Question, i:
                    kv_bytes=b.cache.kv_bytes(), kept=b.stats.kept, folds=len(b.cache.folds), position=b.cache.position,
                    recalled_tokens=b.stats.recalled_tokens, held_fact=round(b.held(*fact), 4),
                    held_quarter=round(b.held(lo, hi), 4), covered_fact=round(b.coverage(*fact), 4),
-                   recall_s=round(b.stats.recall_s, 4), recall_how=b.stats.recall,
+                   recall_s=round(b.stats.recall_s, 4), lookup_s=round(b.stats.lookup_s, 4), recall_how=b.stats.recall,
                    archive_bytes=b.stats.archive_bytes)
     else:  # a context built from text for this call: everything in it was forwarded
         n = len(b.context.prompt_ids)
@@ -313,6 +319,8 @@ def recall_of(condition: str, sizes: dict) -> Any:
         own = {k: kw.pop(k) for k in ("attach", "tail_skip", "pin", "peaks") if k in kw}   # LatentRecall's settings
         if own:
             kw["latent"] = LatentRecall(tokens=sizes["recall_budget"], **own)
+        if "chunks" in kw:   # TextRecall's
+            kw["text"] = TextRecall(tokens=sizes["recall_budget"], chunks=kw.pop("chunks"))
         return RoutedRecall(tokens=sizes["recall_budget"], **kw)
     if condition in LATENT:
         return LatentRecall(tokens=sizes["recall_budget"], **LATENT[condition])
@@ -358,9 +366,10 @@ def text_rows(lm: Any, prompts: Any, ep: LongEpisode, cfg: LongConfig, sizes: di
         elif condition == "plain":
             plain = PlainWorker(backend=window, max_new_tokens=SCORED_TOKENS)
             rows += [ask(plain, ep, condition, f, q, i, tokens) for i, q, f in questions]
-        elif condition == "bm25":      # BM25 chunks of the whole trajectory for the question, pasted
+        elif condition in ("bm25", "bm25-sentences"):   # BM25 chunks of the whole trajectory for the question, pasted
             for i, q, f in questions:
-                body = bm25_chunks(ep.text, question_text(q), sizes["bm25_budget"], lm).text
+                body = bm25_chunks(ep.text, question_text(q), sizes["bm25_budget"], lm,
+                                   sentences=condition == "bm25-sentences").text
                 rows.append(ask(text_worker, ep, condition, f, q, i, tokens, body=body))
         elif condition == "summary":
             body, t_sum = running_summary(lm, prompts, ep, cfg, sizes)

@@ -56,9 +56,14 @@ def summarize(rows: list[dict], folds: list[dict], rss: dict) -> dict:
                               kv_bytes_max=max(r["kv_bytes"] for r in rs)))
             recalled = [r for r in rs if r.get("recalled_tokens")]
             if recalled:   # the recall's own time (finding and fetching), on the calls that recalled
+                share = [r["recall_s"] / r["latency_s"] for r in recalled if "recall_s" in r and r["latency_s"] > 0]
                 calls[-1].update(recall_s_median=_median([r["recall_s"] for r in recalled if "recall_s" in r]),
-                                 recall_share_median=_median([r["recall_s"] / r["latency_s"] for r in recalled
-                                                              if "recall_s" in r and r["latency_s"] > 0]))
+                                 recall_share_median=_median(share), recall_share_max=max(share, default=None))
+            looked = [r for r in rs if r.get("lookup_s") and r["latency_s"] > 0]
+            if looked:     # the latent lookup's part of it (the question's forward and the ranking), where one ran
+                share = [r["lookup_s"] / r["latency_s"] for r in looked]
+                calls[-1].update(lookup_calls=len(looked), lookup_s_median=_median([r["lookup_s"] for r in looked]),
+                                 lookup_share_median=_median(share), lookup_share_max=max(share))
     fold_summary = []
     for c in sorted({f["condition"] for f in folds}):
         for n in lengths:
@@ -171,6 +176,8 @@ def targets(summary: dict) -> dict:
     for c in summary["calls"]:
         if c.get("recall_share_median") == c.get("recall_share_median") and "recall_share_median" in c:   # not NaN
             out[f"{c['condition']} recall's share of a call at {c['length']} (median)"] = c["recall_share_median"]
+        if "lookup_share_max" in c:
+            out[f"{c['condition']} latent lookup's share of a call at {c['length']} (largest)"] = c["lookup_share_max"]
     if summary["folds"]:
         out["fold time / span prefill, max"] = max(f["ratio_to_prefill_max"] for f in summary["folds"])
     for a in summary["accuracy"]:
