@@ -85,7 +85,7 @@ class Recalled:
     pinned: list[tuple[int, int]] = field(default_factory=list)
     overlap: float | None = None
     attached: int | None = None
-    lookup_s: float = 0.0
+    lookup_s: float = field(default=0.0, compare=False)   # a time: two equal recalls may differ in it
 
     def __bool__(self) -> bool:
         return bool(self.text.strip()) or self.blocks is not None
@@ -131,31 +131,38 @@ def bm25_chunks(text: str, query: str, k_tokens: int, lm: TokenCounter, chunk_wo
     """Top BM25 chunks (about `chunk_words` words each) of `text` for `query`, up to `k_tokens` tokens (at least
     one chunk; none that holds no word of the query: nothing where no chunk does), in text order, or with `ranked`
     by rising score (the best chunk last, next to the question); with the best chunk's `margin` over the runner-up.
-    stride: words from one chunk's start to the next (None: `chunk_words`, chunks side by side). A shorter stride
-    overlaps the chunks, so that a statement of up to `chunk_words - stride + 1` words lies whole in one of them
-    wherever it falls; the chunks picked never overlap (one that overlaps a better one is passed over), and the
-    runner-up of the margin is the best chunk that does not overlap the best. sentences: chunks of whole sentences
-    instead, side by side, as many as fit in `chunk_words` words (a sentence ends at a word ending in ".", "!" or "?",
-    or holding a line break; one longer than a chunk is cut every `chunk_words` words), so that a chunk's edge cuts
-    no statement shorter than a chunk (`stride` is then not used)."""
+    stride: words from one chunk's start to the next, 1 to `chunk_words` (None: `chunk_words`, chunks side by side).
+    A shorter stride overlaps the chunks, so that a statement of up to `chunk_words - stride + 1` words lies whole in
+    one of them wherever it falls; the chunks picked never overlap (one that overlaps a better one is passed over),
+    and the runner-up of the margin is the best chunk that does not overlap the best (none, in a text shorter than
+    two chunks apart: the margin is then infinite, as for a text of one chunk). sentences: chunks of whole sentences
+    instead, side by side, as many as fit in `chunk_words` words (words split at spaces and line breaks; a sentence
+    ends at a word ending in ".", "!" or "?", or at a line break; one longer than a chunk is cut every `chunk_words`
+    words), so that a chunk's edge cuts no statement shorter than a chunk (`stride` is then not used)."""
     from rank_bm25 import BM25Okapi
 
-    words = text.split(" ")
-    starts, at = [], 0
-    for w in words:
-        starts.append(at)
-        at += len(w) + 1                                      # the space the split removed
-    if sentences:
-        bounds = [(i, j) for i, j in _sentence_chunks(words, chunk_words)]
+    if stride is not None and not 1 <= stride <= chunk_words:
+        raise ValueError(f"bm25_chunks: stride must be from 1 to chunk_words ({chunk_words}) words; got {stride}.")
+    found = [m.span() for m in re.finditer(r"[^ \n]+", text)] if sentences else []
+    if found:   # words split at spaces and line breaks, each sentence's end known
+        ends = [i + 1 for i, (a, b) in enumerate(found) if text[b - 1] in ".!?"
+                or "\n" in text[b:found[i + 1][0] if i + 1 < len(found) else len(text)]]
+        bounds = _sentence_chunks(ends, len(found), chunk_words)
+        spans = [(found[i][0], found[j - 1][1]) for i, j in bounds]
     else:
+        words = text.split(" ")
+        starts, at = [], 0
+        for w in words:
+            starts.append(at)
+            at += len(w) + 1                                  # the space the split removed
         step = chunk_words if stride is None else stride
         bounds = []
         for i in range(0, len(words), step):
             bounds.append((i, min(len(words), i + chunk_words)))
             if bounds[-1][1] == len(words):                   # the last chunk reaches the end
                 break
-    chunks = [" ".join(words[i:j]) for i, j in bounds]
-    spans = [(starts[i], starts[j - 1] + len(words[j - 1])) for i, j in bounds]
+        spans = [(starts[i], starts[j - 1] + len(words[j - 1])) for i, j in bounds]
+    chunks = [text[a:b] for a, b in spans]
 
     def apart(a: int, b: int) -> bool:                         # chunks a and b share no word
         return bounds[a][1] <= bounds[b][0] or bounds[b][1] <= bounds[a][0]
@@ -184,12 +191,12 @@ def bm25_chunks(text: str, query: str, k_tokens: int, lm: TokenCounter, chunk_wo
                     "bm25", margin=margin, overlap=overlap)
 
 
-def _sentence_chunks(words: list[str], chunk_words: int) -> list[tuple[int, int]]:
-    """Word ranges [i, j) of `bm25_chunks(sentences=True)`: whole sentences side by side, at most `chunk_words` words
-    each (a longer sentence cut every `chunk_words` words)."""
-    ends = [i + 1 for i, w in enumerate(words) if w.endswith((".", "!", "?")) or "\n" in w]   # a sentence's end
-    if not ends or ends[-1] != len(words):
-        ends.append(len(words))
+def _sentence_chunks(ends: list[int], n: int, chunk_words: int) -> list[tuple[int, int]]:
+    """Word ranges [i, j) of `bm25_chunks(sentences=True)` over n words whose sentences end after the words `ends`
+    (exclusive indices, rising): whole sentences side by side, at most `chunk_words` words each (a longer sentence
+    cut every `chunk_words` words)."""
+    if not ends or ends[-1] != n:
+        ends = [*ends, n]
     cuts, start, last = [0], 0, 0      # last: the latest sentence end past start
     for e in ends:
         if e - start > chunk_words:   # this sentence does not fit: the chunk ends at the last sentence that did
@@ -200,7 +207,7 @@ def _sentence_chunks(words: list[str], chunk_words: int) -> list[tuple[int, int]
                 start += chunk_words
                 cuts.append(start)
         last = e
-    cuts.append(len(words))
+    cuts.append(n)
     return list(zip(cuts, cuts[1:]))
 
 
@@ -624,6 +631,7 @@ class RoutedRecall(Recall):
             if not (self.confident_pin and pin):
                 return replace(found, lookup_s=spent)
             pins = self.latent.recall(cache, query, 0, prompt=prompt, pin=pin, found=checked)
+            spent = spent or pins.lookup_s   # made here, or by the latent recall (unchecked: verify=False)
             if not pins.pinned:
                 return replace(found, lookup_s=spent)
             return replace(found, how=f"bm25+{pins.how}-pins", blocks=pins.blocks, pinned=pins.pinned, lookup_s=spent)

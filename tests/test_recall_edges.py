@@ -97,14 +97,22 @@ def test_overlapping_chunks_hold_a_statement_that_side_by_side_chunks_cut():
 
 def test_sentence_chunks_keep_sentences_whole_up_to_a_chunk():
     """Whole sentences side by side, at most a chunk's words each: a sentence longer than a chunk is cut every chunk,
-    a line break ends a sentence, and the chunks cover every word once."""
+    and the chunks cover every word once. In `bm25_chunks` a line break ends a sentence and splits the words around
+    it, so a statement that starts a line starts its chunk; a bad stride is refused by name."""
     from agents.recall import _sentence_chunks
 
-    words = "a b c. d e f g. h i j k l m n o p q r. s\nt u".split(" ")
-    got = _sentence_chunks(words, 5)
+    ends = [3, 7, 18, 19]                                  # "a b c. | d e f g. | h .. r. | s" + "t u" unended
+    got = _sentence_chunks(ends, 20, 5)
     assert got == [(0, 3), (3, 7), (7, 12), (12, 17), (17, 20)]   # the long one cut at 12 and 17, its tail packed
-    assert _sentence_chunks(words, 100) == [(0, 20)] and _sentence_chunks([""], 5) == [(0, 1)]
+    assert _sentence_chunks(ends, 20, 100) == [(0, 20)] and _sentence_chunks([], 1, 5) == [(0, 1)]
     assert all(j - i <= 5 for i, j in got) and [i for i, _ in got[1:]] == [j for _, j in got[:-1]]
+    text = "Earlier notes on the mill go here\nThe vault code is 4417. More words follow it here and there."
+    found = bm25_chunks(text, "vault code", 200, Words(), chunk_words=8, ranked=True, sentences=True)
+    assert found.text.split(SEPARATOR)[-1] == "The vault code is 4417.\n"   # the line's first word with it
+    assert [text[a:b] for a, b in found.ranges][-1] == "The vault code is 4417."
+    for bad in (0, 9, -1):
+        with pytest.raises(ValueError, match="stride must be from 1 to chunk_words"):
+            bm25_chunks(text, "vault", 200, Words(), chunk_words=8, stride=bad)
 
 
 def test_pick_cuts_the_pad_and_keeps_the_block():
