@@ -136,15 +136,18 @@ def bm25_chunks(text: str, query: str, k_tokens: int, lm: TokenCounter, chunk_wo
     one of them wherever it falls; the chunks picked never overlap (one that overlaps a better one is passed over),
     and the runner-up of the margin is the best chunk that does not overlap the best (none, in a text shorter than
     two chunks apart: the margin is then infinite, as for a text of one chunk). sentences: chunks of whole sentences
-    instead, side by side, as many as fit in `chunk_words` words (words split at spaces and line breaks; a sentence
-    ends at a word ending in ".", "!" or "?", or at a line break; one longer than a chunk is cut every `chunk_words`
-    words), so that a chunk's edge cuts no statement shorter than a chunk (`stride` is then not used)."""
+    instead, side by side, as many as fit in `chunk_words` words (words split at ASCII whitespace: spaces, tabs, line
+    breaks; a sentence ends at a word ending in ".", "!" or "?", or at a line break; one longer than a chunk is cut
+    every `chunk_words` words), so that a chunk's edge cuts no statement shorter than a chunk (`stride` is then not
+    used)."""
     from rank_bm25 import BM25Okapi
 
+    if not isinstance(chunk_words, int) or chunk_words < 1:
+        raise ValueError(f"bm25_chunks: chunk_words must be a whole number of words, at least 1; got {chunk_words!r}.")
     if stride is not None and not 1 <= stride <= chunk_words:
         raise ValueError(f"bm25_chunks: stride must be from 1 to chunk_words ({chunk_words}) words; got {stride}.")
-    found = [m.span() for m in re.finditer(r"[^ \n]+", text)] if sentences else []
-    if found:   # words split at spaces and line breaks, each sentence's end known
+    found = [m.span() for m in re.finditer(r"[^ \t\r\n\f\v]+", text)] if sentences else []
+    if found:   # words split at ASCII whitespace, each sentence's end known
         ends = [i + 1 for i, (a, b) in enumerate(found) if text[b - 1] in ".!?"
                 or "\n" in text[b:found[i + 1][0] if i + 1 < len(found) else len(text)]]
         bounds = _sentence_chunks(ends, len(found), chunk_words)

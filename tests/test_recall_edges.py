@@ -110,6 +110,11 @@ def test_sentence_chunks_keep_sentences_whole_up_to_a_chunk():
     found = bm25_chunks(text, "vault code", 200, Words(), chunk_words=8, ranked=True, sentences=True)
     assert found.text.split(SEPARATOR)[-1] == "The vault code is 4417.\n"   # the line's first word with it
     assert [text[a:b] for a, b in found.ranges][-1] == "The vault code is 4417."
+    tabbed = bm25_chunks("Earlier notes.\tThe vault code is 4417.\r\nMore", "vault code", 200, Words(), chunk_words=5,
+                         ranked=True, sentences=True)   # a tab separates words too
+    assert tabbed.text.split(SEPARATOR)[-1] == "The vault code is 4417.\n"
+    with pytest.raises(ValueError, match="chunk_words must be"):
+        bm25_chunks(text, "vault", 200, Words(), chunk_words=0, sentences=True)
     for bad in (0, 9, -1):
         with pytest.raises(ValueError, match="stride must be from 1 to chunk_words"):
             bm25_chunks(text, "vault", 200, Words(), chunk_words=8, stride=bad)
