@@ -510,7 +510,7 @@ class LatentRecall(Recall):
         if attach or found.pinned:   # pins go with the attached keys and values, to the call's compaction
             t0 = time.perf_counter()
             blocks = latent.attach(cache, ranges if attach else [], found.pinned)
-            blocks.lookup_s, blocks.fetch_s = found.seconds, time.perf_counter() - t0
+            blocks.fetch_s = time.perf_counter() - t0
             if attach:
                 return Recalled("", chars, self.how(lm), blocks, tokens, pinned=pinned, lookup_s=found.seconds)
         else:

@@ -244,14 +244,13 @@ class Attached:
     importance [held layers, kv_heads, m] the query-agnostic score each key had in the cache (archived with it; None
     when the cache keeps none). pinned: token ranges of the cache's unfolded tail that the call's compaction keeps
     whole in every (layer, KV head) (`KeepAttached`), with or without attached keys (m may be 0).
-    lookup_s: time spent finding them (the question's forward and the ranking), fetch_s: fetching and re-basing."""
+    fetch_s: time spent fetching and re-basing them (the lookup that found them: `agents.recall.Recalled.lookup_s`)."""
 
     keys: torch.Tensor
     values: torch.Tensor
     origins: torch.Tensor
     position: int
     ranges: list[tuple[int, int]] = field(default_factory=list)
-    lookup_s: float = 0.0
     fetch_s: float = 0.0
     importance: torch.Tensor | None = None
     pinned: list[tuple[int, int]] = field(default_factory=list)
