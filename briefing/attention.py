@@ -94,7 +94,9 @@ def briefing_attention(module, query, key, value, attention_mask, scaling=None, 
     rec = state.reconstruct
     if rec is not None and layer in rec.layers:
         scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-        fused = attend_with_lse(query, key, value, attention_mask, scale, beta) if rec.whole else None
+        plain = state.masks is None and getattr(module, "is_causal", True) and \
+            getattr(module, "sliding_window", None) is None   # the new tokens at the end, causal, see every key
+        fused = attend_split(query, key, value, scale, beta) if rec.whole and plain else None
         rec.score(layer, query, key, scale, beta, None if fused is None else fused[1])
         if fused is not None:
             return fused[0], None
@@ -128,23 +130,38 @@ def flash_cpu(x: torch.Tensor):
     return op if op is not None and x.device.type == "cpu" and x.dtype == torch.float32 else None
 
 
-def attend_with_lse(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None,
-                    scale: float, beta: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """The attention output [B, q, H, d] AND each query row's logsumexp [B, H, q] (fp32) from one fused kernel: torch's
-    CPU flash kernel returns the normaliser it computes (a reconstruction pass reads it, `briefing.importance`). The
-    bias rides on one extra head dimension as in `briefing_attention`. None where that kernel is not there (not a
-    CPU, no mask to place the new tokens): the caller attends as usual and the normaliser is computed apart."""
+def attend_split(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float,
+                 beta: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The attention output [1, q, H, d] AND each query row's logsumexp [1, H, q] (fp32) of a forward whose q new
+    tokens are the last q keys and see every earlier key (a reconstruction's repeat over its subsample,
+    `briefing.importance`), from torch's CPU flash kernel, which returns the normaliser it computes. Two parts, each
+    with no mask: the P earlier keys (the query heads of a KV head stacked as its rows: no copy of a key per query
+    head) and the new tokens' own keys, causal (the kernel skips their upper triangle); merged by their normalisers:
+        lse = logaddexp(lse_p, lse_o),   out = exp(lse_p - lse) out_p + exp(lse_o - lse) out_o
+    The bias beta [KVH, t] (t <= P) rides on one extra head dimension of the earlier keys, as in
+    `briefing_attention`. None where that kernel does not serve (not a float32 CPU tensor, a batch): the caller
+    attends as usual and the normaliser is computed apart."""
     op = flash_cpu(query)
-    if op is None or mask is None:
+    if op is None or query.shape[0] != 1:
         return None
-    d, g = query.shape[-1], query.shape[1] // key.shape[1]
-    if beta is not None and beta.numel():
-        query, key, value = with_bias(query, key, value, beta, scale)                        # [B, *, *, d + 1]
-    key, value = key.repeat_interleave(g, dim=1), value.repeat_interleave(g, dim=1)          # [B, H, k, d']
-    additive = torch.zeros(mask.shape, dtype=query.dtype, device=query.device).masked_fill_(~mask, float("-inf")) \
-        if mask.dtype == torch.bool else mask                                                # [B, 1, q, k]
-    out, lse = op(query.contiguous(), key, value, 0.0, False, attn_mask=additive, scale=scale)  # [B, H, q, d']
-    return out[..., :d].transpose(1, 2).contiguous(), lse.float()                           # [B, q, H, d], [B, H, q]
+    _, heads, r, d = query.shape
+    kv_heads = key.shape[1]
+    g, p = heads // kv_heads, key.shape[2] - r
+    q = query[0].reshape(kv_heads, g, r, d)                                             # [KVH, g, r, d]
+    own_k = key[0, :, p:][:, None].expand(kv_heads, g, r, d)                            # [KVH, g, r, d]
+    own_v = value[0, :, p:][:, None].expand(kv_heads, g, r, d)
+    out, lse = op(q.contiguous(), own_k, own_v, 0.0, True, scale=scale)[:2]             # [KVH, g, r, d], [KVH, g, r]
+    if p:
+        qp, kp, vp = q.reshape(1, kv_heads, g * r, d), key[:, :, :p], value[:, :, :p]   # [1, KVH, g r | P, d]
+        if beta is not None and beta.numel():
+            qp, kp, vp = with_bias(qp, kp, vp, beta, scale)                                # [1, KVH, *, d + 1]
+        out_p, lse_p = op(qp.contiguous(), kp.contiguous(), vp.contiguous(), 0.0, False, scale=scale)[:2]
+        out_p = out_p[0, ..., :d].reshape(kv_heads, g, r, d)                            # [KVH, g, r, d]
+        lse_p = lse_p.reshape(kv_heads, g, r).float()                                   # [KVH, g, r]
+        both = torch.logaddexp(lse_p, lse.float())                                      # [KVH, g, r]
+        out = out_p * (lse_p - both).exp()[..., None] + out * (lse - both).exp()[..., None]   # [KVH, g, r, d]
+        lse = both
+    return out.reshape(1, heads, r, d).transpose(1, 2).contiguous(), lse.float().reshape(1, heads, r)  # [1, q, H, d]
 
 
 def own_width(mask: torch.Tensor, q_len: int, k_len: int) -> torch.Tensor:

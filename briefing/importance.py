@@ -18,8 +18,9 @@ scores of chunks of any size compare):
     p = softmax(s q k^T + b, causal within the repeat)     [g * r, SINKS + w + r]
     importance[start:stop] = max over the rows of p at the chunk's columns
 The repeat's forward attends to that subsample only (a copy of those slots: `subsample_cache`), so p is the forward's
-own attention: one fused kernel gives the layer's output and p's normaliser (`attention.attend_with_lse`), and only
-the chunk's columns are formed (`score_layer`). KVzip's own forward attends to the whole cache (`windowed=False`,
+own attention: on a CPU, torch's flash kernel gives the layer's output and p's normaliser in two unmasked parts, the
+subsample and the repeat's own keys, causal (`attention.attend_split`), and only the chunk's columns are formed
+(`score_layer`). KVzip's own forward attends to the whole cache (`windowed=False`,
 kept as the reference this estimate is measured against: `benchmarks.importance_check --windowed`). The extra cost
 is about one forward of the chunk over a window, flat in the trajectory's length: docs/benchmarks.md ("Round 6").
 A cache scores only on request.
@@ -38,7 +39,7 @@ REPEAT_FIRST = "\n\nRepeat the previous context exactly.\n"
 REPEAT_NEXT = "\n\nRepeat the part of the previous context exactly, starting with"
 PREVIOUS_TOKENS = 8   # tokens before a later chunk that its repeat prompt quotes (KVzip's prev_postfix_size)
 SINKS = 4             # first slots in every reconstruction softmax (attention sinks)
-ROW_CHUNK = 512       # repeat rows per score block: bounds the [H, g, rows, keys] logits
+ROW_CHUNK = 512       # rows (query heads x repeat tokens) per score block: bounds the [H, rows, keys] logits
 
 
 @dataclass
@@ -52,7 +53,7 @@ class Reconstruction:
     stop: int
     context: int
     sinks: int
-    whole: bool = False   # the softmax spans every key of the forward: its own normaliser serves (`attend_with_lse`)
+    whole: bool = False   # the softmax spans every key of the forward: its own normaliser serves (`attend_split`)
     scores: dict[int, torch.Tensor] = field(default_factory=dict)
 
     def score(self, layer: int, query: torch.Tensor, key: torch.Tensor, scale: float,
@@ -68,38 +69,51 @@ def score_layer(rec: Reconstruction, layer: int, query: torch.Tensor, key: torch
     forward's attention computed it over the same keys (None: computed here). Stores [KVH, stop - start] in
     rec.scores.
 
-    The softmax's normaliser is taken in two parts, the prefix [sinks, window] (no mask) and the repeat's own keys
-    (causal), each by `row_lse`; only the chunk's c columns are then formed, and their most over the rows is taken
-    before the exp (exp is monotonic: one exp per key, not per row and key):
-        p[:, :, i, j] = exp(s q_i . k_j + b_j - logaddexp(lse_prefix_i, lse_own_i))   for j in the chunk."""
+    Only the chunk's c columns are formed, in one product whose two extra columns carry the bias and the row's
+    normaliser (`normaliser` where the forward gave none), and their most over the rows is taken before the exp (exp
+    is monotonic: one exp per key, not per row and key):
+        log p[i, j] = [s q_i, 1, -lse_i] . [k_j, b_j, 1] = s q_i . k_j + b_j - lse_i   for j in the chunk."""
     _, heads, r, d = query.shape
     kv_heads = key.shape[1]
-    g = heads // kv_heads
-    s, w, c = rec.sinks, rec.stop - rec.context, rec.stop - rec.start
+    g, c = heads // kv_heads, rec.stop - rec.start
+    beta = beta if beta is not None and beta.numel() else None   # a folded prefix's stored beta on its first F slots
+    q = query[0].float().reshape(kv_heads, g, r, d)                                     # [H, g, r, d]
+    if lse is not None:
+        lse = lse[0].reshape(kv_heads, g, r)                                            # [H, g, r]
+    else:
+        lse = normaliser(rec, q, key, scale, beta)                                      # [H, g, r]
+    cols = torch.zeros(kv_heads, c, 2, device=key.device)                              # [H, c, 2]: bias, 1
+    cols[..., 1] = 1.0
+    if beta is not None and rec.start < beta.shape[-1]:
+        f = min(rec.stop, beta.shape[-1])
+        cols[:, :f - rec.start, 0] = beta[:, rec.start:f].float()
+    keys_t = torch.cat([key[0, :, rec.start:rec.stop].float(), cols], dim=-1).transpose(-1, -2)   # [H, d + 2, c]
+    rows = torch.cat([q * scale, torch.ones_like(q[..., :1]), -lse[..., None]], dim=-1)  # [H, g, r, d + 2]
+    rows = rows.reshape(kv_heads, g * r, d + 2)                                         # [H, g r, d + 2]
+    best = torch.full((kv_heads, c), float("-inf"), device=key.device)                  # [H, c] log p, the most
+    for a in range(0, g * r, ROW_CHUNK):
+        log_p = rows[:, a:a + ROW_CHUNK] @ keys_t                                       # [H, n, c] s q.k + b - lse
+        best = torch.maximum(best, log_p.amax(dim=1))
+    rec.scores[layer] = best.exp()   # exp is monotonic: the most of p is exp of the most of log p (one exp per key)
+
+
+def normaliser(rec: Reconstruction, q: torch.Tensor, key: torch.Tensor, scale: float,
+               beta: torch.Tensor | None) -> torch.Tensor:
+    """The reconstruction softmax's normaliser [H, g, r] where the forward did not compute it: in two parts, the
+    prefix [sinks, window] (no mask; beta on the slots it reaches) and the repeat's own keys (causal), each by
+    `row_lse`. q [H, g, r, d], key [1, H, k, d] (cache + repeat)."""
+    kv_heads, _, r, _ = q.shape
+    s, w = rec.sinks, rec.stop - rec.context
     prefix = torch.cat([key[0, :, :s], key[0, :, rec.context:rec.stop]], dim=1).float()    # [H, s + w, d]
-    own = key[0, :, -r:].float()                                                        # [H, r, d]
     bias = None
-    if beta is not None and beta.numel():   # a folded prefix's stored beta, where the subsample reaches it
+    if beta is not None:
         f = beta.shape[-1]
         bias = torch.zeros(kv_heads, s + w, device=key.device)                          # [H, s + w]
         bias[:, :min(s, f)] = beta[:, :min(s, f)].float()
         if rec.context < f:
             bias[:, s:s + min(w, f - rec.context)] = beta[:, rec.context:min(rec.stop, f)].float()
-    q = query[0].float().reshape(kv_heads, g, r, d)                                     # [H, g, r, d]
-    if lse is not None:
-        lse = lse[0].reshape(kv_heads, g, r)                                            # [H, g, r]
-    else:
-        lse = torch.logaddexp(row_lse(q, prefix, scale, bias, causal=False),
-                              row_lse(q, own, scale, None, causal=True))                # [H, g, r]
-    chunk_t = prefix[:, s + w - c:].transpose(-1, -2)[:, None]                          # [H, 1, d, c]
-    best = torch.full((kv_heads, c), float("-inf"), device=key.device)                  # [H, c] log p, the most
-    for a in range(0, r, ROW_CHUNK):
-        logits = (q[:, :, a:a + ROW_CHUNK] @ chunk_t).mul_(scale)                       # [H, g, n, c]
-        if bias is not None:
-            logits.add_(bias[:, None, None, s + w - c:])
-        log_p = logits.sub_(lse[:, :, a:a + ROW_CHUNK, None])                           # [H, g, n, c]
-        best = torch.maximum(best, log_p.amax(dim=(1, 2)))
-    rec.scores[layer] = best.exp()   # exp is monotonic: the most of p is exp of the most of log p (one exp per key)
+    return torch.logaddexp(row_lse(q, prefix, scale, bias, causal=False),
+                           row_lse(q, key[0, :, -r:].float(), scale, None, causal=True))   # [H, g, r]
 
 
 def row_lse(q: torch.Tensor, k: torch.Tensor, scale: float, bias: torch.Tensor | None, causal: bool) -> torch.Tensor:

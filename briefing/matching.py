@@ -211,13 +211,23 @@ def fit_problem(Q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, idx: torch.Te
     `blocks`: E per layer chunk from `attention_scores`, reused (its rows are rescaled to a max of 1 over the block,
     exactly the recomputed E); None: recomputed. bias [L, H, T]: stored beta already in every logit."""
     t0 = time.perf_counter()
+    L, H = idx.shape[:2]
     ragged = padded(idx)
+    if ragged:   # each sorted piece of H rows at its widest row's count, filled row by row below
+        widths = (idx >= 0).sum(-1).flatten()                                    # [L H]
+        order = widths.argsort(stable=True)                                      # [L H] sorted rows
+        flat = idx.flatten(0, 1)                                                 # [L H, t]
+        counts, where = widths.tolist(), [0] * (L * H)                           # where: a row's sorted slot
+        for k, r in enumerate(order.tolist()):
+            where[r] = k
+        m, d = Q.shape[-2], V.shape[-1]
+        A_pieces = [Q.new_zeros(H, m, max(1, max(counts[r] for r in order[g:g + H].tolist())), dtype=SOLVE_DTYPE)
+                    for g in range(0, L * H, H)]                                 # [H, m, w] per piece
+        V_pieces = [Q.new_zeros(a.shape[0], a.shape[-1], d, dtype=SOLVE_DTYPE) for a in A_pieces]   # [n, w, d]
     As, zs, Ys, Vs = [], [], [], []
     for i, c in enumerate(range(0, Q.shape[0], LAYER_CHUNK)):
         q, k, v = (x[c:c + LAYER_CHUNK].to(SOLVE_DTYPE) for x in (Q, K, V))      # [c, H, *, d]
         ix = idx[c:c + LAYER_CHUNK]                                              # [c, H, t]
-        if ragged:   # right-padded rows: the chunk's columns past its widest row are PAD in every row
-            ix = ix[..., :max(1, int((ix >= 0).sum(-1).max()))]                  # [c, H, t_c]
         if blocks is not None:  # E from scoring: rows rescaled to a max of 1 where it matters (A, z)
             E = blocks[i]                                                        # [c, H, m, T]
             row_scale = 1.0 / E.amax(-1).clamp_min(1e-30)                        # [c, H, m]
@@ -230,36 +240,28 @@ def fit_problem(Q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, idx: torch.Te
         mass = E.sum(-1)                                                         # [c, H, m]
         Ys.append((E @ v) / mass.unsqueeze(-1))                                  # [c, H, m, d]
         zs.append(mass * row_scale)                                              # [c, H, m]
-        A = E.gather(-1, ix.clamp_min(0).unsqueeze(-2).expand(-1, -1, E.shape[-2], -1)) * row_scale.unsqueeze(-1)
-        As.append(A.masked_fill((ix < 0).unsqueeze(-2), 0))  # a PAD slot: a zero column, which the fit leaves alone
+        if ragged:   # a row's real columns only, straight into its sorted piece (the rest stays PAD: zero)
+            for r in range(c * H, (c + ix.shape[0]) * H):
+                n, (layer, h) = counts[r], divmod(r - c * H, H)
+                cols = flat[r, :n]                                               # [n]
+                A_piece, V_piece, j = A_pieces[where[r] // H], V_pieces[where[r] // H], where[r] % H
+                torch.mul(E[layer, h].index_select(-1, cols), row_scale[layer, h].unsqueeze(-1),
+                          out=A_piece[j, :, :n])                                 # [m, n]
+                torch.index_select(v[layer, h], 0, cols, out=V_piece[j, :n])     # [n, d]
+            continue
+        A = E.gather(-1, ix.unsqueeze(-2).expand(-1, -1, E.shape[-2], -1)) * row_scale.unsqueeze(-1)
+        As.append(A)                                                             # [c, H, m, t]
         Vs.append(gather_positions(v, ix))                                       # [c, H, t, d]
     z, Y = torch.cat(zs), torch.cat(Ys)                                          # [L, H, m], [L, H, m, d]
     if not ragged:
         return FitProblem(A=torch.cat(As), z=z, Y=Y, V_kept=torch.cat(Vs), dtype=V.dtype,
                           time_s=time.perf_counter() - t0)
-    L, H = idx.shape[:2]
-    widths = (idx >= 0).sum(-1).flatten()                                        # [L H]
-    order = widths.argsort(stable=True)                                          # [L H] sorted rows
-    rows = LAYER_CHUNK * H                                                       # rows of a layer chunk
-    A_rows = [a.flatten(0, 1) for a in As]                                       # [c H, m, t_c] per chunk
-    V_rows = [v.flatten(0, 1) for v in Vs]                                       # [c H, t_c, d] per chunk
-    A_pieces, V_pieces = [], []
-    for g in range(0, L * H, H):
-        members = order[g:g + H].tolist()
-        w = max(1, int(widths[members].max()))
-        A_g = A_rows[0].new_zeros(len(members), A_rows[0].shape[1], w)           # [n, m, w]
-        V_g = V_rows[0].new_zeros(len(members), w, V_rows[0].shape[-1])          # [n, w, d]
-        for j, r in enumerate(members):
-            n = int(widths[r])
-            A_g[j, :, :n] = A_rows[r // rows][r % rows, :, :n]
-            V_g[j, :n] = V_rows[r // rows][r % rows, :n]
-        A_pieces.append(A_g.unflatten(0, (-1, H)))                               # [n / H, H, m, w]
-        V_pieces.append(V_g.unflatten(0, (-1, H)))                               # [n / H, H, w, d]
 
     def sort(x: torch.Tensor) -> torch.Tensor:
         return x.flatten(0, 1)[order].unflatten(0, (L, H))
 
-    return FitProblem(A=A_pieces, z=sort(z), Y=sort(Y), V_kept=V_pieces, dtype=V.dtype,
+    return FitProblem(A=[a.unflatten(0, (-1, H)) for a in A_pieces], z=sort(z), Y=sort(Y),
+                      V_kept=[v.unflatten(0, (-1, H)) for v in V_pieces], dtype=V.dtype,
                       time_s=time.perf_counter() - t0, order=order)
 
 

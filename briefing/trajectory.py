@@ -56,7 +56,7 @@ class TrajectoryCache:
     cache then serves up to the model's context length). budget: most positions the cache holds (None:
     lm.max_context - reserve when folding, lm.max_context otherwise). reserve: positions left free for the call
     prompt and generation (None: 512, at most an eighth of the context). importance: score every appended chunk
-    by reconstruction (`briefing.importance`: one more forward of the chunk, 0.7-1.2x its prefill on this CPU), kept
+    by reconstruction (`briefing.importance`: one more forward of the chunk, 0.7-1.1x its prefill on this CPU), kept
     with the cache for the selectors (`Scores.importance`; a selector with `agnostic > 0` needs it); False (the
     default): no score (a model that slides on every layer has none). importance_window: tokens reconstructed at a
     time, the width of the score's softmax; a chunk longer than it is scored in pieces of it (None: the prefill

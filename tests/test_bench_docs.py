@@ -26,6 +26,7 @@ BLOCKS = {  # every marked block of docs/benchmarks.md: (start, end) markers
     "concurrency-bench": ("<!-- concurrency-bench -->", "<!-- /concurrency-bench -->"),
     "service-bench": ("<!-- service-bench -->", "<!-- /service-bench -->"),
     "fit-probe": ("<!-- fit-probe -->", "<!-- /fit-probe -->"),
+    "compact-time": ("<!-- compact-time -->", "<!-- /compact-time -->"),
 }
 
 
@@ -58,6 +59,24 @@ def test_fit_probe_block_is_generated_from_the_committed_json():
     results = json.loads((ROOT / "docs" / "results" / "fit_probe" / "fit_probe.json").read_text())
     assert block("fit-probe") == table(results).strip() == (ROOT / "docs" / "results" / "fit_probe" /
                                                             "fit_probe.md").read_text().strip()
+
+
+def test_compact_time_block_is_generated_from_the_committed_json(capsys):
+    """The compaction-time and importance-cost table is `benchmarks.compact_time --report` of the committed run (the
+    median build of several, with their range); a run from before `--extends` (one build) still reads."""
+    from benchmarks.compact_time import main, table
+
+    path = ROOT / "docs" / "results" / "importance_split" / "compact_time.json"
+    results = json.loads(path.read_text())
+    assert all(len(row["extends"]) > 1 for row in results["lengths"])
+    assert block("compact-time") == table(results).strip() == path.with_suffix(".md").read_text().strip()
+    assert "the median of" in block("compact-time")
+    assert main(["--report", str(path)]) == 0 and capsys.readouterr().out.strip() == table(results).strip()
+    old = json.loads((ROOT / "docs" / "results" / "selection_chunk512" / "compact_time_default512.json").read_text())
+    assert "1.18x the prefill's 6.6 s; 7,900 tokens" in table(old) and "builds" not in table(old)
+    with pytest.raises(SystemExit):
+        main(["--extends", "0"])
+    assert "--extends 0: give a positive number of builds" in capsys.readouterr().err
 
 
 def test_service_bench_block_is_generated_from_the_committed_json(tmp_path, capsys):

@@ -403,6 +403,67 @@ def test_the_fused_normaliser_equals_the_blocked_one():
         assert (fn(q, own, 0.25, None, causal=True) - causal).abs().max() < 1e-4
 
 
+def test_the_split_attention_equals_one_masked_softmax():
+    """`attend_split` (a reconstruction's forward on a CPU: the earlier keys and the new tokens' own keys as two
+    unmasked flash calls, merged by their normalisers) gives the output and the normaliser of one softmax over every
+    key, the new tokens causal among themselves, with grouped KV heads and a bias on the first earlier keys."""
+    from briefing.attention import attend_split
+    torch.manual_seed(0)
+    kv_heads, g, r, p, d, scale = 2, 3, 37, 50, 16, 0.25
+    q = torch.randn(1, kv_heads * g, r, d)
+    k, v = torch.randn(1, kv_heads, p + r, d), torch.randn(1, kv_heads, p + r, d)
+    beta = torch.randn(kv_heads, 20)
+    out, lse = attend_split(q, k, v, scale, beta)                                   # [1, r, H, d], [1, H, r]
+    logits = q @ k.repeat_interleave(g, dim=1).transpose(-1, -2) * scale            # [1, H, r, p + r]
+    logits[..., :20] += beta.repeat_interleave(g, dim=0)[None, :, None]
+    logits[..., p:] = logits[..., p:].masked_fill(torch.ones(r, r, dtype=torch.bool).triu(1), float("-inf"))
+    want = torch.softmax(logits, -1) @ v.repeat_interleave(g, dim=1)               # [1, H, r, d]
+    assert (out - want.transpose(1, 2)).abs().max() < 1e-5
+    assert (lse - torch.logsumexp(logits, -1)).abs().max() < 1e-4
+
+
+def test_the_score_without_the_fused_kernel_is_the_same(tok, monkeypatch):
+    """Where torch's CPU flash kernel does not serve (another device), the forward attends as usual and the score
+    computes the softmax's normaliser itself: the same importance, over a folded cache whose stored beta the
+    subsample reaches."""
+    from briefing import attention, importance
+    lm = tiny_model("llama-gqa", tok, max_positions=512)
+    cache = briefing.TrajectoryCache(lm, chunk_tokens=64, budget=256, reserve=64,
+                                     fold=briefing.FoldPolicy(recent=64, capture_stride=4))
+    while not cache.folds:
+        cache.extend(TEXT)
+    n = cache.extend(" A short note on parcel 74.")                                 # tokens prefilled
+    start = cache.length - n
+    assert cache.store.attention_bias()[0].shape[-1] > cache.length - 160          # the window reaches the beta
+    args = (lm, cache.store, start, cache.length, cache.ids[-n:], cache.ids[:-n], cache.position, 160)
+    fused = importance.reconstruction_scores(*args)                                 # [Lh, H, n]
+    monkeypatch.setattr(attention, "flash_cpu", lambda x: None)
+    monkeypatch.setattr(importance, "flash_cpu", lambda x: None)
+    apart = importance.reconstruction_scores(*args)
+    assert (fused - apart).abs().max() < 1e-5 and fused.abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("given", [False, True])
+def test_a_layers_score_is_its_softmax_with_a_bias_on_every_column(given):
+    """`score_layer` on made-up tensors: the most over the repeat's rows of one softmax over the sinks, the window and
+    the repeat's own keys (causal), a stored bias on every slot the softmax sees (the chunk's columns too), with the
+    normaliser computed apart or given (as the fused forward gives it)."""
+    from briefing.importance import Reconstruction, score_layer
+    torch.manual_seed(1)
+    kv_heads, g, r, d, scale = 2, 3, 9, 8, 0.3
+    rec = Reconstruction(layers={0}, start=14, stop=30, context=10, sinks=2)
+    query, key = torch.randn(1, kv_heads * g, r, d), torch.randn(1, kv_heads, 30 + r, d)
+    beta = torch.randn(kv_heads, 30)                                                # on every stored slot
+    seen = torch.cat([torch.arange(2), torch.arange(10, 30), torch.arange(30, 30 + r)])   # the softmax's keys
+    logits = query[0].reshape(kv_heads, g, r, d) @ key[0][:, seen].transpose(-1, -2)[:, None] * scale
+    logits[..., :22] += torch.cat([beta[:, :2], beta[:, 10:30]], dim=1)[:, None, None]
+    logits[..., 22:] = logits[..., 22:].masked_fill(torch.ones(r, r, dtype=torch.bool).triu(1), float("-inf"))
+    want = torch.softmax(logits, -1)[..., 6:22].amax(dim=(1, 2))                   # [KVH, 16]: slots 14..29
+    lse = torch.logsumexp(logits, -1).reshape(1, kv_heads * g, r) if given else None
+    score_layer(rec, 0, query, key, scale, beta, lse)
+    assert (rec.scores[0] - want).abs().max() < 1e-5
+
+
 @pytest.mark.parametrize("family", ["llama-gqa", "gemma3-hybrid"])
 def test_importance_and_a_global_allocation_make_every_tensor_on_the_models_device(tok, family):
     """The model on the CPU, the default device "meta" (a tensor made without the model's device fails): the
