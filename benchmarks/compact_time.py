@@ -49,18 +49,18 @@ def anchor_text(lm, tokens: int) -> str:
 
 def length_row(lm, tokens: int, ratio: float, repeats: int, importance_window: int | None = None,
                extends: int = 1) -> dict:
-    """extends: the scored cache is built that many times; the row's prefill and importance are the build with the
-    median importance / prefill ratio (every build's in `extends`)."""
-    builds = []
+    """extends: the scored cache is built that many times (each build's times in the row's `extends`); the row's
+    prefill and importance are the build with the median importance / prefill ratio (the upper one for an even
+    count). The selectors run on the last build's cache (every build holds the same keys and values)."""
+    builds, cache = [], None
     for _ in range(extends):
+        cache = None   # one cache at a time
         t0 = time.perf_counter()
         cache = scored_cache(lm, anchor_text(lm, tokens), importance_window)   # the global allocation reads it
-        builds.append((cache.importance_s / cache.prefill_s, time.perf_counter() - t0, cache))
-    _, wall, cache = sorted(builds, key=lambda b: b[0])[len(builds) // 2]
-    row = dict(tokens=cache.length, extend_with_importance_s=wall, prefill_s=cache.prefill_s,
-               importance_s=cache.importance_s, selectors={},
-               extends=[dict(prefill_s=c.prefill_s, importance_s=c.importance_s) for _, _, c in builds])
-    del builds
+        builds.append(dict(prefill_s=cache.prefill_s, importance_s=cache.importance_s,
+                           extend_with_importance_s=time.perf_counter() - t0))
+    median = sorted(builds, key=lambda b: b["importance_s"] / b["prefill_s"])[len(builds) // 2]
+    row = dict(tokens=cache.length, **median, selectors={}, extends=builds)
     full = cache.compact(QUESTION, briefing.KeepAll())
     for name, sel in selectors(ratio).items():
         cache.compact(QUESTION, sel)   # warm
@@ -137,21 +137,36 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--readme", action="store_true", help=f"rewrite the {BLOCK} block of docs/benchmarks.md")
     p.add_argument("--report", metavar="JSON", help="no run: the table of a compact_time JSON")
     p.add_argument("--extends", type=int, default=1, help="build the scored cache this many times per length and "
-                   "report the build with the median importance / prefill ratio (default 1)")
+                   "report the build with the median importance / prefill ratio (the upper one for an even count; "
+                   "default 1)")
     args = p.parse_args(argv)
     if args.extends < 1:
         p.error(f"--extends {args.extends}: give a positive number of builds")
+    if args.repeats < 1:
+        p.error(f"--repeats {args.repeats}: give a positive number of timed compactions")
+    if not 0 < args.ratio <= 1:
+        p.error(f"--ratio {args.ratio}: give the share of positions kept, in (0, 1]")
+    if any(t < 1 for t in args.tokens):
+        p.error(f"--tokens {' '.join(map(str, args.tokens))}: give positive trajectory lengths")
     if args.importance_window is not None and args.importance_window < 1:
         p.error(f"--importance-window {args.importance_window}: give a positive number of tokens")
+    if args.report and args.out:
+        p.error("--out: --report writes no JSON (it tables the one given); drop one of them")
+    if not args.report and args.readme and not args.out:
+        p.error("--readme: give --out too, so that the docs block has its JSON (a test checks one against the other)")
     if args.report:
-        md = table(json.loads(Path(args.report).read_text()))
+        try:
+            md = table(json.loads(Path(args.report).read_text()))
+        except (OSError, ValueError, KeyError, IndexError) as e:
+            p.error(f"--report {args.report}: not a readable compact_time JSON ({type(e).__name__}: {e})")
         print(md)
         if args.readme:
             readme.write_block(BLOCK, md)
         return 0
     lm = briefing.load_model()
-    result = dict(ratio=args.ratio, repeats=args.repeats, model=lm.name, load_average=os.getloadavg(),
-                  threads=torch.get_num_threads(), importance_window=args.importance_window, lengths=[])
+    result = dict(ratio=args.ratio, repeats=args.repeats, extends=args.extends, model=lm.name,
+                  load_average=os.getloadavg(), threads=torch.get_num_threads(),
+                  importance_window=args.importance_window, lengths=[])
     for tokens in args.tokens:
         result["lengths"].append(length_row(lm, tokens, args.ratio, args.repeats, args.importance_window,
                                             args.extends))

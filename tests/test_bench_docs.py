@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+import briefing
+
 from benchmarks import readme
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,9 +76,34 @@ def test_compact_time_block_is_generated_from_the_committed_json(capsys):
     assert main(["--report", str(path)]) == 0 and capsys.readouterr().out.strip() == table(results).strip()
     old = json.loads((ROOT / "docs" / "results" / "selection_chunk512" / "compact_time_default512.json").read_text())
     assert "1.18x the prefill's 6.6 s; 7,900 tokens" in table(old) and "builds" not in table(old)
-    with pytest.raises(SystemExit):
-        main(["--extends", "0"])
-    assert "--extends 0: give a positive number of builds" in capsys.readouterr().err
+    for bad, says in ((["--extends", "0"], "--extends 0: give a positive number of builds"),
+                      (["--repeats", "0"], "--repeats 0: give a positive number"),
+                      (["--ratio", "1.5"], "--ratio 1.5: give the share"),
+                      (["--readme"], "--readme: give --out too"),
+                      (["--report", str(path), "--out", "x.json"], "--out: --report writes no JSON"),
+                      (["--report", "missing.json"], "--report missing.json: not a readable compact_time JSON")):
+        with pytest.raises(SystemExit) as e:
+            main(bad)
+        assert e.value.code == 2 and says in capsys.readouterr().err
+
+
+def test_compact_time_builds_the_cache_several_times_and_reports_the_median_build(tiny, monkeypatch):
+    """`--extends N`: N builds of the scored cache, each one's times kept, the row's prefill and importance those of
+    the build with the median ratio; the selectors' figures come from one cache."""
+    from benchmarks import compact_time
+
+    monkeypatch.setattr(compact_time, "selectors", lambda ratio: {
+        "shipped default": briefing.AttentionMatching(ratio=ratio),
+        "hybrid": briefing.AttentionMatching(ratio=ratio, allocation="hybrid", agnostic=0.9, sinks=4)})
+    row = compact_time.length_row(tiny, 200, 0.2, 1, extends=3)
+    assert len(row["extends"]) == 3 and row["tokens"] <= 200
+    ratios = sorted(b["importance_s"] / b["prefill_s"] for b in row["extends"])
+    assert row["importance_s"] / row["prefill_s"] == ratios[1]
+    assert row["extend_with_importance_s"] >= row["prefill_s"] + row["importance_s"]
+    assert set(row["selectors"]) == {"shipped default", "hybrid"}
+    assert row["selectors"]["hybrid"]["context_slots"] >= row["selectors"]["hybrid"]["kept_slots"] > 0
+    assert "the median of 3 builds" in compact_time.table(dict(ratio=0.2, repeats=1, threads=1, load_average=[0],
+                                                                   lengths=[row]))
 
 
 def test_service_bench_block_is_generated_from_the_committed_json(tmp_path, capsys):
