@@ -464,6 +464,25 @@ def test_a_layers_score_is_its_softmax_with_a_bias_on_every_column(given):
     assert (rec.scores[0] - want).abs().max() < 1e-5
 
 
+def test_global_positions_take_the_best_overall_within_each_rows_floor_and_cap():
+    """`global_positions`: the `total` best entries of all rows together, each row's sinks among them; with no floor
+    and no cap (the hybrid's default) nothing else, and with them every row keeps between its floor and its cap."""
+    from briefing.selection.base import PAD, global_positions
+    torch.manual_seed(2)
+    key = torch.rand(3, 2, 50)
+    key[0] *= 3                                                                    # layer 0 outranks the others
+    kept = global_positions(key.clone(), 60, 0, 50, 2)                             # [3, 2, w], PAD-padded
+    got = {(i, h, int(p)) for i in range(3) for h in range(2) for p in kept[i, h] if p != PAD}
+    forced = key.clone()
+    forced[..., :2] = float("inf")
+    flat = forced.reshape(-1).topk(60).indices
+    assert got == {(int(f) // 100, int(f) // 50 % 2, int(f) % 50) for f in flat}
+    assert all(kept[i, h, :2].tolist() == [0, 1] for i in range(3) for h in range(2))
+    counts = (global_positions(key.clone(), 60, 5, 12, 2) != PAD).sum(-1)          # [3, 2]
+    assert int(counts.sum()) == 60 and int(counts.min()) >= 5 and int(counts.max()) <= 12
+    assert int((kept != PAD).sum(-1).max()) > 12                                   # the cap is what held layer 0
+
+
 @pytest.mark.parametrize("family", ["llama-gqa", "gemma3-hybrid"])
 def test_importance_and_a_global_allocation_make_every_tensor_on_the_models_device(tok, family):
     """The model on the CPU, the default device "meta" (a tensor made without the model's device fails): the

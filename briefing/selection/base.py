@@ -127,8 +127,9 @@ def global_positions(key: torch.Tensor, total: int, low: int, high: int, sinks: 
     L, H, T = key.shape
     key = (key - key.amin()).div(key.amax() - key.amin() + 1e-30)                  # [0, 1]
     key[..., :sinks] = 2.0                                                         # a row's sinks rank first
-    rank = row_ranks(key)                                                          # [L, H, T]
-    key = key.masked_fill(rank < low, 2.0).masked_fill(rank >= high, -1.0)         # forced > ranked > capped
+    if low > 0 or high < T:   # a floor or a cap per row (none: the ranks within rows are not needed)
+        rank = row_ranks(key)                                                      # [L, H, T]
+        key = key.masked_fill(rank < low, 2.0).masked_fill(rank >= high, -1.0)     # forced > ranked > capped
     kept = torch.zeros(L * H * T, dtype=torch.bool, device=key.device)
     kept[key.reshape(-1).topk(total).indices] = True
     return mask_rows(kept.view(L, H, T))
