@@ -140,7 +140,7 @@ def attend_split(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, sc
         lse = logaddexp(lse_p, lse_o),   out = exp(lse_p - lse) out_p + exp(lse_o - lse) out_o
     The bias beta [KVH, t] (t <= P) rides on one extra head dimension of the earlier keys, as in
     `briefing_attention`. None where that kernel does not serve (not a float32 CPU tensor, a batch): the caller
-    attends as usual and the normaliser is computed apart."""
+    attends as usual and the normaliser is computed apart. Where it serves, everything here is float32."""
     op = flash_cpu(query)
     if op is None or query.shape[0] != 1:
         return None
@@ -157,11 +157,11 @@ def attend_split(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, sc
             qp, kp, vp = with_bias(qp, kp, vp, beta, scale)                                # [1, KVH, *, d + 1]
         out_p, lse_p = op(qp.contiguous(), kp.contiguous(), vp.contiguous(), 0.0, False, scale=scale)[:2]
         out_p = out_p[0, ..., :d].reshape(kv_heads, g, r, d)                            # [KVH, g, r, d]
-        lse_p = lse_p.reshape(kv_heads, g, r).float()                                   # [KVH, g, r]
-        both = torch.logaddexp(lse_p, lse.float())                                      # [KVH, g, r]
+        lse_p = lse_p.reshape(kv_heads, g, r)                                           # [KVH, g, r]
+        both = torch.logaddexp(lse_p, lse)                                              # [KVH, g, r]
         out = out_p * (lse_p - both).exp()[..., None] + out * (lse - both).exp()[..., None]   # [KVH, g, r, d]
         lse = both
-    return out.reshape(1, heads, r, d).transpose(1, 2).contiguous(), lse.float().reshape(1, heads, r)  # [1, q, H, d]
+    return out.reshape(1, heads, r, d).transpose(1, 2).contiguous(), lse.reshape(1, heads, r)   # fp32: flash_cpu's
 
 
 def own_width(mask: torch.Tensor, q_len: int, k_len: int) -> torch.Tensor:
