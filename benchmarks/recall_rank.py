@@ -187,7 +187,10 @@ def offline(folders: list[str], budgets: tuple[int, ...] = (960,), pad: int = 8,
     round 12, on dumps that keep every call-prompt token's states: the whole prompt's mean as the question
     (`prompt/whiten`, `prompt/raw`: no whitening), the raw cosine to the prompt's tokens before the question alone
     (`before/raw`: the same for every question, a prior on the blocks), and each of those standardised and added to
-    the block means' score or to `peaks4` (`means+prompt/raw`, `means+before/raw`, `peaks4+before/raw`).
+    the block means' score or to `peaks4` (`means+prompt/raw`, `means+before/raw`, `peaks4+before/raw`); round 21:
+    the prompt's last token's states (`last/whiten`: where the answer's first token is predicted) and the mean of the
+    template's tokens after the question (`after/whiten`) as the question, alone or added, standardised, to `peaks4`,
+    and `sub8max` added to `peaks4` (`peaks4+sub8max`).
     Availability, per budget: the fact's every token in the top blocks, each widened by `pad`, within that many
     tokens."""
     from briefing.latent import SHRINK, token_peaks, whiten
@@ -285,6 +288,16 @@ def offline(folders: list[str], budgets: tuple[int, ...] = (960,), pad: int = 8,
                     sc["means+prompt/raw"] = zf(base) + zf(sc["prompt/raw"])
                     sc["means+before/raw"] = zf(base) + zf(sc["before/raw"])
                     sc["peaks4+before/raw"] = sc["peaks4"] + zf(sc["before/raw"])
+                    # round 21: the prompt's last token (where the answer's first token is predicted) and the tokens
+                    # after the question (the template's tail), as the question or beside the shipped score
+                    hi = qd["span"][1]
+                    last, after = unit(P[-1], dim=-1), unit(P[hi:].mean(0), dim=-1)      # [l, h] each
+                    sc["last/whiten"] = cosine(*whiten(B, last, ref, SHRINK))
+                    sc["after/whiten"] = cosine(*whiten(B, after, ref, SHRINK))
+                    sc["peaks4+last/whiten"] = sc["peaks4"] + zf(sc["last/whiten"])
+                    sc["peaks4+after/whiten"] = sc["peaks4"] + zf(sc["after/whiten"])
+                    sc["peaks4+0.5 last/whiten"] = sc["peaks4"] + 0.5 * zf(sc["last/whiten"])
+                    sc["peaks4+sub8max"] = sc["peaks4"] + zf(sc["sub8max/diag0.6"])
                 fact_blocks = sorted({t // block for t in fact})
                 for name, s in sc.items():
                     keep = torch.full_like(s, float("-inf"))

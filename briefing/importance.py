@@ -20,13 +20,15 @@ scores of chunks of any size compare):
 The repeat's forward attends to that subsample only (a copy of those slots: `subsample_cache`), so p is the forward's
 own attention: on a CPU, torch's flash kernel gives the layer's output and p's normaliser in two unmasked parts, the
 subsample and the repeat's own keys, causal (`attention.attend_split`), and only the chunk's columns are formed
-(`score_layer`). KVzip's own forward attends to the whole cache (`windowed=False`,
+(`score_layer`); the forward stops once its last held layer is scored (`Scored`: nothing reads what comes after).
+KVzip's own forward attends to the whole cache (`windowed=False`,
 kept as the reference this estimate is measured against: `benchmarks.importance_check --windowed`). The extra cost
 is about one forward of the chunk over a window, flat in the trajectory's length: docs/benchmarks.md ("Round 6").
 A cache scores only on request.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 import torch
@@ -58,8 +60,17 @@ class Reconstruction:
 
     def score(self, layer: int, query: torch.Tensor, key: torch.Tensor, scale: float,
               beta: torch.Tensor | None, lse: torch.Tensor | None = None) -> None:
-        """Called by the attention function (`BiasState.reconstruct`) in each held layer: see `score_layer`."""
+        """Called by the attention function (`BiasState.reconstruct`) in each held layer: see `score_layer`. Raises
+        `Scored` once every held layer is scored: the rest of the forward feeds no score."""
         score_layer(self, layer, query, key, scale, beta, lse)
+        if self.layers <= self.scores.keys():
+            raise Scored
+
+
+class Scored(Exception):
+    """The reconstruction forward's last held layer is scored: what the forward would compute after it (that layer's
+    output and MLP, the layers above it, the final norm) is read by nothing, so `reconstruction_scores` stops the
+    forward there. The cache it ran on is a discarded copy or rolled back."""
 
 
 def score_layer(rec: Reconstruction, layer: int, query: torch.Tensor, key: torch.Tensor, scale: float,
@@ -192,13 +203,15 @@ def reconstruction_scores(lm, store, start: int, stop: int, chunk: list[int], be
         w = stop - context
         rec = Reconstruction(layers=set(store.held), start=sinks + w - (stop - start), stop=sinks + w, context=sinks,
                              sinks=sinks, whole=True)
-        run_model(lm, cache, ids, position, BiasState(beta=beta, reconstruct=rec), logits=False)
+        with contextlib.suppress(Scored):
+            run_model(lm, cache, ids, position, BiasState(beta=beta, reconstruct=rec), logits=False)
         return torch.stack([rec.scores[i] for i in store.held])                    # [Lh, H, c]
     rec = Reconstruction(layers=set(store.held), start=start, stop=stop, context=context, sinks=sinks)
     state = BiasState(beta=store.attention_bias(), reconstruct=rec)
     marks = kv.marks(store.kv)
     try:
-        run_model(lm, store.kv, ids, position, state, logits=False)
+        with contextlib.suppress(Scored):
+            run_model(lm, store.kv, ids, position, state, logits=False)
     finally:
         kv.rollback(store.kv, marks)
     return torch.stack([rec.scores[i] for i in store.held])                        # [Lh, H, c]

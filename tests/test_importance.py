@@ -78,6 +78,36 @@ def test_the_score_equals_a_direct_reconstruction_pass(tok):
     assert (full - want).abs().max() < 1e-5 and (full - got).abs().max() > 1e-4   # they differ past the window
 
 
+def test_the_repeat_stops_after_the_last_held_layer_and_leaves_the_store_as_it_was(tok):
+    """Nothing reads the reconstruction forward past its last held layer's score: the last layer's MLP and the final
+    norm never run (the first layer's MLP does), for the windowed repeat and for KVzip's own over the whole cache,
+    whose store is rolled back to what it held; the scores are still the direct pass's."""
+    from briefing.archive import decoder_layers
+    from briefing.importance import reconstruction_scores
+
+    lm = tiny_model("llama-gqa", tok)
+    cache = briefing.TrajectoryCache(lm, TEXT, chunk_tokens=48, fold=None)
+    blocks = decoder_layers(lm)
+    assert lm.held_layers[-1] == len(blocks) - 1
+    calls = {"first": 0, "last": 0, "norm": 0}
+    hooks = [m.register_forward_hook(lambda *_, k=k: calls.__setitem__(k, calls[k] + 1))
+             for k, m in (("first", blocks[0].mlp), ("last", blocks[-1].mlp), ("norm", lm.model.model.norm))]
+    before = [(layer.keys.clone(), layer.values.clone()) for layer in cache.store.kv.layers]
+    start = cache.length - 40                                                     # the last 40 slots
+    try:
+        got = {windowed: reconstruction_scores(lm, cache.store, start, cache.length, cache.ids[start:],
+                                               cache.ids[:start], cache.position, 48, windowed=windowed)
+               for windowed in (True, False)}                                      # [Lh, H, 40] each
+    finally:
+        for h in hooks:
+            h.remove()
+    assert calls == {"first": 2, "last": 0, "norm": 0}
+    for windowed, scores in got.items():
+        assert (scores - reference(lm, cache.ids, start, cache.length, 48, windowed=windowed)).abs().max() < 1e-5
+    for (k, v), layer in zip(before, cache.store.kv.layers):
+        assert torch.equal(k, layer.keys) and torch.equal(v, layer.values)
+
+
 def test_the_score_survives_folds_and_rebases(tok):
     """A folded key keeps the score it had when its token was appended (the origins say which token it is)."""
     lm = tiny_model("llama-gqa", tok, max_positions=512)

@@ -794,6 +794,14 @@ def test_recall_rank_offline_ranks_a_dumped_question_s_block(tmp_path):
     assert sorted({s["budget"] for s in written["summary"]}) == [32, 96]
     with pytest.raises(SystemExit):
         main(["--offline", str(tmp_path), "--offline-budgets", "0", "--out", str(tmp_path / "out")])
+    # a dump with the call prompt's states, random but for its last token, which points where the question does
+    P = torch.randn(10, 3, h, generator=g)                                             # [n, layers, hidden]
+    P[-1] = q.mean(0)
+    dump["questions"][0].update(prompt=P, span=(2, 5))
+    torch.save(dump, tmp_path / "ep.pt")
+    got = {s["ranker"]: s for s in offline([str(tmp_path)], budgets=(96,))["summary"]}
+    assert got["last/whiten"]["median_rank"] == 1 and got["last/whiten"]["available"] == 1.0
+    assert got["after/whiten"]["median_rank"] > 1 and got["prompt/whiten"]["median_rank"] > 1
 
 
 def test_recall_rank_block_means_average_each_block_and_the_short_last_one():
