@@ -290,7 +290,7 @@ def offline(folders: list[str], budgets: tuple[int, ...] = (960,), pad: int = 8,
                     sc["peaks4+before/raw"] = sc["peaks4"] + zf(sc["before/raw"])
                     # round 21: the prompt's last token (where the answer's first token is predicted) and the tokens
                     # after the question (the template's tail), as the question or beside the shipped score
-                    hi = qd["span"][1]
+                    hi = min(qd["span"][1], len(P) - 1)   # the template's tail; at least the last token
                     last, after = unit(P[-1], dim=-1), unit(P[hi:].mean(0), dim=-1)      # [l, h] each
                     sc["last/whiten"] = cosine(*whiten(B, last, ref, SHRINK))
                     sc["after/whiten"] = cosine(*whiten(B, after, ref, SHRINK))

@@ -63,7 +63,7 @@ class Reconstruction:
         """Called by the attention function (`BiasState.reconstruct`) in each held layer: see `score_layer`. Raises
         `Scored` once every held layer is scored: the rest of the forward feeds no score."""
         score_layer(self, layer, query, key, scale, beta, lse)
-        if self.layers <= self.scores.keys():
+        if layer == max(self.layers):   # the layers run in order: this one is the forward's last score
             raise Scored
 
 
