@@ -61,7 +61,7 @@ class Reconstruction:
     def score(self, layer: int, query: torch.Tensor, key: torch.Tensor, scale: float,
               beta: torch.Tensor | None, lse: torch.Tensor | None = None) -> None:
         """Called by the attention function (`BiasState.reconstruct`) in each held layer: see `score_layer`. Raises
-        `Scored` once every held layer is scored: the rest of the forward feeds no score."""
+        `Scored` once the last held layer is scored: the rest of the forward feeds no score."""
         score_layer(self, layer, query, key, scale, beta, lse)
         if layer == max(self.layers):   # the layers run in order: this one is the forward's last score
             raise Scored
