@@ -565,7 +565,13 @@ class RoutedRecall(Recall):
     whose common words single out a wrong chunk gets the blocks its meaning ranks first, and a question in the fact's
     words, whose chunk both rankings find, gets nothing beside it. Every call at or above the margin then pays the
     lookup (False: none does, and BM25's confident recall stands unchecked, the default until round 15). text, latent:
-    the two recalls (None: their defaults at `tokens`); the worker's caches keep `latent`'s archive.
+    the two recalls (None: their defaults at `tokens`); the worker's caches keep `latent`'s archive. shared: the text
+    recall whose best chunks keep BM25's `share` below the margin (None: `text`): with `text=TextRecall(chunks=
+    "sentences"), shared=TextRecall()`, BM25's recall cuts whole sentences at or above the margin (where it is the
+    call's own, a question in the fact's words, or where `verify` keeps its best chunk alone) and keeps side-by-side
+    chunks where latent recall takes the rest of the budget below the margin (round 22's
+    probe: on the held-out runs, whole sentences gained own-words answers on the first route and moved paraphrased
+    facts out of the latent remainder on the second).
 
     `BriefedWorker`'s default: on held-out episodes (8k-64k tokens on the 8k window, 4k and 6k on a 2k window) it
     answers as often as BM25 recall when the question uses the fact's words, and holds a paraphrased fact whole 0.38
@@ -583,6 +589,7 @@ class RoutedRecall(Recall):
     verify: bool = True
     text: TextRecall | None = None
     latent: LatentRecall | None = None
+    shared: TextRecall | None = None
 
     def __post_init__(self) -> None:
         owner = "RoutedRecall"
@@ -602,8 +609,11 @@ class RoutedRecall(Recall):
                    error=ValueError)
         check_type(owner, "latent", self.latent, LatentRecall, "an agents.LatentRecall or None for its defaults",
                    none=True, error=ValueError)
+        check_type(owner, "shared", self.shared, TextRecall, "an agents.TextRecall or None for `text`", none=True,
+                   error=ValueError)
         self.text = self.text if self.text is not None else TextRecall(tokens=self.tokens)
         self.latent = self.latent if self.latent is not None else LatentRecall(tokens=self.tokens)
+        self.shared = self.shared if self.shared is not None else self.text
         if self.verify and not self.text.ranked:
             raise ValueError("RoutedRecall: verify=True checks BM25's best chunk against the latent ranking, and a "
                              "TextRecall(ranked=False) does not say which chunk is best: pass a ranked text recall "
@@ -644,7 +654,8 @@ class RoutedRecall(Recall):
         else:
             lexical_evidence = confident or (found.overlap or 0.0) >= self.min_overlap   # the best chunk shares words
             kept = int(k_tokens * (self.confident_share if confident else self.share)) if lexical_evidence else 0
-            lexical = self.text.recall(cache, query, kept, prompt=prompt) if kept else Recalled()
+            source = self.text if confident else self.shared   # below the margin: the share's own chunks
+            lexical = source.recall(cache, query, kept, prompt=prompt) if kept else Recalled()
         n = cache.lm.count_tokens(lexical.text) if lexical else 0
         # the pins spend no recall budget: the latent recall's default pins within the whole of it
         other = self.latent.recall(cache, query, k_tokens - n, prompt=prompt, pin=pin, found=checked)

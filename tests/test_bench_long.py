@@ -278,6 +278,19 @@ def test_pooled_pairs_questions_within_each_run_and_pools_them(tmp_path, capsys)
     assert long_pooled.split_run(f"{a}=x") == (str(a), "", str(a), "x")
     with pytest.raises(SystemExit):
         long_pooled.main(["--condition", "new", str(tmp_path / "missing.json")])
+    # --by-route: each form split by the reference's route (its row's recall_how)
+    b = tmp_path / "b.json"
+    b.write_text(json.dumps({"rows": [dict(row("ref", 0, "own", False, 0.5), recall_how="bm25"),
+                                      dict(row("new", 0, "own", True, 1.0), recall_how="latent:attach+bm25"),
+                                      dict(row("ref", 1, "own", True, 1.0), recall_how="latent:attach+bm25"),
+                                      row("new", 1, "own", True, 1.0)]}))
+    by = {r["route"]: r for r in long_pooled.pooled([str(b)], "new", "ref", by_route=True)}
+    assert by["bm25"]["questions"] == by["split"]["questions"] == 1
+    assert (by["bm25"]["accuracy"], by["split"]["accuracy"]) == (1.0, 0.0)   # the reference's route, not the new one's
+    both = long_pooled.pooled([str(b)], "new", "ref", by_place=True, by_route=True)
+    assert sorted((r["place"], r["route"]) for r in both) == [("folded", "bm25"), ("folded", "split")]
+    assert long_pooled.main(["--by-route", "--condition", "new", "--reference", "ref", str(b)]) == 0
+    assert "bm25 own: 1 questions, accuracy 1.00 against 0.00, +1.000" in capsys.readouterr().out
 
 
 def test_suite_sizes_take_the_worker_s_default_recall_budget():
@@ -323,6 +336,9 @@ def test_routed_conditions_build_their_recall():
     for condition, chunks in [("fold-routed-stride", "overlap"), ("fold-routed-sentences", "sentences")]:
         probe = recall_of(condition, sizes)   # round 19's probes: BM25's chunks overlapping, or of whole sentences
         assert probe.text.chunks == chunks and probe.text.tokens == 120 and plain.text.chunks == "words"
+    mixed = recall_of("fold-routed-sentences-confident", sizes)   # round 22's probe: sentences on BM25's own route
+    assert (mixed.text.chunks, mixed.shared.chunks, mixed.shared.tokens) == ("sentences", "words", 120)
+    assert plain.shared is plain.text
 
 
 def test_header_sink_condition_holds_the_header_within_the_cache_s_room():

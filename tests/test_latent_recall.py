@@ -539,6 +539,40 @@ def test_routed_recall_takes_bm25_where_a_chunk_stands_out_and_latent_where_none
         RoutedRecall(latent=TextRecall())
 
 
+def test_routed_recall_shared_cuts_bm25s_share_below_the_margin_its_own_way(tiny, essay):
+    """RoutedRecall(shared=...): at or above the margin BM25's recall is `text`'s (whole sentences here); below it,
+    BM25's share comes from `shared` (side-by-side chunks), exactly as a router whose `text` is `shared`; None: `text`
+    for both routes; a wrong type is refused by name (round 22's probe, `fold-routed-sentences-confident`)."""
+    from agents import RoutedRecall
+
+    text = planted(essay)
+    cache = archiving_cache(tiny)
+    cache.extend(text)
+    aim_at(cache, fact_block(cache, text, cache.archive.policy.block), PARAPHRASE)
+    own, weak = "What number opens the vault under the old mill?", PARAPHRASE + " And?"
+    sentences, words = TextRecall(tokens=64, chunks="sentences"), TextRecall(tokens=64)
+    assert sentences.recall(cache, own, 64).text != words.recall(cache, own, 64).text        # the cuts differ here
+    assert sentences.recall(cache, weak, 16).text != words.recall(cache, weak, 16).text
+
+    def router(**kw):
+        return RoutedRecall(tokens=64, verify=False, latent=LatentRecall(tokens=64, pad=8), **kw)
+
+    def same(a, b):   # everything but the lookup's time
+        return (a.text, a.ranges, a.how, a.margin, a.blocks and a.blocks.ranges) == \
+            (b.text, b.ranges, b.how, b.margin, b.blocks and b.blocks.ranges)
+
+    mixed = router(text=sentences, shared=words)
+    assert mixed.recall(cache, own, 64) == sentences.recall(cache, own, 64)    # confident: BM25's, whole sentences
+    below = mixed.recall(cache, weak, 64)
+    assert below.how == "latent:attach+bm25" and below.text.endswith(words.recall(cache, weak, 16).text)
+    assert same(below, router(text=words).recall(cache, weak, 64))             # the share's chunks are `shared`'s
+    assert not same(below, router(text=sentences).recall(cache, weak, 64))
+    alone = router(text=sentences)
+    assert alone.shared is alone.text is sentences                            # None: `text` for both routes
+    with pytest.raises(ValueError, match="RoutedRecall: shared must be"):
+        RoutedRecall(shared="words")
+
+
 def test_routed_recall_verify_checks_bm25s_best_chunk_against_the_latent_ranking(tiny, essay, monkeypatch):
     """RoutedRecall(verify=True): at or above the margin the lookup runs once; where BM25's best chunk holds one of
     the latent ranking's m best blocks (m: the picks the whole budget makes), BM25's recall stands alone; where it

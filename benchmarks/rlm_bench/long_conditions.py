@@ -31,7 +31,9 @@ Every condition sees the same events; `window` is the worker's positions, `reser
   (`RoutedRecall(verify=True)`: round 14's probe, the default since round 15, spelled out);
 - fold-routed-stride, fold-routed-sentences: fold-routed whose BM25 chunks overlap by half, or hold whole sentences
   (`TextRecall(chunks="overlap")`, `"sentences"`: a statement across two side-by-side chunks' edge lies whole in one;
-  round 19's probes);
+  round 19's probes); fold-routed-sentences-confident: whole sentences where BM25's recall is the call's own (at or
+  above the margin), side-by-side chunks for its share below the margin (`RoutedRecall(shared=TextRecall())`; round
+  22's probe);
 - fold-routed-sink: fold-routed on a cache of its own whose fold keeps the worker's header whole where the cache's room
   allows (the fold's sink holds the cache text before the trajectory: the chat template's head and the header;
   `fold_policy`; round 18's probe);
@@ -63,8 +65,8 @@ CONDITIONS = ["fold-task", "fold-span", "fold-span-only", "fold-mix", "fold-reca
               "fold-routed-hedged", "fold-routed-tail", "fold-routed-pin", "fold-routed-pin-full",
               "fold-routed-unpinned", "fold-routed-confident-pin", "fold-routed-overlap", "fold-routed-peaks",
               "fold-routed-means", "fold-routed-verify", "fold-routed-sink", "fold-routed-stride",
-              "fold-routed-sentences", "ceiling", "truncated", "streaming", "streaming-recall", "bm25",
-              "bm25-sentences", "summary", "plain"]
+              "fold-routed-sentences", "fold-routed-sentences-confident", "ceiling", "truncated", "streaming",
+              "streaming-recall", "bm25", "bm25-sentences", "summary", "plain"]
 # recall variants of fold-recall: scope (tail: the unfolded tail too) and order (ranked: the best chunk last); they
 # share fold-recall's cache
 RECALL_VARIANTS = {"fold-recall": dict(tail=False, ranked=False), "fold-recall-all": dict(tail=True, ranked=False),
@@ -93,7 +95,8 @@ ROUTED = {"fold-routed": {}, "fold-routed-alone": dict(share=0.0), "fold-routed-
           "fold-routed-overlap": dict(min_overlap=0.5), "fold-routed-peaks": dict(peaks=4, verify=False),
           "fold-routed-means": dict(peaks=0, verify=False), "fold-routed-verify": dict(verify=True),
           "fold-routed-sink": {}, "fold-routed-stride": dict(chunks="overlap"),
-          "fold-routed-sentences": dict(chunks="sentences")}
+          "fold-routed-sentences": dict(chunks="sentences"),
+          "fold-routed-sentences-confident": dict(chunks="sentences", shared="words")}
 # conditions whose fold keeps the worker's own header whole where the cache's room allows: the fold's sink holds the
 # cache text before the trajectory (the chat template's head and the worker's header), on a cache of their own
 HEADER_SINK = ("fold-routed-sink",)
@@ -321,6 +324,8 @@ def recall_of(condition: str, sizes: dict) -> Any:
             kw["latent"] = LatentRecall(tokens=sizes["recall_budget"], **own)
         if "chunks" in kw:   # TextRecall's
             kw["text"] = TextRecall(tokens=sizes["recall_budget"], chunks=kw.pop("chunks"))
+        if "shared" in kw:   # the TextRecall of BM25's share below the margin
+            kw["shared"] = TextRecall(tokens=sizes["recall_budget"], chunks=kw.pop("shared"))
         return RoutedRecall(tokens=sizes["recall_budget"], **kw)
     if condition in LATENT:
         return LatentRecall(tokens=sizes["recall_budget"], **LATENT[condition])

@@ -11,7 +11,8 @@ characters in the call's context), the accuracy difference and the difference in
 call's context held whole, each with a 95% bootstrap interval over questions (`benchmarks.stats.bootstrap_ci`).
 `--by-place` also splits each form by where the fact was at the call: "tail" where the persistent cache held it whole
 (the reference row's `held_fact`: its unfolded tail, which the call's compaction thins per head and which latent
-recall skips by default), "folded" elsewhere.
+recall skips by default), "folded" elsewhere. `--by-route` splits each form by the route the reference's call took
+(its row's `recall_how`): "bm25" where BM25's recall was the call's own, "split" elsewhere (round 22).
 """
 from __future__ import annotations
 
@@ -36,6 +37,11 @@ def place(row: dict) -> str:
     return "tail" if row.get("held_fact", 0.0) >= WHOLE else "folded"
 
 
+def route(row: dict) -> str:
+    """The route a row's call took: "bm25" (BM25's recall alone) or "split" (any other, latent recall's part in it)."""
+    return "bm25" if row.get("recall_how") == "bm25" else "split"
+
+
 def split_run(run: str) -> tuple[str, str, str, str]:
     """One argument's reference file and its rows' name, then the condition's file and its rows' name ("": the
     --reference / --condition name): RUN[=NAME] (one file, NAME the condition's) or REF[=NAME]:NEW[=NAME]."""
@@ -47,8 +53,9 @@ def split_run(run: str) -> tuple[str, str, str, str]:
 
 
 def pooled(runs: list[str], condition: str, reference: str, by_length: bool = False,
-           by_place: bool = False) -> list[dict]:
-    """One record per form (by_length: per length and form; by_place: also per `place`): questions, accuracy and
+           by_place: bool = False, by_route: bool = False) -> list[dict]:
+    """One record per form (by_length: per length and form; by_place: also per `place`; by_route: also per the
+    reference's `route`): questions, accuracy and
     whole-availability differences (condition minus reference), and each side's accuracy and availability (mean
     share of the fact held)."""
     diffs: dict[tuple, dict[str, list[float]]] = {}
@@ -57,7 +64,8 @@ def pooled(runs: list[str], condition: str, reference: str, by_length: bool = Fa
         ref, new = rows_of(ref_file, ref_name or reference), rows_of(new_file, name or condition)
         for key in sorted(new.keys() & ref.keys()):
             a, b = new[key], ref[key]
-            group = ((a["length"],) if by_length else ()) + ((place(b),) if by_place else ()) + (a["form"],)
+            group = ((a["length"],) if by_length else ()) + ((place(b),) if by_place else ()) + \
+                ((route(b),) if by_route else ()) + (a["form"],)
             d = diffs.setdefault(group, {"accuracy": [], "held_whole": [], "new": [], "ref": [], "new_available": [],
                                          "ref_available": []})
             d["accuracy"].append(float(a["correct"]) - float(b["correct"]))
@@ -72,7 +80,9 @@ def pooled(runs: list[str], condition: str, reference: str, by_length: bool = Fa
         if by_length:
             rec["length"] = group[0]
         if by_place:
-            rec["place"] = group[-2]
+            rec["place"] = group[-3 if by_route else -2]
+        if by_route:
+            rec["route"] = group[-2]
         for k, v in d.items():
             rec[k] = statistics.fmean(v)
             if k in ("accuracy", "held_whole"):
@@ -90,16 +100,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--by-length", action="store_true", help="a record per length and form instead of per form")
     p.add_argument("--by-place", action="store_true", help="split each form by where the fact was at the call: the "
                    "cache's unfolded tail (held whole before the call) or folded away")
+    p.add_argument("--by-route", action="store_true", help="split each form by the route the reference's call took: "
+                   "BM25's recall alone (bm25) or any other (split)")
     args = p.parse_args(argv)
     for path in (f for run in args.runs for f in split_run(run)[::2]):
         if not Path(path).is_file():
             p.error(f"runs: {path} is not a file; give a long-suite results.json")
-    recs = pooled(args.runs, args.condition, args.reference, args.by_length, args.by_place)
+    recs = pooled(args.runs, args.condition, args.reference, args.by_length, args.by_place, args.by_route)
     if not recs:
         p.error(f"no question has both {args.reference} and {args.condition} rows in these runs")
     print(f"{args.condition} - {args.reference}, pooled over {len(args.runs)} runs")
     for r in recs:
-        lead = "".join(f"{r[k]} " for k in ("length", "place") if k in r)
+        lead = "".join(f"{r[k]} " for k in ("length", "place", "route") if k in r)
         print(f"{lead}{r['form']}: {r['questions']} questions, accuracy "
               f"{r['new']:.2f} against {r['ref']:.2f}, {r['accuracy']:+.3f} "
               f"[{r['accuracy_ci'][0]:+.3f}, {r['accuracy_ci'][1]:+.3f}]; available {r['new_available']:.2f} against "
