@@ -613,7 +613,6 @@ class RoutedRecall(Recall):
                    error=ValueError)
         self.text = self.text if self.text is not None else TextRecall(tokens=self.tokens)
         self.latent = self.latent if self.latent is not None else LatentRecall(tokens=self.tokens)
-        self.shared = self.shared if self.shared is not None else self.text
         if self.verify and not self.text.ranked:
             raise ValueError("RoutedRecall: verify=True checks BM25's best chunk against the latent ranking, and a "
                              "TextRecall(ranked=False) does not say which chunk is best: pass a ranked text recall "
@@ -654,7 +653,7 @@ class RoutedRecall(Recall):
         else:
             lexical_evidence = confident or (found.overlap or 0.0) >= self.min_overlap   # the best chunk shares words
             kept = int(k_tokens * (self.confident_share if confident else self.share)) if lexical_evidence else 0
-            source = self.text if confident else self.shared   # below the margin: the share's own chunks
+            source = self.text if confident or self.shared is None else self.shared   # below the margin: `shared`
             lexical = source.recall(cache, query, kept, prompt=prompt) if kept else Recalled()
         n = cache.lm.count_tokens(lexical.text) if lexical else 0
         # the pins spend no recall budget: the latent recall's default pins within the whole of it

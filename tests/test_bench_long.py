@@ -289,6 +289,8 @@ def test_pooled_pairs_questions_within_each_run_and_pools_them(tmp_path, capsys)
     assert (by["bm25"]["accuracy"], by["split"]["accuracy"]) == (1.0, 0.0)   # the reference's route, not the new one's
     both = long_pooled.pooled([str(b)], "new", "ref", by_place=True, by_route=True)
     assert sorted((r["place"], r["route"]) for r in both) == [("folded", "bm25"), ("folded", "split")]
+    assert [long_pooled.route(dict(recall_how=h)) for h in ("bm25", "bm25+latent:attach-pins", "latent:attach+bm25",
+                                                            "", None)] == ["bm25", "bm25", "split", "none", "none"]
     assert long_pooled.main(["--by-route", "--condition", "new", "--reference", "ref", str(b)]) == 0
     assert "bm25 own: 1 questions, accuracy 1.00 against 0.00, +1.000" in capsys.readouterr().out
 
@@ -338,7 +340,7 @@ def test_routed_conditions_build_their_recall():
         assert probe.text.chunks == chunks and probe.text.tokens == 120 and plain.text.chunks == "words"
     mixed = recall_of("fold-routed-sentences-confident", sizes)   # round 22's probe: sentences on BM25's own route
     assert (mixed.text.chunks, mixed.shared.chunks, mixed.shared.tokens) == ("sentences", "words", 120)
-    assert plain.shared is plain.text
+    assert plain.shared is None   # BM25's share below the margin from `text`, as above it
 
 
 def test_header_sink_condition_holds_the_header_within_the_cache_s_room():

@@ -563,12 +563,13 @@ def test_routed_recall_shared_cuts_bm25s_share_below_the_margin_its_own_way(tiny
 
     mixed = router(text=sentences, shared=words)
     assert mixed.recall(cache, own, 64) == sentences.recall(cache, own, 64)    # confident: BM25's, whole sentences
+    hedged = router(text=sentences, shared=words, confident_share=0.75).recall(cache, own, 64)
+    assert hedged.text.endswith(sentences.recall(cache, own, 48).text)        # above the margin: `text` still
     below = mixed.recall(cache, weak, 64)
     assert below.how == "latent:attach+bm25" and below.text.endswith(words.recall(cache, weak, 16).text)
     assert same(below, router(text=words).recall(cache, weak, 64))             # the share's chunks are `shared`'s
     assert not same(below, router(text=sentences).recall(cache, weak, 64))
-    alone = router(text=sentences)
-    assert alone.shared is alone.text is sentences                            # None: `text` for both routes
+    assert router(text=sentences).shared is None                               # None: `text` for both routes
     with pytest.raises(ValueError, match="RoutedRecall: shared must be"):
         RoutedRecall(shared="words")
 

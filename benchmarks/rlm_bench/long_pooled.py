@@ -12,7 +12,8 @@ call's context held whole, each with a 95% bootstrap interval over questions (`b
 `--by-place` also splits each form by where the fact was at the call: "tail" where the persistent cache held it whole
 (the reference row's `held_fact`: its unfolded tail, which the call's compaction thins per head and which latent
 recall skips by default), "folded" elsewhere. `--by-route` splits each form by the route the reference's call took
-(its row's `recall_how`): "bm25" where BM25's recall was the call's own, "split" elsewhere (round 22).
+(its row's `recall_how`): "bm25" where BM25's recall was the call's own, "split" where latent recall had a part,
+"none" where no recall was made (round 22).
 """
 from __future__ import annotations
 
@@ -38,8 +39,10 @@ def place(row: dict) -> str:
 
 
 def route(row: dict) -> str:
-    """The route a row's call took: "bm25" (BM25's recall alone) or "split" (any other, latent recall's part in it)."""
-    return "bm25" if row.get("recall_how") == "bm25" else "split"
+    """The route a row's call took: "bm25" (BM25's recall the call's own, the tail's pins beside it included),
+    "split" (latent recall's part in it), "none" (no recall made, or a row without `recall_how`)."""
+    how = row.get("recall_how") or ""
+    return "none" if not how else "bm25" if how.split("+")[0] == "bm25" else "split"
 
 
 def split_run(run: str) -> tuple[str, str, str, str]:
@@ -101,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--by-place", action="store_true", help="split each form by where the fact was at the call: the "
                    "cache's unfolded tail (held whole before the call) or folded away")
     p.add_argument("--by-route", action="store_true", help="split each form by the route the reference's call took: "
-                   "BM25's recall alone (bm25) or any other (split)")
+                   "BM25's recall the call's own (bm25), latent recall's part in it (split), or none")
     args = p.parse_args(argv)
     for path in (f for run in args.runs for f in split_run(run)[::2]):
         if not Path(path).is_file():
