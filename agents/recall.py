@@ -569,9 +569,9 @@ class RoutedRecall(Recall):
     recall whose best chunks keep BM25's `share` below the margin (None: `text`): with `text=TextRecall(chunks=
     "sentences"), shared=TextRecall()`, BM25's recall cuts whole sentences at or above the margin (where it is the
     call's own, a question in the fact's words, or where `verify` keeps its best chunk alone) and keeps side-by-side
-    chunks where latent recall takes the rest of the budget below the margin (round 22's
-    probe: on the held-out runs, whole sentences gained own-words answers on the first route and moved paraphrased
-    facts out of the latent remainder on the second).
+    chunks where latent recall takes the rest of the budget below the margin (round 22's probe: on the held-out runs,
+    whole sentences gained own-words answers on the first route and moved paraphrased facts out of the latent
+    remainder on the second).
 
     `BriefedWorker`'s default: on held-out episodes (8k-64k tokens on the 8k window, 4k and 6k on a 2k window) it
     answers as often as BM25 recall when the question uses the fact's words, and holds a paraphrased fact whole 0.38

@@ -551,7 +551,8 @@ def test_routed_recall_shared_cuts_bm25s_share_below_the_margin_its_own_way(tiny
     aim_at(cache, fact_block(cache, text, cache.archive.policy.block), PARAPHRASE)
     own, weak = "What number opens the vault under the old mill?", PARAPHRASE + " And?"
     sentences, words = TextRecall(tokens=64, chunks="sentences"), TextRecall(tokens=64)
-    assert sentences.recall(cache, own, 64).text != words.recall(cache, own, 64).text        # the cuts differ here
+    for k in (64, 48):                                                            # the cuts differ here
+        assert sentences.recall(cache, own, k).text != words.recall(cache, own, k).text
     assert sentences.recall(cache, weak, 16).text != words.recall(cache, weak, 16).text
 
     def router(**kw):
