@@ -565,20 +565,24 @@ class RoutedRecall(Recall):
     whose common words single out a wrong chunk gets the blocks its meaning ranks first, and a question in the fact's
     words, whose chunk both rankings find, gets nothing beside it. Every call at or above the margin then pays the
     lookup (False: none does, and BM25's confident recall stands unchecked, the default until round 15). text, latent:
-    the two recalls (None: their defaults at `tokens`); the worker's caches keep `latent`'s archive. shared: the text
-    recall whose best chunks keep BM25's `share` below the margin (None: `text`): with `text=TextRecall(chunks=
-    "sentences"), shared=TextRecall()`, BM25's recall cuts whole sentences at or above the margin (where it is the
+    the two recalls (None: `TextRecall(chunks="sentences")` and `LatentRecall()` at `tokens`); the worker's caches keep
+    `latent`'s archive. shared: the text recall whose best chunks keep BM25's `share` below the margin (None: `text`
+    with side-by-side chunks, `TextRecall(chunks="words")`, its other settings the same; `text` itself where its chunks
+    are side by side already). By default BM25's recall cuts whole sentences at or above the margin (where it is the
     call's own, a question in the fact's words, or where `verify` keeps its best chunk alone) and keeps side-by-side
-    chunks where latent recall takes the rest of the budget below the margin (round 22's probe: on the held-out runs,
-    whole sentences gained own-words answers on the first route and moved paraphrased facts out of the latent
-    remainder on the second).
+    chunks where latent recall takes the rest of the budget below the margin: on the held-out runs, whole sentences
+    gained own-words answers on the first route and moved paraphrased facts out of the latent remainder on the second
+    (round 22's probe, the default since round 23; side-by-side chunks on both routes until then:
+    `text=TextRecall()`).
 
     `BriefedWorker`'s default: on held-out episodes (8k-64k tokens on the 8k window, 4k and 6k on a 2k window) it
     answers as often as BM25 recall when the question uses the fact's words, and holds a paraphrased fact whole 0.38
     more often (docs/benchmarks.md, "Latent recall, round 4"). share 0.25 was chosen on dev episodes. Below the margin
     the latent recall also pins the unfolded tail's best blocks within the whole budget (`LatentRecall.pin`). verify is
     the default since round 15: on every held-out setting of both models pooled it holds a paraphrased fact whole
-    0.059 more often than the unchecked route, and no own-words row changed."""
+    0.059 more often than the unchecked route, and no own-words row changed. Whole sentences on BM25's own route are
+    the default since round 23: on every held-out setting of both models pooled they answer more own-words questions
+    than side-by-side chunks, and paraphrased questions as often (docs/benchmarks.md, "Latent recall, round 23")."""
 
     tokens: int | None = None
     margin: float = 1.3
@@ -609,9 +613,9 @@ class RoutedRecall(Recall):
                    error=ValueError)
         check_type(owner, "latent", self.latent, LatentRecall, "an agents.LatentRecall or None for its defaults",
                    none=True, error=ValueError)
-        check_type(owner, "shared", self.shared, TextRecall, "an agents.TextRecall or None for `text`", none=True,
-                   error=ValueError)
-        self.text = self.text if self.text is not None else TextRecall(tokens=self.tokens)
+        check_type(owner, "shared", self.shared, TextRecall, "an agents.TextRecall or None for `text` with "
+                   "side-by-side chunks", none=True, error=ValueError)
+        self.text = self.text if self.text is not None else TextRecall(tokens=self.tokens, chunks="sentences")
         self.latent = self.latent if self.latent is not None else LatentRecall(tokens=self.tokens)
         if self.verify and not self.text.ranked:
             raise ValueError("RoutedRecall: verify=True checks BM25's best chunk against the latent ranking, and a "
@@ -620,6 +624,12 @@ class RoutedRecall(Recall):
 
     def archive(self, lm: briefing.LoadedModel) -> briefing.ArchivePolicy:
         return self.latent.archive(lm)
+
+    def share_recall(self) -> TextRecall:
+        """The text recall of BM25's share below the margin: `shared`, or `text` with side-by-side chunks."""
+        if self.shared is not None:
+            return self.shared
+        return self.text if self.text.chunks == "words" else replace(self.text, chunks="words")
 
     def recall(self, cache: briefing.TrajectoryCache, query: str, k_tokens: int, *,
                prompt: str | None = None) -> Recalled:
@@ -653,7 +663,7 @@ class RoutedRecall(Recall):
         else:
             lexical_evidence = confident or (found.overlap or 0.0) >= self.min_overlap   # the best chunk shares words
             kept = int(k_tokens * (self.confident_share if confident else self.share)) if lexical_evidence else 0
-            source = self.text if confident or self.shared is None else self.shared   # below the margin: `shared`
+            source = self.text if confident else self.share_recall()   # below the margin: `shared`
             lexical = source.recall(cache, query, kept, prompt=prompt) if kept else Recalled()
         n = cache.lm.count_tokens(lexical.text) if lexical else 0
         # the pins spend no recall budget: the latent recall's default pins within the whole of it

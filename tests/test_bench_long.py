@@ -313,9 +313,10 @@ def test_suite_sizes_take_the_worker_s_default_recall_budget():
 
 def test_routed_conditions_build_their_recall():
     """Each routed condition's recall: fold-routed-text re-prefills the latent blocks' text (LatentRecall attach=False),
-    fold-routed leaves the choice to the model (attach=None), the others set their share or margin."""
-    from agents import LatentRecall, RoutedRecall
-    from benchmarks.rlm_bench.long_conditions import recall_of
+    fold-routed leaves the choice to the model (attach=None) and follows the shipped default (whole sentences on
+    BM25's own route, round 23), the others set their share or margin and keep their round's chunks."""
+    from agents import LatentRecall, RoutedRecall, TextRecall
+    from benchmarks.rlm_bench.long_conditions import ROUTED, recall_of
 
     sizes = {"recall_budget": 120}
     text, plain = recall_of("fold-routed-text", sizes), recall_of("fold-routed", sizes)
@@ -337,10 +338,17 @@ def test_routed_conditions_build_their_recall():
     assert recall_of("fold-routed-verify", sizes).verify and plain.verify   # the default since round 15
     for condition, chunks in [("fold-routed-stride", "overlap"), ("fold-routed-sentences", "sentences")]:
         probe = recall_of(condition, sizes)   # round 19's probes: BM25's chunks overlapping, or of whole sentences
-        assert probe.text.chunks == chunks and probe.text.tokens == 120 and plain.text.chunks == "words"
-    mixed = recall_of("fold-routed-sentences-confident", sizes)   # round 22's probe: sentences on BM25's own route
+        assert probe.text.chunks == probe.share_recall().chunks == chunks
+        assert probe.text.tokens == probe.share_recall().tokens == 120
+    mixed = recall_of("fold-routed-sentences-confident", sizes)   # round 22's probe, the default since round 23
     assert (mixed.text.chunks, mixed.shared.chunks, mixed.shared.tokens) == ("sentences", "words", 120)
-    assert plain.shared is None   # BM25's share below the margin from `text`, as above it
+    # fold-routed follows the shipped default: whole sentences on BM25's own route, side by side for its share
+    assert (plain.text, plain.share_recall()) == (mixed.text, mixed.shared) and plain.shared is None
+    for condition in ROUTED:   # every other condition pins its round's chunks: side by side unless it names its own
+        if condition not in ("fold-routed", "fold-routed-stride", "fold-routed-sentences",
+                             "fold-routed-sentences-confident"):
+            probe = recall_of(condition, sizes)
+            assert probe.text == TextRecall(tokens=120) == probe.share_recall(), condition
 
 
 def test_header_sink_condition_holds_the_header_within_the_cache_s_room():

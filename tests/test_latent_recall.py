@@ -448,7 +448,8 @@ def test_routed_recall_takes_bm25_where_a_chunk_stands_out_and_latent_where_none
     # BM25's confident route unchecked here (verify=False); the default's check has its own test below
     routed = RoutedRecall(tokens=64, verify=False, latent=LatentRecall(tokens=64, pad=8))
     got = routed.recall(cache, own, 64)
-    assert got == bm25 and not looked and any(a <= s + 1 < b for a, b in got.ranges)
+    # its default text recall cuts whole sentences (round 23): the confident route's recall is theirs
+    assert got == sentences and not looked and any(a <= s + 1 < b for a, b in got.ranges)
     para = TextRecall(tokens=64).recall(cache, PARAPHRASE, 64)
     assert para.margin < routed.margin                         # no word shared: nothing stands out
     got = routed.recall(cache, PARAPHRASE, 32)   # a quarter of 32 is below a recall's minimum: latent takes it all
@@ -494,7 +495,7 @@ def test_routed_recall_takes_bm25_where_a_chunk_stands_out_and_latent_where_none
     loose = RoutedRecall(tokens=64, min_overlap=wpara.overlap, latent=LatentRecall(tokens=64, pad=8))
     assert loose.recall(cache, weak, 64).ranges == got.ranges   # at its own overlap: BM25 keeps its share
     gate = RoutedRecall(tokens=64, min_overlap=1.0, verify=False)
-    assert gate.recall(cache, own, 64) == bm25   # the confident route is untouched
+    assert gate.recall(cache, own, 64) == sentences   # the confident route is untouched
     # re-prefilled latent text goes first, BM25's chunks last, nearest the question; every range pasted
     both = RoutedRecall(tokens=64, latent=LatentRecall(tokens=64, pad=8, attach=False)).recall(cache, weak, 64)
     assert both.how == "latent:prefill+bm25" and both.blocks.length == 0 and both.text.endswith(lexical.text)
@@ -503,7 +504,7 @@ def test_routed_recall_takes_bm25_where_a_chunk_stands_out_and_latent_where_none
     assert RoutedRecall(tokens=64, margin=1, verify=False).recall(cache, weak, 64).how == "bm25"
     # confident_share below 1: above the margin BM25's best chunks keep that part, latent recall takes the rest
     looked.clear()
-    kept = TextRecall(tokens=64).recall(cache, own, 48)
+    kept = TextRecall(tokens=64, chunks="sentences").recall(cache, own, 48)   # the default `text`: whole sentences
     n = tiny.count_tokens(kept.text)
     hedged = RoutedRecall(tokens=64, confident_share=0.75, verify=False,
                           latent=LatentRecall(tokens=64, pad=8)).recall(cache, own, 64)
@@ -515,12 +516,12 @@ def test_routed_recall_takes_bm25_where_a_chunk_stands_out_and_latent_where_none
     sure = RoutedRecall(tokens=64, confident_pin=True, verify=False,
                         latent=LatentRecall(tokens=64, pad=8)).recall(cache, own, 64)
     only = LatentRecall(tokens=64, pad=8).recall(cache, own, 0, pin=64)
-    assert looked == [1, 1] and sure.text == bm25.text and sure.ranges == bm25.ranges and sure.pasted == bm25.ranges
-    assert sure.how == "bm25+latent:attach-pins" and sure.margin == bm25.margin and sure.tokens == bm25.tokens
+    assert looked == [1, 1] and sure.text == sentences.text and sure.ranges == sentences.ranges == sure.pasted
+    assert sure.how == "bm25+latent:attach-pins" and sure.margin == bm25.margin and sure.tokens == sentences.tokens
     assert sure.pinned and sure.pinned == only.pinned and sure.blocks.length == 0 and only.ranges == []
     assert sure.lookup_s > 0   # the lookup the pins were found by, made by the latent recall here (verify=False)
     assert RoutedRecall(tokens=64, confident_pin=True, verify=False, latent=LatentRecall(tokens=64, pin=0)).recall(
-        cache, own, 64) == bm25                                   # no pin budget: BM25's recall alone
+        cache, own, 64) == sentences                                 # no pin budget: BM25's recall alone
     with pytest.raises(ValueError, match="confident_pin"):
         RoutedRecall(confident_pin=1)
     assert not RoutedRecall().recall(archiving_cache(tiny), own, 64)   # nothing before the first fold
@@ -542,7 +543,8 @@ def test_routed_recall_takes_bm25_where_a_chunk_stands_out_and_latent_where_none
 def test_routed_recall_shared_cuts_bm25s_share_below_the_margin_its_own_way(tiny, essay):
     """RoutedRecall(shared=...): at or above the margin BM25's recall is `text`'s (whole sentences here); below it,
     BM25's share comes from `shared` (side-by-side chunks), exactly as a router whose `text` is `shared`; None: `text`
-    for both routes; a wrong type is refused by name (round 22's probe, `fold-routed-sentences-confident`)."""
+    with side-by-side chunks, and by default `text` cuts whole sentences (round 22's probe, the default since round
+    23); a wrong type is refused by name."""
     from agents import RoutedRecall
 
     text = planted(essay)
@@ -569,8 +571,17 @@ def test_routed_recall_shared_cuts_bm25s_share_below_the_margin_its_own_way(tiny
     below = mixed.recall(cache, weak, 64)
     assert below.how == "latent:attach+bm25" and below.text.endswith(words.recall(cache, weak, 16).text)
     assert same(below, router(text=words).recall(cache, weak, 64))             # the share's chunks are `shared`'s
-    assert not same(below, router(text=sentences).recall(cache, weak, 64))
-    assert router(text=sentences).shared is None                               # None: `text` for both routes
+    assert not same(below, router(text=sentences, shared=sentences).recall(cache, weak, 64))   # sentences below
+    # None: `text` with side-by-side chunks below the margin, the default since round 23 (whole sentences above it)
+    default = router()
+    assert default.shared is None and default.text == sentences and default.share_recall() == words
+    assert same(default.recall(cache, weak, 64), below)
+    assert default.recall(cache, own, 64) == mixed.recall(cache, own, 64)
+    side = router(text=words)
+    assert side.share_recall() is side.text                                   # side by side already: `text` itself
+    odd = RoutedRecall(text=TextRecall(tokens=32, chunks="overlap", tail=False, ranked=False), verify=False)
+    assert odd.share_recall() == TextRecall(tokens=32, tail=False, ranked=False)   # `text`'s other settings kept
+    assert router(text=sentences, shared=sentences).share_recall() == sentences   # sentences on both routes: named
     with pytest.raises(ValueError, match="RoutedRecall: shared must be"):
         RoutedRecall(shared="words")
 
@@ -587,7 +598,7 @@ def test_routed_recall_verify_checks_bm25s_best_chunk_against_the_latent_ranking
     cache.extend(text)
     B = cache.archive.policy.block
     own = "What number opens the vault under the old mill?"
-    bm25 = TextRecall(tokens=64).recall(cache, own, 64)
+    bm25 = TextRecall(tokens=64, chunks="sentences").recall(cache, own, 64)   # the default `text` (round 23)
     assert bm25.margin > 2                                                 # confident: BM25's route
     lo, hi = bm25.ranges[-1]                                               # its best chunk (ranked: last)
     toks = [i for i, (a, b) in enumerate(cache.token_spans()) if a < hi and b > lo]

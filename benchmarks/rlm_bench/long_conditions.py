@@ -17,7 +17,8 @@ Every condition sees the same events; `window` is the worker's positions, `reser
   fold-routed-tail, fold-routed-pin, fold-routed-pin-full, fold-routed-unpinned, fold-routed-confident-pin,
   fold-routed-overlap, fold-routed-peaks, fold-routed-means, fold-routed-verify: fold-latent's cache with `RoutedRecall`
   (BM25 where its best chunk stands out, else BM25's best chunks in a share of the budget and latent recall in the
-  rest): its defaults, BriefedWorker's default recall; share 0 (latent recall alone below the margin); share 0.5; no
+  rest): its defaults, BriefedWorker's default recall (the others pin BM25's chunks side by side, `TextRecall()`, the
+  default of rounds 4-22, unless they name their own); share 0 (latent recall alone below the margin); share 0.5; no
   margin enough (every call splits the budget); the latent blocks' text re-prefilled (attach=False); BM25 keeps 3/4
   above the margin and latent recall takes the rest (confident_share=0.75); the unfolded tail ranked too, less the last
   512 tokens (`LatentRecall(tail_skip=512)`); the unfolded tail's best blocks kept whole in every head by the call's
@@ -28,15 +29,15 @@ Every condition sees the same events; `window` is the worker's positions, `reser
   confident route unchecked (`LatentRecall(peaks=4)`, `verify=False`: round 11's probe, the default of rounds 12-14);
   the block means alone, unchecked (`LatentRecall(peaks=0)`, `verify=False`: the default until round 12); at or above
   the margin, BM25 alone only where the latent ranking agrees that its best chunk is among the best
-  (`RoutedRecall(verify=True)`: round 14's probe, the default since round 15, spelled out);
+  (`RoutedRecall(verify=True)`: round 14's probe, the default of rounds 15-22, spelled out);
 - fold-routed-stride, fold-routed-sentences: fold-routed whose BM25 chunks overlap by half, or hold whole sentences
   (`TextRecall(chunks="overlap")`, `"sentences"`: a statement across two side-by-side chunks' edge lies whole in one;
   round 19's probes); fold-routed-sentences-confident: whole sentences where BM25's recall is the call's own (at or
-  above the margin), side-by-side chunks for its share below the margin (`RoutedRecall(shared=TextRecall())`; round
-  22's probe);
-- fold-routed-sink: fold-routed on a cache of its own whose fold keeps the worker's header whole where the cache's room
-  allows (the fold's sink holds the cache text before the trajectory: the chat template's head and the header;
-  `fold_policy`; round 18's probe);
+  above the margin), side-by-side chunks for its share below the margin (round 22's probe, the default since round
+  23, spelled out); fold-routed-stride and fold-routed-sentences cut BM25's share below the margin their own way too;
+- fold-routed-sink: fold-routed-verify's recall on a cache of its own whose fold keeps the worker's header whole where
+  the cache's room allows (the fold's sink holds the cache text before the trajectory: the chat template's head and
+  the header; `fold_policy`; round 18's probe);
 - ceiling: the same trajectory all in view (`BriefedWorker` with the model's whole context as its cache, `KeepAll`
   per call, no fold): the in-window ceiling a recall is judged against; no rows where the trajectory does not fit;
 - streaming: a fold that keeps nothing (attention sink + recent window, StreamingLLM), KeepAll per call;
@@ -85,8 +86,8 @@ LATENT = {"fold-latent": dict(rank="latent"), "fold-latent-both": dict(rank="bot
 # the tail's best blocks pinned on BM25's confident route too; overlap: below the margin BM25 keeps its share only
 # where its best chunk holds at least half of the question's content words; peaks: each block's 4 best tokens beside
 # its mean, BM25's confident route unchecked, the default of rounds 12-14; means: the block means alone, unchecked,
-# the default until round 12; verify: BM25's confident route checked by the latent ranking, the default since round
-# 15); on fold-latent's cache
+# the default until round 12; verify: BM25's confident route checked by the latent ranking, the default of rounds
+# 15-22; sentences-confident: whole sentences on BM25's own route, the default since round 23); on fold-latent's cache
 ROUTED = {"fold-routed": {}, "fold-routed-alone": dict(share=0.0), "fold-routed-half": dict(share=0.5),
           "fold-routed-always": dict(margin=1e9), "fold-routed-text": dict(attach=False),
           "fold-routed-hedged": dict(confident_share=0.75), "fold-routed-tail": dict(tail_skip=512),
@@ -94,9 +95,11 @@ ROUTED = {"fold-routed": {}, "fold-routed-alone": dict(share=0.0), "fold-routed-
           "fold-routed-unpinned": dict(pin_share=0.0), "fold-routed-confident-pin": dict(confident_pin=True),
           "fold-routed-overlap": dict(min_overlap=0.5), "fold-routed-peaks": dict(peaks=4, verify=False),
           "fold-routed-means": dict(peaks=0, verify=False), "fold-routed-verify": dict(verify=True),
-          "fold-routed-sink": {}, "fold-routed-stride": dict(chunks="overlap"),
-          "fold-routed-sentences": dict(chunks="sentences"),
+          "fold-routed-sink": {}, "fold-routed-stride": dict(chunks="overlap", shared="overlap"),
+          "fold-routed-sentences": dict(chunks="sentences", shared="sentences"),
           "fold-routed-sentences-confident": dict(chunks="sentences", shared="words")}
+# every routed condition but fold-routed (the shipped default) pins BM25's chunks: side by side, the default of rounds
+# 4-22, unless it names its own, so each probe answers as it did in its round
 # conditions whose fold keeps the worker's own header whole where the cache's room allows: the fold's sink holds the
 # cache text before the trajectory (the chat template's head and the worker's header), on a cache of their own
 HEADER_SINK = ("fold-routed-sink",)
@@ -317,6 +320,8 @@ def recall_of(condition: str, sizes: dict) -> Any:
 
     if condition in ROUTED:
         kw = dict(ROUTED[condition])
+        if condition != "fold-routed":
+            kw.setdefault("chunks", "words")
         if "pin_share" in kw:
             kw["pin"] = int(kw.pop("pin_share") * sizes["recall_budget"])
         own = {k: kw.pop(k) for k in ("attach", "tail_skip", "pin", "peaks") if k in kw}   # LatentRecall's settings
