@@ -572,7 +572,7 @@ class RoutedRecall(Recall):
     call's own, a question in the fact's words, or where `verify` keeps its best chunk alone) and keeps side-by-side
     chunks where latent recall takes the rest of the budget below the margin: on the held-out runs, whole sentences
     gained own-words answers on the first route and moved paraphrased facts out of the latent remainder on the second
-    (round 22's probe, the default since round 23; side-by-side chunks on both routes until then:
+    (round 22's probe, the default since round 24; side-by-side chunks on both routes until then:
     `text=TextRecall()`).
 
     `BriefedWorker`'s default: on held-out episodes (8k-64k tokens on the 8k window, 4k and 6k on a 2k window) it
@@ -581,8 +581,9 @@ class RoutedRecall(Recall):
     the latent recall also pins the unfolded tail's best blocks within the whole budget (`LatentRecall.pin`). verify is
     the default since round 15: on every held-out setting of both models pooled it holds a paraphrased fact whole
     0.059 more often than the unchecked route, and no own-words row changed. Whole sentences on BM25's own route are
-    the default since round 23: on every held-out setting of both models pooled they answer more own-words questions
-    than side-by-side chunks, and paraphrased questions as often (docs/benchmarks.md, "Latent recall, round 23")."""
+    the default since round 24: on every held-out setting of both models pooled (208 questions per form) they answer
+    more own-words questions than side-by-side chunks (+0.048 [+0.014, +0.087]) and all but one paraphrased question
+    as before, with paraphrased availability 0.834 -> 0.839 (docs/benchmarks.md, "Latent recall, round 24")."""
 
     tokens: int | None = None
     margin: float = 1.3

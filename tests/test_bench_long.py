@@ -314,7 +314,7 @@ def test_suite_sizes_take_the_worker_s_default_recall_budget():
 def test_routed_conditions_build_their_recall():
     """Each routed condition's recall: fold-routed-text re-prefills the latent blocks' text (LatentRecall attach=False),
     fold-routed leaves the choice to the model (attach=None) and follows the shipped default (whole sentences on
-    BM25's own route, round 23), the others set their share or margin and keep their round's chunks."""
+    BM25's own route, round 24), the others set their share or margin and keep their round's chunks."""
     from agents import LatentRecall, RoutedRecall, TextRecall
     from benchmarks.rlm_bench.long_conditions import ROUTED, recall_of
 
@@ -340,7 +340,7 @@ def test_routed_conditions_build_their_recall():
         probe = recall_of(condition, sizes)   # round 19's probes: BM25's chunks overlapping, or of whole sentences
         assert probe.text.chunks == probe.share_recall().chunks == chunks
         assert probe.text.tokens == probe.share_recall().tokens == 120
-    mixed = recall_of("fold-routed-sentences-confident", sizes)   # round 22's probe, the default since round 23
+    mixed = recall_of("fold-routed-sentences-confident", sizes)   # round 22's probe, the default since round 24
     assert (mixed.text.chunks, mixed.shared.chunks, mixed.shared.tokens) == ("sentences", "words", 120)
     # fold-routed follows the shipped default: whole sentences on BM25's own route, side by side for its share
     assert (plain.text, plain.share_recall()) == (mixed.text, mixed.shared) and plain.shared is None

@@ -448,7 +448,7 @@ def test_routed_recall_takes_bm25_where_a_chunk_stands_out_and_latent_where_none
     # BM25's confident route unchecked here (verify=False); the default's check has its own test below
     routed = RoutedRecall(tokens=64, verify=False, latent=LatentRecall(tokens=64, pad=8))
     got = routed.recall(cache, own, 64)
-    # its default text recall cuts whole sentences (round 23): the confident route's recall is theirs
+    # its default text recall cuts whole sentences (round 24): the confident route's recall is theirs
     assert got == sentences and not looked and any(a <= s + 1 < b for a, b in got.ranges)
     para = TextRecall(tokens=64).recall(cache, PARAPHRASE, 64)
     assert para.margin < routed.margin                         # no word shared: nothing stands out
@@ -572,7 +572,7 @@ def test_routed_recall_shared_cuts_bm25s_share_below_the_margin_its_own_way(tiny
     assert below.how == "latent:attach+bm25" and below.text.endswith(words.recall(cache, weak, 16).text)
     assert same(below, router(text=words).recall(cache, weak, 64))             # the share's chunks are `shared`'s
     assert not same(below, router(text=sentences, shared=sentences).recall(cache, weak, 64))   # sentences below
-    # None: `text` with side-by-side chunks below the margin, the default since round 23 (whole sentences above it)
+    # None: `text` with side-by-side chunks below the margin, the default since round 24 (whole sentences above it)
     default = router()
     assert default.shared is None and default.text == sentences and default.share_recall() == words
     assert same(default.recall(cache, weak, 64), below)
@@ -598,7 +598,7 @@ def test_routed_recall_verify_checks_bm25s_best_chunk_against_the_latent_ranking
     cache.extend(text)
     B = cache.archive.policy.block
     own = "What number opens the vault under the old mill?"
-    bm25 = TextRecall(tokens=64, chunks="sentences").recall(cache, own, 64)   # the default `text` (round 23)
+    bm25 = TextRecall(tokens=64, chunks="sentences").recall(cache, own, 64)   # the default `text` (round 24)
     assert bm25.margin > 2                                                 # confident: BM25's route
     lo, hi = bm25.ranges[-1]                                               # its best chunk (ranked: last)
     toks = [i for i, (a, b) in enumerate(cache.token_spans()) if a < hi and b > lo]

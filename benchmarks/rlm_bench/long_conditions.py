@@ -18,7 +18,7 @@ Every condition sees the same events; `window` is the worker's positions, `reser
   fold-routed-overlap, fold-routed-peaks, fold-routed-means, fold-routed-verify: fold-latent's cache with `RoutedRecall`
   (BM25 where its best chunk stands out, else BM25's best chunks in a share of the budget and latent recall in the
   rest): its defaults, BriefedWorker's default recall (the others pin BM25's chunks side by side, `TextRecall()`, the
-  default of rounds 4-22, unless they name their own); share 0 (latent recall alone below the margin); share 0.5; no
+  default of rounds 4-23, unless they name their own); share 0 (latent recall alone below the margin); share 0.5; no
   margin enough (every call splits the budget); the latent blocks' text re-prefilled (attach=False); BM25 keeps 3/4
   above the margin and latent recall takes the rest (confident_share=0.75); the unfolded tail ranked too, less the last
   512 tokens (`LatentRecall(tail_skip=512)`); the unfolded tail's best blocks kept whole in every head by the call's
@@ -29,7 +29,7 @@ Every condition sees the same events; `window` is the worker's positions, `reser
   confident route unchecked (`LatentRecall(peaks=4)`, `verify=False`: round 11's probe, the default of rounds 12-14);
   the block means alone, unchecked (`LatentRecall(peaks=0)`, `verify=False`: the default until round 12); at or above
   the margin, BM25 alone only where the latent ranking agrees that its best chunk is among the best
-  (`RoutedRecall(verify=True)`: round 14's probe, the default of rounds 15-22, spelled out);
+  (`RoutedRecall(verify=True)`: round 14's probe, the default of rounds 15-23, spelled out);
 - fold-routed-stride, fold-routed-sentences: fold-routed whose BM25 chunks overlap by half, or hold whole sentences
   (`TextRecall(chunks="overlap")`, `"sentences"`: a statement across two side-by-side chunks' edge lies whole in one;
   round 19's probes); fold-routed-sentences-confident: whole sentences where BM25's recall is the call's own (at or
@@ -87,7 +87,7 @@ LATENT = {"fold-latent": dict(rank="latent"), "fold-latent-both": dict(rank="bot
 # where its best chunk holds at least half of the question's content words; peaks: each block's 4 best tokens beside
 # its mean, BM25's confident route unchecked, the default of rounds 12-14; means: the block means alone, unchecked,
 # the default until round 12; verify: BM25's confident route checked by the latent ranking, the default of rounds
-# 15-22; sentences-confident: whole sentences on BM25's own route, the default since round 23); on fold-latent's cache
+# 15-22; sentences-confident: whole sentences on BM25's own route, the default since round 24); on fold-latent's cache
 ROUTED = {"fold-routed": {}, "fold-routed-alone": dict(share=0.0), "fold-routed-half": dict(share=0.5),
           "fold-routed-always": dict(margin=1e9), "fold-routed-text": dict(attach=False),
           "fold-routed-hedged": dict(confident_share=0.75), "fold-routed-tail": dict(tail_skip=512),
