@@ -214,6 +214,30 @@ def _sentence_chunks(ends: list[int], n: int, chunk_words: int) -> list[tuple[in
     return list(zip(cuts, cuts[1:]))
 
 
+# the break after a sentence (`bm25_chunks`' rule: a word ending in ".", "!" or "?", or a line break), with the
+# whitespace that follows it: a match's end is the next sentence's first character
+SENTENCE_BREAK = re.compile(r"(?:[.!?][ \t\r\n\f\v]|\n)[ \t\r\n\f\v]*")
+
+
+def sentence_units(cache: briefing.TrajectoryCache, cap: int) -> Any:
+    """[n, 2] token ranges (lo, hi) of the cache's trajectory's sentences (`SENTENCE_BREAK`; a sentence starts at the
+    token that holds its first character, and the whitespace after it goes with it), each longer one cut into
+    pieces of at most `cap` tokens: side by side over every token the cache has read, on the archive's device (the
+    units `LatentRecall(units="sentences")` ranks)."""
+    import itertools
+
+    import torch
+
+    spans = cache.token_spans()
+    n = len(spans)
+    ends = list(itertools.accumulate((b for _, b in spans), max))   # non-decreasing, for the search
+    starts = sorted({0, *(bisect.bisect_right(ends, m.end()) for m in SENTENCE_BREAK.finditer(cache.text))} - {n})
+    out = []
+    for a, b in zip(starts, [*starts[1:], n]):
+        out.extend((lo, min(b, lo + cap)) for lo in range(a, b, cap))
+    return torch.tensor(out, dtype=torch.long, device=cache.archive.sums.device).view(-1, 2)   # [n, 2]
+
+
 def recall_query(query: str, recalled: Recalled | str) -> str:
     """The worker query with recalled chunks before it (nothing recalled: the query unchanged)."""
     text = recalled.text if isinstance(recalled, Recalled) else recalled
@@ -336,6 +360,7 @@ def _cut_ranges(found: Recalled, text: str, keep_end: bool) -> list[tuple[int, i
 
 
 RANKS = ("latent", "both")
+UNITS = ("blocks", "sentences")   # what LatentRecall's ranking scores and recalls
 FUSION_K = 60  # reciprocal rank fusion's constant (Cormack et al. 2009)
 
 
@@ -382,6 +407,15 @@ class LatentRecall(Recall):
         suite (two models, 4k to 64k, 272 questions per form) it held the paraphrased fact whole 0.066 [+0.033,
         +0.099] more often, availability 0.79 -> 0.85, accuracy level (docs/benchmarks.md, "Latent recall, round
         12").
+        units: what the ranking scores and recalls: "blocks" (the default), the archive's 32-token blocks, each
+        widened by `pad`; "sentences", the trajectory's sentences (`sentence_units`, cut at `latent.UNIT_TOKENS`
+        tokens), each scored by its tokens' mean state at the last layer and its `peaks` best tokens
+        (`latent.unit_scores`) and recalled whole. A fact is a sentence or two: a block of other text dilutes its
+        mean, and a pick of a block and its pads spends 48 tokens where the sentence takes 10-20, so the same budget
+        holds more of them (dev episodes on the 2k window: a paraphrased fact's every token recalled 0.75 -> 0.96
+        of the time at 288 tokens; docs/benchmarks.md, "Latent recall, round 25"). Needs `peaks` >= 1 and
+        rank="latent".
+        pad: as above; None (the default): 8 for blocks, 0 for sentences (a sentence comes back whole as it is).
         archive_policy: the caches'
         `briefing.ArchivePolicy` (None: its defaults where the blocks are re-attached, the representatives alone,
         `budget_bytes=0`, where their text is re-prefilled: no keys or values are archived that no call reads; with
@@ -394,11 +428,12 @@ class LatentRecall(Recall):
     tokens: int | None = None
     attach: bool | None = None
     rank: str = "latent"
-    pad: int = 8
+    pad: int | None = None
     shrink: float = 0.8
     tail_skip: int | None = None
     pin: int | None = None
     peaks: int = 4
+    units: str = "blocks"
     archive_policy: Any = None
 
     def __post_init__(self) -> None:
@@ -406,7 +441,11 @@ class LatentRecall(Recall):
         check_int(owner, "tokens", self.tokens, low=1, none=True, what="recall budget in tokens", error=ValueError)
         check_bool(owner, "attach", self.attach, none=True, error=ValueError)
         check_choice(owner, "rank", self.rank, RANKS, what="what ranks the blocks", error=ValueError)
-        check_int(owner, "pad", self.pad, low=0, what="tokens recalled on each side of a block", error=ValueError)
+        check_choice(owner, "units", self.units, UNITS, what="what the ranking scores and recalls", error=ValueError)
+        check_int(owner, "pad", self.pad, low=0, none=True, what="tokens recalled on each side of a block or sentence "
+                  "(None: 8 for blocks, 0 for sentences)", error=ValueError)
+        if self.pad is None:
+            self.pad = 0 if self.units == "sentences" else 8
         check_int(owner, "tail_skip", self.tail_skip, low=0, none=True, what="the trajectory's last tokens never "
                   "recalled when the unfolded tail is ranked too (None: it is not)", error=ValueError)
         check_int(owner, "pin", self.pin, low=0, none=True, what="tokens of the unfolded tail kept whole in every "
@@ -416,6 +455,10 @@ class LatentRecall(Recall):
         check_number(owner, "shrink", self.shrink, low=0, high=1, low_open=True, what="how far the representatives' "
                      "covariance is shrunk toward its diagonal before whitening; 1: standardise each dimension",
                      error=ValueError)
+        if self.units == "sentences" and (self.peaks < 1 or self.rank != "latent"):
+            raise ValueError(f"LatentRecall: units='sentences' scores each sentence by its best tokens beside its mean "
+                             f"state, by the hidden states alone; got peaks={self.peaks}, rank={self.rank!r}: pass "
+                             "peaks >= 1 and rank='latent', or units='blocks'.")
         if self.archive_policy is not None:
             import briefing
 
@@ -476,9 +519,10 @@ class LatentRecall(Recall):
             return None
         text = prompt if prompt is not None and query in prompt else query
         ids, question = _token_span(lm, text, text.rindex(query), len(query))
+        units = sentence_units(cache, latent.UNIT_TOKENS) if self.units == "sentences" else None
         return latent.lookup(cache, ids, question, k_tokens, pad=self.pad, sink=cache.fold.sink,
                              kv=self.attaches(lm), shrink=self.shrink, tail_skip=self.tail_skip, pin=pin,
-                             peaks=self.peaks)
+                             peaks=self.peaks, units=units)
 
     def recall(self, cache: briefing.TrajectoryCache, query: str, k_tokens: int, *,
                prompt: str | None = None, pin: int | None = None,
@@ -498,7 +542,7 @@ class LatentRecall(Recall):
             ranges = found.ranges
         else:
             ranges = latent.pick(found.scores, cache.archive.policy.block, self.pad, k_tokens, cache.archive.tokens,
-                                 found.floor) if k_tokens else []
+                                 found.floor, found.spans) if k_tokens else []
         if self.rank == "both" and k_tokens:
             ranges = latent.pick(self._fused(cache, query, found.scores), cache.archive.policy.block, self.pad,
                                  k_tokens, cache.archive.tokens, found.floor)
@@ -683,8 +727,8 @@ class RoutedRecall(Recall):
     def _agrees(self, cache: briefing.TrajectoryCache, best: tuple[int, int], checked: briefing.latent.Lookup,
                 k_tokens: int) -> bool:
         """Whether BM25's best chunk (characters `best` of the cache's text) holds one of the latent ranking's m best
-        blocks of the whole trajectory (its unfolded tail included), m the blocks the whole budget recalls, each
-        widened by the pad (`verify`)."""
+        blocks (or units, `LatentRecall.units`) of the whole trajectory (its unfolded tail included), m the blocks the
+        whole budget recalls, each widened by the pad (`verify`)."""
         import torch
 
         block, pad = cache.archive.policy.block, self.latent.pad
@@ -692,13 +736,21 @@ class RoutedRecall(Recall):
         spans = cache.token_spans()                                                   # in order: two searches
         first = bisect.bisect_right(spans, lo, key=lambda s: s[1])                    # first token ending past lo
         last = bisect.bisect_left(spans, hi, key=lambda s: s[0]) - 1                  # last token starting before hi
-        raw = checked.raw                                                             # [blocks]
+        raw = checked.raw                                                             # [blocks] or [units]
         if first > last or raw is None:
             return True
-        m = max(1, math.ceil(self.latent.budget(k_tokens) / (block + 2 * pad)))
-        top = raw.topk(min(m, raw.shape[0])).indices                                  # [m]
-        top = top[torch.isfinite(raw[top])]
-        return bool(((top >= first // block) & (top <= last // block)).any())
+        budget = self.latent.budget(k_tokens)
+        if checked.spans is None:
+            m = max(1, math.ceil(budget / (block + 2 * pad)))
+            top = raw.topk(min(m, raw.shape[0])).indices                              # [m]
+            top = top[torch.isfinite(raw[top])]
+            return bool(((top >= first // block) & (top <= last // block)).any())
+        order = raw.argsort(descending=True)                                          # [n]
+        order = order[torch.isfinite(raw[order])]                                     # [n']
+        units = checked.spans[order]                                                  # [n', 2] best first
+        size = (units[:, 1] - units[:, 0] + 2 * pad).cumsum(0)                        # [n'] tokens, so far
+        units = units[:max(1, int((size <= budget).sum()))]                           # [m, 2] the budget's units
+        return bool(((units[:, 0] <= last) & (units[:, 1] > first)).any())
 
 
 def _token_span(lm: briefing.LoadedModel, text: str, start: int, n: int) -> tuple[list[int], tuple[int, int]]:

@@ -11,7 +11,9 @@ and values (`briefing.archive`). At a call:
    its representative with the question's, both whitened by the spread of the trajectory's blocks (`whiten`),
    averaged over the layers (with `peaks`, plus the mean of the block's best tokens, `peak_scores`); `pick` takes
    the best blocks, each widened by `pad` tokens on both sides, within a token budget, and orders them best last
-   (nearest the question);
+   (nearest the question). Given units (token ranges: the trajectory's sentences), `unit_scores` scores those
+   instead, from the archive's token states (each range's mean state and its best tokens), and `pick` takes them
+   whole;
 3. `attach`: their keys and values are fetched (from the archive, or the cache for tokens it holds unfolded) and
    re-based, as a fold's re-base does (`kv.rotate`), to the positions right after the cache: where recalled text
    would sit in the prompt, so the question reads them at the distance it reads its own prompt;
@@ -148,14 +150,36 @@ def token_peaks(states: torch.Tensor, query: torch.Tensor, ref: torch.Tensor, sh
                 blocks: int, offset: int = 0, spread: tuple | None = None) -> torch.Tensor:
     """[blocks] the mean of each block's k best token scores (fewer in a block with fewer tokens; -inf for none):
     states [tokens, hidden] the unit hidden states at one layer of the tokens from `offset` on (a multiple of
-    `block`: the blocks before it have none), query [hidden] the question's (unit), ref
-    [m, hidden] the blocks' representatives at that layer, whose spread whitens as `whiten` does (covariance C shrunk
-    toward its diagonal by `shrink`). The whitening is applied to the question alone (one solve), so the cost stays
-    linear in the trajectory:
+    `block`: the blocks before it have none), query, ref, shrink, spread: `token_scores`'."""
+    n = max(0, min(states.shape[0], blocks * block - offset))
+    scores = torch.full((blocks * block,), float("-inf"), device=ref.device)          # [blocks * block]
+    scores[offset:offset + n] = token_scores(states[:n], query, ref, shrink, spread)[0]   # [n]
+    return best_mean(scores.view(blocks, block), k)                                   # [blocks]
+
+
+def best_mean(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """[rows] the mean of each row's k best finite entries of scores [rows, width] (fewer where a row has fewer;
+    -inf where it has none)."""
+    top = scores.topk(min(k, scores.shape[1]), dim=1).values                          # [rows, k]
+    finite = torch.isfinite(top)
+    got = finite.sum(1)                                                               # [rows]
+    mean = top.masked_fill(~finite, 0).sum(1) / got.clamp_min(1)                      # [rows]
+    return mean.masked_fill(got == 0, float("-inf"))
+
+
+def token_scores(states: torch.Tensor, query: torch.Tensor, ref: torch.Tensor, shrink: float,
+                 spread: tuple | None = None, group: torch.Tensor | None = None,
+                 groups: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """([tokens] each token's score for the question, [groups, hidden] or None): states [tokens, hidden] the unit
+    hidden states at one layer, query [hidden] the question's (unit), ref [m, hidden] the blocks' representatives at
+    that layer, whose spread whitens as `whiten` does (covariance C shrunk toward its diagonal by `shrink`). The
+    whitening is applied to the question alone (one solve), so the cost stays linear in the trajectory:
         u = C^-1 (q - mu) / |q - mu|_C                   the whitened question, unit length in C's norm
         s_t = (h_t - mu) . u / |(h_t - mu) / sd|          per token, sd = sqrt(diag C)
-    spread: `shrunk_covariance` of ref[:, None], where the caller has it. The tokens are read a few hundred at a time,
-    in place: the pass stays in the processor's cache (2.3-4x faster than 8k-token chunks on a CPU, 8k-64k tokens)."""
+    spread: `shrunk_covariance` of ref[:, None], where the caller has it. group [tokens] long (-1: none): the same
+    pass also sums the states of each group's tokens (`unit_scores`' means). The tokens are read a few hundred at a
+    time, in place: the pass stays in the processor's cache (2.3-4x faster than 8k-token chunks on a CPU, 8k-64k
+    tokens)."""
     mu, var, L = spread or shrunk_covariance(ref.float()[:, None], shrink)            # [1, h], [1, h], [1, h, h]
     mu, var = mu[0], var[0]                                                           # [h]
     d = query.float().to(mu.device) - mu                                              # [h]
@@ -165,18 +189,67 @@ def token_peaks(states: torch.Tensor, query: torch.Tensor, ref: torch.Tensor, sh
         u = torch.cholesky_solve(d[:, None], L[0])[:, 0]                              # [h] C^-1 (q - mu)
     u = u / (d @ u).clamp_min(1e-12).sqrt()                                           # [h]
     inv_sd = var.rsqrt()                                                              # [h]
-    n = max(0, min(states.shape[0], blocks * block - offset))
-    scores = torch.full((blocks * block,), float("-inf"), device=mu.device)           # [blocks * block]
+    n = states.shape[0]
+    scores = torch.empty(n, device=mu.device)                                         # [n]
+    sums = None if group is None else torch.zeros(groups + 1, mu.shape[0], device=mu.device)   # [groups + 1, h]
     step = 512 if mu.device.type == "cpu" else 65536   # tokens at a time in float32
     for a in range(0, n, step):
-        h = states[a:min(n, a + step)].to(mu.device, torch.float32, copy=True).sub_(mu)   # [s, h]
+        h = states[a:a + step].to(mu.device, torch.float32, copy=True)                # [s, h]
+        if sums is not None:   # the last row takes the tokens of no group
+            g = group[a:a + h.shape[0]].to(mu.device)                                 # [s]
+            sums.index_add_(0, g.masked_fill(g < 0, groups), h)
+        h.sub_(mu)
         dot = h @ u                                                                   # [s]
-        scores[offset + a:offset + a + h.shape[0]] = dot / h.mul_(inv_sd).norm(dim=-1).clamp_min(1e-12)   # [s]
-    top = scores.view(blocks, block).topk(min(k, block), dim=1).values                # [blocks, k]
-    finite = torch.isfinite(top)
-    got = finite.sum(1)                                                               # [blocks]
-    mean = top.masked_fill(~finite, 0).sum(1) / got.clamp_min(1)                      # [blocks]
-    return mean.masked_fill(got == 0, float("-inf"))
+        scores[a:a + h.shape[0]] = dot / h.mul_(inv_sd).norm(dim=-1).clamp_min(1e-12)   # [s]
+    return scores, None if sums is None else sums[:groups]
+
+
+UNIT_TOKENS = 48   # the longest unit `unit_scores` ranks: a longer sentence is cut into pieces (round 25, dev)
+
+
+def unit_scores(cache, query: torch.Tensor, units: torch.Tensor, shrink: float = SHRINK,
+                peaks: int = 4) -> torch.Tensor:
+    """[units] score of every token range of units [n, 2] (lo, hi; the trajectory's sentences: `agents.recall.
+    sentence_units`) for the question `query` [layers, hidden], from the archive's token states at its last layer:
+    the cosine of the range's mean state with the question's, both whitened by the spread of the ranges' means
+    (`whiten`), plus the mean of its `peaks` best token scores (`token_scores`, whitened by the blocks' spread, as
+    `block_scores` ranks a block's best tokens), the two standardised over the ranges. A fact is a sentence or two:
+    scored and recalled whole, it is neither diluted in a block of other text nor cut by a block's edge, and a
+    recall of the same budget holds more of them. -inf: a range with a token the archive keeps no state of (before
+    `Archive.states_from`, or not yet read)."""
+    archive = cache.archive
+    states = archive.token_states()
+    if states is None:
+        raise BriefingError("a ranking of sentence units needs the archive's token states: build the cache with "
+                            "briefing.ArchivePolicy(token_states=True).")
+    if peaks < 1:
+        raise BriefingError(f"unit_scores: peaks must be at least 1 (each unit's best tokens); got {peaks}.")
+    lo, hi = units[:, 0], units[:, 1]                                                 # [n], [n]
+    n, first, tokens = units.shape[0], archive.states_from, archive.tokens
+    has = (lo >= first) & (hi <= tokens) & (hi > lo)                                  # [n] every token has a state
+    group = torch.full((tokens - first,), -1, dtype=torch.long, device=units.device)  # [tokens - first] unit per token
+    sel = has.nonzero()[:, 0]                                                         # [k] ranges are disjoint
+    lens = (hi - lo)[sel]                                                             # [k]
+    shift = torch.repeat_interleave(lo[sel] - first - (lens.cumsum(0) - lens), lens)  # [sum lens]
+    group[shift + torch.arange(shift.shape[0], device=units.device)] = torch.repeat_interleave(sel, lens)
+    reps = archive.representatives()                                                  # [nb, layers, hidden]
+    ref = reps[archive.counts > 0][:, -1].float()                                     # [m, hidden] blocks, last layer
+    if ref.shape[0] < 2 or int(has.sum()) < 2:
+        return torch.full((n,), float("-inf"), device=units.device)
+    per_token, sums = token_scores(states, query[-1], ref, shrink, group=group, groups=n)   # [T'], [n, hidden]
+    mean = sums / (hi - lo).clamp_min(1).to(sums)[:, None]                            # [n, hidden]
+    w, q = whiten(mean[:, None], query[-1:], mean[has][:, None], shrink)              # [n, 1, h], [1, h]
+    cos = (w[:, 0] * q[0]).sum(-1)                                                    # [n]
+    width = int((hi - lo).max())
+    idx = (lo - first)[:, None] + torch.arange(width, device=units.device)            # [n, width] token per slot
+    inside = (idx < (hi - first)[:, None]) & has[:, None]                             # [n, width]
+    slots = per_token.to(units.device)[idx.clamp(0, per_token.shape[0] - 1)]          # [n, width]
+    peak = best_mean(slots.masked_fill(~inside, float("-inf")), peaks)                # [n]
+
+    def z(x: torch.Tensor) -> torch.Tensor:                                           # standardised over the units
+        return (x - x[has].mean()) / x[has].std().clamp_min(1e-12)
+
+    return (z(cos) + z(peak)).masked_fill(~has, float("-inf"))                        # [n]
 
 
 def candidates(cache, sink: int, kv: bool = True, tail_skip: int | None = None) -> torch.Tensor:
@@ -205,15 +278,22 @@ def pinnable(cache) -> torch.Tensor:
     return (archive.starts() >= archive.unfolded_from(cache.store)) & (archive.counts > 0)   # [nb]
 
 
-def pick(scores: torch.Tensor, block: int, pad: int, budget: int, tokens: int, sink: int) -> list[tuple[int, int]]:
-    """Token ranges [lo, hi) to recall within `budget` tokens: the best blocks in turn, each widened by `pad` tokens on
-    both sides (within [sink, tokens)), overlapping or touching ranges merged; ordered by their best block's score,
-    rising (the best last)."""
-    order = [int(j) for j in scores.argsort(descending=True) if torch.isfinite(scores[j])]
+def pick(scores: torch.Tensor, block: int, pad: int, budget: int, tokens: int, sink: int,
+         spans: torch.Tensor | None = None) -> list[tuple[int, int]]:
+    """Token ranges [lo, hi) to recall within `budget` tokens: the best blocks in turn (spans [n, 2]: the best of
+    these token ranges, `unit_scores`' units, whose scores `scores` are), each widened by `pad` tokens on both sides
+    (within [sink, tokens)), overlapping or touching ranges merged; ordered by their best block's score, rising (the
+    best last)."""
+    best = scores.argsort(descending=True)                                            # [n]
+    order = best[torch.isfinite(scores[best])].tolist()
+    edges = None if spans is None else spans.tolist()
     runs: list[list[int]] = []      # [lo, hi, rank of its best block]
     used = 0
     for rank, j in enumerate(order):
-        lo, hi = max(sink, j * block - pad), min(tokens, (j + 1) * block + pad)
+        a, b = (j * block, (j + 1) * block) if edges is None else edges[j]
+        lo, hi = max(sink, a - pad), min(tokens, b + pad)
+        if hi <= lo:   # nothing of it past the floor
+            continue
         merged = [lo, hi, rank]
         keep = []
         for r in runs:
@@ -226,7 +306,7 @@ def pick(scores: torch.Tensor, block: int, pad: int, budget: int, tokens: int, s
             if runs:
                 break
             # one block wider than the budget: the budget's width of it, centred on the block (the pad cut first)
-            centre = (max(sink, j * block) + min(tokens, (j + 1) * block)) // 2
+            centre = (max(sink, a) + min(tokens, b)) // 2
             merged[0] = max(merged[0], min(centre - budget // 2, merged[1] - budget))
             merged[1] = merged[0] + budget
             size = budget
@@ -374,17 +454,19 @@ class Lookup:
     floor: int = 0   # the first token a range may start at (`first_token`)
     pinned: list[tuple[int, int]] = field(default_factory=list)   # ranges of the unfolded tail to keep whole
     raw: Any = None   # [blocks] every block's score before the candidates' mask (-inf: a block not read)
+    spans: Any = None   # [units, 2] the token ranges scored where they are not the blocks (`unit_scores`)
 
 
 def lookup(cache, prompt_ids: list[int], question: tuple[int, int] | None, budget: int, *, pad: int,
            sink: int, kv: bool = True, shrink: float = SHRINK, tail_skip: int | None = None, pin: int = 0,
-           peaks: int = 0) -> Lookup:
+           peaks: int = 0, units: torch.Tensor | None = None) -> Lookup:
     """The token ranges the question (tokens [question) of the prompt; None: all of it) is about (`query_vector`,
     `block_scores`, `candidates`, `pick`), within `budget` tokens. kv: the ranges' keys and values will be fetched
     (False: their text, so blocks the archive keeps no keys and values of count too). shrink: `whiten`'s; tail_skip:
-    `candidates`'; peaks: `block_scores`'. pin: a second budget, in tokens, for the best blocks of the cache's
-    unfolded tail (`pinnable`), each
-    widened by `pad` within the tail: `Lookup.pinned`, for the call's compaction to keep whole (0: none)."""
+    `candidates`'; peaks: `block_scores`'. units [n, 2]: rank these token ranges instead of the blocks
+    (`unit_scores`, with `peaks`), each a candidate where every block it touches is. pin: a second budget, in tokens,
+    for the best blocks (or units) of the cache's unfolded tail (`pinnable`), each widened by `pad` within the tail:
+    `Lookup.pinned`, for the call's compaction to keep whole (0: none)."""
     if cache.archive is None:
         raise BriefingError("latent recall needs a TrajectoryCache built with archive=briefing.ArchivePolicy(); this "
                             "cache has none.")
@@ -394,17 +476,33 @@ def lookup(cache, prompt_ids: list[int], question: tuple[int, int] | None, budge
                             "(kv=False, LatentRecall(attach=False)).")
     t0 = time.perf_counter()
     query = query_vector(cache, prompt_ids, question)
-    raw = block_scores(cache, query, shrink, peaks)                                   # [nb]
-    fetch = candidates(cache, sink, kv, tail_skip)                                    # [nb]
-    scores = raw.masked_fill(~fetch, float("-inf"))                                   # [nb]
-    floor = first_token(cache, sink, kv)
     block, tokens = cache.archive.policy.block, cache.archive.tokens
-    ranges = pick(scores, block, pad, budget, tokens, floor) if budget > 0 else []   # budget 0: pins alone
+    fetch = candidates(cache, sink, kv, tail_skip)                                    # [nb]
+    tail = pinnable(cache) & ~fetch                                                   # [nb]
+    if units is None:
+        raw = block_scores(cache, query, shrink, peaks)                               # [nb]
+    else:
+        raw = unit_scores(cache, query, units, shrink, peaks)                         # [n]
+        fetch, tail = within(units, fetch, block), within(units, tail, block)         # [n], [n]
+    floor = first_token(cache, sink, kv)
+    if units is not None:   # a unit is recalled whole or not at all: none that starts before the floor
+        fetch = fetch & (units[:, 0] >= floor)                                        # [n]
+    scores = raw.masked_fill(~fetch, float("-inf"))                                   # [nb] or [n]
+    ranges = pick(scores, block, pad, budget, tokens, floor, units) if budget > 0 else []   # budget 0: pins alone
     pinned = []
     if pin > 0:
-        tail = raw.masked_fill(~(pinnable(cache) & ~fetch), float("-inf"))            # [nb]
-        pinned = pick(tail, block, pad, pin, tokens, cache.archive.unfolded_from(cache.store))
-    return Lookup(ranges=ranges, seconds=time.perf_counter() - t0, scores=scores, floor=floor, pinned=pinned, raw=raw)
+        pinned = pick(raw.masked_fill(~tail, float("-inf")), block, pad, pin, tokens,
+                      cache.archive.unfolded_from(cache.store), units)
+    return Lookup(ranges=ranges, seconds=time.perf_counter() - t0, scores=scores, floor=floor, pinned=pinned, raw=raw,
+                  spans=units)
+
+
+def within(units: torch.Tensor, blocks: torch.Tensor, block: int) -> torch.Tensor:
+    """[n] bool: the token ranges of units [n, 2] whose every token lies in a block that `blocks` [nb] marks."""
+    out = (~blocks).repeat_interleave(block).long().cumsum(0)                         # [nb * block] outside, so far
+    out = torch.cat([out.new_zeros(1), out])                                          # [nb * block + 1]
+    lo, hi = units[:, 0].clamp(max=out.shape[0] - 1), units[:, 1].clamp(max=out.shape[0] - 1)   # [n]
+    return (out[hi] == out[lo]) & (units[:, 1] <= blocks.shape[0] * block)
 
 
 def first_token(cache, sink: int, kv: bool) -> int:

@@ -344,9 +344,12 @@ def test_routed_conditions_build_their_recall():
     assert (mixed.text.chunks, mixed.shared.chunks, mixed.shared.tokens) == ("sentences", "words", 120)
     # fold-routed follows the shipped default: whole sentences on BM25's own route, side by side for its share
     assert (plain.text, plain.share_recall()) == (mixed.text, mixed.shared) and plain.shared is None
+    units = recall_of("fold-routed-units", sizes)   # round 25's probe: the shipped default, latent recall by sentences
+    assert (units.latent.units, units.latent.pad, units.latent.tokens) == ("sentences", 0, 120)
+    assert (units.text, units.shared) == (mixed.text, mixed.shared) and plain.latent.units == "blocks"
     for condition in ROUTED:   # every other condition pins its round's chunks: side by side unless it names its own
         if condition not in ("fold-routed", "fold-routed-stride", "fold-routed-sentences",
-                             "fold-routed-sentences-confident"):
+                             "fold-routed-sentences-confident", "fold-routed-units"):
             probe = recall_of(condition, sizes)
             assert probe.text == TextRecall(tokens=120) == probe.share_recall(), condition
 
