@@ -220,22 +220,27 @@ SENTENCE_BREAK = re.compile(r"(?:[.!?][ \t\r\n\f\v]|\n)[ \t\r\n\f\v]*")
 
 
 def sentence_units(cache: briefing.TrajectoryCache, cap: int) -> Any:
-    """[n, 2] token ranges (lo, hi) of the cache's trajectory's sentences (`SENTENCE_BREAK`; a sentence starts at the
-    token that holds its first character, and the whitespace after it goes with it), each longer one cut into
-    pieces of at most `cap` tokens: side by side over every token the cache has read, on the archive's device (the
-    units `LatentRecall(units="sentences")` ranks)."""
-    import itertools
-
+    """[n, 2] `sentence_ranges` of the cache's trajectory (every token it has read), on the archive's device: the
+    units `LatentRecall(units="sentences")` ranks."""
     import torch
 
-    spans = cache.token_spans()
+    out = sentence_ranges(cache.text, cache.token_spans(), cap)
+    return torch.tensor(out, dtype=torch.long, device=cache.archive.sums.device).view(-1, 2)   # [n, 2]
+
+
+def sentence_ranges(text: str, spans: list[tuple[int, int]], cap: int) -> list[tuple[int, int]]:
+    """Token ranges (lo, hi) of the sentences of `text` (`SENTENCE_BREAK`; a sentence starts at the token that holds
+    its first character, and the whitespace after it goes with it), each longer one cut into pieces of at most `cap`
+    tokens, side by side over the tokens whose characters `spans` gives."""
+    import itertools
+
     n = len(spans)
     ends = list(itertools.accumulate((b for _, b in spans), max))   # non-decreasing, for the search
-    starts = sorted({0, *(bisect.bisect_right(ends, m.end()) for m in SENTENCE_BREAK.finditer(cache.text))} - {n})
+    starts = sorted({0, *(bisect.bisect_right(ends, m.end()) for m in SENTENCE_BREAK.finditer(text))} - {n})
     out = []
     for a, b in zip(starts, [*starts[1:], n]):
         out.extend((lo, min(b, lo + cap)) for lo in range(a, b, cap))
-    return torch.tensor(out, dtype=torch.long, device=cache.archive.sums.device).view(-1, 2)   # [n, 2]
+    return out
 
 
 def recall_query(query: str, recalled: Recalled | str) -> str:

@@ -190,10 +190,16 @@ def offline(folders: list[str], budgets: tuple[int, ...] = (960,), pad: int = 8,
     the block means' score or to `peaks4` (`means+prompt/raw`, `means+before/raw`, `peaks4+before/raw`); round 21:
     the prompt's last token's states (`last/whiten`: where the answer's first token is predicted) and the mean of the
     template's tokens after the question (`after/whiten`) as the question, alone or added, standardised, to `peaks4`,
-    and `sub8max` added to `peaks4` (`peaks4+sub8max`).
+    and `sub8max` added to `peaks4` (`peaks4+sub8max`); round 25, on dumps that keep the trajectory's sentences
+    (`agents.recall.sentence_units`): the shipped block ranking picked as `latent.pick` picks it (`peaks4/pick`, pad
+    8) against the sentences scored by `latent.score_units` and picked whole (`units/peaks4`, pad 0); their rank is
+    the first pick holding a token of the fact.
     Availability, per budget: the fact's every token in the top blocks, each widened by `pad`, within that many
     tokens."""
-    from briefing.latent import SHRINK, token_peaks, whiten
+    from agents.recall import LatentRecall
+    from briefing.latent import SHRINK, pick, score_units, token_peaks, whiten, within
+
+    shipped_pad = LatentRecall().pad
 
     unit = torch.nn.functional.normalize
 
@@ -307,6 +313,24 @@ def offline(folders: list[str], budgets: tuple[int, ...] = (960,), pad: int = 8,
                     for budget in budgets:
                         got = picks(order, block, pad, budget, T, sink)
                         rows.setdefault((name, qd["form"], budget), []).append((rank, all(t in got for t in fact)))
+                if "units" in ep:   # round 25: the shipped picks (`latent.pick`) of blocks, and of whole sentences
+                    spans = ep["units"]                                                  # [n, 2]
+                    fold_b = torch.zeros(B.shape[0], dtype=torch.bool)
+                    fold_b[folded] = True
+                    ranked = {"peaks4/pick": (sc["peaks4"].masked_fill(~fold_b, float("-inf")), None, shipped_pad),
+                              "units/peaks4": (score_units(unit(H[:, -1], dim=-1), 0, spans, Q[-1], B[:, -1], SHRINK,
+                                                           4).masked_fill(~(within(spans, fold_b, block)
+                                                                            & (spans[:, 0] >= sink)), float("-inf")),
+                                               spans, 0)}
+                    for name, (s, edges, p) in ranked.items():
+                        first = s.argsort(descending=True)                               # [n]
+                        hit = [j for j in first[torch.isfinite(s[first])].tolist()
+                               if any(a <= t < b for t in fact for a, b in [(j * block, (j + 1) * block) if edges
+                                                                           is None else edges[j].tolist()])]
+                        rank = (first[torch.isfinite(s[first])].tolist().index(hit[0]) + 1) if hit else len(first)
+                        for budget in budgets:
+                            got = {t for lo, hi in pick(s, block, p, budget, T, sink, edges) for t in range(lo, hi)}
+                            rows.setdefault((name, qd["form"], budget), []).append((rank, all(t in got for t in fact)))
     summary = [dict(ranker=name, form=form, questions=len(rs), median_rank=statistics.median(r for r, _ in rs),
                     **{"hits@8": sum(r <= 8 for r, _ in rs)}, budget=budget,
                     available=sum(a for _, a in rs) / len(rs))
@@ -334,7 +358,7 @@ def run(args: argparse.Namespace) -> dict:
     lm = briefing.load_model(args.model)
     prompts = WorkerPrompt.for_model(lm)
     n_layers = len(decoder_layers(lm))
-    from agents.recall import LatentRecall, default_recall_tokens, fold_room
+    from agents.recall import LatentRecall, default_recall_tokens, fold_room, sentence_units
     from briefing import latent
 
     if args.case == "dense":   # issue 29's shape: a 2,048-token cache budget, a recall of an eighth of it
@@ -416,7 +440,8 @@ def run(args: argparse.Namespace) -> dict:
                           representative_bytes_per_token=arc.representative_bytes() / T,
                           archived_tokens=arc.archived[1] - arc.archived[0], prefill_s=prefill_s))
         held = cache.origins()                                                   # [Lh, H, length] token per slot
-        dumped: dict[str, Any] = dict(H=torch.cat(hid3) if hid3 else None, T=T, sink=sink, questions=[])
+        dumped: dict[str, Any] = dict(H=torch.cat(hid3) if hid3 else None, T=T, sink=sink, questions=[],
+                                      units=sentence_units(cache, latent.UNIT_TOKENS).cpu())
         tail = arc.unfolded_from(cache.store)                                    # held whole from here on
         for qi, q in enumerate(ep.questions):
             st = text.index(q.statement)

@@ -209,38 +209,44 @@ UNIT_TOKENS = 48   # the longest unit `unit_scores` ranks: a longer sentence is 
 
 def unit_scores(cache, query: torch.Tensor, units: torch.Tensor, shrink: float = SHRINK,
                 peaks: int = 4) -> torch.Tensor:
-    """[units] score of every token range of units [n, 2] (lo, hi; the trajectory's sentences: `agents.recall.
-    sentence_units`) for the question `query` [layers, hidden], from the archive's token states at its last layer:
-    the cosine of the range's mean state with the question's, both whitened by the spread of the ranges' means
-    (`whiten`), plus the mean of its `peaks` best token scores (`token_scores`, whitened by the blocks' spread, as
-    `block_scores` ranks a block's best tokens), the two standardised over the ranges. A fact is a sentence or two:
-    scored and recalled whole, it is neither diluted in a block of other text nor cut by a block's edge, and a
-    recall of the same budget holds more of them. -inf: a range with a token the archive keeps no state of (before
-    `Archive.states_from`, or not yet read)."""
+    """[units] `score_units` of every token range of units [n, 2] (lo, hi; the trajectory's sentences:
+    `agents.recall.sentence_units`) for the question `query` [layers, hidden], from the archive's token states at its
+    last layer, the blocks' representatives there giving the token scores' spread. A fact is a sentence or two:
+    scored and recalled whole, it is neither diluted in a block of other text nor cut by a block's edge, and a recall
+    of the same budget holds more of them."""
     archive = cache.archive
     states = archive.token_states()
     if states is None:
         raise BriefingError("a ranking of sentence units needs the archive's token states: build the cache with "
                             "briefing.ArchivePolicy(token_states=True).")
+    ref = archive.representatives()[archive.counts > 0][:, -1]                        # [m, hidden] blocks, last layer
+    return score_units(states, archive.states_from, units, query[-1], ref, shrink, peaks)
+
+
+def score_units(states: torch.Tensor, first: int, units: torch.Tensor, query: torch.Tensor, ref: torch.Tensor,
+                shrink: float, peaks: int) -> torch.Tensor:
+    """[n] each range of units [n, 2]'s score for the question: the cosine of its tokens' mean state with the
+    question's query [hidden], both whitened by the spread of the ranges' means (`whiten`), plus the mean of its
+    `peaks` best token scores (`token_scores`, whitened by the spread of ref [m, hidden], the blocks' representatives,
+    as `block_scores` ranks a block's best tokens), the two standardised over the ranges. states [tokens, hidden]: the
+    unit hidden states at one layer of the tokens from `first` on. -inf: a range with a token that has no state."""
     if peaks < 1:
         raise BriefingError(f"unit_scores: peaks must be at least 1 (each unit's best tokens); got {peaks}.")
     lo, hi = units[:, 0], units[:, 1]                                                 # [n], [n]
-    n, first, tokens = units.shape[0], archive.states_from, archive.tokens
+    n, tokens = units.shape[0], first + states.shape[0]
     has = (lo >= first) & (hi <= tokens) & (hi > lo)                                  # [n] every token has a state
-    group = torch.full((tokens - first,), -1, dtype=torch.long, device=units.device)  # [tokens - first] unit per token
+    if ref.shape[0] < 2 or int(has.sum()) < 2:
+        return torch.full((n,), float("-inf"), device=units.device)
     sel = has.nonzero()[:, 0]                                                         # [k] ranges are disjoint
     lens = (hi - lo)[sel]                                                             # [k]
     shift = torch.repeat_interleave(lo[sel] - first - (lens.cumsum(0) - lens), lens)  # [sum lens]
+    group = torch.full((tokens - first,), -1, dtype=torch.long, device=units.device)  # [tokens - first] unit per token
     group[shift + torch.arange(shift.shape[0], device=units.device)] = torch.repeat_interleave(sel, lens)
-    reps = archive.representatives()                                                  # [nb, layers, hidden]
-    ref = reps[archive.counts > 0][:, -1].float()                                     # [m, hidden] blocks, last layer
-    if ref.shape[0] < 2 or int(has.sum()) < 2:
-        return torch.full((n,), float("-inf"), device=units.device)
-    per_token, sums = token_scores(states, query[-1], ref, shrink, group=group, groups=n)   # [T'], [n, hidden]
+    per_token, sums = token_scores(states, query, ref.float(), shrink, group=group, groups=n)   # [T'], [n, hidden]
     mean = sums / (hi - lo).clamp_min(1).to(sums)[:, None]                            # [n, hidden]
-    w, q = whiten(mean[:, None], query[-1:], mean[has][:, None], shrink)              # [n, 1, h], [1, h]
+    w, q = whiten(mean[:, None], query[None], mean[has][:, None], shrink)             # [n, 1, h], [1, h]
     cos = (w[:, 0] * q[0]).sum(-1)                                                    # [n]
-    width = int((hi - lo).max())
+    width = int((hi - lo)[has].max())
     idx = (lo - first)[:, None] + torch.arange(width, device=units.device)            # [n, width] token per slot
     inside = (idx < (hi - first)[:, None]) & has[:, None]                             # [n, width]
     slots = per_token.to(units.device)[idx.clamp(0, per_token.shape[0] - 1)]          # [n, width]

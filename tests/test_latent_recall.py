@@ -849,6 +849,13 @@ def test_recall_rank_offline_ranks_a_dumped_question_s_block(tmp_path):
     got = {s["ranker"]: s for s in offline([str(tmp_path)], budgets=(96,))["summary"]}
     assert got["last/whiten"]["median_rank"] == 1 and got["last/whiten"]["available"] == 1.0
     assert got["after/whiten"]["median_rank"] > 1 and got["prompt/whiten"]["median_rank"] > 1
+    # a dump with the trajectory's sentences (round 25): the fact's sentence, whose states point at the question, is
+    # the best unit and comes back whole within a budget that the block and its pads would not fit
+    dump["units"] = torch.tensor([[0, 4]] + [[lo, min(lo + 16, T)] for lo in range(4, T, 16)])   # the fact's: one
+    torch.save(dump, tmp_path / "ep.pt")
+    got = {s["ranker"]: s for s in offline([str(tmp_path)], budgets=(16, 48))["summary"] if s["budget"] == 16}
+    assert got["units/peaks4"]["median_rank"] == 1 and got["units/peaks4"]["available"] == 1.0
+    assert got["peaks4/pick"]["available"] == 0.0 and got["peaks4/pick"]["median_rank"] == 1
 
 
 def test_recall_rank_block_means_average_each_block_and_the_short_last_one():
