@@ -870,7 +870,7 @@ def test_recall_rank_block_means_average_each_block_and_the_short_last_one():
 def test_recall_options_make_no_tensor_off_the_model_s_device(tiny, essay):
     """With the default device set to meta, a tensor made without the model's device would land there and fail:
     latent recall ranking the unfolded tail (`tail_skip`), pinning its best blocks (`pin`, through the call's
-    compaction) and a hedged routed recall run on the cache's device."""
+    compaction), a hedged routed recall and a recall of sentences run on the cache's device."""
     from agents import RoutedRecall
 
     cache = archiving_cache(tiny)
@@ -887,6 +887,8 @@ def test_recall_options_make_no_tensor_off_the_model_s_device(tiny, essay):
         hedged = RoutedRecall(tokens=64, margin=1, confident_share=0.75, latent=LatentRecall(tokens=64, pad=8))
         both = hedged.recall(cache, PARAPHRASE + " And?", 64)   # a word many chunks share: BM25 keeps its part
         assert both.how == "latent:attach+bm25" and both.blocks.keys.device.type == "cpu"
+        units = LatentRecall(tokens=64, units="sentences", pin=32).recall(cache, PARAPHRASE, 64)   # round 25
+        assert units.blocks is not None and units.blocks.keys.device.type == "cpu" and units.tokens <= 64
     finally:
         torch.set_default_device(None)
 
