@@ -324,10 +324,11 @@ def offline(folders: list[str], budgets: tuple[int, ...] = (960,), pad: int = 8,
                                                spans, 0)}
                     for name, (s, edges, p) in ranked.items():
                         first = s.argsort(descending=True)                               # [n]
-                        hit = [j for j in first[torch.isfinite(s[first])].tolist()
-                               if any(a <= t < b for t in fact for a, b in [(j * block, (j + 1) * block) if edges
-                                                                           is None else edges[j].tolist()])]
-                        rank = (first[torch.isfinite(s[first])].tolist().index(hit[0]) + 1) if hit else len(first)
+                        first = first[torch.isfinite(s[first])]                          # [n'] candidates, best first
+                        lo_hi = (torch.stack([first * block, (first + 1) * block], 1) if edges is None
+                                 else edges[first])                                      # [n', 2]
+                        holds = (lo_hi[:, 0] <= max(fact)) & (lo_hi[:, 1] > min(fact))   # [n'] a token of the fact
+                        rank = int(holds.float().argmax()) + 1 if holds.any() else len(first)
                         for budget in budgets:
                             got = {t for lo, hi in pick(s, block, p, budget, T, sink, edges) for t in range(lo, hi)}
                             rows.setdefault((name, qd["form"], budget), []).append((rank, all(t in got for t in fact)))

@@ -483,20 +483,20 @@ def lookup(cache, prompt_ids: list[int], question: tuple[int, int] | None, budge
     t0 = time.perf_counter()
     query = query_vector(cache, prompt_ids, question)
     block, tokens = cache.archive.policy.block, cache.archive.tokens
-    fetch = candidates(cache, sink, kv, tail_skip)                                    # [nb]
-    tail = pinnable(cache) & ~fetch                                                   # [nb]
+    blocks = candidates(cache, sink, kv, tail_skip)                                   # [nb]
     if units is None:
-        raw = block_scores(cache, query, shrink, peaks)                               # [nb]
+        raw, fetch = block_scores(cache, query, shrink, peaks), blocks                # [nb], [nb]
     else:
-        raw = unit_scores(cache, query, units, shrink, peaks)                         # [n]
-        fetch, tail = within(units, fetch, block), within(units, tail, block)         # [n], [n]
+        raw, fetch = unit_scores(cache, query, units, shrink, peaks), within(units, blocks, block)   # [n], [n]
     floor = first_token(cache, sink, kv)
     if units is not None:   # a unit is recalled whole or not at all: none that starts before the floor
         fetch = fetch & (units[:, 0] >= floor)                                        # [n]
     scores = raw.masked_fill(~fetch, float("-inf"))                                   # [nb] or [n]
     ranges = pick(scores, block, pad, budget, tokens, floor, units) if budget > 0 else []   # budget 0: pins alone
     pinned = []
-    if pin > 0:
+    if pin > 0:   # the unfolded tail's best blocks (or units), which the fetch's candidates leave out
+        tail = pinnable(cache) & ~blocks                                              # [nb]
+        tail = tail if units is None else within(units, tail, block)                  # [nb] or [n]
         pinned = pick(raw.masked_fill(~tail, float("-inf")), block, pad, pin, tokens,
                       cache.archive.unfolded_from(cache.store), units)
     return Lookup(ranges=ranges, seconds=time.perf_counter() - t0, scores=scores, floor=floor, pinned=pinned, raw=raw,
