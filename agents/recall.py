@@ -366,6 +366,7 @@ def _cut_ranges(found: Recalled, text: str, keep_end: bool) -> list[tuple[int, i
 
 RANKS = ("latent", "both")
 UNITS = ("blocks", "sentences")   # what LatentRecall's ranking scores and recalls
+BLOCK_PAD = 8   # LatentRecall's pad over blocks (pad=None); over sentences 0
 FUSION_K = 60  # reciprocal rank fusion's constant (Cormack et al. 2009)
 
 
@@ -451,7 +452,7 @@ class LatentRecall(Recall):
         check_int(owner, "pad", self.pad, low=0, none=True, what="tokens recalled on each side of a block or sentence "
                   "(None: 8 for blocks, 0 for sentences)", error=ValueError)
         if self.pad is None:
-            self.pad = 0 if self.units == "sentences" else 8
+            self.pad = 0 if self.units == "sentences" else BLOCK_PAD
         check_int(owner, "tail_skip", self.tail_skip, low=0, none=True, what="the trajectory's last tokens never "
                   "recalled when the unfolded tail is ranked too (None: it is not)", error=ValueError)
         check_int(owner, "pin", self.pin, low=0, none=True, what="tokens of the unfolded tail kept whole in every "
@@ -733,11 +734,14 @@ class RoutedRecall(Recall):
     def _agrees(self, cache: briefing.TrajectoryCache, best: tuple[int, int], checked: briefing.latent.Lookup,
                 k_tokens: int) -> bool:
         """Whether BM25's best chunk (characters `best` of the cache's text) holds one of the latent ranking's m best
-        blocks (or units, `LatentRecall.units`) of the whole trajectory (its unfolded tail included), m the blocks the
-        whole budget recalls, each widened by the pad (`verify`)."""
+        blocks (or sentences, `LatentRecall.units`) of the whole trajectory (its unfolded tail included), m the blocks
+        the whole budget recalls, each widened by the blocks' pad (`verify`). Over sentences the count is the same as
+        over blocks: the sentences the budget recalls are about three times as many (10-20 tokens against a block's
+        48 with its pads), and reading them all let a wrong chunk stand (dev episodes, docs/benchmarks.md, "Latent
+        recall, round 26")."""
         import torch
 
-        block, pad = cache.archive.policy.block, self.latent.pad
+        block = cache.archive.policy.block
         lo, hi = best
         spans = cache.token_spans()                                                   # in order: two searches
         first = bisect.bisect_right(spans, lo, key=lambda s: s[1])                    # first token ending past lo
@@ -745,17 +749,13 @@ class RoutedRecall(Recall):
         raw = checked.raw                                                             # [blocks] or [units]
         if first > last or raw is None:
             return True
-        budget = self.latent.budget(k_tokens)
+        pad = self.latent.pad if checked.spans is None else BLOCK_PAD
+        m = max(1, math.ceil(self.latent.budget(k_tokens) / (block + 2 * pad)))      # blocks the budget recalls
+        top = raw.topk(min(m, raw.shape[0])).indices                                  # [m]
+        top = top[torch.isfinite(raw[top])]                                           # [m'] scored ones
         if checked.spans is None:
-            m = max(1, math.ceil(budget / (block + 2 * pad)))
-            top = raw.topk(min(m, raw.shape[0])).indices                              # [m]
-            top = top[torch.isfinite(raw[top])]
             return bool(((top >= first // block) & (top <= last // block)).any())
-        order = raw.argsort(descending=True)                                          # [n]
-        order = order[torch.isfinite(raw[order])]                                     # [n']
-        units = checked.spans[order]                                                  # [n', 2] best first
-        size = (units[:, 1] - units[:, 0] + 2 * pad).cumsum(0)                        # [n'] tokens, so far
-        units = units[:max(1, int((size <= budget).sum()))]                           # [m, 2] the budget's units
+        units = checked.spans[top]                                                    # [m', 2] token ranges
         return bool(((units[:, 0] <= last) & (units[:, 1] > first)).any())
 
 

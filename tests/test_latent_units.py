@@ -140,19 +140,26 @@ def test_units_are_checked():
         LatentRecall(units="sentences", pad=-1)
 
 
-def test_the_routed_check_reads_the_units_the_whole_budget_recalls(tiny, essay):
+def test_the_routed_check_reads_as_many_units_as_the_budget_recalls_blocks(tiny, essay):
     """`RoutedRecall(verify=True)` over sentence units: BM25's best chunk agrees with the latent ranking where it
-    holds one of the best units that the whole budget recalls, and not where it holds only a unit past them."""
+    holds one of the m best units, m the blocks the whole budget recalls (each block with the blocks' pads: here
+    16 + 2 x 8 tokens), not one of every unit the budget would recall (three 20-token units fit in 64 tokens; 2 are
+    read)."""
     cache = archiving_cache(tiny)
     cache.extend(planted(essay))
+    assert cache.archive.policy.block == 16
     routed = RoutedRecall(latent=LatentRecall(units="sentences"))   # the budget: the call's
-    spans = torch.tensor([[10, 30], [40, 60], [100, 120]])                     # [3, 2]: 20 tokens each
-    raw = torch.tensor([2.0, 1.0, 0.5])
+    spans = torch.tensor([[10, 30], [40, 60], [100, 120], [130, 150]])        # [4, 2]: 20 tokens each
+    raw = torch.tensor([2.0, 1.0, 0.5, float("-inf")])                         # the last is not a candidate
     found = latent.Lookup(ranges=[], seconds=0.0, raw=raw, spans=spans)
     chars = cache.token_spans()
-    assert routed._agrees(cache, (chars[45][0], chars[50][1]), found, 40)     # the second best: within 40 tokens
-    assert not routed._agrees(cache, (chars[105][0], chars[110][1]), found, 40)   # the third: past the budget
-    assert routed._agrees(cache, (chars[105][0], chars[110][1]), found, 60)
+    second, third = (chars[45][0], chars[50][1]), (chars[105][0], chars[110][1])
+    assert routed._agrees(cache, (chars[12][0], chars[20][1]), found, 32)     # 32 tokens: one block, the best unit
+    assert not routed._agrees(cache, second, found, 32)
+    assert routed._agrees(cache, second, found, 64)                            # 64: two blocks
+    assert not routed._agrees(cache, third, found, 64)                         # three units fit, two are read
+    assert routed._agrees(cache, third, found, 96)                             # 96: three blocks
+    assert not routed._agrees(cache, (chars[135][0], chars[140][1]), found, 400)   # never an unscored unit
 
 
 def test_a_worker_recalls_sentences_through_the_archive(tiny, essay):
