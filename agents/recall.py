@@ -419,9 +419,10 @@ class LatentRecall(Recall):
         (`latent.unit_scores`) and recalled whole. A fact is a sentence or two: a block of other text dilutes its
         mean, and a pick of a block and its pads spends 48 tokens where the sentence takes 10-20, so the same budget
         holds more of them (dev episodes on the 2k window: a paraphrased fact's every token recalled 0.75 -> 0.96
-        of the time at 288 tokens). An opt-in: on the held-out settings run (five, 144 paraphrased questions) it held
-        the paraphrased fact whole +0.097 [+0.021, +0.174] more often and answered -0.028 [-0.097, +0.042] as often
-        (docs/benchmarks.md, "Latent recall, round 25"). Needs `peaks` >= 1 and rank="latent".
+        of the time at 288 tokens). An opt-in: on every held-out setting of the long suite but SmolLM2's 64k (224
+        paraphrased questions) it held the paraphrased fact whole +0.107 [+0.058, +0.161] more often, and its accuracy
+        moved -0.027 [-0.080, +0.027]: +0.000 on SmolLM2, whose recall is re-attached, -0.075 on Gemma 3, whose recall
+        is pasted as text (docs/benchmarks.md, "Latent recall, round 26"). Needs `peaks` >= 1 and rank="latent".
         pad: as above; None (the default): 8 for blocks, 0 for sentences (a sentence comes back whole as it is).
         archive_policy: the caches'
         `briefing.ArchivePolicy` (None: its defaults where the blocks are re-attached, the representatives alone,
@@ -611,11 +612,12 @@ class RoutedRecall(Recall):
     at least this share of the question's content words (`Recalled.overlap`); elsewhere latent recall takes the whole
     budget (0: BM25 always keeps its share; 0.5 was tried in round 10 and not taken). verify: at or above the margin,
     the latent lookup runs too, and BM25's recall stands alone only where its best chunk holds one of the latent
-    ranking's best blocks (as many as the whole budget recalls, the unfolded tail's included); elsewhere BM25's best
-    chunk stays, whole and alone of its chunks, and latent recall takes the rest of the budget: a paraphrased question
-    whose common words single out a wrong chunk gets the blocks its meaning ranks first, and a question in the fact's
-    words, whose chunk both rankings find, gets nothing beside it. Every call at or above the margin then pays the
-    lookup (False: none does, and BM25's confident recall stands unchecked, the default until round 15). text, latent:
+    ranking's best blocks (as many as the whole budget recalls, the unfolded tail's included; over sentences as many
+    sentences); elsewhere BM25's best chunk stays, whole and alone of its chunks, and latent recall takes the rest of
+    the budget: a paraphrased question whose common words single out a wrong chunk gets the blocks its meaning ranks
+    first, and a question in the fact's words, whose chunk both rankings find, gets nothing beside it. Every call at or
+    above the margin then pays the lookup (False: none does, and BM25's confident recall stands unchecked, the default
+    until round 15). text, latent:
     the two recalls (None: `TextRecall(chunks="sentences")` and `LatentRecall()` at `tokens`); the worker's caches keep
     `latent`'s archive. shared: the text recall whose best chunks keep BM25's `share` below the margin (None: `text`
     with side-by-side chunks, `TextRecall(chunks="words")`, its other settings the same; `text` itself where its chunks
