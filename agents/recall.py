@@ -126,6 +126,11 @@ def content_words(s: str) -> set[str]:
     return {w for w in _words(s) if w not in STOPWORDS}
 
 
+# the break after a sentence (a word ending in ".", "!" or "?", or a line break), with the whitespace that follows it:
+# a match's end is the next sentence's first character (`bm25_chunks`' sentences, `sentence_ranges`)
+SENTENCE_BREAK = re.compile(r"(?:[.!?][ \t\r\n\f\v]|\n)[ \t\r\n\f\v]*")
+
+
 def bm25_chunks(text: str, query: str, k_tokens: int, lm: TokenCounter, chunk_words: int = 60, *,
                 ranked: bool = False, stride: int | None = None, sentences: bool = False) -> Recalled:
     """Top BM25 chunks (about `chunk_words` words each) of `text` for `query`, up to `k_tokens` tokens (at least
@@ -137,9 +142,9 @@ def bm25_chunks(text: str, query: str, k_tokens: int, lm: TokenCounter, chunk_wo
     and the runner-up of the margin is the best chunk that does not overlap the best (none, in a text shorter than
     two chunks apart: the margin is then infinite, as for a text of one chunk). sentences: chunks of whole sentences
     instead, side by side, as many as fit in `chunk_words` words (words split at ASCII whitespace: spaces, tabs, line
-    breaks; a sentence ends at a word ending in ".", "!" or "?", or at a line break; one longer than a chunk is cut
-    every `chunk_words` words), so that a chunk's edge cuts no statement shorter than a chunk (`stride` is then not
-    used)."""
+    breaks; a sentence ends at a word ending in ".", "!" or "?", or at a line break, `SENTENCE_BREAK`; one longer
+    than a chunk is cut every `chunk_words` words), so that a chunk's edge cuts no statement shorter than a chunk
+    (`stride` is then not used)."""
     from rank_bm25 import BM25Okapi
 
     if not isinstance(chunk_words, int) or chunk_words < 1:
@@ -147,9 +152,9 @@ def bm25_chunks(text: str, query: str, k_tokens: int, lm: TokenCounter, chunk_wo
     if stride is not None and not 1 <= stride <= chunk_words:
         raise ValueError(f"bm25_chunks: stride must be from 1 to chunk_words ({chunk_words}) words; got {stride}.")
     found = [m.span() for m in re.finditer(r"[^ \t\r\n\f\v]+", text)] if sentences else []
-    if found:   # words split at ASCII whitespace, each sentence's end known
-        ends = [i + 1 for i, (a, b) in enumerate(found) if text[b - 1] in ".!?"
-                or "\n" in text[b:found[i + 1][0] if i + 1 < len(found) else len(text)]]
+    if found:   # words split at ASCII whitespace; a sentence ends before each word that starts one
+        breaks = {m.end() for m in SENTENCE_BREAK.finditer(text)}
+        ends = [i for i, (a, _) in enumerate(found) if i and a in breaks]
         bounds = _sentence_chunks(ends, len(found), chunk_words)
         spans = [(found[i][0], found[j - 1][1]) for i, j in bounds]
     else:
@@ -212,11 +217,6 @@ def _sentence_chunks(ends: list[int], n: int, chunk_words: int) -> list[tuple[in
         last = e
     cuts.append(n)
     return list(zip(cuts, cuts[1:]))
-
-
-# the break after a sentence (`bm25_chunks`' rule: a word ending in ".", "!" or "?", or a line break), with the
-# whitespace that follows it: a match's end is the next sentence's first character
-SENTENCE_BREAK = re.compile(r"(?:[.!?][ \t\r\n\f\v]|\n)[ \t\r\n\f\v]*")
 
 
 def sentence_units(cache: briefing.TrajectoryCache, cap: int) -> Any:
@@ -423,6 +423,9 @@ class LatentRecall(Recall):
         paraphrased questions) it held the paraphrased fact whole +0.107 [+0.058, +0.161] more often, and its accuracy
         moved -0.027 [-0.080, +0.027]: +0.000 on SmolLM2, whose recall is re-attached, -0.075 on Gemma 3, whose recall
         is pasted as text (docs/benchmarks.md, "Latent recall, round 26"). Needs `peaks` >= 1 and rank="latent".
+        None: by model (`unit`): sentences where the recall is re-attached as keys and values (and ranked by the
+        hidden states with `peaks`), blocks where its text is pasted before the question: pasted sentences bring about
+        three times as many pieces, the distractors among them (docs/benchmarks.md, "Latent recall, round 27").
         pad: as above; None (the default): 8 for blocks, 0 for sentences (a sentence comes back whole as it is).
         archive_policy: the caches'
         `briefing.ArchivePolicy` (None: its defaults where the blocks are re-attached, the representatives alone,
@@ -441,7 +444,7 @@ class LatentRecall(Recall):
     tail_skip: int | None = None
     pin: int | None = None
     peaks: int = 4
-    units: str = "blocks"
+    units: str | None = "blocks"
     archive_policy: Any = None
 
     def __post_init__(self) -> None:
@@ -449,10 +452,12 @@ class LatentRecall(Recall):
         check_int(owner, "tokens", self.tokens, low=1, none=True, what="recall budget in tokens", error=ValueError)
         check_bool(owner, "attach", self.attach, none=True, error=ValueError)
         check_choice(owner, "rank", self.rank, RANKS, what="what ranks the blocks", error=ValueError)
-        check_choice(owner, "units", self.units, UNITS, what="what the ranking scores and recalls", error=ValueError)
+        if self.units is not None:
+            check_choice(owner, "units", self.units, UNITS, what="what the ranking scores and recalls (None: by "
+                         "model)", error=ValueError)
         check_int(owner, "pad", self.pad, low=0, none=True, what="tokens recalled on each side of a block or sentence "
                   "(None: 8 for blocks, 0 for sentences)", error=ValueError)
-        if self.pad is None:
+        if self.pad is None and self.units is not None:   # units=None: the pad follows the model's units (`padding`)
             self.pad = 0 if self.units == "sentences" else BLOCK_PAD
         check_int(owner, "tail_skip", self.tail_skip, low=0, none=True, what="the trajectory's last tokens never "
                   "recalled when the unfolded tail is ranked too (None: it is not)", error=ValueError)
@@ -487,6 +492,19 @@ class LatentRecall(Recall):
         if self.attach is not None:
             return self.attach
         return not lm.window_layers and (self.archive_policy is None or self.archive_policy.budget_bytes > 0)
+
+    def unit(self, lm: briefing.LoadedModel) -> str:
+        """What the ranking scores and recalls on `lm` (`units`; None: sentences where the blocks come back as keys
+        and values and the ranking reads the hidden states' peaks, blocks where their text is pasted)."""
+        if self.units is not None:
+            return self.units
+        return "sentences" if self.attaches(lm) and self.peaks >= 1 and self.rank == "latent" else "blocks"
+
+    def padding(self, lm: briefing.LoadedModel) -> int:
+        """Tokens recalled on each side of a unit on `lm` (`pad`; None: 0 for sentences, `BLOCK_PAD` for blocks)."""
+        if self.pad is not None:
+            return self.pad
+        return 0 if self.unit(lm) == "sentences" else BLOCK_PAD
 
     def pin_budget(self, lm: briefing.LoadedModel, k_tokens: int) -> int:
         """Tokens of the unfolded tail this call pins (`pin`; None: `k_tokens`, 0 on a model with sliding layers)."""
@@ -527,8 +545,8 @@ class LatentRecall(Recall):
             return None
         text = prompt if prompt is not None and query in prompt else query
         ids, question = _token_span(lm, text, text.rindex(query), len(query))
-        units = sentence_units(cache, latent.UNIT_TOKENS) if self.units == "sentences" else None
-        return latent.lookup(cache, ids, question, k_tokens, pad=self.pad, sink=cache.fold.sink,
+        units = sentence_units(cache, latent.UNIT_TOKENS) if self.unit(lm) == "sentences" else None
+        return latent.lookup(cache, ids, question, k_tokens, pad=self.padding(lm), sink=cache.fold.sink,
                              kv=self.attaches(lm), shrink=self.shrink, tail_skip=self.tail_skip, pin=pin,
                              peaks=self.peaks, units=units)
 
@@ -549,10 +567,10 @@ class LatentRecall(Recall):
             found = self.lookup(cache, query, k_tokens, prompt=prompt, pin=pin)
             ranges = found.ranges
         else:
-            ranges = latent.pick(found.scores, cache.archive.policy.block, self.pad, k_tokens, cache.archive.tokens,
-                                 found.floor, found.spans) if k_tokens else []
+            ranges = latent.pick(found.scores, cache.archive.policy.block, self.padding(lm), k_tokens,
+                                 cache.archive.tokens, found.floor, found.spans) if k_tokens else []
         if self.rank == "both" and k_tokens:
-            ranges = latent.pick(self._fused(cache, query, found.scores), cache.archive.policy.block, self.pad,
+            ranges = latent.pick(self._fused(cache, query, found.scores), cache.archive.policy.block, self.padding(lm),
                                  k_tokens, cache.archive.tokens, found.floor)
         if not ranges and not found.pinned:
             return Recalled(how=self.how(lm), lookup_s=found.seconds)
@@ -751,7 +769,7 @@ class RoutedRecall(Recall):
         raw = checked.raw                                                             # [blocks] or [units]
         if first > last or raw is None:
             return True
-        pad = self.latent.pad if checked.spans is None else BLOCK_PAD
+        pad = self.latent.padding(cache.lm) if checked.spans is None else BLOCK_PAD
         m = max(1, math.ceil(self.latent.budget(k_tokens) / (block + 2 * pad)))      # blocks the budget recalls
         top = raw.topk(min(m, raw.shape[0])).indices                                  # [m]
         top = top[torch.isfinite(raw[top])]                                           # [m'] scored ones

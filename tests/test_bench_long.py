@@ -347,9 +347,12 @@ def test_routed_conditions_build_their_recall():
     units = recall_of("fold-routed-units", sizes)   # round 25's probe: the shipped default, latent recall by sentences
     assert (units.latent.units, units.latent.pad, units.latent.tokens) == ("sentences", 0, 120)
     assert (units.text, units.shared) == (mixed.text, mixed.shared) and plain.latent.units == "blocks"
+    by_model = recall_of("fold-routed-by-model", sizes)   # round 27's probe: sentences re-attached, blocks pasted
+    assert (by_model.latent.units, by_model.latent.pad, by_model.text, by_model.shared) == (None, None, mixed.text,
+                                                                                            mixed.shared)
     for condition in ROUTED:   # every other condition pins its round's chunks: side by side unless it names its own
         if condition not in ("fold-routed", "fold-routed-stride", "fold-routed-sentences",
-                             "fold-routed-sentences-confident", "fold-routed-units"):
+                             "fold-routed-sentences-confident", "fold-routed-units", "fold-routed-by-model"):
             probe = recall_of(condition, sizes)
             assert probe.text == TextRecall(tokens=120) == probe.share_recall(), condition
 

@@ -11,6 +11,7 @@ from agents import BriefedWorker, RoutedRecall
 from agents.recall import LatentRecall, sentence_units
 from briefing import latent
 from tests.test_latent_recall import FACT, PARAPHRASE, archiving_cache, planted
+from tests.tiny import tiny_model
 
 
 def test_sentence_units_start_at_each_sentence_and_are_cut_at_the_cap(tiny):
@@ -129,7 +130,7 @@ def test_latent_recall_by_sentences_brings_the_aimed_sentence_back_whole(tiny, e
 
 
 def test_units_are_checked():
-    for bad in ("words", None, 1):
+    for bad in ("words", "", 1):
         with pytest.raises(ValueError, match="LatentRecall: units must be"):
             LatentRecall(units=bad)
     with pytest.raises(ValueError, match="units='sentences' .* peaks=0"):
@@ -138,6 +139,30 @@ def test_units_are_checked():
         LatentRecall(units="sentences", rank="both")
     with pytest.raises(ValueError, match="LatentRecall: pad must be"):
         LatentRecall(units="sentences", pad=-1)
+
+
+def test_units_by_model_are_sentences_where_the_recall_attaches_and_blocks_where_it_pastes(tiny, tok, essay):
+    """`LatentRecall(units=None)`: sentences (pad 0) where the recall re-attaches keys and values and ranks by the
+    hidden states' peaks; blocks (pad 8) where it pastes text (attach=False, a sliding-window model) or ranks
+    otherwise; an explicit pad or units wins. The lookup ranks what `unit` names: sentence spans on an attaching
+    model, blocks (no spans) where the recall is pasted."""
+    gemma = tiny_model("gemma3-hybrid", tok)
+    by_model = LatentRecall(units=None)
+    assert by_model.pad is None and (by_model.unit(tiny), by_model.padding(tiny)) == ("sentences", 0)
+    assert (by_model.unit(gemma), by_model.padding(gemma)) == ("blocks", 8)
+    for blocks in (LatentRecall(units=None, attach=False), LatentRecall(units=None, peaks=0),
+                   LatentRecall(units=None, rank="both")):
+        assert (blocks.unit(tiny), blocks.padding(tiny)) == ("blocks", 8)
+    assert LatentRecall(units=None, pad=3).padding(tiny) == 3 and LatentRecall(units="sentences").unit(gemma) == \
+        "sentences"
+    cache = archiving_cache(tiny)
+    cache.extend(planted(essay))
+    attached = LatentRecall(tokens=96, units=None).lookup(cache, PARAPHRASE, 96)
+    same = LatentRecall(tokens=96, units="sentences").lookup(cache, PARAPHRASE, 96)
+    assert attached.spans is not None and torch.equal(attached.spans, same.spans) and attached.ranges == same.ranges
+    pasted = LatentRecall(tokens=96, units=None, attach=False).lookup(cache, PARAPHRASE, 96)
+    blocks = LatentRecall(tokens=96, attach=False).lookup(cache, PARAPHRASE, 96)
+    assert pasted.spans is None and pasted.ranges == blocks.ranges
 
 
 def test_the_routed_check_reads_as_many_units_as_the_budget_recalls_blocks(tiny, essay):

@@ -36,7 +36,8 @@ Every condition sees the same events; `window` is the worker's positions, `reser
   above the margin), side-by-side chunks for its share below the margin (round 22's probe, the default since round
   23, spelled out); fold-routed-stride and fold-routed-sentences cut BM25's share below the margin their own way too;
   fold-routed-units: the shipped default whose latent recall ranks and recalls the trajectory's sentences instead of
-  its blocks (`LatentRecall(units="sentences")`, round 25's probe);
+  its blocks (`LatentRecall(units="sentences")`, round 25's probe); fold-routed-by-model: sentences where the recall
+  is re-attached, blocks where it is pasted (`LatentRecall(units=None)`, round 27's probe);
 - fold-routed-sink: fold-routed-verify's recall on a cache of its own whose fold keeps the worker's header whole where
   the cache's room allows (the fold's sink holds the cache text before the trajectory: the chat template's head and
   the header; `fold_policy`; round 18's probe);
@@ -68,7 +69,8 @@ CONDITIONS = ["fold-task", "fold-span", "fold-span-only", "fold-mix", "fold-reca
               "fold-routed-hedged", "fold-routed-tail", "fold-routed-pin", "fold-routed-pin-full",
               "fold-routed-unpinned", "fold-routed-confident-pin", "fold-routed-overlap", "fold-routed-peaks",
               "fold-routed-means", "fold-routed-verify", "fold-routed-sink", "fold-routed-stride",
-              "fold-routed-sentences", "fold-routed-sentences-confident", "fold-routed-units", "ceiling", "truncated",
+              "fold-routed-sentences", "fold-routed-sentences-confident", "fold-routed-units",
+              "fold-routed-by-model", "ceiling", "truncated",
               "streaming", "streaming-recall", "bm25", "bm25-sentences", "summary", "plain"]
 # recall variants of fold-recall: scope (tail: the unfolded tail too) and order (ranked: the best chunk last); they
 # share fold-recall's cache
@@ -100,7 +102,8 @@ ROUTED = {"fold-routed": {}, "fold-routed-alone": dict(share=0.0), "fold-routed-
           "fold-routed-sink": {}, "fold-routed-stride": dict(chunks="overlap", shared="overlap"),
           "fold-routed-sentences": dict(chunks="sentences", shared="sentences"),
           "fold-routed-sentences-confident": dict(chunks="sentences", shared="words"),
-          "fold-routed-units": dict(chunks="sentences", shared="words", units="sentences")}
+          "fold-routed-units": dict(chunks="sentences", shared="words", units="sentences"),
+          "fold-routed-by-model": dict(chunks="sentences", shared="words", units=None)}
 # every routed condition but fold-routed (the shipped default) pins BM25's chunks: side by side, the default of rounds
 # 4-22, unless it names its own, so each probe answers as it did in its round
 # conditions whose fold keeps the worker's own header whole where the cache's room allows: the fold's sink holds the
