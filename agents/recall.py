@@ -367,6 +367,13 @@ def _cut_ranges(found: Recalled, text: str, keep_end: bool) -> list[tuple[int, i
 RANKS = ("latent", "both")
 UNITS = ("blocks", "sentences")   # what LatentRecall's ranking scores and recalls
 BLOCK_PAD = 8   # LatentRecall's pad over blocks (pad=None); over sentences 0
+
+
+def _unit_pad(units: str) -> int:
+    """LatentRecall's pad for `pad=None` over these units: 0 for sentences (recalled whole), `BLOCK_PAD` for blocks."""
+    return 0 if units == "sentences" else BLOCK_PAD
+
+
 FUSION_K = 60  # reciprocal rank fusion's constant (Cormack et al. 2009)
 
 
@@ -461,7 +468,7 @@ class LatentRecall(Recall):
         check_int(owner, "pad", self.pad, low=0, none=True, what="tokens recalled on each side of a block or sentence "
                   "(None: 8 for blocks, 0 for sentences)", error=ValueError)
         if self.pad is None and self.units is not None:   # units=None: the pad follows the model's units (`padding`)
-            self.pad = 0 if self.units == "sentences" else BLOCK_PAD
+            self.pad = _unit_pad(self.units)
         check_int(owner, "tail_skip", self.tail_skip, low=0, none=True, what="the trajectory's last tokens never "
                   "recalled when the unfolded tail is ranked too (None: it is not)", error=ValueError)
         check_int(owner, "pin", self.pin, low=0, none=True, what="tokens of the unfolded tail kept whole in every "
@@ -505,9 +512,7 @@ class LatentRecall(Recall):
 
     def padding(self, lm: briefing.LoadedModel) -> int:
         """Tokens recalled on each side of a unit on `lm` (`pad`; None: 0 for sentences, `BLOCK_PAD` for blocks)."""
-        if self.pad is not None:
-            return self.pad
-        return 0 if self.unit(lm) == "sentences" else BLOCK_PAD
+        return self.pad if self.pad is not None else _unit_pad(self.unit(lm))
 
     def pin_budget(self, lm: briefing.LoadedModel, k_tokens: int) -> int:
         """Tokens of the unfolded tail this call pins (`pin`; None: `k_tokens`, 0 on a model with sliding layers)."""
