@@ -19,6 +19,10 @@ def test_episode_plants_one_fact_per_quarter():
         assert q.statement in text and lo - 0.1 <= q.offset <= hi + 0.1
         assert len(set(q.candidates)) == 4 and q.answer in q.candidates
         assert sum(f"{v}." in text for v in q.candidates) >= 3  # answer and the two same-kind distractors planted
+        # the distractors' statements: planted, of the statement's own form, about other keys, with the candidates
+        assert len(q.distractors) == 2 and all(f"{d}." in text for d in q.distractors)
+        form = q.statement[:q.statement.index(q.key)]
+        assert all(d.startswith(form) and q.key not in d and d.split()[-1] in q.candidates for d in q.distractors)
         if q.form == "own":
             assert f"{q.lead} {q.answer}" in text
         else:   # a paraphrase shares no content word with its statement
@@ -104,6 +108,12 @@ def test_long_suite_runs_every_condition_in_bounded_memory(tok, tmp_path):
             assert r["prefilled_tokens"] == r["cache_positions"] <= result["config"]["window"]
         if r["condition"] in long.FOLD_GUIDANCE or r["condition"] in ("truncated", "plain"):
             assert 0.0 <= r["covered_fact"] <= 1.0
+        if "covered_fact" in r:   # how many of the two same-kind distractor statements the call held whole
+            assert r["distractors_held"] in (0, 1, 2)
+        if r["condition"] == "plain":   # no trajectory in view: neither the fact nor a distractor
+            assert r["covered_fact"] == 0.0 and r["distractors_held"] == 0
+        if r["condition"] == "ceiling":   # the whole trajectory in view: the fact and both its distractors
+            assert r["covered_fact"] == 1.0 and r["distractors_held"] == 2
     long_rows = [r for r in rows if r["length"] == 900 and r["condition"] == "fold-mix"]
     assert long_rows[0]["trajectory_tokens"] > 2 * budget and long_rows[0]["folds"] >= 2
     assert result["folds"] and all(f["kept"] < f["span"] for f in result["folds"] if f["condition"] != "streaming")
@@ -293,6 +303,20 @@ def test_pooled_pairs_questions_within_each_run_and_pools_them(tmp_path, capsys)
                                                             "", None)] == ["bm25", "bm25", "split", "none", "none"]
     assert long_pooled.main(["--by-route", "--condition", "new", "--reference", "ref", str(b)]) == 0
     assert "bm25 own: 1 questions, accuracy 1.00 against 0.00, +1.000" in capsys.readouterr().out
+    # accuracy where each side held the fact whole (unpaired), and the distractors held where both rows record them
+    c = tmp_path / "c.json"
+    c.write_text(json.dumps({"rows": [dict(row("ref", 0, "paraphrase", False, 1.0), distractors_held=2),
+                                      dict(row("new", 0, "paraphrase", True, 1.0), distractors_held=1),
+                                      dict(row("ref", 1, "paraphrase", True, 0.5), distractors_held=0),
+                                      dict(row("new", 1, "paraphrase", False, 1.0), distractors_held=0),
+                                      row("ref", 2, "paraphrase", True, 1.0), row("new", 2, "paraphrase", True, 0.0)]}))
+    p, = long_pooled.pooled([str(c)], "new", "ref")
+    assert (p["new_whole_questions"], p["new_when_whole"], p["ref_whole_questions"], p["ref_when_whole"]) == (2, 0.5, 2,
+                                                                                                            0.5)
+    assert (p["new_distractors"], p["ref_distractors"]) == (0.5, 1.0)   # the two pairs that record them
+    assert long_pooled.main(["--condition", "new", "--reference", "ref", str(c)]) == 0
+    assert ("where held whole: accuracy 0.50 (2) against 0.50 (2); distractors held whole 0.50 against 1.00"
+            in capsys.readouterr().out)
 
 
 def test_suite_sizes_take_the_worker_s_default_recall_budget():

@@ -61,7 +61,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from agents.recall import default_recall_tokens, fold_room
-from benchmarks.rlm_bench.long_episodes import QUARTERS, LongEpisode, LongSpec, Question, question_event, question_text
+from benchmarks.rlm_bench.long_episodes import (QUARTERS, WHOLE, LongEpisode, LongSpec, Question, question_event,
+                                                question_text)
 
 CONDITIONS = ["fold-task", "fold-span", "fold-span-only", "fold-mix", "fold-recall", "fold-recall-all",
               "fold-recall-ranked", "fold-recall-all-ranked", "fold-latent", "fold-latent-both", "fold-latent-text",
@@ -186,9 +187,20 @@ def cache_group(condition: str) -> str:
 def fact_range(text: str, q: Question) -> tuple[int, int]:
     """Character range of the question's planted statement ("The mailbox is painted red") in `text` (a paraphrased
     question's lead-in is not the statement's: its `statement` is searched)."""
-    statement = q.statement or f"{q.lead} {q.answer}"
+    return statement_range(text, q.statement or f"{q.lead} {q.answer}")
+
+
+def statement_range(text: str, statement: str) -> tuple[int, int]:
+    """Character range of a planted statement in `text`."""
     start = text.index(statement)
     return start, start + len(statement)
+
+
+def distractors_held(q: Question, held: Any) -> int:
+    """How many of the question's same-kind distractor statements the call's context held whole; held(statement) ->
+    the share of its characters held (a paraphrase's weak worker cannot tell the fact from them: docs/benchmarks.md,
+    round 28)."""
+    return sum(held(s) >= WHOLE for s in q.distractors)
 
 
 def ask(worker: Any, ep: LongEpisode, condition: str, full: str, q: Question, i: int, tokens: int,
@@ -221,6 +233,10 @@ def ask(worker: Any, ep: LongEpisode, condition: str, full: str, q: Question, i:
             row["covered_fact"] = round(b.coverage(*fact_range(full, q)), 4)
         elif q.quarter:   # pasted other text (BM25 chunks, a summary): the fact is there word for word or not
             row["covered_fact"] = float((q.statement or f"{q.lead} {q.answer}") in body)
+            row["distractors_held"] = distractors_held(q, lambda s: float(s in body))
+            return row
+    if "covered_fact" in row:
+        row["distractors_held"] = distractors_held(q, lambda s: b.coverage(*statement_range(full, s)))
     return row
 
 

@@ -31,6 +31,7 @@ CARRIERS = ("output", "worker", "note")
 SPLIT_SEED = {"dev": 0, "heldout": 100_000}
 SPLIT_SPAN = 100_000   # episode e of a split has seed SPLIT_SEED + e
 FORMS = ("own", "paraphrase")
+WHOLE = 0.999  # a share of a statement's characters at or above which the call's context holds it whole
 # words that carry no content: shared by a question and its statement, they say nothing about which fact is meant
 STOPWORDS = frozenset("a an the is are was be by of to in on at for with from into my our your me i we who what which "
                       "whose how do does did that this it its s".split())
@@ -128,6 +129,8 @@ class Question:
     statement: str = ""    # the planted fact ("The safe combination is 4417")
     form: str = "own"      # "own": in the statement's words; "paraphrase": no content word shared with it
     fact: int = 0          # which of the episode's four facts (both forms of a fact share it)
+    distractors: tuple[str, ...] = ()   # the two same-kind distractors' statements ("The garden fence is painted
+    #                                     green"): the candidates a worker must tell the fact from
 
 
 @dataclass
@@ -247,10 +250,11 @@ def make_long_episode(seed: int, target_tokens: int, chars_per_token: float = 4.
         if qt:
             cands = sorted(pool, key=lambda v: random.Random(f"{seed}:{key.key}:{v}").random())
             statement = kind.statement.format(key=key.key, value=value)
+            distractors = tuple(kind.statement.format(key=k.key, value=v) for _, k, v, _, _ in facts[j + 1:j + 3])
             for form, question, lead in (("own", kind.question.format(key=key.key), kind.lead.format(key=key.key)),
                                          ("paraphrase", key.paraphrase, key.lead)):
                 questions.append(Question(key.key, value, qt, offsets[j] / total, question, lead, cands, statement,
-                                          form, qt - 1))
+                                          form, qt - 1, distractors))
     return LongEpisode(f"long-s{seed}-t{target_tokens}", seed, target_tokens, task, chunks, questions)
 
 

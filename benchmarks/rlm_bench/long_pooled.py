@@ -9,7 +9,10 @@ NAME. Questions are paired by (length, episode, question) within each argument a
 (`--by-length`: per length and form): questions, each side's accuracy and availability (mean share of the fact's
 characters in the call's context), the accuracy difference and the difference in the share of questions whose fact the
 call's context held whole, each with a 95% bootstrap interval over questions (`benchmarks.stats.bootstrap_ci`).
-`--by-place` also splits each form by where the fact was at the call: "tail" where the persistent cache held it whole
+Also, per side: the accuracy where its call held the fact whole (with the count of such questions), and, for rows
+that record it (round 28 on), how many of the question's two same-kind distractor statements the call held whole on
+average. `--by-place` also splits each form by where the fact was at the call: "tail" where the persistent cache held
+it whole
 (the reference row's `held_fact`: its unfolded tail, which the call's compaction thins per head and which latent
 recall skips by default), "folded" elsewhere. `--by-route` splits each form by the route the reference's call took
 (its row's `recall_how`): "bm25" where BM25's recall was the call's own, "split" where latent recall had a part,
@@ -22,15 +25,13 @@ import json
 import statistics
 from pathlib import Path
 
+from benchmarks.rlm_bench.long_episodes import WHOLE
 from benchmarks.stats import bootstrap_ci
 
 
 def rows_of(path: str, condition: str) -> dict[tuple, dict]:
     rows = json.loads(Path(path).read_text())["rows"]
     return {(r["length"], r["episode"], r["question"]): r for r in rows if r["condition"] == condition}
-
-
-WHOLE = 0.999  # a share of the fact's characters at or above which the fact counts as held whole
 
 
 def place(row: dict) -> str:
@@ -77,9 +78,17 @@ def pooled(runs: list[str], condition: str, reference: str, by_length: bool = Fa
             d["ref"].append(float(b["correct"]))
             d["new_available"].append(float(a["covered_fact"]))
             d["ref_available"].append(float(b["covered_fact"]))
+            for side, r in (("new", a), ("ref", b)):
+                if r["covered_fact"] >= WHOLE:   # accuracy where the fact was held whole (not paired)
+                    d.setdefault(f"{side}_when_whole", []).append(float(r["correct"]))
+            if "distractors_held" in a and "distractors_held" in b:   # rows of round 28 on
+                d.setdefault("new_distractors", []).append(float(a["distractors_held"]))
+                d.setdefault("ref_distractors", []).append(float(b["distractors_held"]))
     out = []
     for group, d in sorted(diffs.items()):
         rec = {"form": group[-1], "questions": len(d["accuracy"])}
+        for side in ("new", "ref"):
+            rec[f"{side}_whole_questions"] = len(d.get(f"{side}_when_whole", []))
         if by_length:
             rec["length"] = group[0]
         if by_place:
@@ -91,6 +100,17 @@ def pooled(runs: list[str], condition: str, reference: str, by_length: bool = Fa
             if k in ("accuracy", "held_whole"):
                 rec[f"{k}_ci"] = list(bootstrap_ci(v))
         out.append(rec)
+    return out
+
+
+def extra(rec: dict) -> str:
+    """A record's accuracy where each side held the fact whole, and the same-kind distractors each side's calls held
+    whole per question (rows that record them), as printed text."""
+    out = "; where held whole: accuracy " + " against ".join(
+        f"{rec[f'{s}_when_whole']:.2f} ({rec[f'{s}_whole_questions']})" if f"{s}_when_whole" in rec else "- (0)"
+        for s in ("new", "ref"))
+    if "new_distractors" in rec:
+        out += f"; distractors held whole {rec['new_distractors']:.2f} against {rec['ref_distractors']:.2f}"
     return out
 
 
@@ -119,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['new']:.2f} against {r['ref']:.2f}, {r['accuracy']:+.3f} "
               f"[{r['accuracy_ci'][0]:+.3f}, {r['accuracy_ci'][1]:+.3f}]; available {r['new_available']:.2f} against "
               f"{r['ref_available']:.2f}; fact held whole {r['held_whole']:+.3f} "
-              f"[{r['held_whole_ci'][0]:+.3f}, {r['held_whole_ci'][1]:+.3f}]")
+              f"[{r['held_whole_ci'][0]:+.3f}, {r['held_whole_ci'][1]:+.3f}]" + extra(r))
     return 0
 
 
