@@ -420,22 +420,21 @@ class LatentRecall(Recall):
         suite (two models, 4k to 64k, 272 questions per form) it held the paraphrased fact whole 0.066 [+0.033,
         +0.099] more often, availability 0.79 -> 0.85, accuracy level (docs/benchmarks.md, "Latent recall, round
         12").
-        units: what the ranking scores and recalls: "blocks" (the default), the archive's 32-token blocks, each
-        widened by `pad`; "sentences", the trajectory's sentences (`sentence_units`, cut at `latent.UNIT_TOKENS`
-        tokens), each scored by its tokens' mean state at the last layer and its `peaks` best tokens
-        (`latent.unit_scores`) and recalled whole. A fact is a sentence or two: a block of other text dilutes its
-        mean, and a pick of a block and its pads spends 48 tokens where the sentence takes 10-20, so the same budget
-        holds more of them (dev episodes on the 2k window: a paraphrased fact's every token recalled 0.75 -> 0.96
-        of the time at 288 tokens). An opt-in: on every held-out setting of the long suite but SmolLM2's 64k (224
-        paraphrased questions) it held the paraphrased fact whole +0.107 [+0.058, +0.161] more often, and its accuracy
-        moved -0.027 [-0.080, +0.027]: +0.000 on SmolLM2, whose recall is re-attached, -0.075 on Gemma 3, whose recall
-        is pasted as text (docs/benchmarks.md, "Latent recall, round 26"). Needs `peaks` >= 1 and rank="latent".
-        None: by model (`unit`): sentences where the recall is re-attached as keys and values (and ranked by the
-        hidden states with `peaks`), blocks where its text is pasted before the question (pasted sentences bring
-        about three times as many pieces, the distractors among them: on Gemma 3's dev episodes they answered -0.146
-        [-0.271, -0.042] less often). An opt-in: on SmolLM2's fresh held-out episodes (112 paraphrased questions) it
-        held the fact whole +0.161 [+0.089, +0.241] more often, but answered -0.045 [-0.116, +0.027] less often
-        (docs/benchmarks.md, "Latent recall, round 27").
+        units: what the ranking scores and recalls: "blocks", the archive's 32-token blocks, each widened by `pad`;
+        "sentences", the trajectory's sentences (`sentence_units`, cut at `latent.UNIT_TOKENS` tokens), each scored by
+        its tokens' mean state at the last layer and its `peaks` best tokens (`latent.unit_scores`) and recalled
+        whole. A fact is a sentence or two: a block of other text dilutes its mean, and a pick of a block and its pads
+        spends 48 tokens where the sentence takes 10-20, so the same budget holds more of them (dev episodes on the 2k
+        window: a paraphrased fact's every token recalled 0.75 -> 0.96 of the time at 288 tokens). Needs `peaks` >= 1
+        and rank="latent". None (the default since round 28): by model (`unit`): sentences where the recall is
+        re-attached as keys and values (and ranked by the hidden states with `peaks`), blocks where its text is pasted
+        before the question (pasted sentences bring about three times as many pieces, the distractors among them: on
+        Gemma 3's dev episodes they answered -0.146 [-0.271, -0.042] less often, round 27). On SmolLM2's held-out
+        episodes that no run had used before rounds 27 and 28 (232 paraphrased questions), the fact held whole +0.155
+        [+0.103, +0.207] more often (available 0.71 -> 0.85), answers -0.030 [-0.073, +0.013]; own words +0.013
+        [-0.004, +0.030]. Its cost: it brings back more of a fact's same-kind distractors (1.51 against 1.17 of 2), and
+        where the fact was already in view the 135M worker picks one of them more often (docs/benchmarks.md, "Latent
+        recall, round 28").
         pad: as above; None (the default): 8 for blocks, 0 for sentences (a sentence comes back whole as it is).
         archive_policy: the caches'
         `briefing.ArchivePolicy` (None: its defaults where the blocks are re-attached, the representatives alone,
@@ -454,7 +453,7 @@ class LatentRecall(Recall):
     tail_skip: int | None = None
     pin: int | None = None
     peaks: int = 4
-    units: str | None = "blocks"
+    units: str | None = None
     archive_policy: Any = None
 
     def __post_init__(self) -> None:

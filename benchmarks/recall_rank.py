@@ -199,7 +199,7 @@ def offline(folders: list[str], budgets: tuple[int, ...] = (960,), pad: int = 8,
     from agents.recall import LatentRecall
     from briefing.latent import SHRINK, pick, score_units, token_peaks, whiten, within
 
-    shipped_pad = LatentRecall().pad
+    shipped_pad = LatentRecall(units="blocks").pad
 
     unit = torch.nn.functional.normalize
 
@@ -372,7 +372,7 @@ def run(args: argparse.Namespace) -> dict:
         budget = args.window - reserve - recall_budget
         budgets = (recall_budget, 960)
     policy = briefing.ArchivePolicy()
-    shipped = LatentRecall()
+    shipped = LatentRecall(units="blocks")
     rows: list[dict] = []
     sizes: list[dict] = []
     attn = [blk.self_attn for blk in decoder_layers(lm)]
@@ -461,7 +461,7 @@ def run(args: argparse.Namespace) -> dict:
                                   peaks=shipped.peaks)
             lookup_s = time.perf_counter() - t1
             shipped_scores = {"shipped/latent": found.scores.cpu(),
-                              "shipped/both": LatentRecall(rank="both")._fused(cache, question_text(q),
+                              "shipped/both": LatentRecall(rank="both", units="blocks")._fused(cache, question_text(q),
                                                                                found.scores).cpu()}
             qproj: dict[int, torch.Tensor] = {}
 

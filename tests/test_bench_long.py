@@ -68,14 +68,17 @@ def test_long_suite_runs_every_condition_in_bounded_memory(tok, tmp_path):
                 - result["config"]["recall_budget"]
     latent = [r for r in rows if r["condition"] in long.LATENT and r["length"] == 900]
     assert any(r["recalled_tokens"] > 0 for r in latent)   # past the first fold the latent recall brings blocks back
-    # fold-routed asks on fold-latent's cache: where it routed a question to latent recall it recalls the same
-    routed = {(r["length"], r["question"]): r for r in rows if r["condition"] == "fold-routed"}
+    # the routed conditions ask on fold-latent's cache: where the round-24 default (latent recall by blocks) routed a
+    # question to latent recall it recalls the same
+    routed = {(r["length"], r["question"]): r for r in rows if r["condition"] == "fold-routed-sentences-confident"}
     for r in latent:
         if r["condition"] == "fold-latent" and routed[(900, r["question"])]["recall_how"] == "latent:attach":
             assert routed[(900, r["question"])]["covered_fact"] == r["covered_fact"]
     # a quarter of this budget is below a recall's minimum: below the margin latent recall takes it all; BM25's best
     # chunk beside latent blocks only where the latent ranking overrules BM25's confident route (verify, the default)
-    assert {r["recall_how"] for r in routed.values()} <= {"", "bm25", "latent:attach", "latent:attach+bm25"}
+    for c in ("fold-routed-sentences-confident", "fold-routed"):   # the shipped default's latent recall by sentences
+        assert {r["recall_how"] for r in rows if r["condition"] == c} <= {"", "bm25", "latent:attach",
+                                                                            "latent:attach+bm25"}
     # the latent lookup's time, a part of the recall's, and its share of a call in the summary
     looked = [r for r in rows if r["condition"] == "fold-routed" and r["length"] == 900 and r["lookup_s"] > 0]
     assert looked and all(r["lookup_s"] <= r["recall_s"] for r in looked)
@@ -370,7 +373,7 @@ def test_routed_conditions_build_their_recall():
     assert (plain.text, plain.share_recall()) == (mixed.text, mixed.shared) and plain.shared is None
     units = recall_of("fold-routed-units", sizes)   # round 25's probe: the shipped default, latent recall by sentences
     assert (units.latent.units, units.latent.pad, units.latent.tokens) == ("sentences", 0, 120)
-    assert (units.text, units.shared) == (mixed.text, mixed.shared) and plain.latent.units == "blocks"
+    assert (units.text, units.shared) == (mixed.text, mixed.shared) and plain.latent.units is None
     by_model = recall_of("fold-routed-by-model", sizes)   # round 27's probe: sentences re-attached, blocks pasted
     assert (by_model.latent.units, by_model.latent.pad, by_model.text, by_model.shared) == (None, None, mixed.text,
                                                                                             mixed.shared)

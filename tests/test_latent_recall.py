@@ -3,7 +3,7 @@ away is archived exactly, survives re-bases, is re-attached where a prefill woul
 budget; `coverage` counts kept and recalled characters; a worker recalls through the archive."""
 from __future__ import annotations
 
-
+import functools
 import json
 import types
 
@@ -18,6 +18,8 @@ from briefing import kv, latent
 from briefing.context import forward_with_bias
 from tests.tiny import tiny_model, tiny_tokenizer
 
+# latent recall by blocks (`LatentRecall(units="blocks")`): what most tests here pin down; the default ranks sentences
+BlockRecall = functools.partial(LatentRecall, units="blocks")
 
 
 def archiving_cache(lm, dtype="float32", budget_bytes=1 << 30, importance=False, token_states=True, **kw):
@@ -218,7 +220,7 @@ def test_peaks_add_a_block_s_best_tokens_to_its_mean(tiny, essay):
     plain.extend(planted(essay))
     with pytest.raises(briefing.BriefingError, match="token_states=True"):
         latent.block_scores(plain, q, peaks=k)
-    assert LatentRecall().archive(tiny).token_states and not LatentRecall(peaks=0).archive(tiny).token_states
+    assert LatentRecall().archive(tiny).token_states and not BlockRecall(peaks=0).archive(tiny).token_states
     assert briefing.ArchivePolicy().token_states   # what the default recall ranks by
     with pytest.raises(ValueError, match="LatentRecall: peaks=4 .* keeps no token states"):
         LatentRecall(peaks=4, archive_policy=briefing.ArchivePolicy(token_states=False))
@@ -392,17 +394,17 @@ def test_latent_recall_finds_a_block_bm25_cannot(tiny, essay):
     s, e = text.index(FACT), text.index(FACT) + len(FACT)
     bm25 = TextRecall(tokens=64).recall(cache, PARAPHRASE, 64)
     assert bm25.how == "bm25" and not any(a < e and s < b for a, b in bm25.ranges)   # no chunk shares a word
-    got = LatentRecall(tokens=64, pad=8).recall(cache, PARAPHRASE, 32)   # the call's room: one block
+    got = BlockRecall(tokens=64, pad=8).recall(cache, PARAPHRASE, 32)   # the call's room: one block
     assert got.how == "latent:attach" and got.blocks is not None and got.text == "" and not got.pasted
     (lo, hi), = got.blocks.ranges               # one block, widened by the pad on both sides
     assert (lo, hi) == (j * B - 8, (j + 1) * B + 8) and got.tokens == hi - lo == got.blocks.length
     (a, b), = got.ranges
     assert a <= s + 1 < b                        # its characters hold the fact's start
-    text_got = LatentRecall(tokens=64, pad=8, attach=False).recall(cache, PARAPHRASE, 32)
+    text_got = BlockRecall(tokens=64, pad=8, attach=False).recall(cache, PARAPHRASE, 32)
     assert text_got.pasted and text_got.ranges == got.ranges
     assert text_got.text.strip() == tiny.decode(cache.ids[lo:hi]).strip() and "vault" in text_got.text
     # nothing to recall before the first fold, or under the smallest budget
-    assert not LatentRecall(tokens=64).recall(archiving_cache(tiny), PARAPHRASE, 64)
+    assert not BlockRecall(tokens=64).recall(archiving_cache(tiny), PARAPHRASE, 64)
 
 
 def test_both_fuses_latent_and_bm25_ranks(tiny, essay):
@@ -416,10 +418,10 @@ def test_both_fuses_latent_and_bm25_ranks(tiny, essay):
     own = "What number opens the vault under the old mill?"
     scores = aim_at(cache, j, own)
     scores[0] = float("-inf")                    # as for a block that cannot be fetched
-    fused = LatentRecall(rank="both")._fused(cache, own, scores)
+    fused = BlockRecall(rank="both")._fused(cache, own, scores)
     assert int(fused.argmax()) == j and fused[0] == float("-inf")
     assert fused[j] == pytest.approx(2 / 61)     # rank 0 in both
-    got = LatentRecall(tokens=32, pad=8, rank="both").recall(cache, own, 64)
+    got = BlockRecall(tokens=32, pad=8, rank="both").recall(cache, own, 64)
     assert got.how == "both:attach" and got.blocks.ranges == [(j * B - 8, (j + 1) * B + 8)]
 
 
@@ -446,7 +448,7 @@ def test_routed_recall_takes_bm25_where_a_chunk_stands_out_and_latent_where_none
     real = latent.lookup
     monkeypatch.setattr(latent, "lookup", lambda *a, **k: looked.append(1) or real(*a, **k))
     # BM25's confident route unchecked here (verify=False); the default's check has its own test below
-    routed = RoutedRecall(tokens=64, verify=False, latent=LatentRecall(tokens=64, pad=8))
+    routed = RoutedRecall(tokens=64, verify=False, latent=BlockRecall(tokens=64, pad=8))
     got = routed.recall(cache, own, 64)
     # its default text recall cuts whole sentences (round 24): the confident route's recall is theirs
     assert got == sentences and not looked and any(a <= s + 1 < b for a, b in got.ranges)
@@ -454,11 +456,11 @@ def test_routed_recall_takes_bm25_where_a_chunk_stands_out_and_latent_where_none
     assert para.margin < routed.margin                         # no word shared: nothing stands out
     got = routed.recall(cache, PARAPHRASE, 32)   # a quarter of 32 is below a recall's minimum: latent takes it all
     assert looked == [1] and got.how == "latent:attach" and got.margin == para.margin
-    assert got.blocks.ranges == LatentRecall(tokens=64, pad=8).recall(cache, PARAPHRASE, 32).blocks.ranges
+    assert got.blocks.ranges == BlockRecall(tokens=64, pad=8).recall(cache, PARAPHRASE, 32).blocks.ranges
     # no chunk shares a word with it: BM25 pastes nothing, latent recall takes the whole budget
     got = routed.recall(cache, PARAPHRASE, 64)
     assert got.how == "latent:attach" and not got.text and got.margin == para.margin
-    assert got.blocks.ranges == LatentRecall(tokens=64, pad=8).recall(cache, PARAPHRASE, 64).blocks.ranges
+    assert got.blocks.ranges == BlockRecall(tokens=64, pad=8).recall(cache, PARAPHRASE, 64).blocks.ranges
     weak = PARAPHRASE + " And?"   # a word most chunks share: nothing stands out, and BM25 keeps its quarter
     wpara = TextRecall(tokens=64).recall(cache, weak, 64)
     weak_margin = wpara.margin
@@ -467,37 +469,37 @@ def test_routed_recall_takes_bm25_where_a_chunk_stands_out_and_latent_where_none
     lexical = TextRecall(tokens=64).recall(cache, weak, 16)
     n = tiny.count_tokens(lexical.text)
     got = routed.recall(cache, weak, 64)
-    rest = LatentRecall(tokens=64, pad=8).recall(cache, weak, 64 - n)
+    rest = BlockRecall(tokens=64, pad=8).recall(cache, weak, 64 - n)
     assert got.how == "latent:attach+bm25" and got.text == lexical.text and got.margin == weak_margin
     assert got.blocks.ranges == rest.blocks.ranges and got.ranges == [*rest.ranges, *lexical.ranges]
     assert got.pasted == lexical.ranges and got.tokens == n + rest.tokens <= 64
     # the default pins (the tail's best blocks kept whole) come within the whole budget, before BM25's share
-    whole = LatentRecall(tokens=64, pad=8).recall(cache, weak, 64 - n, pin=64)
+    whole = BlockRecall(tokens=64, pad=8).recall(cache, weak, 64 - n, pin=64)
     assert got.pinned and got.pinned == whole.pinned and got.blocks.pinned == whole.blocks.pinned
     pins, spy = [], latent.lookup
     monkeypatch.setattr(latent, "lookup", lambda *a, **k: pins.append(k["pin"]) or real(*a, **k))
     routed.recall(cache, weak, 64)
-    LatentRecall(tokens=64, pad=8).recall(cache, weak, 64 - n)
+    BlockRecall(tokens=64, pad=8).recall(cache, weak, 64 - n)
     assert pins == [64, 64 - n] and sum(hi - lo for lo, hi in got.blocks.pinned) <= 64
-    explicit = RoutedRecall(tokens=64, latent=LatentRecall(tokens=64, pad=8, pin=64)).recall(cache, weak, 64)
+    explicit = RoutedRecall(tokens=64, latent=BlockRecall(tokens=64, pad=8, pin=64)).recall(cache, weak, 64)
     assert explicit.pinned == got.pinned and explicit.ranges == got.ranges   # the long suite's fold-routed-pin-full
     monkeypatch.setattr(latent, "lookup", spy)
-    alone = RoutedRecall(tokens=64, share=0, latent=LatentRecall(tokens=64, pad=8)).recall(cache, weak, 64)
-    assert alone.how == "latent:attach" and alone.blocks.ranges == LatentRecall(tokens=64, pad=8).recall(
+    alone = RoutedRecall(tokens=64, share=0, latent=BlockRecall(tokens=64, pad=8)).recall(cache, weak, 64)
+    assert alone.how == "latent:attach" and alone.blocks.ranges == BlockRecall(tokens=64, pad=8).recall(
         cache, weak, 64).blocks.ranges
     # overlap: below the margin BM25 keeps its share only where its best chunk holds that share of the question's
     # content words; the paraphrase shares none with it, so latent recall takes the whole budget
     assert wpara.overlap < 0.5
-    gate = RoutedRecall(tokens=64, min_overlap=0.5, latent=LatentRecall(tokens=64, pad=8))
+    gate = RoutedRecall(tokens=64, min_overlap=0.5, latent=BlockRecall(tokens=64, pad=8))
     gated = gate.recall(cache, weak, 64)
     assert gated.how == "latent:attach" and gated.ranges == alone.ranges and gated.margin == weak_margin
     assert gated.overlap == wpara.overlap                                 # carried, as the margin is
-    loose = RoutedRecall(tokens=64, min_overlap=wpara.overlap, latent=LatentRecall(tokens=64, pad=8))
+    loose = RoutedRecall(tokens=64, min_overlap=wpara.overlap, latent=BlockRecall(tokens=64, pad=8))
     assert loose.recall(cache, weak, 64).ranges == got.ranges   # at its own overlap: BM25 keeps its share
     gate = RoutedRecall(tokens=64, min_overlap=1.0, verify=False)
     assert gate.recall(cache, own, 64) == sentences   # the confident route is untouched
     # re-prefilled latent text goes first, BM25's chunks last, nearest the question; every range pasted
-    both = RoutedRecall(tokens=64, latent=LatentRecall(tokens=64, pad=8, attach=False)).recall(cache, weak, 64)
+    both = RoutedRecall(tokens=64, latent=BlockRecall(tokens=64, pad=8, attach=False)).recall(cache, weak, 64)
     assert both.how == "latent:prefill+bm25" and both.blocks.length == 0 and both.text.endswith(lexical.text)
     assert both.pinned and both.blocks.pinned   # no keys or values attached: only the pins go to the compaction
     assert both.pasted == both.ranges and both.ranges[-len(lexical.ranges):] == lexical.ranges
@@ -507,20 +509,20 @@ def test_routed_recall_takes_bm25_where_a_chunk_stands_out_and_latent_where_none
     kept = TextRecall(tokens=64, chunks="sentences").recall(cache, own, 48)   # the default `text`: whole sentences
     n = tiny.count_tokens(kept.text)
     hedged = RoutedRecall(tokens=64, confident_share=0.75, verify=False,
-                          latent=LatentRecall(tokens=64, pad=8)).recall(cache, own, 64)
+                          latent=BlockRecall(tokens=64, pad=8)).recall(cache, own, 64)
     assert looked == [1] and hedged.how == "latent:attach+bm25" and hedged.text == kept.text
-    assert hedged.margin == bm25.margin and hedged.blocks.ranges == LatentRecall(tokens=64, pad=8).recall(
+    assert hedged.margin == bm25.margin and hedged.blocks.ranges == BlockRecall(tokens=64, pad=8).recall(
         cache, own, 64 - n).blocks.ranges and hedged.tokens <= 64
     # confident_pin: above the margin BM25's recall is the call's text, and the lookup pins the tail's best blocks
     looked.clear()
     sure = RoutedRecall(tokens=64, confident_pin=True, verify=False,
-                        latent=LatentRecall(tokens=64, pad=8)).recall(cache, own, 64)
-    only = LatentRecall(tokens=64, pad=8).recall(cache, own, 0, pin=64)
+                        latent=BlockRecall(tokens=64, pad=8)).recall(cache, own, 64)
+    only = BlockRecall(tokens=64, pad=8).recall(cache, own, 0, pin=64)
     assert looked == [1, 1] and sure.text == sentences.text and sure.ranges == sentences.ranges == sure.pasted
     assert sure.how == "bm25+latent:attach-pins" and sure.margin == bm25.margin and sure.tokens == sentences.tokens
     assert sure.pinned and sure.pinned == only.pinned and sure.blocks.length == 0 and only.ranges == []
     assert sure.lookup_s > 0   # the lookup the pins were found by, made by the latent recall here (verify=False)
-    assert RoutedRecall(tokens=64, confident_pin=True, verify=False, latent=LatentRecall(tokens=64, pin=0)).recall(
+    assert RoutedRecall(tokens=64, confident_pin=True, verify=False, latent=BlockRecall(tokens=64, pin=0)).recall(
         cache, own, 64) == sentences                                 # no pin budget: BM25's recall alone
     with pytest.raises(ValueError, match="confident_pin"):
         RoutedRecall(confident_pin=1)
@@ -558,7 +560,7 @@ def test_routed_recall_shared_cuts_bm25s_share_below_the_margin_its_own_way(tiny
     assert sentences.recall(cache, weak, 16).text != words.recall(cache, weak, 16).text
 
     def router(**kw):
-        return RoutedRecall(tokens=64, verify=False, latent=LatentRecall(tokens=64, pad=8), **kw)
+        return RoutedRecall(tokens=64, verify=False, latent=BlockRecall(tokens=64, pad=8), **kw)
 
     def same(a, b):   # everything but the lookup's time
         return (a.text, a.ranges, a.how, a.margin, a.blocks and a.blocks.ranges) == \
@@ -616,7 +618,7 @@ def test_routed_recall_verify_checks_bm25s_best_chunk_against_the_latent_ranking
         return found
 
     monkeypatch.setattr(latent, "lookup", rigged)
-    routed = RoutedRecall(tokens=64, verify=True, latent=LatentRecall(tokens=64, pad=8))
+    routed = RoutedRecall(tokens=64, verify=True, latent=BlockRecall(tokens=64, pad=8))
     m = -(-64 // (B + 2 * 8))                                              # picks the whole budget makes
     rank_of_chunk.append(m - 1)                                            # the chunk's block is the m-th best
     agreed = routed.recall(cache, own, 64)
@@ -630,15 +632,15 @@ def test_routed_recall_verify_checks_bm25s_best_chunk_against_the_latent_ranking
     best = cache.text[lo:hi] + "\n"                                        # BM25's best chunk alone, whole
     n = tiny.count_tokens(best)
     monkeypatch.setattr(latent, "lookup", real)
-    rest = LatentRecall(tokens=64, pad=8).recall(cache, own, 64 - n, pin=64)   # pins within the whole budget
+    rest = BlockRecall(tokens=64, pad=8).recall(cache, own, 64 - n, pin=64)   # pins within the whole budget
     assert got.how == "latent:attach+bm25" and got.text == best and got.pasted == [(lo, hi)]
     assert got.margin == bm25.margin and got.ranges == [*rest.ranges, (lo, hi)] and got.lookup_s > 0
     assert got.blocks.ranges == rest.blocks.ranges and got.pinned == rest.pinned and got.tokens == n + rest.tokens
     # found=: a lookup at one budget, re-picked within another, picks what a lookup at that budget picks
-    whole = LatentRecall(tokens=64, pad=8).lookup(cache, own, 64, pin=0)
+    whole = BlockRecall(tokens=64, pad=8).lookup(cache, own, 64, pin=0)
     for k in (64, 40, 20):
-        assert LatentRecall(tokens=64, pad=8).recall(cache, own, k, pin=0, found=whole).ranges == \
-            LatentRecall(tokens=64, pad=8).recall(cache, own, k, pin=0).ranges
+        assert BlockRecall(tokens=64, pad=8).recall(cache, own, k, pin=0, found=whole).ranges == \
+            BlockRecall(tokens=64, pad=8).recall(cache, own, k, pin=0).ranges
     assert RoutedRecall().verify                                           # the default since round 15
     assert RoutedRecall().recall(archiving_cache(tiny), own, 64).how == "bm25"   # no fold: nothing to check
     with pytest.raises(ValueError, match="RoutedRecall: verify must be"):
@@ -658,9 +660,9 @@ def test_briefed_worker_recalls_through_the_archive(tiny, essay):
     peaks = briefing.ArchivePolicy(block=16, token_states=True)
     weak = PARAPHRASE + " And?"   # a word many chunks share: BM25 keeps its part of a routed recall
     for how, rec, query in [
-            ("latent:attach", LatentRecall(tokens=64, pad=8, archive_policy=policy), PARAPHRASE),
-            ("latent:attach", LatentRecall(tokens=64, pad=8, peaks=4, archive_policy=peaks), PARAPHRASE),
-            ("latent:prefill", LatentRecall(tokens=64, pad=8, attach=False, archive_policy=policy), PARAPHRASE),
+            ("latent:attach", BlockRecall(tokens=64, pad=8, archive_policy=policy), PARAPHRASE),
+            ("latent:attach", BlockRecall(tokens=64, pad=8, peaks=4, archive_policy=peaks), PARAPHRASE),
+            ("latent:prefill", BlockRecall(tokens=64, pad=8, attach=False, archive_policy=policy), PARAPHRASE),
             ("latent:attach+bm25", RoutedRecall(tokens=64, margin=100, latent=LatentRecall(
                 tokens=64, pad=8, archive_policy=policy)), weak)]:
         w = BriefedWorker(lm=tiny, max_new_tokens=2, reserve=160, cache_budget=256, recall=rec,
@@ -736,7 +738,7 @@ def test_latent_recall_reprefills_on_a_model_with_sliding_layers(tiny, tok, essa
                              ("llama, representatives alone", tiny, reps)]:   # the default block: 32
         means = dict(peaks=0) if lm is gemma else {}   # the block means (gemma: a cache without token states)
         w = BriefedWorker(lm=lm, max_new_tokens=2, reserve=160, cache_budget=256,
-                          recall=LatentRecall(tokens=64, pad=8, archive_policy=policy, **means),
+                          recall=BlockRecall(tokens=64, pad=8, archive_policy=policy, **means),
                           fold=briefing.FoldPolicy(recent=64))
         b = w.brief(PARAPHRASE, text)
         assert b.cache.folds and b.stats.recall == "latent:prefill" and b.recalled.text
@@ -748,9 +750,9 @@ def test_latent_recall_reprefills_on_a_model_with_sliding_layers(tiny, tok, essa
         seen[name] = b.recalled.ranges, b.cache.archive.nbytes()
         if name == "gemma":   # nothing archived; a fork keeps such a cache only for a recall that needs no more
             assert not b.cache.archive.segments and b.cache.archive.archive_s == 0
-            assert w.fork(recall=LatentRecall(tokens=64, peaks=0))._caches
+            assert w.fork(recall=BlockRecall(tokens=64, peaks=0))._caches
             assert not w.fork(recall=LatentRecall(attach=True, archive_policy=briefing.ArchivePolicy()))._caches
-            peaks = w.fork(recall=LatentRecall(tokens=64, pad=8, peaks=4))   # no token states: rebuilt from the text
+            peaks = w.fork(recall=BlockRecall(tokens=64, pad=8, peaks=4))   # no token states: rebuilt from the text
             assert not peaks._caches
             pb = peaks.brief(PARAPHRASE, text)   # its text re-prefilled, ranked with the states the new cache keeps
             assert pb.stats.recall == "latent:prefill" and pb.cache.archive.token_states() is not None
@@ -758,7 +760,7 @@ def test_latent_recall_reprefills_on_a_model_with_sliding_layers(tiny, tok, essa
             with pytest.raises(briefing.BriefingError, match="kv=True fetches archived keys and values, but"):
                 latent.lookup(b.cache, gemma.encode(PARAPHRASE), None, 64, pad=8, sink=4, kv=True)
         if name == "gemma, keys kept":   # forked to a recall that re-prefills: its keys and values dropped
-            forked = w.fork(recall=LatentRecall(tokens=64, pad=8, peaks=0))
+            forked = w.fork(recall=BlockRecall(tokens=64, pad=8, peaks=0))
             assert forked._caches[0].archive.policy.budget_bytes == 0 and not forked._caches[0].archive.segments
             assert b.cache.archive.segments                  # the original keeps its own
             again = forked.brief(PARAPHRASE, text)
@@ -877,14 +879,14 @@ def test_recall_options_make_no_tensor_off_the_model_s_device(tiny, essay):
     cache.extend(planted(essay))
     torch.set_default_device("meta")
     try:
-        got = LatentRecall(tokens=64, pad=8, tail_skip=32).recall(cache, PARAPHRASE, 64)
+        got = BlockRecall(tokens=64, pad=8, tail_skip=32).recall(cache, PARAPHRASE, 64)
         assert got.blocks is not None and got.blocks.keys.device.type == "cpu" and got.tokens <= 64
-        pins = LatentRecall(tokens=64, pad=8, pin=32, attach=False).recall(cache, PARAPHRASE, 64)
+        pins = BlockRecall(tokens=64, pad=8, pin=32, attach=False).recall(cache, PARAPHRASE, 64)
         assert pins.pinned and pins.blocks.length == 0 and pins.blocks.keys.device.type == "cpu"
         ctx, origins = latent.compact_attached(cache, pins.blocks, "Question: " + PARAPHRASE,
                                                briefing.AttentionMatching(tau=1.0))
         assert ctx.positions.device.type == "cpu" and origins.device.type == "cpu"
-        hedged = RoutedRecall(tokens=64, margin=1, confident_share=0.75, latent=LatentRecall(tokens=64, pad=8))
+        hedged = RoutedRecall(tokens=64, margin=1, confident_share=0.75, latent=BlockRecall(tokens=64, pad=8))
         both = hedged.recall(cache, PARAPHRASE + " And?", 64)   # a word many chunks share: BM25 keeps its part
         assert both.how == "latent:attach+bm25" and both.blocks.keys.device.type == "cpu"
         units = LatentRecall(tokens=64, units="sentences", pin=32).recall(cache, PARAPHRASE, 64)   # round 25
@@ -930,7 +932,7 @@ def test_pinned_tail_blocks_are_kept_whole_in_every_head(tiny, essay):
 
     def worker(pin):
         return BriefedWorker(lm=tiny, max_new_tokens=2, reserve=160, cache_budget=256, fold=briefing.FoldPolicy(
-            recent=64), recall=LatentRecall(tokens=64, pad=4, pin=pin, archive_policy=policy))
+            recent=64), recall=BlockRecall(tokens=64, pad=4, pin=pin, archive_policy=policy))
 
     plain, pinned = worker(0).brief(PARAPHRASE, text), worker(40).brief(PARAPHRASE, text)
     cache = pinned.cache
@@ -957,7 +959,7 @@ def test_pinned_tail_blocks_are_kept_whole_in_every_head(tiny, essay):
     assert not torch.equal(pinned.context.positions, plain.context.positions)
     # text recall (attach=False): the pins still reach the call's compaction, with no keys or values attached
     text_w = BriefedWorker(lm=tiny, max_new_tokens=2, reserve=160, cache_budget=256, fold=briefing.FoldPolicy(
-        recent=64), recall=LatentRecall(tokens=64, pad=4, pin=40, attach=False, archive_policy=policy))
+        recent=64), recall=BlockRecall(tokens=64, pad=4, pin=40, attach=False, archive_policy=policy))
     b = text_w.brief(PARAPHRASE, text)
     assert b.recalled.blocks is not None and b.recalled.blocks.length == 0 and b.recalled.text
     assert b.recalled.pasted == b.recalled.ranges and b.recalled.pinned

@@ -113,7 +113,8 @@ def test_latent_recall_by_sentences_brings_the_aimed_sentence_back_whole(tiny, e
     lo, hi = aim_sentence(cache, PARAPHRASE)
     assert hi <= cache.archive.archived[1]                                     # folded away: a candidate
     rec = LatentRecall(tokens=96, units="sentences")
-    assert rec.pad == 0 and LatentRecall().pad == 8 and LatentRecall(units="sentences", pad=3).pad == 3
+    assert rec.pad == 0 and LatentRecall().units is None and LatentRecall(units="blocks").pad == 8
+    assert LatentRecall(units="sentences", pad=3).pad == 3
     got = rec.recall(cache, PARAPHRASE, 96)
     assert got.how == "latent:attach" and got.blocks is not None
     assert got.blocks.ranges[-1] == (lo, hi) and got.tokens <= 96 and len(got.blocks.ranges) > 1

@@ -33,11 +33,13 @@ Every condition sees the same events; `window` is the worker's positions, `reser
 - fold-routed-stride, fold-routed-sentences: fold-routed whose BM25 chunks overlap by half, or hold whole sentences
   (`TextRecall(chunks="overlap")`, `"sentences"`: a statement across two side-by-side chunks' edge lies whole in one;
   round 19's probes); fold-routed-sentences-confident: whole sentences where BM25's recall is the call's own (at or
-  above the margin), side-by-side chunks for its share below the margin (round 22's probe, the default since round
-  23, spelled out); fold-routed-stride and fold-routed-sentences cut BM25's share below the margin their own way too;
+  above the margin), side-by-side chunks for its share below the margin (round 22's probe, the default of rounds
+  24-27, spelled out); fold-routed-stride and fold-routed-sentences cut BM25's share below the margin their own way too;
   fold-routed-units: the shipped default whose latent recall ranks and recalls the trajectory's sentences instead of
   its blocks (`LatentRecall(units="sentences")`, round 25's probe); fold-routed-by-model: sentences where the recall
-  is re-attached, blocks where it is pasted (`LatentRecall(units=None)`, round 27's probe);
+  is re-attached, blocks where it is pasted (`LatentRecall(units=None)`, round 27's probe, the default since round
+  28, spelled out). Every routed and latent condition but fold-routed and these two ranks blocks
+  (`units="blocks"`): what each was run with;
 - fold-routed-sink: fold-routed-verify's recall on a cache of its own whose fold keeps the worker's header whole where
   the cache's room allows (the fold's sink holds the cache text before the trajectory: the chat template's head and
   the header; `fold_policy`; round 18's probe);
@@ -344,6 +346,7 @@ def recall_of(condition: str, sizes: dict) -> Any:
         kw = dict(ROUTED[condition])
         if condition != "fold-routed":
             kw.setdefault("chunks", "words")
+            kw.setdefault("units", "blocks")
         if "pin_share" in kw:
             kw["pin"] = int(kw.pop("pin_share") * sizes["recall_budget"])
         own = {k: kw.pop(k) for k in ("attach", "tail_skip", "pin", "peaks", "units") if k in kw}   # LatentRecall's
@@ -355,7 +358,7 @@ def recall_of(condition: str, sizes: dict) -> Any:
             kw["shared"] = TextRecall(tokens=sizes["recall_budget"], chunks=kw.pop("shared"))
         return RoutedRecall(tokens=sizes["recall_budget"], **kw)
     if condition in LATENT:
-        return LatentRecall(tokens=sizes["recall_budget"], **LATENT[condition])
+        return LatentRecall(tokens=sizes["recall_budget"], units="blocks", **LATENT[condition])
     return TextRecall(tokens=sizes["recall_budget"], **RECALL_VARIANTS.get(condition, RECALL_VARIANTS["fold-recall"]))
 
 
