@@ -429,12 +429,12 @@ class LatentRecall(Recall):
         and rank="latent". None (the default since round 28): by model (`unit`): sentences where the recall is
         re-attached as keys and values (and ranked by the hidden states with `peaks`), blocks where its text is pasted
         before the question (pasted sentences bring about three times as many pieces, the distractors among them: on
-        Gemma 3's dev episodes they answered -0.146 [-0.271, -0.042] less often, round 27). On SmolLM2's held-out
-        episodes that no run had used before rounds 27 and 28 (232 paraphrased questions), the fact held whole +0.155
-        [+0.103, +0.207] more often (available 0.71 -> 0.85), answers -0.030 [-0.073, +0.013]; own words +0.013
-        [-0.004, +0.030]. Its cost: it brings back more of a fact's same-kind distractors (1.51 against 1.17 of 2), and
-        where the fact was already in view the 135M worker picks one of them more often (docs/benchmarks.md, "Latent
-        recall, round 28").
+        Gemma 3's dev episodes they answered -0.146 [-0.271, -0.042] less often, round 27). On SmolLM2's fresh
+        held-out episodes of rounds 27 and 28 and its 64k episodes 0-3 (232 paraphrased questions), the fact held
+        whole +0.155 [+0.103, +0.207] more often (available 0.71 -> 0.85), answers -0.030 [-0.073, +0.013]; own words
+        +0.013 [-0.004, +0.030]. Its cost: it brings back more of a fact's same-kind distractors (round 28's 120: 1.51
+        against 1.17 of 2), and where the fact was already in view the 135M worker picks one of them more often
+        (docs/benchmarks.md, "Latent recall, round 28").
         pad: as above; None (the default): 8 for blocks, 0 for sentences (a sentence comes back whole as it is).
         archive_policy: the caches'
         `briefing.ArchivePolicy` (None: its defaults where the blocks are re-attached, the representatives alone,
