@@ -235,10 +235,9 @@ def ask(worker: Any, ep: LongEpisode, condition: str, full: str, q: Question, i:
             row["covered_fact"] = round(b.coverage(*fact_range(full, q)), 4)
         elif q.quarter:   # pasted other text (BM25 chunks, a summary): the fact is there word for word or not
             row["covered_fact"] = float((q.statement or f"{q.lead} {q.answer}") in body)
-            row["distractors_held"] = distractors_held(q, lambda s: float(s in body))
-            return row
-    if "covered_fact" in row:
-        row["distractors_held"] = distractors_held(q, lambda s: b.coverage(*statement_range(full, s)))
+    if "covered_fact" in row:   # the distractors the same way: word for word in pasted text, else by coverage
+        row["distractors_held"] = distractors_held(q, (lambda s: float(s in body)) if body is not None
+                                                   else (lambda s: b.coverage(*statement_range(full, s))))
     return row
 
 
