@@ -74,7 +74,9 @@ class Recalled:
     `blocks`), not brought back: already in the cache. attached: how many of the first `ranges` are re-attached
     (None: as many as `blocks` has; `shifted` sets it where it drops some). lookup_s: the time of the latent lookup
     the recall made (the question's forward over the cache and the blocks' ranking, `LatentRecall.lookup`; 0: none),
-    a part of the recall's own time."""
+    a part of the recall's own time. tail_gap: where a latent lookup ran, the best score of the unfolded tail's blocks
+    or sentences (in view) less the best score of those it could fetch (`briefing.latent.Lookup.tail_gap`; > 0: the
+    question's best piece is in view; None: no lookup, or nothing on one side)."""
 
     text: str = ""
     ranges: list[tuple[int, int]] = field(default_factory=list)
@@ -86,6 +88,7 @@ class Recalled:
     overlap: float | None = None
     attached: int | None = None
     lookup_s: float = field(default=0.0, compare=False)   # a time: two equal recalls may differ in it
+    tail_gap: float | None = field(default=None, compare=False)   # the lookup's, as lookup_s: what it found
 
     def __bool__(self) -> bool:
         return bool(self.text.strip()) or self.blocks is not None
@@ -436,6 +439,11 @@ class LatentRecall(Recall):
         against 1.17 of 2), and where the fact was already in view the 135M worker picks one of them more often
         (docs/benchmarks.md, "Latent recall, round 28").
         pad: as above; None (the default): 8 for blocks, 0 for sentences (a sentence comes back whole as it is).
+        tail_margin: a bar on what is fetched: only the blocks or sentences scoring at least the best of the unfolded
+        tail (in view, and pinned) less this many units of the standardised score (`latent.lookup`); the question's
+        own words, where the trajectory holds them, do not count as that best. Where the question's best piece is in
+        view, what ranks below it is more often a same-kind neighbour of the answer than the answer (round 28). None
+        (the default): no bar. Each call reports the gap between the two sides (`Recalled.tail_gap`).
         archive_policy: the caches'
         `briefing.ArchivePolicy` (None: its defaults where the blocks are re-attached, the representatives alone,
         `budget_bytes=0`, where their text is re-prefilled: no keys or values are archived that no call reads; with
@@ -454,6 +462,7 @@ class LatentRecall(Recall):
     pin: int | None = None
     peaks: int = 4
     units: str | None = None
+    tail_margin: float | None = None
     archive_policy: Any = None
 
     def __post_init__(self) -> None:
@@ -477,6 +486,9 @@ class LatentRecall(Recall):
         check_number(owner, "shrink", self.shrink, low=0, high=1, low_open=True, what="how far the representatives' "
                      "covariance is shrunk toward its diagonal before whitening; 1: standardise each dimension",
                      error=ValueError)
+        if self.tail_margin is not None:
+            check_number(owner, "tail_margin", self.tail_margin, what="how far below the unfolded tail's best score a "
+                         "block or sentence may score and still be fetched (None: no bar)", error=ValueError)
         if self.units == "sentences" and (self.peaks < 1 or self.rank != "latent"):
             raise ValueError(f"LatentRecall: units='sentences' scores each sentence by its best tokens beside its mean "
                              f"state, by the hidden states alone; got peaks={self.peaks}, rank={self.rank!r}: pass "
@@ -553,9 +565,11 @@ class LatentRecall(Recall):
         text = prompt if prompt is not None and query in prompt else query
         ids, question = _token_span(lm, text, text.rindex(query), len(query))
         units = sentence_units(cache, latent.UNIT_TOKENS) if self.unit(lm) == "sentences" else None
+        at = cache.text.rfind(query) if query.strip() else -1
+        echo = _tokens_of(cache, at, at + len(query)) if at >= 0 else None   # the question in the trajectory
         return latent.lookup(cache, ids, question, k_tokens, pad=self.padding(lm), sink=cache.fold.sink,
                              kv=self.attaches(lm), shrink=self.shrink, tail_skip=self.tail_skip, pin=pin,
-                             peaks=self.peaks, units=units)
+                             peaks=self.peaks, units=units, tail_margin=self.tail_margin, echo=echo)
 
     def recall(self, cache: briefing.TrajectoryCache, query: str, k_tokens: int, *,
                prompt: str | None = None, pin: int | None = None,
@@ -580,7 +594,7 @@ class LatentRecall(Recall):
             ranges = latent.pick(self._fused(cache, query, found.scores), cache.archive.policy.block, self.padding(lm),
                                  k_tokens, cache.archive.tokens, found.floor)
         if not ranges and not found.pinned:
-            return Recalled(how=self.how(lm), lookup_s=found.seconds)
+            return Recalled(how=self.how(lm), lookup_s=found.seconds, tail_gap=found.tail_gap)
         spans = _char_ranges(cache, [*ranges, *found.pinned])
         chars, pinned = spans[:len(ranges)], spans[len(ranges):]
         tokens = sum(hi - lo for lo, hi in ranges)
@@ -589,12 +603,14 @@ class LatentRecall(Recall):
             blocks = latent.attach(cache, ranges if attach else [], found.pinned)
             blocks.fetch_s = time.perf_counter() - t0
             if attach:
-                return Recalled("", chars, self.how(lm), blocks, tokens, pinned=pinned, lookup_s=found.seconds)
+                return Recalled("", chars, self.how(lm), blocks, tokens, pinned=pinned, lookup_s=found.seconds,
+                                tail_gap=found.tail_gap)
         else:
             blocks = None
         pieces = [_piece(lm, cache, r, c) for r, c in zip(ranges, chars)]
         text = SEPARATOR.join(pieces) + "\n" if pieces else ""
-        return Recalled(text, chars, self.how(lm), blocks, tokens, pinned=pinned, lookup_s=found.seconds)
+        return Recalled(text, chars, self.how(lm), blocks, tokens, pinned=pinned, lookup_s=found.seconds,
+                        tail_gap=found.tail_gap)
 
     def _fused(self, cache: briefing.TrajectoryCache, query: str, scores: Any) -> Any:
         """Reciprocal rank fusion of the latent scores [blocks] with BM25's over the same blocks' text."""
@@ -728,14 +744,17 @@ class RoutedRecall(Recall):
             overruled = checked is not None and not self._agrees(cache, found.ranges[-1], checked, k_tokens)
             confident = not overruled
         spent = checked.seconds if checked is not None else 0.0   # the lookup's time, where it was made
+        gap = checked.tail_gap if checked is not None else None
         if confident and self.confident_share >= 1:   # BM25's call; the tail's best blocks pinned if asked
             if not (self.confident_pin and pin):
-                return replace(found, lookup_s=spent)
+                return replace(found, lookup_s=spent, tail_gap=gap)
             pins = self.latent.recall(cache, query, 0, prompt=prompt, pin=pin, found=checked)
             spent = spent or pins.lookup_s   # made here, or by the latent recall (unchecked: verify=False)
+            gap = pins.tail_gap if gap is None else gap
             if not pins.pinned:
-                return replace(found, lookup_s=spent)
-            return replace(found, how=f"bm25+{pins.how}-pins", blocks=pins.blocks, pinned=pins.pinned, lookup_s=spent)
+                return replace(found, lookup_s=spent, tail_gap=gap)
+            return replace(found, how=f"bm25+{pins.how}-pins", blocks=pins.blocks, pinned=pins.pinned, lookup_s=spent,
+                           tail_gap=gap)
         if overruled:   # BM25's best chunk stays whole, alone of its chunks; latent recall takes the rest
             lo, hi = found.ranges[-1]
             lexical = replace(found, text=cache.text[lo:hi] + "\n", ranges=[(lo, hi)])
@@ -748,15 +767,16 @@ class RoutedRecall(Recall):
         # the pins spend no recall budget: the latent recall's default pins within the whole of it
         other = self.latent.recall(cache, query, k_tokens - n, prompt=prompt, pin=pin, found=checked)
         spent = spent or other.lookup_s   # made here, or by the latent recall (none where it fetched nothing)
+        gap = other.tail_gap if gap is None else gap
         if not lexical:
-            return replace(other, margin=found.margin, overlap=found.overlap, lookup_s=spent)
+            return replace(other, margin=found.margin, overlap=found.overlap, lookup_s=spent, tail_gap=gap)
         if not other:
-            return replace(lexical, margin=found.margin, overlap=found.overlap, lookup_s=spent)
+            return replace(lexical, margin=found.margin, overlap=found.overlap, lookup_s=spent, tail_gap=gap)
         # attached blocks sit right after the cache, pasted text before the question: BM25's chunks come last
         return Recalled((other.text.rstrip("\n") + SEPARATOR if other.text.strip() else "") + lexical.text,
                         [*other.ranges, *lexical.ranges], f"{other.how}+bm25", other.blocks,
                         (other.tokens or cache.lm.count_tokens(other.text)) + n, margin=found.margin,
-                        overlap=found.overlap, pinned=other.pinned, lookup_s=spent)
+                        overlap=found.overlap, pinned=other.pinned, lookup_s=spent, tail_gap=gap)
 
     def _agrees(self, cache: briefing.TrajectoryCache, best: tuple[int, int], checked: briefing.latent.Lookup,
                 k_tokens: int) -> bool:
@@ -769,13 +789,11 @@ class RoutedRecall(Recall):
         import torch
 
         block = cache.archive.policy.block
-        lo, hi = best
-        spans = cache.token_spans()                                                   # in order: two searches
-        first = bisect.bisect_right(spans, lo, key=lambda s: s[1])                    # first token ending past lo
-        last = bisect.bisect_left(spans, hi, key=lambda s: s[0]) - 1                  # last token starting before hi
+        tokens = _tokens_of(cache, *best)
         raw = checked.raw                                                             # [blocks] or [units]
-        if first > last or raw is None:
+        if tokens is None or raw is None:
             return True
+        first, last = tokens[0], tokens[1] - 1
         pad = self.latent.padding(cache.lm) if checked.spans is None else BLOCK_PAD
         m = max(1, math.ceil(self.latent.budget(k_tokens) / (block + 2 * pad)))      # blocks the budget recalls
         top = raw.topk(min(m, raw.shape[0])).indices                                  # [m]
@@ -784,6 +802,14 @@ class RoutedRecall(Recall):
             return bool(((top >= first // block) & (top <= last // block)).any())
         units = checked.spans[top]                                                    # [m', 2] token ranges
         return bool(((units[:, 0] <= last) & (units[:, 1] > first)).any())
+
+
+def _tokens_of(cache: briefing.TrajectoryCache, lo: int, hi: int) -> tuple[int, int] | None:
+    """The cache's token range [first, last + 1) whose tokens overlap characters [lo, hi) of its text (None: none)."""
+    spans = cache.token_spans()                                                       # in order: two searches
+    first = bisect.bisect_right(spans, lo, key=lambda s: s[1])                        # first token ending past lo
+    last = bisect.bisect_left(spans, hi, key=lambda s: s[0]) - 1                      # last token starting before hi
+    return None if first > last else (first, last + 1)
 
 
 def _token_span(lm: briefing.LoadedModel, text: str, start: int, n: int) -> tuple[list[int], tuple[int, int]]:

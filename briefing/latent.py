@@ -461,18 +461,25 @@ class Lookup:
     pinned: list[tuple[int, int]] = field(default_factory=list)   # ranges of the unfolded tail to keep whole
     raw: Any = None   # [blocks] every block's score before the candidates' mask (-inf: a block not read)
     spans: Any = None   # [units, 2] the token ranges scored where they are not the blocks (`unit_scores`)
+    tail_gap: float | None = None   # the unfolded tail's best score less the best fetchable one's (`lookup`)
 
 
 def lookup(cache, prompt_ids: list[int], question: tuple[int, int] | None, budget: int, *, pad: int,
            sink: int, kv: bool = True, shrink: float = SHRINK, tail_skip: int | None = None, pin: int = 0,
-           peaks: int = 0, units: torch.Tensor | None = None) -> Lookup:
+           peaks: int = 0, units: torch.Tensor | None = None, tail_margin: float | None = None,
+           echo: tuple[int, int] | None = None) -> Lookup:
     """The token ranges the question (tokens [question) of the prompt; None: all of it) is about (`query_vector`,
     `block_scores`, `candidates`, `pick`), within `budget` tokens. kv: the ranges' keys and values will be fetched
     (False: their text, so blocks the archive keeps no keys and values of count too). shrink: `whiten`'s; tail_skip:
     `candidates`'; peaks: `block_scores`'. units [n, 2]: rank these token ranges instead of the blocks
     (`unit_scores`, with `peaks`), each a candidate where every block it touches is. pin: a second budget, in tokens,
     for the best blocks (or units) of the cache's unfolded tail (`pinnable`), each widened by `pad` within the tail:
-    `Lookup.pinned`, for the call's compaction to keep whole (0: none)."""
+    `Lookup.pinned`, for the call's compaction to keep whole (0: none). tail_margin: only the candidates that score at
+    least the unfolded tail's best less this are picked (None: no such bar); that tail is in view, and what ranks
+    below its best piece is more likely to be a neighbour of the answer than the answer (round 29). echo: a token
+    range (the question's own words where the trajectory holds them) whose blocks or units do not count as the
+    tail's best. `Lookup.tail_gap` is the tail's best score (echo left out) less the best candidate's, with or
+    without the bar (None where either has none)."""
     if cache.archive is None:
         raise BriefingError("latent recall needs a TrajectoryCache built with archive=briefing.ArchivePolicy(); this "
                             "cache has none.")
@@ -492,15 +499,25 @@ def lookup(cache, prompt_ids: list[int], question: tuple[int, int] | None, budge
     if units is not None:   # a unit is recalled whole or not at all: none that starts before the floor
         fetch = fetch & (units[:, 0] >= floor)                                        # [n]
     scores = raw.masked_fill(~fetch, float("-inf"))                                   # [nb] or [n]
+    tail = pinnable(cache) & ~blocks                                                  # [nb] held whole, not fetched
+    tail = tail if units is None else within(units, tail, block)                      # [nb] or [n]
+    seen = tail
+    if echo is not None:   # the question's own words in the trajectory are not its answer
+        lo, hi = (torch.arange(raw.shape[0], device=raw.device) * block, None) if units is None else units.unbind(-1)
+        hi = lo + block if hi is None else hi                                         # [nb] or [n]
+        seen = tail & ~((lo < echo[1]) & (hi > echo[0]))                              # [nb] or [n]
+    in_view = raw.masked_fill(~seen, float("-inf")).max() if raw.numel() else raw.new_tensor(float("-inf"))
+    best = scores.max() if scores.numel() else in_view.new_tensor(float("-inf"))
+    gap = float(in_view - best) if bool(torch.isfinite(in_view) & torch.isfinite(best)) else None
+    if tail_margin is not None and bool(torch.isfinite(in_view)):   # only what scores near the tail's best piece
+        scores = scores.masked_fill(raw < in_view - tail_margin, float("-inf"))       # [nb] or [n]
     ranges = pick(scores, block, pad, budget, tokens, floor, units) if budget > 0 else []   # budget 0: pins alone
     pinned = []
     if pin > 0:   # the unfolded tail's best blocks (or units), which the fetch's candidates leave out
-        tail = pinnable(cache) & ~blocks                                              # [nb]
-        tail = tail if units is None else within(units, tail, block)                  # [nb] or [n]
         pinned = pick(raw.masked_fill(~tail, float("-inf")), block, pad, pin, tokens,
                       cache.archive.unfolded_from(cache.store), units)
     return Lookup(ranges=ranges, seconds=time.perf_counter() - t0, scores=scores, floor=floor, pinned=pinned, raw=raw,
-                  spans=units)
+                  spans=units, tail_gap=gap)
 
 
 def within(units: torch.Tensor, blocks: torch.Tensor, block: int) -> torch.Tensor:

@@ -84,6 +84,15 @@ def test_long_suite_runs_every_condition_in_bounded_memory(tok, tmp_path):
     assert looked and all(r["lookup_s"] <= r["recall_s"] for r in looked)
     calls = {(c["condition"], c["length"]): c for c in result["summary"]["calls"]}
     assert calls[("fold-routed", 900)]["lookup_share_max"] == max(r["lookup_s"] / r["latency_s"] for r in looked)
+    assert all(isinstance(r["tail_gap"], float) for r in looked if "tail_gap" in r)
+    assert any("tail_gap" in r for r in rows if r["condition"] == "fold-routed")   # the tail's best over a fetch's
+    # a bar under the tail's best (round 29's probes) fetches a prefix of the same ranking: never more, on one cache
+    by = {(r["condition"], r["length"], r["question"]): r for r in rows}
+    for (c, n, i), r in by.items():
+        if c in ("fold-routed-bar0", "fold-routed-bar1"):
+            free, loose = by[("fold-routed-by-model", n, i)], by[("fold-routed-bar1", n, i)]
+            assert r["recalled_tokens"] <= loose["recalled_tokens"] <= free["recalled_tokens"]
+            assert r.get("tail_gap") == pytest.approx(free.get("tail_gap"), abs=1e-3)
     unchecked = {r["recall_how"] for r in rows if r["condition"] == "fold-routed-peaks"}   # verify=False
     assert unchecked <= {"", "bm25", "latent:attach"}
     # fold-routed-sink folds on a cache of its own, past a sink that holds the header as far as this small budget allows
@@ -377,9 +386,14 @@ def test_routed_conditions_build_their_recall():
     by_model = recall_of("fold-routed-by-model", sizes)   # round 27's probe: sentences re-attached, blocks pasted
     assert (by_model.latent.units, by_model.latent.pad, by_model.text, by_model.shared) == (None, None, mixed.text,
                                                                                             mixed.shared)
+    for condition, margin in [("fold-routed-bar0", 0.0), ("fold-routed-bar1", 1.0)]:   # round 29's probes
+        bar = recall_of(condition, sizes)
+        assert bar.latent == LatentRecall(tokens=120, units=None, tail_margin=margin) and bar.text == mixed.text
+    assert plain.latent.tail_margin is None
     for condition in ROUTED:   # every other condition pins its round's chunks: side by side unless it names its own
         if condition not in ("fold-routed", "fold-routed-stride", "fold-routed-sentences",
-                             "fold-routed-sentences-confident", "fold-routed-units", "fold-routed-by-model"):
+                             "fold-routed-sentences-confident", "fold-routed-units", "fold-routed-by-model",
+                             "fold-routed-bar0", "fold-routed-bar1"):
             probe = recall_of(condition, sizes)
             assert probe.text == TextRecall(tokens=120) == probe.share_recall(), condition
 

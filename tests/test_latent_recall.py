@@ -1008,3 +1008,67 @@ def test_lookup_cost_benchmark_writes_its_figures(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["--tokens", "100", "--out", str(tmp_path)])
     assert e.value.code == 2 and "--tokens: got 100" in capsys.readouterr().err
+
+
+def test_a_tail_margin_fetches_only_what_scores_near_the_tail_s_best(tiny, essay):
+    """`lookup(tail_margin=m)` picks only candidates scoring at least the unfolded tail's best less m (that tail is in
+    view), and reports the gap between the two sides with or without the bar; `echo` (the question's own words in
+    the trajectory) does not count as the tail's best."""
+    text = planted(essay)
+    cache = archiving_cache(tiny)
+    cache.extend(text)
+    arc, B = cache.archive, cache.archive.policy.block
+    ids = tiny.encode(PARAPHRASE)
+
+    def find(**kw):
+        return latent.lookup(cache, ids, None, 64, pad=4, sink=cache.fold.sink, **kw)
+
+    def tail_best(raw, skip=()):
+        tail = latent.pinnable(cache) & ~latent.candidates(cache, cache.fold.sink)   # [nb]
+        return max(float(raw[j]) for j in range(raw.shape[0]) if tail[j] and j not in skip)
+
+    free = find()
+    assert free.ranges and cache.folds
+    assert free.tail_gap == pytest.approx(tail_best(free.raw) - float(free.scores.max()), abs=1e-5)
+    assert find(tail_margin=1e9).ranges == free.ranges
+    for m in (2.0, 0.5, 0.0, -0.5):
+        barred = find(tail_margin=m)
+        assert barred.tail_gap == free.tail_gap
+        bar = tail_best(free.raw) - m
+        kept = free.scores.masked_fill(free.raw < bar, float("-inf"))                 # [nb] above the bar
+        assert barred.ranges == latent.pick(kept, B, 4, 64, arc.tokens, free.floor)
+        assert all(any(float(kept[j]) > float("-inf") for j in range(lo // B, (hi - 1) // B + 1))
+                   for lo, hi in barred.ranges)
+    # a tail block that the question ranks first: the gap is positive and a bar at 0 fetches nothing
+    first_tail = int(arc.unfolded_from(cache.store)) // B + 1
+    aim_at(cache, first_tail, PARAPHRASE)
+    aimed = find(tail_margin=0.0)
+    assert aimed.tail_gap > 0 and aimed.ranges == [] and find().ranges
+    # the same block as the question's echo: it is not the tail's best, and the bar lets the fetch through again
+    echo = (first_tail * B, (first_tail + 1) * B)
+    echoed = find(tail_margin=0.0, echo=echo)
+    assert echoed.tail_gap == pytest.approx(tail_best(echoed.raw, skip={first_tail}) - float(echoed.scores.max()),
+                                            abs=1e-5)
+    assert echoed.tail_gap < aimed.tail_gap
+
+
+def test_latent_recall_tail_margin_is_checked_and_reported(tiny, essay):
+    """`LatentRecall(tail_margin=...)` is checked; a recall reports its lookup's `tail_gap`, with the question's own
+    words (where the trajectory ends with them) left out of the tail's best, and a worker's call carries it."""
+    with pytest.raises(ValueError, match="tail_margin"):
+        LatentRecall(tail_margin="1")
+    text = planted(essay) + " " + PARAPHRASE
+    cache = archiving_cache(tiny)
+    cache.extend(text)
+    got = BlockRecall(pad=4, tail_margin=0.0).recall(cache, PARAPHRASE, 64)
+    at = cache.text.rindex(PARAPHRASE)
+    spans = cache.token_spans()
+    echo = (min(i for i, (a, b) in enumerate(spans) if b > at),
+            max(i for i, (a, b) in enumerate(spans) if a < at + len(PARAPHRASE)) + 1)
+    ids, question = _token_span(tiny, PARAPHRASE, 0, len(PARAPHRASE))
+    want = latent.lookup(cache, ids, question, 64, pad=4, sink=cache.fold.sink, tail_margin=0.0, echo=echo, peaks=4)
+    assert got.tail_gap == pytest.approx(want.tail_gap, abs=1e-5)
+    worker = BriefedWorker(lm=tiny, max_new_tokens=2, reserve=160, cache_budget=256, fold=briefing.FoldPolicy(
+        recent=64), recall=BlockRecall(tokens=64, pad=4, archive_policy=briefing.ArchivePolicy(block=16)))
+    b = worker.brief(PARAPHRASE, planted(essay))
+    assert b.cache.folds and b.recalled.tail_gap is not None

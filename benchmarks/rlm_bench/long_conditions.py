@@ -38,8 +38,9 @@ Every condition sees the same events; `window` is the worker's positions, `reser
   fold-routed-units: the shipped default whose latent recall ranks and recalls the trajectory's sentences instead of
   its blocks (`LatentRecall(units="sentences")`, round 25's probe); fold-routed-by-model: sentences where the recall
   is re-attached, blocks where it is pasted (`LatentRecall(units=None)`, round 27's probe, the default since round
-  28, spelled out). Every routed and latent condition but fold-routed and these two ranks blocks
-  (`units="blocks"`): what each was run with;
+  28, spelled out); fold-routed-bar0, fold-routed-bar1: fold-routed-by-model fetching only the sentences that score
+  at least the unfolded tail's best less 0 or 1 (`LatentRecall(tail_margin=...)`, round 29's probe). Every routed and
+  latent condition but fold-routed and these four ranks blocks (`units="blocks"`): what each was run with;
 - fold-routed-sink: fold-routed-verify's recall on a cache of its own whose fold keeps the worker's header whole where
   the cache's room allows (the fold's sink holds the cache text before the trajectory: the chat template's head and
   the header; `fold_policy`; round 18's probe);
@@ -73,7 +74,7 @@ CONDITIONS = ["fold-task", "fold-span", "fold-span-only", "fold-mix", "fold-reca
               "fold-routed-unpinned", "fold-routed-confident-pin", "fold-routed-overlap", "fold-routed-peaks",
               "fold-routed-means", "fold-routed-verify", "fold-routed-sink", "fold-routed-stride",
               "fold-routed-sentences", "fold-routed-sentences-confident", "fold-routed-units",
-              "fold-routed-by-model", "ceiling", "truncated",
+              "fold-routed-by-model", "fold-routed-bar0", "fold-routed-bar1", "ceiling", "truncated",
               "streaming", "streaming-recall", "bm25", "bm25-sentences", "summary", "plain"]
 # recall variants of fold-recall: scope (tail: the unfolded tail too) and order (ranked: the best chunk last); they
 # share fold-recall's cache
@@ -106,7 +107,9 @@ ROUTED = {"fold-routed": {}, "fold-routed-alone": dict(share=0.0), "fold-routed-
           "fold-routed-sentences": dict(chunks="sentences", shared="sentences"),
           "fold-routed-sentences-confident": dict(chunks="sentences", shared="words"),
           "fold-routed-units": dict(chunks="sentences", shared="words", units="sentences"),
-          "fold-routed-by-model": dict(chunks="sentences", shared="words", units=None)}
+          "fold-routed-by-model": dict(chunks="sentences", shared="words", units=None),
+          "fold-routed-bar0": dict(chunks="sentences", shared="words", units=None, tail_margin=0.0),
+          "fold-routed-bar1": dict(chunks="sentences", shared="words", units=None, tail_margin=1.0)}
 # every routed condition but fold-routed (the shipped default) pins BM25's chunks: side by side, the default of rounds
 # 4-22, unless it names its own, so each probe answers as it did in its round
 # conditions whose fold keeps the worker's own header whole where the cache's room allows: the fold's sink holds the
@@ -228,6 +231,8 @@ def ask(worker: Any, ep: LongEpisode, condition: str, full: str, q: Question, i:
                    held_quarter=round(b.held(lo, hi), 4), covered_fact=round(b.coverage(*fact), 4),
                    recall_s=round(b.stats.recall_s, 4), lookup_s=round(b.stats.lookup_s, 4), recall_how=b.stats.recall,
                    archive_bytes=b.stats.archive_bytes)
+        if b.recalled is not None and b.recalled.tail_gap is not None:   # the tail's best score over a fetch's
+            row["tail_gap"] = round(b.recalled.tail_gap, 4)
     else:  # a context built from text for this call: everything in it was forwarded
         n = len(b.context.prompt_ids)
         row.update(prefilled_tokens=n, cache_positions=n, kv_bytes=kv_bytes(b.context))
@@ -348,7 +353,8 @@ def recall_of(condition: str, sizes: dict) -> Any:
             kw.setdefault("units", "blocks")
         if "pin_share" in kw:
             kw["pin"] = int(kw.pop("pin_share") * sizes["recall_budget"])
-        own = {k: kw.pop(k) for k in ("attach", "tail_skip", "pin", "peaks", "units") if k in kw}   # LatentRecall's
+        own = {k: kw.pop(k) for k in ("attach", "tail_skip", "pin", "peaks", "units", "tail_margin")
+               if k in kw}   # LatentRecall's
         if own:
             kw["latent"] = LatentRecall(tokens=sizes["recall_budget"], **own)
         if "chunks" in kw:   # TextRecall's
