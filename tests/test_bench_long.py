@@ -390,10 +390,12 @@ def test_routed_conditions_build_their_recall():
         bar = recall_of(condition, sizes)
         assert bar.latent == LatentRecall(tokens=120, units=None, tail_margin=margin) and bar.text == mixed.text
     assert plain.latent.tail_margin is None
+    tail_units = recall_of("fold-routed-tail-units", sizes)   # round 29's second probe
+    assert tail_units.latent == LatentRecall(tokens=120, units=None, tail_skip=128)
     for condition in ROUTED:   # every other condition pins its round's chunks: side by side unless it names its own
         if condition not in ("fold-routed", "fold-routed-stride", "fold-routed-sentences",
                              "fold-routed-sentences-confident", "fold-routed-units", "fold-routed-by-model",
-                             "fold-routed-bar0", "fold-routed-bar1"):
+                             "fold-routed-bar0", "fold-routed-bar1", "fold-routed-tail-units"):
             probe = recall_of(condition, sizes)
             assert probe.text == TextRecall(tokens=120) == probe.share_recall(), condition
 
@@ -449,15 +451,22 @@ def test_pooled_by_place_splits_tail_facts_from_folded_ones(tmp_path, capsys):
         return dict(condition=cond, length=100, episode="e0", question=q, form="paraphrase", correct=correct,
                     covered_fact=covered, held_fact=held)
     a = tmp_path / "a.json"
-    a.write_text(json.dumps({"rows": [row("ref", 0, False, 0.4, 1.0), row("new", 0, True, 1.0, 1.0),
-                                      row("ref", 1, True, 1.0, 0.1), row("new", 1, False, 0.0, 0.1),
+    a.write_text(json.dumps({"rows": [dict(row("ref", 0, False, 0.4, 1.0), tail_gap=0.3),
+                                      row("new", 0, True, 1.0, 1.0),
+                                      dict(row("ref", 1, True, 1.0, 0.1), tail_gap=-2.0),
+                                      row("new", 1, False, 0.0, 0.1),
                                       row("ref", 2, True, 1.0, 0.2), row("new", 2, True, 1.0, 0.2)]}))
     got = {r["place"]: r for r in long_pooled.pooled([str(a)], "new", "ref", by_place=True)}
     assert got["tail"]["questions"] == 1 and got["tail"]["ref_available"] == 0.4 and got["tail"]["held_whole"] == 1
+    # the reference's lookups that ranked the tail's best first, over the rows that record one (round 29)
+    assert (got["tail"]["ref_tail_first"], got["tail"]["ref_looked"]) == (1.0, 1)
+    assert (got["folded"]["ref_tail_first"], got["folded"]["ref_looked"]) == (0.0, 1)
     assert got["folded"]["questions"] == 2 and got["folded"]["accuracy"] == -0.5 and got["folded"]["new_available"] \
         == 0.5
     assert long_pooled.main(["--condition", "new", "--reference", "ref", "--by-place", str(a)]) == 0
-    assert "tail paraphrase: 1 questions, accuracy 1.00 against 0.00" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "tail paraphrase: 1 questions, accuracy 1.00 against 0.00" in out
+    assert "ranked the unfolded tail's best above every fetchable piece in 1.00 of 1 calls" in out
 
 
 def test_attention_ab_alternates_both_implementations_on_one_cache(tok, tmp_path, capsys):

@@ -39,8 +39,11 @@ Every condition sees the same events; `window` is the worker's positions, `reser
   its blocks (`LatentRecall(units="sentences")`, round 25's probe); fold-routed-by-model: sentences where the recall
   is re-attached, blocks where it is pasted (`LatentRecall(units=None)`, round 27's probe, the default since round
   28, spelled out); fold-routed-bar0, fold-routed-bar1: fold-routed-by-model fetching only the sentences that score
-  at least the unfolded tail's best less 0 or 1 (`LatentRecall(tail_margin=...)`, round 29's probe). Every routed and
-  latent condition but fold-routed and these four ranks blocks (`units="blocks"`): what each was run with;
+  at least the unfolded tail's best less 0 or 1 (`LatentRecall(tail_margin=...)`, round 29's probe);
+  fold-routed-tail-units: fold-routed-by-model ranking the unfolded tail's sentences too, less the last 128 tokens
+  (`LatentRecall(tail_skip=128)`: a fact in view comes back as a copy nearest the question; round 29's second probe).
+  Every routed and latent condition but fold-routed and these five ranks blocks (`units="blocks"`): what each was run
+  with;
 - fold-routed-sink: fold-routed-verify's recall on a cache of its own whose fold keeps the worker's header whole where
   the cache's room allows (the fold's sink holds the cache text before the trajectory: the chat template's head and
   the header; `fold_policy`; round 18's probe);
@@ -74,7 +77,8 @@ CONDITIONS = ["fold-task", "fold-span", "fold-span-only", "fold-mix", "fold-reca
               "fold-routed-unpinned", "fold-routed-confident-pin", "fold-routed-overlap", "fold-routed-peaks",
               "fold-routed-means", "fold-routed-verify", "fold-routed-sink", "fold-routed-stride",
               "fold-routed-sentences", "fold-routed-sentences-confident", "fold-routed-units",
-              "fold-routed-by-model", "fold-routed-bar0", "fold-routed-bar1", "ceiling", "truncated",
+              "fold-routed-by-model", "fold-routed-bar0", "fold-routed-bar1",
+              "fold-routed-tail-units", "ceiling", "truncated",
               "streaming", "streaming-recall", "bm25", "bm25-sentences", "summary", "plain"]
 # recall variants of fold-recall: scope (tail: the unfolded tail too) and order (ranked: the best chunk last); they
 # share fold-recall's cache
@@ -109,7 +113,8 @@ ROUTED = {"fold-routed": {}, "fold-routed-alone": dict(share=0.0), "fold-routed-
           "fold-routed-units": dict(chunks="sentences", shared="words", units="sentences"),
           "fold-routed-by-model": dict(chunks="sentences", shared="words", units=None),
           "fold-routed-bar0": dict(chunks="sentences", shared="words", units=None, tail_margin=0.0),
-          "fold-routed-bar1": dict(chunks="sentences", shared="words", units=None, tail_margin=1.0)}
+          "fold-routed-bar1": dict(chunks="sentences", shared="words", units=None, tail_margin=1.0),
+          "fold-routed-tail-units": dict(chunks="sentences", shared="words", units=None, tail_skip=128)}
 # every routed condition but fold-routed (the shipped default) pins BM25's chunks: side by side, the default of rounds
 # 4-22, unless it names its own, so each probe answers as it did in its round
 # conditions whose fold keeps the worker's own header whole where the cache's room allows: the fold's sink holds the

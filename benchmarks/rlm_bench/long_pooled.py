@@ -11,10 +11,11 @@ characters in the call's context), the accuracy difference and the difference in
 call's context held whole, each with a 95% bootstrap interval over questions (`benchmarks.stats.bootstrap_ci`).
 Also, per side: the accuracy where its call held the fact whole (with the count of such questions), and, for rows
 that record it (round 28 on), how many of the question's two same-kind distractor statements the call held whole on
-average. `--by-place` also splits each form by where the fact was at the call: "tail" where the persistent cache held
-it whole
-(the reference row's `held_fact`: its unfolded tail, which the call's compaction thins per head and which latent
-recall skips by default), "folded" elsewhere. `--by-route` splits each form by the route the reference's call took
+average; for reference rows that record a latent lookup's `tail_gap` (round 29 on), the share of those calls whose
+lookup ranked the unfolded tail's best piece above every piece it could fetch. `--by-place` also splits each form by
+where the fact was at the call: "tail" where the persistent cache held it whole (the reference row's `held_fact`: its
+unfolded tail, which the call's compaction thins per head and which latent recall skips by default), "folded"
+elsewhere. `--by-route` splits each form by the route the reference's call took
 (its row's `recall_how`): "bm25" where BM25's recall was the call's own, "split" where latent recall had a part,
 "none" where no recall was made (round 22).
 """
@@ -84,9 +85,11 @@ def pooled(runs: list[str], condition: str, reference: str, by_length: bool = Fa
             if "distractors_held" in a and "distractors_held" in b:   # rows of round 28 on
                 d.setdefault("new_distractors", []).append(float(a["distractors_held"]))
                 d.setdefault("ref_distractors", []).append(float(b["distractors_held"]))
+            if "tail_gap" in b:   # round 29 on: the reference's lookup found its best piece in view
+                d.setdefault("ref_tail_first", []).append(float(b["tail_gap"] > 0))
     out = []
     for group, d in sorted(diffs.items()):
-        rec = {"form": group[-1], "questions": len(d["accuracy"])}
+        rec = {"form": group[-1], "questions": len(d["accuracy"]), "ref_looked": len(d.get("ref_tail_first", []))}
         for side in ("new", "ref"):
             rec[f"{side}_whole_questions"] = len(d.get(f"{side}_when_whole", []))
         if by_length:
@@ -111,6 +114,9 @@ def extra(rec: dict) -> str:
         for s in ("new", "ref"))
     if "new_distractors" in rec:
         out += f"; distractors held whole {rec['new_distractors']:.2f} against {rec['ref_distractors']:.2f}"
+    if "ref_tail_first" in rec:
+        out += (f"; the reference's lookup ranked the unfolded tail's best above every fetchable piece in "
+                f"{rec['ref_tail_first']:.2f} of {rec['ref_looked']} calls")
     return out
 
 
