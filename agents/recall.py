@@ -75,7 +75,8 @@ class Recalled:
     (None: as many as `blocks` has; `shifted` sets it where it drops some). lookup_s: the time of the latent lookup
     the recall made (the question's forward over the cache and the blocks' ranking, `LatentRecall.lookup`; 0: none),
     a part of the recall's own time. tail_gap: where a latent lookup ran, the best score of the unfolded tail's blocks
-    or sentences (in view) less the best score of those it could fetch (`briefing.latent.Lookup.tail_gap`; > 0: the
+    or sentences that it does not rank for fetching (in view; with `LatentRecall.tail_skip`, the trajectory's last
+    tokens alone) less the best score of those it could fetch (`briefing.latent.Lookup.tail_gap`; > 0: the
     question's best piece is in view; None: no lookup, or nothing on one side)."""
 
     text: str = ""
@@ -440,8 +441,9 @@ class LatentRecall(Recall):
         (docs/benchmarks.md, "Latent recall, round 28").
         pad: as above; None (the default): 8 for blocks, 0 for sentences (a sentence comes back whole as it is).
         tail_margin: a bar on what is fetched: only the blocks or sentences scoring at least the best of the unfolded
-        tail (in view, and pinned) less this many units of the standardised score (`latent.lookup`); the question's
-        own words, where the trajectory holds them, do not count as that best. Where the question's best piece is in
+        tail (in view; its best pieces pinned where `pin` is) less this much of the ranking's score (standardised
+        over the pieces where it adds their best tokens', `peaks`; `latent.lookup`), and no bar where that tail has no
+        scored piece; the question's own words, where the trajectory holds them, do not count as that best. Where the question's best piece is in
         view, what ranks below it is more often a same-kind neighbour of the answer than the answer (round 28). None
         (the default): no bar. Each call reports the gap between the two sides (`Recalled.tail_gap`). Tried on dev
         episodes in round 29 and not taken: at 1 the paraphrased facts in view were answered more often (3 of 14
@@ -490,9 +492,8 @@ class LatentRecall(Recall):
         check_number(owner, "shrink", self.shrink, low=0, high=1, low_open=True, what="how far the representatives' "
                      "covariance is shrunk toward its diagonal before whitening; 1: standardise each dimension",
                      error=ValueError)
-        if self.tail_margin is not None:
-            check_number(owner, "tail_margin", self.tail_margin, what="how far below the unfolded tail's best score a "
-                         "block or sentence may score and still be fetched (None: no bar)", error=ValueError)
+        check_number(owner, "tail_margin", self.tail_margin, none=True, what="how far below the unfolded tail's best "
+                     "score a block or sentence may score and still be fetched (None: no bar)", error=ValueError)
         if self.units == "sentences" and (self.peaks < 1 or self.rank != "latent"):
             raise ValueError(f"LatentRecall: units='sentences' scores each sentence by its best tokens beside its mean "
                              f"state, by the hidden states alone; got peaks={self.peaks}, rank={self.rank!r}: pass "

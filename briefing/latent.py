@@ -30,6 +30,7 @@ The persistent cache is left as it was.
 from __future__ import annotations
 
 import copy
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -475,11 +476,12 @@ def lookup(cache, prompt_ids: list[int], question: tuple[int, int] | None, budge
     (`unit_scores`, with `peaks`), each a candidate where every block it touches is. pin: a second budget, in tokens,
     for the best blocks (or units) of the cache's unfolded tail (`pinnable`), each widened by `pad` within the tail:
     `Lookup.pinned`, for the call's compaction to keep whole (0: none). tail_margin: only the candidates that score at
-    least the unfolded tail's best less this are picked (None: no such bar); that tail is in view, and what ranks
-    below its best piece is more likely to be a neighbour of the answer than the answer (round 29). echo: a token
-    range (the question's own words where the trajectory holds them) whose blocks or units do not count as the
-    tail's best. `Lookup.tail_gap` is the tail's best score (echo left out) less the best candidate's, with or
-    without the bar (None where either has none)."""
+    least the best score of the unfolded tail's blocks (or units) that are not candidates themselves (the tail less
+    what `tail_skip` ranks) less this are picked (None: no such bar; none either where that tail has no scored
+    piece); that tail is in view, and what ranks below its best piece is more likely a neighbour of the answer than
+    the answer (round 29). echo: a token range (the question's own words where the trajectory holds them) whose
+    blocks or units do not count as the tail's best. `Lookup.tail_gap` is that best score (echo left out) less the
+    best candidate's, before the bar (None where either side has none)."""
     if cache.archive is None:
         raise BriefingError("latent recall needs a TrajectoryCache built with archive=briefing.ArchivePolicy(); this "
                             "cache has none.")
@@ -503,14 +505,15 @@ def lookup(cache, prompt_ids: list[int], question: tuple[int, int] | None, budge
     tail = tail if units is None else within(units, tail, block)                      # [nb] or [n]
     seen = tail
     if echo is not None:   # the question's own words in the trajectory are not its answer
-        lo, hi = (torch.arange(raw.shape[0], device=raw.device) * block, None) if units is None else units.unbind(-1)
-        hi = lo + block if hi is None else hi                                         # [nb] or [n]
+        starts = cache.archive.starts()
+        lo, hi = (starts, starts + block) if units is None else units.unbind(-1)      # [nb] or [n] token ranges
         seen = tail & ~((lo < echo[1]) & (hi > echo[0]))                              # [nb] or [n]
-    in_view = raw.masked_fill(~seen, float("-inf")).max() if raw.numel() else raw.new_tensor(float("-inf"))
-    best = scores.max() if scores.numel() else in_view.new_tensor(float("-inf"))
-    gap = float(in_view - best) if bool(torch.isfinite(in_view) & torch.isfinite(best)) else None
-    if tail_margin is not None and bool(torch.isfinite(in_view)):   # only what scores near the tail's best piece
-        scores = scores.masked_fill(raw < in_view - tail_margin, float("-inf"))       # [nb] or [n]
+    ninf = float("-inf")
+    in_view = float(raw.masked_fill(~seen, ninf).max()) if raw.numel() else ninf      # the tail's best score
+    best = float(scores.max()) if scores.numel() else ninf                            # the best fetchable one's
+    gap = in_view - best if math.isfinite(in_view) and math.isfinite(best) else None
+    if tail_margin is not None and math.isfinite(in_view):   # only what scores near the tail's best piece
+        scores = scores.masked_fill(raw < in_view - tail_margin, ninf)                # [nb] or [n]
     ranges = pick(scores, block, pad, budget, tokens, floor, units) if budget > 0 else []   # budget 0: pins alone
     pinned = []
     if pin > 0:   # the unfolded tail's best blocks (or units), which the fetch's candidates leave out

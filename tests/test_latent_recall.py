@@ -12,7 +12,7 @@ import torch
 
 import briefing
 from agents import BriefedWorker
-from agents.recall import LatentRecall, Recalled, TextRecall, _token_span
+from agents.recall import LatentRecall, Recalled, TextRecall, _token_span, sentence_units
 from agents.workers.local import Briefing
 from briefing import kv, latent
 from briefing.context import forward_with_bias
@@ -1028,17 +1028,20 @@ def test_a_tail_margin_fetches_only_what_scores_near_the_tail_s_best(tiny, essay
         return max(float(raw[j]) for j in range(raw.shape[0]) if tail[j] and j not in skip)
 
     free = find()
-    assert free.ranges and cache.folds
+    assert len(free.ranges) >= 2 and cache.folds
     assert free.tail_gap == pytest.approx(tail_best(free.raw) - float(free.scores.max()), abs=1e-5)
     assert find(tail_margin=1e9).ranges == free.ranges
-    for m in (2.0, 0.5, 0.0, -0.5):
+    top = free.scores.topk(2).values                                                 # [2] the two best candidates
+    between = tail_best(free.raw) - float(top.mean())   # a bar between them: the best alone passes
+    for m in (1e9, between, tail_best(free.raw) - float(top[0]) - 1.0):
         barred = find(tail_margin=m)
         assert barred.tail_gap == free.tail_gap
         bar = tail_best(free.raw) - m
         kept = free.scores.masked_fill(free.raw < bar, float("-inf"))                 # [nb] above the bar
         assert barred.ranges == latent.pick(kept, B, 4, 64, arc.tokens, free.floor)
-        assert all(any(float(kept[j]) > float("-inf") for j in range(lo // B, (hi - 1) // B + 1))
-                   for lo, hi in barred.ranges)
+    trimmed = find(tail_margin=between).ranges
+    assert trimmed and sum(hi - lo for lo, hi in trimmed) < sum(hi - lo for lo, hi in free.ranges)
+    assert find(tail_margin=tail_best(free.raw) - float(top[0]) - 1.0).ranges == []   # above every candidate
     # a tail block that the question ranks first: the gap is positive and a bar at 0 fetches nothing
     first_tail = int(arc.unfolded_from(cache.store)) // B + 1
     aim_at(cache, first_tail, PARAPHRASE)
@@ -1049,7 +1052,21 @@ def test_a_tail_margin_fetches_only_what_scores_near_the_tail_s_best(tiny, essay
     echoed = find(tail_margin=0.0, echo=echo)
     assert echoed.tail_gap == pytest.approx(tail_best(echoed.raw, skip={first_tail}) - float(echoed.scores.max()),
                                             abs=1e-5)
-    assert echoed.tail_gap < aimed.tail_gap
+    assert echoed.tail_gap < aimed.tail_gap and echoed.ranges
+    # over units (sentences): a unit overlapping the echo is left out, one that ends where it starts is not
+    units = sentence_units(cache, latent.UNIT_TOKENS)                                 # [n, 2]
+    tail_units = latent.within(units, latent.pinnable(cache) & ~latent.candidates(cache, cache.fold.sink), B)   # [n]
+    j = int(torch.nonzero(tail_units)[1])                                             # a unit of the tail, not its first
+    lo, hi = (int(x) for x in units[j])
+    found = latent.lookup(cache, ids, None, 64, pad=0, sink=cache.fold.sink, peaks=4, units=units, echo=(lo, hi))
+    seen = tail_units.clone()
+    seen[j] = False
+    assert found.tail_gap == pytest.approx(float(found.raw[seen].max()) - float(found.scores.max()), abs=1e-5)
+    assert int(units[j + 1][0]) == hi                                                 # units lie side by side
+    after = latent.lookup(cache, ids, None, 64, pad=0, sink=cache.fold.sink, peaks=4, units=units, echo=(hi, hi + 1))
+    seen = tail_units.clone()
+    seen[j + 1] = False                                                               # unit j ends where it starts
+    assert after.tail_gap == pytest.approx(float(after.raw[seen].max()) - float(after.scores.max()), abs=1e-5)
 
 
 def test_latent_recall_tail_margin_is_checked_and_reported(tiny, essay):
@@ -1067,7 +1084,9 @@ def test_latent_recall_tail_margin_is_checked_and_reported(tiny, essay):
             max(i for i, (a, b) in enumerate(spans) if a < at + len(PARAPHRASE)) + 1)
     ids, question = _token_span(tiny, PARAPHRASE, 0, len(PARAPHRASE))
     want = latent.lookup(cache, ids, question, 64, pad=4, sink=cache.fold.sink, tail_margin=0.0, echo=echo, peaks=4)
-    assert got.tail_gap == pytest.approx(want.tail_gap, abs=1e-5)
+    unechoed = latent.lookup(cache, ids, question, 64, pad=4, sink=cache.fold.sink, tail_margin=0.0, peaks=4)
+    assert want.tail_gap is not None and got.tail_gap == pytest.approx(want.tail_gap, abs=1e-5)
+    assert unechoed.tail_gap != pytest.approx(want.tail_gap, abs=1e-3)   # the question's own words left out
     worker = BriefedWorker(lm=tiny, max_new_tokens=2, reserve=160, cache_budget=256, fold=briefing.FoldPolicy(
         recent=64), recall=BlockRecall(tokens=64, pad=4, archive_policy=briefing.ArchivePolicy(block=16)))
     b = worker.brief(PARAPHRASE, planted(essay))

@@ -38,9 +38,10 @@ Every condition sees the same events; `window` is the worker's positions, `reser
   fold-routed-units: the shipped default whose latent recall ranks and recalls the trajectory's sentences instead of
   its blocks (`LatentRecall(units="sentences")`, round 25's probe); fold-routed-by-model: sentences where the recall
   is re-attached, blocks where it is pasted (`LatentRecall(units=None)`, round 27's probe, the default since round
-  28, spelled out); fold-routed-bar0, fold-routed-bar1: fold-routed-by-model fetching only the sentences that score
-  at least the unfolded tail's best less 0 or 1 (`LatentRecall(tail_margin=...)`, round 29's probe);
-  fold-routed-tail-units: fold-routed-by-model ranking the unfolded tail's sentences too, less the last 128 tokens
+  28, spelled out); fold-routed-bar0, fold-routed-bar1: fold-routed-by-model fetching only the pieces (sentences
+  where re-attached) that score at least the unfolded tail's best less 0 or 1 (`LatentRecall(tail_margin=...)`,
+  round 29's probe); fold-routed-tail-units: fold-routed-by-model ranking the unfolded tail's pieces too, less the
+  last 128 tokens
   (`LatentRecall(tail_skip=128)`: a fact in view comes back as a copy nearest the question; round 29's second probe).
   Every routed and latent condition but fold-routed and these five ranks blocks (`units="blocks"`): what each was run
   with;

@@ -12,7 +12,8 @@ call's context held whole, each with a 95% bootstrap interval over questions (`b
 Also, per side: the accuracy where its call held the fact whole (with the count of such questions), and, for rows
 that record it (round 28 on), how many of the question's two same-kind distractor statements the call held whole on
 average; for reference rows that record a latent lookup's `tail_gap` (round 29 on), the share of those calls whose
-lookup ranked the unfolded tail's best piece above every piece it could fetch. `--by-place` also splits each form by
+lookup ranked the unfolded tail's best piece above every piece it could fetch (the tail it does not rank: with
+`tail_skip`, the trajectory's last tokens alone). `--by-place` also splits each form by
 where the fact was at the call: "tail" where the persistent cache held it whole (the reference row's `held_fact`: its
 unfolded tail, which the call's compaction thins per head and which latent recall skips by default), "folded"
 elsewhere. `--by-route` splits each form by the route the reference's call took
@@ -61,8 +62,9 @@ def pooled(runs: list[str], condition: str, reference: str, by_length: bool = Fa
            by_place: bool = False, by_route: bool = False) -> list[dict]:
     """One record per form (by_length: per length and form; by_place: also per `place`; by_route: also per the
     reference's `route`): questions, accuracy and
-    whole-availability differences (condition minus reference), and each side's accuracy and availability (mean
-    share of the fact held)."""
+    whole-availability differences (condition minus reference), each side's accuracy and availability (mean
+    share of the fact held), and, where rows record them, the distractors held and the share of the reference's
+    lookups whose `tail_gap` is above 0 (`ref_tail_first`, over `ref_looked` rows)."""
     diffs: dict[tuple, dict[str, list[float]]] = {}
     for run in runs:
         ref_file, ref_name, new_file, name = split_run(run)
@@ -107,16 +109,19 @@ def pooled(runs: list[str], condition: str, reference: str, by_length: bool = Fa
 
 
 def extra(rec: dict) -> str:
-    """A record's accuracy where each side held the fact whole, and the same-kind distractors each side's calls held
-    whole per question (rows that record them), as printed text."""
+    """A record's accuracy where each side held the fact whole, the same-kind distractors each side's calls held
+    whole per question (rows that record them), and how many of the reference's lookups ranked the unfolded tail's
+    best piece above every fetchable one (`ref_tail_first` of `ref_looked`, rows that record `tail_gap`), as printed
+    text."""
     out = "; where held whole: accuracy " + " against ".join(
         f"{rec[f'{s}_when_whole']:.2f} ({rec[f'{s}_whole_questions']})" if f"{s}_when_whole" in rec else "- (0)"
         for s in ("new", "ref"))
     if "new_distractors" in rec:
         out += f"; distractors held whole {rec['new_distractors']:.2f} against {rec['ref_distractors']:.2f}"
     if "ref_tail_first" in rec:
-        out += (f"; the reference's lookup ranked the unfolded tail's best above every fetchable piece in "
-                f"{rec['ref_tail_first']:.2f} of {rec['ref_looked']} calls")
+        first = round(rec["ref_tail_first"] * rec["ref_looked"])
+        out += (f"; the reference's lookup ranked the unfolded tail's best above every fetchable piece in {first} of "
+                f"{rec['ref_looked']} calls")
     return out
 
 
