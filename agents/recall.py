@@ -443,13 +443,13 @@ class LatentRecall(Recall):
         tail_margin: a bar on what is fetched: only the blocks or sentences scoring at least the best of the unfolded
         tail (in view; its best pieces pinned where `pin` is) less this much of the ranking's score (standardised
         over the pieces where it adds their best tokens', `peaks`; `latent.lookup`), and no bar where that tail has no
-        scored piece; the question's own words, where the trajectory holds them, do not count as that best. Where the question's best piece is in
-        view, what ranks below it is more often a same-kind neighbour of the answer than the answer (round 28). None
-        (the default): no bar. Each call reports the gap between the two sides (`Recalled.tail_gap`). Tried on dev
-        episodes in round 29 and not taken: at 1 the paraphrased facts in view were answered more often (3 of 14
-        against 1), but the folded ones were held whole 0.14 less often (a folded paraphrase's sentence often scores
-        below the tail's best: the ranking does not tell where a paraphrased fact lies well enough for a bar);
-        at 0, 0.28 less (docs/benchmarks.md, "Latent recall, round 29").
+        scored piece; the question's own words, where the trajectory holds them, do not count as that best. Where the
+        question's best piece is in view, what ranks below it is more often a same-kind neighbour of the answer than
+        the answer (round 28). None (the default): no bar. Each call reports the gap between the two sides
+        (`Recalled.tail_gap`). Tried on dev episodes in round 29 and not taken: at 1 the paraphrased facts in view
+        were answered more often (3 of 14 against 1), but the folded ones were held whole 0.14 less often (a folded
+        paraphrase's sentence often scores below the tail's best: the ranking does not tell where a paraphrased fact
+        lies well enough for a bar); at 0, 0.28 less (docs/benchmarks.md, "Latent recall, round 29").
         archive_policy: the caches'
         `briefing.ArchivePolicy` (None: its defaults where the blocks are re-attached, the representatives alone,
         `budget_bytes=0`, where their text is re-prefilled: no keys or values are archived that no call reads; with

@@ -1056,7 +1056,7 @@ def test_a_tail_margin_fetches_only_what_scores_near_the_tail_s_best(tiny, essay
     # over units (sentences): a unit overlapping the echo is left out, one that ends where it starts is not
     units = sentence_units(cache, latent.UNIT_TOKENS)                                 # [n, 2]
     tail_units = latent.within(units, latent.pinnable(cache) & ~latent.candidates(cache, cache.fold.sink), B)   # [n]
-    j = int(torch.nonzero(tail_units)[1])                                             # a unit of the tail, not its first
+    j = int(torch.nonzero(tail_units)[1])                                             # a tail unit, not its first
     lo, hi = (int(x) for x in units[j])
     found = latent.lookup(cache, ids, None, 64, pad=0, sink=cache.fold.sink, peaks=4, units=units, echo=(lo, hi))
     seen = tail_units.clone()
