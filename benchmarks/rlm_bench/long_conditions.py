@@ -41,10 +41,9 @@ Every condition sees the same events; `window` is the worker's positions, `reser
   28, spelled out); fold-routed-bar0, fold-routed-bar1: fold-routed-by-model fetching only the pieces (sentences
   where re-attached) that score at least the unfolded tail's best less 0 or 1 (`LatentRecall(tail_margin=...)`,
   round 29's probe); fold-routed-tail-units: fold-routed-by-model ranking the unfolded tail's pieces too, less the
-  last 128 tokens
-  (`LatentRecall(tail_skip=128)`: a fact in view comes back as a copy nearest the question; round 29's second probe).
-  Every routed and latent condition but fold-routed and these five ranks blocks (`units="blocks"`): what each was run
-  with;
+  last 128 tokens (`LatentRecall(tail_skip=128)`: a fact in view comes back as a copy nearest the question; round
+  29's second probe). Every routed and latent condition but fold-routed and these five ranks blocks
+  (`units="blocks"`): what each was run with;
 - fold-routed-sink: fold-routed-verify's recall on a cache of its own whose fold keeps the worker's header whole where
   the cache's room allows (the fold's sink holds the cache text before the trajectory: the chat template's head and
   the header; `fold_policy`; round 18's probe);
@@ -237,7 +236,7 @@ def ask(worker: Any, ep: LongEpisode, condition: str, full: str, q: Question, i:
                    held_quarter=round(b.held(lo, hi), 4), covered_fact=round(b.coverage(*fact), 4),
                    recall_s=round(b.stats.recall_s, 4), lookup_s=round(b.stats.lookup_s, 4), recall_how=b.stats.recall,
                    archive_bytes=b.stats.archive_bytes)
-        if b.recalled is not None and b.recalled.tail_gap is not None:   # the tail's best score over a fetch's
+        if b.recalled.tail_gap is not None:   # the unfolded tail's best score over a fetch's, where a lookup ran
             row["tail_gap"] = round(b.recalled.tail_gap, 4)
     else:  # a context built from text for this call: everything in it was forwarded
         n = len(b.context.prompt_ids)
