@@ -2,6 +2,7 @@
 
     python -m benchmarks.selection_bench --split dev [--variants NAME ...] [--out docs/results/selection]
     python -m benchmarks.selection_bench --report      # tables (Markdown) and PNG from the JSON files
+    python -m benchmarks.selection_bench --split dev --model gemma3-270m --out DIR   # another model, its own DIR
 
 Per case (benchmarks.recall_cases: continuation, verbatim, multi-span and keyword questions over essays the
 engine was not developed on), answer-token KL against the full cache at 50/20/10/5% kept. Also per variant:
@@ -38,6 +39,7 @@ DEFAULT = "look-ahead 8 (the new default)"
 PICK = "global allocation, importance share 0.9, sinks 4, head min 0.2"
 # round 7: the guidance's share per row, the importance's over all rows (`rlm bench --importance hybrid`)
 HYBRID = "hybrid allocation, importance share 0.9, sinks 4"
+TOPK_AHEAD = "top-k, look-ahead 8 (the default without its fit)"
 
 
 @dataclass(kw_only=True)
@@ -169,6 +171,10 @@ VARIANTS: dict[str, Callable[..., briefing.Selector]] = {  # look_ahead=0 where 
         **size, allocation="global", agnostic=1.0, sinks=4, head_max=4.0),
     "global allocation, importance only, fit, sinks 4, head max 2x": lambda **size: briefing.AttentionMatching(
         **size, allocation="global", agnostic=1.0, sinks=4, head_max=2.0),
+    # round 30 (issue 28, a second model): the fit against the same positions without it, and a fit pulled harder
+    # toward the original values (Gemma 3's anchor and end-to-end runs had top-k ahead of the fit)
+    TOPK_AHEAD: lambda **size: briefing.TopK(**size),
+    "fit, ridge 1": lambda **size: briefing.AttentionMatching(**size, fit=briefing.Fit(ridge=1.0)),
 }
 ROUND3 = ["importance share 0.25", "importance share 0.5", "importance share 0.75", "importance only, with the fit",
           "importance only, top-k (KVzip's selection)"]
@@ -236,8 +242,8 @@ def summarise(rows: list[dict], names: list[str]) -> dict:
 
 
 def run(split: str, names: list[str], out: Path, extras: bool, tag: str = "", only: list[int] | None = None,
-        importance_window: int | None = None) -> dict:
-    lm = briefing.load_model()
+        importance_window: int | None = None, model: str | None = None) -> dict:
+    lm = briefing.load_model(model)
     t0 = time.perf_counter()
     result: dict = {"split": split, "model": lm.name, "ratios": list(RATIOS), "variants": names,
                     "importance_window": importance_window, "load_average_at_start": os.getloadavg(), "cases": []}
@@ -288,11 +294,18 @@ def case_key(case: dict) -> tuple[str, str]:
 def merged(out: Path, split: str) -> dict:
     """selection_{split}.json plus the variants of any selection_{split}_{tag}.json run on the same cases."""
     res = renamed(json.loads((out / f"selection_{split}.json").read_text()))
+
+    def same_model(path: Path) -> dict:
+        more = renamed(json.loads(path.read_text()))
+        if more.get("model") != res.get("model"):
+            raise ValueError(f"{path} was run on {more.get('model')!r}, selection_{split}.json on {res.get('model')!r}")
+        return more
+
     for path in sorted(out.glob(f"selection_{split}_part-*.json")):  # the same variants on other cases
         seen = {case_key(c) for c in res["cases"]}
-        res["cases"] += [c for c in renamed(json.loads(path.read_text()))["cases"] if case_key(c) not in seen]
+        res["cases"] += [c for c in same_model(path)["cases"] if case_key(c) not in seen]
     for path in sorted(p for p in out.glob(f"selection_{split}_*.json") if "_part-" not in p.name):
-        more = renamed(json.loads(path.read_text()))
+        more = same_model(path)
         if sorted(map(case_key, more["cases"])) != sorted(map(case_key, res["cases"])):
             raise ValueError(f"{path} was run on other cases than selection_{split}.json")
         new = [v for v in more["variants"] if v not in res["variants"]]
@@ -380,7 +393,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--importance-window", type=int, default=None,
                         help="tokens the query-agnostic importance reconstructs at a time "
                         "(briefing.TrajectoryCache's importance_window; default: the cache's default)")
+    parser.add_argument("--model", default=None, help="a model key of briefing.load_model (default: the embedded "
+                        "SmolLM2); needs its own --out and no --readme (the default --out and the docs' tables are "
+                        "SmolLM2's)")
     args = parser.parse_args(argv)
+    if args.model is not None and (args.readme or args.out == parser.get_default("out")):
+        parser.error(f"--model {args.model}: give the run its own --out and no --readme (the default --out, "
+                     f"{parser.get_default('out')}, and the docs' selection tables are the embedded SmolLM2's)")
     if args.importance_window is not None and args.importance_window < 1:
         parser.error(f"--importance-window {args.importance_window}: give a positive number of tokens")
     unknown = [v for v in args.variants if v not in VARIANTS]
@@ -389,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     if args.split:
         tag = args.tag or ("part-" + "-".join(map(str, args.cases)) if args.cases else "")
-        run(args.split, args.variants, out, not args.no_extras, tag, args.cases, args.importance_window)
+        run(args.split, args.variants, out, not args.no_extras, tag, args.cases, args.importance_window, args.model)
     if args.report or not args.split:
         print(report(out, DOC if args.readme else None))
     return 0

@@ -291,3 +291,46 @@ def test_selection_report_merges_parts_and_rounds(tmp_path):
     res = merged(tmp_path, "heldout")
     assert [c["essay"] for c in res["cases"]] == ["e1", "e2"] and res["variants"] == ["a", "b"]
     assert res["summary"]["a"]["0.5"][0] == 2.0 and res["summary"]["b"]["0.5"][0] == 0.3  # e1's duplicate ignored
+
+
+def test_selection_bench_runs_the_model_it_is_given(tiny, tmp_path, monkeypatch, essay):
+    """--model loads that model (a second model's run: round 30) into its own --out, and the round's two variants run
+    on it: top-k with look-ahead 8 is the shipped default's selection without its fit, and a larger ridge reaches the
+    fit. A run of another model is never merged with the embedded model's, nor written over its tables."""
+    import dataclasses
+
+    from benchmarks import selection_bench
+    from benchmarks.recall_cases import Case
+
+    asked = []
+
+    def load(name=None):
+        asked.append(name)
+        return tiny
+
+    monkeypatch.setattr(briefing, "load_model", load)
+    text = essay[:1500]
+    monkeypatch.setattr(selection_bench, "cases", lambda lm, split: [
+        Case(essay="avg.txt", kind="continuation", text=text, question="How does the text go on?",
+             answer=" the text goes on and on")])
+    names = [selection_bench.DEFAULT, selection_bench.TOPK_AHEAD, "fit, ridge 1"]
+    for bad in (["--readme", "--out", str(tmp_path)], []):   # SmolLM2's tables and default --out are not for it
+        with pytest.raises(SystemExit):
+            selection_bench.main(["--split", "dev", "--model", "gemma3-270m", *bad])
+    assert asked == []
+    selection_bench.main(["--split", "dev", "--no-extras", "--model", "gemma3-270m", "--out", str(tmp_path),
+                          "--variants", *names])
+    assert asked == ["gemma3-270m"]
+    res = json.loads((tmp_path / "selection_dev.json").read_text())
+    assert res["model"] == tiny.name and res["variants"] == names
+    kl = res["cases"][0]["kl"]
+    assert kl[selection_bench.DEFAULT]["0.1"] != kl["fit, ridge 1"]["0.1"]  # the ridge reaches the fit
+    top = selection_bench.VARIANTS[selection_bench.TOPK_AHEAD](ratio=0.1)
+    shipped = selection_bench.VARIANTS[selection_bench.DEFAULT](ratio=0.1)
+    assert isinstance(top, briefing.TopK) and top.fit is None and shipped.fit is not None
+    fields = [f.name for f in dataclasses.fields(briefing.ScoredSelector) if f.name != "fit"]
+    assert {f: getattr(top, f) for f in fields} == {f: getattr(shipped, f) for f in fields}
+    other = dict(res, model="another-model")
+    (tmp_path / "selection_dev_round2.json").write_text(json.dumps(other))
+    with pytest.raises(ValueError, match="another-model"):
+        selection_bench.merged(tmp_path, "dev")
