@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import time
 from collections.abc import Callable
@@ -327,6 +328,14 @@ def fmt(stat: list[float]) -> str:
     return f"{stat[0]:.3f} [{stat[1]:.3f}, {stat[2]:.3f}]"
 
 
+def against(res: dict, ref: str, name: str, ratio: str) -> tuple[int, float]:
+    """Per case, `name`'s answer KL over `ref`'s at `ratio`: the number of cases where it is lower, and the median
+    ratio over the cases (a case where `ref`'s KL is 0 counts its ratio as 1 if both are 0, else as infinite)."""
+    pairs = [(c["kl"][name][ratio], c["kl"][ref][ratio]) for c in res["cases"]]
+    ratios = [a / b if b > 0 else (1.0 if a == 0 else math.inf) for a, b in pairs]
+    return sum(a < b for a, b in pairs), float(np.median(ratios))
+
+
 def report(out: Path, readme: Path | None = None) -> str:
     """Markdown tables from the committed JSON (the selection tables of docs/benchmarks.md are this output), and a
     PNG. `readme`: also rewrite that block of this Markdown file."""
@@ -339,6 +348,15 @@ def report(out: Path, readme: Path | None = None) -> str:
         for name in res["variants"]:
             lines.append(f"| {name} | " + " | ".join(fmt(res["summary"][name][str(r)]) for r in RATIOS) + " |")
         lines.append("")
+        # round 30: a run with the default's positions without its fit compares each variant with it, case by case,
+        # and with the default itself
+        for ref in [v for v in (TOPK_AHEAD, DEFAULT) if v in res["variants"]] if TOPK_AHEAD in res["variants"] else []:
+            lines += [f"**{split}, per case against {ref}** (cases with a lower answer KL, of {len(res['cases'])}; "
+                      "the median per-case ratio)", "", "| variant | 20% kept | 10% | 5% |", "|---|---|---|---|"]
+            for name in (v for v in res["variants"] if v != ref):
+                cells = (against(res, ref, name, str(r)) for r in RATIOS[1:])
+                lines.append(f"| {name} | " + " | ".join(f"{n}; {x:.2f}x" for n, x in cells) + " |")
+            lines.append("")
         if "anchor" in res:
             lines += [(f"**anchor** (avg.txt, {res['anchor']['tokens']} tokens; answer KL) and **exact value** "
                        "(mean log-prob gap of the exact answer, 3 facts)"), "",

@@ -330,6 +330,16 @@ def test_selection_bench_runs_the_model_it_is_given(tiny, tmp_path, monkeypatch,
     assert isinstance(top, briefing.TopK) and top.fit is None and shipped.fit is not None
     fields = [f.name for f in dataclasses.fields(briefing.ScoredSelector) if f.name != "fit"]
     assert {f: getattr(top, f) for f in fields} == {f: getattr(shipped, f) for f in fields}
+    text = selection_bench.report(tmp_path)   # the per-case tables against top-k and against the default
+    assert f"per case against {selection_bench.TOPK_AHEAD}" in text and f"per case against {selection_bench.DEFAULT}" \
+        in text
+    n, ratio = selection_bench.against(res, selection_bench.TOPK_AHEAD, selection_bench.DEFAULT, "0.1")
+    a, b = kl[selection_bench.DEFAULT]["0.1"], kl[selection_bench.TOPK_AHEAD]["0.1"]
+    assert n == int(a < b) and ratio == pytest.approx(a / b)
+    assert f"| {selection_bench.DEFAULT} | " in text and f"{n}; {ratio:.2f}x" in text
+    two = {"cases": [{"kl": {"x": {"0.1": 1.0}, "y": {"0.1": 2.0}}}, {"kl": {"x": {"0.1": 3.0}, "y": {"0.1": 1.0}}},
+                     {"kl": {"x": {"0.1": 0.0}, "y": {"0.1": 0.0}}}]}
+    assert selection_bench.against(two, "y", "x", "0.1") == (1, 1.0)   # ratios 0.5, 3, 1 (both 0): one lower
     other = dict(res, model="another-model")
     (tmp_path / "selection_dev_round2.json").write_text(json.dumps(other))
     with pytest.raises(ValueError, match="another-model"):
