@@ -330,6 +330,7 @@ def test_selection_bench_runs_the_model_it_is_given(tiny, tmp_path, monkeypatch,
     assert isinstance(top, briefing.TopK) and top.fit is None and shipped.fit is not None
     fields = [f.name for f in dataclasses.fields(briefing.ScoredSelector) if f.name != "fit"]
     assert {f: getattr(top, f) for f in fields} == {f: getattr(shipped, f) for f in fields}
+    monkeypatch.setattr(selection_bench, "plot", lambda loaded, path: None)   # tables only: no matplotlib in every tier
     text = selection_bench.report(tmp_path)   # the per-case tables against top-k and against the default
     assert f"per case against {selection_bench.TOPK_AHEAD}" in text and f"per case against {selection_bench.DEFAULT}" \
         in text
