@@ -2,7 +2,9 @@
 on a tiny random-weight model (the structure of results.json, the README block)."""
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -10,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.rlm_bench.cli import build_parser, run_suite, write_suite
-from benchmarks.rlm_bench.conditions import SuiteConfig
+from benchmarks.rlm_bench.conditions import SuiteConfig, family_plan
 from benchmarks.rlm_bench.families import FAMILIES, EpisodeSpec
 from benchmarks.rlm_bench.runner import comparable, run_all
 
@@ -115,6 +117,47 @@ def test_importance_adds_the_global_allocation_at_matched_counts(tiny_dir):
     by = {r["condition"]: r for r in rows}
     assert by["amh_tau1"]["kept"] == by["am_tau1"]["kept"] and by["amh_b0.1"]["kept"] == by["am_b0.1"]["kept"]
     assert by["amh_tau1"]["method"] == "latent_briefing_hybrid" and "amg_tau1" not in by
+
+
+def test_budget_sets_every_fixed_ratio_condition_and_is_checked(tiny_dir, capsys):
+    """`rlm bench --budget B` (issue 28's P3 run at 17% kept): every fixed-ratio condition keeps B of the trajectory
+    under its own name; at the 20% of am_b0.2 that row is not run twice; a share outside (0, 1) is refused."""
+    from benchmarks.rlm_bench.cli import main
+
+    assert build_parser().parse_args(["--budget", "0.17"]).budget == 0.17
+    rows = run_all(SPECS[:1], SuiteConfig(summary_tokens=8, timing=False, budget=0.17, importance="hybrid"),
+                   model=tiny_dir, progress=False)[0][1]
+    by = {r["condition"]: r for r in rows}
+    T = by["full"]["trajectory_tokens"]
+    for c in ("am_b0.17", "am_recent_b0.17", "topk_b0.17", "random_b0.17", "sink_recent_b0.17", "amh_b0.17"):
+        assert by[c]["kept"] == math.ceil(0.17 * T) and by[c]["matched_to"] == "budget0.17"
+    assert by["am_b0.2"]["kept"] == math.ceil(0.2 * T) and not any(c.endswith("_b0.1") for c in by)
+    names = [r["condition"] for r in run_all(SPECS[:1], SuiteConfig(summary_tokens=8, timing=False, budget=0.2),
+                                             model=tiny_dir, progress=False)[0][1]]
+    assert names.count("am_b0.2") == 1 and len(names) == len(set(names))
+    for bad in ("0", "1", "-0.1", "nan"):
+        with pytest.raises(SystemExit) as e:
+            main(["--budget", bad])
+        assert e.value.code == 2
+        assert f"--budget: {float(bad)!r} is not a kept share; give a number in (0, 1)" in capsys.readouterr().err
+
+
+def test_conditions_runs_only_those_and_full_text_with_the_same_rows(tiny_dir):
+    """`rlm bench --conditions` (the P3 run's 504 episodes): only the named conditions and full text run, each row as
+    in a run of every condition; a matched row still keeps the am_tau row's count; an unknown name is refused
+    before any model loads, with the names of the run."""
+    cfg = SuiteConfig(summary_tokens=8, timing=False, budget=0.17, importance="hybrid")
+    every = {r["condition"]: r for r in _rows(run_all(SPECS[:1], cfg, model=tiny_dir, progress=False))}
+    assert [name for name, _ in family_plan(None, cfg)] == list(every)
+    some = dataclasses.replace(cfg, conditions=("amh_b0.17", "topk@am_tau1", "am_b0.17"))
+    rows = _rows(run_all(SPECS[:1], some, model=tiny_dir, progress=False))
+    assert [r["condition"] for r in rows] == ["full", "topk@am_tau1", "am_b0.17", "amh_b0.17"]
+    assert all(r == every[r["condition"]] for r in rows)
+    args = build_parser().parse_args(["--model", tiny_dir, "--importance", "hybrid", "--conditions", "amh_b0.1",
+                                      "am_b0.17", "--out", "/nonexistent/never-written"])
+    with pytest.raises(SystemExit, match=r"--conditions: am_b0.17 is not a condition of this run; pick among plain, "
+                                         r"full, am_tau1, .*amh_b0.1 \(--budget"):
+        run_suite(args, lm=object())
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads /proc")

@@ -47,6 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ratio-smooth", type=int, default=9, help="score smoothing kernel at a fixed kept ratio")
     p.add_argument("--recent", type=int, default=32,
                    help="protected recent window (positions) of the +recent conditions")
+    p.add_argument("--budget", type=float, default=0.1,
+                   help="kept share of the fixed-ratio conditions (am_b*, topk_b*, random_b*, sink_recent_b*, "
+                        "am_recent_b*, bm25+am_b*, and the importance's amg_b* / amh_b*), in (0, 1); default 0.1")
+    p.add_argument("--conditions", nargs="+", metavar="NAME",
+                   help="run only these conditions (names as in results.md, e.g. am_b0.17 amh_b0.17) and full text, "
+                        "the reference; default: every one")
     p.add_argument("--no-summary", action="store_true", help="skip the worker-model summary condition")
     p.add_argument("--no-timing", action="store_true", help="skip the fixed 12-token decode used for latency")
     p.add_argument("--importance", nargs="?", const="global", default="", choices=["global", "hybrid"],
@@ -97,7 +103,7 @@ def suite_settings(args: argparse.Namespace) -> dict:
 
 def run_suite(args: argparse.Namespace, lm=None, log=print) -> dict:
     from benchmarks.rlm_bench import report, stats
-    from benchmarks.rlm_bench.conditions import SuiteConfig
+    from benchmarks.rlm_bench.conditions import SuiteConfig, family_plan
     from benchmarks.rlm_bench.families import suite_specs
     from benchmarks.rlm_bench.runner import run_all
 
@@ -108,8 +114,14 @@ def run_suite(args: argparse.Namespace, lm=None, log=print) -> dict:
     order = {f: i for i, f in enumerate(cfg["families"])}
     specs.sort(key=lambda s: (s.target_tokens, s.seed % 1000, order[s.family]))
     suite = SuiteConfig(tau=args.tau, smooth_kernel=args.smooth, ratio_smooth_kernel=args.ratio_smooth,
-                        recent=args.recent, summary=cfg["summary"],
-                        timing=not args.no_timing, sweep=cfg.get("sweep", ()), importance=args.importance)
+                        recent=args.recent, budget=args.budget, summary=cfg["summary"],
+                        timing=not args.no_timing, sweep=cfg.get("sweep", ()), importance=args.importance,
+                        conditions=tuple(args.conditions or ()))
+    names = [name for name, _ in family_plan(None, suite)]
+    unknown = [c for c in suite.conditions if c not in names]
+    if unknown:
+        raise SystemExit(f"rlm bench: --conditions: {', '.join(unknown)} is not a condition of this run; pick among "
+                         f"{', '.join(names)} (--budget, --tau, --importance and --no-summary change the names)")
     t_start = time.perf_counter()
     if lm is None and args.workers <= 1 and not args.ray:
         import briefing
@@ -196,7 +208,10 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks.rlm_bench import long
 
         return long.main(argv)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not 0 < args.budget < 1:
+        parser.error(f"--budget: {args.budget!r} is not a kept share; give a number in (0, 1), e.g. 0.1 (10% kept)")
     if args.readme:
         from benchmarks.readme import DOC
         from benchmarks.rlm_bench.report import update_readme

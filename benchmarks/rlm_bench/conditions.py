@@ -383,6 +383,8 @@ class SuiteConfig:
     # issue 28's opt-in allocation of the importance at tau and at the budget: "global" (amg_tau*, amg_b*) or "hybrid"
     # (amh_tau*, amh_b*); "": neither
     importance: str = ""
+    # the conditions to run (names of `family_plan`; full text always runs, the reference); (): every one
+    conditions: tuple[str, ...] = ()
 
     def run(self, lm: Any, prompts: Any, spec: Any) -> tuple[dict, list[dict]]:
         """(episode summary, rows) of one family episode (what the runner calls)."""
@@ -390,23 +392,34 @@ class SuiteConfig:
         return ep.summary(), family_rows(lm, prompts, ep, self, seed=spec.seed)
 
 
-def family_rows(lm: Any, prompts: Any, episode: Any, cfg: SuiteConfig, seed: int = 0) -> list[dict]:
-    """Every condition of the family suite on one episode (one shared prefill)."""
-    r = FamilyRunner(lm, prompts, episode, timing=cfg.timing, importance=bool(cfg.importance))
-    rows = [r.run(Spec("plain", "plain")), r.run(Spec("full", "full"))]
+def family_plan(r: Any, cfg: SuiteConfig, seed: int = 0) -> list[tuple[str, Any]]:
+    """The family suite's conditions in run order: (name, a function that runs it on the `FamilyRunner` r and
+    returns its row). Nothing runs until a function is called, so `[name for name, _ in family_plan(None, cfg)]`
+    names the conditions of a config. The matched rows (`*@am_tau*`) keep the count of the am_tau row, which
+    runs first whenever one of them is asked for."""
+    plan: list[tuple[str, Any]] = [("plain", lambda: r.run(Spec("plain", "plain"))),
+                                   ("full", lambda: r.run(Spec("full", "full")))]
     am = f"am_tau{cfg.tau:g}"
-    row = r.run(Spec(am, "latent_briefing", briefing.AttentionMatching(tau=cfg.tau, smooth_kernel=cfg.smooth_kernel),
-                     cfg.tau))
-    rows.append(row)
-    k = max(1, row["kept"])
-    for name, sel in (("topk", briefing.TopK(tokens=k)), ("random", briefing.RandomKeep(tokens=k, seed=seed)),
-                      ("sink_recent", briefing.RecentWindow(tokens=k, sinks=4))):
-        rows.append(r.run(Spec(f"{name}@{am}", name, sel, k, matched_to=am)))
+    done: dict[str, dict] = {}
+
+    def am_row() -> dict:   # once per episode, whether asked for itself or for a matched row's count
+        if am not in done:
+            done[am] = r.run(Spec(am, "latent_briefing",
+                                  briefing.AttentionMatching(tau=cfg.tau, smooth_kernel=cfg.smooth_kernel), cfg.tau))
+        return done[am]
+
+    def matched(name: str, make: Any) -> Any:
+        return lambda: r.run(Spec(f"{name}@{am}", name, make(max(1, am_row()["kept"])), max(1, am_row()["kept"]),
+                                  matched_to=am))
+
+    plan.append((am, am_row))
+    plan += [(f"topk@{am}", matched("topk", lambda k: briefing.TopK(tokens=k))),
+             (f"random@{am}", matched("random", lambda k: briefing.RandomKeep(tokens=k, seed=seed))),
+             (f"sink_recent@{am}", matched("sink_recent", lambda k: briefing.RecentWindow(tokens=k, sinks=4)))]
     if cfg.recent:
-        rows.append(r.run(Spec(f"{am}+recent{cfg.recent}", "latent_briefing_protected",
-                               ProtectedAttentionMatching(tau=cfg.tau, smooth_kernel=cfg.smooth_kernel,
-                                                          recent=cfg.recent),
-                               cfg.tau)))
+        plan.append((f"{am}+recent{cfg.recent}", lambda: r.run(Spec(
+            f"{am}+recent{cfg.recent}", "latent_briefing_protected",
+            ProtectedAttentionMatching(tau=cfg.tau, smooth_kernel=cfg.smooth_kernel, recent=cfg.recent), cfg.tau))))
     b = cfg.budget
     rsk = cfg.ratio_smooth_kernel
     for name, sel in (("am", briefing.AttentionMatching(ratio=b, smooth_kernel=rsk)),
@@ -414,24 +427,38 @@ def family_rows(lm: Any, prompts: Any, episode: Any, cfg: SuiteConfig, seed: int
                       ("topk", briefing.TopK(ratio=b)), ("random", briefing.RandomKeep(ratio=b, seed=seed)),
                       ("sink_recent", briefing.RecentWindow(ratio=b, sinks=4))):
         method = {"am": "latent_briefing", "am_recent": "latent_briefing_protected"}.get(name, name)
-        rows.append(r.run(Spec(f"{name}_b{b:g}", method, sel, b, matched_to=f"budget{b:g}")))
-    rows.append(r.run(Spec(f"am_b{cfg.budget_hi:g}", "latent_briefing",
-                           briefing.AttentionMatching(ratio=cfg.budget_hi, smooth_kernel=rsk), cfg.budget_hi)))
-    rows.append(r.run(Spec(f"bm25_r{cfg.bm25_ratio:g}", "bm25", param=cfg.bm25_ratio)))
-    rows.append(r.run_bm25_briefing(Spec(f"bm25+am_b{b:g}", "bm25_briefing", param=b, matched_to=f"budget{b:g}"),
-                                    cfg.tau, rsk, cfg.bm25_ratio / 2, b))
+        spec = Spec(f"{name}_b{b:g}", method, sel, b, matched_to=f"budget{b:g}")
+        plan.append((spec.name, lambda spec=spec: r.run(spec)))
+    if cfg.budget_hi != b:   # the same kept share is am_b* above
+        spec = Spec(f"am_b{cfg.budget_hi:g}", "latent_briefing",
+                    briefing.AttentionMatching(ratio=cfg.budget_hi, smooth_kernel=rsk), cfg.budget_hi)
+        plan.append((spec.name, lambda spec=spec: r.run(spec)))
+    plan.append((f"bm25_r{cfg.bm25_ratio:g}", lambda: r.run(Spec(f"bm25_r{cfg.bm25_ratio:g}", "bm25",
+                                                                 param=cfg.bm25_ratio))))
+    plan.append((f"bm25+am_b{b:g}", lambda: r.run_bm25_briefing(
+        Spec(f"bm25+am_b{b:g}", "bm25_briefing", param=b, matched_to=f"budget{b:g}"), cfg.tau, rsk,
+        cfg.bm25_ratio / 2, b)))
     if cfg.summary:
-        rows.append(r.run(Spec("summary", "summary", param=cfg.summary_tokens)))
+        plan.append(("summary", lambda: r.run(Spec("summary", "summary", param=cfg.summary_tokens))))
     if cfg.importance:   # docs/benchmarks.md, "Global allocation of the importance" and "Round 7"
         tag, method = f"am{cfg.importance[0]}", f"latent_briefing_{cfg.importance}"
-        rows.append(r.run(Spec(f"{tag}_tau{cfg.tau:g}", method, importance_pick(
-            cfg.importance, tau=cfg.tau, smooth_kernel=cfg.smooth_kernel), cfg.tau)))
-        rows.append(r.run(Spec(f"{tag}_b{b:g}", method, importance_pick(cfg.importance, ratio=b, smooth_kernel=rsk),
-                               b, matched_to=f"budget{b:g}")))
+        for spec in (Spec(f"{tag}_tau{cfg.tau:g}", method, importance_pick(
+                cfg.importance, tau=cfg.tau, smooth_kernel=cfg.smooth_kernel), cfg.tau),
+                     Spec(f"{tag}_b{b:g}", method, importance_pick(cfg.importance, ratio=b, smooth_kernel=rsk), b,
+                          matched_to=f"budget{b:g}")):
+            plan.append((spec.name, lambda spec=spec: r.run(spec)))
     for tau, sk, rec, bud in cfg.sweep:
         sel = (ProtectedAttentionMatching(tau=tau, smooth_kernel=sk, recent=rec) if bud is None
                else ProtectedAttentionMatching(ratio=bud, smooth_kernel=sk, recent=rec))
         mode = f"tau{tau:g}" if bud is None else f"b{bud:g}"
-        name = f"sweep_{mode}_s{sk}_r{rec}"
-        rows.append(r.run(Spec(name, "sweep", sel, [tau, sk, rec, bud])))
-    return rows
+        spec = Spec(f"sweep_{mode}_s{sk}_r{rec}", "sweep", sel, [tau, sk, rec, bud])
+        plan.append((spec.name, lambda spec=spec: r.run(spec)))
+    return plan
+
+
+def family_rows(lm: Any, prompts: Any, episode: Any, cfg: SuiteConfig, seed: int = 0) -> list[dict]:
+    """The conditions of the family suite on one episode (one shared prefill): every one of `family_plan`, or those
+    `cfg.conditions` names and full text (the reference of every difference), in the plan's order."""
+    r = FamilyRunner(lm, prompts, episode, timing=cfg.timing, importance=bool(cfg.importance))
+    want = set(cfg.conditions)
+    return [run() for name, run in family_plan(r, cfg, seed) if not want or name in want or name == "full"]
