@@ -135,6 +135,15 @@ def test_budget_sets_every_fixed_ratio_condition_and_is_checked(tiny_dir, capsys
     names = [r["condition"] for r in run_all(SPECS[:1], SuiteConfig(summary_tokens=8, timing=False, budget=0.2),
                                              model=tiny_dir, progress=False)[0][1]]
     assert names.count("am_b0.2") == 1 and len(names) == len(set(names))
+    # the report's tables name the run's own budget: am_b0.17 where a 10% run has am_b0.1, each name once
+    from benchmarks.rlm_bench import report
+
+    result = {"config": {"suite": {"budget": 0.17}}, "summary": [{"condition": c} for c in by]}
+    assert report.breakdown_conditions(result) == ["full", "plain", "am_tau1", "topk@am_tau1", "sink_recent@am_tau1",
+                                                   "am_b0.17", "topk_b0.17", "bm25_r0.1"]
+    head = [x["condition"] for x in report.headline_rows(result)]
+    assert head.index("am_b0.17") < head.index("am_b0.2") and len(head) == len(set(head)) == len(by)
+    assert report.at_budget({"config": {"suite": {"budget": 0.2}}}, report.HEADLINE).count("am_b0.2") == 1
     for bad in ("0", "1", "-0.1", "nan"):
         with pytest.raises(SystemExit) as e:
             main(["--budget", bad])
@@ -142,10 +151,12 @@ def test_budget_sets_every_fixed_ratio_condition_and_is_checked(tiny_dir, capsys
         assert f"--budget: {float(bad)!r} is not a kept share; give a number in (0, 1)" in capsys.readouterr().err
 
 
-def test_conditions_runs_only_those_and_full_text_with_the_same_rows(tiny_dir):
-    """`rlm bench --conditions` (the P3 run's 504 episodes): only the named conditions and full text run, each row as
-    in a run of every condition; a matched row still keeps the am_tau row's count; an unknown name is refused
-    before any model loads, with the names of the run."""
+def test_conditions_runs_only_those_and_full_text_with_the_same_rows(tiny_dir, capsys):
+    """`rlm bench --conditions` (issue 28's P3 run with more episodes): only the named conditions and full text run,
+    each row as in a run of every condition; a matched row still keeps the am_tau row's count; an unknown name is
+    refused before any model loads, with the names of the run."""
+    from benchmarks.rlm_bench.cli import main
+
     cfg = SuiteConfig(summary_tokens=8, timing=False, budget=0.17, importance="hybrid")
     every = {r["condition"]: r for r in _rows(run_all(SPECS[:1], cfg, model=tiny_dir, progress=False))}
     assert [name for name, _ in family_plan(None, cfg)] == list(every)
@@ -155,9 +166,15 @@ def test_conditions_runs_only_those_and_full_text_with_the_same_rows(tiny_dir):
     assert all(r == every[r["condition"]] for r in rows)
     args = build_parser().parse_args(["--model", tiny_dir, "--importance", "hybrid", "--conditions", "amh_b0.1",
                                       "am_b0.17", "--out", "/nonexistent/never-written"])
-    with pytest.raises(SystemExit, match=r"--conditions: am_b0.17 is not a condition of this run; pick among plain, "
+    with pytest.raises(ValueError, match=r"^--conditions: am_b0.17 is not a condition of this run; pick among plain, "
                                          r"full, am_tau1, .*amh_b0.1 \(--budget"):
         run_suite(args, lm=object())
+    with pytest.raises(SystemExit) as e:
+        main(["--conditions", "am_b0.3", "am_b0.4", "--budget", "0.2"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "rlm bench: error: --conditions: am_b0.3, am_b0.4 are not conditions of this run; " in err
+    assert err.count(", am_b0.2,") == 1
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads /proc")

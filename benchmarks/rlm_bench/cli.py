@@ -101,9 +101,29 @@ def suite_settings(args: argparse.Namespace) -> dict:
     return cfg
 
 
+def suite_config(args: argparse.Namespace, cfg: dict):
+    """The run's `SuiteConfig`; ValueError (one line, naming the option) for a budget outside (0, 1) or a condition
+    the run does not have."""
+    from benchmarks.rlm_bench.conditions import SuiteConfig, family_plan
+
+    if not 0 < args.budget < 1:
+        raise ValueError(f"--budget: {args.budget!r} is not a kept share; give a number in (0, 1), e.g. 0.1 "
+                         "(10% kept)")
+    suite = SuiteConfig(tau=args.tau, smooth_kernel=args.smooth, ratio_smooth_kernel=args.ratio_smooth,
+                        recent=args.recent, budget=args.budget, summary=cfg["summary"],
+                        timing=not args.no_timing, sweep=cfg.get("sweep", ()), importance=args.importance,
+                        conditions=tuple(args.conditions or ()))
+    names = [name for name, _ in family_plan(None, suite)]
+    unknown = [c for c in suite.conditions if c not in names]
+    if unknown:
+        what = "is not a condition" if len(unknown) == 1 else "are not conditions"
+        raise ValueError(f"--conditions: {', '.join(unknown)} {what} of this run; pick among {', '.join(names)} "
+                         "(--budget, --tau, --recent, --importance, --sweep and --no-summary change the names)")
+    return suite
+
+
 def run_suite(args: argparse.Namespace, lm=None, log=print) -> dict:
     from benchmarks.rlm_bench import report, stats
-    from benchmarks.rlm_bench.conditions import SuiteConfig, family_plan
     from benchmarks.rlm_bench.families import suite_specs
     from benchmarks.rlm_bench.runner import run_all
 
@@ -113,15 +133,7 @@ def run_suite(args: argparse.Namespace, lm=None, log=print) -> dict:
 
     order = {f: i for i, f in enumerate(cfg["families"])}
     specs.sort(key=lambda s: (s.target_tokens, s.seed % 1000, order[s.family]))
-    suite = SuiteConfig(tau=args.tau, smooth_kernel=args.smooth, ratio_smooth_kernel=args.ratio_smooth,
-                        recent=args.recent, budget=args.budget, summary=cfg["summary"],
-                        timing=not args.no_timing, sweep=cfg.get("sweep", ()), importance=args.importance,
-                        conditions=tuple(args.conditions or ()))
-    names = [name for name, _ in family_plan(None, suite)]
-    unknown = [c for c in suite.conditions if c not in names]
-    if unknown:
-        raise SystemExit(f"rlm bench: --conditions: {', '.join(unknown)} is not a condition of this run; pick among "
-                         f"{', '.join(names)} (--budget, --tau, --importance and --no-summary change the names)")
+    suite = suite_config(args, cfg)
     t_start = time.perf_counter()
     if lm is None and args.workers <= 1 and not args.ray:
         import briefing
@@ -210,8 +222,10 @@ def main(argv: list[str] | None = None) -> int:
         return long.main(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
-    if not 0 < args.budget < 1:
-        parser.error(f"--budget: {args.budget!r} is not a kept share; give a number in (0, 1), e.g. 0.1 (10% kept)")
+    try:
+        suite_config(args, suite_settings(args))
+    except ValueError as e:
+        parser.error(str(e))
     if args.readme:
         from benchmarks.readme import DOC
         from benchmarks.rlm_bench.report import update_readme

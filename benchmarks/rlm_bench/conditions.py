@@ -429,7 +429,7 @@ def family_plan(r: Any, cfg: SuiteConfig, seed: int = 0) -> list[tuple[str, Any]
         method = {"am": "latent_briefing", "am_recent": "latent_briefing_protected"}.get(name, name)
         spec = Spec(f"{name}_b{b:g}", method, sel, b, matched_to=f"budget{b:g}")
         plan.append((spec.name, lambda spec=spec: r.run(spec)))
-    if cfg.budget_hi != b:   # the same kept share is am_b* above
+    if f"{cfg.budget_hi:g}" != f"{b:g}":   # the same name (and kept share) is am_b* above
         spec = Spec(f"am_b{cfg.budget_hi:g}", "latent_briefing",
                     briefing.AttentionMatching(ratio=cfg.budget_hi, smooth_kernel=rsk), cfg.budget_hi)
         plan.append((spec.name, lambda spec=spec: r.run(spec)))

@@ -40,6 +40,13 @@ def overhead_fits(rows: list[dict]) -> dict[str, Any]:
 HEADLINE = ["full", "plain", "am_tau1", "am_tau1+recent32", "topk@am_tau1", "random@am_tau1", "sink_recent@am_tau1",
             "am_b0.1", "am_recent_b0.1", "topk_b0.1", "random_b0.1", "sink_recent_b0.1", "am_b0.2", "bm25_r0.1",
             "bm25+am_b0.1", "summary"]
+def at_budget(result: dict, names) -> list[str]:
+    """`names` with the fixed-ratio conditions' 10% (`*_b0.1`) at the run's own kept share (`rlm bench --budget`),
+    each name once."""
+    b = result.get("config", {}).get("suite", {}).get("budget", 0.1)
+    return list(dict.fromkeys(n.removesuffix("_b0.1") + f"_b{b:g}" if n.endswith("_b0.1") else n for n in names))
+
+
 LABELS = {"full": "text, prefix-KV reuse (full)", "plain": "plain (no trajectory)", "summary": "worker-model summary"}
 README_BEGIN, README_END = "<!-- rlm-bench:begin -->", "<!-- rlm-bench:end -->"
 
@@ -53,7 +60,8 @@ def _ci(x: dict, key: str, pct: bool = False) -> str:
 
 def headline_rows(result: dict) -> list[dict]:
     s = {x["condition"]: x for x in result["summary"]}
-    names = [c for c in HEADLINE if c in s] + [c for c in s if c not in HEADLINE and not c.startswith("sweep_")]
+    head = at_budget(result, HEADLINE)
+    names = [c for c in head if c in s] + [c for c in s if c not in head and not c.startswith("sweep_")]
     return [s[c] for c in names]
 
 
@@ -104,8 +112,8 @@ def group_table(result: dict, key: str, title: str, conditions: list[str]) -> li
 
 def breakdown_conditions(result: dict) -> list[str]:
     s = {x["condition"] for x in result["summary"]}
-    return [c for c in ("full", "plain", "am_tau1", "topk@am_tau1", "sink_recent@am_tau1", "am_b0.1", "topk_b0.1",
-                        "bm25_r0.1") if c in s]
+    return [c for c in at_budget(result, ("full", "plain", "am_tau1", "topk@am_tau1", "sink_recent@am_tau1", "am_b0.1",
+                                          "topk_b0.1", "bm25_r0.1")) if c in s]
 
 
 def markdown(result: dict) -> str:
@@ -192,7 +200,7 @@ def plots(result: dict, out: Path) -> list[str]:
     fig, ax = plt.subplots(figsize=(8, 5))
     by = defaultdict(list)
     for r in result["rows"]:
-        if r["condition"] in ("full", "am_tau1", "am_b0.1", "bm25_r0.1"):
+        if r["condition"] in at_budget(result, ("full", "am_tau1", "am_b0.1", "bm25_r0.1")):
             by[r["condition"]].append(r)
     for c, rs in by.items():
         ax.scatter([r["trajectory_tokens"] for r in rs], [r["latency_s"] for r in rs], s=10, label=LABELS.get(c, c))
