@@ -222,10 +222,6 @@ def main(argv: list[str] | None = None) -> int:
         return long.main(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        suite_config(args, suite_settings(args))
-    except ValueError as e:
-        parser.error(str(e))
     if args.readme:
         from benchmarks.readme import DOC
         from benchmarks.rlm_bench.report import update_readme
@@ -243,6 +239,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(max(1, args.threads))
     if args.replay:
         return run_replay(args)
+    try:   # the suite's options, checked before any model loads
+        suite_config(args, suite_settings(args))
+    except ValueError as e:
+        parser.error(str(e))
     result = run_suite(args)
     files = write_suite(result, Path(args.out))
     for x in result["summary"]:
