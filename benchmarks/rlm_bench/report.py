@@ -41,10 +41,17 @@ HEADLINE = ["full", "plain", "am_tau1", "am_tau1+recent32", "topk@am_tau1", "ran
             "am_b0.1", "am_recent_b0.1", "topk_b0.1", "random_b0.1", "sink_recent_b0.1", "am_b0.2", "bm25_r0.1",
             "bm25+am_b0.1", "summary"]
 def at_budget(result: dict, names) -> list[str]:
-    """`names` with the fixed-ratio conditions' 10% (`*_b0.1`) at the run's own kept share (`rlm bench --budget`),
-    each name once."""
-    b = result.get("config", {}).get("suite", {}).get("budget", 0.1)
-    return list(dict.fromkeys(n.removesuffix("_b0.1") + f"_b{b:g}" if n.endswith("_b0.1") else n for n in names))
+    """`names` (written for the suite's defaults) at the run's own settings, each name once: the fixed-ratio
+    conditions' 10% (`*_b0.1`) at its kept share (`--budget`), tau 1 (`am_tau1`) at its tau (`--tau`) and the
+    protected window (`+recent32`) at its own (`--recent`)."""
+    suite = result.get("config", {}).get("suite", {})
+    b, tau, recent = suite.get("budget", 0.1), suite.get("tau", 1.0), suite.get("recent", 32)
+
+    def own(n: str) -> str:
+        n = n.removesuffix("_b0.1") + f"_b{b:g}" if n.endswith("_b0.1") else n
+        return n.replace("am_tau1", f"am_tau{tau:g}").replace("+recent32", f"+recent{recent}")
+
+    return list(dict.fromkeys(own(n) for n in names))
 
 
 LABELS = {"full": "text, prefix-KV reuse (full)", "plain": "plain (no trajectory)", "summary": "worker-model summary"}
