@@ -143,8 +143,8 @@ def test_budget_sets_every_fixed_ratio_condition_and_is_checked(tiny_dir, capsys
                                                    "am_b0.17", "topk_b0.17", "bm25_r0.1"]
     head = [x["condition"] for x in report.headline_rows(result)]
     assert head.index("am_b0.17") < head.index("am_b0.2") and len(head) == len(set(head)) == len(by)
-    assert report.at_budget({"config": {"suite": {"budget": 0.2}}}, report.HEADLINE).count("am_b0.2") == 1
-    assert report.at_budget({"config": {"suite": {"tau": 2.0, "recent": 64}}}, report.HEADLINE)[2:5] == [
+    assert report.at_settings({"config": {"suite": {"budget": 0.2}}}, report.HEADLINE).count("am_b0.2") == 1
+    assert report.at_settings({"config": {"suite": {"tau": 2.0, "recent": 64}}}, report.HEADLINE)[2:5] == [
         "am_tau2", "am_tau2+recent64", "topk@am_tau2"]
     for bad in ("0", "1", "-0.1", "nan"):
         with pytest.raises(SystemExit) as e:

@@ -409,8 +409,10 @@ def family_plan(r: Any, cfg: SuiteConfig, seed: int = 0) -> list[tuple[str, Any]
         return done[am]
 
     def matched(name: str, make: Any) -> Any:
-        return lambda: r.run(Spec(f"{name}@{am}", name, make(max(1, am_row()["kept"])), max(1, am_row()["kept"]),
-                                  matched_to=am))
+        def run() -> dict:
+            k = max(1, am_row()["kept"])
+            return r.run(Spec(f"{name}@{am}", name, make(k), k, matched_to=am))
+        return run
 
     plan.append((am, am_row))
     plan += [(f"topk@{am}", matched("topk", lambda k: briefing.TopK(tokens=k))),

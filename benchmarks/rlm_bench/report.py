@@ -40,7 +40,9 @@ def overhead_fits(rows: list[dict]) -> dict[str, Any]:
 HEADLINE = ["full", "plain", "am_tau1", "am_tau1+recent32", "topk@am_tau1", "random@am_tau1", "sink_recent@am_tau1",
             "am_b0.1", "am_recent_b0.1", "topk_b0.1", "random_b0.1", "sink_recent_b0.1", "am_b0.2", "bm25_r0.1",
             "bm25+am_b0.1", "summary"]
-def at_budget(result: dict, names) -> list[str]:
+
+
+def at_settings(result: dict, names) -> list[str]:
     """`names` (written for the suite's defaults) at the run's own settings, each name once: the fixed-ratio
     conditions' 10% (`*_b0.1`) at its kept share (`--budget`), tau 1 (`am_tau1`) at its tau (`--tau`) and the
     protected window (`+recent32`) at its own (`--recent`)."""
@@ -67,7 +69,7 @@ def _ci(x: dict, key: str, pct: bool = False) -> str:
 
 def headline_rows(result: dict) -> list[dict]:
     s = {x["condition"]: x for x in result["summary"]}
-    head = at_budget(result, HEADLINE)
+    head = at_settings(result, HEADLINE)
     names = [c for c in head if c in s] + [c for c in s if c not in head and not c.startswith("sweep_")]
     return [s[c] for c in names]
 
@@ -119,8 +121,8 @@ def group_table(result: dict, key: str, title: str, conditions: list[str]) -> li
 
 def breakdown_conditions(result: dict) -> list[str]:
     s = {x["condition"] for x in result["summary"]}
-    return [c for c in at_budget(result, ("full", "plain", "am_tau1", "topk@am_tau1", "sink_recent@am_tau1", "am_b0.1",
-                                          "topk_b0.1", "bm25_r0.1")) if c in s]
+    names = ("full", "plain", "am_tau1", "topk@am_tau1", "sink_recent@am_tau1", "am_b0.1", "topk_b0.1", "bm25_r0.1")
+    return [c for c in at_settings(result, names) if c in s]
 
 
 def markdown(result: dict) -> str:
@@ -206,8 +208,9 @@ def plots(result: dict, out: Path) -> list[str]:
 
     fig, ax = plt.subplots(figsize=(8, 5))
     by = defaultdict(list)
+    shown = set(at_settings(result, ("full", "am_tau1", "am_b0.1", "bm25_r0.1")))
     for r in result["rows"]:
-        if r["condition"] in at_budget(result, ("full", "am_tau1", "am_b0.1", "bm25_r0.1")):
+        if r["condition"] in shown:
             by[r["condition"]].append(r)
     for c, rs in by.items():
         ax.scatter([r["trajectory_tokens"] for r in rs], [r["latency_s"] for r in rs], s=10, label=LABELS.get(c, c))
