@@ -179,6 +179,43 @@ def test_conditions_runs_only_those_and_full_text_with_the_same_rows(tiny_dir, c
     assert err.count(", am_b0.2,") == 1
 
 
+def test_importance_share_sets_the_importance_conditions_and_is_checked(tiny_dir, capsys):
+    """`rlm bench --importance hybrid --importance-share S` (issue 28, round 32's dev choice of the share): the
+    amh_* conditions keep S of their positions by the importance, under the same names; the report says the share;
+    a share outside (0, 1] or without --importance is refused before any model loads."""
+    from benchmarks.rlm_bench import report
+    from benchmarks.rlm_bench.cli import main
+    from benchmarks.rlm_bench.conditions import importance_pick
+
+    assert build_parser().parse_args(["--importance", "hybrid", "--importance-share", "0.5"]).importance_share == 0.5
+    assert importance_pick("hybrid", ratio=0.1).agnostic == 0.9   # the pick's own share
+    picked = importance_pick("hybrid", 0.5, ratio=0.1)
+    assert (picked.agnostic, picked.allocation, picked.sinks, picked.ratio) == (0.5, "hybrid", 4, 0.1)
+    assert importance_pick("global", 0.75, tau=1.0).agnostic == 0.75
+    cfg = SuiteConfig(summary_tokens=8, timing=False, importance="hybrid", conditions=("amh_tau1", "amh_b0.1"))
+    rows = {s: _rows(run_all(SPECS[:1], dataclasses.replace(cfg, importance_share=s), model=tiny_dir,
+                             progress=False)) for s in (None, 0.5)}
+    assert [r["condition"] for r in rows[0.5]] == [r["condition"] for r in rows[None]] == ["full", "amh_tau1",
+                                                                                           "amh_b0.1"]
+    for a, b in zip(rows[None], rows[0.5]):
+        assert a["kept"] == b["kept"] and a["input_tokens"] == b["input_tokens"]
+    suite = {"importance": "hybrid", "importance_share": 0.5}
+    assert report.share_lines({"config": {"suite": suite}})[0].startswith(
+        "The importance's conditions (amh_*): hybrid allocation, importance share 0.5 of the kept positions")
+    assert report.share_lines({"config": {"suite": {"importance": "hybrid"}}}) == []   # as before the option
+    with pytest.raises(SystemExit) as e:
+        main(["--importance-share", "0.5"])
+    assert e.value.code == 2
+    assert "--importance-share 0.5: it sets the share of the importance's conditions; add --importance hybrid" in (
+        capsys.readouterr().err)
+    for bad in ("0", "1.5", "-0.1", "nan"):
+        with pytest.raises(SystemExit) as e:
+            main(["--importance", "hybrid", "--importance-share", bad])
+        assert e.value.code == 2
+        assert f"--importance-share: {float(bad)!r} is not a share of the kept positions; give a number in (0, 1]" in (
+            capsys.readouterr().err)
+
+
 @pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads /proc")
 def test_a_pool_worker_exits_when_the_run_that_made_it_is_killed(tmp_path):
     """A run killed mid-way (its parent process gone without cleanup) leaves no pool worker behind holding a model."""

@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also run an opt-in allocation of the query-agnostic importance (issue 28) at tau and at the "
                         "budget: global (the default; conditions amg_tau*, amg_b*) or hybrid (amh_tau*, amh_b*); the "
                         "shared cache scores the importance")
+    p.add_argument("--importance-share", type=float, default=None, metavar="S",
+                   help="with --importance: the importance's share of the kept positions in its conditions, in "
+                        "(0, 1] (default: the pick's own, 0.9)")
     p.add_argument("--workers", type=int, default=1, help="local processes (one model each, one torch thread each)")
     p.add_argument("--ray", metavar="ADDRESS", help="run episodes on Ray: auto, a cluster address, or local")
     p.add_argument("--no-progress", action="store_true")
@@ -102,17 +105,24 @@ def suite_settings(args: argparse.Namespace) -> dict:
 
 
 def suite_config(args: argparse.Namespace, cfg: dict):
-    """The run's `SuiteConfig`; ValueError (one line, naming the option) for a budget outside (0, 1) or a condition
-    the run does not have."""
+    """The run's `SuiteConfig`; ValueError (one line, naming the option) for a budget outside (0, 1), an importance
+    share outside (0, 1] or without --importance, or a condition the run does not have."""
     from benchmarks.rlm_bench.conditions import SuiteConfig, family_plan
 
     if not 0 < args.budget < 1:
         raise ValueError(f"--budget: {args.budget!r} is not a kept share; give a number in (0, 1), e.g. 0.1 "
                          "(10% kept)")
+    share = args.importance_share
+    if share is not None and not args.importance:
+        raise ValueError(f"--importance-share {share!r}: it sets the share of the importance's conditions; add "
+                         "--importance hybrid (or global), or leave it out")
+    if share is not None and not 0 < share <= 1:
+        raise ValueError(f"--importance-share: {share!r} is not a share of the kept positions; give a number in "
+                         "(0, 1], e.g. 0.5")
     suite = SuiteConfig(tau=args.tau, smooth_kernel=args.smooth, ratio_smooth_kernel=args.ratio_smooth,
                         recent=args.recent, budget=args.budget, summary=cfg["summary"],
                         timing=not args.no_timing, sweep=cfg.get("sweep", ()), importance=args.importance,
-                        conditions=tuple(args.conditions or ()))
+                        importance_share=share, conditions=tuple(args.conditions or ()))
     names = [name for name, _ in family_plan(None, suite)]
     unknown = [c for c in suite.conditions if c not in names]
     if unknown:

@@ -25,7 +25,7 @@ case-insensitive substring match. KL vs full: on the whole continuation with the
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import briefing
@@ -355,12 +355,14 @@ class FamilyRunner(EpisodeRunner):
                           {"bm25_positions": len(keep), "fallback": st.fallback})
 
 
-def importance_pick(allocation: str, **size: Any) -> briefing.Selector:
+def importance_pick(allocation: str, share: float | None = None, **size: Any) -> briefing.Selector:
     """Issue 28's opt-in selections: "global", the selection dev split's pick (`benchmarks.selection_bench.PICK`);
-    "hybrid", round 7's (`HYBRID`)."""
+    "hybrid", round 7's (`HYBRID`). share: the importance's share of the kept positions (`agnostic`) instead of the
+    pick's 0.9 (None: the pick's)."""
     from benchmarks.selection_bench import HYBRID, PICK, VARIANTS
 
-    return VARIANTS[{"global": PICK, "hybrid": HYBRID}[allocation]](**size)
+    selector = VARIANTS[{"global": PICK, "hybrid": HYBRID}[allocation]](**size)
+    return selector if share is None else replace(selector, agnostic=share)
 
 
 @dataclass(frozen=True)
@@ -383,6 +385,8 @@ class SuiteConfig:
     # issue 28's opt-in allocation of the importance at tau and at the budget: "global" (amg_tau*, amg_b*) or "hybrid"
     # (amh_tau*, amh_b*); "": neither
     importance: str = ""
+    # the importance's share of the kept positions in those conditions (None: the pick's own, 0.9)
+    importance_share: float | None = None
     # the conditions to run (names of `family_plan`; full text always runs, the reference); (): every one
     conditions: tuple[str, ...] = ()
 
@@ -444,10 +448,11 @@ def family_plan(r: Any, cfg: SuiteConfig, seed: int = 0) -> list[tuple[str, Any]
         plan.append(("summary", lambda: r.run(Spec("summary", "summary", param=cfg.summary_tokens))))
     if cfg.importance:   # docs/benchmarks.md, "Global allocation of the importance" and "Round 7"
         tag, method = f"am{cfg.importance[0]}", f"latent_briefing_{cfg.importance}"
+        share = cfg.importance_share
         for spec in (Spec(f"{tag}_tau{cfg.tau:g}", method, importance_pick(
-                cfg.importance, tau=cfg.tau, smooth_kernel=cfg.smooth_kernel), cfg.tau),
-                     Spec(f"{tag}_b{b:g}", method, importance_pick(cfg.importance, ratio=b, smooth_kernel=rsk), b,
-                          matched_to=f"budget{b:g}")):
+                cfg.importance, share, tau=cfg.tau, smooth_kernel=cfg.smooth_kernel), cfg.tau),
+                     Spec(f"{tag}_b{b:g}", method, importance_pick(cfg.importance, share, ratio=b, smooth_kernel=rsk),
+                          b, matched_to=f"budget{b:g}")):
             plan.append((spec.name, lambda spec=spec: r.run(spec)))
     for tau, sk, rec, bud in cfg.sweep:
         sel = (ProtectedAttentionMatching(tau=tau, smooth_kernel=sk, recent=rec) if bud is None

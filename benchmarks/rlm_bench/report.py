@@ -132,7 +132,7 @@ def markdown(result: dict) -> str:
              f"{', '.join(result['families'])}; seeds {result['seed_range']}; machine: {result['machine']}; "
              f"workers {result['workers']}; wall time of the last invocation {result['wall_s']:.0f} s; compute time "
              f"summed over episodes {result.get('episodes_wall_s', 0.0):.0f} s (a resumed run counts the earlier "
-             "ones)."), "",
+             "ones)."), "", *share_lines(result),
              ("Accuracy: argmax over the candidates of the summed log-prob of the candidate after the answer lead-in "
              "(candidates of equal token count). Intervals: paired bootstrap 95% over episodes "
              f"({result['bootstrap']} replicates). Tokens saved: mean over episodes of 1 - worker input tokens / "
@@ -144,6 +144,18 @@ def markdown(result: dict) -> str:
              ("Plots: pareto.png (accuracy vs tokens saved, with intervals), families.png (accuracy per family), "
              "latency.png (latency vs trajectory tokens)."), ""]
     return "\n".join(lines)
+
+
+def share_lines(result: dict) -> list[str]:
+    """The importance's share in its conditions where the run set one (`--importance-share`; nothing otherwise, as
+    before the option: the pick's own 0.9)."""
+    suite = result.get("config", {}).get("suite", {})
+    share = suite.get("importance_share")
+    if share is None:
+        return []
+    tag = f"am{suite['importance'][0]}"
+    return [f"The importance's conditions ({tag}_*): {suite['importance']} allocation, importance share {share:g} "
+            "of the kept positions (`--importance-share`).", ""]
 
 
 def readme_block(result: dict, source: str = "docs/results/rlm_bench/results.json") -> str:
