@@ -188,11 +188,21 @@ def test_importance_share_sets_the_importance_conditions_and_is_checked(tiny_dir
     from benchmarks.rlm_bench.conditions import importance_pick
 
     assert build_parser().parse_args(["--importance", "hybrid", "--importance-share", "0.5"]).importance_share == 0.5
-    assert importance_pick("hybrid", ratio=0.1).agnostic == 0.9   # the pick's own share
-    picked = importance_pick("hybrid", 0.5, ratio=0.1)
-    assert (picked.agnostic, picked.allocation, picked.sinks, picked.ratio) == (0.5, "hybrid", 4, 0.1)
-    assert importance_pick("global", 0.75, tau=1.0).agnostic == 0.75
+    for allocation in ("hybrid", "global"):   # only the share changes; without the option, the selector's own 0.9
+        for size in ({"ratio": 0.1}, {"tau": 1.0}):
+            own, picked = importance_pick(allocation, **size), importance_pick(allocation, 0.5, **size)
+            assert (own.agnostic, picked.agnostic, picked.allocation) == (0.9, 0.5, allocation)
+            assert dataclasses.replace(own, agnostic=0.5) == picked and own != picked
+
+    class Plan:   # what family_plan hands each condition, not run
+        def run(self, spec):
+            return spec
+
     cfg = SuiteConfig(summary_tokens=8, timing=False, importance="hybrid", conditions=("amh_tau1", "amh_b0.1"))
+    for share, want in ((None, 0.9), (0.5, 0.5)):
+        plan = dict(family_plan(Plan(), dataclasses.replace(cfg, importance_share=share)))
+        assert plan["amh_tau1"]().selector.agnostic == plan["amh_b0.1"]().selector.agnostic == want
+        assert plan["am_tau1"]().selector.agnostic == 0.0   # the default's conditions keep no importance share
     rows = {s: _rows(run_all(SPECS[:1], dataclasses.replace(cfg, importance_share=s), model=tiny_dir,
                              progress=False)) for s in (None, 0.5)}
     assert [r["condition"] for r in rows[0.5]] == [r["condition"] for r in rows[None]] == ["full", "amh_tau1",

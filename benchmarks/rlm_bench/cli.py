@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "shared cache scores the importance")
     p.add_argument("--importance-share", type=float, default=None, metavar="S",
                    help="with --importance: the importance's share of the kept positions in its conditions, in "
-                        "(0, 1] (default: the pick's own, 0.9)")
+                        "(0, 1] (default: 0.9, the share of --importance's selector)")
     p.add_argument("--workers", type=int, default=1, help="local processes (one model each, one torch thread each)")
     p.add_argument("--ray", metavar="ADDRESS", help="run episodes on Ray: auto, a cluster address, or local")
     p.add_argument("--no-progress", action="store_true")

@@ -358,7 +358,7 @@ class FamilyRunner(EpisodeRunner):
 def importance_pick(allocation: str, share: float | None = None, **size: Any) -> briefing.Selector:
     """Issue 28's opt-in selections: "global", the selection dev split's pick (`benchmarks.selection_bench.PICK`);
     "hybrid", round 7's (`HYBRID`). share: the importance's share of the kept positions (`agnostic`) instead of the
-    pick's 0.9 (None: the pick's)."""
+    selector's own 0.9 (None: its own); nothing else of the selector changes."""
     from benchmarks.selection_bench import HYBRID, PICK, VARIANTS
 
     selector = VARIANTS[{"global": PICK, "hybrid": HYBRID}[allocation]](**size)
@@ -385,7 +385,7 @@ class SuiteConfig:
     # issue 28's opt-in allocation of the importance at tau and at the budget: "global" (amg_tau*, amg_b*) or "hybrid"
     # (amh_tau*, amh_b*); "": neither
     importance: str = ""
-    # the importance's share of the kept positions in those conditions (None: the pick's own, 0.9)
+    # the importance's share of the kept positions in those conditions (None: the selector's own, 0.9)
     importance_share: float | None = None
     # the conditions to run (names of `family_plan`; full text always runs, the reference); (): every one
     conditions: tuple[str, ...] = ()

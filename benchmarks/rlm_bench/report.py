@@ -148,7 +148,7 @@ def markdown(result: dict) -> str:
 
 def share_lines(result: dict) -> list[str]:
     """The importance's share in its conditions where the run set one (`--importance-share`; nothing otherwise, as
-    before the option: the pick's own 0.9)."""
+    before the option: the selector's own 0.9)."""
     suite = result.get("config", {}).get("suite", {})
     share = suite.get("importance_share")
     if share is None:
