@@ -129,3 +129,33 @@ def test_committed_results_and_docs_agree(tmp_path):
     doc.write_text((root / "docs" / "benchmarks.md").read_text())
     assert not update_readme(doc, results, "docs/results/rlm_bench/results.json"), \
         "docs/benchmarks.md is stale: run `rlm bench --readme docs/results/rlm_bench/results.json`"
+
+
+def test_paired_pools_runs_and_counts_departures(tmp_path, capsys):
+    """`python -m benchmarks.rlm_bench.paired`: episodes paired within each run (or REF.json:NEW.json) and pooled;
+    the difference is the paired mean, gained / lost / equal choices counted per episode; a run without a condition
+    or an episode given twice is refused with one line and status 2."""
+    from benchmarks.rlm_bench.paired import main, paired
+
+    def row(e, c, correct, choice, kl=0.0):
+        return {"episode": e, "condition": c, "correct": correct, "choice": choice, "choice_kl": kl, "method": c,
+                "param": None, "matched_to": None, "input_ratio": 0.5, "input_tokens": 10, "kept_ratio": 0.1,
+                "agree_full": True, "kl": 0.0, "latency_s": 1.0, "overhead_s": 0.0}
+
+    def write(name, rows):
+        (tmp_path / name).write_text(json.dumps({"rows": rows}))
+        return str(tmp_path / name)
+
+    both = write("a.json", [row("e1", "ref", True, "x"), row("e1", "new", False, "y", 0.4),
+                            row("e2", "ref", False, "y"), row("e2", "new", False, "y", 0.2)])
+    ref = write("b.json", [row("e3", "ref", True, "x"), row("e4", "ref", False, "y")])
+    new = write("c.json", [row("e3", "new", True, "x", 0.0), row("e4", "new", True, "x", 0.6)])
+    x = paired([both, f"{ref}:{new}"], "new", "ref")
+    assert (x["episodes"], x["accuracy"], x["reference_accuracy"]) == (4, 0.5, 0.5)
+    assert (x["diff"], x["same_choice"], x["gained"], x["lost"]) == (0.0, 2, 1, 1)
+    assert x["choice_kl_median"] == pytest.approx(0.3) and x["diff_ci95"][0] < 0 < x["diff_ci95"][1]
+    assert paired([f"{ref}:{new}"], "new", "ref")["diff"] == 0.5
+    for argv, message in (([both, both], "episode e1 is in an earlier run too"), ([ref], "has no rows of new")):
+        with pytest.raises(SystemExit) as e:
+            main(["--condition", "new", "--reference", "ref", *argv])
+        assert e.value.code == 2 and message in capsys.readouterr().err
