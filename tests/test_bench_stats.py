@@ -159,3 +159,32 @@ def test_paired_pools_runs_and_counts_departures(tmp_path, capsys):
         with pytest.raises(SystemExit) as e:
             main(["--condition", "new", "--reference", "ref", *argv])
         assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_paired_by_family_compares_within_each_family(tmp_path, capsys):
+    """`paired --by family`: the pooled comparison plus the same within each family, pooled over runs the same way;
+    a field the rows lack is refused with one line and status 2."""
+    from benchmarks.rlm_bench.paired import main, paired
+
+    def row(e, c, family, correct):
+        return {"episode": e, "condition": c, "family": family, "correct": correct, "choice": str(correct),
+                "choice_kl": 0.0, "method": c, "param": None, "matched_to": None, "input_ratio": 0.5,
+                "input_tokens": 10, "kept_ratio": 0.1, "agree_full": True, "kl": 0.0, "latency_s": 1.0,
+                "overhead_s": 0.0}
+
+    rows = [row(f"a{i}", "ref", "a", True) for i in range(4)] + [row(f"a{i}", "new", "a", i > 0) for i in range(4)]
+    rows += [row(f"b{i}", "ref", "b", False) for i in range(2)] + [row(f"b{i}", "new", "b", True) for i in range(2)]
+    (tmp_path / "r.json").write_text(json.dumps({"rows": rows[:6] + rows[8:10]}))   # the reference's rows
+    (tmp_path / "n.json").write_text(json.dumps({"rows": rows[4:8] + rows[10:]}))   # the condition's rows
+    run = f"{tmp_path / 'r.json'}:{tmp_path / 'n.json'}"
+    x = paired([run], "new", "ref", by="family")
+    assert x["episodes"] == 6 and x["diff"] == pytest.approx(1 / 6)
+    a, b = x["groups"]["a"], x["groups"]["b"]
+    assert (a["episodes"], a["diff"], a["lost"], a["gained"]) == (4, -0.25, 1, 0)
+    assert (b["episodes"], b["diff"], b["lost"], b["gained"]) == (2, 1.0, 0, 2)
+    assert main(["--condition", "new", "--reference", "ref", "--by", "family", run]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 3 and out[1].startswith("  family a: -0.250") and out[2].startswith("  family b: +1.000")
+    with pytest.raises(SystemExit) as e:
+        main(["--condition", "new", "--reference", "ref", "--by", "colour", run])
+    assert e.value.code == 2 and "--by colour: the rows have no field 'colour'" in capsys.readouterr().err

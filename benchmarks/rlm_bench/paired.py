@@ -1,6 +1,6 @@
 """Paired differences between two conditions of the family suite, pooled over several runs.
 
-    python -m benchmarks.rlm_bench.paired --condition amh_b0.1 --reference am_b0.1 RUN [RUN ...]
+    python -m benchmarks.rlm_bench.paired --condition amh_b0.1 --reference am_b0.1 [--by family] RUN [RUN ...]
 
 Each RUN is a `results.json` holding both conditions, or `REF.json:NEW.json` (the reference's rows from the first
 file, the condition's from the second: e.g. a run of the default and a run of one more condition on the same seeds).
@@ -8,7 +8,8 @@ Episodes are paired by id within each RUN and pooled (an episode in two RUNs is 
 Printed: episodes, each side's accuracy, the difference with the suite's paired bootstrap 95% interval
 (`stats.summarize`), the choices equal to the reference's, the episodes gained (right where the reference is wrong)
 and lost (wrong where it is right), and the condition's median choice KL (against full text, as the suite records
-it).
+it). `--by FIELD` (a field of the rows: family, target_tokens, depth) adds the same comparison within each of its
+values, pooled the same way (one line each, sorted).
 """
 from __future__ import annotations
 
@@ -25,9 +26,10 @@ def rows_of(path: str, condition: str) -> dict[str, dict]:
     return {r["episode"]: r for r in json.loads(Path(path).read_text())["rows"] if r["condition"] == condition}
 
 
-def paired(runs: list[str], condition: str, reference: str) -> dict:
-    """The pooled comparison (see the module docstring); ValueError (one line) for a RUN without either condition
-    or an episode in two RUNs."""
+def paired(runs: list[str], condition: str, reference: str, by: str | None = None) -> dict:
+    """The pooled comparison (see the module docstring), with "groups" {value of the rows' `by`: the same
+    comparison within it} when `by` is given; ValueError (one line) for a RUN without either condition, an
+    episode in two RUNs or rows without `by`."""
     pairs: dict[str, tuple[dict, dict]] = {}
     for run in runs:
         ref_path, _, new_path = run.partition(":")
@@ -41,15 +43,27 @@ def paired(runs: list[str], condition: str, reference: str) -> dict:
             pairs[e] = (new[e], ref[e])
     if not pairs:
         raise ValueError(f"no episode has both {condition} and {reference}; pair runs made on the same seeds")
-    rows = [{**r, "condition": c} for a, b in pairs.values() for c, r in (("condition", a), ("reference", b))]
+    x = compare(list(pairs.values()), condition, reference)
+    if by is not None:
+        if any(by not in b for _, b in pairs.values()):
+            raise ValueError(f"--by {by}: the rows have no field {by!r}; give one of family, target_tokens, depth")
+        values = sorted({b[by] for _, b in pairs.values()}, key=str)
+        x["groups"] = {v: compare([(a, b) for a, b in pairs.values() if b[by] == v], condition, reference)
+                       for v in values}
+    return x
+
+
+def compare(pairs: list[tuple[dict, dict]], condition: str, reference: str) -> dict:
+    """The paired comparison of (condition row, reference row) pairs (see the module docstring)."""
+    rows = [{**r, "condition": c} for a, b in pairs for c, r in (("condition", a), ("reference", b))]
     x = {s["condition"]: s for s in summarize(rows, reference="reference")}["condition"]
     return {"condition": condition, "reference": reference, "episodes": len(pairs),
             "accuracy": x["accuracy"], "reference_accuracy": x["accuracy"] - x["diff_full"],
             "diff": x["diff_full"], "diff_ci95": x["diff_full_ci95"],
-            "same_choice": sum(a["choice"] == b["choice"] for a, b in pairs.values()),
-            "gained": sum(bool(a["correct"]) and not b["correct"] for a, b in pairs.values()),
-            "lost": sum(bool(b["correct"]) and not a["correct"] for a, b in pairs.values()),
-            "choice_kl_median": statistics.median(a.get("choice_kl", 0.0) for a, _ in pairs.values())}
+            "same_choice": sum(a["choice"] == b["choice"] for a, b in pairs),
+            "gained": sum(bool(a["correct"]) and not b["correct"] for a, b in pairs),
+            "lost": sum(bool(b["correct"]) and not a["correct"] for a, b in pairs),
+            "choice_kl_median": statistics.median(a.get("choice_kl", 0.0) for a, _ in pairs)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,17 +71,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("runs", nargs="+", metavar="RUN", help="results.json holding both conditions, or REF.json:NEW.json")
     p.add_argument("--condition", required=True)
     p.add_argument("--reference", default="full")
+    p.add_argument("--by", default=None, metavar="FIELD", help="also compare within each value of this row field "
+                   "(family, target_tokens, depth)")
     args = p.parse_args(argv)
     try:
-        x = paired(args.runs, args.condition, args.reference)
+        x = paired(args.runs, args.condition, args.reference, args.by)
     except (ValueError, OSError) as e:
         p.error(str(e))
-    lo, hi = x["diff_ci95"]
-    print(f"{x['condition']} - {x['reference']}: {x['diff']:+.3f} [{lo:+.3f}, {hi:+.3f}] over {x['episodes']} "
-          f"episodes (accuracy {x['accuracy']:.3f} against {x['reference_accuracy']:.3f}); choices as the "
-          f"reference's {x['same_choice']}; gained {x['gained']}, lost {x['lost']}; median choice KL "
-          f"{x['choice_kl_median']:.3f}")
+    print(line(f"{x['condition']} - {x['reference']}", x))
+    for value, g in x.get("groups", {}).items():
+        print(line(f"  {args.by} {value}", g))
     return 0
+
+
+def line(name: str, x: dict) -> str:
+    """One comparison as a printed line."""
+    lo, hi = x["diff_ci95"]
+    return (f"{name}: {x['diff']:+.3f} [{lo:+.3f}, {hi:+.3f}] over {x['episodes']} episodes (accuracy "
+            f"{x['accuracy']:.3f} against {x['reference_accuracy']:.3f}); choices as the reference's "
+            f"{x['same_choice']}; gained {x['gained']}, lost {x['lost']}; median choice KL "
+            f"{x['choice_kl_median']:.3f}")
 
 
 if __name__ == "__main__":
