@@ -163,28 +163,34 @@ def test_paired_pools_runs_and_counts_departures(tmp_path, capsys):
 
 def test_paired_by_family_compares_within_each_family(tmp_path, capsys):
     """`paired --by family`: the pooled comparison plus the same within each family, pooled over runs the same way;
-    a field the rows lack is refused with one line and status 2."""
+    numeric values sorted as numbers; a field the rows lack is refused with one line and status 2."""
     from benchmarks.rlm_bench.paired import main, paired
 
-    def row(e, c, family, correct):
-        return {"episode": e, "condition": c, "family": family, "correct": correct, "choice": str(correct),
-                "choice_kl": 0.0, "method": c, "param": None, "matched_to": None, "input_ratio": 0.5,
-                "input_tokens": 10, "kept_ratio": 0.1, "agree_full": True, "kl": 0.0, "latency_s": 1.0,
-                "overhead_s": 0.0}
+    def row(e, c, family, correct, tokens=1000):
+        return {"episode": e, "condition": c, "family": family, "target_tokens": tokens, "correct": correct,
+                "choice": str(correct), "choice_kl": 0.0, "method": c, "param": None, "matched_to": None,
+                "input_ratio": 0.5, "input_tokens": 10, "kept_ratio": 0.1, "agree_full": True, "kl": 0.0,
+                "latency_s": 1.0, "overhead_s": 0.0}
 
-    rows = [row(f"a{i}", "ref", "a", True) for i in range(4)] + [row(f"a{i}", "new", "a", i > 0) for i in range(4)]
-    rows += [row(f"b{i}", "ref", "b", False) for i in range(2)] + [row(f"b{i}", "new", "b", True) for i in range(2)]
-    (tmp_path / "r.json").write_text(json.dumps({"rows": rows[:6] + rows[8:10]}))   # the reference's rows
-    (tmp_path / "n.json").write_text(json.dumps({"rows": rows[4:8] + rows[10:]}))   # the condition's rows
-    run = f"{tmp_path / 'r.json'}:{tmp_path / 'n.json'}"
-    x = paired([run], "new", "ref", by="family")
-    assert x["episodes"] == 6 and x["diff"] == pytest.approx(1 / 6)
+    def write(name, rows):
+        (tmp_path / name).write_text(json.dumps({"rows": rows}))
+        return str(tmp_path / name)
+
+    # run 1: family a, 4 episodes at 16000 tokens, the condition loses one; run 2: family b (2 episodes at 8000
+    # tokens, both gained) and one more of family a at 1000 tokens (level)
+    one = write("one.json", [row(f"a{i}", "ref", "a", True, 16000) for i in range(4)]
+                + [row(f"a{i}", "new", "a", i > 0, 16000) for i in range(4)])
+    two = write("two.json", [row(f"b{i}", c, "b", c == "new", 8000) for i in range(2) for c in ("ref", "new")]
+                + [row("a9", c, "a", True) for c in ("ref", "new")])
+    x = paired([one, two], "new", "ref", by="family")
+    assert x["episodes"] == 7 and x["diff"] == pytest.approx(1 / 7)
     a, b = x["groups"]["a"], x["groups"]["b"]
-    assert (a["episodes"], a["diff"], a["lost"], a["gained"]) == (4, -0.25, 1, 0)
+    assert (a["episodes"], a["diff"], a["lost"], a["gained"]) == (5, -0.2, 1, 0)
     assert (b["episodes"], b["diff"], b["lost"], b["gained"]) == (2, 1.0, 0, 2)
-    assert main(["--condition", "new", "--reference", "ref", "--by", "family", run]) == 0
+    assert list(paired([one, two], "new", "ref", by="target_tokens")["groups"]) == [1000, 8000, 16000]
+    assert main(["--condition", "new", "--reference", "ref", "--by", "family", one, two]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert len(out) == 3 and out[1].startswith("  family a: -0.250") and out[2].startswith("  family b: +1.000")
+    assert len(out) == 3 and out[1].startswith("  family a: -0.200") and out[2].startswith("  family b: +1.000")
     with pytest.raises(SystemExit) as e:
-        main(["--condition", "new", "--reference", "ref", "--by", "colour", run])
+        main(["--condition", "new", "--reference", "ref", "--by", "colour", one])
     assert e.value.code == 2 and "--by colour: the rows have no field 'colour'" in capsys.readouterr().err

@@ -47,7 +47,7 @@ def paired(runs: list[str], condition: str, reference: str, by: str | None = Non
     if by is not None:
         if any(by not in b for _, b in pairs.values()):
             raise ValueError(f"--by {by}: the rows have no field {by!r}; give one of family, target_tokens, depth")
-        values = sorted({b[by] for _, b in pairs.values()}, key=str)
+        values = sorted({b[by] for _, b in pairs.values()}, key=lambda v: (isinstance(v, str), v))   # numbers first
         x["groups"] = {v: compare([(a, b) for a, b in pairs.values() if b[by] == v], condition, reference)
                        for v in values}
     return x
