@@ -276,3 +276,52 @@ def _alive(pid: int) -> bool:
             return f.read().split(")")[-1].split()[0] != "Z"   # a zombie has exited
     except FileNotFoundError:
         return False
+
+
+def test_contrast_conditions_rank_what_this_question_attends_to_more_and_are_checked(tiny_dir, capsys):
+    """`rlm bench --contrast C` (issue 28, round 33): amc_* rank positions by the question's attention over a neutral
+    question's to the power C; the same names and kept counts as the default's conditions at the budget; C outside
+    (0, 4] refused before any model loads; a contrast selector without its baseline refused."""
+    import torch
+
+    from benchmarks.rlm_bench import report
+    from benchmarks.rlm_bench.cli import main
+    from benchmarks.rlm_bench.conditions import ContrastAttentionMatching
+    from briefing.selection.base import Scores
+
+    T = 40
+    question = torch.full((1, 1, T), 0.5 / (T - 2))
+    question[..., 0], question[..., 10] = 0.25, 0.25                   # the sink and position 10 equally
+    neutral = torch.full((1, 1, T), 0.2 / (T - 1))
+    neutral[..., 0] = 0.8                                              # every question attends to the sink
+    scores = Scores(per_head=question, shared=question[0, 0])
+    base = Scores(per_head=neutral, shared=neutral[0, 0])
+    sel = ContrastAttentionMatching(tokens=2, sinks=0, smooth_kernel=1, look_ahead=0, contrast=1.0, baseline=base)
+    got = sel.score(scores).per_head[0, 0]
+    assert int(got.argmax()) == 10 and got[10] > 5 * got[0]          # contrasted: 10 first, the sink far below
+    same = ContrastAttentionMatching(tokens=2, contrast=0.0, baseline=base).score(scores)
+    assert torch.allclose(same.per_head, question + 1.0 / T)            # contrast 0: the guidance, shifted by e
+    kept = sel.select(1, 1, T, scores)[0, 0].tolist()
+    assert 10 in kept and 0 not in kept                                # the sink gives way (without sinks kept)
+    with pytest.raises(ValueError, match="baseline is None"):
+        ContrastAttentionMatching(tokens=2).score(scores)
+    with pytest.raises(ValueError, match="contrast"):
+        ContrastAttentionMatching(tokens=2, contrast=-1.0)
+
+    cfg = SuiteConfig(summary_tokens=8, timing=False, contrast=1.0, conditions=("am_b0.1", "amc_tau1", "amc_b0.1"))
+    assert "amc_b0.1" not in [n for n, _ in family_plan(None, dataclasses.replace(cfg, contrast=None,
+                                                                                    conditions=()))]
+    rows = _rows(run_all(SPECS[:2], cfg, model=tiny_dir, progress=False))
+    by = {(r["episode"], r["condition"]): r for r in rows}
+    for e in {r["episode"] for r in rows}:
+        assert by[(e, "amc_b0.1")]["kept"] == by[(e, "am_b0.1")]["kept"]
+        assert by[(e, "amc_tau1")]["kept"] > 0 and by[(e, "amc_b0.1")]["method"] == "latent_briefing_contrast"
+    assert report.contrast_lines({"config": {"suite": {"contrast": 1.0}}})[0].startswith(
+        "The contrast's conditions (amc_*): Attention Matching with the question's attention divided by")
+    assert report.contrast_lines({"config": {"suite": {}}}) == []
+    for bad in ("0", "5", "-1", "nan"):
+        with pytest.raises(SystemExit) as e:
+            main(["--contrast", bad])
+        assert e.value.code == 2
+        assert f"--contrast: {float(bad)!r} is not an exponent of the neutral question's attention" in (
+            capsys.readouterr().err)

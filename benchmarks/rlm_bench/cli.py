@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--importance-share", type=float, default=None, metavar="S",
                    help="with --importance: the importance's share of the kept positions in its conditions, in "
                         "(0, 1] (default: 0.9, the share of --importance's selector)")
+    p.add_argument("--contrast", type=float, default=None, metavar="C",
+                   help="also run Attention Matching with the guidance contrasted with a neutral question's "
+                        "(conditions amc_tau*, amc_b*): the exponent C > 0 of the neutral attention, e.g. 1")
     p.add_argument("--workers", type=int, default=1, help="local processes (one model each, one torch thread each)")
     p.add_argument("--ray", metavar="ADDRESS", help="run episodes on Ray: auto, a cluster address, or local")
     p.add_argument("--no-progress", action="store_true")
@@ -119,10 +122,13 @@ def suite_config(args: argparse.Namespace, cfg: dict):
     if share is not None and not 0 < share <= 1:
         raise ValueError(f"--importance-share: {share!r} is not a share of the kept positions; give a number in "
                          "(0, 1], e.g. 0.5")
+    if args.contrast is not None and not 0 < args.contrast <= 4:
+        raise ValueError(f"--contrast: {args.contrast!r} is not an exponent of the neutral question's attention; "
+                         "give a number in (0, 4], e.g. 1")
     suite = SuiteConfig(tau=args.tau, smooth_kernel=args.smooth, ratio_smooth_kernel=args.ratio_smooth,
                         recent=args.recent, budget=args.budget, summary=cfg["summary"],
                         timing=not args.no_timing, sweep=cfg.get("sweep", ()), importance=args.importance,
-                        importance_share=share, conditions=tuple(args.conditions or ()))
+                        importance_share=share, contrast=args.contrast, conditions=tuple(args.conditions or ()))
     names = [name for name, _ in family_plan(None, suite)]
     unknown = [c for c in suite.conditions if c not in names]
     if unknown:

@@ -25,13 +25,13 @@ case-insensitive substring match. KL vs full: on the whole continuation with the
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import briefing
 from agents.recall import bm25_chunks
 from briefing.metrics import answer_kl
-from briefing.options import check_int
+from briefing.options import check_int, check_number
 
 QUERY = "Using the trajectory above, answer with the value only. {question}"
 SUMMARY_QUERY = ("Summarise the trajectory above in at most three sentences. Keep every code, name, label and "
@@ -283,6 +283,52 @@ class ProtectedAttentionMatching(briefing.AttentionMatching):
         return broadcast(top_positions(shared, t, 0), layers, kv_heads)
 
 
+# A question with no content: the same prompt with it in place of the worker's question guides the contrast's
+# baseline (what any question attends to: the sinks, the recent end, the prompt's own format).
+NEUTRAL_QUESTION = "What does the text say?"
+
+
+@dataclass(kw_only=True)
+class ContrastAttentionMatching(briefing.AttentionMatching):
+    """Attention Matching whose guidance is the question's attention contrasted with a neutral question's (issue 28,
+    round 33; a bench condition, not a library selector): per (layer, KV head) and position,
+    score = (s_q + e) / (s_n + e)^contrast with e = 1 / T (uniform attention), so the positions this question
+    attends to more than any question does rank first. `baseline`: the neutral prompt's `Scores` over the same
+    cache (`FamilyRunner.run_contrast` computes them). contrast: the exponent, >= 0 (0: the guidance as it is)."""
+
+    contrast: float = 1.0
+    baseline: Any = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_number("ContrastAttentionMatching", "contrast", self.contrast, low=0,
+                     what="exponent of the neutral question's attention (0: off)", error=ValueError)
+
+    def score(self, scores: Any) -> Any:
+        import torch
+
+        if self.baseline is None:
+            raise ValueError("ContrastAttentionMatching: baseline is None; give the neutral prompt's Scores "
+                             "(FamilyRunner.run_contrast does)")
+        e = 1.0 / scores.per_head.shape[-1]
+        base = self.baseline
+        per_head = torch.exp(torch.log(scores.per_head + e)
+                             - self.contrast * torch.log(base.per_head.to(scores.per_head) + e))   # [L, H, T]
+        shared = torch.exp(torch.log(scores.shared + e) - self.contrast * torch.log(base.shared.to(scores.shared) + e))
+        return replace(scores, per_head=per_head, shared=shared)                                     # shared: [T]
+
+
+@dataclass(kw_only=True)
+class _Capture(briefing.AttentionMatching):
+    """Keeps the guidance `Scores` it is given (the neutral prompt's, for the contrast's baseline)."""
+
+    captured: Any = field(default=None, repr=False, compare=False)
+
+    def score(self, scores: Any) -> Any:
+        self.captured = scores
+        return scores
+
+
 def bm25_positions(lm: Any, cache_text: str, offset: int, trajectory: str, query: str, k_tokens: int,
                    chunk_words: int = 60) -> list[int]:
     """Cache positions (token indices of `cache_text`, the trajectory starting at character `offset`) of the
@@ -342,6 +388,17 @@ class FamilyRunner(EpisodeRunner):
         text = bm25_chunks(self.ep.trajectory, self.ep.question, k, self.lm).text
         return self.run_pasted(spec, text, {"bm25_has_answer": self.ep.answer in text}, t0)
 
+    def run_contrast(self, name: str, size: dict, contrast: float, param: float, matched_to: str | None) -> dict:
+        """A `ContrastAttentionMatching` condition: the neutral question's scores over the same cache first (its
+        forward is not counted in the row's overhead), then the contrasted selection."""
+        neutral = self.call_prompt.replace(self.ep.question, NEUTRAL_QUESTION)
+        if neutral == self.call_prompt:
+            raise ValueError(f"{self.ep.id}: the worker prompt does not hold the question; no neutral prompt")
+        capture = _Capture(**size, fit=None)
+        self.cache.compact(neutral, capture)
+        sel = ContrastAttentionMatching(**size, contrast=contrast, baseline=capture.captured)
+        return self.run(Spec(name, "latent_briefing_contrast", sel, param, matched_to=matched_to))
+
     def run_bm25_briefing(self, spec: Spec, tau: float, smooth_kernel: int, bm25_ratio: float, budget: float) -> dict:
         t0 = time.perf_counter()
         cache_text = self.prompts.cache_text(self.ep.trajectory)
@@ -387,6 +444,8 @@ class SuiteConfig:
     importance: str = ""
     # the importance's share of the kept positions in those conditions (None: the selector's own, 0.9)
     importance_share: float | None = None
+    # the contrast's exponent in the amc_tau* / amc_b* conditions (ContrastAttentionMatching); None: neither
+    contrast: float | None = None
     # the conditions to run (names of `family_plan`; full text always runs, the reference); (): every one
     conditions: tuple[str, ...] = ()
 
@@ -454,6 +513,12 @@ def family_plan(r: Any, cfg: SuiteConfig, seed: int = 0) -> list[tuple[str, Any]
                      Spec(f"{tag}_b{b:g}", method, importance_pick(cfg.importance, share, ratio=b, smooth_kernel=rsk),
                           b, matched_to=f"budget{b:g}")):
             plan.append((spec.name, lambda spec=spec: r.run(spec)))
+    if cfg.contrast is not None:   # docs/benchmarks.md, "Contrastive guidance" (round 33)
+        for name, size, param, to in ((f"amc_tau{cfg.tau:g}", {"tau": cfg.tau, "smooth_kernel": cfg.smooth_kernel},
+                                       cfg.tau, None),
+                                      (f"amc_b{b:g}", {"ratio": b, "smooth_kernel": rsk}, b, f"budget{b:g}")):
+            plan.append((name, lambda name=name, size=size, param=param, to=to: r.run_contrast(
+                name, size, cfg.contrast, param, to)))
     for tau, sk, rec, bud in cfg.sweep:
         sel = (ProtectedAttentionMatching(tau=tau, smooth_kernel=sk, recent=rec) if bud is None
                else ProtectedAttentionMatching(ratio=bud, smooth_kernel=sk, recent=rec))

@@ -132,7 +132,7 @@ def markdown(result: dict) -> str:
              f"{', '.join(result['families'])}; seeds {result['seed_range']}; machine: {result['machine']}; "
              f"workers {result['workers']}; wall time of the last invocation {result['wall_s']:.0f} s; compute time "
              f"summed over episodes {result.get('episodes_wall_s', 0.0):.0f} s (a resumed run counts the earlier "
-             "ones)."), "", *share_lines(result),
+             "ones)."), "", *share_lines(result), *contrast_lines(result),
              ("Accuracy: argmax over the candidates of the summed log-prob of the candidate after the answer lead-in "
              "(candidates of equal token count). Intervals: paired bootstrap 95% over episodes "
              f"({result['bootstrap']} replicates). Tokens saved: mean over episodes of 1 - worker input tokens / "
@@ -156,6 +156,16 @@ def share_lines(result: dict) -> list[str]:
     tag = f"am{suite['importance'][0]}"
     return [f"The importance's conditions ({tag}_*): {suite['importance']} allocation, importance share {share:g} "
             "of the kept positions (`--importance-share`).", ""]
+
+
+def contrast_lines(result: dict) -> list[str]:
+    """The contrast's exponent where the run set one (`--contrast`; nothing otherwise)."""
+    contrast = result.get("config", {}).get("suite", {}).get("contrast")
+    if contrast is None:
+        return []
+    return [f"The contrast's conditions (amc_*): Attention Matching with the question's attention divided by a neutral "
+            f"question's to the power {contrast:g} (`--contrast`; the neutral question's forward is not in their "
+            "latency).", ""]
 
 
 def readme_block(result: dict, source: str = "docs/results/rlm_bench/results.json") -> str:
