@@ -308,6 +308,25 @@ def test_contrast_conditions_rank_what_this_question_attends_to_more_and_are_che
     with pytest.raises(ValueError, match="contrast"):
         ContrastAttentionMatching(tokens=2, contrast=-1.0)
 
+    from benchmarks.rlm_bench.conditions import NEUTRAL_QUESTION, FamilyRunner, _Capture
+    from benchmarks.rlm_bench.runner import _load
+
+    lm, prompts = _load(tiny_dir)
+    ep = SPECS[0].build(count_tokens=lm.count_tokens)
+    r = FamilyRunner(lm, prompts, ep, timing=False)
+    seen = []
+    compact = r.cache.compact
+    r.cache.compact = lambda prompt, selector=None, **kw: seen.append(prompt) or compact(prompt, selector, **kw)
+    (first, s1), (again, s2) = r.neutral_scores(), r.neutral_scores()
+    assert len(seen) == 1 and first is again and s1 == s2 > 0                # once per episode
+    assert NEUTRAL_QUESTION in seen[0] and ep.question not in seen[0]
+    asked = _Capture(tokens=1, fit=None)
+    compact(r.call_prompt, asked)
+    assert not torch.allclose(asked.captured.per_head, first.per_head)    # the baseline is not the question's own
+    row = r.run_contrast("amc_b0.1", {"ratio": 0.1}, 1.0, 0.1, "budget0.1")
+    assert row["neutral_s"] == s1 and row["overhead_s"] >= s1 and row["latency_s"] >= s1
+    assert seen[-1] == r.call_prompt and len(seen) == 2                      # the selection itself: the question
+
     cfg = SuiteConfig(summary_tokens=8, timing=False, contrast=1.0, conditions=("am_b0.1", "amc_tau1", "amc_b0.1"))
     assert "amc_b0.1" not in [n for n, _ in family_plan(None, dataclasses.replace(cfg, contrast=None,
                                                                                     conditions=()))]

@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(0, 1] (default: 0.9, the share of --importance's selector)")
     p.add_argument("--contrast", type=float, default=None, metavar="C",
                    help="also run Attention Matching with the guidance contrasted with a neutral question's "
-                        "(conditions amc_tau*, amc_b*): the exponent C > 0 of the neutral attention, e.g. 1")
+                        "(conditions amc_tau*, amc_b*): the exponent C in (0, 4] of the neutral attention, e.g. 1")
     p.add_argument("--workers", type=int, default=1, help="local processes (one model each, one torch thread each)")
     p.add_argument("--ray", metavar="ADDRESS", help="run episodes on Ray: auto, a cluster address, or local")
     p.add_argument("--no-progress", action="store_true")
@@ -134,7 +134,8 @@ def suite_config(args: argparse.Namespace, cfg: dict):
     if unknown:
         what = "is not a condition" if len(unknown) == 1 else "are not conditions"
         raise ValueError(f"--conditions: {', '.join(unknown)} {what} of this run; pick among {', '.join(names)} "
-                         "(--budget, --tau, --recent, --importance, --sweep and --no-summary change the names)")
+                         "(--budget, --tau, --recent, --importance, --contrast, --sweep and --no-summary change the "
+                         "names)")
     return suite
 
 

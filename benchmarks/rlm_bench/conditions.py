@@ -293,8 +293,9 @@ class ContrastAttentionMatching(briefing.AttentionMatching):
     """Attention Matching whose guidance is the question's attention contrasted with a neutral question's (issue 28,
     round 33; a bench condition, not a library selector): per (layer, KV head) and position,
     score = (s_q + e) / (s_n + e)^contrast with e = 1 / T (uniform attention), so the positions this question
-    attends to more than any question does rank first. `baseline`: the neutral prompt's `Scores` over the same
-    cache (`FamilyRunner.run_contrast` computes them). contrast: the exponent, >= 0 (0: the guidance as it is)."""
+    attends to more than a question with no content does rank first (the shared score, which the tau rule counts
+    on, is contrasted the same way: the ratio of the layer-and-head means). `baseline`: the neutral prompt's
+    `Scores` over the same cache (`FamilyRunner.neutral_scores`). contrast: the exponent, >= 0 (0: the guidance)."""
 
     contrast: float = 1.0
     baseline: Any = field(default=None, repr=False, compare=False)
@@ -388,16 +389,26 @@ class FamilyRunner(EpisodeRunner):
         text = bm25_chunks(self.ep.trajectory, self.ep.question, k, self.lm).text
         return self.run_pasted(spec, text, {"bm25_has_answer": self.ep.answer in text}, t0)
 
+    def neutral_scores(self) -> tuple[Any, float]:
+        """(the neutral question's guidance `Scores` over this episode's cache, the seconds its prompt pass took),
+        computed once per episode: the worker prompt built with `NEUTRAL_QUESTION` in place of the question."""
+        if not hasattr(self, "_neutral"):
+            t0 = time.perf_counter()
+            capture = _Capture(tokens=1, fit=None)   # the scores come before selection: keep one position
+            self.cache.compact(self.prompts.call_prompt(QUERY.format(question=NEUTRAL_QUESTION)), capture)
+            self._neutral = (capture.captured, time.perf_counter() - t0)
+        return self._neutral
+
     def run_contrast(self, name: str, size: dict, contrast: float, param: float, matched_to: str | None) -> dict:
-        """A `ContrastAttentionMatching` condition: the neutral question's scores over the same cache first (its
-        forward is not counted in the row's overhead), then the contrasted selection."""
-        neutral = self.call_prompt.replace(self.ep.question, NEUTRAL_QUESTION)
-        if neutral == self.call_prompt:
-            raise ValueError(f"{self.ep.id}: the worker prompt does not hold the question; no neutral prompt")
-        capture = _Capture(**size, fit=None)
-        self.cache.compact(neutral, capture)
-        sel = ContrastAttentionMatching(**size, contrast=contrast, baseline=capture.captured)
-        return self.run(Spec(name, "latent_briefing_contrast", sel, param, matched_to=matched_to))
+        """A `ContrastAttentionMatching` condition: the neutral question's scores over the same cache (once per
+        episode; its seconds in the row's `neutral_s`, added to its overhead and latency), then the selection."""
+        baseline, neutral_s = self.neutral_scores()
+        sel = ContrastAttentionMatching(**size, contrast=contrast, baseline=baseline)
+        row = self.run(Spec(name, "latent_briefing_contrast", sel, param, matched_to=matched_to))
+        row["neutral_s"] = neutral_s
+        row["overhead_s"] += neutral_s
+        row["latency_s"] += neutral_s
+        return row
 
     def run_bm25_briefing(self, spec: Spec, tau: float, smooth_kernel: int, bm25_ratio: float, budget: float) -> dict:
         t0 = time.perf_counter()
