@@ -338,6 +338,10 @@ def test_contrast_conditions_rank_what_this_question_attends_to_more_and_are_che
     assert report.contrast_lines({"config": {"suite": {"contrast": 1.0}}})[0].startswith(
         "The contrast's conditions (amc_*): Attention Matching with the question's attention divided by")
     assert report.contrast_lines({"config": {"suite": {}}}) == []
+    timed = {"config": {"suite": {"contrast": 1.0}}, "rows": rows}                       # this run's rows: timed
+    assert "forward is in their latency (`neutral_s`)" in report.contrast_lines(timed)[0]
+    assert "not in their latency" in report.contrast_lines({"config": {"suite": {"contrast": 1.0}}, "rows": [
+        {"condition": "amc_b0.1", "overhead_s": 0.1}]})[0]
     for bad in ("0", "5", "-1", "nan"):
         with pytest.raises(SystemExit) as e:
             main(["--contrast", bad])

@@ -310,13 +310,14 @@ class ContrastAttentionMatching(briefing.AttentionMatching):
 
         if self.baseline is None:
             raise ValueError("ContrastAttentionMatching: baseline is None; give the neutral prompt's Scores "
-                             "(FamilyRunner.run_contrast does)")
-        e = 1.0 / scores.per_head.shape[-1]
-        base = self.baseline
-        per_head = torch.exp(torch.log(scores.per_head + e)
-                             - self.contrast * torch.log(base.per_head.to(scores.per_head) + e))   # [L, H, T]
-        shared = torch.exp(torch.log(scores.shared + e) - self.contrast * torch.log(base.shared.to(scores.shared) + e))
-        return replace(scores, per_head=per_head, shared=shared)                                     # shared: [T]
+                             "(FamilyRunner.neutral_scores makes them)")
+        e = 1.0 / scores.per_head.shape[-1]                                       # uniform attention over T
+
+        def contrasted(q: torch.Tensor, n: torch.Tensor) -> torch.Tensor:     # (q + e) / (n + e)^c, same shape
+            return torch.exp(torch.log(q + e) - self.contrast * torch.log(n.to(q) + e))
+
+        return replace(scores, per_head=contrasted(scores.per_head, self.baseline.per_head),   # [L, H, T]
+                       shared=contrasted(scores.shared, self.baseline.shared))                # [T]
 
 
 @dataclass(kw_only=True)

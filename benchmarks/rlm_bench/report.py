@@ -159,13 +159,16 @@ def share_lines(result: dict) -> list[str]:
 
 
 def contrast_lines(result: dict) -> list[str]:
-    """The contrast's exponent where the run set one (`--contrast`; nothing otherwise)."""
+    """The contrast's exponent where the run set one (`--contrast`; nothing otherwise), and whether its rows' latency
+    holds the neutral question's forward (rows with `neutral_s` do; a run made before round 33's review does not)."""
     contrast = result.get("config", {}).get("suite", {}).get("contrast")
     if contrast is None:
         return []
+    timed = any("neutral_s" in r for r in result.get("rows", []) if r.get("condition", "").startswith("amc_"))
+    latency = ("in their latency (`neutral_s`)" if timed else
+               "not in their latency (a run made before the rows recorded it)")
     return [f"The contrast's conditions (amc_*): Attention Matching with the question's attention divided by a neutral "
-            f"question's to the power {contrast:g} (`--contrast`; the neutral question's forward is not in their "
-            "latency).", ""]
+            f"question's to the power {contrast:g} (`--contrast`; the neutral question's forward is {latency}).", ""]
 
 
 def readme_block(result: dict, source: str = "docs/results/rlm_bench/results.json") -> str:
